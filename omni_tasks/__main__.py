@@ -1,0 +1,3 @@
+from omni_tasks.cli.main import main
+
+main()

@@ -1,0 +1,113 @@
+"""The Celery application: configuration from settings, queues, routes. Celery starts here.
+
+Import ``app`` from this module; task modules are listed in ``TASK_MODULES``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange
+from kombu import Queue as KombuQueue
+
+from omni_tasks.queues import ALL_QUEUES
+from omni_tasks.runtime import get_settings
+from omni_tasks.settings import Settings
+
+TASK_MODULES = (
+    "omni_tasks.system.tasks",
+    "omni_tasks.watchdog.tasks",
+)
+
+
+def is_redis_url(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://", "unix://"))
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport options: visibility timeout, and a fast unacked-restore sweep."""
+    if not is_redis_url(settings.broker_url):
+        return {}
+    return {
+        "visibility_timeout": settings.broker.visibility_timeout_s,
+        # kombu sweeps for expired unacked messages every interval*throttle
+        # seconds (10*10 = 100 s by default); sweep every few seconds instead.
+        "unacked_restore_interval": settings.broker.restore_sweep_s,
+        "unacked_restore_throttle": 1,
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 10,
+    }
+
+
+def _result_backend(settings: Settings) -> str:
+    url = settings.redis_url
+    if url.startswith("redis+socket://"):
+        # Celery's Redis result backend spells the unix socket scheme "socket://".
+        return "socket://" + url[len("redis+socket://") :]
+    return url
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting the design relies on, in one place."""
+    from beat_schedule import BEAT_SCHEDULE
+
+    queues = [KombuQueue(q.value, Exchange(q.value, type="direct"), routing_key=q.value) for q in ALL_QUEUES]
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": _result_backend(settings),
+        "broker_transport_options": broker_transport_options(settings),
+        "result_backend_transport_options": {"socket_timeout": 30, "socket_connect_timeout": 5},
+        "broker_connection_retry_on_startup": True,
+        # JSON only: no pickle anywhere.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Delivery guarantees: ack after the task ran, requeue when the child dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Queues are declared; a task routed to an unknown queue fails loudly.
+        "task_queues": queues,
+        "task_create_missing_queues": False,
+        "task_default_queue": "omni-unrouted",
+        "task_default_exchange": "omni-unrouted",
+        "task_routes": ("omni_tasks.taskdef.route_task",),
+        # Every task has limits; the decorator sets its own, these catch the rest.
+        "task_soft_time_limit": 60,
+        "task_time_limit": 90,
+        # Events for Flower and queue-wait metrics.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "event_queue_expires": 60,
+        "event_queue_ttl": 10,
+        # Bounded results.
+        "result_expires": settings.broker.result_expires_s,
+        "task_ignore_result": True,
+        # Logging is ours (JSON, redacted).
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        # Beat: times in the exchange's zone; one leader (omni_tasks.beat).
+        "timezone": settings.core.exchange_tz,
+        "enable_utc": True,
+        "beat_schedule": BEAT_SCHEDULE,
+        "beat_scheduler": "omni_tasks.beat:LockedScheduler",
+        "beat_max_loop_interval": max(0.5, min(5.0, settings.broker.beat_lock_ttl_s / 3)),
+        "worker_state_db": None,
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    celery_app = Celery("omni_tasks", include=list(TASK_MODULES))
+    celery_app.conf.update(celery_config(settings))
+    from omni_tasks import worker_hooks
+
+    worker_hooks.install(celery_app)
+    return celery_app
+
+
+app = create_app(get_settings())

@@ -1,0 +1,80 @@
+"""The `omni` command line. Every command loads the settings once; errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from omni_tasks.errors import BootRefused, ConfigError
+from omni_tasks.runtime import install_settings
+from omni_tasks.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="omni",
+    help="omni-tasks: the back office of an algorithmic-trading desk (Celery pipeline).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> Settings:
+    """Load and install the settings, point Prometheus at the shared metrics folder, set up logs."""
+    settings = load_settings()
+    install_settings(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # prometheus_client reads this when it is first imported, so it is set
+    # here, before any module that defines metrics is imported.
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    from omni_tasks import worker_hooks
+
+    worker_hooks.set_process(role, kind)
+    if configure_log:
+        from omni_tasks.logs import configure_logging
+
+        configure_logging(
+            level=settings.core.log_level,
+            fmt=settings.core.log_format,
+            role=role,
+            secrets=settings.secret_values(),
+            log_file=settings.core.log_file,
+        )
+    return settings
+
+
+def _register() -> None:
+    from omni_tasks.cli import admin, ops, run
+
+    run.register(app)
+    ops.register(app)
+    admin.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="omni", standalone_mode=False)
+    except ConfigError as exc:
+        print(f"omni: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except BootRefused as exc:
+        print(f"omni: refusing to start: {exc}", file=sys.stderr)
+        sys.exit(3)
+    except click.exceptions.Abort:
+        print("omni: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,147 @@
+"""Operator commands: status and ping."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def gather_status() -> dict[str, Any]:
+    """Everything `omni status` shows, as plain data."""
+    from sqlalchemy import select
+
+    from omni_tasks import observe
+    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.storage.models import TaskRun
+    from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+
+    runtime = get_runtime()
+    settings = runtime.settings
+    out: dict[str, Any] = {"ts": time.time(), "errors": []}
+    try:
+        snap = observe.live_snapshot(runtime.redis, settings.broker_url, [q.value for q in ALL_QUEUES], settings.broker.dead_after_s)
+        out.update(snap)
+        raw = runtime.redis.get(LAST_TICK_KEY)
+        out["watchdog_last_tick"] = json.loads(raw) if raw else None
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"redis/broker: {type(exc).__name__}: {exc}")
+    try:
+        with runtime.sessions() as session:
+            rows = session.scalars(
+                select(TaskRun).where(TaskRun.state.in_(("FAILURE", "DEAD_LETTER", "CORRUPT"))).order_by(TaskRun.finished_at.desc()).limit(10)
+            ).all()
+            out["recent_failures"] = [
+                {"finished_at": r.finished_at.isoformat(), "name": r.name, "queue": r.queue, "state": r.state, "worker": r.worker, "error": (r.error or "")[:160]}
+                for r in rows
+            ]
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"database: {type(exc).__name__}: {exc}")
+    return out
+
+
+def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Show workers, queues (depth, oldest wait), the beat leader and recent failures."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    data = gather_status()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        raise typer.Exit(1 if data["errors"] else 0)
+
+    workers = Table(title="Workers", title_justify="left")
+    for column in ("kind", "hostname", "pid", "alive", "last beat", "active", "processed", "uptime"):
+        workers.add_column(column)
+    for w in sorted(data.get("workers", []), key=lambda w: (w["kind"], w["hostname"])):
+        workers.add_row(
+            w["kind"], w["hostname"], str(w["pid"]),
+            "[green]yes[/green]" if w["alive"] else "[red]no[/red]",
+            f"{w['age_s']:.1f} s ago", str(w["active"]), str(w["processed"]), f"{w['uptime_s']:.0f} s",
+        )
+    console.print(workers)
+
+    queues = Table(title="Queues", title_justify="left")
+    queues.add_column("queue")
+    queues.add_column("depth", justify="right")
+    queues.add_column("oldest wait", justify="right")
+    for name, depth in data.get("queues", {}).items():
+        wait = data.get("oldest_wait_s", {}).get(name)
+        queues.add_row(name, str(depth), "-" if wait is None else f"{wait:.1f} s")
+    console.print(queues)
+
+    leader = data.get("beat_leader")
+    console.print(
+        f"Beat leader: [green]{leader.get('host')} pid {leader.get('pid')}[/green] (lock ttl {leader.get('ttl_s')} s)"
+        if leader else "Beat leader: [red]none[/red]"
+    )
+    tick = data.get("watchdog_last_tick")
+    if tick:
+        console.print(f"Watchdog: last tick {time.time() - tick['ts']:.1f} s ago; outcomes persisted {tick['outcomes_persisted']}, redelivered {tick['redelivered']}")
+    else:
+        console.print("Watchdog: [red]no tick recorded[/red]")
+    console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
+
+    failures = Table(title="Recent failures", title_justify="left")
+    for column in ("finished", "task", "queue", "state", "error"):
+        failures.add_column(column)
+    for f in data.get("recent_failures", []):
+        failures.add_row(f["finished_at"][:19], f["name"], f["queue"], f["state"], f["error"])
+    console.print(failures)
+    for error in data["errors"]:
+        console.print(f"[red]unavailable: {error}[/red]")
+    raise typer.Exit(1 if data["errors"] else 0)
+
+
+def ping(
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for each queue")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Send a probe through every queue and print the round-trip times."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.system.tasks import ping as ping_task
+
+    sent = {}
+    for queue in ALL_QUEUES:
+        started = time.perf_counter()
+        sent[queue.value] = (started, ping_task.apply_async(args=[time.time()], queue=queue.value))
+    results: dict[str, dict[str, Any]] = {}
+    deadline = time.perf_counter() + timeout_s
+    for name, (started, result) in sent.items():
+        try:
+            answer = result.get(timeout=max(0.1, deadline - time.perf_counter()), disable_sync_subtasks=False)
+            results[name] = {"ok": True, "rtt_ms": round((time.perf_counter() - started) * 1000, 1), "host": answer["host"], "pid": answer["pid"]}
+        except Exception as exc:  # noqa: BLE001 - a queue that does not answer is reported, not raised
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}" or "timeout"}
+        finally:
+            result.forget()
+    failed = [name for name, r in results.items() if not r["ok"]]
+    if as_json:
+        print(json.dumps({"ts": datetime.now(tz=UTC).isoformat(), "queues": results}, indent=2))
+    else:
+        table = Table(title="omni ping")
+        for column in ("queue", "answered", "round trip", "by"):
+            table.add_column(column)
+        for name, r in results.items():
+            if r["ok"]:
+                table.add_row(name, "[green]yes[/green]", f"{r['rtt_ms']:.1f} ms", f"{r['host']} pid {r['pid']}")
+            else:
+                table.add_row(name, "[red]no[/red]", "-", r["error"])
+        console.print(table)
+    raise typer.Exit(1 if failed else 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(status)
+    app.command()(ping)

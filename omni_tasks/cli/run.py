@@ -1,0 +1,304 @@
+"""Commands that run processes: up, worker, beat, flower, server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omni_tasks.errors import BootRefused
+from omni_tasks.settings import Settings
+
+console = Console(stderr=False)
+
+
+def _boot_checks(settings: Settings) -> None:
+    """The start-up safety checks of DESIGN section 4 (the encrypted-secret check runs when settings load)."""
+    from omni_tasks import safety_checks
+    from omni_tasks.celery_app import is_redis_url
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.taskdef import task_time_limits
+
+    safety_checks.check_visibility_timeout(settings.broker.visibility_timeout_s, task_time_limits())
+    client = get_runtime().redis
+    safety_checks.check_redis_reachable(client, f"Redis at {settings.redis_url.split('@')[-1]}")
+    if settings.broker.require_noeviction:
+        safety_checks.check_noeviction(client)
+        if is_redis_url(settings.broker_url) and settings.broker_url != settings.redis_url:
+            from omni_tasks.redis_util import redis_from_url
+
+            safety_checks.check_noeviction(redis_from_url(settings.broker_url))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def worker(
+    kind: Annotated[str, typer.Argument(help="worker kind: scans, backfill, validation, risk, watchdog, orders")],
+    concurrency: Annotated[int | None, typer.Option(help="override the kind's concurrency")] = None,
+) -> None:
+    """Start one worker of KIND (queues, pool and concurrency from workers/)."""
+    from workers import KINDS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"unknown worker kind {kind!r}; choose from {', '.join(KINDS)}", param_hint="KIND")
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare(f"worker-{kind}", kind)
+    _boot_checks(settings)
+    from omni_tasks.celery_app import app as celery_app
+
+    celery_app.worker_main(argv=KINDS[kind].celery_argv(concurrency=concurrency, loglevel=settings.core.log_level))
+
+
+def beat() -> None:
+    """Start the beat scheduler. A second beat stands by until the leader's lock expires."""
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare("beat")
+    _boot_checks(settings)
+    from omni_tasks.celery_app import app as celery_app
+
+    celery_app.start(["beat", f"--loglevel={settings.core.log_level}", "--scheduler=omni_tasks.beat:LockedScheduler"])
+
+
+def flower() -> None:
+    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required)."""
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare("flower")
+    password = settings.flower.password.get_secret_value() if settings.flower.password else ""
+    if not password:
+        raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
+    from omni_tasks.celery_app import app as celery_app
+
+    # The credentials go in through argv of this process's own click call,
+    # never through the OS command line, so `ps` does not show them.
+    celery_app.start(
+        [
+            "flower",
+            f"--address={settings.flower.host}",
+            f"--port={settings.flower.port}",
+            f"--basic-auth={settings.flower.user}:{password}",
+            "--purge_offline_workers=60",
+            "--max_tasks=10000",
+            "--persistent=False",
+        ]
+    )
+
+
+def server() -> None:
+    """Serve /metrics and /health on the metrics host and port."""
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare("server")
+    from omni_tasks import health, metrics, observe
+    from omni_tasks.httpserver import make_server
+    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.runtime import get_runtime
+    from workers import KINDS
+
+    runtime = get_runtime()
+    queues = [q.value for q in ALL_QUEUES]
+
+    def snapshot() -> dict[str, Any]:
+        return observe.live_snapshot(runtime.redis, settings.broker_url, queues, settings.broker.dead_after_s)
+
+    def health_check() -> tuple[int, dict[str, Any]]:
+        return health.check_health(
+            engine=runtime.engine,
+            client=runtime.redis,
+            broker_url=settings.broker_url,
+            worker_kinds=list(KINDS),
+            dead_after_s=settings.broker.dead_after_s,
+            watchdog_interval_s=settings.watchdog.interval_s,
+        )
+
+    registry = metrics.build_registry(snapshot, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"omni server: /metrics and /health on http://{settings.metrics.host}:{settings.metrics.port}", flush=True)
+    try:
+        httpd.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
+def up(
+    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly")] = None,
+) -> None:
+    """Run the whole pipeline: every worker kind, beat, Flower, the metrics/health server.
+
+    With no OMNI_BROKER_URL / OMNI_DATABASE_URL it starts an embedded Redis
+    (unix socket in the data folder) and uses SQLite there.
+    """
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare("up")
+    from omni_tasks import embedded
+    from omni_tasks.supervisor import ChildSpec, Supervisor
+    from workers import KINDS
+
+    data_dir = settings.data_dir
+    logs_dir = data_dir / "logs"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    for name, host, port in (("Flower", settings.flower.host, settings.flower.port), ("metrics", settings.metrics.host, settings.metrics.port)):
+        if not _port_free(host, port):
+            raise BootRefused(f"{name} port {host}:{port} is already in use (another `omni up`?); set OMNI_{name.upper()}_PORT")
+
+    # A fresh metrics folder: files of dead processes from an earlier run would be summed in.
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    settings.metrics_dir.mkdir(parents=True, exist_ok=True)
+
+    env = {k: v for k, v in os.environ.items()}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    env["OMNI_DATA_DIR"] = str(data_dir)
+    flower_password = settings.flower.password.get_secret_value() if settings.flower.password else secrets.token_urlsafe(12)
+    env["OMNI_FLOWER_PASSWORD"] = flower_password
+    omni = [sys.executable, "-m", "omni_tasks"]
+
+    specs: list[ChildSpec] = []
+    redis_process = None
+    if settings.embedded:
+        socket_path = settings.embedded_redis_socket
+        socket_path.unlink(missing_ok=True)
+        redis_spec = ChildSpec("redis", embedded.redis_argv(data_dir, socket_path), env, stop_timeout_s=10, log_path=logs_dir / "redis.out", stop_phase=3)
+        specs.append(redis_spec)
+        env["OMNI_BROKER_URL"] = settings.broker_url
+    if settings.database.url is None:
+        env["OMNI_DATABASE_URL"] = settings.database_url
+
+    specs.append(ChildSpec("server", [*omni, "server"], env, stop_timeout_s=5, log_path=logs_dir / "server.log", stop_phase=2))
+    for kind in KINDS.values():
+        specs.append(ChildSpec(f"worker-{kind.name}", [*omni, "worker", kind.name], env, stop_timeout_s=30, log_path=logs_dir / f"worker-{kind.name}.log", stop_phase=1))
+    specs.append(ChildSpec("beat", [*omni, "beat"], env, stop_timeout_s=10, log_path=logs_dir / "beat.log", stop_phase=0))
+    specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
+
+    def announce(message: str) -> None:
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+
+    supervisor = Supervisor(specs, announce=announce)
+    stop_requested = {"flag": False}
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop_requested["flag"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    try:
+        if settings.embedded:
+            supervisor.start(supervisor.children[0])
+            redis_process = supervisor.children[0].process
+            embedded.wait_until_ready(settings.embedded_redis_socket, process=redis_process)
+        # Everything below runs against the same services the children will use.
+        from omni_tasks.runtime import install_settings
+        from omni_tasks.settings import load_settings
+
+        effective = load_settings(env)
+        install_settings(effective)
+        _migrate(effective)
+        _boot_checks(effective)
+        for child in supervisor.children:
+            if child.process is None:
+                supervisor.start(child)
+        _banner(effective, flower_password, logs_dir)
+        ready = _wait_healthy(effective, timeout_s=60, stop=stop_requested)
+        if ready:
+            announce("[green]all processes up; /health is ok[/green]")
+        elif not stop_requested["flag"]:
+            announce("[yellow]/health is not ok yet after 60 s; see the logs folder[/yellow]")
+        deadline = None if for_seconds is None else time.monotonic() + for_seconds
+        while not stop_requested["flag"] and (deadline is None or time.monotonic() < deadline):
+            supervisor.poll()
+            time.sleep(0.25)
+    finally:
+        announce("stopping every process ...")
+        supervisor.stop_all()
+        left = [name for name, pid in supervisor.running().items() if pid is not None]
+        announce("stopped" if not left else f"[red]still running: {', '.join(left)}[/red]")
+
+
+def _migrate(settings: Settings) -> None:
+    from omni_tasks.storage import migrations
+    from omni_tasks.storage.engine import engine_from_settings
+
+    engine = engine_from_settings(settings)
+    try:
+        migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]) -> bool:
+    url = f"http://{settings.metrics.host}:{settings.metrics.port}/health"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop["flag"]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+                if response.status == 200:
+                    import json
+
+                    if json.loads(response.read()).get("status") == "ok":
+                        return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _banner(settings: Settings, flower_password: str, logs_dir: Path) -> None:
+    from omni_tasks.settings import mask_url
+
+    table = Table(title="omni-tasks is starting", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    flower_url = f"http://{settings.flower.host}:{settings.flower.port}"
+    metrics_url = f"http://{settings.metrics.host}:{settings.metrics.port}"
+    table.add_row("Flower", f"{flower_url}  (user [bold]{settings.flower.user}[/bold])")
+    if settings.flower.password is None:
+        table.add_row("Flower password", f"[bold]{flower_password}[/bold]  (generated for this run; set OMNI_FLOWER_PASSWORD to keep one)")
+    table.add_row("Health", f"{metrics_url}/health")
+    table.add_row("Metrics", f"{metrics_url}/metrics")
+    table.add_row("Broker", mask_url(settings.broker_url) + ("  (embedded Redis, unix socket only)" if settings.embedded else ""))
+    table.add_row("Database", mask_url(settings.database_url))
+    table.add_row("Logs", str(logs_dir))
+    console.print(table)
+    if settings.alpaca.api_key is None and settings.alpha_vantage.api_key is None:
+        console.print(
+            "[bold yellow]No provider keys configured: market data comes from the offline "
+            "synthetic and replay feeds. THIS DATA IS NOT REAL.[/bold yellow]"
+        )
+    console.print("Press Ctrl-C to stop everything.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(worker)
+    app.command()(beat)
+    app.command()(flower)
+    app.command()(server)

@@ -1,0 +1,43 @@
+"""The error hierarchy of omni-tasks.
+
+    OmniError                  every error this package raises on purpose
+    +-- ConfigError            a setting is invalid; the CLI prints one line, exit 2
+    +-- SecretError            a secret cannot be decrypted (wrong or missing key)
+    +-- BootRefused            a start-up safety check failed; the process must not start
+    +-- TaskError              raised inside tasks
+        +-- RetryableError     may succeed next time: rate limited, unavailable, timeout
+        +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
+
+Only ``RetryableError`` is retried (with backoff and jitter). A ``PermanentError``
+fails the task at once with its message recorded in the task-run ledger.
+"""
+
+from __future__ import annotations
+
+
+class OmniError(Exception):
+    """Base class of every deliberate omni-tasks error."""
+
+
+class ConfigError(OmniError):
+    """A setting is missing or invalid. The message names the variable."""
+
+
+class SecretError(ConfigError):
+    """A secret cannot be encrypted or decrypted (missing or wrong key)."""
+
+
+class BootRefused(OmniError):
+    """A start-up safety check failed: starting would risk lost or duplicated work."""
+
+
+class TaskError(OmniError):
+    """Base class of errors raised by task bodies."""
+
+
+class RetryableError(TaskError):
+    """A transient failure: the same call may succeed later."""
+
+
+class PermanentError(TaskError):
+    """A failure that retrying cannot fix."""

@@ -1,0 +1,106 @@
+"""/health: the state of every dependency, with how long each check took.
+
+Overall status is ``down`` (HTTP 503) when a critical dependency is down -
+the database, the broker, or the watchdog worker - ``degraded`` when anything
+else is, ``ok`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, text
+
+from omni_tasks import heartbeats, leader
+from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+
+CRITICAL = frozenset({"database", "broker", "worker:watchdog"})
+
+
+def _timed(check: Callable[[], str | None]) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        detail = check()
+        status = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure of a dependency is reported, not raised
+        detail = f"{type(exc).__name__}: {exc}"[:300]
+        status = "down"
+    result: dict[str, Any] = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+    if detail:
+        result["detail"] = detail
+    return result
+
+
+def check_health(
+    *,
+    engine: Engine,
+    client: redis.Redis,
+    broker_url: str,
+    worker_kinds: Iterable[str],
+    dead_after_s: float,
+    watchdog_interval_s: float,
+) -> tuple[int, dict[str, Any]]:
+    checks: dict[str, dict[str, Any]] = {}
+
+    def database() -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def broker() -> str | None:
+        if broker_url.startswith(("amqp", "pyamqp")):
+            from kombu import Connection
+
+            with Connection(broker_url, connect_timeout=3) as connection:
+                connection.ensure_connection(max_retries=1)
+            return "rabbitmq"
+        client.ping()
+        return None
+
+    checks["database"] = _timed(database)
+    checks["broker"] = _timed(broker)
+    if checks["broker"]["status"] == "ok" or not broker_url.startswith(("redis", "unix")):
+        checks["redis"] = _timed(lambda: (client.ping(), None)[1])
+    redis_ok = checks.get("redis", checks["broker"])["status"] == "ok"
+
+    alive_by_kind: dict[str, int] = {}
+    if redis_ok:
+        for worker in heartbeats.alive(client, dead_after_s):
+            alive_by_kind[worker.kind] = alive_by_kind.get(worker.kind, 0) + 1
+    for kind in worker_kinds:
+        count = alive_by_kind.get(kind, 0)
+        checks[f"worker:{kind}"] = {
+            "status": "ok" if count else "down",
+            "latency_ms": 0.0,
+            "detail": f"{count} alive" if redis_ok else "redis unreachable",
+        }
+
+    def beat() -> str:
+        current = leader.current_leader(client)
+        if current is None:
+            raise RuntimeError("no beat holds the leader lock")
+        return f"leader {current.get('host')} pid {current.get('pid')}"
+
+    def watchdog_tick() -> str:
+        raw = client.get(LAST_TICK_KEY)
+        if raw is None:
+            raise RuntimeError("the watchdog has not run yet")
+        age = time.time() - float(json.loads(raw)["ts"])
+        if age > max(30.0, watchdog_interval_s * 6):
+            raise RuntimeError(f"last watchdog tick {age:.0f} s ago")
+        return f"last tick {age:.1f} s ago"
+
+    checks["beat"] = _timed(beat) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
+    checks["watchdog_tick"] = _timed(watchdog_tick) if redis_ok else {"status": "down", "latency_ms": 0.0}
+
+    down = {name for name, result in checks.items() if result["status"] != "ok"}
+    if down & CRITICAL:
+        status, code = "down", 503
+    elif down:
+        status, code = "degraded", 200
+    else:
+        status, code = "ok", 200
+    return code, {"status": status, "ts": time.time(), "checks": checks}

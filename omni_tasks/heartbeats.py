@@ -1,0 +1,153 @@
+"""Worker heartbeats in Redis, and redelivery of the unacked tasks of a worker that died.
+
+Every worker process writes a heartbeat every ``heartbeat_s``: a sorted set
+``omni:workers`` (instance -> last beat, UNIX s) and a JSON description. Each
+message the worker receives is added to ``omni:inflight:<instance>`` before it
+runs. When a worker is killed outright (SIGKILL, OOM, host loss) its messages
+sit in kombu's ``unacked`` hash until the broker's visibility timeout - an
+hour by default, and it must stay above the longest task. The sweeper notices
+the silent heartbeat within ``dead_after_s`` and puts exactly those messages
+back on their queues, so a killed worker's task runs again within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+WORKERS_KEY = "omni:workers"
+WORKER_INFO_KEY = "omni:worker:{instance}"
+INFLIGHT_KEY = "omni:inflight:{instance}"
+KOMBU_UNACKED_KEY = "unacked"
+INFO_TTL_S = 3600
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    instance: str
+    hostname: str
+    kind: str
+    queues: list[str]
+    pid: int
+    started_at: float
+    last_seen: float
+    active: int = 0
+    processed: int = 0
+    version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def age_s(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.last_seen
+
+
+def beat(client: redis.Redis, info: WorkerInfo) -> None:
+    """Record one heartbeat, and forget in-flight tags whose messages were acknowledged."""
+    payload = json.dumps(info.__dict__, separators=(",", ":"))
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(WORKERS_KEY, {info.instance: info.last_seen})
+    pipe.set(WORKER_INFO_KEY.format(instance=info.instance), payload, ex=INFO_TTL_S)
+    pipe.execute()
+    prune_inflight(client, info.instance)
+
+
+def track_delivery(client: redis.Redis, instance: str, delivery_tag: str) -> None:
+    """Remember that ``instance`` holds the unacked message ``delivery_tag``."""
+    key = INFLIGHT_KEY.format(instance=instance)
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(key, delivery_tag)
+    pipe.expire(key, INFO_TTL_S * 24)
+    pipe.execute()
+
+
+def prune_inflight(client: redis.Redis, instance: str) -> None:
+    key = INFLIGHT_KEY.format(instance=instance)
+    tags = list(client.smembers(key))
+    if not tags:
+        return
+    pipe = client.pipeline(transaction=False)
+    for tag in tags:
+        pipe.hexists(KOMBU_UNACKED_KEY, tag)
+    done = [tag for tag, exists in zip(tags, pipe.execute(), strict=True) if not exists]
+    if done:
+        client.srem(key, *done)
+
+
+def leave(client: redis.Redis, instance: str) -> None:
+    """A clean shutdown: the worker is gone, not dead."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrem(WORKERS_KEY, instance)
+    pipe.delete(WORKER_INFO_KEY.format(instance=instance))
+    pipe.execute()
+
+
+def workers(client: redis.Redis) -> list[WorkerInfo]:
+    """Every worker that has beaten within the last hour, newest beat first."""
+    instances = [i.decode() if isinstance(i, bytes) else i for i in client.zrevrange(WORKERS_KEY, 0, -1)]
+    if not instances:
+        return []
+    raws = client.mget([WORKER_INFO_KEY.format(instance=i) for i in instances])
+    out: list[WorkerInfo] = []
+    for instance, raw in zip(instances, raws, strict=True):
+        if raw is None:
+            continue
+        data = json.loads(raw)
+        data["instance"] = instance
+        out.append(WorkerInfo(**data))
+    return out
+
+
+def alive(client: redis.Redis, dead_after_s: float, now: float | None = None) -> list[WorkerInfo]:
+    now = time.time() if now is None else now
+    return [w for w in workers(client) if w.age_s(now) <= dead_after_s]
+
+
+def sweep_dead(
+    client: redis.Redis,
+    *,
+    dead_after_s: float,
+    restore: Callable[[Iterable[str]], int] | None,
+    now: float | None = None,
+) -> dict[str, int]:
+    """Redeliver the unacked messages of every worker silent for ``dead_after_s``.
+
+    ``restore`` puts the given delivery tags back on their queues and returns
+    how many it restored (kombu's ``restore_by_tag``, atomic per tag, so two
+    sweepers never restore one message twice). Returns instance -> restored.
+    """
+    now = time.time() if now is None else now
+    dead = client.zrangebyscore(WORKERS_KEY, "-inf", now - dead_after_s)
+    result: dict[str, int] = {}
+    for raw_instance in dead:
+        instance = raw_instance.decode() if isinstance(raw_instance, bytes) else raw_instance
+        key = INFLIGHT_KEY.format(instance=instance)
+        tags = [t.decode() if isinstance(t, bytes) else t for t in client.smembers(key)]
+        restored = restore(tags) if (restore is not None and tags) else 0
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.zrem(WORKERS_KEY, instance)
+        pipe.execute()
+        result[instance] = restored
+    return result
+
+
+def kombu_restorer(broker_url: str, transport_options: dict[str, Any]) -> Callable[[Iterable[str]], int]:
+    """A ``restore`` callable for :func:`sweep_dead` that uses kombu's own restore path (Redis brokers)."""
+    from kombu import Connection
+
+    def restore(tags: Iterable[str]) -> int:
+        count = 0
+        with Connection(broker_url, transport_options=transport_options) as connection:
+            channel = connection.default_channel
+            client = channel.client
+            for tag in tags:
+                if client.hexists(KOMBU_UNACKED_KEY, tag):
+                    channel.qos.restore_by_tag(tag, leftmost=True)
+                    count += 1
+        return count
+
+    return restore

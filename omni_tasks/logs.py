@@ -1,0 +1,131 @@
+"""Structured logs: JSON lines with task, queue and process in context, secrets redacted.
+
+Both structlog loggers and the standard library's (Celery, kombu, SQLAlchemy)
+go through one formatter, so every line is JSON with the same keys. Secrets
+are removed twice: every configured secret's plaintext is replaced wherever it
+appears, and values under keys that look like credentials are masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+_SENSITIVE_KEY = re.compile(r"pass(word)?|secret|token|api_?key|authorization|credential", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+
+
+class Redactor:
+    """A structlog processor and logging filter that removes secrets from records."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is removed whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
+
+    def _value(self, key: str, value: Any) -> Any:
+        if _SENSITIVE_KEY.search(key) and value not in (None, "", False):
+            return REDACTED
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._value(str(k), v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(key, v) for v in value]
+        return value
+
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key in list(event_dict):
+            event_dict[key] = self._value(key, event_dict[key])
+        return event_dict
+
+
+_configured_redactor = Redactor()
+
+
+def redactor() -> Redactor:
+    return _configured_redactor
+
+
+def configure_logging(
+    *,
+    level: str = "INFO",
+    fmt: str = "json",
+    role: str = "cli",
+    secrets: Iterable[str] = (),
+    log_file: Path | None = None,
+    stream: Any = None,
+) -> None:
+    """Route structlog and the standard library through one redacting JSON formatter."""
+    global _configured_redactor
+    _configured_redactor = Redactor(secrets)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        _add_role(role),
+        _configured_redactor,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared[:-1], _configured_redactor,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _configured_redactor, renderer],
+    )
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(stream or sys.stderr)
+    console.setFormatter(formatter)
+    handlers.append(console)
+    if log_file is not None:
+        path = log_file.with_name(f"{log_file.stem}-{role}{log_file.suffix or '.log'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(path, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8")
+        rotating.setFormatter(formatter)
+        handlers.append(rotating)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    # Chatty libraries stay at WARNING unless we debug.
+    for noisy in ("kombu", "amqp", "urllib3", "tornado.access", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+
+
+def _add_role(role: str) -> Any:
+    def processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict.setdefault("role", role)
+        return event_dict
+
+    return processor
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]  # structlog's factory is untyped

@@ -1,0 +1,101 @@
+"""Prometheus metrics. celery-exporter's names, so existing dashboards and alerts work, plus ``omni_*``.
+
+Worker children, beat and the CLI write to files in the multiprocess folder
+(``PROMETHEUS_MULTIPROC_DIR``, set by the launcher before this module is
+imported); the metrics server aggregates them, and computes queue lengths,
+worker liveness and the beat leader at scrape time. Labels never hold symbols.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_TASK_LABELS = ("name", "hostname", "queue_name")
+_RUNTIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+TASK_SENT = Counter("celery_task_sent", "Sent when a task message is published.", _TASK_LABELS)
+TASK_RECEIVED = Counter("celery_task_received", "Sent when the worker receives a task.", _TASK_LABELS)
+TASK_STARTED = Counter("celery_task_started", "Sent just before the worker executes the task.", _TASK_LABELS)
+TASK_SUCCEEDED = Counter("celery_task_succeeded", "Sent if the task executed successfully.", _TASK_LABELS)
+TASK_FAILED = Counter("celery_task_failed", "Sent if the execution of the task failed.", _TASK_LABELS)
+TASK_RETRIED = Counter("celery_task_retried", "Sent if the task failed, but will be retried.", _TASK_LABELS)
+TASK_REJECTED = Counter("celery_task_rejected", "The task was rejected by the worker.", _TASK_LABELS)
+TASK_REVOKED = Counter("celery_task_revoked", "Sent if the task has been revoked.", _TASK_LABELS)
+TASK_RUNTIME = Histogram("celery_task_runtime", "Histogram of task runtime measurements.", _TASK_LABELS, buckets=_RUNTIME_BUCKETS)
+TASK_QUEUE_WAIT = Histogram(
+    "celery_task_queue_wait_time",
+    "Seconds between publishing a task and a worker starting it.",
+    _TASK_LABELS,
+    buckets=_RUNTIME_BUCKETS,
+)
+
+DEAD_LETTERS = Counter("omni_task_dead_letters", "Tasks dead-lettered after too many deliveries.", ("name", "queue_name"))
+REDELIVERED = Counter("omni_tasks_redelivered", "Unacked tasks of dead workers put back on their queues.")
+OUTCOMES_PERSISTED = Counter("omni_task_outcomes_persisted", "Task outcomes moved from Redis into the task_runs table.")
+BEAT_SENT = Counter("omni_beat_sent", "Scheduled tasks sent by the beat leader.", ("entry",))
+BEAT_DUPLICATES = Counter("omni_beat_duplicate_sends", "Scheduled sends recognised as duplicates of their slot.", ("entry",))
+WATCHDOG_TICKS = Counter("omni_watchdog_ticks", "Watchdog evaluations run.")
+
+
+class LiveCollector(Collector):
+    """Gauges computed at scrape time from Redis and the broker (queue lengths, workers, beat)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        started = time.perf_counter()
+        try:
+            snap = self._snapshot()
+            up = 1.0
+        except Exception:  # noqa: BLE001 - a failed scrape must still answer, with omni_live_scrape_up 0
+            snap = {}
+            up = 0.0
+        queue_length = GaugeMetricFamily("celery_queue_length", "Number of tasks in the queue.", labels=["queue_name"])
+        for queue, depth in sorted(snap.get("queues", {}).items()):
+            queue_length.add_metric([queue], depth)
+        yield queue_length
+        oldest = GaugeMetricFamily("omni_queue_oldest_wait_seconds", "Age of the oldest waiting task.", labels=["queue_name"])
+        for queue, age in sorted(snap.get("oldest_wait_s", {}).items()):
+            oldest.add_metric([queue], age)
+        yield oldest
+        worker_up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"])
+        age = GaugeMetricFamily("omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"])
+        for worker in snap.get("workers", []):
+            worker_up.add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
+            age.add_metric([worker["hostname"], worker["kind"]], worker["age_s"])
+        yield worker_up
+        yield age
+        active = GaugeMetricFamily("celery_active_worker_count", "Number of active workers.")
+        active.add_metric([], sum(1 for w in snap.get("workers", []) if w["alive"]))
+        yield active
+        leader = GaugeMetricFamily("omni_beat_leader", "1 while a beat holds the leader lock.")
+        leader.add_metric([], 1.0 if snap.get("beat_leader") else 0.0)
+        yield leader
+        pending = GaugeMetricFamily("omni_task_outcomes_pending", "Task outcomes in Redis not yet in the database.")
+        pending.add_metric([], snap.get("outcomes_pending", 0))
+        yield pending
+        scrape_up = GaugeMetricFamily("omni_live_scrape_up", "1 when the live metrics could be read from Redis and the broker.")
+        scrape_up.add_metric([], up)
+        yield scrape_up
+        scrape_s = GaugeMetricFamily("omni_live_scrape_seconds", "Time taken to read the live metrics.")
+        scrape_s.add_metric([], time.perf_counter() - started)
+        yield scrape_s
+
+
+def build_registry(snapshot: Callable[[], dict[str, Any]], multiproc_dir: str | None) -> CollectorRegistry:
+    """The registry served on /metrics: every process's metric files plus the live gauges."""
+    registry = CollectorRegistry()
+    if multiproc_dir:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+    registry.register(LiveCollector(snapshot))
+    return registry
+

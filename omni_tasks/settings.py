@@ -1,0 +1,471 @@
+"""One validated settings object, read once from ``OMNI_*`` variables and an optional .env.
+
+Every group maps to a prefix: ``OMNI_BROKER_URL`` is ``settings.broker.url``,
+``OMNI_RISK_MAX_DAILY_LOSS_USD`` is ``settings.risk.max_daily_loss_usd``. The
+``.env`` file is ``./.env`` unless ``OMNI_ENV_FILE`` names another; real
+environment variables win over the file. Fields carry their units in their
+names (``_s`` seconds, ``_usd`` dollars, ``_pct`` percent).
+
+Nothing else in the package reads ``os.environ``: the CLI calls
+:func:`load_settings` once and passes the object down. An invalid value raises
+:class:`~omni_tasks.errors.ConfigError` whose message names the variable.
+Unknown ``OMNI_*`` variables are refused too, so a typo cannot silently leave
+a default (say, a risk limit) in force.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from omni_tasks import secrets as secret_box
+from omni_tasks.errors import ConfigError
+
+ENV_PREFIX = "OMNI_"
+#: Variables that are not settings but are read by the test-suite or the launcher.
+NON_SETTING_VARIABLES = frozenset({"OMNI_ENV_FILE", "OMNI_REQUIRE_SERVICES", "OMNI_PROCESS_ROLE"})
+
+PROVIDER_NAMES = ("alpaca", "yahoo", "alpha_vantage", "synthetic", "replay")
+STREAM_FEEDS = ("synthetic", "replay", "alpaca")
+
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = list[str]
+
+
+class _Group(BaseModel):
+    """A group of settings read from variables sharing one prefix (``prefix`` + FIELD)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prefix: ClassVar[str] = ENV_PREFIX
+
+
+class CoreSettings(_Group):
+    """Process-wide settings: data folder, logging, secret keys, exchange zone."""
+
+    prefix: ClassVar[str] = "OMNI_"
+
+    data_dir: Path = Field(default=Path("~/.omni-tasks"), description="where the embedded Redis, SQLite and metrics live")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    log_file: Path | None = Field(default=None, description="rotating log file (10 MB x 5); the process role is added to the name")
+    secret_key: SecretStr | None = Field(default=None, description="Fernet keys, newest first, comma separated")
+    secret_key_file: Path | None = Field(default=None, description="file with Fernet keys, one per line, newest first")
+    exchange_tz: str = Field(default="America/New_York", description="zone of the beat schedule and market hours")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("data_dir", "log_file", "secret_key_file", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("exchange_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as America/New_York)") from None
+        return value
+
+
+class BrokerSettings(_Group):
+    """The Celery broker, the Redis used for locks and latest quotes, and delivery guarantees."""
+
+    prefix: ClassVar[str] = "OMNI_BROKER_"
+
+    url: str | None = Field(default=None, description="redis://, rediss://, redis+socket:// or amqp://; unset: embedded Redis")
+    cache_url: str | None = Field(default=None, description="Redis for results, locks and quotes; default: the broker when it is Redis")
+    visibility_timeout_s: int = Field(default=3600, gt=0, description="must exceed every task's hard time limit")
+    result_expires_s: int = Field(default=86400, gt=0)
+    restore_sweep_s: int = Field(default=2, gt=0, description="seconds between kombu's unacked-restore sweeps")
+    heartbeat_s: float = Field(default=2.0, gt=0, description="worker heartbeat period")
+    dead_after_s: float = Field(default=10.0, gt=0, description="a worker silent this long is dead; its unacked tasks are redelivered")
+    max_deliveries: int = Field(default=5, ge=1, description="a task delivered more often is dead-lettered")
+    beat_lock_ttl_s: float = Field(default=10.0, gt=0, description="the beat leader lock expires this long after its last renewal")
+    require_noeviction: bool = Field(default=True, description="refuse to start when Redis may evict keys")
+
+    @field_validator("url", "cache_url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        allowed = ("redis://", "rediss://", "redis+socket://", "unix://", "amqp://", "amqps://", "pyamqp://")
+        if not value.startswith(allowed):
+            raise ValueError(f"unsupported URL scheme in {value.split('://')[0]!r}: use one of {', '.join(allowed)}")
+        return value
+
+
+class DatabaseSettings(_Group):
+    """SQLAlchemy database: SQLite in the data folder by default, PostgreSQL in production."""
+
+    prefix: ClassVar[str] = "OMNI_DATABASE_"
+
+    url: str | None = Field(default=None, description="postgresql+psycopg2://... or sqlite:///...; unset: SQLite in the data folder")
+    pool_size: int = Field(default=5, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=500)
+    pool_timeout_s: float = Field(default=30.0, gt=0)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql", "sqlite")):
+            raise ValueError("only postgresql:// and sqlite:// databases are supported")
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg2://" + value[len("postgresql://") :]
+        return value
+
+
+class AlpacaSettings(_Group):
+    """Alpaca market data and paper trading (alpaca-py)."""
+
+    prefix: ClassVar[str] = "OMNI_ALPACA_"
+
+    api_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    feed: Literal["iex", "sip"] = "iex"
+    paper: bool = True
+    data_url: str = "https://data.alpaca.markets"
+    stream_url: str = "wss://stream.data.alpaca.markets"
+    trading_url: str = "https://paper-api.alpaca.markets"
+
+
+class AlphaVantageSettings(_Group):
+    """Alpha Vantage (alpha_vantage): daily and intraday bars, news sentiment."""
+
+    prefix: ClassVar[str] = "OMNI_ALPHA_VANTAGE_"
+
+    api_key: SecretStr | None = None
+    base_url: str = "https://www.alphavantage.co"
+    daily_quota: int = Field(default=25, ge=1, description="calls per key per day")
+
+
+class YahooSettings(_Group):
+    """Yahoo Finance (yfinance): no key."""
+
+    prefix: ClassVar[str] = "OMNI_YAHOO_"
+
+    enabled: bool = True
+    base_url: str = "https://query2.finance.yahoo.com"
+
+
+class ProviderSettings(_Group):
+    """Order in which the market-data router tries providers."""
+
+    prefix: ClassVar[str] = "OMNI_PROVIDERS_"
+
+    order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"])
+    replay_dir: Path | None = None
+
+    _split = field_validator("order", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("order")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PROVIDER_NAMES]
+        if unknown:
+            raise ValueError(f"unknown provider {unknown[0]!r}: choose from {', '.join(PROVIDER_NAMES)}")
+        return value
+
+
+class StreamSettings(_Group):
+    """The real-time quote path."""
+
+    prefix: ClassVar[str] = "OMNI_STREAM_"
+
+    feed: Literal["synthetic", "replay", "alpaca"] = "synthetic"
+    symbols: CsvList = Field(default_factory=lambda: ["AAPL", "MSFT", "NVDA", "AMZN", "SPY"])
+    quote_ttl_s: int = Field(default=30, gt=0, description="latest quotes expire from Redis after this long")
+    stale_after_s: float = Field(default=10.0, gt=0, description="a symbol with no quote this long in market hours is stale")
+
+    _split = field_validator("symbols", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        out = [symbol.upper() for symbol in value]
+        for symbol in out:
+            if not _SYMBOL.match(symbol):
+                raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-')")
+        return out
+
+
+class RiskSettings(_Group):
+    """The desk's risk limits (DESIGN section 7)."""
+
+    prefix: ClassVar[str] = "OMNI_RISK_"
+
+    max_position_notional_usd: Decimal = Field(default=Decimal("10000"), gt=0)
+    max_trades_per_day: int = Field(default=100, ge=0)
+    max_daily_loss_usd: Decimal = Field(default=Decimal("1000"), gt=0)
+    max_drawdown_pct: float = Field(default=2.0, gt=0, le=100)
+    drawdown_from: Literal["peak", "day_start"] = "peak"
+    max_concentration_pct: float = Field(default=30.0, gt=0, le=100)
+    max_correlation: float = Field(default=0.80, gt=0, le=1)
+    max_gross_leverage: float = Field(default=2.0, gt=0)
+
+
+class WatchdogSettings(_Group):
+    """Health rules that trip breakers and the kill switch."""
+
+    prefix: ClassVar[str] = "OMNI_WATCHDOG_"
+
+    interval_s: float = Field(default=5.0, gt=0, description="period of the watchdog beat entry")
+    breach_evaluations: int = Field(default=3, ge=1, description="consecutive breaching evaluations before an action")
+    heartbeat_stale_s: float = Field(default=30.0, gt=0)
+    queue_backlog_max: int = Field(default=1000, ge=1)
+
+
+class FlowerSettings(_Group):
+    """Flower, the operators' Celery dashboard."""
+
+    prefix: ClassVar[str] = "OMNI_FLOWER_"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5555, ge=1, le=65535)
+    user: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.\-]+$")
+    password: SecretStr | None = Field(default=None, description="unset: `omni up` generates one and prints it once")
+
+
+class MetricsSettings(_Group):
+    """The metrics and health HTTP server."""
+
+    prefix: ClassVar[str] = "OMNI_METRICS_"
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9808, ge=1, le=65535)
+
+
+GROUPS: dict[str, type[_Group]] = {
+    "core": CoreSettings,
+    "broker": BrokerSettings,
+    "database": DatabaseSettings,
+    "providers": ProviderSettings,
+    "alpaca": AlpacaSettings,
+    "alpha_vantage": AlphaVantageSettings,
+    "yahoo": YahooSettings,
+    "stream": StreamSettings,
+    "risk": RiskSettings,
+    "watchdog": WatchdogSettings,
+    "flower": FlowerSettings,
+    "metrics": MetricsSettings,
+}
+
+
+class Settings(BaseModel):
+    """Every setting of omni-tasks, validated. Build it with :func:`load_settings`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    core: CoreSettings
+    broker: BrokerSettings
+    database: DatabaseSettings
+    providers: ProviderSettings
+    alpaca: AlpacaSettings
+    alpha_vantage: AlphaVantageSettings
+    yahoo: YahooSettings
+    stream: StreamSettings
+    risk: RiskSettings
+    watchdog: WatchdogSettings
+    flower: FlowerSettings
+    metrics: MetricsSettings
+
+    # ---- derived values -------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.core.data_dir
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker URL is given: `omni up` starts its own Redis."""
+        return self.broker.url is None
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return self.data_dir / "redis.sock"
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker.url:
+            return self.broker.url
+        return f"redis+socket://{self.embedded_redis_socket}"
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis used for results, locks, heartbeats and quotes."""
+        if self.broker.cache_url:
+            return self.broker.cache_url
+        url = self.broker_url
+        if url.startswith(("amqp", "pyamqp")):
+            raise ConfigError("OMNI_BROKER_CACHE_URL: required when the broker is RabbitMQ (a Redis URL for results and locks)")
+        return url
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'omni.sqlite3'}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.data_dir / "metrics"
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plaintext, for the log redaction filter."""
+        out: list[str] = []
+        for _, _, value in self.iter_fields():
+            if isinstance(value, SecretStr):
+                plain = value.get_secret_value()
+                if plain:
+                    out.append(plain)
+        return out
+
+    def iter_fields(self) -> Iterator[tuple[str, str, Any]]:
+        """(variable name, group, value) for every setting."""
+        for group_name, group_cls in GROUPS.items():
+            group = getattr(self, group_name)
+            for field_name in group_cls.model_fields:
+                yield group_cls.prefix + field_name.upper(), group_name, getattr(group, field_name)
+
+    def masked(self) -> list[tuple[str, str]]:
+        """(variable, printable value) with every secret masked."""
+        rows: list[tuple[str, str]] = []
+        for variable, _, value in self.iter_fields():
+            if isinstance(value, SecretStr):
+                shown = "(unset)" if not value.get_secret_value() else "********"
+            elif value is None:
+                shown = "(unset)"
+            elif isinstance(value, list):
+                shown = ",".join(str(v) for v in value)
+            else:
+                shown = str(value)
+            rows.append((variable, mask_url(shown)))
+        return rows
+
+
+def mask_url(text: str) -> str:
+    """Hide the password of a URL such as redis://:pw@host or postgresql://u:pw@host."""
+    return re.sub(r"(://[^:/@\s]*:)[^@/\s]+@", r"\1****@", text)
+
+
+def known_variables() -> set[str]:
+    names = set(NON_SETTING_VARIABLES)
+    for group_cls in GROUPS.values():
+        names.update(group_cls.prefix + field.upper() for field in group_cls.model_fields)
+    return names
+
+
+def _env_file_path(environ: Mapping[str, str]) -> Path | None:
+    explicit = environ.get("OMNI_ENV_FILE")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"OMNI_ENV_FILE: no such file {path}")
+        return path
+    default = Path(".env")
+    return default if default.is_file() else None
+
+
+def _check_unknown(names: set[str], source: str) -> None:
+    known = known_variables()
+    for name in sorted(names):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            guess = difflib.get_close_matches(upper, sorted(known), n=1)
+            hint = f" (did you mean {guess[0]}?)" if guess else ""
+            raise ConfigError(f"{upper}: unknown setting in {source}{hint}")
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, str) and error["type"] not in {"missing"}:
+        return f"{message} (got {value!r})"
+    return message
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting once. Raises ConfigError naming the bad variable.
+
+    ``environ`` defaults to the process environment; tests pass their own.
+    """
+    env = dict(os.environ if environ is None else environ)
+    env_file = _env_file_path(env)
+    _check_unknown(set(env), "the environment")
+    file_values: dict[str, str | None] = {}
+    if env_file is not None:
+        file_values = dotenv_values(env_file)
+        _check_unknown(set(file_values), str(env_file))
+    # Environment variables win over the file.
+    merged = {k.upper(): v for k, v in file_values.items() if v is not None}
+    merged.update({k.upper(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})
+
+    groups: dict[str, _Group] = {}
+    for group_name, group_cls in GROUPS.items():
+        values = {
+            field: merged[group_cls.prefix + field.upper()]
+            for field in group_cls.model_fields
+            if group_cls.prefix + field.upper() in merged
+        }
+        try:
+            groups[group_name] = group_cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            raise ConfigError(f"{group_cls.prefix}{field.upper()}: {_describe(first)}") from None
+    settings = Settings(**groups)  # type: ignore[arg-type]  # keys match the fields one to one
+    return _decrypt_secrets(settings)
+
+
+def _decrypt_secrets(settings: Settings) -> Settings:
+    core = settings.core
+    key_text = core.secret_key.get_secret_value() if core.secret_key else None
+    keys: list[bytes] | None = None
+    updates: dict[str, dict[str, SecretStr]] = {}
+    for variable, group_name, value in settings.iter_fields():
+        if not isinstance(value, SecretStr) or variable in {"OMNI_SECRET_KEY"}:
+            continue
+        plain = value.get_secret_value()
+        if not secret_box.is_encrypted(plain):
+            continue
+        if keys is None:
+            keys = secret_box.load_keys(key_text, core.secret_key_file)
+        field = variable[len(GROUPS[group_name].prefix) :].lower()
+        updates.setdefault(group_name, {})[field] = SecretStr(secret_box.decrypt(plain, keys, name=variable))
+    if not updates:
+        return settings
+    new_groups = {name: getattr(settings, name).model_copy(update=fields) for name, fields in updates.items()}
+    return settings.model_copy(update=new_groups)
+
+
+def secret_keys(settings: Settings) -> list[bytes]:
+    """The configured Fernet keys (newest first); raises when none is configured."""
+    core = settings.core
+    keys = secret_box.load_keys(core.secret_key.get_secret_value() if core.secret_key else None, core.secret_key_file)
+    if not keys:
+        raise ConfigError("OMNI_SECRET_KEY: no Fernet key given (set OMNI_SECRET_KEY or OMNI_SECRET_KEY_FILE)")
+    return keys

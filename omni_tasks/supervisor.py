@@ -1,0 +1,150 @@
+"""A small process supervisor for `omni up`: start, watch, restart with backoff, stop cleanly.
+
+Each child runs in its own process group (so a Celery worker's pool children
+are stopped with it) and gets SIGTERM if the supervisor itself dies (Linux
+PR_SET_PDEATHSIG), so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class ChildSpec:
+    """How to run one supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    stop_timeout_s: float = 20.0
+    log_path: Path | None = None
+    stop_phase: int = 1  # lower phases stop first: beat, then workers and servers, then Redis
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures_in_row: int = 0
+    next_start_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+Announce = Callable[[str], None]
+
+
+class Supervisor:
+    def __init__(self, specs: list[ChildSpec], *, announce: Announce, max_backoff_s: float = 30.0, healthy_after_s: float = 30.0) -> None:
+        self.children = [Child(spec) for spec in specs]
+        self._announce = announce
+        self._max_backoff_s = max_backoff_s
+        self._healthy_after_s = healthy_after_s
+        self._stopping = False
+
+    # ---- lifecycle ---------------------------------------------------------
+    def start(self, child: Child) -> None:
+        spec = child.spec
+        stdout: int | object = subprocess.DEVNULL
+        handle = None
+        if spec.log_path is not None:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(spec.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+            stdout = handle
+        try:
+            child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+                spec.argv,
+                env=spec.env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,  # type: ignore[arg-type]
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads yet matter here
+            )
+        finally:
+            if handle is not None:
+                handle.close()
+        child.started_at = time.monotonic()
+
+    def start_all(self) -> None:
+        for child in self.children:
+            self.start(child)
+
+    def poll(self) -> None:
+        """Restart children that exited, with exponential backoff."""
+        now = time.monotonic()
+        for child in self.children:
+            process = child.process
+            if process is None:
+                if not self._stopping and now >= child.next_start_at:
+                    self.start(child)
+                    child.restarts += 1
+                    self._announce(f"restarted {child.spec.name} (restart #{child.restarts})")
+                continue
+            code = process.poll()
+            if code is None:
+                if now - child.started_at > self._healthy_after_s:
+                    child.failures_in_row = 0
+                continue
+            child.exits.append(code)
+            child.process = None
+            if self._stopping:
+                continue
+            child.failures_in_row += 1
+            delay = min(self._max_backoff_s, 0.5 * 2 ** (child.failures_in_row - 1))
+            child.next_start_at = now + delay
+            self._announce(f"{child.spec.name} exited with code {code}; restarting in {delay:.1f} s")
+
+    def running(self) -> dict[str, int | None]:
+        return {c.spec.name: (c.process.pid if c.process and c.process.poll() is None else None) for c in self.children}
+
+    def stop_all(self) -> None:
+        """Stop phase by phase: SIGTERM a phase's process groups, wait, SIGKILL what is left."""
+        self._stopping = True
+        for phase in sorted({c.spec.stop_phase for c in self.children}):
+            group = [c for c in self.children if c.spec.stop_phase == phase]
+            for child in group:
+                self._signal(child, signal.SIGTERM)
+            deadline = time.monotonic() + max(c.spec.stop_timeout_s for c in group)
+            while time.monotonic() < deadline and any(c.process is not None and c.process.poll() is None for c in group):
+                time.sleep(0.05)
+            for child in group:
+                if child.process is not None and child.process.poll() is None:
+                    self._announce(f"{child.spec.name} did not stop in {child.spec.stop_timeout_s:g} s; killing it")
+                # Kill the group too: pool children that outlived their parent.
+                self._signal(child, signal.SIGKILL)
+                if child.process is not None:
+                    try:
+                        child.process.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+
+    @staticmethod
+    def _signal(child: Child, sig: signal.Signals) -> None:
+        process = child.process
+        if process is None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,85 @@
+"""One watchdog evaluation: heartbeats, queue depths, dead workers, the outcome ledger.
+
+Plain Python: the task in ``tasks.py`` passes the clients in. Health rules that
+trip breakers and the kill switch build on this snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks import heartbeats, observe, runs
+from omni_tasks.storage.models import WorkerHeartbeat
+
+LAST_TICK_KEY = "omni:watchdog:last_tick"
+_log = structlog.get_logger("omni.watchdog")
+
+
+def record_heartbeats(factory: sessionmaker[Session], workers: list[heartbeats.WorkerInfo]) -> int:
+    """Upsert the latest heartbeat of every worker instance into ``worker_heartbeats``."""
+    if not workers:
+        return 0
+    rows = [
+        {
+            "instance_id": w.instance[:200],
+            "hostname": w.hostname[:200],
+            "kind": w.kind[:50],
+            "queues": ",".join(w.queues)[:200],
+            "pid": w.pid,
+            "started_at": datetime.fromtimestamp(w.started_at, tz=UTC),
+            "last_seen": datetime.fromtimestamp(w.last_seen, tz=UTC),
+            "active": w.active,
+            "processed": w.processed,
+            "version": w.version[:50],
+        }
+        for w in workers
+    ]
+    with factory() as session, session.begin():
+        dialect = session.get_bind().dialect.name
+        module = postgresql if dialect == "postgresql" else sqlite
+        stmt = module.insert(WorkerHeartbeat)
+        update = {c: getattr(stmt.excluded, c) for c in ("last_seen", "active", "processed", "pid", "queues", "version")}
+        session.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=update), rows)
+    return len(rows)
+
+
+def tick(
+    *,
+    client: redis.Redis,
+    factory: sessionmaker[Session],
+    broker_url: str,
+    queues: Iterable[str],
+    dead_after_s: float,
+    restore: Callable[[Iterable[str]], int] | None,
+) -> dict[str, Any]:
+    """Run one evaluation and return what it saw and did."""
+    started = time.perf_counter()
+    swept = heartbeats.sweep_dead(client, dead_after_s=dead_after_s, restore=restore)
+    for instance, count in swept.items():
+        _log.warning("worker died; its unacked tasks were put back on their queues", instance=instance, restored=count)
+    snapshot = observe.live_snapshot(client, broker_url, queues, dead_after_s)
+    all_workers = heartbeats.workers(client)
+    recorded = record_heartbeats(factory, all_workers)
+    drained = runs.drain_outcomes(client, factory)
+    summary = {
+        "ts": time.time(),
+        "queues": snapshot["queues"],
+        "oldest_wait_s": snapshot["oldest_wait_s"],
+        "workers_alive": sum(1 for w in snapshot["workers"] if w["alive"]),
+        "heartbeats_recorded": recorded,
+        "dead_workers": len(swept),
+        "redelivered": sum(swept.values()),
+        "outcomes_persisted": drained,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    client.set(LAST_TICK_KEY, json.dumps(summary, separators=(",", ":")), ex=3600)
+    return summary

@@ -1,0 +1,33 @@
+"""Watchdog tasks (solo worker, own queue: runs even when other queues are backed up)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omni_tasks import heartbeats, metrics
+from omni_tasks.celery_app import broker_transport_options, is_redis_url
+from omni_tasks.queues import ALL_QUEUES, Queue
+from omni_tasks.runtime import get_runtime
+from omni_tasks.taskdef import omni_task
+from omni_tasks.watchdog import monitor
+
+
+@omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
+def tick() -> dict[str, Any]:
+    """Record heartbeats and queue depths, redeliver dead workers' tasks, persist task outcomes."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    broker_url = settings.broker_url
+    restore = heartbeats.kombu_restorer(broker_url, broker_transport_options(settings)) if is_redis_url(broker_url) else None
+    summary = monitor.tick(
+        client=runtime.redis,
+        factory=runtime.sessions,
+        broker_url=broker_url,
+        queues=[q.value for q in ALL_QUEUES],
+        dead_after_s=settings.broker.dead_after_s,
+        restore=restore,
+    )
+    metrics.WATCHDOG_TICKS.inc()
+    metrics.REDELIVERED.inc(summary["redelivered"])
+    metrics.OUTCOMES_PERSISTED.inc(summary["outcomes_persisted"])
+    return summary

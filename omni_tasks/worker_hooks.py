@@ -1,0 +1,152 @@
+"""Celery signal handlers and the heartbeat bootstep: the glue between Celery and our ledger.
+
+- before_task_publish: stamp ``omni_sent_at`` (queue-wait metrics, oldest wait) and count sends;
+- task_received (worker main process): count, and remember the delivery tag as in flight;
+- worker_process_init: rebuild clients after fork;
+- setup_logging: our JSON logs instead of Celery's;
+- HeartbeatStep: a thread in the worker main process that beats every ``heartbeat_s``
+  (a thread, so a busy solo pool still beats).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import structlog
+from celery import Celery, bootsteps, signals
+
+from omni_tasks import __version__, heartbeats, metrics
+from omni_tasks.logs import configure_logging
+from omni_tasks.runtime import after_fork, get_runtime
+from omni_tasks.taskdef import SENT_AT_HEADER
+
+_log = structlog.get_logger("omni.worker")
+_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None}
+
+
+def set_process(role: str, kind: str = "unknown") -> None:
+    """Called by the CLI before Celery starts: names this process in logs and heartbeats."""
+    _state["role"] = role
+    _state["kind"] = kind
+
+
+def _on_setup_logging(**_: Any) -> None:
+    settings = get_runtime().settings
+    configure_logging(
+        level=settings.core.log_level,
+        fmt=settings.core.log_format,
+        role=_state["role"],
+        secrets=settings.secret_values(),
+        log_file=settings.core.log_file,
+    )
+
+
+def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
+    if headers is not None:
+        headers.setdefault(SENT_AT_HEADER, time.time())
+    metrics.TASK_SENT.labels(str(sender), socket.gethostname(), routing_key or "?").inc()
+
+
+def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if request is None:
+        return
+    queue = (request.delivery_info or {}).get("routing_key") or "?"
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    metrics.TASK_RECEIVED.labels(request.name, hostname, queue).inc()
+    instance = _state.get("instance")
+    message = getattr(request, "message", None)
+    tag = getattr(message, "delivery_tag", None)
+    if instance and tag:
+        try:
+            heartbeats.track_delivery(get_runtime().redis, instance, str(tag))
+        except Exception:  # noqa: BLE001 - tracking is best effort; the visibility timeout still applies
+            _log.warning("could not record in-flight delivery", exc_info=True)
+
+
+def _on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+    name = (getattr(message, "headers", None) or {}).get("task", "?")
+    queue = (getattr(message, "delivery_info", None) or {}).get("routing_key", "?")
+    metrics.TASK_REJECTED.labels(name, socket.gethostname(), queue).inc()
+
+
+def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    name = getattr(request, "name", None) or getattr(sender, "name", "?")
+    queue = ((getattr(request, "delivery_info", None) or {}) or {}).get("routing_key", "?")
+    metrics.TASK_REVOKED.labels(str(name), socket.gethostname(), queue).inc()
+
+
+def _on_process_init(**_: Any) -> None:
+    after_fork()
+
+
+class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+    """Beat every ``heartbeat_s`` from a thread of the worker main process."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_at = time.time()
+        self._instance = ""
+
+    def start(self, worker: Any) -> None:
+        self._instance = f"{worker.hostname}:{os.getpid()}:{int(self._started_at)}"
+        _state["instance"] = self._instance
+        queues = sorted(q.name for q in worker.app.amqp.queues.consume_from.values()) if worker.app.amqp.queues.consume_from else []
+        settings = get_runtime().settings
+
+        def run() -> None:
+            from celery.worker import state as worker_state
+
+            client = get_runtime().redis
+            while not self._stop.is_set():
+                try:
+                    heartbeats.beat(
+                        client,
+                        heartbeats.WorkerInfo(
+                            instance=self._instance,
+                            hostname=worker.hostname,
+                            kind=_state["kind"],
+                            queues=queues,
+                            pid=os.getpid(),
+                            started_at=self._started_at,
+                            last_seen=time.time(),
+                            active=len(worker_state.active_requests),
+                            processed=int(worker_state.total_count.total() if hasattr(worker_state.total_count, "total") else sum(worker_state.total_count.values())),
+                            version=__version__,
+                        ),
+                    )
+                except Exception:  # noqa: BLE001 - a missed beat is survivable; the next one retries
+                    _log.warning("heartbeat failed", exc_info=True)
+                self._stop.wait(settings.broker.heartbeat_s)
+
+        self._thread = threading.Thread(target=run, name="omni-heartbeat", daemon=True)
+        self._thread.start()
+        _log.info("worker heartbeat started", instance=self._instance, kind=_state["kind"], queues=queues)
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            heartbeats.leave(get_runtime().redis, self._instance)
+        except Exception:  # noqa: BLE001 - shutting down; the sweeper handles a missing leave
+            _log.warning("could not deregister worker", exc_info=True)
+
+    shutdown = stop
+
+
+def install(app: Celery) -> None:
+    signals.setup_logging.connect(_on_setup_logging, weak=False)
+    signals.before_task_publish.connect(_on_before_publish, weak=False)
+    signals.task_received.connect(_on_task_received, weak=False)
+    signals.task_rejected.connect(_on_task_rejected, weak=False)
+    signals.task_revoked.connect(_on_task_revoked, weak=False)
+    signals.worker_process_init.connect(_on_process_init, weak=False)
+    app.steps["worker"].add(HeartbeatStep)

@@ -1,0 +1,11 @@
+from omni_tasks.queues import Queue
+from workers.base import WorkerKind
+
+KIND = WorkerKind(
+    name="risk",
+    queues=(Queue.RISK,),
+    pool="prefork",
+    concurrency=1,
+    max_tasks_per_child=1000,
+    description="portfolio risk recalculation and snapshots",
+)
