@@ -42,11 +42,8 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 
 
 def _result_backend(settings: Settings) -> str:
-    url = settings.redis_url
-    if url.startswith("redis+socket://"):
-        # Celery's Redis result backend spells the unix socket scheme "socket://".
-        return "socket://" + url[len("redis+socket://") :]
-    return url
+    # "redis+socket:///path" works for both kombu and Celery's Redis result backend.
+    return settings.redis_url
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

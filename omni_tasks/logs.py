@@ -115,7 +115,7 @@ def configure_logging(
         root.addHandler(handler)
     root.setLevel(level)
     # Chatty libraries stay at WARNING unless we debug.
-    for noisy in ("kombu", "amqp", "urllib3", "tornado.access", "alembic.runtime.migration"):
+    for noisy in ("kombu", "amqp", "urllib3", "tornado.access", "alembic"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
 
 

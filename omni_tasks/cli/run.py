@@ -158,7 +158,11 @@ def up(
     """
     from omni_tasks.cli.main import prepare
 
-    settings = prepare("up")
+    settings = prepare("up", configure_log=False)
+    from omni_tasks.logs import configure_logging
+
+    # The terminal of `omni up` is for people: warnings only, readable; each child logs JSON to its file.
+    configure_logging(level="WARNING", fmt="console", role="up", secrets=settings.secret_values())
     from omni_tasks import embedded
     from omni_tasks.supervisor import ChildSpec, Supervisor
     from workers import KINDS
@@ -226,7 +230,7 @@ def up(
         for child in supervisor.children:
             if child.process is None:
                 supervisor.start(child)
-        _banner(effective, flower_password, logs_dir)
+        _banner(effective, flower_password if settings.flower.password is None else None, logs_dir)
         ready = _wait_healthy(effective, timeout_s=60, stop=stop_requested)
         if ready:
             announce("[green]all processes up; /health is ok[/green]")
@@ -271,7 +275,7 @@ def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]
     return False
 
 
-def _banner(settings: Settings, flower_password: str, logs_dir: Path) -> None:
+def _banner(settings: Settings, generated_password: str | None, logs_dir: Path) -> None:
     from omni_tasks.settings import mask_url
 
     table = Table(title="omni-tasks is starting", show_header=False, box=None, pad_edge=False)
@@ -280,8 +284,8 @@ def _banner(settings: Settings, flower_password: str, logs_dir: Path) -> None:
     flower_url = f"http://{settings.flower.host}:{settings.flower.port}"
     metrics_url = f"http://{settings.metrics.host}:{settings.metrics.port}"
     table.add_row("Flower", f"{flower_url}  (user [bold]{settings.flower.user}[/bold])")
-    if settings.flower.password is None:
-        table.add_row("Flower password", f"[bold]{flower_password}[/bold]  (generated for this run; set OMNI_FLOWER_PASSWORD to keep one)")
+    if generated_password is not None:
+        table.add_row("Flower password", f"[bold]{generated_password}[/bold]  (generated for this run; set OMNI_FLOWER_PASSWORD to keep one)")
     table.add_row("Health", f"{metrics_url}/health")
     table.add_row("Metrics", f"{metrics_url}/metrics")
     table.add_row("Broker", mask_url(settings.broker_url) + ("  (embedded Redis, unix socket only)" if settings.embedded else ""))
