@@ -24,3 +24,8 @@ def probe(marker: str, sleep_s: float = 0.0) -> dict[str, object]:
     time.sleep(max(0.0, min(sleep_s, 100.0)))
     count = int(get_runtime().redis.hincrby(COMPLETIONS_KEY, marker, 1))
     return {"marker": marker, "completions": count, "pid": os.getpid()}
+
+
+@omni_task(name="omni.system.noop", queue=Queue.SCANS, soft_time_limit_s=5, time_limit_s=10)
+def noop() -> None:
+    """Do nothing: measures the task path's own overhead (bench/celery_overhead)."""
