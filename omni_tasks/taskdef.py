@@ -65,7 +65,8 @@ def _json_primitive(value: Any, depth: int = 0) -> bool:
 class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """Base class behind :func:`omni_task`: delivery counting, outcome ledger, metrics, log context."""
 
-    max_deliveries: int = 5
+    #: None: the OMNI_BROKER_MAX_DELIVERIES setting applies.
+    max_deliveries: int | None = None
     idempotent: bool = True
     order_bearing: bool = False
 
@@ -111,8 +112,9 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
             metrics.TASK_QUEUE_WAIT.labels(self.name, hostname, queue).observe(
                 max(0.0, request.omni_started_at - request.omni_sent_at)
             )
-        if delivery > self.max_deliveries:
-            error = f"delivered {delivery} times (max {self.max_deliveries}): dead-lettered, not run again"
+        max_deliveries = self.max_deliveries or runtime.settings.broker.max_deliveries
+        if delivery > max_deliveries:
+            error = f"delivered {delivery} times (max {max_deliveries}): dead-lettered, not run again"
             self._record("DEAD_LETTER", task_id, args, kwargs, error=error)
             metrics.DEAD_LETTERS.labels(self.name, queue).inc()
             _log.error("task dead-lettered", delivery=delivery)
@@ -186,7 +188,7 @@ def omni_task(
     retry_on: tuple[type[BaseException], ...] = (RetryableError,),
     max_retries: int = 3,
     retry_backoff_max_s: int = 300,
-    max_deliveries: int = 5,
+    max_deliveries: int | None = None,
     ignore_result: bool = True,
     expires_s: float | None = None,
     rate_limit: str | None = None,

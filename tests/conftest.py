@@ -1,0 +1,212 @@
+"""Shared fixtures: real Redis, real PostgreSQL, real worker processes.
+
+Tests that need services are skipped when Redis or PostgreSQL is not
+reachable, unless OMNI_REQUIRE_SERVICES=1 (as in CI), where they fail instead.
+Each session gets its own PostgreSQL database and its own Redis database
+number, both removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+REDIS_HOST = os.environ.get("OMNI_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("OMNI_TEST_REDIS_PORT", "6379"))
+PG_ADMIN_URL = os.environ.get("OMNI_TEST_PG_ADMIN_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("OMNI_REQUIRE_SERVICES") == "1"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} unavailable: {exc}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (OMNI_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> Iterator[int]:
+    """A Redis database number of our own on the local server, flushed before and after."""
+    db = 9 + (os.getpid() % 6)  # 9..14: parallel sessions on one server do not collide often
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    client.flushdb()
+    yield db
+    try:
+        client.flushdb()
+    except redis.RedisError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{redis_db}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+
+    name = f"omni_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means the service is absent
+        admin.dispose()
+        _unavailable("PostgreSQL", exc)
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_pg_url(pg_url: str) -> str:
+    from omni_tasks.storage import migrations
+    from omni_tasks.storage.engine import make_engine
+
+    engine = make_engine(pg_url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    return pg_url
+
+
+def service_env(*, redis_url: str, database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for omni processes under test: our services, fast heartbeats, a private data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    metrics_dir = data_dir / "metrics"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "OMNI_BROKER_URL": redis_url,
+            "OMNI_DATABASE_URL": database_url,
+            "OMNI_DATA_DIR": str(data_dir),
+            "OMNI_BROKER_HEARTBEAT_S": "0.5",
+            "OMNI_BROKER_DEAD_AFTER_S": "3",
+            "OMNI_BROKER_BEAT_LOCK_TTL_S": "3",
+            "OMNI_LOG_LEVEL": "INFO",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class OmniProcess:
+    """One `omni ...` subprocess in its own process group, logging to a file."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: object = field(default=None, repr=False)
+
+    def start(self) -> OmniProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = handle
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "omni_tasks", *self.argv],
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False)  # noqa: S607
+        return [int(p) for p in out.stdout.split()]
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.kill_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill_group(signal.SIGKILL)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def omni_processes() -> Iterator[list[OmniProcess]]:
+    """Processes appended here are stopped (and their groups killed) after the test."""
+    started: list[OmniProcess] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition") -> float:  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; returns the seconds it took. Fails the test on timeout."""
+    started = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {message}")
+        time.sleep(interval_s)
+
+
+def wait_for_worker(client: redis.Redis, kind: str, proc: OmniProcess, timeout_s: float = 40.0) -> None:
+    from omni_tasks import heartbeats
+
+    def ready() -> bool:
+        if proc.process is not None and proc.process.poll() is not None:
+            pytest.fail(f"worker {kind} exited with {proc.process.returncode}:\n{proc.log_text()[-3000:]}")
+        return any(w.kind == kind and w.pid == proc.pid for w in heartbeats.workers(client))
+
+    wait_for(ready, timeout_s, message=f"worker {kind} heartbeat")

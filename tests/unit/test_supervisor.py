@@ -1,0 +1,168 @@
+"""Unit tests of omni_tasks.supervisor with real tiny child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from omni_tasks.supervisor import ChildSpec, Supervisor
+
+EXITS_AT_ONCE = "import sys; sys.exit(3)"
+SLEEPS = "import time; time.sleep(60)"
+IGNORES_SIGTERM = (
+    "import pathlib, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "pathlib.Path(sys.argv[1]).write_text('ready')\n"
+    "time.sleep(60)\n"
+)
+# The grandchild ignores SIGTERM and writes its pid once it does; the child itself dies on SIGTERM.
+SPAWNS_GRANDCHILD = (
+    "import subprocess, sys, time\n"
+    "grandchild = (\n"
+    "    'import os, pathlib, signal, sys, time\\n'\n"
+    "    'signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n'\n"
+    "    'pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\\n'\n"
+    "    'time.sleep(60)\\n'\n"
+    ")\n"
+    "subprocess.Popen([sys.executable, '-c', grandchild, sys.argv[1]])\n"
+    "time.sleep(60)\n"
+)
+
+
+def _spec(name: str, code: str, *args: str, stop_timeout_s: float = 2.0) -> ChildSpec:
+    return ChildSpec(name=name, argv=[sys.executable, "-c", code, *args], env=dict(os.environ), stop_timeout_s=stop_timeout_s)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def supervisors() -> Iterator[list[Supervisor]]:
+    """Supervisors made by a test; whatever they still run is stopped at the end, even on failure."""
+    made: list[Supervisor] = []
+    yield made
+    for supervisor in made:
+        if any(pid is not None for pid in supervisor.running().values()):
+            supervisor.stop_all()
+
+
+def test_supervisor_child_that_exits_is_restarted_with_growing_backoff(supervisors: list[Supervisor]) -> None:
+    announced: list[tuple[float, str]] = []
+    supervisor = Supervisor([_spec("flaky", EXITS_AT_ONCE)], announce=lambda text: announced.append((time.monotonic(), text)))
+    supervisors.append(supervisor)
+    supervisor.start_all()
+
+    def third_exit_seen() -> bool:
+        supervisor.poll()
+        return sum("exited" in text for _, text in announced) >= 3
+
+    _wait_for(third_exit_seen, 4.5, "three exits of the flaky child")
+
+    texts = [text for _, text in announced]
+    assert texts[:5] == [
+        "flaky exited with code 3; restarting in 0.5 s",
+        "restarted flaky (restart #1)",
+        "flaky exited with code 3; restarting in 1.0 s",
+        "restarted flaky (restart #2)",
+        "flaky exited with code 3; restarting in 2.0 s",
+    ]
+    times = [at for at, _ in announced]
+    assert times[1] - times[0] >= 0.5  # no restart before the backoff elapsed
+    assert times[3] - times[2] >= 1.0
+    child = supervisor.children[0]
+    assert child.exits == [3, 3, 3]
+    assert child.restarts == 2
+
+
+def test_supervisor_backoff_is_capped_at_max_backoff(supervisors: list[Supervisor]) -> None:
+    announced: list[str] = []
+    supervisor = Supervisor([_spec("flaky", EXITS_AT_ONCE)], announce=announced.append, max_backoff_s=0.2)
+    supervisors.append(supervisor)
+    supervisor.start_all()
+
+    def third_exit_seen() -> bool:
+        supervisor.poll()
+        return sum("exited" in text for text in announced) >= 3
+
+    _wait_for(third_exit_seen, 3.0, "three exits of the flaky child")
+
+    delays = [text.rsplit("restarting in ", 1)[1] for text in announced if "exited" in text]
+    assert delays == ["0.2 s", "0.2 s", "0.2 s"]
+
+
+def test_supervisor_stop_all_does_not_restart_a_stopped_child(supervisors: list[Supervisor]) -> None:
+    announced: list[str] = []
+    supervisor = Supervisor([_spec("sleeper", SLEEPS)], announce=announced.append)
+    supervisors.append(supervisor)
+    supervisor.start_all()
+    process = supervisor.children[0].process
+    assert process is not None
+
+    started = time.monotonic()
+    supervisor.stop_all()
+    supervisor.poll()
+
+    assert time.monotonic() - started < 1.5  # it went on SIGTERM, no wait for the timeout
+    assert process.returncode == -signal.SIGTERM
+    assert announced == []
+    assert supervisor.running() == {"sleeper": None}
+
+
+def test_supervisor_stop_all_child_ignoring_sigterm_is_killed_after_stop_timeout(tmp_path: Path, supervisors: list[Supervisor]) -> None:
+    ready = tmp_path / "ready"
+    announced: list[str] = []
+    supervisor = Supervisor([_spec("stubborn", IGNORES_SIGTERM, str(ready), stop_timeout_s=0.5)], announce=announced.append)
+    supervisors.append(supervisor)
+    supervisor.start_all()
+    _wait_for(ready.exists, 3.0, "the child to ignore SIGTERM")
+    process = supervisor.children[0].process
+    assert process is not None
+
+    started = time.monotonic()
+    supervisor.stop_all()
+    elapsed = time.monotonic() - started
+
+    assert process.returncode == -signal.SIGKILL
+    assert 0.5 <= elapsed < 2.5
+    assert announced == ["stubborn did not stop in 0.5 s; killing it"]
+
+
+def test_supervisor_stop_all_child_with_grandchild_leaves_no_process_behind(tmp_path: Path, supervisors: list[Supervisor]) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    supervisor = Supervisor([_spec("parent", SPAWNS_GRANDCHILD, str(pid_file))], announce=lambda _text: None)
+    supervisors.append(supervisor)
+    supervisor.start_all()
+    _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 3.0, "the grandchild to start")
+    grandchild = int(pid_file.read_text())
+    child = supervisor.children[0].process
+    assert child is not None
+    assert os.getpgid(grandchild) == child.pid  # same process group as the supervised child
+
+    try:
+        supervisor.stop_all()
+        # The orphaned grandchild is reaped by init; allow it a moment.
+        _wait_for(lambda: _gone(grandchild), 5.0, f"grandchild {grandchild} to disappear")
+    finally:
+        if not _gone(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+    assert child.returncode == -signal.SIGTERM
