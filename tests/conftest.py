@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,24 +66,36 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, dropped at the end."""
+def pg_database() -> Iterator[Callable[[], str]]:
+    """Creates fresh PostgreSQL databases on demand; all are dropped at the end of the session."""
     from sqlalchemy import create_engine, text
 
-    name = f"omni_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means the service is absent
-        admin.dispose()
-        _unavailable("PostgreSQL", exc)
+    created: list[str] = []
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+
+    def create() -> str:
+        name = f"omni_test_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001 - any connection failure means the service is absent
+            _unavailable("PostgreSQL", exc)
+        created.append(name)
+        return f"{base}/{name}"
+
+    yield create
     with admin.connect() as connection:
-        connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        for name in created:
+            connection.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_database: Callable[[], str]) -> str:
+    """The session's PostgreSQL database."""
+    return pg_database()
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,9 @@ def test_slot_task_id_same_task_args_and_slot_give_the_same_id() -> None:
         pytest.param("omni.scans.volume", ["AAPL", 5], {"window": 20}, 1710513000, id="other-task"),
     ],
 )
-def test_slot_task_id_different_slot_args_or_task_give_a_different_id(task: str, args: list[object], kwargs: dict[str, object], slot: int) -> None:
+def test_slot_task_id_different_slot_args_or_task_give_a_different_id(
+    task: str, args: list[object], kwargs: dict[str, object], slot: int
+) -> None:
     base = slot_task_id("omni.scans.momentum", ["AAPL", 5], {"window": 20}, 1710513000)
 
     assert slot_task_id(task, args, kwargs, slot) != base

@@ -18,9 +18,7 @@ import click
 import pytest
 import typer
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
-from omni_tasks import metrics
 from omni_tasks.queues import ALL_QUEUES
 from omni_tasks.settings import known_variables, load_settings
 from workers import KINDS
@@ -319,6 +317,12 @@ def test_prometheus_scrapes_server_and_flower_at_their_listen_ports(monkeypatch:
 
 
 def _exported_series() -> set[str]:
+    # Imported here, not at collection: prometheus_client picks its multiprocess
+    # mode when first imported, and other tests may set PROMETHEUS_MULTIPROC_DIR first.
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from omni_tasks import metrics
+
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     series: set[str] = set()
     for value in vars(metrics).values():
@@ -345,7 +349,8 @@ def test_grafana_dashboard_uses_provisioned_datasource_uid() -> None:
     provisioned = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     uids = {source["uid"] for source in provisioned["datasources"]}
     dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "omni-tasks.json").read_text())
-    used = {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"]}
+    used = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
+    used |= {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"] if "datasource" in target}
     assert used <= uids, f"dashboard datasource uids {used} not provisioned ({uids}): every panel would show an error"
 
 

@@ -14,9 +14,9 @@ import structlog
 
 from omni_tasks.logs import REDACTED, configure_logging, get_logger
 
-SECRET = "Sup3r-S3cret-Alpaca-Key"
-OTHER_SECRET = "fl0wer-Operator-Pass"
-URL_PASSWORD = "brokerUrlPw77"
+SECRET = "Sup3r-S3cret-Alpaca-Key"  # noqa: S105 - made-up test value
+OTHER_SECRET = "fl0wer-Operator-Pass"  # noqa: S105 - made-up test value
+URL_PASSWORD = "brokerUrlPw77"  # noqa: S105 - made-up test value
 
 
 @pytest.fixture(autouse=True)

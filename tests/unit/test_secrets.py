@@ -127,7 +127,7 @@ def test_rotate_env_file_new_key_opens_every_value_and_old_key_alone_does_not(tm
     env_file = tmp_path / ".env"
     env_file.write_text(
         "# credentials\n"
-        f"export OMNI_ALPACA_API_KEY=\"{secret_box.encrypt('alpaca-plain', [old])}\"\n"
+        f'export OMNI_ALPACA_API_KEY="{secret_box.encrypt("alpaca-plain", [old])}"\n'
         f"OMNI_ALPACA_SECRET_KEY='{secret_box.encrypt('alpaca-secret-plain', [old])}'\n"
         f"OMNI_ALPHA_VANTAGE_API_KEY = {secret_box.encrypt('av-plain', [old])}\n"
         "\n"
@@ -160,7 +160,7 @@ def test_rotate_env_file_keeps_export_quotes_comments_and_plain_lines(tmp_path: 
     env_file = tmp_path / ".env"
     lines = [
         "# credentials, newest key first\n",
-        f"export OMNI_ALPACA_API_KEY=\"{secret_box.encrypt('a', [old])}\"\n",
+        f'export OMNI_ALPACA_API_KEY="{secret_box.encrypt("a", [old])}"\n',
         f"OMNI_ALPACA_SECRET_KEY='{secret_box.encrypt('b', [old])}'\n",
         "\n",
         "OMNI_FLOWER_USER=operator\n",
@@ -173,9 +173,11 @@ def test_rotate_env_file_keeps_export_quotes_comments_and_plain_lines(tmp_path: 
     after = env_file.read_text(encoding="utf-8").splitlines(keepends=True)
     assert len(after) == len(lines)
     assert after[0] == lines[0]
-    assert after[1].startswith('export OMNI_ALPACA_API_KEY="enc:') and after[1].endswith('"\n')
+    assert after[1].startswith('export OMNI_ALPACA_API_KEY="enc:')
+    assert after[1].endswith('"\n')
     assert after[1] != lines[1]
-    assert after[2].startswith("OMNI_ALPACA_SECRET_KEY='enc:") and after[2].endswith("'\n")
+    assert after[2].startswith("OMNI_ALPACA_SECRET_KEY='enc:")
+    assert after[2].endswith("'\n")
     assert after[2] != lines[2]
     assert after[3:] == lines[3:]
 
@@ -188,7 +190,7 @@ def test_rotate_env_file_value_no_key_opens_leaves_file_byte_for_byte_unchanged(
             f"OMNI_ALPACA_API_KEY={secret_box.encrypt('opens', [old])}\n"
             f"OMNI_ALPHA_VANTAGE_API_KEY={secret_box.encrypt('lost', [lost])}\n"
             "OMNI_FLOWER_USER=operator"  # no final newline: must survive too
-        ).encode("utf-8")
+        ).encode()
     )
     before = env_file.read_bytes()
 

@@ -14,6 +14,9 @@ from omni_tasks import secrets as secret_box
 from omni_tasks.errors import ConfigError, SecretError
 from omni_tasks.settings import load_settings, mask_url
 
+MASK = "********"
+UNSET = "(unset)"
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -50,7 +53,9 @@ def test_load_settings_non_omni_variables_are_ignored() -> None:
     assert settings.embedded is True
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the default data_dir '~/.omni-tasks' is not expanded (after-validators do not run on defaults)")
+@pytest.mark.xfail(
+    strict=True, reason="BUG: the default data_dir '~/.omni-tasks' is not expanded (after-validators do not run on defaults)"
+)
 def test_load_settings_default_data_dir_is_expanded() -> None:
     settings = load_settings({})
 
@@ -205,10 +210,10 @@ def test_masked_secret_settings_never_show_plaintext_and_url_passwords_are_hidde
 
     for plaintext in ("flower-Plain-pw", "alpaca-Plain-key", "av-Plain-key", "brokerPw123", "dbPw456", key):
         assert plaintext not in text
-    assert rows["OMNI_FLOWER_PASSWORD"] == "********"
-    assert rows["OMNI_ALPHA_VANTAGE_API_KEY"] == "********"
-    assert rows["OMNI_SECRET_KEY"] == "********"
-    assert rows["OMNI_ALPACA_SECRET_KEY"] == "(unset)"
+    assert rows["OMNI_FLOWER_PASSWORD"] == MASK
+    assert rows["OMNI_ALPHA_VANTAGE_API_KEY"] == MASK
+    assert rows["OMNI_SECRET_KEY"] == MASK
+    assert rows["OMNI_ALPACA_SECRET_KEY"] == UNSET
     assert rows["OMNI_BROKER_URL"] == "redis://:****@localhost:6379/0"
     assert rows["OMNI_DATABASE_URL"] == "postgresql+psycopg2://omni:****@db/omni"
 
@@ -273,7 +278,9 @@ def test_load_settings_enc_value_with_wrong_key_raises_naming_the_variable() -> 
     assert isinstance(caught.value, ConfigError)  # the CLI's one-line, exit-2 path
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a malformed OMNI_SECRET_KEY / unreadable OMNI_SECRET_KEY_FILE error does not name the variable")
+@pytest.mark.xfail(
+    strict=True, reason="BUG: a malformed OMNI_SECRET_KEY / unreadable OMNI_SECRET_KEY_FILE error does not name the variable"
+)
 @pytest.mark.parametrize(
     ("variable", "value"),
     [

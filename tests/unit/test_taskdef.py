@@ -240,7 +240,11 @@ def test_apply_async_delay_beyond_visibility_timeout_refused_before_publishing(o
     assert published == []
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a naive eta (Celery accepts one) is subtracted from an aware now: TypeError, not the visibility check")
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="BUG: a naive eta (Celery accepts one) is subtracted from an aware now: TypeError, not the visibility check",
+)
 def test_apply_async_naive_eta_beyond_visibility_timeout_refused_with_clear_error(published: list[str]) -> None:
     task = _task()
     naive_eta = datetime.now(tz=UTC).replace(tzinfo=None) + timedelta(hours=2)
