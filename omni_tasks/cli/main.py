@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from omni_tasks.errors import BootRefused, ConfigError
@@ -59,21 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="omni", standalone_mode=False)
+        # Standalone mode: click prints usage errors in one line (exit 2) and turns Exit into the exit code.
+        command.main(args=argv, prog_name="omni", standalone_mode=True)
     except ConfigError as exc:
         print(f"omni: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     except BootRefused as exc:
         print(f"omni: refusing to start: {exc}", file=sys.stderr)
         sys.exit(3)
-    except click.exceptions.Abort:
-        print("omni: aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

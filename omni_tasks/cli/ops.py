@@ -33,7 +33,7 @@ def gather_status() -> dict[str, Any]:
         raw = runtime.redis.get(LAST_TICK_KEY)
         out["watchdog_last_tick"] = json.loads(raw) if raw else None
     except Exception as exc:  # noqa: BLE001 - status must show what it can
-        out["errors"].append(f"redis/broker: {type(exc).__name__}: {exc}")
+        out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
         with runtime.sessions() as session:
             rows = session.scalars(
@@ -44,7 +44,7 @@ def gather_status() -> dict[str, Any]:
                 for r in rows
             ]
     except Exception as exc:  # noqa: BLE001 - status must show what it can
-        out["errors"].append(f"database: {type(exc).__name__}: {exc}")
+        out["errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return out
 
 

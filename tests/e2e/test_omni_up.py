@@ -1,0 +1,154 @@
+"""`omni up --for N` on the embedded default, as a newcomer runs it: no services, no keys."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)  # noqa: S310 - loopback URL of the process under test
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """PIDs whose environment mentions ``marker`` (our private data folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _listeners(pids: list[int]) -> list[str]:
+    """Local addresses of TCP listening sockets held by ``pids`` (from `ss`)."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=False).stdout  # noqa: S607
+    addresses = []
+    for line in out.splitlines():
+        if any(f"pid={pid}," in line for pid in pids):
+            addresses.append(line.split()[3])
+    return addresses
+
+
+def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "omni-data"
+    flower_port, metrics_port = _free_port(), _free_port()
+    password = "e2e-" + os.urandom(6).hex()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(
+        {
+            "OMNI_DATA_DIR": str(data_dir),
+            "OMNI_FLOWER_PORT": str(flower_port),
+            "OMNI_METRICS_PORT": str(metrics_port),
+            "OMNI_FLOWER_PASSWORD": password,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    started = time.monotonic()
+    up = subprocess.Popen(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "omni_tasks", "up", "--for", "30"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        health_url = f"http://127.0.0.1:{metrics_port}/health"
+        def healthy() -> bool:
+            if not _port_open(metrics_port):
+                return False
+            code, body = _get(health_url)
+            return code == 200 and json.loads(body)["status"] == "ok"
+
+        ready_s = wait_for(healthy, 60, interval_s=0.5, message="/health ok")
+        code, body = _get(health_url)
+        health = json.loads(body)
+        assert code == 200 and health["status"] == "ok", health
+        for kind in ("scans", "backfill", "validation", "risk", "watchdog", "orders"):
+            assert health["checks"][f"worker:{kind}"]["status"] == "ok"
+        print(f"omni up: /health ok {ready_s:.1f} s after start")
+
+        flower = f"http://127.0.0.1:{flower_port}"
+        assert _get(f"{flower}/api/workers")[0] == 401, "Flower requires its password"
+        assert _get(f"{flower}/api/workers", auth=("operator", "wrong"))[0] == 401
+
+        def flower_lists_every_worker() -> bool:
+            status, body = _get(f"{flower}/api/workers?refresh=1", auth=("operator", password))
+            if status != 200:
+                return False
+            names = json.loads(body)
+            return {n.split("@")[0] for n in names} >= {"scans", "backfill", "validation", "risk", "watchdog", "orders"}
+
+        wait_for(flower_lists_every_worker, 30, interval_s=1.0, message="Flower to list a worker per queue")
+
+        def watchdog_ran() -> bool:
+            text = _get(f"http://127.0.0.1:{metrics_port}/metrics")[1].decode()
+            match = re.search(r"^omni_watchdog_ticks_total (\d+\.\d+)", text, re.M)
+            return bool(match and float(match.group(1)) >= 1)
+
+        wait_for(watchdog_ran, 20, interval_s=0.5, message="the watchdog entry to run")
+        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics")[1].decode()
+        assert re.search(r"^celery_task_succeeded_total\{", metrics, re.M)
+        assert re.search(r'^celery_queue_length\{queue_name="watchdog"\}', metrics, re.M)
+        assert re.search(r'^celery_worker_up\{hostname="watchdog@', metrics, re.M)
+        assert re.search(r"^omni_beat_leader 1\.0", metrics, re.M)
+
+        pids = _processes_with(str(data_dir))
+        listeners = _listeners(pids + [up.pid])
+        open_listeners = [a for a in listeners if not a.startswith(("127.0.0.1:", "[::1]:"))]
+        print(f"listeners: {listeners}; on non-loopback interfaces: {len(open_listeners)}")
+        assert open_listeners == []
+        assert not any(a.endswith(":6379") for a in listeners), "the embedded Redis listens on a unix socket only"
+
+        output, _ = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, 9)
+            up.wait()
+    text = output.decode(errors="replace")
+    assert up.returncode == 0, text
+    assert "stopped" in text
+    assert password not in text, "a password given by the operator is never echoed"
+    elapsed = time.monotonic() - started
+    time.sleep(0.5)
+    left = _processes_with(str(data_dir))
+    print(f"omni up --for 30: exited 0 after {elapsed:.0f} s; processes left behind: {len(left)}")
+    assert left == []
+    logs = "".join(p.read_text(errors="replace") for p in (data_dir / "logs").glob("*"))
+    assert password not in logs, "secrets found in logs"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
