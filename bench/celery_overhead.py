@@ -353,9 +353,8 @@ def run_round(side: str, round_no: int, ctx: Context) -> RoundResult:
 
 def check_settings_parity() -> None:
     """Refuse to compare unlike things: the shared Celery settings of both apps must be equal."""
-    from omni_tasks.celery_app import app as omni_app
-
     from bench.bare_app import app as bare_app
+    from omni_tasks.celery_app import app as omni_app
 
     drift = [
         f"  {key}: omni {omni_app.conf[key]!r} != bare {bare_app.conf[key]!r}"

@@ -20,7 +20,7 @@ import structlog
 
 REDACTED = "[redacted]"
 _SENSITIVE_KEY = re.compile(r"pass(word)?|secret|token|api_?key|authorization|credential", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
 
 
 class Redactor:

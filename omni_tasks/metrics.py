@@ -1,8 +1,9 @@
 """Prometheus metrics. celery-exporter's names, so existing dashboards and alerts work, plus ``omni_*``.
 
 Worker children, beat and the CLI write to files in the multiprocess folder
-(``PROMETHEUS_MULTIPROC_DIR``, set by the launcher before this module is
-imported); the metrics server aggregates them, and computes queue lengths,
+(``PROMETHEUS_MULTIPROC_DIR`` = ``<data>/metrics/<hostname>``, set by the
+launcher before this module is imported); the metrics server merges every
+host's folder, and computes queue lengths,
 worker liveness and the beat leader at scrape time. Labels never hold symbols.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -89,13 +91,28 @@ class LiveCollector(Collector):
         yield scrape_s
 
 
-def build_registry(snapshot: Callable[[], dict[str, Any]], multiproc_dir: str | None) -> CollectorRegistry:
+class MergedFilesCollector(Collector):
+    """Every process's metric files under ``root``, one subfolder per host (or container).
+
+    prometheus-client's own collector reads one folder, keyed by PID; PIDs
+    repeat across containers, so each host writes to ``root/<hostname>`` and
+    the server merges them all.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = sorted(str(p) for p in self._root.glob("*/*.db"))
+        return iter(MultiProcessCollector.merge(files, accumulate=True))
+
+
+def build_registry(snapshot: Callable[[], dict[str, Any]], metrics_root: Path | None) -> CollectorRegistry:
     """The registry served on /metrics: every process's metric files plus the live gauges."""
     registry = CollectorRegistry()
-    if multiproc_dir:
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+    if metrics_root is not None:
+        registry.register(MergedFilesCollector(metrics_root))
     registry.register(LiveCollector(snapshot))
     return registry
-

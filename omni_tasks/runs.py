@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,12 +45,10 @@ class TaskOutcome:
     sent_at: float | None = None
     queue_wait_s: float | None = None
     error: str | None = None
-    outcome_id: str = ""
+    outcome_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["outcome_id"] = self.outcome_id or str(uuid.uuid4())
-        return json.dumps(data, separators=(",", ":"))
+        return json.dumps(asdict(self), separators=(",", ":"))
 
 
 def summarize_args(args: Any, kwargs: Any) -> str:

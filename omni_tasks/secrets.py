@@ -112,14 +112,23 @@ def rotate_env_file(path: Path, keys: Sequence[bytes]) -> list[str]:
             continue
         raw = match["value"]
         quote = raw[0] if raw[:1] in {"'", '"'} and raw[-1:] == raw[:1] and len(raw) >= 2 else ""
-        value = raw[1:-1] if quote else raw
+        comment = ""
+        if quote:
+            value = raw[1:-1]
+        else:
+            # An unquoted value ends at " #" (python-dotenv's inline comment); tokens never hold spaces.
+            value, hash_mark, rest = raw.partition(" #")
+            comment = (hash_mark + rest) if hash_mark else ""
+            trailing = len(value) - len(value.rstrip())
+            comment = value[len(value) - trailing :] + comment if trailing else comment
+            value = value.rstrip()
         if not is_encrypted(value):
             out.append(line)
             continue
         new_value = rotate_token(value, keys, name=match["key"])
         rotated.append(match["key"])
         newline = "\n" if line.endswith("\n") else ""
-        out.append(f"{match['lead']}{quote}{new_value}{quote}{newline}")
+        out.append(f"{match['lead']}{quote}{new_value}{quote}{comment}{newline}")
     mode = path.stat().st_mode & 0o777
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

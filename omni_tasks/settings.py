@@ -52,7 +52,7 @@ CsvList = list[str]
 class _Group(BaseModel):
     """A group of settings read from variables sharing one prefix (``prefix`` + FIELD)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     prefix: ClassVar[str] = ENV_PREFIX
 
 
@@ -61,7 +61,7 @@ class CoreSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_"
 
-    data_dir: Path = Field(default=Path("~/.omni-tasks"), description="where the embedded Redis, SQLite and metrics live")
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".omni-tasks", description="where the embedded Redis, SQLite and metrics live")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     log_file: Path | None = Field(default=None, description="rotating log file (10 MB x 5); the process role is added to the name")
@@ -368,7 +368,8 @@ class Settings(BaseModel):
 
 def mask_url(text: str) -> str:
     """Hide the password of a URL such as redis://:pw@host or postgresql://u:pw@host."""
-    return re.sub(r"(://[^:/@\s]*:)[^@/\s]+@", r"\1****@", text)
+    # Greedy up to the last '@' before the host, so a password containing '@' is hidden whole.
+    return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1****@", text)
 
 
 def known_variables() -> set[str]:
@@ -404,7 +405,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     message = message.removeprefix("Value error, ")
     value = error.get("input")
     if isinstance(value, str) and error["type"] not in {"missing"}:
-        return f"{message} (got {value!r})"
+        return f"{message} (got {mask_url(value)!r})"
     return message
 
 
@@ -453,7 +454,7 @@ def _decrypt_secrets(settings: Settings) -> Settings:
         if not secret_box.is_encrypted(plain):
             continue
         if keys is None:
-            keys = secret_box.load_keys(key_text, core.secret_key_file)
+            keys = _keys_or_error(key_text, core.secret_key_file)
         field = variable[len(GROUPS[group_name].prefix) :].lower()
         updates.setdefault(group_name, {})[field] = SecretStr(secret_box.decrypt(plain, keys, name=variable))
     if not updates:
@@ -462,10 +463,19 @@ def _decrypt_secrets(settings: Settings) -> Settings:
     return settings.model_copy(update=new_groups)
 
 
+def _keys_or_error(key_text: str | None, key_file: Path | None) -> list[bytes]:
+    """Load the Fernet keys; an error names the variable that holds the bad key."""
+    try:
+        return secret_box.load_keys(key_text, key_file)
+    except ConfigError as exc:
+        variable = "OMNI_SECRET_KEY" if key_text else "OMNI_SECRET_KEY_FILE"
+        raise type(exc)(f"{variable}: {exc}") from None
+
+
 def secret_keys(settings: Settings) -> list[bytes]:
     """The configured Fernet keys (newest first); raises when none is configured."""
     core = settings.core
-    keys = secret_box.load_keys(core.secret_key.get_secret_value() if core.secret_key else None, core.secret_key_file)
+    keys = _keys_or_error(core.secret_key.get_secret_value() if core.secret_key else None, core.secret_key_file)
     if not keys:
         raise ConfigError("OMNI_SECRET_KEY: no Fernet key given (set OMNI_SECRET_KEY or OMNI_SECRET_KEY_FILE)")
     return keys

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ TIME_LIMITS: dict[str, float] = {}
 BEFORE_START_HOOKS: list[Callable[[OmniTask], None]] = []
 
 DELIVERIES_KEY = "omni:deliveries:{task_id}"
+_TASK_NAME = re.compile(r"^omni(\.[a-z][a-z0-9_]*){2,}$")
 SENT_AT_HEADER = "omni_sent_at"
 _log = structlog.get_logger("omni.task")
 
@@ -77,6 +79,8 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         eta = options.get("eta")
         if eta is not None:
             eta_dt = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
+            if eta_dt.tzinfo is None:
+                eta_dt = eta_dt.replace(tzinfo=UTC)  # a naive ETA is taken as UTC, as Celery does with enable_utc
             delay_s = (eta_dt - datetime.now(tz=UTC)).total_seconds()
         if delay_s is not None:
             visibility = get_runtime().settings.broker.visibility_timeout_s
@@ -199,7 +203,7 @@ def omni_task(
     Python function never orphans queued messages. Time limits are seconds;
     the hard limit must exceed the soft one.
     """
-    if not name.startswith("omni.") or name.count(".") < 2:
+    if not _TASK_NAME.match(name):
         raise ValueError(f"task name {name!r} must look like omni.<domain>.<action>")
     if not isinstance(queue, Queue):
         raise TypeError(f"{name}: queue must be a Queue member, not {queue!r}")
@@ -214,7 +218,6 @@ def omni_task(
         options: dict[str, Any] = {
             "name": name,
             "base": OmniTask,
-            "queue": queue.value,
             "soft_time_limit": soft_time_limit_s,
             "time_limit": time_limit_s,
             "acks_late": idempotent,

@@ -112,7 +112,7 @@ def migrated_pg_url(pg_url: str) -> str:
 def service_env(*, redis_url: str, database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for omni processes under test: our services, fast heartbeats, a private data folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    metrics_dir = data_dir / "metrics"
+    metrics_dir = data_dir / "metrics" / "test-host"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     env.update(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import typer
@@ -28,8 +29,10 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
     # prometheus_client reads this when it is first imported, so it is set
     # here, before any module that defines metrics is imported.
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        settings.metrics_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+        # One folder per host: PIDs repeat across containers sharing the volume.
+        host_dir = settings.metrics_dir / socket.gethostname()
+        host_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
     from omni_tasks import worker_hooks
 
     worker_hooks.set_process(role, kind)

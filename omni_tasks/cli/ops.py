@@ -123,7 +123,7 @@ def ping(
             answer = result.get(timeout=max(0.1, deadline - time.perf_counter()), disable_sync_subtasks=False)
             results[name] = {"ok": True, "rtt_ms": round((time.perf_counter() - started) * 1000, 1), "host": answer["host"], "pid": answer["pid"]}
         except Exception as exc:  # noqa: BLE001 - a queue that does not answer is reported, not raised
-            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}" or "timeout"}
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         finally:
             result.forget()
     failed = [name for name, r in results.items() if not r["ok"]]

@@ -132,7 +132,7 @@ def server() -> None:
             watchdog_interval_s=settings.watchdog.interval_s,
         )
 
-    registry = metrics.build_registry(snapshot, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    registry = metrics.build_registry(snapshot, settings.metrics_dir)
     httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -179,7 +179,9 @@ def up(
     settings.metrics_dir.mkdir(parents=True, exist_ok=True)
 
     env = {k: v for k, v in os.environ.items()}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    host_metrics_dir = settings.metrics_dir / socket.gethostname()
+    host_metrics_dir.mkdir(parents=True, exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(host_metrics_dir)
     env["OMNI_DATA_DIR"] = str(data_dir)
     flower_password = settings.flower.password.get_secret_value() if settings.flower.password else secrets.token_urlsafe(12)
     env["OMNI_FLOWER_PASSWORD"] = flower_password

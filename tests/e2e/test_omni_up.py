@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, wait_for
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,8 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
         ready_s = wait_for(healthy, 60, interval_s=0.5, message="/health ok")
         code, body = _get(health_url)
         health = json.loads(body)
-        assert code == 200 and health["status"] == "ok", health
+        assert code == 200, health
+        assert health["status"] == "ok", health
         for kind in ("scans", "backfill", "validation", "risk", "watchdog", "orders"):
             assert health["checks"][f"worker:{kind}"]["status"] == "ok"
         print(f"omni up: /health ok {ready_s:.1f} s after start")

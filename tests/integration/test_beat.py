@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from sqlalchemy import select
 
 from omni_tasks import leader, runs
@@ -51,7 +50,8 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
     omni_processes.append(beat_b)
     wait_for(lambda: "standing by" in beat_b.log_text(), 30, message="the second beat to stand by")
     current = leader.current_leader(redis_client)
-    assert current is not None and current["pid"] == beat_a.pid, "the first beat keeps the lead"
+    assert current is not None
+    assert current["pid"] == beat_a.pid, "the first beat keeps the lead"
 
     time.sleep(11)  # two beats side by side for a couple of watchdog slots
     beat_a.kill_group(signal.SIGKILL)
@@ -83,5 +83,6 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
     )
     assert takeover_s < 8
     assert len(per_slot) >= 3, "the schedule ran before and after the takeover"
-    assert slots_before >= 1 and len(per_slot) - slots_before >= 1
+    assert slots_before >= 1
+    assert len(per_slot) - slots_before >= 1
     assert max(per_slot.values()) == 1, "every slot ran exactly once"

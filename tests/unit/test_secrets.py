@@ -212,11 +212,6 @@ def test_rotate_env_file_without_keys_raises_and_leaves_file_alone(tmp_path: Pat
     assert env_file.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: rotate_env_file treats an inline '# comment' as part of the token (python-dotenv strips it), "
-    "so a 40-char secret is refused as 'wrong key' and shorter ones lose the comment",
-)
 def test_rotate_env_file_inline_comment_rotates_and_keeps_the_comment(tmp_path: Path) -> None:
     old, new = _key(), _key()
     plaintext = "x" * 40  # the length of an Alpaca secret key

@@ -53,9 +53,6 @@ def test_load_settings_non_omni_variables_are_ignored() -> None:
     assert settings.embedded is True
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: the default data_dir '~/.omni-tasks' is not expanded (after-validators do not run on defaults)"
-)
 def test_load_settings_default_data_dir_is_expanded() -> None:
     settings = load_settings({})
 
@@ -133,7 +130,6 @@ def test_load_settings_missing_env_file_raises_naming_omni_env_file(tmp_path: Pa
     assert str(missing) in message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a rejected URL is echoed whole in the error, password included (got '...')")
 @pytest.mark.parametrize(
     ("variable", "url"),
     [
@@ -223,7 +219,6 @@ def test_mask_url_user_and_password_hides_only_the_password() -> None:
     assert mask_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mask_url stops at the first '@', so a password containing '@' leaks its tail")
 def test_mask_url_password_with_at_sign_is_hidden_whole() -> None:
     masked = mask_url("redis://:p@ssTail99@cache:6379/0")
 
@@ -278,9 +273,6 @@ def test_load_settings_enc_value_with_wrong_key_raises_naming_the_variable() -> 
     assert isinstance(caught.value, ConfigError)  # the CLI's one-line, exit-2 path
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: a malformed OMNI_SECRET_KEY / unreadable OMNI_SECRET_KEY_FILE error does not name the variable"
-)
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
