@@ -75,6 +75,7 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if not _json_primitive(list(args or ())) or not _json_primitive(dict(kwargs or {})):
             raise TypeError(f"{self.name}: task arguments must be JSON primitives (ids, symbols, ISO dates)")
+        _refuse_secrets(self.name, args, kwargs)
         delay_s = options.get("countdown")
         eta = options.get("eta")
         if eta is not None:
@@ -173,6 +174,14 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         push_outcome(get_runtime().redis, outcome)
         if state != "RETRY":
             metrics.TASK_RUNTIME.labels(self.name, self._hostname(), self._queue()).observe(runtime_s)
+
+
+def _refuse_secrets(name: str, args: Any, kwargs: Any) -> None:
+    """Credentials never travel in task messages (they would sit in Redis and show in Flower)."""
+    text = json.dumps([args or [], kwargs or {}], default=str)
+    for secret in get_runtime().settings.secret_values():
+        if len(secret) >= 6 and secret in text:
+            raise ValueError(f"{name}: a configured secret appears in the task arguments; pass an id and re-read it inside the task")
 
 
 def _error_text(value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, Float, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omni_tasks.storage.types import UtcDateTime
@@ -89,3 +89,94 @@ class WorkerHeartbeat(Base):
     active: Mapped[int] = mapped_column(default=0)
     processed: Mapped[int] = mapped_column(BigInteger, default=0)
     version: Mapped[str] = mapped_column(String(50))
+
+
+# ---- market data -----------------------------------------------------------------
+# Prices are double precision (market data; DESIGN section 5), not ledger money.
+Price = Annotated[float, mapped_column(Double())]
+
+
+class Bar(Base):
+    """A canonical bar. IEX and SIP, raw and adjusted bars never overwrite each other (the key)."""
+
+    __tablename__ = "bars"
+
+    symbol: Mapped[str] = mapped_column(String(12), primary_key=True)
+    timeframe: Mapped[str] = mapped_column(String(8), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    feed: Mapped[str] = mapped_column(String(16), primary_key=True)
+    adjustment: Mapped[str] = mapped_column(String(8), primary_key=True)
+    open: Mapped[Price]
+    high: Mapped[Price]
+    low: Mapped[Price]
+    close: Mapped[Price]
+    volume: Mapped[Price]
+    vwap: Mapped[float | None] = mapped_column(Double())
+    trade_count: Mapped[int | None] = mapped_column(BigInteger)
+    provider: Mapped[str] = mapped_column(String(32))
+    ingested_at: Mapped[UtcTs]
+
+
+class RejectedRow(Base):
+    """A provider row that failed the boundary contract, kept with its reason (never dropped)."""
+
+    __tablename__ = "rejected_rows"
+
+    id: Mapped[BigId]
+    created_at: Mapped[UtcTs] = mapped_column(index=True)
+    symbol: Mapped[str] = mapped_column(String(12), index=True)
+    timeframe: Mapped[str] = mapped_column(String(8))
+    ts: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    provider: Mapped[str] = mapped_column(String(32))
+    feed: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    partition_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class BackfillJob(Base):
+    """A requested backfill: symbols x timeframe x range x feed, split into partitions."""
+
+    __tablename__ = "backfill_jobs"
+
+    id: Mapped[BigId]
+    created_at: Mapped[UtcTs]
+    requested_by: Mapped[str] = mapped_column(String(100))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    start: Mapped[UtcTs]
+    end: Mapped[UtcTs]
+    feed: Mapped[str] = mapped_column(String(16))
+    adjustment: Mapped[str] = mapped_column(String(8))
+    symbols: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class BackfillPartition(Base):
+    """One unit of backfill work, small enough to finish well inside the visibility timeout."""
+
+    __tablename__ = "backfill_partitions"
+
+    id: Mapped[BigId]
+    job_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("backfill_jobs.id", ondelete="CASCADE"), index=True)
+    symbol: Mapped[str] = mapped_column(String(12))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    start: Mapped[UtcTs]
+    end: Mapped[UtcTs]
+    feed: Mapped[str] = mapped_column(String(16))
+    adjustment: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    rows: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)
+    checksum: Mapped[str | None] = mapped_column(String(64))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "symbol", "timeframe", "start", "feed", "adjustment", name="uq_backfill_partitions_slice"),
+    )

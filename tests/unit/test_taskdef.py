@@ -247,3 +247,22 @@ def test_apply_async_naive_eta_beyond_visibility_timeout_refused_with_clear_erro
         task.apply_async(["AAPL"], {}, retry=False, eta=naive_eta)
 
     assert published == []
+
+
+def test_apply_async_with_a_configured_secret_in_arguments_is_refused_before_publishing(published: list[str]) -> None:
+    from pydantic import SecretStr
+
+    from omni_tasks import runtime
+    from omni_tasks.settings import load_settings
+
+    previous = runtime.get_settings()
+    settings = load_settings({"OMNI_ALPACA_SECRET_KEY": "very-secret-alpaca-value"})
+    runtime.install_settings(settings)
+    try:
+        task = _task()
+        with pytest.raises(ValueError, match="secret appears in the task arguments"):
+            task.apply_async(["AAPL", {"key": "very-secret-alpaca-value"}], {}, retry=False)
+        assert published == []
+        assert isinstance(settings.alpaca.secret_key, SecretStr)
+    finally:
+        runtime.install_settings(previous)

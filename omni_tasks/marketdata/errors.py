@@ -1,0 +1,68 @@
+"""Provider errors, drawn as a hierarchy so the router knows what to do with each.
+
+    ProviderError
+    +-- RetryableProviderError (RetryableError)   try again later, maybe elsewhere
+    |   +-- RateLimited                           429, Alpha Vantage "Note"/"Information", Yahoo's rate limit
+    |   +-- ProviderUnavailable                   timeouts, connection errors, 5xx
+    +-- PermanentProviderError (PermanentError)   retrying the same call cannot help
+    |   +-- UnknownSymbol                         the provider does not know the symbol
+    |   +-- AuthenticationFailed                  missing or rejected key
+    |   +-- UnsupportedRequest                    timeframe/range/feed the provider cannot serve
+    +-- EmptyData                                 the call worked but returned nothing (yfinance's empty frame)
+    +-- MalformedPayload                          the payload is not in the provider's documented format
+
+The router falls back to the next provider on RetryableProviderError,
+EmptyData, MalformedPayload and UnsupportedRequest; it fails the partition on
+UnknownSymbol (when no provider knows the symbol) and AuthenticationFailed
+is reported loudly and that provider skipped.
+"""
+
+from __future__ import annotations
+
+from omni_tasks.errors import OmniError, PermanentError, RetryableError
+
+
+class ProviderError(OmniError):
+    """Base class: ``provider`` names the adapter that raised it."""
+
+    def __init__(self, message: str, *, provider: str = "") -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class RetryableProviderError(ProviderError, RetryableError):
+    pass
+
+
+class RateLimited(RetryableProviderError):
+    def __init__(self, message: str, *, provider: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderUnavailable(RetryableProviderError):
+    pass
+
+
+class PermanentProviderError(ProviderError, PermanentError):
+    pass
+
+
+class UnknownSymbol(PermanentProviderError):
+    pass
+
+
+class AuthenticationFailed(PermanentProviderError):
+    pass
+
+
+class UnsupportedRequest(PermanentProviderError):
+    pass
+
+
+class EmptyData(ProviderError):
+    pass
+
+
+class MalformedPayload(ProviderError):
+    pass
