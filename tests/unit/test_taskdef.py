@@ -225,7 +225,7 @@ def test_delay_non_json_argument_refused_before_publishing(published: list[str])
     [
         pytest.param({"countdown": VISIBILITY_TIMEOUT_S + 1}, id="countdown-beyond"),
         pytest.param({"countdown": VISIBILITY_TIMEOUT_S}, id="countdown-equal"),
-        pytest.param({"eta": datetime.now(tz=UTC) + timedelta(seconds=VISIBILITY_TIMEOUT_S + 60)}, id="aware-eta-beyond"),
+        pytest.param({"eta": datetime.now(tz=UTC) + timedelta(seconds=VISIBILITY_TIMEOUT_S * 3)}, id="aware-eta-beyond"),
         pytest.param({"eta": (datetime.now(tz=UTC) + timedelta(hours=2)).isoformat()}, id="iso-eta-beyond"),
     ],
 )

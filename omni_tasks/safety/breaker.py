@@ -1,0 +1,293 @@
+"""Circuit breakers whose state every process shares (in Redis), with every transition reported.
+
+    CLOSED --(threshold consecutive failures, or failure rate over the window)--> OPEN
+    OPEN --(cooldown elapsed; next caller)--> HALF_OPEN
+    HALF_OPEN --(trial succeeded, `close_after_successes` times)--> CLOSED
+    HALF_OPEN --(a trial failed)--> OPEN (cooldown starts again)
+
+In HALF_OPEN at most ``half_open_max_trials`` calls are let through at once.
+An operator may force a breaker OPEN or CLOSED; a forced state is kept apart
+from the automatic one and wins until it is cleared. Each decision is one
+Lua script, so concurrent processes never see half a transition.
+
+When Redis cannot be read, ``allow`` answers by ``fail_open``: a market-data
+provider may be tried (the call itself will tell), the order path must not
+(``fail_open=False``: a breaker that cannot be read counts as open).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+import structlog
+
+_log = structlog.get_logger("omni.breaker")
+KEY = "omni:breaker:{name}"
+CALLS_KEY = "omni:breaker:{name}:calls"
+REGISTRY_KEY = "omni:breakers"
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a breaker opens and how it recovers. Times in seconds."""
+
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    rate_window_s: float = 60.0
+    rate_min_calls: int = 20
+    cooldown_s: float = 30.0
+    half_open_max_trials: int = 1
+    close_after_successes: int = 1
+
+
+@dataclass(frozen=True)
+class Transition:
+    breaker: str
+    from_state: str
+    to_state: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    state: str
+    trial: bool = False
+    forced: str | None = None
+    reason: str = ""
+
+
+# KEYS[1] breaker hash, KEYS[2] registry set. ARGV: now, cooldown, max_trials, name
+_ALLOW = """
+local h = KEYS[1]
+local now = tonumber(ARGV[1])
+local cooldown = tonumber(ARGV[2])
+local max_trials = tonumber(ARGV[3])
+redis.call('sadd', KEYS[2], ARGV[4])
+local forced = redis.call('hget', h, 'forced')
+local state = redis.call('hget', h, 'state') or 'closed'
+if forced == 'open' then return {0, state, 0, forced, ''} end
+if forced == 'closed' then return {1, state, 0, forced, ''} end
+local transition = ''
+if state == 'open' then
+  local opened = tonumber(redis.call('hget', h, 'opened_at') or '0')
+  if now - opened < cooldown then return {0, state, 0, '', ''} end
+  state = 'half_open'
+  redis.call('hset', h, 'state', 'half_open', 'trials', 0, 'successes', 0, 'updated_at', ARGV[1])
+  transition = 'open>half_open'
+end
+if state == 'half_open' then
+  local trials = tonumber(redis.call('hget', h, 'trials') or '0')
+  if trials >= max_trials then return {0, state, 0, '', transition} end
+  redis.call('hincrby', h, 'trials', 1)
+  return {1, state, 1, '', transition}
+end
+return {1, state, 0, '', transition}
+"""
+
+# KEYS[1] hash, KEYS[2] calls zset. ARGV: now, ok(1/0), trial(1/0), threshold, rate, window, min_calls, close_after, member
+_RECORD = """
+local h = KEYS[1]
+local now = tonumber(ARGV[1])
+local ok = ARGV[2] == '1'
+local trial = ARGV[3] == '1'
+local state = redis.call('hget', h, 'state') or 'closed'
+local window = tonumber(ARGV[6])
+redis.call('zadd', KEYS[2], now, ARGV[9] .. (ok and ':ok' or ':fail'))
+redis.call('zremrangebyscore', KEYS[2], '-inf', now - window)
+redis.call('expire', KEYS[2], math.ceil(window) + 60)
+if state == 'half_open' then
+  if trial then redis.call('hincrby', h, 'trials', -1) end
+  if ok then
+    local s = redis.call('hincrby', h, 'successes', 1)
+    if s >= tonumber(ARGV[8]) then
+      redis.call('hset', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'trials', 0, 'updated_at', ARGV[1])
+      redis.call('del', KEYS[2])
+      return {'half_open>closed', 'trial succeeded'}
+    end
+    return {'', ''}
+  end
+  redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'successes', 0, 'trials', 0, 'updated_at', ARGV[1])
+  return {'half_open>open', 'trial failed'}
+end
+if state == 'open' then return {'', ''} end
+if ok then
+  redis.call('hset', h, 'failures', 0)
+  return {'', ''}
+end
+local failures = redis.call('hincrby', h, 'failures', 1)
+if failures >= tonumber(ARGV[4]) then
+  redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'updated_at', ARGV[1])
+  return {'closed>open', failures .. ' consecutive failures'}
+end
+local total = redis.call('zcard', KEYS[2])
+if total >= tonumber(ARGV[7]) then
+  local members = redis.call('zrange', KEYS[2], 0, -1)
+  local fails = 0
+  for _, m in ipairs(members) do
+    if string.sub(m, -5) == ':fail' then fails = fails + 1 end
+  end
+  if fails / total >= tonumber(ARGV[5]) then
+    redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'updated_at', ARGV[1])
+    return {'closed>open', string.format('failure rate %d of %d calls', fails, total)}
+  end
+end
+return {'', ''}
+"""
+
+TransitionHook = Callable[[Transition], None]
+
+
+class CircuitBreaker:
+    """A named breaker backed by Redis. Cheap to construct; holds no state of its own."""
+
+    def __init__(
+        self,
+        name: str,
+        client: redis.Redis,
+        policy: BreakerPolicy | None = None,
+        *,
+        fail_open: bool = True,
+        on_transition: TransitionHook | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.policy = policy or BreakerPolicy()
+        self.fail_open = fail_open
+        self._client = client
+        self._on_transition = on_transition
+        self._clock = clock
+        self._key = KEY.format(name=name)
+        self._calls_key = CALLS_KEY.format(name=name)
+
+    # ---- the call path -----------------------------------------------------
+    def allow(self) -> Decision:
+        """May a call go through now? In HALF_OPEN a True answer reserves one trial slot."""
+        now = self._clock()
+        try:
+            allowed, state, trial, forced, transition = self._client.eval(
+                _ALLOW, 2, self._key, REGISTRY_KEY, repr(now), repr(self.policy.cooldown_s), self.policy.half_open_max_trials, self.name
+            )
+        except redis.RedisError as exc:
+            verdict = self.fail_open
+            _log.error("breaker state unreadable", breaker=self.name, allowed=verdict, error=str(exc))
+            return Decision(allowed=verdict, state="unknown", reason=f"breaker state unreadable: {exc}")
+        state_s, forced_s = _text(state), _text(forced) or None
+        if _text(transition):
+            self._emit(_text(transition), "cooldown elapsed", now)
+        shown = f"forced {forced_s}" if forced_s else state_s
+        return Decision(
+            allowed=bool(int(allowed)),
+            state=state_s,
+            trial=bool(int(trial)),
+            forced=forced_s,
+            reason="" if int(allowed) else f"breaker {self.name} is {shown}",
+        )
+
+    def record(self, ok: bool, *, trial: bool = False) -> None:
+        """Report the outcome of a call that ``allow`` let through."""
+        now = self._clock()
+        try:
+            transition, reason = self._client.eval(
+                _RECORD, 2, self._key, self._calls_key,
+                repr(now), "1" if ok else "0", "1" if trial else "0",
+                self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
+                self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
+            )
+        except redis.RedisError as exc:
+            _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(exc))
+            return
+        if _text(transition):
+            self._emit(_text(transition), _text(reason), now)
+
+    def call(self, func: Callable[[], Any], *, failure: Callable[[BaseException], bool] = lambda _e: True) -> Any:
+        """Run ``func`` through the breaker. Raises BreakerOpen when refused."""
+        decision = self.allow()
+        if not decision.allowed:
+            raise BreakerOpen(self.name, decision.reason)
+        try:
+            result = func()
+        except BaseException as exc:
+            self.record(not failure(exc), trial=decision.trial)
+            raise
+        self.record(True, trial=decision.trial)
+        return result
+
+    # ---- operators -----------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        raw = {_text(k): _text(v) for k, v in self._client.hgetall(self._key).items()}
+        return {
+            "name": self.name,
+            "state": raw.get("state", "closed"),
+            "forced": raw.get("forced") or None,
+            "failures": int(raw.get("failures", 0) or 0),
+            "opened_at": float(raw["opened_at"]) if raw.get("opened_at") else None,
+            "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,
+        }
+
+    def forced(self) -> str | None:
+        value = self._client.hget(self._key, "forced")
+        return _text(value) or None
+
+    def force(self, state: BreakerState | None, *, actor: str, reason: str) -> None:
+        """Force OPEN or CLOSED (None clears the force). Kept apart from the automatic state."""
+        now = self._clock()
+        before = self.forced()
+        pipe = self._client.pipeline()
+        pipe.sadd(REGISTRY_KEY, self.name)
+        if state is None:
+            pipe.hdel(self._key, "forced")
+        else:
+            pipe.hset(self._key, mapping={"forced": state.value, "forced_by": actor, "forced_reason": reason, "updated_at": repr(now)})
+        pipe.execute()
+        target = state.value if state else "automatic"
+        self._emit(f"{'forced:' + before if before else 'automatic'}>{'forced:' + target if state else target}", f"{actor}: {reason}", now)
+
+    def reset(self, *, actor: str, reason: str) -> None:
+        """Back to CLOSED with counters cleared, and any force removed."""
+        now = self._clock()
+        before = self.state()["state"]
+        pipe = self._client.pipeline()
+        pipe.delete(self._key, self._calls_key)
+        pipe.sadd(REGISTRY_KEY, self.name)
+        pipe.execute()
+        self._emit(f"{before}>closed", f"reset by {actor}: {reason}", now)
+
+    def _emit(self, transition: str, reason: str, at: float) -> None:
+        from_state, _, to_state = transition.partition(">")
+        event = Transition(self.name, from_state, to_state, reason, at)
+        _log.warning("breaker transition", breaker=self.name, transition=transition, reason=reason)
+        if self._on_transition is not None:
+            try:
+                self._on_transition(event)
+            except Exception:  # noqa: BLE001 - reporting must never break the call path
+                _log.exception("breaker transition hook failed", breaker=self.name)
+
+
+class BreakerOpen(Exception):  # noqa: N818 - reads as the condition it reports
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason or f"breaker {name} is open")
+        self.breaker = name
+
+
+def known_breakers(client: redis.Redis) -> list[str]:
+    return sorted(_text(n) for n in client.smembers(REGISTRY_KEY))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
