@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from celery.schedules import crontab
+
 BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "watchdog-tick-every-5-seconds": {
         "task": "omni.watchdog.tick",
         "schedule": timedelta(seconds=5),
         "options": {"queue": "watchdog", "expires": 5},
+    },
+    # After the close (16:00 New York) and the providers' end-of-day settlement.
+    "backfill-nightly-incremental-at-18-15-weekdays": {
+        "task": "omni.backfill.nightly",
+        "schedule": crontab(minute=15, hour=18, day_of_week="mon-fri"),
+        "options": {"queue": "backfill", "expires": 6 * 3600},
     },
 }

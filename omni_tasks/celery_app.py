@@ -18,6 +18,7 @@ from omni_tasks.settings import Settings
 TASK_MODULES = (
     "omni_tasks.system.tasks",
     "omni_tasks.watchdog.tasks",
+    "omni_tasks.marketdata.tasks",
 )
 
 

@@ -43,6 +43,10 @@ OUTCOMES_PERSISTED = Counter("omni_task_outcomes_persisted", "Task outcomes move
 BEAT_SENT = Counter("omni_beat_sent", "Scheduled tasks sent by the beat leader.", ("entry",))
 BEAT_DUPLICATES = Counter("omni_beat_duplicate_sends", "Scheduled sends recognised as duplicates of their slot.", ("entry",))
 WATCHDOG_TICKS = Counter("omni_watchdog_ticks", "Watchdog evaluations run.")
+BREAKER_TRANSITIONS = Counter("omni_breaker_transitions", "Circuit breaker transitions.", ("breaker", "to_state"))
+BACKFILL_PARTITIONS = Counter("omni_backfill_partitions", "Backfill partitions finished, by status.", ("status", "provider"))
+BACKFILL_ROWS = Counter("omni_backfill_rows", "Bars stored by backfills, by provider.", ("provider",))
+BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by the boundary check, by provider.", ("provider",))
 
 
 class LiveCollector(Collector):
@@ -83,6 +87,14 @@ class LiveCollector(Collector):
         pending = GaugeMetricFamily("omni_task_outcomes_pending", "Task outcomes in Redis not yet in the database.")
         pending.add_metric([], snap.get("outcomes_pending", 0))
         yield pending
+        breaker_state = GaugeMetricFamily(
+            "omni_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open (forced states included).", labels=["breaker"]
+        )
+        codes = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+        for breaker in snap.get("breakers", []):
+            shown = breaker.get("forced") or breaker["state"]
+            breaker_state.add_metric([breaker["name"]], codes.get(shown, 2.0))
+        yield breaker_state
         scrape_up = GaugeMetricFamily("omni_live_scrape_up", "1 when the live metrics could be read from Redis and the broker.")
         scrape_up.add_metric([], up)
         yield scrape_up

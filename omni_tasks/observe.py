@@ -104,5 +104,12 @@ def live_snapshot(client: redis.Redis, broker_url: str, queues: Iterable[str], d
         "workers": workers_view(client, dead_after_s),
         "beat_leader": leader.current_leader(client),
         "outcomes_pending": runs.pending_outcomes(client),
+        "breakers": breakers_view(client),
     }
+
+
+def breakers_view(client: redis.Redis) -> list[dict[str, Any]]:
+    from omni_tasks.safety.breaker import CircuitBreaker, known_breakers
+
+    return [CircuitBreaker(name, client).state() for name in known_breakers(client)]
 

@@ -191,6 +191,44 @@ class ProviderSettings(_Group):
         return value
 
 
+class BackfillSettings(_Group):
+    """Historical backfills: the universe and the nightly incremental run."""
+
+    prefix: ClassVar[str] = "OMNI_BACKFILL_"
+
+    universe_file: Path | None = Field(default=None, description="symbols, one per line or comma separated; unset: the built-in ~100")
+    universe: CsvList = Field(default_factory=list, description="symbols (comma separated) instead of a file")
+    timeframe: str = Field(default="1Day", description="timeframe of the nightly incremental backfill")
+    feed: str = Field(default="iex", description="feed requested from Alpaca (iex or sip)")
+    adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
+    overlap_days: int = Field(default=5, ge=0, le=60, description="the nightly run re-reads this many days before the last stored bar")
+    lookback_days: int = Field(default=730, ge=1, le=20000, description="history fetched for a symbol with no stored bars")
+
+    _split = field_validator("universe", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("universe_file", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("timeframe")
+    @classmethod
+    def _timeframe(cls, value: str) -> str:
+        allowed = ("1Min", "5Min", "15Min", "30Min", "1Hour", "1Day")
+        if value not in allowed:
+            raise ValueError(f"unknown timeframe {value!r}: choose from {', '.join(allowed)}")
+        return value
+
+    @field_validator("universe")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        out = [symbol.upper() for symbol in value]
+        for symbol in out:
+            if not _SYMBOL.match(symbol):
+                raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-')")
+        return out
+
+
 class StreamSettings(_Group):
     """The real-time quote path."""
 
@@ -264,6 +302,7 @@ GROUPS: dict[str, type[_Group]] = {
     "broker": BrokerSettings,
     "database": DatabaseSettings,
     "providers": ProviderSettings,
+    "backfill": BackfillSettings,
     "alpaca": AlpacaSettings,
     "alpha_vantage": AlphaVantageSettings,
     "yahoo": YahooSettings,
@@ -284,6 +323,7 @@ class Settings(BaseModel):
     broker: BrokerSettings
     database: DatabaseSettings
     providers: ProviderSettings
+    backfill: BackfillSettings
     alpaca: AlpacaSettings
     alpha_vantage: AlphaVantageSettings
     yahoo: YahooSettings

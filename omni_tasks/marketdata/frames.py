@@ -32,6 +32,8 @@ BAR_COLUMNS: Final = (
 QUOTE_COLUMNS: Final = ("symbol", "ts", "bid", "bid_size", "ask", "ask_size", "source")
 
 ADJUSTMENTS: Final = ("raw", "split", "dividend", "all")
+#: The exchange whose sessions daily bars are labelled by.
+EXCHANGE_TZ: Final = "America/New_York"
 SYMBOL_PATTERN: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 
 
@@ -142,13 +144,20 @@ def canonical_bars(
     """Shape an adapter's frame (columns ts, open, high, low, close, volume and optionally
     vwap, trade_count) into the canonical column order and dtypes, tagging provenance.
 
-    ``ts`` may be naive (taken as UTC) or aware in any zone (converted to UTC).
+    ``ts`` is the bar's start. Intraday: naive is taken as UTC, aware is
+    converted to UTC. Daily bars are labelled by their session date at 00:00
+    UTC whatever the provider sends (Alpaca: 05:00Z, i.e. midnight in New York;
+    yfinance: midnight in the exchange's zone, or a naive date).
     Sorted by ts. No row is dropped here: the boundary check decides.
     """
     if df.empty:
         return empty_bars()
-    ts = pd.to_datetime(df["ts"])
-    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    ts = pd.to_datetime(pd.Series(df["ts"]).reset_index(drop=True))
+    if timeframe == "1Day":
+        dates = ts.dt.normalize() if ts.dt.tz is None else ts.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
+        ts = dates.dt.tz_localize("UTC")
+    else:
+        ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
     out = pd.DataFrame(
         {
             "symbol": symbol,

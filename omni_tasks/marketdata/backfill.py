@@ -1,0 +1,334 @@
+"""The backfill ledger: plan partitions, run one, roll up the job, verify against the calendar.
+
+A job is symbols x timeframe x date range x feed x adjustment. It splits into
+partitions of whole sessions, small enough to finish well inside the broker's
+visibility timeout (a year of daily bars, a week of minute bars). Each
+partition keeps its status, rows, rejected rows, checksum, provider,
+attempts and last error. Running a partition twice stores the same rows: the
+store upserts, and a partition already succeeded is not fetched again.
+
+    pending -> running -> succeeded
+                       -> retrying -> running ...   (transient: rate limit, outage)
+                       -> failed                    (permanent, or retries exhausted)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks.marketdata import calendar
+from omni_tasks.marketdata.errors import ProviderError
+from omni_tasks.marketdata.frames import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
+from omni_tasks.marketdata.providers.base import BarRequest
+from omni_tasks.marketdata.router import BarRouter, NoProviderServed
+from omni_tasks.storage.models import BackfillJob, BackfillPartition
+
+_log = structlog.get_logger("omni.backfill")
+
+#: Sessions per partition, per timeframe: each partition is a few thousand bars at most.
+SESSIONS_PER_PARTITION: dict[str, int] = {"1Min": 5, "5Min": 20, "15Min": 60, "30Min": 120, "1Hour": 250, "1Day": 260}
+#: Bars a provider returns per page (Alpaca: up to 10,000): for the call estimate.
+ROWS_PER_CALL = 10_000
+TERMINAL = frozenset({"succeeded", "failed"})
+EARLIEST = date(2000, 1, 3)
+
+
+class BackfillRequestError(ValueError):
+    """A backfill request that must be refused before anything is enqueued."""
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    symbol: str
+    timeframe: str
+    start: datetime
+    end: datetime
+    feed: str
+    adjustment: str
+    sessions: int
+    expected_bars: int
+
+    @property
+    def calls(self) -> int:
+        return max(1, -(-self.expected_bars // ROWS_PER_CALL))
+
+
+@dataclass
+class Plan:
+    partitions: list[PartitionSpec] = field(default_factory=list)
+
+    @property
+    def calls(self) -> int:
+        return sum(p.calls for p in self.partitions)
+
+    @property
+    def expected_bars(self) -> int:
+        return sum(p.expected_bars for p in self.partitions)
+
+
+def check_request(symbols: Sequence[str], timeframe: str, start: date, end: date, feed: str, adjustment: str, *, today: date | None = None) -> list[str]:
+    """Validate a request; returns the cleaned symbols or raises BackfillRequestError naming the problem."""
+    today = today or datetime.now(tz=UTC).date()
+    if not symbols:
+        raise BackfillRequestError("no symbols given")
+    cleaned: list[str] = []
+    for raw in symbols:
+        try:
+            symbol = check_symbol(raw)
+        except ValueError as exc:
+            raise BackfillRequestError(str(exc)) from None
+        if symbol not in cleaned:
+            cleaned.append(symbol)
+    if timeframe not in TIMEFRAMES:
+        raise BackfillRequestError(f"unknown timeframe {timeframe!r}: choose from {', '.join(TIMEFRAMES)}")
+    if adjustment not in ADJUSTMENTS:
+        raise BackfillRequestError(f"unknown adjustment {adjustment!r}: choose from {', '.join(ADJUSTMENTS)}")
+    if feed not in {"iex", "sip"}:
+        raise BackfillRequestError(f"unknown feed {feed!r}: iex or sip")
+    if end <= start:
+        raise BackfillRequestError(f"impossible date range: end {end.isoformat()} is not after start {start.isoformat()} (end is exclusive)")
+    if start > today:
+        raise BackfillRequestError(f"start {start.isoformat()} is in the future (today is {today.isoformat()} UTC)")
+    if start < EARLIEST:
+        raise BackfillRequestError(f"start {start.isoformat()} is before {EARLIEST.isoformat()}, the earliest date this desk backfills")
+    return cleaned
+
+
+def plan(symbols: Sequence[str], timeframe: str, start: date, end: date, *, feed: str = "iex", adjustment: str = "raw", today: date | None = None) -> Plan:
+    """Partitions of whole sessions in [start, end) (end exclusive, capped at tomorrow)."""
+    today = today or datetime.now(tz=UTC).date()
+    cleaned = check_request(symbols, timeframe, start, end, feed, adjustment, today=today)
+    end = min(end, today + timedelta(days=1))
+    session_days = calendar.sessions(start, end - timedelta(days=1))
+    if not session_days:
+        raise BackfillRequestError(f"no trading sessions between {start.isoformat()} and {end.isoformat()} (exclusive)")
+    chunk = SESSIONS_PER_PARTITION[timeframe]
+    tf = TIMEFRAMES[timeframe]
+    result = Plan()
+    for i in range(0, len(session_days), chunk):
+        days = session_days[i : i + chunk]
+        p_start = datetime.combine(days[0], datetime.min.time(), tzinfo=UTC)
+        p_end = datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        expected = len(calendar.expected_bar_starts(tf, p_start, p_end))
+        for symbol in cleaned:
+            result.partitions.append(PartitionSpec(symbol, timeframe, p_start, p_end, feed, adjustment, len(days), expected))
+    return result
+
+
+def create_job(factory: sessionmaker[Session], the_plan: Plan, *, requested_by: str, note: str | None = None) -> int:
+    """Record a job and its partitions (status pending). Returns the job id."""
+    if not the_plan.partitions:
+        raise BackfillRequestError("the plan has no partitions")
+    first = the_plan.partitions[0]
+    now = datetime.now(tz=UTC)
+    with factory() as session, session.begin():
+        job = BackfillJob(
+            created_at=now,
+            requested_by=requested_by[:100],
+            timeframe=first.timeframe,
+            start=min(p.start for p in the_plan.partitions),
+            end=max(p.end for p in the_plan.partitions),
+            feed=first.feed,
+            adjustment=first.adjustment,
+            symbols={"symbols": sorted({p.symbol for p in the_plan.partitions})},
+            status="pending",
+            note=note,
+        )
+        session.add(job)
+        session.flush()
+        session.add_all(
+            BackfillPartition(
+                job_id=job.id, symbol=p.symbol, timeframe=p.timeframe, start=p.start, end=p.end, feed=p.feed,
+                adjustment=p.adjustment, status="pending", rows=0, rejected=0, attempts=0,
+            )
+            for p in the_plan.partitions
+        )
+        return int(job.id)
+
+
+def partition_ids(factory: sessionmaker[Session], job_id: int, *, statuses: Sequence[str] | None = None) -> list[int]:
+    with factory() as session:
+        query = select(BackfillPartition.id).where(BackfillPartition.job_id == job_id).order_by(BackfillPartition.id)
+        if statuses is not None:
+            query = query.where(BackfillPartition.status.in_(list(statuses)))
+        return [int(i) for i in session.scalars(query)]
+
+
+def reset_failed(factory: sessionmaker[Session], job_id: int) -> list[int]:
+    """Mark a job's failed partitions pending again (for --only-failed). Returns their ids."""
+    with factory() as session, session.begin():
+        ids = [int(i) for i in session.scalars(select(BackfillPartition.id).where(BackfillPartition.job_id == job_id, BackfillPartition.status == "failed"))]
+        if ids:
+            session.execute(update(BackfillPartition).where(BackfillPartition.id.in_(ids)).values(status="pending", last_error=None))
+            session.execute(update(BackfillJob).where(BackfillJob.id == job_id).values(status="running", finished_at=None))
+    return ids
+
+
+@dataclass
+class PartitionOutcome:
+    partition_id: int
+    status: str
+    rows: int = 0
+    rejected: int = 0
+    inserted: int = 0
+    updated: int = 0
+    provider: str | None = None
+    error: str | None = None
+    retry: bool = False
+
+
+def run_partition(partition_id: int, *, factory: sessionmaker[Session], store: Any, router: BarRouter, final_attempt: bool) -> PartitionOutcome:
+    """Fetch, check, quarantine and store one partition; record the outcome in the ledger.
+
+    ``store`` is a :class:`omni_tasks.storage.bars.BarStore`. A transient failure
+    returns ``retry=True`` (status ``retrying``) unless ``final_attempt``, when
+    the partition fails with the last error.
+    """
+    now = datetime.now(tz=UTC)
+    with factory() as session, session.begin():
+        part = session.get(BackfillPartition, partition_id, with_for_update=True)
+        if part is None:
+            raise LookupError(f"backfill partition {partition_id} does not exist")
+        if part.status == "succeeded":
+            return PartitionOutcome(partition_id, "succeeded", rows=part.rows, rejected=part.rejected, provider=part.provider)
+        part.status = "running"
+        part.attempts += 1
+        part.started_at = now
+        request = BarRequest(part.symbol, part.timeframe, part.start, part.end, feed=part.feed, adjustment=part.adjustment)
+        job_id = part.job_id
+        session.execute(update(BackfillJob).where(BackfillJob.id == job_id, BackfillJob.status == "pending").values(status="running"))
+    log = _log.bind(partition_id=partition_id, job_id=job_id, symbol=request.symbol, timeframe=request.timeframe)
+    try:
+        routed = router.fetch(request)
+    except NoProviderServed as exc:
+        retry = not exc.permanent and not final_attempt
+        outcome = PartitionOutcome(partition_id, "retrying" if retry else "failed", error=str(exc), retry=retry)
+        _finish(factory, partition_id, outcome, notes=None)
+        log.warning("partition not served", status=outcome.status, error=str(exc))
+        return outcome
+    except ProviderError as exc:  # pragma: no cover - the router wraps provider errors
+        outcome = PartitionOutcome(partition_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        _finish(factory, partition_id, outcome, notes=None)
+        return outcome
+
+    bars = routed.bars
+    start, end = pd.Timestamp(request.start), pd.Timestamp(request.end)
+    outside = (bars["ts"] < start) | (bars["ts"] >= end)
+    valid, rejected = split_valid(bars[~outside].reset_index(drop=True))
+    if outside.any():
+        rejected = pd.concat([rejected, bars[outside].assign(reason="outside the partition's range")], ignore_index=True)
+    if len(rejected):
+        store.quarantine(rejected, partition_id=partition_id)
+        log.warning("rows failed the boundary check and were quarantined", rejected=len(rejected))
+    result = store.upsert(valid) if len(valid) else None
+    outcome = PartitionOutcome(
+        partition_id, "succeeded", rows=len(valid), rejected=len(rejected),
+        inserted=getattr(result, "inserted", 0), updated=getattr(result, "updated", 0), provider=routed.provider,
+    )
+    notes = "; ".join(routed.notes + [f"{a.provider}: {a.detail}" for a in routed.attempts if a.outcome != "ok"]) or None
+    _finish(factory, partition_id, outcome, notes=notes, checksum=store.checksum(valid) if len(valid) else None)
+    log.info("partition stored", rows=outcome.rows, inserted=outcome.inserted, updated=outcome.updated, provider=routed.provider)
+    return outcome
+
+
+def _finish(factory: sessionmaker[Session], partition_id: int, outcome: PartitionOutcome, *, notes: str | None, checksum: str | None = None) -> None:
+    now = datetime.now(tz=UTC)
+    with factory() as session, session.begin():
+        part = session.get(BackfillPartition, partition_id, with_for_update=True)
+        assert part is not None
+        part.status = outcome.status
+        part.last_error = outcome.error[:4000] if outcome.error else None
+        if outcome.status == "succeeded":
+            part.rows = outcome.rows
+            part.rejected = outcome.rejected
+            part.provider = outcome.provider
+            part.checksum = checksum
+            part.notes = notes[:4000] if notes else None
+        if outcome.status in TERMINAL:
+            part.finished_at = now
+        session.flush()
+        _rollup(session, part.job_id, now)
+
+
+def _rollup(session: Session, job_id: int, now: datetime) -> None:
+    counts = dict(
+        session.execute(
+            select(BackfillPartition.status, func.count()).where(BackfillPartition.job_id == job_id).group_by(BackfillPartition.status)
+        ).all()
+    )
+    total = sum(counts.values())
+    done = counts.get("succeeded", 0) + counts.get("failed", 0)
+    if total and done == total:
+        status = "succeeded" if counts.get("failed", 0) == 0 else ("failed" if counts.get("succeeded", 0) == 0 else "partial")
+        session.execute(update(BackfillJob).where(BackfillJob.id == job_id).values(status=status, finished_at=now))
+
+
+def job_progress(factory: sessionmaker[Session], job_id: int) -> dict[str, Any]:
+    with factory() as session:
+        job = session.get(BackfillJob, job_id)
+        if job is None:
+            raise LookupError(f"backfill job {job_id} does not exist")
+        counts = dict(
+            session.execute(
+                select(BackfillPartition.status, func.count()).where(BackfillPartition.job_id == job_id).group_by(BackfillPartition.status)
+            ).all()
+        )
+        rows = session.scalar(select(func.coalesce(func.sum(BackfillPartition.rows), 0)).where(BackfillPartition.job_id == job_id))
+        rejected = session.scalar(select(func.coalesce(func.sum(BackfillPartition.rejected), 0)).where(BackfillPartition.job_id == job_id))
+        return {
+            "job_id": job_id, "status": job.status, "timeframe": job.timeframe, "feed": job.feed,
+            "start": job.start.date().isoformat(), "end": job.end.date().isoformat(),
+            "symbols": len(job.symbols.get("symbols", [])), "partitions": sum(counts.values()), "by_status": counts,
+            "rows": int(rows or 0), "rejected": int(rejected or 0), "created_at": job.created_at.isoformat(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+
+
+def incremental_plan(symbols: Sequence[str], *, store: Any, timeframe: str, feed: str, adjustment: str, overlap_days: int, lookback_days: int, today: date | None = None) -> Plan:
+    """The nightly plan: from each symbol's last stored bar minus an overlap (or the lookback) to today."""
+    today = today or datetime.now(tz=UTC).date()
+    end = today + timedelta(days=1)
+    combined = Plan()
+    for symbol in symbols:
+        last = store.last_ts(symbol, timeframe, feed, adjustment)
+        start = (last.date() - timedelta(days=overlap_days)) if last is not None else today - timedelta(days=lookback_days)
+        start = max(start, EARLIEST)
+        try:
+            combined.partitions.extend(plan([symbol], timeframe, start, end, feed=feed, adjustment=adjustment, today=today).partitions)
+        except BackfillRequestError as exc:
+            _log.info("nothing to backfill", symbol=symbol, reason=str(exc))
+    return combined
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    symbol: str
+    expected: int
+    stored: int
+    missing: int
+    outside_sessions: int
+    first_missing: str | None
+
+
+def verify(symbols: Sequence[str], *, store: Any, timeframe: str, start: date, end: date, feed: str, adjustment: str) -> list[VerifyRow]:
+    """Stored bars against the exchange calendar: bars missing in sessions, bars outside sessions."""
+    tf = TIMEFRAMES[timeframe]
+    lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+    hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
+    expected = calendar.expected_bar_starts(tf, lo, hi)
+    out: list[VerifyRow] = []
+    for symbol in symbols:
+        stored = store.read(symbol, timeframe, lo, hi, feeds=(feed,), adjustment=adjustment)
+        have = pd.DatetimeIndex(stored["ts"])
+        missing = expected.difference(have)
+        outside = have.difference(expected)
+        out.append(VerifyRow(symbol, len(expected), len(have), len(missing), len(outside), missing[0].isoformat() if len(missing) else None))
+    return out

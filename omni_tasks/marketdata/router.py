@@ -1,0 +1,193 @@
+"""The provider router: tries providers in the configured order, with breakers, limits and retries.
+
+For each provider in order, it is skipped when it is not available (no key),
+cannot serve the timeframe, or its breaker is open. Otherwise the shared rate
+limiter admits the call, transient errors (rate limits, timeouts, 5xx) are
+retried with exponential backoff and jitter, and the next provider is tried
+when this one keeps failing, returns nothing, or returns a malformed payload.
+Permanent errors (an unknown symbol everywhere, a refused key) are not
+retried. Every attempt is recorded, and every row says which provider served it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import structlog
+
+from omni_tasks.marketdata.errors import (
+    AuthenticationFailed,
+    EmptyData,
+    MalformedPayload,
+    PermanentProviderError,
+    ProviderError,
+    RateLimited,
+    RetryableProviderError,
+    UnknownSymbol,
+    UnsupportedRequest,
+)
+from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
+from omni_tasks.marketdata.ratelimit import RateLimiter
+from omni_tasks.safety.breaker import CircuitBreaker
+
+_log = structlog.get_logger("omni.router")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    provider: str
+    outcome: str  # ok, skipped, failed
+    detail: str = ""
+
+
+@dataclass
+class Routed:
+    bars: pd.DataFrame
+    provider: str
+    notes: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class NoProviderServed(ProviderError):
+    """Every provider was skipped or failed. ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, *, attempts: list[Attempt], permanent: bool) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.permanent = permanent
+
+
+BreakerFactory = Callable[[str], CircuitBreaker]
+
+
+class BarRouter:
+    def __init__(
+        self,
+        providers: Sequence[BarProvider],
+        *,
+        breaker_for: BreakerFactory,
+        limiter: RateLimiter | None,
+        max_attempts: int = 3,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        rate_wait_max_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not providers:
+            raise ValueError("the router needs at least one provider (OMNI_PROVIDERS_ORDER)")
+        self.providers = list(providers)
+        self._breaker_for = breaker_for
+        self._limiter = limiter
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._rate_wait_max_s = rate_wait_max_s
+        self._sleep = sleep
+
+    def fetch(self, request: BarRequest) -> Routed:
+        attempts: list[Attempt] = []
+        unknown: list[str] = []
+        transient = False
+        for provider in self.providers:
+            name = provider.name
+            if not provider.available():
+                attempts.append(Attempt(name, "skipped", "not available (no key or no data folder)"))
+                continue
+            if request.timeframe not in provider.capabilities.timeframes:
+                attempts.append(Attempt(name, "skipped", f"cannot serve {request.timeframe}"))
+                continue
+            breaker = self._breaker_for(name)
+            try:
+                bars, notes = self._try(provider, breaker, request)
+            except UnknownSymbol as exc:
+                unknown.append(name)
+                attempts.append(Attempt(name, "failed", f"unknown symbol: {exc}"))
+                continue
+            except AuthenticationFailed as exc:
+                _log.error("provider refused our key; skipping it", provider=name, error=str(exc))
+                attempts.append(Attempt(name, "failed", f"authentication failed: {exc}"))
+                continue
+            except (RetryableProviderError, EmptyData, MalformedPayload, UnsupportedRequest, _BreakerRefused) as exc:
+                transient = transient or not isinstance(exc, UnsupportedRequest)  # an open breaker closes again
+                attempts.append(Attempt(name, "skipped" if isinstance(exc, _BreakerRefused) else "failed", f"{type(exc).__name__}: {exc}"))
+                continue
+            attempts.append(Attempt(name, "ok", f"{len(bars)} rows"))
+            if attempts[:-1]:
+                _log.warning("served by a fallback provider", provider=name, symbol=request.symbol, earlier=[f"{a.provider}: {a.detail}" for a in attempts[:-1]])
+            return Routed(bars=bars, provider=name, notes=notes, attempts=attempts)
+        summary = "; ".join(f"{a.provider}: {a.detail}" for a in attempts) or "no provider configured"
+        # Retrying helps only if something failed for a passing reason (rate limit, outage,
+        # empty or malformed answer, open breaker); unknown symbols and missing keys stay so.
+        if unknown and not transient:
+            raise NoProviderServed(f"unknown symbol {request.symbol}: {summary}", attempts=attempts, permanent=True)
+        raise NoProviderServed(f"no provider served {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=not transient)
+
+    def _try(self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest) -> tuple[pd.DataFrame, list[str]]:
+        name = provider.name
+        last: Exception | None = None
+        for attempt in range(1, self._max_attempts + 1):
+            decision = breaker.allow()
+            if not decision.allowed:
+                raise _BreakerRefused(decision.reason)
+            try:
+                if self._limiter is not None:
+                    caps = provider.capabilities
+                    self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
+                    if caps.daily_quota is not None:
+                        self._limiter.take_quota(name, caps.daily_quota)
+                result = provider.fetch_bars(request)
+            except RetryableProviderError as exc:
+                breaker.record(False, trial=decision.trial)
+                last = exc
+                if attempt == self._max_attempts:
+                    break
+                delay = self._backoff(attempt, exc)
+                _log.warning("provider call failed; retrying", provider=name, attempt=attempt, delay_s=round(delay, 2), error=str(exc))
+                self._sleep(delay)
+                continue
+            except MalformedPayload:
+                breaker.record(False, trial=decision.trial)
+                raise
+            except (EmptyData, PermanentProviderError):
+                # The provider answered; the answer is not usable. Not a health failure.
+                breaker.record(True, trial=decision.trial)
+                raise
+            breaker.record(True, trial=decision.trial)
+            bars = result.bars
+            if bars.empty:
+                raise EmptyData(f"{name} returned no bars", provider=name)
+            return bars, list(result.notes)
+        assert last is not None
+        raise last
+
+    def _backoff(self, attempt: int, exc: Exception) -> float:
+        if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+            return min(self._backoff_max_s, max(0.0, exc.retry_after_s))
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class _BreakerRefused(Exception):
+    pass
+
+
+def build_providers(names: Sequence[str], settings: object) -> list[BarProvider]:
+    """Adapters for the configured order. ``synthetic`` and ``replay`` are offline feeds."""
+    from omni_tasks.marketdata.providers.replay import ReplayBars
+    from omni_tasks.marketdata.providers.synthetic import SyntheticBars
+
+    out: list[BarProvider] = []
+    for name in names:
+        if name == "synthetic":
+            out.append(SyntheticBars())
+        elif name == "replay":
+            out.append(ReplayBars(settings.providers.replay_dir))  # type: ignore[attr-defined]
+        else:
+            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}")
+            out.append(module.from_settings(settings))
+    return out

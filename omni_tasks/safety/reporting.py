@@ -1,0 +1,38 @@
+"""Where breaker transitions go: the structured log (by the breaker), the audit log, the metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks import metrics
+from omni_tasks.safety.breaker import Transition, TransitionHook
+from omni_tasks.storage.models import AuditLog
+
+_log = structlog.get_logger("omni.audit")
+
+
+def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "system") -> TransitionHook:
+    """A transition hook that audits each transition and counts it."""
+
+    def hook(event: Transition) -> None:
+        metrics.BREAKER_TRANSITIONS.labels(event.breaker, event.to_state).inc()
+        if factory is None:
+            return
+        try:
+            with factory() as session, session.begin():
+                session.add(
+                    AuditLog(
+                        ts=datetime.fromtimestamp(event.at, tz=UTC),
+                        actor=actor,
+                        action="breaker.transition",
+                        subject=f"breaker:{event.breaker}",
+                        detail={"from": event.from_state, "to": event.to_state, "reason": event.reason},
+                    )
+                )
+        except Exception:  # noqa: BLE001 - the database may be the thing that is down
+            _log.exception("breaker transition not audited", breaker=event.breaker)
+
+    return hook
