@@ -50,10 +50,11 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, ops, run
+    from omni_tasks.cli import admin, backfill, ops, run
 
     run.register(app)
     ops.register(app)
+    backfill.register(app)
     admin.register(app)
 
 

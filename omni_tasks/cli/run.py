@@ -197,6 +197,10 @@ def up(
         env["OMNI_BROKER_URL"] = settings.broker_url
     if settings.database.url is None:
         env["OMNI_DATABASE_URL"] = settings.database_url
+    offline = _offline(settings)
+    if offline:
+        # No keys and the default provider order: the offline feed, said loudly (banner) and on every row.
+        env["OMNI_PROVIDERS_ORDER"] = "synthetic"
 
     specs.append(ChildSpec("server", [*omni, "server"], env, stop_timeout_s=5, log_path=logs_dir / "server.log", stop_phase=2))
     for kind in KINDS.values():
@@ -249,6 +253,14 @@ def up(
         announce("stopped" if not left else f"[red]still running: {', '.join(left)}[/red]")
 
 
+def _offline(settings: Settings) -> bool:
+    """No provider key and the provider order left at its default."""
+    from omni_tasks.settings import ProviderSettings
+
+    default_order = ProviderSettings().order
+    return settings.alpaca.api_key is None and settings.alpha_vantage.api_key is None and settings.providers.order == default_order
+
+
 def _migrate(settings: Settings) -> None:
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
@@ -294,10 +306,10 @@ def _banner(settings: Settings, generated_password: str | None, logs_dir: Path) 
     table.add_row("Database", mask_url(settings.database_url))
     table.add_row("Logs", str(logs_dir))
     console.print(table)
-    if settings.alpaca.api_key is None and settings.alpha_vantage.api_key is None:
+    if "synthetic" in settings.providers.order:
         console.print(
-            "[bold yellow]No provider keys configured: market data comes from the offline "
-            "synthetic and replay feeds. THIS DATA IS NOT REAL.[/bold yellow]"
+            "[bold yellow]Market data comes from the offline synthetic feed (provider=synthetic on every row). "
+            "THIS DATA IS NOT REAL.[/bold yellow] Set OMNI_ALPACA_API_KEY/OMNI_ALPACA_SECRET_KEY for real data."
         )
     console.print("Press Ctrl-C to stop everything.")
 

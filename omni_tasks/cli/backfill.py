@@ -1,0 +1,281 @@
+"""`omni backfill plan|run|status|verify`: historical bars through the partition ledger."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+backfill_app = typer.Typer(help="Historical bars: plan, run, watch and verify backfills.", no_args_is_help=True)
+
+Symbols = Annotated[str | None, typer.Argument(help="comma-separated symbols, or 'universe' for the configured universe")]
+Timeframe = Annotated[str, typer.Option("--timeframe", "-t", help="1Min, 5Min, 15Min, 30Min, 1Hour or 1Day")]
+Start = Annotated[str | None, typer.Option(help="first date, YYYY-MM-DD (default: a year ago)")]
+End = Annotated[str | None, typer.Option(help="end date, exclusive, YYYY-MM-DD (default: tomorrow)")]
+Feed = Annotated[str | None, typer.Option(help="iex or sip (default: OMNI_BACKFILL_FEED)")]
+Adjustment = Annotated[str | None, typer.Option(help="raw, split, dividend or all (default: OMNI_BACKFILL_ADJUSTMENT)")]
+UniverseFile = Annotated[Path | None, typer.Option("--universe", help="a file of symbols instead of SYMBOLS")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]omni backfill: {message}[/red]")
+    raise typer.Exit(2)
+
+
+def _date(value: str | None, default: date, what: str) -> date:
+    if value is None:
+        return default
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        _fail(f"{what} {value!r} is not a date (YYYY-MM-DD)")
+        raise  # unreachable: _fail exits
+
+
+def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
+    from omni_tasks.marketdata.frames import check_symbol
+    from omni_tasks.marketdata.universe import load_universe
+    from omni_tasks.runtime import get_settings
+
+    settings = get_settings().backfill
+    try:
+        if universe_file is not None:
+            chosen = load_universe(universe_file)
+        elif symbols is None or symbols.strip().lower() == "universe":
+            chosen = load_universe(settings.universe_file, settings.universe)
+        else:
+            # On the command line only commas separate symbols: "BRK B" is a typo, not two symbols.
+            chosen = [check_symbol(part) for part in symbols.split(",") if part.strip()]
+    except ValueError as exc:
+        _fail(str(exc))
+    if not chosen:
+        _fail("no symbols given")
+    today = datetime.now(tz=UTC).date()
+    return (
+        chosen,
+        _date(start, today - timedelta(days=365), "--start"),
+        _date(end, today + timedelta(days=1), "--end"),
+        feed or settings.feed,
+        adjustment or settings.adjustment,
+    )
+
+
+@backfill_app.command("plan")
+def plan_cmd(
+    symbols: Symbols = None,
+    timeframe: Timeframe = "1Day",
+    start: Start = None,
+    end: End = None,
+    feed: Feed = None,
+    adjustment: Adjustment = None,
+    universe: UniverseFile = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dry run: the partitions and provider calls a backfill would make. Nothing is written."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+
+    prepare("cli", configure_log=False)
+    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+    try:
+        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+    except backfill.BackfillRequestError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps({"partitions": len(the_plan.partitions), "calls": the_plan.calls, "expected_bars": the_plan.expected_bars, "symbols": chosen}))
+        return
+    by_symbol: dict[str, list[Any]] = {}
+    for p in the_plan.partitions:
+        by_symbol.setdefault(p.symbol, []).append(p)
+    table = Table(title=f"backfill plan: {timeframe} {lo} .. {hi} (exclusive), feed {feed_}, {adj}")
+    for column in ("symbol", "partitions", "sessions", "expected bars", "calls"):
+        table.add_column(column, justify="right" if column != "symbol" else "left")
+    for symbol, parts in by_symbol.items():
+        table.add_row(symbol, str(len(parts)), str(sum(p.sessions for p in parts)), f"{sum(p.expected_bars for p in parts):,}", str(sum(p.calls for p in parts)))
+    console.print(table)
+    console.print(f"{len(the_plan.partitions)} partitions, about {the_plan.calls} provider calls, {the_plan.expected_bars:,} bars expected. Nothing was enqueued.")
+
+
+@backfill_app.command("run")
+def run_cmd(
+    symbols: Symbols = None,
+    timeframe: Timeframe = "1Day",
+    start: Start = None,
+    end: End = None,
+    feed: Feed = None,
+    adjustment: Adjustment = None,
+    universe: UniverseFile = None,
+    only_failed: Annotated[int | None, typer.Option("--only-failed", help="re-run the failed partitions of this job id")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="show progress until the job finishes")] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 3600.0,
+) -> None:
+    """Record a backfill job and enqueue its partitions on the backfill queue."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+    from omni_tasks.runtime import get_runtime
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    _ensure_schema(runtime)
+    from omni_tasks.marketdata.tasks import enqueue_partitions
+
+    if only_failed is not None:
+        try:
+            backfill.job_progress(runtime.sessions, only_failed)
+        except LookupError as exc:
+            _fail(str(exc))
+        ids = backfill.reset_failed(runtime.sessions, only_failed)
+        job_id = only_failed
+        if not ids:
+            console.print(f"job {job_id} has no failed partitions; nothing enqueued")
+            return
+    else:
+        chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+        try:
+            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+        except backfill.BackfillRequestError as exc:
+            _fail(str(exc))
+        job_id = backfill.create_job(runtime.sessions, the_plan, requested_by="cli")
+        ids = backfill.partition_ids(runtime.sessions, job_id)
+    enqueue_partitions(ids)
+    console.print(f"job [bold]{job_id}[/bold]: {len(ids)} partitions enqueued on the backfill queue")
+    if wait:
+        final = _wait(runtime.sessions, job_id, total=len(ids), timeout_s=timeout_s)
+        _print_job(final)
+        raise typer.Exit(0 if final["status"] == "succeeded" else 1)
+
+
+def _ensure_schema(runtime: Any) -> None:
+    from omni_tasks.storage import migrations
+
+    if migrations.current_revision(runtime.engine) != migrations.head_revision(runtime.engine):
+        _fail("the database schema is not up to date: run `omni db upgrade` first")
+
+
+def _wait(factory: Any, job_id: int, *, total: int, timeout_s: float) -> dict[str, Any]:
+    from omni_tasks.marketdata import backfill
+
+    deadline = time.monotonic() + timeout_s
+    with Progress(TextColumn("[bold]job {task.fields[job]}[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("backfill", total=total, job=job_id, detail="")
+        while True:
+            state = backfill.job_progress(factory, job_id)
+            counts = state["by_status"]
+            done = counts.get("succeeded", 0) + counts.get("failed", 0)
+            progress.update(task, completed=min(done, total), detail=f"{state['rows']:,} rows, {counts.get('failed', 0)} failed, {counts.get('retrying', 0)} retrying")
+            if state["status"] in {"succeeded", "failed", "partial"}:
+                return state
+            if time.monotonic() > deadline:
+                console.print(f"[yellow]still running after {timeout_s:g} s; `omni backfill status {job_id}` follows it[/yellow]")
+                return state
+            time.sleep(0.5)
+
+
+def _print_job(state: dict[str, Any]) -> None:
+    colour = {"succeeded": "green", "failed": "red", "partial": "yellow"}.get(state["status"], "white")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(state["by_status"].items()))
+    console.print(f"job {state['job_id']}: [{colour}]{state['status']}[/{colour}] - {state['partitions']} partitions ({counts}), {state['rows']:,} rows stored, {state['rejected']} rejected")
+
+
+@backfill_app.command("status")
+def status_cmd(
+    job: Annotated[int | None, typer.Argument(help="a job id: its partitions; none: recent jobs")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent backfill jobs, or one job's partitions."""
+    from sqlalchemy import select
+
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.storage.models import BackfillJob, BackfillPartition
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    _ensure_schema(runtime)
+    if job is None:
+        with runtime.sessions() as session:
+            ids = list(session.scalars(select(BackfillJob.id).order_by(BackfillJob.id.desc()).limit(20)))
+        states = [backfill.job_progress(runtime.sessions, int(i)) for i in ids]
+        if as_json:
+            print(json.dumps(states, indent=2))
+            return
+        table = Table(title="backfill jobs")
+        for column in ("job", "status", "timeframe", "range", "symbols", "partitions", "rows", "rejected", "created"):
+            table.add_column(column)
+        for s in states:
+            table.add_row(str(s["job_id"]), s["status"], s["timeframe"], f"{s['start']} .. {s['end']}", str(s["symbols"]), ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())), f"{s['rows']:,}", str(s["rejected"]), s["created_at"][:19])
+        console.print(table)
+        return
+    try:
+        state = backfill.job_progress(runtime.sessions, job)
+    except LookupError as exc:
+        _fail(str(exc))
+    with runtime.sessions() as session:
+        parts = session.scalars(select(BackfillPartition).where(BackfillPartition.job_id == job).order_by(BackfillPartition.symbol, BackfillPartition.start)).all()
+    if as_json:
+        print(json.dumps({**state, "partitions_detail": [
+            {"id": p.id, "symbol": p.symbol, "start": p.start.isoformat(), "end": p.end.isoformat(), "status": p.status, "rows": p.rows,
+             "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error}
+            for p in parts]}, indent=2))
+        return
+    _print_job(state)
+    table = Table()
+    for column in ("id", "symbol", "range", "status", "rows", "rejected", "provider", "attempts", "last error / notes"):
+        table.add_column(column)
+    for p in parts:
+        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), (p.last_error or p.notes or "")[:120])
+    console.print(table)
+
+
+@backfill_app.command("verify")
+def verify_cmd(
+    symbols: Symbols = None,
+    timeframe: Timeframe = "1Day",
+    start: Start = None,
+    end: End = None,
+    feed: Feed = None,
+    adjustment: Adjustment = None,
+    universe: UniverseFile = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check stored bars against the exchange calendar: missing bars in sessions, bars outside them."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+    from omni_tasks.marketdata.wiring import build_store
+    from omni_tasks.runtime import get_runtime
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    _ensure_schema(runtime)
+    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+    try:
+        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj)
+    except backfill.BackfillRequestError as exc:
+        _fail(str(exc))
+    rows = backfill.verify(chosen, store=build_store(runtime.engine), timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj)
+    bad = [r for r in rows if r.missing or r.outside_sessions]
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2))
+    else:
+        table = Table(title=f"verify {timeframe} {lo} .. {hi} (exclusive), feed {feed_}")
+        for column in ("symbol", "expected", "stored", "missing", "outside sessions", "first missing"):
+            table.add_column(column)
+        for r in rows:
+            style = "red" if (r.missing or r.outside_sessions) else "green"
+            table.add_row(r.symbol, str(r.expected), str(r.stored), f"[{style}]{r.missing}[/{style}]", str(r.outside_sessions), r.first_missing or "-")
+        console.print(table)
+        console.print(f"{len(rows) - len(bad)} of {len(rows)} symbols complete")
+    raise typer.Exit(1 if bad else 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(backfill_app, name="backfill")
