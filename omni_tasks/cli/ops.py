@@ -90,6 +90,17 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         console.print("Watchdog: [red]no tick recorded[/red]")
     console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
 
+    if data.get("breakers"):
+        breakers = Table(title="Circuit breakers", title_justify="left")
+        for column in ("breaker", "state", "forced", "consecutive failures", "since"):
+            breakers.add_column(column)
+        for b in data["breakers"]:
+            shown = b.get("forced") or b["state"]
+            colour = {"closed": "green", "half_open": "yellow"}.get(shown, "red")
+            since = time.strftime("%H:%M:%S", time.localtime(b["updated_at"])) if b.get("updated_at") else "-"
+            breakers.add_row(b["name"], f"[{colour}]{b['state']}[/{colour}]", b.get("forced") or "-", str(b["failures"]), since)
+        console.print(breakers)
+
     failures = Table(title="Recent failures", title_justify="left")
     for column in ("finished", "task", "queue", "state", "error"):
         failures.add_column(column)
