@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime

@@ -147,14 +147,22 @@ def canonical_bars(
     ``ts`` is the bar's start. Intraday: naive is taken as UTC, aware is
     converted to UTC. Daily bars are labelled by their session date at 00:00
     UTC whatever the provider sends (Alpaca: 05:00Z, i.e. midnight in New York;
-    yfinance: midnight in the exchange's zone, or a naive date).
+    yfinance: midnight in the exchange's zone, or a naive date; a label that is
+    already 00:00 UTC keeps its date).
     Sorted by ts. No row is dropped here: the boundary check decides.
     """
     if df.empty:
         return empty_bars()
     ts = pd.to_datetime(pd.Series(df["ts"]).reset_index(drop=True))
     if timeframe == "1Day":
-        dates = ts.dt.normalize() if ts.dt.tz is None else ts.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
+        if ts.dt.tz is None:
+            dates = ts.dt.normalize()
+        else:
+            utc = ts.dt.tz_convert("UTC")
+            local = ts.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
+            # Already canonical (00:00 UTC) stays on its date; any other instant is dated in New York.
+            at_utc_midnight = utc == utc.dt.normalize()
+            dates = local.where(~at_utc_midnight, utc.dt.tz_localize(None).dt.normalize())
         ts = dates.dt.tz_localize("UTC")
     else:
         ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")

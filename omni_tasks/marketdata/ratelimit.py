@@ -75,6 +75,17 @@ class RateLimiter:
             self._sleep(wait)
             waited += wait
 
+    def charge(self, provider: str, calls: int) -> None:
+        """Count calls already made (pages of one request) against the window without waiting."""
+        if calls <= 0:
+            return
+        now = repr(self._clock())
+        key = WINDOW_KEY.format(provider=provider)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zadd(key, {uuid.uuid4().hex: float(now) for _ in range(calls)})
+        pipe.expire(key, 65)
+        pipe.execute()
+
     def take_quota(self, provider: str, quota: int, *, day: str | None = None) -> int:
         """Count one call against today's quota; RateLimited when the quota is used up."""
         day = day or datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y-%m-%d")

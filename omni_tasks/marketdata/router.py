@@ -101,6 +101,9 @@ class BarRouter:
             if request.timeframe not in provider.capabilities.timeframes:
                 attempts.append(Attempt(name, "skipped", f"cannot serve {request.timeframe}"))
                 continue
+            if request.adjustment not in provider.capabilities.adjustments:
+                attempts.append(Attempt(name, "skipped", f"cannot serve {request.adjustment} prices"))
+                continue
             breaker = self._breaker_for(name)
             try:
                 bars, notes = self._try(provider, breaker, request)
@@ -131,15 +134,16 @@ class BarRouter:
         name = provider.name
         last: Exception | None = None
         for attempt in range(1, self._max_attempts + 1):
+            if self._limiter is not None:
+                # Our own limiter refusing is not the provider failing: it happens before the breaker.
+                caps = provider.capabilities
+                self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
+                if caps.daily_quota is not None:
+                    self._limiter.take_quota(name, caps.daily_quota)
             decision = breaker.allow()
             if not decision.allowed:
                 raise _BreakerRefused(decision.reason)
             try:
-                if self._limiter is not None:
-                    caps = provider.capabilities
-                    self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
-                    if caps.daily_quota is not None:
-                        self._limiter.take_quota(name, caps.daily_quota)
                 result = provider.fetch_bars(request)
             except RetryableProviderError as exc:
                 breaker.record(False, trial=decision.trial)
@@ -158,6 +162,15 @@ class BarRouter:
                 breaker.record(True, trial=decision.trial)
                 raise
             breaker.record(True, trial=decision.trial)
+            if self._limiter is not None and result.calls > 1:
+                # Pages beyond the first count against the shared window (and the daily quota) too.
+                self._limiter.charge(name, result.calls - 1)
+                if provider.capabilities.daily_quota is not None:
+                    for _ in range(result.calls - 1):
+                        try:
+                            self._limiter.take_quota(name, provider.capabilities.daily_quota)
+                        except RateLimited:
+                            break
             bars = result.bars
             if bars.empty:
                 raise EmptyData(f"{name} returned no bars", provider=name)

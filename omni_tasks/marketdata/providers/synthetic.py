@@ -74,6 +74,12 @@ class SyntheticBars:
         starts = calendar.expected_bar_starts(timeframe, request.start, request.end)
         if len(starts) == 0:
             return BarResult(empty_bars(), notes=["no sessions in range"])
+        if timeframe.intraday:
+            # Shape whole sessions, then cut: a bar never depends on the range asked for.
+            first = pd.Timestamp(starts[0].tz_convert(calendar.calendar().tz).date()).tz_localize("UTC")
+            last = pd.Timestamp(starts[-1].tz_convert(calendar.calendar().tz).date()).tz_localize("UTC") + pd.Timedelta(days=1)
+            requested = starts
+            starts = calendar.expected_bar_starts(timeframe, first.to_pydatetime(), last.to_pydatetime())
         open_, high, low, close, volume = _daily_path(request.symbol)
         index = _session_index()
         if timeframe.code == "1Day":
@@ -81,6 +87,7 @@ class SyntheticBars:
             frame = pd.DataFrame({"ts": starts, "open": open_[rows], "high": high[rows], "low": low[rows], "close": close[rows], "volume": volume[rows]})
         else:
             frame = self._intraday(request.symbol, starts, open_, high, low, close, volume, index)
+            frame = frame[frame["ts"].isin(requested)].reset_index(drop=True)
         frame["vwap"] = (frame["high"] + frame["low"] + frame["close"]) / 3.0
         frame["trade_count"] = np.maximum(1, (frame["volume"] // 100)).astype("int64")
         bars = canonical_bars(frame, symbol=request.symbol, timeframe=request.timeframe, provider="synthetic", feed="synthetic", adjustment=request.adjustment)
