@@ -261,12 +261,15 @@ def verify_cmd(
         backfill.check_request(chosen, timeframe, lo, hi, feed_, adj)
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
-    rows = backfill.verify(chosen, store=build_store(runtime.engine), timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj)
+    from omni_tasks.marketdata.router import serving_feeds
+
+    feeds = serving_feeds(runtime.settings.providers.order, feed_)
+    rows = backfill.verify(chosen, store=build_store(runtime.engine), timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj, feeds=feeds)
     bad = [r for r in rows if r.missing or r.outside_sessions]
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
     else:
-        table = Table(title=f"verify {timeframe} {lo} .. {hi} (exclusive), feed {feed_}")
+        table = Table(title=f"verify {timeframe} {lo} .. {hi} (exclusive), feeds {', '.join(feeds)}")
         for column in ("symbol", "expected", "stored", "missing", "outside sessions", "first missing"):
             table.add_column(column)
         for r in rows:

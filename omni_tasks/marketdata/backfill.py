@@ -292,13 +292,19 @@ def job_progress(factory: sessionmaker[Session], job_id: int) -> dict[str, Any]:
         }
 
 
-def incremental_plan(symbols: Sequence[str], *, store: Any, timeframe: str, feed: str, adjustment: str, overlap_days: int, lookback_days: int, today: date | None = None) -> Plan:
-    """The nightly plan: from each symbol's last stored bar minus an overlap (or the lookback) to today."""
+def incremental_plan(symbols: Sequence[str], *, store: Any, timeframe: str, feed: str, adjustment: str, overlap_days: int, lookback_days: int, today: date | None = None, feeds: Sequence[str] | None = None) -> Plan:
+    """The nightly plan: from each symbol's last stored bar minus an overlap (or the lookback) to today.
+
+    ``feeds``: the feeds stored rows may carry for this request (router.serving_feeds);
+    the latest bar of any of them counts. Default: the requested feed only.
+    """
     today = today or datetime.now(tz=UTC).date()
     end = today + timedelta(days=1)
     combined = Plan()
+    look_in = tuple(feeds) if feeds else (feed,)
     for symbol in symbols:
-        last = store.last_ts(symbol, timeframe, feed, adjustment)
+        stamps = [t for t in (store.last_ts(symbol, timeframe, f, adjustment) for f in look_in) if t is not None]
+        last = max(stamps) if stamps else None
         start = (last.date() - timedelta(days=overlap_days)) if last is not None else today - timedelta(days=lookback_days)
         start = max(start, EARLIEST)
         try:
@@ -318,15 +324,18 @@ class VerifyRow:
     first_missing: str | None
 
 
-def verify(symbols: Sequence[str], *, store: Any, timeframe: str, start: date, end: date, feed: str, adjustment: str) -> list[VerifyRow]:
-    """Stored bars against the exchange calendar: bars missing in sessions, bars outside sessions."""
+def verify(symbols: Sequence[str], *, store: Any, timeframe: str, start: date, end: date, feed: str, adjustment: str, feeds: Sequence[str] | None = None) -> list[VerifyRow]:
+    """Stored bars against the exchange calendar: bars missing in sessions, bars outside sessions.
+
+    ``feeds`` (most preferred first) are the feeds that count; default: the requested feed only.
+    """
     tf = TIMEFRAMES[timeframe]
     lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
     hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
     expected = calendar.expected_bar_starts(tf, lo, hi)
     out: list[VerifyRow] = []
     for symbol in symbols:
-        stored = store.read(symbol, timeframe, lo, hi, feeds=(feed,), adjustment=adjustment)
+        stored = store.read(symbol, timeframe, lo, hi, feeds=tuple(feeds) if feeds else (feed,), adjustment=adjustment)
         have = pd.DatetimeIndex(stored["ts"])
         missing = expected.difference(have)
         outside = have.difference(expected)

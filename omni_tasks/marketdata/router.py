@@ -134,15 +134,19 @@ class BarRouter:
         name = provider.name
         last: Exception | None = None
         for attempt in range(1, self._max_attempts + 1):
-            if self._limiter is not None:
-                # Our own limiter refusing is not the provider failing: it happens before the breaker.
-                caps = provider.capabilities
-                self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
-                if caps.daily_quota is not None:
-                    self._limiter.take_quota(name, caps.daily_quota)
             decision = breaker.allow()
             if not decision.allowed:
                 raise _BreakerRefused(decision.reason)
+            if self._limiter is not None:
+                # Our own limiter refusing is not the provider failing: give the trial back, record nothing.
+                caps = provider.capabilities
+                try:
+                    self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
+                    if caps.daily_quota is not None:
+                        self._limiter.take_quota(name, caps.daily_quota)
+                except RateLimited:
+                    breaker.release(decision.trial)
+                    raise
             try:
                 result = provider.fetch_bars(request)
             except RetryableProviderError as exc:
@@ -161,6 +165,11 @@ class BarRouter:
                 # The provider answered; the answer is not usable. Not a health failure.
                 breaker.record(True, trial=decision.trial)
                 raise
+            except Exception as exc:
+                # An adapter bug or an unmapped library error: a failure of this provider, and the next one is tried.
+                breaker.record(False, trial=decision.trial)
+                _log.exception("provider adapter raised an unexpected error", provider=name)
+                raise MalformedPayload(f"unexpected {type(exc).__name__} from the {name} adapter: {exc}", provider=name) from exc
             breaker.record(True, trial=decision.trial)
             if self._limiter is not None and result.calls > 1:
                 # Pages beyond the first count against the shared window (and the daily quota) too.
@@ -187,6 +196,21 @@ class BarRouter:
 
 class _BreakerRefused(Exception):
     pass
+
+
+def serving_feeds(order: Sequence[str], feed: str) -> tuple[str, ...]:
+    """The feeds rows may be stored under when ``feed`` is requested from these providers, in order.
+
+    Alpaca serves the requested feed (iex or sip); every other provider labels
+    its rows with its own name (yahoo, alpha_vantage, synthetic) and the replay
+    feed keeps what its files record (the requested feed, or ``replay``).
+    """
+    out: list[str] = []
+    for name in order:
+        for candidate in ((feed,) if name == "alpaca" else (feed, "replay") if name == "replay" else (name,)):
+            if candidate not in out:
+                out.append(candidate)
+    return tuple(out) or (feed,)
 
 
 def build_providers(names: Sequence[str], settings: object) -> list[BarProvider]:

@@ -9,6 +9,7 @@ import structlog
 from omni_tasks import metrics
 from omni_tasks.errors import RetryableError
 from omni_tasks.marketdata import backfill
+from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.marketdata.wiring import build_router, build_store
 from omni_tasks.queues import Queue
@@ -73,6 +74,7 @@ def nightly() -> dict[str, Any]:
         adjustment=settings.adjustment,
         overlap_days=settings.overlap_days,
         lookback_days=settings.lookback_days,
+        feeds=serving_feeds(runtime.settings.providers.order, settings.feed),
     )
     if not the_plan.partitions:
         return {"job_id": None, "partitions": 0}

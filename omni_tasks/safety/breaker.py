@@ -30,6 +30,7 @@ import structlog
 _log = structlog.get_logger("omni.breaker")
 KEY = "omni:breaker:{name}"
 CALLS_KEY = "omni:breaker:{name}:calls"
+TRIALS_KEY = "omni:breaker:{name}:trials"
 REGISTRY_KEY = "omni:breakers"
 
 
@@ -50,6 +51,8 @@ class BreakerPolicy:
     cooldown_s: float = 30.0
     half_open_max_trials: int = 1
     close_after_successes: int = 1
+    #: a trial whose outcome never comes back (killed worker) frees its slot after this long
+    trial_lease_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,17 @@ class Transition:
 
 @dataclass(frozen=True)
 class Decision:
+    """``trial`` is the half-open trial's id ('' when this is not a trial); pass it back to ``record``."""
+
     allowed: bool
     state: str
-    trial: bool = False
+    trial: str = ""
     forced: str | None = None
     reason: str = ""
 
 
-# KEYS[1] breaker hash, KEYS[2] registry set. ARGV: now, cooldown, max_trials, name
+# KEYS[1] breaker hash, KEYS[2] registry set, KEYS[3] trials zset.
+# ARGV: now, cooldown, max_trials, name, trial id, trial lease (s)
 _ALLOW = """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -79,48 +85,54 @@ local max_trials = tonumber(ARGV[3])
 redis.call('sadd', KEYS[2], ARGV[4])
 local forced = redis.call('hget', h, 'forced')
 local state = redis.call('hget', h, 'state') or 'closed'
-if forced == 'open' then return {0, state, 0, forced, ''} end
-if forced == 'closed' then return {1, state, 0, forced, ''} end
+if forced == 'open' then return {0, state, '', forced, ''} end
+if forced == 'closed' then return {1, state, '', forced, ''} end
 local transition = ''
 if state == 'open' then
   local opened = tonumber(redis.call('hget', h, 'opened_at') or '0')
-  if now - opened < cooldown then return {0, state, 0, '', ''} end
+  if now - opened < cooldown then return {0, state, '', '', ''} end
   state = 'half_open'
-  redis.call('hset', h, 'state', 'half_open', 'trials', 0, 'successes', 0, 'updated_at', ARGV[1])
+  redis.call('hset', h, 'state', 'half_open', 'successes', 0, 'updated_at', ARGV[1])
+  redis.call('del', KEYS[3])
   transition = 'open>half_open'
 end
 if state == 'half_open' then
-  local trials = tonumber(redis.call('hget', h, 'trials') or '0')
-  if trials >= max_trials then return {0, state, 0, '', transition} end
-  redis.call('hincrby', h, 'trials', 1)
-  return {1, state, 1, '', transition}
+  -- A trial whose outcome never came back (worker killed, time limit) frees its slot after its lease.
+  redis.call('zremrangebyscore', KEYS[3], '-inf', now - tonumber(ARGV[6]))
+  if redis.call('zcard', KEYS[3]) >= max_trials then return {0, state, '', '', transition} end
+  redis.call('zadd', KEYS[3], now, ARGV[5])
+  redis.call('expire', KEYS[3], math.ceil(tonumber(ARGV[6])) + 60)
+  return {1, state, ARGV[5], '', transition}
 end
-return {1, state, 0, '', transition}
+return {1, state, '', '', transition}
 """
 
-# KEYS[1] hash, KEYS[2] calls zset. ARGV: now, ok(1/0), trial(1/0), threshold, rate, window, min_calls, close_after, member
+# KEYS[1] hash, KEYS[2] calls zset, KEYS[3] trials zset.
+# ARGV: now, ok(1/0), trial id or '', threshold, rate, window, min_calls, close_after, member
 _RECORD = """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local ok = ARGV[2] == '1'
-local trial = ARGV[3] == '1'
+local trial = ARGV[3]
 local state = redis.call('hget', h, 'state') or 'closed'
 local window = tonumber(ARGV[6])
 redis.call('zadd', KEYS[2], now, ARGV[9] .. (ok and ':ok' or ':fail'))
 redis.call('zremrangebyscore', KEYS[2], '-inf', now - window)
 redis.call('expire', KEYS[2], math.ceil(window) + 60)
 if state == 'half_open' then
-  if trial then redis.call('hincrby', h, 'trials', -1) end
+  -- Only an outcome of this round's trials decides the round; a late one from an earlier round is ignored.
+  if trial == '' or redis.call('zrem', KEYS[3], trial) == 0 then return {'', ''} end
   if ok then
     local s = redis.call('hincrby', h, 'successes', 1)
     if s >= tonumber(ARGV[8]) then
-      redis.call('hset', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'trials', 0, 'updated_at', ARGV[1])
-      redis.call('del', KEYS[2])
+      redis.call('hset', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'updated_at', ARGV[1])
+      redis.call('del', KEYS[2], KEYS[3])
       return {'half_open>closed', 'trial succeeded'}
     end
     return {'', ''}
   end
-  redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'successes', 0, 'trials', 0, 'updated_at', ARGV[1])
+  redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'successes', 0, 'updated_at', ARGV[1])
+  redis.call('del', KEYS[3])
   return {'half_open>open', 'trial failed'}
 end
 if state == 'open' then return {'', ''} end
@@ -172,6 +184,7 @@ class CircuitBreaker:
         self._clock = clock
         self._key = KEY.format(name=name)
         self._calls_key = CALLS_KEY.format(name=name)
+        self._trials_key = TRIALS_KEY.format(name=name)
 
     # ---- the call path -----------------------------------------------------
     def allow(self) -> Decision:
@@ -179,7 +192,8 @@ class CircuitBreaker:
         now = self._clock()
         try:
             allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW, 2, self._key, REGISTRY_KEY, repr(now), repr(self.policy.cooldown_s), self.policy.half_open_max_trials, self.name
+                _ALLOW, 3, self._key, REGISTRY_KEY, self._trials_key, repr(now), repr(self.policy.cooldown_s),
+                self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
             )
         except redis.RedisError as exc:
             verdict = self.fail_open
@@ -192,18 +206,18 @@ class CircuitBreaker:
         return Decision(
             allowed=bool(int(allowed)),
             state=state_s,
-            trial=bool(int(trial)),
+            trial=_text(trial),
             forced=forced_s,
             reason="" if int(allowed) else f"breaker {self.name} is {shown}",
         )
 
-    def record(self, ok: bool, *, trial: bool = False) -> None:
-        """Report the outcome of a call that ``allow`` let through."""
+    def record(self, ok: bool, *, trial: str = "") -> None:
+        """Report the outcome of a call that ``allow`` let through (``trial``: the Decision's trial id)."""
         now = self._clock()
         try:
             transition, reason = self._client.eval(
-                _RECORD, 2, self._key, self._calls_key,
-                repr(now), "1" if ok else "0", "1" if trial else "0",
+                _RECORD, 3, self._key, self._calls_key, self._trials_key,
+                repr(now), "1" if ok else "0", trial if isinstance(trial, str) else "",
                 self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
                 self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
             )
@@ -212,6 +226,15 @@ class CircuitBreaker:
             return
         if _text(transition):
             self._emit(_text(transition), _text(reason), now)
+
+    def release(self, trial: str) -> None:
+        """Give back a half-open trial slot that was reserved but not used (no call was made)."""
+        if not trial:
+            return
+        try:
+            self._client.zrem(self._trials_key, trial)
+        except redis.RedisError as exc:
+            _log.error("breaker trial not released", breaker=self.name, error=str(exc))
 
     def call(self, func: Callable[[], Any], *, failure: Callable[[BaseException], bool] = lambda _e: True) -> Any:
         """Run ``func`` through the breaker. Raises BreakerOpen when refused."""
@@ -261,7 +284,7 @@ class CircuitBreaker:
         now = self._clock()
         before = self.state()["state"]
         pipe = self._client.pipeline()
-        pipe.delete(self._key, self._calls_key)
+        pipe.delete(self._key, self._calls_key, self._trials_key)
         pipe.sadd(REGISTRY_KEY, self.name)
         pipe.execute()
         self._emit(f"{before}>closed", f"reset by {actor}: {reason}", now)

@@ -14,8 +14,10 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
+from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
+from omni_tasks.storage.engine import make_engine, session_factory
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -88,17 +90,18 @@ def test_backfill_worker_killed_mid_job_completes_exactly_and_rerun_changes_noth
     assert run.returncode == 0, run.stdout + run.stderr
     job_id = int(run.stdout.split("job ")[1].split(":")[0])
 
-    def succeeded() -> int:
-        status = json.loads(_omni(env, "backfill", "status", str(job_id), "--json").stdout)
-        return int(status["by_status"].get("succeeded", 0))
+    factory = session_factory(make_engine(database_url))
 
-    wait_for(lambda: succeeded() >= 5, 120, interval_s=0.2, message="some partitions to finish")
+    def succeeded() -> int:
+        return int(backfill.job_progress(factory, job_id)["by_status"].get("succeeded", 0))
+
+    wait_for(lambda: succeeded() >= 5, 120, interval_s=0.05, message="some partitions to finish")
     victim.kill_group(signal.SIGKILL)
     killed_with = succeeded()
     replacement = OmniProcess(["worker", "backfill"], env, tmp_path / "logs" / "backfill-2.log").start()
     omni_processes.append(replacement)
 
-    wait_for(lambda: json.loads(_omni(env, "backfill", "status", str(job_id), "--json").stdout)["status"] in {"succeeded", "failed", "partial"}, 180, interval_s=0.5, message="the job to finish")
+    wait_for(lambda: backfill.job_progress(factory, job_id)["status"] in {"succeeded", "failed", "partial"}, 180, interval_s=0.2, message="the job to finish")
     status = json.loads(_omni(env, "backfill", "status", str(job_id), "--json").stdout)
     rows, dupes, digest = _table_fingerprint(database_url)
     print(
