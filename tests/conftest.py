@@ -37,19 +37,31 @@ def _unavailable(what: str, exc: Exception) -> None:
 
 @pytest.fixture(scope="session")
 def redis_db() -> Iterator[int]:
-    """A Redis database number of our own on the local server, flushed before and after."""
-    db = 9 + (os.getpid() % 6)  # 9..14: parallel sessions on one server do not collide often
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        _unavailable("Redis", exc)
-    client.flushdb()
-    yield db
+    """A Redis database number of our own on the local server (claimed with SET NX), flushed before and after."""
+    claim_key, token = "omni:test-session", f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    chosen: int | None = None
+    for db in range(1, 16):
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_timeout=3)
+        try:
+            if client.set(claim_key, token, nx=True, ex=3 * 3600):
+                chosen = db
+                break
+        except redis.RedisError as exc:
+            _unavailable("Redis", exc)
+    if chosen is None:
+        pytest.fail("every Redis database 1..15 is claimed by another test session")
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=chosen, socket_timeout=3)
+    _flush_keeping_claim(client, claim_key, token)
+    yield chosen
     try:
         client.flushdb()
     except redis.RedisError:
         pass
+
+
+def _flush_keeping_claim(client: redis.Redis, claim_key: str, token: str) -> None:
+    client.flushdb()
+    client.set(claim_key, token, ex=3 * 3600)
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +72,9 @@ def redis_url(redis_db: int) -> str:
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    client.flushdb()
+    _flush_keeping_claim(client, "omni:test-session", "claimed")
     yield client
-    client.flushdb()
+    _flush_keeping_claim(client, "omni:test-session", "claimed")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import structlog
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
@@ -165,6 +166,8 @@ class BarRouter:
                 # The provider answered; the answer is not usable. Not a health failure.
                 breaker.record(True, trial=decision.trial)
                 raise
+            except SoftTimeLimitExceeded:
+                raise  # the task's own time limit, not the provider's failure
             except Exception as exc:
                 # An adapter bug or an unmapped library error: a failure of this provider, and the next one is tried.
                 breaker.record(False, trial=decision.trial)

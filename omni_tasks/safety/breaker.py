@@ -213,11 +213,13 @@ class CircuitBreaker:
 
     def record(self, ok: bool, *, trial: str = "") -> None:
         """Report the outcome of a call that ``allow`` let through (``trial``: the Decision's trial id)."""
+        if not isinstance(trial, str):
+            raise TypeError("trial is the Decision's trial id (a string), not a flag")
         now = self._clock()
         try:
             transition, reason = self._client.eval(
                 _RECORD, 3, self._key, self._calls_key, self._trials_key,
-                repr(now), "1" if ok else "0", trial if isinstance(trial, str) else "",
+                repr(now), "1" if ok else "0", trial,
                 self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
                 self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
             )

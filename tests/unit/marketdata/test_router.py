@@ -1,0 +1,631 @@
+"""BarRouter: provider order, availability, capabilities, breakers, limits, retries, fallback, provenance;
+and serving_feeds, the feeds rows served for a requested feed are stored under.
+
+Providers are small fakes passed in as arguments; breakers and the rate
+limiter are the real ones on the test's own Redis database; ``sleep`` is a
+recording function, so nothing here waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import redis
+
+from omni_tasks.marketdata.errors import (
+    AuthenticationFailed,
+    EmptyData,
+    MalformedPayload,
+    ProviderUnavailable,
+    RateLimited,
+    UnknownSymbol,
+    UnsupportedRequest,
+)
+from omni_tasks.marketdata.frames import BAR_COLUMNS, canonical_bars, empty_bars
+from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
+from omni_tasks.marketdata.ratelimit import WINDOW_KEY, RateLimiter
+from omni_tasks.marketdata.router import BarRouter, NoProviderServed, serving_feeds
+from omni_tasks.safety.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+
+pytestmark = pytest.mark.services  # real breakers and limiter on real Redis
+
+START = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+REQUEST = BarRequest("AAPL", "1Min", START, START + timedelta(minutes=5))
+# Consecutive failures never open a breaker in these tests unless a test says so.
+QUIET = BreakerPolicy(failure_threshold=1_000, rate_min_calls=1_000_000, cooldown_s=30.0)
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeProvider:
+    """A BarProvider whose answers are scripted: "ok", "empty", or an exception to raise."""
+
+    def __init__(
+        self,
+        name: str,
+        script: Iterable[object] = (),
+        *,
+        timeframes: Iterable[str] = ("1Min", "5Min", "1Day"),
+        available: bool = True,
+        rate_limit_per_min: int = 1_000,
+        daily_quota: int | None = None,
+        adjustments: Iterable[str] = ("raw",),
+        pages: int = 1,
+        then: object = "ok",
+    ) -> None:
+        self.name = name
+        self.capabilities = Capabilities(
+            timeframes=frozenset(timeframes), rate_limit_per_min=rate_limit_per_min, daily_quota=daily_quota, adjustments=frozenset(adjustments)
+        )
+        self._pages = pages
+        self._available = available
+        self._script = list(script)
+        self._then = then
+        self.calls: list[BarRequest] = []
+
+    def available(self) -> bool:
+        return self._available
+
+    def fetch_bars(self, request: BarRequest) -> BarResult:
+        self.calls.append(request)
+        step = self._script.pop(0) if self._script else self._then
+        if isinstance(step, BaseException):
+            raise step
+        if step == "empty":
+            return BarResult(empty_bars(), notes=[f"{self.name}: nothing"])
+        return BarResult(_bars(request, self.name), notes=[f"{self.name} note"], calls=self._pages)
+
+
+def _bars(request: BarRequest, provider: str) -> pd.DataFrame:
+    ts = pd.date_range(request.start, request.end, freq="1min", inclusive="left")
+    raw = pd.DataFrame({"ts": ts, "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 100.0})
+    return canonical_bars(raw, symbol=request.symbol, timeframe=request.timeframe, provider=provider, feed=request.feed, adjustment=request.adjustment)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def breaker_for(redis_client: redis.Redis, clock: Clock) -> Callable[[str], CircuitBreaker]:
+    def make(name: str) -> CircuitBreaker:
+        return CircuitBreaker(f"provider:{name}", redis_client, QUIET, clock=clock)
+
+    return make
+
+
+@pytest.fixture
+def make_router(breaker_for: Callable[[str], CircuitBreaker], redis_client: redis.Redis, clock: Clock, sleeps: list[float]) -> Callable[..., BarRouter]:
+    def make(providers: list[BarProvider], **kwargs: object) -> BarRouter:
+        kwargs.setdefault("limiter", RateLimiter(redis_client, clock=clock, sleep=sleeps.append))
+        kwargs.setdefault("breaker_for", breaker_for)
+        kwargs.setdefault("sleep", sleeps.append)
+        return BarRouter(providers, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def _assert_served_by(routed_bars: pd.DataFrame, name: str) -> None:
+    assert list(routed_bars.columns) == list(BAR_COLUMNS)
+    assert len(routed_bars) == 5
+    assert set(routed_bars["provider"]) == {name}, "every row records the provider that served it"
+
+
+# ---- order and provenance ----------------------------------------------------------
+
+
+def test_router_first_provider_healthy_serves_and_later_ones_are_not_called(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha"), FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "alpha"
+    _assert_served_by(routed.bars, "alpha")
+    assert routed.notes == ["alpha note"]
+    assert [(a.provider, a.outcome) for a in routed.attempts] == [("alpha", "ok")]
+    assert len(alpha.calls) == 1
+    assert alpha.calls[0] == REQUEST
+    assert beta.calls == []
+
+
+def test_router_provider_error_falls_back_to_next_with_its_provenance(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", then=ProviderUnavailable("503 from alpha", provider="alpha")), FakeProvider("beta")
+    routed = make_router([alpha, beta], max_attempts=2).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 2, "a transient error is retried on the same provider before falling back"
+    assert len(sleeps) == 1
+    assert [(a.provider, a.outcome) for a in routed.attempts] == [("alpha", "failed"), ("beta", "ok")]
+    assert "ProviderUnavailable" in routed.attempts[0].detail
+    assert "503 from alpha" in routed.attempts[0].detail
+
+
+def test_router_rate_limited_provider_falls_back_to_next(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=RateLimited("429", provider="alpha", retry_after_s=2.0))
+    beta = FakeProvider("beta")
+    routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 3
+    assert "RateLimited" in routed.attempts[0].detail
+
+
+@pytest.mark.parametrize("empty", ["empty", EmptyData("yfinance returned an empty frame", provider="alpha")], ids=["no-rows", "EmptyData"])
+def test_router_empty_data_falls_back_without_retrying(make_router, sleeps, empty) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", then=empty), FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 1, "an empty answer is not retried on the same provider"
+    assert sleeps == []
+    assert routed.attempts[0].outcome == "failed"
+    assert "EmptyData" in routed.attempts[0].detail
+
+
+def test_router_malformed_payload_falls_back_and_counts_against_the_breaker(make_router, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=MalformedPayload("missing column close", provider="alpha"))
+    beta = FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 1
+    assert "missing column close" in routed.attempts[0].detail
+    assert breaker_for("alpha").state()["failures"] == 1
+    assert breaker_for("beta").state()["failures"] == 0
+
+
+def test_router_unsupported_request_falls_back(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=UnsupportedRequest("no SIP for this key", provider="alpha"))
+    beta = FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    assert len(alpha.calls) == 1
+
+
+def test_router_unavailable_provider_is_skipped_without_being_called(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", available=False), FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    assert alpha.calls == []
+    assert (routed.attempts[0].provider, routed.attempts[0].outcome) == ("alpha", "skipped")
+    assert "not available" in routed.attempts[0].detail
+
+
+def test_router_provider_without_the_timeframe_is_skipped_without_being_called(make_router) -> None:  # type: ignore[no-untyped-def]
+    daily_only, beta = FakeProvider("daily_only", timeframes=("1Day",)), FakeProvider("beta")
+    routed = make_router([daily_only, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    assert daily_only.calls == []
+    assert routed.attempts[0].outcome == "skipped"
+    assert "cannot serve 1Min" in routed.attempts[0].detail
+
+
+def test_router_without_providers_is_refused(breaker_for) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="at least one provider"):
+        BarRouter([], breaker_for=breaker_for, limiter=None)
+
+
+# ---- breakers -------------------------------------------------------------------------
+
+
+def test_router_open_breaker_skips_provider_without_calling_it(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=3, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha, beta = FakeProvider("alpha"), FakeProvider("beta")
+    router = make_router([alpha, beta], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
+    for _ in range(3):
+        breaker.record(False)
+    assert breaker.state()["state"] == "open"
+    fetches = 20
+    for _ in range(fetches):
+        clock.advance(1.0)  # 20 s in all: still inside the 30 s cooldown
+        routed = router.fetch(REQUEST)
+        assert routed.provider == "beta"
+        assert (routed.attempts[0].provider, routed.attempts[0].outcome) == ("alpha", "skipped")
+        assert "breaker provider:alpha is open" in routed.attempts[0].detail
+    print(f"calls passed by an open breaker: {len(alpha.calls)} of {fetches}")
+    assert len(alpha.calls) == 0
+    assert len(beta.calls) == fetches
+
+
+def test_router_forced_open_breaker_skips_provider_without_calling_it(make_router, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha"), FakeProvider("beta")
+    breaker_for("alpha").force(BreakerState.OPEN, actor="ops", reason="provider incident")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    print(f"calls passed by an open breaker: {len(alpha.calls)} of 1")
+    assert alpha.calls == []
+    assert routed.provider == "beta"
+    assert "forced open" in routed.attempts[0].detail
+
+
+def test_router_only_provider_behind_open_breaker_fails_transient(make_router, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha")
+    breaker_for("alpha").force(BreakerState.OPEN, actor="ops", reason="incident")
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha]).fetch(REQUEST)
+    assert info.value.permanent is False, "an open breaker closes again: retrying later can help"
+    assert alpha.calls == []
+
+
+def test_router_half_open_breaker_lets_a_trial_through_and_success_closes_it(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=2, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha = FakeProvider("alpha")
+    breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
+    breaker.record(False)
+    breaker.record(False)
+    clock.advance(31.0)
+    routed = make_router([alpha], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)).fetch(REQUEST)
+    assert routed.provider == "alpha"
+    assert len(alpha.calls) == 1
+    assert breaker.state()["state"] == "closed"
+
+
+def test_router_failures_recorded_on_the_providers_breaker_open_it(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=3, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha = FakeProvider("alpha", then=ProviderUnavailable("timeout", provider="alpha"))
+    beta = FakeProvider("beta")
+    router = make_router([alpha, beta], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    assert router.fetch(REQUEST).provider == "beta"
+    assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
+    router.fetch(REQUEST)
+    assert len(alpha.calls) == 3, "once open, the breaker keeps the failing provider from being called"
+
+
+# ---- retries and backoff --------------------------------------------------------------
+
+
+def test_router_transient_errors_stop_at_max_attempts(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=ProviderUnavailable("connection reset", provider="alpha"))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha], max_attempts=4).fetch(REQUEST)
+    assert len(alpha.calls) == 4
+    assert len(sleeps) == 3, "no sleep after the last attempt"
+    assert info.value.permanent is False
+
+
+def test_router_transient_error_then_success_is_served_by_the_same_provider(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", [ProviderUnavailable("502", provider="alpha"), ProviderUnavailable("502", provider="alpha")])
+    beta = FakeProvider("beta")
+    routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
+    assert routed.provider == "alpha"
+    _assert_served_by(routed.bars, "alpha")
+    assert len(alpha.calls) == 3
+    assert beta.calls == []
+    assert len(sleeps) == 2
+
+
+def test_router_backoff_grows_exponentially_with_jitter(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(10):  # jitter is random: the bounds must hold every time
+        sleeps.clear()
+        alpha = FakeProvider("alpha", then=ProviderUnavailable("down", provider="alpha"))
+        with pytest.raises(NoProviderServed):
+            make_router([alpha], max_attempts=4, backoff_base_s=1.0, backoff_max_s=100.0).fetch(REQUEST)
+        assert len(sleeps) == 3
+        for delay, ceiling in zip(sleeps, (1.0, 2.0, 4.0), strict=True):
+            assert ceiling / 2 <= delay <= ceiling
+        assert sleeps[0] <= sleeps[1] <= sleeps[2]
+
+
+def test_router_backoff_is_capped_at_backoff_max(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=ProviderUnavailable("down", provider="alpha"))
+    with pytest.raises(NoProviderServed):
+        make_router([alpha], max_attempts=6, backoff_base_s=1.0, backoff_max_s=2.5).fetch(REQUEST)
+    assert len(sleeps) == 5
+    assert max(sleeps) <= 2.5
+    assert all(d >= 1.25 for d in sleeps[2:]), "capped, not reset"
+
+
+def test_router_backoff_follows_rate_limited_retry_after_capped_at_max(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider(
+        "alpha",
+        [
+            RateLimited("429", provider="alpha", retry_after_s=3.0),
+            RateLimited("429", provider="alpha", retry_after_s=50.0),
+            RateLimited("429", provider="alpha", retry_after_s=-1.0),
+        ],
+    )
+    routed = make_router([alpha], max_attempts=4, backoff_base_s=0.1, backoff_max_s=8.0).fetch(REQUEST)
+    assert routed.provider == "alpha"
+    assert sleeps == [3.0, 8.0, 0.0]
+
+
+# ---- what cannot be served -----------------------------------------------------------
+
+
+def test_router_unknown_symbol_at_every_provider_is_permanent(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=UnknownSymbol("ZZZZ not found", provider="alpha"))
+    beta = FakeProvider("beta", then=UnknownSymbol("ZZZZ not found", provider="beta"))
+    request = BarRequest("ZZZZ", "1Min", START, START + timedelta(minutes=5))
+    with pytest.raises(NoProviderServed, match="unknown symbol ZZZZ") as info:
+        make_router([alpha, beta]).fetch(request)
+    assert info.value.permanent is True
+    assert (len(alpha.calls), len(beta.calls)) == (1, 1), "a permanent error is not retried"
+    assert sleeps == []
+    assert [(a.provider, a.outcome) for a in info.value.attempts] == [("alpha", "failed"), ("beta", "failed")]
+
+
+def test_router_outage_at_every_provider_is_transient(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=ProviderUnavailable("timeout", provider="alpha"))
+    beta = FakeProvider("beta", then=RateLimited("429", provider="beta", retry_after_s=1.0))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha, beta], max_attempts=2).fetch(REQUEST)
+    assert info.value.permanent is False
+    assert "alpha" in str(info.value)
+    assert "beta" in str(info.value)
+    assert len(alpha.calls) == 2
+    assert len(beta.calls) == 2
+
+
+def test_router_unknown_symbol_at_one_and_outage_at_other_is_transient(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=UnknownSymbol("not found", provider="alpha"))
+    beta = FakeProvider("beta", then=ProviderUnavailable("timeout", provider="beta"))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha, beta], max_attempts=1).fetch(REQUEST)
+    assert info.value.permanent is False, "beta may know the symbol once it is back"
+
+
+def test_router_authentication_failed_skips_that_provider(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=AuthenticationFailed("401: key rejected", provider="alpha"))
+    beta = FakeProvider("beta")
+    routed = make_router([alpha, beta]).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 1
+    assert sleeps == []
+    assert routed.attempts[0].outcome == "failed"
+    assert "authentication failed" in routed.attempts[0].detail
+
+
+def test_router_authentication_failed_everywhere_is_permanent(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=AuthenticationFailed("401", provider="alpha"))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha]).fetch(REQUEST)
+    assert info.value.permanent is True
+
+
+# ---- rate limits and quotas -------------------------------------------------------------
+
+
+def test_router_rate_limit_admits_per_min_calls_then_falls_back(make_router, clock) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", rate_limit_per_min=2), FakeProvider("beta")
+    router = make_router([alpha, beta], max_attempts=2, rate_wait_max_s=0.0)
+    served = [router.fetch(REQUEST).provider for _ in range(4)]
+    assert served == ["alpha", "alpha", "beta", "beta"]
+    assert len(alpha.calls) == 2, "the shared limiter keeps the provider within its calls per minute"
+    clock.advance(61.0)
+    assert router.fetch(REQUEST).provider == "alpha", "a new minute frees the window"
+
+
+def test_router_waits_for_a_rate_limit_slot_within_rate_wait_max(make_router, clock, sleeps, redis_client) -> None:  # type: ignore[no-untyped-def]
+    ticking: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        ticking.append(seconds)
+        clock.advance(seconds)
+
+    alpha = FakeProvider("alpha", rate_limit_per_min=1)
+    router = make_router([alpha], limiter=RateLimiter(redis_client, clock=clock, sleep=sleep), rate_wait_max_s=60.0)
+    router.fetch(REQUEST)
+    clock.advance(45.0)
+    assert router.fetch(REQUEST).provider == "alpha"
+    assert ticking == [pytest.approx(15.0)]
+    assert len(alpha.calls) == 2
+
+
+def test_router_daily_quota_used_up_falls_back(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", daily_quota=2), FakeProvider("beta")
+    router = make_router([alpha, beta], max_attempts=2)
+    served = [router.fetch(REQUEST).provider for _ in range(3)]
+    assert served == ["alpha", "alpha", "beta"]
+    assert len(alpha.calls) == 2
+
+
+def test_router_own_rate_limiter_refusal_does_not_count_against_provider_breaker(make_router, breaker_for, sleeps) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", rate_limit_per_min=1), FakeProvider("beta")
+    router = make_router([alpha, beta], max_attempts=3, rate_wait_max_s=0.0)
+    router.fetch(REQUEST)
+    routed = router.fetch(REQUEST)  # refused by our limiter: alpha is not called
+    assert routed.provider == "beta"
+    assert len(alpha.calls) == 1
+    assert breaker_for("alpha").state()["failures"] == 0, "alpha did not fail: we did not call it"
+    assert sleeps == [], "a full window is not retried with backoff: the next provider is tried"
+    assert "RateLimited" in routed.attempts[0].detail
+
+
+def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=1, rate_min_calls=1_000_000, cooldown_s=30.0)  # one trial at a time
+    alpha, beta = FakeProvider("alpha", rate_limit_per_min=1), FakeProvider("beta")
+    breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
+    router = make_router([alpha, beta], rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    RateLimiter(redis_client, clock=clock).acquire("alpha", 1)  # another worker took the only slot
+    breaker.record(False)
+    clock.advance(30.0)
+    routed = router.fetch(REQUEST)
+    assert routed.provider == "beta"
+    assert alpha.calls == []
+    assert "RateLimited" in routed.attempts[0].detail
+    assert breaker.state()["state"] == "half_open", "the breaker was asked first: the cooldown is over"
+    decision = breaker.allow()
+    assert decision.trial, "the trial reserved for the refused call was given back: the next caller gets it"
+    breaker.release(decision.trial)
+    clock.advance(31.0)  # the window frees up
+    assert router.fetch(REQUEST).provider == "alpha"
+    assert len(alpha.calls) == 1
+    assert breaker.state()["state"] == "closed"
+
+
+def test_router_limiter_refusal_on_every_attempt_leaves_no_trial_held(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=1, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha = FakeProvider("alpha", daily_quota=1)
+    breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
+    router = make_router([alpha], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    RateLimiter(redis_client, clock=clock).take_quota("alpha", 1)  # today's quota is used up
+    breaker.record(False)
+    for _ in range(3):
+        clock.advance(30.0)
+        with pytest.raises(NoProviderServed) as info:
+            router.fetch(REQUEST)
+        assert info.value.permanent is False
+        assert "daily quota" in str(info.value)
+        assert "breaker" not in str(info.value), "never refused by its own breaker: each trial went back"
+    assert alpha.calls == []
+    assert breaker.state()["state"] == "half_open"
+    assert breaker.allow().trial
+
+
+def test_router_open_breaker_takes_no_rate_limit_slot_or_quota(make_router, breaker_for, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", rate_limit_per_min=5, daily_quota=10)
+    beta = FakeProvider("beta")
+    breaker_for("alpha").force(BreakerState.OPEN, actor="ops", reason="provider incident")
+    router = make_router([alpha, beta], rate_wait_max_s=0.0)
+    for _ in range(8):  # more fetches than alpha's calls per minute
+        assert router.fetch(REQUEST).provider == "beta"
+    assert alpha.calls == []
+    assert redis_client.zcard(WINDOW_KEY.format(provider="alpha")) == 0, "the open breaker was asked before the limiter"
+    assert RateLimiter(redis_client, clock=clock).quota_used("alpha") == 0
+    assert redis_client.zcard(WINDOW_KEY.format(provider="beta")) == 8
+
+
+def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=2, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha = FakeProvider("alpha", then=ProviderUnavailable("503", provider="alpha"), rate_limit_per_min=3)
+    beta = FakeProvider("beta")
+    router = make_router([alpha, beta], max_attempts=2, rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    assert router.fetch(REQUEST).provider == "beta"  # two failed calls: alpha's breaker opens
+    assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
+    window = WINDOW_KEY.format(provider="alpha")
+    assert redis_client.zcard(window) == 2
+    for _ in range(5):
+        assert router.fetch(REQUEST).provider == "beta"
+    assert len(alpha.calls) == 2
+    assert redis_client.zcard(window) == 2, "fetches refused by the breaker took no slot of alpha's window"
+    clock.advance(30.0)  # half-open: the trial does take a slot
+    alpha._then = "ok"  # noqa: SLF001 - the provider recovered
+    assert router.fetch(REQUEST).provider == "alpha"
+    assert redis_client.zcard(window) == 3
+
+
+def test_router_provider_without_the_adjustment_is_skipped_without_being_called(make_router) -> None:  # type: ignore[no-untyped-def]
+    raw_only, beta = FakeProvider("raw_only"), FakeProvider("beta", adjustments=("raw", "split"))
+    request = BarRequest("AAPL", "1Min", START, START + timedelta(minutes=5), adjustment="split")
+    routed = make_router([raw_only, beta]).fetch(request)
+    assert routed.provider == "beta"
+    assert raw_only.calls == []
+    assert routed.attempts[0].outcome == "skipped"
+    assert "cannot serve split prices" in routed.attempts[0].detail
+    assert set(routed.bars["adjustment"]) == {"split"}
+
+
+def test_router_pages_beyond_the_first_are_charged_to_the_window_and_quota(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", rate_limit_per_min=5, daily_quota=10, pages=3)
+    beta = FakeProvider("beta")
+    router = make_router([alpha, beta], rate_wait_max_s=0.0)
+    assert router.fetch(REQUEST).provider == "alpha"
+    limiter = RateLimiter(redis_client, clock=clock)
+    assert limiter.quota_used("alpha") == 3
+    assert redis_client.zcard("omni:ratelimit:alpha") == 3
+    assert router.fetch(REQUEST).provider == "alpha"  # the 4th slot; its 2 extra pages fill the window
+    assert router.fetch(REQUEST).provider == "beta"
+    assert len(alpha.calls) == 2
+    assert limiter.quota_used("alpha") == 6
+
+
+# ---- an adapter raising something unexpected ------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [KeyError("close"), ValueError("could not convert 'N/A' to float"), TypeError("'NoneType' object is not subscriptable")], ids=["KeyError", "ValueError", "TypeError"])
+def test_router_unexpected_exception_counts_against_the_breaker_and_falls_back(make_router, breaker_for, sleeps, error) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", then=error), FakeProvider("beta")
+    routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
+    assert routed.provider == "beta"
+    _assert_served_by(routed.bars, "beta")
+    assert len(alpha.calls) == 1, "an adapter bug is not retried on the same provider"
+    assert sleeps == []
+    assert (routed.attempts[0].provider, routed.attempts[0].outcome) == ("alpha", "failed")
+    assert routed.attempts[0].detail.startswith("MalformedPayload: ")
+    assert f"unexpected {type(error).__name__} from the alpha adapter" in routed.attempts[0].detail
+    assert breaker_for("alpha").state()["failures"] == 1
+    assert breaker_for("beta").state()["failures"] == 0
+
+
+def test_router_unexpected_exception_from_the_only_provider_is_transient(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=KeyError("close"))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([alpha]).fetch(REQUEST)
+    assert info.value.permanent is False, "a malformed answer may be well-formed next time"
+    assert "MalformedPayload: unexpected KeyError from the alpha adapter" in str(info.value)
+    assert [(a.provider, a.outcome) for a in info.value.attempts] == [("alpha", "failed")]
+
+
+def test_router_unexpected_exceptions_open_the_breaker(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=3, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha, beta = FakeProvider("alpha", then=KeyError("close")), FakeProvider("beta")
+    router = make_router([alpha, beta], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    for _ in range(3):
+        assert router.fetch(REQUEST).provider == "beta"
+    assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
+    routed = router.fetch(REQUEST)
+    assert len(alpha.calls) == 3
+    assert routed.attempts[0].outcome == "skipped"
+    assert "breaker provider:alpha is open" in routed.attempts[0].detail
+
+
+def test_router_unexpected_exception_in_a_half_open_trial_reopens_the_breaker(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    tripping = BreakerPolicy(failure_threshold=1, rate_min_calls=1_000_000, cooldown_s=30.0)
+    alpha, beta = FakeProvider("alpha", [KeyError("close")]), FakeProvider("beta")
+    breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
+    router = make_router([alpha, beta], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    breaker.record(False)
+    clock.advance(30.0)
+    assert router.fetch(REQUEST).provider == "beta"
+    state = breaker.state()
+    assert (state["state"], state["opened_at"]) == ("open", clock()), "the trial's failure was recorded: no slot is left held"
+    clock.advance(30.0)
+    assert router.fetch(REQUEST).provider == "alpha", "the next half-open round gets its trial"
+    assert breaker.state()["state"] == "closed"
+
+
+# ---- serving_feeds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("order", "feed", "expected"),
+    [
+        (["alpaca"], "iex", ("iex",)),
+        (["alpaca"], "sip", ("sip",)),
+        (["yahoo"], "iex", ("yahoo",)),
+        (["alpha_vantage"], "sip", ("alpha_vantage",)),
+        (["synthetic"], "iex", ("synthetic",)),
+        (["replay"], "iex", ("iex", "replay")),
+        (["replay"], "sip", ("sip", "replay")),
+        (["alpaca", "yahoo", "alpha_vantage"], "iex", ("iex", "yahoo", "alpha_vantage")),
+        (["yahoo", "alpaca"], "sip", ("yahoo", "sip")),
+        (["synthetic", "replay", "alpaca"], "iex", ("synthetic", "iex", "replay")),
+        (["alpaca", "replay", "alpaca", "yahoo", "yahoo"], "iex", ("iex", "replay", "yahoo")),
+        ([], "sip", ("sip",)),
+    ],
+    ids=["alpaca-iex", "alpaca-sip", "yahoo", "alpha_vantage", "synthetic", "replay-iex", "replay-sip", "default-order", "order-kept", "replay-in-the-middle", "no-duplicates", "no-providers"],
+)
+def test_serving_feeds_are_the_feeds_each_provider_stores_rows_under(order: list[str], feed: str, expected: tuple[str, ...]) -> None:
+    assert serving_feeds(order, feed) == expected
+
+
+def test_serving_feeds_accepts_any_sequence_and_returns_a_tuple() -> None:
+    assert serving_feeds(("alpaca", "synthetic"), "iex") == ("iex", "synthetic")
+    assert isinstance(serving_feeds(["yahoo"], "iex"), tuple)
