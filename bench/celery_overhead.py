@@ -89,7 +89,7 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, *, pipes: bo
     """Start a child in its own process group (so it and its pool children can be killed together)."""
     log = log_path.open("ab")
     try:
-        proc = subprocess.Popen(  # noqa: S603 - argv is built here from sys.executable and fixed words
+        proc = subprocess.Popen(
             argv,
             cwd=REPO,
             env=dict(env),
@@ -137,6 +137,7 @@ def _stop_all() -> None:
 
 
 def _on_sigterm(_signum: int, _frame: Any) -> None:
+    print("bench: terminated, stopping its processes", file=sys.stderr)
     raise SystemExit(143)
 
 
@@ -216,6 +217,7 @@ class Publisher:
         argv = [sys.executable, "-m", "bench.celery_overhead", "--publisher", side]
         self.proc = _spawn(argv, env, log_path, pipes=True)
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._busy = False
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
         self._reply(timeout_s=60)
 
@@ -237,14 +239,17 @@ class Publisher:
     def publish(self, count: int) -> tuple[float, float]:
         """Publish ``count`` tasks; returns (first publish, last publish) on the monotonic clock."""
         assert self.proc.stdin is not None
+        self._busy = True
         self.proc.stdin.write(f"{count}\n")
         self.proc.stdin.flush()
         t_first, t_last = self._reply(timeout_s=max(120.0, count / 50)).split()
+        self._busy = False
         return float(t_first), float(t_last)
 
     def close(self) -> None:
+        """Ask it to quit; interrupted mid-publish, it reads nothing until done, so just terminate it."""
         try:
-            if self.proc.poll() is None and self.proc.stdin is not None:
+            if not self._busy and self.proc.poll() is None and self.proc.stdin is not None:
                 self.proc.stdin.write("quit\n")
                 self.proc.stdin.flush()
                 self.proc.wait(timeout=10)
@@ -413,6 +418,9 @@ def report(ours: list[RoundResult], bare: list[RoundResult], tasks: int, rounds:
         "rounds": rounds,
         "outcomes_recorded": recorded,
         "target_ratio": TARGET_RATIO,
+        "rounds_tasks_per_s": [round(r.tasks_per_s, 1) for r in ours],
+        "rounds_baseline_tasks_per_s": [round(r.tasks_per_s, 1) for r in bare],
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -445,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"celery overhead: {args.tasks} no-op tasks x {args.rounds} rounds per side, prefork -c {args.concurrency}, "
-            f"one private redis-server on {tmp / 'redis.sock'}; sides take turns",
+            f"one private redis-server on {tmp / 'redis.sock'}; sides take turns; load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
         results: dict[str, list[RoundResult]] = {OURS: [], BARE: []}

@@ -8,6 +8,9 @@ sit in kombu's ``unacked`` hash until the broker's visibility timeout - an
 hour by default, and it must stay above the longest task. The sweeper notices
 the silent heartbeat within ``dead_after_s`` and puts exactly those messages
 back on their queues, so a killed worker's task runs again within seconds.
+(The heartbeat thread, woken by each receipt, writes the tags to Redis a
+round trip after receipt; a worker killed inside that millisecond leaves those
+messages to the visibility timeout.)
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ def beat(client: redis.Redis, info: WorkerInfo) -> None:
     prune_inflight(client, info.instance)
 
 
-def track_delivery(client: redis.Redis, instance: str, delivery_tag: str) -> None:
-    """Remember that ``instance`` holds the unacked message ``delivery_tag``."""
+def track_deliveries(client: redis.Redis, instance: str, delivery_tags: list[str]) -> None:
+    """Remember that ``instance`` holds the unacked messages ``delivery_tags``."""
+    if not delivery_tags:
+        return
     key = INFLIGHT_KEY.format(instance=instance)
     pipe = client.pipeline(transaction=False)
-    pipe.sadd(key, delivery_tag)
+    pipe.sadd(key, *delivery_tags)
     pipe.expire(key, INFO_TTL_S * 24)
     pipe.execute()
 

@@ -1,7 +1,8 @@
 """The task-run ledger: every task outcome, first to Redis (fast, survives a worker kill), then to the database.
 
 A worker pushes one JSON record per outcome onto a Redis list before the
-message is acknowledged, so a SIGKILL after the task finished cannot lose the
+message is acknowledged (built in :meth:`omni_tasks.taskdef.OmniTask._record`:
+the keys of :func:`_row` below, times in UNIX seconds, a fresh ``outcome_id``), so a SIGKILL after the task finished cannot lose the
 record. The watchdog drains the list into ``task_runs`` in batches; the unique
 ``outcome_id`` makes a drain that is interrupted and repeated harmless.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,30 +27,6 @@ ARGS_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 4000
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOutcome:
-    """One outcome of one delivery. Times are UNIX seconds (UTC)."""
-
-    task_id: str
-    name: str
-    queue: str
-    state: str
-    worker: str
-    pid: int
-    started_at: float
-    finished_at: float
-    runtime_s: float
-    args_json: str = ""
-    delivery: int = 1
-    sent_at: float | None = None
-    queue_wait_s: float | None = None
-    error: str | None = None
-    outcome_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-
 def summarize_args(args: Any, kwargs: Any) -> str:
     """Task arguments as JSON for the ledger (task arguments are JSON primitives, never credentials)."""
     try:
@@ -58,10 +34,6 @@ def summarize_args(args: Any, kwargs: Any) -> str:
     except (TypeError, ValueError):
         text = repr((args, kwargs))
     return text[:ARGS_MAX_CHARS]
-
-
-def push_outcome(client: redis.Redis, outcome: TaskOutcome) -> None:
-    client.rpush(OUTCOMES_KEY, outcome.to_json())
 
 
 def pending_outcomes(client: redis.Redis) -> int:

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from celery.exceptions import Reject
 from omni_tasks import metrics
 from omni_tasks.errors import RetryableError
 from omni_tasks.queues import Queue
-from omni_tasks.runs import TaskOutcome, push_outcome, summarize_args
+from omni_tasks.runs import OUTCOMES_KEY, summarize_args
 from omni_tasks.runtime import get_runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -102,10 +103,16 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         structlog.contextvars.bind_contextvars(task_id=task_id, task_name=self.name, queue=queue)
         runtime = get_runtime()
         key = DELIVERIES_KEY.format(task_id=task_id)
-        pipe = runtime.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, runtime.settings.broker.visibility_timeout_s * 4)
-        delivery = int(pipe.execute()[0])
+        # Deliveries are counted from the first redelivery on: a first delivery (the common
+        # case) costs no round trip. kombu marks every restored message redelivered (requeue
+        # on worker loss, the visibility sweep, our dead-worker sweep), and so does RabbitMQ.
+        if (request.delivery_info or {}).get("redelivered"):
+            pipe = runtime.redis.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, runtime.settings.broker.visibility_timeout_s * 4)
+            delivery = int(pipe.execute()[0]) + 1
+        else:
+            delivery = 1
         request.omni_delivery = delivery
         hostname = request.hostname or runtime.hostname
         metrics.TASK_STARTED.labels(self.name, hostname, queue).inc()
@@ -134,11 +141,11 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
 
     def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         error = _error_text(retval) if status != "SUCCESS" else None
-        self._record(status, task_id, args, kwargs, error=error)
+        # One round trip: the outcome record, and forgetting the delivery count of a finished redelivered task.
+        forget = status in {"SUCCESS", "FAILURE"} and int(getattr(self.request, "omni_delivery", 1) or 1) > 1
+        self._record(status, task_id, args, kwargs, error=error, forget_deliveries=forget)
         counter = metrics.TASK_SUCCEEDED if status == "SUCCESS" else metrics.TASK_FAILED
         counter.labels(self.name, self._hostname(), self._queue()).inc()
-        if status in {"SUCCESS", "FAILURE"}:
-            get_runtime().redis.delete(DELIVERIES_KEY.format(task_id=task_id))
         structlog.contextvars.clear_contextvars()
 
     # ---- helpers ----------------------------------------------------------
@@ -148,32 +155,42 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     def _queue(self) -> str:
         return str(getattr(self.request, "omni_queue", None) or ROUTES.get(self.name, "?"))
 
-    def _record(self, state: str, task_id: str, args: Any, kwargs: Any, *, error: str | None) -> None:
+    def _record(self, state: str, task_id: str, args: Any, kwargs: Any, *, error: str | None, forget_deliveries: bool = False) -> None:
         request = self.request
         now = time.time()
         t0 = getattr(request, "omni_t0", None)
         runtime_s = (time.perf_counter() - t0) if t0 is not None else 0.0
         started_at = getattr(request, "omni_started_at", now)
         sent_at = getattr(request, "omni_sent_at", None)
-        outcome = TaskOutcome(
-            task_id=task_id,
-            name=self.name,
-            queue=self._queue(),
-            state=state,
-            worker=self._hostname(),
-            pid=os.getpid(),
-            started_at=started_at,
-            finished_at=now,
-            runtime_s=runtime_s,
-            args_json=summarize_args(args, kwargs),
-            delivery=int(getattr(request, "omni_delivery", 1) or 1),
-            sent_at=sent_at,
-            queue_wait_s=(max(0.0, started_at - sent_at) if sent_at is not None else None),
-            error=error,
-        )
-        push_outcome(get_runtime().redis, outcome)
+        queue = self._queue()
+        hostname = self._hostname()
+        record = {
+            "task_id": task_id,
+            "name": self.name,
+            "queue": queue,
+            "state": state,
+            "worker": hostname,
+            "pid": os.getpid(),
+            "started_at": started_at,
+            "finished_at": now,
+            "runtime_s": runtime_s,
+            "args_json": summarize_args(args, kwargs),
+            "delivery": int(getattr(request, "omni_delivery", 1) or 1),
+            "sent_at": sent_at,
+            "queue_wait_s": (max(0.0, started_at - sent_at) if sent_at is not None else None),
+            "error": error,
+            "outcome_id": uuid.uuid4().hex,
+        }
+        client = get_runtime().redis
+        if forget_deliveries:
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
+            pipe.delete(DELIVERIES_KEY.format(task_id=task_id))
+            pipe.execute()
+        else:
+            client.rpush(OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
         if state != "RETRY":
-            metrics.TASK_RUNTIME.labels(self.name, self._hostname(), self._queue()).observe(runtime_s)
+            metrics.TASK_RUNTIME.labels(self.name, hostname, queue).observe(runtime_s)
 
 
 def _refuse_secrets(name: str, args: Any, kwargs: Any) -> None:

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import structlog
@@ -26,6 +27,9 @@ from omni_tasks.taskdef import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
 _state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None}
+#: Delivery tags received but not yet recorded as in flight (deque appends are thread-safe).
+_pending_tags: deque[str] = deque()
+_wake = threading.Event()
 
 
 def set_process(role: str, kind: str = "unknown") -> None:
@@ -57,14 +61,13 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
     queue = (request.delivery_info or {}).get("routing_key") or "?"
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     metrics.TASK_RECEIVED.labels(request.name, hostname, queue).inc()
-    instance = _state.get("instance")
     message = getattr(request, "message", None)
     tag = getattr(message, "delivery_tag", None)
-    if instance and tag:
-        try:
-            heartbeats.track_delivery(get_runtime().redis, instance, str(tag))
-        except Exception:  # noqa: BLE001 - tracking is best effort; the visibility timeout still applies
-            _log.warning("could not record in-flight delivery", exc_info=True)
+    if tag:
+        # The heartbeat thread, woken here, writes these to Redis at once: the consumer loop
+        # (the worker's bottleneck) makes no round trip per message.
+        _pending_tags.append(str(tag))
+        _wake.set()
 
 
 def _on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
@@ -105,7 +108,15 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
             from celery.worker import state as worker_state
 
             client = get_runtime().redis
+            next_beat = 0.0
             while not self._stop.is_set():
+                self._flush_tags(client)
+                remaining = next_beat - time.monotonic()
+                if remaining > 0:
+                    _wake.wait(remaining)
+                    _wake.clear()
+                    continue
+                next_beat = time.monotonic() + settings.broker.heartbeat_s
                 try:
                     heartbeats.beat(
                         client,
@@ -124,14 +135,26 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
                     )
                 except Exception:  # noqa: BLE001 - a missed beat is survivable; the next one retries
                     _log.warning("heartbeat failed", exc_info=True)
-                self._stop.wait(settings.broker.heartbeat_s)
 
         self._thread = threading.Thread(target=run, name="omni-heartbeat", daemon=True)
         self._thread.start()
         _log.info("worker heartbeat started", instance=self._instance, kind=_state["kind"], queues=queues)
 
+    def _flush_tags(self, client: Any) -> None:
+        tags = []
+        while _pending_tags:
+            tags.append(_pending_tags.popleft())
+        if not tags:
+            return
+        try:
+            heartbeats.track_deliveries(client, self._instance, tags)
+        except Exception:  # noqa: BLE001 - tracking is best effort; the visibility timeout still applies
+            _pending_tags.extendleft(reversed(tags))
+            _log.warning("could not record in-flight deliveries", exc_info=True)
+
     def stop(self, worker: Any) -> None:
         self._stop.set()
+        _wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:

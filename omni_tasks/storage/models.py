@@ -6,10 +6,10 @@ Every timestamp is timezone-aware UTC (:class:`UtcDateTime`).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Date, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omni_tasks.storage.types import UtcDateTime
@@ -132,6 +132,8 @@ class RejectedRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     partition_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    #: where the row was caught: ingest (the boundary contract) or validation (moved out of bars)
+    stage: Mapped[str] = mapped_column(String(12), default="ingest", server_default="ingest")
 
 
 class BackfillJob(Base):
@@ -180,3 +182,73 @@ class BackfillPartition(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "symbol", "timeframe", "start", "feed", "adjustment", name="uq_backfill_partitions_slice"),
     )
+
+
+# ---- validation and scans --------------------------------------------------------------
+
+
+class QualityReport(Base):
+    """Data quality of one symbol's bars on one session day: completeness, gaps, violations."""
+
+    __tablename__ = "quality_reports"
+
+    id: Mapped[BigId]
+    symbol: Mapped[str] = mapped_column(String(12))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    session: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[UtcTs]
+    expected: Mapped[int]
+    present: Mapped[int]
+    completeness: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(10), index=True)  # ok, warn, fail
+    gaps: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    violations: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outliers: Mapped[int] = mapped_column(default=0)
+    quarantined: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (UniqueConstraint("symbol", "timeframe", "session", name="uq_quality_reports_symbol_day"),)
+
+
+class SeriesValidation(Base):
+    """The latest validation verdict per series: what scans and risk consult before trusting the data."""
+
+    __tablename__ = "series_validation"
+
+    symbol: Mapped[str] = mapped_column(String(12), primary_key=True)
+    timeframe: Mapped[str] = mapped_column(String(8), primary_key=True)
+    status: Mapped[str] = mapped_column(String(10))  # passed, failed
+    checked_at: Mapped[UtcTs]
+    through: Mapped[date] = mapped_column(Date)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ScanRun(Base):
+    """One scan of a universe: when, over what, and how it ended."""
+
+    __tablename__ = "scan_runs"
+
+    id: Mapped[BigId]
+    created_at: Mapped[UtcTs] = mapped_column(index=True)
+    requested_by: Mapped[str] = mapped_column(String(100))
+    as_of: Mapped[UtcTs]
+    symbols: Mapped[int]
+    chunks: Mapped[int]
+    status: Mapped[str] = mapped_column(String(20))  # running, succeeded, failed
+    stale_input: Mapped[bool] = mapped_column(default=False)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ScanResult(Base):
+    """One symbol's indicators, score and rank in a scan run (no score: the reason says why)."""
+
+    __tablename__ = "scan_results"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("scan_runs.id", ondelete="CASCADE"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(12), primary_key=True)
+    rank: Mapped[int | None]
+    score: Mapped[float | None] = mapped_column(Float)
+    indicators: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    stale_input: Mapped[bool] = mapped_column(default=False)

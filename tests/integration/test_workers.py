@@ -151,11 +151,15 @@ def test_poison_task_is_dead_lettered_after_max_deliveries(env, redis_client, se
     sender.send_task("omni.system.probe", args=[marker, 5.0], queue="scans", task_id=task_id)
     delivery_key = f"omni:deliveries:{task_id}"
     # Kill the child running it on each of its first two deliveries: a task that kills its worker.
-    for kills in range(2):
-        wait_for(lambda n=kills: int(redis_client.get(delivery_key) or 0) > n, 30, message=f"delivery {kills + 1}")
-        time.sleep(0.3)
-        for child in worker.children():
-            os.kill(child, signal.SIGKILL)
+    # The first delivery is not counted in Redis (no round trip); redeliveries are.
+    wait_for(lambda: redis_client.hlen("unacked") >= 1, 30, message="delivery 1")
+    time.sleep(0.5)
+    for child in worker.children():
+        os.kill(child, signal.SIGKILL)
+    wait_for(lambda: int(redis_client.get(delivery_key) or 0) >= 1, 30, message="delivery 2")
+    time.sleep(0.5)
+    for child in worker.children():
+        os.kill(child, signal.SIGKILL)
     # Third delivery exceeds max_deliveries=2: recorded as DEAD_LETTER and not run.
     wait_for(lambda: any(json.loads(r)["state"] == "DEAD_LETTER" for r in redis_client.lrange(runs.OUTCOMES_KEY, 0, -1)), 60, message="dead letter record")
     time.sleep(1.0)
