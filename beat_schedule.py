@@ -18,6 +18,12 @@ BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": timedelta(seconds=5),
         "options": {"queue": "watchdog", "expires": 5},
     },
+    # The task itself checks the exchange calendar (holidays, half days): closed means skipped.
+    "scan-universe-every-5-minutes-in-market-hours": {
+        "task": "omni.scans.scheduled",
+        "schedule": crontab(minute="*/5", hour="9-16", day_of_week="mon-fri"),
+        "options": {"queue": "scans", "expires": 240},
+    },
     # After the close (16:00 New York) and the providers' end-of-day settlement.
     "backfill-nightly-incremental-at-18-15-weekdays": {
         "task": "omni.backfill.nightly",

@@ -19,6 +19,7 @@ TASK_MODULES = (
     "omni_tasks.system.tasks",
     "omni_tasks.watchdog.tasks",
     "omni_tasks.marketdata.tasks",
+    "omni_tasks.scans.tasks",
 )
 
 

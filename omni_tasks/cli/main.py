@@ -50,11 +50,12 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, ops, run
+    from omni_tasks.cli import admin, backfill, ops, run, scan
 
     run.register(app)
     ops.register(app)
     backfill.register(app)
+    scan.register(app)
     admin.register(app)
 
 

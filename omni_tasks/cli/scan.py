@@ -1,0 +1,137 @@
+"""`omni scan`: an ad hoc scan of the universe through the scans queue, and earlier runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console()
+scan_app = typer.Typer(help="Market scans: momentum, volume surge, ATR%, gap, RSI, distance to the 52-week high.", invoke_without_command=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]omni scan: {message}[/red]")
+    raise typer.Exit(code)
+
+
+@scan_app.callback()
+def scan(
+    ctx: typer.Context,
+    symbols: Annotated[str | None, typer.Option("--symbols", help="comma-separated symbols instead of the configured universe")] = None,
+    universe: Annotated[Path | None, typer.Option("--universe", help="a file of symbols")] = None,
+    top: Annotated[int, typer.Option(help="rows to print")] = 20,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the result and print it")] = False,
+    chunk_size: Annotated[int, typer.Option(help="symbols per chunk task")] = 100,
+    as_of: Annotated[str | None, typer.Option(help="scan instant, ISO 8601 with a zone (default: now)")] = None,
+    timeout_s: Annotated[float, typer.Option("--timeout")] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Enqueue a scan (chunks of symbols in parallel, one merge that ranks them all)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata.frames import check_symbol
+    from omni_tasks.marketdata.universe import load_universe
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.scans import runs
+    from omni_tasks.scans.scanner import ScanConfig
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    settings = runtime.settings.backfill
+    try:
+        if universe is not None:
+            chosen = load_universe(universe)
+        elif symbols is not None:
+            chosen = [check_symbol(s) for s in symbols.split(",") if s.strip()]
+        else:
+            chosen = load_universe(settings.universe_file, settings.universe)
+    except ValueError as exc:
+        _fail(str(exc))
+    if chunk_size < 1:
+        _fail("--chunk-size must be at least 1")
+    try:
+        instant = datetime.fromisoformat(as_of) if as_of else datetime.now(tz=UTC)
+    except ValueError:
+        _fail(f"--as-of {as_of!r} is not an ISO 8601 instant")
+    if instant.tzinfo is None:
+        _fail("--as-of needs a time zone, e.g. 2025-06-30T21:00:00+00:00")
+    run_id = runs.create_run(runtime.sessions, chosen, as_of=instant, config=ScanConfig(), chunk_size=chunk_size, requested_by="cli")
+    if not chosen:
+        _fail(f"scan run {run_id} failed: empty universe", 1)
+    from omni_tasks.scans.tasks import start_run
+
+    chunks = start_run(run_id)
+    if not wait:
+        console.print(f"scan run [bold]{run_id}[/bold]: {len(chosen)} symbols in {chunks} chunks enqueued; `omni scan show {run_id}` prints it")
+        return
+    deadline = time.monotonic() + timeout_s
+    with Progress(SpinnerColumn(), TextColumn(f"scan run {run_id}: {len(chosen)} symbols, {chunks} chunks"), TimeElapsedColumn(), console=console, transient=True) as progress:
+        progress.add_task("scan")
+        while True:
+            state = runs.load_run(runtime.sessions, run_id)
+            if state["status"] != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    _show(run_id, top=top, as_json=as_json)
+
+
+@scan_app.command("show")
+def show(
+    run_id: Annotated[int, typer.Argument(help="a scan run id")],
+    top: Annotated[int, typer.Option(help="rows to print")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print an earlier scan run."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    _show(run_id, top=top, as_json=as_json)
+
+
+def _show(run_id: int, *, top: int, as_json: bool) -> None:
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.scans import runs
+
+    runtime = get_runtime()
+    try:
+        state = runs.load_run(runtime.sessions, run_id)
+    except LookupError as exc:
+        _fail(str(exc))
+    rows = runs.results(runtime.sessions, run_id, top=top)
+    if as_json:
+        payload: dict[str, Any] = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in state.items() if k != "config"}
+        payload["results"] = rows
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        colour = {"succeeded": "green", "failed": "red"}.get(state["status"], "yellow")
+        console.print(f"scan run {run_id}: [{colour}]{state['status']}[/{colour}] as of {state['as_of'].isoformat()}, {len(state['symbols'])} symbols" + (f" - {state['error']}" if state["error"] else ""))
+        if state["stale_input"]:
+            console.print("[yellow]stale input: some series failed their latest validation; their rows are flagged[/yellow]")
+        table = Table()
+        for column in ("rank", "symbol", "score", "momentum %", "volume surge x", "ATR %", "gap %", "RSI", "from 52w high %", "note"):
+            table.add_column(column, justify="right" if column not in {"symbol", "note"} else "left")
+
+        def fmt(value: Any) -> str:
+            return "-" if value is None else f"{value:.2f}"
+
+        for r in rows:
+            table.add_row(
+                str(r["rank"] or "-"), r["symbol"], fmt(r["score"]), fmt(r.get("momentum_pct")), fmt(r.get("volume_surge_x")),
+                fmt(r.get("atr_pct")), fmt(r.get("gap_pct")), fmt(r.get("rsi")), fmt(r.get("from_high_pct")),
+                ("STALE INPUT " if r["stale_input"] else "") + (r["reason"] or ""),
+            )
+        console.print(table)
+    raise typer.Exit(0 if state["status"] == "succeeded" else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(scan_app, name="scan")

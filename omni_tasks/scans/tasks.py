@@ -1,0 +1,63 @@
+"""Scan tasks: a run fans out in chunks of symbols (a chord), and one merge ranks the whole universe."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from celery import chord
+
+from omni_tasks.marketdata import calendar
+from omni_tasks.marketdata.universe import load_universe
+from omni_tasks.queues import Queue
+from omni_tasks.runtime import get_runtime
+from omni_tasks.scans import runs
+from omni_tasks.scans.loading import BatchBarReader, load_bars
+from omni_tasks.scans.scanner import ScanConfig, ScanPartial, chunk, merge, scan_chunk
+from omni_tasks.taskdef import omni_task
+
+_log = structlog.get_logger("omni.scans")
+
+
+@omni_task(name="omni.scans.chunk", queue=Queue.SCANS, soft_time_limit_s=120, time_limit_s=150, ignore_result=False, max_retries=2)
+def scan_symbols(run_id: int, symbols: list[str]) -> dict[str, Any]:
+    """Indicators for one chunk of a run's universe (no score: scores are cross-sectional)."""
+    runtime = get_runtime()
+    run = runs.load_run(runtime.sessions, int(run_id))
+    bars = load_bars(BatchBarReader(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
+    return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()  # type: ignore[no-any-return]
+
+
+@omni_task(name="omni.scans.merge", queue=Queue.SCANS, soft_time_limit_s=60, time_limit_s=90, max_retries=2)
+def merge_chunks(partials: list[dict[str, Any]], run_id: int) -> dict[str, Any]:
+    """Score and rank the whole universe from every chunk's indicators; store the run's results."""
+    runtime = get_runtime()
+    run = runs.load_run(runtime.sessions, int(run_id))
+    result = merge([ScanPartial.from_json(p) for p in partials])
+    stale = runs.failed_validation(runtime.sessions, run["symbols"], run["config"].timeframe)
+    outcome = runs.store_result(runtime.sessions, int(run_id), result, stale=stale)
+    _log.info("scan finished", **outcome)
+    return outcome
+
+
+def start_run(run_id: int) -> int:
+    """Enqueue a run's chunks and its merge (one chord). Returns the number of chunks."""
+    runtime = get_runtime()
+    run = runs.load_run(runtime.sessions, run_id)
+    pieces = chunk(run["symbols"], run["chunk_size"])
+    chord(scan_symbols.s(run_id, piece) for piece in pieces)(merge_chunks.s(run_id))
+    return len(pieces)
+
+
+@omni_task(name="omni.scans.scheduled", queue=Queue.SCANS, soft_time_limit_s=30, time_limit_s=60, max_retries=0)
+def scheduled() -> dict[str, Any]:
+    """The beat's scan: the configured universe, only while the exchange is in session."""
+    runtime = get_runtime()
+    now = datetime.now(tz=UTC)
+    if not calendar.is_open(now):
+        return {"skipped": "the exchange is closed"}
+    settings = runtime.settings.backfill
+    symbols = load_universe(settings.universe_file, settings.universe)
+    run_id = runs.create_run(runtime.sessions, symbols, as_of=now, config=ScanConfig(), chunk_size=100, requested_by="beat")
+    return {"run_id": run_id, "chunks": start_run(run_id)}
