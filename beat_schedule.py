@@ -30,4 +30,11 @@ BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute=15, hour=18, day_of_week="mon-fri"),
         "options": {"queue": "backfill", "expires": 6 * 3600},
     },
+    # Each backfill job is validated as soon as it finishes (chained); this pass also
+    # catches what a failed or missing nightly job left behind.
+    "validation-nightly-at-19-30-weekdays": {
+        "task": "omni.validation.nightly",
+        "schedule": crontab(minute=30, hour=19, day_of_week="mon-fri"),
+        "options": {"queue": "validation", "expires": 4 * 3600},
+    },
 }

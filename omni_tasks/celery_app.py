@@ -20,6 +20,7 @@ TASK_MODULES = (
     "omni_tasks.watchdog.tasks",
     "omni_tasks.marketdata.tasks",
     "omni_tasks.scans.tasks",
+    "omni_tasks.validation.tasks",
 )
 
 

@@ -50,12 +50,13 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, ops, run, scan
+    from omni_tasks.cli import admin, backfill, ops, run, scan, validate
 
     run.register(app)
     ops.register(app)
     backfill.register(app)
     scan.register(app)
+    validate.register(app)
     admin.register(app)
 
 

@@ -183,6 +183,8 @@ class PartitionOutcome:
     provider: str | None = None
     error: str | None = None
     retry: bool = False
+    #: set when this outcome finished the job (exactly one partition's outcome does): validate it now
+    finished_job: int | None = None
 
 
 def run_partition(partition_id: int, *, factory: sessionmaker[Session], store: Any, router: BarRouter, final_attempt: bool) -> PartitionOutcome:
@@ -255,10 +257,12 @@ def _finish(factory: sessionmaker[Session], partition_id: int, outcome: Partitio
         if outcome.status in TERMINAL:
             part.finished_at = now
         session.flush()
-        _rollup(session, part.job_id, now)
+        if _rollup(session, part.job_id, now):
+            outcome.finished_job = int(part.job_id)
 
 
-def _rollup(session: Session, job_id: int, now: datetime) -> None:
+def _rollup(session: Session, job_id: int, now: datetime) -> bool:
+    """Finish the job when every partition is terminal. True for the one call that finished it."""
     counts = dict(
         session.execute(
             select(BackfillPartition.status, func.count()).where(BackfillPartition.job_id == job_id).group_by(BackfillPartition.status)
@@ -268,7 +272,11 @@ def _rollup(session: Session, job_id: int, now: datetime) -> None:
     done = counts.get("succeeded", 0) + counts.get("failed", 0)
     if total and done == total:
         status = "succeeded" if counts.get("failed", 0) == 0 else ("failed" if counts.get("succeeded", 0) == 0 else "partial")
-        session.execute(update(BackfillJob).where(BackfillJob.id == job_id).values(status=status, finished_at=now))
+        changed = session.execute(
+            update(BackfillJob).where(BackfillJob.id == job_id, BackfillJob.status.not_in(("succeeded", "failed", "partial"))).values(status=status, finished_at=now)
+        )
+        return bool(changed.rowcount)
+    return False
 
 
 def job_progress(factory: sessionmaker[Session], job_id: int) -> dict[str, Any]:

@@ -49,6 +49,11 @@ def fetch_partition(partition_id: int) -> dict[str, Any]:
     if outcome.status == "succeeded":
         metrics.BACKFILL_ROWS.labels(outcome.provider or "-").inc(outcome.rows)
         metrics.BACKFILL_REJECTED.labels(outcome.provider or "-").inc(outcome.rejected)
+    if outcome.finished_job is not None:
+        # Validation runs after each backfill job, chained here rather than guessed on a timer.
+        from omni_tasks.validation.tasks import validate_backfill_job
+
+        validate_backfill_job.apply_async(args=[outcome.finished_job])
     if outcome.retry:
         raise PartitionNotServed(outcome.error or "no provider served the partition")
     return {"partition_id": outcome.partition_id, "status": outcome.status, "rows": outcome.rows, "rejected": outcome.rejected, "provider": outcome.provider, "error": outcome.error}

@@ -249,7 +249,7 @@ class BarStore:
             raw.close()
         return inserted, changed - inserted
 
-    def quarantine(self, rejected: pd.DataFrame, *, partition_id: int | None) -> int:
+    def quarantine(self, rejected: pd.DataFrame, *, partition_id: int | None, stage: str = "ingest") -> int:
         """Keep rows that failed :func:`frames.split_valid` in ``rejected_rows``; returns how many.
 
         ``rejected`` has a ``reason`` column and whatever else the provider
@@ -275,6 +275,7 @@ class BarStore:
                     "reason": _text(row.get("reason"), None) or "no reason given",
                     "payload": payload,
                     "partition_id": partition_id,
+                    "stage": stage,
                 }
             )
         with self.engine.begin() as connection:

@@ -200,7 +200,7 @@ class QualityReport(Base):
     expected: Mapped[int]
     present: Mapped[int]
     completeness: Mapped[float] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(10), index=True)  # ok, warn, fail
+    status: Mapped[str] = mapped_column(String(10), index=True)  # ok, warn, fail, closed
     gaps: Mapped[dict[str, Any]] = mapped_column(default=dict)
     violations: Mapped[dict[str, Any]] = mapped_column(default=dict)
     outliers: Mapped[int] = mapped_column(default=0)

@@ -1,0 +1,123 @@
+"""`omni validate`: validate stored bars now, print the quality report, optionally draw the heatmap."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def validate(
+    symbols: Annotated[str | None, typer.Argument(help="comma-separated symbols, or 'universe'")] = None,
+    start: Annotated[str | None, typer.Option(help="first date YYYY-MM-DD (default: 30 days ago)")] = None,
+    end: Annotated[str | None, typer.Option(help="end date, exclusive (default: tomorrow)")] = None,
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1Day",
+    feed: Annotated[str | None, typer.Option(help="iex or sip (default: OMNI_BACKFILL_FEED)")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write a completeness heatmap (symbols x days) to this PNG")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata.frames import TIMEFRAMES, check_symbol
+    from omni_tasks.marketdata.router import serving_feeds
+    from omni_tasks.marketdata.universe import load_universe
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.validation.persist import validate_stored
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    settings = runtime.settings.backfill
+    try:
+        if symbols is None or symbols.strip().lower() == "universe":
+            chosen = load_universe(settings.universe_file, settings.universe)
+        else:
+            chosen = [check_symbol(s) for s in symbols.split(",") if s.strip()]
+        today = datetime.now(tz=UTC).date()
+        lo = date.fromisoformat(start) if start else today - timedelta(days=30)
+        hi = date.fromisoformat(end) if end else today + timedelta(days=1)
+    except ValueError as exc:
+        console.print(f"[red]omni validate: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not chosen:
+        console.print("[red]omni validate: no symbols given[/red]")
+        raise typer.Exit(2)
+    if timeframe not in TIMEFRAMES:
+        console.print(f"[red]omni validate: unknown timeframe {timeframe!r}[/red]")
+        raise typer.Exit(2)
+    if hi <= lo:
+        console.print(f"[red]omni validate: impossible date range: end {hi} is not after start {lo}[/red]")
+        raise typer.Exit(2)
+    feeds = serving_feeds(runtime.settings.providers.order, feed or settings.feed)
+    result, summary = validate_stored(runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi, feeds=feeds, adjustment=settings.adjustment)
+    if summary["bars"] == 0:
+        console.print(f"[red]omni validate: no stored {timeframe} bars for these symbols between {lo} and {hi}; run `omni backfill run` first[/red]")
+        raise typer.Exit(1)
+    reports = result.reports
+    if plot is not None:
+        _heatmap(reports, plot, title=f"completeness {timeframe} {lo} .. {hi}")
+    if as_json:
+        print(json.dumps({"summary": summary, "reports": json.loads(reports.to_json(orient="records", date_format="iso"))}, indent=2, default=str))
+        raise typer.Exit(0 if summary["ok"] else 1)
+    per_symbol = reports.groupby("symbol").agg(
+        days=("session", "count"), expected=("expected_bars", "sum"), present=("present_bars", "sum"),
+        holes=("provider_hole_bars", "sum"), halts=("halt_bars", "sum"), quarantined=("quarantined_rows", "sum"),
+        outliers=("outliers", "sum"), flagged=("flagged_rows", "sum"),
+    )
+    table = Table(title=f"quality {timeframe} {lo} .. {hi} (exclusive), feeds {', '.join(feeds)}")
+    for column in ("symbol", "sessions", "expected", "present", "complete", "provider holes", "halts", "quarantined", "outliers (kept)", "verdict"):
+        table.add_column(column, justify="left" if column in {"symbol", "verdict"} else "right")
+    failed = set(summary["failed_series"])
+    for symbol, row in per_symbol.iterrows():
+        completeness = row.present / row.expected if row.expected else 1.0
+        verdict = "[red]failed[/red]" if symbol in failed else "[green]passed[/green]"
+        table.add_row(str(symbol), str(int(row.days)), str(int(row.expected)), str(int(row.present)), f"{completeness:.1%}", str(int(row.holes)), str(int(row.halts)), str(int(row.quarantined)), str(int(row.outliers)), verdict)
+    console.print(table)
+    closures = result.closures
+    if len(closures):
+        console.print("exchange closures in range (not gaps): " + ", ".join(f"{c['date']} {c['name'] or c['kind']}" for c in closures.to_dict("records")))
+    console.print(f"{summary['bars']:,} bars checked; {summary['quarantined']} rows moved to quarantine; {len(failed)} of {len(chosen)} series failed" + (f"; heatmap: {plot}" if plot else ""))
+    raise typer.Exit(0 if summary["ok"] else 1)
+
+
+def _heatmap(reports: Any, path: Path, *, title: str) -> None:
+    """Symbols x session days, coloured by completeness; closed days grey, quarantine marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    days = sorted({d for d in reports["session"] if isinstance(d, date)})
+    symbols = sorted(reports["symbol"].unique())
+    grid = np.full((len(symbols), len(days)), np.nan)
+    row_of = {s: i for i, s in enumerate(symbols)}
+    col_of = {d: j for j, d in enumerate(days)}
+    for r in reports.itertuples():
+        if r.session in col_of and r.expected_bars > 0:
+            grid[row_of[r.symbol], col_of[r.session]] = r.present_bars / r.expected_bars
+    height = max(2.5, 0.28 * len(symbols) + 1.5)
+    width = max(6.0, 0.22 * len(days) + 3.0)
+    fig, ax = plt.subplots(figsize=(min(width, 30), min(height, 40)))
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("#d0d0d0")
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_yticks(range(len(symbols)), labels=symbols, fontsize=7)
+    step = max(1, len(days) // 20)
+    ax.set_xticks(range(0, len(days), step), labels=[days[j].isoformat() for j in range(0, len(days), step)], rotation=60, ha="right", fontsize=7)
+    ax.set_title(title + "  (grey: exchange closed)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="completeness")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(validate)

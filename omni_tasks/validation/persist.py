@@ -1,0 +1,127 @@
+"""Run validation over stored bars and keep what it found: quality reports, quarantine, series verdicts.
+
+Plain Python over the bar store and a session factory (the task and the CLI
+both call :func:`validate_stored`). Rows that break an invariant are moved:
+copied to ``rejected_rows`` (stage ``validation``) with the reason, then
+deleted from ``bars``. Outliers stay, flagged in the report. Each series gets
+a verdict in ``series_validation`` that scans and risk consult: a series
+whose latest validation failed is "stale input", never fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, and_, delete, or_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks.scans.loading import BatchBarReader
+from omni_tasks.storage.bars import BarStore
+from omni_tasks.storage.models import Bar, QualityReport, SeriesValidation
+from omni_tasks.validation.bars import validate_bars
+from omni_tasks.validation.report import ValidationResult
+
+
+def _day_status(row: dict[str, Any]) -> str:
+    if row["expected_bars"] == 0 and row["quarantined_rows"] == 0:
+        return "closed"
+    if row["missing_bars"] > 0 or row["quarantined_rows"] > 0:
+        return "fail"
+    if row["flagged_rows"] > 0:
+        return "warn"
+    return "ok"
+
+
+def validate_stored(
+    engine: Engine,
+    factory: sessionmaker[Session],
+    symbols: Sequence[str],
+    *,
+    timeframe: str,
+    start: date,
+    end: date,
+    feeds: Sequence[str],
+    adjustment: str = "raw",
+    as_of: datetime | None = None,
+) -> tuple[ValidationResult, dict[str, Any]]:
+    """Validate the stored bars of ``symbols`` in [start, end) and record the outcome. Returns (result, summary)."""
+    lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
+    hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
+    as_of = as_of or datetime.now(tz=UTC)
+    bars = BatchBarReader(engine).read_many(list(symbols), timeframe, lo, hi, feeds=tuple(feeds), adjustment=adjustment)
+    result = validate_bars(bars, timeframe=timeframe, start=lo, end=hi, symbols=list(symbols), as_of=min(as_of, hi))
+    moved = _move_to_quarantine(engine, result.quarantine) if len(result.quarantine) else 0
+    reports = result.reports.to_dict(orient="records")
+    now = datetime.now(tz=UTC)
+    report_rows = [
+        {
+            "symbol": r["symbol"], "timeframe": timeframe, "session": r["session"], "created_at": now,
+            "expected": int(r["expected_bars"]), "present": int(r["present_bars"]),
+            "completeness": float(r["completeness"]) if pd.notna(r["completeness"]) else 1.0,
+            "status": _day_status(r),
+            "gaps": {
+                "kind": r["status"], "closure": r.get("closure_name"), "provider_hole_bars": int(r["provider_hole_bars"]),
+                "halt_bars": int(r["halt_bars"]), "quarantined_bars": int(r["quarantined_bars"]),
+                "half_day_bars": int(r["half_day_bars"]), "stretches": int(r["gap_stretches"]),
+            },
+            "violations": dict(r["violations"] or {}),
+            "outliers": int(r["outliers"]), "quarantined": int(r["quarantined_rows"]),
+        }
+        for r in reports
+        if isinstance(r["session"], date)
+    ]
+    verdicts = _verdicts(result, symbols, timeframe, through=end - timedelta(days=1), now=now)
+    with factory() as session, session.begin():
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        if report_rows:
+            stmt = dialect.insert(QualityReport)
+            update = {c: getattr(stmt.excluded, c) for c in ("created_at", "expected", "present", "completeness", "status", "gaps", "violations", "outliers", "quarantined")}
+            session.execute(stmt.on_conflict_do_update(index_elements=["symbol", "timeframe", "session"], set_=update), report_rows)
+        if verdicts:
+            stmt = dialect.insert(SeriesValidation)
+            update = {c: getattr(stmt.excluded, c) for c in ("status", "checked_at", "through", "reason")}
+            session.execute(stmt.on_conflict_do_update(index_elements=["symbol", "timeframe"], set_=update), verdicts)
+    summary = {
+        "symbols": len(symbols), "bars": len(bars), "days": len(report_rows), "quarantined": moved,
+        "failed_series": sorted(v["symbol"] for v in verdicts if v["status"] == "failed"),
+        "outliers": int(sum(r["outliers"] for r in report_rows)), "ok": bool(result.ok),
+    }
+    return result, summary
+
+
+def _verdicts(result: ValidationResult, symbols: Sequence[str], timeframe: str, *, through: date, now: datetime) -> list[dict[str, Any]]:
+    reasons: dict[str, list[str]] = {s: [] for s in symbols}
+    gaps = result.gaps[result.gaps["is_gap"]] if len(result.gaps) else result.gaps
+    for symbol, count in gaps.groupby("symbol")["bars"].sum().items() if len(gaps) else []:
+        reasons.setdefault(str(symbol), []).append(f"{int(count)} missing bars")
+    if len(result.quarantine):
+        for symbol, count in result.quarantine.groupby("symbol").size().items():
+            reasons.setdefault(str(symbol), []).append(f"{int(count)} rows quarantined")
+    series = result.series.set_index("symbol") if len(result.series) and "symbol" in result.series else None
+    if series is not None and "stale" in series:
+        for symbol in series.index[series["stale"].astype(bool)]:
+            reasons.setdefault(str(symbol), []).append("stale series")
+    return [
+        {"symbol": s, "timeframe": timeframe, "status": "failed" if why else "passed", "checked_at": now, "through": through, "reason": "; ".join(why) or None}
+        for s, why in reasons.items()
+    ]
+
+
+def _move_to_quarantine(engine: Engine, quarantine: pd.DataFrame) -> int:
+    """Copy invariant-breaking stored rows to rejected_rows (stage validation), then delete them from bars."""
+    BarStore(engine).quarantine(quarantine, partition_id=None, stage="validation")
+    keyed = quarantine.dropna(subset=["symbol", "ts"])
+    if keyed.empty:
+        return len(quarantine)
+    conditions = [
+        and_(Bar.symbol == r.symbol, Bar.timeframe == r.timeframe, Bar.ts == pd.Timestamp(r.ts).to_pydatetime(), Bar.feed == r.feed, Bar.adjustment == r.adjustment)
+        for r in keyed.itertuples()
+    ]
+    with engine.begin() as connection:
+        for i in range(0, len(conditions), 500):
+            connection.execute(delete(Bar).where(or_(*conditions[i : i + 500])))
+    return len(quarantine)
