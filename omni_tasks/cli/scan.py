@@ -55,6 +55,11 @@ def scan(
         else:
             chosen = load_universe(settings.universe_file, settings.universe)
     except ValueError as exc:
+        if universe is not None and "lists no symbols" in str(exc):
+            # An empty universe is a scan that failed, on the record like any other.
+            run_id = runs.create_run(runtime.sessions, [], as_of=datetime.now(tz=UTC), config=ScanConfig(), chunk_size=chunk_size, requested_by="cli")
+            runs.fail_run(runtime.sessions, run_id, f"empty universe: {exc}")
+            _fail(f"scan run {run_id} failed: {exc}")
         _fail(str(exc))
     if chunk_size < 1:
         _fail("--chunk-size must be at least 1")

@@ -22,10 +22,6 @@ from omni_tasks.storage.models import ScanResult as ScanResultRow
 from omni_tasks.storage.models import ScanRun, SeriesValidation
 
 
-class ScanRequestError(ValueError):
-    """A scan that must be refused (and recorded as failed) before any work is enqueued."""
-
-
 def create_run(factory: sessionmaker[Session], symbols: Sequence[str], *, as_of: datetime, config: ScanConfig, chunk_size: int, requested_by: str) -> int:
     """Record a run (status running) with its universe and config. Returns its id."""
     if as_of.tzinfo is None:
