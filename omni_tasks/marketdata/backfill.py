@@ -246,6 +246,10 @@ def _finish(factory: sessionmaker[Session], partition_id: int, outcome: Partitio
     with factory() as session, session.begin():
         part = session.get(BackfillPartition, partition_id, with_for_update=True)
         assert part is not None
+        # Finishers of one job take turns (the job row's lock, always after the partition's):
+        # otherwise two last partitions committing together each see the other still running,
+        # and the job is never rolled up.
+        session.execute(select(BackfillJob.id).where(BackfillJob.id == part.job_id).with_for_update())
         part.status = outcome.status
         part.last_error = outcome.error[:4000] if outcome.error else None
         if outcome.status == "succeeded":
