@@ -49,6 +49,14 @@ def _split_csv(value: Any) -> Any:
 CsvList = list[str]
 
 
+def _check_symbols(value: list[str]) -> list[str]:
+    out = [symbol.upper() for symbol in value]
+    for symbol in out:
+        if not _SYMBOL.match(symbol):
+            raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-')")
+    return out
+
+
 class _Group(BaseModel):
     """A group of settings read from variables sharing one prefix (``prefix`` + FIELD)."""
 
@@ -219,14 +227,7 @@ class BackfillSettings(_Group):
             raise ValueError(f"unknown timeframe {value!r}: choose from {', '.join(allowed)}")
         return value
 
-    @field_validator("universe")
-    @classmethod
-    def _symbols(cls, value: list[str]) -> list[str]:
-        out = [symbol.upper() for symbol in value]
-        for symbol in out:
-            if not _SYMBOL.match(symbol):
-                raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-')")
-        return out
+    _symbols = field_validator("universe")(classmethod(lambda cls, v: _check_symbols(v)))
 
 
 class StreamSettings(_Group):
@@ -241,14 +242,7 @@ class StreamSettings(_Group):
 
     _split = field_validator("symbols", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 
-    @field_validator("symbols")
-    @classmethod
-    def _symbols(cls, value: list[str]) -> list[str]:
-        out = [symbol.upper() for symbol in value]
-        for symbol in out:
-            if not _SYMBOL.match(symbol):
-                raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-')")
-        return out
+    _symbols = field_validator("symbols")(classmethod(lambda cls, v: _check_symbols(v)))
 
 
 class RiskSettings(_Group):
