@@ -27,6 +27,7 @@ WORKERS_KEY = "omni:workers"
 WORKER_INFO_KEY = "omni:worker:{instance}"
 INFLIGHT_KEY = "omni:inflight:{instance}"
 KOMBU_UNACKED_KEY = "unacked"
+KOMBU_UNACKED_INDEX_KEY = "unacked_index"
 INFO_TTL_S = 3600
 
 
@@ -138,6 +139,34 @@ def sweep_dead(
         pipe.execute()
         result[instance] = restored
     return result
+
+
+def sweep_orphans(
+    client: redis.Redis,
+    *,
+    dead_after_s: float,
+    restore: Callable[[Iterable[str]], int] | None,
+    now: float | None = None,
+) -> int:
+    """Redeliver unacked messages older than ``dead_after_s`` that no live worker holds.
+
+    Catches what :func:`sweep_dead` cannot: a worker killed between receiving a
+    message and recording it as in flight (its set never had the tag). A live
+    worker records each tag within milliseconds, so a tag this old that no
+    live worker claims belongs to a dead one.
+    """
+    if restore is None:
+        return 0
+    now = time.time() if now is None else now
+    old = [t.decode() if isinstance(t, bytes) else t for t in client.zrangebyscore(KOMBU_UNACKED_INDEX_KEY, "-inf", now - dead_after_s)]
+    if not old:
+        return 0
+    live = [i.decode() if isinstance(i, bytes) else i for i in client.zrangebyscore(WORKERS_KEY, now - dead_after_s, "+inf")]
+    claimed: set[str] = set()
+    for instance in live:
+        claimed.update(t.decode() if isinstance(t, bytes) else t for t in client.smembers(INFLIGHT_KEY.format(instance=instance)))
+    orphans = [t for t in old if t not in claimed]
+    return restore(orphans) if orphans else 0
 
 
 def kombu_restorer(broker_url: str, transport_options: dict[str, Any]) -> Callable[[Iterable[str]], int]:

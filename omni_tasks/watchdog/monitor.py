@@ -66,6 +66,9 @@ def tick(
     swept = heartbeats.sweep_dead(client, dead_after_s=dead_after_s, restore=restore)
     for instance, count in swept.items():
         _log.warning("worker died; its unacked tasks were put back on their queues", instance=instance, restored=count)
+    orphans = heartbeats.sweep_orphans(client, dead_after_s=dead_after_s, restore=restore)
+    if orphans:
+        _log.warning("unacked tasks no live worker holds were put back on their queues", restored=orphans)
     snapshot = observe.live_snapshot(client, broker_url, queues, dead_after_s)
     all_workers = heartbeats.workers(client)
     recorded = record_heartbeats(factory, all_workers)
@@ -77,7 +80,7 @@ def tick(
         "workers_alive": sum(1 for w in snapshot["workers"] if w["alive"]),
         "heartbeats_recorded": recorded,
         "dead_workers": len(swept),
-        "redelivered": sum(swept.values()),
+        "redelivered": sum(swept.values()) + orphans,
         "outcomes_persisted": drained,
         "seconds": round(time.perf_counter() - started, 4),
     }
