@@ -124,6 +124,18 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
         assert re.search(r'^celery_worker_up\{hostname="watchdog@', metrics, re.M)
         assert re.search(r"^omni_beat_leader 1\.0", metrics, re.M)
 
+        # `omni status` in another terminal finds the embedded Redis and SQLite through the data folder alone.
+        status_env = {k: v for k, v in env.items() if k in {"OMNI_DATA_DIR", "PATH", "HOME", "LANG"}}
+        status = subprocess.run(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "omni_tasks", "status", "--json"], env=status_env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        snapshot = json.loads(status.stdout)
+        assert {w["kind"] for w in snapshot["workers"] if w["alive"]} == {"scans", "backfill", "validation", "risk", "watchdog", "orders"}
+        assert snapshot["beat_leader"] is not None
+        assert set(snapshot["queues"]) == {"scans", "backfill", "validation", "risk", "watchdog", "orders"}
+        assert snapshot["errors"] == []
+
         pids = _processes_with(str(data_dir))
         listeners = _listeners(pids + [up.pid])
         open_listeners = [a for a in listeners if not a.startswith(("127.0.0.1:", "[::1]:"))]
