@@ -7,7 +7,7 @@ Two legs over the same stored bars:
 1. per chunk of ``--chunk-size`` symbols (what one chunk task does): read the
    chunk's bars from the bar store's database in one statement
    (:func:`omni_tasks.scans.loading.load_bars` through
-   :class:`~omni_tasks.scans.loading.BatchBarReader`) and compute its indicators
+   :meth:`~omni_tasks.storage.bars.BarStore.read_many`) and compute its indicators
    (:func:`omni_tasks.scans.scanner.scan_chunk`), one chunk after another in
    this process;
 2. the partials through their JSON form and back (as they travel between
@@ -70,7 +70,7 @@ from sqlalchemy import create_engine, make_url, select, text
 
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
-from omni_tasks.scans.loading import BatchBarReader, ManyBarReader, PerSymbolReader, load_bars
+from omni_tasks.scans.loading import ManyBarReader, PerSymbolReader, load_bars
 from omni_tasks.scans.scanner import ScanConfig, ScanPartial, ScanResult, chunk, merge, scan, scan_chunk
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   f"in {time.perf_counter() - t0:.1f} s; scratch database {make_url(url).database}", flush=True)
             rounds: list[Round] = []
             for number in range(1, args.rounds + 1):
-                timing, result, bars = pipeline(BatchBarReader(engine), symbols, as_of, config, args.chunk_size)
+                timing, result, bars = pipeline(BarStore(engine), symbols, as_of, config, args.chunk_size)
                 rounds.append(timing)
                 print(f"in-process round {number}: {timing.total_s:.3f} s (load {timing.load_s:.3f}, indicators {timing.indicators_s:.3f}, "
                       f"partials via JSON {timing.transport_s:.3f}, merge {timing.merge_s:.3f})", flush=True)

@@ -13,8 +13,9 @@ from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
 from omni_tasks.runtime import get_runtime
 from omni_tasks.scans import runs
-from omni_tasks.scans.loading import BatchBarReader, load_bars
+from omni_tasks.scans.loading import load_bars
 from omni_tasks.scans.scanner import ScanConfig, ScanPartial, chunk, merge, scan_chunk
+from omni_tasks.storage.bars import BarStore
 from omni_tasks.taskdef import omni_task
 
 _log = structlog.get_logger("omni.scans")
@@ -25,7 +26,7 @@ def scan_symbols(run_id: int, symbols: list[str]) -> dict[str, Any]:
     """Indicators for one chunk of a run's universe (no score: scores are cross-sectional)."""
     runtime = get_runtime()
     run = runs.load_run(runtime.sessions, int(run_id))
-    bars = load_bars(BatchBarReader(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
+    bars = load_bars(BarStore(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
     return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()  # type: ignore[no-any-return]
 
 

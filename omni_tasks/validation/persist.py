@@ -19,7 +19,6 @@ from sqlalchemy import Engine, and_, delete, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.scans.loading import BatchBarReader
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.models import Bar, QualityReport, SeriesValidation
 from omni_tasks.validation.bars import validate_bars
@@ -52,7 +51,7 @@ def validate_stored(
     lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
     hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
     as_of = as_of or datetime.now(tz=UTC)
-    bars = BatchBarReader(engine).read_many(list(symbols), timeframe, lo, hi, feeds=tuple(feeds), adjustment=adjustment)
+    bars = BarStore(engine).read_many(list(symbols), timeframe, lo, hi, feeds=tuple(feeds), adjustment=adjustment)
     result = validate_bars(bars, timeframe=timeframe, start=lo, end=hi, symbols=list(symbols), as_of=min(as_of, hi))
     moved = _move_to_quarantine(engine, result.quarantine) if len(result.quarantine) else 0
     reports = result.reports.to_dict(orient="records")

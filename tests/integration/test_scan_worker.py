@@ -25,7 +25,7 @@ from sqlalchemy import Engine, func, select
 
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
-from omni_tasks.scans.loading import BatchBarReader, load_bars
+from omni_tasks.scans.loading import load_bars
 from omni_tasks.scans.scanner import ScanConfig, chunk, scan
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine
@@ -124,7 +124,7 @@ def test_scan_of_500_symbols_through_workers_ranks_exactly_as_a_direct_scan(scan
 
     # The same scan computed directly, in this process, over the same bars read back from the store.
     config = ScanConfig()
-    bars = load_bars(BatchBarReader(scan_setup.engine), SYMBOLS, as_of=AS_OF, config=config)
+    bars = load_bars(BarStore(scan_setup.engine), SYMBOLS, as_of=AS_OF, config=config)
     assert bars["symbol"].nunique() == len(SYMBOLS)
     direct = scan(bars, as_of=AS_OF, config=config, symbols=SYMBOLS)
     assert len(direct.ranked) == len(SYMBOLS), direct.unscored["reason"].value_counts().to_dict()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from omni_tasks.marketdata import calendar
 from omni_tasks.scans.indicators import Lookbacks
-from omni_tasks.scans.loading import BatchBarReader, PerSymbolReader, history_start, load_bars
+from omni_tasks.scans.loading import PerSymbolReader, history_start, load_bars
 from omni_tasks.scans.scanner import ScanConfig, scan
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
@@ -44,7 +44,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 def test_batch_read_equals_bar_store_read_per_symbol(engine: Engine, feeds: tuple[str, ...]) -> None:
     start, end = datetime(2024, 1, 1, tzinfo=UTC), AS_OF
     symbols = ["BBB", "AAA", "NONE"]
-    batch = BatchBarReader(engine).read_many(symbols, "1Day", start, end, feeds=feeds)
+    batch = BarStore(engine).read_many(symbols, "1Day", start, end, feeds=feeds)
     per_symbol = PerSymbolReader(BarStore(engine)).read_many(symbols, "1Day", start, end, feeds=feeds)
     pd.testing.assert_frame_equal(batch, per_symbol, check_exact=True)
     assert len(batch) > 0
@@ -52,7 +52,7 @@ def test_batch_read_equals_bar_store_read_per_symbol(engine: Engine, feeds: tupl
 
 
 def test_batch_read_prefers_the_first_feed_and_fills_holes_from_the_next(engine: Engine) -> None:
-    frame = BatchBarReader(engine).read_many(["AAA"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF, feeds=("sip", "iex"))
+    frame = BarStore(engine).read_many(["AAA"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF, feeds=("sip", "iex"))
     by_ts = frame.set_index("ts")["feed"]
     assert by_ts[pd.Timestamp(DAYS[-5], tz="UTC")] == "iex"  # the SIP hole
     assert (by_ts.drop(pd.Timestamp(DAYS[-5], tz="UTC")) == "sip").all()
@@ -60,20 +60,20 @@ def test_batch_read_prefers_the_first_feed_and_fills_holes_from_the_next(engine:
 
 
 def test_batch_read_of_nothing_is_an_empty_canonical_frame(engine: Engine) -> None:
-    frame = BatchBarReader(engine).read_many(["NONE"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF)
+    frame = BarStore(engine).read_many(["NONE"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF)
     assert frame.empty
     assert "close" in frame.columns
     with pytest.raises(ValueError, match="feeds is empty"):
-        BatchBarReader(engine).read_many(["AAA"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF, feeds=())
+        BarStore(engine).read_many(["AAA"], "1Day", datetime(2024, 1, 1, tzinfo=UTC), AS_OF, feeds=())
 
 
 def test_load_bars_reads_enough_for_the_window_and_scans_like_the_whole_history(engine: Engine) -> None:
     config = ScanConfig()
-    loaded = load_bars(BatchBarReader(engine), ["AAA", "BBB"], as_of=AS_OF, config=config, feeds=("sip", "iex"))
+    loaded = load_bars(BarStore(engine), ["AAA", "BBB"], as_of=AS_OF, config=config, feeds=("sip", "iex"))
     counts = loaded.groupby("symbol").size()
     assert (counts >= config.lookbacks.window_bars).all()
     assert (counts < len(DAYS)).all()
-    everything = BatchBarReader(engine).read_many(["AAA", "BBB"], "1Day", datetime(2000, 1, 3, tzinfo=UTC), AS_OF, feeds=("sip", "iex"))
+    everything = BarStore(engine).read_many(["AAA", "BBB"], "1Day", datetime(2000, 1, 3, tzinfo=UTC), AS_OF, feeds=("sip", "iex"))
     assert len(everything) > len(loaded)
     # bars counts differ (more history loaded); every indicator, score and rank is the same
     compare = [c for c in scan(loaded, as_of=AS_OF, config=config).frame.columns if c != "bars"]
