@@ -7,9 +7,10 @@ Every timestamp is timezone-aware UTC (:class:`UtcDateTime`).
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, Date, Double, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Date, Double, Float, ForeignKey, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omni_tasks.storage.types import UtcDateTime
@@ -252,3 +253,160 @@ class ScanResult(Base):
     indicators: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reason: Mapped[str | None] = mapped_column(Text)
     stale_input: Mapped[bool] = mapped_column(default=False)
+
+
+# --- Trading and safety (DESIGN sections 7 and 8). Money and quantities are exact decimals.
+
+Money = Annotated[Decimal, mapped_column(Numeric(24, 8))]
+
+
+class Order(Base):
+    """One order as the desk sees it, from the request to its last broker state.
+
+    ``status``: pending (checks passed, not yet at the broker), new/accepted
+    (at the broker), partially_filled, filled, cancelled, rejected (by the
+    broker), denied (by a pre-trade check; never left), expired.
+    """
+
+    __tablename__ = "orders"
+
+    id: Mapped[BigId]
+    client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
+    broker: Mapped[str] = mapped_column(String(20))
+    broker_order_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    symbol: Mapped[str] = mapped_column(String(12), index=True)
+    side: Mapped[str] = mapped_column(String(4))  # buy, sell
+    qty: Mapped[Money]
+    order_type: Mapped[str] = mapped_column(String(10))  # market, limit
+    limit_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 8))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    filled_qty: Mapped[Money] = mapped_column(default=Decimal(0))
+    avg_fill_price: Mapped[Decimal | None] = mapped_column(Numeric(24, 8))
+    requested_by: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[UtcTs] = mapped_column(index=True)
+    submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[UtcTs]
+
+
+class Fill(Base):
+    """One execution of (part of) an order."""
+
+    __tablename__ = "fills"
+
+    id: Mapped[BigId]
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    broker: Mapped[str] = mapped_column(String(20))
+    symbol: Mapped[str] = mapped_column(String(12), index=True)
+    side: Mapped[str] = mapped_column(String(4))
+    qty: Mapped[Money]
+    price: Mapped[Money]
+    ts: Mapped[UtcTs] = mapped_column(index=True)
+
+
+class Position(Base):
+    """The signed quantity held per broker and symbol (short is negative), at its average price."""
+
+    __tablename__ = "positions"
+
+    broker: Mapped[str] = mapped_column(String(20), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(12), primary_key=True)
+    qty: Mapped[Money]
+    avg_price: Mapped[Money]
+    realized_pnl: Mapped[Money] = mapped_column(default=Decimal(0))
+    updated_at: Mapped[UtcTs]
+
+
+class BrokerAccount(Base):
+    """Cash and the equity marks drawdown and daily loss are measured from, per broker."""
+
+    __tablename__ = "broker_accounts"
+
+    broker: Mapped[str] = mapped_column(String(20), primary_key=True)
+    cash: Mapped[Money]
+    day: Mapped[date] = mapped_column(Date)
+    day_start_equity: Mapped[Money]
+    peak_equity: Mapped[Money]
+    updated_at: Mapped[UtcTs]
+
+
+class OrderEvent(Base):
+    """Every step of an order's life, and every denial with the check and reason that denied it."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[BigId]
+    ts: Mapped[UtcTs] = mapped_column(index=True)
+    client_order_id: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[str] = mapped_column(String(20), index=True)  # requested, denied, submitted, filled, cancelled, rejected, ...
+    check: Mapped[str | None] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TradingStateRow(Base):
+    """The one durable trading state (ACTIVE, REDUCING, HALTED); HALTED is the kill switch engaged.
+
+    One row (id 1). ``version`` grows with every change, so the Redis fast path
+    can tell an old copy from the current one.
+    """
+
+    __tablename__ = "trading_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))
+    version: Mapped[int] = mapped_column(BigInteger)
+    changed_at: Mapped[UtcTs]
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class KillEvent(Base):
+    """One engage or release of the kill switch (or a trading state change): who, why, when, how long each step took."""
+
+    __tablename__ = "kill_events"
+
+    id: Mapped[BigId]
+    ts: Mapped[UtcTs] = mapped_column(index=True)
+    action: Mapped[str] = mapped_column(String(20))  # engage, release, reduce, activate, drill
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    state_before: Mapped[str] = mapped_column(String(10))
+    state_after: Mapped[str] = mapped_column(String(10))
+    timings_ms: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class EmergencySnapshot(Base):
+    """What was open when the kill switch engaged: orders, positions and breaker states."""
+
+    __tablename__ = "emergency_snapshots"
+
+    id: Mapped[BigId]
+    ts: Mapped[UtcTs] = mapped_column(index=True)
+    kill_event_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("kill_events.id", ondelete="SET NULL"))
+    open_orders: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    positions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    breakers: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    file_path: Mapped[str | None] = mapped_column(Text)
+
+
+class RiskSnapshot(Base):
+    """One recalculation of the portfolio's risk; ``metrics`` holds every figure, the columns the ones queried."""
+
+    __tablename__ = "risk_snapshots"
+
+    id: Mapped[BigId]
+    ts: Mapped[UtcTs] = mapped_column(index=True)
+    broker: Mapped[str] = mapped_column(String(20))
+    equity: Mapped[Money]
+    daily_pnl: Mapped[Money]
+    gross_exposure: Mapped[float] = mapped_column(Float)
+    net_exposure: Mapped[float] = mapped_column(Float)
+    gross_leverage: Mapped[float] = mapped_column(Float)
+    var_95: Mapped[float | None] = mapped_column(Float)
+    es_95: Mapped[float | None] = mapped_column(Float)
+    drawdown_pct: Mapped[float] = mapped_column(Float)
+    risk_score: Mapped[float] = mapped_column(Float)
+    breaches: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
