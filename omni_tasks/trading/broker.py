@@ -1,11 +1,11 @@
 """The broker adapter contract every broker implements (simulated, Alpaca paper).
 
 Values are exact :class:`~decimal.Decimal`; symbols are checked upper-case
-tickers. Every method that can put an order in the market (``submit``,
-``close_all``) calls the ``guard`` it was built with right before the order
-leaves, so an order racing the kill switch is stopped at the last step; the
-guard raises :class:`OrderBlocked`. Cancels and reads are never guarded: the
-kill switch must be able to cancel and to look.
+tickers. ``submit`` calls the ``guard`` the broker was built with right before the
+order leaves, so an order racing the kill switch is stopped at the last step;
+the guard raises :class:`OrderBlocked`. Cancels, reads and ``close_all`` (the
+kill switch's own flattening step, which only shrinks positions) are not
+guarded: the kill switch must be able to cancel, to look and to flatten.
 """
 
 from __future__ import annotations
@@ -115,5 +115,5 @@ class Broker(Protocol):
         ...
 
     def close_all(self) -> list[BrokerOrder]:
-        """Flatten: an order against every position (guarded like submit, with its own reduce-only guard)."""
+        """Flatten: one market order against every position, each only shrinking it (not guarded)."""
         ...
