@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from omni_tasks import secrets as secret_box
 from omni_tasks.errors import ConfigError
@@ -36,6 +36,8 @@ NON_SETTING_VARIABLES = frozenset({"OMNI_ENV_FILE", "OMNI_REQUIRE_SERVICES", "OM
 
 PROVIDER_NAMES = ("alpaca", "yahoo", "alpha_vantage", "synthetic", "replay")
 STREAM_FEEDS = ("synthetic", "replay", "alpaca")
+#: The watchdog's rules (omni_tasks.watchdog.rules), named here so a disabled rule is checked at start-up.
+WATCHDOG_RULES = ("risk_breach", "stale_stream", "providers_down", "error_storm", "missing_workers", "queue_backlog", "latency_budget")
 
 _SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 
@@ -258,6 +260,8 @@ class RiskSettings(_Group):
     max_concentration_pct: float = Field(default=30.0, gt=0, le=100)
     max_correlation: float = Field(default=0.80, gt=0, le=1)
     max_gross_leverage: float = Field(default=2.0, gt=0)
+    price_collar_pct: Decimal = Field(default=Decimal("1.0"), gt=0, le=100, description="a limit price (or a market order's far side) further than this from the mid is denied")
+    quote_max_age_s: float = Field(default=5.0, gt=0, description="the price collar needs a quote at most this old")
 
 
 class WatchdogSettings(_Group):
@@ -269,6 +273,53 @@ class WatchdogSettings(_Group):
     breach_evaluations: int = Field(default=3, ge=1, description="consecutive breaching evaluations before an action")
     heartbeat_stale_s: float = Field(default=30.0, gt=0)
     queue_backlog_max: int = Field(default=1000, ge=1)
+    stream_stale_s: float = Field(default=30.0, gt=0, description="in market hours, a stream whose last message is older than this is stale")
+    error_storm_max_per_min: int = Field(default=20, ge=1, description="failed task runs in the last minute tolerated")
+    expected_workers: CsvList = Field(default_factory=lambda: ["orders", "risk"], description="worker kinds that must be heartbeating")
+    latency_violations_max: int = Field(default=20, ge=1, description="new latency-budget violations tolerated per evaluation")
+    disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
+    startup_grace_s: float = Field(default=30.0, ge=0, description="workers are not reported missing this soon after the watchdog's first evaluation")
+
+    _split = field_validator("expected_workers", "disabled_rules", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("disabled_rules")
+    @classmethod
+    def _known_rules(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in WATCHDOG_RULES]
+        if unknown:
+            raise ValueError(f"unknown watchdog rule {unknown[0]!r}: choose from {', '.join(WATCHDOG_RULES)}")
+        return value
+
+
+class AlertSettings(_Group):
+    """Webhook alerts on kill switch and breaker transitions and validation failures. Off unless a URL is set."""
+
+    prefix: ClassVar[str] = "OMNI_ALERTS_"
+
+    webhook_url: SecretStr | None = Field(default=None, description="Slack incoming webhook or Telegram sendMessage URL (a secret: never logged)")
+    format: Literal["slack", "telegram"] = "slack"
+    telegram_chat_id: str | None = Field(default=None, validate_default=True, description="required with format telegram")
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    retries: int = Field(default=3, ge=0, le=10, description="further attempts after a 5xx, 429 or timeout")
+    backoff_s: float = Field(default=0.5, ge=0, le=30, description="first retry delay; doubles each time")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        plain = value.get_secret_value()
+        # An encrypted value (enc:...) is checked after decryption, when it is used.
+        if not plain.startswith(("https://", "http://", secret_box.ENC_PREFIX)):
+            raise ValueError("the webhook URL must start with https:// or http://")
+        return value
+
+    @field_validator("telegram_chat_id")
+    @classmethod
+    def _chat_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("format") == "telegram" and info.data.get("webhook_url") is not None and not value:
+            raise ValueError("required when OMNI_ALERTS_FORMAT=telegram")
+        return value or None
 
 
 class FlowerSettings(_Group):
@@ -303,6 +354,7 @@ GROUPS: dict[str, type[_Group]] = {
     "stream": StreamSettings,
     "risk": RiskSettings,
     "watchdog": WatchdogSettings,
+    "alerts": AlertSettings,
     "flower": FlowerSettings,
     "metrics": MetricsSettings,
 }
@@ -324,6 +376,7 @@ class Settings(BaseModel):
     stream: StreamSettings
     risk: RiskSettings
     watchdog: WatchdogSettings
+    alerts: AlertSettings
     flower: FlowerSettings
     metrics: MetricsSettings
 
@@ -471,7 +524,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValidationError as exc:
             first = exc.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else ""
-            raise ConfigError(f"{group_cls.prefix}{field.upper()}: {_describe(first)}") from None
+            secret = field in group_cls.model_fields and "SecretStr" in str(group_cls.model_fields[field].annotation)
+            # A secret's value is never echoed in the error (it would land in logs and terminals).
+            described = _describe({**first, "input": None}) if secret else _describe(first)
+            raise ConfigError(f"{group_cls.prefix}{field.upper()}: {described}") from None
     settings = Settings(**groups)  # type: ignore[arg-type]  # keys match the fields one to one
     return _decrypt_secrets(settings)
 
