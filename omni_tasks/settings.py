@@ -264,6 +264,17 @@ class RiskSettings(_Group):
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the price collar needs a quote at most this old")
 
 
+class TradingSettings(_Group):
+    """The broker orders go to (DESIGN section 7): the built-in simulated broker, or Alpaca paper trading."""
+
+    prefix: ClassVar[str] = "OMNI_TRADING_"
+
+    broker: Literal["simulated", "alpaca_paper"] = Field(default="simulated", description="simulated: fills against the latest quotes in Redis, ledger in the database; alpaca_paper: Alpaca's paper account (needs OMNI_ALPACA_API_KEY/SECRET_KEY)")
+    starting_cash_usd: Decimal = Field(default=Decimal("100000"), gt=0, description="the simulated broker's cash when its account is first created")
+    quote_max_age_s: float = Field(default=5.0, gt=0, description="the simulated broker never fills on a quote older than this (the order is rejected)")
+    alpaca_timeout_s: float = Field(default=10.0, gt=0, le=120, description="timeout of each Alpaca trading API call")
+
+
 class WatchdogSettings(_Group):
     """Health rules that trip breakers and the kill switch."""
 
@@ -354,6 +365,7 @@ GROUPS: dict[str, type[_Group]] = {
     "stream": StreamSettings,
     "risk": RiskSettings,
     "watchdog": WatchdogSettings,
+    "trading": TradingSettings,
     "alerts": AlertSettings,
     "flower": FlowerSettings,
     "metrics": MetricsSettings,
@@ -376,6 +388,7 @@ class Settings(BaseModel):
     stream: StreamSettings
     risk: RiskSettings
     watchdog: WatchdogSettings
+    trading: TradingSettings
     alerts: AlertSettings
     flower: FlowerSettings
     metrics: MetricsSettings
