@@ -6,10 +6,28 @@ order leaves, so an order racing the kill switch is stopped at the last step;
 the guard raises :class:`OrderBlocked`. Cancels, reads and ``close_all`` (the
 kill switch's own flattening step, which only shrinks positions) are not
 guarded: the kill switch must be able to cancel, to look and to flatten.
+
+What ``submit`` returns or raises:
+
+* the order in its broker state (``new`` resting, ``filled``...), also for a
+  resubmit of a known ``client_order_id`` (never a second order);
+* a ``rejected`` order with its ``reason`` when the broker recorded the order and
+  refused it (the simulated broker without a fresh quote, the guard's refusal);
+* :class:`OrderBlocked` when the guard stopped it (the broker records it as
+  rejected first when it keeps a ledger);
+* :class:`InvalidOrder` for a malformed request (nothing recorded);
+* :class:`BrokerError` when the broker could not be reached or refused before
+  recording anything; ``retryable`` says whether the same request may succeed
+  later (resending it with the same ``client_order_id`` is always safe).
+
+The implementations: :mod:`omni_tasks.trading.simulated` (the embedded default),
+:mod:`omni_tasks.trading.alpaca_paper`; :func:`omni_tasks.trading.wiring.make_broker`
+chooses one from the settings.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,18 +37,27 @@ from typing import Literal, Protocol, runtime_checkable
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
 OPEN_STATUSES = frozenset({"pending", "new", "accepted", "partially_filled"})
+#: Decimal places kept for quantities and prices (the ledger's Numeric(24, 8)).
+MONEY_PLACES = 8
+SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
 class BrokerError(Exception):
     """The broker failed or refused; ``retryable`` says whether trying again may help."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, http_status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.http_status = http_status
 
 
 class OrderBlocked(BrokerError):
     """The last-step guard (kill switch, trading state) stopped an order before it left."""
+
+
+class InvalidOrder(BrokerError):
+    """The request itself is malformed (bad symbol, quantity, price or id); the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,36 @@ class OrderRequest:
     qty: Decimal
     order_type: OrderType = "market"
     limit_price: Decimal | None = None
+    requested_by: str = "unknown"  # who asked (recorded with the order): a task, "operator:<name>", "close_all"
+
+
+def _places_ok(value: Decimal) -> bool:
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= -MONEY_PLACES
+
+
+def check_order_request(request: OrderRequest) -> None:
+    """Raise :class:`InvalidOrder` naming the first malformed field; brokers call it before anything else."""
+    if not isinstance(request.client_order_id, str) or not CLIENT_ORDER_ID_PATTERN.match(request.client_order_id):
+        raise InvalidOrder(f"client_order_id {request.client_order_id!r}: 1-64 of letters, digits, '_', '.', ':', '-'")
+    if not isinstance(request.symbol, str) or not SYMBOL_PATTERN.match(request.symbol):
+        raise InvalidOrder(f"symbol {request.symbol!r} is not an upper-case ticker (1-10 of A-Z, 0-9, '.', '-')")
+    if request.side not in ("buy", "sell"):
+        raise InvalidOrder(f"side {request.side!r}: must be 'buy' or 'sell'")
+    if request.order_type not in ("market", "limit"):
+        raise InvalidOrder(f"order_type {request.order_type!r}: must be 'market' or 'limit'")
+    if not isinstance(request.qty, Decimal) or not request.qty.is_finite() or request.qty <= 0:
+        raise InvalidOrder(f"qty {request.qty!r}: must be a positive Decimal")
+    if not _places_ok(request.qty):
+        raise InvalidOrder(f"qty {request.qty}: at most {MONEY_PLACES} decimal places")
+    if request.order_type == "limit":
+        price = request.limit_price
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise InvalidOrder(f"limit_price {price!r}: a limit order needs a positive Decimal limit price")
+        if not _places_ok(price):
+            raise InvalidOrder(f"limit_price {price}: at most {MONEY_PLACES} decimal places")
+    elif request.limit_price is not None:
+        raise InvalidOrder(f"limit_price {request.limit_price}: a market order takes no limit price")
 
 
 @dataclass(frozen=True)
@@ -60,6 +117,7 @@ class BrokerOrder:
     filled_qty: Decimal
     avg_fill_price: Decimal | None
     submitted_at: datetime | None
+    reason: str | None = None  # why it was rejected or cancelled, when the broker says
 
     @property
     def is_open(self) -> bool:
@@ -91,6 +149,9 @@ class BrokerAccountView:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+#: Called with the request right before the broker accepts it; raises OrderBlocked to stop it.
+#: It only reads (state in Redis or the database): the simulated broker holds its ledger lock while
+#: it runs, and on SQLite that is the database's write lock, so a guard that writes would wait on it.
 Guard = Callable[[OrderRequest], None]
 
 
