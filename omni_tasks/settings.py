@@ -333,6 +333,35 @@ class AlertSettings(_Group):
         return value or None
 
 
+class KillSwitchSettings(_Group):
+    """The kill switch (DESIGN section 8): what engaging does, how long it waits, who may engage over HTTP."""
+
+    prefix: ClassVar[str] = "OMNI_KILL_"
+
+    flatten_on_engage: bool = Field(default=False, description="engaging also closes every position with market orders")
+    cancel_confirm_timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long engaging polls the broker until no order is open")
+    poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="period of that poll")
+    snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: <data dir>/emergency")
+    http_token: SecretStr | None = Field(default=None, description="bearer token of POST /kill/engage on the health server; unset: the endpoint is off")
+    alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this")
+
+    @field_validator("snapshot_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("http_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        plain = value.get_secret_value()
+        # An encrypted value (enc:...) is checked after decryption, when it is used.
+        if not plain.startswith(secret_box.ENC_PREFIX) and len(plain) < 24:
+            raise ValueError("the token must be at least 24 characters (generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return value
+
+
 class FlowerSettings(_Group):
     """Flower, the operators' Celery dashboard."""
 
@@ -367,6 +396,7 @@ GROUPS: dict[str, type[_Group]] = {
     "watchdog": WatchdogSettings,
     "trading": TradingSettings,
     "alerts": AlertSettings,
+    "kill": KillSwitchSettings,
     "flower": FlowerSettings,
     "metrics": MetricsSettings,
 }
@@ -390,6 +420,7 @@ class Settings(BaseModel):
     watchdog: WatchdogSettings
     trading: TradingSettings
     alerts: AlertSettings
+    kill: KillSwitchSettings
     flower: FlowerSettings
     metrics: MetricsSettings
 
