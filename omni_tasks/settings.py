@@ -260,6 +260,12 @@ class RiskSettings(_Group):
     max_concentration_pct: float = Field(default=30.0, gt=0, le=100)
     max_correlation: float = Field(default=0.80, gt=0, le=1)
     max_gross_leverage: float = Field(default=2.0, gt=0)
+    var_lookback_days: int = Field(default=250, ge=2, le=5000, description="daily returns (trading days) behind VaR/ES, correlation, Sharpe and beta")
+    var_min_history_days: int = Field(default=20, ge=2, le=5000, description="fewer daily returns for any held position: VaR/ES, Sharpe, beta and correlation are not computed (None, with the reason)")
+    benchmark_symbol: str = Field(default="SPY", description="the beta is measured against this symbol's daily returns")
+    risk_free_rate_pct: float = Field(default=0.0, ge=-5, le=50, description="annual risk-free rate, percent, subtracted in the Sharpe ratio")
+
+    _benchmark = field_validator("benchmark_symbol")(classmethod(lambda cls, v: _check_symbols([v])[0]))
     price_collar_pct: Decimal = Field(default=Decimal("1.0"), gt=0, le=100, description="a limit price (or a market order's far side) further than this from the mid is denied")
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the price collar needs a quote at most this old")
 
