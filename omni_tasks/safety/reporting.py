@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import metrics
+from omni_tasks import alerts, metrics
 from omni_tasks.safety.breaker import Transition, TransitionHook
 from omni_tasks.storage.models import AuditLog
 
@@ -15,10 +15,20 @@ _log = structlog.get_logger("omni.audit")
 
 
 def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "system") -> TransitionHook:
-    """A transition hook that audits each transition and counts it."""
+    """A transition hook that audits each transition, counts it and alerts (when a webhook is configured)."""
 
     def hook(event: Transition) -> None:
         metrics.BREAKER_TRANSITIONS.labels(event.breaker, event.to_state).inc()
+        alerts.emit(
+            {
+                "kind": "breaker.transition",
+                "severity": "warning" if "open" in event.to_state and "half" not in event.to_state else "info",
+                "message": f"breaker {event.breaker}: {event.from_state} -> {event.to_state} ({event.reason})",
+                "breaker": event.breaker,
+                "actor": actor,
+                "at": datetime.fromtimestamp(event.at, tz=UTC),
+            }
+        )
         if factory is None:
             return
         try:

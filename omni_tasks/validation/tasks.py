@@ -7,6 +7,7 @@ from typing import Any
 
 import structlog
 
+from omni_tasks import alerts
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
@@ -33,6 +34,7 @@ def validate_backfill_job(job_id: int) -> dict[str, Any]:
         feeds=serving_feeds(runtime.settings.providers.order, feed), adjustment=adjustment,
     )
     _log.info("backfill job validated", job_id=job_id, **{k: v for k, v in summary.items() if k != "failed_series"}, failed=len(summary["failed_series"]))
+    _alert_failures(summary, f"backfill job {job_id}")
     return {"job_id": job_id, **summary}
 
 
@@ -48,4 +50,21 @@ def nightly() -> dict[str, Any]:
         start=today - timedelta(days=max(7, settings.overlap_days)), end=today + timedelta(days=1),
         feeds=serving_feeds(runtime.settings.providers.order, settings.feed), adjustment=settings.adjustment,
     )
+    _alert_failures(summary, "nightly validation")
     return summary
+
+
+def _alert_failures(summary: dict[str, Any], what: str) -> None:
+    """A webhook alert (when configured) for series that failed validation or rows quarantined."""
+    failed = summary["failed_series"]
+    if not failed and not summary["quarantined"]:
+        return
+    alerts.emit(
+        {
+            "kind": "validation.failed",
+            "severity": "warning",
+            "message": f"{what}: {len(failed)} series failed validation, {summary['quarantined']} rows quarantined",
+            "failed_series": ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else ""),
+            "bars": summary["bars"],
+        }
+    )
