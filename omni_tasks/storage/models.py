@@ -403,10 +403,10 @@ class RiskSnapshot(Base):
     daily_pnl: Mapped[Money]
     gross_exposure: Mapped[float] = mapped_column(Float)
     net_exposure: Mapped[float] = mapped_column(Float)
-    gross_leverage: Mapped[float] = mapped_column(Float)
+    gross_leverage: Mapped[float | None] = mapped_column(Float)  # None: equity not positive while positions are held
     var_95: Mapped[float | None] = mapped_column(Float)
     es_95: Mapped[float | None] = mapped_column(Float)
-    drawdown_pct: Mapped[float] = mapped_column(Float)
+    drawdown_pct: Mapped[float | None] = mapped_column(Float)  # None: no positive equity mark to measure from
     risk_score: Mapped[float] = mapped_column(Float)
     breaches: Mapped[list[Any]] = mapped_column(JSON, default=list)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
