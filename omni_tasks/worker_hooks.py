@@ -165,7 +165,73 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
     shutdown = stop
 
 
+def refuse_order_task_while_halted(task: Any) -> None:
+    """Before-start hook: an order-bearing task does not start while trading is HALTED (or unreadable).
+
+    The refusal is recorded (task ledger as REFUSED, an order event when the
+    order's id is in the arguments) and the message is rejected, not requeued:
+    an order refused by the kill switch must not run later, after a release.
+    """
+    if not getattr(task, "order_bearing", False):
+        return
+    from celery.exceptions import Reject
+
+    from omni_tasks.safety.killswitch import order_task_refusal, record_refused_order_task
+
+    runtime = get_runtime()
+    reason = order_task_refusal(runtime.redis, runtime.sessions)
+    if reason is None:
+        return
+    request = task.request
+    record_refused_order_task(runtime.sessions, task_name=task.name, task_id=str(request.id), args=request.args, kwargs=request.kwargs, reason=reason)
+    try:
+        task._record("REFUSED", request.id, request.args, request.kwargs, error=reason)
+    except Exception:  # noqa: BLE001 - Redis may be why it was refused; the order event and the log remain
+        _log.warning("refused order task not in the task ledger", exc_info=True)
+    _log.warning("order task refused: trading is halted", task_name=task.name, task_id=request.id)
+    raise Reject(reason, requeue=False)
+
+
+class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+    """In a worker that consumes the watchdog queue: the safety-alarm listener thread (critical alarm -> kill switch)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._listener: Any = None
+
+    def start(self, worker: Any) -> None:
+        from omni_tasks.queues import Queue
+
+        consume_from = worker.app.amqp.queues.consume_from
+        queues = {q.name for q in consume_from.values()} if consume_from else set()
+        if Queue.WATCHDOG.value not in queues:
+            return
+        from omni_tasks.celery_app import broker_transport_options
+        from omni_tasks.safety.alarms import start_watchdog_listener
+        from omni_tasks.safety.engage import orders_purger
+
+        runtime = get_runtime()
+        settings = runtime.settings
+        purge = orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
+        self._listener = start_watchdog_listener(runtime, purge=purge)
+        _log.info("safety alarm listener started", worker=worker.hostname)
+
+    def stop(self, worker: Any) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+
+    shutdown = stop
+
+
 def install(app: Celery) -> None:
+    from omni_tasks.taskdef import BEFORE_START_HOOKS
+
+    if refuse_order_task_while_halted not in BEFORE_START_HOOKS:
+        BEFORE_START_HOOKS.append(refuse_order_task_while_halted)
+    app.steps["worker"].add(AlarmListenerStep)
     signals.setup_logging.connect(_on_setup_logging, weak=False)
     signals.before_task_publish.connect(_on_before_publish, weak=False)
     signals.task_received.connect(_on_task_received, weak=False)

@@ -1,0 +1,911 @@
+"""Engaging and releasing the kill switch, and the other trading state changes.
+
+The engage sequence (DESIGN section 8), each step timed, none allowed to stop
+the ones after it:
+
+1. ``redis``: Redis says HALTED (one Lua call). Every order path reads this
+   key, so orders stop here, a fraction of a millisecond in.
+2. ``durable``: the database row says HALTED, with a :class:`KillEvent` and an
+   :class:`AuditLog` row in the same transaction (who, why, when); Redis is
+   then re-synced to the row's version. From here it survives every restart.
+3. ``snapshot``: open orders, positions and breaker states read, saved as an
+   :class:`EmergencySnapshot` row and a JSON file (temp file + rename).
+   ``cancel_all`` is sent as soon as the open orders are read, before the
+   snapshot is written, so the write does not delay the cancels.
+4. ``cancel_requested`` / ``cancelled_confirmed``: ``cancel_all``, then
+   ``open_orders`` polled every ``poll_interval_ms`` until none is open or
+   ``cancel_confirm_timeout_s`` passes (an order that appears meanwhile is
+   cancelled too). Orders still open are reported by id, loudly.
+5. ``flatten``: ``close_all`` when configured (``OMNI_KILL_FLATTEN_ON_ENGAGE``)
+   or asked for.
+6. ``purge``: the queued order tasks are purged.
+7. the KillEvent gets its timings and counts; an alert goes out in the
+   background (never blocking, never failing the sequence).
+
+``timings_ms`` are milliseconds from the start of :func:`engage` to the end of
+each step (so ``durable`` is "engaged, durably" and ``cancelled_confirmed`` is
+"every open order cancelled").
+
+Idempotent: engaging an engaged switch keeps the engaged period (state,
+version, ``changed_at``, who engaged it first) and records the request (a
+KillEvent ``engage`` with ``repeat: true`` and an audit row). It re-runs
+cancel-and-confirm and the purge (both harmless, and an order that slipped
+into the book is cancelled), takes a snapshot only when the period has none
+yet, and flattens only when the caller asks for it explicitly (``flatten=True``;
+the configured default applies to the first engage only, so two engages never
+send two rounds of closing orders).
+
+Releasing is the reverse order: the database first, then Redis, so a failure
+in between leaves orders blocked, never the other way round. Only an operator
+releases: actors naming automation (``watchdog...``, ``alarm...``) are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks.safety.killswitch import (
+    LOOSER,
+    REDIS_STATE_KEY,
+    STATE_ROW_ID,
+    StoredState,
+    TradingState,
+    parse_value,
+    read_row,
+)
+from omni_tasks.settings import Settings
+from omni_tasks.storage.models import AuditLog, EmergencySnapshot, KillEvent, TradingStateRow
+from omni_tasks.trading.broker import Broker, BrokerOrder, BrokerPosition
+
+_log = structlog.get_logger("omni.killswitch")
+
+#: Actor prefixes that name automation; none of them may loosen the trading state.
+AUTOMATIC_ACTOR_PREFIXES = ("watchdog", "alarm", "auto:", "system:")
+MAX_REASON_CHARS = 2000
+
+# KEYS[1] state key. Writes HALTED at version+1 unless Redis already says HALTED.
+# A missing or malformed value counts as version 0. Returns {changed 0/1, version}.
+_HALT_LUA = """
+local cur = redis.call('get', KEYS[1])
+local state, version = nil, 0
+if cur then
+  local s, v = string.match(cur, '^(%u+) (%d+)$')
+  if s then state = s; version = tonumber(v) end
+end
+if state == 'HALTED' then return {0, version} end
+version = version + 1
+redis.call('set', KEYS[1], 'HALTED ' .. string.format('%d', version))
+return {1, version}
+"""
+
+# KEYS[1] state key; ARGV state, version. Sets the value unless Redis holds a newer version.
+_SYNC_LUA = """
+local cur = redis.call('get', KEYS[1])
+local want = tonumber(ARGV[2])
+if cur then
+  local s, v = string.match(cur, '^(%u+) (%d+)$')
+  if s and (s == 'ACTIVE' or s == 'REDUCING' or s == 'HALTED') and tonumber(v) > want then return 0 end
+end
+redis.call('set', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+return 1
+"""
+
+
+class KillSwitchError(Exception):
+    """A trading state change was refused or could not be completed; the message says which and why."""
+
+
+class ReleaseRefused(KillSwitchError):
+    """Only an operator may release the kill switch (or loosen the trading state), with a reason."""
+
+
+class RuntimeLike(Protocol):
+    """What the sequences need of a process runtime (:class:`omni_tasks.runtime.Runtime` fits)."""
+
+    settings: Settings
+
+    @property
+    def redis(self) -> redis.Redis: ...
+
+    @property
+    def sessions(self) -> sessionmaker[Session]: ...
+
+
+@dataclass
+class EngageResult:
+    """What one engage did. ``complete`` is True when it is durable, nothing failed and no order stayed open."""
+
+    actor: str
+    reason: str
+    started_at: str
+    state_before: str | None = None
+    repeat: bool = False
+    version: int | None = None
+    redis_written: bool = False
+    durable: bool = False
+    kill_event_id: int | None = None
+    snapshot_id: int | None = None
+    snapshot_path: str | None = None
+    open_orders_before: int = 0
+    positions_before: int = 0
+    cancel_requested: int = 0
+    cancel_rounds: int = 0
+    remaining_open: list[str] = field(default_factory=list)
+    flattened: int = 0
+    purged: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    #: Wall-clock time (ns since the epoch) when Redis said HALTED: from here no order passes the gate.
+    halted_at_ns: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.durable and not self.errors and not self.remaining_open
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["complete"] = self.complete
+        return out
+
+
+@dataclass
+class TransitionResult:
+    """One release / reduce / activate: the state before and after, and whether anything changed."""
+
+    action: str
+    actor: str
+    reason: str
+    state_before: str
+    state_after: str
+    changed: bool
+    version: int
+    kill_event_id: int | None
+    redis_synced: bool
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def _check_words(actor: str, reason: str) -> tuple[str, str]:
+    if not isinstance(actor, str) or not actor.strip():
+        raise KillSwitchError("an actor is required (who is doing this)")
+    if not isinstance(reason, str) or not reason.strip():
+        raise KillSwitchError("a reason is required (why), and it must not be empty")
+    return actor.strip()[:100], reason.strip()[:MAX_REASON_CHARS]
+
+
+def is_automatic_actor(actor: str) -> bool:
+    """True when ``actor`` names automation (the watchdog, an alarm...), which may never release."""
+    return actor.strip().lower().startswith(AUTOMATIC_ACTOR_PREFIXES)
+
+
+def snapshot_dir(settings: Settings) -> Path:
+    """Where emergency snapshot files go: OMNI_KILL_SNAPSHOT_DIR, or <data dir>/emergency."""
+    return settings.kill.snapshot_dir or settings.data_dir / "emergency"
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: Decimals as exact strings, datetimes as ISO text."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def order_dict(order: BrokerOrder) -> dict[str, Any]:
+    return _plain(asdict(order))  # type: ignore[no-any-return]
+
+
+def position_dict(position: BrokerPosition) -> dict[str, Any]:
+    return _plain(asdict(position))  # type: ignore[no-any-return]
+
+
+def write_json_atomically(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as JSON to ``path`` through a temp file in the same folder, fsync and rename.
+
+    A reader sees the old file or the whole new one, never half of it; the file is private (0600).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+    return path
+
+
+def sync_redis(client: redis.Redis, state: TradingState, version: int, *, key: str = REDIS_STATE_KEY) -> bool:
+    """Put ``state`` at ``version`` in Redis unless Redis already holds a newer version. True when written."""
+    return bool(client.eval(_SYNC_LUA, 1, key, state.value, str(int(version))))
+
+
+def halt_in_redis(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> tuple[bool, int]:
+    """Redis says HALTED from now on. Returns (changed, version); an already-HALTED value is left alone."""
+    changed, version = client.eval(_HALT_LUA, 1, key)
+    return bool(changed), int(version)
+
+
+def _record_audit(session: Session, *, ts: datetime, actor: str, action: str, detail: dict[str, Any]) -> None:
+    session.add(AuditLog(ts=ts, actor=actor, action=action, subject="trading_state", detail=_plain(detail)))
+
+
+def _with_db_retry(step: Callable[[], Any], *, attempts: int = 3) -> Any:
+    """Run a short database step, retrying a lost connection or a lock conflict (SQLite) after a brief pause."""
+    delay_s = 0.02
+    for attempt in range(attempts):
+        try:
+            return step()
+        except (OperationalError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay_s)
+            delay_s *= 4
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _redis_copy(client: redis.Redis, key: str) -> StoredState | None:
+    try:
+        return parse_value(client.get(key))
+    except Exception:  # noqa: BLE001 - Redis may be the thing that is down; the database decides
+        return None
+
+
+# ---- engage -------------------------------------------------------------------------------------
+
+
+def engage(
+    runtime: RuntimeLike,
+    *,
+    actor: str,
+    reason: str,
+    broker: Broker | None,
+    flatten: bool | None = None,
+    purge: Callable[[], int] | None = None,
+    alert: Callable[[dict[str, Any]], None] | None = None,
+    key: str = REDIS_STATE_KEY,
+) -> EngageResult:
+    """Engage the kill switch: orders stop, durably; snapshot, cancel and confirm, flatten, purge, audit, alert.
+
+    Never raises for a failing step: each error is in ``result.errors`` under its
+    step's name and the remaining steps still run. ``broker`` None skips the
+    broker steps (recorded as an error: the open orders were not cancelled).
+    """
+    actor, reason = _check_words(actor, reason)
+    settings = runtime.settings
+    t0 = time.perf_counter()
+    started = _now()
+    result = EngageResult(actor=actor, reason=reason, started_at=started.isoformat())
+    client = runtime.redis
+    sessions = runtime.sessions
+
+    # 1. Redis first: every order path reads this key, so orders stop now.
+    redis_version = 0
+    try:
+        _changed, redis_version = halt_in_redis(client, key=key)
+        result.redis_written = True
+        result.halted_at_ns = time.time_ns()
+    except Exception as exc:  # noqa: BLE001 - an unreachable Redis already counts as HALTED everywhere
+        result.errors["redis"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        _log.error("kill switch: redis not written (an unreadable state counts as HALTED)", error=result.errors["redis"])
+    result.timings_ms["redis"] = _ms(t0)
+
+    # 2. Durable: the row, the KillEvent and the audit row in one transaction.
+    engaged_since: datetime | None = None
+
+    def durable() -> tuple[str, bool, int, int, datetime]:
+        with sessions() as session, session.begin():
+            row = read_row(session, lock=True)
+            now = _now()
+            if row is None:
+                row = TradingStateRow(
+                    id=STATE_ROW_ID, state=TradingState.ACTIVE.value, version=0, changed_at=now, actor="install", reason="initial state"
+                )
+                session.add(row)
+                session.flush()
+            before = str(row.state)
+            repeat = before == TradingState.HALTED.value
+            if repeat:
+                # The engaged period stands; a newer version seen in Redis is adopted so the copies agree.
+                row.version = max(int(row.version), redis_version)
+            else:
+                row.state = TradingState.HALTED.value
+                row.version = max(int(row.version) + 1, redis_version)
+                row.changed_at = now
+                row.actor = actor
+                row.reason = reason
+            event = KillEvent(
+                ts=now,
+                action="engage",
+                actor=actor,
+                reason=reason,
+                state_before=before,
+                state_after=TradingState.HALTED.value,
+                timings_ms={},
+                detail={"repeat": repeat, "version": int(row.version)},
+            )
+            session.add(event)
+            _record_audit(
+                session,
+                ts=now,
+                actor=actor,
+                action="kill.engage.repeat" if repeat else "kill.engage",
+                detail={"reason": reason, "state_before": before, "version": int(row.version)},
+            )
+            session.flush()
+            return before, repeat, int(row.version), int(event.id), row.changed_at
+
+    try:
+        before, repeat, version, event_id, engaged_since = _with_db_retry(durable)
+        result.state_before, result.repeat, result.version, result.kill_event_id = before, repeat, version, event_id
+        result.durable = True
+        try:
+            sync_redis(client, TradingState.HALTED, version, key=key)
+            result.redis_written = True
+            if result.halted_at_ns is None:
+                result.halted_at_ns = time.time_ns()
+        except Exception as exc:  # noqa: BLE001 - the row is durable; an unreadable Redis counts as HALTED
+            result.errors.setdefault("redis", f"{type(exc).__name__}: {str(exc)[:300]}")
+    except Exception as exc:  # noqa: BLE001 - reported loudly; Redis (if written) still blocks orders
+        result.errors["durable"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        _log.critical(
+            "kill switch NOT DURABLE: the database write failed; orders are blocked only while Redis holds the state",
+            error=result.errors["durable"],
+        )
+    result.timings_ms["durable"] = _ms(t0)
+    _log.warning(
+        "kill switch engaged" if not result.repeat else "kill switch engage requested again (already engaged)",
+        actor=actor,
+        reason=reason,
+        version=result.version,
+        durable=result.durable,
+        ms=result.timings_ms["durable"],
+    )
+
+    # 3 + 4. Read what is open, send the cancels, then write the snapshot, then confirm.
+    open_orders: list[BrokerOrder] = []
+    positions: list[BrokerPosition] = []
+    asked: set[str] = set()
+    snap_t0 = time.perf_counter()
+    if broker is None:
+        result.errors["broker"] = "no broker given: open orders were not cancelled, positions not read"
+    else:
+        try:
+            open_orders = [o for o in broker.open_orders() if o.is_open]
+            result.open_orders_before = len(open_orders)
+        except Exception as exc:  # noqa: BLE001 - the cancel is still sent
+            result.errors["snapshot"] = f"open orders: {type(exc).__name__}: {str(exc)[:300]}"
+        try:
+            asked.update(broker.cancel_all())
+            result.cancel_requested = len(asked)
+            result.cancel_rounds = 1
+        except Exception as exc:  # noqa: BLE001 - confirmation below still polls and retries
+            result.errors["cancel_requested"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        result.timings_ms["cancel_requested"] = _ms(t0)
+        try:
+            positions = broker.positions()
+            result.positions_before = len(positions)
+        except Exception as exc:  # noqa: BLE001 - the snapshot records what it could read
+            result.errors["snapshot"] = (result.errors.get("snapshot", "") + f" positions: {type(exc).__name__}: {str(exc)[:300]}").strip()
+    take_snapshot = not result.repeat or not _period_has_snapshot(sessions, engaged_since)
+    if take_snapshot:
+        _save_snapshot(runtime, result, open_orders, positions, client, snap_t0)
+    result.timings_ms["snapshot"] = _ms(t0)
+    if broker is not None:
+        _confirm_cancelled(broker, result, settings, t0, asked)
+
+    # 5. Flatten.
+    do_flatten = flatten if flatten is not None else (settings.kill.flatten_on_engage and not result.repeat)
+    if do_flatten and broker is not None:
+        try:
+            result.flattened = len(broker.close_all())
+        except Exception as exc:  # noqa: BLE001 - reported; the switch stays engaged
+            result.errors["flatten"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    result.timings_ms["flatten"] = _ms(t0)
+
+    # 6. Purge the queued order tasks.
+    if purge is not None:
+        try:
+            result.purged = int(purge())
+        except Exception as exc:  # noqa: BLE001 - queued order tasks are refused by the before-start check anyway
+            result.errors["purge"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    result.timings_ms["purge"] = _ms(t0)
+    result.timings_ms["total"] = _ms(t0)
+
+    # 7. The KillEvent gets the whole story; an alert goes out in the background.
+    _finish_event(sessions, result)
+    if result.remaining_open:
+        _log.critical(
+            "kill switch: orders still open after the cancel timeout",
+            remaining=result.remaining_open[:50],
+            count=len(result.remaining_open),
+        )
+    _send_alert(runtime, alert, _engage_alert(result))
+    return result
+
+
+def _period_has_snapshot(sessions: sessionmaker[Session], since: datetime | None) -> bool:
+    if since is None:
+        return False
+    try:
+        with sessions() as session:
+            found = session.scalars(select(EmergencySnapshot.id).where(EmergencySnapshot.ts >= since).limit(1)).first()
+            return found is not None
+    except Exception:  # noqa: BLE001 - unknown: take one
+        return False
+
+
+def _save_snapshot(
+    runtime: RuntimeLike,
+    result: EngageResult,
+    open_orders: list[BrokerOrder],
+    positions: list[BrokerPosition],
+    client: redis.Redis,
+    snap_t0: float,
+) -> None:
+    from omni_tasks.safety.breaker import CircuitBreaker, known_breakers
+
+    breakers: list[dict[str, Any]] = []
+    try:
+        breakers = [CircuitBreaker(name, client).state() for name in known_breakers(client)]
+    except Exception as exc:  # noqa: BLE001 - the snapshot keeps what it could read
+        result.errors["snapshot"] = (result.errors.get("snapshot", "") + f" breakers: {type(exc).__name__}: {str(exc)[:200]}").strip()
+    ts = _now()
+    payload = {
+        "ts": ts.isoformat(),
+        "kill_event_id": result.kill_event_id,
+        "actor": result.actor,
+        "reason": result.reason,
+        "version": result.version,
+        "open_orders": [order_dict(o) for o in open_orders],
+        "positions": [position_dict(p) for p in positions],
+        "breakers": _plain(breakers),
+    }
+    name = f"emergency-{ts.strftime('%Y%m%dT%H%M%S.%fZ')}-{result.kill_event_id or 'nodb'}.json"
+    path = snapshot_dir(runtime.settings) / name
+    try:
+        write_json_atomically(path, payload)
+        result.snapshot_path = str(path)
+    except Exception as exc:  # noqa: BLE001 - the database row is still written
+        result.errors["snapshot_file"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+    def save() -> int:
+        with runtime.sessions() as session, session.begin():
+            row = EmergencySnapshot(
+                ts=ts,
+                kill_event_id=result.kill_event_id,
+                open_orders=payload["open_orders"],
+                positions=payload["positions"],
+                breakers=payload["breakers"],
+                file_path=result.snapshot_path,
+            )
+            session.add(row)
+            session.flush()
+            return int(row.id)
+
+    try:
+        result.snapshot_id = _with_db_retry(save, attempts=2)
+    except Exception as exc:  # noqa: BLE001 - the file (if written) still holds it
+        result.errors["snapshot_db"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    _log.info("emergency snapshot saved", path=result.snapshot_path, id=result.snapshot_id, ms=_ms(snap_t0))
+
+
+def _confirm_cancelled(broker: Broker, result: EngageResult, settings: Settings, t0: float, asked: set[str]) -> None:
+    """Poll ``open_orders`` until none is open; cancel again whatever appeared since the last request."""
+    deadline = time.perf_counter() + settings.kill.cancel_confirm_timeout_s
+    interval_s = settings.kill.poll_interval_ms / 1000
+    still_open: list[BrokerOrder] = []
+    last_error: str | None = None
+    resend_after = time.perf_counter() + 1.0
+    while True:
+        try:
+            still_open = [o for o in broker.open_orders() if o.is_open]
+            last_error = None
+        except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+            last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            still_open = []
+        if not still_open and last_error is None:
+            break
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        unasked = [o for o in still_open if o.broker_order_id not in asked]
+        if unasked or now >= resend_after or "cancel_requested" in result.errors:
+            # An order that reached the book after cancel_all (or a cancel that did not take): ask again.
+            try:
+                ids = broker.cancel_all()
+                asked.update(ids)
+                result.cancel_requested = len(asked)
+                result.cancel_rounds += 1
+                result.errors.pop("cancel_requested", None)
+            except Exception as exc:  # noqa: BLE001 - keep polling
+                result.errors["cancel_requested"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            resend_after = time.perf_counter() + 1.0
+        time.sleep(interval_s)
+    result.timings_ms["cancelled_confirmed"] = _ms(t0)
+    if last_error is not None:
+        result.errors["cancelled_confirmed"] = f"open orders could not be read: {last_error}"
+    result.remaining_open = sorted(o.client_order_id for o in still_open)
+
+
+def _finish_event(sessions: sessionmaker[Session], result: EngageResult) -> None:
+    if result.kill_event_id is None:
+        return
+
+    def update() -> None:
+        with sessions() as session, session.begin():
+            event = session.get(KillEvent, result.kill_event_id)
+            if event is None:
+                return
+            event.timings_ms = dict(result.timings_ms)
+            event.detail = _plain(
+                {
+                    **(event.detail or {}),
+                    "open_orders_before": result.open_orders_before,
+                    "positions_before": result.positions_before,
+                    "cancel_requested": result.cancel_requested,
+                    "cancel_rounds": result.cancel_rounds,
+                    "remaining_open": result.remaining_open,
+                    "flattened": result.flattened,
+                    "purged": result.purged,
+                    "snapshot_id": result.snapshot_id,
+                    "snapshot_path": result.snapshot_path,
+                    "errors": result.errors,
+                }
+            )
+
+    try:
+        _with_db_retry(update, attempts=2)
+    except Exception as exc:  # noqa: BLE001 - the engage itself is durable already
+        result.errors["audit"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _engage_alert(result: EngageResult) -> dict[str, Any]:
+    remaining = len(result.remaining_open)
+    message = (
+        f"Kill switch {'engage requested again' if result.repeat else 'ENGAGED'} by {result.actor}: {result.reason}. "
+        f"{result.open_orders_before} open orders, {remaining} still open after cancel; "
+        f"durable in {result.timings_ms.get('durable', 0):.1f} ms"
+    )
+    return {
+        "kind": "kill_switch.engaged",
+        "severity": "critical",
+        "message": message,
+        "actor": result.actor,
+        "reason": result.reason,
+        "repeat": result.repeat,
+        "version": result.version,
+        "durable": result.durable,
+        "open_orders_before": result.open_orders_before,
+        "remaining_open": remaining,
+        "flattened": result.flattened,
+        "engaged_ms": result.timings_ms.get("durable"),
+        "cancelled_ms": result.timings_ms.get("cancelled_confirmed"),
+        "failed_steps": ",".join(sorted(result.errors)) or "none",
+    }
+
+
+def _send_alert(runtime: RuntimeLike, alert: Callable[[dict[str, Any]], None] | None, event: dict[str, Any]) -> None:
+    """Hand the alert to a background thread; it never blocks or fails the sequence."""
+    sender = alert
+    if sender is None:
+        try:
+            from omni_tasks import alerts
+        except ImportError:
+            return
+        settings = runtime.settings
+
+        def sender(payload: dict[str, Any]) -> None:
+            alerts.emit(payload, settings=settings)
+
+    def run() -> None:
+        try:
+            sender(event)
+        except Exception:  # noqa: BLE001 - an alert must never fail the kill switch
+            _log.error("kill switch alert not sent", exc_info=True)
+
+    threading.Thread(target=run, name="omni-kill-alert", daemon=True).start()
+
+
+# ---- release and the other state changes ---------------------------------------------------------
+
+
+def _change(
+    runtime: RuntimeLike,
+    *,
+    action: str,
+    target: TradingState,
+    allowed_from: frozenset[TradingState],
+    actor: str,
+    reason: str,
+    key: str,
+) -> TransitionResult:
+    """Database first (with its KillEvent and audit row), then Redis. Refusals are audited and raised."""
+    actor, reason = _check_words(actor, reason)
+    client, sessions = runtime.redis, runtime.sessions
+    redis_copy = _redis_copy(client, key)
+
+    def apply() -> TransitionResult:
+        with sessions() as session, session.begin():
+            row = read_row(session, lock=True)
+            now = _now()
+            if row is None:
+                row = TradingStateRow(
+                    id=STATE_ROW_ID, state=TradingState.ACTIVE.value, version=0, changed_at=now, actor="install", reason="initial state"
+                )
+                session.add(row)
+                session.flush()
+            before = TradingState(row.state)
+            if redis_copy is not None and redis_copy.version > int(row.version):
+                # Redis is ahead: an engage whose database write failed. Its state counts.
+                before = redis_copy.state
+            base_version = max(int(row.version), redis_copy.version if redis_copy is not None else 0)
+            if before == target:
+                changed, version = False, base_version
+                row.state, row.version = before.value, version
+            elif before not in allowed_from:
+                raise KillSwitchError(_refusal_text(action, before, target))
+            elif (before, target) in LOOSER and is_automatic_actor(actor):
+                # Defence in depth: whatever the entry point, automation never loosens the state.
+                raise ReleaseRefused(
+                    f"only an operator may loosen trading from {before.value} to {target.value}; {actor!r} names automation"
+                )
+            else:
+                changed, version = True, base_version + 1
+                row.state, row.version, row.changed_at, row.actor, row.reason = target.value, version, now, actor, reason
+            event = KillEvent(
+                ts=now,
+                action=action,
+                actor=actor,
+                reason=reason,
+                state_before=before.value,
+                state_after=target.value,
+                timings_ms={},
+                detail={"changed": changed, "version": version},
+            )
+            session.add(event)
+            _record_audit(
+                session,
+                ts=now,
+                actor=actor,
+                action=f"kill.{action}",
+                detail={"reason": reason, "from": before.value, "to": target.value, "changed": changed},
+            )
+            session.flush()
+            return TransitionResult(action, actor, reason, before.value, target.value, changed, version, int(event.id), False)
+
+    try:
+        result: TransitionResult = _with_db_retry(apply)
+    except KillSwitchError as exc:
+        _audit_refusal(sessions, actor=actor, action=action, reason=reason, why=str(exc))
+        raise
+    try:
+        sync_redis(client, target, result.version, key=key)
+        result.redis_synced = True
+    except Exception as exc:  # noqa: BLE001 - the database holds the change; tell the operator what to do
+        result.errors["redis"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    _log.warning(
+        f"trading state {action}", actor=actor, reason=reason, before=result.state_before, after=result.state_after, changed=result.changed
+    )
+    if result.changed:
+        _send_alert(
+            runtime,
+            None,
+            {
+                "kind": f"kill_switch.{action}",
+                "severity": "warning",
+                "message": f"Trading state {result.state_before} -> {result.state_after} by {actor}: {reason}",
+                "actor": actor,
+                "reason": reason,
+                "version": result.version,
+            },
+        )
+    return result
+
+
+def _refusal_text(action: str, before: TradingState, target: TradingState) -> str:
+    if action == "reduce" and before is TradingState.HALTED:
+        return "the kill switch is engaged (HALTED): release it to REDUCING instead (omni kill release --to reducing)"
+    if action == "activate" and before is TradingState.HALTED:
+        return "the kill switch is engaged (HALTED): only a release (omni kill release) can lift it"
+    return f"cannot {action} from {before.value} to {target.value}"
+
+
+def _audit_refusal(sessions: sessionmaker[Session], *, actor: str, action: str, reason: str, why: str) -> None:
+    try:
+        with sessions() as session, session.begin():
+            _record_audit(session, ts=_now(), actor=actor, action=f"kill.{action}.refused", detail={"reason": reason, "refused": why})
+    except Exception:  # noqa: BLE001 - the refusal itself stands
+        _log.warning("refused trading state change not audited", exc_info=True)
+    _log.warning("trading state change refused", actor=actor, action=action, why=why)
+
+
+def _require_operator(sessions: sessionmaker[Session], actor: str, reason: str, action: str) -> None:
+    if is_automatic_actor(actor):
+        why = f"only an operator may {action}; {actor!r} names automation (the watchdog never releases)"
+        _audit_refusal(sessions, actor=actor.strip()[:100], action=action, reason=str(reason)[:MAX_REASON_CHARS], why=why)
+        raise ReleaseRefused(why)
+
+
+def release(
+    runtime: RuntimeLike,
+    *,
+    actor: str,
+    reason: str,
+    to: TradingState = TradingState.ACTIVE,
+    key: str = REDIS_STATE_KEY,
+) -> TransitionResult:
+    """Release the kill switch (HALTED -> ACTIVE, or -> REDUCING with ``to``). Operators only, reason required.
+
+    Releasing a switch that is not engaged changes nothing (``changed`` False) but is recorded.
+    Raises :class:`ReleaseRefused` for an automatic actor, :class:`KillSwitchError` for a missing reason.
+    """
+    to = TradingState(to)
+    if to is TradingState.HALTED:
+        raise KillSwitchError("release goes to ACTIVE or REDUCING; use engage to halt")
+    _check_words(actor, reason)
+    _require_operator(runtime.sessions, actor, reason, "release")
+    current = _peek(runtime, key)
+    if current is not None and current is not TradingState.HALTED:
+        # Not engaged: a release changes nothing (and never turns REDUCING into ACTIVE by accident).
+        return _change(runtime, action="release", target=current, allowed_from=frozenset(), actor=actor, reason=reason, key=key)
+    return _change(runtime, action="release", target=to, allowed_from=frozenset({TradingState.HALTED}), actor=actor, reason=reason, key=key)
+
+
+def set_reducing(runtime: RuntimeLike, *, actor: str, reason: str, key: str = REDIS_STATE_KEY) -> TransitionResult:
+    """ACTIVE -> REDUCING (only orders that shrink positions pass). Anyone may tighten; HALTED is refused."""
+    return _change(
+        runtime,
+        action="reduce",
+        target=TradingState.REDUCING,
+        allowed_from=frozenset({TradingState.ACTIVE}),
+        actor=actor,
+        reason=reason,
+        key=key,
+    )
+
+
+def activate(runtime: RuntimeLike, *, actor: str, reason: str, key: str = REDIS_STATE_KEY) -> TransitionResult:
+    """REDUCING -> ACTIVE. Operators only; HALTED is refused (that is a release)."""
+    _check_words(actor, reason)
+    _require_operator(runtime.sessions, actor, reason, "activate")
+    return _change(
+        runtime,
+        action="activate",
+        target=TradingState.ACTIVE,
+        allowed_from=frozenset({TradingState.REDUCING}),
+        actor=actor,
+        reason=reason,
+        key=key,
+    )
+
+
+def _peek(runtime: RuntimeLike, key: str) -> TradingState | None:
+    """The state as the database (or a newer Redis copy) has it; None when unreadable."""
+    try:
+        with runtime.sessions() as session:
+            row = read_row(session)
+            db = StoredState(TradingState(row.state), int(row.version)) if row is not None else StoredState(TradingState.ACTIVE, 0)
+    except Exception:  # noqa: BLE001 - the change itself will report the database error
+        return None
+    copy = _redis_copy(runtime.redis, key)
+    if copy is not None and copy.version > db.version:
+        return copy.state
+    return db.state
+
+
+# ---- repair and the orders-queue purge -------------------------------------------------------------
+
+
+def make_durable_from_redis(runtime: RuntimeLike, *, actor: str = "watchdog:reconcile", key: str = REDIS_STATE_KEY) -> bool:
+    """If Redis says HALTED at a newer version than the database (an engage whose database write failed), write it down.
+
+    Only ever moves the database towards HALTED: it never releases. True when it wrote.
+    """
+    copy = _redis_copy(runtime.redis, key)
+    if copy is None or copy.state is not TradingState.HALTED:
+        return False
+
+    def apply() -> bool:
+        with runtime.sessions() as session, session.begin():
+            row = read_row(session, lock=True)
+            now = _now()
+            if row is not None and int(row.version) >= copy.version:
+                return False
+            if row is None:
+                row = TradingStateRow(
+                    id=STATE_ROW_ID, state=TradingState.ACTIVE.value, version=0, changed_at=now, actor="install", reason="initial state"
+                )
+                session.add(row)
+                session.flush()
+            before = str(row.state)
+            reason = "redis held HALTED at a newer version than the database (an engage whose database write failed): made durable"
+            if before != TradingState.HALTED.value:
+                row.state, row.changed_at, row.actor, row.reason = TradingState.HALTED.value, now, actor, reason
+            row.version = copy.version
+            session.add(
+                KillEvent(
+                    ts=now,
+                    action="engage",
+                    actor=actor,
+                    reason=reason,
+                    state_before=before,
+                    state_after="HALTED",
+                    timings_ms={},
+                    detail={"repair": True, "version": copy.version},
+                )
+            )
+            _record_audit(session, ts=now, actor=actor, action="kill.engage.repair", detail={"from": before, "version": copy.version})
+            return True
+
+    wrote = bool(_with_db_retry(apply))
+    if wrote:
+        _log.warning("kill switch made durable from redis", version=copy.version)
+    return wrote
+
+
+def orders_purger(broker_url: str, queue_name: str, transport_options: dict[str, Any] | None = None) -> Callable[[], int]:
+    """A callable that purges ``queue_name`` on the Celery broker (kombu) and returns how many messages it dropped."""
+
+    def purge() -> int:
+        from kombu import Connection
+
+        with Connection(broker_url, transport_options=transport_options or {}, connect_timeout=5) as connection:
+            channel = connection.default_channel
+            try:
+                return int(channel.queue_purge(queue_name) or 0)
+            except Exception as exc:  # noqa: BLE001 - a queue never declared has nothing to purge
+                if "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower():
+                    return 0
+                raise
+
+    return purge
