@@ -241,10 +241,37 @@ class StreamSettings(_Group):
     symbols: CsvList = Field(default_factory=lambda: ["AAPL", "MSFT", "NVDA", "AMZN", "SPY"])
     quote_ttl_s: int = Field(default=30, gt=0, description="latest quotes expire from Redis after this long")
     stale_after_s: float = Field(default=10.0, gt=0, description="a symbol with no quote this long in market hours is stale")
+    client: Literal["lean", "alpaca-py"] = Field(default="lean", description="Alpaca websocket client: our lean one, or alpaca-py's StockDataStream")
+    url: str | None = Field(default=None, description="websocket URL; unset: OMNI_ALPACA_STREAM_URL + /v2/<feed>")
+    channels: CsvList = Field(default_factory=lambda: ["quotes", "trades", "bars"])
+    mute_after_s: float = Field(default=15.0, gt=0, description="connected but no market data this long while the market is open: reconnect")
+    market_hours: Literal["calendar", "always"] = Field(default="calendar", description="calendar: mute/stale checks only in XNYS sessions")
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    connection_limit_cooldown_s: float = Field(default=60.0, gt=0, description="wait after Alpaca's 406 connection limit exceeded")
+    stream_maxlen: int = Field(default=100_000, ge=0, description="approximate length of the omni:quotes stream; 0: no stream")
+    synthetic_rate: float = Field(default=200.0, gt=0, description="quotes per second of the synthetic feed")
+    replay_file: str | None = Field(default=None, description="recording the replay feed plays")
+    replay_speed: float = Field(default=1.0, ge=0, description="1: real time, N: N times faster, 0: as fast as possible")
 
-    _split = field_validator("symbols", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+    _split = field_validator("symbols", "channels", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 
     _symbols = field_validator("symbols")(classmethod(lambda cls, v: _check_symbols(v)))
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(cls, value: list[str]) -> list[str]:
+        unknown = [c for c in value if c not in ("quotes", "trades", "bars")]
+        if unknown or not value:
+            raise ValueError(f"unknown channel(s) {', '.join(unknown) or '(none given)'}: use quotes, trades, bars")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _ws_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"not a websocket URL: {value!r} (ws:// or wss://)")
+        return value or None
 
 
 class RiskSettings(_Group):
@@ -264,10 +291,10 @@ class RiskSettings(_Group):
     var_min_history_days: int = Field(default=20, ge=2, le=5000, description="fewer daily returns for any held position: VaR/ES, Sharpe, beta and correlation are not computed (None, with the reason)")
     benchmark_symbol: str = Field(default="SPY", description="the beta is measured against this symbol's daily returns")
     risk_free_rate_pct: float = Field(default=0.0, ge=-5, le=50, description="annual risk-free rate, percent, subtracted in the Sharpe ratio")
-
-    _benchmark = field_validator("benchmark_symbol")(classmethod(lambda cls, v: _check_symbols([v])[0]))
     price_collar_pct: Decimal = Field(default=Decimal("1.0"), gt=0, le=100, description="a limit price (or a market order's far side) further than this from the mid is denied")
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the price collar needs a quote at most this old")
+
+    _benchmark = field_validator("benchmark_symbol")(classmethod(lambda cls, v: _check_symbols([v])[0]))
 
 
 class TradingSettings(_Group):

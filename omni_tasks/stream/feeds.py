@@ -1,0 +1,363 @@
+"""Feeds: where frames come from. Every feed hands the worker raw frames in Alpaca's wire format.
+
+- :class:`AlpacaFeed` speaks Alpaca's market-data websocket protocol itself
+  (connect, ``success``/``connected``, auth, subscribe; msgpack frames) with
+  the ``websockets`` library, so raw frames reach the path untouched (the
+  recorder keeps them byte for byte). alpaca-py's own client is supported too
+  (:mod:`omni_tasks.stream.sdk_feed`); the benchmark compares both.
+- :class:`SyntheticFeed`: random-walk quotes, trades and bars for the
+  configured symbols, encoded as Alpaca frames (the embedded default).
+- :class:`ReplayFeed`: a file written by ``omni stream --record`` played back
+  at 1x, Nx or full speed.
+
+A feed raises :class:`AuthFailed` (stop: retrying a bad key helps no one),
+:class:`ConnectionLimit` (Alpaca's 406: cool down), :class:`FeedClosed`
+(reconnect with backoff) or :class:`FeedExhausted` (a replay reached its end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import msgpack
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from omni_tasks.stream import wire
+
+CHANNELS: Final = ("quotes", "trades", "bars")
+
+
+class FeedError(Exception):
+    """A feed failed; subclasses say what the worker should do about it."""
+
+
+class AuthFailed(FeedError):
+    """The provider refused the credentials (or never saw them in time)."""
+
+
+class ConnectionLimit(FeedError):
+    """The provider allows no more connections for this key (Alpaca error 406)."""
+
+
+class FeedClosed(FeedError):
+    """The connection dropped or could not be made; reconnect."""
+
+
+class FeedExhausted(FeedError):
+    """A finite feed (a replay) has nothing more to give."""
+
+
+class Feed(Protocol):
+    name: str
+
+    async def connect(self) -> None: ...
+
+    async def subscribe(self, channels: dict[str, list[str]]) -> None: ...
+
+    async def unsubscribe(self, channels: dict[str, list[str]]) -> None: ...
+
+    async def recv(self) -> bytes | str: ...
+
+    async def close(self) -> None: ...
+
+
+def _error_of(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((m for m in messages if m.get("T") == "error"), None)
+
+
+def raise_for_error(message: dict[str, Any]) -> None:
+    """Turn an Alpaca ``error`` message into the exception the worker acts on."""
+    code = message.get("code")
+    text = f"{message.get('msg', 'error')} (code {code})"
+    if code in wire.AUTH_FAILED_CODES:
+        raise AuthFailed(text)
+    if code == wire.CONNECTION_LIMIT_CODE:
+        raise ConnectionLimit(text)
+    raise FeedClosed(text)
+
+
+class AlpacaFeed:
+    """Alpaca's market-data stream at ``url`` (``wss://stream.data.alpaca.markets/v2/iex`` by default)."""
+
+    def __init__(self, url: str, api_key: str, secret_key: str, *, binary: bool = True, handshake_timeout_s: float = 10.0) -> None:
+        self.name = "alpaca"
+        self.url = url
+        self._key = api_key
+        self._secret = secret_key
+        self._binary = binary
+        self._timeout = handshake_timeout_s
+        self._ws: ClientConnection | None = None
+
+    def _encode(self, message: dict[str, Any]) -> bytes | str:
+        return msgpack.packb(message) if self._binary else json.dumps(message)
+
+    async def _recv_messages(self) -> list[dict[str, Any]]:
+        assert self._ws is not None
+        try:
+            frame = await asyncio.wait_for(self._ws.recv(), self._timeout)
+        except TimeoutError:
+            raise FeedClosed(f"no answer from {self.url} within {self._timeout:.0f} s") from None
+        except ConnectionClosed as exc:
+            raise FeedClosed(f"connection closed during the handshake: {exc}") from None
+        try:
+            return wire.decode_frame(frame)
+        except wire.GarbageFrame as exc:
+            raise FeedClosed(f"unreadable handshake frame: {exc}") from None
+
+    async def connect(self) -> None:
+        headers = {"Content-Type": "application/msgpack"} if self._binary else {}
+        try:
+            self._ws = await asyncio.wait_for(
+                connect(self.url, additional_headers=headers, max_size=2**24, max_queue=4096, ping_interval=10, ping_timeout=30),
+                self._timeout,
+            )
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            raise FeedClosed(f"cannot connect to {self.url}: {type(exc).__name__}: {exc}") from None
+        messages = await self._recv_messages()
+        error = _error_of(messages)
+        if error is not None:
+            await self.close()
+            raise_for_error(error)
+        if not any(m.get("T") == "success" and m.get("msg") == "connected" for m in messages):
+            await self.close()
+            raise FeedClosed(f"unexpected greeting {messages!r:.200}")
+        await self._send({"action": "auth", "key": self._key, "secret": self._secret})
+        messages = await self._recv_messages()
+        error = _error_of(messages)
+        if error is not None:
+            await self.close()
+            raise_for_error(error)
+        if not any(m.get("T") == "success" and m.get("msg") == "authenticated" for m in messages):
+            await self.close()
+            raise FeedClosed(f"unexpected answer to auth {messages!r:.200}")
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._ws is None:
+            raise FeedClosed("not connected")
+        try:
+            await self._ws.send(self._encode(message))
+        except ConnectionClosed as exc:
+            raise FeedClosed(f"connection closed: {exc}") from None
+
+    async def subscribe(self, channels: dict[str, list[str]]) -> None:
+        body = {k: v for k, v in channels.items() if v}
+        if body:
+            await self._send({"action": "subscribe", **body})
+
+    async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
+        body = {k: v for k, v in channels.items() if v}
+        if body:
+            await self._send({"action": "unsubscribe", **body})
+
+    async def recv(self) -> bytes | str:
+        if self._ws is None:
+            raise FeedClosed("not connected")
+        try:
+            return await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise FeedClosed(f"connection closed: {exc}") from None
+
+    async def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                await asyncio.wait_for(ws.close(), 2.0)
+            except (TimeoutError, OSError, ConnectionClosed):
+                ws.transport.abort()
+
+
+class SyntheticFeed:
+    """Random-walk quotes (and trades and minute bars) for the subscribed symbols, as msgpack Alpaca frames.
+
+    ``rate`` quotes per second in all, sent in frames every ``tick_s``; prices
+    start near 100 and move a few basis points per quote; a trade follows
+    every tenth quote. Deterministic for a given ``seed``.
+    """
+
+    def __init__(self, *, rate: float = 200.0, tick_s: float = 0.01, seed: int = 7) -> None:
+        self.name = "synthetic"
+        self.rate = rate
+        self.tick_s = tick_s
+        self._rng = random.Random(seed)  # noqa: S311 - synthetic prices, not cryptography
+        self._mids: dict[str, float] = {}
+        self._symbols: list[str] = []
+        self._connected = False
+        self._next_at = 0.0
+        self._carry = 0.0
+        self._trade_id = 0
+        self._bar_minute: dict[str, int] = {}
+        self._pending: list[bytes | str] = []
+
+    async def connect(self) -> None:
+        self._connected = True
+        self._next_at = time.monotonic()
+        self._pending.append(wire.encode_frame([wire.control("success", msg="connected")]))
+        self._pending.append(wire.encode_frame([wire.control("success", msg="authenticated")]))
+
+    async def subscribe(self, channels: dict[str, list[str]]) -> None:
+        for symbol in channels.get("quotes", []):
+            if symbol not in self._mids:
+                self._mids[symbol] = 50.0 + 100.0 * self._rng.random()
+                self._symbols.append(symbol)
+        self._pending.append(
+            wire.encode_frame([wire.control("subscription", quotes=list(self._symbols), trades=list(self._symbols), bars=[])])
+        )
+
+    async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
+        gone = set(channels.get("quotes", []))
+        self._symbols = [s for s in self._symbols if s not in gone]
+
+    def _frame(self, count: int) -> bytes:
+        rng = self._rng
+        now_ns = time.time_ns()
+        messages = []
+        for i in range(count):
+            symbol = self._symbols[rng.randrange(len(self._symbols))]
+            mid = self._mids[symbol] * math.exp(rng.gauss(0.0, 0.0003))
+            self._mids[symbol] = mid
+            half = max(0.005, round(mid * 0.0002, 2))
+            bid, ask = round(mid - half, 2), round(mid + half, 2)
+            ts = now_ns + i
+            messages.append(wire.quote_message(symbol, ts, bid, float(rng.randint(1, 20) * 100), ask, float(rng.randint(1, 20) * 100)))
+            if rng.random() < 0.1:
+                self._trade_id += 1
+                price = bid if rng.random() < 0.5 else ask
+                messages.append(wire.trade_message(symbol, ts, price, float(rng.randint(1, 5) * 100), self._trade_id))
+        minute = now_ns // 60_000_000_000
+        for symbol in self._symbols:
+            if self._bar_minute.get(symbol, minute) != minute:
+                mid = round(self._mids[symbol], 2)
+                messages.append(wire.bar_message(symbol, (minute - 1) * 60_000_000_000, mid, mid, mid, mid, 1000.0))
+            self._bar_minute[symbol] = minute
+        return msgpack.packb(messages)
+
+    async def recv(self) -> bytes | str:
+        if not self._connected:
+            raise FeedClosed("not connected")
+        if self._pending:
+            return self._pending.pop(0)
+        while not self._symbols:
+            await asyncio.sleep(self.tick_s)
+            if not self._connected:
+                raise FeedClosed("closed")
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not self._connected:
+            raise FeedClosed("closed")
+        self._next_at = max(self._next_at + self.tick_s, time.monotonic() - 1.0)
+        self._carry += self.rate * self.tick_s
+        count = int(self._carry)
+        self._carry -= count
+        return self._frame(max(1, count))
+
+    async def close(self) -> None:
+        self._connected = False
+
+
+# --- Recording: one record per frame: wall ns (8 bytes), kind (1: b msgpack, t JSON text), length (4), payload.
+
+_RECORD_HEADER: Final = struct.Struct("<qcI")
+RECORD_MAGIC: Final = b"OMNIREC1"
+
+
+class Recorder:
+    """Appends raw frames with their receive time to a file ``omni stream --record`` names."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        new = not path.exists() or path.stat().st_size == 0
+        self._file = path.open("ab", buffering=1 << 20)
+        if new:
+            self._file.write(RECORD_MAGIC)
+        self.frames = 0
+
+    def write(self, frame: bytes | str, recv_wall_ns: int) -> None:
+        if isinstance(frame, str):
+            payload, kind = frame.encode(), b"t"
+        else:
+            payload, kind = bytes(frame), b"b"
+        self._file.write(_RECORD_HEADER.pack(recv_wall_ns, kind, len(payload)))
+        self._file.write(payload)
+        self.frames += 1
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_recording(path: Path) -> Iterable[tuple[int, bytes | str]]:
+    """(wall ns, frame) of every record in a recording; a truncated last record ends the file quietly."""
+    with path.open("rb") as handle:
+        if handle.read(len(RECORD_MAGIC)) != RECORD_MAGIC:
+            raise ValueError(f"{path}: not an omni stream recording (no {RECORD_MAGIC.decode()} header)")
+        while True:
+            header = handle.read(_RECORD_HEADER.size)
+            if len(header) < _RECORD_HEADER.size:
+                return
+            ts, kind, length = _RECORD_HEADER.unpack(header)
+            payload = handle.read(length)
+            if len(payload) < length:
+                return
+            yield ts, (payload.decode() if kind == b"t" else payload)
+
+
+class ReplayFeed:
+    """Plays a recording back: ``speed`` 1 is real time, N is N times faster, 0 is as fast as possible."""
+
+    def __init__(self, path: Path, *, speed: float = 1.0) -> None:
+        if speed < 0:
+            raise ValueError("replay speed must be >= 0 (0: as fast as possible)")
+        self.name = "replay"
+        self.path = path
+        self.speed = speed
+        self._records: Any = None
+        self._first_ts: int | None = None
+        self._started = 0.0
+        self.frames = 0
+
+    async def connect(self) -> None:
+        if not self.path.exists():
+            raise FeedExhausted(f"{self.path}: no such recording")
+        self._records = iter(read_recording(self.path))
+        self._first_ts = None
+        self._started = time.monotonic()
+
+    async def subscribe(self, channels: dict[str, list[str]]) -> None:
+        """A recording carries what was subscribed when it was made."""
+
+    async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
+        """A recording carries what was subscribed when it was made."""
+
+    async def recv(self) -> bytes | str:
+        if self._records is None:
+            raise FeedClosed("not connected")
+        try:
+            ts, frame = next(self._records)
+        except StopIteration:
+            raise FeedExhausted(f"{self.path}: end of recording after {self.frames} frames") from None
+        if self._first_ts is None:
+            self._first_ts = ts
+        if self.speed > 0:
+            due = self._started + (ts - self._first_ts) / 1e9 / self.speed
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif self.frames % 64 == 0:
+            await asyncio.sleep(0)  # let the writer run
+        self.frames += 1
+        return frame
+
+    async def close(self) -> None:
+        self._records = None

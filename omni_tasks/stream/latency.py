@@ -1,0 +1,162 @@
+"""Nanosecond latency histograms per stage, cheap enough to record every frame.
+
+A :class:`Histogram` keeps counts in log-linear buckets: 8 sub-buckets per
+power of two, so a reported percentile is at most 12.5% above the true value
+(it reports the bucket's upper edge: never optimistic). Recording is a
+bit_length and an index, no allocation. Values below 8 ns get exact buckets.
+
+Stages of the quote path (DESIGN section 6; budgets from section 7):
+
+``process``  frame received -> decoded and applied to the books (the quote-processing
+             stage; budget 1 ms, violations counted)
+``decode``   the msgpack/JSON decode alone
+``flush``    one Redis round trip writing the changed symbols
+``e2e``      frame received -> its quotes visible in Redis
+
+:class:`StageLatencies` publishes itself to Redis (``omni:stream:latency``) for
+``omni status``, ``/metrics`` and the watchdog; the violation counts also go
+to ``omni:latency:violations:<budget>`` counters the watchdog reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, Final
+
+SUB_BITS: Final = 3
+SUB: Final = 1 << SUB_BITS
+N_BUCKETS: Final = 64 * SUB + SUB
+STAGES: Final = ("process", "decode", "flush", "e2e")
+BUDGETS_NS: Final = {"process": 1_000_000}  # quote processing: 1 ms
+BUDGET_NAMES: Final = {"process": "quote_processing"}
+LATENCY_KEY: Final = "omni:stream:latency"
+VIOLATIONS_KEY: Final = "omni:latency:violations:{budget}"
+
+
+def bucket_of(ns: int) -> int:
+    if ns < SUB:
+        return ns if ns > 0 else 0
+    shift = ns.bit_length() - SUB_BITS - 1
+    return ((shift + 1) << SUB_BITS) + ((ns >> shift) - SUB)
+
+
+def bucket_upper(index: int) -> int:
+    """The largest value that falls in bucket ``index``."""
+    if index < SUB:
+        return index
+    shift = (index >> SUB_BITS) - 1
+    sub = index & (SUB - 1)
+    return ((SUB + sub + 1) << shift) - 1
+
+
+class Histogram:
+    """Counts of nanosecond values in log-linear buckets; percentiles on demand."""
+
+    __slots__ = ("counts", "total", "max_ns", "over_budget", "budget_ns")
+
+    def __init__(self, budget_ns: int | None = None) -> None:
+        self.counts = [0] * N_BUCKETS
+        self.total = 0
+        self.max_ns = 0
+        self.over_budget = 0
+        self.budget_ns = budget_ns
+
+    def record(self, ns: int) -> None:
+        if ns < SUB:
+            index = ns if ns > 0 else 0
+        else:
+            shift = ns.bit_length() - SUB_BITS - 1
+            index = ((shift + 1) << SUB_BITS) + ((ns >> shift) - SUB)
+        self.counts[index] += 1
+        self.total += 1
+        if ns > self.max_ns:
+            self.max_ns = ns
+        if self.budget_ns is not None and ns > self.budget_ns:
+            self.over_budget += 1
+
+    def record_many(self, values: Iterable[int]) -> None:
+        for ns in values:
+            self.record(ns)
+
+    def percentile(self, q: float) -> int:
+        """The value at percentile ``q`` (0..100), as the upper edge of its bucket; 0 when empty."""
+        if self.total == 0:
+            return 0
+        rank = max(1, int(self.total * q / 100.0 + 0.999999))
+        seen = 0
+        for index, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return min(bucket_upper(index), self.max_ns)
+        return self.max_ns
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "count": self.total,
+            "p50_ns": self.percentile(50),
+            "p95_ns": self.percentile(95),
+            "p99_ns": self.percentile(99),
+            "max_ns": self.max_ns,
+            "over_budget": self.over_budget,
+            "budget_ns": self.budget_ns,
+        }
+
+    def sparse(self) -> dict[int, int]:
+        return {i: c for i, c in enumerate(self.counts) if c}
+
+    @classmethod
+    def from_sparse(cls, buckets: dict[Any, int], *, max_ns: int = 0) -> Histogram:
+        hist = cls()
+        for index, count in buckets.items():
+            hist.counts[int(index)] = int(count)
+            hist.total += int(count)
+        hist.max_ns = max_ns or (bucket_upper(max((int(i) for i in buckets), default=0)) if buckets else 0)
+        return hist
+
+    def cumulative_at(self, edges_ns: Iterable[int]) -> list[int]:
+        """Counts of values <= each edge (for a Prometheus histogram); bucket edges are conservative."""
+        out = []
+        for edge in edges_ns:
+            out.append(sum(c for i, c in enumerate(self.counts) if c and bucket_upper(i) <= edge))
+        return out
+
+
+class StageLatencies:
+    """One :class:`Histogram` per stage, and the budget violations not yet published."""
+
+    def __init__(self) -> None:
+        self.stages = {stage: Histogram(BUDGETS_NS.get(stage)) for stage in STAGES}
+        self._published_violations = dict.fromkeys(BUDGETS_NS, 0)
+
+    def __getitem__(self, stage: str) -> Histogram:
+        return self.stages[stage]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {stage: hist.summary() for stage, hist in self.stages.items()}
+
+    def publish(self, pipe: Any) -> None:
+        """Queue the publication on a Redis pipeline (sync or asyncio): histograms, summaries, violation deltas."""
+        payload = {
+            stage: json.dumps({**hist.summary(), "buckets": hist.sparse()}, separators=(",", ":")) for stage, hist in self.stages.items()
+        }
+        pipe.hset(LATENCY_KEY, mapping=payload)
+        pipe.expire(LATENCY_KEY, 3600)
+        for stage in BUDGETS_NS:
+            delta = self.stages[stage].over_budget - self._published_violations[stage]
+            if delta:
+                pipe.incrby(VIOLATIONS_KEY.format(budget=BUDGET_NAMES[stage]), delta)
+                self._published_violations[stage] += delta
+
+
+def read_published(client: Any) -> dict[str, dict[str, Any]]:
+    """What a stream worker last published: stage -> summary with ``buckets`` ({} when none)."""
+    raw = client.hgetall(LATENCY_KEY)
+    out = {}
+    for key, value in raw.items():
+        stage = key.decode() if isinstance(key, bytes) else key
+        try:
+            out[stage] = json.loads(value)
+        except ValueError:
+            continue
+    return out

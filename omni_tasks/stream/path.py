@@ -1,0 +1,196 @@
+"""The quote path: frame -> decode -> books -> one Redis round trip for everything changed since the last one.
+
+:meth:`QuotePath.on_frame` is synchronous and runs for every frame the
+moment it arrives; :meth:`QuotePath.flush` writes the latest served quote of
+every symbol that changed since the previous flush, in one script call
+(no timer: whatever accumulated while the previous write was in flight goes
+in the next). The script refuses to replace a stored quote with an older one,
+so two writers (two feeds, a replay and a live stream) cannot move a symbol
+back in time. The same round trip reads the trading state, which is how the
+kill switch reaches this process without a listener thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import NoScriptError
+
+from omni_tasks.stream.book import Books, SymbolBook, quote_row
+from omni_tasks.stream.latency import StageLatencies
+from omni_tasks.stream.latest import QUOTE_KEY_PREFIX, QUOTE_STREAM_KEY
+from omni_tasks.stream.wire import GarbageFrame, decode_frame
+
+log = logging.getLogger(__name__)
+
+TRADING_STATE_KEY: Final = "omni:trading:state"
+BAR_KEY_PREFIX: Final = "omni:bar:"
+_FIELDS: Final = ("bid", "ask", "bid_size", "ask_size", "ts", "recv", "mid", "spread_bps", "vwap", "liq")
+
+# KEYS: one quote hash per symbol, then the capped stream. ARGV: ttl_s, maxlen, then per symbol
+# its name and the ten fields of _FIELDS. A stored quote with a later timestamp is kept (timestamps
+# are 19-digit ns strings: compared as strings, exactly, where Lua's doubles would round).
+WRITE_QUOTES_LUA: Final = """
+local ttl = tonumber(ARGV[1])
+local maxlen = ARGV[2]
+local n = #KEYS - 1
+local stream = KEYS[#KEYS]
+local written = 0
+for i = 1, n do
+  local a = 2 + (i - 1) * 11
+  local ts = ARGV[a + 6]
+  local cur = redis.call('HGET', KEYS[i], 'ts')
+  if (not cur) or #cur < #ts or (#cur == #ts and cur <= ts) then
+    redis.call('HSET', KEYS[i], 'bid', ARGV[a + 2], 'ask', ARGV[a + 3], 'bid_size', ARGV[a + 4],
+      'ask_size', ARGV[a + 5], 'ts', ts, 'recv', ARGV[a + 7], 'mid', ARGV[a + 8], 'spread_bps', ARGV[a + 9],
+      'vwap', ARGV[a + 10], 'liq', ARGV[a + 11])
+    redis.call('EXPIRE', KEYS[i], ttl)
+    if maxlen ~= '0' then
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', ARGV[a + 1], 'bp', ARGV[a + 2], 'ap', ARGV[a + 3],
+        'bs', ARGV[a + 4], 'as', ARGV[a + 5], 't', ts, 'mid', ARGV[a + 8], 'spread_bps', ARGV[a + 9])
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+def parse_trading_state(raw: Any) -> str:
+    """``"<STATE> <version>"`` -> STATE. Garbage counts as HALTED; a missing key is UNKNOWN (the database
+    holds the truth and the kill switch re-publishes it); the order path has its own, stricter reader."""
+    if raw is None:
+        return "UNKNOWN"
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    state = text.split(" ", 1)[0]
+    return state if state in ("ACTIVE", "REDUCING", "HALTED") else "HALTED"
+
+
+@dataclass
+class FlushResult:
+    symbols: int
+    written: int
+    trading_state: str
+    changed: list[SymbolBook]
+
+
+class QuotePath:
+    """Books, latencies and the Redis writer of one streaming worker (single-threaded, asyncio Redis)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        quote_ttl_s: int,
+        stream_maxlen: int = 100_000,
+        bar_ttl_s: int = 180,
+        on_garbage: Callable[[str], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.books = Books()
+        self.latency = StageLatencies()
+        self.quote_ttl_s = quote_ttl_s
+        self.stream_maxlen = stream_maxlen
+        self.bar_ttl_s = bar_ttl_s
+        self.garbage_frames = 0
+        self.frames = 0
+        self.flushes = 0
+        self.trading_state = "UNKNOWN"  # until the first flush reads it
+        self.last_msg_ns = 0
+        self.last_data_ns = 0  # wall ns of the last frame carrying market data
+        self._pending_recv: list[int] = []
+        self._sha = hashlib.sha1(WRITE_QUOTES_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+        self._on_garbage = on_garbage
+        self._process = self.latency["process"]
+        self._decode = self.latency["decode"]
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending_recv)
+
+    def on_frame(self, data: bytes | str, recv_perf_ns: int, recv_wall_ns: int) -> list[dict[str, Any]]:
+        """Decode and apply one frame received at ``recv_perf_ns`` (perf counter) / ``recv_wall_ns`` (wall clock).
+
+        Returns the frame's control messages. A garbage frame is counted and
+        skipped (and reported through ``on_garbage``), never raised.
+        """
+        self.frames += 1
+        self.last_msg_ns = recv_wall_ns
+        started = time.perf_counter_ns()
+        try:
+            messages = decode_frame(data)
+        except GarbageFrame as exc:
+            self.garbage_frames += 1
+            if self._on_garbage is not None:
+                self._on_garbage(str(exc))
+            return []
+        decoded = time.perf_counter_ns()
+        before = self.books.counts["quotes"] + self.books.counts["trades"] + self.books.counts["bars"]
+        controls = self.books.apply(messages, recv_wall_ns)
+        done = time.perf_counter_ns()
+        self._decode.record(decoded - started)
+        self._process.record(done - recv_perf_ns)
+        if self.books.counts["quotes"] + self.books.counts["trades"] + self.books.counts["bars"] != before:
+            self.last_data_ns = recv_wall_ns
+            self._pending_recv.append(recv_perf_ns)
+        return controls
+
+    async def flush(self) -> FlushResult:
+        """Write every symbol changed since the last flush in one round trip, and read the trading state."""
+        changed = self.books.take_dirty()
+        bars = self.books.take_dirty_bars()
+        pending, self._pending_recv = self._pending_recv, []
+        script_args: list[Any] = []
+        if changed:
+            script_args = [len(changed) + 1]
+            script_args.extend(QUOTE_KEY_PREFIX + b.symbol for b in changed)
+            script_args.append(QUOTE_STREAM_KEY)
+            script_args.append(self.quote_ttl_s)
+            script_args.append(self.stream_maxlen)
+            for book in changed:
+                script_args.append(book.symbol)
+                script_args.extend(quote_row(book))
+        started = time.perf_counter_ns()
+        try:
+            try:
+                results = await self._write(script_args, bars)
+            except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it and write again
+                await self.redis.script_load(WRITE_QUOTES_LUA)
+                results = await self._write(script_args, bars)
+        except BaseException:
+            # Nothing is lost: the books still hold the latest quotes; mark them for the next flush.
+            self.books.dirty.update(b.symbol for b in changed)
+            self.books.dirty_bars.update(b.symbol for b in bars)
+            self._pending_recv[:0] = pending
+            raise
+        done = time.perf_counter_ns()
+        self.flushes += 1
+        self.latency["flush"].record(done - started)
+        e2e = self.latency["e2e"]
+        for recv in pending:
+            e2e.record(done - recv)
+        self.trading_state = parse_trading_state(results[-1])
+        written = int(results[0]) if changed else 0
+        return FlushResult(symbols=len(changed), written=written, trading_state=self.trading_state, changed=changed)
+
+    async def _write(self, script_args: list[Any], bars: list[SymbolBook]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        if script_args:
+            pipe.evalsha(self._sha, *script_args)
+        for book in bars:
+            key = BAR_KEY_PREFIX + book.symbol
+            pipe.hset(key, mapping={k: v if isinstance(v, int) else repr(v) for k, v in (book.bar or {}).items()})
+            pipe.expire(key, self.bar_ttl_s)
+        pipe.get(TRADING_STATE_KEY)
+        return await pipe.execute()
+
+    def stale_symbols(self, symbols: list[str], now_wall_ns: int, stale_after_s: float) -> list[str]:
+        """Subscribed symbols whose last served quote was received more than ``stale_after_s`` ago (or never)."""
+        limit = now_wall_ns - int(stale_after_s * 1e9)
+        books = self.books.books
+        return [s for s in symbols if (b := books.get(s)) is None or b.recv < limit]

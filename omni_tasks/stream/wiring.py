@@ -1,0 +1,69 @@
+"""From the settings to a running streaming worker: the feed, the config, the clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from omni_tasks.errors import ConfigError
+from omni_tasks.settings import Settings
+from omni_tasks.stream.feeds import AlpacaFeed, Feed, ReplayFeed, SyntheticFeed
+from omni_tasks.stream.worker import StreamConfig, key_fingerprint
+
+
+def stream_url(settings: Settings) -> str:
+    """OMNI_STREAM_URL, else Alpaca's market-data stream for the configured feed (iex or sip)."""
+    return settings.stream.url or f"{settings.alpaca.stream_url.rstrip('/')}/v2/{settings.alpaca.feed}"
+
+
+def feed_factory(
+    settings: Settings, *, feed: str | None = None, replay_file: Path | None = None, speed: float | None = None
+) -> Callable[[], Feed]:
+    """A callable making a fresh feed per connection attempt (``feed`` overrides OMNI_STREAM_FEED)."""
+    kind = feed or settings.stream.feed
+    if kind == "synthetic":
+        rate = settings.stream.synthetic_rate
+        return lambda: SyntheticFeed(rate=rate)
+    if kind == "replay":
+        path = replay_file or (Path(settings.stream.replay_file) if settings.stream.replay_file else None)
+        if path is None:
+            raise ConfigError("OMNI_STREAM_REPLAY_FILE: the replay feed needs a recording (or pass --replay FILE)")
+        if not path.exists():
+            raise ConfigError(f"OMNI_STREAM_REPLAY_FILE: no such recording {path}")
+        replay_speed = settings.stream.replay_speed if speed is None else speed
+        return lambda: ReplayFeed(path, speed=replay_speed)
+    if kind == "alpaca":
+        key, secret = settings.alpaca.api_key, settings.alpaca.secret_key
+        if key is None or secret is None:
+            raise ConfigError("OMNI_ALPACA_API_KEY / OMNI_ALPACA_SECRET_KEY: the alpaca stream feed needs both")
+        url = stream_url(settings)
+        if settings.stream.client == "alpaca-py":
+            from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
+
+            return lambda: AlpacaSdkFeed(url, key.get_secret_value(), secret.get_secret_value())
+        return lambda: AlpacaFeed(url, key.get_secret_value(), secret.get_secret_value())
+    raise ConfigError(f"OMNI_STREAM_FEED: unknown feed {kind!r} (synthetic, replay, alpaca)")
+
+
+def stream_config(settings: Settings, *, feed: str | None = None, symbols: list[str] | None = None, name: str = "stream") -> StreamConfig:
+    s = settings.stream
+    kind = feed or s.feed
+    fingerprint = None
+    if kind == "alpaca" and settings.alpaca.api_key is not None:
+        fingerprint = key_fingerprint(settings.alpaca.api_key.get_secret_value())
+    return StreamConfig(
+        name=name,
+        symbols=list(symbols if symbols is not None else s.symbols),
+        channels=tuple(s.channels),
+        quote_ttl_s=s.quote_ttl_s,
+        stale_after_s=s.stale_after_s,
+        mute_after_s=s.mute_after_s,
+        # The synthetic feed never sleeps; a replay's silences are the recording's, not a mute socket.
+        market_hours=s.market_hours if kind == "alpaca" else ("always" if kind == "synthetic" else "never"),
+        reconnect_min_s=s.reconnect_min_s,
+        reconnect_max_s=s.reconnect_max_s,
+        connection_limit_cooldown_s=s.connection_limit_cooldown_s,
+        stream_maxlen=s.stream_maxlen,
+        heartbeat_s=settings.broker.heartbeat_s,
+        lock_fingerprint=fingerprint,
+    )
