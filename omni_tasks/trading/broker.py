@@ -176,5 +176,9 @@ class Broker(Protocol):
         ...
 
     def close_all(self) -> list[BrokerOrder]:
-        """Flatten: one market order against every position, each only shrinking it (not guarded)."""
+        """Flatten: cancel the open orders, then one market order against every position, each only shrinking it (not guarded).
+
+        Orders are cancelled first because a resting order could re-open a position, and a real broker
+        refuses to sell shares held for open orders.
+        """
         ...
