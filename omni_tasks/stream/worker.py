@@ -120,7 +120,7 @@ class StreamWorker:
         self.path = QuotePath(redis, quote_ttl_s=config.quote_ttl_s, stream_maxlen=config.stream_maxlen, on_garbage=self._garbage)
         self.subscribed: list[str] = list(dict.fromkeys(config.symbols))
         self.counters = Counters()
-        self.instance = f"stream@{socket.gethostname()}:{os.getpid()}"
+        self.instance = f"stream@{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.started_at = time.time()
         self.connected = False
         self.connected_at_ns = 0
