@@ -2,7 +2,9 @@
 
 Overall status is ``down`` (HTTP 503) when a critical dependency is down -
 the database, the broker, or the watchdog worker - ``degraded`` when anything
-else is, ``ok`` otherwise.
+else is, ``ok`` otherwise. ``trading`` is the trading state and kill switch
+(who engaged it, why, since when); a state that cannot be read counts as
+HALTED and marks the ``kill_switch`` check down.
 """
 
 from __future__ import annotations
@@ -96,6 +98,13 @@ def check_health(
     checks["beat"] = _timed(beat) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     checks["watchdog_tick"] = _timed(watchdog_tick) if redis_ok else {"status": "down", "latency_ms": 0.0}
 
+    trading = _trading(engine, client)
+    checks["kill_switch"] = {
+        "status": "down" if trading["source"] == "unreadable" else "ok",
+        "latency_ms": trading.pop("latency_ms"),
+        "detail": _trading_detail(trading),
+    }
+
     down = {name for name, result in checks.items() if result["status"] != "ok"}
     if down & CRITICAL:
         status, code = "down", 503
@@ -103,4 +112,24 @@ def check_health(
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return code, {"status": status, "ts": time.time(), "checks": checks}
+    return code, {"status": status, "ts": time.time(), "trading": trading, "checks": checks}
+
+
+def _trading(engine: Engine, client: redis.Redis) -> dict[str, Any]:
+    """The trading state and kill switch (an unreadable state counts as HALTED: the kill switch engaged)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from omni_tasks.safety.killswitch import state_info
+
+    started = time.perf_counter()
+    info = state_info(client, sessionmaker(engine))
+    info["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    return info
+
+
+def _trading_detail(info: dict[str, Any]) -> str:
+    if info["source"] == "unreadable":
+        return "trading state unreadable: counts as HALTED (kill switch engaged)"
+    if info["state"] == "HALTED":
+        return f"kill switch ENGAGED (HALTED) since {info['changed_at']} by {info['actor']}: {info['reason']}"
+    return f"trading {info['state']}" + (f" since {info['changed_at']}" if info.get("changed_at") else "")

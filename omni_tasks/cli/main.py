@@ -50,7 +50,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, ops, run, scan, stream, validate
+    from omni_tasks.cli import admin, backfill, kill, ops, run, scan, stream, validate
 
     run.register(app)
     ops.register(app)
@@ -58,6 +58,7 @@ def _register() -> None:
     scan.register(app)
     validate.register(app)
     admin.register(app)
+    kill.register(app)
     stream.register(app)
 
 

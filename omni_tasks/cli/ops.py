@@ -34,6 +34,10 @@ def gather_status() -> dict[str, Any]:
         out["watchdog_last_tick"] = json.loads(raw) if raw else None
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    from omni_tasks.safety.killswitch import state_info
+
+    out["trading"] = state_info(runtime.redis, runtime.sessions)
+    out["errors"].extend(f"trading state: {error}" for error in out["trading"]["errors"])
     try:
         with runtime.sessions() as session:
             rows = session.scalars(
@@ -49,7 +53,7 @@ def gather_status() -> dict[str, Any]:
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Show workers, queues (depth, oldest wait), the beat leader and recent failures."""
+    """Show the trading state and kill switch, workers, queues (depth, oldest wait), the beat leader and recent failures."""
     from omni_tasks.cli.main import prepare
 
     prepare("cli", configure_log=False)
@@ -57,6 +61,10 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         raise typer.Exit(1 if data["errors"] else 0)
+
+    from omni_tasks.cli.kill import render_state
+
+    console.print(render_state(data["trading"]))
 
     workers = Table(title="Workers", title_justify="left")
     for column in ("kind", "hostname", "pid", "alive", "last beat", "active", "processed", "uptime"):

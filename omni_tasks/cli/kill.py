@@ -1,0 +1,382 @@
+"""`omni kill`: engage, release, status and drill of the kill switch (and the REDUCING state).
+
+Exit codes:
+
+======= ==========================================================================
+engage  0 engaged, durable, every open order cancelled; 1 engaged and durable but
+        a step failed or orders are still open (see the table); 3 NOT durable
+release 0 released; 1 declined at the prompt; 3 failed (see the message);
+        4 nothing to release (the switch was not engaged)
+reduce  0 now REDUCING; 3 refused or failed
+activate 0 now ACTIVE; 3 refused or failed; 4 was not REDUCING
+status  0 ACTIVE; 1 REDUCING or HALTED; 3 the state cannot be read (counts as HALTED)
+drill   0 every check held; 1 a check failed (listed); 3 the drill could not run
+usage   2 (a missing --reason, a bad option)
+======= ==========================================================================
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+kill_app = typer.Typer(help="The kill switch: engage, release, status, drill.", no_args_is_help=True)
+_OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
+
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="why (recorded with who and when); required")]
+OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the audit log (default: the login name)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _actor(name: str | None) -> str:
+    who = name or getpass.getuser()
+    if not _OPERATOR.match(who):
+        raise typer.BadParameter(f"{who!r}: 1-60 of letters, digits, '_', '.', '@', '-'", param_hint="--operator")
+    return f"operator:{who}"
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip():
+        raise typer.BadParameter("a reason is required and must not be blank", param_hint="--reason")
+    return reason.strip()
+
+
+def broker_for(runtime: Any) -> tuple[Any, str | None]:
+    """The configured broker (omni_tasks.trading.wiring), or None with the reason it could not be built."""
+    try:
+        from omni_tasks.trading.wiring import make_broker
+    except ImportError as exc:
+        return None, f"no broker wiring: {exc}"
+    try:
+        return make_broker(runtime), None
+    except Exception as exc:  # noqa: BLE001 - engaging must go on without a broker
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def orders_purge(settings: Any) -> Callable[[], int]:
+    """Purges the orders queue on the configured Celery broker."""
+    from omni_tasks.celery_app import broker_transport_options
+    from omni_tasks.queues import Queue
+    from omni_tasks.safety.engage import orders_purger
+
+    return orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
+
+
+def engage_with_process_runtime(*, actor: str, reason: str, flatten: bool | None) -> Any:
+    """Engage from this process (CLI or health server): the configured broker, the orders-queue purge."""
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.engage import engage as do_engage
+
+    runtime = get_runtime()
+    broker, problem = broker_for(runtime)
+    result = do_engage(runtime, actor=actor, reason=reason, broker=broker, flatten=flatten, purge=orders_purge(runtime.settings))
+    if problem is not None:
+        result.errors["broker"] = problem
+    return result
+
+
+def http_kill_endpoint() -> Any:
+    """The health server's POST /kill/engage, from this process's settings (None: no token set, endpoint off)."""
+    from omni_tasks.httpserver import KillEndpoint
+    from omni_tasks.runtime import get_settings
+
+    token = get_settings().kill.http_token
+    if token is None or not token.get_secret_value():
+        return None
+    return KillEndpoint(token=token.get_secret_value(), engage=engage_with_process_runtime)
+
+
+def _timings_table(timings: dict[str, float], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("step")
+    table.add_column("done at (ms)", justify="right")
+    table.add_column("took (ms)", justify="right")
+    previous = 0.0
+    for step, at in timings.items():
+        took = at - previous if step not in {"total", "drill_total", "scratch_setup", "place_orders", "release"} else at
+        table.add_row(step, f"{at:.1f}", f"{max(took, 0.0):.1f}")
+        if step not in {"total", "drill_total", "scratch_setup", "place_orders", "release"}:
+            previous = at
+    return table
+
+
+@kill_app.command("engage")
+def engage_command(
+    reason: ReasonOption,
+    flatten: Annotated[
+        bool | None, typer.Option("--flatten/--no-flatten", help="also close every position (default: OMNI_KILL_FLATTEN_ON_ENGAGE)")
+    ] = None,
+    operator: OperatorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Engage the kill switch now: orders stop, open orders are cancelled and confirmed, queued orders purged."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    actor, why = _actor(operator), _reason(reason)
+    result = engage_with_process_runtime(actor=actor, reason=why, flatten=flatten)
+    code = 0 if result.complete else (1 if result.durable else 3)
+    try:
+        from omni_tasks import alerts
+
+        alerts.drain(10.0)
+    except ImportError:
+        pass
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        raise typer.Exit(code)
+    if result.repeat:
+        console.print(f"[yellow]The kill switch was already engaged[/yellow] (version {result.version}); your request is recorded.")
+    elif result.durable:
+        console.print(f"[bold red]KILL SWITCH ENGAGED[/bold red] by {actor}: {why} (version {result.version})")
+    else:
+        console.print(
+            "[bold red]KILL SWITCH NOT DURABLE[/bold red]: the database write failed; orders are blocked only while Redis holds it."
+        )
+    console.print(_timings_table(result.timings_ms, "Engage sequence"))
+    console.print(
+        f"open orders before: {result.open_orders_before}; cancel requested: {result.cancel_requested} "
+        f"in {result.cancel_rounds} round(s); still open: {len(result.remaining_open)}; "
+        f"closing orders: {result.flattened}; queued order tasks purged: {result.purged if result.purged is not None else '-'}"
+    )
+    if result.snapshot_path:
+        console.print(f"emergency snapshot: {result.snapshot_path}")
+    if result.remaining_open:
+        console.print(f"[bold red]STILL OPEN at the broker:[/bold red] {', '.join(result.remaining_open[:50])}")
+    for step, error in result.errors.items():
+        console.print(f"[red]{step} failed:[/red] {error}")
+    raise typer.Exit(code)
+
+
+@kill_app.command("release")
+def release_command(
+    reason: ReasonOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    to: Annotated[str, typer.Option("--to", help="active, or reducing (only orders that shrink positions)")] = "active",
+    operator: OperatorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Release the kill switch (operators only, with a reason). Trading resumes."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.engage import KillSwitchError, release
+    from omni_tasks.safety.killswitch import TradingState, state_info
+
+    target = {"active": TradingState.ACTIVE, "reducing": TradingState.REDUCING}.get(to.lower())
+    if target is None:
+        raise typer.BadParameter(f"{to!r}: choose active or reducing", param_hint="--to")
+    actor, why = _actor(operator), _reason(reason)
+    runtime = get_runtime()
+    info = state_info(runtime.redis, runtime.sessions)
+    if not yes:
+        console.print(f"Trading state: [bold]{info['state']}[/bold] (since {info['changed_at']}, by {info['actor']}: {info['reason']})")
+        if not typer.confirm(f"Release the kill switch to {target.value} as {actor}?", default=False):
+            console.print("Not released.")
+            raise typer.Exit(1)
+    try:
+        result = release(runtime, actor=actor, reason=why, to=target)
+    except KillSwitchError as exc:
+        console.print(f"[red]release refused or failed:[/red] {exc}")
+        raise typer.Exit(3) from None
+    except Exception as exc:  # noqa: BLE001 - the operator sees one line, not a traceback
+        console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(3) from None
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    elif not result.changed:
+        console.print(f"The kill switch was not engaged (state {result.state_before}); nothing released. Recorded.")
+    else:
+        console.print(
+            f"[green]Released[/green]: {result.state_before} -> {result.state_after} by {actor}: {why} (version {result.version})"
+        )
+    if result.errors:
+        console.print(
+            f"[red]the database holds the release, but Redis was not updated ({result.errors['redis']}): orders stay blocked; run the release again[/red]"
+        )
+        raise typer.Exit(3)
+    raise typer.Exit(0 if result.changed else 4)
+
+
+@kill_app.command("reduce")
+def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> None:
+    """ACTIVE -> REDUCING: only orders that shrink positions pass."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.engage import KillSwitchError, set_reducing
+
+    try:
+        result = set_reducing(get_runtime(), actor=_actor(operator), reason=_reason(reason))
+    except KillSwitchError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(3) from None
+    console.print(
+        f"Trading state: {result.state_before} -> [yellow]{result.state_after}[/yellow]" + ("" if result.changed else " (already)")
+    )
+    raise typer.Exit(3 if result.errors else 0)
+
+
+@kill_app.command("activate")
+def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> None:
+    """REDUCING -> ACTIVE (operators only). A HALTED switch is lifted with `omni kill release`."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.engage import KillSwitchError, activate
+
+    try:
+        result = activate(get_runtime(), actor=_actor(operator), reason=_reason(reason))
+    except KillSwitchError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(3) from None
+    console.print(f"Trading state: {result.state_before} -> [green]{result.state_after}[/green]" + ("" if result.changed else " (already)"))
+    raise typer.Exit(3 if result.errors else (0 if result.changed else 4))
+
+
+def status_code(info: dict[str, Any]) -> int:
+    if info["source"] == "unreadable":
+        return 3
+    return 0 if info["state"] == "ACTIVE" else 1
+
+
+def render_state(info: dict[str, Any]) -> Table:
+    """The trading state as a table (shared with `omni status`)."""
+    colour = {"ACTIVE": "green", "REDUCING": "yellow"}.get(info["state"], "red")
+    table = Table(title="Kill switch", title_justify="left", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    label = {"ACTIVE": "ACTIVE (kill switch released)", "REDUCING": "REDUCING (only orders that shrink positions)"}.get(
+        info["state"], "HALTED (kill switch ENGAGED)" if info["source"] != "unreadable" else "HALTED (state unreadable: counts as engaged)"
+    )
+    table.add_row("state", f"[{colour}]{label}[/{colour}]")
+    table.add_row("since", str(info.get("changed_at") or "-"))
+    table.add_row("by", str(info.get("actor") or "-"))
+    table.add_row("why", str(info.get("reason") or "-"))
+    table.add_row("version", f"{info.get('version')} (read from {info['source']})")
+    snapshot = info.get("last_snapshot")
+    table.add_row("last snapshot", f"{snapshot['path'] or '(database only)'} at {snapshot['ts']}" if snapshot else "-")
+    if info.get("consistent") is False:
+        table.add_row(
+            "warning",
+            f"[red]Redis ({info['redis']}) and the database ({info['database']['state']} {info['database']['version']}) disagree[/red]",
+        )
+    for error in info.get("errors", []):
+        table.add_row("error", f"[red]{error}[/red]")
+    return table
+
+
+@kill_app.command("status")
+def status_command(
+    as_json: JsonOption = False,
+    events: Annotated[int, typer.Option("--events", help="recent kill switch events to list")] = 5,
+) -> None:
+    """Show the trading state, who engaged the kill switch, why and since when, the last snapshot and recent events."""
+    from omni_tasks.cli.main import prepare
+
+    prepare("cli", configure_log=False)
+    from sqlalchemy import select
+
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.killswitch import state_info
+    from omni_tasks.storage.models import KillEvent
+
+    runtime = get_runtime()
+    info = state_info(runtime.redis, runtime.sessions)
+    recent: list[dict[str, Any]] = []
+    try:
+        with runtime.sessions() as session:
+            rows = session.scalars(select(KillEvent).order_by(KillEvent.id.desc()).limit(max(0, events))).all()
+            recent = [
+                {
+                    "ts": r.ts.isoformat(),
+                    "action": r.action,
+                    "actor": r.actor,
+                    "reason": r.reason,
+                    "from": r.state_before,
+                    "to": r.state_after,
+                    "detail": r.detail,
+                }
+                for r in rows
+            ]
+    except Exception as exc:  # noqa: BLE001 - status shows what it can
+        info["errors"].append(f"events: {type(exc).__name__}: {str(exc)[:200]}")
+    code = status_code(info)
+    if as_json:
+        print(json.dumps({**info, "events": recent}, indent=2, default=str))
+        raise typer.Exit(code)
+    console.print(render_state(info))
+    if recent:
+        table = Table(title="Recent kill switch events", title_justify="left")
+        for column in ("when", "action", "by", "from", "to", "why"):
+            table.add_column(column)
+        for event in recent:
+            action = event["action"] + (" (repeat)" if (event["detail"] or {}).get("repeat") else "")
+            table.add_row(event["ts"][:19], action, event["actor"], event["from"], event["to"], event["reason"][:80])
+        console.print(table)
+    raise typer.Exit(code)
+
+
+@kill_app.command("drill")
+def drill_command(
+    orders: Annotated[int, typer.Option("--orders", "-n", help="resting limit orders to place, then cancel")] = 20,
+    symbol: Annotated[str, typer.Option("--symbol", help="symbol of the drill's orders (scratch world only)")] = "AAPL",
+    keep: Annotated[bool, typer.Option("--keep", help="keep the scratch folder (snapshot file, logs)")] = False,
+    operator: OperatorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rehearse the whole sequence on a scratch Redis, database and simulated broker; print the timings."""
+    from omni_tasks.cli.main import prepare
+
+    settings = prepare("cli", configure_log=False)
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.drill import run_drill
+
+    runtime = get_runtime()
+    try:
+        report = run_drill(
+            settings,
+            orders=orders,
+            symbol=symbol,
+            real_redis=runtime.redis,
+            real_sessions=runtime.sessions,
+            operator=_actor(operator),
+            keep=keep,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    could_not_run = any(p.startswith("the drill could not run") for p in report.problems)
+    code = 0 if report.passed else (3 if could_not_run else 1)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        raise typer.Exit(code)
+    console.print(_timings_table(report.timings_ms, f"Kill switch drill: {orders} resting orders on a scratch simulated broker"))
+    console.print(
+        f"resting before engage: {report.open_before_engage} of {orders}; cancelled and verified: {report.cancelled_verified} of {report.placed_resting}; "
+        f"open after: {report.open_after_engage}; order after engage blocked: {report.blocked_after_engage} of 1; "
+        f"positions after flatten: {report.positions_after_flatten}; released: {'yes' if report.released else 'no'} "
+        f"(state {report.state_after_release}); alerts produced (not sent): {report.alerts_produced}"
+    )
+    console.print(f"real trading state untouched: {'yes' if report.real_state_untouched else '[red]NO[/red]'} ({report.real_state_after})")
+    if keep:
+        console.print(f"scratch folder kept: {report.scratch_dir}")
+    if report.passed:
+        console.print("[green]drill passed[/green]")
+    for problem in report.problems:
+        console.print(f"[red]{problem}[/red]")
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(kill_app, name="kill")
