@@ -37,4 +37,18 @@ BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute=30, hour=19, day_of_week="mon-fri"),
         "options": {"queue": "validation", "expires": 4 * 3600},
     },
+    # As the scans entry: the task checks the calendar (in session: run; otherwise skipped).
+    "risk-recalculate-every-minute-in-market-hours": {
+        "task": "omni.risk.recalculate",
+        "schedule": crontab(minute="*", hour="9-16", day_of_week="mon-fri"),
+        "kwargs": {"when": "market_hours", "requested_by": "beat"},
+        "options": {"queue": "risk", "expires": 55},
+    },
+    # After the close (16:00 New York; half days close at 13:00), on session days only.
+    "risk-recalculate-after-the-close-at-16-10-weekdays": {
+        "task": "omni.risk.recalculate",
+        "schedule": crontab(minute=10, hour=16, day_of_week="mon-fri"),
+        "kwargs": {"when": "after_close", "requested_by": "beat"},
+        "options": {"queue": "risk", "expires": 3600},
+    },
 }

@@ -1,0 +1,83 @@
+"""Risk task: recalculate the portfolio's risk, keep the snapshot, and wake the watchdog at once on a breach."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from omni_tasks.errors import PermanentError, RetryableError
+from omni_tasks.marketdata import calendar
+from omni_tasks.queues import Queue
+from omni_tasks.risk import snapshot
+from omni_tasks.runtime import get_runtime
+from omni_tasks.storage.bars import BarStore
+from omni_tasks.taskdef import omni_task
+from omni_tasks.trading.broker import BrokerError
+
+_log = structlog.get_logger("omni.risk")
+
+#: ``when`` values: ``market_hours`` runs only while the exchange is in session (the minute beat entry),
+#: ``after_close`` only on a session day (the close entry), ``now`` always (operators, `omni risk --recalc`).
+WHEN = ("now", "market_hours", "after_close")
+
+
+@omni_task(
+    name="omni.risk.recalculate",
+    queue=Queue.RISK,
+    soft_time_limit_s=45,
+    time_limit_s=60,
+    max_retries=2,
+    retry_backoff_max_s=20,
+    ignore_result=False,
+)
+def recalculate(when: str = "now", requested_by: str = "operator") -> dict[str, Any]:
+    """Read the book from the broker, mark it, compute the figures and breaches, store and publish the snapshot.
+
+    The result is kept (bounded by the result expiry) so `omni risk --recalc` can wait for it.
+    """
+    if when not in WHEN:
+        raise PermanentError(f"when={when!r}: choose from {', '.join(WHEN)}")
+    runtime = get_runtime()
+    settings = runtime.settings
+    now = datetime.now(tz=UTC)
+    if when == "market_hours" and not calendar.is_open(now):
+        return {"skipped": "the exchange is not in session"}
+    if when == "after_close":
+        today = now.astimezone(ZoneInfo(settings.core.exchange_tz)).date()
+        if not calendar.sessions(today, today):
+            return {"skipped": f"{today.isoformat()} is not a session day"}
+    from omni_tasks.trading.wiring import make_broker
+
+    broker = make_broker(runtime)
+    try:
+        summary = snapshot.recalculate(
+            broker,
+            redis=runtime.redis,
+            store=BarStore(runtime.engine),
+            sessions=runtime.sessions,
+            risk=settings.risk,
+            quote_max_age_s=settings.stream.stale_after_s,
+            now=now,
+        )
+    except BrokerError as exc:
+        if exc.retryable:
+            raise RetryableError(f"broker {broker.name}: {exc}") from exc
+        raise
+    if summary["breaches"]:
+        # The watchdog acts on breaches; it should not wait for its next beat tick to see them.
+        from omni_tasks.watchdog.tasks import tick
+
+        tick.apply_async(expires=60)
+        _log.warning(
+            "risk limits breached: watchdog evaluation enqueued", rules=[b["rule"] for b in summary["breaches"]], snapshot_id=summary["id"]
+        )
+    return {
+        "snapshot_id": summary["id"],
+        "requested_by": requested_by,
+        "risk_score": summary["risk_score"],
+        "breaches": [b["rule"] for b in summary["breaches"]],
+        "mark_sources": summary["mark_sources"],
+    }
