@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import threading
@@ -183,7 +184,12 @@ def refuse_order_task_while_halted(task: Any) -> None:
     if reason is None:
         return
     request = task.request
-    record_refused_order_task(runtime.sessions, task_name=task.name, task_id=str(request.id), args=request.args, kwargs=request.kwargs, reason=reason)
+    try:
+        # Positional or keyword, the order's id is found by the task's own signature.
+        named = dict(inspect.signature(task.run).bind_partial(*(request.args or ()), **(request.kwargs or {})).arguments)
+    except TypeError:
+        named = dict(request.kwargs or {})
+    record_refused_order_task(runtime.sessions, task_name=task.name, task_id=str(request.id), args=(), kwargs=named, reason=reason)
     try:
         task._record("REFUSED", request.id, request.args, request.kwargs, error=reason)
     except Exception:  # noqa: BLE001 - Redis may be why it was refused; the order event and the log remain
