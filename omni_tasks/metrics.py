@@ -47,6 +47,13 @@ BREAKER_TRANSITIONS = Counter("omni_breaker_transitions", "Circuit breaker trans
 BACKFILL_PARTITIONS = Counter("omni_backfill_partitions", "Backfill partitions finished, by status.", ("status", "provider"))
 BACKFILL_ROWS = Counter("omni_backfill_rows", "Bars stored by backfills, by provider.", ("provider",))
 BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by the boundary check, by provider.", ("provider",))
+LATENCY_VIOLATIONS = Counter("omni_latency_budget_violations", "Operations over their latency budget (DESIGN section 7).", ("budget",))
+ORDERS = Counter("omni_orders", "Orders through the orders path, by outcome (denied orders also by check).", ("outcome", "check"))
+ORDER_SUBMIT_SECONDS = Histogram(
+    "omni_order_submit_seconds", "Order submission: checks, records and the broker call.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
+)
+WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
+WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
 
 
 class LiveCollector(Collector):

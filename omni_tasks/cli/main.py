@@ -50,7 +50,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, kill, ops, risk, run, scan, stream, validate
+    from omni_tasks.cli import admin, backfill, breaker, kill, ops, orders, risk, run, scan, stream, validate
 
     run.register(app)
     ops.register(app)
@@ -61,6 +61,8 @@ def _register() -> None:
     kill.register(app)
     stream.register(app)
     risk.register(app)
+    orders.register(app)
+    breaker.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

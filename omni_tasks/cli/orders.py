@@ -1,0 +1,269 @@
+"""`omni order`: place orders through the orders queue (pre-trade checks), list them, cancel every open one."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
+_OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
+OK_STATUSES = frozenset({"new", "accepted", "partially_filled", "filled"})
+
+OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the records (default: the login name)")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]omni order: {message}[/red]")
+    raise typer.Exit(code)
+
+
+def _actor(name: str | None) -> str:
+    who = name or getpass.getuser()
+    if not _OPERATOR.match(who):
+        _fail(f"--operator {who!r}: 1-60 of letters, digits, '_', '.', '@', '-'")
+    return f"operator:{who}"
+
+
+def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, timeout_s: float, operator: str | None, as_json: bool) -> None:
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.trading.broker import InvalidOrder
+    from omni_tasks.trading.orders import parse_order
+
+    prepare("cli", configure_log=False)
+    client_order_id = f"cli-{uuid.uuid4().hex[:24]}"
+    try:
+        request = parse_order(
+            symbol=symbol, side=side, qty=qty, order_type="limit" if limit is not None else "market", limit_price=limit,
+            client_order_id=client_order_id, requested_by=_actor(operator),
+        )  # fmt: skip
+    except InvalidOrder as exc:
+        _fail(str(exc))
+    if timeout_s <= 0:
+        _fail("--timeout must be positive")
+
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.trading.tasks import submit_order
+
+    runtime = get_runtime()
+    if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
+        _fail("trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`", 1)
+    submit_order.apply_async(
+        kwargs={
+            "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
+            "limit_price": None if request.limit_price is None else str(request.limit_price),
+            "client_order_id": client_order_id, "requested_by": request.requested_by,
+        },
+    )  # fmt: skip
+    what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
+        f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
+    )
+    if not wait:
+        if as_json:
+            print(json.dumps({"client_order_id": client_order_id, "status": "queued"}))
+        else:
+            console.print(f"order [bold]{client_order_id}[/bold] queued: {what}; `omni order list` shows its outcome")
+        return
+    row = _wait_for_outcome(runtime.sessions, client_order_id, timeout_s)
+    if row is None:
+        message = f"order {client_order_id} ({what}) not processed within {timeout_s:g} s: is an orders worker running? (`omni status`)"
+        if as_json:
+            print(json.dumps({"client_order_id": client_order_id, "status": "unknown", "reason": message}))
+        else:
+            console.print(f"[yellow]{message}[/yellow]")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(row, default=str))
+    else:
+        _print_outcome(row, what)
+    raise typer.Exit(0 if row["status"] in OK_STATUSES else 1)
+
+
+def _wait_for_outcome(sessions: Any, client_order_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """Poll the order's row until it leaves ``pending`` (None: not decided in time)."""
+    from sqlalchemy import select
+
+    from omni_tasks.storage.models import Order
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            row = session.execute(select(Order).where(Order.client_order_id == client_order_id)).scalar_one_or_none()
+            if row is not None and row.status != "pending":
+                return _row_dict(row)
+        time.sleep(0.1)
+    return None
+
+
+def _plain(value: Any) -> str | None:
+    from omni_tasks.trading.orders import plain
+
+    return None if value is None else plain(value)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    check, reason = None, row.reason
+    if row.status == "denied" and row.reason and ": " in row.reason:
+        check, reason = row.reason.split(": ", 1)
+    return {
+        "client_order_id": row.client_order_id,
+        "created_at": row.created_at.isoformat(),
+        "broker": row.broker,
+        "symbol": row.symbol,
+        "side": row.side,
+        "qty": _plain(row.qty),
+        "order_type": row.order_type,
+        "limit_price": _plain(row.limit_price),
+        "status": row.status,
+        "check": check,
+        "reason": reason,
+        "filled_qty": _plain(row.filled_qty),
+        "avg_fill_price": _plain(row.avg_fill_price),
+        "requested_by": row.requested_by,
+    }
+
+
+def _print_outcome(row: dict[str, Any], what: str) -> None:
+    status = row["status"]
+    if status == "filled":
+        console.print(f"[green]filled[/green]: {what}: {row['filled_qty']} at {row['avg_fill_price']} ({row['client_order_id']})")
+    elif status in OK_STATUSES:
+        console.print(f"[green]{status}[/green]: {what} is at the broker ({row['client_order_id']})")
+    elif status == "denied":
+        console.print(f"[red]denied[/red] by [bold]{row['check']}[/bold]: {row['reason']} ({row['client_order_id']})")
+    else:
+        console.print(f"[red]{status}[/red]: {row['reason'] or 'no reason given'} ({row['client_order_id']})")
+
+
+@order_app.command("buy", context_settings={"ignore_unknown_options": True})
+def buy(
+    symbol: Annotated[str, typer.Argument(help="ticker, e.g. AAPL")],
+    qty: Annotated[str, typer.Argument(help="quantity (decimal text, e.g. 10 or 0.5)")],
+    limit: Annotated[str | None, typer.Option("--limit", help="limit price; without it, a market order")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the outcome and print it")] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait")] = 30.0,
+    operator: OperatorOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Buy through the pre-trade checks (exit 1 when denied or rejected with --wait)."""
+    _place("buy", symbol, qty, limit, wait, timeout_s, operator, as_json)
+
+
+@order_app.command("sell", context_settings={"ignore_unknown_options": True})
+def sell(
+    symbol: Annotated[str, typer.Argument(help="ticker, e.g. AAPL")],
+    qty: Annotated[str, typer.Argument(help="quantity (decimal text, e.g. 10 or 0.5)")],
+    limit: Annotated[str | None, typer.Option("--limit", help="limit price; without it, a market order")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for the outcome and print it")] = False,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait")] = 30.0,
+    operator: OperatorOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Sell (or sell short) through the pre-trade checks (exit 1 when denied or rejected with --wait)."""
+    _place("sell", symbol, qty, limit, wait, timeout_s, operator, as_json)
+
+
+@order_app.command("list")
+def list_orders(
+    limit: Annotated[int, typer.Option("--limit", help="rows, newest first")] = 20,
+    status: Annotated[str | None, typer.Option("--status", help="only this status (denied, filled, new, rejected...)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent orders with their status, and the check and reason of every denial."""
+    from sqlalchemy import select
+
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.storage.models import Order
+
+    prepare("cli", configure_log=False)
+    if not 1 <= limit <= 10_000:
+        _fail("--limit must be between 1 and 10000")
+    query = select(Order).order_by(Order.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(Order.status == status.strip().lower())
+    with get_runtime().sessions() as session:
+        rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
+    if as_json:
+        print(json.dumps(rows, default=str, indent=2))
+        return
+    table = Table(title=f"Orders (newest {len(rows)})", title_justify="left")
+    for column in ("created (UTC)", "id", "order", "status", "filled", "check / reason", "by"):
+        table.add_column(column, overflow="fold")
+    colours = {
+        "filled": "green",
+        "new": "cyan",
+        "accepted": "cyan",
+        "denied": "red",
+        "rejected": "red",
+        "cancelled": "yellow",
+        "expired": "yellow",
+    }
+    for r in rows:
+        colour = colours.get(r["status"], "white")
+        why = f"{r['check']}: {r['reason']}" if r["check"] else (r["reason"] or "")
+        order = f"{r['side']} {r['qty']} {r['symbol']} " + (f"limit {r['limit_price']}" if r["limit_price"] else "market")
+        filled = f"{r['filled_qty']} @ {r['avg_fill_price']}" if r["avg_fill_price"] else r["filled_qty"]
+        table.add_row(
+            r["created_at"][:19].replace("T", " "),
+            r["client_order_id"],
+            order,
+            f"[{colour}]{r['status']}[/{colour}]",
+            filled,
+            why,
+            r["requested_by"],
+        )
+    console.print(table)
+
+
+@order_app.command("cancel-all")
+def cancel_all(
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the broker to confirm")] = 10.0,
+    operator: OperatorOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cancel every open order at the broker now (not through the queue) and confirm none is left."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.storage.models import AuditLog
+    from omni_tasks.trading.wiring import make_broker
+
+    prepare("cli", configure_log=False)
+    actor = _actor(operator)
+    runtime = get_runtime()
+    broker = make_broker(runtime)
+    started = time.perf_counter()
+    asked = broker.cancel_all()
+    remaining = broker.open_orders()
+    deadline = time.monotonic() + timeout_s
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.1)
+        broker.cancel_all()
+        remaining = broker.open_orders()
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+    detail = {"asked": len(asked), "remaining": [o.client_order_id for o in remaining], "elapsed_ms": elapsed_ms, "broker": broker.name}
+    with runtime.sessions() as session, session.begin():
+        session.add(
+            AuditLog(ts=datetime.now(tz=UTC), actor=actor, action="orders.cancel_all", subject=f"broker:{broker.name}", detail=detail)
+        )
+    if as_json:
+        print(json.dumps(detail))
+    elif remaining:
+        console.print(f"[red]{len(remaining)} order(s) still open after {timeout_s:g} s[/red]: {', '.join(detail['remaining'])}")
+    else:
+        console.print(f"cancel asked for {len(asked)} open order(s) at {broker.name}; none open now (confirmed in {elapsed_ms} ms)")
+    raise typer.Exit(1 if remaining else 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(order_app, name="order")
