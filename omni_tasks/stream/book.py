@@ -257,18 +257,13 @@ class Books:
         return changed
 
 
-def quote_row(book: SymbolBook) -> list[Any]:
-    """The latest-quote fields in :mod:`omni_tasks.stream.latest`'s order (bid ask bid_size ask_size ts recv mid spread_bps vwap liq)."""
+def quote_row(book: SymbolBook) -> str:
+    """The latest-quote fields in :mod:`omni_tasks.stream.latest`'s order, joined by ``|``
+    (bid ask bid_size ask_size ts recv mid spread_bps vwap liq; vwap empty when no trades yet)."""
     vwap = book.vwap
-    return [
-        repr(book.bid),
-        repr(book.ask),
-        repr(book.bid_size),
-        repr(book.ask_size),
-        book.ts,
-        book.recv,
-        repr(round(book.mid, 6)),
-        f"{book.spread_bps:.4f}",
-        "" if vwap is None else f"{vwap:.6f}",
-        f"{book.liquidity:.4f}",
-    ]
+    bid, ask = book.bid, book.ask
+    mid = (bid + ask) / 2.0
+    return (
+        f"{bid!r}|{ask!r}|{book.bid_size!r}|{book.ask_size!r}|{book.ts}|{book.recv}|{round(mid, 6)!r}|"
+        f"{(ask - bid) / mid * 10_000.0:.4f}|{'' if vwap is None else f'{vwap:.6f}'}|{book.liquidity:.4f}"
+    )

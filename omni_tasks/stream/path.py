@@ -32,27 +32,36 @@ TRADING_STATE_KEY: Final = "omni:trading:state"
 BAR_KEY_PREFIX: Final = "omni:bar:"
 _FIELDS: Final = ("bid", "ask", "bid_size", "ask_size", "ts", "recv", "mid", "spread_bps", "vwap", "liq")
 
-# KEYS: one quote hash per symbol, then the capped stream. ARGV: ttl_s, maxlen, then per symbol
-# its name and the ten fields of _FIELDS. A stored quote with a later timestamp is kept (timestamps
-# are 19-digit ns strings: compared as strings, exactly, where Lua's doubles would round).
+# KEYS: one quote hash per symbol, then the capped stream. ARGV: ttl_s, maxlen, then per symbol its
+# name and its ten fields (_FIELDS order) joined by "|" (one argument instead of ten: the client's
+# encoding cost is per argument). A stored quote with a later timestamp is kept (timestamps are
+# 19-digit ns strings: compared as strings, exactly, where Lua's doubles would round).
 WRITE_QUOTES_LUA: Final = """
 local ttl = tonumber(ARGV[1])
 local maxlen = ARGV[2]
 local n = #KEYS - 1
 local stream = KEYS[#KEYS]
 local written = 0
+local f = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 11
-  local ts = ARGV[a + 6]
+  local packed = ARGV[2 + i * 2]
+  local k, pos = 0, 1
+  while true do
+    local bar = string.find(packed, '|', pos, true)
+    k = k + 1
+    if not bar then f[k] = string.sub(packed, pos); break end
+    f[k] = string.sub(packed, pos, bar - 1)
+    pos = bar + 1
+  end
+  local ts = f[5]
   local cur = redis.call('HGET', KEYS[i], 'ts')
-  if (not cur) or #cur < #ts or (#cur == #ts and cur <= ts) then
-    redis.call('HSET', KEYS[i], 'bid', ARGV[a + 2], 'ask', ARGV[a + 3], 'bid_size', ARGV[a + 4],
-      'ask_size', ARGV[a + 5], 'ts', ts, 'recv', ARGV[a + 7], 'mid', ARGV[a + 8], 'spread_bps', ARGV[a + 9],
-      'vwap', ARGV[a + 10], 'liq', ARGV[a + 11])
+  if k == 10 and ((not cur) or #cur < #ts or (#cur == #ts and cur <= ts)) then
+    redis.call('HSET', KEYS[i], 'bid', f[1], 'ask', f[2], 'bid_size', f[3], 'ask_size', f[4], 'ts', ts,
+      'recv', f[6], 'mid', f[7], 'spread_bps', f[8], 'vwap', f[9], 'liq', f[10])
     redis.call('EXPIRE', KEYS[i], ttl)
     if maxlen ~= '0' then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', ARGV[a + 1], 'bp', ARGV[a + 2], 'ap', ARGV[a + 3],
-        'bs', ARGV[a + 4], 'as', ARGV[a + 5], 't', ts, 'mid', ARGV[a + 8], 'spread_bps', ARGV[a + 9])
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', ARGV[1 + i * 2], 'bp', f[1], 'ap', f[2],
+        'bs', f[3], 'as', f[4], 't', ts, 'mid', f[7], 'spread_bps', f[8])
     end
     written = written + 1
   end
@@ -113,7 +122,7 @@ class QuotePath:
     def dirty(self) -> bool:
         return bool(self._pending_recv)
 
-    def on_frame(self, data: bytes | str, recv_perf_ns: int, recv_wall_ns: int) -> list[dict[str, Any]]:
+    def on_frame(self, data: bytes | str | list[dict[str, Any]], recv_perf_ns: int, recv_wall_ns: int) -> list[dict[str, Any]]:
         """Decode and apply one frame received at ``recv_perf_ns`` (perf counter) / ``recv_wall_ns`` (wall clock).
 
         Returns the frame's control messages. A garbage frame is counted and
@@ -123,7 +132,7 @@ class QuotePath:
         self.last_msg_ns = recv_wall_ns
         started = time.perf_counter_ns()
         try:
-            messages = decode_frame(data)
+            messages = data if type(data) is list else decode_frame(data)  # a list: already decoded (alpaca-py), t in int ns
         except GarbageFrame as exc:
             self.garbage_frames += 1
             if self._on_garbage is not None:
@@ -154,7 +163,7 @@ class QuotePath:
             script_args.append(self.stream_maxlen)
             for book in changed:
                 script_args.append(book.symbol)
-                script_args.extend(quote_row(book))
+                script_args.append(quote_row(book))
         started = time.perf_counter_ns()
         try:
             try:
