@@ -15,7 +15,10 @@ from omni_tasks.risk import snapshot
 from omni_tasks.runtime import get_runtime
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.taskdef import omni_task
+from omni_tasks.trading.book import refresh_book
 from omni_tasks.trading.broker import BrokerError
+from omni_tasks.trading.simulated import SimulatedBroker
+from omni_tasks.trading.wiring import make_broker
 
 _log = structlog.get_logger("omni.risk")
 
@@ -31,13 +34,10 @@ WHEN = ("now", "market_hours", "after_close")
     time_limit_s=60,
     max_retries=2,
     retry_backoff_max_s=20,
-    ignore_result=False,
+    ignore_result=False,  # kept (within the result expiry) so `omni risk --recalc` can wait for it
 )
 def recalculate(when: str = "now", requested_by: str = "operator") -> dict[str, Any]:
-    """Read the book from the broker, mark it, compute the figures and breaches, store and publish the snapshot.
-
-    The result is kept (bounded by the result expiry) so `omni risk --recalc` can wait for it.
-    """
+    """Read the book from the broker, mark it, compute the figures and breaches, store and publish the snapshot."""
     if when not in WHEN:
         raise PermanentError(f"when={when!r}: choose from {', '.join(WHEN)}")
     runtime = get_runtime()
@@ -49,10 +49,11 @@ def recalculate(when: str = "now", requested_by: str = "operator") -> dict[str, 
         today = now.astimezone(ZoneInfo(settings.core.exchange_tz)).date()
         if not calendar.sessions(today, today):
             return {"skipped": f"{today.isoformat()} is not a session day"}
-    from omni_tasks.trading.wiring import make_broker
-
     broker = make_broker(runtime)
     try:
+        if not isinstance(broker, SimulatedBroker):
+            # A broker without our ledger does not publish its book itself; the stream's day-loss guard reads it.
+            refresh_book(broker, runtime.redis)
         summary = snapshot.recalculate(
             broker,
             redis=runtime.redis,
