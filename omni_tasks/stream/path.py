@@ -132,7 +132,7 @@ class QuotePath:
         self.last_msg_ns = recv_wall_ns
         started = time.perf_counter_ns()
         try:
-            messages = data if type(data) is list else decode_frame(data)  # a list: already decoded (alpaca-py), t in int ns
+            messages = data if isinstance(data, list) else decode_frame(data)  # a list: already decoded (alpaca-py), t in int ns
         except GarbageFrame as exc:
             self.garbage_frames += 1
             if self._on_garbage is not None:
