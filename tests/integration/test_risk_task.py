@@ -282,3 +282,58 @@ def test_latest_snapshot_falls_back_to_the_database_when_redis_has_none(setup: R
     assert [b["rule"] for b in latest["breaches"]] == ["position_notional"]
     assert latest["var_99"] == newest.metrics["var_99_hist"]
     assert latest["mark_sources"] == newest.metrics["mark_sources"]
+
+
+class _RedisDown:
+    """A Redis client whose server is gone: every call fails as redis-py does."""
+
+    def get(self, key: str) -> None:
+        raise redis.ConnectionError(f"Error 111 connecting to 127.0.0.1:1. Connection refused. (reading {key})")
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    redis: Any
+    sessions: sessionmaker[Session]
+
+
+def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_down(redis_url: str, tmp_path: Path) -> None:
+    """The embedded mode's database (SQLite): build and store a snapshot, then read it back with Redis unreachable."""
+    from omni_tasks.risk.snapshot import build_snapshot, latest_snapshot, save_snapshot
+    from omni_tasks.settings import RiskSettings
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'omni.sqlite3'}")
+    migrations.upgrade(engine)
+    closes = _closes().rename(columns={"AAA": "CCC", "BBB": "DDD"})
+    BarStore(engine).upsert(_bars(closes))
+    sessions = session_factory(engine)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        broker = SimulatedBroker(sessions, client, name="sim-sqlite", starting_cash=STARTING_CASH, quote_max_age_s=5.0)
+        _write_quote(client, "CCC", "50.00")
+        _buy(broker, "CCC", "100", "sqlite-ccc")
+        client.delete(quote_key("CCC"))
+        assert _runtime_latest_is_none(sessions)
+        result = build_snapshot(broker, redis=client, store=BarStore(engine), sessions=sessions, risk=RiskSettings(), quote_max_age_s=10.0)
+        snapshot_id = save_snapshot(sessions, result)
+    finally:
+        client.close()
+    ccc_close = Decimal(str(closes["CCC"].iloc[-1]))
+    assert result.marks["CCC"].source == "close"
+    assert result.metrics.gross_exposure == pytest.approx(float(100 * ccc_close))
+    assert result.metrics.var["var_95_hist"] is not None
+    latest = latest_snapshot(_Runtime(_RedisDown(), sessions))
+    assert latest is not None
+    assert latest["source"] == "database"
+    assert latest["id"] == snapshot_id
+    assert latest["broker"] == "sim-sqlite"
+    assert Decimal(latest["equity"]) == result.metrics.equity
+    assert latest["var_95"] == result.metrics.var["var_95_hist"]
+    assert latest["mark_sources"] == {"quote": 0, "close": 1, "broker": 0, "cost": 0}
+    engine.dispose()
+
+
+def _runtime_latest_is_none(sessions: sessionmaker[Session]) -> bool:
+    from omni_tasks.risk.snapshot import latest_snapshot
+
+    return latest_snapshot(_Runtime(_RedisDown(), sessions)) is None
