@@ -319,7 +319,10 @@ class WatchdogSettings(_Group):
     queue_backlog_max: int = Field(default=1000, ge=1)
     stream_stale_s: float = Field(default=30.0, gt=0, description="in market hours, a stream whose last message is older than this is stale")
     error_storm_max_per_min: int = Field(default=20, ge=1, description="failed task runs in the last minute tolerated")
-    expected_workers: CsvList = Field(default_factory=lambda: ["orders", "risk"], description="worker kinds that must be heartbeating")
+    expected_workers: CsvList = Field(
+        default_factory=list,
+        description="worker kinds that must be heartbeating, e.g. orders,risk,stream (unset: none is required; 'stream' also makes a missing stream status a stale stream in market hours)",
+    )
     latency_violations_max: int = Field(default=20, ge=1, description="new latency-budget violations tolerated per evaluation")
     disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
     startup_grace_s: float = Field(default=30.0, ge=0, description="workers are not reported missing this soon after the watchdog's first evaluation")

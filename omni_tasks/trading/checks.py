@@ -131,6 +131,12 @@ def _pct(value: float | Decimal) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
+def _n(value: Decimal) -> str:
+    """A quantity or price as plain text without trailing zeros (10.00000000 -> 10)."""
+    text = format(value.normalize(), "f")
+    return "0" if text == "-0" else text
+
+
 def _usd(value: Decimal) -> str:
     return f"${value:,.2f}" if value == value.quantize(Decimal("0.01")) else f"${value:,}"
 
@@ -175,9 +181,9 @@ def check_trading_state(ctx: CheckContext) -> Decision:
         return _allow(name, "ACTIVE")
     if ctx.trading_state == REDUCING:
         if ctx.shrinks_position:
-            return _allow(name, f"REDUCING: position {ctx.position_qty} -> {ctx.position_after} shrinks")
+            return _allow(name, f"REDUCING: position {_n(ctx.position_qty)} -> {_n(ctx.position_after)} shrinks")
         return _deny(
-            name, f"REDUCING: only orders that shrink a position pass; position {ctx.position_qty} -> {ctx.position_after} does not"
+            name, f"REDUCING: only orders that shrink a position pass; position {_n(ctx.position_qty)} -> {_n(ctx.position_after)} does not"
         )
     return _deny(name, f"trading state {ctx.trading_state} lets no order through")
 
@@ -222,7 +228,7 @@ def check_position_size(ctx: CheckContext) -> Decision:
     notional = abs(ctx.position_after) * price
     if notional > limit:
         return _deny(
-            name, f"position notional after the trade {_usd(notional)} > limit {_usd(limit)} ({abs(ctx.position_after)} x {price})"
+            name, f"position notional after the trade {_usd(notional)} > limit {_usd(limit)} ({_n(abs(ctx.position_after))} x {_n(price)})"
         )
     return _allow(name, f"position notional after the trade {_usd(notional)} <= {_usd(limit)}")
 

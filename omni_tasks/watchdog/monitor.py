@@ -1,7 +1,8 @@
 """One watchdog evaluation: heartbeats, queue depths, dead workers, the outcome ledger.
 
-Plain Python: the task in ``tasks.py`` passes the clients in. Health rules that
-trip breakers and the kill switch build on this snapshot.
+Plain Python: the task in ``tasks.py`` passes the clients in. The health rules
+that trip breakers and engage the kill switch (:mod:`omni_tasks.watchdog.rules`)
+run right after, on the same snapshot.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 import redis
 import structlog
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks import heartbeats, observe, runs
+from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.storage.models import WorkerHeartbeat
 
 LAST_TICK_KEY = "omni:watchdog:last_tick"
@@ -52,6 +55,27 @@ def record_heartbeats(factory: sessionmaker[Session], workers: list[heartbeats.W
     return len(rows)
 
 
+def _database_writes(
+    factory: sessionmaker[Session], client: redis.Redis, workers: list[heartbeats.WorkerInfo], breaker: CircuitBreaker | None
+) -> tuple[int, int, str]:
+    """Heartbeats and the outcome drain, inside the database breaker. Returns (recorded, drained, "ok" | why not)."""
+    decision = breaker.allow() if breaker is not None else None
+    if decision is not None and not decision.allowed:
+        _log.warning("database writes skipped: breaker open", reason=decision.reason)
+        return 0, 0, f"skipped: {decision.reason}"
+    try:
+        recorded = record_heartbeats(factory, workers)
+        drained = runs.drain_outcomes(client, factory)
+    except (OperationalError, DBAPIError) as exc:
+        if breaker is not None and decision is not None:
+            breaker.record(False, trial=decision.trial)
+        _log.error("database writes failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return 0, 0, f"failed: {type(exc).__name__}"
+    if breaker is not None and decision is not None:
+        breaker.record(True, trial=decision.trial)
+    return recorded, drained, "ok"
+
+
 def tick(
     *,
     client: redis.Redis,
@@ -60,8 +84,14 @@ def tick(
     queues: Iterable[str],
     dead_after_s: float,
     restore: Callable[[Iterable[str]], int] | None,
+    database_breaker: CircuitBreaker | None = None,
 ) -> dict[str, Any]:
-    """Run one evaluation and return what it saw and did."""
+    """Run one evaluation and return what it saw and did.
+
+    The database writes (heartbeats, the outcome drain) go through ``database_breaker``:
+    while it is open they are skipped (outcomes wait in Redis, nothing is lost) and
+    ``summary["database"]`` says so; a failing write is recorded against it.
+    """
     started = time.perf_counter()
     swept = heartbeats.sweep_dead(client, dead_after_s=dead_after_s, restore=restore)
     for instance, count in swept.items():
@@ -71,8 +101,7 @@ def tick(
         _log.warning("unacked tasks no live worker holds were put back on their queues", restored=orphans)
     snapshot = observe.live_snapshot(client, broker_url, queues, dead_after_s)
     all_workers = heartbeats.workers(client)
-    recorded = record_heartbeats(factory, all_workers)
-    drained = runs.drain_outcomes(client, factory)
+    recorded, drained, database = _database_writes(factory, client, all_workers, database_breaker)
     summary = {
         "ts": time.time(),
         "queues": snapshot["queues"],
@@ -82,6 +111,7 @@ def tick(
         "dead_workers": len(swept),
         "redelivered": sum(swept.values()) + orphans,
         "outcomes_persisted": drained,
+        "database": database,
         "seconds": round(time.perf_counter() - started, 4),
     }
     client.set(LAST_TICK_KEY, json.dumps(summary, separators=(",", ":")), ex=3600)
