@@ -95,6 +95,22 @@ def check_health(
             raise RuntimeError(f"last watchdog tick {age:.0f} s ago")
         return f"last tick {age:.1f} s ago"
 
+    def stream() -> str:
+        from omni_tasks.stream.status import read_status
+
+        status = read_status(client)
+        if not status:
+            raise RuntimeError("no streaming worker has reported")
+        age = (time.time_ns() - status.get("updated_ns", 0)) / 1e9
+        if age > max(30.0, dead_after_s * 3):
+            raise RuntimeError(f"the streaming worker last reported {age:.0f} s ago")
+        if not status.get("connected"):
+            raise RuntimeError(f"the streaming worker is not connected: {status.get('last_error') or 'connecting'}")
+        stale = status.get("stale_symbols") or []
+        last_quote_s = (time.time_ns() - status.get("last_quote_ns", 0)) / 1e9
+        return f"{status.get('feed')}: {len(status.get('symbols') or [])} symbols, {len(stale)} stale, last market data {last_quote_s:.1f} s ago"
+
+    checks["stream"] = _timed(stream) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     checks["beat"] = _timed(beat) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     checks["watchdog_tick"] = _timed(watchdog_tick) if redis_ok else {"status": "down", "latency_ms": 0.0}
 

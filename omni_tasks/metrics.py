@@ -128,10 +128,75 @@ class MergedFilesCollector(Collector):
         return iter(MultiProcessCollector.merge(files, accumulate=True))
 
 
-def build_registry(snapshot: Callable[[], dict[str, Any]], metrics_root: Path | None) -> CollectorRegistry:
-    """The registry served on /metrics: every process's metric files plus the live gauges."""
+STREAM_LATENCY_EDGES_S = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
+
+
+class StreamCollector(Collector):
+    """The streaming worker's stage histograms and counts, read from what it publishes to Redis each second.
+
+    The quote loop records nanosecond histograms in its own memory (a
+    prometheus-client observe per frame would cost more than the frame); the
+    worker publishes them to Redis and this collector turns them into
+    Prometheus histograms at scrape time. Labels never hold symbols.
+    """
+
+    def __init__(self, source: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        from omni_tasks.stream.latency import Histogram
+
+        try:
+            status, published = self._source()
+        except Exception:  # noqa: BLE001 - a failed read shows as omni_stream_up 0
+            status, published = {}, {}
+        up = GaugeMetricFamily("omni_stream_up", "1 while the streaming worker reports connected (its status younger than 30 s).")
+        fresh = bool(status) and (time.time_ns() - status.get("updated_ns", 0)) < 30e9
+        up.add_metric([], 1.0 if fresh and status.get("connected") else 0.0)
+        yield up
+        latency = HistogramMetricFamily(
+            "omni_stream_stage_latency_seconds", "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).", labels=["stage"]
+        )
+        violations = CounterMetricFamily("omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"])
+        for stage, summary in sorted(published.items()):
+            hist = Histogram.from_sparse(summary.get("buckets", {}), max_ns=int(summary.get("max_ns", 0)))
+            cumulative = hist.cumulative_at(int(edge * 1e9) for edge in STREAM_LATENCY_EDGES_S)
+            buckets = [(repr(edge), count) for edge, count in zip(STREAM_LATENCY_EDGES_S, cumulative, strict=True)]
+            buckets.append(("+Inf", hist.total))
+            latency.add_metric([stage], buckets, sum_value=float(summary.get("sum_ns", 0)) / 1e9)
+            if summary.get("budget_ns"):
+                violations.add_metric([stage], float(summary.get("over_budget", 0)))
+        yield latency
+        yield violations
+        messages = CounterMetricFamily("omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"])
+        for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
+            messages.add_metric([outcome], float(count))
+        yield messages
+        garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).")
+        garbage.add_metric([], float(status.get("garbage_frames", 0)))
+        yield garbage
+        counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
+        events = CounterMetricFamily("omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"])
+        for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
+            events.add_metric([event], float(counters.get(event, 0)))
+        yield events
+        stale = GaugeMetricFamily("omni_stream_stale_symbols", "Subscribed symbols with no quote for stale_after_s in market hours.")
+        stale.add_metric([], float(len(status.get("stale_symbols") or [])))
+        yield stale
+
+
+def build_registry(
+    snapshot: Callable[[], dict[str, Any]],
+    metrics_root: Path | None,
+    stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+) -> CollectorRegistry:
+    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms."""
     registry = CollectorRegistry()
     if metrics_root is not None:
         registry.register(MergedFilesCollector(metrics_root))
     registry.register(LiveCollector(snapshot))
+    if stream_source is not None:
+        registry.register(StreamCollector(stream_source))
     return registry

@@ -34,6 +34,10 @@ def gather_status() -> dict[str, Any]:
         out["watchdog_last_tick"] = json.loads(raw) if raw else None
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    try:
+        out["stream"] = stream_view(runtime.redis)
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"stream: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     from omni_tasks.safety.killswitch import state_info
 
     out["trading"] = state_info(runtime.redis, runtime.sessions)
@@ -50,6 +54,43 @@ def gather_status() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return out
+
+
+def stream_view(client: Any) -> dict[str, Any] | None:
+    """The streaming worker's last status and its latency percentiles per stage (None: no stream worker has run)."""
+    from omni_tasks.stream.latency import read_published
+    from omni_tasks.stream.status import read_status
+
+    status = read_status(client)
+    if not status:
+        return None
+    latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
+    return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency}
+
+
+def _print_stream(stream: dict[str, Any] | None) -> None:
+    if stream is None:
+        console.print("Stream: [yellow]no streaming worker has reported[/yellow]")
+        return
+    counts = stream.get("counts", {})
+    rejected = {k: counts.get(k, 0) for k in ("crossed", "zero_size", "bad_price", "out_of_order", "malformed") if counts.get(k)}
+    connected = "[green]connected[/green]" if stream.get("connected") else "[red]not connected[/red]"
+    stale = ", ".join(stream.get("stale_symbols") or [])
+    console.print(
+        f"Stream: {stream.get('feed') or '-'} {connected}, {len(stream.get('symbols') or [])} symbols"
+        f"{f', [yellow]stale: {stale}[/yellow]' if stale else ''}; quotes {counts.get('quotes', 0):,}, served {counts.get('served', 0):,}"
+        f"{f', not served {rejected}' if rejected else ''}; garbage frames {stream.get('garbage_frames', 0)}; "
+        f"trading state seen {stream.get('trading_state', '?')}; reported {stream['age_s']:.1f} s ago"
+        + (f"; last error: {stream['last_error']}" if stream.get("last_error") else "")
+    )
+    table = Table(title="Stream latency (per frame)", title_justify="left")
+    for column in ("stage", "count", "p50", "p95", "p99", "max", "over budget"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage, s in stream.get("latency", {}).items():
+        budget = s.get("budget_ns")
+        over = f"{s.get('over_budget', 0)} (> {budget / 1e6:g} ms)" if budget else "-"
+        table.add_row(stage, f"{s['count']:,}", *(f"{s[k] / 1000:,.0f} us" for k in ("p50_ns", "p95_ns", "p99_ns", "max_ns")), over)
+    console.print(table)
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
@@ -97,6 +138,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     else:
         console.print("Watchdog: [red]no tick recorded[/red]")
     console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
+    _print_stream(data.get("stream"))
 
     if data.get("breakers"):
         breakers = Table(title="Circuit breakers", title_justify="left")

@@ -127,12 +127,18 @@ def server() -> None:
             engine=runtime.engine,
             client=runtime.redis,
             broker_url=settings.broker_url,
-            worker_kinds=list(KINDS),
+            worker_kinds=[*KINDS, "stream"],
             dead_after_s=settings.broker.dead_after_s,
             watchdog_interval_s=settings.watchdog.interval_s,
         )
 
-    registry = metrics.build_registry(snapshot, settings.metrics_dir)
+    def stream_source() -> tuple[dict[str, Any], dict[str, Any]]:
+        from omni_tasks.stream.latency import read_published
+        from omni_tasks.stream.status import read_status
+
+        return read_status(runtime.redis), read_published(runtime.redis)
+
+    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source)
     httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -205,6 +211,7 @@ def up(
     specs.append(ChildSpec("server", [*omni, "server"], env, stop_timeout_s=5, log_path=logs_dir / "server.log", stop_phase=2))
     for kind in KINDS.values():
         specs.append(ChildSpec(f"worker-{kind.name}", [*omni, "worker", kind.name], env, stop_timeout_s=30, log_path=logs_dir / f"worker-{kind.name}.log", stop_phase=1))
+    specs.append(ChildSpec("stream", [*omni, "stream"], env, stop_timeout_s=10, log_path=logs_dir / "stream.log", stop_phase=1))
     specs.append(ChildSpec("beat", [*omni, "beat"], env, stop_timeout_s=10, log_path=logs_dir / "beat.log", stop_phase=0))
     specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
 
@@ -304,6 +311,7 @@ def _banner(settings: Settings, generated_password: str | None, logs_dir: Path) 
     table.add_row("Metrics", f"{metrics_url}/metrics")
     table.add_row("Broker", mask_url(settings.broker_url) + ("  (embedded Redis, unix socket only)" if settings.embedded else ""))
     table.add_row("Database", mask_url(settings.database_url))
+    table.add_row("Stream", f"{settings.stream.feed} feed, {len(settings.stream.symbols)} symbols  (`omni stream quotes`, latencies in `omni status`)")
     table.add_row("Logs", str(logs_dir))
     console.print(table)
     if "synthetic" in settings.providers.order:

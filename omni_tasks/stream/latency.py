@@ -53,11 +53,12 @@ def bucket_upper(index: int) -> int:
 class Histogram:
     """Counts of nanosecond values in log-linear buckets; percentiles on demand."""
 
-    __slots__ = ("counts", "total", "max_ns", "over_budget", "budget_ns")
+    __slots__ = ("counts", "total", "sum_ns", "max_ns", "over_budget", "budget_ns")
 
     def __init__(self, budget_ns: int | None = None) -> None:
         self.counts = [0] * N_BUCKETS
         self.total = 0
+        self.sum_ns = 0
         self.max_ns = 0
         self.over_budget = 0
         self.budget_ns = budget_ns
@@ -70,6 +71,7 @@ class Histogram:
             index = ((shift + 1) << SUB_BITS) + ((ns >> shift) - SUB)
         self.counts[index] += 1
         self.total += 1
+        self.sum_ns += ns
         if ns > self.max_ns:
             self.max_ns = ns
         if self.budget_ns is not None and ns > self.budget_ns:
@@ -94,6 +96,7 @@ class Histogram:
     def summary(self) -> dict[str, Any]:
         return {
             "count": self.total,
+            "sum_ns": self.sum_ns,
             "p50_ns": self.percentile(50),
             "p95_ns": self.percentile(95),
             "p99_ns": self.percentile(99),

@@ -39,14 +39,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from omni_tasks import heartbeats
-from omni_tasks.marketdata import calendar
 from omni_tasks.stream.feeds import CHANNELS, AuthFailed, ConnectionLimit, Feed, FeedClosed, FeedExhausted, Recorder, raise_for_error
 from omni_tasks.stream.path import FlushResult, QuotePath
+from omni_tasks.stream.status import CONTROL_KEY, STATUS_KEY, read_status  # noqa: F401 - read_status re-exported for callers
 
 log = logging.getLogger(__name__)
 
-STATUS_KEY: Final = "omni:stream:status"
-CONTROL_KEY: Final = "omni:stream:control:{name}"
 CONNLOCK_KEY: Final = "omni:stream:connlock:{fingerprint}"
 EXIT_OK: Final = 0
 EXIT_AUTH: Final = 3
@@ -369,6 +367,8 @@ class StreamWorker:
         now = now or datetime.now(tz=UTC)
         minute = int(now.timestamp() // 60)
         if self._open_cache[0] != minute:
+            from omni_tasks.marketdata import calendar  # exchange_calendars: loaded only by feeds that keep hours
+
             self._open_cache = (minute, calendar.is_open(now))
         return self._open_cache[1]
 
@@ -533,22 +533,3 @@ class StreamWorker:
         if now - self._garbage_logged > 5.0:
             self._garbage_logged = now
             log.warning("stream: skipped a garbage frame (%s); %d so far", reason, self.path.garbage_frames)
-
-
-def read_status(client: Any) -> dict[str, Any]:
-    """The stream worker's last published status ({} when none), JSON fields decoded."""
-    raw = client.hgetall(STATUS_KEY)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        text = value.decode() if isinstance(value, bytes) else value
-        if name in ("symbols", "stale_symbols", "counts", "counters"):
-            try:
-                out[name] = json.loads(text)
-            except ValueError:
-                out[name] = text
-        elif name in ("connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open"):
-            out[name] = int(text) if text.lstrip("-").isdigit() else 0
-        else:
-            out[name] = text
-    return out

@@ -80,14 +80,22 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
     started = time.monotonic()
     up = subprocess.Popen(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "omni_tasks", "up", "--for", "30"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         health_url = f"http://127.0.0.1:{metrics_port}/health"
+
         def healthy() -> bool:
             if not _port_open(metrics_port):
                 return False
-            code, body = _get(health_url)
+            try:
+                code, body = _get(health_url)
+            except TimeoutError:  # a busy machine while eleven processes boot: ask again
+                return False
             return code == 200 and json.loads(body)["status"] == "ok"
 
         ready_s = wait_for(healthy, 60, interval_s=0.5, message="/health ok")
@@ -95,8 +103,10 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
         health = json.loads(body)
         assert code == 200, health
         assert health["status"] == "ok", health
-        for kind in ("scans", "backfill", "validation", "risk", "watchdog", "orders"):
+        for kind in ("scans", "backfill", "validation", "risk", "watchdog", "orders", "stream"):
             assert health["checks"][f"worker:{kind}"]["status"] == "ok"
+        assert health["checks"]["stream"]["status"] == "ok", health["checks"]["stream"]
+        assert health["checks"]["stream"]["detail"].startswith("synthetic:")
         print(f"omni up: /health ok {ready_s:.1f} s after start")
 
         flower = f"http://127.0.0.1:{flower_port}"
@@ -123,15 +133,52 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
         assert re.search(r'^celery_queue_length\{queue_name="watchdog"\}', metrics, re.M)
         assert re.search(r'^celery_worker_up\{hostname="watchdog@', metrics, re.M)
         assert re.search(r"^omni_beat_leader 1\.0", metrics, re.M)
+        assert re.search(r"^omni_stream_up 1\.0", metrics, re.M)
+        assert re.search(r'^omni_stream_stage_latency_seconds_bucket\{le="0\.001",stage="process"\} [1-9]', metrics, re.M)
 
         # `omni status` in another terminal finds the embedded Redis and SQLite through the data folder alone.
         status_env = {k: v for k, v in env.items() if k in {"OMNI_DATA_DIR", "PATH", "HOME", "LANG"}}
         status = subprocess.run(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "omni_tasks", "status", "--json"], env=status_env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+            [sys.executable, "-m", "omni_tasks", "status", "--json"],
+            env=status_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert status.returncode == 0, status.stdout + status.stderr
         snapshot = json.loads(status.stdout)
-        assert {w["kind"] for w in snapshot["workers"] if w["alive"]} == {"scans", "backfill", "validation", "risk", "watchdog", "orders"}
+        assert {w["kind"] for w in snapshot["workers"] if w["alive"]} == {
+            "scans",
+            "backfill",
+            "validation",
+            "risk",
+            "watchdog",
+            "orders",
+            "stream",
+        }
+        stream = snapshot["stream"]
+        assert stream["feed"] == "synthetic"
+        assert stream["connected"] == 1
+        assert stream["latency"]["process"]["count"] > 0
+        assert stream["latency"]["e2e"]["p99_ns"] > 0
+        quotes = subprocess.run(  # noqa: S603 - fixed argv
+            [sys.executable, "-m", "omni_tasks", "stream", "quotes", "--json"],
+            env=status_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert quotes.returncode == 0, quotes.stdout + quotes.stderr
+        served = json.loads(quotes.stdout)
+        assert set(served["quotes"]) == {"AAPL", "MSFT", "NVDA", "AMZN", "SPY"}, served
+        assert all(float(q["bid"]) < float(q["ask"]) for q in served["quotes"].values())
+        print(
+            f"stream under omni up: process p99 {stream['latency']['process']['p99_ns'] / 1000:.0f} us, e2e p99 {stream['latency']['e2e']['p99_ns'] / 1000:.0f} us"
+        )
         assert snapshot["beat_leader"] is not None
         assert set(snapshot["queues"]) == {"scans", "backfill", "validation", "risk", "watchdog", "orders"}
         assert snapshot["errors"] == []

@@ -1,0 +1,33 @@
+"""The streaming worker's status in Redis: what it publishes, and how `omni status`, /health and the watchdog read it.
+
+Kept free of heavy imports: the health server reads it on every request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+STATUS_KEY: Final = "omni:stream:status"
+CONTROL_KEY: Final = "omni:stream:control:{name}"
+_JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "counters")
+_INT_FIELDS: Final = ("connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open")
+
+
+def read_status(client: Any) -> dict[str, Any]:
+    """The stream worker's last published status ({} when none), JSON fields decoded."""
+    raw = client.hgetall(STATUS_KEY)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        text = value.decode() if isinstance(value, bytes) else value
+        if name in _JSON_FIELDS:
+            try:
+                out[name] = json.loads(text)
+            except ValueError:
+                out[name] = text
+        elif name in _INT_FIELDS:
+            out[name] = int(text) if text.lstrip("-").isdigit() else 0
+        else:
+            out[name] = text
+    return out
