@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -226,7 +226,7 @@ class SimulatedBroker:
         """Cash, equity (marks: fresh quotes' mids, else average prices; ``extra`` says which) and the day's marks."""
         self._prepare()
         with self._sessions() as session:
-            row = self._account_row(session)
+            row = session.execute(select(BrokerAccount).where(BrokerAccount.broker == self.name)).scalar_one()
             every = session.execute(select(Position).where(Position.broker == self.name)).scalars().all()
         positions = [p for p in every if p.qty != 0]
         marks = self._marks(p.symbol for p in positions)
@@ -255,7 +255,7 @@ class SimulatedBroker:
         """Every non-flat position; ``market_price`` is the fresh quote's mid, None without one."""
         self._prepare()
         with self._sessions() as session:
-            rows = self._open_positions(session)
+            rows = [p for p in self._positions_by_symbol(session).values() if p.qty != 0]
         marks = self._marks(p.symbol for p in rows)
         return [BrokerPosition(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, market_price=marks.get(p.symbol)) for p in rows]
 
@@ -269,18 +269,15 @@ class SimulatedBroker:
         """Record, guard and fill (or rest, or reject) one order; idempotent on ``client_order_id``."""
         check_order_request(request)
         self._ensure_account()
-        known = self._find(request.client_order_id)
-        if known is not None and not self._claimable(known):
-            return self._known(known, request)
         try:
             outcome = self._submit_locked(request)
         except IntegrityError:
-            # Another writer (not holding our lock: the orders path, another broker) inserted this id first.
+            # Another writer that does not take our lock (the orders path, another broker) inserted this id first.
             known = self._find(request.client_order_id)
             if known is None:
                 raise
             if not self._claimable(known):
-                return self._known(known, request)
+                return self._known_view(known, request)
             outcome = self._submit_locked(request)
         self._publish(outcome)
         if outcome.blocked is not None:
@@ -312,10 +309,11 @@ class SimulatedBroker:
             account = self._lock(session)
             self._roll_day(session, account, now, outcome)
             self._cancel_resting(session, now, reason="close_all")
-            positions = self._open_positions(session)
-            quotes = self._quotes_or_none(p.symbol for p in positions)
+            positions = self._positions_by_symbol(session)
+            held = [p for p in positions.values() if p.qty != 0]
+            quotes = self._quotes_or_none(p.symbol for p in held)
             now_ns = _ns(now)
-            for position in positions:
+            for position in held:
                 request = OrderRequest(
                     client_order_id=f"close-{uuid.uuid4().hex}",
                     symbol=position.symbol,
@@ -323,16 +321,15 @@ class SimulatedBroker:
                     qty=abs(position.qty),
                     requested_by="close_all",
                 )
-                row = self._new_row(session, request, now)
-                problem = quote_problem(position.symbol, quotes.get(position.symbol), now_ns=now_ns, max_age_s=self._max_age_s)
-                if problem is not None:
-                    self._reject(session, row, problem, check="quote", now=now)
-                else:
-                    self._accept(session, row, now)
-                    self._fill(session, account, row, fill_price(row.side, "market", None, quotes[position.symbol]), now)  # type: ignore[arg-type]  # a market order always has a price
+                quote = quotes.get(position.symbol)
+                problem = quote_problem(position.symbol, quote, now_ns=now_ns, max_age_s=self._max_age_s)
+                row = self._record(session, request, None, now, refused=problem, check="quote")
+                price = self._price(request.side, "market", None, quote, now_ns)
+                if price is not None:
+                    self._fill(session, account, positions, row, price, now)
                 outcome.orders.append(_order_view(row))
-            if positions:
-                outcome.book = self._book_rows(session, account)
+            if held:
+                outcome.book = self._book_of(account, positions)
         self._publish(outcome)
         _log.info(
             "positions closed", broker=self.name, orders=len(outcome.orders), filled=sum(o.status == "filled" for o in outcome.orders)
@@ -349,84 +346,105 @@ class SimulatedBroker:
         if not resting:
             return []
         quotes = self._quotes_or_none(symbol for symbol, *_ in resting)
-        now_ns = _ns(self._now())
-        if not any(self._crosses(side, kind, limit, quotes.get(symbol), now_ns) for symbol, side, kind, limit in resting):
-            return []
         now = self._now()
+        if all(self._price(side, kind, limit, quotes.get(symbol), _ns(now)) is None for symbol, side, kind, limit in resting):
+            return []
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
             account = self._lock(session)
             self._roll_day(session, account, now, outcome)
-            outcome.orders = self._match(session, account, quotes, now)
-            if outcome.orders:
-                outcome.book = self._book_rows(session, account)
+            positions = self._positions_by_symbol(session)
+            outcome.orders = self._match(session, account, positions, self._resting(session), quotes, now)
+            if outcome.orders or outcome.book is not None:
+                outcome.book = self._book_of(account, positions)
         self._publish(outcome)
         return outcome.orders
 
-    def _crosses(self, side: Side, order_type: str, limit: Decimal | None, quote: LatestQuote | None, now_ns: int) -> bool:
+    def _price(self, side: str, order_type: str, limit: Decimal | None, quote: LatestQuote | None, now_ns: int) -> Decimal | None:
+        """The fill price against a fresh, sane quote; None without one or when a limit is not marketable."""
         if quote is None or quote_problem(quote.symbol, quote, now_ns=now_ns, max_age_s=self._max_age_s) is not None:
-            return False
-        return fill_price(side, order_type, limit, quote) is not None
+            return None
+        return fill_price(_side(side), order_type, limit, quote)
 
-    def _match(self, session: Session, account: BrokerAccount, quotes: Mapping[str, LatestQuote], now: datetime) -> list[BrokerOrder]:
+    def _match(
+        self,
+        session: Session,
+        account: BrokerAccount,
+        positions: dict[str, Position],
+        resting: Sequence[Order],
+        quotes: Mapping[str, LatestQuote],
+        now: datetime,
+    ) -> list[BrokerOrder]:
         filled: list[BrokerOrder] = []
         now_ns = _ns(now)
-        for row in self._resting(session):
-            quote = quotes.get(row.symbol)
-            if quote is None or not self._crosses(row.side, row.order_type, row.limit_price, quote, now_ns):  # type: ignore[arg-type]  # side is buy/sell
+        for row in resting:
+            price = self._price(row.side, row.order_type, row.limit_price, quotes.get(row.symbol), now_ns)
+            if price is None:
                 continue
             try:
                 self._run_guard(_request_of(row))
             except OrderBlocked as blocked:
                 _log.info("resting order held by the guard", broker=self.name, client_order_id=row.client_order_id, reason=str(blocked))
                 continue
-            self._fill(session, account, row, fill_price(row.side, row.order_type, row.limit_price, quote), now)  # type: ignore[arg-type]  # crosses, so priced
+            self._fill(session, account, positions, row, price, now)
             filled.append(_order_view(row))
         return filled
 
     # ---- the submit transaction ------------------------------------------------------------------
 
     def _submit_locked(self, request: OrderRequest) -> _Outcome:
+        """One transaction under the account lock: dedupe, match resting orders, check the quote, guard, record, fill."""
         now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
             account = self._lock(session)
             self._roll_day(session, account, now, outcome)
-            row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one_or_none()
-            if row is not None and not self._claimable(row):
-                outcome.order = self._known_view(row, request)
+            rows = (
+                session.execute(
+                    select(Order)
+                    .where(or_(Order.client_order_id == request.client_order_id, self._resting_clause()))
+                    .order_by(Order.id)
+                    .execution_options(populate_existing=True)
+                )
+                .scalars()
+                .all()
+            )
+            known = next((row for row in rows if row.client_order_id == request.client_order_id), None)
+            if known is not None and not self._claimable(known):
+                outcome.order = self._known_view(known, request)
                 return outcome
-            resting_symbols = {r.symbol for r in self._resting(session)}
-            quotes = self._quotes({request.symbol} | resting_symbols)
-            matched = self._match(session, account, quotes, now) if resting_symbols else []
-            if row is None:
-                row = self._new_row(session, request, now)
-            else:
-                self._check_same(row, request)
-            problem = quote_problem(request.symbol, quotes.get(request.symbol), now_ns=_ns(now), max_age_s=self._max_age_s)
-            if problem is not None:
-                self._reject(session, row, problem, check="quote", now=now)
-            else:
+            if known is not None:
+                self._check_same(known, request)
+            resting = [row for row in rows if row.client_order_id != request.client_order_id]
+            positions = self._positions_by_symbol(session)
+            quotes = self._quotes({request.symbol} | {row.symbol for row in resting})
+            matched = self._match(session, account, positions, resting, quotes, now) if resting else []
+            quote = quotes.get(request.symbol)
+            problem = quote_problem(request.symbol, quote, now_ns=_ns(now), max_age_s=self._max_age_s)
+            if problem is None:
                 try:
                     self._run_guard(request)
                 except OrderBlocked as blocked:
-                    self._reject(session, row, str(blocked), check="guard", now=now)
                     outcome.blocked = blocked
-                else:
-                    self._accept(session, row, now)
-                    price = fill_price(request.side, request.order_type, request.limit_price, quotes[request.symbol])
-                    if price is not None:
-                        self._fill(session, account, row, price, now)
+            refused, check = (
+                (problem, "quote") if problem is not None else (str(outcome.blocked), "guard") if outcome.blocked else (None, "")
+            )
+            row = self._record(session, request, known, now, refused=refused, check=check)
+            price = (
+                fill_price(request.side, request.order_type, request.limit_price, quote) if quote is not None and refused is None else None
+            )
+            if price is not None:
+                self._fill(session, account, positions, row, price, now)
             outcome.order = _order_view(row)
-            if matched or row.status == "filled" or outcome.book is not None:
-                outcome.book = self._book_rows(session, account)
+            if matched or price is not None or outcome.book is not None:
+                outcome.book = self._book_of(account, positions)
         _log.info(
             "order submitted",
             broker=self.name,
             client_order_id=request.client_order_id,
             symbol=request.symbol,
             side=request.side,
-            qty=str(request.qty),
+            qty=decimal_text(request.qty),
             status=outcome.order.status,
             reason=outcome.order.reason,
         )
@@ -443,121 +461,84 @@ class SimulatedBroker:
         except Exception as exc:  # noqa: BLE001 - a guard that cannot decide must block, whatever broke
             raise OrderBlocked(f"the order guard failed ({type(exc).__name__}: {exc}): blocked") from exc
 
-    def _new_row(self, session: Session, request: OrderRequest, now: datetime) -> Order:
-        row = Order(
-            client_order_id=request.client_order_id,
-            broker=self.name,
-            broker_order_id=None,
-            symbol=request.symbol,
-            side=request.side,
-            qty=request.qty,
-            order_type=request.order_type,
-            limit_price=request.limit_price,
-            status="pending",
-            filled_qty=ZERO,
-            avg_fill_price=None,
-            requested_by=(request.requested_by or "unknown")[:100],
-            reason=None,
-            created_at=now,
-            submitted_at=None,
-            updated_at=now,
-        )
-        session.add(row)
-        session.flush()  # the unique client_order_id is checked here, and the id assigned
+    def _record(
+        self, session: Session, request: OrderRequest, claimed: Order | None, now: datetime, *, refused: str | None, check: str
+    ) -> Order:
+        """The order as the broker took it: ``new`` (at the broker), or ``rejected`` with the reason and the check that refused it.
+
+        A new row is inserted in its final state by the caller's flush (one INSERT); a claimed pending row is updated.
+        """
+        status = "new" if refused is None else "rejected"
+        broker_order_id = f"{self.name}-{uuid.uuid4().hex}"
+        if claimed is None:
+            row = Order(
+                client_order_id=request.client_order_id,
+                broker=self.name,
+                broker_order_id=broker_order_id,
+                symbol=request.symbol,
+                side=request.side,
+                qty=request.qty,
+                order_type=request.order_type,
+                limit_price=request.limit_price,
+                status=status,
+                filled_qty=ZERO,
+                avg_fill_price=None,
+                requested_by=(request.requested_by or "unknown")[:100],
+                reason=refused,
+                created_at=now,
+                submitted_at=now if refused is None else None,
+                updated_at=now,
+            )
+            session.add(row)
+        else:
+            row = claimed
+            row.broker_order_id, row.status, row.reason, row.updated_at = broker_order_id, status, refused, now
+            row.submitted_at = now if refused is None else None
+        if refused is None:
+            session.add(_event(now, row, "submitted", broker=self.name, broker_order_id=broker_order_id))
+        else:
+            session.add(_event(now, row, "rejected", check=check, reason=refused, broker=self.name))
+            _log.warning(
+                "order rejected", broker=self.name, client_order_id=row.client_order_id, symbol=row.symbol, check=check, reason=refused
+            )
         return row
 
-    def _accept(self, session: Session, row: Order, now: datetime) -> None:
-        row.broker_order_id = f"{self.name}-{row.id}"
-        row.broker = self.name
-        row.status = "new"
-        row.submitted_at = now
-        row.updated_at = now
-        session.add(
-            OrderEvent(
-                ts=now,
-                client_order_id=row.client_order_id,
-                event="submitted",
-                check=None,
-                reason=None,
-                detail={"broker": self.name, "broker_order_id": row.broker_order_id},
-            )
-        )
-
-    def _reject(self, session: Session, row: Order, reason: str, *, check: str, now: datetime) -> None:
-        row.broker_order_id = f"{self.name}-{row.id}"
-        row.broker = self.name
-        row.status = "rejected"
-        row.reason = reason
-        row.updated_at = now
-        session.add(
-            OrderEvent(
-                ts=now, client_order_id=row.client_order_id, event="rejected", check=check, reason=reason, detail={"broker": self.name}
-            )
-        )
-        _log.warning("order rejected", broker=self.name, client_order_id=row.client_order_id, symbol=row.symbol, check=check, reason=reason)
-
-    def _fill(self, session: Session, account: BrokerAccount, row: Order, price: Decimal, now: datetime) -> None:
-        """Fill the whole remaining quantity of ``row`` at ``price``: fill, order, position, cash, event."""
+    def _fill(
+        self, session: Session, account: BrokerAccount, positions: dict[str, Position], row: Order, price: Decimal, now: datetime
+    ) -> None:
+        """Fill the whole remaining quantity of ``row`` at ``price``: the order, a fill, the position, cash, an event."""
         qty = row.qty - row.filled_qty
-        side: Side = "buy" if row.side == "buy" else "sell"
-        position = session.get(Position, {"broker": self.name, "symbol": row.symbol}, populate_existing=True)
-        before = PositionState(position.qty, position.avg_price, position.realized_pnl) if position is not None else PositionState()
+        side = _side(row.side)
+        held = positions.get(row.symbol)
+        before = PositionState(held.qty, held.avg_price, held.realized_pnl) if held is not None else PositionState()
         after = apply_fill(before, qty if side == "buy" else -qty, price)
-        if position is None:
-            session.add(
-                Position(
-                    broker=self.name,
-                    symbol=row.symbol,
-                    qty=after.qty,
-                    avg_price=after.avg_price,
-                    realized_pnl=after.realized_pnl,
-                    updated_at=now,
-                )
+        if held is None:
+            held = Position(
+                broker=self.name,
+                symbol=row.symbol,
+                qty=after.qty,
+                avg_price=after.avg_price,
+                realized_pnl=after.realized_pnl,
+                updated_at=now,
             )
+            session.add(held)
+            positions[row.symbol] = held
         else:
-            position.qty, position.avg_price, position.realized_pnl, position.updated_at = (
-                after.qty,
-                after.avg_price,
-                after.realized_pnl,
-                now,
-            )
+            held.qty, held.avg_price, held.realized_pnl, held.updated_at = after.qty, after.avg_price, after.realized_pnl, now
         account.cash = cash_after(account.cash, side, qty, price)
         account.updated_at = now
-        row.avg_fill_price = price
-        row.filled_qty = row.qty
-        row.status = "filled"
-        row.updated_at = now
+        row.avg_fill_price, row.filled_qty, row.status, row.updated_at = price, row.qty, "filled", now
+        if row.id is None:
+            session.flush()  # a new order goes in once, already filled; its id is the fill's order_id
         session.add(Fill(order_id=row.id, broker=self.name, symbol=row.symbol, side=side, qty=qty, price=price, ts=now))
-        session.add(
-            OrderEvent(
-                ts=now,
-                client_order_id=row.client_order_id,
-                event="filled",
-                check=None,
-                reason=None,
-                detail={"qty": decimal_text(qty), "price": decimal_text(price), "position_after": decimal_text(after.qty)},
-            )
-        )
-        session.flush()
+        session.add(_event(now, row, "filled", qty=decimal_text(qty), price=decimal_text(price), position_after=decimal_text(after.qty)))
 
     def _cancel_resting(self, session: Session, now: datetime, *, reason: str, status: str = "cancelled") -> list[str]:
         ids: list[str] = []
         for row in self._resting(session):
-            row.status = status
-            row.reason = reason
-            row.updated_at = now
-            session.add(
-                OrderEvent(
-                    ts=now,
-                    client_order_id=row.client_order_id,
-                    event=status,
-                    check=None,
-                    reason=reason,
-                    detail={"broker": self.name, "broker_order_id": row.broker_order_id},
-                )
-            )
+            row.status, row.reason, row.updated_at = status, reason, now
+            session.add(_event(now, row, status, reason=reason, broker=self.name, broker_order_id=row.broker_order_id or ""))
             ids.append(row.broker_order_id or "")
-        session.flush()
         return ids
 
     # ---- idempotency -----------------------------------------------------------------------------
@@ -570,15 +551,12 @@ class SimulatedBroker:
         """A row the orders path recorded before sending (pending, never at a broker) is this submit's to take over."""
         return row.status == "pending" and row.broker_order_id is None and row.broker == self.name
 
-    def _known(self, row: Order, request: OrderRequest) -> BrokerOrder:
-        view = self._known_view(row, request)
-        _log.info("order resubmitted: the recorded one returned", broker=self.name, client_order_id=row.client_order_id, status=row.status)
-        return view
-
     def _known_view(self, row: Order, request: OrderRequest) -> BrokerOrder:
+        """The recorded order for a resubmit (never a second one), after checking it is the same order."""
         if row.broker != self.name:
             raise BrokerError(f"client_order_id {row.client_order_id!r} is an order of broker {row.broker!r}, not {self.name!r}")
         self._check_same(row, request)
+        _log.info("order resubmitted: the recorded one returned", broker=self.name, client_order_id=row.client_order_id, status=row.status)
         return _order_view(row)
 
     @staticmethod
@@ -587,8 +565,8 @@ class SimulatedBroker:
         asked = (request.symbol, request.side, request.qty, request.order_type, request.limit_price)
         if recorded != asked:
             raise InvalidOrder(
-                f"client_order_id {row.client_order_id!r} was already used for {row.side} {row.qty} {row.symbol} {row.order_type}"
-                f"{'' if row.limit_price is None else f' @ {row.limit_price}'}; a different order needs a new id"
+                f"client_order_id {row.client_order_id!r} was already used for {row.side} {_plain(row.qty)} {row.symbol} {row.order_type}"
+                f"{'' if row.limit_price is None else f' @ {_plain(row.limit_price)}'}; a different order needs a new id"
             )
 
     # ---- the account, the day, the lock ----------------------------------------------------------
@@ -631,36 +609,33 @@ class SimulatedBroker:
         session.execute(update(table).where(table.c.broker == self.name).values(broker=table.c.broker))
         return session.execute(query).scalar_one()
 
-    def _account_row(self, session: Session) -> BrokerAccount:
-        return session.execute(select(BrokerAccount).where(BrokerAccount.broker == self.name)).scalar_one()
-
     def _roll_day(self, session: Session, account: BrokerAccount, now: datetime, outcome: _Outcome) -> None:
         """On the first call of a new trading day: expire resting orders, start the day at the equity now."""
         today = self._day(now)
         if account.day >= today:
             return
         expired = self._cancel_resting(session, now, reason=f"day order expired at the end of {account.day.isoformat()}", status="expired")
-        positions = self._open_positions(session)
-        marks = self._marks(p.symbol for p in positions)
-        equity = equity_at(account.cash, ((p.symbol, p.qty, p.avg_price) for p in positions), marks)
+        positions = self._positions_by_symbol(session)
+        held = [p for p in positions.values() if p.qty != 0]
+        marks = self._marks(p.symbol for p in held)
+        equity = equity_at(account.cash, ((p.symbol, p.qty, p.avg_price) for p in held), marks)
         _log.info(
             "trading day rolled",
             broker=self.name,
             previous=account.day.isoformat(),
             day=today.isoformat(),
-            day_start_equity=str(equity),
+            day_start_equity=decimal_text(equity),
             expired_orders=len(expired),
-            marked_by_avg_price=sorted(p.symbol for p in positions if p.symbol not in marks),
+            marked_by_avg_price=sorted(p.symbol for p in held if p.symbol not in marks),
         )
         account.day = today
         account.day_start_equity = equity
         account.peak_equity = max(account.peak_equity, equity)
         account.updated_at = now
-        session.flush()
-        outcome.book = self._book_rows(session, account)
+        outcome.book = self._book_of(account, positions)
 
     def _raise_peak(self, equity: Decimal) -> Decimal:
-        """Raise the stored peak to ``equity`` if it is higher (atomic); returns the peak now stored."""
+        """Raise the stored peak to ``equity`` if it is higher (under the lock); returns the peak now stored."""
         now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
@@ -668,8 +643,7 @@ class SimulatedBroker:
             if equity > account.peak_equity:
                 account.peak_equity = equity
                 account.updated_at = now
-                session.flush()
-                outcome.book = self._book_rows(session, account)
+                outcome.book = self._book_of(account, self._positions_by_symbol(session))
             peak = account.peak_equity
         self._publish(outcome)
         return peak
@@ -689,35 +663,22 @@ class SimulatedBroker:
 
     # ---- reads -----------------------------------------------------------------------------------
 
+    def _resting_clause(self) -> Any:
+        return and_(Order.broker == self.name, Order.status.in_(OPEN_STATUSES), Order.broker_order_id.is_not(None))
+
     def _resting(self, session: Session) -> Sequence[Order]:
-        return (
-            session.execute(
-                select(Order)
-                .where(Order.broker == self.name, Order.status.in_(OPEN_STATUSES), Order.broker_order_id.is_not(None))
-                .order_by(Order.id)
-                .execution_options(populate_existing=True)
-            )
-            .scalars()
-            .all()
-        )
+        query = select(Order).where(self._resting_clause()).order_by(Order.id).execution_options(populate_existing=True)
+        return session.execute(query).scalars().all()
 
-    def _open_positions(self, session: Session) -> Sequence[Position]:
-        return (
-            session.execute(
-                select(Position)
-                .where(Position.broker == self.name, Position.qty != 0)
-                .order_by(Position.symbol)
-                .execution_options(populate_existing=True)
-            )
-            .scalars()
-            .all()
-        )
+    def _positions_by_symbol(self, session: Session) -> dict[str, Position]:
+        """Every position row of this broker (flat ones too: a fill updates rather than inserts), by symbol."""
+        query = select(Position).where(Position.broker == self.name).order_by(Position.symbol).execution_options(populate_existing=True)
+        return {row.symbol: row for row in session.execute(query).scalars()}
 
-    def _book_rows(self, session: Session, account: BrokerAccount) -> tuple[_AccountSnapshot, list[BrokerPosition]]:
-        """The book as this transaction leaves it, in plain values."""
-        session.flush()
+    def _book_of(self, account: BrokerAccount, positions: Mapping[str, Position]) -> tuple[_AccountSnapshot, list[BrokerPosition]]:
+        """The book as this transaction leaves it, in plain values (published after the commit)."""
         snapshot = _AccountSnapshot(account.cash, account.day, account.day_start_equity, account.peak_equity, _ns(account.updated_at))
-        return snapshot, [BrokerPosition(p.symbol, p.qty, p.avg_price) for p in self._open_positions(session)]
+        return snapshot, [BrokerPosition(p.symbol, p.qty, p.avg_price) for _, p in sorted(positions.items()) if p.qty != 0]
 
     def _quotes(self, symbols: Iterable[str]) -> dict[str, LatestQuote]:
         """The latest quotes; Redis failing is a retryable BrokerError (no order is filled without a price)."""
@@ -753,6 +714,19 @@ class SimulatedBroker:
             publish_book(self._redis, self.name, account, positions, updated_ns=account.updated_ns)
         except (RedisError, OSError) as exc:
             _log.warning("book not published to Redis", broker=self.name, error=f"{type(exc).__name__}: {exc}")
+
+
+def _plain(value: Decimal) -> str:
+    """10.00000000 as 10, 187.50000000 as 187.5 (for messages)."""
+    return decimal_text(value.normalize())
+
+
+def _side(text: str) -> Side:
+    return "buy" if text == "buy" else "sell"
+
+
+def _event(now: datetime, row: Order, event: str, *, check: str | None = None, reason: str | None = None, **detail: str) -> OrderEvent:
+    return OrderEvent(ts=now, client_order_id=row.client_order_id, event=event, check=check, reason=reason, detail=detail)
 
 
 def _ns(moment: datetime) -> int:
