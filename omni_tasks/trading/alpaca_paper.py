@@ -34,6 +34,7 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -331,8 +332,7 @@ class AlpacaPaperBroker:
             params: dict[str, Any] = {"status": "open", "limit": OPEN_ORDERS_PAGE, "direction": "desc", "nested": "false"}
             if until is not None:
                 params["until"] = until
-            page = self._call("GET /v2/orders", lambda params=params: self._client.get("/orders", params))
-            page = page or []
+            page: list[dict[str, Any]] = self._call("GET /v2/orders", partial(self._client.get, "/orders", params)) or []
             fresh = [item for item in page if str(item.get("id")) not in seen]
             for item in fresh:
                 seen[str(item["id"])] = _order_of(item)
@@ -351,13 +351,15 @@ class AlpacaPaperBroker:
         body = _order_body(request)
         self._run_guard(request)
         try:
-            raw = self._client.post("/orders", body)
+            raw: dict[str, Any] = self._client.post("/orders", body)  # type: ignore[assignment]  # raw_data: the JSON object
         except APIError as exc:
             if not _is_duplicate_id(exc):
                 error = broker_error(exc, "POST /v2/orders")
                 _log.warning("alpaca refused an order", client_order_id=request.client_order_id, symbol=request.symbol, error=str(error))
                 raise error from None
-            existing = self._call("GET /v2/orders:by_client_order_id", lambda: self._client.get_order_by_client_id(request.client_order_id))
+            existing: dict[str, Any] = self._call(
+                "GET /v2/orders:by_client_order_id", partial(self._client.get_order_by_client_id, request.client_order_id)
+            )
             order = _order_of(existing)
             _check_same(order, request)
             _log.info("order resubmitted: alpaca's existing order returned", client_order_id=request.client_order_id, status=order.status)
@@ -441,7 +443,6 @@ class AlpacaPaperBroker:
         """Record cash and the day's start in broker_accounts and raise the stored peak (atomically); returns the peak."""
         now = self._clock()
         highest = max(equity, day_start)
-        table = BrokerAccount.__table__
         with sessions() as session, session.begin():
             insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
             values = {
@@ -452,19 +453,20 @@ class AlpacaPaperBroker:
                 "peak_equity": highest,
                 "updated_at": now,
             }
-            session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=["broker"]))
+            session.execute(insert(BrokerAccount).values(**values).on_conflict_do_nothing(index_elements=["broker"]))
             session.execute(
-                update(table)
-                .where(table.c.broker == NAME)
+                update(BrokerAccount)
+                .where(BrokerAccount.broker == NAME)
                 .values(
                     cash=cash,
                     day=values["day"],
                     day_start_equity=day_start,
-                    peak_equity=case((table.c.peak_equity < highest, highest), else_=table.c.peak_equity),
+                    peak_equity=case((BrokerAccount.peak_equity < highest, highest), else_=BrokerAccount.peak_equity),
                     updated_at=now,
                 )
+                .execution_options(synchronize_session=False)
             )
-            return session.execute(select(table.c.peak_equity).where(table.c.broker == NAME)).scalar_one()
+            return session.execute(select(BrokerAccount.peak_equity).where(BrokerAccount.broker == NAME)).scalar_one()
 
 
 def _check_same(order: BrokerOrder, request: OrderRequest) -> None:

@@ -87,15 +87,25 @@ class PortfolioBook:
 
 
 class _AccountLike(Protocol):
-    cash: Decimal
-    day_start_equity: Decimal
-    peak_equity: Decimal
+    """A ledger row, a BrokerAccountView, or any object with these."""
+
+    @property
+    def cash(self) -> Decimal: ...
+    @property
+    def day_start_equity(self) -> Decimal: ...
+    @property
+    def peak_equity(self) -> Decimal: ...
 
 
 class _PositionLike(Protocol):
-    symbol: str
-    qty: Decimal
-    avg_price: Decimal
+    """A ledger row or a BrokerPosition."""
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def qty(self) -> Decimal: ...
+    @property
+    def avg_price(self) -> Decimal: ...
 
 
 def decimal_text(value: Decimal) -> str:

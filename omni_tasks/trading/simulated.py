@@ -605,8 +605,12 @@ class SimulatedBroker:
             return session.execute(query.with_for_update()).scalar_one()
         # SQLite has no row locks: a write as the transaction's first statement takes the database's write lock
         # (waiting out the busy timeout), which serialises every writer the same way.
-        table = BrokerAccount.__table__
-        session.execute(update(table).where(table.c.broker == self.name).values(broker=table.c.broker))
+        session.execute(
+            update(BrokerAccount)
+            .where(BrokerAccount.broker == self.name)
+            .values(broker=BrokerAccount.broker)
+            .execution_options(synchronize_session=False)
+        )
         return session.execute(query).scalar_one()
 
     def _roll_day(self, session: Session, account: BrokerAccount, now: datetime, outcome: _Outcome) -> None:

@@ -27,8 +27,8 @@ from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 from omni_tasks.stream.latest import quote_key, read_latest
-from omni_tasks.trading.book import BOOK_KEY, read_book
-from omni_tasks.trading.broker import BrokerError, InvalidOrder, OrderBlocked, OrderRequest
+from omni_tasks.trading.book import BOOK_KEY, publish_book, read_book
+from omni_tasks.trading.broker import BrokerAccountView, BrokerError, BrokerPosition, InvalidOrder, OrderBlocked, OrderRequest
 from omni_tasks.trading.simulated import SimulatedBroker
 
 pytestmark = pytest.mark.services
@@ -192,6 +192,19 @@ def test_market_buy_fills_at_the_ask_and_market_sell_at_the_bid_with_an_exact_le
     # 100000 - 10 x 187.25 + 4 x 187.20 = 100000 - 1872.50 + 748.80
     assert account_row(sessions).cash == D("98876.30")
     assert events(sessions, "b-1") == [("submitted", None), ("filled", None)]
+
+
+def test_eight_decimal_places_survive_the_ledger_exactly(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
+    broker = make()
+    quote("AAPL", "187.12345670", "187.12345678")
+
+    broker.submit(buy("p-1", "3.33333333"))
+
+    # 3.33333333 x 187.12345678 = 623.74485530... -> 623.74485531 (half-even at 8 places)
+    assert account_row(sessions).cash == START - D("623.74485531")
+    held = position(sessions, "AAPL")
+    assert held is not None
+    assert (held.qty, held.avg_price) == (D("3.33333333"), D("187.12345678"))
 
 
 def test_limit_order_rests_until_a_fresh_quote_crosses_it_then_fills_at_that_quote(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
@@ -658,3 +671,19 @@ def test_submit_and_cancel_all_latency(make, quote, sessions) -> None:  # type: 
     )
     assert len(cancelled) == 100
     assert broker.open_orders() == []
+
+
+def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> None:
+    newer = BrokerAccountView(D("900"), D("900"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
+    older = BrokerAccountView(D("950"), D("950"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
+
+    assert publish_book(redis_client, "simulated", newer, [BrokerPosition("AAPL", D(1), D(100))], updated_ns=2_000_000_000) is True
+    assert publish_book(redis_client, "simulated", older, [], updated_ns=1_000_000_000) is False
+
+    book = read_book(redis_client)
+    assert book is not None
+    assert (book.cash, set(book.positions), book.updated_ns) == (D("900"), {"AAPL"}, 2_000_000_000)
+    assert publish_book(redis_client, "simulated", older, [], updated_ns=3_000_000_000) is True
+    assert read_book(redis_client).cash == D("950")  # type: ignore[union-attr]
+    redis_client.set(BOOK_KEY, b"garbage")
+    assert publish_book(redis_client, "simulated", newer, [], updated_ns=1) is True  # an unreadable book is replaced
