@@ -204,11 +204,22 @@ def read_book(redis: Any) -> PortfolioBook | None:
 
 
 def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
-    """Ask the broker for its account and positions and publish them (for brokers that don't publish themselves).
+    """Publish the broker's book now and return it.
 
-    The peak equity published never goes below the peak of the book already there for the same broker,
-    so a broker that only knows its current equity still yields a running peak.
+    A broker that publishes its own book (the simulated one: ``publish_book()``) republishes it from its
+    ledger, in order with its other changes. For the others (Alpaca paper) the book is built from
+    ``account()`` and ``positions()``, stamped with the time before they were read (so a change published
+    meanwhile is never overwritten by this older view), and its peak never goes below the peak of the
+    book already there for the same broker, so a broker that only knows today's equity still has a running peak.
     """
+    own = getattr(broker, "publish_book", None)
+    if callable(own):
+        own()
+        published = read_book(redis)
+        if published is None or published.broker != broker.name:
+            raise RuntimeError(f"broker {broker.name!r} published its book, but {BOOK_KEY} does not hold it")
+        return published
+    updated_ns = time.time_ns()
     view = broker.account()
     positions = broker.positions()
     previous = read_book(redis)
@@ -220,10 +231,18 @@ def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
             peak_equity=previous.peak_equity,
             extra=view.extra,
         )
-    updated_ns = time.time_ns()
-    publish_book(redis, broker.name, view, positions, updated_ns=updated_ns)
-    book = parse_book(book_json(broker.name, view, positions, updated_ns=updated_ns))
-    if book is None:  # pragma: no cover - book_json writes exactly what parse_book reads
-        raise ValueError(f"the book of broker {broker.name!r} did not survive its own round trip")
+    book = PortfolioBook(
+        broker=broker.name,
+        cash=view.cash,
+        day=_day_of(view),
+        day_start_equity=view.day_start_equity,
+        peak_equity=view.peak_equity,
+        positions={p.symbol: BookPosition(p.qty, p.avg_price) for p in positions if p.qty != 0},
+        updated_ns=updated_ns,
+    )
+    if not publish_book(redis, broker.name, view, positions, day=book.day, updated_ns=updated_ns):
+        newer = read_book(redis)  # changed while we read: the newer book stands
+        if newer is not None:
+            return newer
     _log.debug("book refreshed", broker=broker.name, positions=len(book.positions))
     return book

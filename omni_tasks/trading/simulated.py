@@ -289,10 +289,9 @@ class SimulatedBroker:
     def cancel_all(self) -> list[str]:
         """Cancel every resting order at once (no matching first); returns their broker ids."""
         self._ensure_account()
-        now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
-            account = self._lock(session)
+            account, now = self._lock(session)
             self._roll_day(session, account, now, outcome)
             outcome.ids = self._cancel_resting(session, now, reason="cancel_all")
         self._publish(outcome)
@@ -303,10 +302,9 @@ class SimulatedBroker:
     def close_all(self) -> list[BrokerOrder]:
         """Cancel resting orders, then a market order against every position for exactly its size (not guarded)."""
         self._ensure_account()
-        now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
-            account = self._lock(session)
+            account, now = self._lock(session)
             self._roll_day(session, account, now, outcome)
             self._cancel_resting(session, now, reason="close_all")
             positions = self._positions_by_symbol(session)
@@ -336,6 +334,16 @@ class SimulatedBroker:
         )
         return outcome.orders
 
+    def publish_book(self) -> None:
+        """Publish the ledger's book now (after a Redis restart, say); :func:`~omni_tasks.trading.book.refresh_book` calls it."""
+        self._ensure_account()
+        outcome = _Outcome()
+        with self._sessions() as session, session.begin():
+            account, now = self._lock(session)
+            self._roll_day(session, account, now, outcome)
+            outcome.book = self._book_of(account, self._positions_by_symbol(session))
+        self._publish(outcome)
+
     # ---- matching --------------------------------------------------------------------------------
 
     def match_resting(self) -> list[BrokerOrder]:
@@ -346,12 +354,12 @@ class SimulatedBroker:
         if not resting:
             return []
         quotes = self._quotes_or_none(symbol for symbol, *_ in resting)
-        now = self._now()
-        if all(self._price(side, kind, limit, quotes.get(symbol), _ns(now)) is None for symbol, side, kind, limit in resting):
+        now_ns = _ns(self._now())
+        if all(self._price(side, kind, limit, quotes.get(symbol), now_ns) is None for symbol, side, kind, limit in resting):
             return []
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
-            account = self._lock(session)
+            account, now = self._lock(session)
             self._roll_day(session, account, now, outcome)
             positions = self._positions_by_symbol(session)
             outcome.orders = self._match(session, account, positions, self._resting(session), quotes, now)
@@ -394,10 +402,9 @@ class SimulatedBroker:
 
     def _submit_locked(self, request: OrderRequest) -> _Outcome:
         """One transaction under the account lock: dedupe, match resting orders, check the quote, guard, record, fill."""
-        now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
-            account = self._lock(session)
+            account, now = self._lock(session)
             self._roll_day(session, account, now, outcome)
             rows = (
                 session.execute(
@@ -598,11 +605,14 @@ class SimulatedBroker:
             session.execute(insert(BrokerAccount).values(**values).on_conflict_do_nothing(index_elements=["broker"]))
         self._account_ready = True
 
-    def _lock(self, session: Session) -> BrokerAccount:
-        """Lock this broker's account row for the transaction (the ledger's mutex) and return it fresh."""
+    def _lock(self, session: Session) -> tuple[BrokerAccount, datetime]:
+        """Lock this broker's account row for the transaction (the ledger's mutex); returns it fresh, and the time once held.
+
+        Taking the time after the lock keeps ``updated_at`` (the book's ``updated_ns``) in commit order across processes.
+        """
         query = select(BrokerAccount).where(BrokerAccount.broker == self.name).execution_options(populate_existing=True)
         if session.get_bind().dialect.name == "postgresql":
-            return session.execute(query.with_for_update()).scalar_one()
+            return session.execute(query.with_for_update()).scalar_one(), self._now()
         # SQLite has no row locks: a write as the transaction's first statement takes the database's write lock
         # (waiting out the busy timeout), which serialises every writer the same way.
         session.execute(
@@ -611,7 +621,7 @@ class SimulatedBroker:
             .values(broker=BrokerAccount.broker)
             .execution_options(synchronize_session=False)
         )
-        return session.execute(query).scalar_one()
+        return session.execute(query).scalar_one(), self._now()
 
     def _roll_day(self, session: Session, account: BrokerAccount, now: datetime, outcome: _Outcome) -> None:
         """On the first call of a new trading day: expire resting orders, start the day at the equity now."""
@@ -640,10 +650,9 @@ class SimulatedBroker:
 
     def _raise_peak(self, equity: Decimal) -> Decimal:
         """Raise the stored peak to ``equity`` if it is higher (under the lock); returns the peak now stored."""
-        now = self._now()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
-            account = self._lock(session)
+            account, now = self._lock(session)
             if equity > account.peak_equity:
                 account.peak_equity = equity
                 account.updated_at = now
@@ -661,7 +670,8 @@ class SimulatedBroker:
         if day < self._day(now):
             outcome = _Outcome()
             with self._sessions() as session, session.begin():
-                self._roll_day(session, self._lock(session), now, outcome)
+                account, now = self._lock(session)
+                self._roll_day(session, account, now, outcome)
             self._publish(outcome)
         self.match_resting()
 

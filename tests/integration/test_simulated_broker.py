@@ -27,7 +27,7 @@ from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 from omni_tasks.stream.latest import quote_key, read_latest
-from omni_tasks.trading.book import BOOK_KEY, publish_book, read_book
+from omni_tasks.trading.book import BOOK_KEY, publish_book, read_book, refresh_book
 from omni_tasks.trading.broker import BrokerAccountView, BrokerError, BrokerPosition, InvalidOrder, OrderBlocked, OrderRequest
 from omni_tasks.trading.simulated import SimulatedBroker
 
@@ -603,6 +603,18 @@ def test_the_book_in_redis_matches_the_ledger_after_every_change(make, quote, se
         assert {s: (p.qty, p.avg_price) for s, p in book.positions.items()} == ledger
     assert set(read_book(redis_client).positions) == {"MSFT"}  # type: ignore[union-attr]  # AAPL is flat again
     assert redis_client.ttl(BOOK_KEY) == -1  # no expiry: true until the next change
+
+
+def test_refresh_book_republishes_the_simulated_ledger_after_redis_lost_it(make, quote, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
+    broker = make()
+    quote("AAPL", "187.20", "187.25")
+    broker.submit(buy("rb-1", "10"))
+    redis_client.delete(BOOK_KEY)
+
+    book = refresh_book(broker, redis_client)
+
+    assert read_book(redis_client) == book
+    assert (book.cash, {s: p.qty for s, p in book.positions.items()}) == (account_row(sessions).cash, {"AAPL": D(10)})
 
 
 def test_account_equity_marks_fresh_quotes_at_the_mid_else_the_average_price(make, quote, clock) -> None:  # type: ignore[no-untyped-def]
