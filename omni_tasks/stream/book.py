@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 MAX_PRICE: Final = 1e9  # finite and sane; NaN fails every comparison, inf fails this one
+MAX_SIZE: Final = 1e12
 DAY_NS: Final = 86_400 * 1_000_000_000
 DAY_SPLIT_NS: Final = 4 * 3_600 * 1_000_000_000
 PROFILE_BUCKET_BP: Final = 5.0
@@ -145,24 +146,25 @@ class Books:
             kind = message.get("T")
             if kind == "q":
                 quotes += 1
+                book = None
                 try:
                     symbol = message["S"]
-                    bid = message["bp"]
-                    ask = message["ap"]
-                    bid_size = message["bs"]
-                    ask_size = message["as"]
-                    ts = message["t"]
                     book = books.get(symbol)
                     if book is None:
                         if type(symbol) is not str:
                             raise TypeError
                         book = self.book(symbol)
                     book.quotes += 1
-                    if type(ts) is not int:
+                    bid = message["bp"]
+                    ask = message["ap"]
+                    bid_size = message["bs"]
+                    ask_size = message["as"]
+                    ts = message["t"]
+                    if type(ts) is not int or bid is True or ask is True or bid_size is True or ask_size is True:
                         raise TypeError
                     if not (0.0 < bid < MAX_PRICE and 0.0 < ask < MAX_PRICE):
                         reason = "bad_price"
-                    elif not (bid_size > 0 and ask_size > 0):
+                    elif not (0.0 < bid_size < MAX_SIZE and 0.0 < ask_size < MAX_SIZE):
                         reason = "zero_size"
                     elif bid > ask:
                         reason = "crossed"
@@ -180,7 +182,6 @@ class Books:
                         continue
                 except (KeyError, TypeError):
                     reason = "malformed"
-                    book = books.get(message.get("S")) if type(message.get("S")) is str else None
                 counts[reason] += 1
                 if book is not None:
                     book.rejected[reason] += 1
@@ -220,7 +221,7 @@ class Books:
         book.trade_pv += price * size
         book.trade_volume += size
         book.trades += 1
-        bucket = int(price // book.profile_width)
+        bucket = math.floor(price / book.profile_width + 1e-9)  # not //: 100.00 // 0.05 is 1999.0 in binary floats
         book.profile[bucket] = book.profile.get(bucket, 0.0) + size
         if ts >= book.last_trade_ts:
             book.last_trade_ts = ts

@@ -64,11 +64,10 @@ def rfc3339_ns(text: str) -> int:
         rest = rest[end:]
     if rest in ("Z", "z", "", "+00:00", "-00:00"):
         return base + frac_ns
-    try:
-        sign = 1 if rest[0] == "+" else -1
-        hours, minutes = int(rest[1:3]), int(rest[4:6])
-    except (IndexError, ValueError):
-        raise GarbageFrame(f"bad timestamp {text!r}") from None
+    if len(rest) != 6 or rest[0] not in "+-" or rest[3] != ":" or not (rest[1:3] + rest[4:6]).isdigit():
+        raise GarbageFrame(f"bad timestamp {text!r}: the offset must be Z or +HH:MM / -HH:MM")
+    sign = 1 if rest[0] == "+" else -1
+    hours, minutes = int(rest[1:3]), int(rest[4:6])
     return base + frac_ns - sign * (hours * 3600 + minutes * 60) * 1_000_000_000
 
 
@@ -79,6 +78,8 @@ def decode_frame(data: bytes | bytearray | memoryview | str) -> list[dict[str, A
             messages = _loads(data)
         except ValueError as exc:
             raise GarbageFrame(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise GarbageFrame("not an Alpaca frame: JSON nested too deeply") from None
         if type(messages) is not list:
             raise GarbageFrame(f"expected an array of messages, got {type(messages).__name__}")
         for message in messages:

@@ -398,9 +398,6 @@ def test_read_latest_reads_back_exactly_what_was_written(redis_url: str, redis_c
         '[{"T":"q","S":"AAA","t":"yesterday"}]',
         pytest.param(
             "[" * 3000,
-            marks=pytest.mark.xfail(
-                strict=True, raises=RecursionError, reason="wire.decode_frame lets json.loads' RecursionError escape (see test_wire)"
-            ),
         ),
     ],
 )

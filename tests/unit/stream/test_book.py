@@ -227,11 +227,6 @@ def test_each_reject_reason_is_counted_and_never_served(message: dict[str, Any],
     assert books.take_dirty() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="book.Books.apply: book.quotes += 1 runs after all six fields are read, so a quote missing a field counts in "
-    "book.rejected['malformed'] but not in book.quotes (quotes < served + rejected for that symbol)",
-)
 def test_every_quote_of_a_known_symbol_counts_in_its_book() -> None:
     books = Books()
     books.apply([SERVED, {k: v for k, v in q(T0 + S, 249.98, 100, 250.02, 100).items() if k != "as"}, q(T0 + S, "x", 1, 1.0, 1)], RECV)
@@ -369,11 +364,6 @@ def test_malformed_or_insane_trade_is_counted_and_not_in_the_vwap(message: dict[
     assert books.counts["malformed"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="book.Books._trade: bucket = int(price // width) in binary floating point puts a price that sits on a bucket's "
-    "lower edge (the day's first price always does) one bucket low: 100.00 // 0.05 == 1999.0, 10.03 // 0.01 == 1002.0",
-)
 @pytest.mark.parametrize(
     ("prints", "expected"),
     [
