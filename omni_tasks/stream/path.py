@@ -140,7 +140,14 @@ class QuotePath:
             return []
         decoded = time.perf_counter_ns()
         before = self.books.counts["quotes"] + self.books.counts["trades"] + self.books.counts["bars"]
-        controls = self.books.apply(messages, recv_wall_ns)
+        try:
+            controls = self.books.apply(messages, recv_wall_ns)
+        except Exception as exc:  # noqa: BLE001 - one frame the books cannot take must not stop the stream
+            self.garbage_frames += 1
+            log.exception("stream: a frame the books could not apply was skipped")
+            if self._on_garbage is not None:
+                self._on_garbage(f"unappliable: {type(exc).__name__}: {exc}")
+            return []
         done = time.perf_counter_ns()
         self._decode.record(decoded - started)
         self._process.record(done - recv_perf_ns)

@@ -233,6 +233,9 @@ class StreamWorker:
                 return EXIT_OK
             except FeedClosed as exc:
                 self.last_error = self._force_close_reason or str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug or a surprise from a client library: reconnect, loudly
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:
                 self.connected = False
                 await self._close_feed()
