@@ -433,9 +433,11 @@ class SimulatedBroker:
                     self._run_guard(request)
                 except OrderBlocked as blocked:
                     outcome.blocked = blocked
-            refused, check = (
-                (problem, "quote") if problem is not None else (str(outcome.blocked), "guard") if outcome.blocked else (None, "")
-            )
+            refused, check = None, ""
+            if problem is not None:
+                refused, check = problem, "quote"
+            elif outcome.blocked is not None:
+                refused, check = str(outcome.blocked), "guard"
             row = self._record(session, request, known, now, refused=refused, check=check)
             price = (
                 fill_price(request.side, request.order_type, request.limit_price, quote) if quote is not None and refused is None else None
@@ -445,6 +447,8 @@ class SimulatedBroker:
             outcome.order = _order_view(row)
             if matched or price is not None or outcome.book is not None:
                 outcome.book = self._book_of(account, positions)
+        if outcome.order.status == "rejected":
+            return outcome  # _record logged the rejection with its reason
         _log.info(
             "order submitted",
             broker=self.name,
@@ -453,7 +457,7 @@ class SimulatedBroker:
             side=request.side,
             qty=decimal_text(request.qty),
             status=outcome.order.status,
-            reason=outcome.order.reason,
+            price=None if outcome.order.avg_fill_price is None else decimal_text(outcome.order.avg_fill_price),
         )
         return outcome
 
