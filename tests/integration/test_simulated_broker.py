@@ -350,17 +350,24 @@ def _race_process(url: str, redis_url: str, ids: list[str], seed: int, barrier: 
     engine.dispose()
 
 
-def test_concurrent_submits_of_the_same_ids_from_processes_on_postgresql_fill_once(
-    pg_trading_url: str, redis_url: str, redis_client
-) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(pg_trading_url)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {TRADING_TABLES} RESTART IDENTITY CASCADE"))
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_concurrent_submits_of_the_same_ids_from_processes_fill_once(  # type: ignore[no-untyped-def]
+    dialect: str, request: pytest.FixtureRequest, tmp_path, redis_url: str, redis_client
+) -> None:
+    if dialect == "postgresql":
+        url = request.getfixturevalue("pg_trading_url")
+        engine = make_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {TRADING_TABLES} RESTART IDENTITY CASCADE"))
+    else:
+        url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
+        engine = make_engine(url)
+        migrations.upgrade(engine)
     write_quote(redis_client, "AAPL", "187.20", "187.25", ts_ns=time.time_ns(), ttl_s=300)
     ids, processes_n = [f"proc-{i}" for i in range(25)], 4
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes_n)
-    processes = [context.Process(target=_race_process, args=(pg_trading_url, redis_url, ids, seed, barrier)) for seed in range(processes_n)]
+    processes = [context.Process(target=_race_process, args=(url, redis_url, ids, seed, barrier)) for seed in range(processes_n)]
     for process in processes:
         process.start()
     for process in processes:
@@ -369,7 +376,7 @@ def test_concurrent_submits_of_the_same_ids_from_processes_on_postgresql_fill_on
     sessions = session_factory(engine)
     orders, fills = count(sessions, Order), count(sessions, Fill)
     print(
-        f"\nsame-id race (postgresql, {processes_n} processes): orders {orders} for {len(ids)} ids; fills {fills} of {len(ids)}; "
+        f"\nsame-id race ({dialect}, {processes_n} processes): orders {orders} for {len(ids)} ids; fills {fills} of {len(ids)}; "
         f"submits {processes_n * len(ids)}"
     )
     assert [process.exitcode for process in processes] == [0] * processes_n
