@@ -95,7 +95,7 @@ def _breaker(name: str, actor: str) -> Any:
     from omni_tasks.safety.breaker import CircuitBreaker
     from omni_tasks.safety.reporting import audit_transitions
 
-    settings = prepare("cli", configure_log=False)
+    settings = prepare("cli")
     runtime = get_runtime()
     known = known_names(runtime.redis, settings)
     if name not in known:
@@ -109,7 +109,7 @@ def list_breakers(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
 
-    settings = prepare("cli", configure_log=False)
+    settings = prepare("cli")
     rows = breaker_rows(get_runtime().redis, settings)
     if as_json:
         print(json.dumps(rows, indent=2))

@@ -39,7 +39,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
     from omni_tasks.trading.broker import InvalidOrder
     from omni_tasks.trading.orders import parse_order
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     client_order_id = f"cli-{uuid.uuid4().hex[:24]}"
     try:
         request = parse_order(
@@ -186,7 +186,7 @@ def list_orders(
     from omni_tasks.runtime import get_runtime
     from omni_tasks.storage.models import Order
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     if not 1 <= limit <= 10_000:
         _fail("--limit must be between 1 and 10000")
     query = select(Order).order_by(Order.id.desc()).limit(limit)
@@ -238,7 +238,7 @@ def cancel_all(
     from omni_tasks.storage.models import AuditLog
     from omni_tasks.trading.wiring import make_broker
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     actor = _actor(operator)
     runtime = get_runtime()
     broker = make_broker(runtime)

@@ -52,6 +52,7 @@ def submitter() -> OrderSubmitter:
     max_retries=MAX_RETRIES,
     retry_backoff_max_s=10,
     expires_s=120,
+    ignore_result=False,  # the outcome (a small dict) is what a caller waits for
 )
 def submit_order(
     symbol: str, side: str, qty: str, order_type: str, limit_price: str | None, client_order_id: str, requested_by: str
