@@ -37,7 +37,7 @@ from omni_tasks.risk.snapshot import LATEST_KEY
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
-from omni_tasks.storage.models import RiskSnapshot
+from omni_tasks.storage.models import RiskSnapshot, SeriesValidation
 from omni_tasks.stream.latest import quote_key
 from omni_tasks.trading.broker import OrderRequest
 from omni_tasks.trading.simulated import SimulatedBroker
@@ -67,8 +67,12 @@ def _omni(env: dict[str, str], *args: str, timeout_s: float = 120) -> subprocess
 
 
 def _payload(done: subprocess.CompletedProcess[str]) -> Any:
-    start = min(i for i in (done.stdout.find("{"), done.stdout.find("[")) if i >= 0)
-    return json.loads(done.stdout[start:])
+    """The JSON document `omni risk --json` prints (it starts on a line of its own; log lines may come before it)."""
+    lines = done.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if line in ("{", "[", "[]")]
+    assert starts, f"no JSON in the output (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+    value, _ = json.JSONDecoder().raw_decode("\n".join(lines[starts[0] :]))
+    return value
 
 
 def _closes() -> pd.DataFrame:
@@ -103,7 +107,7 @@ def _write_quote(client: redis.Redis, symbol: str, mid: str, half_spread: str = 
         "mid": str(m), "spread_bps": str(float(2 * h / m * 10000)), "vwap": "", "liq": "",
     }  # fmt: skip
     client.hset(quote_key(symbol), mapping=fields)
-    client.expire(quote_key(symbol), 30)
+    client.expire(quote_key(symbol), 600)
 
 
 def _buy(broker: SimulatedBroker, symbol: str, qty: str, tag: str) -> None:
@@ -138,7 +142,9 @@ def setup(redis_url: str, pg_database: Callable[[], str], tmp_path_factory: pyte
     for key in client.scan_iter("omni:quote:*"):
         client.delete(key)
     client.delete(LATEST_KEY, "watchdog")
-    env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp / "data")
+    # Quotes stay fresh for the whole test: a loaded machine can take seconds to start each `omni risk` process,
+    # and a quote that aged past OMNI_STREAM_STALE_AFTER_S would (rightly) be replaced by the last close.
+    env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp / "data", OMNI_STREAM_STALE_AFTER_S="600")
     sessions = session_factory(engine)
     broker = SimulatedBroker(sessions, client, starting_cash=STARTING_CASH, quote_max_age_s=5.0)
     try:
@@ -314,6 +320,28 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
         _buy(broker, "CCC", "100", "sqlite-ccc")
         client.delete(quote_key("CCC"))
         assert _runtime_latest_is_none(sessions)
+        with sessions() as session, session.begin():
+            # CCC's latest daily validation failed: the snapshot is computed but says it rests on that data.
+            session.add(
+                SeriesValidation(
+                    symbol="CCC",
+                    timeframe="1Day",
+                    status="failed",
+                    checked_at=datetime.now(tz=UTC),
+                    through=datetime.now(tz=UTC).date(),
+                    reason="3 OHLC breaks",
+                )
+            )
+            session.add(
+                SeriesValidation(
+                    symbol="DDD",
+                    timeframe="1Day",
+                    status="failed",
+                    checked_at=datetime.now(tz=UTC),
+                    through=datetime.now(tz=UTC).date(),
+                    reason="not held",
+                )
+            )
         result = build_snapshot(broker, redis=client, store=BarStore(engine), sessions=sessions, risk=RiskSettings(), quote_max_age_s=10.0)
         snapshot_id = save_snapshot(sessions, result)
     finally:
@@ -322,6 +350,8 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
     assert result.marks["CCC"].source == "close"
     assert result.metrics.gross_exposure == pytest.approx(float(100 * ccc_close))
     assert result.metrics.var["var_95_hist"] is not None
+    assert result.stale_input == {"CCC": "3 OHLC breaks"}
+    assert result.figures()["stale_input"] == {"CCC": "3 OHLC breaks"}
     latest = latest_snapshot(_Runtime(_RedisDown(), sessions))
     assert latest is not None
     assert latest["source"] == "database"
@@ -330,6 +360,7 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
     assert Decimal(latest["equity"]) == result.metrics.equity
     assert latest["var_95"] == result.metrics.var["var_95_hist"]
     assert latest["mark_sources"] == {"quote": 0, "close": 1, "broker": 0, "cost": 0}
+    assert latest["stale_input"] == ["CCC"]
     engine.dispose()
 
 
