@@ -17,10 +17,18 @@ if TYPE_CHECKING:
 def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
     """The configured broker: ``simulated`` (ledger in the runtime's database, quotes from its Redis) or ``alpaca_paper``.
 
-    ``guard`` runs right before each order is accepted (the kill switch's last-step check).
-    Raises :class:`~omni_tasks.errors.ConfigError` when Alpaca is chosen without keys.
+    ``guard`` runs right before each order is accepted; by default it is the kill switch's
+    :func:`~omni_tasks.safety.killswitch.order_guard`, so no broker this process builds sends an
+    order while trading is HALTED (or its state cannot be read), and the simulated broker does not
+    fill a resting order then either: the kill switch's own reads (``open_orders`` for its snapshot
+    and its confirmation) never fill anything after it engaged. ``cancel_all`` and ``close_all``
+    are never guarded. Raises :class:`~omni_tasks.errors.ConfigError` when Alpaca is chosen without keys.
     """
     settings = runtime.settings
+    if guard is None:
+        from omni_tasks.safety.killswitch import order_guard
+
+        guard = order_guard(runtime.redis, runtime.sessions)
     choice = settings.trading.broker
     if choice == "simulated":
         from omni_tasks.trading.simulated import SimulatedBroker

@@ -706,3 +706,35 @@ def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> 
     assert read_book(redis_client).cash == D("950")  # type: ignore[union-attr]
     redis_client.set(BOOK_KEY, b"garbage")
     assert publish_book(redis_client, "simulated", newer, [], updated_ns=1) is True  # an unreadable book is replaced
+
+
+def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from omni_tasks.runtime import Runtime
+    from omni_tasks.safety.killswitch import REDIS_STATE_KEY, TradingState, format_value
+    from omni_tasks.settings import load_settings
+    from omni_tasks.trading.wiring import make_broker
+
+    settings = load_settings(
+        {
+            "OMNI_BROKER_URL": redis_url,
+            "OMNI_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "OMNI_DATA_DIR": str(tmp_path),
+        }
+    )
+    runtime = Runtime(settings)
+    broker = make_broker(runtime)
+    sessions = runtime.sessions
+    write_quote(redis_client, "AAPL", "187.20", "187.25", ts_ns=time.time_ns())
+    assert broker.submit(buy("k-1", "1")).status == "filled"
+    broker.submit(buy("k-2", "1", limit="180"))
+
+    redis_client.set(REDIS_STATE_KEY, format_value(TradingState.HALTED, 7))
+    with pytest.raises(OrderBlocked, match="HALTED"):
+        broker.submit(buy("k-3", "1"))
+    write_quote(redis_client, "AAPL", "179.90", "179.95", ts_ns=time.time_ns())  # crosses the resting limit
+
+    assert [o.client_order_id for o in broker.open_orders()] == ["k-2"]  # the kill switch's own read fills nothing
+    assert count(sessions, Fill) == 1
+    assert len(broker.cancel_all()) == 1
+    assert broker.open_orders() == []
+    runtime.engine.dispose()
