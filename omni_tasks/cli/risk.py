@@ -172,7 +172,7 @@ def _show(latest: dict[str, Any], figures: dict[str, Any]) -> None:
         for column in ("rule", "value", "limit", "message"):
             out.add_column(column, justify="right" if column in {"value", "limit"} else "left")
         for b in breaches:
-            out.add_row(b["rule"], _fmt(b["value"], ",.4g"), _fmt(b["limit"], ",.4g"), b["message"])
+            out.add_row(b["rule"], _fmt(b["value"], ",.6g"), _fmt(b["limit"], ",.6g"), b["message"])
         console.print(out)
     else:
         console.print("[green]no limit breached[/green]")
@@ -186,12 +186,12 @@ def _history_table(rows: list[dict[str, Any]]) -> None:
         console.print("no risk snapshot yet")
         return
     table = Table(title=f"last {len(rows)} risk snapshot(s)")
-    for column in ("id", "ts", "equity $", "daily P&L $", "gross $", "leverage", "VaR 95 $", "ES 95 $", "drawdown", "score", "breaches"):
-        table.add_column(column, justify="left" if column in {"ts", "breaches"} else "right")
+    for column in ("id", "ts (UTC)", "equity $", "P&L $", "gross $", "lev.", "VaR95 $", "ES95 $", "DD", "score", "breaches"):
+        table.add_column(column, justify="left" if column in {"ts (UTC)", "breaches"} else "right")
     for r in rows:
         table.add_row(
-            str(r["id"]), r["ts"], _fmt(r["equity"]), _fmt(r["daily_pnl"], "+,.2f"), _fmt(r["gross_exposure"]),
-            _fmt(r["gross_leverage"], ".2f", "x"), _fmt(r["var_95"]), _fmt(r["es_95"]), _fmt(r["drawdown_pct"], ".2f", "%"),
+            str(r["id"]), r["ts"][:19].replace("T", " "), _fmt(r["equity"], ",.0f"), _fmt(r["daily_pnl"], "+,.0f"), _fmt(r["gross_exposure"], ",.0f"),
+            _fmt(r["gross_leverage"], ".2f", "x"), _fmt(r["var_95"], ",.0f"), _fmt(r["es_95"], ",.0f"), _fmt(r["drawdown_pct"], ".2f", "%"),
             f"{r['risk_score']:.2f}", ", ".join(b["rule"] for b in r["breaches"]) or "-",
         )  # fmt: skip
     console.print(table)

@@ -538,10 +538,13 @@ def risk_score(utilisation: Mapping[str, float | None], weights: Mapping[str, fl
     used, 1 = at the limit; above 1 is a breach); it is clipped to [0, 1],
     and None (a figure that could not be computed) contributes 0. The score is
 
-        score = 1 - prod_i (1 - w_i * u_i)
+        score = 1 - prod_i (1 - w_i * u_i ** 2)
 
     the chance that at least one of several independent alarms goes off, if
-    limit i "goes off" with probability ``w_i * u_i``. So: it is 0 exactly
+    limit i "goes off" with probability ``w_i * u_i ** 2``. Squared, so risk
+    grows as a limit is approached: a limit at half use counts a quarter of
+    its weight, and a book with room under every limit scores low (every
+    limit at 30%: 0.35) instead of piling up small uses. So: it is 0 exactly
     when nothing is used; it never decreases when any utilisation grows
     (monotone); one limit at 100% alone gives exactly its weight ``w_i`` (and
     at least that whatever the others are); several limits near their
@@ -561,5 +564,5 @@ def risk_score(utilisation: Mapping[str, float | None], weights: Mapping[str, fl
             raise RiskInputError(f"utilisation of {name!r} is NaN")
         u = min(1.0, max(0.0, float(value)))
         w = float(weights[name])
-        product *= 1.0 - w * u
+        product *= 1.0 - w * u * u
     return min(1.0, max(0.0, 1.0 - product))

@@ -376,8 +376,12 @@ def test_risk_score_is_zero_when_nothing_is_used_and_a_full_limit_gives_its_weig
     for name, weight in SCORE_WEIGHTS.items():
         assert risk_score({name: 1.0}) == pytest.approx(weight)
         assert risk_score({name: 3.0}) == pytest.approx(weight)  # clipped at the limit
-    # daily loss at 50% and leverage at 50%: 1 - (1 - 0.45)(1 - 0.4) = 0.67
-    assert risk_score({"daily_loss": 0.5, "gross_leverage": 0.5}) == pytest.approx(0.67)
+    # daily loss at 50% and leverage at 50%: 1 - (1 - 0.9 x 0.25)(1 - 0.8 x 0.25) = 1 - 0.775 x 0.8 = 0.38
+    assert risk_score({"daily_loss": 0.5, "gross_leverage": 0.5}) == pytest.approx(0.38)
+    # every limit at 30%: 1 - prod(1 - w x 0.09) over 0.9, 0.9, 0.8, 0.6, 0.6, 0.5, 0.4
+    every = 1 - (1 - 0.081) ** 2 * (1 - 0.072) * (1 - 0.054) ** 2 * (1 - 0.045) * (1 - 0.036)
+    assert risk_score(dict.fromkeys(SCORE_WEIGHTS, 0.3)) == pytest.approx(every)
+    assert 0.34 < every < 0.36
     assert risk_score({"daily_loss": None, "drawdown": -2.0}) == 0.0
     with pytest.raises(RiskInputError, match="no risk-score weight for 'vega'"):
         risk_score({"vega": 0.5})
