@@ -343,24 +343,18 @@ class OrderSubmitter:
                 if row.status in DECIDED:
                     session.expunge(row)
                     return row, 0
-            session.add(
-                OrderEvent(
-                    ts=now,
-                    client_order_id=request.client_order_id,
-                    event="requested",
-                    check=None,
-                    reason=None,
-                    detail={
-                        "symbol": request.symbol,
-                        "side": request.side,
-                        "qty": str(request.qty),
-                        "order_type": request.order_type,
+            # Core inserts: no unit-of-work flush on the hot path.
+            session.execute(
+                OrderEvent.__table__.insert(),
+                {
+                    "ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,
+                    "detail": {
+                        "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
                         "limit_price": None if request.limit_price is None else str(request.limit_price),
-                        "requested_by": request.requested_by,
-                        "redelivered": inserted is None,
+                        "requested_by": request.requested_by, "redelivered": inserted is None,
                     },
-                )  # fmt: skip
-            )
+                },
+            )  # fmt: skip
             trades = session.execute(
                 select(func.count())
                 .select_from(Order)
