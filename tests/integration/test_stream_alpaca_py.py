@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from alpaca.data.live.stock import StockDataStream
 
 from omni_tasks.stream import wire
+from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.latest import read_latest
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
@@ -207,6 +208,29 @@ def test_quotes_arrive_and_a_dropped_connection_is_reconnected_and_resubscribed(
     assert _run(redis_url, standin, keys, _config(), body) == 0
 
 
+def test_after_a_drop_the_feed_ends_and_alpaca_py_does_not_reconnect_by_itself(standin: StandinServer, keys: tuple[str, str]) -> None:
+    """Left alone (no worker closing it), alpaca-py would reconnect with its own backoff; the feed must end instead."""
+
+    async def main() -> None:
+        feed = AlpacaSdkFeed(standin.url, keys[0], keys[1])
+        await feed.connect()
+        await feed.subscribe({"quotes": ["AAPL"], "trades": [], "bars": []})
+        assert [m["T"] for m in await feed.recv()] == ["subscription"]
+        await asyncio.to_thread(standin.send, [_quote("AAPL", 10.0, 10.01)])
+        await asyncio.to_thread(standin.drop)
+        frame = await asyncio.wait_for(feed.recv(), 5)  # what arrived before the drop is still handed over
+        assert [(m["T"], m["S"], type(m["t"])) for m in frame] == [("q", "AAPL", int)]
+        with pytest.raises(FeedClosed, match="connection closed"):
+            await asyncio.wait_for(feed.recv(), 5)
+        await asyncio.sleep(2.5)  # alpaca-py's own backoff starts at 1 s (websocket.py:112, 143-152)
+        assert (standin.connections, standin.clients) == (1, 0)
+        with pytest.raises(FeedClosed):
+            await feed.subscribe({"quotes": ["MSFT"]})
+        await feed.close()
+
+    asyncio.run(main())
+
+
 def test_a_mute_socket_is_reconnected_by_the_worker(
     standin: StandinServer, keys: tuple[str, str], redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -248,6 +272,24 @@ def test_connection_limit_406_means_a_cooldown_not_a_tight_loop(standin: Standin
         print(f"406 through alpaca-py: {attempts} connection attempts in {window_s:g} s with a 1.5 s cooldown")
 
     assert _run(redis_url, standin, keys, _config(connection_limit_cooldown_s=1.5), body) == 0
+
+
+def test_provider_errors_mid_stream_reach_the_worker(standin: StandinServer, keys: tuple[str, str], redis_url: str) -> None:
+    """alpaca-py only logs error messages after the handshake; the feed passes them on, so a late 406 still cools down."""
+
+    async def body(worker: StreamWorker, _task: asyncio.Task[int]) -> None:
+        await _until(lambda: _subscribes(standin), 10, "the first subscribe")
+        await asyncio.to_thread(standin.send, [wire.control("error", code=409, msg="insufficient subscription")])
+        await _until(lambda: worker.counters.provider_errors == 1, 5, "the 409 counted")
+        assert "insufficient subscription (code 409)" in worker.last_error
+        assert (worker.connected, standin.connections) == (True, 1), "a 409 keeps the connection"
+        await asyncio.to_thread(standin.send, [wire.control("error", code=406, msg="connection limit exceeded")])
+        await _until(lambda: worker.counters.connection_limit == 1, 5, "the 406 acted on")
+        await asyncio.sleep(0.5)
+        assert standin.connections == 1, "a 406 means a cooldown (1 s here) before the next attempt"
+        await _until(lambda: standin.connections == 2 and standin.clients == 1, 5, "a connection after the cooldown")
+
+    assert _run(redis_url, standin, keys, _config(connection_limit_cooldown_s=1.0), body) == 0
 
 
 def test_a_bad_key_stops_the_worker_with_exit_code_3(standin: StandinServer, keys: tuple[str, str], redis_url: str) -> None:
