@@ -30,7 +30,9 @@ Where the breakers are:
 
 The portfolio comes from the book the broker publishes in Redis after every
 change (:mod:`omni_tasks.trading.book`) when that broker publishes on every change
-(the simulated broker); otherwise from ``broker.account()`` and ``broker.positions()``.
+(the simulated broker) and the book is of today; otherwise (no book, another
+broker's, yesterday's: the broker rolls the day when asked) from
+``broker.account()`` and ``broker.positions()``.
 
 Latency: the whole flow is timed; over the 10 ms order-submission budget counts a
 violation in Prometheus and in ``omni:latency:violations:order_submission``.
@@ -257,7 +259,9 @@ class OrderSubmitter:
 
     def _portfolio_and_quote(self, symbol: str) -> tuple[Portfolio, LatestQuote | None]:
         book = read_book(self._redis) if self._ledger_broker else None
-        if book is not None and book.broker == self.broker.name:
+        today = datetime.fromtimestamp(self._clock_ns() / 1e9, tz=self._tz).date()
+        # A book of an earlier day still carries that day's starting equity: the broker rolls the day when asked.
+        if book is not None and book.broker == self.broker.name and book.day == today:
             quotes = read_latest(self._redis, sorted({symbol, *book.positions}))
             marks = self._marks(quotes)
             quantities = {s: p.qty for s, p in book.positions.items()}
