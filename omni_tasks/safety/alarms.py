@@ -205,6 +205,7 @@ class AlarmListener:
             "warnings": 0,
             "errors": 0,
             "reconnects": 0,
+            "subscriptions": 0,
         }
 
     # ---- lifecycle ------------------------------------------------------------
@@ -239,6 +240,7 @@ class AlarmListener:
                         if kind in ("subscribe", b"subscribe"):
                             # First subscription, or redis-py re-subscribed after a reconnect: catch up.
                             self.subscribed.set()
+                            self.counts["subscriptions"] += 1
                             backoff_s = 0.1
                             self._catch_up(client)
                         elif kind in ("message", b"message"):
@@ -246,10 +248,14 @@ class AlarmListener:
                     if time.monotonic() >= next_maintenance:
                         next_maintenance = time.monotonic() + self._maintenance_every_s
                         self._run_maintenance(client)
-            except Exception:  # noqa: BLE001 - the listener must outlive any failure; it reconnects
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any failure; it reconnects
                 self.subscribed.clear()
                 self.counts["reconnects"] += 1
-                _log.warning("alarm listener lost its connection; reconnecting", backoff_s=round(backoff_s, 2), exc_info=True)
+                _log.warning(
+                    "alarm listener failed (connection lost?); subscribing again",
+                    backoff_s=round(backoff_s, 2),
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
                 self._stop.wait(backoff_s * (0.5 + random.random()))  # noqa: S311 - jitter, not security
                 backoff_s = min(backoff_s * 2, 5.0)
             finally:
@@ -264,8 +270,8 @@ class AlarmListener:
         if self._maintenance is not None:
             try:
                 self._maintenance()
-            except Exception:  # noqa: BLE001 - the database may be down; the next round retries
-                _log.warning("alarm listener maintenance failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - the database may be down; the next round retries
+                _log.warning("alarm listener maintenance failed", error=f"{type(exc).__name__}: {str(exc)[:200]}")
         self._catch_up(client)
 
     def _catch_up(self, client: redis.Redis) -> None:
@@ -375,8 +381,10 @@ def start_watchdog_listener(
         if "broker" not in holder:
             try:
                 holder["broker"] = factory(runtime)
-            except Exception:  # noqa: BLE001 - engage still halts; the error is in its result
-                _log.error("no broker for the kill switch (open orders cannot be cancelled)", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - engage still halts; the error is in its result
+                _log.error(
+                    "no broker for the kill switch (open orders cannot be cancelled)", error=f"{type(exc).__name__}: {str(exc)[:200]}"
+                )
                 return None
         return holder["broker"]
 

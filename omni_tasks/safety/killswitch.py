@@ -99,8 +99,8 @@ def fast_state(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> TradingSta
     """The state from Redis alone (one GET). Missing, malformed or unreachable: HALTED."""
     try:
         raw = client.get(key)
-    except Exception:  # noqa: BLE001 - any failure to read means "engaged" (fail closed)
-        _log.warning("trading state unreadable in redis: counted as HALTED", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means "engaged" (fail closed)
+        _log.warning("trading state unreadable in redis: counted as HALTED", error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return TradingState.HALTED
     parsed = parse_value(raw)
     return parsed.state if parsed is not None else TradingState.HALTED
@@ -127,8 +127,8 @@ def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: 
     """The state every order path reads: Redis, the database when Redis lost the key, HALTED when unreadable."""
     try:
         raw = client.get(key)
-    except Exception:  # noqa: BLE001 - unreachable Redis: fail closed
-        _log.warning("trading state unreadable in redis: counted as HALTED", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - unreachable Redis: fail closed
+        _log.warning("trading state unreadable in redis: counted as HALTED", error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return TradingState.HALTED
     if raw is not None:
         parsed = parse_value(raw)
@@ -138,8 +138,11 @@ def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: 
         return parsed.state
     try:
         stored = durable_state(sessions)
-    except Exception:  # noqa: BLE001 - neither copy readable: fail closed
-        _log.error("trading state unreadable (redis key missing, database unreadable): counted as HALTED", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - neither copy readable: fail closed
+        _log.error(
+            "trading state unreadable (redis key missing, database unreadable): counted as HALTED",
+            error=f"{type(exc).__name__}: {str(exc)[:200]}",
+        )
         return TradingState.HALTED
     try:
         # NX: a change written since we read the row wins over our (older) copy.
@@ -147,8 +150,8 @@ def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: 
             again = parse_value(client.get(key))
             return again.state if again is not None else TradingState.HALTED
         _log.info("trading state re-populated in redis from the database", state=stored.state.value, version=stored.version)
-    except Exception:  # noqa: BLE001 - the database answered; Redis will be re-populated by the next reader
-        _log.warning("could not re-populate the trading state in redis", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - the database answered; Redis will be re-populated by the next reader
+        _log.warning("could not re-populate the trading state in redis", error=f"{type(exc).__name__}: {str(exc)[:200]}")
     return stored.state
 
 
@@ -274,8 +277,8 @@ def record_refused_order_task(
                 )
             )
         return True
-    except Exception:  # noqa: BLE001 - the refusal stands; the task ledger and the log still record it
-        _log.warning("refused order task not recorded in order_events", task_id=task_id, exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - the refusal stands; the task ledger and the log still record it
+        _log.warning("refused order task not recorded in order_events", task_id=task_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
         return False
 
 
