@@ -546,11 +546,13 @@ class LiveActuator:
 
         runtime = self._runtime
         breaker = CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=f"watchdog:{finding.rule}"))
-        # Automatic, not forced: report failures until it opens; its cooldown and half-open trial close it again.
+        # Automatic, not forced: report failures through the breaker's own call path until it opens
+        # (a half-open breaker needs its trial slot to count one); its cooldown and trial close it again.
         for _ in range(breaker.policy.failure_threshold + 1):
             if breaker.state()["state"] == "open":
                 return
-            breaker.record(False)
+            decision = breaker.allow()
+            breaker.record(False, trial=decision.trial)
         if breaker.state()["state"] != "open":
             raise RuntimeError(f"breaker {name} did not open")
 
