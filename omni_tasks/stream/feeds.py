@@ -65,7 +65,9 @@ class Feed(Protocol):
 
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None: ...
 
-    async def recv(self) -> bytes | str: ...
+    async def recv(self) -> bytes | str | list[dict[str, Any]]:
+        """One raw frame (bytes: msgpack, str: JSON), or a list of decoded messages (a client that decodes itself)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -281,9 +283,11 @@ class Recorder:
             self._file.write(RECORD_MAGIC)
         self.frames = 0
 
-    def write(self, frame: bytes | str, recv_wall_ns: int) -> None:
+    def write(self, frame: bytes | str | list[dict[str, Any]], recv_wall_ns: int) -> None:
         if isinstance(frame, str):
             payload, kind = frame.encode(), b"t"
+        elif isinstance(frame, list):  # alpaca-py hands over decoded messages (t as int ns): keep them as msgpack
+            payload, kind = msgpack.packb(frame), b"b"
         else:
             payload, kind = bytes(frame), b"b"
         self._file.write(_RECORD_HEADER.pack(recv_wall_ns, kind, len(payload)))
