@@ -120,7 +120,7 @@ def engage_command(
     """Engage the kill switch now: orders stop, open orders are cancelled and confirmed, queued orders purged."""
     from omni_tasks.cli.main import prepare
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     actor, why = _actor(operator), _reason(reason)
     result = engage_with_process_runtime(actor=actor, reason=why, flatten=flatten)
     code = 0 if result.complete else (1 if result.durable else 3)
@@ -167,7 +167,7 @@ def release_command(
     """Release the kill switch (operators only, with a reason). Trading resumes."""
     from omni_tasks.cli.main import prepare
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, release
     from omni_tasks.safety.killswitch import TradingState, state_info
@@ -212,7 +212,7 @@ def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> Non
     """ACTIVE -> REDUCING: only orders that shrink positions pass."""
     from omni_tasks.cli.main import prepare
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, set_reducing
 
@@ -232,7 +232,7 @@ def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> N
     """REDUCING -> ACTIVE (operators only). A HALTED switch is lifted with `omni kill release`."""
     from omni_tasks.cli.main import prepare
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, activate
 
@@ -285,7 +285,7 @@ def status_command(
     """Show the trading state, who engaged the kill switch, why and since when, the last snapshot and recent events."""
     from omni_tasks.cli.main import prepare
 
-    prepare("cli", configure_log=False)
+    prepare("cli")
     from sqlalchemy import select
 
     from omni_tasks.runtime import get_runtime
@@ -339,7 +339,7 @@ def drill_command(
     """Rehearse the whole sequence on a scratch Redis, database and simulated broker; print the timings."""
     from omni_tasks.cli.main import prepare
 
-    settings = prepare("cli", configure_log=False)
+    settings = prepare("cli")
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.drill import run_drill
 

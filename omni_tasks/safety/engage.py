@@ -153,6 +153,8 @@ class EngageResult:
     errors: dict[str, str] = field(default_factory=dict)
     #: Wall-clock time (ns since the epoch) when Redis said HALTED: from here no order passes the gate.
     halted_at_ns: int | None = None
+    #: Wall-clock time (ns since the epoch) when engage was called; ``timings_ms`` count from here.
+    started_at_ns: int = 0
 
     @property
     def complete(self) -> bool:
@@ -323,8 +325,9 @@ def engage(
     actor, reason = _check_words(actor, reason)
     settings = runtime.settings
     t0 = time.perf_counter()
-    started = _now()
-    result = EngageResult(actor=actor, reason=reason, started_at=started.isoformat())
+    started_ns = time.time_ns()
+    started = datetime.fromtimestamp(started_ns / 1e9, tz=UTC)
+    result = EngageResult(actor=actor, reason=reason, started_at=started.isoformat(), started_at_ns=started_ns)
     client = runtime.redis
     sessions = runtime.sessions
 
@@ -600,6 +603,8 @@ def _finish_event(sessions: sessionmaker[Session], result: EngageResult) -> None
                     "snapshot_id": result.snapshot_id,
                     "snapshot_path": result.snapshot_path,
                     "errors": result.errors,
+                    "started_at_ns": result.started_at_ns,
+                    "halted_at_ns": result.halted_at_ns,
                 }
             )
 
