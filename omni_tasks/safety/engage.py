@@ -18,7 +18,10 @@ the ones after it:
    cancelled too). Orders still open are reported by id, loudly.
 5. ``flatten``: ``close_all`` when configured (``OMNI_KILL_FLATTEN_ON_ENGAGE``)
    or asked for.
-6. ``purge``: the queued order tasks are purged.
+6. ``purge``: the queued order tasks are purged. It starts right after the
+   durable step, in a thread alongside steps 3-5 (queued orders would only be
+   refused, and the purge must not delay the cancels); its timing is when it
+   finished, so it may be smaller than ``flatten``.
 7. the KillEvent gets its timings and counts; an alert goes out in the
    background (never blocking, never failing the sequence).
 
@@ -414,6 +417,20 @@ def engage(
         ms=result.timings_ms["durable"],
     )
 
+    # 6 starts now, alongside the broker steps: queued order tasks go at once (they would only be refused).
+    purge_done: dict[str, Any] = {}
+
+    def run_purge() -> None:
+        try:
+            purge_done["count"] = int(purge())  # type: ignore[misc]  # only started when purge is set
+        except Exception as exc:  # noqa: BLE001 - queued order tasks are refused by the before-start check anyway
+            purge_done["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        purge_done["ms"] = _ms(t0)
+
+    purger = threading.Thread(target=run_purge, name="omni-kill-purge", daemon=True) if purge is not None else None
+    if purger is not None:
+        purger.start()
+
     # 3 + 4. Read what is open, send the cancels, then write the snapshot, then confirm.
     open_orders: list[BrokerOrder] = []
     positions: list[BrokerPosition] = []
@@ -455,13 +472,16 @@ def engage(
             result.errors["flatten"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     result.timings_ms["flatten"] = _ms(t0)
 
-    # 6. Purge the queued order tasks.
-    if purge is not None:
-        try:
-            result.purged = int(purge())
-        except Exception as exc:  # noqa: BLE001 - queued order tasks are refused by the before-start check anyway
-            result.errors["purge"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    result.timings_ms["purge"] = _ms(t0)
+    # 6. The purge (started after the durable step) is waited for.
+    if purger is not None:
+        purger.join(timeout=30)
+        if purger.is_alive():
+            result.errors["purge"] = "the purge of the orders queue did not finish within 30 s"
+        elif "error" in purge_done:
+            result.errors["purge"] = purge_done["error"]
+        else:
+            result.purged = purge_done["count"]
+        result.timings_ms["purge"] = purge_done.get("ms", _ms(t0))
     result.timings_ms["total"] = _ms(t0)
 
     # 7. The KillEvent gets the whole story; an alert goes out in the background.

@@ -731,3 +731,137 @@ def test_concurrent_engages_from_threads_make_one_engaged_period(runtime: Runtim
     assert {r.version for r in results} == {1}
     assert count(runtime, KillEvent, KillEvent.action == "engage") == 8
     print(f"concurrent engages: {len(results)} requests, engaged periods 1")
+
+
+# ---- 100 orders in flight through real orders workers ---------------------------------------------
+
+
+def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_the_kill(
+    private_redis: PrivateRedis, migrated_pg_url: str, tmp_path: Path, omni_processes: list[Any]
+) -> None:
+    from omni_tasks.celery_app import broker_transport_options, create_app
+    from omni_tasks.trading.wiring import make_broker
+    from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker
+
+    clean_database(migrated_pg_url)
+    limits = {
+        "OMNI_RISK_MAX_TRADES_PER_DAY": "1000",
+        "OMNI_RISK_MAX_POSITION_NOTIONAL_USD": "1000000",
+        "OMNI_RISK_MAX_CONCENTRATION_PCT": "100",
+        "OMNI_RISK_MAX_GROSS_LEVERAGE": "10",
+        "OMNI_RISK_QUOTE_MAX_AGE_S": "30",
+        "OMNI_TRADING_QUOTE_MAX_AGE_S": "30",
+    }
+    env = service_env(
+        redis_url=private_redis.url, database_url=migrated_pg_url, data_dir=tmp_path / "data", OMNI_LOG_LEVEL="WARNING", **limits
+    )
+    client = private_redis.client()
+    workers = [
+        OmniProcess(["worker", "orders", "--concurrency", "3"], env, tmp_path / "logs" / f"orders-{i}.log").start() for i in range(2)
+    ]
+    omni_processes.extend(workers)
+    for worker in workers:
+        wait_for_worker(client, "orders", worker, timeout_s=60)
+    rt = make_runtime(private_redis.url, migrated_pg_url, tmp_path / "observer", OMNI_KILL_POLL_INTERVAL_MS="5", **limits)
+    assert current_state(rt.redis, rt.sessions) is TradingState.ACTIVE
+    stop_quotes = threading.Event()
+
+    def keep_quoting() -> None:
+        while not stop_quotes.is_set():
+            serve_quote(private_redis.client(), SYMBOL, Decimal("100.00"), Decimal("100.02"))
+            stop_quotes.wait(0.2)
+
+    quoting = threading.Thread(target=keep_quoting, daemon=True)
+    quoting.start()
+    sender = create_app(load_settings(env))
+    n = 100
+    run = uuid.uuid4().hex[:6]
+    ids = [f"k{run}-{i:03d}" for i in range(n)]
+    resting_ids = {oid for i, oid in enumerate(ids) if i % 5 in (1, 3)}  # 40 limit buys below the ask: they rest
+    try:
+        for oid in ids:
+            args = (
+                [SYMBOL, "buy", "1", "limit", "99.60", oid, "test"]
+                if oid in resting_ids
+                else [SYMBOL, "buy", "1", "market", None, oid, "test"]
+            )
+            sender.send_task("omni.orders.submit", args=args, queue="orders")
+
+        def decided() -> int:
+            return count(rt, Order, Order.client_order_id.like(f"k{run}-%"), Order.status != "pending")
+
+        wait_for(lambda: decided() >= 30, 60, interval_s=0.002, message="30 orders decided")
+        broker = make_broker(rt)
+        purge = ks.orders_purger(rt.settings.broker_url, "orders", broker_transport_options(rt.settings))
+        result = ks.engage(rt, actor=OPERATOR, reason="100 orders in flight", broker=broker, purge=purge, alert=lambda _e: None)
+        assert result.complete, result.errors
+        halted_at_ns = result.halted_at_ns
+        assert halted_at_ns is not None
+
+        def settled_signature() -> tuple[int, int, int]:
+            with rt.sessions() as session:
+                rows = session.scalars(select(Order).where(Order.client_order_id.like(f"k{run}-%"))).all()
+                refused = session.scalar(
+                    select(func.count())
+                    .select_from(OrderEvent)
+                    .where(OrderEvent.client_order_id.like(f"k{run}-%"), OrderEvent.event == "refused")
+                )
+            return len(rows), sum(1 for r in rows if r.status == "pending"), int(refused or 0)
+
+        last: list[tuple[int, int, int]] = []
+
+        def settled() -> bool:
+            signature = settled_signature()
+            last.append(signature)
+            return client.llen("orders") == 0 and signature[1] == 0 and len(last) >= 8 and len(set(last[-8:])) == 1
+
+        wait_for(settled, 90, interval_s=0.25, message="every order task to be decided, refused or purged")
+    finally:
+        stop_quotes.set()
+        sender.close()
+
+    with rt.sessions() as session:
+        rows = {r.client_order_id: r for r in session.scalars(select(Order).where(Order.client_order_id.like(f"k{run}-%"))).all()}
+        events = session.scalars(select(OrderEvent).where(OrderEvent.client_order_id.like(f"k{run}-%"))).all()
+        fills = session.execute(
+            select(Order.client_order_id, Fill.ts).join(Fill, Fill.order_id == Order.id).where(Order.client_order_id.like(f"k{run}-%"))
+        ).all()
+    refused = {e.client_order_id for e in events if e.event == "refused" and e.check == "kill_switch"}
+    denied_by = {e.client_order_id: e.check for e in events if e.event == "denied"}
+    halted_at = halted_at_ns / 1e9
+    outcome: dict[str, str] = {}
+    for oid in ids:
+        row = rows.get(oid)
+        if row is None:
+            outcome[oid] = "refused before it started" if oid in refused else "purged from the queue"
+        elif row.status == "filled":
+            outcome[oid] = "filled before the kill"
+        elif row.status == "cancelled":
+            outcome[oid] = "rested, cancelled by the engage"
+        elif row.status == "denied" and denied_by.get(oid) in ("kill_switch", "trading_state"):
+            outcome[oid] = "denied by the pre-trade kill switch check"
+        elif row.status == "rejected" and "HALTED" in (row.reason or ""):
+            outcome[oid] = "blocked by the broker's guard"
+        else:
+            outcome[oid] = f"unexpected: {row.status} {denied_by.get(oid)} {row.reason}"
+    accepted_after = {oid for oid, ts in fills if ts.timestamp() > halted_at} | {
+        oid for oid, row in rows.items() if row.submitted_at is not None and row.submitted_at.timestamp() > halted_at
+    }
+    cancelled = [oid for oid, what in outcome.items() if what == "rested, cancelled by the engage"]
+    breakdown: dict[str, int] = {}
+    for what in outcome.values():
+        breakdown[what] = breakdown.get(what, 0) + 1
+    print(f"engage during 100 concurrent submissions: {breakdown}; engage timings (ms): {result.timings_ms}")
+    print(f"accepted after kill: {len(accepted_after)} of {n}")
+    print(
+        f"open orders cancelled and verified: {len(cancelled)} of {result.open_orders_before} open at the engage; open now: {len(broker.open_orders())}"
+    )
+    assert accepted_after == set()
+    assert not [what for what in outcome.values() if what.startswith("unexpected")], breakdown
+    assert broker.open_orders() == []
+    assert len(cancelled) == result.open_orders_before
+    assert sum(1 for what in outcome.values() if what == "purged from the queue") == result.purged
+    assert all(rows[oid].status == "filled" for oid, _ in fills)
+    assert breakdown.get("filled before the kill", 0) >= 1, "the engage came while orders were flowing"
+    assert n - breakdown.get("filled before the kill", 0) - len(cancelled) >= 1, "some orders were still in flight at the engage"
+    rt.engine.dispose()
