@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 import redis as redis_lib
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -337,7 +337,12 @@ class OrderSubmitter:
             "requested_by": request.requested_by[:100], "reason": None, "created_at": now, "submitted_at": None, "updated_at": now,
         }  # fmt: skip
         with self._db() as session:
-            insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if postgres:
+                # No fsync wait for this record: nothing has left yet, and the broker's own (synchronous)
+                # commit flushes the write-ahead log up to and including it before any order is accepted.
+                session.execute(text("SET LOCAL synchronous_commit = off"))
+            insert = pg_insert if postgres else sqlite_insert
             # One round trip in the common case: the row is new. A conflict means an earlier delivery made it.
             inserted = session.execute(
                 insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
