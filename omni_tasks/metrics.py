@@ -53,6 +53,11 @@ ORDER_SUBMIT_SECONDS = Histogram(
     "omni_order_submit_seconds", "Order submission: checks, records and the broker call.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
 )
 WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
+KILL_SWITCH_CHANGES = Counter(
+    "omni_kill_switch_changes",
+    "Kill switch engages and trading state changes, by action and by whom (operator, watchdog, http, other).",
+    ("action", "by"),
+)
 WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
 
 
@@ -102,6 +107,16 @@ class LiveCollector(Collector):
             shown = breaker.get("forced") or breaker["state"]
             breaker_state.add_metric([breaker["name"]], codes.get(shown, 2.0))
         yield breaker_state
+        trading = snap.get("trading")
+        if trading:
+            state = GaugeMetricFamily(
+                "omni_trading_state", "Trading state: 0 ACTIVE, 1 REDUCING, 2 HALTED (kill switch engaged, or the state unreadable)."
+            )
+            state.add_metric([], {"ACTIVE": 0.0, "REDUCING": 1.0}.get(trading["state"], 2.0))
+            yield state
+            engaged = GaugeMetricFamily("omni_kill_switch_engaged", "1 while the kill switch is engaged (or its state cannot be read).")
+            engaged.add_metric([], 1.0 if trading["state"] == "HALTED" else 0.0)
+            yield engaged
         scrape_up = GaugeMetricFamily("omni_live_scrape_up", "1 when the live metrics could be read from Redis and the broker.")
         scrape_up.add_metric([], up)
         yield scrape_up

@@ -105,7 +105,22 @@ def live_snapshot(client: redis.Redis, broker_url: str, queues: Iterable[str], d
         "beat_leader": leader.current_leader(client),
         "outcomes_pending": runs.pending_outcomes(client),
         "breakers": breakers_view(client),
+        "trading": trading_view(client),
     }
+
+
+def trading_view(client: redis.Redis) -> dict[str, Any]:
+    """The trading state as the order path's fast read sees it (Redis only: missing or unreadable counts as HALTED)."""
+    from omni_tasks.safety.killswitch import REDIS_STATE_KEY, TradingState, parse_value
+
+    try:
+        raw = client.get(REDIS_STATE_KEY)
+    except Exception as exc:  # noqa: BLE001 - unreadable counts as engaged
+        return {"state": TradingState.HALTED.value, "version": None, "source": f"unreadable: {type(exc).__name__}"}
+    parsed = parse_value(raw)
+    if parsed is None:
+        return {"state": TradingState.HALTED.value, "version": None, "source": "missing" if raw is None else "malformed"}
+    return {"state": parsed.state.value, "version": parsed.version, "source": "redis"}
 
 
 def breakers_view(client: redis.Redis) -> list[dict[str, Any]]:

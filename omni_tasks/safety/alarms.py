@@ -425,7 +425,9 @@ def start_watchdog_listener(
         return None if when is None else int(when.timestamp() * 1e9)
 
     def maintenance() -> None:
+        # An engage whose database write failed is written down; a key Redis lost is put back.
         engage_mod.make_durable_from_redis(runtime)
+        killswitch.current_state(runtime.redis, runtime.sessions)
 
     # Warm up what the first engage needs (connections, the broker) so it is fast.
     try:

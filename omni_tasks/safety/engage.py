@@ -63,6 +63,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks import metrics
 from omni_tasks.safety.killswitch import (
     LOOSER,
     REDIS_STATE_KEY,
@@ -206,6 +207,21 @@ def _check_words(actor: str, reason: str) -> tuple[str, str]:
 def is_automatic_actor(actor: str) -> bool:
     """True when ``actor`` names automation (the watchdog, an alarm...), which may never release."""
     return actor.strip().lower().startswith(AUTOMATIC_ACTOR_PREFIXES)
+
+
+def _by(actor: str) -> str:
+    """The metric label for who acted: operator, watchdog, http or other (names never become labels)."""
+    for prefix, label in (("operator:", "operator"), ("watchdog", "watchdog"), ("http:", "http")):
+        if actor.lower().startswith(prefix):
+            return label
+    return "other"
+
+
+def _count(action: str, actor: str) -> None:
+    try:
+        metrics.KILL_SWITCH_CHANGES.labels(action, _by(actor)).inc()
+    except Exception:  # noqa: BLE001, S110 - a metric must never fail the kill switch
+        pass
 
 
 def snapshot_dir(settings: Settings) -> Path:
@@ -408,6 +424,7 @@ def engage(
             error=result.errors["durable"],
         )
     result.timings_ms["durable"] = _ms(t0)
+    _count("engage_repeat" if result.repeat else "engage", actor)
     _log.warning(
         "kill switch engaged" if not result.repeat else "kill switch engage requested again (already engaged)",
         actor=actor,
@@ -753,6 +770,7 @@ def _change(
     except KillSwitchError as exc:
         _audit_refusal(sessions, actor=actor, action=action, reason=reason, why=str(exc))
         raise
+    _count(action if result.changed else f"{action}_unchanged", actor)
     try:
         sync_redis(client, target, result.version, key=key)
         result.redis_synced = True

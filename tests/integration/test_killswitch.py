@@ -11,6 +11,7 @@ import json
 import secrets
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -685,8 +686,62 @@ def test_health_server_engages_with_a_bearer_token_and_shows_the_state(
     health = request("GET", "/health")[1]
     assert (health["trading"]["state"], health["trading"]["actor"]) == ("HALTED", "http:bob")
     assert "ENGAGED" in health["checks"]["kill_switch"]["detail"]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    exposition = connection.getresponse().read().decode()
+    assert "omni_trading_state 2.0" in exposition
+    assert "omni_kill_switch_engaged 1.0" in exposition
+    ks.release(rt, actor=OPERATOR, reason="checked")
+    connection.request("GET", "/metrics")
+    exposition = connection.getresponse().read().decode()
+    assert "omni_trading_state 0.0" in exposition
+    assert "omni_kill_switch_engaged 0.0" in exposition
+    connection.close()
     assert token not in server.log_text()
     rt.engine.dispose()
+
+
+def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(runtime: Runtime, tmp_path: Path) -> None:
+    from tests.conftest import REPO_ROOT, service_env
+
+    ks.engage(runtime, actor=OPERATOR, reason="real halt before the drill", broker=None, alert=lambda _e: None)
+    real_before = (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions))
+    env = service_env(redis_url=runtime.settings.broker_url, database_url=runtime.settings.database_url, data_dir=tmp_path / "data")
+    drill = subprocess.run(
+        [sys.executable, "-m", "omni_tasks", "kill", "drill", "--orders", "15", "--operator", "dora", "--json"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    report = json.loads(drill.stdout)
+    assert report["passed"] is True
+    assert (report["placed_resting"], report["cancelled_verified"], report["open_after_engage"]) == (15, 15, 0)
+    assert (report["blocked_after_engage"], report["positions_after_flatten"], report["state_after_release"]) == (1, 0, "ACTIVE")
+    assert report["alerts_produced"] == 1
+    assert report["real_state_untouched"] is True
+    assert report["real_state_before"] == {"redis": "HALTED 1", "database": "HALTED 1"}
+    for step in ("redis", "durable", "cancel_requested", "snapshot", "cancelled_confirmed", "flatten", "purge", "total", "release"):
+        assert report["timings_ms"][step] >= 0
+    print(f"omni kill drill (15 orders): {report['timings_ms']}")
+    assert (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions)) == real_before
+    with runtime.sessions() as session:
+        drills = session.scalars(select(KillEvent).where(KillEvent.action == "drill")).all()
+        assert [(d.actor, d.state_before, d.state_after, d.detail["passed"]) for d in drills] == [
+            ("operator:dora", "HALTED", "HALTED", True)
+        ]
+        snapshots = session.scalars(select(EmergencySnapshot)).all()
+        assert [s.open_orders for s in snapshots] == [[]], "only the real engage's snapshot: the drill's stayed in its scratch world"
+    assert not Path(report["scratch_dir"]).exists()
+    status = subprocess.run(
+        [sys.executable, "-m", "omni_tasks", "status", "--json"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    trading = json.loads(status.stdout)["trading"]
+    assert (trading["state"], trading["actor"], trading["reason"]) == ("HALTED", OPERATOR, "real halt before the drill")
 
 
 def test_without_a_token_the_health_server_has_no_engage_endpoint(
