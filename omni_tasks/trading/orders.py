@@ -43,7 +43,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -146,6 +146,8 @@ class OrderOutcome:
     avg_fill_price: str | None
     elapsed_ms: float
     repeat: bool = False
+    #: Milliseconds inside ``broker.submit`` (None: the broker was not called); the rest of ``elapsed_ms`` is the orders path's own.
+    broker_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,25 +283,32 @@ class OrderSubmitter:
         }
 
     def _send(self, request: OrderRequest, trial: str, t0: float) -> OrderOutcome:
+        sent = time.perf_counter()
         try:
             order = self.broker.submit(request)
         except OrderBlocked as exc:
+            broker_ms = _ms(sent)
             self.broker_breaker.record(True, trial=trial)
-            return self._record_broker_refusal(request, "rejected", "guard", str(exc), t0)
+            outcome = self._record_broker_refusal(request, "rejected", "guard", str(exc), t0)
         except InvalidOrder as exc:
+            broker_ms = _ms(sent)
             self.broker_breaker.record(True, trial=trial)
-            return self._record_broker_refusal(request, "rejected", "invalid", str(exc), t0)
+            outcome = self._record_broker_refusal(request, "rejected", "invalid", str(exc), t0)
         except BrokerError as exc:
+            broker_ms = _ms(sent)
             self.broker_breaker.record(not _is_failure(exc), trial=trial)
             if exc.retryable:
                 self._record_event(request.client_order_id, "error", "broker", str(exc), {"retryable": True})
                 raise RetryableError(f"order {request.client_order_id}: broker unavailable, will retry: {exc}") from exc
-            return self._record_broker_refusal(request, "rejected", "broker", str(exc), t0)
+            outcome = self._record_broker_refusal(request, "rejected", "broker", str(exc), t0)
         except BaseException:
             self.broker_breaker.record(False, trial=trial)
             raise
-        self.broker_breaker.record(True, trial=trial)
-        return self._record_sent(request, order, t0)
+        else:
+            broker_ms = _ms(sent)
+            self.broker_breaker.record(True, trial=trial)
+            return replace(self._record_sent(request, order, t0), broker_ms=broker_ms)
+        return replace(outcome, broker_ms=broker_ms)
 
     # ---- records ----------------------------------------------------------------------------------
 
