@@ -251,7 +251,8 @@ def cancel_all(
         broker.cancel_all()
         remaining = broker.open_orders()
     elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-    detail = {"asked": len(asked), "remaining": [o.client_order_id for o in remaining], "elapsed_ms": elapsed_ms, "broker": broker.name}
+    still_open = [o.client_order_id for o in remaining]
+    detail = {"asked": len(asked), "remaining": still_open, "elapsed_ms": elapsed_ms, "broker": broker.name}
     with runtime.sessions() as session, session.begin():
         session.add(
             AuditLog(ts=datetime.now(tz=UTC), actor=actor, action="orders.cancel_all", subject=f"broker:{broker.name}", detail=detail)
@@ -259,7 +260,7 @@ def cancel_all(
     if as_json:
         print(json.dumps(detail))
     elif remaining:
-        console.print(f"[red]{len(remaining)} order(s) still open after {timeout_s:g} s[/red]: {', '.join(detail['remaining'])}")
+        console.print(f"[red]{len(remaining)} order(s) still open after {timeout_s:g} s[/red]: {', '.join(still_open)}")
     else:
         console.print(f"cancel asked for {len(asked)} open order(s) at {broker.name}; none open now (confirmed in {elapsed_ms} ms)")
     raise typer.Exit(1 if remaining else 0)

@@ -52,6 +52,7 @@ from zoneinfo import ZoneInfo
 import redis as redis_lib
 import structlog
 from sqlalchemy import func, select, text
+from sqlalchemy import insert as insert_into
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -363,7 +364,7 @@ class OrderSubmitter:
                     return row, 0
             # Core inserts: no unit-of-work flush on the hot path.
             session.execute(
-                OrderEvent.__table__.insert(),
+                insert_into(OrderEvent),
                 {
                     "ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,
                     "detail": {
