@@ -324,7 +324,12 @@ class AlarmListener:
             self.counts["coalesced"] += 1
             return
         claim = CLAIM_KEY.format(kind=alarm.kind, source=alarm.source, ts_ns=alarm.ts_ns)
-        if not client.set(claim, self._owner, nx=True, ex=CLAIM_TTL_S):
+        try:
+            claimed = bool(client.set(claim, self._owner, nx=True, ex=CLAIM_TTL_S))
+        except Exception as exc:  # noqa: BLE001 - no claim possible: act anyway (twice is better than never)
+            _log.warning("alarm claim unavailable; acting on it anyway", kind=alarm.kind, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            claimed = True
+        if not claimed:
             self.counts["claimed_elsewhere"] += 1
             return
         _log.critical(

@@ -337,11 +337,14 @@ def engage(
 ) -> EngageResult:
     """Engage the kill switch: orders stop, durably; snapshot, cancel and confirm, flatten, purge, audit, alert.
 
-    Never raises for a failing step: each error is in ``result.errors`` under its
-    step's name and the remaining steps still run. ``broker`` None skips the
+    Never raises, and never refuses: a failing step's error is in ``result.errors``
+    under its name and the remaining steps still run; a blank actor or reason is
+    recorded as ``unknown`` / ``(no reason given)`` rather than stopping the engage. ``broker`` None skips the
     broker steps (recorded as an error: the open orders were not cancelled).
     """
-    actor, reason = _check_words(actor, reason)
+    # Bad words never stop an engage: a missing actor or reason is recorded as such.
+    actor = actor.strip()[:100] if isinstance(actor, str) and actor.strip() else "unknown"
+    reason = reason.strip()[:MAX_REASON_CHARS] if isinstance(reason, str) and reason.strip() else "(no reason given)"
     settings = runtime.settings
     t0 = time.perf_counter()
     started_ns = time.time_ns()
@@ -677,23 +680,27 @@ def _engage_alert(result: EngageResult) -> dict[str, Any]:
 
 
 def _send_alert(runtime: RuntimeLike, alert: Callable[[dict[str, Any]], None] | None, event: dict[str, Any]) -> None:
-    """Hand the alert to a background thread; it never blocks or fails the sequence."""
-    sender = alert
-    if sender is None:
+    """Send the alert without blocking or failing the sequence.
+
+    The default (:func:`omni_tasks.alerts.emit`) queues it for its own background
+    thread and never raises, so it is called directly: a CLI that exits right after
+    can wait for that queue (``alerts.drain``). A caller's own ``alert`` runs in a thread.
+    """
+    if alert is None:
         try:
             from omni_tasks import alerts
-        except ImportError:
-            return
-        settings = runtime.settings
 
-        def sender(payload: dict[str, Any]) -> None:
-            alerts.emit(payload, settings=settings)
+            alerts.emit(event, settings=runtime.settings)
+        except Exception as exc:  # noqa: BLE001 - an alert must never fail the kill switch
+            _log.error("kill switch alert not sent", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return
+    sender = alert
 
     def run() -> None:
         try:
             sender(event)
-        except Exception:  # noqa: BLE001 - an alert must never fail the kill switch
-            _log.error("kill switch alert not sent", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - an alert must never fail the kill switch
+            _log.error("kill switch alert not sent", error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
     threading.Thread(target=run, name="omni-kill-alert", daemon=True).start()
 

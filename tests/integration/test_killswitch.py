@@ -266,6 +266,13 @@ def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runti
     assert count(runtime, Fill, Fill.order_id.in_(select(Order.id).where(Order.client_order_id == "e-after"))) == 0
 
 
+def test_a_blank_reason_or_actor_never_stops_an_engage(runtime: Runtime) -> None:
+    result = ks.engage(runtime, actor="  ", reason="", broker=None, alert=lambda _e: None)
+    assert result.durable
+    assert (result.actor, result.reason) == ("unknown", "(no reason given)")
+    assert current_state(runtime.redis, runtime.sessions) is TradingState.HALTED
+
+
 def test_engaging_twice_keeps_one_engaged_period_and_audits_both_requests(runtime: Runtime) -> None:
     broker = simulated_broker(runtime)
     first = ks.engage(runtime, actor="watchdog:alarm:daily_loss", reason="loss", broker=broker, alert=lambda _e: None)
