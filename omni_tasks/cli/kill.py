@@ -95,19 +95,22 @@ def http_kill_endpoint() -> Any:
 
 
 def _timings_table(timings: dict[str, float], title: str) -> Table:
+    """Engage steps: ms from the engage's start and each step's own time; the drill's other steps: their duration."""
     table = Table(title=title, title_justify="left")
     table.add_column("step")
-    table.add_column("done at (ms)", justify="right")
-    table.add_column("took (ms)", justify="right")
+    table.add_column("ms from engage start", justify="right")
+    table.add_column("step took (ms)", justify="right")
     previous = 0.0
-    standalone = {"total", "drill_total", "scratch_setup", "place_orders", "release"}
+    standalone = {"drill_total", "scratch_setup", "place_orders", "release"}
     for step, at in timings.items():
-        if step == "purge":
+        if step in standalone:
+            table.add_row(step, "-", f"{at:.1f}")
+        elif step == "purge":
             table.add_row(step, f"{at:.1f}", "(alongside, from 'durable')")
-            continue
-        took = at if step in standalone else at - previous
-        table.add_row(step, f"{at:.1f}", f"{max(took, 0.0):.1f}")
-        if step not in standalone:
+        elif step == "total":
+            table.add_row(step, f"{at:.1f}", f"{at:.1f}")
+        else:
+            table.add_row(step, f"{at:.1f}", f"{max(at - previous, 0.0):.1f}")
             previous = at
     return table
 
