@@ -101,7 +101,7 @@ def _real_copy(client: redis.Redis | None, sessions: Any) -> dict[str, Any]:
     if client is not None:
         try:
             raw = client.get(killswitch.REDIS_STATE_KEY)
-            out["redis"] = None if raw is None else raw.decode()
+            out["redis"] = None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
         except Exception as exc:  # noqa: BLE001 - reported as unreadable
             out["redis"] = f"unreadable: {type(exc).__name__}"
     if sessions is not None:
@@ -149,7 +149,7 @@ def serve_quote(client: redis.Redis, symbol: str, bid: Decimal, ask: Decimal, *,
     """Write one fresh latest quote in the stream's format (:mod:`omni_tasks.stream.latest`)."""
     now_ns = time.time_ns()
     mid = (bid + ask) / 2
-    fields = {
+    fields: dict[str, str] = {
         "bid": str(bid),
         "ask": str(ask),
         "bid_size": "100",
@@ -162,7 +162,7 @@ def serve_quote(client: redis.Redis, symbol: str, bid: Decimal, ask: Decimal, *,
         "liq": "",
     }
     pipe = client.pipeline(transaction=False)
-    pipe.hset(quote_key(symbol), mapping=fields)
+    pipe.hset(quote_key(symbol), mapping=fields)  # type: ignore[arg-type]  # redis-py's Mapping is invariant in its key type
     pipe.expire(quote_key(symbol), ttl_s)
     pipe.execute()
 
