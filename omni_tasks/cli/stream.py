@@ -98,7 +98,7 @@ def stream(
 def _send(command: dict[str, Any], name: str) -> None:
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
-    from omni_tasks.stream.worker import CONTROL_KEY
+    from omni_tasks.stream.status import CONTROL_KEY
 
     prepare("cli", configure_log=False)
     client = get_runtime().redis
@@ -135,7 +135,7 @@ def quotes(
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
     from omni_tasks.stream.latest import read_latest
-    from omni_tasks.stream.worker import read_status
+    from omni_tasks.stream.status import read_status
 
     settings = prepare("cli", configure_log=False)
     client = get_runtime().redis
