@@ -111,6 +111,7 @@ def check_health(
         return f"{status.get('feed')}: {len(status.get('symbols') or [])} symbols, {len(stale)} stale, last market data {last_quote_s:.1f} s ago"
 
     checks["stream"] = _timed(stream) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
+    risk = _risk(engine, client)
     checks["beat"] = _timed(beat) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     checks["watchdog_tick"] = _timed(watchdog_tick) if redis_ok else {"status": "down", "latency_ms": 0.0}
 
@@ -128,7 +129,21 @@ def check_health(
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return code, {"status": status, "ts": time.time(), "trading": trading, "checks": checks}
+    return code, {"status": status, "ts": time.time(), "trading": trading, "risk": risk, "checks": checks}
+
+
+def _risk(engine: Engine, client: redis.Redis) -> dict[str, Any] | None:
+    """The latest risk snapshot's summary (None when none was taken; an error is reported, not raised)."""
+    from types import SimpleNamespace
+
+    from sqlalchemy.orm import sessionmaker
+
+    from omni_tasks.risk.snapshot import latest_snapshot
+
+    try:
+        return latest_snapshot(SimpleNamespace(redis=client, sessions=sessionmaker(engine)))
+    except Exception as exc:  # noqa: BLE001 - /health must answer
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
 def _trading(engine: Engine, client: redis.Redis) -> dict[str, Any]:

@@ -35,6 +35,12 @@ def gather_status() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
+        from omni_tasks.risk.snapshot import latest_snapshot
+
+        out["risk"] = latest_snapshot(runtime)
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"risk snapshot: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    try:
         out["stream"] = stream_view(runtime.redis)
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"stream: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -66,6 +72,31 @@ def stream_view(client: Any) -> dict[str, Any] | None:
         return None
     latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency}
+
+
+def _print_risk(risk: dict[str, Any] | None) -> None:
+    if risk is None:
+        console.print("Risk: [yellow]no snapshot yet[/yellow] (the risk worker takes one every minute in market hours; `omni risk --recalc`)")
+        return
+
+    def fmt(value: Any, unit: str = "", digits: int = 2) -> str:
+        return "-" if value is None else f"{float(value):,.{digits}f}{unit}"
+
+    age = ""
+    try:
+        age = f"{(datetime.now(tz=UTC) - datetime.fromisoformat(risk['ts'])).total_seconds():.0f} s ago"
+    except (KeyError, TypeError, ValueError):
+        pass
+    breaches = risk.get("breaches") or []
+    colour = "red" if breaches else "green"
+    console.print(
+        f"Risk ({age}, {risk.get('positions', 0)} positions): equity {fmt(risk.get('equity'))}, day P&L {fmt(risk.get('daily_pnl'))}, "
+        f"gross {fmt(risk.get('gross_exposure'))} (leverage {fmt(risk.get('gross_leverage'), 'x')}), "
+        f"VaR95 {fmt(risk.get('var_95'))}, ES95 {fmt(risk.get('es_95'))}, drawdown {fmt(risk.get('drawdown_pct'), '%')}, "
+        f"score [{colour}]{fmt(risk.get('risk_score'))}[/{colour}]"
+    )
+    for breach in breaches:
+        console.print(f"  [red]breach[/red] {breach.get('rule')}: {breach.get('message')}")
 
 
 def _print_stream(stream: dict[str, Any] | None) -> None:
@@ -138,6 +169,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     else:
         console.print("Watchdog: [red]no tick recorded[/red]")
     console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
+    _print_risk(data.get("risk"))
     _print_stream(data.get("stream"))
 
     if data.get("breakers"):

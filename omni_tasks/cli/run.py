@@ -118,6 +118,7 @@ def server() -> None:
 
     runtime = get_runtime()
     queues = [q.value for q in ALL_QUEUES]
+    from omni_tasks.risk import snapshot as _warm  # noqa: F401 - import before serving: the first /health answers fast
 
     def snapshot() -> dict[str, Any]:
         return observe.live_snapshot(runtime.redis, settings.broker_url, queues, settings.broker.dead_after_s)
