@@ -32,19 +32,21 @@ TRADING_STATE_KEY: Final = "omni:trading:state"
 BAR_KEY_PREFIX: Final = "omni:bar:"
 _FIELDS: Final = ("bid", "ask", "bid_size", "ask_size", "ts", "recv", "mid", "spread_bps", "vwap", "liq")
 
-# KEYS: one quote hash per symbol, then the capped stream. ARGV: ttl_s, maxlen, then per symbol its
-# name and its ten fields (_FIELDS order) joined by "|" (one argument instead of ten: the client's
-# encoding cost is per argument). A stored quote with a later timestamp is kept (timestamps are
-# 19-digit ns strings: compared as strings, exactly, where Lua's doubles would round).
+# KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then one argument per symbol:
+# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (_FIELDS order). One argument
+# per symbol, not eleven plus a key: the client's cost is per argument. The quote keys are derived
+# from the symbols here, which standalone Redis allows (a Redis Cluster would need them declared).
+# A stored quote with a later timestamp is kept (timestamps are 19-digit ns strings: compared as
+# strings, exactly, where Lua's doubles would round).
 WRITE_QUOTES_LUA: Final = """
 local ttl = tonumber(ARGV[1])
 local maxlen = ARGV[2]
-local n = #KEYS - 1
-local stream = KEYS[#KEYS]
+local prefix = ARGV[3]
+local stream = KEYS[1]
 local written = 0
 local f = {}
-for i = 1, n do
-  local packed = ARGV[2 + i * 2]
+for i = 4, #ARGV do
+  local packed = ARGV[i]
   local k, pos = 0, 1
   while true do
     local bar = string.find(packed, '|', pos, true)
@@ -53,15 +55,16 @@ for i = 1, n do
     f[k] = string.sub(packed, pos, bar - 1)
     pos = bar + 1
   end
-  local ts = f[5]
-  local cur = redis.call('HGET', KEYS[i], 'ts')
-  if k == 10 and ((not cur) or #cur < #ts or (#cur == #ts and cur <= ts)) then
-    redis.call('HSET', KEYS[i], 'bid', f[1], 'ask', f[2], 'bid_size', f[3], 'ask_size', f[4], 'ts', ts,
-      'recv', f[6], 'mid', f[7], 'spread_bps', f[8], 'vwap', f[9], 'liq', f[10])
-    redis.call('EXPIRE', KEYS[i], ttl)
+  local key = prefix .. f[1]
+  local ts = f[6]
+  local cur = redis.call('HGET', key, 'ts')
+  if k == 11 and ((not cur) or #cur < #ts or (#cur == #ts and cur <= ts)) then
+    redis.call('HSET', key, 'bid', f[2], 'ask', f[3], 'bid_size', f[4], 'ask_size', f[5], 'ts', ts,
+      'recv', f[7], 'mid', f[8], 'spread_bps', f[9], 'vwap', f[10], 'liq', f[11])
+    redis.call('EXPIRE', key, ttl)
     if maxlen ~= '0' then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', ARGV[1 + i * 2], 'bp', f[1], 'ap', f[2],
-        'bs', f[3], 'as', f[4], 't', ts, 'mid', f[7], 'spread_bps', f[8])
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', f[1], 'bp', f[2], 'ap', f[3],
+        'bs', f[4], 'as', f[5], 't', ts, 'mid', f[8], 'spread_bps', f[9])
     end
     written = written + 1
   end
@@ -163,14 +166,8 @@ class QuotePath:
         pending, self._pending_recv = self._pending_recv, []
         script_args: list[Any] = []
         if changed:
-            script_args = [len(changed) + 1]
-            script_args.extend(QUOTE_KEY_PREFIX + b.symbol for b in changed)
-            script_args.append(QUOTE_STREAM_KEY)
-            script_args.append(self.quote_ttl_s)
-            script_args.append(self.stream_maxlen)
-            for book in changed:
-                script_args.append(book.symbol)
-                script_args.append(quote_row(book))
+            script_args = [1, QUOTE_STREAM_KEY, self.quote_ttl_s, self.stream_maxlen, QUOTE_KEY_PREFIX]
+            script_args.extend(f"{book.symbol}|{quote_row(book)}" for book in changed)
         started = time.perf_counter_ns()
         try:
             try:
