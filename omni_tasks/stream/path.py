@@ -110,6 +110,8 @@ class QuotePath:
         self.stream_maxlen = stream_maxlen
         self.bar_ttl_s = bar_ttl_s
         self.garbage_frames = 0
+        self._flush_seq = 0
+        self._state_seq = 0
         self.frames = 0
         self.flushes = 0
         self.trading_state = "UNKNOWN"  # until the first flush reads it
@@ -161,6 +163,8 @@ class QuotePath:
 
     async def flush(self) -> FlushResult:
         """Write every symbol changed since the last flush in one round trip, and read the trading state."""
+        self._flush_seq += 1
+        seq = self._flush_seq
         changed = self.books.take_dirty()
         bars = self.books.take_dirty_bars()
         pending, self._pending_recv = self._pending_recv, []
@@ -187,7 +191,9 @@ class QuotePath:
         e2e = self.latency["e2e"]
         for recv in pending:
             e2e.record(done - recv)
-        self.trading_state = parse_trading_state(results[-1])
+        if seq > self._state_seq:  # two writes may finish out of order: keep the newest reading
+            self._state_seq = seq
+            self.trading_state = parse_trading_state(results[-1])
         written = int(results[0]) if changed else 0
         return FlushResult(symbols=len(changed), written=written, trading_state=self.trading_state, changed=changed)
 

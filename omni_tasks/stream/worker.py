@@ -70,6 +70,7 @@ class StreamConfig:
     connection_limit_cooldown_s: float = 60.0
     stream_maxlen: int = 100_000
     housekeeping_s: float = 0.25
+    flushes_in_flight: int = 2  # writes in flight at once (order at Redis does not matter: see _flush_loop)
     heartbeat_s: float = 2.0
     lock_fingerprint: str | None = None  # set for feeds that allow one connection per key
     lock_ttl_s: float = 15.0
@@ -312,28 +313,47 @@ class StreamWorker:
     # --- writing
 
     async def _flush_loop(self) -> None:
+        """Start a flush whenever something changed and a slot is free (``flushes_in_flight`` at once).
+
+        Two writes may be in flight together: a frame then waits for at most
+        the write ahead of it, not for a whole write to finish and another to
+        run. Their order at Redis does not matter: the script never lets an
+        older quote replace a newer one.
+        """
         path = self.path
+        slots = asyncio.Semaphore(self.config.flushes_in_flight)
+        running: set[asyncio.Task[None]] = set()
         while True:
             await self._dirty.wait()
+            await slots.acquire()
             self._dirty.clear()
             if not path.dirty and not path.books.dirty:
+                slots.release()
                 if self._stop.is_set():
+                    if running:
+                        await asyncio.gather(*running, return_exceptions=True)
                     return
                 continue
-            try:
-                result = await path.flush()
-            except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
-                self.counters.flush_errors += 1
-                path.trading_state = "UNREADABLE"
-                if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
-                    log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
-                self._dirty.set()
-                if self._stop.is_set():
-                    return
-                continue
-            if self.on_flush is not None and result.changed:
-                self.on_flush(result, path)
+            task = asyncio.create_task(self._flush_once(slots))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def _flush_once(self, slots: asyncio.Semaphore) -> None:
+        path = self.path
+        try:
+            result = await path.flush()
+        except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
+            self.counters.flush_errors += 1
+            path.trading_state = "UNREADABLE"
+            if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
+                log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
+            await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
+            self._dirty.set()
+            return
+        finally:
+            slots.release()
+        if self.on_flush is not None and result.changed:
+            self.on_flush(result, path)
 
     async def _final_flush(self) -> None:
         if self.path.dirty or self.path.books.dirty:
