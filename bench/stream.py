@@ -205,6 +205,8 @@ def run_websocket(url: str, rate: float, seconds: float, symbols: int, per_frame
         "process_p99_us": process.percentile(99) / 1e3,
         "over_budget": process.over_budget,
         "flushes": worker.path.flushes,
+        "flush_p50_ms": worker.path.latency["flush"].percentile(50) / 1e6,
+        "flush_p99_ms": worker.path.latency["flush"].percentile(99) / 1e6,
     }
 
 
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"websocket {rate:,.0f} quotes/s offered for {args.seconds:g} s ({r['frames']:,} frames of {args.ws_per_frame}, {r['frames_seen']:,} seen): "
             f"received -> visible in Redis p50 {r['e2e_p50_ms']:.2f} ms, p99 {r['e2e_p99_ms']:.2f} ms; "
-            f"processing p50 {r['process_p50_us']:.0f} us, p99 {r['process_p99_us']:.0f} us, over 1 ms {r['over_budget']}; {r['flushes']:,} flushes",
+            f"processing p50 {r['process_p50_us']:.0f} us, p99 {r['process_p99_us']:.0f} us, over 1 ms {r['over_budget']}; "
+                f"{r['flushes']:,} flushes, each p50 {r['flush_p50_ms']:.2f} ms, p99 {r['flush_p99_ms']:.2f} ms",
             flush=True,
         )
     at = results[args.rate]
