@@ -51,12 +51,15 @@ from omni_tasks.stream.worker import StreamConfig, StreamWorker
 KEY, SECRET = "bench-key", "bench-secret"
 
 
-def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 5) -> tuple[list[bytes], list[str]]:
+def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 5) -> tuple[list[bytes], list[str], dict[str, int]]:
+    """Random-walk quotes with increasing timestamps as msgpack frames; the symbols; each symbol's last timestamp
+    (what Redis must end with)."""
     rng = random.Random(seed)  # noqa: S311 - synthetic data
     names = [f"S{i:04d}" for i in range(symbols)]
     mids = [50.0 + 200.0 * rng.random() for _ in names]
     base = time.time_ns()
     frames = []
+    last_ts: dict[str, int] = {}
     n = 0
     while n < quotes:
         messages = []
@@ -64,19 +67,12 @@ def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 5) -> 
             i = rng.randrange(symbols)
             mids[i] *= 1.0 + rng.gauss(0.0, 0.0002)
             half = max(0.005, round(mids[i] * 0.0001, 2))
-            messages.append(
-                wire.quote_message(
-                    names[i],
-                    base + n,
-                    round(mids[i] - half, 2),
-                    float(rng.randint(1, 30) * 100),
-                    round(mids[i] + half, 2),
-                    float(rng.randint(1, 30) * 100),
-                )
-            )
+            size_bid, size_ask = float(rng.randint(1, 30) * 100), float(rng.randint(1, 30) * 100)
+            messages.append(wire.quote_message(names[i], base + n, round(mids[i] - half, 2), size_bid, round(mids[i] + half, 2), size_ask))
+            last_ts[names[i]] = base + n
             n += 1
         frames.append(msgpack.packb(messages))
-    return frames, names
+    return frames, names, last_ts
 
 
 class MemoryFeed:
@@ -168,7 +164,7 @@ def _serve(frames: list[bytes], interval_s: float, ready: Any, go: Any, done: An
 
 def run_websocket(url: str, rate: float, seconds: float, symbols: int, per_frame: int) -> dict[str, Any]:
     quotes = int(rate * seconds)
-    frames, names = make_frames(quotes, symbols, per_frame, seed=9)
+    frames, names, _ = make_frames(quotes, symbols, per_frame, seed=9)
     ctx = mp.get_context("fork")
     ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     server = ctx.Process(target=_serve, args=(frames, per_frame / rate, ready, go, done), daemon=True)
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ours = baseline = ratio = 0.0
     if not args.only_websocket:
-        frames, names = make_frames(args.quotes, args.symbols, args.per_frame)
+        frames, names, _ = make_frames(args.quotes, args.symbols, args.per_frame)
         print(f"{args.quotes:,} quotes over {args.symbols} symbols in {len(frames):,} msgpack frames of {args.per_frame}", flush=True)
         seconds, worker = asyncio.run(run_ours(args.redis, frames, names))
         ours = args.quotes / seconds
@@ -261,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             f"websocket {rate:,.0f} quotes/s offered for {args.seconds:g} s ({r['frames']:,} frames of {args.ws_per_frame}, {r['frames_seen']:,} seen): "
             f"received -> visible in Redis p50 {r['e2e_p50_ms']:.2f} ms, p99 {r['e2e_p99_ms']:.2f} ms; "
             f"processing p50 {r['process_p50_us']:.0f} us, p99 {r['process_p99_us']:.0f} us, over 1 ms {r['over_budget']}; "
-                f"{r['flushes']:,} flushes, each p50 {r['flush_p50_ms']:.2f} ms, p99 {r['flush_p99_ms']:.2f} ms",
+            f"{r['flushes']:,} flushes, each p50 {r['flush_p50_ms']:.2f} ms, p99 {r['flush_p99_ms']:.2f} ms",
             flush=True,
         )
     at = results[args.rate]

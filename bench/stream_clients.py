@@ -28,50 +28,25 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import random
 import secrets
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import msgpack
 import redis
 import redis.asyncio as aioredis
 
-from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed, Feed
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.worker import StreamConfig, StreamWorker
 
+REPO = Path(__file__).resolve().parent.parent
 CLAIM_KEY = "omni:test-session"
-
-
-def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 11) -> tuple[list[bytes], list[str], dict[str, int]]:
-    """Random-walk quotes with increasing timestamps; also each symbol's last timestamp (what Redis must end with)."""
-    rng = random.Random(seed)
-    names = [f"C{i:04d}" for i in range(symbols)]
-    mids = [50.0 + 200.0 * rng.random() for _ in names]
-    base = time.time_ns()
-    frames: list[bytes] = []
-    last_ts: dict[str, int] = {}
-    n = 0
-    while n < quotes:
-        messages = []
-        for _ in range(min(per_frame, quotes - n)):
-            i = rng.randrange(symbols)
-            mids[i] *= 1.0 + rng.gauss(0.0, 0.0002)
-            half = max(0.005, round(mids[i] * 0.0001, 2))
-            ts = base + n
-            bid, ask = round(mids[i] - half, 2), round(mids[i] + half, 2)
-            messages.append(wire.quote_message(names[i], ts, bid, float(rng.randint(1, 30) * 100), ask, float(rng.randint(1, 30) * 100)))
-            last_ts[names[i]] = ts
-            n += 1
-        frames.append(msgpack.packb(messages))
-    return frames, names, last_ts
 
 
 def _serve(frames: list[bytes], symbols: int, key: str, secret: str, ready: Any, done: Any) -> None:
@@ -182,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         url, admin, token = claim_database()
     load = os.getloadavg()
     print(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores; Redis {url}", flush=True)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # `python bench/stream_clients.py` puts bench/, not the repo, on the path
+    from bench.stream import make_frames
+
     frames, names, last_ts = make_frames(args.quotes, args.symbols, args.per_frame)
     print(f"{args.quotes:,} quotes over {args.symbols} symbols in {len(frames):,} msgpack frames of {args.per_frame}", flush=True)
     rates: dict[str, list[float]] = {"lean": [], "alpaca-py": []}
