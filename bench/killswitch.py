@@ -124,7 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         migrations.upgrade(runtime.engine)
         log = (data_dir / "watchdog.log").open("ab")
         watchdog = subprocess.Popen(  # noqa: S603 - fixed argv
-            [sys.executable, "-m", "omni_tasks", "worker", "watchdog"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [sys.executable, "-m", "omni_tasks", "worker", "watchdog"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         client = runtime.redis
         from omni_tasks.safety.alarms import ALARM_CHANNEL
@@ -196,7 +201,9 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     push("AAPL", 100.00, 100.02)
     push("MSFT", 400.00, 400.04)
     await until(lambda: worker.path.flushes >= 1 and runtime.redis.exists("omni:quote:AAPL"), 10, "the first quotes in Redis")
-    bought = await asyncio.to_thread(broker.submit, OrderRequest(client_order_id="bench-buy-aapl", symbol="AAPL", side="buy", qty=Decimal(100)))
+    bought = await asyncio.to_thread(
+        broker.submit, OrderRequest(client_order_id="bench-buy-aapl", symbol="AAPL", side="buy", qty=Decimal(100))
+    )
     print(f"position: {bought.filled_qty} AAPL at {bought.avg_fill_price}; day-loss limit {settings.risk.max_daily_loss_usd}", flush=True)
 
     engaged_ms: list[float] = []
@@ -209,9 +216,21 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         ids = [f"bench-{trial}-{i}" for i in range(args.orders)]
         for client_order_id in ids:
             await asyncio.to_thread(
-                broker.submit, OrderRequest(client_order_id=client_order_id, symbol="MSFT", side="buy", qty=Decimal(1), order_type="limit", limit_price=Decimal("1.00"))
+                broker.submit,
+                OrderRequest(
+                    client_order_id=client_order_id,
+                    symbol="MSFT",
+                    side="buy",
+                    qty=Decimal(1),
+                    order_type="limit",
+                    limit_price=Decimal("1.00"),
+                ),
             )
-        await until(lambda: guard.book is not None and "AAPL" in guard.book.positions and worker.path.trading_state == "ACTIVE", 10, "the guard to see the book")
+        await until(
+            lambda: guard.book is not None and "AAPL" in guard.book.positions and worker.path.trading_state == "ACTIVE",
+            10,
+            "the guard to see the book",
+        )
         await asyncio.sleep(0.1)
         marks: dict[str, int] = {}
         stop = threading.Event()
@@ -226,7 +245,9 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
                             marks["engaged"] = time.time_ns()
                     if "engaged" in marks and "cancelled" not in marks:
                         still_open = connection.execute(
-                            select(func.count()).select_from(Order).where(Order.client_order_id.in_(ids), Order.status.in_(("pending", "new", "accepted", "partially_filled")))
+                            select(func.count())
+                            .select_from(Order)
+                            .where(Order.client_order_id.in_(ids), Order.status.in_(("pending", "new", "accepted", "partially_filled")))
                         ).scalar()
                         connection.commit()
                         if still_open == 0:
@@ -246,7 +267,10 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         if guard.alarms:
             alarm_ms.append(0.0)
         if trial % 10 == 9:
-            print(f"trials {trial + 1}: engaged p50 {_percentile(engaged_ms, 50):.1f} ms, cancelled p50 {_percentile(cancelled_ms, 50):.1f} ms", flush=True)
+            print(
+                f"trials {trial + 1}: engaged p50 {_percentile(engaged_ms, 50):.1f} ms, cancelled p50 {_percentile(cancelled_ms, 50):.1f} ms",
+                flush=True,
+            )
     worker.stop("bench done")
     await task
     await aclient.aclose()
