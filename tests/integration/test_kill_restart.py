@@ -212,7 +212,12 @@ def test_a_real_watchdog_worker_engages_on_a_critical_alarm_within_milliseconds(
                 lambda: (rt.redis.get("omni:trading:state") or b"").startswith(b"HALTED"), 10, interval_s=0.001, message="HALTED in Redis"
             )
             redis_ms.append((time.time_ns() - alarm.ts_ns) / 1e6)
-            wait_for(lambda: bool(_events(rt)[-1].timings_ms), 10, message="the sequence to finish")
+            # Redis says HALTED first; the engage's row may not be committed yet (no event at all on the first trial).
+            wait_for(
+                lambda: bool((events := _events(rt)) and events[-1].action == "engage" and events[-1].timings_ms),
+                10,
+                message="the sequence to finish",
+            )
             event = _events(rt)[-1]
             assert (event.action, event.actor, event.detail["repeat"]) == ("engage", "watchdog:alarm:daily_loss", False)
             # Alarm published -> the engage's database commit (the watchdog's clock and ours are the same host's).
