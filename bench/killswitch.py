@@ -77,6 +77,14 @@ class QueueFeed:
         self.queue.put_nowait(b"")
 
 
+def _sequence_done(engine: Any) -> bool:
+    with engine.connect() as connection:
+        timings = connection.execute(text("SELECT timings_ms FROM kill_events WHERE action = 'engage' ORDER BY id DESC LIMIT 1")).scalar()
+    if isinstance(timings, str):
+        timings = json.loads(timings)
+    return bool(timings) and "total" in timings
+
+
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q, method="higher"))
 
@@ -139,7 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             if watchdog.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the watchdog worker did not start its alarm listener; see {data_dir / 'watchdog.log'}")
             time.sleep(0.2)
-        print("watchdog worker up, alarm listener subscribed", flush=True)
+        from omni_tasks import heartbeats
+
+        # Subscribed is not ready: the worker is still importing (and holding the GIL) for a few seconds after.
+        while not any(w.kind == "watchdog" and w.pid == watchdog.pid for w in heartbeats.workers(client)):
+            if watchdog.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the watchdog worker did not report ready; see {data_dir / 'watchdog.log'}")
+            time.sleep(0.2)
+        time.sleep(1.0)
+        print("watchdog worker ready (heartbeat), alarm listener subscribed", flush=True)
         result = asyncio.run(run_trials(args, settings, runtime, database_url))
     finally:
         if watchdog is not None:
@@ -213,6 +229,8 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
             engage_mod.release(runtime, actor="operator:bench", reason="bench: next trial")
         push("AAPL", 100.00, 100.02)  # back above the limit: the guard re-arms
+        push("MSFT", 400.00, 400.04)  # a fresh quote: the broker accepts the resting orders on it
+        await until(lambda: worker.path.trading_state == "ACTIVE" and not worker.path.dirty, 10, "the fresh quotes in Redis")
         ids = [f"bench-{trial}-{i}" for i in range(args.orders)]
         for client_order_id in ids:
             await asyncio.to_thread(
@@ -231,6 +249,14 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
             10,
             "the guard to see the book",
         )
+        with poll_engine.connect() as connection:
+            resting = connection.execute(
+                select(func.count()).select_from(Order).where(Order.client_order_id.in_(ids), Order.status.in_(("new", "accepted")))
+            ).scalar()
+        if resting != args.orders:
+            with poll_engine.connect() as connection:
+                why = connection.execute(select(Order.status, Order.reason).where(Order.client_order_id.in_(ids), Order.status.not_in(("new", "accepted")))).all()
+            raise RuntimeError(f"trial {trial}: {resting} of {args.orders} orders are resting before the trigger; the others: {sorted(set(map(tuple, why)))}")
         await asyncio.sleep(0.1)
         marks: dict[str, int] = {}
         stop = threading.Event()
@@ -262,6 +288,9 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         stop.set()
         if "cancelled" not in marks:
             raise RuntimeError(f"trial {trial}: not engaged and cancelled within 15 s (marks {marks})")
+        # Let the engage sequence finish (snapshot, purge, its last confirmation poll) before the operator releases:
+        # a release in the middle of it would race its cancel rounds against the next trial's orders.
+        await until(lambda: _sequence_done(poll_engine), 30, "the engage sequence to finish")
         engaged_ms.append((marks["engaged"] - t0) / 1e6)
         cancelled_ms.append((marks["cancelled"] - t0) / 1e6)
         if guard.alarms:
@@ -276,6 +305,8 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     await aclient.aclose()
     poll_engine.dispose()
     engage_mod.release(runtime, actor="operator:bench", reason="bench done")
+    print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
+    print("quote -> all cancelled, per trial (ms): " + " ".join(f"{v:.0f}" for v in cancelled_ms), flush=True)
     result = {
         "engaged_p50_ms": round(_percentile(engaged_ms, 50), 2),
         "engaged_p99_ms": round(_percentile(engaged_ms, 99), 2),
