@@ -44,6 +44,10 @@ class AuthFailed(FeedError):
     """The provider refused the credentials (or never saw them in time)."""
 
 
+class SubscriptionRefused(FeedError):
+    """The account's market-data plan does not include what was asked (Alpaca error 409): reconnecting will not help."""
+
+
 class ConnectionLimit(FeedError):
     """The provider allows no more connections for this key (Alpaca error 406)."""
 
@@ -84,6 +88,8 @@ def raise_for_error(message: dict[str, Any]) -> None:
         raise AuthFailed(text)
     if code == wire.CONNECTION_LIMIT_CODE:
         raise ConnectionLimit(text)
+    if code == wire.INSUFFICIENT_SUBSCRIPTION_CODE:
+        raise SubscriptionRefused(text)
     raise FeedClosed(text)
 
 

@@ -39,7 +39,17 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from omni_tasks import heartbeats
-from omni_tasks.stream.feeds import CHANNELS, AuthFailed, ConnectionLimit, Feed, FeedClosed, FeedExhausted, Recorder, raise_for_error
+from omni_tasks.stream.feeds import (
+    CHANNELS,
+    AuthFailed,
+    ConnectionLimit,
+    Feed,
+    FeedClosed,
+    FeedExhausted,
+    Recorder,
+    SubscriptionRefused,
+    raise_for_error,
+)
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.status import CONTROL_KEY, STATUS_KEY, read_status  # noqa: F401 - read_status re-exported for callers
 
@@ -209,6 +219,15 @@ class StreamWorker:
                 self._stale_resubscribed.clear()
                 log.info("stream connected to %s, subscribed to %d symbols", feed.name, len(self.subscribed))
                 await self._receive(feed)
+            except SubscriptionRefused as exc:
+                self.last_error = str(exc)
+                log.error(
+                    "stream: the provider refused the subscription (%s): the account's data plan does not include this feed; "
+                    "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription).",
+                    exc,
+                )
+                self.exit_reason = f"subscription refused: {exc}"
+                return EXIT_AUTH
             except AuthFailed as exc:
                 self.last_error = str(exc)
                 log.error(
@@ -279,7 +298,7 @@ class StreamWorker:
             if kind == "error":
                 self.counters.provider_errors += 1
                 code = message.get("code")
-                if code in (401, 402, 404, 406):
+                if code in (401, 402, 404, 406, 409):
                     raise_for_error(message)
                 self.last_error = f"{message.get('msg')} (code {code})"
                 log.error("stream: provider error %s", self.last_error)

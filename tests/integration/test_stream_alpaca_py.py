@@ -274,15 +274,31 @@ def test_connection_limit_406_means_a_cooldown_not_a_tight_loop(standin: Standin
     assert _run(redis_url, standin, keys, _config(connection_limit_cooldown_s=1.5), body) == 0
 
 
+def test_insufficient_subscription_mid_stream_stops_the_worker_with_exit_code_3(
+    standin: StandinServer, keys: tuple[str, str], redis_url: str
+) -> None:
+    """alpaca-py only logs a 409 after the handshake; the feed passes it on, and the worker stops: the plan lacks the feed."""
+
+    async def body(worker: StreamWorker, task: asyncio.Task[int]) -> None:
+        await _until(lambda: _subscribes(standin), 10, "the first subscribe")
+        await asyncio.to_thread(standin.send, [wire.control("error", code=409, msg="insufficient subscription")])
+        assert await asyncio.wait_for(task, 10) == EXIT_AUTH
+        assert worker.counters.provider_errors == 1
+        assert "insufficient subscription (code 409)" in worker.exit_reason
+        assert standin.connections == 1, "no reconnect: reconnecting cannot fix the plan"
+
+    assert _run(redis_url, standin, keys, _config(), body) == EXIT_AUTH
+
+
 def test_provider_errors_mid_stream_reach_the_worker(standin: StandinServer, keys: tuple[str, str], redis_url: str) -> None:
     """alpaca-py only logs error messages after the handshake; the feed passes them on, so a late 406 still cools down."""
 
     async def body(worker: StreamWorker, _task: asyncio.Task[int]) -> None:
         await _until(lambda: _subscribes(standin), 10, "the first subscribe")
-        await asyncio.to_thread(standin.send, [wire.control("error", code=409, msg="insufficient subscription")])
-        await _until(lambda: worker.counters.provider_errors == 1, 5, "the 409 counted")
-        assert "insufficient subscription (code 409)" in worker.last_error
-        assert (worker.connected, standin.connections) == (True, 1), "a 409 keeps the connection"
+        await asyncio.to_thread(standin.send, [wire.control("error", code=405, msg="symbol limit exceeded")])
+        await _until(lambda: worker.counters.provider_errors == 1, 5, "the 405 counted")
+        assert "symbol limit exceeded (code 405)" in worker.last_error
+        assert (worker.connected, standin.connections) == (True, 1), "a 405 keeps the connection (the other symbols flow)"
         await asyncio.to_thread(standin.send, [wire.control("error", code=406, msg="connection limit exceeded")])
         await _until(lambda: worker.counters.connection_limit == 1, 5, "the 406 acted on")
         await asyncio.sleep(0.5)

@@ -243,6 +243,16 @@ def test_bad_key_stops_cleanly_with_exit_code_3(standin: StandinServer, run_work
     assert "auth failed" in worker.worker.exit_reason
 
 
+def test_insufficient_subscription_stops_cleanly_with_exit_code_3(standin: StandinServer, run_worker: Any) -> None:
+    worker = run_worker()
+    assert standin.wait_for_clients(1)
+    standin.send([wire.control("error", code=409, msg="insufficient subscription")])
+    assert worker.join(10) == EXIT_AUTH
+    assert standin.connections == 1, "no reconnect: reconnecting cannot fix the data plan"
+    assert worker.worker is not None
+    assert "subscription refused" in worker.worker.exit_reason
+
+
 def test_garbage_frames_are_counted_and_skipped(standin: StandinServer, run_worker: Any, redis_client: redis.Redis) -> None:
     worker = run_worker()
     assert standin.wait_for_clients(1)
