@@ -188,7 +188,7 @@ class Books:
             elif kind == "t":
                 trades += 1
                 self._trade(message)
-            elif kind in ("b", "u", "d"):
+            elif kind in ("b", "u"):  # minute bars and their late updates; daily bars ("d") are not subscribed
                 self._bar(message)
             elif kind in ("success", "error", "subscription"):
                 controls.append(message)

@@ -399,7 +399,10 @@ def test_bars_are_stored_newest_first_and_older_bars_rejected() -> None:
 
     books.apply([bar(T0, 250.5, kind="u")], RECV)  # an updated bar for the same minute replaces it
     assert book.bar["c"] == 250.5
-    books.apply([bar(T0 + 60 * S, 251.0, kind="d")], RECV)  # the daily bar's update, newer
+    books.apply([bar(T0 + 60 * S, 251.0, kind="d")], RECV)  # a daily bar is not a minute bar: not stored there
+    assert book.bar["c"] == 250.5
+    assert books.counts["ignored"] == 1
+    books.apply([bar(T0 + 60 * S, 251.0)], RECV)  # the next minute
     assert book.bar["c"] == 251.0
     assert books.counts["bars"] == 3
 
