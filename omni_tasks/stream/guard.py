@@ -2,7 +2,8 @@
 
 The book (cash, the day's starting equity, positions) is what the broker
 publishes to Redis (:mod:`omni_tasks.trading.book`); the guard re-reads it on
-every housekeeping pass (a GET). After each flush that changed a held
+every housekeeping pass (a GET) and subscribes to any held symbol the stream
+does not watch yet, so no position is marked at its cost. After each flush that changed a held
 symbol it marks the positions at the served mids (a symbol without a quote at
 its average price) and, when the day's loss exceeds
 ``OMNI_RISK_MAX_DAILY_LOSS_USD``, publishes one critical ``daily_loss`` alarm
@@ -41,11 +42,14 @@ class LossGuard:
         self.alarms = 0
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def on_housekeeping(self, _worker: Any) -> None:
+    async def on_housekeeping(self, worker: Any) -> None:
         raw = await self.redis.get(BOOK_KEY)
         if raw != self._raw:
             self._raw = raw
             self.book = parse_book(raw)
+            if self.book is not None and self.book.positions:
+                # A held symbol the stream does not watch would be marked at its cost: watch it.
+                await worker.add_symbols(sorted(self.book.positions), why="held in the published book")
 
     def marks(self, path: QuotePath) -> dict[str, Decimal]:
         books = path.books.books

@@ -189,6 +189,17 @@ class StreamWorker:
                 self.recorder.close()
         return code
 
+    async def add_symbols(self, symbols: list[str], *, why: str) -> list[str]:
+        """Subscribe to the symbols not yet subscribed (now, when connected; at every reconnect after). Returns them."""
+        new = [s for s in dict.fromkeys(symbols) if s not in self.subscribed]
+        if not new:
+            return []
+        self.subscribed.extend(new)
+        if self.feed is not None and self.connected:
+            await self.feed.subscribe(self._channels(new))
+        log.info("stream: subscribed %s (%s)", new, why)
+        return new
+
     # --- the connection loop
 
     def _backoff(self, attempt: int) -> float:
@@ -455,11 +466,7 @@ class StreamWorker:
                 continue
             symbols = [s for s in command.get("symbols", []) if isinstance(s, str)]
             if cmd == "subscribe":
-                new = [s for s in symbols if s not in self.subscribed]
-                self.subscribed.extend(new)
-                if new and self.feed is not None and self.connected:
-                    await self.feed.subscribe(self._channels(new))
-                log.info("stream: subscribed %s by remote control", new)
+                await self.add_symbols(symbols, why="remote control")
             elif cmd == "unsubscribe":
                 gone = [s for s in symbols if s in self.subscribed]
                 self.subscribed = [s for s in self.subscribed if s not in gone]
