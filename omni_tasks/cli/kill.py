@@ -51,10 +51,8 @@ def _reason(reason: str) -> str:
 
 def broker_for(runtime: Any) -> tuple[Any, str | None]:
     """The configured broker (omni_tasks.trading.wiring), or None with the reason it could not be built."""
-    try:
-        from omni_tasks.trading.wiring import make_broker
-    except ImportError as exc:
-        return None, f"no broker wiring: {exc}"
+    from omni_tasks.trading.wiring import make_broker
+
     try:
         return make_broker(runtime), None
     except Exception as exc:  # noqa: BLE001 - engaging must go on without a broker
@@ -131,12 +129,9 @@ def engage_command(
     actor, why = _actor(operator), _reason(reason)
     result = engage_with_process_runtime(actor=actor, reason=why, flatten=flatten)
     code = 0 if result.complete else (1 if result.durable else 3)
-    try:
-        from omni_tasks import alerts
+    from omni_tasks import alerts
 
-        alerts.drain(10.0)
-    except ImportError:
-        pass
+    alerts.drain(10.0)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         raise typer.Exit(code)

@@ -131,14 +131,22 @@ class Alarm:
         return cls.from_mapping(data)
 
 
-def publish_alarm(client: redis.Redis, alarm: Alarm | Mapping[str, Any]) -> int:
-    """Publish ``alarm`` and keep it in the capped log (one round trip). Returns the subscribers that got it."""
+def queue_alarm(pipe: Any, alarm: Alarm | Mapping[str, Any]) -> None:
+    """Check ``alarm`` and queue it on a Redis pipeline (sync or asyncio): into the capped log, then published.
+
+    The PUBLISH is the pipeline's last command, so its reply counts the subscribers that got it.
+    """
     checked = alarm if isinstance(alarm, Alarm) else Alarm.from_mapping(alarm)
     text = checked.to_json()
-    pipe = client.pipeline(transaction=False)
     pipe.lpush(ALARM_LOG_KEY, text)
     pipe.ltrim(ALARM_LOG_KEY, 0, ALARM_LOG_MAX - 1)
     pipe.publish(ALARM_CHANNEL, text)
+
+
+def publish_alarm(client: redis.Redis, alarm: Alarm | Mapping[str, Any]) -> int:
+    """Publish ``alarm`` and keep it in the capped log (one round trip). Returns the subscribers that got it."""
+    pipe = client.pipeline(transaction=False)
+    queue_alarm(pipe, alarm)
     return int(pipe.execute()[-1])
 
 
@@ -416,10 +424,8 @@ def start_watchdog_listener(
         )
 
     def on_warning(alarm: Alarm) -> None:
-        try:
-            from omni_tasks import alerts
-        except ImportError:
-            return
+        from omni_tasks import alerts
+
         alerts.emit(
             {"kind": f"alarm.{alarm.kind}", "severity": "warning", "message": alarm_reason(alarm), "source": alarm.source},
             settings=settings,

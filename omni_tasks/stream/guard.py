@@ -15,8 +15,6 @@ recovers below the limit, or on a new day. A HALTED desk needs no alarm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from decimal import Decimal
@@ -109,12 +107,8 @@ def build_guard(settings: Settings, redis: Any) -> LossGuard:
     from omni_tasks.safety import alarms
 
     async def publish(alarm: dict[str, Any]) -> None:
-        payload = json.dumps(alarm, separators=(",", ":"))
         pipe = redis.pipeline(transaction=False)
-        pipe.publish(alarms.ALARM_CHANNEL, payload)
-        pipe.lpush(alarms.ALARM_LOG_KEY, payload)
-        pipe.ltrim(alarms.ALARM_LOG_KEY, 0, alarms.ALARM_LOG_MAX - 1)
-        with contextlib.suppress(asyncio.CancelledError):
-            await pipe.execute()
+        alarms.queue_alarm(pipe, alarm)
+        await pipe.execute()
 
     return LossGuard(redis, max_daily_loss=settings.risk.max_daily_loss_usd, publish=publish)

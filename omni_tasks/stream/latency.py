@@ -64,12 +64,7 @@ class Histogram:
         self.budget_ns = budget_ns
 
     def record(self, ns: int) -> None:
-        if ns < SUB:
-            index = ns if ns > 0 else 0
-        else:
-            shift = ns.bit_length() - SUB_BITS - 1
-            index = ((shift + 1) << SUB_BITS) + ((ns >> shift) - SUB)
-        self.counts[index] += 1
+        self.counts[bucket_of(ns)] += 1
         self.total += 1
         self.sum_ns += ns
         if ns > self.max_ns:

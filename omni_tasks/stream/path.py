@@ -30,10 +30,9 @@ log = logging.getLogger(__name__)
 
 TRADING_STATE_KEY: Final = "omni:trading:state"
 BAR_KEY_PREFIX: Final = "omni:bar:"
-_FIELDS: Final = ("bid", "ask", "bid_size", "ask_size", "ts", "recv", "mid", "spread_bps", "vwap", "liq")
 
 # KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then one argument per symbol:
-# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (_FIELDS order). One argument
+# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (book.quote_row). One argument
 # per symbol, not eleven plus a key: the client's cost is per argument. The quote keys are derived
 # from the symbols here, which standalone Redis allows (a Redis Cluster would need them declared).
 # A stored quote with a later timestamp is kept (timestamps are 19-digit ns strings: compared as

@@ -51,7 +51,7 @@ from omni_tasks.stream.feeds import (
     raise_for_error,
 )
 from omni_tasks.stream.path import FlushResult, QuotePath
-from omni_tasks.stream.status import CONTROL_KEY, STATUS_KEY, read_status  # noqa: F401 - read_status re-exported for callers
+from omni_tasks.stream.status import CONTROL_KEY, STATUS_KEY
 
 log = logging.getLogger(__name__)
 

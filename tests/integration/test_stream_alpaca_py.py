@@ -31,7 +31,8 @@ from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.latest import read_latest
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import CONTROL_KEY, EXIT_AUTH, StreamConfig, StreamWorker, read_status
+from omni_tasks.stream.status import CONTROL_KEY, read_status
+from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker
 
 pytestmark = pytest.mark.services
 

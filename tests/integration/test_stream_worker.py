@@ -24,7 +24,8 @@ from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed
 from omni_tasks.stream.latest import read_latest
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import CONTROL_KEY, EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint, read_status
+from omni_tasks.stream.status import CONTROL_KEY, read_status
+from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint
 from tests.conftest import OmniProcess, service_env, wait_for
 
 pytestmark = pytest.mark.services
