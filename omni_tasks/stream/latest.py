@@ -10,10 +10,16 @@ older than the one already served). Fields (strings, as Redis keeps them):
 ``recv``                        when the worker received the frame, ns (wall clock)
 ``mid spread_bps``              microstructure at that quote
 ``vwap liq``                    the session VWAP from trades and the 0..1 liquidity score ("" when unknown)
+
+The day's volume profile per symbol, ``omni:profile:<SYMBOL>`` (written about once a second
+when trades arrived, kept a day): ``day`` (days since the epoch, split at 04:00 UTC), ``trades``,
+``volume``, ``vwap``, ``poc`` (the fullest price bucket) and ``levels`` (JSON
+``[[bucket low price, volume], ...]``, fullest first). Read it with :func:`read_profile`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +28,8 @@ from typing import Any, Final
 
 QUOTE_KEY_PREFIX: Final = "omni:quote:"
 QUOTE_STREAM_KEY: Final = "omni:quotes"
+PROFILE_KEY_PREFIX: Final = "omni:profile:"
+PROFILE_TTL_S: Final = 86_400
 
 
 def quote_key(symbol: str) -> str:
@@ -94,3 +102,21 @@ def read_latest(redis: Any, symbols: Iterable[str]) -> dict[str, LatestQuote]:
         if quote is not None:
             quotes[symbol] = quote
     return quotes
+
+
+def read_profile(redis: Any, symbol: str) -> dict[str, Any] | None:
+    """The served volume profile of ``symbol`` (see the module docstring); None when absent or unreadable."""
+    data = {_text(k): _text(v) for k, v in redis.hgetall(PROFILE_KEY_PREFIX + symbol).items()}
+    if not data:
+        return None
+    try:
+        return {
+            "day": int(data["day"]),
+            "trades": int(data["trades"]),
+            "volume": float(data["volume"]),
+            "vwap": float(data["vwap"]),
+            "poc": float(data["poc"]),
+            "levels": [(float(price), float(volume)) for price, volume in json.loads(data["levels"])],
+        }
+    except (KeyError, ValueError, TypeError):
+        return None

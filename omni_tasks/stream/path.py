@@ -13,6 +13,7 @@ kill switch reaches this process without a listener thread.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from redis.exceptions import NoScriptError
 
 from omni_tasks.stream.book import Books, SymbolBook, quote_row
 from omni_tasks.stream.latency import StageLatencies
-from omni_tasks.stream.latest import QUOTE_KEY_PREFIX, QUOTE_STREAM_KEY
+from omni_tasks.stream.latest import PROFILE_KEY_PREFIX, PROFILE_TTL_S, QUOTE_KEY_PREFIX, QUOTE_STREAM_KEY
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class QuotePath:
         self.last_msg_ns = 0
         self.last_data_ns = 0  # wall ns of the last frame carrying market data
         self._pending_recv: list[int] = []
+        self._profiled: dict[str, int] = {}  # symbol -> its trade count when its profile was last queued
         self._sha = hashlib.sha1(WRITE_QUOTES_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._on_garbage = on_garbage
         self._process = self.latency["process"]
@@ -206,6 +208,32 @@ class QuotePath:
             pipe.expire(key, self.bar_ttl_s)
         pipe.get(TRADING_STATE_KEY)
         return await pipe.execute()
+
+    def queue_profiles(self, pipe: Any, levels: int = 10) -> int:
+        """Queue the volume profile of every symbol that traded since the last call; returns how many.
+
+        Off the quote path: the worker calls it from housekeeping, about once a second.
+        """
+        queued = 0
+        for book in self.books.books.values():
+            if book.trades == self._profiled.get(book.symbol, 0) or book.vwap is None:
+                continue
+            self._profiled[book.symbol] = book.trades
+            key = PROFILE_KEY_PREFIX + book.symbol
+            pipe.hset(
+                key,
+                mapping={
+                    "day": book.trade_day,
+                    "trades": book.trades,
+                    "volume": repr(book.trade_volume),
+                    "vwap": f"{book.vwap:.6f}",
+                    "poc": repr(book.point_of_control),
+                    "levels": json.dumps(book.volume_profile(levels)),
+                },
+            )
+            pipe.expire(key, PROFILE_TTL_S)
+            queued += 1
+        return queued
 
     def stale_symbols(self, symbols: list[str], now_wall_ns: int, stale_after_s: float) -> list[str]:
         """Subscribed symbols whose last served quote was received more than ``stale_after_s`` ago (or never)."""

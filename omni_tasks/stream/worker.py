@@ -141,6 +141,7 @@ class StreamWorker:
         self._force_close_reason = ""
         self._stale_resubscribed: set[str] = set()
         self._last_heartbeat = 0.0
+        self._last_profiles = 0.0
         self._open_cache: tuple[int, bool] = (-1, False)
         self._garbage_logged = 0.0
         self._lock_token = self.instance
@@ -553,8 +554,11 @@ class StreamWorker:
         pipe.hset(STATUS_KEY, mapping=self.status())
         pipe.expire(STATUS_KEY, 300)
         self.path.latency.publish(pipe)
-        await pipe.execute()
         now = time.time()
+        if force or now - self._last_profiles >= 1.0:
+            self._last_profiles = now
+            self.path.queue_profiles(pipe)
+        await pipe.execute()
         if force or now - self._last_heartbeat >= self.config.heartbeat_s:
             self._last_heartbeat = now
             latency = self.path.latency.summary()

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from omni_tasks import heartbeats
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed
-from omni_tasks.stream.latest import read_latest
+from omni_tasks.stream.latest import read_latest, read_profile
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import CONTROL_KEY, read_status
 from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint
@@ -149,6 +149,14 @@ def test_quotes_trades_and_bars_arrive_in_redis(standin: StandinServer, run_work
     standin.send([_quote("AAPL", 189.51, 189.53)])
     wait_for(lambda: _served(redis_client, "AAPL").vwap is not None, 5, message="vwap")
     assert _served(redis_client, "AAPL").vwap == pytest.approx((189.51 * 300 + 189.53 * 100) / 400, abs=1e-6)
+    # The day's volume profile is served too (about once a second): both prints in one 5 bp bucket from 189.51.
+    wait_for(lambda: read_profile(redis_client, "AAPL") is not None, 5, message="the volume profile")
+    profile = read_profile(redis_client, "AAPL")
+    assert profile is not None
+    assert (profile["trades"], profile["volume"]) == (2, 400.0)
+    assert profile["poc"] == pytest.approx(189.51, abs=1e-6)
+    assert profile["levels"] == [pytest.approx((189.51, 400.0), abs=1e-6)]
+    assert 0 < redis_client.ttl("omni:profile:AAPL") <= 86_400
     # Heartbeat (kind stream) and status: what `omni status` and /health read.
     wait_for(lambda: any(w.kind == "stream" for w in heartbeats.workers(redis_client)), 5, message="stream heartbeat")
     wait_for(lambda: read_status(redis_client).get("connected") == 1, 5, message="status")
