@@ -234,3 +234,49 @@ def wait_for_worker(client: redis.Redis, kind: str, proc: OmniProcess, timeout_s
         return any(w.kind == kind and w.pid == proc.pid for w in heartbeats.workers(client))
 
     wait_for(ready, timeout_s, message=f"worker {kind} heartbeat")
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[object]:
+    """A PostgreSQL cluster this test session owns (initdb, own port): fault tests stop and pause it freely.
+
+    Returned running; a test that stops it must leave it running again (use ``running_private_pg``).
+    """
+    from tests.servers import PrivatePostgres
+
+    try:
+        server = PrivatePostgres.create().start()
+    except (OSError, RuntimeError) as exc:
+        _unavailable("a private PostgreSQL cluster (initdb)", exc)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def private_pg_url(private_postgres: object) -> Iterator[str]:
+    """A fresh, migrated database on the session's private cluster; the cluster is running again after the test."""
+    from omni_tasks.storage import migrations
+    from omni_tasks.storage.engine import make_engine
+
+    server = private_postgres
+    if not server.is_running():  # type: ignore[attr-defined]
+        server.start()  # type: ignore[attr-defined]
+    url = server.create_database(f"omni_fault_{uuid.uuid4().hex[:10]}")  # type: ignore[attr-defined]
+    engine = make_engine(url)
+    migrations.upgrade(engine)
+    engine.dispose()
+    yield url
+    server.resume()  # type: ignore[attr-defined]
+    if not server.is_running():  # type: ignore[attr-defined]
+        server.start()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def private_redis_aof(tmp_path: Path) -> Iterator[object]:
+    """A redis-server of this test's own with the append-only file on (as the embedded default and compose run it)."""
+    from tests.servers import PrivateRedis
+
+    server = PrivateRedis(tmp_path / "redis-aof", appendonly=True).start()
+    yield server
+    server.resume()
+    server.kill()
