@@ -85,7 +85,12 @@ class LiveCollector(Collector):
         yield oldest
         worker_up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"])
         age = GaugeMetricFamily("omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"])
+        seen: set[str] = set()
         for worker in snap.get("workers", []):
+            # A worker restarted under the same hostname leaves its old record for an hour: the newest beat (listed first) speaks.
+            if worker["hostname"] in seen:
+                continue
+            seen.add(worker["hostname"])
             worker_up.add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
             age.add_metric([worker["hostname"], worker["kind"]], worker["age_s"])
         yield worker_up
@@ -197,21 +202,148 @@ class StreamCollector(Collector):
         for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
             events.add_metric([event], float(counters.get(event, 0)))
         yield events
+        last_ns = int(status.get("last_quote_ns") or 0) or int(status.get("last_msg_ns") or 0)
+        if status and last_ns > 0:
+            # What the watchdog's stale_stream rule judges: the last quote (else the last message), by the stream's own clock.
+            quote_age = GaugeMetricFamily(
+                "omni_stream_last_quote_age_seconds",
+                "Seconds since the streaming worker's last quote (its last message before the first quote).",
+            )
+            quote_age.add_metric([], max(0.0, (time.time_ns() - last_ns) / 1e9))
+            yield quote_age
         stale = GaugeMetricFamily("omni_stream_stale_symbols", "Subscribed symbols with no quote for stale_after_s in market hours.")
         stale.add_metric([], float(len(status.get("stale_symbols") or [])))
         yield stale
+
+
+_UTILISATION_HELP = (
+    "Share of each risk limit the latest risk snapshot uses (figure / limit; 1 = at the limit): daily_loss, drawdown, "
+    "gross_leverage, concentration, var_99 (99% VaR against the daily loss limit), position_notional, correlation."
+)
+
+
+class DeskCollector(Collector):
+    """The desk's state at scrape time: market hours, the latest risk snapshot, recent backfills, validation, watchdog, latency.
+
+    ``source`` returns :func:`omni_tasks.observe.desk_snapshot`: every figure
+    comes from the function `omni status`, /health, the watchdog or the CLI
+    reads for the same fact. A part that could not be read is left out and
+    ``omni_desk_scrape_up`` is 0. Labels never hold symbols.
+    """
+
+    def __init__(self, source: Callable[[], dict[str, Any]], clock: Callable[[], float] = time.time) -> None:
+        self._source = source
+        self._clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        from datetime import datetime
+
+        from prometheus_client.core import CounterMetricFamily
+
+        try:
+            desk = self._source()
+        except Exception:  # noqa: BLE001 - a failed read shows as omni_desk_scrape_up 0
+            desk = {"errors": ["desk snapshot failed"]}
+        now = self._clock()
+        if desk.get("market_open") is not None:
+            market = GaugeMetricFamily("omni_market_open", "1 while the exchange is in a regular session (the calendar the watchdog uses).")
+            market.add_metric([], 1.0 if desk["market_open"] else 0.0)
+            yield market
+
+        risk = desk.get("risk")
+        if isinstance(risk, dict) and "ts" in risk:
+            used = GaugeMetricFamily("omni_risk_limit_utilisation", _UTILISATION_HELP, labels=["limit"])
+            for limit, value in sorted((risk.get("utilisation") or {}).items()):
+                if value is not None:
+                    used.add_metric([limit], float(value))
+            yield used
+            score = GaugeMetricFamily("omni_risk_score", "The latest risk snapshot's 0..1 risk score.")
+            score.add_metric([], float(risk.get("risk_score") or 0.0))
+            yield score
+            var = GaugeMetricFamily(
+                "omni_risk_var_usd", "Historical value at risk of the latest snapshot, in USD (a loss is positive).", labels=["confidence"]
+            )
+            shortfall = GaugeMetricFamily(
+                "omni_risk_expected_shortfall_usd", "Historical expected shortfall of the latest snapshot, in USD.", labels=["confidence"]
+            )
+            for level in ("95", "99"):
+                if risk.get(f"var_{level}") is not None:
+                    var.add_metric([f"0.{level}"], float(risk[f"var_{level}"]))
+                if risk.get(f"es_{level}") is not None:
+                    shortfall.add_metric([f"0.{level}"], float(risk[f"es_{level}"]))
+            yield var
+            yield shortfall
+            breaches = GaugeMetricFamily("omni_risk_breaches", "Limit breaches in the latest risk snapshot.")
+            breaches.add_metric([], float(len(risk.get("breaches") or [])))
+            yield breaches
+            age = GaugeMetricFamily("omni_risk_snapshot_age_seconds", "Seconds since the latest risk snapshot was taken.")
+            age.add_metric([], max(0.0, now - datetime.fromisoformat(str(risk["ts"])).timestamp()))
+            yield age
+
+        if desk.get("backfill_partitions") is not None:
+            partitions = GaugeMetricFamily(
+                "omni_backfill_recent_partitions",
+                "Partitions of the backfill jobs created in the last 24 h, by status (the ledger).",
+                labels=["status"],
+            )
+            counts = dict(desk["backfill_partitions"])
+            for status in sorted({"pending", "running", "succeeded", "failed"} | set(counts)):
+                partitions.add_metric([status], float(counts.get(status, 0)))
+            yield partitions
+
+        if desk.get("validation_series") is not None:
+            series = GaugeMetricFamily(
+                "omni_validation_series",
+                "Series by their latest validation verdict (failed: scans and risk mark them STALE INPUT).",
+                labels=["timeframe", "status"],
+            )
+            verdicts = dict(desk["validation_series"])
+            timeframes = sorted({timeframe for timeframe, _ in verdicts} | {"1Day"})
+            for timeframe in timeframes:
+                for status in ("failed", "passed"):
+                    series.add_metric([timeframe, status], float(verdicts.get((timeframe, status), 0)))
+            yield series
+
+        if "watchdog_last_tick" in desk:
+            tick = desk["watchdog_last_tick"]
+            if isinstance(tick, dict) and tick.get("ts") is not None:
+                tick_age = GaugeMetricFamily(
+                    "omni_watchdog_last_tick_age_seconds",
+                    "Seconds since the watchdog's last evaluation (what /health's watchdog_tick reads).",
+                )
+                tick_age.add_metric([], max(0.0, now - float(tick["ts"])))
+                yield tick_age
+
+        if desk.get("latency_violations") is not None:
+            shared = CounterMetricFamily(
+                "omni_latency_budget_violations_shared",
+                "Latency budget violations counted by every process in Redis, by budget (the counters the watchdog reads).",
+                labels=["budget"],
+            )
+            for budget, count in sorted(desk["latency_violations"].items()):
+                shared.add_metric([budget], float(count))
+            yield shared
+
+        up = GaugeMetricFamily(
+            "omni_desk_scrape_up", "1 when every desk figure (risk, backfills, validation, watchdog, latency) could be read."
+        )
+        up.add_metric([], 0.0 if desk.get("errors") else 1.0)
+        yield up
 
 
 def build_registry(
     snapshot: Callable[[], dict[str, Any]],
     metrics_root: Path | None,
     stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    desk_source: Callable[[], dict[str, Any]] | None = None,
 ) -> CollectorRegistry:
-    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms."""
+    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms, the desk's state."""
     registry = CollectorRegistry()
     if metrics_root is not None:
         registry.register(MergedFilesCollector(metrics_root))
     registry.register(LiveCollector(snapshot))
     if stream_source is not None:
         registry.register(StreamCollector(stream_source))
+    if desk_source is not None:
+        registry.register(DeskCollector(desk_source))
     return registry

@@ -139,7 +139,7 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
-    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source)
+    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, lambda: observe.desk_snapshot(runtime))
     httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
 
     def stop(_signum: int, _frame: Any) -> None:
