@@ -331,19 +331,54 @@ def _exported_series() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 series.update(family.name + suffix for suffix in suffixes[family.type])
-    series.update(family.name for family in metrics.LiveCollector(dict).collect())
+    # The scrape-time collectors, fed everything they can show.
+    stream_status = {"connected": 1, "updated_ns": 1, "last_quote_ns": 1, "counts": {"served": 1}, "counters": {}}
+    desk = {
+        "market_open": True,
+        "risk": {"ts": "2024-01-02T15:00:00+00:00", "utilisation": {"daily_loss": 0.1}, "var_95": 1.0, "es_95": 1.0, "risk_score": 0.1},
+        "backfill_partitions": {},
+        "validation_series": {},
+        "watchdog_last_tick": {"ts": 1.0},
+        "latency_violations": {"order_submission": 0},
+        "errors": [],
+    }
+    collectors = (
+        metrics.LiveCollector(lambda: {"trading": {"state": "ACTIVE"}}),
+        metrics.StreamCollector(lambda: (stream_status, {"process": {"buckets": {}, "budget_ns": 1}})),
+        metrics.DeskCollector(lambda: desk),
+    )
+    for collector in collectors:
+        for family in collector.collect():
+            series.update(family.name + suffix for suffix in suffixes[family.type])
     return series
 
 
 def test_grafana_dashboard_queries_only_metrics_the_code_exports() -> None:
-    dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "omni-tasks.json").read_text())
+    from tests.promql import dashboard_panels, metric_names
+
     exported = _exported_series()
     problems = []
-    for panel in dashboard["panels"]:
-        names = {name for target in panel["targets"] for name in re.findall(r"\b(?:celery|omni)_[a-z0-9_]+", target["expr"])}
+    panels = dashboard_panels()
+    assert panels, "the dashboard has no panels"
+    for panel in panels:
+        names = {name for target in panel["targets"] for name in metric_names(target["expr"])}
         if not names:
-            problems.append(f"{panel['title']!r} queries no omni metric")
+            problems.append(f"{panel['title']!r} queries no metric")
         problems.extend(f"{panel['title']!r} queries {name}, which the code does not export" for name in sorted(names - exported))
+    assert not problems, problems
+
+
+def test_alert_rules_query_only_metrics_the_code_exports() -> None:
+    from tests.promql import SYNTHETIC, metric_names, rule_expressions
+
+    exported = _exported_series()
+    rules = rule_expressions()
+    assert len(rules) >= 15, sorted(rules)
+    problems = [
+        f"{alert} queries {name}, which the code does not export"
+        for alert, expr in rules.items()
+        for name in sorted(metric_names(expr) - exported - SYNTHETIC)
+    ]
     assert not problems, problems
 
 
@@ -352,7 +387,7 @@ def test_grafana_dashboard_uses_provisioned_datasource_uid() -> None:
     uids = {source["uid"] for source in provisioned["datasources"]}
     dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "omni-tasks.json").read_text())
     used = {panel["datasource"]["uid"] for panel in dashboard["panels"] if "datasource" in panel}
-    used |= {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel["targets"] if "datasource" in target}
+    used |= {target["datasource"]["uid"] for panel in dashboard["panels"] for target in panel.get("targets", []) if "datasource" in target}
     assert used <= uids, f"dashboard datasource uids {used} not provisioned ({uids}): every panel would show an error"
 
 
