@@ -32,6 +32,8 @@ SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN")
 REQUIRED_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?\?[^}]*)?\}")
 ANY_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}")
 URL_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<password>[^@\s]+)@")
+#: Variables docker/.env.example may give a value (they are not secrets).
+NOT_SECRET = frozenset({"COMPOSE_PROJECT_NAME"})
 
 
 def _load_compose() -> dict[str, Any]:
@@ -249,8 +251,29 @@ def test_env_example_lists_every_referenced_variable_with_empty_values() -> None
             key, _, value = line.partition("=")
             example[key.strip()] = value.strip()
     assert referenced <= set(example), f"not in docker/.env.example: {sorted(referenced - set(example))}"
-    filled = sorted(key for key, value in example.items() if value)
+    filled = sorted(key for key, value in example.items() if value and key not in NOT_SECRET)
     assert not filled, f"docker/.env.example must not carry values (it is committed): {filled}"
+    # Compose v2 and docker-compose 1.29 both take the project name from here (the file has no top-level `name`).
+    assert example.get("COMPOSE_PROJECT_NAME") == "omni-tasks", example.get("COMPOSE_PROJECT_NAME")
+
+
+# ---- Compose versions: v2 and docker-compose 1.29 --------------------------------
+
+# What docker-compose 1.29 accepts at the top of a file without `version` (Compose spec, less `name`).
+COMPOSE_129_TOP_LEVEL = {"services", "volumes", "networks", "configs", "secrets"}
+
+
+def test_compose_top_level_keys_accepted_by_docker_compose_1_29() -> None:
+    unknown = sorted(key for key in COMPOSE if key not in COMPOSE_129_TOP_LEVEL and not key.startswith("x-"))
+    assert not unknown, f"docker-compose 1.29 refuses top-level {unknown} ('name' is Compose v2 only: use COMPOSE_PROJECT_NAME)"
+
+
+def test_readmes_name_both_compose_commands() -> None:
+    readmes = {path: path.read_text() for path in (DOCKER / "README.md", DOCKER.parent / "README.md")}
+    for command in ("docker compose -f docker/compose.yml", "docker-compose -f docker/compose.yml"):
+        missing = [str(path.relative_to(DOCKER.parent)) for path, text in readmes.items() if command not in text]
+        assert not missing, f"{missing} do not say `{command}` works"
+    assert "(process ids repeat across containers, so the folder must not be shared)" not in readmes[DOCKER / "README.md"]
 
 
 # ---- settings the containers get -------------------------------------------
@@ -392,6 +415,46 @@ def test_grafana_dashboard_uses_provisioned_datasource_uid() -> None:
 
 
 # ---- the image --------------------------------------------------------------
+
+
+def _final_stage() -> list[str]:
+    """The final stage's instructions, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DOCKER / "Dockerfile").read_text())
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return instructions[max(i for i, line in enumerate(instructions) if line.upper().startswith("FROM ")) :]
+
+
+def _owned_dirs(stage: list[str]) -> dict[str, str]:
+    """Folders the stage creates with `install -d -o USER`: path -> owner."""
+    owned: dict[str, str] = {}
+    for line in stage:
+        if not line.upper().startswith("RUN "):
+            continue
+        for command in re.split(r"&&|;", line[4:]):
+            words = shlex.split(command)
+            if words[:2] != ["install", "-d"]:
+                continue
+            owner = words[words.index("-o") + 1] if "-o" in words else "root"
+            skip = {i + 1 for i, word in enumerate(words) if word in {"-o", "-g", "-m"}}
+            owned.update({word: owner for i, word in enumerate(words[2:], start=2) if i not in skip and not word.startswith("-")})
+    return owned
+
+
+def test_dockerfile_creates_every_named_volume_mount_point_owned_by_its_user() -> None:
+    # Docker copies the image folder's owner into an empty named volume; a mount point the image lacks is root's.
+    stage = _final_stage()
+    user = [line.split(None, 1)[1] for line in stage if line.upper().startswith("USER ")][-1].split(":")[0]
+    owned = _owned_dirs(stage)
+    named = set(COMPOSE.get("volumes") or {})
+    problems = []
+    for name in PROJECT_SERVICES:
+        for volume in SERVICES[name].get("volumes") or []:
+            source, _, target = str(volume).partition(":")
+            target = target.split(":", 1)[0]
+            if source in named and owned.get(target) != user:
+                problems.append(f"{name}: volume {source} at {target}, which the image creates owned by {owned.get(target, 'nobody (absent)')}")
+    assert not problems, f"not writable by {user}: {problems}"
+    assert "/data/metrics" in owned, owned
 
 
 def test_dockerfile_entrypoint_omni_and_runs_as_non_root_user() -> None:
