@@ -452,7 +452,9 @@ def test_dockerfile_creates_every_named_volume_mount_point_owned_by_its_user() -
             source, _, target = str(volume).partition(":")
             target = target.split(":", 1)[0]
             if source in named and owned.get(target) != user:
-                problems.append(f"{name}: volume {source} at {target}, which the image creates owned by {owned.get(target, 'nobody (absent)')}")
+                problems.append(
+                    f"{name}: volume {source} at {target}, which the image creates owned by {owned.get(target, 'nobody (absent)')}"
+                )
     assert not problems, f"not writable by {user}: {problems}"
     assert "/data/metrics" in owned, owned
 
