@@ -435,10 +435,12 @@ def start_watchdog_listener(
         when = killswitch.changed_at(runtime.sessions)
         return None if when is None else int(when.timestamp() * 1e9)
 
+    reconciler = engage_mod.Reconciler(runtime)
+
     def maintenance() -> None:
-        # An engage whose database write failed is written down; a key Redis lost is put back.
-        engage_mod.make_durable_from_redis(runtime)
-        killswitch.current_state(runtime.redis, runtime.sessions)
+        # The two copies of the trading state made to agree: a Redis behind the database (restarted from
+        # older data, restored, flushed) is rewritten from it; an engage the database missed is written down.
+        reconciler.run()
 
     # Warm up what the first engage needs (connections, the broker) so it is fast.
     try:
@@ -453,6 +455,7 @@ def start_watchdog_listener(
         is_halted=lambda: killswitch.fast_state(runtime.redis) is killswitch.TradingState.HALTED,
         last_change_ns=last_change_ns,
         maintenance=maintenance,
+        maintenance_every_s=settings.kill.reconcile_every_s,
         catchup_s=settings.kill.alarm_catchup_s,
         owner=f"{getattr(runtime, 'hostname', 'host')}:{getattr(runtime, 'pid', 0)}",
     )
