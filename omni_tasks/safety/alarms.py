@@ -164,7 +164,8 @@ def recent_alarms(client: redis.Redis, limit: int = 50) -> list[Alarm]:
 class AlarmListener:
     """A daemon thread subscribed to :data:`ALARM_CHANNEL` that hands critical alarms to ``on_critical``.
 
-    * reconnects with exponential backoff (0.1 s doubling to 5 s, with jitter);
+    * reconnects with exponential backoff (0.1 s doubling to 1 s, with jitter: it also reconciles the
+      trading state, so it is back within about a second of Redis);
     * after every (re)subscription and every ``maintenance_every_s`` it reads the
       alarm log, so an alarm published while it was away is acted on when it is
       younger than ``catchup_s`` and newer than the last trading state change
@@ -265,7 +266,7 @@ class AlarmListener:
                     error=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )
                 self._stop.wait(backoff_s * (0.5 + random.random()))  # noqa: S311 - jitter, not security
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, 1.0)
             finally:
                 if pubsub is not None:
                     try:

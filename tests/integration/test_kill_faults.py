@@ -201,6 +201,7 @@ def prepare_history(desk: Desk) -> None:
     ks.release(desk.rt, actor=OPERATOR, reason="earlier release")
     assert both(desk) == (b"ACTIVE 2", StoredState(ACTIVE, 2))
     assert desk.order("worker", "control").startswith("filled"), "control: an order fills while ACTIVE"
+    desk.readings.clear()  # from here on, every reading comes after an engage
 
 
 def watch_repair(desk: Desk, want: bytes, timeout_s: float = 20.0) -> float:
@@ -283,13 +284,16 @@ def test_engaged_during_a_redis_outage_then_redis_restored_from_an_older_aof_nev
             server.kill()  # it never came back: restarted from its file
         assert result.durable
         assert "redis" in result.errors, "the engage says what failed"
+        print(
+            f"engage during a redis {outage}: durable in {result.timings_ms['durable']:.0f} ms, whole sequence {result.timings_ms['total']:.0f} ms; failed steps {sorted(result.errors)}"
+        )
         assert durable_state(desk.rt.sessions) == StoredState(HALTED, 3)
         server.restore_aof(older)
         server.start()
         restarted = time.monotonic()
         seconds = watch_repair(desk, b"HALTED 3")
         print(
-            f"redis ({outage}ed during the engage) restarted from an older append-only file: rewritten to HALTED 3 by the watchdog listener "
+            f"redis ({ {'kill': 'killed', 'pause': 'paused'}[outage] } during the engage) restarted from an older append-only file: rewritten to HALTED 3 by the watchdog listener "
             f"{seconds:.2f} s after it answered ({time.monotonic() - restarted:.2f} s after the restart)"
         )
     finally:
