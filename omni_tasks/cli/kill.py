@@ -214,7 +214,9 @@ def release_command(
         )
     if result.errors:
         console.print(
-            f"[red]the database holds the release, but Redis was not updated ({result.errors['redis']}): orders stay blocked; run the release again[/red]"
+            f"[red]the database holds the release, but Redis was not updated ({result.errors['redis']}): orders stay blocked "
+            "(the stricter copy applies) until the watchdog rewrites Redis from the database, within seconds of Redis answering, "
+            "or you run the release again[/red]"
         )
         raise typer.Exit(3)
     raise typer.Exit(0 if result.changed else 4)
