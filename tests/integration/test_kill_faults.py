@@ -495,7 +495,7 @@ def test_the_operator_sees_both_copies_and_why_one_applies(private_pg_url: str, 
     desk = make_desk(private_redis_aof, private_pg_url, tmp_path / "data")
     prepare_history(desk)
     private_redis_aof.kill()
-    operator_engage(desk.rt, "engaged while redis is down")
+    ks.engage(desk.rt, actor=OPERATOR, reason="engaged while redis is down", broker=None, alert=lambda _e: None)
     private_redis_aof.start()  # AOF kept ACTIVE 2 (appendfsync always): the engage never reached it
     desk.reconnect()
     assert desk.raw() == b"ACTIVE 2"
