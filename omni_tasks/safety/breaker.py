@@ -192,17 +192,8 @@ class CircuitBreaker:
         now = self._clock()
         try:
             allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW,
-                3,
-                self._key,
-                REGISTRY_KEY,
-                self._trials_key,
-                repr(now),
-                repr(self.policy.cooldown_s),
-                self.policy.half_open_max_trials,
-                self.name,
-                uuid.uuid4().hex[:16],
-                repr(self.policy.trial_lease_s),
+                _ALLOW, 3, self._key, REGISTRY_KEY, self._trials_key, repr(now), repr(self.policy.cooldown_s),
+                self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
             )
         except redis.RedisError as exc:
             verdict = self.fail_open
@@ -227,20 +218,10 @@ class CircuitBreaker:
         now = self._clock()
         try:
             transition, reason = self._client.eval(
-                _RECORD,
-                3,
-                self._key,
-                self._calls_key,
-                self._trials_key,
-                repr(now),
-                "1" if ok else "0",
-                trial,
-                self.policy.failure_threshold,
-                repr(self.policy.failure_rate),
-                repr(self.policy.rate_window_s),
-                self.policy.rate_min_calls,
-                self.policy.close_after_successes,
-                uuid.uuid4().hex[:12],
+                _RECORD, 3, self._key, self._calls_key, self._trials_key,
+                repr(now), "1" if ok else "0", trial,
+                self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
+                self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
             )
         except redis.RedisError as exc:
             _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(exc))
