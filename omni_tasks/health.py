@@ -117,7 +117,7 @@ def check_health(
 
     trading = _trading(engine, client)
     checks["kill_switch"] = {
-        "status": "down" if trading["source"] == "unreadable" else "ok",
+        "status": "down" if trading["source"] == "unreadable" else ("degraded" if trading["consistent"] is False else "ok"),
         "latency_ms": trading.pop("latency_ms"),
         "detail": _trading_detail(trading),
     }
@@ -160,7 +160,9 @@ def _trading(engine: Engine, client: redis.Redis) -> dict[str, Any]:
 
 def _trading_detail(info: dict[str, Any]) -> str:
     if info["source"] == "unreadable":
-        return "trading state unreadable: counts as HALTED (kill switch engaged)"
+        return f"trading state unreadable: counts as HALTED (kill switch engaged): {info['why']}"
     if info["state"] == "HALTED":
-        return f"kill switch ENGAGED (HALTED) since {info['changed_at']} by {info['actor']}: {info['reason']}"
-    return f"trading {info['state']}" + (f" since {info['changed_at']}" if info.get("changed_at") else "")
+        text = f"kill switch ENGAGED (HALTED) since {info['changed_at']} by {info['actor']}: {info['reason']}"
+    else:
+        text = f"trading {info['state']}" + (f" since {info['changed_at']}" if info.get("changed_at") else "")
+    return text if info["consistent"] is not False else f"{text}; {info['why']}"

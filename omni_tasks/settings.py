@@ -380,6 +380,9 @@ class KillSwitchSettings(_Group):
     snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: <data dir>/emergency")
     http_token: SecretStr | None = Field(default=None, description="bearer token of POST /kill/engage on the health server; unset: the endpoint is off")
     alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this")
+    reconcile_every_s: float = Field(
+        default=1.0, gt=0, le=60, description="the watchdog worker's listener reconciles the two copies of the trading state (Redis, database) this often"
+    )
 
     @field_validator("snapshot_dir", mode="after")
     @classmethod

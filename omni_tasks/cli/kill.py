@@ -141,7 +141,18 @@ def engage_command(
         console.print(f"[bold red]KILL SWITCH ENGAGED[/bold red] by {actor}: {why} (version {result.version})")
     else:
         console.print(
-            "[bold red]KILL SWITCH NOT DURABLE[/bold red]: the database write failed; orders are blocked only while Redis holds it."
+            "[bold red]KILL SWITCH NOT DURABLE[/bold red]: the database write failed. Redis holds HALTED"
+            + (
+                " and orders are blocked (an unreadable database counts as HALTED too)"
+                if result.redis_written
+                else " [red]only if it was written (see below)[/red]"
+            )
+            + "; the watchdog writes it to the database as soon as it answers."
+        )
+    if result.durable and not result.redis_written:
+        console.print(
+            "[yellow]Redis was not written[/yellow]: the database holds HALTED, so orders are blocked (every order reads both copies); "
+            "Redis is rewritten from the database when it is back."
         )
     console.print(_timings_table(result.timings_ms, "Engage sequence"))
     console.print(
@@ -203,7 +214,9 @@ def release_command(
         )
     if result.errors:
         console.print(
-            f"[red]the database holds the release, but Redis was not updated ({result.errors['redis']}): orders stay blocked; run the release again[/red]"
+            f"[red]the database holds the release, but Redis was not updated ({result.errors['redis']}): orders stay blocked "
+            "(the stricter copy applies) until the watchdog rewrites Redis from the database, within seconds of Redis answering, "
+            "or you run the release again[/red]"
         )
         raise typer.Exit(3)
     raise typer.Exit(0 if result.changed else 4)
@@ -266,14 +279,18 @@ def render_state(info: dict[str, Any]) -> Table:
     table.add_row("since", str(info.get("changed_at") or "-"))
     table.add_row("by", str(info.get("actor") or "-"))
     table.add_row("why", str(info.get("reason") or "-"))
-    table.add_row("version", f"{info.get('version')} (read from {info['source']})")
+    applies = {"both": "both copies agree", "unreadable": "a copy cannot be read"}.get(info["source"], f"the {info['source']} copy's state")
+    table.add_row("version", f"{info.get('version')} ({applies})")
+    database = info.get("database")
+    table.add_row(
+        "redis copy",
+        str(info.get("redis") or ("(unreadable)" if any(e.startswith("redis") for e in info.get("errors", [])) else "(no key)")),
+    )
+    table.add_row("database copy", f"{database['state']} {database['version']}" if database else "(unreadable)")
     snapshot = info.get("last_snapshot")
     table.add_row("last snapshot", f"{snapshot['path'] or '(database only)'} at {snapshot['ts']}" if snapshot else "-")
-    if info.get("consistent") is False:
-        table.add_row(
-            "warning",
-            f"[red]Redis ({info['redis']}) and the database ({info['database']['state']} {info['database']['version']}) disagree[/red]",
-        )
+    if info.get("consistent") is False or info["source"] == "unreadable":
+        table.add_row("applies because", f"[red]{info.get('why')}[/red]")
     for error in info.get("errors", []):
         table.add_row("error", f"[red]{error}[/red]")
     return table

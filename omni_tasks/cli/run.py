@@ -121,7 +121,11 @@ def server() -> None:
     from omni_tasks.risk import snapshot as _warm  # noqa: F401 - import before serving: the first /health answers fast
 
     def snapshot() -> dict[str, Any]:
-        return observe.live_snapshot(runtime.redis, settings.broker_url, queues, settings.broker.dead_after_s)
+        from omni_tasks.safety.killswitch import state_info
+
+        snap = observe.live_snapshot(runtime.redis, settings.broker_url, queues, settings.broker.dead_after_s)
+        snap["trading"] = state_info(runtime.redis, runtime.sessions)  # omni_trading_state: the same rule as the order path
+        return snap
 
     def health_check() -> tuple[int, dict[str, Any]]:
         return health.check_health(

@@ -164,7 +164,8 @@ def recent_alarms(client: redis.Redis, limit: int = 50) -> list[Alarm]:
 class AlarmListener:
     """A daemon thread subscribed to :data:`ALARM_CHANNEL` that hands critical alarms to ``on_critical``.
 
-    * reconnects with exponential backoff (0.1 s doubling to 5 s, with jitter);
+    * reconnects with exponential backoff (0.1 s doubling to 1 s, with jitter: it also reconciles the
+      trading state, so it is back within about a second of Redis);
     * after every (re)subscription and every ``maintenance_every_s`` it reads the
       alarm log, so an alarm published while it was away is acted on when it is
       younger than ``catchup_s`` and newer than the last trading state change
@@ -265,7 +266,7 @@ class AlarmListener:
                     error=f"{type(exc).__name__}: {str(exc)[:200]}",
                 )
                 self._stop.wait(backoff_s * (0.5 + random.random()))  # noqa: S311 - jitter, not security
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, 1.0)
             finally:
                 if pubsub is not None:
                     try:
@@ -435,10 +436,12 @@ def start_watchdog_listener(
         when = killswitch.changed_at(runtime.sessions)
         return None if when is None else int(when.timestamp() * 1e9)
 
+    reconciler = engage_mod.Reconciler(runtime)
+
     def maintenance() -> None:
-        # An engage whose database write failed is written down; a key Redis lost is put back.
-        engage_mod.make_durable_from_redis(runtime)
-        killswitch.current_state(runtime.redis, runtime.sessions)
+        # The two copies of the trading state made to agree: a Redis behind the database (restarted from
+        # older data, restored, flushed) is rewritten from it; an engage the database missed is written down.
+        reconciler.run()
 
     # Warm up what the first engage needs (connections, the broker) so it is fast.
     try:
@@ -453,6 +456,7 @@ def start_watchdog_listener(
         is_halted=lambda: killswitch.fast_state(runtime.redis) is killswitch.TradingState.HALTED,
         last_change_ns=last_change_ns,
         maintenance=maintenance,
+        maintenance_every_s=settings.kill.reconcile_every_s,
         catchup_s=settings.kill.alarm_catchup_s,
         owner=f"{getattr(runtime, 'hostname', 'host')}:{getattr(runtime, 'pid', 0)}",
     )

@@ -68,10 +68,16 @@ from omni_tasks.safety.killswitch import (
     LOOSER,
     REDIS_STATE_KEY,
     STATE_ROW_ID,
+    STRICTNESS,
+    Copy,
+    Reading,
     StoredState,
     TradingState,
-    parse_value,
     read_row,
+    read_state,
+    redis_copy,
+    repair_redis,
+    resolve,
 )
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import AuditLog, EmergencySnapshot, KillEvent, TradingStateRow
@@ -81,6 +87,8 @@ _log = structlog.get_logger("omni.killswitch")
 
 #: Actor prefixes that name automation; none of them may loosen the trading state.
 AUTOMATIC_ACTOR_PREFIXES = ("watchdog", "alarm", "auto:", "system:")
+#: Who the watchdog's reconciler records as when it repairs a copy from the other.
+RECONCILE_ACTOR = "watchdog:reconcile"
 MAX_REASON_CHARS = 2000
 
 # KEYS[1] state key. Writes HALTED at version+1 unless Redis already says HALTED.
@@ -314,11 +322,17 @@ def _with_db_retry(step: Callable[[], Any], *, attempts: int = 3) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _redis_copy(client: redis.Redis, key: str) -> StoredState | None:
-    try:
-        return parse_value(client.get(key))
-    except Exception:  # noqa: BLE001 - Redis may be the thing that is down; the database decides
-        return None
+def _redis_value(client: redis.Redis, key: str) -> StoredState | None:
+    """Redis's copy when it can be read and parsed (None otherwise: the database decides alone)."""
+    return redis_copy(client, key=key).value
+
+
+def _before(row: TradingStateRow, cached: StoredState | None) -> TradingState:
+    """The state that applies, by the one rule, with the row as read under its lock and Redis's copy read before it."""
+    durable = Copy("ok", value=StoredState(TradingState(row.state), int(row.version)))
+    if cached is None:
+        return TradingState(row.state)
+    return resolve(Copy("ok", value=cached), durable).state
 
 
 # ---- engage -------------------------------------------------------------------------------------
@@ -354,9 +368,9 @@ def engage(
     sessions = runtime.sessions
 
     # 1. Redis first: every order path reads this key, so orders stop now.
-    redis_version = 0
+    redis_version, redis_changed = 0, False
     try:
-        _changed, redis_version = halt_in_redis(client, key=key)
+        redis_changed, redis_version = halt_in_redis(client, key=key)
         result.redis_written = True
         result.halted_at_ns = time.time_ns()
     except Exception as exc:  # noqa: BLE001 - an unreachable Redis already counts as HALTED everywhere
@@ -379,7 +393,12 @@ def engage(
                 session.flush()
             before = str(row.state)
             repeat = before == TradingState.HALTED.value
-            if repeat:
+            if repeat and redis_changed and int(row.version) == redis_version and row.actor == RECONCILE_ACTOR:
+                # The reconciler wrote down this very engage from Redis between our two steps: it is ours.
+                before = _state_before_reconcile(session, redis_version)
+                repeat = False
+                row.changed_at, row.actor, row.reason = now, actor, reason
+            elif repeat:
                 # The engaged period stands; a newer version seen in Redis is adopted so the copies agree.
                 row.version = max(int(row.version), redis_version)
             else:
@@ -721,7 +740,7 @@ def _change(
     """Database first (with its KillEvent and audit row), then Redis. Refusals are audited and raised."""
     actor, reason = _check_words(actor, reason)
     client, sessions = runtime.redis, runtime.sessions
-    redis_copy = _redis_copy(client, key)
+    cached = _redis_value(client, key)
 
     def apply() -> TransitionResult:
         with sessions() as session, session.begin():
@@ -733,11 +752,10 @@ def _change(
                 )
                 session.add(row)
                 session.flush()
-            before = TradingState(row.state)
-            if redis_copy is not None and redis_copy.version > int(row.version):
-                # Redis is ahead: an engage whose database write failed. Its state counts.
-                before = redis_copy.state
-            base_version = max(int(row.version), redis_copy.version if redis_copy is not None else 0)
+            # While the copies disagree the stricter applies: a Redis copy ahead of the row (an engage the
+            # database missed) counts when stricter, and never loosens the row when looser.
+            before = _before(row, cached)
+            base_version = max(int(row.version), cached.version if cached is not None else 0)
             if before == target:
                 changed, version = False, base_version
                 row.state, row.version = before.value, version
@@ -880,67 +898,149 @@ def activate(runtime: RuntimeLike, *, actor: str, reason: str, key: str = REDIS_
 
 
 def _peek(runtime: RuntimeLike, key: str) -> TradingState | None:
-    """The state as the database (or a newer Redis copy) has it; None when unreadable."""
+    """The state that applies by the one rule, with an unreachable Redis left out; None when the database is unreadable."""
+    cached = _redis_value(runtime.redis, key)
     try:
         with runtime.sessions() as session:
             row = read_row(session)
-            db = StoredState(TradingState(row.state), int(row.version)) if row is not None else StoredState(TradingState.ACTIVE, 0)
+            if row is None:
+                row = TradingStateRow(state=TradingState.ACTIVE.value, version=0)
+            return _before(row, cached)
     except Exception:  # noqa: BLE001 - the change itself will report the database error
         return None
-    copy = _redis_copy(runtime.redis, key)
-    if copy is not None and copy.version > db.version:
-        return copy.state
-    return db.state
 
 
 # ---- repair and the orders-queue purge -------------------------------------------------------------
 
 
-def make_durable_from_redis(runtime: RuntimeLike, *, actor: str = "watchdog:reconcile", key: str = REDIS_STATE_KEY) -> bool:
-    """If Redis says HALTED at a newer version than the database (an engage whose database write failed), write it down.
+def _state_before_reconcile(session: Session, version: int) -> str:
+    """The state the reconciler's repair at ``version`` replaced (its KillEvent), ACTIVE when not found."""
+    events = session.scalars(select(KillEvent).where(KillEvent.actor == RECONCILE_ACTOR).order_by(KillEvent.id.desc()).limit(5)).all()
+    for event in events:
+        if (event.detail or {}).get("version") == version:
+            return str(event.state_before)
+    return TradingState.ACTIVE.value
 
-    Only ever moves the database towards HALTED: it never releases. True when it wrote.
+
+def make_durable_from_redis(runtime: RuntimeLike, *, actor: str = RECONCILE_ACTOR, key: str = REDIS_STATE_KEY) -> bool:
+    """Bring the database up to a Redis copy that is ahead of it, without ever loosening it. True when it wrote.
+
+    * Redis ahead and at least as strict (an engage made while the database was down, or whose
+      database write failed): the row takes Redis's state and version;
+    * Redis at the row's version but stricter: the row takes Redis's state at the next version;
+    * Redis ahead but looser (overwritten by hand, or the database restored from older data): the
+      row keeps its own, stricter state, recorded at the version after Redis's.
+
+    Each write records a KillEvent (``repair: true``) and an audit row as ``actor``; Redis is then
+    rewritten from the row when it differs. Never releases anything.
     """
-    copy = _redis_copy(runtime.redis, key)
-    if copy is None or copy.state is not TradingState.HALTED:
+    cached = _redis_value(runtime.redis, key)
+    if cached is None:
         return False
 
-    def apply() -> bool:
+    def apply() -> StoredState | None:
         with runtime.sessions() as session, session.begin():
             row = read_row(session, lock=True)
             now = _now()
-            if row is not None and int(row.version) >= copy.version:
-                return False
             if row is None:
                 row = TradingStateRow(
                     id=STATE_ROW_ID, state=TradingState.ACTIVE.value, version=0, changed_at=now, actor="install", reason="initial state"
                 )
                 session.add(row)
                 session.flush()
-            before = str(row.state)
-            reason = "redis held HALTED at a newer version than the database (an engage whose database write failed): made durable"
-            if before != TradingState.HALTED.value:
-                row.state, row.changed_at, row.actor, row.reason = TradingState.HALTED.value, now, actor, reason
-            row.version = copy.version
+            durable = StoredState(TradingState(row.state), int(row.version))
+            reading = resolve(Copy("ok", value=cached), Copy("ok", value=durable))
+            if reading.repair != "database":
+                return None
+            if STRICTNESS[cached.state] >= STRICTNESS[durable.state]:
+                target = StoredState(cached.state, cached.version if cached.version > durable.version else durable.version + 1)
+                reason = (
+                    f"redis held {cached.state.value} {cached.version}, ahead of the database's {durable.state.value} {durable.version} "
+                    "(a change the database missed, e.g. an engage while it was down): made durable"
+                )
+            else:
+                target = StoredState(durable.state, cached.version + 1)
+                reason = (
+                    f"redis held {cached.state.value} {cached.version}, ahead of the database's {durable.state.value} {durable.version} "
+                    "but looser: the database's state stands (Redis never loosens it), recorded above Redis's version"
+                )
+            before = durable.state.value
+            if target.state is not durable.state:
+                row.state, row.changed_at, row.actor, row.reason = target.state.value, now, actor, reason
+            row.version = target.version
             session.add(
                 KillEvent(
                     ts=now,
-                    action="engage",
+                    action="engage" if target.state is TradingState.HALTED else "repair",
                     actor=actor,
                     reason=reason,
                     state_before=before,
-                    state_after="HALTED",
+                    state_after=target.state.value,
                     timings_ms={},
-                    detail={"repair": True, "version": copy.version},
+                    detail={"repair": True, "version": target.version, "redis": f"{cached.state.value} {cached.version}"},
                 )
             )
-            _record_audit(session, ts=now, actor=actor, action="kill.engage.repair", detail={"from": before, "version": copy.version})
-            return True
+            _record_audit(
+                session,
+                ts=now,
+                actor=actor,
+                action="kill.repair.database",
+                detail={
+                    "from": f"{before} {durable.version}",
+                    "to": f"{target.state.value} {target.version}",
+                    "redis": f"{cached.state.value} {cached.version}",
+                },
+            )
+            return target
 
-    wrote = bool(_with_db_retry(apply))
-    if wrote:
-        _log.warning("kill switch made durable from redis", version=copy.version)
-    return wrote
+    written: StoredState | None = _with_db_retry(apply)
+    if written is None:
+        return False
+    _log.warning(
+        "trading state in the database reconciled from redis",
+        state=written.state.value,
+        version=written.version,
+        redis=f"{cached.state.value} {cached.version}",
+    )
+    if written != cached:
+        try:
+            sync_redis(runtime.redis, written.state, written.version, key=key)
+        except Exception as exc:  # noqa: BLE001 - the row holds it; the next round rewrites Redis
+            _log.warning("could not rewrite the trading state in redis", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return True
+
+
+class Reconciler:
+    """The watchdog's repair of the two copies, run every ``OMNI_KILL_RECONCILE_EVERY_S`` (one call per round).
+
+    * Redis behind the database (restart from an older append-only file, restore, FLUSHALL, a
+      hand-written value) and no stricter than it: rewritten from the database at once;
+    * Redis behind but stricter (a release whose Redis write was lost) or malformed: rewritten
+      only when the very same disagreement was seen on the previous round, so an engage caught
+      between its Redis write and its database write is never undone (the stricter state applies
+      meanwhile);
+    * the database behind Redis: :func:`make_durable_from_redis`.
+    """
+
+    def __init__(self, runtime: RuntimeLike, *, key: str = REDIS_STATE_KEY) -> None:
+        self._runtime = runtime
+        self._key = key
+        self._pending: tuple[str | None, StoredState | None] | None = None
+
+    def run(self) -> str | None:
+        """One round; returns what it repaired (``redis``, ``database``) or None. Raises when a store fails mid-repair."""
+        reading: Reading = read_state(self._runtime.redis, self._runtime.sessions, key=self._key, repair=False)
+        seen = (reading.redis.raw, reading.database.value)
+        pending, self._pending = self._pending, None
+        if reading.repair == "database":
+            return "database" if make_durable_from_redis(self._runtime, key=self._key) else None
+        if reading.repair != "redis":
+            return None
+        if not reading.immediate and pending != seen:
+            self._pending = seen
+            _log.warning("trading state: " + reading.why + "; rewritten next round if it lasts")
+            return None
+        return "redis" if repair_redis(self._runtime.redis, reading, key=self._key) else None
 
 
 def orders_purger(broker_url: str, queue_name: str, transport_options: dict[str, Any] | None = None) -> Callable[[], int]:

@@ -3,42 +3,57 @@
 HALTED is the kill switch engaged: nothing but cancels. REDUCING lets through
 only orders that shrink a position (the pre-trade checks enforce that).
 
-Two copies of one value:
+Two copies of one versioned record:
 
-* the database row ``trading_state`` (id 1) is the durable truth: it survives
+* the database row ``trading_state`` (id 1) is the durable copy: it survives
   restarts of every process and of Redis;
-* Redis key :data:`REDIS_STATE_KEY` holds ``"<STATE> <version>"``, the fast
-  path every order reads (one GET).
+* Redis key :data:`REDIS_STATE_KEY` holds ``"<STATE> <version>"``, the copy the
+  engage writes first (one Lua call) and the fast readers (stream, listener) use.
 
-``version`` grows with every change. Writers never let an older version
-overwrite a newer one in Redis, so a copy re-populated from the database cannot
-undo a change written meanwhile.
+``version`` grows with every change. Either copy can fall behind: Redis
+restarted from an older append-only file, restored, flushed or overwritten by
+hand; the database missing an engage made while it was down. One rule,
+:func:`resolve`, decides what applies, and every reader that can let an order
+through or that an operator sees uses it (through :func:`read_state`):
 
-Reading fails closed (a kill switch that cannot be read counts as engaged):
+* both copies are read (Redis first, then the database: writers that loosen go
+  database first, the engage goes Redis first, so this order never shows a
+  looser copy as the newer one);
+* they agree: that state;
+* they disagree (different versions or states): the higher version says which
+  copy is behind and gets repaired, and meanwhile the **stricter** state of the
+  two applies (HALTED > REDUCING > ACTIVE); a Redis copy newer but looser than
+  the database never loosens anything;
+* Redis has no key: the database's value applies and is put back in Redis;
+* either copy unreadable (Redis down or malformed, the database down): HALTED
+  (fail closed: a kill switch that cannot be read counts as engaged).
 
-* :func:`fast_state` reads Redis only: a missing, malformed or unreachable
-  value is HALTED.
-* :func:`current_state` reads Redis; only a *missing* key (Redis restarted:
-  the shared Redis keeps nothing on disk) falls back to the database row
-  (no row on a fresh install = ACTIVE) and re-populates Redis. A malformed
-  value or an unreachable Redis is HALTED without a database fallback: with
-  Redis down no order can be queued anyway, and a half-working Redis must not
-  let one through. A database that cannot be read is HALTED too.
+Repairs: a reader on the order path puts the database's value back in Redis
+when that does not loosen what applies (a missing key, a Redis copy older than
+the database and no stricter than it), with a compare-and-set on the value it
+read. The watchdog's reconciler (:class:`omni_tasks.safety.engage.Reconciler`)
+does every repair: the same ones at once, a repair that loosens Redis (a
+release whose Redis write was lost, a malformed value) only when it saw the same
+disagreement a round earlier (so an engage between its two writes is never
+undone), and the database side from a newer Redis copy
+(:func:`omni_tasks.safety.engage.make_durable_from_redis`).
+
+:func:`fast_state` (Redis alone) is for readers that only quiet something
+(the alarm listener's coalescing); it is never used to let an order through.
 
 Writes (engage, release, ...) live in :mod:`omni_tasks.safety.engage`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import structlog
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.storage.models import EmergencySnapshot, OrderEvent, TradingStateRow
@@ -95,15 +110,245 @@ def parse_value(raw: bytes | str | None) -> StoredState | None:
     return StoredState(state, int(parts[1]))
 
 
-def fast_state(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> TradingState:
-    """The state from Redis alone (one GET). Missing, malformed or unreachable: HALTED."""
+#: How strict each state is; while the two copies disagree the stricter one applies.
+STRICTNESS = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+CopyStatus = Literal["ok", "missing", "malformed", "unreadable"]
+
+
+def stricter(a: TradingState, b: TradingState) -> TradingState:
+    """The stricter of two states (HALTED > REDUCING > ACTIVE)."""
+    return a if STRICTNESS[a] >= STRICTNESS[b] else b
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One store's copy as read: ``ok`` with its value; Redis ``missing`` (no key) or ``malformed``; ``unreadable``.
+
+    ``raw`` is the Redis value exactly as read (None for a missing key or for the database), which a
+    repair compares before it writes; ``detail`` is the malformed text or the error.
+    """
+
+    status: CopyStatus
+    value: StoredState | None = None
+    raw: str | None = None
+    detail: str | None = None
+
+    def text(self) -> str:
+        if self.value is not None:
+            return f"{self.value.state.value} {self.value.version}"
+        return {"missing": "no key", "malformed": f"malformed ({self.detail})", "unreadable": f"unreadable ({self.detail})"}.get(
+            self.status, self.status
+        )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What applies now, by :func:`resolve`, and why.
+
+    ``source``: which copy's state applies: ``both`` (they agree), ``redis``, ``database``, or
+    ``unreadable`` (a copy could not be read: HALTED). ``newer``: the copy with the higher version
+    when they disagree. ``repair``: the copy that is behind and is to be rewritten from the other
+    (``redis`` or ``database``). ``immediate``: the repair does not loosen what applies, so any
+    reader may make it at once; otherwise only the watchdog makes it, after seeing it twice.
+    """
+
+    state: TradingState
+    version: int | None
+    source: Literal["both", "redis", "database", "unreadable"]
+    agree: bool | None
+    newer: Literal["redis", "database"] | None
+    repair: Literal["redis", "database"] | None
+    immediate: bool
+    why: str
+    redis: Copy
+    database: Copy
+
+
+def resolve(redis_copy: Copy, database: Copy) -> Reading:
+    """THE rule for the trading state: both copies in, what applies out (pure; every reader uses it).
+
+    * the database unreadable, or Redis unreachable or malformed: HALTED (fail closed);
+    * Redis without a key: the database's value (Redis is repaired from it);
+    * both the same: that value;
+    * otherwise the stricter of the two states applies until they are reconciled; the higher
+      version says which copy is behind. A Redis copy behind the database is rewritten from it; a
+      database behind Redis adopts Redis's state when it is at least as strict, and otherwise keeps
+      its own, stricter state under a version above Redis's (Redis never loosens the database).
+    """
+
+    def reading(state: TradingState, version: int | None, source: Any, why: str, **kw: Any) -> Reading:
+        fields = {"agree": False, "newer": None, "repair": None, "immediate": False, **kw}
+        return Reading(state, version, source, why=why, redis=redis_copy, database=database, **fields)
+
+    halted = TradingState.HALTED
+    if database.status != "ok" or database.value is None:
+        version = redis_copy.value.version if redis_copy.value is not None else None
+        return reading(halted, version, "unreadable", f"the database cannot be read ({database.detail}): counted as HALTED", agree=None)
+    db = database.value
+    if redis_copy.status == "unreadable":
+        return reading(halted, db.version, "unreadable", f"Redis cannot be read ({redis_copy.detail}): counted as HALTED", agree=None)
+    if redis_copy.status == "malformed":
+        return reading(
+            halted,
+            db.version,
+            "unreadable",
+            f"Redis holds a malformed value ({redis_copy.detail}): counted as HALTED until it is rewritten from the database",
+            newer="database",
+            repair="redis",
+            immediate=db.state is halted,
+        )
+    if redis_copy.status == "missing" or redis_copy.value is None:
+        return reading(
+            db.state,
+            db.version,
+            "database",
+            "Redis has no copy (restarted empty or flushed): the database's value applies and is put back in Redis",
+            newer="database",
+            repair="redis",
+            immediate=True,
+        )
+    cached = redis_copy.value
+    if cached == db:
+        return reading(db.state, db.version, "both", "both copies agree", agree=True)
+    applied = stricter(cached.state, db.state)
+    version = max(cached.version, db.version)
+    if db.version > cached.version or (db.version == cached.version and STRICTNESS[db.state] > STRICTNESS[cached.state]):
+        tighter_or_same = STRICTNESS[db.state] >= STRICTNESS[cached.state]
+        source = "database" if applied is db.state else "redis"
+        why = (
+            f"the copies disagree: Redis holds {cached.state.value} {cached.version}, behind the database's {db.state.value} {db.version} "
+            f"(restarted from older data, restored or overwritten); {applied.value}, the stricter, applies until Redis is rewritten "
+            + ("from the database" if tighter_or_same else "from the database by the watchdog")
+        )
+        return reading(applied, version, source, why, newer="database", repair="redis", immediate=tighter_or_same)
+    source = "redis" if applied is cached.state else "database"
+    if STRICTNESS[cached.state] >= STRICTNESS[db.state]:
+        why = (
+            f"the copies disagree: Redis holds {cached.state.value} {cached.version}, ahead of the database's {db.state.value} {db.version} "
+            f"(a change the database has not recorded, e.g. an engage while it was down); {applied.value} applies "
+            "until the watchdog writes it to the database"
+        )
+    else:
+        why = (
+            f"the copies disagree: Redis holds {cached.state.value} {cached.version}, ahead of the database's {db.state.value} {db.version} "
+            f"but looser; Redis never loosens the database: {applied.value} applies and the watchdog records it above version {cached.version}"
+        )
+    return reading(applied, version, source, why, newer="redis", repair="database", immediate=True)
+
+
+def redis_copy(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> Copy:
+    """Redis's copy: ``ok``, ``missing``, ``malformed`` or ``unreadable`` (never raises)."""
     try:
         raw = client.get(key)
-    except Exception as exc:  # noqa: BLE001 - any failure to read means "engaged" (fail closed)
-        _log.warning("trading state unreadable in redis: counted as HALTED", error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        return TradingState.HALTED
-    parsed = parse_value(raw)
-    return parsed.state if parsed is not None else TradingState.HALTED
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported and counts as HALTED
+        return Copy("unreadable", detail=f"{type(exc).__name__}: {str(exc)[:200]}")
+    if raw is None:
+        return Copy("missing")
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    parsed = parse_value(text)
+    if parsed is None:
+        return Copy("malformed", raw=text, detail=repr(text)[:80])
+    return Copy("ok", value=parsed, raw=text)
+
+
+def _row_copy(row: Any) -> Copy:
+    if row is None:  # a fresh install: ACTIVE at version 0
+        return Copy("ok", value=StoredState(TradingState.ACTIVE, 0))
+    return Copy("ok", value=StoredState(TradingState(row.state), int(row.version)))
+
+
+#: The order path's read of the row: two columns by primary key (no ORM object).
+_ROW_STATE = select(TradingStateRow.state, TradingStateRow.version).where(TradingStateRow.id == STATE_ROW_ID)
+
+
+def database_copy(sessions: sessionmaker[Session], *, session: Session | None = None) -> Copy:
+    """The database's copy: one primary-key read (``session`` reuses an open one). No row: ACTIVE 0. Never raises.
+
+    Without a session it reads on a pooled connection of the sessions' engine (about 0.2 ms less than
+    opening an ORM session, measured on PostgreSQL).
+    """
+    try:
+        if session is not None:
+            return _row_copy(session.execute(_ROW_STATE).first())
+        bind = sessions.kw.get("bind")
+        if isinstance(bind, Engine):
+            with bind.connect() as connection:
+                return _row_copy(connection.execute(_ROW_STATE).first())
+        with sessions() as own:
+            return _row_copy(own.execute(_ROW_STATE).first())
+    except Exception as exc:  # noqa: BLE001 - an unreadable database counts as HALTED on the order path
+        return Copy("unreadable", detail=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+# KEYS[1] state key; ARGV: expected value ('' for no key), the new value. Writes only over what was read.
+_REPAIR_LUA = """
+local cur = redis.call('get', KEYS[1])
+if ARGV[1] == '' then
+  if cur then return 0 end
+elseif cur ~= ARGV[1] then
+  return 0
+end
+redis.call('set', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def repair_redis(client: redis.Redis, reading: Reading, *, key: str = REDIS_STATE_KEY) -> bool:
+    """Put the database's value in Redis over the value ``reading`` saw there (compare-and-set). True when written.
+
+    A change written to Redis since (an engage, a release's second step) makes the compare fail: nothing is undone.
+    """
+    if reading.repair != "redis" or reading.database.value is None or reading.redis.status not in ("missing", "malformed", "ok"):
+        return False
+    db = reading.database.value
+    expected = reading.redis.raw or ""
+    wrote = bool(client.eval(_REPAIR_LUA, 1, key, expected, format_value(db.state, db.version)))
+    if wrote:
+        _log.warning(
+            "trading state in redis rewritten from the database",
+            redis_before=reading.redis.text(),
+            database=reading.database.text(),
+            applied_before=reading.state.value,
+        )
+    return wrote
+
+
+def read_state(
+    client: redis.Redis,
+    sessions: sessionmaker[Session],
+    *,
+    key: str = REDIS_STATE_KEY,
+    repair: bool = True,
+    session: Session | None = None,
+) -> Reading:
+    """Read both copies (Redis, then the database) and apply :func:`resolve`.
+
+    ``repair``: when Redis is behind and rewriting it does not loosen what applies, do it now
+    (best effort; the answer stands either way). ``session`` reads the row in an open session.
+    """
+    cached = redis_copy(client, key=key)
+    durable = database_copy(sessions, session=session)
+    reading = resolve(cached, durable)
+    if reading.source == "unreadable" or not reading.agree:
+        log = _log.warning if reading.source == "unreadable" else _log.info
+        log("trading state: " + reading.why, applied=reading.state.value)
+    if repair and reading.repair == "redis" and reading.immediate:
+        try:
+            repair_redis(client, reading, key=key)
+        except Exception as exc:  # noqa: BLE001 - the reading stands; the watchdog repairs on its next round
+            _log.warning("could not rewrite the trading state in redis", error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return reading
+
+
+def fast_state(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> TradingState:
+    """The state from Redis alone (one GET). Missing, malformed or unreachable: HALTED.
+
+    Not for letting orders through (a Redis restored from older data says ACTIVE here): only for
+    quieting things while halted. Orders go through :func:`current_state`.
+    """
+    copy = redis_copy(client, key=key)
+    return copy.value.state if copy.value is not None else TradingState.HALTED
 
 
 def read_row(session: Session, *, lock: bool = False) -> TradingStateRow | None:
@@ -124,43 +369,17 @@ def durable_state(sessions: sessionmaker[Session]) -> StoredState:
 
 
 def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> TradingState:
-    """The state every order path reads: Redis, the database when Redis lost the key, HALTED when unreadable."""
-    try:
-        raw = client.get(key)
-    except Exception as exc:  # noqa: BLE001 - unreachable Redis: fail closed
-        _log.warning("trading state unreadable in redis: counted as HALTED", error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        return TradingState.HALTED
-    if raw is not None:
-        parsed = parse_value(raw)
-        if parsed is None:
-            _log.error("malformed trading state in redis: counted as HALTED", key=key, value=repr(raw)[:80])
-            return TradingState.HALTED
-        return parsed.state
-    try:
-        stored = durable_state(sessions)
-    except Exception as exc:  # noqa: BLE001 - neither copy readable: fail closed
-        _log.error(
-            "trading state unreadable (redis key missing, database unreadable): counted as HALTED",
-            error=f"{type(exc).__name__}: {str(exc)[:200]}",
-        )
-        return TradingState.HALTED
-    try:
-        # NX: a change written since we read the row wins over our (older) copy.
-        if not client.set(key, format_value(stored.state, stored.version), nx=True):
-            again = parse_value(client.get(key))
-            return again.state if again is not None else TradingState.HALTED
-        _log.info("trading state re-populated in redis from the database", state=stored.state.value, version=stored.version)
-    except Exception as exc:  # noqa: BLE001 - the database answered; Redis will be re-populated by the next reader
-        _log.warning("could not re-populate the trading state in redis", error=f"{type(exc).__name__}: {str(exc)[:200]}")
-    return stored.state
+    """The state every order path reads: :func:`read_state` (both copies, the rule, fail closed)."""
+    return read_state(client, sessions, key=key).state
 
 
 def state_info(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> dict[str, Any]:
-    """Everything status and /health show: state, version, who, why, since, where it was read, the last snapshot.
+    """Everything status, /health and /metrics show, by the same rule as the order path (read only: no repair).
 
-    ``source``: ``redis`` (the fast copy answered), ``database`` (Redis had no key),
-    ``unreadable`` (counted as HALTED). ``consistent`` is False when both copies
-    were read and disagree (a write in progress, or a step that failed: see the events).
+    ``state``: what applies; ``version``: the higher of the two; ``source``: which copy's state
+    applies (``both``, ``redis``, ``database``, ``unreadable``); ``redis`` (the raw value) and
+    ``database`` (the row) are both copies; ``consistent`` is False while they disagree and
+    ``why`` says which applies and why; ``repair``: the copy that is behind.
     """
     info: dict[str, Any] = {
         "state": TradingState.HALTED.value,
@@ -173,26 +392,25 @@ def state_info(client: redis.Redis, sessions: sessionmaker[Session], *, key: str
         "redis": None,
         "database": None,
         "consistent": None,
+        "newer": None,
+        "repair": None,
+        "why": None,
         "last_snapshot": None,
         "errors": [],
     }
-    redis_copy: StoredState | None = None
-    redis_ok = False
-    try:
-        raw = client.get(key)
-        redis_ok = True
-        redis_copy = parse_value(raw)
-        info["redis"] = None if raw is None else (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))
-        if raw is not None and redis_copy is None:
-            info["errors"].append(f"malformed value in redis key {key}")
-    except Exception as exc:  # noqa: BLE001 - reported, counted as HALTED
-        info["errors"].append(f"redis: {type(exc).__name__}: {str(exc)[:200]}")
-    row: dict[str, Any] | None = None
+    cached = redis_copy(client, key=key)
+    if cached.status == "unreadable":
+        info["errors"].append(f"redis: {cached.detail}")
+    elif cached.status == "malformed":
+        info["errors"].append(f"malformed value in redis key {key}: {cached.detail}")
+    info["redis"] = cached.raw
+    durable: Copy
     try:
         with sessions() as session:
             found = read_row(session)
+            durable = _row_copy(found)
             if found is not None:
-                row = {
+                info["database"] = {
                     "state": found.state,
                     "version": int(found.version),
                     "actor": found.actor,
@@ -200,47 +418,68 @@ def state_info(client: redis.Redis, sessions: sessionmaker[Session], *, key: str
                     "changed_at": found.changed_at.isoformat(),
                 }
             else:
-                row = {"state": TradingState.ACTIVE.value, "version": 0, "actor": None, "reason": None, "changed_at": None}
+                info["database"] = {"state": TradingState.ACTIVE.value, "version": 0, "actor": None, "reason": None, "changed_at": None}
             snapshot = session.scalars(select(EmergencySnapshot).order_by(EmergencySnapshot.id.desc()).limit(1)).first()
             if snapshot is not None:
                 info["last_snapshot"] = {"id": snapshot.id, "ts": snapshot.ts.isoformat(), "path": snapshot.file_path}
-        info["database"] = row
-    except Exception as exc:  # noqa: BLE001 - reported
-        info["errors"].append(f"database: {type(exc).__name__}: {str(exc)[:200]}")
-    if redis_ok and redis_copy is not None:
-        info["state"], info["version"], info["source"] = redis_copy.state.value, redis_copy.version, "redis"
-    elif redis_ok and info["redis"] is None and row is not None:
-        info["state"], info["version"], info["source"] = row["state"], row["version"], "database"
-    if row is not None:
+    except Exception as exc:  # noqa: BLE001 - reported; counted as HALTED
+        durable = Copy("unreadable", detail=f"{type(exc).__name__}: {str(exc)[:200]}")
+        info["errors"].append(f"database: {durable.detail}")
+    reading = resolve(cached, durable)
+    info.update(
+        state=reading.state.value,
+        version=reading.version,
+        source=reading.source,
+        consistent=reading.agree,
+        newer=reading.newer,
+        repair=reading.repair,
+        why=reading.why,
+    )
+    if info["database"] is not None:
+        row = info["database"]
         info["actor"], info["reason"], info["changed_at"] = row["actor"], row["reason"], row["changed_at"]
-        if redis_copy is not None:
-            info["consistent"] = redis_copy.state.value == row["state"]
     info["engaged"] = info["state"] == TradingState.HALTED.value
     return info
 
 
-def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> Callable[[OrderRequest], None]:
-    """The broker's last-step guard: raises OrderBlocked unless orders may leave.
+def _blocked_text(reading: Reading, what: str) -> str:
+    text = f"{what}: trading is HALTED (kill switch engaged, or the state cannot be read)"
+    return text if reading.agree else f"{text}; {reading.why}"
 
-    HALTED or unreadable: blocked. REDUCING passes here; the pre-trade checks
-    enforce reduce-only. It only reads (the simulated broker calls it under its ledger lock).
+
+class OrderGuard:
+    """The broker's last-step guard: raises OrderBlocked unless orders may leave (by :func:`read_state`).
+
+    HALTED, unreadable, or the copies disagreeing with HALTED the stricter: blocked. REDUCING passes
+    here; the pre-trade checks enforce reduce-only. :meth:`in_session` reads the row in a session
+    the broker already holds open (the simulated broker's ledger transaction).
     """
 
-    def guard(request: OrderRequest) -> None:
-        state = current_state(client, sessions, key=key)
-        if state is TradingState.HALTED:
-            raise OrderBlocked(
-                f"order {request.client_order_id} not sent: trading is HALTED (kill switch engaged, or the state cannot be read)"
-            )
+    def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> None:
+        self._client, self._sessions, self._key = client, sessions, key
 
-    return guard
+    def __call__(self, request: OrderRequest) -> None:
+        self._check(request, read_state(self._client, self._sessions, key=self._key))
+
+    def in_session(self, request: OrderRequest, session: Session) -> None:
+        self._check(request, read_state(self._client, self._sessions, key=self._key, session=session))
+
+    @staticmethod
+    def _check(request: OrderRequest, reading: Reading) -> None:
+        if reading.state is TradingState.HALTED:
+            raise OrderBlocked(_blocked_text(reading, f"order {request.client_order_id} not sent"))
+
+
+def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> OrderGuard:
+    """The broker's last-step guard (:class:`OrderGuard`)."""
+    return OrderGuard(client, sessions, key=key)
 
 
 def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> str | None:
     """Why an order-bearing task must not start now (None: it may). Checked before every such task."""
-    state = current_state(client, sessions, key=key)
-    if state is TradingState.HALTED:
-        return "trading is HALTED (kill switch engaged, or the state cannot be read): order task refused, not run"
+    reading = read_state(client, sessions, key=key)
+    if reading.state is TradingState.HALTED:
+        return _blocked_text(reading, "order task refused, not run")
     return None
 
 

@@ -390,7 +390,7 @@ class SimulatedBroker:
             if price is None:
                 continue
             try:
-                self._run_guard(_request_of(row))
+                self._run_guard(_request_of(row), session)
             except OrderBlocked as blocked:
                 _log.info("resting order held by the guard", broker=self.name, client_order_id=row.client_order_id, reason=str(blocked))
                 continue
@@ -430,7 +430,7 @@ class SimulatedBroker:
             problem = quote_problem(request.symbol, quote, now_ns=_ns(now), max_age_s=self._max_age_s)
             if problem is None:
                 try:
-                    self._run_guard(request)
+                    self._run_guard(request, session)
                 except OrderBlocked as blocked:
                     outcome.blocked = blocked
             refused, check = None, ""
@@ -461,12 +461,19 @@ class SimulatedBroker:
         )
         return outcome
 
-    def _run_guard(self, request: OrderRequest) -> None:
-        """Call the guard; any failure of the guard itself counts as a refusal (fail closed)."""
+    def _run_guard(self, request: OrderRequest, session: Session) -> None:
+        """Call the guard; any failure of the guard itself counts as a refusal (fail closed).
+
+        A guard with ``in_session`` (the kill switch's) reads the trading state's row in the ledger's open transaction.
+        """
         if self._guard is None:
             return
+        in_session = getattr(self._guard, "in_session", None)
         try:
-            self._guard(request)
+            if in_session is not None:
+                in_session(request, session)
+            else:
+                self._guard(request)
         except OrderBlocked:
             raise
         except Exception as exc:  # noqa: BLE001 - a guard that cannot decide must block, whatever broke
