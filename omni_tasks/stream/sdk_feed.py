@@ -29,6 +29,16 @@ alpaca-py 0.44's ``alpaca/data/live/websocket.py``):
 - **Control messages reach the worker.** ``_dispatch`` only logs ``error`` and
   ``subscription`` messages (lines 331-338); the subclass passes them on too, so
   a mid-stream 406 still means a cooldown and provider errors are counted.
+- **Every message kind reaches the path.** Trade corrections and cancels
+  come with the trades subscription; alpaca-py hands them to the handlers of
+  ``register_trade_corrections`` / ``register_trade_cancels``, which we set to
+  the same buffer. Statuses go through ``subscribe_trading_statuses``; LULD
+  bands through the ``lulds`` channel alpaca-py keeps but has no public method
+  for (its handlers are set directly; ``_send_subscribe_msg`` sends them). A
+  kind alpaca-py does not know (``i`` imbalances, anything new) it drops in
+  ``_dispatch``; the subclass passes those on so the path counts them. A
+  market-data message without ``S`` is skipped by alpaca-py's ``_consume``
+  before any hook (lines 262-274): that one the path never sees.
 - **Unreadable frames are counted.** ``_consume`` decodes with
   ``msgpack.unpackb`` and dispatches inside ``_run_forever``'s ``except
   Exception``, which logs the traceback and reads on from the same socket
@@ -88,8 +98,11 @@ _SUBSCRIBE: Final = {
     "updatedBars": ("subscribe_updated_bars", "unsubscribe_updated_bars"),
     "dailyBars": ("subscribe_daily_bars", "unsubscribe_daily_bars"),
     "statuses": ("subscribe_trading_statuses", "unsubscribe_trading_statuses"),
+    "lulds": ("", ""),  # StockDataStream has a "lulds" channel but no public method for it: its handlers are set directly
 }
 _CONTROL: Final = frozenset({"success", "error", "subscription"})
+# The kinds alpaca-py dispatches to handlers (websocket.py _CHANNEL_TYPES); it drops any other kind unseen.
+_SDK_KINDS: Final = frozenset({"t", "q", "o", "b", "u", "d", "s", "l", "n", "c", "x"})
 
 
 class _SdkStream(StockDataStream):
@@ -135,7 +148,8 @@ class _SdkStream(StockDataStream):
             raise
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
-        if msg.get("T") in _CONTROL:
+        kind = msg.get("T")
+        if kind in _CONTROL or kind not in _SDK_KINDS:  # controls, and kinds alpaca-py would drop uncounted
             self._feed._on_control(msg)
         await super()._dispatch(msg)
 
@@ -210,12 +224,21 @@ class AlpacaSdkFeed:
             stream = self._open_stream()
             if not stream._running:
                 for channel, symbols in wanted.items():  # the public API only records handlers while not running
-                    getattr(stream, _SUBSCRIBE[channel][0])(self._on_data, *symbols)
+                    if _SUBSCRIBE[channel][0]:
+                        getattr(stream, _SUBSCRIBE[channel][0])(self._on_data, *symbols)
+                    else:
+                        stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
+                if "trades" in wanted:  # corrections and cancels come with trades; alpaca-py routes them to one handler each
+                    stream.register_trade_corrections(self._on_data)
+                    stream.register_trade_cancels(self._on_data)
                 if self._task is None:
                     await self._start()
                 return
             for channel, symbols in wanted.items():
                 stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
+            if "trades" in wanted:
+                stream.register_trade_corrections(self._on_data)
+                stream.register_trade_cancels(self._on_data)
             await self._send(stream._send_subscribe_msg())  # every subscribed symbol, as alpaca-py always sends
 
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
@@ -230,8 +253,11 @@ class AlpacaSdkFeed:
                     await self._send(stream._send_unsubscribe_msg(channel, present))
                     for symbol in present:
                         del stream._handlers[channel][symbol]
-                else:
+                elif _SUBSCRIBE[channel][1]:
                     getattr(stream, _SUBSCRIBE[channel][1])(*present)
+                else:
+                    for symbol in present:
+                        del stream._handlers[channel][symbol]
 
     async def recv(self) -> list[dict[str, Any]] | bytes:
         while True:

@@ -41,6 +41,7 @@ from typing import Any, Final
 from omni_tasks import heartbeats
 from omni_tasks.stream.feeds import (
     CHANNELS,
+    OPTIONAL_CHANNELS,
     AuthFailed,
     ConnectionLimit,
     Feed,
@@ -135,6 +136,8 @@ class StreamWorker:
         self.connected_at_ns = 0
         self.exit_reason = ""
         self.last_error = ""
+        self.last_error_ns = 0  # when last_error was set (wall ns)
+        self.recovered_ns = 0  # when market data flowed again on a connection after last_error (0: not since)
         self.feed: Feed | None = None
         self._stop = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -146,6 +149,18 @@ class StreamWorker:
         self._garbage_logged = 0.0
         self._lock_token = self.instance
         self._holds_lock = config.lock_fingerprint is None
+
+    # --- errors
+
+    def _set_error(self, text: str) -> None:
+        """Note the latest error and when; `omni status` shows it until data flows again, then as recovered."""
+        self.last_error = text
+        self.last_error_ns = time.time_ns()
+        self.recovered_ns = 0
+
+    def _note_recovery(self) -> None:
+        if self.last_error_ns and not self.recovered_ns and self.connected and self.path.last_data_ns > self.last_error_ns:
+            self.recovered_ns = self.path.last_data_ns
 
     # --- public control
 
@@ -232,7 +247,19 @@ class StreamWorker:
                 log.info("stream connected to %s, subscribed to %d symbols", feed.name, len(self.subscribed))
                 await self._receive(feed)
             except SubscriptionRefused as exc:
-                self.last_error = str(exc)
+                self._set_error(str(exc))
+                optional = [c for c in self.config.channels if c in OPTIONAL_CHANNELS]
+                if optional and any(c not in OPTIONAL_CHANNELS for c in self.config.channels):
+                    # Trading statuses and LULD bands may need a data plan the account lacks: go on without them, loudly.
+                    self.config.channels = tuple(c for c in self.config.channels if c not in OPTIONAL_CHANNELS)
+                    log.error(
+                        "stream: the provider refused the subscription (%s); dropping %s and reconnecting without them: "
+                        "halts and LULD bands will NOT reach the pre-trade checks",
+                        exc,
+                        optional,
+                    )
+                    await self._close_feed()
+                    continue
                 log.error(
                     "stream: the provider refused the subscription (%s): the account's data plan does not include this feed; "
                     "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription).",
@@ -241,7 +268,7 @@ class StreamWorker:
                 self.exit_reason = f"subscription refused: {exc}"
                 return EXIT_AUTH
             except AuthFailed as exc:
-                self.last_error = str(exc)
+                self._set_error(str(exc))
                 log.error(
                     "stream: the provider refused the credentials (%s); stopping. Check OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY.",
                     exc,
@@ -250,7 +277,7 @@ class StreamWorker:
                 return EXIT_AUTH
             except ConnectionLimit as exc:
                 self.counters.connection_limit += 1
-                self.last_error = str(exc)
+                self._set_error(str(exc))
                 cooldown = self.config.connection_limit_cooldown_s * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
                 log.warning(
                     "stream: %s: another connection holds this key's only slot; cooling down %.0f s before trying again", exc, cooldown
@@ -264,9 +291,9 @@ class StreamWorker:
                 await self._drain()
                 return EXIT_OK
             except FeedClosed as exc:
-                self.last_error = self._force_close_reason or str(exc)
+                self._set_error(self._force_close_reason or str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug or a surprise from a client library: reconnect, loudly
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._set_error(f"{type(exc).__name__}: {exc}")
                 log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:
                 self.connected = False
@@ -312,7 +339,7 @@ class StreamWorker:
                 code = message.get("code")
                 if code in (401, 402, 404, 406, 409):
                     raise_for_error(message)
-                self.last_error = f"{message.get('msg')} (code {code})"
+                self._set_error(f"{message.get('msg')} (code {code})")
                 log.error("stream: provider error %s", self.last_error)
             elif kind == "subscription":
                 log.info("stream: subscription now %s", {k: len(v) for k, v in message.items() if isinstance(v, list)})
@@ -462,7 +489,7 @@ class StreamWorker:
                 command = json.loads(item)
                 cmd = command["cmd"]
             except (ValueError, KeyError, TypeError):
-                self.last_error = f"unreadable control command {item!r:.80}"
+                self._set_error(f"unreadable control command {item!r:.80}")
                 log.error("stream: %s", self.last_error)
                 continue
             symbols = [s for s in command.get("symbols", []) if isinstance(s, str)]
@@ -477,7 +504,7 @@ class StreamWorker:
             elif cmd == "stop":
                 self.stop(f"stop by remote control ({command.get('by', 'unknown')})")
             else:
-                self.last_error = f"unknown control command {cmd!r}"
+                self._set_error(f"unknown control command {cmd!r}")
                 log.error("stream: %s", self.last_error)
 
     # --- the one-connection-per-key lock
@@ -501,7 +528,7 @@ class StreamWorker:
         if holder_text == self._lock_token:
             self._holds_lock = True
             return True
-        self.last_error = f"another stream worker ({holder_text}) holds this API key's only connection"
+        self._set_error(f"another stream worker ({holder_text}) holds this API key's only connection")
         log.warning("stream: %s; waiting", self.last_error)
         return False
 
@@ -544,12 +571,17 @@ class StreamWorker:
             "flushes": self.path.flushes,
             "garbage_frames": self.path.garbage_frames,
             "counts": json.dumps(counts),
+            "kinds": json.dumps(self.path.books.kinds),
+            "channels": json.dumps(list(self.config.channels)),
             "counters": json.dumps(self.counters.__dict__),
             "last_error": self.last_error,
+            "last_error_ns": self.last_error_ns,
+            "recovered_ns": self.recovered_ns,
             "updated_ns": now,
         }
 
     async def _publish(self, *, force: bool = False) -> None:
+        self._note_recovery()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(STATUS_KEY, mapping=self.status())
         pipe.expire(STATUS_KEY, 300)
