@@ -65,6 +65,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Final
 
+import msgpack
 import websockets
 from alpaca.data.live.stock import StockDataStream
 from msgpack import Timestamp
@@ -129,12 +130,33 @@ class _SdkStream(StockDataStream):
     async def _auth(self) -> None:
         try:
             await super()._auth()
+        except websockets.ConnectionClosed:
+            # Closed while alpaca-py wrote its auth: the server may have said why just before (406, 404).
+            error = await self._error_sent_before_close()
+            if error is not None:
+                raise_for_error(error)
+            raise
         except ValueError as exc:
             text = str(exc)
             code = _ERROR_CODES.get(text.strip().lower())
             if code is None:
                 raise FeedClosed(f"alpaca-py could not authenticate: {text}") from None
             raise_for_error({"T": "error", "code": code, "msg": text})
+
+    async def _error_sent_before_close(self) -> dict[str, Any] | None:
+        ws = self._ws
+        while ws is not None:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 1.0)
+                messages = msgpack.unpackb(frame)
+            except (websockets.ConnectionClosed, TimeoutError):
+                return None
+            except Exception:  # noqa: BLE001, S112 - an unreadable frame says nothing about why it closed
+                continue
+            for message in messages if isinstance(messages, list) else []:
+                if isinstance(message, dict) and message.get("T") == "error":
+                    return message
+        return None
 
     async def _consume(self) -> bool:
         self._feed._on_running()
