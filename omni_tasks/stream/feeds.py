@@ -107,6 +107,7 @@ class AlpacaFeed:
         self._binary = binary
         self._timeout = handshake_timeout_s
         self._ws: ClientConnection | None = None
+        self.handshake_kinds: list[Any] = []  # the T of every message read during the handshake (the worker counts them)
 
     def _encode(self, message: dict[str, Any]) -> bytes | str:
         return msgpack.packb(message) if self._binary else json.dumps(message)
@@ -120,9 +121,11 @@ class AlpacaFeed:
         except ConnectionClosed as exc:
             raise FeedClosed(f"connection closed during the handshake: {exc}") from None
         try:
-            return wire.decode_frame(frame)
+            messages = wire.decode_frame(frame)
         except wire.GarbageFrame as exc:
             raise FeedClosed(f"unreadable handshake frame: {exc}") from None
+        self.handshake_kinds.extend(m.get("T") for m in messages)
+        return messages
 
     async def connect(self) -> None:
         headers = {"Content-Type": "application/msgpack"} if self._binary else {}
@@ -167,9 +170,11 @@ class AlpacaFeed:
             except (ConnectionClosed, TimeoutError):
                 return None
             try:
-                error = _error_of(wire.decode_frame(frame))
+                messages = wire.decode_frame(frame)
             except wire.GarbageFrame:
                 continue
+            self.handshake_kinds.extend(m.get("T") for m in messages)
+            error = _error_of(messages)
             if error is not None:
                 return error
         return None

@@ -119,6 +119,7 @@ class _SdkStream(StockDataStream):
         """alpaca-py's own connect, greeting and auth (``DataStream._start_ws``), called by :meth:`AlpacaSdkFeed.connect`."""
         await super()._start_ws()
         self._connected_by_feed = True
+        self._feed.handshake_kinds.extend(("success", "success"))  # alpaca-py returns only after `connected` and `authenticated`
 
     async def _start_ws(self) -> None:
         if self._connected_by_feed:  # _run_forever's first call: connect() made the connection
@@ -134,11 +135,13 @@ class _SdkStream(StockDataStream):
             # Closed while alpaca-py wrote its auth: the server may have said why just before (406, 404).
             error = await self._error_sent_before_close()
             if error is not None:
+                self._feed.handshake_kinds.append("error")
                 raise_for_error(error)
             raise
         except ValueError as exc:
             text = str(exc)
             code = _ERROR_CODES.get(text.strip().lower())
+            self._feed.handshake_kinds.append("error")
             if code is None:
                 raise FeedClosed(f"alpaca-py could not authenticate: {text}") from None
             raise_for_error({"T": "error", "code": code, "msg": text})
@@ -215,6 +218,7 @@ class AlpacaSdkFeed:
         self._closing = False
         self._unreadable_pending = 0
         self.unreadable_frames = 0  # frames alpaca-py could not read (it logged and skipped them)
+        self.handshake_kinds: list[Any] = []  # the kinds alpaca-py read during its handshake (the worker counts them)
         self.last_unreadable = ""
 
     # --- the Feed protocol

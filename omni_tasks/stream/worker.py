@@ -237,6 +237,7 @@ class StreamWorker:
             data_before = self._data_count()
             try:
                 await feed.connect()
+                self._count_handshake(feed)
                 self.counters.connects += 1
                 if self.counters.connects > 1:
                     self.counters.reconnects += 1
@@ -297,6 +298,7 @@ class StreamWorker:
                 log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:
                 self.connected = False
+                self._count_handshake(feed)
                 await self._close_feed()
             if self._stop.is_set():
                 break
@@ -326,6 +328,16 @@ class StreamWorker:
                 self._on_controls(controls)
             if path.dirty:
                 dirty.set()
+
+    def _count_handshake(self, feed: Feed) -> None:
+        """Count the messages a client read during its handshake (they never reach the path) by kind."""
+        seen = getattr(feed, "handshake_kinds", None)
+        if not seen:
+            return
+        kinds = self.path.books.kinds
+        for kind in seen:
+            kinds[kind if isinstance(kind, str) and kind in kinds else "unknown"] += 1
+        seen.clear()
 
     def _data_count(self) -> int:
         counts = self.path.books.counts
