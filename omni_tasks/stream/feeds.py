@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from omni_tasks.stream import wire
 
 #: Trade corrections and cancels come with "trades" (Alpaca subscribes them with it); statuses and LULD bands are
-#: channels of their own, which an account's data plan may refuse (the worker then goes on without them, loudly).
+#: channels of their own, which an account's data plan may refuse (409: the worker stops and says how to leave them out).
 CHANNELS: Final = ("quotes", "trades", "bars", "statuses", "lulds")
 OPTIONAL_CHANNELS: Final = frozenset({"statuses", "lulds"})
 

@@ -215,7 +215,8 @@ class StandinServer:
         return len(self._clients)
 
     def subscriptions(self) -> list[dict[str, set[str]]]:
-        return [dict(c.subscriptions) for c in self._clients]
+        """Per client: trades, quotes and bars, and every other channel it subscribed something on."""
+        return [{k: v for k, v in c.subscriptions.items() if v or k in ("trades", "quotes", "bars")} for c in self._clients]
 
     def send(self, messages: list[dict[str, Any]]) -> int:
         """Send one frame of messages (built with ``binary=True``; re-encoded per client) to every client; returns how many got it."""

@@ -249,22 +249,13 @@ class StreamWorker:
                 await self._receive(feed)
             except SubscriptionRefused as exc:
                 self._set_error(str(exc))
-                optional = [c for c in self.config.channels if c in OPTIONAL_CHANNELS]
-                if optional and any(c not in OPTIONAL_CHANNELS for c in self.config.channels):
-                    # Trading statuses and LULD bands may need a data plan the account lacks: go on without them, loudly.
-                    self.config.channels = tuple(c for c in self.config.channels if c not in OPTIONAL_CHANNELS)
-                    log.error(
-                        "stream: the provider refused the subscription (%s); dropping %s and reconnecting without them: "
-                        "halts and LULD bands will NOT reach the pre-trade checks",
-                        exc,
-                        optional,
-                    )
-                    await self._close_feed()
-                    continue
                 log.error(
                     "stream: the provider refused the subscription (%s): the account's data plan does not include this feed; "
-                    "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription).",
+                    "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription)%s.",
                     exc,
+                    "; if the plan lacks trading statuses or LULD bands, leave them out: OMNI_STREAM_CHANNELS=quotes,trades,bars"
+                    if OPTIONAL_CHANNELS.intersection(self.config.channels)
+                    else "",
                 )
                 self.exit_reason = f"subscription refused: {exc}"
                 return EXIT_AUTH
