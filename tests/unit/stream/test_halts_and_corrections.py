@@ -200,3 +200,34 @@ def test_alpacas_documented_examples_decode_and_apply() -> None:
     assert books.statuses["IONM"].luld_down == 2.65
     assert books.counts["unknown_trade"] == 1  # GOOGL's trade 465 was never seen
     assert {k: v for k, v in books.kinds.items() if v} == {"t": 1, "c": 1, "l": 1, "s": 1, "x": 1, "i": 1}
+
+
+def test_the_synthetic_feed_halts_and_resumes_a_symbol_with_no_quotes_in_between() -> None:
+    import asyncio
+
+    from omni_tasks.stream.feeds import SyntheticFeed
+
+    async def pull() -> list[dict[str, Any]]:
+        feed = SyntheticFeed(rate=2_000.0, tick_s=0.005, halt_every_s=0.1, halt_for_s=0.15)
+        await feed.connect()
+        await feed.subscribe({"quotes": ["AAA", "BBB", "CCC"], "trades": ["AAA", "BBB", "CCC"]})
+        messages: list[dict[str, Any]] = []
+        deadline = asyncio.get_running_loop().time() + 0.6
+        while asyncio.get_running_loop().time() < deadline:
+            messages.extend(decode_frame(await feed.recv()))
+        await feed.close()
+        return messages
+
+    messages = asyncio.run(pull())
+    halts = [m for m in messages if m["T"] == "s" and m["sc"] == "H"]
+    assert halts, "no halt in 0.6 s with a halt every 0.1 s"
+    first = halts[0]
+    assert first["rc"] in ("T1", "LUDP")
+    resume = next((m for m in messages if m["T"] == "s" and m["sc"] == "T" and m["S"] == first["S"] and m["t"] > first["t"]), None)
+    assert resume is not None, "the halted symbol was not resumed"
+    between = [m for m in messages if m["T"] in ("q", "t") and m["S"] == first["S"] and first["t"] <= m["t"] < resume["t"]]
+    assert between == []
+    assert {m["S"] for m in messages if m["T"] == "l"} == {"AAA", "BBB", "CCC"}  # a band for every symbol
+    books = Books()
+    books.apply(messages, 0)
+    assert books.counts["statuses"] == sum(1 for m in messages if m["T"] == "s")
