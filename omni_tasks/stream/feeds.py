@@ -225,7 +225,9 @@ class SyntheticFeed:
     it is subscribed and every ``luld_every_s``. With ``halt_every_s`` > 0 one
     trading symbol is halted that often (a UTP ``H`` status, reason ``T1``
     "Halt News Pending" or ``LUDP`` "Volatility Trading Pause", as Alpaca sends
-    it), gets no quotes or trades for ``halt_for_s``, then resumes (``T``).
+    it), gets no quotes or trades for ``halt_for_s``, then resumes (``T``); with
+    halts on, every symbol is resumed when subscribed, so a synthetic halt an
+    earlier run left in Redis does not outlive it.
     """
 
     def __init__(
@@ -266,10 +268,16 @@ class SyntheticFeed:
         self._pending.append(wire.encode_frame([wire.control("success", msg="authenticated")]))
 
     async def subscribe(self, channels: dict[str, list[str]]) -> None:
+        opened = []
         for symbol in channels.get("quotes", []):
             if symbol not in self._mids:
                 self._mids[symbol] = 50.0 + 100.0 * self._rng.random()
                 self._symbols.append(symbol)
+                opened.append(symbol)
+        if self.halt_every_s > 0 and opened:
+            # A synthetic halt left in Redis by an earlier run would never be resumed: this market opens trading.
+            now_ns = time.time_ns()
+            self._pending.append(wire.encode_frame([wire.status_message(s, now_ns, "T", "Trading Resumption") for s in opened]))
         self._pending.append(
             wire.encode_frame([wire.control("subscription", quotes=list(self._symbols), trades=list(self._symbols), bars=[])])
         )
