@@ -21,12 +21,16 @@ not per message:
   the touch). Tight and deep scores near 1; wide or thin near 0.
 
 Trade corrections (``c``) and cancels/errors (``x``) adjust the day's VWAP,
-volume and profile. Each book remembers the day's trades by (exchange, trade
-id) with the price and size it counted, the most recent
-:data:`MAX_TRADES_REMEMBERED` of them per symbol (about 100 bytes each, so at
-most ~10 MB for the busiest symbol; forgotten at the day's split). A
-correction takes the remembered trade out and puts the corrected one in; a
-cancel (action ``C``) or error (``E``) takes it out. Both are idempotent: the
+volume and profile. Each book remembers which trades it counted by (exchange,
+trade id), at least the most recent half of :data:`MAX_TRADES_REMEMBERED` and
+at most all of them per symbol (two generations of int sets: the current one,
+when full at half the bound, becomes the old one and the old one is dropped;
+about 60 bytes a trade, at most ~6 MB for the busiest symbol; forgotten at the
+day's split). A correction takes the
+original out (at ``op`` x ``os``, as the message says) and puts the corrected
+trade in (``cp`` x ``cs``, kept with its values, so a later cancel of it, by
+either id, takes out what was put in); a cancel (action ``C``) or error
+(``E``) takes the trade out at ``p`` x ``s``. Both are idempotent: the
 ids they removed are remembered (bounded the same way), so a repeat is counted
 (``repeats``) and changes nothing. A correction or cancel of a trade the book
 never counted (before the worker connected, another day, beyond the memory) is
@@ -70,6 +74,7 @@ COUNT_NAMES: Final = (
 )  # fmt: skip
 MAX_TRADES_REMEMBERED: Final = 100_000
 _KIND_SET: Final = frozenset(KINDS)
+_EXCHANGE_BITS: Final = {chr(c): c for c in range(1, 128)}  # one-letter exchange codes; anything else: 0
 HALTED, QUOTING, TRADING = "HALTED", "QUOTING", "TRADING"
 
 
@@ -77,8 +82,7 @@ def trade_key(trade_id: Any, exchange: Any) -> int:
     """One int per (exchange, trade id): trade ids are unique per exchange, not across them. Raises TypeError."""
     if type(trade_id) is not int:
         raise TypeError("trade id")
-    code = ord(exchange[0]) & 127 if type(exchange) is str and exchange else 0
-    return (trade_id << 7) | code
+    return (trade_id << 7) | (_EXCHANGE_BITS.get(exchange, 0) if type(exchange) is str else 0)
 
 
 class StatusBook:
@@ -136,7 +140,8 @@ class SymbolBook:
         "bar",
         "trade_rev",
         "trade_ids",
-        "trade_order",
+        "trade_ids_old",
+        "revised",
         "gone_ids",
         "gone_order",
     )
@@ -158,9 +163,9 @@ class SymbolBook:
         self.profile: dict[int, float] = {}
         self.bar: dict[str, Any] | None = None
         self.trade_rev = 0  # changes whenever the day's trade statistics change (trades, corrections, cancels)
-        # The day's counted trades: trade_key -> complex(price, size) (one object, not a tuple of two floats: half the memory).
-        self.trade_ids: dict[int, complex] = {}
-        self.trade_order: deque[int] = deque()
+        self.trade_ids: set[int] = set()  # the day's counted trades (trade_key): the current generation
+        self.trade_ids_old: set[int] = set()  # and the one before it
+        self.revised: dict[int, complex] = {}  # trades put in by a correction: key -> complex(price, size)
         # Trades taken out by a correction (-> the key it became) or a cancel (-> None): a repeat is recognised,
         # and a cancel naming a trade by its id before a correction reaches the corrected trade.
         self.gone_ids: dict[int, int | None] = {}
@@ -221,6 +226,7 @@ class Books:
     max_trades_remembered: int = MAX_TRADES_REMEMBERED
     events: int = 0  # status, LULD, correction and cancel messages applied (the path flushes after them)
     _unknown_logged: int = 0
+    _generation: int = field(init=False, default=0)
 
     def book(self, symbol: str) -> SymbolBook:
         found = self.books.get(symbol)
@@ -330,8 +336,9 @@ class Books:
             book.trades = 0
             book.profile = {}
             book.profile_width = max(0.01, price * PROFILE_BUCKET_BP / 10_000.0)
-            book.trade_ids = {}
-            book.trade_order = deque()
+            book.trade_ids = set()
+            book.trade_ids_old = set()
+            book.revised = {}
             book.gone_ids = {}
             book.gone_order = deque()
         book.trade_pv += price * size
@@ -345,21 +352,41 @@ class Books:
             book.last_trade_price = price
         trade_id = message.get("i")
         if type(trade_id) is int:
-            key = (trade_id << 7) | (ord(exchange[0]) & 127 if type(exchange := message.get("x")) is str and exchange else 0)
-            book.trade_ids[key] = complex(price, size)
-            order = book.trade_order
-            order.append(key)
-            if len(order) > self.max_trades_remembered:
-                book.trade_ids.pop(order.popleft(), None)
+            exchange = message.get("x")
+            key = (trade_id << 7) | (_EXCHANGE_BITS.get(exchange, 0) if type(exchange) is str else 0)
+            ids = book.trade_ids
+            ids.add(key)
+            if len(ids) >= self._generation:
+                self._rotate(book)
 
     # --- corrections and cancels
 
-    def _take_out(self, book: SymbolBook, key: int, successor: int | None = None) -> bool:
-        """Remove a remembered trade from the day's statistics; False when it is not remembered."""
-        counted = book.trade_ids.pop(key, None)
-        if counted is None:
+    def __post_init__(self) -> None:
+        self._generation = max(1, self.max_trades_remembered // 2)  # trades per generation of the trade memory
+
+    @staticmethod
+    def _rotate(book: SymbolBook) -> None:
+        """The current generation of remembered trades becomes the old one; the old one is forgotten."""
+        book.trade_ids_old, book.trade_ids = book.trade_ids, set()
+        if book.revised:
+            book.revised = {k: v for k, v in book.revised.items() if k in book.trade_ids_old}
+
+    @staticmethod
+    def _counted(book: SymbolBook, key: int) -> bool:
+        return key in book.trade_ids or key in book.trade_ids_old
+
+    def _take_out(self, book: SymbolBook, key: int, price: Any, size: Any, successor: int | None = None) -> bool:
+        """Remove a counted trade (at ``price`` x ``size``, or at its corrected values) from the day's statistics.
+        False when it is not counted; TypeError when its price and size are needed and not numbers."""
+        if not self._counted(book, key):
             return False
-        price, size = counted.real, counted.imag
+        revised = book.revised.pop(key, None)
+        if revised is not None:
+            price, size = revised.real, revised.imag
+        elif price is True or size is True or not (0.0 < price < MAX_PRICE and 0.0 < size < MAX_SIZE):
+            raise TypeError("price or size")
+        book.trade_ids.discard(key)
+        book.trade_ids_old.discard(key)
         book.trade_pv -= price * size
         book.trade_volume -= size
         book.trades -= 1
@@ -384,10 +411,10 @@ class Books:
         book.trades += 1
         bucket = math.floor(price / book.profile_width + 1e-9)
         book.profile[bucket] = book.profile.get(bucket, 0.0) + size
-        book.trade_ids[key] = complex(price, size)
-        book.trade_order.append(key)
-        if len(book.trade_order) > self.max_trades_remembered:
-            book.trade_ids.pop(book.trade_order.popleft(), None)
+        book.revised[key] = complex(price, size)
+        book.trade_ids.add(key)
+        if len(book.trade_ids) >= self._generation:
+            self._rotate(book)
 
     def _unknown_trade(self, what: str, symbol: str, trade_id: Any) -> None:
         self.counts["unknown_trade"] += 1
@@ -415,13 +442,20 @@ class Books:
         self.counts["corrections"] += 1
         self.events += 1
         book = self.books.get(symbol)
-        if book is None or (original not in book.trade_ids and original in book.gone_ids):
+        if book is None or (not self._counted(book, original) and original in book.gone_ids):
             if book is None:
                 self._unknown_trade("a correction", symbol, message.get("oi"))
             else:
                 self.counts["repeats"] += 1
             return
-        if not self._take_out(book, original, corrected if size > 0 and corrected != original else None):
+        try:
+            taken = self._take_out(
+                book, original, message.get("op"), message.get("os"), corrected if size > 0 and corrected != original else None
+            )
+        except TypeError:
+            self.counts["malformed"] += 1
+            return
+        if not taken:
             self._unknown_trade("a correction", symbol, message.get("oi"))
             return
         if size > 0:
@@ -443,13 +477,18 @@ class Books:
         self.events += 1
         book = self.books.get(symbol)
         if book is not None:
-            successor = book.gone_ids.get(key) if key not in book.trade_ids else None
+            successor = None if self._counted(book, key) else book.gone_ids.get(key)
             for _ in range(16):  # a trade corrected into another id: the cancel is of what it became
                 if successor is None:
                     break
                 key = successor
-                successor = book.gone_ids.get(key) if key not in book.trade_ids else None
-        if book is not None and self._take_out(book, key):
+                successor = None if self._counted(book, key) else book.gone_ids.get(key)
+        try:
+            taken = book is not None and self._take_out(book, key, message.get("p"), message.get("s"))
+        except TypeError:
+            self.counts["malformed"] += 1
+            return
+        if book is not None and taken:
             book.trade_rev += 1
             self.dirty_vwap.add(symbol)
         elif book is not None and key in book.gone_ids:

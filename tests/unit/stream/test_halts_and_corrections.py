@@ -115,14 +115,16 @@ def test_unknown_trades_other_exchanges_and_other_days_change_nothing() -> None:
 
 
 def test_trade_memory_is_bounded_per_symbol() -> None:
-    books = Books(max_trades_remembered=3)
+    """Bound 4: two generations of 2. After trades 1-5: {1, 2} dropped, {3, 4} old, {5} current."""
+    books = Books(max_trades_remembered=4)
     apply(books, *(trade(i, 100.0 + i, 10) for i in range(1, 6)))
     book = books.books["XYZ"]
-    assert len(book.trade_ids) == 3
-    assert len(book.trade_order) == 3
-    apply(books, wire.cancel_message("XYZ", T0, 1, 101.0, 10), wire.cancel_message("XYZ", T0, 5, 105.0, 10))
-    assert books.counts["unknown_trade"] == 1  # trade 1 was forgotten: its cancel cannot be applied
-    assert book.trade_volume == 40
+    assert len(book.trade_ids) + len(book.trade_ids_old) == 3
+    cancels = [wire.cancel_message("XYZ", T0, i, 100.0 + i, 10) for i in (1, 2, 3, 5)]
+    apply(books, *cancels)
+    assert books.counts["unknown_trade"] == 2  # trades 1 and 2 were forgotten: their cancels cannot be applied
+    assert book.trade_volume == 30  # 1, 2 and 4 still count: 50 - 3 and 5
+    assert book.vwap == pytest.approx((101.0 + 102.0 + 104.0) / 3)
 
 
 def test_malformed_corrections_and_cancels_are_counted_not_applied() -> None:
