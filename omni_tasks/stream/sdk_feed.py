@@ -255,16 +255,16 @@ class AlpacaSdkFeed:
                     else:
                         stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
                 if "trades" in wanted:  # corrections and cancels come with trades; alpaca-py routes them to one handler each
-                    stream.register_trade_corrections(self._on_data)
-                    stream.register_trade_cancels(self._on_data)
+                    stream.register_trade_corrections(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
+                    stream.register_trade_cancels(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
                 if self._task is None:
                     await self._start()
                 return
             for channel, symbols in wanted.items():
                 stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
             if "trades" in wanted:
-                stream.register_trade_corrections(self._on_data)
-                stream.register_trade_cancels(self._on_data)
+                stream.register_trade_corrections(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
+                stream.register_trade_cancels(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
             await self._send(stream._send_subscribe_msg())  # every subscribed symbol, as alpaca-py always sends
 
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
