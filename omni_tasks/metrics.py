@@ -194,6 +194,10 @@ class StreamCollector(Collector):
         for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
             messages.add_metric([outcome], float(count))
         yield messages
+        kinds = CounterMetricFamily("omni_stream_message_kinds", "Messages received by kind (Alpaca's T: q, t, b, s, l, c, x, ..., error, unknown).", labels=["kind"])
+        for kind, count in sorted((status.get("kinds") or {}).items()) if isinstance(status.get("kinds"), dict) else ():
+            kinds.add_metric([kind], float(count))
+        yield kinds
         garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).")
         garbage.add_metric([], float(status.get("garbage_frames", 0)))
         yield garbage

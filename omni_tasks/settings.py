@@ -243,7 +243,10 @@ class StreamSettings(_Group):
     stale_after_s: float = Field(default=10.0, gt=0, description="a symbol with no quote this long in market hours is stale")
     client: Literal["lean", "alpaca-py"] = Field(default="lean", description="Alpaca websocket client: our lean one, or alpaca-py's StockDataStream")
     url: str | None = Field(default=None, description="websocket URL; unset: OMNI_ALPACA_STREAM_URL + /v2/<feed>")
-    channels: CsvList = Field(default_factory=lambda: ["quotes", "trades", "bars"])
+    channels: CsvList = Field(
+        default_factory=lambda: ["quotes", "trades", "bars", "statuses", "lulds"],
+        description="channels to subscribe; trades bring their corrections and cancels; statuses (halts) and lulds (bands) feed the pre-trade checks",
+    )
     mute_after_s: float = Field(default=15.0, gt=0, description="connected but no market data this long while the market is open: reconnect")
     market_hours: Literal["calendar", "always"] = Field(default="calendar", description="calendar: mute/stale checks only in XNYS sessions")
     reconnect_min_s: float = Field(default=0.5, gt=0)
@@ -251,6 +254,8 @@ class StreamSettings(_Group):
     connection_limit_cooldown_s: float = Field(default=60.0, gt=0, description="wait after Alpaca's 406 connection limit exceeded")
     stream_maxlen: int = Field(default=100_000, ge=0, description="approximate length of the omni:quotes stream; 0: no stream")
     synthetic_rate: float = Field(default=200.0, gt=0, description="quotes per second of the synthetic feed")
+    synthetic_halt_every_s: float = Field(default=0.0, ge=0, description="the synthetic feed halts one symbol this often (0: never)")
+    synthetic_halt_for_s: float = Field(default=10.0, gt=0, description="how long a synthetic halt lasts before the resume")
     replay_file: str | None = Field(default=None, description="recording the replay feed plays")
     replay_speed: float = Field(default=1.0, ge=0, description="1: real time, N: N times faster, 0: as fast as possible")
 
@@ -261,9 +266,9 @@ class StreamSettings(_Group):
     @field_validator("channels")
     @classmethod
     def _known_channels(cls, value: list[str]) -> list[str]:
-        unknown = [c for c in value if c not in ("quotes", "trades", "bars")]
+        unknown = [c for c in value if c not in ("quotes", "trades", "bars", "statuses", "lulds")]
         if unknown or not value:
-            raise ValueError(f"unknown channel(s) {', '.join(unknown) or '(none given)'}: use quotes, trades, bars")
+            raise ValueError(f"unknown channel(s) {', '.join(unknown) or '(none given)'}: use quotes, trades, bars, statuses, lulds")
         return value
 
     @field_validator("url")

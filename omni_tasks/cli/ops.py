@@ -65,13 +65,16 @@ def gather_status() -> dict[str, Any]:
 def stream_view(client: Any) -> dict[str, Any] | None:
     """The streaming worker's last status and its latency percentiles per stage (None: no stream worker has run)."""
     from omni_tasks.stream.latency import read_published
+    from omni_tasks.stream.latest import read_trading_status
     from omni_tasks.stream.status import read_status
 
     status = read_status(client)
     if not status:
         return None
     latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
-    return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency}
+    symbols = status.get("symbols") if isinstance(status.get("symbols"), list) else []
+    halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
+    return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}
 
 
 def _print_risk(risk: dict[str, Any] | None) -> None:
@@ -99,6 +102,17 @@ def _print_risk(risk: dict[str, Any] | None) -> None:
         console.print(f"  [red]breach[/red] {breach.get('rule')}: {breach.get('message')}")
 
 
+def _stream_error(stream: dict[str, Any]) -> str:
+    """The last error with when it happened, and whether data has flowed since (then it is history, not the state)."""
+    if not stream.get("last_error"):
+        return ""
+    at, recovered = stream.get("last_error_ns") or 0, stream.get("recovered_ns") or 0
+    when = f" ({(time.time_ns() - at) / 1e9:.0f} s ago)" if at else ""
+    if recovered:
+        return f"; last error{when}: {stream['last_error']}, [green]recovered[/green] {(time.time_ns() - recovered) / 1e9:.0f} s ago"
+    return f"; [red]last error{when}[/red]: {stream['last_error']}"
+
+
 def _print_stream(stream: dict[str, Any] | None) -> None:
     if stream is None:
         console.print("Stream: [yellow]no streaming worker has reported[/yellow]")
@@ -111,9 +125,10 @@ def _print_stream(stream: dict[str, Any] | None) -> None:
         f"Stream: {stream.get('feed') or '-'} {connected}, {len(stream.get('symbols') or [])} symbols"
         f"{f', [yellow]stale: {stale}[/yellow]' if stale else ''}; quotes {counts.get('quotes', 0):,}, served {counts.get('served', 0):,}"
         f"{f', not served {rejected}' if rejected else ''}; garbage frames {stream.get('garbage_frames', 0)}; "
-        f"trading state seen {stream.get('trading_state', '?')}; reported {stream['age_s']:.1f} s ago"
-        + (f"; last error: {stream['last_error']}" if stream.get("last_error") else "")
+        f"trading state seen {stream.get('trading_state', '?')}; reported {stream['age_s']:.1f} s ago" + _stream_error(stream)
     )
+    for symbol, what in (stream.get("halted") or {}).items():
+        console.print(f"  [red]halted[/red] {symbol}: {what}")
     table = Table(title="Stream latency (per frame)", title_justify="left")
     for column in ("stage", "count", "p50", "p95", "p99", "max", "over budget"):
         table.add_column(column, justify="left" if column == "stage" else "right")

@@ -131,10 +131,10 @@ def quotes(
     symbols: Annotated[str | None, typer.Argument(help="comma-separated symbols (default: the worker's)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The latest quotes served in Redis, with their microstructure and age."""
+    """The latest quotes served in Redis, with their microstructure, age and trading status (halts, LULD band)."""
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
-    from omni_tasks.stream.latest import read_latest
+    from omni_tasks.stream.latest import read_latest, read_trading_status
     from omni_tasks.stream.status import read_status
 
     settings = prepare("cli", configure_log=False)
@@ -142,18 +142,22 @@ def quotes(
     status = read_status(client)
     chosen = _symbols(symbols) if symbols else list(status.get("symbols") or settings.stream.symbols)
     latest = read_latest(client, chosen)
+    statuses = read_trading_status(client, chosen)
     now = time.time_ns()
     if as_json:
         rows = {s: {k: str(v) for k, v in q.__dict__.items()} | {"age_s": round(q.age_s(now), 3)} for s, q in latest.items()}
-        console.print_json(json.dumps({"quotes": rows, "missing": [s for s in chosen if s not in latest]}))
+        status_rows = {s: {k: str(v) for k, v in st.__dict__.items()} | {"halted": st.halted} for s, st in statuses.items()}
+        console.print_json(json.dumps({"quotes": rows, "status": status_rows, "missing": [s for s in chosen if s not in latest]}))
         return
     table = Table(title="Latest quotes (Redis)")
-    for column in ("symbol", "bid", "ask", "size", "mid", "spread bp", "vwap", "liquidity", "age s"):
-        table.add_column(column, justify="right" if column != "symbol" else "left")
+    for column in ("symbol", "bid", "ask", "size", "mid", "spread bp", "vwap", "liquidity", "age s", "status"):
+        table.add_column(column, justify="right" if column not in ("symbol", "status") else "left")
     for symbol in chosen:
         q = latest.get(symbol)
+        st = statuses.get(symbol)
+        status_text = "-" if st is None else (f"[red]{st.describe()}[/red]" if st.halted else st.describe() or "-")
         if q is None:
-            table.add_row(symbol, "-", "-", "-", "-", "-", "-", "-", "[yellow]none / expired[/yellow]")
+            table.add_row(symbol, "-", "-", "-", "-", "-", "-", "-", "[yellow]none / expired[/yellow]", status_text)
             continue
         table.add_row(
             symbol,
@@ -165,6 +169,7 @@ def quotes(
             "-" if q.vwap is None else f"{q.vwap:.4f}",
             "-" if q.liquidity is None else f"{q.liquidity:.2f}",
             f"{q.age_s(now):.1f}",
+            status_text,
         )
     console.print(table)
 

@@ -33,7 +33,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from omni_tasks.stream import wire
 
-CHANNELS: Final = ("quotes", "trades", "bars")
+#: Trade corrections and cancels come with "trades" (Alpaca subscribes them with it); statuses and LULD bands are
+#: channels of their own, which an account's data plan may refuse (409: the worker stops and says how to leave them out).
+CHANNELS: Final = ("quotes", "trades", "bars", "statuses", "lulds")
+OPTIONAL_CHANNELS: Final = frozenset({"statuses", "lulds"})
 
 
 class FeedError(Exception):
@@ -104,6 +107,7 @@ class AlpacaFeed:
         self._binary = binary
         self._timeout = handshake_timeout_s
         self._ws: ClientConnection | None = None
+        self.handshake_kinds: list[Any] = []  # the T of every message read during the handshake (the worker counts them)
 
     def _encode(self, message: dict[str, Any]) -> bytes | str:
         return msgpack.packb(message) if self._binary else json.dumps(message)
@@ -117,9 +121,11 @@ class AlpacaFeed:
         except ConnectionClosed as exc:
             raise FeedClosed(f"connection closed during the handshake: {exc}") from None
         try:
-            return wire.decode_frame(frame)
+            messages = wire.decode_frame(frame)
         except wire.GarbageFrame as exc:
             raise FeedClosed(f"unreadable handshake frame: {exc}") from None
+        self.handshake_kinds.extend(m.get("T") for m in messages)
+        return messages
 
     async def connect(self) -> None:
         headers = {"Content-Type": "application/msgpack"} if self._binary else {}
@@ -138,7 +144,14 @@ class AlpacaFeed:
         if not any(m.get("T") == "success" and m.get("msg") == "connected" for m in messages):
             await self.close()
             raise FeedClosed(f"unexpected greeting {messages!r:.200}")
-        await self._send({"action": "auth", "key": self._key, "secret": self._secret})
+        try:
+            await self._send({"action": "auth", "key": self._key, "secret": self._secret})
+        except FeedClosed:
+            # The server may have said why and closed while our auth was on its way (406, 404): read what it sent.
+            error = await self._error_sent_before_close()
+            if error is not None:
+                raise_for_error(error)
+            raise
         messages = await self._recv_messages()
         error = _error_of(messages)
         if error is not None:
@@ -147,6 +160,24 @@ class AlpacaFeed:
         if not any(m.get("T") == "success" and m.get("msg") == "authenticated" for m in messages):
             await self.close()
             raise FeedClosed(f"unexpected answer to auth {messages!r:.200}")
+
+    async def _error_sent_before_close(self) -> dict[str, Any] | None:
+        """The first error message among the frames received before the connection closed (None: there was none)."""
+        ws = self._ws
+        while ws is not None:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 1.0)
+            except (ConnectionClosed, TimeoutError):
+                return None
+            try:
+                messages = wire.decode_frame(frame)
+            except wire.GarbageFrame:
+                continue
+            self.handshake_kinds.extend(m.get("T") for m in messages)
+            error = _error_of(messages)
+            if error is not None:
+                return error
+        return None
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._ws is None:
@@ -189,9 +220,26 @@ class SyntheticFeed:
     ``rate`` quotes per second in all, sent in frames every ``tick_s``; prices
     start near 100 and move a few basis points per quote; a trade follows
     every tenth quote. Deterministic for a given ``seed``.
+
+    LULD bands (``T: "l"``) of 5% around the mid are sent for each symbol when
+    it is subscribed and every ``luld_every_s``. With ``halt_every_s`` > 0 one
+    trading symbol is halted that often (a UTP ``H`` status, reason ``T1``
+    "Halt News Pending" or ``LUDP`` "Volatility Trading Pause", as Alpaca sends
+    it), gets no quotes or trades for ``halt_for_s``, then resumes (``T``); with
+    halts on, every symbol is resumed when subscribed, so a synthetic halt an
+    earlier run left in Redis does not outlive it.
     """
 
-    def __init__(self, *, rate: float = 200.0, tick_s: float = 0.01, seed: int = 7) -> None:
+    def __init__(
+        self,
+        *,
+        rate: float = 200.0,
+        tick_s: float = 0.01,
+        seed: int = 7,
+        halt_every_s: float = 0.0,
+        halt_for_s: float = 10.0,
+        luld_every_s: float = 30.0,
+    ) -> None:
         self.name = "synthetic"
         self.rate = rate
         self.tick_s = tick_s
@@ -204,6 +252,14 @@ class SyntheticFeed:
         self._trade_id = 0
         self._bar_minute: dict[str, int] = {}
         self._pending: list[bytes | str] = []
+        self.halt_every_s = halt_every_s
+        self.halt_for_s = halt_for_s
+        self.luld_every_s = luld_every_s
+        self._halt_rng = random.Random(seed + 1)  # noqa: S311 - apart, so halts leave the price sequence as it was
+        self._halted: dict[str, int] = {}  # symbol -> when it resumes (wall ns)
+        self._next_halt_ns = 0
+        self._luld_at: dict[str, int] = {}  # symbol -> when its band was last sent (wall ns)
+        self.halts = 0
 
     async def connect(self) -> None:
         self._connected = True
@@ -212,10 +268,16 @@ class SyntheticFeed:
         self._pending.append(wire.encode_frame([wire.control("success", msg="authenticated")]))
 
     async def subscribe(self, channels: dict[str, list[str]]) -> None:
+        opened = []
         for symbol in channels.get("quotes", []):
             if symbol not in self._mids:
                 self._mids[symbol] = 50.0 + 100.0 * self._rng.random()
                 self._symbols.append(symbol)
+                opened.append(symbol)
+        if self.halt_every_s > 0 and opened:
+            # A synthetic halt left in Redis by an earlier run would never be resumed: this market opens trading.
+            now_ns = time.time_ns()
+            self._pending.append(wire.encode_frame([wire.status_message(s, now_ns, "T", "Trading Resumption") for s in opened]))
         self._pending.append(
             wire.encode_frame([wire.control("subscription", quotes=list(self._symbols), trades=list(self._symbols), bars=[])])
         )
@@ -224,12 +286,41 @@ class SyntheticFeed:
         gone = set(channels.get("quotes", []))
         self._symbols = [s for s in self._symbols if s not in gone]
 
+    def _status_messages(self, now_ns: int) -> list[dict[str, Any]]:
+        """Resumes that are due, a new halt when one is due, and LULD bands that are due."""
+        messages: list[dict[str, Any]] = []
+        for symbol, resume_ns in list(self._halted.items()):
+            if now_ns >= resume_ns:
+                del self._halted[symbol]
+                messages.append(wire.status_message(symbol, now_ns, "T", "Trading Resumption"))
+        if self.halt_every_s > 0:
+            if self._next_halt_ns == 0:
+                self._next_halt_ns = now_ns + int(self.halt_every_s * 1e9)
+            elif now_ns >= self._next_halt_ns:
+                self._next_halt_ns = now_ns + int(self.halt_every_s * 1e9)
+                trading = [s for s in self._symbols if s not in self._halted]
+                if len(trading) > 1:  # keep one symbol trading: the feed never goes wholly silent
+                    symbol = trading[self._halt_rng.randrange(len(trading))]
+                    reason = ("T1", "Halt News Pending") if self._halt_rng.random() < 0.5 else ("LUDP", "Volatility Trading Pause")
+                    self._halted[symbol] = now_ns + int(self.halt_for_s * 1e9)
+                    self.halts += 1
+                    messages.append(wire.status_message(symbol, now_ns, "H", "Trading Halt", *reason))
+        for symbol in self._symbols:
+            if symbol not in self._halted and now_ns - self._luld_at.get(symbol, 0) >= self.luld_every_s * 1e9:
+                self._luld_at[symbol] = now_ns
+                mid = self._mids[symbol]
+                messages.append(wire.luld_message(symbol, now_ns, round(mid * 1.05, 2), round(mid * 0.95, 2), "B"))
+        return messages
+
     def _frame(self, count: int) -> bytes:
         rng = self._rng
         now_ns = time.time_ns()
-        messages = []
+        messages = self._status_messages(now_ns)
+        halted = self._halted
         for i in range(count):
             symbol = self._symbols[rng.randrange(len(self._symbols))]
+            if halted and symbol in halted:
+                continue  # a halted symbol gets no quotes and no trades
             mid = self._mids[symbol] * math.exp(rng.gauss(0.0, 0.0003))
             self._mids[symbol] = mid
             half = max(0.005, round(mid * 0.0002, 2))
@@ -242,7 +333,7 @@ class SyntheticFeed:
                 messages.append(wire.trade_message(symbol, ts, price, float(rng.randint(1, 5) * 100), self._trade_id))
         minute = now_ns // 60_000_000_000
         for symbol in self._symbols:
-            if self._bar_minute.get(symbol, minute) != minute:
+            if self._bar_minute.get(symbol, minute) != minute and symbol not in halted:
                 mid = round(self._mids[symbol], 2)
                 messages.append(wire.bar_message(symbol, (minute - 1) * 60_000_000_000, mid, mid, mid, mid, 1000.0))
             self._bar_minute[symbol] = minute

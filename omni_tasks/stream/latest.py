@@ -12,9 +12,23 @@ older than the one already served). Fields (strings, as Redis keeps them):
 ``vwap liq``                    the session VWAP from trades and the 0..1 liquidity score ("" when unknown)
 
 The day's volume profile per symbol, ``omni:profile:<SYMBOL>`` (written about once a second
-when trades arrived, kept a day): ``day`` (days since the epoch, split at 04:00 UTC), ``trades``,
-``volume``, ``vwap``, ``poc`` (the fullest price bucket) and ``levels`` (JSON
+when trades arrived or were corrected or cancelled, kept a day): ``day`` (days since the epoch, split at
+04:00 UTC), ``trades`` (counted in the VWAP), ``volume``, ``vwap`` and ``poc`` (the fullest price bucket;
+both "" when no trade counts any more) and ``levels`` (JSON
 ``[[bucket low price, volume], ...]``, fullest first). Read it with :func:`read_profile`.
+
+The trading status per symbol, ``omni:tradingstatus:<SYMBOL>``, beside the quote
+but in its own hash: a halted symbol gets no quotes, so its quote expires while
+the halt must not. A HALTED or QUOTING status never expires; any other expires
+:data:`TRADING_STATUS_TTL_S` after its last write. No hash means no status was
+ever seen: trading is assumed. Fields: ``state`` (HALTED, QUOTING: quotes back
+but no trading yet, TRADING, or "" when only a LULD band was seen), ``code`` and
+``message`` (Alpaca's ``sc``/``sm`` of the message that set the state), ``reason``
+and ``reason_message`` (``rc``/``rm``), ``since`` (ns: when that state began),
+``ts`` (ns: the last status message), ``tape``, ``info`` (the last other status
+code and text: an indication, an imbalance, SSR), ``luld_up``, ``luld_down``,
+``luld_indicator``, ``luld_ts`` (ns; 0.0 bands: none seen), ``recv``. Read it with
+:func:`read_trading_status`.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ QUOTE_KEY_PREFIX: Final = "omni:quote:"
 QUOTE_STREAM_KEY: Final = "omni:quotes"
 PROFILE_KEY_PREFIX: Final = "omni:profile:"
 PROFILE_TTL_S: Final = 86_400
+TRADING_STATUS_KEY_PREFIX: Final = "omni:tradingstatus:"
+TRADING_STATUS_TTL_S: Final = 86_400
 
 
 def quote_key(symbol: str) -> str:
@@ -58,6 +74,97 @@ class LatestQuote:
 
     def is_fresh(self, max_age_s: float, now_ns: int | None = None) -> bool:
         return self.age_s(now_ns) <= max_age_s
+
+
+def trading_status_key(symbol: str) -> str:
+    return TRADING_STATUS_KEY_PREFIX + symbol
+
+
+@dataclass(frozen=True)
+class TradingStatus:
+    """A symbol's trading status as served (see the module docstring). Times in ns; bands 0.0 when none seen."""
+
+    symbol: str
+    state: str
+    code: str = ""
+    message: str = ""
+    reason: str = ""
+    reason_message: str = ""
+    since_ns: int = 0
+    ts_ns: int = 0
+    tape: str = ""
+    info: str = ""
+    luld_up: Decimal = Decimal(0)
+    luld_down: Decimal = Decimal(0)
+    luld_indicator: str = ""
+    luld_ts_ns: int = 0
+
+    @property
+    def halted(self) -> bool:
+        """HALTED, QUOTING (no trading yet) or UNREADABLE (a stored status that cannot be read counts as halted)."""
+        return self.state in ("HALTED", "QUOTING", "UNREADABLE")
+
+    @property
+    def has_band(self) -> bool:
+        return self.luld_ts_ns > 0 and self.luld_up > 0 and self.luld_down > 0 and self.luld_down <= self.luld_up
+
+    def describe(self) -> str:
+        """One line: ``HALTED H T1 (Halt News Pending) since 14:30:05Z``, ``LULD 95.00-105.00``, or both."""
+        parts = []
+        if self.halted:
+            since = time.strftime("%H:%M:%SZ", time.gmtime(self.since_ns / 1e9)) if self.since_ns else "?"
+            why = f" ({self.reason_message or self.message})" if (self.reason_message or self.message) else ""
+            parts.append(f"{self.state} {self.code} {self.reason}{why} since {since}".replace("  ", " "))
+        elif self.state == "TRADING" and self.since_ns:
+            parts.append(f"resumed {time.strftime('%H:%M:%SZ', time.gmtime(self.since_ns / 1e9))}")
+        if self.has_band:
+            parts.append(f"LULD {self.luld_down}-{self.luld_up}")
+        return "; ".join(parts)
+
+
+def parse_trading_status(symbol: str, fields: dict[Any, Any]) -> TradingStatus | None:
+    """A stored hash as a :class:`TradingStatus`; None when absent; state UNREADABLE when it cannot be read."""
+    if not fields:
+        return None
+    data = {_text(k): _text(v) for k, v in fields.items()}
+    try:
+        state = data.get("state", "")
+        if state not in ("", "HALTED", "QUOTING", "TRADING"):
+            raise ValueError(state)
+        return TradingStatus(
+            symbol=symbol,
+            state=state,
+            code=data.get("code", ""),
+            message=data.get("message", ""),
+            reason=data.get("reason", ""),
+            reason_message=data.get("reason_message", ""),
+            since_ns=int(data.get("since") or 0),
+            ts_ns=int(data.get("ts") or 0),
+            tape=data.get("tape", ""),
+            info=data.get("info", ""),
+            luld_up=Decimal(data.get("luld_up") or 0),
+            luld_down=Decimal(data.get("luld_down") or 0),
+            luld_indicator=data.get("luld_indicator", ""),
+            luld_ts_ns=int(data.get("luld_ts") or 0),
+        )
+    except (ValueError, ArithmeticError):
+        return TradingStatus(symbol=symbol, state="UNREADABLE", message=f"stored status unreadable: {sorted(data.items())!r:.120}")
+
+
+def read_trading_status(redis: Any, symbols: Iterable[str]) -> dict[str, TradingStatus]:
+    """The trading status of each symbol that has one (one round trip); symbols never seen in a status are left out."""
+    names = list(symbols)
+    if not names:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for symbol in names:
+        pipe.hgetall(trading_status_key(symbol))
+    found = {}
+    for symbol, fields in zip(names, pipe.execute(), strict=True):
+        status = parse_trading_status(symbol, fields)
+        if status is not None:
+            found[symbol] = status
+    return found
 
 
 def _text(value: Any) -> str:
@@ -114,8 +221,8 @@ def read_profile(redis: Any, symbol: str) -> dict[str, Any] | None:
             "day": int(data["day"]),
             "trades": int(data["trades"]),
             "volume": float(data["volume"]),
-            "vwap": float(data["vwap"]),
-            "poc": float(data["poc"]),
+            "vwap": float(data["vwap"]) if data["vwap"] else None,  # "": every trade of the day was cancelled
+            "poc": float(data["poc"]) if data["poc"] not in ("", "None") else None,
             "levels": [(float(price), float(volume)) for price, volume in json.loads(data["levels"])],
         }
     except (KeyError, ValueError, TypeError):

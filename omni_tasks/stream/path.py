@@ -7,7 +7,11 @@ every symbol that changed since the previous flush, in one script call
 in the next). The script refuses to replace a stored quote with an older one,
 so two writers (two feeds, a replay and a live stream) cannot move a symbol
 back in time. The same round trip reads the trading state, which is how the
-kill switch reaches this process without a listener thread.
+kill switch reaches this process without a listener thread, and writes what
+changed besides quotes: trading statuses and LULD bands (their own script,
+which also refuses older data; a halt never expires), and the VWAP of a symbol
+whose trades were corrected or cancelled (only when its quote is still
+served: the quote's TTL and timestamp are left alone).
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError
 
-from omni_tasks.stream.book import Books, SymbolBook, quote_row
+from omni_tasks.stream.book import Books, StatusBook, SymbolBook, quote_row
 from omni_tasks.stream.latency import StageLatencies
-from omni_tasks.stream.latest import PROFILE_KEY_PREFIX, PROFILE_TTL_S, QUOTE_KEY_PREFIX, QUOTE_STREAM_KEY
+from omni_tasks.stream.latest import (
+    PROFILE_KEY_PREFIX,
+    PROFILE_TTL_S,
+    QUOTE_KEY_PREFIX,
+    QUOTE_STREAM_KEY,
+    TRADING_STATUS_KEY_PREFIX,
+    TRADING_STATUS_TTL_S,
+)
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)
@@ -70,6 +81,50 @@ for i = 4, #ARGV do
   end
 end
 return written
+"""
+
+# ARGV: ttl_s, the status key prefix, then 15 arguments per symbol (StatusBook.row): symbol, state, code, message,
+# reason, reason_message, since, ts, tape, info, luld_up, luld_down, luld_indicator, luld_ts, recv. The status part
+# is written when its ts is not older than the stored one, the LULD part likewise by luld_ts (ns strings compared
+# exactly, as for quotes). A HALTED or QUOTING symbol's hash never expires: no quote comes during a halt.
+WRITE_STATUS_LUA: Final = """
+local ttl = tonumber(ARGV[1])
+local prefix = ARGV[2]
+local written = 0
+local function newer(cur, ts)
+  return (not cur) or #cur < #ts or (#cur == #ts and cur <= ts)
+end
+for i = 3, #ARGV, 15 do
+  local key = prefix .. ARGV[i]
+  local cur = redis.call('HMGET', key, 'ts', 'luld_ts')
+  local ts, luld_ts = ARGV[i + 7], ARGV[i + 13]
+  if ts ~= '0' and newer(cur[1], ts) then
+    redis.call('HSET', key, 'state', ARGV[i + 1], 'code', ARGV[i + 2], 'message', ARGV[i + 3], 'reason', ARGV[i + 4],
+      'reason_message', ARGV[i + 5], 'since', ARGV[i + 6], 'ts', ts, 'tape', ARGV[i + 8], 'info', ARGV[i + 9], 'recv', ARGV[i + 14])
+    written = written + 1
+  end
+  if luld_ts ~= '0' and newer(cur[2], luld_ts) then
+    redis.call('HSET', key, 'luld_up', ARGV[i + 10], 'luld_down', ARGV[i + 11], 'luld_indicator', ARGV[i + 12],
+      'luld_ts', luld_ts, 'recv', ARGV[i + 14])
+    if not redis.call('HGET', key, 'state') then redis.call('HSET', key, 'state', '') end
+    written = written + 1
+  end
+  local state = redis.call('HGET', key, 'state')
+  if state == 'HALTED' or state == 'QUOTING' then
+    redis.call('PERSIST', key)
+  elseif state then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+return written
+"""
+
+# Only while the quote is served: HSET keeps the key's TTL, and the quote's timestamp is not touched.
+SET_VWAP_LUA: Final = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], 'vwap', ARGV[i]) end
+end
+return 0
 """
 
 
@@ -145,7 +200,8 @@ class QuotePath:
                 self._on_garbage(str(exc))
             return []
         decoded = time.perf_counter_ns()
-        before = self.books.counts["quotes"] + self.books.counts["trades"] + self.books.counts["bars"]
+        books = self.books
+        before = books.counts["quotes"] + books.counts["trades"] + books.counts["bars"] + books.events
         try:
             controls = self.books.apply(messages, recv_wall_ns)
         except Exception as exc:  # noqa: BLE001 - one frame the books cannot take must not stop the stream
@@ -157,7 +213,7 @@ class QuotePath:
         done = time.perf_counter_ns()
         self._decode.record(decoded - started)
         self._process.record(done - recv_perf_ns)
-        if self.books.counts["quotes"] + self.books.counts["trades"] + self.books.counts["bars"] != before:
+        if books.counts["quotes"] + books.counts["trades"] + books.counts["bars"] + books.events != before:
             self.last_data_ns = recv_wall_ns
             self._pending_recv.append(recv_perf_ns)
         return controls
@@ -168,6 +224,8 @@ class QuotePath:
         seq = self._flush_seq
         changed = self.books.take_dirty()
         bars = self.books.take_dirty_bars()
+        statuses = self.books.take_dirty_status()
+        vwaps = self.books.take_dirty_vwap()
         pending, self._pending_recv = self._pending_recv, []
         script_args: list[Any] = []
         if changed:
@@ -176,14 +234,16 @@ class QuotePath:
         started = time.perf_counter_ns()
         try:
             try:
-                results = await self._write(script_args, bars)
+                results = await self._write(script_args, bars, statuses, vwaps)
             except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it and write again
                 await self.redis.script_load(WRITE_QUOTES_LUA)
-                results = await self._write(script_args, bars)
+                results = await self._write(script_args, bars, statuses, vwaps)
         except BaseException:
             # Nothing is lost: the books still hold the latest quotes; mark them for the next flush.
             self.books.dirty.update(b.symbol for b in changed)
             self.books.dirty_bars.update(b.symbol for b in bars)
+            self.books.dirty_status.update(b.symbol for b in statuses)
+            self.books.dirty_vwap.update(b.symbol for b in vwaps)
             self._pending_recv[:0] = pending
             raise
         done = time.perf_counter_ns()
@@ -198,7 +258,9 @@ class QuotePath:
         written = int(results[0]) if changed else 0
         return FlushResult(symbols=len(changed), written=written, trading_state=self.trading_state, changed=changed)
 
-    async def _write(self, script_args: list[Any], bars: list[SymbolBook]) -> list[Any]:
+    async def _write(
+        self, script_args: list[Any], bars: list[SymbolBook], statuses: list[StatusBook], vwaps: list[SymbolBook]
+    ) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
         if script_args:
             pipe.evalsha(self._sha, *script_args)
@@ -206,6 +268,15 @@ class QuotePath:
             key = BAR_KEY_PREFIX + book.symbol
             pipe.hset(key, mapping={k: v if isinstance(v, int) else repr(v) for k, v in (book.bar or {}).items()})
             pipe.expire(key, self.bar_ttl_s)
+        if statuses:  # rare (halts, resumes, bands every few minutes): the script text goes along, no cache to miss
+            pipe.eval(WRITE_STATUS_LUA, 0, TRADING_STATUS_TTL_S, TRADING_STATUS_KEY_PREFIX, *(f for st in statuses for f in st.row()))
+        if vwaps:
+            pipe.eval(
+                SET_VWAP_LUA,
+                len(vwaps),
+                *(QUOTE_KEY_PREFIX + b.symbol for b in vwaps),
+                *("" if b.vwap is None else f"{b.vwap:.6f}" for b in vwaps),
+            )
         pipe.get(TRADING_STATE_KEY)
         return await pipe.execute()
 
@@ -216,18 +287,19 @@ class QuotePath:
         """
         queued = 0
         for book in self.books.books.values():
-            if book.trades == self._profiled.get(book.symbol, 0) or book.vwap is None:
+            if book.trade_rev == self._profiled.get(book.symbol, 0):
                 continue
-            self._profiled[book.symbol] = book.trades
+            self._profiled[book.symbol] = book.trade_rev
             key = PROFILE_KEY_PREFIX + book.symbol
+            vwap, poc = book.vwap, book.point_of_control
             pipe.hset(
                 key,
                 mapping={
                     "day": book.trade_day,
                     "trades": book.trades,
                     "volume": repr(book.trade_volume),
-                    "vwap": f"{book.vwap:.6f}",
-                    "poc": repr(book.point_of_control),
+                    "vwap": "" if vwap is None else f"{vwap:.6f}",
+                    "poc": "" if poc is None else repr(poc),
                     "levels": json.dumps(book.volume_profile(levels)),
                 },
             )

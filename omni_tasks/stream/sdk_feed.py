@@ -29,6 +29,16 @@ alpaca-py 0.44's ``alpaca/data/live/websocket.py``):
 - **Control messages reach the worker.** ``_dispatch`` only logs ``error`` and
   ``subscription`` messages (lines 331-338); the subclass passes them on too, so
   a mid-stream 406 still means a cooldown and provider errors are counted.
+- **Every message kind reaches the path.** Trade corrections and cancels
+  come with the trades subscription; alpaca-py hands them to the handlers of
+  ``register_trade_corrections`` / ``register_trade_cancels``, which we set to
+  the same buffer. Statuses go through ``subscribe_trading_statuses``; LULD
+  bands through the ``lulds`` channel alpaca-py keeps but has no public method
+  for (its handlers are set directly; ``_send_subscribe_msg`` sends them). A
+  kind alpaca-py does not know (``i`` imbalances, anything new) it drops in
+  ``_dispatch``; the subclass passes those on so the path counts them. A
+  market-data message without ``S`` is skipped by alpaca-py's ``_consume``
+  before any hook (lines 262-274): that one the path never sees.
 - **Unreadable frames are counted.** ``_consume`` decodes with
   ``msgpack.unpackb`` and dispatches inside ``_run_forever``'s ``except
   Exception``, which logs the traceback and reads on from the same socket
@@ -55,6 +65,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Final
 
+import msgpack
 import websockets
 from alpaca.data.live.stock import StockDataStream
 from msgpack import Timestamp
@@ -88,8 +99,11 @@ _SUBSCRIBE: Final = {
     "updatedBars": ("subscribe_updated_bars", "unsubscribe_updated_bars"),
     "dailyBars": ("subscribe_daily_bars", "unsubscribe_daily_bars"),
     "statuses": ("subscribe_trading_statuses", "unsubscribe_trading_statuses"),
+    "lulds": ("", ""),  # StockDataStream has a "lulds" channel but no public method for it: its handlers are set directly
 }
 _CONTROL: Final = frozenset({"success", "error", "subscription"})
+# The kinds alpaca-py dispatches to handlers (websocket.py _CHANNEL_TYPES); it drops any other kind unseen.
+_SDK_KINDS: Final = frozenset({"t", "q", "o", "b", "u", "d", "s", "l", "n", "c", "x"})
 
 
 class _SdkStream(StockDataStream):
@@ -105,6 +119,7 @@ class _SdkStream(StockDataStream):
         """alpaca-py's own connect, greeting and auth (``DataStream._start_ws``), called by :meth:`AlpacaSdkFeed.connect`."""
         await super()._start_ws()
         self._connected_by_feed = True
+        self._feed.handshake_kinds.extend(("success", "success"))  # alpaca-py returns only after `connected` and `authenticated`
 
     async def _start_ws(self) -> None:
         if self._connected_by_feed:  # _run_forever's first call: connect() made the connection
@@ -116,12 +131,35 @@ class _SdkStream(StockDataStream):
     async def _auth(self) -> None:
         try:
             await super()._auth()
+        except websockets.ConnectionClosed:
+            # Closed while alpaca-py wrote its auth: the server may have said why just before (406, 404).
+            error = await self._error_sent_before_close()
+            if error is not None:
+                self._feed.handshake_kinds.append("error")
+                raise_for_error(error)
+            raise
         except ValueError as exc:
             text = str(exc)
             code = _ERROR_CODES.get(text.strip().lower())
+            self._feed.handshake_kinds.append("error")
             if code is None:
                 raise FeedClosed(f"alpaca-py could not authenticate: {text}") from None
             raise_for_error({"T": "error", "code": code, "msg": text})
+
+    async def _error_sent_before_close(self) -> dict[str, Any] | None:
+        ws = self._ws
+        while ws is not None:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 1.0)
+                messages = msgpack.unpackb(frame)
+            except (websockets.ConnectionClosed, TimeoutError):
+                return None
+            except Exception:  # noqa: BLE001, S112 - an unreadable frame says nothing about why it closed
+                continue
+            for message in messages if isinstance(messages, list) else []:
+                if isinstance(message, dict) and message.get("T") == "error":
+                    return message
+        return None
 
     async def _consume(self) -> bool:
         self._feed._on_running()
@@ -135,7 +173,8 @@ class _SdkStream(StockDataStream):
             raise
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
-        if msg.get("T") in _CONTROL:
+        kind = msg.get("T")
+        if kind in _CONTROL or kind not in _SDK_KINDS:  # controls, and kinds alpaca-py would drop uncounted
             self._feed._on_control(msg)
         await super()._dispatch(msg)
 
@@ -179,6 +218,7 @@ class AlpacaSdkFeed:
         self._closing = False
         self._unreadable_pending = 0
         self.unreadable_frames = 0  # frames alpaca-py could not read (it logged and skipped them)
+        self.handshake_kinds: list[Any] = []  # the kinds alpaca-py read during its handshake (the worker counts them)
         self.last_unreadable = ""
 
     # --- the Feed protocol
@@ -210,12 +250,21 @@ class AlpacaSdkFeed:
             stream = self._open_stream()
             if not stream._running:
                 for channel, symbols in wanted.items():  # the public API only records handlers while not running
-                    getattr(stream, _SUBSCRIBE[channel][0])(self._on_data, *symbols)
+                    if _SUBSCRIBE[channel][0]:
+                        getattr(stream, _SUBSCRIBE[channel][0])(self._on_data, *symbols)
+                    else:
+                        stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
+                if "trades" in wanted:  # corrections and cancels come with trades; alpaca-py routes them to one handler each
+                    stream.register_trade_corrections(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
+                    stream.register_trade_cancels(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
                 if self._task is None:
                     await self._start()
                 return
             for channel, symbols in wanted.items():
                 stream._handlers[channel].update(dict.fromkeys(symbols, self._on_data))
+            if "trades" in wanted:
+                stream.register_trade_corrections(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
+                stream.register_trade_cancels(self._on_data)  # type: ignore[arg-type]  # raw mode hands dicts
             await self._send(stream._send_subscribe_msg())  # every subscribed symbol, as alpaca-py always sends
 
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
@@ -230,8 +279,11 @@ class AlpacaSdkFeed:
                     await self._send(stream._send_unsubscribe_msg(channel, present))
                     for symbol in present:
                         del stream._handlers[channel][symbol]
-                else:
+                elif _SUBSCRIBE[channel][1]:
                     getattr(stream, _SUBSCRIBE[channel][1])(*present)
+                else:
+                    for symbol in present:
+                        del stream._handlers[channel][symbol]
 
     async def recv(self) -> list[dict[str, Any]] | bytes:
         while True:

@@ -11,6 +11,13 @@ Frames are msgpack when the client sent ``Content-Type: application/msgpack``
 Tests drive it from their own thread: :meth:`StandinServer.send` pushes
 messages to every authenticated client, :meth:`drop` cuts connections,
 :attr:`mute` keeps sockets open but silent, :meth:`send_raw` injects garbage.
+Trading statuses, LULD bands, trade corrections and cancels are built with
+:func:`~omni_tasks.stream.wire.status_message`, :func:`~omni_tasks.stream.wire.luld_message`,
+:func:`~omni_tasks.stream.wire.correction_message` and
+:func:`~omni_tasks.stream.wire.cancel_message` and sent like any message, in
+msgpack or JSON as the client asked. :attr:`error_before_auth` makes the server
+answer a connection with ``connected`` and at once an error (e.g. 406) and a
+close, without waiting for the client's auth.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ from websockets.exceptions import ConnectionClosed
 
 from omni_tasks.stream import wire
 
+#: The channels a client may subscribe (Alpaca's stock stream); corrections and cancelErrors follow trades.
+CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+
 
 @dataclass
 class _Client:
     ws: ServerConnection
     binary: bool
     key: str | None = None
-    subscriptions: dict[str, set[str]] = field(default_factory=lambda: {"trades": set(), "quotes": set(), "bars": set()})
+    subscriptions: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in CHANNELS})
 
 
 class StandinServer:
@@ -47,6 +57,7 @@ class StandinServer:
         self.auth_timeout_s = auth_timeout_s
         self.mute = False
         self.connection_limit_always = False
+        self.error_before_auth: tuple[int, str] | None = None
         self.received: list[dict[str, Any]] = []  # every client message, in order (secrets replaced)
         self.connections = 0
         self.auth_failures = 0
@@ -117,6 +128,11 @@ class StandinServer:
         client = _Client(ws=ws, binary="msgpack" in content_type)
         self.connections += 1
         await self._send(client, [wire.control("success", msg="connected")])
+        if self.error_before_auth is not None:
+            code, text = self.error_before_auth
+            await self._send(client, [wire.control("error", code=code, msg=text)])
+            await ws.close()
+            return
         try:
             frame = await asyncio.wait_for(ws.recv(), self.auth_timeout_s)
         except TimeoutError:
@@ -173,7 +189,7 @@ class StandinServer:
         if action not in ("subscribe", "unsubscribe"):
             await self._send(client, [wire.control("error", code=400, msg="invalid syntax")])
             return
-        for channel in ("trades", "quotes", "bars"):
+        for channel in CHANNELS:
             symbols = set(message.get(channel) or [])
             if action == "subscribe":
                 client.subscriptions[channel] |= symbols
@@ -186,10 +202,6 @@ class StandinServer:
                 wire.control(
                     "subscription",
                     **body,
-                    updatedBars=[],
-                    dailyBars=[],
-                    statuses=[],
-                    lulds=[],
                     corrections=body["trades"],
                     cancelErrors=body["trades"],
                 )
@@ -203,7 +215,8 @@ class StandinServer:
         return len(self._clients)
 
     def subscriptions(self) -> list[dict[str, set[str]]]:
-        return [dict(c.subscriptions) for c in self._clients]
+        """Per client: trades, quotes and bars, and every other channel it subscribed something on."""
+        return [{k: v for k, v in c.subscriptions.items() if v or k in ("trades", "quotes", "bars")} for c in self._clients]
 
     def send(self, messages: list[dict[str, Any]]) -> int:
         """Send one frame of messages (built with ``binary=True``; re-encoded per client) to every client; returns how many got it."""

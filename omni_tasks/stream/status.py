@@ -10,8 +10,11 @@ from typing import Any, Final
 
 STATUS_KEY: Final = "omni:stream:status"
 CONTROL_KEY: Final = "omni:stream:control:{name}"
-_JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "counters")
-_INT_FIELDS: Final = ("connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open")
+_JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "kinds", "channels", "counters")
+_INT_FIELDS: Final = (
+    "connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open",
+    "last_error_ns", "recovered_ns",
+)  # fmt: skip
 
 
 def read_status(client: Any) -> dict[str, Any]:

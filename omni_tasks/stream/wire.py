@@ -4,8 +4,10 @@ A frame is one websocket message: a msgpack array (binary frame, when the
 client asked for ``application/msgpack``) or a JSON array (text frame) of
 message maps. ``T`` names the message: ``success``, ``error``,
 ``subscription`` (control); ``q`` quote, ``t`` trade, ``b``/``u``/``d`` bars
-(market data); ``s``, ``l``, ``c``, ``x`` (status, LULD, correction, cancel),
-which this path counts and ignores. Timestamps (``t``) are msgpack Timestamps
+(market data); ``s`` trading status (halts and resumes), ``l`` LULD price
+bands, ``c`` trade correction, ``x`` trade cancel/error, ``i`` order
+imbalance. Every message is counted by kind (:data:`KINDS`; anything else is
+``unknown``). Timestamps (``t``) are msgpack Timestamps
 or RFC 3339 strings with up to nanoseconds; both decode to int ns since the
 epoch, the one unit the path uses.
 
@@ -24,6 +26,16 @@ from typing import Any, Final
 import msgpack
 
 CONTROL_TYPES: Final = frozenset({"success", "error", "subscription"})
+#: Every message kind counted by name (Alpaca's documented ``T`` values); any other ``T`` counts as ``unknown``.
+KINDS: Final = ("q", "t", "b", "u", "d", "s", "l", "c", "x", "i", "success", "error", "subscription", "unknown")
+
+# Trading status codes (``sc``), as Alpaca documents them per tape.
+# CTA (tapes A and B): 2 trading halt, 3 resume; 5-9, A-F are indications, imbalances, SSR and LULD notices.
+# UTP (tapes C and O): H trading halt, P volatility trading pause, Q quotation resumption, T trading resumption.
+HALT_STATUS_CODES: Final = frozenset({"2", "H", "P"})
+RESUME_STATUS_CODES: Final = frozenset({"3", "T"})
+#: Quotation resumption: quotes are back but trading is not yet (the reopening auction's quote-only period).
+QUOTING_STATUS_CODES: Final = frozenset({"Q"})
 
 # Alpaca's stream error codes (docs: "Real-time Stock Pricing Data", errors).
 AUTH_FAILED_CODES: Final = frozenset({401, 402, 404})  # not authenticated, auth failed, auth timeout
@@ -136,6 +148,57 @@ def trade_message(symbol: str, ts_ns: int, price: float, size: float, trade_id: 
 
 def bar_message(symbol: str, ts_ns: int, o: float, h: float, low: float, c: float, v: float, *, binary: bool = True) -> dict[str, Any]:
     return {"T": "b", "S": symbol, "o": o, "h": h, "l": low, "c": c, "v": v, "n": 1, "vw": c, "t": _ts_value(ts_ns, binary)}
+
+
+def status_message(
+    symbol: str, ts_ns: int, code: str, message: str, reason: str = "", reason_message: str = "", *, tape: str = "C", binary: bool = True
+) -> dict[str, Any]:
+    """A trading status (``T: "s"``): halts (``sc`` H / 2 / P), resumes (T / 3), with the reason (``rc``, e.g. T1, LUDP)."""
+    return {"T": "s", "S": symbol, "sc": code, "sm": message, "rc": reason, "rm": reason_message, "t": _ts_value(ts_ns, binary), "z": tape}
+
+
+def luld_message(
+    symbol: str, ts_ns: int, up: float, down: float, indicator: str = "B", *, tape: str = "C", binary: bool = True
+) -> dict[str, Any]:
+    """Limit Up - Limit Down price bands (``T: "l"``): ``u`` limit up, ``d`` limit down, ``i`` indicator."""
+    return {"T": "l", "S": symbol, "u": up, "d": down, "i": indicator, "t": _ts_value(ts_ns, binary), "z": tape}
+
+
+def correction_message(
+    symbol: str,
+    ts_ns: int,
+    original_id: int,
+    original_price: float,
+    original_size: float,
+    corrected_id: int,
+    corrected_price: float,
+    corrected_size: float,
+    *,
+    binary: bool = True,
+) -> dict[str, Any]:
+    """A trade correction (``T: "c"``): trade ``oi`` (``op`` x ``os``) becomes ``ci`` (``cp`` x ``cs``)."""
+    return {
+        "T": "c",
+        "S": symbol,
+        "x": "V",
+        "oi": original_id,
+        "op": original_price,
+        "os": original_size,
+        "oc": [" "],
+        "ci": corrected_id,
+        "cp": corrected_price,
+        "cs": corrected_size,
+        "cc": [" "],
+        "z": "C",
+        "t": _ts_value(ts_ns, binary),
+    }
+
+
+def cancel_message(
+    symbol: str, ts_ns: int, trade_id: int, price: float, size: float, action: str = "C", *, binary: bool = True
+) -> dict[str, Any]:
+    """A trade cancel or error (``T: "x"``, ``a`` "C" cancel / "E" error): trade ``i`` no longer counts."""
+    return {"T": "x", "S": symbol, "i": trade_id, "x": "V", "p": price, "s": size, "a": action, "z": "C", "t": _ts_value(ts_ns, binary)}
 
 
 def encode_frame(messages: list[dict[str, Any]], *, binary: bool = True) -> bytes | str:

@@ -23,7 +23,8 @@ def feed_factory(
     kind = feed or settings.stream.feed
     if kind == "synthetic":
         rate = settings.stream.synthetic_rate
-        return lambda: SyntheticFeed(rate=rate)
+        every_s, for_s = settings.stream.synthetic_halt_every_s, settings.stream.synthetic_halt_for_s
+        return lambda: SyntheticFeed(rate=rate, halt_every_s=every_s, halt_for_s=for_s)
     if kind == "replay":
         path = replay_file or (Path(settings.stream.replay_file) if settings.stream.replay_file else None)
         if path is None:

@@ -41,6 +41,7 @@ from typing import Any, Final
 from omni_tasks import heartbeats
 from omni_tasks.stream.feeds import (
     CHANNELS,
+    OPTIONAL_CHANNELS,
     AuthFailed,
     ConnectionLimit,
     Feed,
@@ -135,6 +136,8 @@ class StreamWorker:
         self.connected_at_ns = 0
         self.exit_reason = ""
         self.last_error = ""
+        self.last_error_ns = 0  # when last_error was set (wall ns)
+        self.recovered_ns = 0  # when market data flowed again on a connection after last_error (0: not since)
         self.feed: Feed | None = None
         self._stop = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -146,6 +149,18 @@ class StreamWorker:
         self._garbage_logged = 0.0
         self._lock_token = self.instance
         self._holds_lock = config.lock_fingerprint is None
+
+    # --- errors
+
+    def _set_error(self, text: str) -> None:
+        """Note the latest error and when; `omni status` shows it until data flows again, then as recovered."""
+        self.last_error = text
+        self.last_error_ns = time.time_ns()
+        self.recovered_ns = 0
+
+    def _note_recovery(self) -> None:
+        if self.last_error_ns and not self.recovered_ns and self.connected and self.path.last_data_ns > self.last_error_ns:
+            self.recovered_ns = self.path.last_data_ns
 
     # --- public control
 
@@ -222,6 +237,7 @@ class StreamWorker:
             data_before = self._data_count()
             try:
                 await feed.connect()
+                self._count_handshake(feed)
                 self.counters.connects += 1
                 if self.counters.connects > 1:
                     self.counters.reconnects += 1
@@ -232,16 +248,19 @@ class StreamWorker:
                 log.info("stream connected to %s, subscribed to %d symbols", feed.name, len(self.subscribed))
                 await self._receive(feed)
             except SubscriptionRefused as exc:
-                self.last_error = str(exc)
+                self._set_error(str(exc))
                 log.error(
                     "stream: the provider refused the subscription (%s): the account's data plan does not include this feed; "
-                    "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription).",
+                    "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription)%s.",
                     exc,
+                    "; if the plan lacks trading statuses or LULD bands, leave them out: OMNI_STREAM_CHANNELS=quotes,trades,bars"
+                    if OPTIONAL_CHANNELS.intersection(self.config.channels)
+                    else "",
                 )
                 self.exit_reason = f"subscription refused: {exc}"
                 return EXIT_AUTH
             except AuthFailed as exc:
-                self.last_error = str(exc)
+                self._set_error(str(exc))
                 log.error(
                     "stream: the provider refused the credentials (%s); stopping. Check OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY.",
                     exc,
@@ -250,7 +269,7 @@ class StreamWorker:
                 return EXIT_AUTH
             except ConnectionLimit as exc:
                 self.counters.connection_limit += 1
-                self.last_error = str(exc)
+                self._set_error(str(exc))
                 cooldown = self.config.connection_limit_cooldown_s * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
                 log.warning(
                     "stream: %s: another connection holds this key's only slot; cooling down %.0f s before trying again", exc, cooldown
@@ -264,12 +283,14 @@ class StreamWorker:
                 await self._drain()
                 return EXIT_OK
             except FeedClosed as exc:
-                self.last_error = self._force_close_reason or str(exc)
+                if not self._stop.is_set():  # closed because we are stopping: not an error
+                    self._set_error(self._force_close_reason or str(exc))
             except Exception as exc:  # noqa: BLE001 - a bug or a surprise from a client library: reconnect, loudly
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._set_error(f"{type(exc).__name__}: {exc}")
                 log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:
                 self.connected = False
+                self._count_handshake(feed)
                 await self._close_feed()
             if self._stop.is_set():
                 break
@@ -300,6 +321,16 @@ class StreamWorker:
             if path.dirty:
                 dirty.set()
 
+    def _count_handshake(self, feed: Feed) -> None:
+        """Count the messages a client read during its handshake (they never reach the path) by kind."""
+        seen = getattr(feed, "handshake_kinds", None)
+        if not seen:
+            return
+        kinds = self.path.books.kinds
+        for kind in seen:
+            kinds[kind if isinstance(kind, str) and kind in kinds else "unknown"] += 1
+        seen.clear()
+
     def _data_count(self) -> int:
         counts = self.path.books.counts
         return counts["quotes"] + counts["trades"] + counts["bars"]
@@ -312,7 +343,7 @@ class StreamWorker:
                 code = message.get("code")
                 if code in (401, 402, 404, 406, 409):
                     raise_for_error(message)
-                self.last_error = f"{message.get('msg')} (code {code})"
+                self._set_error(f"{message.get('msg')} (code {code})")
                 log.error("stream: provider error %s", self.last_error)
             elif kind == "subscription":
                 log.info("stream: subscription now %s", {k: len(v) for k, v in message.items() if isinstance(v, list)})
@@ -462,7 +493,7 @@ class StreamWorker:
                 command = json.loads(item)
                 cmd = command["cmd"]
             except (ValueError, KeyError, TypeError):
-                self.last_error = f"unreadable control command {item!r:.80}"
+                self._set_error(f"unreadable control command {item!r:.80}")
                 log.error("stream: %s", self.last_error)
                 continue
             symbols = [s for s in command.get("symbols", []) if isinstance(s, str)]
@@ -477,7 +508,7 @@ class StreamWorker:
             elif cmd == "stop":
                 self.stop(f"stop by remote control ({command.get('by', 'unknown')})")
             else:
-                self.last_error = f"unknown control command {cmd!r}"
+                self._set_error(f"unknown control command {cmd!r}")
                 log.error("stream: %s", self.last_error)
 
     # --- the one-connection-per-key lock
@@ -501,7 +532,7 @@ class StreamWorker:
         if holder_text == self._lock_token:
             self._holds_lock = True
             return True
-        self.last_error = f"another stream worker ({holder_text}) holds this API key's only connection"
+        self._set_error(f"another stream worker ({holder_text}) holds this API key's only connection")
         log.warning("stream: %s; waiting", self.last_error)
         return False
 
@@ -544,12 +575,17 @@ class StreamWorker:
             "flushes": self.path.flushes,
             "garbage_frames": self.path.garbage_frames,
             "counts": json.dumps(counts),
+            "kinds": json.dumps(self.path.books.kinds),
+            "channels": json.dumps(list(self.config.channels)),
             "counters": json.dumps(self.counters.__dict__),
             "last_error": self.last_error,
+            "last_error_ns": self.last_error_ns,
+            "recovered_ns": self.recovered_ns,
             "updated_ns": now,
         }
 
     async def _publish(self, *, force: bool = False) -> None:
+        self._note_recovery()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(STATUS_KEY, mapping=self.status())
         pipe.expire(STATUS_KEY, 300)

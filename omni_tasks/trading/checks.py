@@ -10,17 +10,29 @@ The order (cheapest and most fundamental first):
 2. ``broker_breaker``  the broker's breaker open, forced open, or unreadable denies.
 3. ``trading_state``   REDUCING lets through only orders that shrink a position
                        without flipping it.
-4. ``price_collar``    needs a fresh, uncrossed quote for the symbol; a limit
+4. ``symbol_halted``   the symbol's trading status (from the stream, beside its
+                       quote) is HALTED, or QUOTING (quotes back, trading not yet),
+                       or unreadable: denied, naming the code, reason and since when.
+                       No status ever seen: trading is assumed. Before the
+                       collar: a halted symbol gets no quotes, so its quote has
+                       expired and the denial must name the halt, not the quote.
+5. ``luld_band``       with today's LULD band known: a limit price above limit
+                       up or below limit down is denied (the band is inclusive).
+                       A market order cannot print outside the band, so it passes,
+                       except in a limit state: a market buy while the bid has
+                       reached limit up, or a market sell while the ask has reached
+                       limit down (it would sit unfilled or trigger a pause).
+6. ``price_collar``    needs a fresh, uncrossed quote for the symbol; a limit
                        price (a market order: the far side of the quote) further
                        than ``price_collar_pct`` from the mid denies.
-5. ``position_size``   |position after| x price above ``max_position_notional_usd``.
-6. ``trades_per_day``  this order would be trade number ``max_trades_per_day + 1``.
-7. ``daily_loss``      the day's loss is already past ``max_daily_loss_usd``.
-8. ``concentration``   |position after| x price / equity above ``max_concentration_pct``.
-9. ``gross_leverage``  sum of |market values| after the trade / equity above ``max_gross_leverage``.
+7. ``position_size``   |position after| x price above ``max_position_notional_usd``.
+8. ``trades_per_day``  this order would be trade number ``max_trades_per_day + 1``.
+9. ``daily_loss``      the day's loss is already past ``max_daily_loss_usd``.
+10. ``concentration``   |position after| x price / equity above ``max_concentration_pct``.
+11. ``gross_leverage``  sum of |market values| after the trade / equity above ``max_gross_leverage``.
 
 Limits are inclusive: a value exactly at its limit passes, a cent over denies.
-Checks 5 and 7-9 only ever deny orders that grow a position (or flip it): an
+Checks 7 and 9-11 only ever deny orders that grow a position (or flip it): an
 order that shrinks a position lowers every one of those figures, and the desk
 must always be able to get smaller. All money is exact :class:`~decimal.Decimal`;
 the percentage and leverage limits are compared as decimals too (a float
@@ -32,13 +44,15 @@ the quote (ask to buy, bid to sell): the price it would most likely pay.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
 from omni_tasks.settings import RiskSettings
-from omni_tasks.stream.latest import LatestQuote
+from omni_tasks.stream.book import DAY_NS, DAY_SPLIT_NS
+from omni_tasks.stream.latest import LatestQuote, TradingStatus
 from omni_tasks.trading.broker import OrderRequest
 
 ZERO: Final = Decimal(0)
@@ -82,7 +96,8 @@ class CheckContext:
     ``market_values`` are the signed market values of every held position
     before the order (the order's symbol included, if held). ``daily_pnl`` is
     equity now minus the day-start equity. ``now_ns`` is the wall clock in ns
-    (quote freshness).
+    (quote freshness). ``symbol_status`` is the symbol's trading status from the
+    stream (halts, LULD band); None when none was ever seen.
     """
 
     request: OrderRequest
@@ -98,6 +113,7 @@ class CheckContext:
     limits: RiskSettings
     now_ns: int
     extra: Mapping[str, str] = field(default_factory=dict)
+    symbol_status: TradingStatus | None = None
 
     @property
     def signed_qty(self) -> Decimal:
@@ -186,6 +202,56 @@ def check_trading_state(ctx: CheckContext) -> Decision:
             name, f"REDUCING: only orders that shrink a position pass; position {_n(ctx.position_qty)} -> {_n(ctx.position_after)} does not"
         )
     return _deny(name, f"trading state {ctx.trading_state} lets no order through")
+
+
+def _utc_time(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9)) if ns > 0 else "an unknown time"
+
+
+def check_symbol_halted(ctx: CheckContext) -> Decision:
+    """A halted symbol (HALTED, QUOTING, or a status that cannot be read) takes no order."""
+    name, status, symbol = "symbol_halted", ctx.symbol_status, ctx.request.symbol
+    if status is None or status.symbol != symbol:
+        return _allow(name, f"no trading status seen for {symbol}: trading assumed")
+    if status.state == "UNREADABLE":
+        return _deny(name, f"{symbol}'s trading status cannot be read ({status.message}): counts as halted")
+    if status.halted:
+        what = "halted" if status.state == "HALTED" else "halted, quotation only (trading not resumed)"
+        reason = f", reason {status.reason}" if status.reason else ""
+        words = "; ".join(t for t in (status.message, status.reason_message) if t)
+        return _deny(
+            name,
+            f"{symbol} is {what}: status {status.code}{reason}{f' ({words})' if words else ''} since {_utc_time(status.since_ns)}",
+        )
+    return _allow(name, f"{symbol} trading" + (f" (resumed {_utc_time(status.since_ns)})" if status.state == "TRADING" else ""))
+
+
+def check_luld_band(ctx: CheckContext) -> Decision:
+    """Today's LULD band: a limit price outside it, or a market order into a limit state, is denied."""
+    name, status, symbol = "luld_band", ctx.symbol_status, ctx.request.symbol
+    if status is None or status.symbol != symbol or not status.has_band:
+        return _allow(name, f"no LULD band for {symbol}")
+    if (status.luld_ts_ns - DAY_SPLIT_NS) // DAY_NS != (ctx.now_ns - DAY_SPLIT_NS) // DAY_NS:
+        return _allow(name, f"{symbol}'s LULD band is from {_utc_time(status.luld_ts_ns)}, not today's: not applied")
+    down, up = status.luld_down, status.luld_up
+    band = f"LULD band {_n(down)} - {_n(up)} (indicator {status.luld_indicator or '-'}, at {_utc_time(status.luld_ts_ns)})"
+    request = ctx.request
+    if request.order_type == "limit" and request.limit_price is not None:
+        price = request.limit_price
+        if price > up:
+            return _deny(name, f"limit price {_n(price)} is above limit up {_n(up)}: outside the {band}")
+        if price < down:
+            return _deny(name, f"limit price {_n(price)} is below limit down {_n(down)}: outside the {band}")
+        return _allow(name, f"limit price {_n(price)} inside the {band}")
+    quote = ctx.quote
+    if quote is not None and quote.symbol == symbol:
+        if request.side == "buy" and quote.bid >= up:
+            return _deny(name, f"limit-up state: the bid {_n(quote.bid)} is at limit up {_n(up)}; a market buy would not fill ({band})")
+        if request.side == "sell" and quote.ask <= down:
+            return _deny(
+                name, f"limit-down state: the ask {_n(quote.ask)} is at limit down {_n(down)}; a market sell would not fill ({band})"
+            )
+    return _allow(name, f"market order: cannot print outside the {band}")
 
 
 def check_price_collar(ctx: CheckContext) -> Decision:
@@ -299,6 +365,8 @@ CHECKS: Final[tuple[Check, ...]] = (
     check_kill_switch,
     check_broker_breaker,
     check_trading_state,
+    check_symbol_halted,
+    check_luld_band,
     check_price_collar,
     check_position_size,
     check_trades_per_day,
@@ -307,7 +375,7 @@ CHECKS: Final[tuple[Check, ...]] = (
     check_gross_leverage,
 )
 CHECK_NAMES: Final[tuple[str, ...]] = (
-    "kill_switch", "broker_breaker", "trading_state", "price_collar", "position_size",
+    "kill_switch", "broker_breaker", "trading_state", "symbol_halted", "luld_band", "price_collar", "position_size",
     "trades_per_day", "daily_loss", "concentration", "gross_leverage",
 )  # fmt: skip
 

@@ -3,7 +3,8 @@
     requested   an ``Order`` row (status ``pending``) and an ``OrderEvent`` "requested",
                 with today's trade count, in one transaction
     context     the trading state (the kill switch), the broker's breaker (``broker:<name>``,
-                unreadable counts as open), the portfolio, the latest quotes
+                unreadable counts as open), the portfolio, the latest quotes, the symbol's
+                trading status (halts, LULD band) from the stream
     checks      :func:`omni_tasks.trading.checks.run_checks`; first denial wins
     denied      the row becomes ``denied`` with the check and reason, an ``OrderEvent``
                 "denied": a recorded outcome, not an exception
@@ -64,7 +65,7 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.models import Order, OrderEvent
-from omni_tasks.stream.latest import LatestQuote, read_latest
+from omni_tasks.stream.latest import LatestQuote, read_latest, read_trading_status
 from omni_tasks.trading.book import read_book
 from omni_tasks.trading.broker import Broker, BrokerError, BrokerOrder, InvalidOrder, OrderBlocked, OrderRequest, check_order_request
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
@@ -242,9 +243,10 @@ class OrderSubmitter:
         state = current_state(self._redis, self._sessions)
         if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
             # Denied before anything else is read: no broker call while halted or while its breaker is open.
-            portfolio, quote = Portfolio({}, {}, ZERO, ZERO), None
+            portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
         else:
             portfolio, quote = self._portfolio_and_quote(request.symbol)
+            status = read_trading_status(self._redis, [request.symbol]).get(request.symbol)
         return CheckContext(
             request=request,
             trading_state=state.value,
@@ -258,6 +260,7 @@ class OrderSubmitter:
             quote=quote,
             limits=self._limits,
             now_ns=self._clock_ns(),
+            symbol_status=status,
         )
 
     def _portfolio_and_quote(self, symbol: str) -> tuple[Portfolio, LatestQuote | None]:

@@ -527,3 +527,56 @@ def test_quotes_never_served_by_the_book_never_reach_redis(redis_url: str, redis
     assert run(redis_url, body) == 0
     assert not redis_client.exists(quote_key("AAA"))
     assert not redis_client.exists(QUOTE_STREAM_KEY)
+
+
+def test_status_writes_keep_halts_through_the_quote_ttl_refuse_older_data_and_corrections_leave_the_quote_ttl_alone(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """A halt never expires (no quote comes to refresh anything); an older status from a second writer does not undo a
+    newer one; a correction rewrites the served quote's VWAP without touching its timestamp or extending its TTL."""
+    from omni_tasks.stream.latest import read_trading_status, trading_status_key
+    from omni_tasks.stream.wire import cancel_message, correction_message, luld_message, status_message
+
+    symbol = "STSX"
+    now = time.time_ns()
+
+    async def body(client: aioredis.Redis) -> None:
+        first, late = QuotePath(client, quote_ttl_s=20), QuotePath(client, quote_ttl_s=20)
+        first.on_frame(
+            frame(
+                quote_message(symbol, now, 50.0, 100, 50.02, 100),
+                trade_message(symbol, now, 50.0, 100, 1),
+                trade_message(symbol, now, 51.0, 100, 2),
+            ),
+            0,
+            RECV,
+        )
+        await first.flush()
+        assert redis_client.hget(quote_key(symbol), "vwap") == b"50.500000"
+        redis_client.expire(quote_key(symbol), 7)  # as if the quote had aged 13 s
+        first.on_frame(
+            frame(correction_message(symbol, now, 2, 51.0, 100, 3, 52.0, 100), cancel_message(symbol, now, 1, 50.0, 100)), 0, RECV
+        )
+        await first.flush()
+        assert redis_client.hget(quote_key(symbol), "vwap") == b"52.000000"  # only trade 3 (52.00 x 100) is left
+        assert redis_client.hget(quote_key(symbol), "ts") == str(now).encode()
+        assert 0 < redis_client.ttl(quote_key(symbol)) <= 7  # not refreshed: a stale quote still expires on time
+
+        first.on_frame(
+            frame(
+                status_message(symbol, now + 2 * S, "H", "Trading Halt", "LUDP", "Volatility Trading Pause"),
+                luld_message(symbol, now + S, 55.0, 45.0),
+            ),
+            0,
+            RECV,
+        )
+        await first.flush()
+        # A second writer with older news: a resume from before the halt, an older band.
+        late.on_frame(frame(status_message(symbol, now + S, "T", "Trading Resumption"), luld_message(symbol, now, 60.0, 40.0)), 0, RECV)
+        await late.flush()
+
+    run(redis_url, body)
+    status = read_trading_status(redis_client, [symbol])[symbol]
+    assert (status.state, status.code, status.reason, status.since_ns) == ("HALTED", "H", "LUDP", now + 2 * S)
+    assert (status.luld_up, status.luld_down) == (Decimal("55.0"), Decimal("45.0"))
+    assert redis_client.ttl(trading_status_key(symbol)) == -1

@@ -142,6 +142,12 @@ def test_hand_computed_sequence_for_one_symbol() -> None:
         "served": 3,
         "trades": 4,
         "bars": 0,
+        "statuses": 0,
+        "lulds": 0,
+        "corrections": 0,
+        "cancels": 0,
+        "unknown_trade": 0,
+        "repeats": 0,
         "ignored": 0,
         "crossed": 1,
         "zero_size": 2,
@@ -270,7 +276,7 @@ def test_equal_timestamps_serve_the_later_applied_quote() -> None:
     assert book.rejected == no_rejects()
 
 
-def test_control_messages_are_returned_in_order_and_status_messages_ignored() -> None:
+def test_control_messages_are_returned_in_order_and_every_kind_is_counted() -> None:
     books = Books()
     controls = books.apply(
         [
@@ -291,7 +297,12 @@ def test_control_messages_are_returned_in_order_and_status_messages_ignored() ->
         {"T": "subscription", "quotes": ["XYZ"]},
         {"T": "error", "code": 406, "msg": "connection limit exceeded"},
     ]
-    assert books.counts["ignored"] == 5
+    # The halt and the band apply; a correction and a cancel without their fields are malformed; no T is unknown.
+    assert (books.counts["statuses"], books.counts["lulds"], books.counts["malformed"], books.counts["ignored"]) == (1, 1, 2, 1)
+    assert books.statuses["XYZ"].state == "HALTED"
+    assert {k: v for k, v in books.kinds.items() if v} == {
+        "success": 1, "s": 1, "q": 1, "subscription": 1, "l": 1, "c": 1, "x": 1, "error": 1, "unknown": 1,
+    }  # fmt: skip
     assert books.counts["messages"] == 9
     assert books.counts["served"] == 1
 

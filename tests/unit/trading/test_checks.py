@@ -352,4 +352,4 @@ def test_run_checks_reports_the_first_denial_in_order() -> None:
 def test_check_names_match_the_functions_in_order() -> None:
     names = [check(ctx()).check for check in CHECKS]
     assert names == list(CHECK_NAMES)
-    assert len(set(names)) == len(names) == 9
+    assert len(set(names)) == len(names) == 11
