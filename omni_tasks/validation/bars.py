@@ -112,7 +112,7 @@ def validate_bars(
         other = frame["timeframe"].notna() & (frame["timeframe"] != timeframe)
         if other.any():
             raise ValueError(f"rows of timeframe {frame.loc[other, 'timeframe'].iloc[0]!r} in a {timeframe} validation: validate one timeframe at a time")
-    grid = grid or xnys_grid(tf.code)
+    grid = grid or xnys_grid(tf.code, covering=pd.Timestamp(start).tz_convert("UTC").date())
     if grid.timeframe != tf:
         raise ValueError(f"the session grid is for {grid.timeframe.code}, not {tf.code}")
 
