@@ -28,9 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.models import BackfillPartition, Bar, QualityReport, SeriesValidation
-from omni_tasks.validation.bars import NoDataRange, validate_bars
+from omni_tasks.validation.bars import validate_bars
 from omni_tasks.validation.report import ValidationResult
-
 
 #: Verdict wording per no-data cause.
 NO_DATA_VERDICTS = {"unknown_symbol": "no data: unknown symbol", "no_bars_in_range": "no data in range"}
