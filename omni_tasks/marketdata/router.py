@@ -107,6 +107,13 @@ class BarRouter:
         self._rate_wait_max_s = rate_wait_max_s
         self._sleep = sleep
 
+    def only(self, provider: BarProvider) -> BarRouter:
+        """A router over this one provider with the same breakers, limiter and retries (a second opinion asks one source)."""
+        return BarRouter(
+            [provider], breaker_for=self._breaker_for, limiter=self._limiter, max_attempts=self._max_attempts,
+            backoff_base_s=self._backoff_base_s, backoff_max_s=self._backoff_max_s, rate_wait_max_s=self._rate_wait_max_s, sleep=self._sleep,
+        )
+
     def fetch(self, request: BarRequest) -> Routed:
         attempts: list[Attempt] = []
         unknown: list[str] = []
