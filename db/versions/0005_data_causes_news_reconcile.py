@@ -46,7 +46,9 @@ def upgrade() -> None:
         sa.Column("beyond_tolerance", sa.Boolean(), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_reconciliation_results")),
-        sa.UniqueConstraint("symbol", "timeframe", "ts", "adjustment", "stored_feed", "other_provider", name="uq_reconciliation_results_bar"),
+        sa.UniqueConstraint(
+            "symbol", "timeframe", "ts", "adjustment", "stored_feed", "other_provider", name="uq_reconciliation_results_bar"
+        ),
     )
     op.create_index(op.f("ix_reconciliation_results_checked_at"), "reconciliation_results", ["checked_at"], unique=False)
     op.create_index(op.f("ix_reconciliation_results_beyond_tolerance"), "reconciliation_results", ["beyond_tolerance"], unique=False)
@@ -78,7 +80,9 @@ def upgrade() -> None:
         sa.Column("relevance_score", sa.Double(), nullable=True),
         sa.Column("sentiment_score", sa.Double(), nullable=True),
         sa.Column("sentiment_label", sa.String(length=40), nullable=True),
-        sa.ForeignKeyConstraint(["article_id"], ["news_articles.id"], name=op.f("fk_news_ticker_sentiment_article_id_news_articles"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["article_id"], ["news_articles.id"], name=op.f("fk_news_ticker_sentiment_article_id_news_articles"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("article_id", "ticker", name=op.f("pk_news_ticker_sentiment")),
     )
     op.create_index("ix_news_ticker_sentiment_ticker", "news_ticker_sentiment", ["ticker"], unique=False)

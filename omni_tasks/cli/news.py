@@ -15,7 +15,9 @@ console = Console()
 def news(
     symbol: Annotated[str, typer.Argument(help="the symbol, e.g. AAPL")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="articles shown, newest first")] = 20,
-    fetch: Annotated[bool, typer.Option("--fetch", help="fetch from Alpha Vantage now (one call of the daily quota) before showing")] = False,
+    fetch: Annotated[
+        bool, typer.Option("--fetch", help="fetch from Alpha Vantage now (one call of the daily quota) before showing")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Stored news about SYMBOL: time, source, title, overall and per-ticker sentiment, relevance."""
@@ -91,7 +93,9 @@ def _fetch_now(runtime: object, symbol: str) -> None:
     if outcome.status != "stored":
         console.print(f"[yellow]news not fetched ({outcome.status}): {outcome.detail}[/yellow]")
         return
-    console.print(f"fetched {outcome.articles} articles from {outcome.time_from} on: {outcome.inserted} new, {outcome.updated} updated, {outcome.rejected} rejected")
+    console.print(
+        f"fetched {outcome.articles} articles from {outcome.time_from} on: {outcome.inserted} new, {outcome.updated} updated, {outcome.rejected} rejected"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -96,6 +96,12 @@ def fetch_symbol(
         _log.warning("news articles rejected", symbol=symbol, rejected=len(page.rejected), first=page.rejected[0].reason)
     _log.info("news stored", symbol=symbol, articles=len(page.articles), inserted=stored.inserted, updated=stored.updated)
     return FetchOutcome(
-        symbol, "stored", time_from.isoformat(), articles=len(page.articles), inserted=stored.inserted, updated=stored.updated,
-        ticker_rows=stored.ticker_rows, rejected=stored.rejected,
+        symbol,
+        "stored",
+        time_from.isoformat(),
+        articles=len(page.articles),
+        inserted=stored.inserted,
+        updated=stored.updated,
+        ticker_rows=stored.ticker_rows,
+        rejected=stored.rejected,
     )

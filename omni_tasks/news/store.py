@@ -24,8 +24,18 @@ from omni_tasks.storage.models import NewsArticle, NewsTickerSentiment, Rejected
 #: rejected_rows.timeframe / feed of a news article that could not be read.
 REJECTED_KIND: Final = "news"
 _ARTICLE_UPDATES: Final = (
-    "title", "summary", "source", "source_domain", "category", "authors", "topics", "banner_image",
-    "published_at", "overall_sentiment_score", "overall_sentiment_label", "fetched_at",
+    "title",
+    "summary",
+    "source",
+    "source_domain",
+    "category",
+    "authors",
+    "topics",
+    "banner_image",
+    "published_at",
+    "overall_sentiment_score",
+    "overall_sentiment_label",
+    "fetched_at",
 )
 
 
@@ -39,20 +49,40 @@ class Stored:
     rejected: int
 
 
-def store_articles(factory: sessionmaker[Session], provider: str, articles: Sequence[NewsItem], *, fetched_at: datetime, symbol: str, rejected: Sequence[RejectedItem] = ()) -> Stored:
+def store_articles(
+    factory: sessionmaker[Session],
+    provider: str,
+    articles: Sequence[NewsItem],
+    *,
+    fetched_at: datetime,
+    symbol: str,
+    rejected: Sequence[RejectedItem] = (),
+) -> Stored:
     """Upsert ``articles`` of ``provider`` and their ticker sentiment in one transaction; keep ``rejected`` with reasons."""
     unique = {a.url: a for a in articles}  # the same URL twice in one answer: the last one wins
     with factory() as session, session.begin():
         dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        known = set(session.scalars(select(NewsArticle.url).where(NewsArticle.provider == provider, NewsArticle.url.in_(list(unique))))) if unique else set()
+        known = (
+            set(session.scalars(select(NewsArticle.url).where(NewsArticle.provider == provider, NewsArticle.url.in_(list(unique)))))
+            if unique
+            else set()
+        )
         ids: dict[str, int] = {}
         for article in unique.values():
             values = _article_row(provider, article, fetched_at)
             stmt = dialect.insert(NewsArticle).values(**values)
-            stmt = stmt.on_conflict_do_update(index_elements=["provider", "url"], set_={c: getattr(stmt.excluded, c) for c in _ARTICLE_UPDATES}).returning(NewsArticle.id)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["provider", "url"], set_={c: getattr(stmt.excluded, c) for c in _ARTICLE_UPDATES}
+            ).returning(NewsArticle.id)
             ids[article.url] = int(session.execute(stmt).scalar_one())
         rows = [
-            {"article_id": ids[a.url], "ticker": t.ticker, "relevance_score": t.relevance_score, "sentiment_score": t.sentiment_score, "sentiment_label": t.sentiment_label}
+            {
+                "article_id": ids[a.url],
+                "ticker": t.ticker,
+                "relevance_score": t.relevance_score,
+                "sentiment_score": t.sentiment_score,
+                "sentiment_label": t.sentiment_label,
+            }
             for a in unique.values()
             for t in {t.ticker: t for t in a.tickers}.values()
         ]
@@ -70,13 +100,23 @@ def store_articles(factory: sessionmaker[Session], provider: str, articles: Sequ
                 insert(RejectedRow),
                 [
                     {
-                        "created_at": fetched_at, "symbol": symbol, "timeframe": REJECTED_KIND, "ts": None, "provider": provider, "feed": REJECTED_KIND,
-                        "reason": r.reason[:4000], "payload": {"index": r.index, "article": _jsonable(r.raw)}, "partition_id": None, "stage": "ingest",
+                        "created_at": fetched_at,
+                        "symbol": symbol,
+                        "timeframe": REJECTED_KIND,
+                        "ts": None,
+                        "provider": provider,
+                        "feed": REJECTED_KIND,
+                        "reason": r.reason[:4000],
+                        "payload": {"index": r.index, "article": _jsonable(r.raw)},
+                        "partition_id": None,
+                        "stage": "ingest",
                     }
                     for r in rejected
                 ],
             )
-    return Stored(inserted=len(unique) - len(known & set(unique)), updated=len(known & set(unique)), ticker_rows=len(rows), rejected=len(rejected))
+    return Stored(
+        inserted=len(unique) - len(known & set(unique)), updated=len(known & set(unique)), ticker_rows=len(rows), rejected=len(rejected)
+    )
 
 
 def latest_published(factory: sessionmaker[Session], provider: str, ticker: str) -> datetime | None:
@@ -101,10 +141,18 @@ def read_news(factory: sessionmaker[Session], ticker: str, *, limit: int = 20) -
         ).all()
         return [
             {
-                "published_at": a.published_at.isoformat(), "provider": a.provider, "source": a.source, "title": a.title, "url": a.url,
-                "overall_sentiment_score": a.overall_sentiment_score, "overall_sentiment_label": a.overall_sentiment_label,
-                "ticker": t.ticker, "ticker_sentiment_score": t.sentiment_score, "ticker_sentiment_label": t.sentiment_label,
-                "relevance_score": t.relevance_score, "topics": [x.get("topic") for x in a.topics or []],
+                "published_at": a.published_at.isoformat(),
+                "provider": a.provider,
+                "source": a.source,
+                "title": a.title,
+                "url": a.url,
+                "overall_sentiment_score": a.overall_sentiment_score,
+                "overall_sentiment_label": a.overall_sentiment_label,
+                "ticker": t.ticker,
+                "ticker_sentiment_score": t.sentiment_score,
+                "ticker_sentiment_label": t.sentiment_label,
+                "relevance_score": t.relevance_score,
+                "topics": [x.get("topic") for x in a.topics or []],
             }
             for a, t in rows
         ]
@@ -112,10 +160,20 @@ def read_news(factory: sessionmaker[Session], ticker: str, *, limit: int = 20) -
 
 def _article_row(provider: str, a: NewsItem, fetched_at: datetime) -> dict[str, Any]:
     return {
-        "provider": provider, "url": a.url[:2048], "title": a.title, "summary": a.summary, "source": a.source[:200],
-        "source_domain": (a.source_domain or "")[:200] or None, "category": (a.category or "")[:200] or None,
-        "authors": list(a.authors), "topics": list(a.topics), "banner_image": a.banner_image, "published_at": a.published_at,
-        "overall_sentiment_score": a.overall_sentiment_score, "overall_sentiment_label": a.overall_sentiment_label, "fetched_at": fetched_at,
+        "provider": provider,
+        "url": a.url[:2048],
+        "title": a.title,
+        "summary": a.summary,
+        "source": a.source[:200],
+        "source_domain": (a.source_domain or "")[:200] or None,
+        "category": (a.category or "")[:200] or None,
+        "authors": list(a.authors),
+        "topics": list(a.topics),
+        "banner_image": a.banner_image,
+        "published_at": a.published_at,
+        "overall_sentiment_score": a.overall_sentiment_score,
+        "overall_sentiment_label": a.overall_sentiment_label,
+        "fetched_at": fetched_at,
     }
 
 

@@ -15,7 +15,9 @@ _log = structlog.get_logger("omni.news")
 MAX_RETRIES = 3
 
 
-@omni_task(name="omni.news.fetch", queue=Queue.BACKFILL, soft_time_limit_s=120, time_limit_s=180, max_retries=MAX_RETRIES, retry_backoff_max_s=300)
+@omni_task(
+    name="omni.news.fetch", queue=Queue.BACKFILL, soft_time_limit_s=120, time_limit_s=180, max_retries=MAX_RETRIES, retry_backoff_max_s=300
+)
 def fetch(symbol: str) -> dict[str, Any]:
     """Fetch and store one symbol's news sentiment (Alpha Vantage), within the shared limits."""
     from celery import current_task

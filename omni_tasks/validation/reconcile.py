@@ -97,7 +97,10 @@ def volume_comparable(stored_feed: str, other_feed: str) -> tuple[bool, str | No
     """Can the two feeds' volumes be compared? (False with the reason when not.)"""
     if stored_feed == other_feed or (stored_feed in CONSOLIDATED_FEEDS and other_feed in CONSOLIDATED_FEEDS):
         return True, None
-    return False, f"volume not compared: {stored_feed} and {other_feed} volumes are not comparable (IEX-only, consolidated and offline feeds differ)"
+    return (
+        False,
+        f"volume not compared: {stored_feed} and {other_feed} volumes are not comparable (IEX-only, consolidated and offline feeds differ)",
+    )
 
 
 def second_provider(providers: Sequence[BarProvider], *, stored_provider: str, timeframe: str, adjustment: str) -> BarProvider | None:
@@ -150,11 +153,15 @@ def reconcile(
         for stored_provider, rows in picked.groupby("provider", sort=True):
             other = second_provider(providers, stored_provider=str(stored_provider), timeframe=timeframe, adjustment=adjustment)
             if other is None:
-                report.skipped.append((symbol, f"no second provider configured that can serve {timeframe} {adjustment} bars besides {stored_provider}"))
+                report.skipped.append(
+                    (symbol, f"no second provider configured that can serve {timeframe} {adjustment} bars besides {stored_provider}")
+                )
                 continue
             stored_feed = str(rows["feed"].iloc[0])
             first, last = pd.Timestamp(rows["ts"].min()).to_pydatetime(), pd.Timestamp(rows["ts"].max()).to_pydatetime()
-            request = BarRequest(symbol, timeframe, first, last + tf.delta, feed="iex" if stored_feed == "iex" else "sip", adjustment=adjustment)
+            request = BarRequest(
+                symbol, timeframe, first, last + tf.delta, feed="iex" if stored_feed == "iex" else "sip", adjustment=adjustment
+            )
             try:
                 theirs = fetch(other, request)
             except ProviderError as exc:
@@ -165,11 +172,15 @@ def reconcile(
                 if row.ts not in by_ts.index:
                     report.skipped.append((symbol, f"{other.name} has no bar at {pd.Timestamp(row.ts).isoformat()}"))
                     continue
-                report.comparisons.append(_compare(row, by_ts.loc[row.ts], other.name, timeframe, adjustment, tolerance_bp, volume_tolerance_pct))
+                report.comparisons.append(
+                    _compare(row, by_ts.loc[row.ts], other.name, timeframe, adjustment, tolerance_bp, volume_tolerance_pct)
+                )
     return report
 
 
-def _compare(row: Any, theirs: pd.Series, other_name: str, timeframe: str, adjustment: str, tolerance_bp: float, volume_tolerance_pct: float) -> Comparison:
+def _compare(
+    row: Any, theirs: pd.Series, other_name: str, timeframe: str, adjustment: str, tolerance_bp: float, volume_tolerance_pct: float
+) -> Comparison:
     other_feed = str(theirs["feed"])
     close_a, close_b = float(row.close), float(theirs["close"])
     volume_a, volume_b = float(row.volume), float(theirs["volume"])
@@ -178,11 +189,24 @@ def _compare(row: Any, theirs: pd.Series, other_name: str, timeframe: str, adjus
     volume_pct = (abs(volume_a - volume_b) / max(volume_b, 1.0) * 100) if comparable else None
     beyond = close_bp > tolerance_bp or (volume_pct is not None and volume_pct > volume_tolerance_pct)
     return Comparison(
-        symbol=str(row.symbol), timeframe=timeframe, ts=pd.Timestamp(row.ts).to_pydatetime(), adjustment=adjustment,
-        stored_provider=str(row.provider), stored_feed=str(row.feed), other_provider=other_name, other_feed=other_feed,
-        stored_close=close_a, other_close=close_b, close_diff_bp=round(close_bp, 4), stored_volume=volume_a, other_volume=volume_b,
-        volume_diff_pct=None if volume_pct is None else round(volume_pct, 4), volume_compared=comparable,
-        tolerance_bp=tolerance_bp, beyond_tolerance=beyond, note=note,
+        symbol=str(row.symbol),
+        timeframe=timeframe,
+        ts=pd.Timestamp(row.ts).to_pydatetime(),
+        adjustment=adjustment,
+        stored_provider=str(row.provider),
+        stored_feed=str(row.feed),
+        other_provider=other_name,
+        other_feed=other_feed,
+        stored_close=close_a,
+        other_close=close_b,
+        close_diff_bp=round(close_bp, 4),
+        stored_volume=volume_a,
+        other_volume=volume_b,
+        volume_diff_pct=None if volume_pct is None else round(volume_pct, 4),
+        volume_compared=comparable,
+        tolerance_bp=tolerance_bp,
+        beyond_tolerance=beyond,
+        note=note,
     )
 
 
@@ -203,7 +227,9 @@ def record(factory: sessionmaker[Session], report: ReconcileReport, *, checked_a
     return len(rows)
 
 
-def read_differences(factory: sessionmaker[Session], symbols: Sequence[str], *, timeframe: str, start: date, end: date, limit: int = 200) -> list[dict[str, Any]]:
+def read_differences(
+    factory: sessionmaker[Session], symbols: Sequence[str], *, timeframe: str, start: date, end: date, limit: int = 200
+) -> list[dict[str, Any]]:
     """Recorded differences beyond tolerance for these series in [start, end), newest bar first."""
     lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
     hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
@@ -211,15 +237,37 @@ def read_differences(factory: sessionmaker[Session], symbols: Sequence[str], *, 
         found = session.scalars(
             select(ReconciliationResult)
             .where(
-                ReconciliationResult.symbol.in_(list(symbols)), ReconciliationResult.timeframe == timeframe,
-                ReconciliationResult.ts >= lo, ReconciliationResult.ts < hi, ReconciliationResult.beyond_tolerance.is_(True),
+                ReconciliationResult.symbol.in_(list(symbols)),
+                ReconciliationResult.timeframe == timeframe,
+                ReconciliationResult.ts >= lo,
+                ReconciliationResult.ts < hi,
+                ReconciliationResult.beyond_tolerance.is_(True),
             )
             .order_by(ReconciliationResult.ts.desc(), ReconciliationResult.symbol)
             .limit(limit)
         ).all()
         return [
-            {c: getattr(r, c) for c in ("symbol", "ts", "stored_provider", "stored_feed", "other_provider", "other_feed", "stored_close", "other_close",
-                                        "close_diff_bp", "stored_volume", "other_volume", "volume_diff_pct", "volume_compared", "tolerance_bp", "note", "checked_at")}
+            {
+                c: getattr(r, c)
+                for c in (
+                    "symbol",
+                    "ts",
+                    "stored_provider",
+                    "stored_feed",
+                    "other_provider",
+                    "other_feed",
+                    "stored_close",
+                    "other_close",
+                    "close_diff_bp",
+                    "stored_volume",
+                    "other_volume",
+                    "volume_diff_pct",
+                    "volume_compared",
+                    "tolerance_bp",
+                    "note",
+                    "checked_at",
+                )
+            }
             for r in found
         ]
 
@@ -250,9 +298,16 @@ def reconcile_stored(
     router = build_router(settings, client, factory)
     options = settings.reconcile
     report = reconcile(
-        build_store(engine), router.providers, symbols, timeframe=timeframe, start=start, end=end,
-        feeds=serving_feeds(settings.providers.order, feed), adjustment=adjustment,
-        sample=sample or options.sample_sessions, tolerance_bp=tolerance_bp or options.tolerance_bp,
+        build_store(engine),
+        router.providers,
+        symbols,
+        timeframe=timeframe,
+        start=start,
+        end=end,
+        feeds=serving_feeds(settings.providers.order, feed),
+        adjustment=adjustment,
+        sample=sample or options.sample_sessions,
+        tolerance_bp=tolerance_bp or options.tolerance_bp,
         volume_tolerance_pct=options.volume_tolerance_pct,
         fetch=lambda provider, request: router.only(provider).fetch(request).bars,
     )

@@ -35,7 +35,8 @@ from zoneinfo import ZoneInfo
 from omni_tasks.marketdata.errors import MalformedPayload
 
 PROVIDER: Final = "alpha_vantage"
-_TIME_FORMATS: Final = ("%Y%m%dT%H%M%S", "%Y%m%dT%H%M")
+#: time_published layouts by length (strptime alone would read "T1659" as 16:05:09).
+_TIME_FORMATS: Final = {15: "%Y%m%dT%H%M%S", 13: "%Y%m%dT%H%M"}
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,12 @@ def published_at(value: Any, *, zone: ZoneInfo, url: str = "") -> datetime:
     text = value.strip()
     at = UTC if text.endswith("Z") else zone
     text = text.rstrip("Z")
-    for fmt in _TIME_FORMATS:
+    fmt = _TIME_FORMATS.get(len(text))
+    if fmt is not None:
         try:
             return datetime.strptime(text, fmt).replace(tzinfo=at).astimezone(UTC)  # noqa: DTZ007 - the zone is set right here
         except ValueError:
-            continue
+            pass
     raise MalformedPayload(f"news article {url}: time_published {value!r} is not YYYYMMDDTHHMMSS", provider=PROVIDER)
 
 
