@@ -32,7 +32,10 @@ from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BackfillPartition, QualityReport, SeriesValidation
 from omni_tasks.validation.persist import validate_stored
-from tests.unit.marketdata.providers.conftest import Reply, Seen, StandIn, fixture_bytes, standin  # noqa: F401 - the stand-in fixture
+from tests.unit.marketdata.providers import conftest as providers_conftest
+from tests.unit.marketdata.providers.conftest import Reply, Seen, StandIn, fixture_bytes
+
+_standin_fixture = providers_conftest.standin  # the provider stand-in (a local HTTP server), shared with the unit tests
 
 pytestmark = pytest.mark.services  # the router's breakers live in Redis
 
@@ -84,7 +87,7 @@ def _alpaca_answers(seen: Seen) -> Reply:
 
 
 def _alpaca(url: str, now: datetime = datetime(2024, 1, 8, 12, tzinfo=UTC)) -> AlpacaBars:
-    return AlpacaBars(api_key="PKTEST", secret_key="SKTEST", data_url=url, timeout_s=5.0, clock=lambda: now)
+    return AlpacaBars(api_key="PKTEST", secret_key="SKTEST", data_url=url, timeout_s=5.0, clock=lambda: now)  # noqa: S106 - a stand-in key
 
 
 def _run_all(factory: sessionmaker[Session], router: BarRouter, the_plan: backfill.Plan, engine: Engine) -> list[int]:
@@ -104,7 +107,7 @@ def test_validation_unknown_symbol_is_no_data_not_holes_and_empty_range_of_a_kno
     standin: StandIn,
     factory: sessionmaker[Session],
     engine: Engine,
-    make_router: Callable[..., BarRouter],  # noqa: F811
+    make_router: Callable[..., BarRouter],
 ) -> None:
     standin.route("/v2/stocks/bars", _alpaca_answers)
     symbols = ["AAPL", "NEWCO", "ZZZZ"]
@@ -183,7 +186,7 @@ def test_backfill_recent_sip_clamp_note_survives_an_empty_and_a_failed_partition
     standin: StandIn,
     factory: sessionmaker[Session],
     engine: Engine,
-    make_router: Callable[..., BarRouter],  # noqa: F811
+    make_router: Callable[..., BarRouter],
 ) -> None:
     def answers(seen: Seen) -> Reply:
         if not seen.path.endswith("/latest") and seen.query.get("feed") == "sip" and seen.query.get("end", "") > "2024-01-02T13:45:00Z":

@@ -21,7 +21,10 @@ from omni_tasks.news.store import read_news
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import NewsArticle, NewsTickerSentiment, RejectedRow
-from tests.unit.marketdata.providers.conftest import Reply, StandIn, fixture_bytes, standin  # noqa: F401 - the stand-in fixture
+from tests.unit.marketdata.providers import conftest as providers_conftest
+from tests.unit.marketdata.providers.conftest import Reply, StandIn, fixture_bytes
+
+_standin_fixture = providers_conftest.standin  # the provider stand-in (a local HTTP server), shared with the unit tests
 
 pytestmark = pytest.mark.services  # the limiter lives in Redis
 
@@ -67,7 +70,7 @@ def _counts(factory: sessionmaker[Session]) -> tuple[int, int]:
 
 def test_news_fetched_twice_stores_each_article_and_ticker_once_and_reads_back_newest_first(
     standin: StandIn, factory: sessionmaker[Session], redis_client: redis.Redis
-) -> None:  # noqa: F811
+) -> None:
     standin.route("/query", _reply("news_sentiment_AAPL.json"))
 
     first = _fetch(standin.url, factory, redis_client)
@@ -96,7 +99,7 @@ def test_news_fetched_twice_stores_each_article_and_ticker_once_and_reads_back_n
 
 def test_news_used_up_daily_quota_defers_without_calling_the_provider(
     standin: StandIn, factory: sessionmaker[Session], redis_client: redis.Redis
-) -> None:  # noqa: F811
+) -> None:
     standin.route("/query", _reply("news_sentiment_AAPL.json"))
 
     calls_made = [_fetch(standin.url, factory, redis_client, quota=1).status for _ in range(3)]  # type: ignore[attr-defined]
@@ -108,7 +111,7 @@ def test_news_used_up_daily_quota_defers_without_calling_the_provider(
 
 def test_news_rate_limit_body_raises_and_stores_nothing(
     standin: StandIn, factory: sessionmaker[Session], redis_client: redis.Redis
-) -> None:  # noqa: F811
+) -> None:
     standin.route("/query", _reply("information_rate_limit.json"))
 
     with pytest.raises(RateLimited):
@@ -119,7 +122,7 @@ def test_news_rate_limit_body_raises_and_stores_nothing(
 
 def test_news_unreadable_article_is_kept_in_rejected_rows_with_its_reason(
     standin: StandIn, factory: sessionmaker[Session], redis_client: redis.Redis
-) -> None:  # noqa: F811
+) -> None:
     standin.route("/query", _reply("news_sentiment_one_bad_score.json"))
 
     outcome = _fetch(standin.url, factory, redis_client)
