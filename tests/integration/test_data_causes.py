@@ -32,15 +32,19 @@ from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BackfillPartition, QualityReport, SeriesValidation
 from omni_tasks.validation.persist import validate_stored
-from tests.unit.marketdata.providers import conftest as providers_conftest
-from tests.unit.marketdata.providers.conftest import Reply, Seen, StandIn, fixture_bytes
-
-_standin_fixture = providers_conftest.standin  # the provider stand-in (a local HTTP server), shared with the unit tests
+from tests.unit.marketdata.providers.conftest import Reply, Seen, StandIn, fixture_bytes, running_standin
 
 pytestmark = pytest.mark.services  # the router's breakers live in Redis
 
 QUIET = BreakerPolicy(failure_threshold=1_000, rate_min_calls=1_000_000)
 START, END, TODAY = date(2024, 1, 2), date(2024, 1, 6), date(2024, 1, 8)  # four sessions
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """The provider stand-in of the unit tests: a local HTTP server answering in the providers' wire formats."""
+    with running_standin() as stand:
+        yield stand
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])

@@ -21,14 +21,18 @@ from omni_tasks.news.store import read_news
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import NewsArticle, NewsTickerSentiment, RejectedRow
-from tests.unit.marketdata.providers import conftest as providers_conftest
-from tests.unit.marketdata.providers.conftest import Reply, StandIn, fixture_bytes
-
-_standin_fixture = providers_conftest.standin  # the provider stand-in (a local HTTP server), shared with the unit tests
+from tests.unit.marketdata.providers.conftest import Reply, StandIn, fixture_bytes, running_standin
 
 pytestmark = pytest.mark.services  # the limiter lives in Redis
 
 NOW = datetime(2024, 1, 4, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """The provider stand-in of the unit tests: a local HTTP server answering in the providers' wire formats."""
+    with running_standin() as stand:
+        yield stand
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
