@@ -257,12 +257,19 @@ class NewsSettings(_Group):
 
     symbols: CsvList = Field(default_factory=list, description="symbols whose news is fetched daily (comma separated); unset: the backfill universe")
     max_symbols_per_run: int = Field(default=20, ge=1, le=5000, description="symbols per daily run: one call each against the Alpha Vantage daily quota (25 on a free key)")
-    limit: Literal[50, 1000] = Field(default=50, description="articles per call (Alpha Vantage accepts 50 or 1000)")
+    limit: int = Field(default=50, description="articles per call (Alpha Vantage accepts 50 or 1000)")
     lookback_days: int = Field(default=7, ge=1, le=3650, description="how far back a symbol with no stored news is fetched; otherwise from its latest stored article")
     time_zone: str = Field(default="UTC", description="zone of Alpha Vantage's time_published (it does not say; UTC by default)")
 
     _split = field_validator("symbols", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
     _symbols = field_validator("symbols")(classmethod(lambda cls, v: _check_symbols(v)))
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int) -> int:
+        if value not in (50, 1000):
+            raise ValueError(f"Alpha Vantage returns 50 or 1000 articles per call, not {value}")
+        return value
 
     @field_validator("time_zone")
     @classmethod
