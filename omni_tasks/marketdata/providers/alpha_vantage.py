@@ -77,6 +77,11 @@ class RebasedCalls:
     the URL and unpacking the answer and only ``_handle_api_call`` is ours.
     """
 
+    # Set by the library's AlphaVantage.__init__.
+    key: str
+    headers: dict[str, str]
+    proxy: dict[str, str]
+
     def __init__(self, key: str, *, base_url: str, timeout_s: float, symbol: str) -> None:
         super().__init__(key=key, output_format="json")  # type: ignore[call-arg]  # the library class's __init__
         self._base_url = base_url
