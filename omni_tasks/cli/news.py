@@ -29,13 +29,13 @@ def news(
     try:
         chosen = check_symbol(symbol)
     except ValueError as exc:
-        console.print(f"[red]omni news: {exc}[/red]")
+        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
     runtime = get_runtime()
     from omni_tasks.storage import migrations
 
     if migrations.current_revision(runtime.engine) != migrations.head_revision(runtime.engine):
-        console.print("[red]omni news: the database schema is not up to date: run `omni db upgrade` first[/red]")
+        console.print("[red]omni news: the database schema is not up to date: run `omni db upgrade` first[/red]", soft_wrap=True)
         raise typer.Exit(2)
     if fetch:
         _fetch_now(runtime, chosen)
@@ -88,7 +88,7 @@ def _fetch_now(runtime: object, symbol: str) -> None:
             lookback_days=settings.news.lookback_days,
         )
     except ProviderError as exc:
-        console.print(f"[red]omni news: {exc}[/red]")
+        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
         raise typer.Exit(1) from None
     if outcome.status != "stored":
         console.print(f"[yellow]news not fetched ({outcome.status}): {outcome.detail}[/yellow]")
