@@ -1,4 +1,4 @@
-"""`omni backfill plan|run|status|verify`: historical bars through the partition ledger."""
+"""`omni backfill plan|run|status|verify|reconcile`: historical bars through the partition ledger, and a second opinion."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def _date(value: str | None, default: date, what: str) -> date:
     except ValueError:
         _fail(f"{what} {value!r} is not a date (YYYY-MM-DD)")
         raise  # unreachable: _fail exits
+
+
+def _earliest() -> date:
+    from omni_tasks.runtime import get_settings
+
+    return get_settings().backfill.earliest_date
 
 
 def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
@@ -86,7 +92,7 @@ def plan_cmd(
     prepare("cli", configure_log=False)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
     if as_json:
@@ -140,7 +146,7 @@ def run_cmd(
     else:
         chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
         try:
-            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
         except backfill.BackfillRequestError as exc:
             _fail(str(exc))
         job_id = backfill.create_job(runtime.sessions, the_plan, requested_by="cli")
@@ -224,7 +230,8 @@ def status_cmd(
     if as_json:
         print(json.dumps({**state, "partitions_detail": [
             {"id": p.id, "symbol": p.symbol, "start": p.start.isoformat(), "end": p.end.isoformat(), "status": p.status, "rows": p.rows,
-             "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error}
+             "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error,
+             "cause": p.cause, "notes": p.notes}
             for p in parts]}, indent=2))
         return
     _print_job(state)
@@ -232,7 +239,8 @@ def status_cmd(
     for column in ("id", "symbol", "range", "status", "rows", "rejected", "provider", "attempts", "last error / notes"):
         table.add_column(column)
     for p in parts:
-        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), (p.last_error or p.notes or "")[:120])
+        said = "; ".join(x for x in (p.cause and p.cause.replace("_", " "), p.last_error, p.notes) if x)
+        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), said[:160])
     console.print(table)
 
 
@@ -258,7 +266,7 @@ def verify_cmd(
     _ensure_schema(runtime)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj)
+        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=_earliest())
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
     from omni_tasks.marketdata.router import serving_feeds
@@ -278,6 +286,59 @@ def verify_cmd(
         console.print(table)
         console.print(f"{len(rows) - len(bad)} of {len(rows)} symbols complete")
     raise typer.Exit(1 if bad else 0)
+
+
+@backfill_app.command("reconcile")
+def reconcile_cmd(
+    symbols: Symbols = None,
+    timeframe: Timeframe = "1Day",
+    start: Start = None,
+    end: End = None,
+    feed: Feed = None,
+    adjustment: Adjustment = None,
+    universe: UniverseFile = None,
+    sample: Annotated[int | None, typer.Option(min=1, max=10000, help="stored bars compared per series (default: OMNI_RECONCILE_SAMPLE_SESSIONS)")] = None,
+    tolerance_bp: Annotated[float | None, typer.Option("--tolerance-bp", min=0.0001, help="close difference recorded beyond this (default: OMNI_RECONCILE_TOLERANCE_BP)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A second opinion: compare a sample of stored bars with another configured provider (close, and volume when comparable)."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.validation.reconcile import reconcile_stored
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    _ensure_schema(runtime)
+    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+    try:
+        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=runtime.settings.backfill.earliest_date)
+    except backfill.BackfillRequestError as exc:
+        _fail(str(exc))
+    report = reconcile_stored(
+        runtime.settings, runtime.redis, runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi,
+        feed=feed_, adjustment=adj, sample=sample, tolerance_bp=tolerance_bp,
+    )
+    summary = report.summary()
+    if as_json:
+        print(json.dumps({**summary, "comparisons": [{**c.__dict__, "ts": c.ts.isoformat()} for c in report.comparisons]}, indent=2))
+        raise typer.Exit(1 if report.differences else 0)
+    tolerance = tolerance_bp or runtime.settings.reconcile.tolerance_bp
+    table = Table(title=f"second opinion {timeframe} {lo} .. {hi} (exclusive), {adj}: differences beyond {tolerance:g} bp (close) or {runtime.settings.reconcile.volume_tolerance_pct:g}% (volume)")
+    for column in ("symbol", "bar", "stored", "other", "close", "other close", "diff bp", "volume diff", "note"):
+        table.add_column(column, justify="right" if column in {"close", "other close", "diff bp", "volume diff"} else "left")
+    for c in report.comparisons:
+        style = "red" if c.beyond_tolerance else "green"
+        volume = "not compared" if c.volume_diff_pct is None else f"{c.volume_diff_pct:.2f}%"
+        table.add_row(
+            c.symbol, c.ts.isoformat()[:16], f"{c.stored_provider}/{c.stored_feed}", f"{c.other_provider}/{c.other_feed}", f"{c.stored_close:.4f}",
+            f"{c.other_close:.4f}", f"[{style}]{c.close_diff_bp:.2f}[/{style}]", volume, (c.note or "")[:60],
+        )
+    console.print(table)
+    for symbol, reason in report.skipped:
+        console.print(f"[yellow]{symbol}: not compared: {reason}[/yellow]")
+    console.print(f"{summary['compared']} bars compared, {summary['differences']} beyond tolerance, {len(report.skipped)} not compared; recorded in the quality report (`omni validate` shows the differences)")
+    raise typer.Exit(1 if report.differences else 0)
 
 
 def register(app: typer.Typer) -> None:

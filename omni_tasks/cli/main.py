@@ -50,7 +50,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, breaker, kill, ops, orders, risk, run, scan, stream, validate
+    from omni_tasks.cli import admin, backfill, breaker, kill, news, ops, orders, risk, run, scan, stream, validate
 
     run.register(app)
     ops.register(app)
@@ -63,6 +63,7 @@ def _register() -> None:
     risk.register(app)
     orders.register(app)
     breaker.register(app)
+    news.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,12 @@ A job is symbols x timeframe x date range x feed x adjustment. It splits into
 partitions of whole sessions, small enough to finish well inside the broker's
 visibility timeout (a year of daily bars, a week of minute bars). Each
 partition keeps its status, rows, rejected rows, checksum, provider,
-attempts and last error. Running a partition twice stores the same rows: the
+attempts, last error, the providers' notes (kept whatever the outcome: a
+clamped end or a switched feed is on record on a failed partition too) and
+the cause when there was no data: ``unknown_symbol`` (failed) or
+``no_bars_in_range`` (succeeded with no rows: the symbol is known, the range
+is before its listing, after its delisting or without trades). Validation
+reads the cause and reports "no data", not holes. Running a partition twice stores the same rows: the
 store upserts, and a partition already succeeded is not fetched again.
 
     pending -> running -> succeeded
@@ -28,7 +33,8 @@ from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.errors import ProviderError
 from omni_tasks.marketdata.frames import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
 from omni_tasks.marketdata.providers.base import BarRequest
-from omni_tasks.marketdata.router import BarRouter, NoProviderServed
+from omni_tasks.marketdata.router import NO_BARS_IN_RANGE, BarRouter, NoProviderServed
+from omni_tasks.settings import DEFAULT_EARLIEST_BACKFILL
 from omni_tasks.storage.models import BackfillJob, BackfillPartition
 
 _log = structlog.get_logger("omni.backfill")
@@ -38,7 +44,6 @@ SESSIONS_PER_PARTITION: dict[str, int] = {"1Min": 5, "5Min": 20, "15Min": 60, "3
 #: Bars a provider returns per page (Alpaca: up to 10,000): for the call estimate.
 ROWS_PER_CALL = 10_000
 TERMINAL = frozenset({"succeeded", "failed"})
-EARLIEST = date(2000, 1, 3)
 
 
 class BackfillRequestError(ValueError):
@@ -74,8 +79,13 @@ class Plan:
         return sum(p.expected_bars for p in self.partitions)
 
 
-def check_request(symbols: Sequence[str], timeframe: str, start: date, end: date, feed: str, adjustment: str, *, today: date | None = None) -> list[str]:
-    """Validate a request; returns the cleaned symbols or raises BackfillRequestError naming the problem."""
+def check_request(
+    symbols: Sequence[str], timeframe: str, start: date, end: date, feed: str, adjustment: str, *, today: date | None = None, earliest: date = DEFAULT_EARLIEST_BACKFILL
+) -> list[str]:
+    """Validate a request; returns the cleaned symbols or raises BackfillRequestError naming the problem.
+
+    ``earliest``: the first date a backfill may start (OMNI_BACKFILL_EARLIEST_DATE).
+    """
     today = today or datetime.now(tz=UTC).date()
     if not symbols:
         raise BackfillRequestError("no symbols given")
@@ -97,15 +107,19 @@ def check_request(symbols: Sequence[str], timeframe: str, start: date, end: date
         raise BackfillRequestError(f"impossible date range: end {end.isoformat()} is not after start {start.isoformat()} (end is exclusive)")
     if start > today:
         raise BackfillRequestError(f"start {start.isoformat()} is in the future (today is {today.isoformat()} UTC)")
-    if start < EARLIEST:
-        raise BackfillRequestError(f"start {start.isoformat()} is before {EARLIEST.isoformat()}, the earliest date this desk backfills")
+    if start < earliest:
+        raise BackfillRequestError(f"start {start.isoformat()} is before {earliest.isoformat()}, the earliest backfill date (OMNI_BACKFILL_EARLIEST_DATE)")
+    if start < calendar.FIRST_SESSION:
+        raise BackfillRequestError(f"start {start.isoformat()} is before {calendar.FIRST_SESSION.isoformat()}, the first session of the exchange calendar")
     return cleaned
 
 
-def plan(symbols: Sequence[str], timeframe: str, start: date, end: date, *, feed: str = "iex", adjustment: str = "raw", today: date | None = None) -> Plan:
+def plan(
+    symbols: Sequence[str], timeframe: str, start: date, end: date, *, feed: str = "iex", adjustment: str = "raw", today: date | None = None, earliest: date = DEFAULT_EARLIEST_BACKFILL
+) -> Plan:
     """Partitions of whole sessions in [start, end) (end exclusive, capped at tomorrow)."""
     today = today or datetime.now(tz=UTC).date()
-    cleaned = check_request(symbols, timeframe, start, end, feed, adjustment, today=today)
+    cleaned = check_request(symbols, timeframe, start, end, feed, adjustment, today=today, earliest=earliest)
     end = min(end, today + timedelta(days=1))
     session_days = calendar.sessions(start, end - timedelta(days=1))
     if not session_days:
@@ -183,6 +197,8 @@ class PartitionOutcome:
     provider: str | None = None
     error: str | None = None
     retry: bool = False
+    #: why there was no data: router.UNKNOWN_SYMBOL or router.NO_BARS_IN_RANGE (None otherwise)
+    cause: str | None = None
     #: set when this outcome finished the job (exactly one partition's outcome does): validate it now
     finished_job: int | None = None
 
@@ -211,10 +227,18 @@ def run_partition(partition_id: int, *, factory: sessionmaker[Session], store: A
     try:
         routed = router.fetch(request)
     except NoProviderServed as exc:
+        provider_notes = "; ".join(exc.notes) or None
+        if exc.cause == NO_BARS_IN_RANGE and (exc.permanent or final_attempt):
+            # The symbol is known and the range is empty: done, no rows, and the reason on record.
+            said = next((a.provider for a in exc.attempts if a.detail.startswith("no bars in range")), None)
+            outcome = PartitionOutcome(partition_id, "succeeded", provider=said, cause=exc.cause)
+            _finish(factory, partition_id, outcome, notes="; ".join([*exc.notes, str(exc)]))
+            log.info("partition has no bars in range", provider=said, detail=str(exc))
+            return outcome
         retry = not exc.permanent and not final_attempt
-        outcome = PartitionOutcome(partition_id, "retrying" if retry else "failed", error=str(exc), retry=retry)
-        _finish(factory, partition_id, outcome, notes=None)
-        log.warning("partition not served", status=outcome.status, error=str(exc))
+        outcome = PartitionOutcome(partition_id, "retrying" if retry else "failed", error=str(exc), retry=retry, cause=exc.cause)
+        _finish(factory, partition_id, outcome, notes=provider_notes)
+        log.warning("partition not served", status=outcome.status, error=str(exc), notes=provider_notes)
         return outcome
     except ProviderError as exc:  # pragma: no cover - the router wraps provider errors
         outcome = PartitionOutcome(partition_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -252,12 +276,14 @@ def _finish(factory: sessionmaker[Session], partition_id: int, outcome: Partitio
         session.execute(select(BackfillJob.id).where(BackfillJob.id == part.job_id).with_for_update())
         part.status = outcome.status
         part.last_error = outcome.error[:4000] if outcome.error else None
+        part.cause = outcome.cause
+        if notes:
+            part.notes = notes[:4000]  # whatever the outcome: a clamp or a refusal stays on record
         if outcome.status == "succeeded":
             part.rows = outcome.rows
             part.rejected = outcome.rejected
             part.provider = outcome.provider
             part.checksum = checksum
-            part.notes = notes[:4000] if notes else None
         if outcome.status in TERMINAL:
             part.finished_at = now
         session.flush()
@@ -304,7 +330,10 @@ def job_progress(factory: sessionmaker[Session], job_id: int) -> dict[str, Any]:
         }
 
 
-def incremental_plan(symbols: Sequence[str], *, store: Any, timeframe: str, feed: str, adjustment: str, overlap_days: int, lookback_days: int, today: date | None = None, feeds: Sequence[str] | None = None) -> Plan:
+def incremental_plan(
+    symbols: Sequence[str], *, store: Any, timeframe: str, feed: str, adjustment: str, overlap_days: int, lookback_days: int,
+    today: date | None = None, feeds: Sequence[str] | None = None, earliest: date = DEFAULT_EARLIEST_BACKFILL,
+) -> Plan:
     """The nightly plan: from each symbol's last stored bar minus an overlap (or the lookback) to today.
 
     ``feeds``: the feeds stored rows may carry for this request (router.serving_feeds);
@@ -318,9 +347,9 @@ def incremental_plan(symbols: Sequence[str], *, store: Any, timeframe: str, feed
         stamps = [t for t in (store.last_ts(symbol, timeframe, f, adjustment) for f in look_in) if t is not None]
         last = max(stamps) if stamps else None
         start = (last.date() - timedelta(days=overlap_days)) if last is not None else today - timedelta(days=lookback_days)
-        start = max(start, EARLIEST)
+        start = max(start, earliest)
         try:
-            combined.partitions.extend(plan([symbol], timeframe, start, end, feed=feed, adjustment=adjustment, today=today).partitions)
+            combined.partitions.extend(plan([symbol], timeframe, start, end, feed=feed, adjustment=adjustment, today=today, earliest=earliest).partitions)
         except BackfillRequestError as exc:
             _log.info("nothing to backfill", symbol=symbol, reason=str(exc))
     return combined

@@ -80,6 +80,7 @@ def nightly() -> dict[str, Any]:
         overlap_days=settings.overlap_days,
         lookback_days=settings.lookback_days,
         feeds=serving_feeds(runtime.settings.providers.order, settings.feed),
+        earliest=settings.earliest_date,
     )
     if not the_plan.partitions:
         return {"job_id": None, "partitions": 0}

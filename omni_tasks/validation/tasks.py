@@ -51,6 +51,32 @@ def nightly() -> dict[str, Any]:
         feeds=serving_feeds(runtime.settings.providers.order, settings.feed), adjustment=settings.adjustment,
     )
     _alert_failures(summary, "nightly validation")
+    if runtime.settings.reconcile.nightly:
+        summary["reconciliation"] = _reconcile(
+            runtime, symbols, settings.timeframe, today - timedelta(days=max(7, settings.overlap_days)), today + timedelta(days=1), settings.feed, settings.adjustment
+        )
+    return summary
+
+
+@omni_task(name="omni.validation.reconcile", queue=Queue.VALIDATION, soft_time_limit_s=600, time_limit_s=720, max_retries=1)
+def reconcile(symbols: list[str], timeframe: str, start: str, end: str, feed: str | None = None, adjustment: str | None = None) -> dict[str, Any]:
+    """Compare a sample of stored bars with a second provider (close and volume) and record the differences."""
+    from datetime import date
+
+    from omni_tasks.marketdata.frames import check_symbol
+
+    runtime = get_runtime()
+    settings = runtime.settings.backfill
+    chosen = [check_symbol(s) for s in symbols]
+    return _reconcile(runtime, chosen, timeframe, date.fromisoformat(start), date.fromisoformat(end), feed or settings.feed, adjustment or settings.adjustment)
+
+
+def _reconcile(runtime: Any, symbols: list[str], timeframe: str, start: Any, end: Any, feed: str, adjustment: str) -> dict[str, Any]:
+    from omni_tasks.validation.reconcile import reconcile_stored
+
+    report = reconcile_stored(runtime.settings, runtime.redis, runtime.engine, runtime.sessions, symbols, timeframe=timeframe, start=start, end=end, feed=feed, adjustment=adjustment)
+    summary = report.summary()
+    _log.info("reconciled with a second provider", compared=summary["compared"], differences=summary["differences"], skipped=len(summary["skipped"]))
     return summary
 
 
