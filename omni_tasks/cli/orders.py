@@ -18,6 +18,8 @@ console = Console()
 order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
 _OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
 OK_STATUSES = frozenset({"new", "accepted", "partially_filled", "filled"})
+#: Publishing an order: a broker that does not answer at once is reported, not waited for (kombu's default retries take seconds).
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the records (default: the login name)")]
 
@@ -58,7 +60,9 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
 
     runtime = get_runtime()
     if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
-        _fail("trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`", 1)
+        message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
+        console.print(f"[red]omni order: {message}[/red]", soft_wrap=True)
+        raise typer.Exit(1)
     what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
         f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
     )
@@ -67,7 +71,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
         # Recorded (pending, with its deadline) before it is queued: from here it ends with a final status.
         accepted = accept_order(
             request, sessions=runtime.sessions, broker=trading.broker, ttl_s=trading.order_ttl_s,
-            send=lambda kwargs: submit_order.apply_async(kwargs=kwargs),
+            send=lambda kwargs: submit_order.apply_async(kwargs=kwargs, retry_policy=PUBLISH_RETRY_POLICY),
         )  # fmt: skip
     except NotQueued as exc:
         if as_json:
@@ -225,7 +229,10 @@ def list_orders(
         with get_runtime().sessions() as session:
             rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
     except SQLAlchemyError as exc:
-        _fail(f"the database is unavailable ({type(exc).__name__}): orders cannot be listed now", 1)
+        console.print(
+            f"[red]omni order: the database is unavailable ({type(exc).__name__}): orders cannot be listed now[/red]", soft_wrap=True
+        )
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(rows, default=str, indent=2))
         return
