@@ -32,7 +32,7 @@ from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
-from omni_tasks.storage.models import Fill, Order, OrderEvent, Position
+from omni_tasks.storage.models import Fill, Order, OrderEvent, Position, TaskRun
 from omni_tasks.trading.intake import NotQueued, accept_order
 from omni_tasks.trading.orders import parse_order
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
@@ -75,12 +75,13 @@ class Desk:
         self.sends += 1
         self.sender.send_task("omni.orders.submit", kwargs=kwargs, queue="orders", **options)
 
-    def accept(self, side: str, qty: str = "1") -> str:
+    def accept(self, side: str, qty: str = "1", *, ttl_s: float | None = None) -> str:
         """Accept one order the CLI's way (recorded, then queued); returns its client_order_id. NotQueued when it could not."""
         request = parse_order(
             symbol=SYMBOL, side=side, qty=qty, client_order_id=f"cli-{uuid.uuid4().hex[:24]}", requested_by="operator:test"
         )
-        accept_order(request, sessions=self.sessions, broker="simulated", ttl_s=self.settings.trading.order_ttl_s, send=self.send)
+        ttl_s = self.settings.trading.order_ttl_s if ttl_s is None else ttl_s
+        accept_order(request, sessions=self.sessions, broker="simulated", ttl_s=ttl_s, send=self.send)
         return request.client_order_id
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
@@ -94,10 +95,12 @@ class Desk:
         return Counter(r[0] for r in rows)
 
     def ledger(self, state: str, ids: list[str]) -> int:
-        """Task-run records in ``state`` for these orders (the ledger's Redis side: no watchdog drained it)."""
-        wanted = set(ids)
-        records = (json.loads(raw) for raw in self.client.lrange(OUTCOMES_KEY, 0, -1))
-        return len({c for rec in records if rec["state"] == state for c in wanted if c in rec["args_json"]})
+        """Orders among ``ids`` with a task-run record in ``state`` (in Redis, or already drained by the watchdog into task_runs)."""
+        records = [json.loads(raw) for raw in self.client.lrange(OUTCOMES_KEY, 0, -1)]
+        with self.engine.connect() as connection:
+            drained = connection.execute(select(TaskRun.state, TaskRun.args_json).where(TaskRun.state == state)).all()
+        texts = [rec["args_json"] for rec in records if rec["state"] == state] + [row[1] for row in drained]
+        return sum(1 for coid in ids if any(coid in text for text in texts))
 
 
 @pytest.fixture
@@ -146,8 +149,9 @@ def _resume(proc: OmniProcess) -> None:
 
 
 def _warm_up(desk: Desk) -> None:
-    coid = desk.accept("buy")
-    wait_for(lambda: desk.statuses([coid]).get(coid) == "filled", 60, message="the warm-up order filled")
+    coid = desk.accept("buy", ttl_s=120)  # a deadline no loaded machine misses
+    wait_for(lambda: desk.statuses([coid]).get(coid) not in (None, "pending"), 60, message="the warm-up order decided")
+    assert desk.statuses([coid])[coid] == "filled"
 
 
 def test_orders_queued_across_a_postgresql_outage_all_end_recorded_and_none_fills_twice(make_desk: Callable[..., Desk]) -> None:
@@ -247,10 +251,12 @@ def test_orders_outliving_their_deadline_behind_a_paused_worker_are_recorded_exp
     wait_for(lambda: time.time() > deadline + 0.2, 30, interval_s=0.2, message="deadline + grace")
 
     def ticked_all_expired() -> bool:
-        desk.sender.send_task("omni.watchdog.tick", queue="watchdog").get(timeout=30)
-        return set(desk.statuses(by_watchdog).values()) == {"expired"}
+        if set(desk.statuses(by_watchdog).values()) == {"expired"}:
+            return True
+        desk.sender.send_task("omni.watchdog.tick", queue="watchdog")  # as beat sends it (its result is not kept)
+        return False
 
-    wait_for(ticked_all_expired, 60, interval_s=0.5, message="the watchdog's expiries")
+    wait_for(ticked_all_expired, 90, interval_s=1.0, message="the watchdog's expiries")
     expired_b = sum(1 for s in desk.statuses(by_watchdog).values() if s == "expired")
     _resume(worker)
     wait_for(lambda: desk.client.llen("orders") == 0 and desk.ledger("EXPIRED", by_watchdog) == n, 60, message="the resumed worker")
@@ -266,7 +272,7 @@ def test_orders_outliving_their_deadline_behind_a_paused_worker_are_recorded_exp
     print(
         f"orders behind a paused worker past deadline + {desk.settings.trading.order_expiry_grace_s:g} s grace: recorded expired by the "
         f"watchdog {expired_b} of {n}; after the worker resumed: still expired {sum(s == 'expired' for s in after.values())} of {n}, "
-        f"filled {filled_after} of {2 * n + 1}; events {dict(last_events)}"
+        f"filled {filled_after} of the {2 * n + 1} expired orders; events {dict(last_events)}"
     )
     assert expired_b == n
     assert set(after.values()) == {"expired"}
