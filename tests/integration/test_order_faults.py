@@ -94,11 +94,13 @@ class Desk:
             rows = connection.execute(select(Order.client_order_id).join(Fill, Fill.order_id == Order.id)).all()
         return Counter(r[0] for r in rows)
 
-    def ledger(self, state: str, ids: list[str]) -> int:
-        """Orders among ``ids`` with a task-run record in ``state`` (in Redis, or already drained by the watchdog into task_runs)."""
+    def ledger(self, state: str, ids: list[str], *, drained_too: bool = True) -> int:
+        """Orders among ``ids`` with a task-run record in ``state`` (in Redis, and with ``drained_too`` in task_runs, where the watchdog moves them)."""
         records = [json.loads(raw) for raw in self.client.lrange(OUTCOMES_KEY, 0, -1)]
-        with self.engine.connect() as connection:
-            drained = connection.execute(select(TaskRun.state, TaskRun.args_json).where(TaskRun.state == state)).all()
+        drained: list[Any] = []
+        if drained_too:
+            with self.engine.connect() as connection:
+                drained = list(connection.execute(select(TaskRun.state, TaskRun.args_json).where(TaskRun.state == state)).all())
         texts = [rec["args_json"] for rec in records if rec["state"] == state] + [row[1] for row in drained]
         return sum(1 for coid in ids if any(coid in text for text in texts))
 
@@ -170,11 +172,24 @@ def test_orders_queued_across_a_postgresql_outage_all_end_recorded_and_none_fill
         with pytest.raises(NotQueued, match="database is unavailable"):
             desk.accept("buy" if i % 2 == 0 else "sell")
         refused += 1
-    wait_for(lambda: desk.ledger("RETRY", accepted) >= n // 2, 30, message="orders retried while the database is down")
+    wait_for(lambda: desk.ledger("RETRY", accepted, drained_too=False) >= n // 2, 30, message="orders retried while the database is down")
+    # The worker holding the retries dies (SIGKILL, main process and child): its unacked messages must be redelivered.
+    worker.kill_group(signal.SIGKILL)
+    wait_for(lambda: worker.process is not None and worker.process.poll() is not None, 10, message="the worker killed")
     wait_for(lambda: time.monotonic() - outage_started >= OUTAGE_S, OUTAGE_S + 5, interval_s=0.2, message="the outage")
+    retried = desk.ledger("RETRY", accepted, drained_too=False)  # read before the watchdog drains the ledger into the database
     desk.pg.start()
     outage_s = time.monotonic() - outage_started
-    wait_for(lambda: "pending" not in desk.statuses(accepted).values(), 150, interval_s=0.5, message="every accepted order decided")
+    desk.start("orders")
+    desk.start("watchdog")  # its tick redelivers a dead worker's unacked messages (and expires overdue orders)
+
+    def decided() -> bool:
+        if "pending" not in desk.statuses(accepted).values():
+            return True
+        desk.sender.send_task("omni.watchdog.tick", queue="watchdog")  # as beat sends it
+        return False
+
+    wait_for(decided, 180, interval_s=1.0, message="every accepted order decided")
 
     statuses = desk.statuses(accepted)
     unfinished = sum(1 for coid in accepted if statuses.get(coid, "pending") == "pending")
@@ -187,9 +202,9 @@ def test_orders_queued_across_a_postgresql_outage_all_end_recorded_and_none_fill
             r[0] for r in connection.execute(select(OrderEvent.client_order_id).where(OrderEvent.event == "requested")).all()
         )
     expected_position = sum((Decimal(1) if side == "buy" else Decimal(-1)) * fills[coid] for coid, side in sides.items())
-    retried = desk.ledger("RETRY", accepted)
     print(
-        f"\norders queued across a {outage_s:.0f} s PostgreSQL outage: accepted without a final recorded status {unfinished} of {n}, "
+        f"\norders queued across a {outage_s:.0f} s PostgreSQL outage, their worker SIGKILLed during it: "
+        f"accepted without a final recorded status {unfinished} of {n}, "
         f"filled twice {filled_twice} (fills counted per client_order_id over {len(fills)} filled), retried while down {retried} of {n}; "
         f"statuses {dict(Counter(statuses.values()))}; refused by the CLI while down {refused} of {refused_n} (queued {desk.sends - sends_before}); "
         f"broker position {held} = signed fills {expected_position}"
