@@ -30,10 +30,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import CursorResult, and_, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -79,6 +79,11 @@ def retry_delay_s(attempt: int, *, seconds_left: float, cap_s: float, rand: Call
     return max(0.05, delay)
 
 
+def updated_rows(session: Session, statement: Any) -> int:
+    """Run an UPDATE in the session; the rows it changed (its cursor's rowcount)."""
+    return int(cast("CursorResult[Any]", session.execute(statement)).rowcount)
+
+
 def is_database_failure(exc: BaseException) -> bool:
     """Does this exception say the database is unreachable (retry later), not that the statement was wrong?"""
     if isinstance(exc, OperationalError | PoolTimeout):
@@ -103,12 +108,13 @@ def expire_order(
     :func:`omni_tasks.trading.orders.order_row_values` builds them) an order that was never
     recorded is recorded now, ``expired``, with its "requested" event: seen, not discarded.
     """
-    changed = session.execute(
+    changed = updated_rows(
+        session,
         update(Order)
         .where(Order.client_order_id == client_order_id, Order.status == "pending", Order.submitted_at.is_(None))
         .values(status=EXPIRED, reason=f"{CHECK}: {reason}", updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+        .execution_options(synchronize_session=False),
+    )
     if changed:
         _event(session, client_order_id, reason, now, detail)
         metrics.ORDERS.labels(EXPIRED, CHECK).inc()

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from omni_tasks.errors import OmniError
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.trading.broker import OrderRequest
-from omni_tasks.trading.expiry import deadline_of, is_database_failure
+from omni_tasks.trading.expiry import deadline_of, is_database_failure, updated_rows
 from omni_tasks.trading.orders import order_row_values, requested_detail
 
 _log = structlog.get_logger("omni.orders.intake")
@@ -110,12 +110,13 @@ def _finalise(sessions: sessionmaker[Session], client_order_id: str, reason: str
     now = deadline_of(None, accepted_at=now_s, ttl_s=0)
     try:
         with sessions() as session, session.begin():
-            changed = session.execute(
+            changed = updated_rows(
+                session,
                 update(Order)
                 .where(Order.client_order_id == client_order_id, Order.status == "pending", Order.submitted_at.is_(None))
                 .values(status="rejected", reason=f"{QUEUE_CHECK}: {reason}", updated_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+                .execution_options(synchronize_session=False),
+            )
             if changed:
                 session.execute(
                     insert(OrderEvent),

@@ -77,7 +77,7 @@ from omni_tasks.trading.book import read_book
 from omni_tasks.trading.broker import Broker, BrokerError, BrokerOrder, InvalidOrder, OrderBlocked, OrderRequest, check_order_request
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
-from omni_tasks.trading.expiry import EXPIRED, expire_order, is_database_failure
+from omni_tasks.trading.expiry import EXPIRED, expire_order, is_database_failure, updated_rows
 
 _log = structlog.get_logger("omni.orders")
 
@@ -494,12 +494,13 @@ class OrderSubmitter:
         """
         now = _utc(self._clock_ns())
         with self._db() as session:
-            claimed = session.execute(
+            claimed = updated_rows(
+                session,
                 update(Order)
                 .where(Order.client_order_id == request.client_order_id, Order.status == "pending")
                 .values(submitted_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+                .execution_options(synchronize_session=False),
+            )
             if claimed:
                 return None
             row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
