@@ -371,6 +371,9 @@ class TradingSettings(_Group):
     starting_cash_usd: Decimal = Field(default=Decimal("100000"), gt=0, description="the simulated broker's cash when its account is first created")
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the simulated broker never fills on a quote older than this (the order is rejected)")
     alpaca_timeout_s: float = Field(default=10.0, gt=0, le=120, description="timeout of each Alpaca trading API call")
+    order_ttl_s: float = Field(default=120.0, gt=0, le=86400, description="an accepted order not sent within this long is recorded expired (never sent later)")
+    order_expiry_grace_s: float = Field(default=30.0, ge=0, le=3600, description="the watchdog records a pending order expired this long after its deadline")
+    order_retry_max_s: float = Field(default=10.0, gt=0, le=300, description="longest wait between attempts of an order while the database is unavailable (backoff with jitter, until its deadline)")
 
 
 class WatchdogSettings(_Group):

@@ -2,6 +2,7 @@
 
 - before_task_publish: stamp ``omni_sent_at`` (queue-wait metrics, oldest wait) and count sends;
 - task_received (worker main process): count, and remember the delivery tag as in flight;
+- task_revoked: count; an order task Celery expired is recorded ``expired``, never unseen;
 - worker_process_init: rebuild clients after fork;
 - setup_logging: our JSON logs instead of Celery's;
 - HeartbeatStep: a thread in the worker main process that beats every ``heartbeat_s``
@@ -77,10 +78,42 @@ def _on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None
     metrics.TASK_REJECTED.labels(name, socket.gethostname(), queue).inc()
 
 
-def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+def _on_task_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     name = getattr(request, "name", None) or getattr(sender, "name", "?")
     queue = ((getattr(request, "delivery_info", None) or {}) or {}).get("routing_key", "?")
     metrics.TASK_REVOKED.labels(str(name), socket.gethostname(), queue).inc()
+    if expired and getattr(sender, "order_bearing", False):
+        record_expired_order_task(sender, request)
+
+
+def record_expired_order_task(task: Any, request: Any) -> None:
+    """Celery discarded an order task past its ``expires`` (a message that carries one): never unseen.
+
+    The order is recorded ``expired`` (row and event; recorded now if it never was)
+    and the task-run ledger says EXPIRED. Orders queued by this version carry their
+    own deadline instead, which the task itself enforces.
+    """
+    from datetime import UTC, datetime
+
+    from omni_tasks.trading.orders import record_expired_message
+
+    runtime = get_runtime()
+    reason = "not sent by its deadline: the message expired in the queue (Celery expires), never sent to the broker"
+    try:
+        named = dict(inspect.signature(task.run).bind_partial(*(request.args or ()), **(request.kwargs or {})).arguments)
+    except TypeError:
+        named = dict(getattr(request, "kwargs", None) or {})
+    try:
+        record_expired_message(
+            runtime.sessions, broker=runtime.settings.trading.broker, arguments=named, reason=reason, now=datetime.now(tz=UTC)
+        )
+    except Exception:  # noqa: BLE001 - the database may be down: the watchdog expires a recorded pending order later
+        _log.warning("expired order task not recorded in orders", task_id=getattr(request, "id", None), exc_info=True)
+    try:
+        task._record("EXPIRED", request.id, request.args, request.kwargs, error=reason)
+    except Exception:  # noqa: BLE001 - Redis may be down; the order's row and the log remain
+        _log.warning("expired order task not in the task ledger", exc_info=True)
+    _log.warning("order task expired in the queue", task_name=task.name, task_id=getattr(request, "id", None))
 
 
 def _on_process_init(**_: Any) -> None:

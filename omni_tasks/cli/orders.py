@@ -18,6 +18,8 @@ console = Console()
 order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
 _OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
 OK_STATUSES = frozenset({"new", "accepted", "partially_filled", "filled"})
+#: Publishing an order: a broker that does not answer at once is reported, not waited for (kombu's default retries take seconds).
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the records (default: the login name)")]
 
@@ -53,34 +55,51 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
 
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.trading.intake import NotQueued, accept_order
     from omni_tasks.trading.tasks import submit_order
 
     runtime = get_runtime()
     if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
-        _fail("trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`", 1)
-    submit_order.apply_async(
-        kwargs={
-            "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
-            "limit_price": None if request.limit_price is None else str(request.limit_price),
-            "client_order_id": client_order_id, "requested_by": request.requested_by,
-        },
-    )  # fmt: skip
+        message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
+        console.print(f"[red]omni order: {message}[/red]", soft_wrap=True)
+        raise typer.Exit(1)
     what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
         f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
     )
+    trading = runtime.settings.trading
+    try:
+        # Recorded (pending, with its deadline) before it is queued: from here it ends with a final status.
+        accepted = accept_order(
+            request, sessions=runtime.sessions, broker=trading.broker, ttl_s=trading.order_ttl_s,
+            send=lambda kwargs: submit_order.apply_async(kwargs=kwargs, retry_policy=PUBLISH_RETRY_POLICY),
+        )  # fmt: skip
+    except NotQueued as exc:
+        if as_json:
+            print(json.dumps({"client_order_id": client_order_id, "status": "not_queued", "reason": str(exc)}))
+        else:
+            console.print(f"[red]omni order: could not queue {what} ({client_order_id}): {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    deadline = accepted.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
     if not wait:
         if as_json:
-            print(json.dumps({"client_order_id": client_order_id, "status": "queued"}))
+            print(json.dumps({"client_order_id": client_order_id, "status": "queued", "expires_at": accepted.expires_at.isoformat()}))
         else:
-            console.print(f"order [bold]{client_order_id}[/bold] queued: {what}; `omni order list` shows its outcome")
+            console.print(
+                f"order [bold]{client_order_id}[/bold] queued: {what}, to be sent by {deadline} or recorded expired; "
+                "`omni order list` shows its outcome",
+                soft_wrap=True,
+            )
         return
     row = _wait_for_outcome(runtime.sessions, client_order_id, timeout_s)
     if row is None:
-        message = f"order {client_order_id} ({what}) not processed within {timeout_s:g} s: is an orders worker running? (`omni status`)"
+        message = (
+            f"order {client_order_id} ({what}) accepted but not decided within {timeout_s:g} s: is an orders worker running? "
+            f"(`omni status`); it is sent by {deadline} or recorded expired, `omni order list` shows which"
+        )
         if as_json:
-            print(json.dumps({"client_order_id": client_order_id, "status": "unknown", "reason": message}))
+            print(json.dumps({"client_order_id": client_order_id, "status": "pending", "reason": message}))
         else:
-            console.print(f"[yellow]{message}[/yellow]")
+            console.print(f"[yellow]{message}[/yellow]", soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         print(json.dumps(row, default=str))
@@ -90,17 +109,21 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
 
 
 def _wait_for_outcome(sessions: Any, client_order_id: str, timeout_s: float) -> dict[str, Any] | None:
-    """Poll the order's row until it leaves ``pending`` (None: not decided in time)."""
+    """Poll the order's row until it leaves ``pending`` (None: not decided in time; a database that fails meanwhile is polled again)."""
     from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from omni_tasks.storage.models import Order
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with sessions() as session:
-            row = session.execute(select(Order).where(Order.client_order_id == client_order_id)).scalar_one_or_none()
-            if row is not None and row.status != "pending":
-                return _row_dict(row)
+        try:
+            with sessions() as session:
+                row = session.execute(select(Order).where(Order.client_order_id == client_order_id)).scalar_one_or_none()
+                if row is not None and row.status != "pending":
+                    return _row_dict(row)
+        except SQLAlchemyError:
+            pass  # the database is away for a moment: the order is recorded, its outcome will be too
         time.sleep(0.1)
     return None
 
@@ -111,10 +134,16 @@ def _plain(value: Any) -> str | None:
     return None if value is None else plain(value)
 
 
+#: Statuses besides ``denied`` whose reason may start with the check that decided them (``deadline: ...``, ``queue: ...``).
+_CHECKED_REASONS = {"expired": ("deadline",), "rejected": ("queue",)}
+
+
 def _row_dict(row: Any) -> dict[str, Any]:
     check, reason = None, row.reason
-    if row.status == "denied" and row.reason and ": " in row.reason:
-        check, reason = row.reason.split(": ", 1)
+    if row.reason and ": " in row.reason:
+        head, rest = row.reason.split(": ", 1)
+        if row.status == "denied" or head in _CHECKED_REASONS.get(row.status, ()):
+            check, reason = head, rest
     return {
         "client_order_id": row.client_order_id,
         "created_at": row.created_at.isoformat(),
@@ -130,6 +159,7 @@ def _row_dict(row: Any) -> dict[str, Any]:
         "filled_qty": _plain(row.filled_qty),
         "avg_fill_price": _plain(row.avg_fill_price),
         "requested_by": row.requested_by,
+        "expires_at": None if row.expires_at is None else row.expires_at.isoformat(),
     }
 
 
@@ -176,11 +206,14 @@ def sell(
 @order_app.command("list")
 def list_orders(
     limit: Annotated[int, typer.Option("--limit", help="rows, newest first")] = 20,
-    status: Annotated[str | None, typer.Option("--status", help="only this status (denied, filled, new, rejected...)")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", help="only this status (pending, denied, filled, new, rejected, expired...)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent orders with their status, and the check and reason of every denial."""
+    """Recent orders with their status, and the check and reason of every denial, rejection and expiry."""
     from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
@@ -192,8 +225,14 @@ def list_orders(
     query = select(Order).order_by(Order.id.desc()).limit(limit)
     if status is not None:
         query = query.where(Order.status == status.strip().lower())
-    with get_runtime().sessions() as session:
-        rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
+    try:
+        with get_runtime().sessions() as session:
+            rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
+    except SQLAlchemyError as exc:
+        console.print(
+            f"[red]omni order: the database is unavailable ({type(exc).__name__}): orders cannot be listed now[/red]", soft_wrap=True
+        )
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(rows, default=str, indent=2))
         return

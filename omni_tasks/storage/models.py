@@ -351,7 +351,8 @@ class Order(Base):
 
     ``status``: pending (checks passed, not yet at the broker), new/accepted
     (at the broker), partially_filled, filled, cancelled, rejected (by the
-    broker), denied (by a pre-trade check; never left), expired.
+    broker), denied (by a pre-trade check; never left), expired (not sent
+    before ``expires_at``: see :mod:`omni_tasks.trading.expiry`).
     """
 
     __tablename__ = "orders"
@@ -373,6 +374,8 @@ class Order(Base):
     created_at: Mapped[UtcTs] = mapped_column(index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[UtcTs]
+    #: Not sent after this moment: a pending order past it is recorded ``expired`` (None: rows from before deadlines).
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Fill(Base):

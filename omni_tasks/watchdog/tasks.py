@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from omni_tasks import heartbeats, metrics
@@ -12,13 +13,14 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.engage import orders_purger
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.taskdef import omni_task
+from omni_tasks.trading import expiry
 from omni_tasks.trading.orders import DATABASE_BREAKER
 from omni_tasks.watchdog import monitor, rules
 
 
 @omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
 def tick() -> dict[str, Any]:
-    """Record heartbeats and queue depths, redeliver dead workers' tasks, persist task outcomes, then run the health rules."""
+    """Record heartbeats and queue depths, redeliver dead workers' tasks, persist task outcomes, expire overdue orders, run the rules."""
     runtime = get_runtime()
     settings = runtime.settings
     broker_url = settings.broker_url
@@ -40,6 +42,9 @@ def tick() -> dict[str, Any]:
     metrics.WATCHDOG_TICKS.inc()
     metrics.REDELIVERED.inc(summary["redelivered"])
     metrics.OUTCOMES_PERSISTED.inc(summary["outcomes_persisted"])
+    summary["orders_expired"] = expiry.reconcile(
+        runtime.sessions, now=datetime.now(tz=UTC), ttl_s=settings.trading.order_ttl_s, grace_s=settings.trading.order_expiry_grace_s
+    )
     actuator = rules.LiveActuator(runtime, purge=orders_purger(broker_url, Queue.ORDERS.value, transport))
     summary["rules"] = rules.run_rules(runtime, actuator=actuator, queue_depths=summary["queues"], database_ok=summary["database"] == "ok")
     return summary
