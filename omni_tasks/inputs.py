@@ -27,8 +27,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 
-#: A ticker: 1-10 of A-Z, 0-9, '.', '-', starting with a letter (match with ``fullmatch``).
-SYMBOL_PATTERN: Final = re.compile(r"[A-Z][A-Z0-9.\-]{0,9}", re.ASCII)
+#: A ticker: 1-10 of A-Z, 0-9, '.', '-', starting with a letter. The one home of this rule (frames, the broker
+#: and the settings import it). Anchored with ``\Z``: ``$`` would let "AAPL\n" through.
+SYMBOL_PATTERN: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}\Z", re.ASCII)
 #: An operator's name in the records: 1-60 of letters, digits, '_', '.', '@', '-'.
 OPERATOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_.@\-]{1,60}", re.ASCII)
 #: The first day of the exchange calendar (omni_tasks.marketdata.calendar); no date before it is accepted.
@@ -74,8 +75,8 @@ def _text(value: object, what: str, *, max_len: int = _MAX_TEXT) -> str:
 
 def symbol(value: object, *, what: str = "symbol") -> str:
     """A ticker, upper-cased: 1-10 of A-Z, 0-9, '.', '-' starting with a letter (ASCII only: 'ß' is not 'SS')."""
-    text = _text(value, what, max_len=32)
-    if not text.isascii() or not SYMBOL_PATTERN.fullmatch(text.upper()):
+    text = value.strip() if isinstance(value, str) else ""
+    if not isinstance(value, str) or len(text) > 32 or not text.isascii() or not SYMBOL_PATTERN.match(text.upper()):
         raise InputError(f"{shown(value)} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-', starting with a letter)")
     return text.upper()
 
@@ -117,7 +118,8 @@ def decimal(
         raise InputError(f"{what} {shown(value)} is too large (at most {max_integer_digits} digits before the point)")
     if len(fraction.rstrip("0")) > max_places:
         raise InputError(f"{what} {shown(value)} has too many decimal places (at most {max_places})")
-    number = Decimal(text)
+    # Zeros past the last allowed place carry no value: "1.000000000" is 1.00000000, not a ninth place.
+    number = Decimal(f"{whole or '0'}.{fraction[:max_places]}" if len(fraction) > max_places else text)
     if number == 0 and not allow_zero:
         raise InputError(f"{what} {shown(value)} must be positive")
     return number

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from omni_tasks import secrets as secret_box
 from omni_tasks.errors import ConfigError
+from omni_tasks.inputs import SYMBOL_PATTERN
 
 ENV_PREFIX = "OMNI_"
 #: Variables that are not settings but are read by the test-suite or the launcher.
@@ -39,7 +40,7 @@ STREAM_FEEDS = ("synthetic", "replay", "alpaca")
 #: The watchdog's rules (omni_tasks.watchdog.rules), named here so a disabled rule is checked at start-up.
 WATCHDOG_RULES = ("risk_breach", "stale_stream", "providers_down", "error_storm", "missing_workers", "queue_backlog", "latency_budget")
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+_SYMBOL = SYMBOL_PATTERN
 
 
 def _split_csv(value: Any) -> Any:

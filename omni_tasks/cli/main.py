@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -117,7 +118,9 @@ def _one_line(text: str) -> str:
 
 def _usage_line(exc: ClickException) -> str:
     """``omni <command path>: <problem>`` from a click usage error (typer's parsers add pydantic's prefix; dropped)."""
-    message = _one_line(exc.format_message()).replace("Value error, ", "")
+    message = _one_line(exc.format_message())
+    # "Invalid value for '--top': Value error, --top '1_0' is not ...": our parsers name the field themselves.
+    message = re.sub(r"^Invalid value for '[^']*': Value error, ", "", message).replace("Value error, ", "")
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None and ctx.command_path else "omni"
     return f"{where}: {message}"

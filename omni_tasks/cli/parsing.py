@@ -25,10 +25,10 @@ def fail(command: str, message: str, code: int = USAGE_EXIT) -> NoReturn:
     raise typer.Exit(code)
 
 
-def check(command: str, parse: Callable[..., T], value: Any, **options: Any) -> T:
-    """``parse(value, **options)`` from :mod:`omni_tasks.inputs`, or the one-line refusal of ``command``."""
+def check(command: str, parse: Callable[..., T], *values: Any, **options: Any) -> T:
+    """``parse(*values, **options)`` from :mod:`omni_tasks.inputs`, or the one-line refusal of ``command``."""
     try:
-        return parse(value, **options)
+        return parse(*values, **options)
     except inputs.InputError as exc:
         fail(command, str(exc))
 

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks import inputs
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.errors import ProviderError
 from omni_tasks.marketdata.frames import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
@@ -38,7 +39,8 @@ SESSIONS_PER_PARTITION: dict[str, int] = {"1Min": 5, "5Min": 20, "15Min": 60, "3
 #: Bars a provider returns per page (Alpaca: up to 10,000): for the call estimate.
 ROWS_PER_CALL = 10_000
 TERMINAL = frozenset({"succeeded", "failed"})
-EARLIEST = date(2000, 1, 3)
+#: The first date the desk backfills: the exchange calendar's first day (a setting may narrow it later).
+EARLIEST = inputs.EARLIEST_DATE
 
 
 class BackfillRequestError(ValueError):

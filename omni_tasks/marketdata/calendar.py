@@ -12,10 +12,11 @@ from functools import lru_cache
 import exchange_calendars as xcals
 import pandas as pd
 
+from omni_tasks import inputs
 from omni_tasks.marketdata.frames import Timeframe
 
 EXCHANGE = "XNYS"
-CALENDAR_START = "2000-01-03"
+CALENDAR_START = inputs.EARLIEST_DATE.isoformat()
 
 
 @lru_cache(maxsize=4)
