@@ -12,6 +12,9 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
+# typer vendors click; the current command's context (for its full name) is only reachable here.
+from typer._click.globals import get_current_context
+
 from omni_tasks import inputs
 
 T = TypeVar("T")
@@ -19,9 +22,14 @@ USAGE_EXIT = 2
 
 
 def fail(command: str, message: str, code: int = USAGE_EXIT) -> NoReturn:
-    """Print ``omni <command>: <message>`` on stderr (plain text: user input is never read as markup) and exit."""
-    line = " ".join(message.split("\n"))
-    print(f"omni {command}: {line}", file=sys.stderr, flush=True)
+    """Print ``omni <command>: <message>`` on stderr (plain text: user input is never read as markup) and exit.
+
+    The running command's full path (``omni order cancel-all``) is used when there is one; ``command`` otherwise.
+    """
+    ctx = get_current_context(silent=True)
+    where = ctx.command_path if ctx is not None and ctx.command_path.startswith("omni ") else f"omni {command}"
+    line = " ".join(message.split())
+    print(f"{where}: {line}", file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, option
 from omni_tasks.errors import BootRefused
 from omni_tasks.settings import Settings
 
@@ -53,13 +55,12 @@ def _port_free(host: str, port: int) -> bool:
 
 def worker(
     kind: Annotated[str, typer.Argument(help="worker kind: scans, backfill, validation, risk, watchdog, orders")],
-    concurrency: Annotated[int | None, typer.Option(help="override the kind's concurrency")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="override the kind's concurrency", parser=option(inputs.integer, what="--concurrency", lo=1, hi=256))] = None,
 ) -> None:
     """Start one worker of KIND (queues, pool and concurrency from workers/)."""
     from workers import KINDS
 
-    if kind not in KINDS:
-        raise typer.BadParameter(f"unknown worker kind {kind!r}; choose from {', '.join(KINDS)}", param_hint="KIND")
+    kind = check("worker", inputs.choice, kind, what="KIND", choices=tuple(KINDS))
     from omni_tasks.cli.main import prepare
 
     settings = prepare(f"worker-{kind}", kind)
@@ -156,7 +157,7 @@ def server() -> None:
 
 
 def up(
-    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly")] = None,
+    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly", parser=option(inputs.seconds, what="--for", hi=366 * 86_400.0))] = None,
 ) -> None:
     """Run the whole pipeline: every worker kind, beat, Flower, the metrics/health server.
 
