@@ -141,7 +141,15 @@ def server() -> None:
         return read_status(runtime.redis), read_published(runtime.redis)
 
     registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source)
-    httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
+    httpd = make_server(
+        settings.metrics.host,
+        settings.metrics.port,
+        registry=registry,
+        health=health_check,
+        request_timeout_s=settings.metrics.request_timeout_s,
+        workers=settings.metrics.workers,
+        max_connections=settings.metrics.max_connections,
+    )
 
     def stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
