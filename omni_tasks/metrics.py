@@ -9,8 +9,13 @@ worker liveness and the beat leader at scrape time. Labels never hold symbols.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,22 +130,125 @@ class LiveCollector(Collector):
         yield scrape_s
 
 
+_SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]  # metric name, sample name, sorted labels
+
+
+@dataclass
+class _FileValues:
+    """One metric file's samples as last read; ``final``: its process is gone, the file will not change again."""
+
+    values: dict[_SeriesKey, float]
+    final: bool
+
+
 class MergedFilesCollector(Collector):
     """Every process's metric files under ``root``, one subfolder per host (or container).
 
     prometheus-client's own collector reads one folder, keyed by PID; PIDs
     repeat across containers, so each host writes to ``root/<hostname>`` and
     the server merges them all.
+
+    Worker children recycle (``max_tasks_per_child``) and each leaves its files
+    behind, so there are hundreds; merging them all on every scrape (parsing
+    every key's JSON again) made a scrape take over a second. Here the running
+    sum is kept between scrapes: a file of a process of this host that has exited
+    is read once more and then never again; every other file (a live process,
+    another host's) is read on every scrape and replaces its previous values in
+    the sum. Keys are parsed once per process lifetime of the server. Gauges
+    (none of ours; their modes differ) are merged the ordinary way.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, hostname: str | None = None, alive: Callable[[int], bool] | None = None) -> None:
         self._root = root
+        self._hostname = hostname or socket.gethostname()
+        self._alive = alive or _pid_alive
+        self._lock = threading.Lock()
+        self._files: dict[str, _FileValues] = {}
+        self._total: dict[_SeriesKey, float] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}  # metric name -> (type, help)
+        self._keys: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        files = sorted(str(p) for p in self._root.glob("*/*.db"))
-        return iter(MultiProcessCollector.merge(files, accumulate=True))
+        with self._lock:
+            gauges = self._refresh()
+            metrics: dict[str, Any] = {}
+            for (metric_name, name, labels), value in self._total.items():
+                metric = metrics.get(metric_name)
+                if metric is None:
+                    typ, help_text = self._kinds[metric_name]
+                    metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
+                metric.add_sample(name, labels, value)
+            # prometheus-client's own accumulation (histogram buckets made cumulative, _count added).
+            merged = list(MultiProcessCollector._accumulate_metrics(metrics, True))
+        if gauges:
+            merged.extend(MultiProcessCollector.merge(gauges, accumulate=True))
+        return iter(merged)
+
+    def _refresh(self) -> list[str]:
+        """Bring the running sum up to date with the files now present; returns the gauge files."""
+        gauges: list[str] = []
+        present: set[str] = set()
+        for path in sorted(str(p) for p in self._root.glob("*/*.db")):
+            parts = os.path.basename(path)[:-3].split("_")
+            typ = parts[0]
+            if typ == "gauge":
+                gauges.append(path)
+                continue
+            present.add(path)
+            known = self._files.get(path)
+            if known is not None and known.final:
+                continue
+            final = self._is_ours(path) and parts[-1].isdigit() and not self._alive(int(parts[-1]))
+            try:
+                values = self._read(path, typ)
+            except FileNotFoundError:
+                present.discard(path)
+                continue
+            self._replace(path, _FileValues(values, final))
+        for gone in set(self._files) - present:
+            self._replace(gone, None)
+        return gauges
+
+    def _is_ours(self, path: str) -> bool:
+        return os.path.basename(os.path.dirname(path)) == self._hostname
+
+    def _read(self, path: str, typ: str) -> dict[_SeriesKey, float]:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        values: dict[_SeriesKey, float] = {}
+        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(path):
+            parsed = self._keys.get(key)
+            if parsed is None:
+                metric_name, name, labels, help_text = json.loads(key)
+                parsed = self._keys[key] = (metric_name, name, tuple(sorted(labels.items())), help_text)
+            metric_name, name, labels_key, help_text = parsed
+            self._kinds.setdefault(metric_name, (typ, help_text))
+            series = (metric_name, name, labels_key)
+            values[series] = values.get(series, 0.0) + value
+        return values
+
+    def _replace(self, path: str, new: _FileValues | None) -> None:
+        old = self._files.pop(path, None)
+        if old is not None:
+            for series, value in old.values.items():
+                self._total[series] -= value
+        if new is not None:
+            self._files[path] = new
+            for series, value in new.values.items():
+                self._total[series] = self._total.get(series, 0.0) + value
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's): alive
+    return True
 
 
 STREAM_LATENCY_EDGES_S = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
@@ -200,6 +308,41 @@ class StreamCollector(Collector):
         stale = GaugeMetricFamily("omni_stream_stale_symbols", "Subscribed symbols with no quote for stale_after_s in market hours.")
         stale.add_metric([], float(len(status.get("stale_symbols") or [])))
         yield stale
+
+
+class ScrapeCache:
+    """The /metrics body, collected at most once per ``max_age_s`` by one scrape while concurrent ones wait for it.
+
+    A collection merges every process's metric files (hundreds, once worker
+    children recycle) and reads the live gauges from Redis: done for each of
+    many concurrent scrapes, it took over a second at p50 under load. Prometheus
+    scrapes every 15 s or so; an answer up to ``max_age_s`` old costs it nothing.
+    ``max_age_s`` 0 collects on every scrape (still one at a time).
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_age_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._registry = registry
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._body: bytes | None = None
+        self._at = float("-inf")
+
+    def body(self) -> bytes:
+        """The exposition text (Prometheus text format)."""
+        from prometheus_client import generate_latest
+
+        if self._max_age_s <= 0:
+            return generate_latest(self._registry)
+        requested = self._clock()
+        with self._lock:
+            # Collected while this scrape waited for the lock (or fresh enough): answer with it.
+            if self._body is not None and (self._at >= requested or requested - self._at < self._max_age_s):
+                return self._body
+            started = self._clock()
+            self._body = generate_latest(self._registry)
+            self._at = started
+            return self._body
 
 
 def build_registry(

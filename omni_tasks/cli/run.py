@@ -149,6 +149,7 @@ def server() -> None:
         request_timeout_s=settings.metrics.request_timeout_s,
         workers=settings.metrics.workers,
         max_connections=settings.metrics.max_connections,
+        scrape_cache_s=settings.metrics.scrape_cache_s,
     )
 
     def stop(_signum: int, _frame: Any) -> None:
