@@ -1,10 +1,11 @@
 """/metrics under load: p50 scrape time with many metric files present, while other scrapes and slow clients run.
 
 The naive way is what the server did before: every scrape merges every process's
-metric files and reads the live gauges from Redis again. The server now answers
-from one collection at most ``OMNI_METRICS_SCRAPE_CACHE_S`` old, made by one
-scrape while the others wait for it (single flight). Both run here, same files,
-same load, same machine.
+metric files (prometheus-client's ``MultiProcessCollector.merge``, every key's JSON
+parsed again). The server now keeps the merged sum between scrapes (an exited
+process's file is read once more, then never) and concurrent scrapes within
+``OMNI_METRICS_SCRAPE_CACHE_S`` share one merge. Both run here with the same live
+gauges, files, load and machine.
 
     python -m bench.metrics_scrape [--files 300] [--scrapers 8] [--slow 40] [--scrapes 200] [--redis-url URL]
 """
@@ -112,10 +113,33 @@ def run_load(port: int, *, scrapers: int, slow: int, scrapes: int) -> tuple[list
     return timings, failures[0]
 
 
-def serve(registry: Any, cache_s: float) -> tuple[Any, int]:
+class NaiveFiles:
+    """The earlier collector: every file merged on every scrape."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def collect(self) -> Any:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        return iter(MultiProcessCollector.merge(sorted(str(p) for p in self._root.glob("*/*.db")), accumulate=True))
+
+
+def naive_registry(snapshot: Any, root: Path) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from omni_tasks import metrics
+
+    registry = CollectorRegistry()
+    registry.register(NaiveFiles(root))
+    registry.register(metrics.LiveCollector(snapshot))
+    return registry
+
+
+def serve(registry: Any) -> tuple[Any, int]:
     from omni_tasks.httpserver import make_server
 
-    httpd = make_server("127.0.0.1", 0, registry=registry, health=lambda: (200, {"status": "ok"}), kill=False, scrape_cache_s=cache_s)
+    httpd = make_server("127.0.0.1", 0, registry=registry, health=lambda: (200, {"status": "ok"}), kill=False)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return httpd, httpd.server_address[1]
 
@@ -133,10 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="omni-bench-metrics-") as tmp:
         root = Path(tmp)
         files = make_files(root, args.files)
-        registry = metrics.build_registry(_snapshot_source(args.redis_url), root)
+        snapshot = _snapshot_source(args.redis_url)
         results = {}
-        for label, cache_s in (("naive (collect every scrape)", 0.0), ("cached single flight (1 s)", 1.0)):
-            httpd, port = serve(registry, cache_s)
+        for label, registry in (
+            ("naive (every file merged on every scrape)", naive_registry(snapshot, root)),
+            ("incremental merge, shared within 1 s", metrics.build_registry(snapshot, root, files_max_age_s=1.0)),
+        ):
+            httpd, port = serve(registry)
             try:
                 timings, failed = run_load(port, scrapers=args.scrapers, slow=args.slow, scrapes=args.scrapes)
             finally:
@@ -145,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             p50 = statistics.median(timings) * 1000
             p95 = statistics.quantiles(timings, n=20)[-1] * 1000
             results[label] = p50
-            print(f"{label}: /metrics p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(timings)} scrapes "
-                  f"({args.scrapers} scrapers, {args.slow} slow clients, {files} metric files, {failed} failed)")
+            print(
+                f"{label}: /metrics p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(timings)} scrapes "
+                f"({args.scrapers} scrapers, {args.slow} slow clients, {files} metric files, {failed} failed)"
+            )
         naive, cached = results.values()
         print(f"p50 ratio naive / cached: {naive / cached:.1f}x")
     return 0

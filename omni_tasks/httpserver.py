@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from omni_tasks import inputs
 
@@ -310,17 +310,12 @@ def make_server(
     request_timeout_s: float = 10.0,
     workers: int = 8,
     max_connections: int = 256,
-    scrape_cache_s: float = 1.0,
 ) -> BoundedHTTPServer:
     """``kill``: the engage endpoint; True builds it from this process's settings (off without a token), False or None: off.
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
-    ``workers``: threads answering requests; ``max_connections``: connections waiting for their request;
-    ``scrape_cache_s``: /metrics answers from a collection at most this old (:class:`omni_tasks.metrics.ScrapeCache`).
+    ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
     """
-    from omni_tasks.metrics import ScrapeCache
-
-    scrapes = ScrapeCache(registry, scrape_cache_s)
     endpoint: KillEndpoint | None = _default_kill_endpoint() if kill is True else (kill or None)
 
     class Handler(PrebufferedHandler):
@@ -338,7 +333,7 @@ def make_server(
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, scrapes.body(), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in {"/health", "/healthz"}:
                 code, payload = health()
                 self._send(code, json.dumps(payload, indent=2).encode(), "application/json")

@@ -98,9 +98,7 @@ def symbols(value: object, *, what: str = "symbols", max_count: int = 10_000) ->
     return out
 
 
-def decimal(
-    value: object, *, what: str, max_integer_digits: int = 16, max_places: int = 8, allow_zero: bool = False
-) -> Decimal:
+def decimal(value: object, *, what: str, max_integer_digits: int = 16, max_places: int = 8, allow_zero: bool = False) -> Decimal:
     """A non-negative exact decimal from plain text such as ``10``, ``0.5`` or ``187.25``.
 
     ASCII digits and one point only: no sign, exponent, underscore, space inside,
@@ -185,7 +183,9 @@ def day(value: object, *, what: str, today: date | None = None, earliest: date =
 def date_range(start: date, end: date, *, start_what: str = "--start", end_what: str = "--end") -> tuple[date, date]:
     """[start, end) with end exclusive: refused unless end is after start."""
     if end <= start:
-        raise InputError(f"impossible date range: {end_what} {end.isoformat()} is not after {start_what} {start.isoformat()} (the end is exclusive)")
+        raise InputError(
+            f"impossible date range: {end_what} {end.isoformat()} is not after {start_what} {start.isoformat()} (the end is exclusive)"
+        )
     return start, end
 
 

@@ -156,10 +156,21 @@ class MergedFilesCollector(Collector):
     another host's) is read on every scrape and replaces its previous values in
     the sum. Keys are parsed once per process lifetime of the server. Gauges
     (none of ours; their modes differ) are merged the ordinary way.
+
+    Concurrent scrapes share one merge: a scrape arriving within ``max_age_s`` of
+    the last merge (or while one runs) answers with it. The live gauges
+    (:class:`LiveCollector`) are not cached: the trading state is never stale.
     """
 
-    def __init__(self, root: Path, *, hostname: str | None = None, alive: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self, root: Path, *, max_age_s: float = 0.0, hostname: str | None = None, alive: Callable[[int], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self._root = root
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._merged: list[Any] | None = None
+        self._merged_at = float("-inf")
         self._hostname = hostname or socket.gethostname()
         self._alive = alive or _pid_alive
         self._lock = threading.Lock()
@@ -172,7 +183,12 @@ class MergedFilesCollector(Collector):
         from prometheus_client.metrics_core import Metric
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        asked = self._clock()
         with self._lock:
+            # Merged while this scrape waited for the lock, or recently enough: the same answer.
+            if self._merged is not None and (self._merged_at >= asked or asked - self._merged_at < self._max_age_s):
+                return iter(self._merged)
+            started = self._clock()
             gauges = self._refresh()
             metrics: dict[str, Any] = {}
             for (metric_name, name, labels), value in self._total.items():
@@ -183,8 +199,9 @@ class MergedFilesCollector(Collector):
                 metric.add_sample(name, labels, value)
             # prometheus-client's own accumulation (histogram buckets made cumulative, _count added).
             merged = list(MultiProcessCollector._accumulate_metrics(metrics, True))
-        if gauges:
-            merged.extend(MultiProcessCollector.merge(gauges, accumulate=True))
+            if gauges:
+                merged.extend(MultiProcessCollector.merge(gauges, accumulate=True))
+            self._merged, self._merged_at = merged, started
         return iter(merged)
 
     def _refresh(self) -> list[str]:
@@ -310,50 +327,20 @@ class StreamCollector(Collector):
         yield stale
 
 
-class ScrapeCache:
-    """The /metrics body, collected at most once per ``max_age_s`` by one scrape while concurrent ones wait for it.
-
-    A collection merges every process's metric files (hundreds, once worker
-    children recycle) and reads the live gauges from Redis: done for each of
-    many concurrent scrapes, it took over a second at p50 under load. Prometheus
-    scrapes every 15 s or so; an answer up to ``max_age_s`` old costs it nothing.
-    ``max_age_s`` 0 collects on every scrape (still one at a time).
-    """
-
-    def __init__(self, registry: CollectorRegistry, max_age_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = registry
-        self._max_age_s = max_age_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._body: bytes | None = None
-        self._at = float("-inf")
-
-    def body(self) -> bytes:
-        """The exposition text (Prometheus text format)."""
-        from prometheus_client import generate_latest
-
-        if self._max_age_s <= 0:
-            return generate_latest(self._registry)
-        requested = self._clock()
-        with self._lock:
-            # Collected while this scrape waited for the lock (or fresh enough): answer with it.
-            if self._body is not None and (self._at >= requested or requested - self._at < self._max_age_s):
-                return self._body
-            started = self._clock()
-            self._body = generate_latest(self._registry)
-            self._at = started
-            return self._body
-
-
 def build_registry(
     snapshot: Callable[[], dict[str, Any]],
     metrics_root: Path | None,
     stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    *,
+    files_max_age_s: float = 1.0,
 ) -> CollectorRegistry:
-    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms."""
+    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms.
+
+    ``files_max_age_s``: concurrent scrapes within this many seconds share one merge of the metric files.
+    """
     registry = CollectorRegistry()
     if metrics_root is not None:
-        registry.register(MergedFilesCollector(metrics_root))
+        registry.register(MergedFilesCollector(metrics_root, max_age_s=files_max_age_s))
     registry.register(LiveCollector(snapshot))
     if stream_source is not None:
         registry.register(StreamCollector(stream_source))

@@ -420,7 +420,7 @@ class MetricsSettings(_Group):
     request_timeout_s: float = Field(default=10.0, gt=0, le=300, description="a request to /metrics or /health must arrive whole within this many seconds of connecting, or the connection is dropped")
     workers: int = Field(default=8, ge=1, le=256, description="threads answering /metrics and /health requests (slow clients hold none of them)")
     max_connections: int = Field(default=256, ge=1, le=65535, description="connections waiting for their request at once; more are closed at once")
-    scrape_cache_s: float = Field(default=1.0, ge=0, le=60, description="/metrics answers from a collection at most this old (0: collect on every scrape)")
+    scrape_cache_s: float = Field(default=1.0, ge=0, le=60, description="scrapes within this many seconds share one merge of every process's metric files (0: merge on every scrape); the live gauges are read on every scrape")
 
 
 GROUPS: dict[str, type[_Group]] = {

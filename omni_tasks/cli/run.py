@@ -140,7 +140,7 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
-    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source)
+    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, files_max_age_s=settings.metrics.scrape_cache_s)
     httpd = make_server(
         settings.metrics.host,
         settings.metrics.port,
@@ -149,7 +149,6 @@ def server() -> None:
         request_timeout_s=settings.metrics.request_timeout_s,
         workers=settings.metrics.workers,
         max_connections=settings.metrics.max_connections,
-        scrape_cache_s=settings.metrics.scrape_cache_s,
     )
 
     def stop(_signum: int, _frame: Any) -> None:

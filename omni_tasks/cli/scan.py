@@ -49,7 +49,10 @@ def scan(
     from omni_tasks.scans.scanner import ScanConfig
 
     instant = check("scan", inputs.instant, as_of, what="--as-of") if as_of is not None else datetime.now(tz=UTC)
-    given = check("scan", inputs.symbols, symbols, what="--symbols") if symbols is not None and universe is None else None
+    given: list[str] | None = None
+    if symbols is not None and universe is None:
+        # "--symbols ," is an empty universe: a scan that fails on the record (below), not a usage error.
+        given = check("scan", inputs.symbols, symbols, what="--symbols") if symbols.replace(",", "").strip() else []
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     settings = runtime.settings.backfill
