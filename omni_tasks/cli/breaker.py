@@ -95,7 +95,7 @@ def _breaker(name: str, actor: str) -> Any:
     known = known_names(runtime.redis, settings)
     if name not in known:
         _fail(f"unknown breaker {name!r}: known breakers are {', '.join(known)}")
-    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=actor))
+    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=actor, client=runtime.redis))
 
 
 @breaker_app.command("list")
