@@ -136,10 +136,15 @@ def naive_registry(snapshot: Any, root: Path) -> Any:
     return registry
 
 
-def serve(registry: Any) -> tuple[Any, int]:
+def serve(source: Any) -> tuple[Any, int]:
     from omni_tasks.httpserver import make_server
+    from omni_tasks.metrics import Exposition
 
-    httpd = make_server("127.0.0.1", 0, registry=registry, health=lambda: (200, {"status": "ok"}), kill=False)
+    health = lambda: (200, {"status": "ok"})  # noqa: E731 - a constant answer
+    if isinstance(source, Exposition):
+        httpd = make_server("127.0.0.1", 0, metrics_body=source.render, health=health, kill=False)
+    else:
+        httpd = make_server("127.0.0.1", 0, registry=source, health=health, kill=False)
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return httpd, httpd.server_address[1]
 
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for label, registry in (
             ("naive (every file merged on every scrape)", naive_registry(snapshot, root)),
-            ("incremental merge, shared within 1 s", metrics.build_registry(snapshot, root, files_max_age_s=1.0)),
+            ("incremental merge, rendered once per 1 s", metrics.build_exposition(snapshot, root, files_max_age_s=1.0)),
         ):
             httpd, port = serve(registry)
             try:

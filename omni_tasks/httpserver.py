@@ -128,6 +128,9 @@ class BoundedHTTPServer(HTTPServer):
     because every worker was busy and the queue full, dropped as too large.
     """
 
+    #: The listen backlog: socketserver's 5 would leave a burst of connections waiting in the kernel, unaccepted.
+    request_queue_size = 256
+
     def __init__(
         self,
         address: tuple[str, int],
@@ -304,8 +307,9 @@ def make_server(
     host: str,
     port: int,
     *,
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None = None,
     health: Callable[[], tuple[int, dict[str, Any]]],
+    metrics_body: Callable[[], bytes] | None = None,
     kill: KillEndpoint | None | bool = True,
     request_timeout_s: float = 10.0,
     workers: int = 8,
@@ -315,7 +319,16 @@ def make_server(
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
     ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
+    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.metrics.Exposition.render`), else ``registry`` rendered.
     """
+    if metrics_body is None:
+        if registry is None:
+            raise ValueError("make_server needs a registry or a metrics_body")
+        collected = registry
+
+        def metrics_body() -> bytes:
+            return generate_latest(collected)
+
     endpoint: KillEndpoint | None = _default_kill_endpoint() if kill is True else (kill or None)
 
     class Handler(PrebufferedHandler):
@@ -333,7 +346,7 @@ def make_server(
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._send(200, metrics_body(), CONTENT_TYPE_LATEST)
             elif path in {"/health", "/healthz"}:
                 code, payload = health()
                 self._send(code, json.dumps(payload, indent=2).encode(), "application/json")

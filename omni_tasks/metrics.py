@@ -55,7 +55,9 @@ BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by 
 LATENCY_VIOLATIONS = Counter("omni_latency_budget_violations", "Operations over their latency budget (DESIGN section 7).", ("budget",))
 ORDERS = Counter("omni_orders", "Orders through the orders path, by outcome (denied orders also by check).", ("outcome", "check"))
 ORDER_SUBMIT_SECONDS = Histogram(
-    "omni_order_submit_seconds", "Order submission: checks, records and the broker call.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
+    "omni_order_submit_seconds",
+    "Order submission: checks, records and the broker call.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf")),
 )
 WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
 KILL_SWITCH_CHANGES = Counter(
@@ -89,7 +91,9 @@ class LiveCollector(Collector):
             oldest.add_metric([queue], age)
         yield oldest
         worker_up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"])
-        age = GaugeMetricFamily("omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"])
+        age = GaugeMetricFamily(
+            "omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"]
+        )
         for worker in snap.get("workers", []):
             worker_up.add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
             age.add_metric([worker["hostname"], worker["kind"]], worker["age_s"])
@@ -297,9 +301,13 @@ class StreamCollector(Collector):
         up.add_metric([], 1.0 if fresh and status.get("connected") else 0.0)
         yield up
         latency = HistogramMetricFamily(
-            "omni_stream_stage_latency_seconds", "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).", labels=["stage"]
+            "omni_stream_stage_latency_seconds",
+            "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).",
+            labels=["stage"],
         )
-        violations = CounterMetricFamily("omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"])
+        violations = CounterMetricFamily(
+            "omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"]
+        )
         for stage, summary in sorted(published.items()):
             hist = Histogram.from_sparse(summary.get("buckets", {}), max_ns=int(summary.get("max_ns", 0)))
             cumulative = hist.cumulative_at(int(edge * 1e9) for edge in STREAM_LATENCY_EDGES_S)
@@ -310,7 +318,9 @@ class StreamCollector(Collector):
                 violations.add_metric([stage], float(summary.get("over_budget", 0)))
         yield latency
         yield violations
-        messages = CounterMetricFamily("omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"])
+        messages = CounterMetricFamily(
+            "omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"]
+        )
         for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
             messages.add_metric([outcome], float(count))
         yield messages
@@ -318,7 +328,9 @@ class StreamCollector(Collector):
         garbage.add_metric([], float(status.get("garbage_frames", 0)))
         yield garbage
         counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
-        events = CounterMetricFamily("omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"])
+        events = CounterMetricFamily(
+            "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"]
+        )
         for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
             events.add_metric([event], float(counters.get(event, 0)))
         yield events
@@ -345,3 +357,67 @@ def build_registry(
     if stream_source is not None:
         registry.register(StreamCollector(stream_source))
     return registry
+
+
+class Exposition:
+    """The /metrics body: the metric files' part rendered at most once per ``max_age_s``, the live part on every scrape.
+
+    The files' part (every process's counters and histograms, thousands of samples)
+    is what costs: merged incrementally by :class:`MergedFilesCollector` and
+    rendered to text here, once for all the scrapes that arrive within
+    ``max_age_s`` or while it is being rendered. The live gauges and the stream's
+    histograms (a few dozen samples, the trading state among them) are read and
+    rendered on every scrape, so they are never stale.
+    """
+
+    def __init__(
+        self,
+        files: CollectorRegistry | None,
+        live: CollectorRegistry,
+        *,
+        max_age_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._files = files
+        self._live = live
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._files_text = b""
+        self._files_at = float("-inf")
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return self._files_part(generate_latest) + generate_latest(self._live)
+
+    def _files_part(self, render: Callable[[CollectorRegistry], bytes]) -> bytes:
+        if self._files is None:
+            return b""
+        asked = self._clock()
+        with self._lock:
+            if self._files_at >= asked or asked - self._files_at < self._max_age_s:
+                return self._files_text
+            started = self._clock()
+            self._files_text = render(self._files)
+            self._files_at = started
+            return self._files_text
+
+
+def build_exposition(
+    snapshot: Callable[[], dict[str, Any]],
+    metrics_root: Path | None,
+    stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    *,
+    files_max_age_s: float = 1.0,
+) -> Exposition:
+    """What /metrics serves (the same series as :func:`build_registry`), rendered for many concurrent scrapes."""
+    files: CollectorRegistry | None = None
+    if metrics_root is not None:
+        files = CollectorRegistry()
+        files.register(MergedFilesCollector(metrics_root))
+    live = CollectorRegistry()
+    live.register(LiveCollector(snapshot))
+    if stream_source is not None:
+        live.register(StreamCollector(stream_source))
+    return Exposition(files, live, max_age_s=files_max_age_s)

@@ -140,11 +140,11 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
-    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, files_max_age_s=settings.metrics.scrape_cache_s)
+    exposition = metrics.build_exposition(snapshot, settings.metrics_dir, stream_source, files_max_age_s=settings.metrics.scrape_cache_s)
     httpd = make_server(
         settings.metrics.host,
         settings.metrics.port,
-        registry=registry,
+        metrics_body=exposition.render,
         health=health_check,
         request_timeout_s=settings.metrics.request_timeout_s,
         workers=settings.metrics.workers,
