@@ -115,7 +115,7 @@ def decimal(value: object, *, what: str, max_integer_digits: int = 16, max_place
     if len(whole.lstrip("0")) > max_integer_digits:
         raise InputError(f"{what} {shown(value)} is too large (at most {max_integer_digits} digits before the point)")
     if len(fraction.rstrip("0")) > max_places:
-        raise InputError(f"{what} {shown(value)} has too many decimal places (at most {max_places})")
+        raise InputError(f"{what} {shown(value)} has too many decimal places: at most {max_places} decimal places")
     # Zeros past the last allowed place carry no value: "1.000000000" is 1.00000000, not a ninth place.
     number = Decimal(f"{whole or '0'}.{fraction[:max_places]}" if len(fraction) > max_places else text)
     if number == 0 and not allow_zero:
