@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from omni_tasks import secrets as secret_box
 from omni_tasks.errors import ConfigError
+from omni_tasks.inputs import EARLIEST_DATE, SYMBOL_PATTERN
 
 ENV_PREFIX = "OMNI_"
 #: Variables that are not settings but are read by the test-suite or the launcher.
@@ -41,12 +42,12 @@ STREAM_FEEDS = ("synthetic", "replay", "alpaca")
 WATCHDOG_RULES = ("risk_breach", "stale_stream", "providers_down", "error_storm", "missing_workers", "queue_backlog", "latency_budget")
 
 #: The first session exchange_calendars knows for XNYS: no backfill or check can reach earlier.
-EARLIEST_CALENDAR_DATE = date(1885, 1, 2)
+EARLIEST_CALENDAR_DATE = EARLIEST_DATE
 #: Default earliest backfill date: the first session of 1962, where the oldest daily series
 #: of US listings at Yahoo begin; decades of daily history for research backfills.
 DEFAULT_EARLIEST_BACKFILL = date(1962, 1, 2)
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+_SYMBOL = SYMBOL_PATTERN
 
 
 def _split_csv(value: Any) -> Any:
@@ -487,6 +488,10 @@ class MetricsSettings(_Group):
 
     host: str = "127.0.0.1"
     port: int = Field(default=9808, ge=1, le=65535)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300, description="a request to /metrics or /health must arrive whole within this many seconds of connecting, or the connection is dropped")
+    workers: int = Field(default=8, ge=1, le=256, description="threads answering /metrics and /health requests (slow clients hold none of them)")
+    max_connections: int = Field(default=256, ge=1, le=65535, description="connections waiting for their request at once; more are closed at once")
+    scrape_cache_s: float = Field(default=1.0, ge=0, le=60, description="scrapes within this many seconds share one merge of every process's metric files (0: merge on every scrape); the live gauges are read on every scrape")
 
 
 GROUPS: dict[str, type[_Group]] = {

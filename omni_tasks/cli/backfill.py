@@ -6,12 +6,15 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail, option
 
 console = Console()
 backfill_app = typer.Typer(help="Historical bars: plan, run, watch and verify backfills.", no_args_is_help=True)
@@ -25,19 +28,14 @@ Adjustment = Annotated[str | None, typer.Option(help="raw, split, dividend or al
 UniverseFile = Annotated[Path | None, typer.Option("--universe", help="a file of symbols instead of SYMBOLS")]
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]omni backfill: {message}[/red]")
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("backfill", message, code)
 
 
-def _date(value: str | None, default: date, what: str) -> date:
+def _date(value: str | None, default: date, what: str, *, end: bool = False) -> date:
     if value is None:
         return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        _fail(f"{what} {value!r} is not a date (YYYY-MM-DD)")
-        raise  # unreachable: _fail exits
+    return check("backfill", inputs.day, value, what=what, extra_days=1 if end else 0)
 
 
 def _earliest() -> date:
@@ -47,11 +45,17 @@ def _earliest() -> date:
 
 
 def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
-    from omni_tasks.marketdata.frames import check_symbol
+    from omni_tasks.marketdata.frames import ADJUSTMENTS
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.runtime import get_settings
 
     settings = get_settings().backfill
+    today = datetime.now(tz=UTC).date()
+    lo = _date(start, today - timedelta(days=365), "--start")
+    hi = _date(end, today + timedelta(days=1), "--end", end=True)
+    check("backfill", inputs.date_range, lo, hi)
+    feed_ = check("backfill", inputs.choice, feed, what="--feed", choices=("iex", "sip")) if feed is not None else settings.feed
+    adj = check("backfill", inputs.choice, adjustment, what="--adjustment", choices=ADJUSTMENTS) if adjustment is not None else settings.adjustment
     try:
         if universe_file is not None:
             chosen = load_universe(universe_file)
@@ -59,19 +63,12 @@ def _resolve(symbols: str | None, universe_file: Path | None, start: str | None,
             chosen = load_universe(settings.universe_file, settings.universe)
         else:
             # On the command line only commas separate symbols: "BRK B" is a typo, not two symbols.
-            chosen = [check_symbol(part) for part in symbols.split(",") if part.strip()]
-    except ValueError as exc:
+            chosen = check("backfill", inputs.symbols, symbols, what="SYMBOLS")
+    except (ValueError, OSError) as exc:
         _fail(str(exc))
     if not chosen:
         _fail("no symbols given")
-    today = datetime.now(tz=UTC).date()
-    return (
-        chosen,
-        _date(start, today - timedelta(days=365), "--start"),
-        _date(end, today + timedelta(days=1), "--end"),
-        feed or settings.feed,
-        adjustment or settings.adjustment,
-    )
+    return chosen, lo, hi, feed_, adj
 
 
 @backfill_app.command("plan")
@@ -119,9 +116,9 @@ def run_cmd(
     feed: Feed = None,
     adjustment: Adjustment = None,
     universe: UniverseFile = None,
-    only_failed: Annotated[int | None, typer.Option("--only-failed", help="re-run the failed partitions of this job id")] = None,
+    only_failed: Annotated[int | None, typer.Option("--only-failed", help="re-run the failed partitions of this job id", parser=option(inputs.integer, what="--only-failed", lo=1, hi=2**62))] = None,
     wait: Annotated[bool, typer.Option("--wait", help="show progress until the job finishes")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 3600.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most", parser=option(inputs.seconds, what="--timeout"))] = 3600.0,
 ) -> None:
     """Record a backfill job and enqueue its partitions on the backfill queue."""
     from omni_tasks.cli.main import prepare
@@ -193,7 +190,7 @@ def _print_job(state: dict[str, Any]) -> None:
 
 @backfill_app.command("status")
 def status_cmd(
-    job: Annotated[int | None, typer.Argument(help="a job id: its partitions; none: recent jobs")] = None,
+    job: Annotated[int | None, typer.Argument(help="a job id: its partitions; none: recent jobs", parser=option(inputs.integer, what="JOB", lo=1, hi=2**62))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent backfill jobs, or one job's partitions."""

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import option
+
 console = Console()
 
 
@@ -210,7 +213,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
 
 
 def ping(
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for each queue")] = 10.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for each queue", parser=option(inputs.seconds, what="--timeout", hi=600.0))] = 10.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send a probe through every queue and print the round-trip times."""

@@ -24,42 +24,40 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
+    from omni_tasks import inputs
     from omni_tasks.cli.main import prepare
-    from omni_tasks.marketdata.frames import TIMEFRAMES, check_symbol
+    from omni_tasks.cli.parsing import check, fail
+    from omni_tasks.marketdata.frames import TIMEFRAMES
     from omni_tasks.marketdata.router import serving_feeds
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.runtime import get_runtime
     from omni_tasks.validation.persist import validate_stored
 
+    today = datetime.now(tz=UTC).date()
+    # Every argument is checked before anything is read or written.
+    universe = symbols is None or symbols.strip().lower() == "universe"
+    given = None if universe else check("validate", inputs.symbols, symbols, what="SYMBOLS")
+    lo = check("validate", inputs.day, start, what="--start", today=today) if start is not None else today - timedelta(days=30)
+    hi = check("validate", inputs.day, end, what="--end", today=today, extra_days=1) if end is not None else today + timedelta(days=1)
+    check("validate", inputs.date_range, lo, hi)
+    timeframe = check("validate", inputs.choice, timeframe, what="--timeframe", choices=tuple(TIMEFRAMES))
+    if feed is not None:
+        feed = check("validate", inputs.choice, feed, what="--feed", choices=("iex", "sip"))
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     settings = runtime.settings.backfill
-    try:
-        if symbols is None or symbols.strip().lower() == "universe":
+    if given is None:
+        try:
             chosen = load_universe(settings.universe_file, settings.universe)
-        else:
-            chosen = [check_symbol(s) for s in symbols.split(",") if s.strip()]
-        today = datetime.now(tz=UTC).date()
-        lo = date.fromisoformat(start) if start else today - timedelta(days=30)
-        hi = date.fromisoformat(end) if end else today + timedelta(days=1)
-    except ValueError as exc:
-        console.print(f"[red]omni validate: {exc}[/red]")
-        raise typer.Exit(2) from None
-    if not chosen:
-        console.print("[red]omni validate: no symbols given[/red]")
-        raise typer.Exit(2)
-    if timeframe not in TIMEFRAMES:
-        console.print(f"[red]omni validate: unknown timeframe {timeframe!r}[/red]")
-        raise typer.Exit(2)
-    if hi <= lo:
-        console.print(f"[red]omni validate: impossible date range: end {hi} is not after start {lo}[/red]")
-        raise typer.Exit(2)
+        except ValueError as exc:
+            fail("validate", str(exc))
+    else:
+        chosen = given
     feeds = serving_feeds(runtime.settings.providers.order, feed or settings.feed)
     result, summary = validate_stored(runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi, feeds=feeds, adjustment=settings.adjustment)
     no_data = summary.get("no_data_series", {})
     if summary["bars"] == 0 and not no_data:
-        console.print(f"[red]omni validate: no stored {timeframe} bars for these symbols between {lo} and {hi}; run `omni backfill run` first[/red]")
-        raise typer.Exit(1)
+        fail("validate", f"no stored {timeframe} bars for these symbols between {lo} and {hi}; run `omni backfill run` first", 1)
     reports = result.reports
     from omni_tasks.validation.reconcile import read_differences
 

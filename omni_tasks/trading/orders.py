@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -67,7 +67,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import budgets, metrics
+from omni_tasks import budgets, inputs, metrics
 from omni_tasks.errors import DatabaseUnavailable, RetryableError
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state
@@ -75,7 +75,16 @@ from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.stream.latest import LatestQuote, read_latest, read_trading_status
 from omni_tasks.trading.book import read_book
-from omni_tasks.trading.broker import Broker, BrokerError, BrokerOrder, InvalidOrder, OrderBlocked, OrderRequest, check_order_request
+from omni_tasks.trading.broker import (
+    MONEY_PLACES,
+    Broker,
+    BrokerError,
+    BrokerOrder,
+    InvalidOrder,
+    OrderBlocked,
+    OrderRequest,
+    check_order_request,
+)
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
 from omni_tasks.trading.expiry import EXPIRED, expire_order, is_database_failure, updated_rows
@@ -103,27 +112,23 @@ def parse_order(
 ) -> OrderRequest:
     """An :class:`OrderRequest` from text (the CLI's words, a task's JSON arguments); InvalidOrder names the bad field.
 
-    ``qty`` and ``limit_price`` are decimal text (never floats: money is exact).
+    ``qty`` and ``limit_price`` are plain decimal text (never floats: money is exact), parsed
+    strictly by :func:`omni_tasks.inputs.decimal`: ASCII digits and one point, no sign,
+    exponent, underscore (``Decimal("1_0")`` is 10), non-ASCII digits (``Decimal("١٠")``
+    is 10), NaN or infinity.
     """
 
     def number(name: str, text: str) -> Decimal:
-        if not isinstance(text, str):
-            raise InvalidOrder(f"{name} {text!r}: pass decimal text such as '10' or '187.25' (never a float)")
         try:
-            value = Decimal(text.strip())
-        except InvalidOperation:
-            raise InvalidOrder(f"{name} {text!r} is not a number") from None
-        if not value.is_finite():
-            raise InvalidOrder(f"{name} {text!r} is not a finite number")
-        if value <= 0:
-            raise InvalidOrder(f"{name} {text!r} must be positive")
-        if value.adjusted() >= MAX_INTEGER_DIGITS:
-            raise InvalidOrder(f"{name} {text!r} is too large (at most {MAX_INTEGER_DIGITS} digits before the point)")
-        return value
+            return inputs.decimal(text, what=name, max_integer_digits=MAX_INTEGER_DIGITS, max_places=MONEY_PLACES)
+        except inputs.InputError as exc:
+            raise InvalidOrder(str(exc)) from None
 
     kind = (order_type or "").strip().lower()
     if limit_price is not None and kind == "market":
         raise InvalidOrder(f"limit_price {limit_price!r}: a market order takes no limit price (use order_type 'limit')")
+    if isinstance(symbol, str) and not symbol.isascii():
+        raise InvalidOrder(f"symbol {inputs.shown(symbol)} is not an upper-case ticker (1-10 of A-Z, 0-9, '.', '-')")
     request = OrderRequest(
         client_order_id=client_order_id,
         symbol=symbol.strip().upper() if isinstance(symbol, str) else symbol,

@@ -41,7 +41,7 @@ def submitter() -> OrderSubmitter:
     if cached is not None and cached[0] == runtime.pid:
         return cached[1]
     broker = make_broker(runtime, guard=order_guard(runtime.redis, runtime.sessions))
-    hook = audit_transitions(runtime.sessions)
+    hook = audit_transitions(runtime.sessions, client=runtime.redis)
     built = OrderSubmitter(
         broker=broker,
         redis=runtime.redis,

@@ -28,7 +28,7 @@ def tick() -> dict[str, Any]:
     restore = heartbeats.kombu_restorer(broker_url, transport) if is_redis_url(broker_url) else None
     # fail_open: the watchdog's own writes are tried when the breaker cannot be read (the order path is the one that fails closed).
     database = CircuitBreaker(
-        DATABASE_BREAKER, runtime.redis, fail_open=True, on_transition=audit_transitions(runtime.sessions, actor="watchdog")
+        DATABASE_BREAKER, runtime.redis, fail_open=True, on_transition=audit_transitions(runtime.sessions, actor="watchdog", client=runtime.redis)
     )
     summary = monitor.tick(
         client=runtime.redis,
@@ -39,6 +39,9 @@ def tick() -> dict[str, Any]:
         restore=restore,
         database_breaker=database,
     )
+    if summary["database"] == "ok":
+        # Breaker transitions queued while the database was down (or made by a process without a hook).
+        summary["transitions_audited"] = _flush_transitions(runtime)
     metrics.WATCHDOG_TICKS.inc()
     metrics.REDELIVERED.inc(summary["redelivered"])
     metrics.OUTCOMES_PERSISTED.inc(summary["outcomes_persisted"])
@@ -48,3 +51,12 @@ def tick() -> dict[str, Any]:
     actuator = rules.LiveActuator(runtime, purge=orders_purger(broker_url, Queue.ORDERS.value, transport))
     summary["rules"] = rules.run_rules(runtime, actuator=actuator, queue_depths=summary["queues"], database_ok=summary["database"] == "ok")
     return summary
+
+
+def _flush_transitions(runtime: Any) -> int:
+    from omni_tasks.safety.reporting import flush_transitions
+
+    try:
+        return flush_transitions(runtime.redis, runtime.sessions)
+    except Exception:  # noqa: BLE001 - they stay queued for the next tick
+        return 0
