@@ -6,6 +6,7 @@
     +-- BootRefused            a start-up safety check failed; the process must not start
     +-- TaskError              raised inside tasks
         +-- RetryableError     may succeed next time: rate limited, unavailable, timeout
+        |   +-- StoreUnavailable   the database dropped or refused the connection (an outage)
         +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
 
 Only ``RetryableError`` is retried (with backoff and jitter). A ``PermanentError``
@@ -41,3 +42,7 @@ class RetryableError(TaskError):
 
 class PermanentError(TaskError):
     """A failure that retrying cannot fix."""
+
+
+class StoreUnavailable(RetryableError):
+    """The database is unreachable (connection refused, dropped or invalidated): retry after the outage."""
