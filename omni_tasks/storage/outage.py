@@ -18,6 +18,7 @@ task short in the middle repeats nothing that matters.
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,10 +29,14 @@ from omni_tasks.errors import StoreUnavailable
 
 #: The keyword argument a task retried after an outage carries: how many outage retries it has had.
 STORE_RETRIES_KW = "store_retries"
+_SQLITE_OUTAGE_WORDS = ("locked", "busy", "unable to open", "disk i/o")
 
 
 def is_outage(error: BaseException) -> bool:
     """True when ``error`` means the database was unreachable, not that the statement was wrong."""
+    if isinstance(error, sa_exc.OperationalError) and isinstance(error.orig, sqlite3.Error):
+        # SQLite reports a missing table as an OperationalError too: only a busy or unreachable file is an outage.
+        return any(word in str(error.orig).lower() for word in _SQLITE_OUTAGE_WORDS)
     if isinstance(error, StoreUnavailable | sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
         return True
     return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
