@@ -51,6 +51,9 @@ SUSPECTS_KEY = "omni:ledgers:suspects"
 REQUEUES_KEY = "omni:ledgers:requeues"
 EVENTS_KEY = "omni:ledgers:events"
 LAST_KEY = "omni:ledgers:last"
+SCANNED_KEY = "omni:ledgers:scanned_at"
+#: the broker is read at most this many times per ``stuck_after_s`` (an item is acted on within 1.25 thresholds)
+READS_PER_THRESHOLD = 4
 EVENTS_KEEP_S = 3600
 REQUEUES_TTL_S = 7 * 86400
 
@@ -199,6 +202,12 @@ def _reconcile_items(
     if not summary.checked:
         client.delete(SUSPECTS_KEY)
         return
+    scanned = client.get(SCANNED_KEY)
+    if scanned is not None and 0 <= now - float(scanned) < stuck_after_s / READS_PER_THRESHOLD:
+        # Reading every queued message is not free with a deep backlog: a few reads per threshold are enough.
+        summary.stuck = int(client.hlen(SUSPECTS_KEY))
+        return
+    client.set(SCANNED_KEY, repr(now), ex=int(max(60.0, stuck_after_s * 2)))
     live = deliveries()
     suspects = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(SUSPECTS_KEY).items()}
     missing: dict[str, float] = {}

@@ -75,8 +75,8 @@ def test_partition_without_live_delivery_is_requeued_after_the_threshold_then_fa
 
     first = _pass(factory, redis_client, broker, T0)
     assert (first.stuck, first.requeued) == (1, 0), "a suspect is not acted on before the threshold"
-    assert _pass(factory, redis_client, broker, T0 + 9).requeued == 0
-    assert ledgers.read_view(redis_client, now=T0 + 9)["stuck_partitions"] == 1
+    assert _pass(factory, redis_client, broker, T0 + 7).requeued == 0
+    assert ledgers.read_view(redis_client, now=T0 + 7)["stuck_partitions"] == 1
     second = _pass(factory, redis_client, broker, T0 + 10)
     assert second.requeued == 1
     assert broker.requeued == [a]
@@ -112,6 +112,24 @@ def test_partition_without_live_delivery_is_requeued_after_the_threshold_then_fa
     assert backfill.reset_failed(factory, job_id) == [a]
     ledgers.forget_requeues(redis_client, [a])
     assert redis_client.hget(ledgers.REQUEUES_KEY, f"partition:{a}") is None
+
+
+def test_the_broker_is_read_a_few_times_per_threshold_not_every_tick(factory: sessionmaker[Session], redis_client: redis.Redis) -> None:
+    _job(factory, ["AAA"])
+    reads: list[float] = []
+    broker = Broker()
+
+    def counting() -> ledgers.Deliveries:
+        reads.append(1.0)
+        return broker()
+
+    for second in range(0, 20):
+        ledgers.reconcile(
+            factory=factory, client=redis_client, deliveries=counting, stuck_after_s=10, max_requeues=2,
+            requeue=broker.requeued.append, job_finished=broker.finished.append, now=T0 + second,
+        )  # fmt: skip
+    assert len(reads) == 7, "every 2.5 s of 20 s (ticks each second)"
+    assert len(broker.requeued) == 1
 
 
 def test_a_live_delivery_clears_the_suspicion(factory: sessionmaker[Session], redis_client: redis.Redis) -> None:
