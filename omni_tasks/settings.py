@@ -331,7 +331,7 @@ class WatchdogSettings(_Group):
     disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
     startup_grace_s: float = Field(default=30.0, ge=0, description="workers are not reported missing this soon after the watchdog's first evaluation")
     stuck_after_s: float = Field(
-        default=120.0, gt=0, description="a backfill partition or scan run not final, with no live delivery (not queued, not held by a worker) this long, is requeued or failed"
+        default=60.0, gt=0, description="a backfill partition or scan run not final, with no live delivery (not queued, not held by a worker) this long, is requeued or failed"
     )
     stuck_requeues: int = Field(default=3, ge=0, le=100, description="times the watchdog requeues one stuck backfill partition before it fails it")
 

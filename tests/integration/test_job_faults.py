@@ -9,6 +9,7 @@ figures with their N.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from sqlalchemy import func, select
 
 from omni_tasks import heartbeats
@@ -49,13 +51,11 @@ def _env(tmp_path: Path, redis_url: str, database_url: str, **extra: str) -> dic
     )
 
 
-def _start(env: dict[str, str], tmp_path: Path, procs: list[OmniProcess], client: redis.Redis, *kinds: str, concurrency: int = 1) -> None:
+def _start(env: dict[str, str], tmp_path: Path, procs: list[OmniProcess], client: redis.Redis, *kinds: str) -> None:
     """Workers of ``kinds`` (one child each), the watchdog worker and beat (which sends the watchdog's ticks)."""
     beat = OmniProcess(["beat"], env, tmp_path / "logs" / "beat.log").start()
     watchdog = OmniProcess(["worker", "watchdog"], env, tmp_path / "logs" / "watchdog.log").start()
-    workers = [
-        OmniProcess(["worker", kind, "--concurrency", str(concurrency)], env, tmp_path / "logs" / f"{kind}.log").start() for kind in kinds
-    ]
+    workers = [OmniProcess(["worker", kind, "--concurrency", "1"], env, tmp_path / "logs" / f"{kind}.log").start() for kind in kinds]
     procs.extend([beat, watchdog, *workers])
     wait_for_worker(client, "watchdog", watchdog, timeout_s=90)
     for kind, worker in zip(kinds, workers, strict=True):
@@ -144,23 +144,44 @@ def test_backfill_across_a_redis_crash_finishes_exactly(
     env = _env(tmp_path, private_redis_aof.url, database_url, OMNI_PROVIDERS_ORDER="replay", OMNI_PROVIDERS_REPLAY_DIR=str(replay_dir))
     assert _omni(env, "db", "upgrade").returncode == 0
     client = private_redis_aof.client()
-    _start(env, tmp_path, omni_processes, client, "backfill", concurrency=2)
+    _start(env, tmp_path, omni_processes, client)  # the backfill worker starts once the broker is set up below
     factory = session_factory(make_engine(database_url))
 
     job_id = _job_id(_omni(env, "backfill", "run", ",".join(SYMBOLS), "--start", START, "--end", END))
-    total = len(backfill.partition_ids(factory, job_id))
+    ids = backfill.partition_ids(factory, job_id)
+    total = len(ids)
+    # kombu pops a message (BRPOP) and only then writes it to `unacked`: a crash in between loses it altogether.
+    # That is done here by hand, so the job can finish only if the ledger reconciler notices and requeues it.
+    lost = client.rpop("backfill")
+    assert lost is not None, f"the queue is empty right after the job was enqueued: {client.keys('*')}"
+    lost_id = json.loads(base64.b64decode(json.loads(lost)["body"]))[0][0]
+    duplicated = next(i for i in reversed(ids) if i != lost_id)  # not the lost one: its ETA message would count as its live delivery
+    # A delivery certainly in flight at the crash: a (duplicate, idempotent) partition message with an ETA 90 s ahead,
+    # which the worker receives and holds unacked until then.
+    sender = Celery(broker=private_redis_aof.url, set_as_current=False)
+    sender.send_task(
+        "omni.backfill.fetch_partition", args=[duplicated], countdown=90, queue="backfill", routing_key="backfill", serializer="json"
+    )
+    client.rpush("backfill", client.lpop("backfill"))  # to the front of the queue (kombu pops from the right)
+    worker = OmniProcess(["worker", "backfill", "--concurrency", "2"], env, tmp_path / "logs" / "backfill.log").start()
+    omni_processes.append(worker)
+    wait_for_worker(client, "backfill", worker, timeout_s=90)
+    wait_for(lambda: bool(_held_eta_tags(client)), 30, interval_s=0.05, message="the worker to hold the ETA message")
+    held = _held_eta_tags(client)
     wait_for(lambda: backfill.job_progress(factory, job_id)["by_status"].get("succeeded", 0) >= 3, 120, message="some partitions to finish")
     done_before = int(backfill.job_progress(factory, job_id)["by_status"].get("succeeded", 0))
     queued_before = client.llen("backfill")
     unacked_before = client.hlen(heartbeats.KOMBU_UNACKED_KEY)
 
-    # kombu pops a message (BRPOP) and only then writes it to `unacked`: a crash in between loses it altogether.
-    # That is done here by hand, so the job can finish only if the ledger reconciler notices and requeues it.
-    lost = client.rpop("backfill")
-    assert lost is not None
     crashed = time.monotonic()
     private_redis_aof.kill()  # SIGKILL: the append-only file (fsync always) is all that survives
+    # Down until the worker has noticed and failed to reconnect: kombu's own restore on closing the old channel fails
+    # too, so what the worker held stays in `unacked` under a worker that is alive - the case this test is about.
+    wait_for(lambda: "Cannot connect to" in worker.log_text(), 60, interval_s=0.1, message="the worker to lose the broker")
+    down_s = time.monotonic() - crashed
     private_redis_aof.start()
+    restarted_wall = time.time()
+    back_s = wait_for(lambda: _delivered_since(client, held, restarted_wall), 60, interval_s=0.2, message="held deliveries redelivered")
 
     wait_for(
         lambda: backfill.job_progress(factory, job_id)["status"] in FINAL, 180, interval_s=0.5, message="the job to finish after the crash"
@@ -173,7 +194,8 @@ def test_backfill_across_a_redis_crash_finishes_exactly(
     hour = view["last_hour"]
     print(
         f"\nredis crash: {total} partitions, broker SIGKILLed after {done_before} of {total} finished ({queued_before} queued, "
-        f"{unacked_before} unacked at the time, 1 message lost altogether) and restarted from its append-only file; job {progress['status']} {finished_s:.1f} s "
+        f"{unacked_before} unacked at the time, 1 message lost altogether), down {down_s:.1f} s, restarted from its append-only file; deliveries held "
+        f"by the live worker redelivered {back_s:.1f} s after the restart ({len(held)} of {len(held)}); job {progress['status']} {finished_s:.1f} s "
         f"after the crash (visibility timeout 3600 s, dead-worker threshold 3 s, stuck threshold {STUCK_AFTER_S} s); rows {rows} of "
         f"{expected_rows} expected; duplicate keys {dupes}; partitions stuck {stuck} of {total}; redelivered {hour['redelivered']}, "
         f"requeued by the ledger reconciler {hour['requeued']}, failed {hour['failed']}"
@@ -182,18 +204,43 @@ def test_backfill_across_a_redis_crash_finishes_exactly(
     assert rows == expected_rows
     assert dupes == 0
     assert stuck == 0
+    assert back_s < 30, "held deliveries came back within the dead-worker threshold and a watchdog tick, not the visibility timeout"
+    assert hour["redelivered"] >= len(held)
     assert hour["requeued"] >= 1, "the lost message's partition was requeued by the ledger reconciler"
     assert finished_s < 120, "lost deliveries came back within the thresholds, not after the visibility timeout"
 
 
+def _in_pipeline(env: dict[str, str], code: str) -> str:
+    """Run ``code`` in a process configured like `omni ...` (the settings of ``env``); returns what it printed."""
+    script = f"from omni_tasks.cli.main import prepare; prepare('cli', configure_log=False); {code}"
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - fixed argv
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def _start_chord(env: dict[str, str], run_id: int) -> None:
     """Enqueue a run's chunks and merge the way `omni scan` does (the run itself was recorded by the test)."""
-    code = (
-        "from omni_tasks.cli.main import prepare; prepare('cli', configure_log=False); "
-        f"from omni_tasks.scans.tasks import start_run; print(start_run({run_id}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - fixed argv
-    assert done.returncode == 0, done.stdout + done.stderr
+    _in_pipeline(env, f"from omni_tasks.scans.tasks import start_run; print(start_run({run_id}))")
+
+
+def _delivered_since(client: redis.Redis, tags: set[str], since: float) -> bool:
+    """Every one of ``tags`` was put back on its queue (or delivered again) after ``since`` (UNIX s), none left where it was."""
+    for tag in tags:
+        score = client.zscore(heartbeats.KOMBU_UNACKED_INDEX_KEY, tag)
+        if score is not None and score < since - 1:
+            return False  # still held under the lost connection
+        if score is None and not any(tag.encode() in raw for raw in client.lrange("backfill", 0, -1)):
+            return False  # neither delivered again nor queued: not (yet) back
+    return True
+
+
+def _held_eta_tags(client: redis.Redis) -> set[str]:
+    """Delivery tags in kombu's `unacked` of messages with an ETA: a worker holds those until the ETA."""
+    held = set()
+    for tag, raw in client.hgetall(heartbeats.KOMBU_UNACKED_KEY).items():
+        if (json.loads(raw)[0].get("headers") or {}).get("eta"):
+            held.add(tag.decode())
+    return held
 
 
 def test_scan_run_with_a_failing_chunk_or_lost_messages_ends_failed_with_a_reason(
