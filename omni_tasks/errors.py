@@ -7,6 +7,7 @@
     +-- TaskError              raised inside tasks
         +-- RetryableError     may succeed next time: rate limited, unavailable, timeout
         |   +-- DatabaseUnavailable   the database failed or its breaker is open
+        |       +-- StoreUnavailable   an outage, on the pipeline tasks' own retry budget
         +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
 
 Only ``RetryableError`` is retried (with backoff and jitter). A ``PermanentError``
@@ -47,3 +48,7 @@ class PermanentError(TaskError):
 
 class DatabaseUnavailable(RetryableError):
     """The database failed (connection refused or lost, a disconnect) or its breaker is open: nothing was written."""
+
+
+class StoreUnavailable(DatabaseUnavailable):
+    """The database is unreachable (connection refused, dropped or invalidated): retry after the outage."""

@@ -66,6 +66,9 @@ KILL_SWITCH_CHANGES = Counter(
     ("action", "by"),
 )
 WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
+LEDGER_ACTIONS = Counter(
+    "omni_ledger_actions", "Stuck ledger items (no live delivery) the watchdog requeued or failed, by ledger and action.", ("ledger", "action")
+)
 
 
 class LiveCollector(Collector):

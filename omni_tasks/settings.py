@@ -144,6 +144,10 @@ class DatabaseSettings(_Group):
     max_overflow: int = Field(default=10, ge=0, le=500)
     pool_timeout_s: float = Field(default=30.0, gt=0)
     echo: bool = False
+    outage_retries: int = Field(
+        default=12, ge=0, le=100, description="retries of a backfill, scan, validation or risk task cut short by a database outage (their own budget)"
+    )
+    outage_backoff_max_s: float = Field(default=30.0, gt=0, le=600, description="longest wait between those retries (exponential from 1 s, jittered)")
 
     @field_validator("url")
     @classmethod
@@ -395,6 +399,10 @@ class WatchdogSettings(_Group):
     latency_violations_max: int = Field(default=20, ge=1, description="new latency-budget violations tolerated per evaluation")
     disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
     startup_grace_s: float = Field(default=30.0, ge=0, description="workers are not reported missing this soon after the watchdog's first evaluation")
+    stuck_after_s: float = Field(
+        default=60.0, gt=0, description="a backfill partition or scan run not final, with no live delivery (not queued, not held by a worker) this long, is requeued or failed"
+    )
+    stuck_requeues: int = Field(default=3, ge=0, le=100, description="times the watchdog requeues one stuck backfill partition before it fails it")
 
     _split = field_validator("expected_workers", "disabled_rules", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 

@@ -28,9 +28,9 @@ from omni_tasks.runtime import after_fork, get_runtime
 from omni_tasks.taskdef import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
-_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None}
-#: Delivery tags received but not yet recorded as in flight (deque appends are thread-safe).
-_pending_tags: deque[str] = deque()
+_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
+#: (broker connection number, delivery tag) received but not yet recorded as in flight (deque appends are thread-safe).
+_pending_tags: deque[tuple[int, str]] = deque()
 _wake = threading.Event()
 
 
@@ -68,7 +68,7 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
     if tag:
         # The heartbeat thread, woken here, writes these to Redis at once: the consumer loop
         # (the worker's bottleneck) makes no round trip per message.
-        _pending_tags.append(str(tag))
+        _pending_tags.append((_state["connection"], str(tag)))
         _wake.set()
 
 
@@ -131,6 +131,8 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
         self._instance = ""
+        #: the broker connection whose deliveries the in-flight set holds (see BrokerConnectionStep)
+        self._connection = 0
 
     def start(self, worker: Any) -> None:
         self._instance = f"{worker.hostname}:{os.getpid()}:{int(self._started_at)}"
@@ -144,6 +146,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
             client = get_runtime().redis
             next_beat = 0.0
             while not self._stop.is_set():
+                self._disown_after_reconnect(client)
                 self._flush_tags(client)
                 remaining = next_beat - time.monotonic()
                 if remaining > 0:
@@ -174,15 +177,34 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
         self._thread.start()
         _log.info("worker heartbeat started", instance=self._instance, kind=_state["kind"], queues=queues)
 
+    def _disown_after_reconnect(self, client: Any) -> None:
+        """After a broker reconnection, forget the deliveries of the old connection (they can no longer be acked here)."""
+        current = _state["connection"]
+        if current == self._connection:
+            return
+        try:
+            dropped = heartbeats.disown(client, self._instance)
+        except Exception:  # noqa: BLE001 - Redis may still be coming back; tried again on the next loop
+            _log.warning("could not disown the deliveries of the lost broker connection", exc_info=True)
+            return
+        if self._connection and dropped:
+            _log.warning("broker connection lost: deliveries of the old connection left to the orphan sweep", dropped=dropped)
+        self._connection = current
+
     def _flush_tags(self, client: Any) -> None:
         tags = []
         while _pending_tags:
-            tags.append(_pending_tags.popleft())
+            connection, tag = _pending_tags[0]
+            if connection > self._connection:
+                break  # a newer connection: recorded after the disown of the older one, on the next loop
+            _pending_tags.popleft()
+            if connection == self._connection:  # a tag of an older connection is not held any more
+                tags.append((connection, tag))
         if not tags:
             return
         try:
-            heartbeats.track_deliveries(client, self._instance, tags)
-        except Exception:  # noqa: BLE001 - tracking is best effort; the visibility timeout still applies
+            heartbeats.track_deliveries(client, self._instance, [tag for _, tag in tags])
+        except Exception:  # noqa: BLE001 - tracking is best effort; the orphan sweep still applies
             _pending_tags.extendleft(reversed(tags))
             _log.warning("could not record in-flight deliveries", exc_info=True)
 
@@ -229,6 +251,17 @@ def refuse_order_task_while_halted(task: Any) -> None:
         _log.warning("refused order task not in the task ledger", exc_info=True)
     _log.warning("order task refused: trading is halted", task_name=task.name, task_id=request.id)
     raise Reject(reason, requeue=False)
+
+
+class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+    """Consumer step: counts broker connections. The consumer restarts its steps after each reconnection,
+    and what the worker received on an older connection it can no longer acknowledge."""
+
+    requires = {"celery.worker.consumer.connection:Connection"}
+
+    def start(self, consumer: Any) -> None:
+        _state["connection"] += 1
+        _wake.set()
 
 
 class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
@@ -278,3 +311,4 @@ def install(app: Celery) -> None:
     signals.task_revoked.connect(_on_task_revoked, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
     app.steps["worker"].add(HeartbeatStep)
+    app.steps["consumer"].add(BrokerConnectionStep)

@@ -135,11 +135,17 @@ def run_cmd(
             backfill.job_progress(runtime.sessions, only_failed)
         except LookupError as exc:
             _fail(str(exc))
-        ids = backfill.reset_failed(runtime.sessions, only_failed)
+        stuck = _stuck_partitions(runtime, only_failed)
+        ids = backfill.reset_failed(runtime.sessions, only_failed, stuck=stuck)
         job_id = only_failed
         if not ids:
-            console.print(f"job {job_id} has no failed partitions; nothing enqueued")
+            console.print(f"job {job_id} has no failed or stuck partitions; nothing enqueued")
             return
+        if stuck:
+            console.print(f"job {job_id}: {len(stuck)} stuck partitions (not final, nothing queued or running for them) taken with the failed ones")
+        from omni_tasks.watchdog.ledgers import forget_requeues
+
+        forget_requeues(runtime.redis, ids)
     else:
         chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
         try:
@@ -154,6 +160,17 @@ def run_cmd(
         final = _wait(runtime.sessions, job_id, total=len(ids), timeout_s=timeout_s)
         _print_job(final)
         raise typer.Exit(0 if final["status"] == "succeeded" else 1)
+
+
+def _stuck_partitions(runtime: Any, job_id: int) -> list[int]:
+    """The job's partitions not final with no live delivery (nothing queued or unacked for them), quiet for the dead-worker threshold."""
+    from omni_tasks.celery_app import is_redis_url
+    from omni_tasks.watchdog import ledgers
+
+    if not is_redis_url(runtime.settings.broker_url):
+        return []  # a RabbitMQ queue cannot be read without consuming it; the failed ones are still taken
+    live = ledgers.redis_deliveries(runtime.redis)
+    return ledgers.stuck_partitions(runtime.sessions, live, job_id, quiet_for_s=runtime.settings.broker.dead_after_s)
 
 
 def _ensure_schema(runtime: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from omni_tasks import heartbeats, metrics
 from omni_tasks.celery_app import broker_transport_options, is_redis_url
 from omni_tasks.queues import ALL_QUEUES, Queue
@@ -15,7 +17,9 @@ from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.taskdef import omni_task
 from omni_tasks.trading import expiry
 from omni_tasks.trading.orders import DATABASE_BREAKER
-from omni_tasks.watchdog import monitor, rules
+from omni_tasks.watchdog import ledgers, monitor, rules
+
+_log = structlog.get_logger("omni.watchdog")
 
 
 @omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
@@ -50,6 +54,7 @@ def tick() -> dict[str, Any]:
     )
     actuator = rules.LiveActuator(runtime, purge=orders_purger(broker_url, Queue.ORDERS.value, transport))
     summary["rules"] = rules.run_rules(runtime, actuator=actuator, queue_depths=summary["queues"], database_ok=summary["database"] == "ok")
+    summary["ledgers"] = _reconcile_ledgers(runtime, redelivered=summary["redelivered"])
     return summary
 
 
@@ -60,3 +65,29 @@ def _flush_transitions(runtime: Any) -> int:
         return flush_transitions(runtime.redis, runtime.sessions)
     except Exception:  # noqa: BLE001 - they stay queued for the next tick
         return 0
+
+
+def _reconcile_ledgers(runtime: Any, *, redelivered: int) -> dict[str, Any]:
+    """Backfill partitions and scan runs with no live delivery: requeued or failed; finished jobs rolled up."""
+    settings = runtime.settings
+    try:
+        return _reconcile(runtime, settings, redelivered=redelivered)
+    except Exception as exc:  # noqa: BLE001 - the reconciler must never cost the watchdog its tick; the next one tries again
+        _log.exception("ledger reconciliation failed")
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def _reconcile(runtime: Any, settings: Any, *, redelivered: int) -> dict[str, Any]:
+    from omni_tasks.marketdata.tasks import enqueue_partitions, job_finished
+
+    readable = is_redis_url(settings.broker_url)  # RabbitMQ queues cannot be read without consuming them
+    return ledgers.reconcile(
+        factory=runtime.sessions,
+        client=runtime.redis,
+        deliveries=(lambda: ledgers.redis_deliveries(runtime.redis)) if readable else None,
+        stuck_after_s=settings.watchdog.stuck_after_s,
+        max_requeues=settings.watchdog.stuck_requeues,
+        requeue=lambda partition_id: enqueue_partitions([partition_id]),
+        job_finished=job_finished,
+        redelivered=redelivered,
+    ).as_dict()
