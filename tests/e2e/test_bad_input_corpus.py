@@ -148,7 +148,7 @@ def test_bad_input_corpus_is_refused_in_one_line_without_a_traceback(env: dict[s
 def test_validate_far_dates_name_the_calendar_bounds(env: dict[str, str]) -> None:
     done = _run(env, ("validate", "AAPL", "--start", "1800-01-01", "--end", "3000-01-01"))
     assert done.returncode == 2
-    assert done.stderr == "omni validate: --start 1800-01-01 is before 2000-01-03, the first day of the exchange calendar\n"
+    assert done.stderr == "omni validate: --start 1800-01-01 is before 1885-01-02, the first day of the exchange calendar\n"
 
 
 def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(env: dict[str, str], tmp_path: Path) -> None:
