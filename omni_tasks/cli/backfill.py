@@ -15,6 +15,7 @@ from rich.table import Table
 
 from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.marketdata.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 
 console = Console()
 backfill_app = typer.Typer(help="Historical bars: plan, run, watch and verify backfills.", no_args_is_help=True)
@@ -25,6 +26,7 @@ Start = Annotated[str | None, typer.Option(help="first date, YYYY-MM-DD (default
 End = Annotated[str | None, typer.Option(help="end date, exclusive, YYYY-MM-DD (default: tomorrow)")]
 Feed = Annotated[str | None, typer.Option(help="iex or sip (default: OMNI_BACKFILL_FEED)")]
 Adjustment = Annotated[str | None, typer.Option(help="raw, split, dividend or all (default: OMNI_BACKFILL_ADJUSTMENT)")]
+ReadFeed = Annotated[str | None, typer.Option(help=READ_FEED_HELP)]
 UniverseFile = Annotated[Path | None, typer.Option("--universe", help="a file of symbols instead of SYMBOLS")]
 
 
@@ -264,12 +266,15 @@ def verify_cmd(
     timeframe: Timeframe = "1Day",
     start: Start = None,
     end: End = None,
-    feed: Feed = None,
+    feed: ReadFeed = None,
     adjustment: Adjustment = None,
     universe: UniverseFile = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check stored bars against the exchange calendar: missing bars in sessions, bars outside them."""
+    """Check stored bars against the exchange calendar: missing bars in sessions, bars outside them.
+
+    Whatever feed `backfill run` stored them under (synthetic, replay, iex, sip, yahoo, alpha_vantage) counts, unless --feed names one.
+    """
     from omni_tasks.cli.main import prepare
     from omni_tasks.marketdata import backfill
     from omni_tasks.marketdata.wiring import build_store
@@ -278,15 +283,18 @@ def verify_cmd(
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     _ensure_schema(runtime)
-    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+    wanted = check("backfill", inputs.choice, feed, what="--feed", choices=FEEDS) if feed is not None else None
+    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, None, adjustment)
     try:
         backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=_earliest())
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
     from omni_tasks.marketdata.router import serving_feeds
 
-    feeds = serving_feeds(runtime.settings.providers.order, feed_)
-    rows = backfill.verify(chosen, store=build_store(runtime.engine), timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj, feeds=feeds)
+    store = build_store(runtime.engine)
+    span = (datetime.combine(lo, datetime.min.time(), tzinfo=UTC), datetime.combine(hi, datetime.min.time(), tzinfo=UTC))
+    feeds = feeds_to_read(wanted, store.stored_feeds(chosen, timeframe, adj, *span), serving_feeds(runtime.settings.providers.order, feed_))
+    rows = backfill.verify(chosen, store=store, timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj, feeds=feeds)
     bad = [r for r in rows if r.missing or r.outside_sessions]
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))

@@ -38,6 +38,7 @@ def scan(
     as_of: Annotated[str | None, typer.Option(help="scan instant, ISO 8601 with a zone (default: now)")] = None,
     timeout_s: Annotated[float, typer.Option("--timeout", parser=option(inputs.seconds, what="--timeout"))] = 300.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list every symbol that could not be scored, with its reason")] = False,
 ) -> None:
     """Enqueue a scan (chunks of symbols in parallel, one merge that ranks them all)."""
     if ctx.invoked_subcommand is not None:
@@ -87,7 +88,7 @@ def scan(
             if state["status"] != "running" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-    _show(run_id, top=top, as_json=as_json)
+    _show(run_id, top=top, as_json=as_json, verbose=verbose)
 
 
 @scan_app.command("show")
@@ -95,15 +96,39 @@ def show(
     run_id: Annotated[int, typer.Argument(help="a scan run id", parser=option(inputs.integer, what="RUN_ID", lo=1, hi=2**62))],
     top: TopOption = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list every symbol that could not be scored, with its reason")] = False,
 ) -> None:
     """Print an earlier scan run."""
     from omni_tasks.cli.main import prepare
 
     prepare("cli", configure_log=False)
-    _show(run_id, top=top, as_json=as_json)
+    _show(run_id, top=top, as_json=as_json, verbose=verbose)
 
 
-def _show(run_id: int, *, top: int, as_json: bool) -> None:
+#: The reason a symbol's row gives when it has too few bars (omni_tasks.scans.indicators).
+_TOO_LITTLE_HISTORY = "insufficient history"
+
+
+def history_hint(state: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """When symbols lack history: how many, and the backfill command that gives them enough (None when none lack it)."""
+    from omni_tasks.scans.loading import history_start
+
+    lacking = sorted(r["symbol"] for r in rows if r["rank"] is None and (r["reason"] or "").startswith(_TOO_LITTLE_HISTORY))
+    if not lacking:
+        return None
+    config = state["config"]
+    start = history_start(state["as_of"], config.timeframe, config.lookbacks.window_bars).date()
+    which = ",".join(lacking) if len(lacking) <= 8 else "universe"
+    timeframe = "" if config.timeframe == "1Day" else f" --timeframe {config.timeframe}"
+    command = f"omni backfill run {which}{timeframe} --start {start.isoformat()} --wait"
+    message = (
+        f"{len(lacking)} of {len(state['symbols'])} symbols have too little {config.timeframe} history "
+        f"(at least {config.lookbacks.required_bars} bars, {config.lookbacks.window_bars} for every indicator): run `{command}`"
+    )
+    return {"symbols": len(lacking), "command": command, "message": message}
+
+
+def _show(run_id: int, *, top: int, as_json: bool, verbose: bool = False) -> None:
     from omni_tasks.runtime import get_runtime
     from omni_tasks.scans import runs
 
@@ -113,13 +138,23 @@ def _show(run_id: int, *, top: int, as_json: bool) -> None:
     except LookupError as exc:
         _fail(str(exc))
     rows = runs.results(runtime.sessions, run_id, top=top)
+    hint = history_hint(state, rows)
     if as_json:
         payload: dict[str, Any] = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in state.items() if k != "config"}
         payload["results"] = rows
+        payload["history_hint"] = hint
         print(json.dumps(payload, indent=2, default=str))
     else:
         colour = {"succeeded": "green", "failed": "red"}.get(state["status"], "yellow")
-        console.print(f"scan run {run_id}: [{colour}]{state['status']}[/{colour}] as of {state['as_of'].isoformat()}, {len(state['symbols'])} symbols" + (f" - {state['error']}" if state["error"] else ""))
+        error = state["error"] or ""
+        if hint is not None and not verbose and len(error) > 160:
+            error = error[:157] + "..."
+        ranked = sum(1 for r in rows if r["rank"] is not None)
+        console.print(
+            f"scan run {run_id}: [{colour}]{state['status']}[/{colour}] as of {state['as_of'].isoformat()}, {len(state['symbols'])} symbols, {ranked} ranked"
+            + (f" - {error}" if error else ""),
+            highlight=False,
+        )
         if state["stale_input"]:
             console.print("[yellow]stale input: some series failed their latest validation; their rows are flagged[/yellow]")
         table = Table()
@@ -129,13 +164,24 @@ def _show(run_id: int, *, top: int, as_json: bool) -> None:
         def fmt(value: Any) -> str:
             return "-" if value is None else f"{value:.2f}"
 
-        for r in rows:
+        unscored = [r for r in rows if r["rank"] is None]
+        for r in rows if verbose else [r for r in rows if r["rank"] is not None]:
             table.add_row(
                 str(r["rank"] or "-"), r["symbol"], fmt(r["score"]), fmt(r.get("momentum_pct")), fmt(r.get("volume_surge_x")),
                 fmt(r.get("atr_pct")), fmt(r.get("gap_pct")), fmt(r.get("rsi")), fmt(r.get("from_high_pct")),
                 ("STALE INPUT " if r["stale_input"] else "") + (r["reason"] or ""),
             )
-        console.print(table)
+        if table.rows:
+            console.print(table)
+        if unscored and not verbose:
+            reasons: dict[str, int] = {}
+            for r in unscored:
+                key = (r["reason"] or "no reason recorded").split(" (")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+            said = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+            console.print(f"{len(unscored)} symbols not scored ({said}); --verbose lists them", highlight=False)
+        if hint is not None:
+            console.print(f"[yellow]{hint['message']}[/yellow]", highlight=False)
     raise typer.Exit(0 if state["status"] == "succeeded" else 1)
 
 

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks.marketdata.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
+
 console = Console()
 
 
@@ -19,7 +21,7 @@ def validate(
     start: Annotated[str | None, typer.Option(help="first date YYYY-MM-DD (default: 30 days ago)")] = None,
     end: Annotated[str | None, typer.Option(help="end date, exclusive (default: tomorrow)")] = None,
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1Day",
-    feed: Annotated[str | None, typer.Option(help="iex or sip (default: OMNI_BACKFILL_FEED)")] = None,
+    feed: Annotated[str | None, typer.Option(help=READ_FEED_HELP)] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write a completeness heatmap (symbols x days) to this PNG")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -42,7 +44,7 @@ def validate(
     check("validate", inputs.date_range, lo, hi)
     timeframe = check("validate", inputs.choice, timeframe, what="--timeframe", choices=tuple(TIMEFRAMES))
     if feed is not None:
-        feed = check("validate", inputs.choice, feed, what="--feed", choices=("iex", "sip"))
+        feed = check("validate", inputs.choice, feed, what="--feed", choices=FEEDS)
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     settings = runtime.settings.backfill
@@ -53,7 +55,11 @@ def validate(
             fail("validate", str(exc))
     else:
         chosen = given
-    feeds = serving_feeds(runtime.settings.providers.order, feed or settings.feed)
+    from omni_tasks.storage.bars import BarStore
+
+    span = (datetime.combine(lo, datetime.min.time(), tzinfo=UTC), datetime.combine(hi, datetime.min.time(), tzinfo=UTC))
+    stored = BarStore(runtime.engine).stored_feeds(chosen, timeframe, settings.adjustment, *span)
+    feeds = feeds_to_read(feed, stored, serving_feeds(runtime.settings.providers.order, settings.feed))
     result, summary = validate_stored(runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi, feeds=feeds, adjustment=settings.adjustment)
     no_data = summary.get("no_data_series", {})
     if summary["bars"] == 0 and not no_data:

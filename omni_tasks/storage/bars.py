@@ -48,6 +48,7 @@ import pandas as pd
 import psycopg2.errors
 from sqlalchemy import DateTime, Engine, case, func, insert, select, type_coerce
 
+from omni_tasks.marketdata.feeds import FEEDS
 from omni_tasks.marketdata.frames import ADJUSTMENTS, BAR_COLUMNS, SYMBOL_PATTERN, TIMEFRAMES, empty_bars
 from omni_tasks.storage import pgcopy
 from omni_tasks.storage.models import Bar, RejectedRow
@@ -59,8 +60,8 @@ TEXT_COLUMNS: Final = ("symbol", "timeframe", "feed", "adjustment", "provider")
 FLOAT_COLUMNS: Final = ("open", "high", "low", "close", "volume", "vwap")
 #: Widths of the text columns in the ``bars`` table (characters).
 TEXT_WIDTHS: Final = {"symbol": 12, "timeframe": 8, "feed": 16, "adjustment": 8, "provider": 32}
-#: Feeds in the order reads prefer them: consolidated SIP, then IEX, then the other providers' own feeds.
-FEED_PREFERENCE: Final = ("sip", "iex", "yahoo", "alpha_vantage", "synthetic", "replay")
+#: Feeds in the order reads prefer them (the list's home is :mod:`omni_tasks.marketdata.feeds`).
+FEED_PREFERENCE: Final = FEEDS
 
 #: Column order of the staging table and of the COPY stream (keys first, the order of the bars primary key).
 _STAGE_COLUMNS: Final = (*KEY_COLUMNS, *VALUE_COLUMNS)
@@ -353,6 +354,23 @@ class BarStore:
         statement = select(func.max(Bar.ts)).where(Bar.symbol == symbol, Bar.timeframe == timeframe, Bar.feed == feed, Bar.adjustment == adjustment)
         with self.engine.connect() as connection:
             return connection.execute(statement).scalar_one_or_none()
+
+    def stored_feeds(self, symbols: Sequence[str], timeframe: str, adjustment: str, start: datetime, end: datetime) -> tuple[str, ...]:
+        """The feeds of the bars stored for ``symbols`` with ``start <= ts < end``, most preferred first (unknown feeds last)."""
+        statement = (
+            select(Bar.feed)
+            .where(
+                Bar.symbol.in_(sorted(set(symbols))),
+                Bar.timeframe == timeframe,
+                Bar.adjustment == adjustment,
+                Bar.ts >= _aware(start, "start"),
+                Bar.ts < _aware(end, "end"),
+            )
+            .distinct()
+        )
+        with self.engine.connect() as connection:
+            found = {str(f) for f in connection.execute(statement).scalars()}
+        return tuple(sorted(found, key=lambda f: (FEED_PREFERENCE.index(f) if f in FEED_PREFERENCE else len(FEED_PREFERENCE), f)))
 
     def count(self, symbol: str | None = None, timeframe: str | None = None) -> int:
         """Stored bars, all feeds and adjustments, optionally of one symbol and/or timeframe."""
