@@ -363,6 +363,7 @@ class RiskSettings(_Group):
     risk_free_rate_pct: float = Field(default=0.0, ge=-5, le=50, description="annual risk-free rate, percent, subtracted in the Sharpe ratio")
     price_collar_pct: Decimal = Field(default=Decimal("1.0"), gt=0, le=100, description="a limit price (or a market order's far side) further than this from the mid is denied")
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the price collar needs a quote at most this old")
+    fill_refresh_s: float = Field(default=5.0, ge=0, le=3600, description="after a fill, a risk recalculation runs this many seconds later, at any hour; fills meanwhile share it (0: fills trigger none)")
 
     _benchmark = field_validator("benchmark_symbol")(classmethod(lambda cls, v: _check_symbols([v])[0]))
 

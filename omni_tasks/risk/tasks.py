@@ -85,3 +85,19 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
         "breaches": [b["rule"] for b in summary["breaches"]],
         "mark_sources": summary["mark_sources"],
     }
+
+
+def refresh_after_fill(client_order_id: str) -> bool:
+    """A fill happened: schedule one recalculation at the end of the debounce window, unless one is already scheduled.
+
+    Runs at any hour (``when="now"``), so `omni status` shows the position a night fill opened. True when this call scheduled it.
+    """
+    from omni_tasks.risk.refresh import claim_refresh
+
+    runtime = get_runtime()
+    window_s = runtime.settings.risk.fill_refresh_s
+    if not claim_refresh(runtime.redis, window_s, by=client_order_id):
+        return False
+    recalculate.apply_async(kwargs={"when": "now", "requested_by": "fill"}, countdown=window_s, expires=window_s + 300)
+    _log.info("risk recalculation scheduled after a fill", client_order_id=client_order_id, in_s=window_s)
+    return True

@@ -118,4 +118,20 @@ def submit_order(
         raise submit_order.retry(exc=exc, countdown=delay, args=(), kwargs=again, max_retries=RETRY_CEILING) from exc
     if outcome.status == EXPIRED:
         setattr(task, LEDGER_STATE_ATTR, LEDGER_EXPIRED)
+    if not outcome.repeat and outcome.status in FILLED:
+        _refresh_risk(client_order_id)
     return outcome.to_dict()
+
+
+#: Order statuses after which the book changed: the risk snapshot is refreshed (debounced).
+FILLED = frozenset({"filled", "partially_filled"})
+
+
+def _refresh_risk(client_order_id: str) -> None:
+    """The fill is recorded; a failure to schedule the refresh must not fail the order (the next beat run catches up)."""
+    from omni_tasks.risk.tasks import refresh_after_fill
+
+    try:
+        refresh_after_fill(client_order_id)
+    except Exception:  # noqa: BLE001 - the order is done; only its follow-up failed
+        _log.exception("could not schedule the risk recalculation after a fill", client_order_id=client_order_id)
