@@ -225,6 +225,10 @@ class BackfillSettings(_Group):
     adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
     overlap_days: int = Field(default=5, ge=0, le=60, description="the nightly run re-reads this many days before the last stored bar")
     lookback_days: int = Field(default=730, ge=1, le=20000, description="history fetched for a symbol with no stored bars")
+    first_run_days: int = Field(
+        default=365, ge=0, le=3650,
+        description="`omni up` offline (synthetic feed) on a data folder short of history backfills this many days of daily bars for the universe, once (0: never)",
+    )  # fmt: skip
     earliest_date: date = Field(
         default=DEFAULT_EARLIEST_BACKFILL,
         description="no backfill starts before this date (YYYY-MM-DD); at the earliest 1885-01-02, the exchange calendar's first session",

@@ -264,6 +264,7 @@ def up(
             if child.process is None:
                 supervisor.start(child)
         _banner(effective, flower_password if settings.flower.password is None else None, logs_dir)
+        first_run = _first_run(effective, announce) if settings.embedded and offline else None
         ready = _wait_healthy(effective, timeout_s=60, stop=stop_requested)
         if ready:
             announce("[green]all processes up; /health is ok[/green]")
@@ -272,12 +273,92 @@ def up(
         deadline = None if for_seconds is None else time.monotonic() + for_seconds
         while not stop_requested["flag"] and (deadline is None or time.monotonic() < deadline):
             supervisor.poll()
+            if first_run is not None and first_run.poll():
+                first_run = None
             time.sleep(0.25)
     finally:
         announce("stopping every process ...")
         supervisor.stop_all()
         left = [name for name, pid in supervisor.running().items() if pid is not None]
         announce("stopped" if not left else f"[red]still running: {', '.join(left)}[/red]")
+
+
+class _FirstRunProgress:
+    """Console lines while the workers backfill the first run's history; True from :meth:`poll` once the job is final."""
+
+    def __init__(self, settings: Settings, job_id: int, total: int, announce: Any) -> None:
+        from omni_tasks.runtime import get_runtime
+
+        self._sessions = get_runtime().sessions
+        self._job_id, self._total, self._announce = job_id, total, announce
+        self._started = time.monotonic()
+        self._next_at = 0.0
+        self._said = -1
+
+    def poll(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_at:
+            return False
+        self._next_at = now + 2.0
+        from omni_tasks.marketdata import backfill
+
+        try:
+            state = backfill.job_progress(self._sessions, self._job_id)
+        except Exception as exc:  # noqa: BLE001 - progress lines are a courtesy: never stop `omni up` for them
+            self._announce(f"[yellow]first run: progress unreadable ({type(exc).__name__}); `omni backfill status {self._job_id}` follows it[/yellow]")
+            return True
+        counts = state["by_status"]
+        done = counts.get("succeeded", 0) + counts.get("failed", 0)
+        elapsed = now - self._started
+        if state["status"] in {"succeeded", "failed", "partial"}:
+            colour = "green" if state["status"] == "succeeded" else "yellow"
+            self._announce(
+                f"[{colour}]first run: synthetic history {state['status']} in {elapsed:.0f} s[/{colour}] ({state['rows']:,} bars, "
+                f"{counts.get('failed', 0)} partitions failed); validation, then a scan and a risk recalculation run now: "
+                "`omni status`, `omni scan show`"
+            )
+            return True
+        if done != self._said:
+            self._said = done
+            filled = int(24 * done / max(1, self._total))
+            self._announce(f"first run: \\[{'#' * filled}{'.' * (24 - filled)}] {done}/{self._total} partitions, {state['rows']:,} synthetic bars ({elapsed:.0f} s)")
+        return False
+
+
+def _first_run(settings: Settings, announce: Any) -> _FirstRunProgress | None:
+    """On a data folder short of history, queue the first run's synthetic backfill (once; the workers do it). None: nothing to do."""
+    days = settings.backfill.first_run_days
+    if days <= 0:
+        return None
+    from datetime import UTC, datetime
+
+    from omni_tasks.marketdata import backfill, firstrun
+    from omni_tasks.marketdata.tasks import enqueue_partitions
+    from omni_tasks.marketdata.universe import load_universe
+    from omni_tasks.runtime import get_runtime
+
+    runtime = get_runtime()
+    today = datetime.now(tz=UTC).date()
+    try:
+        universe = load_universe(settings.backfill.universe_file, settings.backfill.universe)
+    except (ValueError, OSError) as exc:
+        announce(f"[yellow]first run: no history prepared: {exc}[/yellow]")
+        return None
+    short = firstrun.symbols_short_of_history(runtime.engine, universe, days=days, adjustment=settings.backfill.adjustment, today=today)
+    if not short:
+        return None
+    the_plan = firstrun.plan_first_run(
+        short, days=days, feed=settings.backfill.feed, adjustment=settings.backfill.adjustment, today=today, earliest=settings.backfill.earliest_date
+    )
+    job_id = backfill.create_job(runtime.sessions, the_plan, requested_by=firstrun.FIRST_RUN_REQUESTER, note=firstrun.FIRST_RUN_NOTE)
+    ids = backfill.partition_ids(runtime.sessions, job_id)
+    enqueue_partitions(ids)
+    console.print(
+        f"[bold yellow]FIRST RUN: preparing {days} days of SYNTHETIC daily history for {len(short)} symbols "
+        f"(backfill job {job_id}, {len(ids)} partitions, provider=synthetic). THIS DATA IS NOT REAL.[/bold yellow] "
+        "It only lets the scans, validation and risk show their work; OMNI_BACKFILL_FIRST_RUN_DAYS=0 turns this off."
+    )
+    return _FirstRunProgress(settings, job_id, len(ids), announce)
 
 
 def _offline(settings: Settings) -> bool:

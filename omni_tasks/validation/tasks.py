@@ -9,6 +9,7 @@ import structlog
 from celery import current_task
 
 from omni_tasks import alerts
+from omni_tasks.marketdata.firstrun import is_first_run_job
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
@@ -49,7 +50,26 @@ def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]
         failed=len(summary["failed_series"]),
     )
     _alert_failures(summary, f"backfill job {job_id}")
+    if is_first_run_job(runtime.sessions, int(job_id)):
+        summary["first_run"] = first_run_followups(symbols)
     return {"job_id": job_id, **summary}
+
+
+def first_run_followups(symbols: list[str]) -> dict[str, Any]:
+    """The first run's history is stored and validated: a scan of the universe and a risk recalculation now, whatever the hour."""
+    from omni_tasks.risk.tasks import recalculate
+    from omni_tasks.scans import runs
+    from omni_tasks.scans.scanner import ScanConfig
+    from omni_tasks.scans.tasks import start_run
+
+    runtime = get_runtime()
+    settings = runtime.settings.backfill
+    universe = load_universe(settings.universe_file, settings.universe)
+    run_id = runs.create_run(runtime.sessions, universe, as_of=datetime.now(tz=UTC), config=ScanConfig(), chunk_size=100, requested_by="first-run")
+    start_run(run_id)
+    recalculate.apply_async(kwargs={"when": "now", "requested_by": "first-run"}, expires=600)
+    _log.info("first run: scan and risk recalculation queued", scan_run=run_id, symbols=len(universe), backfilled=len(symbols))
+    return {"scan_run": run_id}
 
 
 @omni_task(name="omni.validation.nightly", queue=Queue.VALIDATION, soft_time_limit_s=900, time_limit_s=1000, max_retries=1)
