@@ -47,6 +47,14 @@ def gather_status() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"risk snapshot: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
+        from omni_tasks.scans.runs import latest_run
+        from omni_tasks.validation.persist import verdict_summary
+
+        out["scan"] = latest_run(runtime.sessions)
+        out["validation"] = verdict_summary(runtime.sessions)
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"scans/validation: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    try:
         out["stream"] = stream_view(runtime.redis)
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"stream: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -97,6 +105,33 @@ def _print_ledgers(view: dict[str, Any] | None) -> None:
         f"(backfill partitions {view['stuck_partitions']}, scan runs {view['stuck_scan_runs']}, oldest {view['oldest_stuck_s']:.0f} s); "
         f"last hour: requeued {hour['requeued']}, failed {hour['failed']}, redelivered {hour['redelivered']}, jobs rolled up {hour['rolled_up']}"
         + (f"; [red]last pass skipped: {last['skipped']}[/red]" if last.get("skipped") else "")
+    )
+
+
+def _print_pipeline(scan: dict[str, Any] | None, validation: dict[str, Any] | None) -> None:
+    """The latest scan run and the validation verdicts (what the data behind scans and risk looks like)."""
+    if scan is None:
+        console.print("Scan: [yellow]no run yet[/yellow] (every 5 minutes in market hours; `omni scan --wait`)")
+    else:
+        colour = {"succeeded": "green", "failed": "red"}.get(scan["status"], "yellow")
+        top = ", ".join(scan["top"])
+        console.print(
+            f"Scan: run {scan['id']} [{colour}]{scan['status']}[/{colour}] ({scan['requested_by']}), as of {scan['as_of'][:19]}, "
+            f"{scan['ranked']} of {scan['symbols']} symbols ranked" + (f", top {top}" if top else "") + (f"; {scan['error'][:120]}" if scan["error"] else "")
+            + "; `omni scan show " + str(scan["id"]) + "`",
+            highlight=False,
+        )
+    if validation is None:
+        console.print("Validation: [yellow]nothing validated yet[/yellow] (after every backfill job; `omni validate`)")
+        return
+    parts = []
+    for timeframe, counts in sorted(validation["series"].items()):
+        said = ", ".join(f"[{'red' if k == 'failed' else 'green' if k == 'passed' else 'yellow'}]{v} {k}[/]" for k, v in sorted(counts.items()))
+        parts.append(f"{timeframe}: {said}")
+    failed = validation.get("failed_examples") or []
+    console.print(
+        f"Validation (series verdicts, last check {validation['last_checked_at'][:19]}): " + "; ".join(parts) + (f"; failed e.g. {', '.join(failed)}" if failed else ""),
+        highlight=False,
     )
 
 
@@ -208,6 +243,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         console.print("Watchdog: [red]no tick recorded[/red]")
     console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
     _print_ledgers(data.get("ledgers"))
+    _print_pipeline(data.get("scan"), data.get("validation"))
     _print_risk(data.get("risk"))
     _print_stream(data.get("stream"))
 

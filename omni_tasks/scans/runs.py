@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.scans.scanner import ScanConfig, ScanResult
@@ -134,3 +134,20 @@ def results(factory: sessionmaker[Session], run_id: int, *, top: int | None = No
         {"symbol": r.symbol, "rank": r.rank, "score": r.score, "reason": r.reason, "stale_input": r.stale_input, **r.indicators}
         for r in ordered
     ]
+
+
+def latest_run(factory: sessionmaker[Session]) -> dict[str, Any] | None:
+    """The most recent scan run for `omni status`: id, status, who asked, when, symbols, ranked, top symbols, error. None: no run yet."""
+    with factory() as session:
+        run = session.scalars(select(ScanRun).order_by(ScanRun.id.desc()).limit(1)).first()
+        if run is None:
+            return None
+        top = session.scalars(
+            select(ScanResultRow.symbol).where(ScanResultRow.run_id == run.id, ScanResultRow.rank.is_not(None)).order_by(ScanResultRow.rank).limit(5)
+        ).all()
+        ranked = session.scalar(select(func.count()).select_from(ScanResultRow).where(ScanResultRow.run_id == run.id, ScanResultRow.rank.is_not(None)))
+        return {
+            "id": int(run.id), "status": run.status, "requested_by": run.requested_by, "as_of": run.as_of.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None, "symbols": run.symbols, "ranked": int(ranked or 0),
+            "top": list(top), "stale_input": run.stale_input, "error": (run.error or "")[:300] or None,
+        }  # fmt: skip

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, or_, select
+from sqlalchemy import Engine, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -189,3 +189,21 @@ def _move_to_quarantine(engine: Engine, quarantine: pd.DataFrame) -> int:
         for i in range(0, len(conditions), 500):
             connection.execute(delete(Bar).where(or_(*conditions[i : i + 500])))
     return len(quarantine)
+
+
+def verdict_summary(factory: sessionmaker[Session]) -> dict[str, Any] | None:
+    """The latest validation verdicts for `omni status`: series per status, per timeframe, and the last check. None: nothing validated yet."""
+    with factory() as session:
+        rows = session.execute(
+            select(SeriesValidation.timeframe, SeriesValidation.status, func.count(), func.max(SeriesValidation.checked_at)).group_by(
+                SeriesValidation.timeframe, SeriesValidation.status
+            )
+        ).all()
+        if not rows:
+            return None
+        failed = session.scalars(select(SeriesValidation.symbol).where(SeriesValidation.status == "failed").order_by(SeriesValidation.symbol).limit(10)).all()
+    by: dict[str, dict[str, int]] = {}
+    for timeframe, status, count, _ in rows:
+        by.setdefault(timeframe, {})[status] = int(count)
+    last = max(r[3] for r in rows)
+    return {"series": by, "last_checked_at": last.isoformat() if hasattr(last, "isoformat") else str(last), "failed_examples": list(failed)}
