@@ -400,3 +400,23 @@ def test_backfill_partition_range_round_trips_as_aware_utc_days(factory) -> None
     part = _part(factory, pid)
     assert (part.start, part.end) == (datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 9, tzinfo=UTC))
     assert part.end - part.start == timedelta(days=5)
+
+
+def test_backfill_verify_reads_whatever_feeds_were_stored_for_the_symbols(factory, store, make_router) -> None:  # type: ignore[no-untyped-def]
+    from omni_tasks.marketdata.feeds import feeds_to_read
+
+    _, (synthetic,) = _job(factory, ["AAPL"])
+    _, (iex,) = _job(factory, ["MSFT"])
+    run_partition(synthetic, factory=factory, store=store, router=make_router(SyntheticBars()), final_attempt=False)
+    run_partition(iex, factory=factory, store=store, router=make_router(FakeAlpaca()), final_attempt=False)
+    lo, hi = datetime.combine(START, datetime.min.time(), tzinfo=UTC), datetime.combine(END, datetime.min.time(), tzinfo=UTC)
+    assert store.stored_feeds(["AAPL"], "5Min", "raw", lo, hi) == ("synthetic",)
+    assert store.stored_feeds(["AAPL", "MSFT"], "5Min", "raw", lo, hi) == ("iex", "synthetic"), "most preferred first"
+    assert store.stored_feeds(["AAPL"], "1Day", "raw", lo, hi) == ()
+    # The default (no --feed) reads what is stored, whatever the provider order says; nothing stored: the order's feeds.
+    feeds = feeds_to_read(None, store.stored_feeds(["AAPL", "MSFT", "IBM"], "5Min", "raw", lo, hi), ("iex", "yahoo"))
+    rows = backfill.verify(["AAPL", "MSFT", "IBM"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds)
+    assert [(r.symbol, r.stored, r.missing) for r in rows] == [("AAPL", BARS_PER_PARTITION, 0), ("MSFT", BARS_PER_PARTITION, 0), ("IBM", 0, BARS_PER_PARTITION)]
+    assert feeds_to_read(None, (), ("iex", "yahoo")) == ("iex", "yahoo")
+    (only,) = backfill.verify(["AAPL"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds_to_read("iex", ("synthetic",), ()))
+    assert only.stored == 0, "--feed iex counts only iex bars"
