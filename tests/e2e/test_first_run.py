@@ -93,7 +93,7 @@ def test_first_omni_up_on_a_fresh_folder_scans_validates_and_takes_a_risk_snapsh
         wait_for(
             pipeline_shown,
             BUDGET_S,
-            interval_s=1.0,
+            interval_s=2.0,
             message="omni status to show a succeeded scan, validation verdicts and a risk snapshot",
         )
         print(
