@@ -109,8 +109,11 @@ def show(
 _TOO_LITTLE_HISTORY = "insufficient history"
 
 
-def history_hint(state: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """When symbols lack history: how many, and the backfill command that gives them enough (None when none lack it)."""
+def history_hint(state: dict[str, Any], rows: list[dict[str, Any]], *, preparing_job: int | None = None) -> dict[str, Any] | None:
+    """When symbols lack history: how many, and the backfill command that gives them enough (None when none lack it).
+
+    ``preparing_job``: the first run's backfill job still running, if any (then the hint says to wait for it).
+    """
     from omni_tasks.scans.loading import history_start
 
     lacking = sorted(r["symbol"] for r in rows if r["rank"] is None and (r["reason"] or "").startswith(_TOO_LITTLE_HISTORY))
@@ -125,6 +128,8 @@ def history_hint(state: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str,
         f"{len(lacking)} of {len(state['symbols'])} symbols have too little {config.timeframe} history "
         f"(at least {config.lookbacks.required_bars} bars, {config.lookbacks.window_bars} for every indicator): run `{command}`"
     )
+    if preparing_job is not None:
+        message += f"; or wait: the first run is preparing a year of synthetic history (`omni backfill status {preparing_job}`), and scans it"
     return {"symbols": len(lacking), "command": command, "message": message}
 
 
@@ -138,7 +143,9 @@ def _show(run_id: int, *, top: int, as_json: bool, verbose: bool = False) -> Non
     except LookupError as exc:
         _fail(str(exc))
     rows = runs.results(runtime.sessions, run_id, top=top)
-    hint = history_hint(state, rows)
+    from omni_tasks.marketdata.firstrun import open_first_run_job
+
+    hint = history_hint(state, rows, preparing_job=open_first_run_job(runtime.sessions))
     if as_json:
         payload: dict[str, Any] = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in state.items() if k != "config"}
         payload["results"] = rows

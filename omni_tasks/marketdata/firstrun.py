@@ -50,9 +50,22 @@ def symbols_short_of_history(engine: Engine, symbols: Sequence[str], *, days: in
 def plan_first_run(symbols: Sequence[str], *, days: int, feed: str, adjustment: str, today: date, earliest: date) -> backfill.Plan:
     """The daily partitions of the last ``days`` days (through today) for ``symbols``."""
     start = max(today - timedelta(days=days), earliest)
-    return backfill.plan(symbols, "1Day", start, today + timedelta(days=1), feed=feed, adjustment=adjustment, today=today, earliest=earliest)
+    return backfill.plan(
+        symbols, "1Day", start, today + timedelta(days=1), feed=feed, adjustment=adjustment, today=today, earliest=earliest
+    )
 
 
 def is_first_run_job(factory: sessionmaker[Session], job_id: int) -> bool:
     with factory() as session:
         return session.scalar(select(BackfillJob.requested_by).where(BackfillJob.id == job_id)) == FIRST_RUN_REQUESTER
+
+
+def open_first_run_job(factory: sessionmaker[Session]) -> int | None:
+    """The id of the first run's backfill job while it is still running (None when there is none)."""
+    with factory() as session:
+        return session.scalar(
+            select(BackfillJob.id)
+            .where(BackfillJob.requested_by == FIRST_RUN_REQUESTER, BackfillJob.status.in_(("pending", "running")))
+            .order_by(BackfillJob.id.desc())
+            .limit(1)
+        )
