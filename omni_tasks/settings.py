@@ -180,9 +180,10 @@ class AlphaVantageSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_ALPHA_VANTAGE_"
 
-    api_key: SecretStr | None = None
-    base_url: str = "https://www.alphavantage.co"
-    daily_quota: int = Field(default=25, ge=1, description="calls per key per day")
+    api_key: SecretStr | None = Field(default=None, description="Alpha Vantage API key (a secret: never logged); unset: the provider is skipped")
+    base_url: str = Field(default="https://www.alphavantage.co", description="where the Alpha Vantage calls go (a local stand-in in tests)")
+    daily_quota: int = Field(default=25, ge=1, description="calls per key per day; when spent, no call is made until 00:00 UTC")
+    calls_per_window: int = Field(default=5, ge=1, le=10000, description="calls per rate window (OMNI_PROVIDERS_RATE_WINDOW_S) the key allows, shared by all workers")
 
 
 class YahooSettings(_Group):
@@ -199,8 +200,11 @@ class ProviderSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_PROVIDERS_"
 
-    order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"])
-    replay_dir: Path | None = None
+    order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"], description="providers tried in this order (comma separated): alpaca, yahoo, alpha_vantage, synthetic, replay")
+    replay_dir: Path | None = Field(default=None, description="folder of recorded bars the replay provider serves")
+    rate_window_s: float = Field(default=60.0, gt=0, le=3600, description="length of the shared rate-limit window the providers' per-minute limits apply to (tests scale it down)")
+    series_cache_s: float = Field(default=3600.0, gt=0, le=86400, description="a whole-series answer (Alpha Vantage daily) is kept this long for the other partitions of the same job and symbol")
+    max_refusals: int = Field(default=3, ge=1, le=100, description="times one symbol may be refused by a provider (a rate-limit body about it alone) before its partition fails with the provider's words")
 
     _split = field_validator("order", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 

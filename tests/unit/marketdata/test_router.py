@@ -163,8 +163,8 @@ def test_router_rate_limited_provider_falls_back_to_next(make_router) -> None:  
     routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
     assert routed.provider == "beta"
     _assert_served_by(routed.bars, "beta")
-    assert len(alpha.calls) == 3
-    assert "RateLimited" in routed.attempts[0].detail
+    assert len(alpha.calls) == 1, "a refusal is not asked again at once: it is waited out (or the next provider serves)"
+    assert "refused" in routed.attempts[0].detail
 
 
 @pytest.mark.parametrize("empty", ["empty", EmptyData("yfinance returned an empty frame", provider="alpha")], ids=["no-rows", "EmptyData"])
@@ -332,18 +332,15 @@ def test_router_backoff_is_capped_at_backoff_max(make_router, sleeps) -> None:  
     assert all(d >= 1.25 for d in sleeps[2:]), "capped, not reset"
 
 
-def test_router_backoff_follows_rate_limited_retry_after_capped_at_max(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
-    alpha = FakeProvider(
-        "alpha",
-        [
-            RateLimited("429", provider="alpha", retry_after_s=3.0),
-            RateLimited("429", provider="alpha", retry_after_s=50.0),
-            RateLimited("429", provider="alpha", retry_after_s=-1.0),
-        ],
-    )
-    routed = make_router([alpha], max_attempts=4, backoff_base_s=0.1, backoff_max_s=8.0).fetch(REQUEST)
-    assert routed.provider == "alpha"
-    assert sleeps == [3.0, 8.0, 0.0]
+def test_router_provider_refusal_defers_by_its_retry_after_and_spares_the_breaker(make_router, sleeps, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=RateLimited("429", provider="alpha", retry_after_s=50.0))
+    with pytest.raises(NoProviderServed, match="deferred 50.0 s") as info:
+        make_router([alpha], max_attempts=4, backoff_base_s=0.1, backoff_max_s=8.0).fetch(REQUEST)
+    assert info.value.defer_s == 50.0, "the partition waits as long as the provider said, not Celery's 1-8 s"
+    assert info.value.permanent is False
+    assert len(alpha.calls) == 1
+    assert sleeps == [], "nothing waits in the worker"
+    assert breaker_for("alpha").state()["failures"] == 0, "a refusal is not a provider failure"
 
 
 # ---- what cannot be served -----------------------------------------------------------
@@ -370,7 +367,8 @@ def test_router_outage_at_every_provider_is_transient(make_router) -> None:  # t
     assert "alpha" in str(info.value)
     assert "beta" in str(info.value)
     assert len(alpha.calls) == 2
-    assert len(beta.calls) == 2
+    assert len(beta.calls) == 1
+    assert info.value.defer_s == 1.0, "beta said when to come back: the partition is deferred until then"
 
 
 def test_router_unknown_symbol_at_one_and_outage_at_other_is_transient(make_router) -> None:  # type: ignore[no-untyped-def]
@@ -466,7 +464,7 @@ def test_router_own_rate_limiter_refusal_does_not_count_against_provider_breaker
     assert len(alpha.calls) == 1
     assert breaker_for("alpha").state()["failures"] == 0, "alpha did not fail: we did not call it"
     assert sleeps == [], "a full window is not retried with backoff: the next provider is tried"
-    assert "RateLimited" in routed.attempts[0].detail
+    assert "waiting" in routed.attempts[0].detail
 
 
 def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
@@ -480,7 +478,7 @@ def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redi
     routed = router.fetch(REQUEST)
     assert routed.provider == "beta"
     assert alpha.calls == []
-    assert "RateLimited" in routed.attempts[0].detail
+    assert "waiting" in routed.attempts[0].detail
     assert breaker.state()["state"] == "half_open", "the breaker was asked first: the cooldown is over"
     decision = breaker.allow()
     assert decision.trial, "the trial reserved for the refused call was given back: the next caller gets it"
