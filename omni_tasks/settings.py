@@ -203,6 +203,7 @@ class ProviderSettings(_Group):
     order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"], description="providers tried in this order (comma separated): alpaca, yahoo, alpha_vantage, synthetic, replay")
     replay_dir: Path | None = Field(default=None, description="folder of recorded bars the replay provider serves")
     rate_window_s: float = Field(default=60.0, gt=0, le=3600, description="length of the shared rate-limit window the providers' per-minute limits apply to (tests scale it down)")
+    rate_wait_max_s: float = Field(default=10.0, ge=0, le=120, description="a call waits in the worker at most this long for a slot of the shared window; a longer wait defers the partition to the slot")
     series_cache_s: float = Field(default=3600.0, gt=0, le=86400, description="a whole-series answer (Alpha Vantage daily) is kept this long for the other partitions of the same job and symbol")
     max_refusals: int = Field(default=3, ge=1, le=100, description="times one symbol may be refused by a provider (a rate-limit body about it alone) before its partition fails with the provider's words")
 

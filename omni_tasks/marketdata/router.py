@@ -179,6 +179,10 @@ class BarRouter:
                 attempts.append(Attempt(name, "skipped", f"waiting: {exc}"))
                 _log.info("provider throttled; trying the next or deferring", provider=name, symbol=request.symbol, wait_s=round(exc.wait_s, 2), detail=str(exc))
                 continue
+            except _GaveUp as exc:
+                refused.append(name)
+                attempts.append(Attempt(name, "failed", f"refused {request.symbol} {self._max_refusals} times: {exc}"))
+                continue
             except _Refused as exc:
                 wait = self._refused(provider, request, share, exc.error)
                 if wait is None:
@@ -309,6 +313,9 @@ class BarRouter:
         note = f"{name}: one call for {request.symbol} shared by the job's partitions"
         whole = self._series.get(key)
         if whole is None:
+            said = self._series.given_up(key, self._max_refusals)
+            if said is not None:
+                raise _GaveUp(said)
             standing = self._series.refusal(key)
             if standing is not None:
                 said, left = standing
@@ -377,6 +384,10 @@ class _Throttled(Exception):
     def __init__(self, message: str, wait_s: float) -> None:
         super().__init__(message)
         self.wait_s = max(0.0, wait_s)
+
+
+class _GaveUp(Exception):
+    """This job's partitions of the symbol were refused ``max_refusals`` times: not asked again."""
 
 
 class _Refused(Exception):

@@ -73,7 +73,15 @@ class SeriesCache:
         pipe.set(f"{key}:refused", said[:2000], px=max(1, int(wait_s * 1000)))
         pipe.incr(f"{key}:refusals")
         pipe.expire(f"{key}:refusals", self._ttl_s)
+        pipe.set(f"{key}:said", said[:2000], ex=self._ttl_s)
         return int(pipe.execute()[1])
 
-    def refusals(self, key: str) -> int:
-        return int(self._client.get(f"{key}:refusals") or 0)
+    def given_up(self, key: str, max_refusals: int) -> str | None:
+        """The provider's last words when this symbol has been refused ``max_refusals`` times in the job, else None."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(f"{key}:refusals")
+        pipe.get(f"{key}:said")
+        count, said = pipe.execute()
+        if int(count or 0) < max_refusals:
+            return None
+        return (said or b"refused").decode()

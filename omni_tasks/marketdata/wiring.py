@@ -29,6 +29,7 @@ def build_router(settings: Settings, client: redis.Redis, factory: sessionmaker[
         limiter=RateLimiter(client, window_s=settings.providers.rate_window_s),
         series=SeriesCache(client, ttl_s=settings.providers.series_cache_s),
         max_refusals=settings.providers.max_refusals,
+        rate_wait_max_s=settings.providers.rate_wait_max_s,
     )
 
 
