@@ -79,7 +79,8 @@ class RateLimiter:
                 return waited
             if waited + wait > max_wait_s:
                 raise RateLimited(
-                    f"{provider}: {per_min} calls per {self.window_s:g} s in use by all workers; next slot in {wait:.1f} s",
+                    f"{provider}: {per_min} calls/{'min' if self.window_s == 60 else f'{self.window_s:g} s'} in use by all workers; "
+                    f"next slot in {wait:.1f} s",
                     provider=provider,
                     retry_after_s=wait,
                 )
@@ -140,7 +141,7 @@ class RateLimiter:
     def _spent(self, provider: str, quota: int, day: str) -> QuotaExhausted:
         wait = self.seconds_to_reset()
         return QuotaExhausted(
-            f"{provider}: daily quota of {quota} calls spent for {day} (UTC); resets in {wait / 3600:.1f} h",
+            f"{provider}: daily quota of {quota} calls used up for {day} (UTC); resets at 00:00 UTC, in {wait / 60:.0f} min",
             provider=provider,
             retry_after_s=wait,
         )

@@ -665,7 +665,7 @@ def test_router_spent_daily_quota_falls_back_without_calling_and_says_so(make_ro
     assert [router.fetch(REQUEST).provider for _ in range(3)] == ["alpha", "alpha", "beta"]
     assert len(alpha.calls) == 2, "no call once the day's quota is counted spent"
     routed = router.fetch(REQUEST)
-    assert "daily quota of 2 calls spent" in routed.attempts[0].detail
+    assert "daily quota of 2 calls used up" in routed.attempts[0].detail
     with pytest.raises(NoProviderServed, match="deferred") as info:
         make_router([alpha]).fetch(REQUEST)
     reset = RateLimiter(redis_client, clock=clock).seconds_to_reset()
@@ -686,7 +686,7 @@ def test_router_daily_refusal_of_one_symbol_does_not_spend_the_quota_two_symbols
     assert second.value.defer_s is not None
     assert second.value.defer_s > 60.0, "a second symbol told the same: the quota is spent until it resets"
     calls = len(alpha.calls)
-    with pytest.raises(NoProviderServed, match="daily quota of 25 calls spent"):
+    with pytest.raises(NoProviderServed, match="daily quota of 25 calls used up"):
         router.fetch(REQUEST)
     assert len(alpha.calls) == calls, "no call is made while the quota is spent"
     assert breaker_for("alpha").state()["failures"] == 0, "refusals are not provider failures"
