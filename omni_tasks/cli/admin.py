@@ -22,6 +22,14 @@ secrets_app = typer.Typer(help="Fernet-encrypted credentials (enc:... values).",
 db_app = typer.Typer(help="Database schema (Alembic revisions in db/).", no_args_is_help=True)
 
 
+@config_app.command("doc")
+def config_doc() -> None:
+    """Print the configuration table (markdown) from the settings' own descriptions: the README's table is this output."""
+    from omni_tasks.settings import configuration_table
+
+    print(configuration_table())
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective settings, secrets masked."""

@@ -76,13 +76,13 @@ def _fetch_now(runtime: object, symbol: str) -> None:
     from omni_tasks.news.fetch import Budget, fetch_symbol
 
     settings = runtime.settings  # type: ignore[attr-defined]
-    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota)
+    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota, settings.alpha_vantage.calls_per_window)
     try:
         outcome = fetch_symbol(
             symbol,
             client=alpha_vantage_news.from_settings(settings),
             factory=runtime.sessions,  # type: ignore[attr-defined]
-            limiter=RateLimiter(runtime.redis),  # type: ignore[attr-defined]
+            limiter=RateLimiter(runtime.redis, window_s=settings.providers.rate_window_s),  # type: ignore[attr-defined]
             budget=Budget(per_min=caps.rate_limit_per_min, daily_quota=caps.daily_quota, wait_max_s=15.0),
             limit=settings.news.limit,
             lookback_days=settings.news.lookback_days,
