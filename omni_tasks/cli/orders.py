@@ -77,7 +77,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
             print(json.dumps({"client_order_id": client_order_id, "status": "not_queued", "reason": str(exc)}))
         else:
             fail("order", f"could not queue {what} ({client_order_id}): {exc}", 1)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     deadline = accepted.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
     if not wait:
         if as_json:

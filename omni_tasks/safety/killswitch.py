@@ -481,13 +481,13 @@ def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, 
     if reading.state is not TradingState.HALTED:
         return None
     cached = reading.redis
-    if reading.database.status == "unreadable" and cached.status == "ok" and cached.value is not None:
-        if cached.value.state is not TradingState.HALTED:
-            # A database outage is not an engage: the order cannot be recorded or sent without the database,
-            # so the task starts, waits for it (retried until the order's deadline) and the broker's guard
-            # reads both copies again before anything leaves. Refusing here would drop an accepted order.
-            _log.info("trading state: the database cannot be read; the order task waits for it", redis=cached.value.state.value)
-            return None
+    redis_open = cached.status == "ok" and cached.value is not None and cached.value.state is not TradingState.HALTED
+    if reading.database.status == "unreadable" and redis_open:
+        # A database outage is not an engage: the order cannot be recorded or sent without the database,
+        # so the task starts, waits for it (retried until the order's deadline) and the broker's guard
+        # reads both copies again before anything leaves. Refusing here would drop an accepted order.
+        _log.info("trading state: the database cannot be read; the order task waits for it")
+        return None
     return _blocked_text(reading, "order task refused, not run")
 
 
