@@ -21,7 +21,6 @@ from prometheus_client.registry import Collector
 _TASK_LABELS = ("name", "hostname", "queue_name")
 _RUNTIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
-TASK_SENT = Counter("celery_task_sent", "Sent when a task message is published.", _TASK_LABELS)
 TASK_RECEIVED = Counter("celery_task_received", "Sent when the worker receives a task.", _TASK_LABELS)
 TASK_STARTED = Counter("celery_task_started", "Sent just before the worker executes the task.", _TASK_LABELS)
 TASK_SUCCEEDED = Counter("celery_task_succeeded", "Sent if the task executed successfully.", _TASK_LABELS)
@@ -43,7 +42,6 @@ OUTCOMES_PERSISTED = Counter("omni_task_outcomes_persisted", "Task outcomes move
 BEAT_SENT = Counter("omni_beat_sent", "Scheduled tasks sent by the beat leader.", ("entry",))
 BEAT_DUPLICATES = Counter("omni_beat_duplicate_sends", "Scheduled sends recognised as duplicates of their slot.", ("entry",))
 WATCHDOG_TICKS = Counter("omni_watchdog_ticks", "Watchdog evaluations run.")
-BREAKER_TRANSITIONS = Counter("omni_breaker_transitions", "Circuit breaker transitions.", ("breaker", "to_state"))
 BACKFILL_PARTITIONS = Counter("omni_backfill_partitions", "Backfill partitions finished, by status.", ("status", "provider"))
 BACKFILL_ROWS = Counter("omni_backfill_rows", "Bars stored by backfills, by provider.", ("provider",))
 BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by the boundary check, by provider.", ("provider",))
@@ -53,11 +51,6 @@ ORDER_SUBMIT_SECONDS = Histogram(
     "omni_order_submit_seconds", "Order submission: checks, records and the broker call.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
 )
 WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
-KILL_SWITCH_CHANGES = Counter(
-    "omni_kill_switch_changes",
-    "Kill switch engages and trading state changes, by action and by whom (operator, watchdog, http, other).",
-    ("action", "by"),
-)
 WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
 
 

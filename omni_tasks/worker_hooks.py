@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from celery import Celery, bootsteps, signals
 
-from omni_tasks import __version__, heartbeats, metrics
+from omni_tasks import __version__, counters, heartbeats, metrics
 from omni_tasks.logs import configure_logging
 from omni_tasks.runtime import after_fork, get_runtime
 from omni_tasks.taskdef import SENT_AT_HEADER
@@ -53,7 +53,8 @@ def _on_setup_logging(**_: Any) -> None:
 def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
-    metrics.TASK_SENT.labels(str(sender), socket.gethostname(), routing_key or "?").inc()
+    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.counters).
+    counters.TASKS_SENT.inc(get_runtime().redis, str(sender), socket.gethostname(), routing_key or "?")
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:

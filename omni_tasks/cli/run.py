@@ -81,7 +81,7 @@ def beat() -> None:
 
 
 def flower() -> None:
-    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required)."""
+    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required); times in UTC, workers re-inspected every 15 s."""
     from omni_tasks.cli.main import prepare
 
     settings = prepare("flower")
@@ -89,19 +89,20 @@ def flower() -> None:
     if not password:
         raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
     from omni_tasks.celery_app import app as celery_app
+    from omni_tasks.cli import flower_app
 
     # The credentials go in through argv of this process's own click call,
     # never through the OS command line, so `ps` does not show them.
-    celery_app.start(
+    flower_app.run(
+        celery_app,
         [
-            "flower",
             f"--address={settings.flower.host}",
             f"--port={settings.flower.port}",
             f"--basic-auth={settings.flower.user}:{password}",
             "--purge_offline_workers=60",
             "--max_tasks=10000",
             "--persistent=False",
-        ]
+        ],
     )
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import redis
 import structlog
 
+from omni_tasks import counters
+
 _log = structlog.get_logger("omni.breaker")
 KEY = "omni:breaker:{name}"
 CALLS_KEY = "omni:breaker:{name}:calls"
@@ -253,11 +255,15 @@ class CircuitBreaker:
 
     # ---- operators -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The breaker as calls see it: ``state`` is the effective state (a forced state wins), ``automatic`` the automatic one."""
         raw = {_text(k): _text(v) for k, v in self._client.hgetall(self._key).items()}
+        automatic = raw.get("state", "closed")
+        forced = raw.get("forced") or None
         return {
             "name": self.name,
-            "state": raw.get("state", "closed"),
-            "forced": raw.get("forced") or None,
+            "state": forced or automatic,
+            "automatic": automatic,
+            "forced": forced,
             "failures": int(raw.get("failures", 0) or 0),
             "opened_at": float(raw["opened_at"]) if raw.get("opened_at") else None,
             "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,
@@ -284,17 +290,20 @@ class CircuitBreaker:
     def reset(self, *, actor: str, reason: str) -> None:
         """Back to CLOSED with counters cleared, and any force removed."""
         now = self._clock()
-        before = self.state()["state"]
+        before = self.state()
+        shown = f"forced:{before['forced']}" if before["forced"] else before["automatic"]
         pipe = self._client.pipeline()
         pipe.delete(self._key, self._calls_key, self._trials_key)
         pipe.sadd(REGISTRY_KEY, self.name)
         pipe.execute()
-        self._emit(f"{before}>closed", f"reset by {actor}: {reason}", now)
+        self._emit(f"{shown}>closed", f"reset by {actor}: {reason}", now)
 
     def _emit(self, transition: str, reason: str, at: float) -> None:
         from_state, _, to_state = transition.partition(">")
         event = Transition(self.name, from_state, to_state, reason, at)
         _log.warning("breaker transition", breaker=self.name, transition=transition, reason=reason)
+        # Counted in the Redis that holds the breaker, whichever process made the change (the CLI included).
+        counters.BREAKER_TRANSITIONS.inc(self._client, self.name, to_state)
         if self._on_transition is not None:
             try:
                 self._on_transition(event)

@@ -1,4 +1,4 @@
-"""Where breaker transitions go: the structured log (by the breaker), the audit log, the metrics."""
+"""Where breaker transitions go: the structured log and the shared counter (by the breaker), the audit log, alerts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import alerts, metrics
+from omni_tasks import alerts
 from omni_tasks.safety.breaker import Transition, TransitionHook
 from omni_tasks.storage.models import AuditLog
 
@@ -15,10 +15,9 @@ _log = structlog.get_logger("omni.audit")
 
 
 def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "system") -> TransitionHook:
-    """A transition hook that audits each transition, counts it and alerts (when a webhook is configured)."""
+    """A transition hook that audits each transition and alerts (the breaker itself counts it) (when a webhook is configured)."""
 
     def hook(event: Transition) -> None:
-        metrics.BREAKER_TRANSITIONS.labels(event.breaker, event.to_state).inc()
         alerts.emit(
             {
                 "kind": "breaker.transition",

@@ -16,7 +16,8 @@ from omni_tasks.trading.orders import DATABASE_BREAKER
 from omni_tasks.watchdog import monitor, rules
 
 
-@omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
+# No task events: a tick every few seconds would fill Flower's task list (the watchdog worker still shows by its heartbeats).
+@omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0, send_events=False)
 def tick() -> dict[str, Any]:
     """Record heartbeats and queue depths, redeliver dead workers' tasks, persist task outcomes, then run the health rules."""
     runtime = get_runtime()

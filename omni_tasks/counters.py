@@ -1,0 +1,124 @@
+"""Counters kept in Redis, for events that any process makes: the CLI included.
+
+A short-lived process (``omni breaker trip``, ``omni kill engage``, a CLI
+command that enqueues work) must not write prometheus-client multiprocess
+files: each one would leave two files behind for the metrics server to merge
+on every scrape. Events such processes make are counted here instead, with one
+HINCRBY on a Redis hash per counter (field: the label values as a JSON list),
+and the metrics server exports them (:class:`SharedCountersCollector`). Every
+process counts them this way, so each series has one home and is exported once.
+
+The counts live where the state they count lives: a breaker transition in the
+Redis that holds the breaker, a kill switch change in the Redis of the runtime
+that made it (so ``omni kill drill``, on its scratch Redis, never touches the
+real counters). Counting is best effort: a Redis error is logged, never raised.
+Labels never hold symbols.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+_log = structlog.get_logger("omni.counters")
+KEY = "omni:counters:{name}"
+
+
+@dataclass(frozen=True)
+class SharedCounter:
+    """One counter (exported as ``<name>_total``) with its label names."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return KEY.format(name=self.name)
+
+    def field(self, values: tuple[str, ...]) -> str:
+        if len(values) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.labels)} label values expected ({', '.join(self.labels)}), got {len(values)}")
+        return json.dumps([str(v) for v in values], separators=(",", ":"))
+
+    def inc(self, client: Any, *values: str, by: int = 1) -> bool:
+        """Add ``by`` to the series of ``values``; False (logged) when Redis could not be written."""
+        field = self.field(values)
+        if by <= 0:
+            return True
+        try:
+            client.hincrby(self.key, field, by)
+        except Exception as exc:  # noqa: BLE001 - counting must never fail what it counts
+            _log.warning("shared counter not incremented", counter=self.name, labels=list(values), error=f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
+
+TASKS_SENT = SharedCounter(
+    "celery_task_sent",
+    "Sent when a task message is published (by any process, the CLI and beat included).",
+    ("name", "hostname", "queue_name"),
+)
+BREAKER_TRANSITIONS = SharedCounter(
+    "omni_breaker_transitions",
+    "Circuit breaker transitions from any process (automatic, forced and reset by operators), by breaker and the state reached.",
+    ("breaker", "to_state"),
+)
+KILL_SWITCH_CHANGES = SharedCounter(
+    "omni_kill_switch_changes",
+    "Kill switch engages and trading state changes, by action and by whom (operator, watchdog, http, other). Drills are not counted here.",
+    ("action", "by"),
+)
+KILL_SWITCH_DRILLS = SharedCounter(
+    "omni_kill_switch_drills",
+    "Kill switch drills (omni kill drill: a rehearsal on scratch Redis, database and broker), by result (passed, failed).",
+    ("result",),
+)
+#: Every shared counter, in the order /metrics lists them.
+ALL: tuple[SharedCounter, ...] = (TASKS_SENT, BREAKER_TRANSITIONS, KILL_SWITCH_CHANGES, KILL_SWITCH_DRILLS)
+
+
+def read_all(client: Any, counters: tuple[SharedCounter, ...] = ALL) -> dict[str, dict[tuple[str, ...], float]]:
+    """Every counter's series (label values -> count), one round trip. A malformed field is skipped."""
+    pipe = client.pipeline(transaction=False)
+    for counter in counters:
+        pipe.hgetall(counter.key)
+    out: dict[str, dict[tuple[str, ...], float]] = {}
+    for counter, raw in zip(counters, pipe.execute(), strict=True):
+        series: dict[tuple[str, ...], float] = {}
+        for field, value in (raw or {}).items():
+            try:
+                labels = json.loads(field.decode() if isinstance(field, bytes) else field)
+                count = float(value.decode() if isinstance(value, bytes) else value)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(labels, list) and len(labels) == len(counter.labels):
+                series[tuple(str(v) for v in labels)] = count
+        out[counter.name] = series
+    return out
+
+
+class SharedCountersCollector:
+    """Exports the shared counters at scrape time; while Redis cannot be read they are left out (``omni_live_scrape_up`` says so)."""
+
+    def __init__(self, read: Callable[[], dict[str, dict[tuple[str, ...], float]]], counters: tuple[SharedCounter, ...] = ALL) -> None:
+        self._read = read
+        self._counters = counters
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        try:
+            values = self._read()
+        except Exception as exc:  # noqa: BLE001 - a scrape must still answer
+            _log.warning("shared counters unreadable", error=f"{type(exc).__name__}: {exc}")
+            return
+        for counter in self._counters:
+            family = CounterMetricFamily(counter.name, counter.help, labels=list(counter.labels))
+            for labels, count in sorted(values.get(counter.name, {}).items()):
+                family.add_metric(list(labels), count)
+            yield family
