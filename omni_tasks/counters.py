@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client.registry import Collector
 
 _log = structlog.get_logger("omni.counters")
 KEY = "omni:counters:{name}"
@@ -102,7 +103,7 @@ def read_all(client: Any, counters: tuple[SharedCounter, ...] = ALL) -> dict[str
     return out
 
 
-class SharedCountersCollector:
+class SharedCountersCollector(Collector):
     """Exports the shared counters at scrape time; while Redis cannot be read they are left out (``omni_live_scrape_up`` says so)."""
 
     def __init__(self, read: Callable[[], dict[str, dict[tuple[str, ...], float]]], counters: tuple[SharedCounter, ...] = ALL) -> None:

@@ -76,7 +76,11 @@ class LiveCollector(Collector):
         for queue, age in sorted(snap.get("oldest_wait_s", {}).items()):
             oldest.add_metric([queue], age)
         yield oldest
+        # celery_* count Celery workers only (what Flower lists); the streaming worker is not one and has its own gauge.
         worker_up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"])
+        stream_up = GaugeMetricFamily(
+            "omni_stream_worker_up", "1 while a streaming worker (not a Celery worker) has recently sent a heartbeat.", labels=["hostname"]
+        )
         age = GaugeMetricFamily("omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"])
         seen: set[str] = set()
         for worker in snap.get("workers", []):
@@ -84,12 +88,13 @@ class LiveCollector(Collector):
             if worker["hostname"] in seen:
                 continue
             seen.add(worker["hostname"])
-            worker_up.add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
+            (stream_up if worker["kind"] == "stream" else worker_up).add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
             age.add_metric([worker["hostname"], worker["kind"]], worker["age_s"])
         yield worker_up
+        yield stream_up
         yield age
         active = GaugeMetricFamily("celery_active_worker_count", "Number of active workers.")
-        active.add_metric([], sum(1 for w in snap.get("workers", []) if w["alive"]))
+        active.add_metric([], sum(1 for w in snap.get("workers", []) if w["alive"] and w["kind"] != "stream"))
         yield active
         leader = GaugeMetricFamily("omni_beat_leader", "1 while a beat holds the leader lock.")
         leader.add_metric([], 1.0 if snap.get("beat_leader") else 0.0)

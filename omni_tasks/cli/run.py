@@ -136,6 +136,7 @@ def server() -> None:
             worker_kinds=[*KINDS, "stream"],
             dead_after_s=settings.broker.dead_after_s,
             watchdog_interval_s=settings.watchdog.interval_s,
+            settings=settings,
         )
 
     def stream_source() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -145,6 +146,9 @@ def server() -> None:
         return read_status(runtime.redis), read_published(runtime.redis)
 
     registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, lambda: observe.desk_snapshot(runtime))
+    from omni_tasks import counters
+
+    registry.register(counters.SharedCountersCollector(lambda: counters.read_all(runtime.redis)))
     httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
 
     def stop(_signum: int, _frame: Any) -> None:
