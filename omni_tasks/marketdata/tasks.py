@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 
 from omni_tasks import metrics
-from omni_tasks.errors import RetryableError
+from omni_tasks.errors import PermanentError, RetryableError
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
@@ -56,6 +56,9 @@ def fetch_partition(partition_id: int) -> dict[str, Any]:
         validate_backfill_job.apply_async(args=[outcome.finished_job])
     if outcome.retry:
         raise PartitionNotServed(outcome.error or "no provider served the partition")
+    if outcome.status == "failed":
+        # Recorded in the ledger above; the task fails too, so Flower and `omni status` show it as a failure.
+        raise PermanentError(f"backfill partition {outcome.partition_id} failed: {outcome.error or 'no provider served it'}")
     return {"partition_id": outcome.partition_id, "status": outcome.status, "rows": outcome.rows, "rejected": outcome.rejected, "provider": outcome.provider, "error": outcome.error}
 
 

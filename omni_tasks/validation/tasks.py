@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from omni_tasks import alerts
+from omni_tasks.errors import PermanentError
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
@@ -35,6 +36,7 @@ def validate_backfill_job(job_id: int) -> dict[str, Any]:
     )
     _log.info("backfill job validated", job_id=job_id, **{k: v for k, v in summary.items() if k != "failed_series"}, failed=len(summary["failed_series"]))
     _alert_failures(summary, f"backfill job {job_id}")
+    _fail_when_failed(summary, f"validation of backfill job {job_id}")
     return {"job_id": job_id, **summary}
 
 
@@ -51,7 +53,16 @@ def nightly() -> dict[str, Any]:
         feeds=serving_feeds(runtime.settings.providers.order, settings.feed), adjustment=settings.adjustment,
     )
     _alert_failures(summary, "nightly validation")
+    _fail_when_failed(summary, "nightly validation")
     return summary
+
+
+def _fail_when_failed(summary: dict[str, Any], what: str) -> None:
+    """The verdicts are stored; a failed series also fails the task, so Flower and `omni status` show it as a failure."""
+    failed = summary["failed_series"]
+    if failed:
+        names = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        raise PermanentError(f"{what}: {len(failed)} series failed validation ({names})")
 
 
 def _alert_failures(summary: dict[str, Any], what: str) -> None:
