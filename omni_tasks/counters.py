@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from prometheus_client.registry import Collector
 
 _log = structlog.get_logger("omni.counters")
 KEY = "omni:counters:{name}"
@@ -103,23 +102,27 @@ def read_all(client: Any, counters: tuple[SharedCounter, ...] = ALL) -> dict[str
     return out
 
 
-class SharedCountersCollector(Collector):
-    """Exports the shared counters at scrape time; while Redis cannot be read they are left out (``omni_live_scrape_up`` says so)."""
+def collector(read: Callable[[], dict[str, dict[tuple[str, ...], float]]], counters: tuple[SharedCounter, ...] = ALL) -> Any:
+    """A prometheus-client collector exporting the shared counters at scrape time (``read``: :func:`read_all` on a client).
 
-    def __init__(self, read: Callable[[], dict[str, dict[tuple[str, ...], float]]], counters: tuple[SharedCounter, ...] = ALL) -> None:
-        self._read = read
-        self._counters = counters
+    While Redis cannot be read they are left out (``omni_live_scrape_up`` says so). prometheus-client
+    is imported here, not with this module: the CLI imports this module before it decides whether
+    the process writes metric files, and prometheus-client fixes that when first imported.
+    """
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.registry import Collector
 
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily
+    class SharedCountersCollector(Collector):
+        def collect(self) -> Iterator[Any]:
+            try:
+                values = read()
+            except Exception as exc:  # noqa: BLE001 - a scrape must still answer
+                _log.warning("shared counters unreadable", error=f"{type(exc).__name__}: {exc}")
+                return
+            for counter in counters:
+                family = CounterMetricFamily(counter.name, counter.help, labels=list(counter.labels))
+                for labels, count in sorted(values.get(counter.name, {}).items()):
+                    family.add_metric(list(labels), count)
+                yield family
 
-        try:
-            values = self._read()
-        except Exception as exc:  # noqa: BLE001 - a scrape must still answer
-            _log.warning("shared counters unreadable", error=f"{type(exc).__name__}: {exc}")
-            return
-        for counter in self._counters:
-            family = CounterMetricFamily(counter.name, counter.help, labels=list(counter.labels))
-            for labels, count in sorted(values.get(counter.name, {}).items()):
-                family.add_metric(list(labels), count)
-            yield family
+    return SharedCountersCollector()

@@ -148,7 +148,7 @@ def server() -> None:
     registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, lambda: observe.desk_snapshot(runtime))
     from omni_tasks import counters
 
-    registry.register(counters.SharedCountersCollector(lambda: counters.read_all(runtime.redis)))
+    registry.register(counters.collector(lambda: counters.read_all(runtime.redis)))
     httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
 
     def stop(_signum: int, _frame: Any) -> None:
