@@ -290,13 +290,12 @@ class CircuitBreaker:
     def reset(self, *, actor: str, reason: str) -> None:
         """Back to CLOSED with counters cleared, and any force removed."""
         now = self._clock()
-        before = self.state()
-        shown = f"forced:{before['forced']}" if before["forced"] else before["automatic"]
+        before = self.state()["automatic"]
         pipe = self._client.pipeline()
         pipe.delete(self._key, self._calls_key, self._trials_key)
         pipe.sadd(REGISTRY_KEY, self.name)
         pipe.execute()
-        self._emit(f"{shown}>closed", f"reset by {actor}: {reason}", now)
+        self._emit(f"{before}>closed", f"reset by {actor}: {reason}", now)
 
     def _emit(self, transition: str, reason: str, at: float) -> None:
         from_state, _, to_state = transition.partition(">")
