@@ -17,7 +17,11 @@ Labels never hold symbols.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +60,56 @@ class SharedCounter:
             _log.warning("shared counter not incremented", counter=self.name, labels=list(values), error=f"{type(exc).__name__}: {exc}")
             return False
         return True
+
+
+class Buffered:
+    """Increments held in this process and written in one pipeline every ``interval_s`` (a daemon thread) and at exit.
+
+    For counts made on a hot path (every task publish): the path itself never
+    waits on Redis. A flush that fails keeps its counts for the next one. A
+    forked child starts with nothing (its parent flushes its own counts).
+    """
+
+    def __init__(self, client: Callable[[], Any], interval_s: float = 1.0) -> None:
+        self._client = client
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._pid: int | None = None
+
+    def inc(self, counter: SharedCounter, *values: str, by: int = 1) -> None:
+        field = counter.field(values)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._counts = os.getpid(), {}
+                threading.Thread(target=self._run, name="omni-counters", daemon=True).start()
+                atexit.register(self.flush)
+            self._counts[(counter.key, field)] = self._counts.get((counter.key, field), 0) + by
+
+    def flush(self) -> int:
+        """Write what is held; the number of increments written (0 when Redis refused them: they are kept)."""
+        with self._lock:
+            taken, self._counts = self._counts, {}
+        if not taken:
+            return 0
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for (key, field), count in taken.items():
+                pipe.hincrby(key, field, count)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - kept for the next flush
+            with self._lock:
+                for item, count in taken.items():
+                    self._counts[item] = self._counts.get(item, 0) + count
+            _log.warning("shared counters not flushed (kept for the next try)", error=f"{type(exc).__name__}: {exc}")
+            return 0
+        return sum(taken.values())
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            time.sleep(self._interval_s)
+            self.flush()
 
 
 TASKS_SENT = SharedCounter(

@@ -50,11 +50,15 @@ def _on_setup_logging(**_: Any) -> None:
     )
 
 
+_sent = counters.Buffered(lambda: get_runtime().redis)
+
+
 def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
-    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.counters).
-    counters.TASKS_SENT.inc(get_runtime().redis, str(sender), socket.gethostname(), routing_key or "?")
+    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.counters);
+    # buffered, so a publish never waits on Redis.
+    _sent.inc(counters.TASKS_SENT, str(sender), socket.gethostname(), routing_key or "?")
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -245,4 +249,6 @@ def install(app: Celery) -> None:
     signals.task_rejected.connect(_on_task_rejected, weak=False)
     signals.task_revoked.connect(_on_task_revoked, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
+    # A pool child leaves through os._exit (no atexit): its buffered task-sent counts go first.
+    signals.worker_process_shutdown.connect(lambda **_: _sent.flush(), weak=False)
     app.steps["worker"].add(HeartbeatStep)
