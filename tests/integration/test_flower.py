@@ -180,4 +180,4 @@ def test_flower_lists_late_workers_labels_times_and_keeps_its_metrics_apart(stac
     # Our /metrics merges every process's files: Flower wrote none.
     ours_text = generate_latest(build_registry(dict, Path(env["OMNI_DATA_DIR"]) / "metrics")).decode()
     assert "flower_" not in ours_text
-    assert "celery_task_received_total" in ours_text
+    assert "omni_tasks_redelivered_total" in ours_text, "the workers' files were merged"
