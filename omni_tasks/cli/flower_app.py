@@ -3,8 +3,9 @@
 - **Every worker, without ?refresh=1.** Flower inspects the workers once, when
   it starts; under ``omni up`` the workers are still booting then, so
   ``/api/workers`` listed one or two of them until someone asked for a refresh.
-  Here the inspection is repeated every ``REFRESH_S`` seconds (with a longer
-  reply timeout, so a busy solo worker still answers).
+  Here the inspection is repeated every ``REFRESH_S`` seconds (a worker too
+  busy to answer one, such as the solo watchdog mid-tick, answers the next;
+  the reply timeout stays Flower's 1 s, which every ``?refresh=1`` waits out).
 - **Times in UTC, labelled.** Celery's ``timezone`` is the exchange's zone (beat's
   crontabs need it); Flower would show task times in New York time with no
   label. This process alone shows UTC, as the CLI and /health do, and the task
@@ -22,8 +23,6 @@ from typing import Any
 
 #: Seconds between two inspections of every worker (Flower's own: only at start).
 REFRESH_S = 15.0
-#: Milliseconds a worker has to answer an inspection (Flower's default: 1000).
-INSPECT_TIMEOUT_MS = 3000
 #: Flower's task list columns that hold times.
 TIME_COLUMNS = ("received", "started", "timestamp", "eta")
 DISPLAY_TZ = "UTC"
@@ -79,4 +78,4 @@ def run(celery_app: Any, argv: list[str]) -> None:
     label_time_columns()
     # flower.command builds the app from its module-level name; ours adds the periodic inspection.
     command.Flower = flower_class()
-    celery_app.start(["flower", f"--inspect_timeout={INSPECT_TIMEOUT_MS}", *argv])
+    celery_app.start(["flower", *argv])
