@@ -226,7 +226,7 @@ def up(
     specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
 
     def announce(message: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S UTC', time.gmtime())}[/dim] {message}")
 
     supervisor = Supervisor(specs, announce=announce)
     stop_requested = {"flag": False}
