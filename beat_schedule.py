@@ -37,6 +37,12 @@ BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": crontab(minute=30, hour=19, day_of_week="mon-fri"),
         "options": {"queue": "validation", "expires": 4 * 3600},
     },
+    # Before the open, once a day: one Alpha Vantage call per symbol against the key's daily quota.
+    "news-sentiment-daily-at-06-30": {
+        "task": "omni.news.daily",
+        "schedule": crontab(minute=30, hour=6),
+        "options": {"queue": "backfill", "expires": 6 * 3600},
+    },
     # As the scans entry: the task checks the calendar (in session: run; otherwise skipped).
     "risk-recalculate-every-minute-in-market-hours": {
         "task": "omni.risk.recalculate",

@@ -21,6 +21,7 @@ TASK_MODULES = (
     "omni_tasks.marketdata.tasks",
     "omni_tasks.scans.tasks",
     "omni_tasks.validation.tasks",
+    "omni_tasks.news.tasks",
     "omni_tasks.trading.tasks",
     "omni_tasks.risk.tasks",
 )

@@ -6,10 +6,13 @@
     +-- BootRefused            a start-up safety check failed; the process must not start
     +-- TaskError              raised inside tasks
         +-- RetryableError     may succeed next time: rate limited, unavailable, timeout
+        |   +-- DatabaseUnavailable   the database failed or its breaker is open
+        |       +-- StoreUnavailable   an outage, on the pipeline tasks' own retry budget
         +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
 
 Only ``RetryableError`` is retried (with backoff and jitter). A ``PermanentError``
-fails the task at once with its message recorded in the task-run ledger.
+fails the task at once with its message recorded in the task-run ledger. A task
+with a deadline (an order) retries ``DatabaseUnavailable`` until that deadline.
 """
 
 from __future__ import annotations
@@ -41,3 +44,11 @@ class RetryableError(TaskError):
 
 class PermanentError(TaskError):
     """A failure that retrying cannot fix."""
+
+
+class DatabaseUnavailable(RetryableError):
+    """The database failed (connection refused or lost, a disconnect) or its breaker is open: nothing was written."""
+
+
+class StoreUnavailable(DatabaseUnavailable):
+    """The database is unreachable (connection refused, dropped or invalidated): retry after the outage."""

@@ -2,7 +2,8 @@
 
 Overall status is ``down`` (HTTP 503) when a critical dependency is down -
 the database, the broker, or the watchdog worker - ``degraded`` when anything
-else is, ``ok`` otherwise. ``trading`` is the trading state and kill switch
+else is (``ledgers``: work stuck without a live delivery and not being
+resolved), ``ok`` otherwise. ``trading`` is the trading state and kill switch
 (who engaged it, why, since when); a state that cannot be read counts as
 HALTED and marks the ``kill_switch`` check down. The ``trading`` check is
 ``degraded``, with its reasons, while orders are blocked (kill switch,
@@ -125,6 +126,9 @@ def check_health(
     risk = _risk(engine, client)
     checks["beat"] = _timed(beat) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     checks["watchdog_tick"] = _timed(watchdog_tick) if redis_ok else {"status": "down", "latency_ms": 0.0}
+    checks["ledgers"] = (
+        _timed(lambda: ledgers_detail(client)) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
+    )
 
     trading = _trading(engine, client)
     checks["kill_switch"] = {
@@ -235,6 +239,25 @@ def _stale_stream(client: redis.Redis, settings: Settings, now: float) -> str | 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def ledgers_detail(client: redis.Redis) -> str:
+    """The ledger reconciler's view in one line; raises (the check is down) when stuck work is not being resolved."""
+    from omni_tasks.watchdog.ledgers import read_view
+
+    view = read_view(client)
+    hour = view["last_hour"]
+    last = view["last_reconcile"] or {}
+    line = (
+        f"stuck {view['stuck']} (partitions {view['stuck_partitions']}, scan runs {view['stuck_scan_runs']}, oldest {view['oldest_stuck_s']:.0f} s); "
+        f"last hour: requeued {hour['requeued']}, failed {hour['failed']}, redelivered {hour['redelivered']}, jobs rolled up {hour['rolled_up']}"
+    )
+    limit = 2 * float(last.get("stuck_after_s") or 0)
+    if limit and view["oldest_stuck_s"] > limit:
+        raise RuntimeError(
+            f"work stuck longer than {limit:.0f} s is not being resolved ({last.get('skipped') or last.get('error') or 'see the watchdog log'}): {line}"
+        )
+    return line
 
 
 def _risk(engine: Engine, client: redis.Redis) -> dict[str, Any] | None:

@@ -10,7 +10,15 @@ the silent heartbeat within ``dead_after_s`` and puts exactly those messages
 back on their queues, so a killed worker's task runs again within seconds.
 (The heartbeat thread, woken by each receipt, writes the tags to Redis a
 round trip after receipt; a worker killed inside that millisecond leaves those
-messages to the visibility timeout.)
+messages to the :func:`sweep_orphans` sweep.)
+
+A worker that loses its broker connection (Redis restarted) cannot acknowledge
+what it received on the old connection any more: Celery cancels those tasks,
+and their messages, if Redis kept them, sit in ``unacked`` under a worker that
+is alive and beating. On reconnecting the worker :func:`disown` s them, so the
+orphan sweep redelivers them within ``dead_after_s``, not after the visibility
+timeout. A message Redis lost altogether (neither queued nor unacked) is the
+ledger reconciler's to find (:mod:`omni_tasks.watchdog.ledgers`).
 """
 
 from __future__ import annotations
@@ -68,6 +76,16 @@ def track_deliveries(client: redis.Redis, instance: str, delivery_tags: list[str
     pipe.sadd(key, *delivery_tags)
     pipe.expire(key, INFO_TTL_S * 24)
     pipe.execute()
+
+
+def disown(client: redis.Redis, instance: str) -> int:
+    """``instance`` reconnected to the broker: it holds none of the deliveries it recorded before. Returns how many it dropped."""
+    key = INFLIGHT_KEY.format(instance=instance)
+    pipe = client.pipeline(transaction=True)
+    pipe.scard(key)
+    pipe.delete(key)
+    dropped, _ = pipe.execute()
+    return int(dropped)
 
 
 def prune_inflight(client: redis.Redis, instance: str) -> None:

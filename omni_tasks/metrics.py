@@ -9,8 +9,13 @@ worker liveness and the beat leader at scrape time. Labels never hold symbols.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +53,15 @@ BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by 
 LATENCY_VIOLATIONS = Counter("omni_latency_budget_violations", "Operations over their latency budget (DESIGN section 7).", ("budget",))
 ORDERS = Counter("omni_orders", "Orders through the orders path, by outcome (denied orders also by check).", ("outcome", "check"))
 ORDER_SUBMIT_SECONDS = Histogram(
-    "omni_order_submit_seconds", "Order submission: checks, records and the broker call.", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf"))
+    "omni_order_submit_seconds",
+    "Order submission: checks, records and the broker call.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf")),
 )
 WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
 WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
+LEDGER_ACTIONS = Counter(
+    "omni_ledger_actions", "Stuck ledger items (no live delivery) the watchdog requeued or failed, by ledger and action.", ("ledger", "action")
+)
 
 
 class LiveCollector(Collector):
@@ -81,7 +91,9 @@ class LiveCollector(Collector):
         stream_up = GaugeMetricFamily(
             "omni_stream_worker_up", "1 while a streaming worker (not a Celery worker) has recently sent a heartbeat.", labels=["hostname"]
         )
-        age = GaugeMetricFamily("omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"])
+        age = GaugeMetricFamily(
+            "omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"]
+        )
         seen: set[str] = set()
         for worker in snap.get("workers", []):
             # A worker restarted under the same hostname leaves its old record for an hour: the newest beat (listed first) speaks.
@@ -128,22 +140,142 @@ class LiveCollector(Collector):
         yield scrape_s
 
 
+_SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]  # metric name, sample name, sorted labels
+
+
+@dataclass
+class _FileValues:
+    """One metric file's samples as last read; ``final``: its process is gone, the file will not change again."""
+
+    values: dict[_SeriesKey, float]
+    final: bool
+
+
 class MergedFilesCollector(Collector):
     """Every process's metric files under ``root``, one subfolder per host (or container).
 
     prometheus-client's own collector reads one folder, keyed by PID; PIDs
     repeat across containers, so each host writes to ``root/<hostname>`` and
     the server merges them all.
+
+    Worker children recycle (``max_tasks_per_child``) and each leaves its files
+    behind, so there are hundreds; merging them all on every scrape (parsing
+    every key's JSON again) made a scrape take over a second. Here the running
+    sum is kept between scrapes: a file of a process of this host that has exited
+    is read once more and then never again; every other file (a live process,
+    another host's) is read on every scrape and replaces its previous values in
+    the sum. Keys are parsed once per process lifetime of the server. Gauges
+    (none of ours; their modes differ) are merged the ordinary way.
+
+    Concurrent scrapes share one merge: a scrape arriving within ``max_age_s`` of
+    the last merge (or while one runs) answers with it. The live gauges
+    (:class:`LiveCollector`) are not cached: the trading state is never stale.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, max_age_s: float = 0.0, hostname: str | None = None, alive: Callable[[int], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self._root = root
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._merged: list[Any] | None = None
+        self._merged_at = float("-inf")
+        self._hostname = hostname or socket.gethostname()
+        self._alive = alive or _pid_alive
+        self._lock = threading.Lock()
+        self._files: dict[str, _FileValues] = {}
+        self._total: dict[_SeriesKey, float] = {}
+        self._kinds: dict[str, tuple[str, str]] = {}  # metric name -> (type, help)
+        self._keys: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        files = sorted(str(p) for p in self._root.glob("*/*.db"))
-        return iter(MultiProcessCollector.merge(files, accumulate=True))
+        asked = self._clock()
+        with self._lock:
+            # Merged while this scrape waited for the lock, or recently enough: the same answer.
+            if self._merged is not None and (self._merged_at >= asked or asked - self._merged_at < self._max_age_s):
+                return iter(self._merged)
+            started = self._clock()
+            gauges = self._refresh()
+            metrics: dict[str, Any] = {}
+            for (metric_name, name, labels), value in self._total.items():
+                metric = metrics.get(metric_name)
+                if metric is None:
+                    typ, help_text = self._kinds[metric_name]
+                    metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
+                metric.add_sample(name, labels, value)
+            # prometheus-client's own accumulation (histogram buckets made cumulative, _count added).
+            merged = list(MultiProcessCollector._accumulate_metrics(metrics, True))
+            if gauges:
+                merged.extend(MultiProcessCollector.merge(gauges, accumulate=True))
+            self._merged, self._merged_at = merged, started
+        return iter(merged)
+
+    def _refresh(self) -> list[str]:
+        """Bring the running sum up to date with the files now present; returns the gauge files."""
+        gauges: list[str] = []
+        present: set[str] = set()
+        for path in sorted(str(p) for p in self._root.glob("*/*.db")):
+            parts = os.path.basename(path)[:-3].split("_")
+            typ = parts[0]
+            if typ == "gauge":
+                gauges.append(path)
+                continue
+            present.add(path)
+            known = self._files.get(path)
+            if known is not None and known.final:
+                continue
+            final = self._is_ours(path) and parts[-1].isdigit() and not self._alive(int(parts[-1]))
+            try:
+                values = self._read(path, typ)
+            except FileNotFoundError:
+                present.discard(path)
+                continue
+            self._replace(path, _FileValues(values, final))
+        for gone in set(self._files) - present:
+            self._replace(gone, None)
+        return gauges
+
+    def _is_ours(self, path: str) -> bool:
+        return os.path.basename(os.path.dirname(path)) == self._hostname
+
+    def _read(self, path: str, typ: str) -> dict[_SeriesKey, float]:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        values: dict[_SeriesKey, float] = {}
+        for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(path):
+            parsed = self._keys.get(key)
+            if parsed is None:
+                metric_name, name, labels, help_text = json.loads(key)
+                parsed = self._keys[key] = (metric_name, name, tuple(sorted(labels.items())), help_text)
+            metric_name, name, labels_key, help_text = parsed
+            self._kinds.setdefault(metric_name, (typ, help_text))
+            series = (metric_name, name, labels_key)
+            values[series] = values.get(series, 0.0) + value
+        return values
+
+    def _replace(self, path: str, new: _FileValues | None) -> None:
+        old = self._files.pop(path, None)
+        if old is not None:
+            for series, value in old.values.items():
+                self._total[series] -= value
+        if new is not None:
+            self._files[path] = new
+            for series, value in new.values.items():
+                self._total[series] = self._total.get(series, 0.0) + value
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's): alive
+    return True
 
 
 STREAM_LATENCY_EDGES_S = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
@@ -175,9 +307,13 @@ class StreamCollector(Collector):
         up.add_metric([], 1.0 if fresh and status.get("connected") else 0.0)
         yield up
         latency = HistogramMetricFamily(
-            "omni_stream_stage_latency_seconds", "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).", labels=["stage"]
+            "omni_stream_stage_latency_seconds",
+            "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).",
+            labels=["stage"],
         )
-        violations = CounterMetricFamily("omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"])
+        violations = CounterMetricFamily(
+            "omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"]
+        )
         for stage, summary in sorted(published.items()):
             hist = Histogram.from_sparse(summary.get("buckets", {}), max_ns=int(summary.get("max_ns", 0)))
             cumulative = hist.cumulative_at(int(edge * 1e9) for edge in STREAM_LATENCY_EDGES_S)
@@ -188,7 +324,9 @@ class StreamCollector(Collector):
                 violations.add_metric([stage], float(summary.get("over_budget", 0)))
         yield latency
         yield violations
-        messages = CounterMetricFamily("omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"])
+        messages = CounterMetricFamily(
+            "omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"]
+        )
         for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
             messages.add_metric([outcome], float(count))
         yield messages
@@ -200,7 +338,9 @@ class StreamCollector(Collector):
         garbage.add_metric([], float(status.get("garbage_frames", 0)))
         yield garbage
         counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
-        events = CounterMetricFamily("omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"])
+        events = CounterMetricFamily(
+            "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"]
+        )
         for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
             events.add_metric([event], float(counters.get(event, 0)))
         yield events
@@ -338,14 +478,114 @@ def build_registry(
     metrics_root: Path | None,
     stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
     desk_source: Callable[[], dict[str, Any]] | None = None,
+    *,
+    files_max_age_s: float = 1.0,
+    shared_counters: Callable[[], dict[str, dict[tuple[str, ...], float]]] | None = None,
 ) -> CollectorRegistry:
-    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms, the desk's state."""
+    """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms, the desk's state.
+
+    ``files_max_age_s``: concurrent scrapes within this many seconds share one merge of the metric files.
+    """
     registry = CollectorRegistry()
     if metrics_root is not None:
-        registry.register(MergedFilesCollector(metrics_root))
+        registry.register(MergedFilesCollector(metrics_root, max_age_s=files_max_age_s))
     registry.register(LiveCollector(snapshot))
     if stream_source is not None:
         registry.register(StreamCollector(stream_source))
     if desk_source is not None:
         registry.register(DeskCollector(desk_source))
+    if shared_counters is not None:
+        from omni_tasks import counters
+
+        registry.register(counters.collector(shared_counters))
     return registry
+
+
+class Exposition:
+    """The /metrics body: the metric files' part rendered at most once per ``max_age_s``, the live part on every scrape.
+
+    The files' part (every process's counters and histograms, thousands of samples)
+    is what costs: merged incrementally by :class:`MergedFilesCollector` and
+    rendered to text here, once for all the scrapes that arrive within
+    ``max_age_s`` or while it is being rendered. The live gauges and the stream's
+    histograms (a few dozen samples, the trading state among them) are read and
+    rendered on every scrape, so they are never stale.
+    """
+
+    def __init__(
+        self,
+        files: CollectorRegistry | None,
+        live: CollectorRegistry,
+        *,
+        max_age_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._files = files
+        self._live = live
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._files_text = b""
+        self._files_at = float("-inf")
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return self._files_part(generate_latest) + generate_latest(self._live)
+
+    def _files_part(self, render: Callable[[CollectorRegistry], bytes]) -> bytes:
+        if self._files is None:
+            return b""
+        asked = self._clock()
+        with self._lock:
+            if self._files_at >= asked or asked - self._files_at < self._max_age_s:
+                return self._files_text
+            started = self._clock()
+            self._files_text = render(self._files)
+            self._files_at = started
+            return self._files_text
+
+
+def build_exposition(
+    snapshot: Callable[[], dict[str, Any]],
+    metrics_root: Path | None,
+    stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    desk_source: Callable[[], dict[str, Any]] | None = None,
+    *,
+    files_max_age_s: float = 1.0,
+    shared_counters: Callable[[], dict[str, dict[tuple[str, ...], float]]] | None = None,
+) -> Exposition:
+    """What /metrics serves (the same series as :func:`build_registry`), rendered for many concurrent scrapes."""
+    files: CollectorRegistry | None = None
+    if metrics_root is not None:
+        files = CollectorRegistry()
+        files.register(MergedFilesCollector(metrics_root))
+    live = CollectorRegistry()
+    live.register(LiveCollector(snapshot))
+    if stream_source is not None:
+        live.register(StreamCollector(stream_source))
+    if desk_source is not None:
+        # The desk's figures come from database queries: read at most once per files_max_age_s for all scrapes.
+        live.register(DeskCollector(_shared_reading(desk_source, files_max_age_s)))
+    if shared_counters is not None:
+        # Counted in Redis by every process, the CLI included (omni_tasks.counters): one HGETALL each per scrape.
+        from omni_tasks import counters
+
+        live.register(counters.collector(shared_counters))
+    return Exposition(files, live, max_age_s=files_max_age_s)
+
+
+def _shared_reading(source: Callable[[], dict[str, Any]], max_age_s: float) -> Callable[[], dict[str, Any]]:
+    """``source`` called at most once per ``max_age_s``; concurrent callers share one reading."""
+    lock = threading.Lock()
+    kept: dict[str, Any] = {"at": float("-inf"), "value": None}
+
+    def read() -> dict[str, Any]:
+        with lock:
+            now = time.monotonic()
+            if kept["value"] is None or now - kept["at"] >= max_age_s:
+                kept["value"] = source()
+                kept["at"] = time.monotonic()
+            return dict(kept["value"])
+
+    return read

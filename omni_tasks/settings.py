@@ -19,6 +19,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterator, Mapping
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from omni_tasks import secrets as secret_box
 from omni_tasks.errors import ConfigError
+from omni_tasks.inputs import EARLIEST_DATE, SYMBOL_PATTERN
 
 ENV_PREFIX = "OMNI_"
 #: Variables that are not settings but are read by the test-suite or the launcher.
@@ -39,7 +41,13 @@ STREAM_FEEDS = ("synthetic", "replay", "alpaca")
 #: The watchdog's rules (omni_tasks.watchdog.rules), named here so a disabled rule is checked at start-up.
 WATCHDOG_RULES = ("risk_breach", "stale_stream", "providers_down", "error_storm", "missing_workers", "queue_backlog", "latency_budget")
 
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+#: The first session exchange_calendars knows for XNYS: no backfill or check can reach earlier.
+EARLIEST_CALENDAR_DATE = EARLIEST_DATE
+#: Default earliest backfill date: the first session of 1962, where the oldest daily series
+#: of US listings at Yahoo begin; decades of daily history for research backfills.
+DEFAULT_EARLIEST_BACKFILL = date(1962, 1, 2)
+
+_SYMBOL = SYMBOL_PATTERN
 
 
 def _split_csv(value: Any) -> Any:
@@ -136,6 +144,10 @@ class DatabaseSettings(_Group):
     max_overflow: int = Field(default=10, ge=0, le=500)
     pool_timeout_s: float = Field(default=30.0, gt=0)
     echo: bool = False
+    outage_retries: int = Field(
+        default=12, ge=0, le=100, description="retries of a backfill, scan, validation or risk task cut short by a database outage (their own budget)"
+    )
+    outage_backoff_max_s: float = Field(default=30.0, gt=0, le=600, description="longest wait between those retries (exponential from 1 s, jittered)")
 
     @field_validator("url")
     @classmethod
@@ -213,8 +225,19 @@ class BackfillSettings(_Group):
     adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
     overlap_days: int = Field(default=5, ge=0, le=60, description="the nightly run re-reads this many days before the last stored bar")
     lookback_days: int = Field(default=730, ge=1, le=20000, description="history fetched for a symbol with no stored bars")
+    earliest_date: date = Field(
+        default=DEFAULT_EARLIEST_BACKFILL,
+        description="no backfill starts before this date (YYYY-MM-DD); at the earliest 1885-01-02, the exchange calendar's first session",
+    )
 
     _split = field_validator("universe", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+
+    @field_validator("earliest_date")
+    @classmethod
+    def _calendar_bound(cls, value: date) -> date:
+        if value < EARLIEST_CALENDAR_DATE:
+            raise ValueError(f"{value.isoformat()} is before {EARLIEST_CALENDAR_DATE.isoformat()}, the first session of the exchange calendar")
+        return value
 
     @field_validator("universe_file", mode="after")
     @classmethod
@@ -230,6 +253,48 @@ class BackfillSettings(_Group):
         return value
 
     _symbols = field_validator("universe")(classmethod(lambda cls, v: _check_symbols(v)))
+
+
+class NewsSettings(_Group):
+    """News sentiment from Alpha Vantage (NEWS_SENTIMENT), fetched per symbol once a day."""
+
+    prefix: ClassVar[str] = "OMNI_NEWS_"
+
+    symbols: CsvList = Field(default_factory=list, description="symbols whose news is fetched daily (comma separated); unset: the backfill universe")
+    max_symbols_per_run: int = Field(default=20, ge=1, le=5000, description="symbols per daily run: one call each against the Alpha Vantage daily quota (25 on a free key)")
+    limit: int = Field(default=50, description="articles per call (Alpha Vantage accepts 50 or 1000)")
+    lookback_days: int = Field(default=7, ge=1, le=3650, description="how far back a symbol with no stored news is fetched; otherwise from its latest stored article")
+    time_zone: str = Field(default="UTC", description="zone of Alpha Vantage's time_published (it does not say; UTC by default)")
+
+    _split = field_validator("symbols", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
+    _symbols = field_validator("symbols")(classmethod(lambda cls, v: _check_symbols(v)))
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int) -> int:
+        if value not in (50, 1000):
+            raise ValueError(f"Alpha Vantage returns 50 or 1000 articles per call, not {value}")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC or America/New_York)") from None
+        return value
+
+
+class ReconcileSettings(_Group):
+    """A second opinion: stored sessions compared with another configured provider (close and volume)."""
+
+    prefix: ClassVar[str] = "OMNI_RECONCILE_"
+
+    sample_sessions: int = Field(default=5, ge=1, le=10000, description="stored sessions (bars) compared per series and run")
+    tolerance_bp: float = Field(default=25.0, gt=0, le=10000, description="a close differing by more than this many basis points is recorded as a difference")
+    volume_tolerance_pct: float = Field(default=10.0, gt=0, le=1000, description="a volume differing by more than this percent is recorded (only when both feeds are comparable)")
+    nightly: bool = Field(default=True, description="the nightly validation also reconciles a sample of the day's window")
 
 
 class StreamSettings(_Group):
@@ -311,6 +376,9 @@ class TradingSettings(_Group):
     starting_cash_usd: Decimal = Field(default=Decimal("100000"), gt=0, description="the simulated broker's cash when its account is first created")
     quote_max_age_s: float = Field(default=5.0, gt=0, description="the simulated broker never fills on a quote older than this (the order is rejected)")
     alpaca_timeout_s: float = Field(default=10.0, gt=0, le=120, description="timeout of each Alpaca trading API call")
+    order_ttl_s: float = Field(default=120.0, gt=0, le=86400, description="an accepted order not sent within this long is recorded expired (never sent later)")
+    order_expiry_grace_s: float = Field(default=30.0, ge=0, le=3600, description="the watchdog records a pending order expired this long after its deadline")
+    order_retry_max_s: float = Field(default=10.0, gt=0, le=300, description="longest wait between attempts of an order while the database is unavailable (backoff with jitter, until its deadline)")
 
 
 class WatchdogSettings(_Group):
@@ -331,6 +399,10 @@ class WatchdogSettings(_Group):
     latency_violations_max: int = Field(default=20, ge=1, description="new latency-budget violations tolerated per evaluation")
     disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
     startup_grace_s: float = Field(default=30.0, ge=0, description="workers are not reported missing this soon after the watchdog's first evaluation")
+    stuck_after_s: float = Field(
+        default=60.0, gt=0, description="a backfill partition or scan run not final, with no live delivery (not queued, not held by a worker) this long, is requeued or failed"
+    )
+    stuck_requeues: int = Field(default=3, ge=0, le=100, description="times the watchdog requeues one stuck backfill partition before it fails it")
 
     _split = field_validator("expected_workers", "disabled_rules", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 
@@ -424,6 +496,10 @@ class MetricsSettings(_Group):
 
     host: str = "127.0.0.1"
     port: int = Field(default=9808, ge=1, le=65535)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300, description="a request to /metrics or /health must arrive whole within this many seconds of connecting, or the connection is dropped")
+    workers: int = Field(default=8, ge=1, le=256, description="threads answering /metrics and /health requests (slow clients hold none of them)")
+    max_connections: int = Field(default=256, ge=1, le=65535, description="connections waiting for their request at once; more are closed at once")
+    scrape_cache_s: float = Field(default=1.0, ge=0, le=60, description="scrapes within this many seconds share one merge of every process's metric files (0: merge on every scrape); the live gauges are read on every scrape")
 
 
 GROUPS: dict[str, type[_Group]] = {
@@ -432,6 +508,8 @@ GROUPS: dict[str, type[_Group]] = {
     "database": DatabaseSettings,
     "providers": ProviderSettings,
     "backfill": BackfillSettings,
+    "news": NewsSettings,
+    "reconcile": ReconcileSettings,
     "alpaca": AlpacaSettings,
     "alpha_vantage": AlphaVantageSettings,
     "yahoo": YahooSettings,
@@ -456,6 +534,8 @@ class Settings(BaseModel):
     database: DatabaseSettings
     providers: ProviderSettings
     backfill: BackfillSettings
+    news: NewsSettings
+    reconcile: ReconcileSettings
     alpaca: AlpacaSettings
     alpha_vantage: AlphaVantageSettings
     yahoo: YahooSettings

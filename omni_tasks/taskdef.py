@@ -46,6 +46,8 @@ BEFORE_START_HOOKS: list[Callable[[OmniTask], None]] = []
 DELIVERIES_KEY = "omni:deliveries:{task_id}"
 _TASK_NAME = re.compile(r"^omni(\.[a-z][a-z0-9_]*){2,}$")
 SENT_AT_HEADER = "omni_sent_at"
+#: A task that succeeded may name a more precise ledger state on its request (e.g. EXPIRED: the order was past its deadline).
+LEDGER_STATE_ATTR = "omni_ledger_state"
 _log = structlog.get_logger("omni.task")
 
 
@@ -158,7 +160,8 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         error = _error_text(retval) if status != "SUCCESS" else None
         # One round trip: the outcome record, and forgetting the delivery count of a finished redelivered task.
         forget = status in {"SUCCESS", "FAILURE"} and int(getattr(self.request, "omni_delivery", 1) or 1) > 1
-        self._record(status, task_id, args, kwargs, error=error, forget_deliveries=forget)
+        state = (getattr(self.request, LEDGER_STATE_ATTR, None) or status) if status == "SUCCESS" else status
+        self._record(state, task_id, args, kwargs, error=error, forget_deliveries=forget)
         counter = metrics.TASK_SUCCEEDED if status == "SUCCESS" else metrics.TASK_FAILED
         counter.labels(self.name, self._hostname(), self._queue()).inc()
         structlog.contextvars.clear_contextvars()

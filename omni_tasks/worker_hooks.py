@@ -2,6 +2,7 @@
 
 - before_task_publish: stamp ``omni_sent_at`` (queue-wait metrics, oldest wait) and count sends;
 - task_received (worker main process): count, and remember the delivery tag as in flight;
+- task_revoked: count; an order task Celery expired is recorded ``expired``, never unseen;
 - worker_process_init: rebuild clients after fork;
 - setup_logging: our JSON logs instead of Celery's;
 - HeartbeatStep: a thread in the worker main process that beats every ``heartbeat_s``
@@ -27,9 +28,9 @@ from omni_tasks.runtime import after_fork, get_runtime
 from omni_tasks.taskdef import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
-_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None}
-#: Delivery tags received but not yet recorded as in flight (deque appends are thread-safe).
-_pending_tags: deque[str] = deque()
+_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
+#: (broker connection number, delivery tag) received but not yet recorded as in flight (deque appends are thread-safe).
+_pending_tags: deque[tuple[int, str]] = deque()
 _wake = threading.Event()
 
 
@@ -72,7 +73,7 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
     if tag:
         # The heartbeat thread, woken here, writes these to Redis at once: the consumer loop
         # (the worker's bottleneck) makes no round trip per message.
-        _pending_tags.append(str(tag))
+        _pending_tags.append((_state["connection"], str(tag)))
         _wake.set()
 
 
@@ -82,10 +83,42 @@ def _on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None
     metrics.TASK_REJECTED.labels(name, socket.gethostname(), queue).inc()
 
 
-def _on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+def _on_task_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     name = getattr(request, "name", None) or getattr(sender, "name", "?")
     queue = ((getattr(request, "delivery_info", None) or {}) or {}).get("routing_key", "?")
     metrics.TASK_REVOKED.labels(str(name), socket.gethostname(), queue).inc()
+    if expired and getattr(sender, "order_bearing", False):
+        record_expired_order_task(sender, request)
+
+
+def record_expired_order_task(task: Any, request: Any) -> None:
+    """Celery discarded an order task past its ``expires`` (a message that carries one): never unseen.
+
+    The order is recorded ``expired`` (row and event; recorded now if it never was)
+    and the task-run ledger says EXPIRED. Orders queued by this version carry their
+    own deadline instead, which the task itself enforces.
+    """
+    from datetime import UTC, datetime
+
+    from omni_tasks.trading.orders import record_expired_message
+
+    runtime = get_runtime()
+    reason = "not sent by its deadline: the message expired in the queue (Celery expires), never sent to the broker"
+    try:
+        named = dict(inspect.signature(task.run).bind_partial(*(request.args or ()), **(request.kwargs or {})).arguments)
+    except TypeError:
+        named = dict(getattr(request, "kwargs", None) or {})
+    try:
+        record_expired_message(
+            runtime.sessions, broker=runtime.settings.trading.broker, arguments=named, reason=reason, now=datetime.now(tz=UTC)
+        )
+    except Exception:  # noqa: BLE001 - the database may be down: the watchdog expires a recorded pending order later
+        _log.warning("expired order task not recorded in orders", task_id=getattr(request, "id", None), exc_info=True)
+    try:
+        task._record("EXPIRED", request.id, request.args, request.kwargs, error=reason)
+    except Exception:  # noqa: BLE001 - Redis may be down; the order's row and the log remain
+        _log.warning("expired order task not in the task ledger", exc_info=True)
+    _log.warning("order task expired in the queue", task_name=task.name, task_id=getattr(request, "id", None))
 
 
 def _on_process_init(**_: Any) -> None:
@@ -103,6 +136,8 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
         self._thread: threading.Thread | None = None
         self._started_at = time.time()
         self._instance = ""
+        #: the broker connection whose deliveries the in-flight set holds (see BrokerConnectionStep)
+        self._connection = 0
 
     def start(self, worker: Any) -> None:
         self._instance = f"{worker.hostname}:{os.getpid()}:{int(self._started_at)}"
@@ -116,6 +151,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
             client = get_runtime().redis
             next_beat = 0.0
             while not self._stop.is_set():
+                self._disown_after_reconnect(client)
                 self._flush_tags(client)
                 remaining = next_beat - time.monotonic()
                 if remaining > 0:
@@ -146,15 +182,34 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
         self._thread.start()
         _log.info("worker heartbeat started", instance=self._instance, kind=_state["kind"], queues=queues)
 
+    def _disown_after_reconnect(self, client: Any) -> None:
+        """After a broker reconnection, forget the deliveries of the old connection (they can no longer be acked here)."""
+        current = _state["connection"]
+        if current == self._connection:
+            return
+        try:
+            dropped = heartbeats.disown(client, self._instance)
+        except Exception:  # noqa: BLE001 - Redis may still be coming back; tried again on the next loop
+            _log.warning("could not disown the deliveries of the lost broker connection", exc_info=True)
+            return
+        if self._connection and dropped:
+            _log.warning("broker connection lost: deliveries of the old connection left to the orphan sweep", dropped=dropped)
+        self._connection = current
+
     def _flush_tags(self, client: Any) -> None:
         tags = []
         while _pending_tags:
-            tags.append(_pending_tags.popleft())
+            connection, tag = _pending_tags[0]
+            if connection > self._connection:
+                break  # a newer connection: recorded after the disown of the older one, on the next loop
+            _pending_tags.popleft()
+            if connection == self._connection:  # a tag of an older connection is not held any more
+                tags.append((connection, tag))
         if not tags:
             return
         try:
-            heartbeats.track_deliveries(client, self._instance, tags)
-        except Exception:  # noqa: BLE001 - tracking is best effort; the visibility timeout still applies
+            heartbeats.track_deliveries(client, self._instance, [tag for _, tag in tags])
+        except Exception:  # noqa: BLE001 - tracking is best effort; the orphan sweep still applies
             _pending_tags.extendleft(reversed(tags))
             _log.warning("could not record in-flight deliveries", exc_info=True)
 
@@ -201,6 +256,17 @@ def refuse_order_task_while_halted(task: Any) -> None:
         _log.warning("refused order task not in the task ledger", exc_info=True)
     _log.warning("order task refused: trading is halted", task_name=task.name, task_id=request.id)
     raise Reject(reason, requeue=False)
+
+
+class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+    """Consumer step: counts broker connections. The consumer restarts its steps after each reconnection,
+    and what the worker received on an older connection it can no longer acknowledge."""
+
+    requires = {"celery.worker.consumer.connection:Connection"}
+
+    def start(self, consumer: Any) -> None:
+        _state["connection"] += 1
+        _wake.set()
 
 
 class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
@@ -252,3 +318,4 @@ def install(app: Celery) -> None:
     # A pool child leaves through os._exit (no atexit): its buffered task-sent counts go first.
     signals.worker_process_shutdown.connect(lambda **_: _sent.flush(), weak=False)
     app.steps["worker"].add(HeartbeatStep)
+    app.steps["consumer"].add(BrokerConnectionStep)

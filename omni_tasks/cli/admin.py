@@ -11,8 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import __version__
+from omni_tasks import __version__, inputs
 from omni_tasks import secrets as secret_box
+from omni_tasks.cli.parsing import check, fail
 from omni_tasks.errors import SecretError
 
 console = Console()
@@ -81,9 +82,15 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
 
+    check("db upgrade", inputs.name, revision, what="REVISION")
     settings = prepare("cli")
     engine = engine_from_settings(settings)
-    migrations.upgrade(engine, revision)
+    from alembic.util.exc import CommandError
+
+    try:
+        migrations.upgrade(engine, revision)
+    except CommandError as exc:
+        fail("db upgrade", str(exc))
     console.print(f"{mask_url(settings.database_url)} is at revision {migrations.current_revision(engine)}")
 
 

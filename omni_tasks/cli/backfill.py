@@ -1,4 +1,4 @@
-"""`omni backfill plan|run|status|verify`: historical bars through the partition ledger."""
+"""`omni backfill plan|run|status|verify|reconcile`: historical bars through the partition ledger, and a second opinion."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail, option
 
 console = Console()
 backfill_app = typer.Typer(help="Historical bars: plan, run, watch and verify backfills.", no_args_is_help=True)
@@ -25,27 +28,34 @@ Adjustment = Annotated[str | None, typer.Option(help="raw, split, dividend or al
 UniverseFile = Annotated[Path | None, typer.Option("--universe", help="a file of symbols instead of SYMBOLS")]
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]omni backfill: {message}[/red]")
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("backfill", message, code)
 
 
-def _date(value: str | None, default: date, what: str) -> date:
+def _date(value: str | None, default: date, what: str, *, end: bool = False) -> date:
     if value is None:
         return default
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        _fail(f"{what} {value!r} is not a date (YYYY-MM-DD)")
-        raise  # unreachable: _fail exits
+    return check("backfill", inputs.day, value, what=what, extra_days=1 if end else 0)
+
+
+def _earliest() -> date:
+    from omni_tasks.runtime import get_settings
+
+    return get_settings().backfill.earliest_date
 
 
 def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
-    from omni_tasks.marketdata.frames import check_symbol
+    from omni_tasks.marketdata.frames import ADJUSTMENTS
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.runtime import get_settings
 
     settings = get_settings().backfill
+    today = datetime.now(tz=UTC).date()
+    lo = _date(start, today - timedelta(days=365), "--start")
+    hi = _date(end, today + timedelta(days=1), "--end", end=True)
+    check("backfill", inputs.date_range, lo, hi)
+    feed_ = check("backfill", inputs.choice, feed, what="--feed", choices=("iex", "sip")) if feed is not None else settings.feed
+    adj = check("backfill", inputs.choice, adjustment, what="--adjustment", choices=ADJUSTMENTS) if adjustment is not None else settings.adjustment
     try:
         if universe_file is not None:
             chosen = load_universe(universe_file)
@@ -53,19 +63,12 @@ def _resolve(symbols: str | None, universe_file: Path | None, start: str | None,
             chosen = load_universe(settings.universe_file, settings.universe)
         else:
             # On the command line only commas separate symbols: "BRK B" is a typo, not two symbols.
-            chosen = [check_symbol(part) for part in symbols.split(",") if part.strip()]
-    except ValueError as exc:
+            chosen = check("backfill", inputs.symbols, symbols, what="SYMBOLS")
+    except (ValueError, OSError) as exc:
         _fail(str(exc))
     if not chosen:
         _fail("no symbols given")
-    today = datetime.now(tz=UTC).date()
-    return (
-        chosen,
-        _date(start, today - timedelta(days=365), "--start"),
-        _date(end, today + timedelta(days=1), "--end"),
-        feed or settings.feed,
-        adjustment or settings.adjustment,
-    )
+    return chosen, lo, hi, feed_, adj
 
 
 @backfill_app.command("plan")
@@ -86,7 +89,7 @@ def plan_cmd(
     prepare("cli", configure_log=False)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
     if as_json:
@@ -113,9 +116,9 @@ def run_cmd(
     feed: Feed = None,
     adjustment: Adjustment = None,
     universe: UniverseFile = None,
-    only_failed: Annotated[int | None, typer.Option("--only-failed", help="re-run the failed partitions of this job id")] = None,
+    only_failed: Annotated[int | None, typer.Option("--only-failed", help="re-run the failed partitions of this job id", parser=option(inputs.integer, what="--only-failed", lo=1, hi=2**62))] = None,
     wait: Annotated[bool, typer.Option("--wait", help="show progress until the job finishes")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most")] = 3600.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most", parser=option(inputs.seconds, what="--timeout"))] = 3600.0,
 ) -> None:
     """Record a backfill job and enqueue its partitions on the backfill queue."""
     from omni_tasks.cli.main import prepare
@@ -132,15 +135,21 @@ def run_cmd(
             backfill.job_progress(runtime.sessions, only_failed)
         except LookupError as exc:
             _fail(str(exc))
-        ids = backfill.reset_failed(runtime.sessions, only_failed)
+        stuck = _stuck_partitions(runtime, only_failed)
+        ids = backfill.reset_failed(runtime.sessions, only_failed, stuck=stuck)
         job_id = only_failed
         if not ids:
-            console.print(f"job {job_id} has no failed partitions; nothing enqueued")
+            console.print(f"job {job_id} has no failed or stuck partitions; nothing enqueued")
             return
+        if stuck:
+            console.print(f"job {job_id}: {len(stuck)} stuck partitions (not final, nothing queued or running for them) taken with the failed ones")
+        from omni_tasks.watchdog.ledgers import forget_requeues
+
+        forget_requeues(runtime.redis, ids)
     else:
         chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
         try:
-            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj)
+            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
         except backfill.BackfillRequestError as exc:
             _fail(str(exc))
         job_id = backfill.create_job(runtime.sessions, the_plan, requested_by="cli")
@@ -151,6 +160,17 @@ def run_cmd(
         final = _wait(runtime.sessions, job_id, total=len(ids), timeout_s=timeout_s)
         _print_job(final)
         raise typer.Exit(0 if final["status"] == "succeeded" else 1)
+
+
+def _stuck_partitions(runtime: Any, job_id: int) -> list[int]:
+    """The job's partitions not final with no live delivery (nothing queued or unacked for them), quiet for the dead-worker threshold."""
+    from omni_tasks.celery_app import is_redis_url
+    from omni_tasks.watchdog import ledgers
+
+    if not is_redis_url(runtime.settings.broker_url):
+        return []  # a RabbitMQ queue cannot be read without consuming it; the failed ones are still taken
+    live = ledgers.redis_deliveries(runtime.redis)
+    return ledgers.stuck_partitions(runtime.sessions, live, job_id, quiet_for_s=runtime.settings.broker.dead_after_s)
 
 
 def _ensure_schema(runtime: Any) -> None:
@@ -187,7 +207,7 @@ def _print_job(state: dict[str, Any]) -> None:
 
 @backfill_app.command("status")
 def status_cmd(
-    job: Annotated[int | None, typer.Argument(help="a job id: its partitions; none: recent jobs")] = None,
+    job: Annotated[int | None, typer.Argument(help="a job id: its partitions; none: recent jobs", parser=option(inputs.integer, what="JOB", lo=1, hi=2**62))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recent backfill jobs, or one job's partitions."""
@@ -224,7 +244,8 @@ def status_cmd(
     if as_json:
         print(json.dumps({**state, "partitions_detail": [
             {"id": p.id, "symbol": p.symbol, "start": p.start.isoformat(), "end": p.end.isoformat(), "status": p.status, "rows": p.rows,
-             "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error}
+             "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error,
+             "cause": p.cause, "notes": p.notes}
             for p in parts]}, indent=2))
         return
     _print_job(state)
@@ -232,7 +253,8 @@ def status_cmd(
     for column in ("id", "symbol", "range", "status", "rows", "rejected", "provider", "attempts", "last error / notes"):
         table.add_column(column)
     for p in parts:
-        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), (p.last_error or p.notes or "")[:120])
+        said = "; ".join(x for x in (p.cause and p.cause.replace("_", " "), p.last_error, p.notes) if x)
+        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), said[:160])
     console.print(table)
 
 
@@ -258,7 +280,7 @@ def verify_cmd(
     _ensure_schema(runtime)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj)
+        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=_earliest())
     except backfill.BackfillRequestError as exc:
         _fail(str(exc))
     from omni_tasks.marketdata.router import serving_feeds
@@ -278,6 +300,59 @@ def verify_cmd(
         console.print(table)
         console.print(f"{len(rows) - len(bad)} of {len(rows)} symbols complete")
     raise typer.Exit(1 if bad else 0)
+
+
+@backfill_app.command("reconcile")
+def reconcile_cmd(
+    symbols: Symbols = None,
+    timeframe: Timeframe = "1Day",
+    start: Start = None,
+    end: End = None,
+    feed: Feed = None,
+    adjustment: Adjustment = None,
+    universe: UniverseFile = None,
+    sample: Annotated[int | None, typer.Option(min=1, max=10000, help="stored bars compared per series (default: OMNI_RECONCILE_SAMPLE_SESSIONS)")] = None,
+    tolerance_bp: Annotated[float | None, typer.Option("--tolerance-bp", min=0.0001, help="close difference recorded beyond this (default: OMNI_RECONCILE_TOLERANCE_BP)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A second opinion: compare a sample of stored bars with another configured provider (close, and volume when comparable)."""
+    from omni_tasks.cli.main import prepare
+    from omni_tasks.marketdata import backfill
+    from omni_tasks.runtime import get_runtime
+    from omni_tasks.validation.reconcile import reconcile_stored
+
+    prepare("cli", configure_log=False)
+    runtime = get_runtime()
+    _ensure_schema(runtime)
+    chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
+    try:
+        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=runtime.settings.backfill.earliest_date)
+    except backfill.BackfillRequestError as exc:
+        _fail(str(exc))
+    report = reconcile_stored(
+        runtime.settings, runtime.redis, runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi,
+        feed=feed_, adjustment=adj, sample=sample, tolerance_bp=tolerance_bp,
+    )
+    summary = report.summary()
+    if as_json:
+        print(json.dumps({**summary, "comparisons": [{**c.__dict__, "ts": c.ts.isoformat()} for c in report.comparisons]}, indent=2))
+        raise typer.Exit(1 if report.differences else 0)
+    tolerance = tolerance_bp or runtime.settings.reconcile.tolerance_bp
+    table = Table(title=f"second opinion {timeframe} {lo} .. {hi} (exclusive), {adj}: differences beyond {tolerance:g} bp (close) or {runtime.settings.reconcile.volume_tolerance_pct:g}% (volume)")
+    for column in ("symbol", "bar", "stored", "other", "close", "other close", "diff bp", "volume diff", "note"):
+        table.add_column(column, justify="right" if column in {"close", "other close", "diff bp", "volume diff"} else "left")
+    for c in report.comparisons:
+        style = "red" if c.beyond_tolerance else "green"
+        volume = "not compared" if c.volume_diff_pct is None else f"{c.volume_diff_pct:.2f}%"
+        table.add_row(
+            c.symbol, c.ts.isoformat()[:16], f"{c.stored_provider}/{c.stored_feed}", f"{c.other_provider}/{c.other_feed}", f"{c.stored_close:.4f}",
+            f"{c.other_close:.4f}", f"[{style}]{c.close_diff_bp:.2f}[/{style}]", volume, (c.note or "")[:60],
+        )
+    console.print(table)
+    for symbol, reason in report.skipped:
+        console.print(f"[yellow]{symbol}: not compared: {reason}[/yellow]")
+    console.print(f"{summary['compared']} bars compared, {summary['differences']} beyond tolerance, {len(report.skipped)} not compared; recorded in the quality report (`omni validate` shows the differences)")
+    raise typer.Exit(1 if report.differences else 0)
 
 
 def register(app: typer.Typer) -> None:

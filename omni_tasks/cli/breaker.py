@@ -14,39 +14,33 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail
+
 console = Console()
 breaker_app = typer.Typer(help="Circuit breakers (providers, the broker, the database): list, trip, reset, force.", no_args_is_help=True)
-_OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
 
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the audit log (default: the login name)")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (kept in the audit log)")]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]omni breaker: {message}[/red]")
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("breaker", message, code)
 
 
 def _actor(name: str | None) -> str:
-    who = name or getpass.getuser()
-    if not _OPERATOR.match(who):
-        _fail(f"--operator {who!r}: 1-60 of letters, digits, '_', '.', '@', '-'")
-    return f"operator:{who}"
+    return f"operator:{check('breaker', inputs.operator, name or getpass.getuser())}"
 
 
 def _reason(text: str) -> str:
-    text = text.strip()
-    if not text:
-        _fail("--reason must say why (it is kept in the audit log)")
-    return text[:500]
+    return check("breaker", inputs.reason, text)
 
 
 def expected_breakers(settings: Any) -> list[str]:
@@ -98,12 +92,13 @@ def _breaker(name: str, actor: str) -> Any:
     from omni_tasks.safety.breaker import CircuitBreaker
     from omni_tasks.safety.reporting import audit_transitions
 
+    check("breaker", inputs.name, name, what="NAME")
     settings = prepare("cli")
     runtime = get_runtime()
     known = known_names(runtime.redis, settings)
     if name not in known:
         _fail(f"unknown breaker {name!r}: known breakers are {', '.join(known)}")
-    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=actor))
+    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=actor, client=runtime.redis))
 
 
 @breaker_app.command("list")
@@ -156,9 +151,7 @@ def force(
     """Force a breaker OPEN or CLOSED (CLOSED lets every call through whatever fails) until it is reset."""
     from omni_tasks.safety.breaker import BreakerState
 
-    chosen = state.strip().lower()
-    if chosen not in ("open", "closed"):
-        _fail(f"state {state!r}: choose open or closed")
+    chosen = check("breaker", inputs.choice, state, what="STATE", choices=("open", "closed"))
     actor, why = _actor(operator), _reason(reason)
     breaker = _breaker(name, actor)
     breaker.force(BreakerState(chosen), actor=actor, reason=why)

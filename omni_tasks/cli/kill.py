@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -27,9 +26,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, option
+
 console = Console()
 kill_app = typer.Typer(help="The kill switch: engage, release, status, drill.", no_args_is_help=True)
-_OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
 
 ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="why (recorded with who and when); required")]
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the audit log (default: the login name)")]
@@ -37,16 +38,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable outpu
 
 
 def _actor(name: str | None) -> str:
-    who = name or getpass.getuser()
-    if not _OPERATOR.match(who):
-        raise typer.BadParameter(f"{who!r}: 1-60 of letters, digits, '_', '.', '@', '-'", param_hint="--operator")
-    return f"operator:{who}"
+    return f"operator:{check('kill', inputs.operator, name or getpass.getuser())}"
 
 
 def _reason(reason: str) -> str:
-    if not reason.strip():
-        raise typer.BadParameter("a reason is required and must not be blank", param_hint="--reason")
-    return reason.strip()
+    return check("kill", inputs.reason, reason, max_len=2000)
 
 
 def broker_for(runtime: Any) -> tuple[Any, str | None]:
@@ -185,10 +181,8 @@ def release_command(
     from omni_tasks.safety.engage import KillSwitchError, release
     from omni_tasks.safety.killswitch import TradingState, state_info
 
-    target = {"active": TradingState.ACTIVE, "reducing": TradingState.REDUCING}.get(to.lower())
-    if target is None:
-        raise typer.BadParameter(f"{to!r}: choose active or reducing", param_hint="--to")
     actor, why = _actor(operator), _reason(reason)
+    target = {"active": TradingState.ACTIVE, "reducing": TradingState.REDUCING}[check("kill", inputs.choice, to, what="--to", choices=("active", "reducing"))]
     runtime = get_runtime()
     info = state_info(runtime.redis, runtime.sessions)
     if not yes:
@@ -299,7 +293,7 @@ def render_state(info: dict[str, Any]) -> Table:
 @kill_app.command("status")
 def status_command(
     as_json: JsonOption = False,
-    events: Annotated[int, typer.Option("--events", help="recent kill switch events to list")] = 5,
+    events: Annotated[int, typer.Option("--events", help="recent kill switch events to list", parser=option(inputs.integer, what="--events", lo=0, hi=1000))] = 5,
 ) -> None:
     """Show the trading state, who engaged the kill switch, why and since when, the last snapshot and recent events."""
     from omni_tasks.cli.main import prepare
@@ -349,7 +343,7 @@ def status_command(
 
 @kill_app.command("drill")
 def drill_command(
-    orders: Annotated[int, typer.Option("--orders", "-n", help="resting limit orders to place, then cancel")] = 20,
+    orders: Annotated[int, typer.Option("--orders", "-n", help="resting limit orders to place, then cancel", parser=option(inputs.integer, what="--orders", lo=1, hi=1000))] = 20,
     symbol: Annotated[str, typer.Option("--symbol", help="symbol of the drill's orders (scratch world only)")] = "AAPL",
     keep: Annotated[bool, typer.Option("--keep", help="keep the scratch folder (snapshot file, logs)")] = False,
     operator: OperatorOption = None,
@@ -358,6 +352,8 @@ def drill_command(
     """Rehearse the whole sequence on a scratch Redis, database and simulated broker; print the timings."""
     from omni_tasks.cli.main import prepare
 
+    symbol = check("kill drill", inputs.symbol, symbol, what="--symbol")
+    operator_actor = _actor(operator)
     settings = prepare("cli")
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.drill import run_drill
@@ -370,7 +366,7 @@ def drill_command(
             symbol=symbol,
             real_redis=runtime.redis,
             real_sessions=runtime.sessions,
-            operator=_actor(operator),
+            operator=operator_actor,
             keep=keep,
         )
     except ValueError as exc:

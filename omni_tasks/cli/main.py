@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
+import tempfile
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
+
+# typer vendors click; its usage-error base class is not re-exported (typer.BadParameter is one of them).
+from typer._click.exceptions import ClickException
 
 from omni_tasks.errors import BootRefused, ConfigError
 from omni_tasks.runtime import install_settings
@@ -19,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+#: The folder of the crash log, known once the settings are loaded (see :func:`crash_log_path`).
+_crash_dir: Path | None = None
 
 
 #: The long-running processes whose metrics the server merges from their files.
@@ -32,8 +42,10 @@ def writes_metric_files(role: str) -> bool:
 
 def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> Settings:
     """Load and install the settings, point Prometheus at the shared metrics folder, set up logs."""
+    global _crash_dir
     settings = load_settings()
     install_settings(settings)
+    _crash_dir = settings.data_dir / "logs"
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # prometheus_client reads this when it is first imported, so it is set
     # here, before any module that defines metrics is imported.
@@ -63,7 +75,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
 
 
 def _register() -> None:
-    from omni_tasks.cli import admin, backfill, breaker, kill, ops, orders, risk, run, scan, stream, validate
+    from omni_tasks.cli import admin, backfill, breaker, kill, news, ops, orders, risk, run, scan, stream, validate
 
     run.register(app)
     ops.register(app)
@@ -76,20 +88,76 @@ def _register() -> None:
     risk.register(app)
     orders.register(app)
     breaker.register(app)
+    news.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. Whatever happens, the user sees at most one line about a failure, never a traceback:
+
+    a usage error or refused input: ``omni <command>: <problem>``, exit 2; a configuration error, exit 2;
+    a refused start, exit 3; anything unexpected: ``omni: internal error: ...; details in <log>``, exit 1
+    (the traceback goes to that file).
+    """
     _register()
     command = typer.main.get_command(app)
     try:
-        # Standalone mode: click prints usage errors in one line (exit 2) and turns Exit into the exit code.
-        command.main(args=argv, prog_name="omni", standalone_mode=True)
+        # Not standalone: click's own error display is a multi-line box; ours is one line.
+        code = command.main(args=argv, prog_name="omni", standalone_mode=False)
+    except ClickException as exc:
+        print(_usage_line(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("omni: aborted", file=sys.stderr)
+        sys.exit(1)
     except ConfigError as exc:
-        print(f"omni: configuration error: {exc}", file=sys.stderr)
+        print(f"omni: configuration error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except BootRefused as exc:
-        print(f"omni: refusing to start: {exc}", file=sys.stderr)
+        print(f"omni: refusing to start: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(3)
+    except KeyboardInterrupt:
+        print("omni: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the safety net: one line for the user, the traceback in a file
+        where = _write_crash(exc, argv)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"omni: internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {where}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _usage_line(exc: ClickException) -> str:
+    """``omni <command path>: <problem>`` from a click usage error (typer's parsers add pydantic's prefix; dropped)."""
+    message = _one_line(exc.format_message())
+    # "Invalid value for '--top': Value error, --top '1_0' is not ...": our parsers name the field themselves.
+    message = re.sub(r"^Invalid value for '[^']*': Value error, ", "", message).replace("Value error, ", "")
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None and ctx.command_path else "omni"
+    return f"{where}: {message}"
+
+
+def crash_log_path() -> Path:
+    """Where the CLI writes tracebacks of unexpected errors: <data dir>/logs/cli-errors.log (a temp folder if unknown)."""
+    base = _crash_dir or Path(tempfile.gettempdir()) / f"omni-tasks-{os.getuid()}"
+    return base / "cli-errors.log"
+
+
+def _write_crash(exc: BaseException, argv: list[str] | None) -> Path:
+    path = crash_log_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with path.open("a", encoding="utf-8") as handle:
+            stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
+            # The arguments may hold anything a user typed: kept escaped, as repr.
+            handle.write(f"--- {stamp} pid {os.getpid()} argv {list(sys.argv[1:] if argv is None else argv)!r}\n")
+            handle.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass
+    return path
 
 
 if __name__ == "__main__":  # pragma: no cover

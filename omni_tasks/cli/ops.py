@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import option
+
 console = Console()
 
 
@@ -32,6 +35,9 @@ def gather_status() -> dict[str, Any]:
         out.update(snap)
         raw = runtime.redis.get(LAST_TICK_KEY)
         out["watchdog_last_tick"] = json.loads(raw) if raw else None
+        from omni_tasks.watchdog.ledgers import read_view
+
+        out["ledgers"] = read_view(runtime.redis)
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
@@ -92,6 +98,23 @@ def stream_view(client: Any) -> dict[str, Any] | None:
     symbols = status.get("symbols") if isinstance(status.get("symbols"), list) else []
     halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}
+
+
+def _print_ledgers(view: dict[str, Any] | None) -> None:
+    """Stuck and redelivered work: what the watchdog's ledger reconciler sees and did in the last hour."""
+    if view is None:
+        return
+    hour = view["last_hour"]
+    stuck = view["stuck"]
+    colour = "yellow" if stuck else "green"
+    last = view.get("last_reconcile") or {}
+    threshold = f", acted on after {last['stuck_after_s']:g} s" if last.get("stuck_after_s") else ""
+    console.print(
+        f"Stuck work (not final, nothing queued or running{threshold}): [{colour}]{stuck}[/{colour}] "
+        f"(backfill partitions {view['stuck_partitions']}, scan runs {view['stuck_scan_runs']}, oldest {view['oldest_stuck_s']:.0f} s); "
+        f"last hour: requeued {hour['requeued']}, failed {hour['failed']}, redelivered {hour['redelivered']}, jobs rolled up {hour['rolled_up']}"
+        + (f"; [red]last pass skipped: {last['skipped']}[/red]" if last.get("skipped") else "")
+    )
 
 
 def _print_risk(risk: dict[str, Any] | None) -> None:
@@ -201,6 +224,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
     else:
         console.print("Watchdog: [red]no tick recorded[/red]")
     console.print(f"Task outcomes waiting for the database: {data.get('outcomes_pending', '?')}")
+    _print_ledgers(data.get("ledgers"))
     _print_risk(data.get("risk"))
     _print_stream(data.get("stream"))
 
@@ -233,7 +257,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
 
 
 def ping(
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for each queue")] = 10.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for each queue", parser=option(inputs.seconds, what="--timeout", hi=600.0))] = 10.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send a probe through every queue and print the round-trip times."""

@@ -4,34 +4,36 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail, option
+
 console = Console()
 order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
-_OPERATOR = re.compile(r"^[A-Za-z0-9_.@\-]{1,60}$")
 OK_STATUSES = frozenset({"new", "accepted", "partially_filled", "filled"})
+#: Publishing an order: a broker that does not answer at once is reported, not waited for (kombu's default retries take seconds).
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+#: Every status an order row can have (omni_tasks.storage.models.Order), for ``--status``.
+ORDER_STATUSES = ("pending", "new", "accepted", "partially_filled", "filled", "cancelled", "rejected", "denied", "expired")
 
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the records (default: the login name)")]
+TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait", parser=option(inputs.seconds, what="--timeout", hi=3600.0))]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]omni order: {message}[/red]")
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("order", message, code)
 
 
 def _actor(name: str | None) -> str:
-    who = name or getpass.getuser()
-    if not _OPERATOR.match(who):
-        _fail(f"--operator {who!r}: 1-60 of letters, digits, '_', '.', '@', '-'")
-    return f"operator:{who}"
+    return f"operator:{check('order', inputs.operator, name or getpass.getuser())}"
 
 
 def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, timeout_s: float, operator: str | None, as_json: bool) -> None:
@@ -53,34 +55,51 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
 
     from omni_tasks.runtime import get_runtime
     from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.trading.intake import NotQueued, accept_order
     from omni_tasks.trading.tasks import submit_order
 
     runtime = get_runtime()
     if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
-        _fail("trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`", 1)
-    submit_order.apply_async(
-        kwargs={
-            "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
-            "limit_price": None if request.limit_price is None else str(request.limit_price),
-            "client_order_id": client_order_id, "requested_by": request.requested_by,
-        },
-    )  # fmt: skip
+        message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
+        console.print(f"[red]omni order: {message}[/red]", soft_wrap=True)
+        raise typer.Exit(1)
     what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
         f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
     )
+    trading = runtime.settings.trading
+    try:
+        # Recorded (pending, with its deadline) before it is queued: from here it ends with a final status.
+        accepted = accept_order(
+            request, sessions=runtime.sessions, broker=trading.broker, ttl_s=trading.order_ttl_s,
+            send=lambda kwargs: submit_order.apply_async(kwargs=kwargs, retry_policy=PUBLISH_RETRY_POLICY),
+        )  # fmt: skip
+    except NotQueued as exc:
+        if as_json:
+            print(json.dumps({"client_order_id": client_order_id, "status": "not_queued", "reason": str(exc)}))
+        else:
+            console.print(f"[red]omni order: could not queue {what} ({client_order_id}): {exc}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    deadline = accepted.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
     if not wait:
         if as_json:
-            print(json.dumps({"client_order_id": client_order_id, "status": "queued"}))
+            print(json.dumps({"client_order_id": client_order_id, "status": "queued", "expires_at": accepted.expires_at.isoformat()}))
         else:
-            console.print(f"order [bold]{client_order_id}[/bold] queued: {what}; `omni order list` shows its outcome")
+            console.print(
+                f"order [bold]{client_order_id}[/bold] queued: {what}, to be sent by {deadline} or recorded expired; "
+                "`omni order list` shows its outcome",
+                soft_wrap=True,
+            )
         return
     row = _wait_for_outcome(runtime.sessions, client_order_id, timeout_s)
     if row is None:
-        message = f"order {client_order_id} ({what}) not processed within {timeout_s:g} s: is an orders worker running? (`omni status`)"
+        message = (
+            f"order {client_order_id} ({what}) accepted but not decided within {timeout_s:g} s: is an orders worker running? "
+            f"(`omni status`); it is sent by {deadline} or recorded expired, `omni order list` shows which"
+        )
         if as_json:
-            print(json.dumps({"client_order_id": client_order_id, "status": "unknown", "reason": message}))
+            print(json.dumps({"client_order_id": client_order_id, "status": "pending", "reason": message}))
         else:
-            console.print(f"[yellow]{message}[/yellow]")
+            console.print(f"[yellow]{message}[/yellow]", soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         print(json.dumps(row, default=str))
@@ -90,17 +109,21 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
 
 
 def _wait_for_outcome(sessions: Any, client_order_id: str, timeout_s: float) -> dict[str, Any] | None:
-    """Poll the order's row until it leaves ``pending`` (None: not decided in time)."""
+    """Poll the order's row until it leaves ``pending`` (None: not decided in time; a database that fails meanwhile is polled again)."""
     from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from omni_tasks.storage.models import Order
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with sessions() as session:
-            row = session.execute(select(Order).where(Order.client_order_id == client_order_id)).scalar_one_or_none()
-            if row is not None and row.status != "pending":
-                return _row_dict(row)
+        try:
+            with sessions() as session:
+                row = session.execute(select(Order).where(Order.client_order_id == client_order_id)).scalar_one_or_none()
+                if row is not None and row.status != "pending":
+                    return _row_dict(row)
+        except SQLAlchemyError:
+            pass  # the database is away for a moment: the order is recorded, its outcome will be too
         time.sleep(0.1)
     return None
 
@@ -111,10 +134,16 @@ def _plain(value: Any) -> str | None:
     return None if value is None else plain(value)
 
 
+#: Statuses besides ``denied`` whose reason may start with the check that decided them (``deadline: ...``, ``queue: ...``).
+_CHECKED_REASONS = {"expired": ("deadline",), "rejected": ("queue",)}
+
+
 def _row_dict(row: Any) -> dict[str, Any]:
     check, reason = None, row.reason
-    if row.status == "denied" and row.reason and ": " in row.reason:
-        check, reason = row.reason.split(": ", 1)
+    if row.reason and ": " in row.reason:
+        head, rest = row.reason.split(": ", 1)
+        if row.status == "denied" or head in _CHECKED_REASONS.get(row.status, ()):
+            check, reason = head, rest
     return {
         "client_order_id": row.client_order_id,
         "created_at": row.created_at.isoformat(),
@@ -130,6 +159,7 @@ def _row_dict(row: Any) -> dict[str, Any]:
         "filled_qty": _plain(row.filled_qty),
         "avg_fill_price": _plain(row.avg_fill_price),
         "requested_by": row.requested_by,
+        "expires_at": None if row.expires_at is None else row.expires_at.isoformat(),
     }
 
 
@@ -151,7 +181,7 @@ def buy(
     qty: Annotated[str, typer.Argument(help="quantity (decimal text, e.g. 10 or 0.5)")],
     limit: Annotated[str | None, typer.Option("--limit", help="limit price; without it, a market order")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the outcome and print it")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait")] = 30.0,
+    timeout_s: TimeoutOption = 30.0,
     operator: OperatorOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -165,7 +195,7 @@ def sell(
     qty: Annotated[str, typer.Argument(help="quantity (decimal text, e.g. 10 or 0.5)")],
     limit: Annotated[str | None, typer.Option("--limit", help="limit price; without it, a market order")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the outcome and print it")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait")] = 30.0,
+    timeout_s: TimeoutOption = 30.0,
     operator: OperatorOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -175,12 +205,13 @@ def sell(
 
 @order_app.command("list")
 def list_orders(
-    limit: Annotated[int, typer.Option("--limit", help="rows, newest first")] = 20,
-    status: Annotated[str | None, typer.Option("--status", help="only this status (denied, filled, new, rejected...)")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="rows, newest first", parser=option(inputs.integer, what="--limit", lo=1, hi=10_000))] = 20,
+    status: Annotated[str | None, typer.Option("--status", help="only this status (pending, denied, filled, new, rejected, expired...)", parser=option(inputs.choice, what="--status", choices=ORDER_STATUSES))] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent orders with their status, and the check and reason of every denial."""
+    """Recent orders with their status, and the check and reason of every denial, rejection and expiry."""
     from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
 
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
@@ -192,8 +223,14 @@ def list_orders(
     query = select(Order).order_by(Order.id.desc()).limit(limit)
     if status is not None:
         query = query.where(Order.status == status.strip().lower())
-    with get_runtime().sessions() as session:
-        rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
+    try:
+        with get_runtime().sessions() as session:
+            rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
+    except SQLAlchemyError as exc:
+        console.print(
+            f"[red]omni order: the database is unavailable ({type(exc).__name__}): orders cannot be listed now[/red]", soft_wrap=True
+        )
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(rows, default=str, indent=2))
         return
@@ -228,42 +265,116 @@ def list_orders(
 
 @order_app.command("cancel-all")
 def cancel_all(
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the broker to confirm")] = 10.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds to wait for the broker to confirm", parser=option(inputs.seconds, what="--timeout", hi=600.0))] = 10.0,
     operator: OperatorOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Cancel every open order at the broker now (not through the queue) and confirm none is left."""
+    """Cancel every open order at the broker now (not through the queue) and confirm none is left.
+
+    Exit 0: none open now. Exit 1: orders are still open, or the broker failed; the
+    message lists what is still open (from the broker, or from the orders ledger when the
+    broker cannot be asked). Either way an ``orders.cancel_all`` audit row records it.
+    """
     from omni_tasks.cli.main import prepare
     from omni_tasks.runtime import get_runtime
-    from omni_tasks.storage.models import AuditLog
-    from omni_tasks.trading.wiring import make_broker
 
-    prepare("cli")
     actor = _actor(operator)
+    prepare("cli")
     runtime = get_runtime()
-    broker = make_broker(runtime)
-    started = time.perf_counter()
-    asked = broker.cancel_all()
-    remaining = broker.open_orders()
-    deadline = time.monotonic() + timeout_s
-    while remaining and time.monotonic() < deadline:
-        time.sleep(0.1)
-        broker.cancel_all()
-        remaining = broker.open_orders()
-    elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-    still_open = [o.client_order_id for o in remaining]
-    detail = {"asked": len(asked), "remaining": still_open, "elapsed_ms": elapsed_ms, "broker": broker.name}
-    with runtime.sessions() as session, session.begin():
-        session.add(
-            AuditLog(ts=datetime.now(tz=UTC), actor=actor, action="orders.cancel_all", subject=f"broker:{broker.name}", detail=detail)
-        )
+    outcome = _cancel_everything(runtime, timeout_s)
+    audited = _audit_cancel_all(runtime.sessions, actor, outcome)
+    detail = {**outcome, "audited": audited}
+    remaining = outcome["remaining"]
     if as_json:
         print(json.dumps(detail))
-    elif remaining:
-        console.print(f"[red]{len(remaining)} order(s) still open after {timeout_s:g} s[/red]: {', '.join(still_open)}")
-    else:
-        console.print(f"cancel asked for {len(asked)} open order(s) at {broker.name}; none open now (confirmed in {elapsed_ms} ms)")
+    if outcome["error"] is not None:
+        shown = ", ".join(remaining[:50]) + (f" (and {len(remaining) - 50} more)" if len(remaining) > 50 else "")
+        still = f"{len(remaining)} order(s) still open per the {outcome['remaining_source']}" + (f": {shown}" if remaining else "")
+        if outcome["remaining_source"] == "unknown":
+            still = "what is still open is unknown (neither the broker nor the orders ledger answered)"
+        fail("order cancel-all", f"the broker failed ({outcome['error']}); {still}; " + ("audited" if audited else "NOT audited: the database write failed"), 1)
+    if not as_json:
+        if remaining:
+            console.print(f"[red]{len(remaining)} order(s) still open after {timeout_s:g} s[/red]: {', '.join(remaining)}")
+        else:
+            console.print(
+                f"cancel asked for {outcome['asked']} open order(s) at {outcome['broker']}; none open now (confirmed in {outcome['elapsed_ms']} ms)"
+            )
     raise typer.Exit(1 if remaining else 0)
+
+
+def _cancel_everything(runtime: Any, timeout_s: float) -> dict[str, Any]:
+    """Ask the broker to cancel every open order until none is left or ``timeout_s`` passes; a broker failure is an outcome, not an exception."""
+    from omni_tasks.trading.wiring import make_broker
+
+    started = time.perf_counter()
+    broker_name = runtime.settings.trading.broker
+    broker: Any = None
+    asked: list[str] = []
+    remaining: list[str] | None = None
+    error: str | None = None
+    try:
+        broker = make_broker(runtime)
+        broker_name = broker.name
+        asked = list(broker.cancel_all())
+        open_now = broker.open_orders()
+        deadline = time.monotonic() + timeout_s
+        while open_now and time.monotonic() < deadline:
+            time.sleep(0.1)
+            broker.cancel_all()
+            open_now = broker.open_orders()
+        remaining = [o.client_order_id for o in open_now]
+    except Exception as exc:  # noqa: BLE001 - any broker failure: reported in one line, audited, what is open listed
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    source = "broker"
+    if error is not None:
+        remaining, source = _still_open_after_failure(runtime, broker, broker_name)
+    return {
+        "broker": broker_name,
+        "asked": len(asked),
+        "remaining": remaining or [],
+        "remaining_source": source,
+        "error": error,
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+def _still_open_after_failure(runtime: Any, broker: Any, broker_name: str) -> tuple[list[str], str]:
+    """What is still open after a failure: the broker's word if it answers now, else the orders ledger's open rows."""
+    if broker is not None:
+        try:
+            return [o.client_order_id for o in broker.open_orders()], "broker"
+        except Exception:  # noqa: BLE001, S110 - the broker's first error is the one reported; the ledger below answers instead
+            pass
+    from sqlalchemy import select
+
+    from omni_tasks.storage.models import Order
+    from omni_tasks.trading.broker import OPEN_STATUSES
+
+    try:
+        with runtime.sessions() as session:
+            rows = session.scalars(
+                select(Order.client_order_id).where(Order.broker == broker_name, Order.status.in_(sorted(OPEN_STATUSES))).order_by(Order.id)
+            ).all()
+        return list(rows), "orders ledger"
+    except Exception:  # noqa: BLE001 - nothing answered: said so
+        return [], "unknown"
+
+
+def _audit_cancel_all(sessions: Any, actor: str, outcome: dict[str, Any]) -> bool:
+    """The ``orders.cancel_all`` audit row; False when the database write failed (the command says so)."""
+    from omni_tasks.storage.models import AuditLog
+
+    try:
+        with sessions() as session, session.begin():
+            session.add(
+                AuditLog(
+                    ts=datetime.now(tz=UTC), actor=actor, action="orders.cancel_all", subject=f"broker:{outcome['broker']}", detail=outcome
+                )
+            )
+    except Exception:  # noqa: BLE001 - the database may be what failed; the command reports it
+        return False
+    return True
 
 
 def register(app: typer.Typer) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import fail, option
 
 console = Console()
 risk_app = typer.Typer(
@@ -16,18 +19,17 @@ risk_app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]omni risk: {message}[/red]")
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("risk", message, code)
 
 
 @risk_app.callback()
 def risk(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
-    history: Annotated[int | None, typer.Option("--history", help="the last N snapshots, newest first")] = None,
+    history: Annotated[int | None, typer.Option("--history", help="the last N snapshots, newest first", parser=option(inputs.integer, what="--history", lo=1, hi=10_000))] = None,
     recalc: Annotated[bool, typer.Option("--recalc", help="enqueue a recalculation on the risk queue and wait for it")] = False,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --recalc waits for a risk worker")] = 60.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --recalc waits for a risk worker", parser=option(inputs.seconds, what="--timeout", hi=3600.0))] = 60.0,
 ) -> None:
     """Print the latest risk snapshot (every figure and breach); --history N lists earlier ones; --recalc takes a new one."""
     if ctx.invoked_subcommand is not None:

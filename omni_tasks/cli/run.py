@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, option
 from omni_tasks.errors import BootRefused
 from omni_tasks.settings import Settings
 
@@ -53,13 +55,12 @@ def _port_free(host: str, port: int) -> bool:
 
 def worker(
     kind: Annotated[str, typer.Argument(help="worker kind: scans, backfill, validation, risk, watchdog, orders")],
-    concurrency: Annotated[int | None, typer.Option(help="override the kind's concurrency")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="override the kind's concurrency", parser=option(inputs.integer, what="--concurrency", lo=1, hi=256))] = None,
 ) -> None:
     """Start one worker of KIND (queues, pool and concurrency from workers/)."""
     from workers import KINDS
 
-    if kind not in KINDS:
-        raise typer.BadParameter(f"unknown worker kind {kind!r}; choose from {', '.join(KINDS)}", param_hint="KIND")
+    kind = check("worker", inputs.choice, kind, what="KIND", choices=tuple(KINDS))
     from omni_tasks.cli.main import prepare
 
     settings = prepare(f"worker-{kind}", kind)
@@ -145,11 +146,25 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
-    registry = metrics.build_registry(snapshot, settings.metrics_dir, stream_source, lambda: observe.desk_snapshot(runtime))
     from omni_tasks import counters
 
-    registry.register(counters.collector(lambda: counters.read_all(runtime.redis)))
-    httpd = make_server(settings.metrics.host, settings.metrics.port, registry=registry, health=health_check)
+    exposition = metrics.build_exposition(
+        snapshot,
+        settings.metrics_dir,
+        stream_source,
+        lambda: observe.desk_snapshot(runtime),
+        files_max_age_s=settings.metrics.scrape_cache_s,
+        shared_counters=lambda: counters.read_all(runtime.redis),
+    )
+    httpd = make_server(
+        settings.metrics.host,
+        settings.metrics.port,
+        metrics_body=exposition.render,
+        health=health_check,
+        request_timeout_s=settings.metrics.request_timeout_s,
+        workers=settings.metrics.workers,
+        max_connections=settings.metrics.max_connections,
+    )
 
     def stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -165,7 +180,7 @@ def server() -> None:
 
 
 def up(
-    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly")] = None,
+    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly", parser=option(inputs.seconds, what="--for", hi=366 * 86_400.0))] = None,
 ) -> None:
     """Run the whole pipeline: every worker kind, beat, Flower, the metrics/health server.
 

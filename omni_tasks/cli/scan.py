@@ -6,20 +6,25 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail, option
+
 console = Console()
 scan_app = typer.Typer(help="Market scans: momentum, volume surge, ATR%, gap, RSI, distance to the 52-week high.", invoke_without_command=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]omni scan: {message}[/red]")
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("scan", message, code)
+
+
+TopOption = Annotated[int, typer.Option(help="rows to print", parser=option(inputs.integer, what="--top", lo=1, hi=10_000))]
 
 
 @scan_app.callback()
@@ -27,48 +32,44 @@ def scan(
     ctx: typer.Context,
     symbols: Annotated[str | None, typer.Option("--symbols", help="comma-separated symbols instead of the configured universe")] = None,
     universe: Annotated[Path | None, typer.Option("--universe", help="a file of symbols")] = None,
-    top: Annotated[int, typer.Option(help="rows to print")] = 20,
+    top: TopOption = 20,
     wait: Annotated[bool, typer.Option("--wait", help="wait for the result and print it")] = False,
-    chunk_size: Annotated[int, typer.Option(help="symbols per chunk task")] = 100,
+    chunk_size: Annotated[int, typer.Option(help="symbols per chunk task", parser=option(inputs.integer, what="--chunk-size", lo=1, hi=10_000))] = 100,
     as_of: Annotated[str | None, typer.Option(help="scan instant, ISO 8601 with a zone (default: now)")] = None,
-    timeout_s: Annotated[float, typer.Option("--timeout")] = 300.0,
+    timeout_s: Annotated[float, typer.Option("--timeout", parser=option(inputs.seconds, what="--timeout"))] = 300.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Enqueue a scan (chunks of symbols in parallel, one merge that ranks them all)."""
     if ctx.invoked_subcommand is not None:
         return
     from omni_tasks.cli.main import prepare
-    from omni_tasks.marketdata.frames import check_symbol
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.runtime import get_runtime
     from omni_tasks.scans import runs
     from omni_tasks.scans.scanner import ScanConfig
 
+    instant = check("scan", inputs.instant, as_of, what="--as-of") if as_of is not None else datetime.now(tz=UTC)
+    given: list[str] | None = None
+    if symbols is not None and universe is None:
+        # "--symbols ," is an empty universe: a scan that fails on the record (below), not a usage error.
+        given = check("scan", inputs.symbols, symbols, what="--symbols") if symbols.replace(",", "").strip() else []
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     settings = runtime.settings.backfill
     try:
         if universe is not None:
             chosen = load_universe(universe)
-        elif symbols is not None:
-            chosen = [check_symbol(s) for s in symbols.split(",") if s.strip()]
+        elif given is not None:
+            chosen = given
         else:
             chosen = load_universe(settings.universe_file, settings.universe)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         if universe is not None and "lists no symbols" in str(exc):
             # An empty universe is a scan that failed, on the record like any other.
             run_id = runs.create_run(runtime.sessions, [], as_of=datetime.now(tz=UTC), config=ScanConfig(), chunk_size=chunk_size, requested_by="cli")
             runs.fail_run(runtime.sessions, run_id, f"empty universe: {exc}")
             _fail(f"scan run {run_id} failed: {exc}")
         _fail(str(exc))
-    if chunk_size < 1:
-        _fail("--chunk-size must be at least 1")
-    try:
-        instant = datetime.fromisoformat(as_of) if as_of else datetime.now(tz=UTC)
-    except ValueError:
-        _fail(f"--as-of {as_of!r} is not an ISO 8601 instant")
-    if instant.tzinfo is None:
-        _fail("--as-of needs a time zone, e.g. 2025-06-30T21:00:00+00:00")
     run_id = runs.create_run(runtime.sessions, chosen, as_of=instant, config=ScanConfig(), chunk_size=chunk_size, requested_by="cli")
     if not chosen:
         _fail(f"scan run {run_id} failed: empty universe", 1)
@@ -91,8 +92,8 @@ def scan(
 
 @scan_app.command("show")
 def show(
-    run_id: Annotated[int, typer.Argument(help="a scan run id")],
-    top: Annotated[int, typer.Option(help="rows to print")] = 20,
+    run_id: Annotated[int, typer.Argument(help="a scan run id", parser=option(inputs.integer, what="RUN_ID", lo=1, hi=2**62))],
+    top: TopOption = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print an earlier scan run."""

@@ -6,11 +6,14 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from omni_tasks import inputs
+from omni_tasks.cli.parsing import check, fail, option
 
 console = Console()
 stream_app = typer.Typer(
@@ -18,19 +21,15 @@ stream_app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]omni stream: {message}[/red]")
-    raise typer.Exit(code)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    fail("stream", message, code)
 
 
 def _symbols(text: str) -> list[str]:
-    from omni_tasks.marketdata.frames import check_symbol
+    return check("stream", inputs.symbols, text, what="SYMBOLS")
 
-    try:
-        return [check_symbol(s.strip()) for s in text.split(",") if s.strip()]
-    except ValueError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+
+NameOption = Annotated[str, typer.Option("--name", help="the stream worker's name", parser=option(inputs.name, what="--name"))]
 
 
 @stream_app.callback()
@@ -40,8 +39,8 @@ def stream(
     symbols: Annotated[str | None, typer.Option(help="comma-separated symbols (default: OMNI_STREAM_SYMBOLS)")] = None,
     record: Annotated[Path | None, typer.Option("--record", help="append every raw frame to FILE, for replays")] = None,
     replay: Annotated[Path | None, typer.Option("--replay", help="play this recording (implies --feed replay)")] = None,
-    speed: Annotated[float | None, typer.Option(help="replay speed: 1 real time, N times faster, 0 as fast as possible")] = None,
-    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly")] = None,
+    speed: Annotated[float | None, typer.Option(help="replay speed: 1 real time, N times faster, 0 as fast as possible", parser=option(inputs.seconds, what="--speed", hi=1_000_000.0, allow_zero=True))] = None,
+    for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly", parser=option(inputs.seconds, what="--for", hi=366 * 86_400.0))] = None,
 ) -> None:
     """Run the streaming worker (until SIGTERM, `omni stream stop`, --for, or the end of a replay)."""
     if ctx.invoked_subcommand is not None:
@@ -58,8 +57,8 @@ def stream(
     settings = prepare("stream", "stream")
     if replay is not None:
         feed = "replay"
-    if feed is not None and feed not in ("synthetic", "replay", "alpaca"):
-        _fail(f"unknown feed {feed!r}: use synthetic, replay or alpaca")
+    if feed is not None:
+        feed = check("stream", inputs.choice, feed, what="--feed", choices=("synthetic", "replay", "alpaca"))
     if speed is not None and speed < 0:
         _fail("--speed must be >= 0 (0: as fast as possible)")
     chosen = _symbols(symbols) if symbols else None
@@ -107,19 +106,19 @@ def _send(command: dict[str, Any], name: str) -> None:
 
 
 @stream_app.command()
-def subscribe(symbols: Annotated[str, typer.Argument(help="comma-separated symbols")], name: str = "stream") -> None:
+def subscribe(symbols: Annotated[str, typer.Argument(help="comma-separated symbols")], name: NameOption = "stream") -> None:
     """Add symbols to the running worker's subscriptions."""
     _send({"cmd": "subscribe", "symbols": _symbols(symbols)}, name)
 
 
 @stream_app.command()
-def unsubscribe(symbols: Annotated[str, typer.Argument(help="comma-separated symbols")], name: str = "stream") -> None:
+def unsubscribe(symbols: Annotated[str, typer.Argument(help="comma-separated symbols")], name: NameOption = "stream") -> None:
     """Drop symbols from the running worker's subscriptions."""
     _send({"cmd": "unsubscribe", "symbols": _symbols(symbols)}, name)
 
 
 @stream_app.command()
-def stop(name: str = "stream") -> None:
+def stop(name: NameOption = "stream") -> None:
     """Ask the running worker to stop cleanly (under `omni up` the supervisor starts it again)."""
     import getpass
 

@@ -24,65 +24,84 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
+    from omni_tasks import inputs
     from omni_tasks.cli.main import prepare
-    from omni_tasks.marketdata.frames import TIMEFRAMES, check_symbol
+    from omni_tasks.cli.parsing import check, fail
+    from omni_tasks.marketdata.frames import TIMEFRAMES
     from omni_tasks.marketdata.router import serving_feeds
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.runtime import get_runtime
     from omni_tasks.validation.persist import validate_stored
 
+    today = datetime.now(tz=UTC).date()
+    # Every argument is checked before anything is read or written.
+    universe = symbols is None or symbols.strip().lower() == "universe"
+    given = None if universe else check("validate", inputs.symbols, symbols, what="SYMBOLS")
+    lo = check("validate", inputs.day, start, what="--start", today=today) if start is not None else today - timedelta(days=30)
+    hi = check("validate", inputs.day, end, what="--end", today=today, extra_days=1) if end is not None else today + timedelta(days=1)
+    check("validate", inputs.date_range, lo, hi)
+    timeframe = check("validate", inputs.choice, timeframe, what="--timeframe", choices=tuple(TIMEFRAMES))
+    if feed is not None:
+        feed = check("validate", inputs.choice, feed, what="--feed", choices=("iex", "sip"))
     prepare("cli", configure_log=False)
     runtime = get_runtime()
     settings = runtime.settings.backfill
-    try:
-        if symbols is None or symbols.strip().lower() == "universe":
+    if given is None:
+        try:
             chosen = load_universe(settings.universe_file, settings.universe)
-        else:
-            chosen = [check_symbol(s) for s in symbols.split(",") if s.strip()]
-        today = datetime.now(tz=UTC).date()
-        lo = date.fromisoformat(start) if start else today - timedelta(days=30)
-        hi = date.fromisoformat(end) if end else today + timedelta(days=1)
-    except ValueError as exc:
-        console.print(f"[red]omni validate: {exc}[/red]")
-        raise typer.Exit(2) from None
-    if not chosen:
-        console.print("[red]omni validate: no symbols given[/red]")
-        raise typer.Exit(2)
-    if timeframe not in TIMEFRAMES:
-        console.print(f"[red]omni validate: unknown timeframe {timeframe!r}[/red]")
-        raise typer.Exit(2)
-    if hi <= lo:
-        console.print(f"[red]omni validate: impossible date range: end {hi} is not after start {lo}[/red]")
-        raise typer.Exit(2)
+        except ValueError as exc:
+            fail("validate", str(exc))
+    else:
+        chosen = given
     feeds = serving_feeds(runtime.settings.providers.order, feed or settings.feed)
     result, summary = validate_stored(runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi, feeds=feeds, adjustment=settings.adjustment)
-    if summary["bars"] == 0:
-        console.print(f"[red]omni validate: no stored {timeframe} bars for these symbols between {lo} and {hi}; run `omni backfill run` first[/red]")
-        raise typer.Exit(1)
+    no_data = summary.get("no_data_series", {})
+    if summary["bars"] == 0 and not no_data:
+        fail("validate", f"no stored {timeframe} bars for these symbols between {lo} and {hi}; run `omni backfill run` first", 1)
     reports = result.reports
+    from omni_tasks.validation.reconcile import read_differences
+
+    differences = read_differences(runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi)
     if plot is not None:
         _heatmap(reports, plot, title=f"completeness {timeframe} {lo} .. {hi}")
     if as_json:
-        print(json.dumps({"summary": summary, "reports": json.loads(reports.to_json(orient="records", date_format="iso"))}, indent=2, default=str))
+        print(json.dumps({"summary": summary, "reports": json.loads(reports.to_json(orient="records", date_format="iso")), "reconciliation_differences": differences}, indent=2, default=str))
         raise typer.Exit(0 if summary["ok"] else 1)
     per_symbol = reports.groupby("symbol").agg(
         days=("session", "count"), expected=("expected_bars", "sum"), present=("present_bars", "sum"),
-        holes=("provider_hole_bars", "sum"), halts=("halt_bars", "sum"), quarantined=("quarantined_rows", "sum"),
+        holes=("provider_hole_bars", "sum"), halts=("halt_bars", "sum"), quarantined=("quarantined_rows", "sum"), no_data=("no_data_bars", "sum"),
         outliers=("outliers", "sum"), flagged=("flagged_rows", "sum"),
     )
     table = Table(title=f"quality {timeframe} {lo} .. {hi} (exclusive), feeds {', '.join(feeds)}")
-    for column in ("symbol", "sessions", "expected", "present", "complete", "provider holes", "halts", "quarantined", "outliers (kept)", "verdict"):
+    for column in ("symbol", "sessions", "expected", "present", "complete", "provider holes", "no data", "halts", "quarantined", "outliers (kept)", "verdict"):
         table.add_column(column, justify="left" if column in {"symbol", "verdict"} else "right")
     failed = set(summary["failed_series"])
     for symbol, row in per_symbol.iterrows():
         completeness = row.present / row.expected if row.expected else 1.0
-        verdict = "[red]failed[/red]" if symbol in failed else "[green]passed[/green]"
-        table.add_row(str(symbol), str(int(row.days)), str(int(row.expected)), str(int(row.present)), f"{completeness:.1%}", str(int(row.holes)), str(int(row.halts)), str(int(row.quarantined)), str(int(row.outliers)), verdict)
+        verdict = f"[yellow]{no_data[symbol][:80]}[/yellow]" if symbol in no_data else "[red]failed[/red]" if symbol in failed else "[green]passed[/green]"
+        table.add_row(
+            str(symbol), str(int(row.days)), str(int(row.expected)), str(int(row.present)), f"{completeness:.1%}", str(int(row.holes)), str(int(row.no_data)),
+            str(int(row.halts)), str(int(row.quarantined)), str(int(row.outliers)), verdict,
+        )
     console.print(table)
+    if differences:
+        second = Table(title="second opinion: stored bars that differ from another provider beyond tolerance (`omni backfill reconcile`)")
+        for column in ("symbol", "bar", "stored", "other", "close", "other close", "diff bp", "volume diff", "checked"):
+            second.add_column(column, justify="right" if column in {"close", "other close", "diff bp", "volume diff"} else "left")
+        for d in differences:
+            volume = "not compared" if d["volume_diff_pct"] is None else f"{d['volume_diff_pct']:.2f}%"
+            second.add_row(
+                d["symbol"], d["ts"].isoformat()[:16], f"{d['stored_provider']}/{d['stored_feed']}", f"{d['other_provider']}/{d['other_feed']}",
+                f"{d['stored_close']:.4f}", f"{d['other_close']:.4f}", f"{d['close_diff_bp']:.2f} (> {d['tolerance_bp']:g})", volume, d["checked_at"].isoformat()[:16],
+            )
+        console.print(second)
     closures = result.closures
     if len(closures):
         console.print("exchange closures in range (not gaps): " + ", ".join(f"{c['date']} {c['name'] or c['kind']}" for c in closures.to_dict("records")))
-    console.print(f"{summary['bars']:,} bars checked; {summary['quarantined']} rows moved to quarantine; {len(failed)} of {len(chosen)} series failed" + (f"; heatmap: {plot}" if plot else ""))
+    console.print(
+        f"{summary['bars']:,} bars checked; {summary['quarantined']} rows moved to quarantine; {len(failed)} of {len(chosen)} series failed; "
+        f"{len(no_data)} without data (backfill ledger); {len(differences)} second-opinion differences" + (f"; heatmap: {plot}" if plot else "")
+    )
     raise typer.Exit(0 if summary["ok"] else 1)
 
 

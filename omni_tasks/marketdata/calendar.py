@@ -6,28 +6,51 @@ fewer minutes: everything that plans or checks bars asks this module.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 
 import exchange_calendars as xcals
 import pandas as pd
 
 from omni_tasks.marketdata.frames import Timeframe
+from omni_tasks.settings import EARLIEST_CALENDAR_DATE
 
 EXCHANGE = "XNYS"
+#: The first session the calendar is built from unless an earlier date is asked for (built in ~0.2 s).
 CALENDAR_START = "2000-01-03"
+#: The first session exchange_calendars knows for XNYS: nothing earlier can be planned or checked.
+FIRST_SESSION: date = EARLIEST_CALENDAR_DATE
+
+_built: dict[str, xcals.ExchangeCalendar] = {}
+_lock = threading.Lock()
 
 
-@lru_cache(maxsize=4)
-def calendar(name: str = EXCHANGE) -> xcals.ExchangeCalendar:
-    """The exchange calendar from 2000 to a year ahead (built once per process: it takes ~1 s)."""
-    end = (pd.Timestamp.now(tz=UTC) + pd.Timedelta(days=366)).strftime("%Y-%m-%d")
-    return xcals.get_calendar(name, start=CALENDAR_START, end=end)
+def calendar(name: str = EXCHANGE, *, covering: date | None = None) -> xcals.ExchangeCalendar:
+    """The exchange calendar from 2000 (or from ``covering``, when earlier) to a year ahead.
+
+    Built once per process and widened on demand: a request reaching back
+    before the calendar's first session rebuilds it from that date (the whole
+    XNYS history back to 1885 takes under half a second), and the wider
+    calendar is kept. Dates before :data:`FIRST_SESSION` are clamped to it.
+    """
+    want = max(min(covering or date.fromisoformat(CALENDAR_START), date.fromisoformat(CALENDAR_START)), FIRST_SESSION)
+    with _lock:
+        cal = _built.get(name)
+        if cal is None or want < pd.Timestamp(cal.first_session).date():
+            end = (pd.Timestamp.now(tz=UTC) + pd.Timedelta(days=366)).strftime("%Y-%m-%d")
+            cal = xcals.get_calendar(name, start=want.isoformat(), end=end)
+            _built[name] = cal
+        return cal
+
+
+def first_session(name: str = EXCHANGE) -> date:
+    """The first session of the calendar as built now (it widens when asked for earlier dates)."""
+    return pd.Timestamp(calendar(name).first_session).date()
 
 
 def schedule(start: date, end: date, name: str = EXCHANGE) -> pd.DataFrame:
     """Sessions with start <= session date <= end: index = session date, columns open/close (UTC)."""
-    cal = calendar(name)
+    cal = calendar(name, covering=pd.Timestamp(start).date())
     first, last = pd.Timestamp(cal.first_session), pd.Timestamp(cal.last_session)
     lo, hi = max(pd.Timestamp(start), first), min(pd.Timestamp(end), last)
     if lo > hi:

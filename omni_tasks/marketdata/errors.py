@@ -6,6 +6,8 @@
     |   +-- ProviderUnavailable                   timeouts, connection errors, 5xx
     +-- PermanentProviderError (PermanentError)   retrying the same call cannot help
     |   +-- UnknownSymbol                         the provider does not know the symbol
+    |   +-- NoBarsInRange                         the provider knows the symbol, and has no bars in the range
+    |                                             (before its listing, after a delisting, a range without trades)
     |   +-- AuthenticationFailed                  missing or rejected key
     |   +-- UnsupportedRequest                    timeframe/range/feed the provider cannot serve
     +-- EmptyData                                 the call worked but returned nothing (yfinance's empty frame)
@@ -13,8 +15,12 @@
 
 The router falls back to the next provider on RetryableProviderError,
 EmptyData, MalformedPayload and UnsupportedRequest; it fails the partition on
-UnknownSymbol (when no provider knows the symbol) and AuthenticationFailed
+UnknownSymbol (when no provider knows the symbol) or NoBarsInRange (when the
+providers that know it have nothing in the range), and AuthenticationFailed
 is reported loudly and that provider skipped.
+
+Every error may carry ``notes``: what the provider said on the way (a clamped
+end, a switched feed), so a note survives whatever the outcome.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from omni_tasks.errors import OmniError, PermanentError, RetryableError
 class ProviderError(OmniError):
     """Base class: ``provider`` names the adapter that raised it."""
 
-    def __init__(self, message: str, *, provider: str = "") -> None:
+    def __init__(self, message: str, *, provider: str = "", notes: list[str] | None = None) -> None:
         super().__init__(message)
         self.provider = provider
+        self.notes: list[str] = list(notes or [])
 
 
 class RetryableProviderError(ProviderError, RetryableError):
@@ -50,6 +57,10 @@ class PermanentProviderError(ProviderError, PermanentError):
 
 class UnknownSymbol(PermanentProviderError):
     pass
+
+
+class NoBarsInRange(PermanentProviderError):
+    """The symbol is known (the provider has bars for it elsewhere) but none in the requested range."""
 
 
 class AuthenticationFailed(PermanentProviderError):

@@ -15,7 +15,6 @@ the provider's name otherwise; ``adjustment`` is ``raw``, ``split``,
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -24,6 +23,8 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
+
+from omni_tasks import inputs
 
 BAR_COLUMNS: Final = (
     "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume",
@@ -34,7 +35,7 @@ QUOTE_COLUMNS: Final = ("symbol", "ts", "bid", "bid_size", "ask", "ask_size", "s
 ADJUSTMENTS: Final = ("raw", "split", "dividend", "all")
 #: The exchange whose sessions daily bars are labelled by.
 EXCHANGE_TZ: Final = "America/New_York"
-SYMBOL_PATTERN: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+SYMBOL_PATTERN: Final = inputs.SYMBOL_PATTERN
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,7 @@ def parse_timeframe(code: str) -> Timeframe:
 
 def check_symbol(symbol: str) -> str:
     """The symbol upper-cased, or ValueError naming it: 1-10 of A-Z, 0-9, '.', '-' starting with a letter."""
-    candidate = symbol.strip().upper()
-    if not SYMBOL_PATTERN.match(candidate):
-        raise ValueError(f"{symbol!r} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-', starting with a letter)")
-    return candidate
+    return inputs.symbol(symbol)
 
 
 class BarFrame(pa.DataFrameModel):

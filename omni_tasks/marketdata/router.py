@@ -7,6 +7,11 @@ retried with exponential backoff and jitter, and the next provider is tried
 when this one keeps failing, returns nothing, or returns a malformed payload.
 Permanent errors (an unknown symbol everywhere, a refused key) are not
 retried. Every attempt is recorded, and every row says which provider served it.
+
+When nothing is served, :class:`NoProviderServed` names the cause when the
+providers said what it was: ``unknown_symbol`` (no provider knows it) or
+``no_bars_in_range`` (a provider knows it and has nothing in the range), and
+carries every note a provider made on the way (a clamped end, a feed switch).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
     MalformedPayload,
+    NoBarsInRange,
     PermanentProviderError,
     ProviderError,
     RateLimited,
@@ -54,13 +60,24 @@ class Routed:
     attempts: list[Attempt] = field(default_factory=list)
 
 
-class NoProviderServed(ProviderError):
-    """Every provider was skipped or failed. ``permanent`` when retrying cannot help."""
+#: Causes of "no data" the router can name (stored on the partition, read by validation).
+UNKNOWN_SYMBOL = "unknown_symbol"
+NO_BARS_IN_RANGE = "no_bars_in_range"
 
-    def __init__(self, message: str, *, attempts: list[Attempt], permanent: bool) -> None:
-        super().__init__(message)
+
+class NoProviderServed(ProviderError):
+    """Every provider was skipped or failed. ``permanent`` when retrying cannot help.
+
+    ``cause``: :data:`UNKNOWN_SYMBOL`, :data:`NO_BARS_IN_RANGE` or None (an
+    outage, a refusal: nothing said about the data itself). ``notes``: what
+    providers said on the way.
+    """
+
+    def __init__(self, message: str, *, attempts: list[Attempt], permanent: bool, cause: str | None = None, notes: list[str] | None = None) -> None:
+        super().__init__(message, notes=notes)
         self.attempts = attempts
         self.permanent = permanent
+        self.cause = cause
 
 
 BreakerFactory = Callable[[str], CircuitBreaker]
@@ -90,9 +107,18 @@ class BarRouter:
         self._rate_wait_max_s = rate_wait_max_s
         self._sleep = sleep
 
+    def only(self, provider: BarProvider) -> BarRouter:
+        """A router over this one provider with the same breakers, limiter and retries (a second opinion asks one source)."""
+        return BarRouter(
+            [provider], breaker_for=self._breaker_for, limiter=self._limiter, max_attempts=self._max_attempts,
+            backoff_base_s=self._backoff_base_s, backoff_max_s=self._backoff_max_s, rate_wait_max_s=self._rate_wait_max_s, sleep=self._sleep,
+        )
+
     def fetch(self, request: BarRequest) -> Routed:
         attempts: list[Attempt] = []
         unknown: list[str] = []
+        empty: list[str] = []
+        notes: list[str] = []
         transient = False
         for provider in self.providers:
             name = provider.name
@@ -110,7 +136,13 @@ class BarRouter:
                 bars, notes = self._try(provider, breaker, request)
             except UnknownSymbol as exc:
                 unknown.append(name)
+                notes.extend(exc.notes)
                 attempts.append(Attempt(name, "failed", f"unknown symbol: {exc}"))
+                continue
+            except NoBarsInRange as exc:
+                empty.append(name)
+                notes.extend(exc.notes)
+                attempts.append(Attempt(name, "failed", f"no bars in range: {exc}"))
                 continue
             except AuthenticationFailed as exc:
                 _log.error("provider refused our key; skipping it", provider=name, error=str(exc))
@@ -118,6 +150,7 @@ class BarRouter:
                 continue
             except (RetryableProviderError, EmptyData, MalformedPayload, UnsupportedRequest, _BreakerRefused) as exc:
                 transient = transient or not isinstance(exc, UnsupportedRequest)  # an open breaker closes again
+                notes.extend(getattr(exc, "notes", []))
                 attempts.append(Attempt(name, "skipped" if isinstance(exc, _BreakerRefused) else "failed", f"{type(exc).__name__}: {exc}"))
                 continue
             attempts.append(Attempt(name, "ok", f"{len(bars)} rows"))
@@ -127,9 +160,13 @@ class BarRouter:
         summary = "; ".join(f"{a.provider}: {a.detail}" for a in attempts) or "no provider configured"
         # Retrying helps only if something failed for a passing reason (rate limit, outage,
         # empty or malformed answer, open breaker); unknown symbols and missing keys stay so.
-        if unknown and not transient:
-            raise NoProviderServed(f"unknown symbol {request.symbol}: {summary}", attempts=attempts, permanent=True)
-        raise NoProviderServed(f"no provider served {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=not transient)
+        # A provider that knows the symbol outranks one that does not: its answer is "nothing in this range".
+        cause = NO_BARS_IN_RANGE if empty else UNKNOWN_SYMBOL if unknown else None
+        if cause == NO_BARS_IN_RANGE and not transient:
+            raise NoProviderServed(f"no bars in range for {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=True, cause=cause, notes=notes)
+        if cause == UNKNOWN_SYMBOL and not transient:
+            raise NoProviderServed(f"unknown symbol {request.symbol}: {summary}", attempts=attempts, permanent=True, cause=cause, notes=notes)
+        raise NoProviderServed(f"no provider served {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=not transient, cause=cause, notes=notes)
 
     def _try(self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest) -> tuple[pd.DataFrame, list[str]]:
         name = provider.name

@@ -7,13 +7,14 @@ from typing import Any
 import structlog
 
 from omni_tasks import metrics
-from omni_tasks.errors import PermanentError, RetryableError
+from omni_tasks.errors import PermanentError, RetryableError, StoreUnavailable
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.marketdata.wiring import build_router, build_store
 from omni_tasks.queues import Queue
 from omni_tasks.runtime import get_runtime
+from omni_tasks.storage.outage import retry_after_outage
 from omni_tasks.taskdef import omni_task
 
 _log = structlog.get_logger("omni.backfill")
@@ -30,36 +31,60 @@ class PartitionNotServed(RetryableError):
     soft_time_limit_s=240,
     time_limit_s=300,
     max_retries=MAX_RETRIES,
-    retry_on=(PartitionNotServed,),
+    retry_on=(),  # retried explicitly below: provider failures and database outages keep separate budgets
     retry_backoff_max_s=120,
 )
-def fetch_partition(partition_id: int) -> dict[str, Any]:
+def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Fetch, check and store one backfill partition."""
     from celery import current_task
+    from celery.utils.time import get_exponential_backoff_interval
 
     runtime = get_runtime()
-    outcome = backfill.run_partition(
-        int(partition_id),
-        factory=runtime.sessions,
-        store=build_store(runtime.engine),
-        router=build_router(runtime.settings, runtime.redis, runtime.sessions),
-        final_attempt=current_task.request.retries >= MAX_RETRIES,
-    )
+    request = current_task.request
+    # Celery counts every retry; the provider's share is what the outage retries did not use.
+    provider_retries = max(0, int(request.retries or 0) - int(store_retries or 0))
+    try:
+        outcome = backfill.run_partition(
+            int(partition_id),
+            factory=runtime.sessions,
+            store=build_store(runtime.engine),
+            router=build_router(runtime.settings, runtime.redis, runtime.sessions),
+            final_attempt=provider_retries >= MAX_RETRIES,
+        )
+    except StoreUnavailable as exc:
+        database = runtime.settings.database
+        _log.warning("database unavailable: partition retried", partition_id=partition_id, store_retries=store_retries, error=str(exc))
+        raise retry_after_outage(current_task, exc, max_retries=database.outage_retries, cap_s=database.outage_backoff_max_s) from exc
     metrics.BACKFILL_PARTITIONS.labels(outcome.status, outcome.provider or "-").inc()
     if outcome.status == "succeeded":
         metrics.BACKFILL_ROWS.labels(outcome.provider or "-").inc(outcome.rows)
         metrics.BACKFILL_REJECTED.labels(outcome.provider or "-").inc(outcome.rejected)
     if outcome.finished_job is not None:
-        # Validation runs after each backfill job, chained here rather than guessed on a timer.
-        from omni_tasks.validation.tasks import validate_backfill_job
-
-        validate_backfill_job.apply_async(args=[outcome.finished_job])
+        job_finished(outcome.finished_job)
     if outcome.retry:
-        raise PartitionNotServed(outcome.error or "no provider served the partition")
+        error = PartitionNotServed(outcome.error or "no provider served the partition")
+        countdown = get_exponential_backoff_interval(factor=1, retries=provider_retries, maximum=120, full_jitter=True)
+        raise current_task.retry(
+            args=request.args, kwargs=request.kwargs, exc=error, countdown=countdown, max_retries=int(request.retries or 0) + 1
+        )
     if outcome.status == "failed":
         # Recorded in the ledger above; the task fails too, so Flower and `omni status` show it as a failure.
         raise PermanentError(f"backfill partition {outcome.partition_id} failed: {outcome.error or 'no provider served it'}")
-    return {"partition_id": outcome.partition_id, "status": outcome.status, "rows": outcome.rows, "rejected": outcome.rejected, "provider": outcome.provider, "error": outcome.error}
+    return {
+        "partition_id": outcome.partition_id,
+        "status": outcome.status,
+        "rows": outcome.rows,
+        "rejected": outcome.rejected,
+        "provider": outcome.provider,
+        "error": outcome.error,
+    }
+
+
+def job_finished(job_id: int) -> None:
+    """A backfill job reached its final state: validation runs after each one, chained here rather than guessed on a timer."""
+    from omni_tasks.validation.tasks import validate_backfill_job
+
+    validate_backfill_job.apply_async(args=[job_id])
 
 
 def enqueue_partitions(partition_ids: list[int]) -> int:
@@ -83,6 +108,7 @@ def nightly() -> dict[str, Any]:
         overlap_days=settings.overlap_days,
         lookback_days=settings.lookback_days,
         feeds=serving_feeds(runtime.settings.providers.order, settings.feed),
+        earliest=settings.earliest_date,
     )
     if not the_plan.partitions:
         return {"job_id": None, "partitions": 0}

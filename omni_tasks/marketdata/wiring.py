@@ -16,7 +16,7 @@ from omni_tasks.settings import Settings
 
 
 def build_router(settings: Settings, client: redis.Redis, factory: sessionmaker[Session] | None) -> BarRouter:
-    hook = audit_transitions(factory)
+    hook = audit_transitions(factory, client=client)
     policy = BreakerPolicy()
 
     def breaker_for(name: str) -> CircuitBreaker:

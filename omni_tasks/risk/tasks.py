@@ -7,6 +7,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
+from celery import current_task
 
 from omni_tasks.errors import PermanentError, RetryableError
 from omni_tasks.marketdata import calendar
@@ -14,6 +15,7 @@ from omni_tasks.queues import Queue
 from omni_tasks.risk import snapshot
 from omni_tasks.runtime import get_runtime
 from omni_tasks.storage.bars import BarStore
+from omni_tasks.storage.outage import outages_retried
 from omni_tasks.taskdef import omni_task
 from omni_tasks.trading.book import refresh_book
 from omni_tasks.trading.broker import BrokerError
@@ -36,7 +38,7 @@ WHEN = ("now", "market_hours", "after_close")
     retry_backoff_max_s=20,
     ignore_result=False,  # kept (within the result expiry) so `omni risk --recalc` can wait for it
 )
-def recalculate(when: str = "now", requested_by: str = "operator") -> dict[str, Any]:
+def recalculate(when: str = "now", requested_by: str = "operator", store_retries: int = 0) -> dict[str, Any]:
     """Read the book from the broker, mark it, compute the figures and breaches, store and publish the snapshot."""
     if when not in WHEN:
         raise PermanentError(f"when={when!r}: choose from {', '.join(WHEN)}")
@@ -51,18 +53,19 @@ def recalculate(when: str = "now", requested_by: str = "operator") -> dict[str, 
             return {"skipped": f"{today.isoformat()} is not a session day"}
     broker = make_broker(runtime)
     try:
-        if not isinstance(broker, SimulatedBroker):
-            # A broker without our ledger does not publish its book itself; the stream's day-loss guard reads it.
-            refresh_book(broker, runtime.redis)
-        summary = snapshot.recalculate(
-            broker,
-            redis=runtime.redis,
-            store=BarStore(runtime.engine),
-            sessions=runtime.sessions,
-            risk=settings.risk,
-            quote_max_age_s=settings.stream.stale_after_s,
-            now=now,
-        )
+        with outages_retried(current_task, "recalculating risk", settings.database):
+            if not isinstance(broker, SimulatedBroker):
+                # A broker without our ledger does not publish its book itself; the stream's day-loss guard reads it.
+                refresh_book(broker, runtime.redis)
+            summary = snapshot.recalculate(
+                broker,
+                redis=runtime.redis,
+                store=BarStore(runtime.engine),
+                sessions=runtime.sessions,
+                risk=settings.risk,
+                quote_max_age_s=settings.stream.stale_after_s,
+                now=now,
+            )
     except BrokerError as exc:
         if exc.retryable:
             raise RetryableError(f"broker {broker.name}: {exc}") from exc

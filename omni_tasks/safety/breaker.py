@@ -10,6 +10,14 @@ An operator may force a breaker OPEN or CLOSED; a forced state is kept apart
 from the automatic one and wins until it is cleared. Each decision is one
 Lua script, so concurrent processes never see half a transition.
 
+Every transition is queued for the audit log in the same Lua script (or the
+same MULTI) that makes it: a JSON record on ``omni:breaker:audit:pending``. So
+a transition is never lost, whatever process made it and whether or not it
+had an audit hook, and even when the database is the thing that is down (the
+database breaker's own CLOSED -> OPEN). :mod:`omni_tasks.safety.reporting`
+moves the records into ``audit_log`` (the hook right away, the watchdog every
+tick), claiming each one first so two processes never write it twice.
+
 When Redis cannot be read, ``allow`` answers by ``fail_open``: a market-data
 provider may be tried (the call itself will tell), the order path must not
 (``fail_open=False``: a breaker that cannot be read counts as open).
@@ -17,6 +25,7 @@ provider may be tried (the call itself will tell), the order path must not
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +43,11 @@ KEY = "omni:breaker:{name}"
 CALLS_KEY = "omni:breaker:{name}:calls"
 TRIALS_KEY = "omni:breaker:{name}:trials"
 REGISTRY_KEY = "omni:breakers"
+#: Transitions not yet in audit_log (JSON records, oldest first), and those being written (zset: record -> claimed at).
+AUDIT_PENDING_KEY = "omni:breaker:audit:pending"
+AUDIT_INFLIGHT_KEY = "omni:breaker:audit:inflight"
+#: Records kept while the database is down for long; beyond this the oldest go (and the log says so).
+AUDIT_PENDING_MAX = 100_000
 
 
 class BreakerState(StrEnum):
@@ -64,6 +78,8 @@ class Transition:
     to_state: str
     reason: str
     at: float
+    #: The queued audit record (JSON) of this transition, as stored in AUDIT_PENDING_KEY.
+    record: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,9 +93,19 @@ class Decision:
     reason: str = ""
 
 
-# KEYS[1] breaker hash, KEYS[2] registry set, KEYS[3] trials zset.
-# ARGV: now, cooldown, max_trials, name, trial id, trial lease (s)
-_ALLOW = """
+# Queues an audit record of a transition on KEYS[n] (the pending list); returns it.
+_QUEUE = """
+local function queue_audit(key, id, name, from_state, to_state, reason, now, max_len)
+  local record = cjson.encode({id = id, breaker = name, from_state = from_state, to_state = to_state, reason = reason, at = now, actor = 'system'})
+  redis.call('rpush', key, record)
+  if redis.call('llen', key) > max_len then redis.call('ltrim', key, -max_len, -1) end
+  return record
+end
+"""
+
+# KEYS[1] breaker hash, KEYS[2] registry set, KEYS[3] trials zset, KEYS[4] audit pending list.
+# ARGV: now, cooldown, max_trials, name, trial id, trial lease (s), event id, pending max
+_ALLOW = _QUEUE + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
@@ -96,7 +122,7 @@ if state == 'open' then
   state = 'half_open'
   redis.call('hset', h, 'state', 'half_open', 'successes', 0, 'updated_at', ARGV[1])
   redis.call('del', KEYS[3])
-  transition = 'open>half_open'
+  transition = queue_audit(KEYS[4], ARGV[7], ARGV[4], 'open', 'half_open', 'cooldown elapsed', now, tonumber(ARGV[8]))
 end
 if state == 'half_open' then
   -- A trial whose outcome never came back (worker killed, time limit) frees its slot after its lease.
@@ -109,9 +135,10 @@ end
 return {1, state, '', '', transition}
 """
 
-# KEYS[1] hash, KEYS[2] calls zset, KEYS[3] trials zset.
-# ARGV: now, ok(1/0), trial id or '', threshold, rate, window, min_calls, close_after, member
-_RECORD = """
+# KEYS[1] hash, KEYS[2] calls zset, KEYS[3] trials zset, KEYS[4] audit pending list.
+# ARGV: now, ok(1/0), trial id or '', threshold, rate, window, min_calls, close_after, member, name, event id, pending max
+# Returns the audit record of the transition made ('' when none).
+_RECORD = _QUEUE + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local ok = ARGV[2] == '1'
@@ -123,29 +150,29 @@ redis.call('zremrangebyscore', KEYS[2], '-inf', now - window)
 redis.call('expire', KEYS[2], math.ceil(window) + 60)
 if state == 'half_open' then
   -- Only an outcome of this round's trials decides the round; a late one from an earlier round is ignored.
-  if trial == '' or redis.call('zrem', KEYS[3], trial) == 0 then return {'', ''} end
+  if trial == '' or redis.call('zrem', KEYS[3], trial) == 0 then return '' end
   if ok then
     local s = redis.call('hincrby', h, 'successes', 1)
     if s >= tonumber(ARGV[8]) then
       redis.call('hset', h, 'state', 'closed', 'failures', 0, 'successes', 0, 'updated_at', ARGV[1])
       redis.call('del', KEYS[2], KEYS[3])
-      return {'half_open>closed', 'trial succeeded'}
+      return queue_audit(KEYS[4], ARGV[11], ARGV[10], 'half_open', 'closed', 'trial succeeded', now, tonumber(ARGV[12]))
     end
-    return {'', ''}
+    return ''
   end
   redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'successes', 0, 'updated_at', ARGV[1])
   redis.call('del', KEYS[3])
-  return {'half_open>open', 'trial failed'}
+  return queue_audit(KEYS[4], ARGV[11], ARGV[10], 'half_open', 'open', 'trial failed', now, tonumber(ARGV[12]))
 end
-if state == 'open' then return {'', ''} end
+if state == 'open' then return '' end
 if ok then
   redis.call('hset', h, 'failures', 0)
-  return {'', ''}
+  return ''
 end
 local failures = redis.call('hincrby', h, 'failures', 1)
 if failures >= tonumber(ARGV[4]) then
   redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'updated_at', ARGV[1])
-  return {'closed>open', failures .. ' consecutive failures'}
+  return queue_audit(KEYS[4], ARGV[11], ARGV[10], 'closed', 'open', failures .. ' consecutive failures', now, tonumber(ARGV[12]))
 end
 local total = redis.call('zcard', KEYS[2])
 if total >= tonumber(ARGV[7]) then
@@ -156,10 +183,10 @@ if total >= tonumber(ARGV[7]) then
   end
   if fails / total >= tonumber(ARGV[5]) then
     redis.call('hset', h, 'state', 'open', 'opened_at', ARGV[1], 'updated_at', ARGV[1])
-    return {'closed>open', string.format('failure rate %d of %d calls', fails, total)}
+    return queue_audit(KEYS[4], ARGV[11], ARGV[10], 'closed', 'open', string.format('failure rate %d of %d calls', fails, total), now, tonumber(ARGV[12]))
   end
 end
-return {'', ''}
+return ''
 """
 
 TransitionHook = Callable[[Transition], None]
@@ -194,8 +221,9 @@ class CircuitBreaker:
         now = self._clock()
         try:
             allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW, 3, self._key, REGISTRY_KEY, self._trials_key, repr(now), repr(self.policy.cooldown_s),
+                _ALLOW, 4, self._key, REGISTRY_KEY, self._trials_key, AUDIT_PENDING_KEY, repr(now), repr(self.policy.cooldown_s),
                 self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
+                uuid.uuid4().hex, AUDIT_PENDING_MAX,
             )
         except redis.RedisError as exc:
             verdict = self.fail_open
@@ -203,7 +231,7 @@ class CircuitBreaker:
             return Decision(allowed=verdict, state="unknown", reason=f"breaker state unreadable: {exc}")
         state_s, forced_s = _text(state), _text(forced) or None
         if _text(transition):
-            self._emit(_text(transition), "cooldown elapsed", now)
+            self._emit_record(_text(transition))
         shown = f"forced {forced_s}" if forced_s else state_s
         return Decision(
             allowed=bool(int(allowed)),
@@ -219,17 +247,18 @@ class CircuitBreaker:
             raise TypeError("trial is the Decision's trial id (a string), not a flag")
         now = self._clock()
         try:
-            transition, reason = self._client.eval(
-                _RECORD, 3, self._key, self._calls_key, self._trials_key,
+            record = self._client.eval(
+                _RECORD, 4, self._key, self._calls_key, self._trials_key, AUDIT_PENDING_KEY,
                 repr(now), "1" if ok else "0", trial,
                 self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
                 self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
+                self.name, uuid.uuid4().hex, AUDIT_PENDING_MAX,
             )
         except redis.RedisError as exc:
             _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(exc))
             return
-        if _text(transition):
-            self._emit(_text(transition), _text(reason), now)
+        if _text(record):
+            self._emit_record(_text(record))
 
     def release(self, trial: str) -> None:
         """Give back a half-open trial slot that was reserved but not used (no call was made)."""
@@ -277,32 +306,38 @@ class CircuitBreaker:
         """Force OPEN or CLOSED (None clears the force). Kept apart from the automatic state."""
         now = self._clock()
         before = self.forced()
+        target = state.value if state else "automatic"
+        record = _record(
+            self.name, "forced:" + before if before else "automatic", "forced:" + target if state else target, f"{actor}: {reason}", now, actor
+        )
         pipe = self._client.pipeline()
         pipe.sadd(REGISTRY_KEY, self.name)
         if state is None:
             pipe.hdel(self._key, "forced")
         else:
             pipe.hset(self._key, mapping={"forced": state.value, "forced_by": actor, "forced_reason": reason, "updated_at": repr(now)})
+        pipe.rpush(AUDIT_PENDING_KEY, record)
         pipe.execute()
-        target = state.value if state else "automatic"
-        self._emit(f"{'forced:' + before if before else 'automatic'}>{'forced:' + target if state else target}", f"{actor}: {reason}", now)
+        self._emit_record(record)
 
     def reset(self, *, actor: str, reason: str) -> None:
         """Back to CLOSED with counters cleared, and any force removed."""
         now = self._clock()
         before = self.state()["automatic"]
+        record = _record(self.name, before, "closed", f"reset by {actor}: {reason}", now, actor)
         pipe = self._client.pipeline()
         pipe.delete(self._key, self._calls_key, self._trials_key)
         pipe.sadd(REGISTRY_KEY, self.name)
+        pipe.rpush(AUDIT_PENDING_KEY, record)
         pipe.execute()
-        self._emit(f"{before}>closed", f"reset by {actor}: {reason}", now)
+        self._emit_record(record)
 
-    def _emit(self, transition: str, reason: str, at: float) -> None:
-        from_state, _, to_state = transition.partition(">")
-        event = Transition(self.name, from_state, to_state, reason, at)
-        _log.warning("breaker transition", breaker=self.name, transition=transition, reason=reason)
+    def _emit_record(self, record: str) -> None:
+        data = json.loads(record)
+        event = Transition(self.name, data["from_state"], data["to_state"], data["reason"], float(data["at"]), record)
+        _log.warning("breaker transition", breaker=self.name, transition=f"{event.from_state}>{event.to_state}", reason=event.reason)
         # Counted in the Redis that holds the breaker, whichever process made the change (the CLI included).
-        counters.BREAKER_TRANSITIONS.inc(self._client, self.name, to_state)
+        counters.BREAKER_TRANSITIONS.inc(self._client, self.name, event.to_state)
         if self._on_transition is not None:
             try:
                 self._on_transition(event)
@@ -314,6 +349,78 @@ class BreakerOpen(Exception):  # noqa: N818 - reads as the condition it reports
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(reason or f"breaker {name} is open")
         self.breaker = name
+
+
+def _record(name: str, from_state: str, to_state: str, reason: str, at: float, actor: str) -> str:
+    """A transition's audit record (the same fields the Lua scripts queue)."""
+    fields = {"id": uuid.uuid4().hex, "breaker": name, "from_state": from_state, "to_state": to_state, "reason": reason, "at": at, "actor": actor}
+    return json.dumps(fields, separators=(",", ":"))
+
+
+# ---- the audit queue: claim records before writing them, so no two processes write one twice ----------
+
+# KEYS[1] pending, KEYS[2] inflight. ARGV: now, record.
+_CLAIM_ONE = """
+if redis.call('lrem', KEYS[1], 1, ARGV[2]) == 1 then
+  redis.call('zadd', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] pending, KEYS[2] inflight. ARGV: now, limit, lease (s). Claims expired first go back to the pending list.
+_CLAIM_BATCH = """
+local expired = redis.call('zrangebyscore', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[3]))
+for _, record in ipairs(expired) do
+  redis.call('zrem', KEYS[2], record)
+  redis.call('lpush', KEYS[1], record)
+end
+local out = {}
+for i = 1, tonumber(ARGV[2]) do
+  local record = redis.call('lpop', KEYS[1])
+  if not record then break end
+  redis.call('zadd', KEYS[2], ARGV[1], record)
+  out[#out + 1] = record
+end
+return out
+"""
+
+# KEYS[1] pending, KEYS[2] inflight. ARGV: pairs of (claimed record, record to put back). Back at the head, in order.
+_UNCLAIM = """
+for i = #ARGV - 1, 1, -2 do
+  if redis.call('zrem', KEYS[2], ARGV[i]) == 1 then redis.call('lpush', KEYS[1], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
+def claim_record(client: redis.Redis, record: str, now: float | None = None) -> bool:
+    """Take one pending record for writing (False: another process took it, or it is already written)."""
+    return bool(client.eval(_CLAIM_ONE, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record))
+
+
+def claim_records(client: redis.Redis, limit: int, *, lease_s: float = 60.0, now: float | None = None) -> list[str]:
+    """Take up to ``limit`` pending records, oldest first; claims older than ``lease_s`` (a writer died) are pending again."""
+    now = time.time() if now is None else now
+    raw = client.eval(_CLAIM_BATCH, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, repr(now), limit, repr(lease_s))
+    return [_text(r) for r in raw or []]
+
+
+def settle_records(client: redis.Redis, records: list[str]) -> None:
+    """The records are in the audit log: forget the claims."""
+    if records:
+        client.zrem(AUDIT_INFLIGHT_KEY, *records)
+
+
+def unclaim_records(client: redis.Redis, pairs: list[tuple[str, str]]) -> None:
+    """The write failed: each claimed record goes back to the head of the pending list (as its replacement, e.g. with an actor)."""
+    if pairs:
+        client.eval(_UNCLAIM, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, *[part for pair in pairs for part in pair])
+
+
+def pending_records(client: redis.Redis) -> int:
+    """Transitions not yet in the audit log (queued or being written)."""
+    return int(client.llen(AUDIT_PENDING_KEY)) + int(client.zcard(AUDIT_INFLIGHT_KEY))
 
 
 def known_breakers(client: redis.Redis) -> list[str]:

@@ -22,15 +22,22 @@ from omni_tasks.storage.models import ScanResult as ScanResultRow
 from omni_tasks.storage.models import ScanRun, SeriesValidation
 
 
-def create_run(factory: sessionmaker[Session], symbols: Sequence[str], *, as_of: datetime, config: ScanConfig, chunk_size: int, requested_by: str) -> int:
+def create_run(
+    factory: sessionmaker[Session], symbols: Sequence[str], *, as_of: datetime, config: ScanConfig, chunk_size: int, requested_by: str
+) -> int:
     """Record a run (status running) with its universe and config. Returns its id."""
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     chunks = max(1, math.ceil(len(symbols) / chunk_size)) if symbols else 0
     with factory() as session, session.begin():
         run = ScanRun(
-            created_at=datetime.now(tz=UTC), requested_by=requested_by[:100], as_of=as_of, symbols=len(symbols), chunks=chunks,
-            status="running" if symbols else "failed", stale_input=False,
+            created_at=datetime.now(tz=UTC),
+            requested_by=requested_by[:100],
+            as_of=as_of,
+            symbols=len(symbols),
+            chunks=chunks,
+            status="running" if symbols else "failed",
+            stale_input=False,
             error=None if symbols else "empty universe: no symbols to scan",
             finished_at=None if symbols else datetime.now(tz=UTC),
             config={"symbols": list(symbols), "chunk_size": chunk_size, "scan": config.to_dict()},
@@ -46,16 +53,36 @@ def load_run(factory: sessionmaker[Session], run_id: int) -> dict[str, Any]:
         if run is None:
             raise LookupError(f"scan run {run_id} does not exist")
         return {
-            "id": run.id, "status": run.status, "as_of": run.as_of, "symbols": list(run.config.get("symbols", [])),
-            "chunk_size": int(run.config.get("chunk_size", 100)), "config": ScanConfig.from_dict(run.config.get("scan", {})),
-            "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error, "stale_input": run.stale_input,
-            "requested_by": run.requested_by, "chunks": run.chunks,
+            "id": run.id,
+            "status": run.status,
+            "as_of": run.as_of,
+            "symbols": list(run.config.get("symbols", [])),
+            "chunk_size": int(run.config.get("chunk_size", 100)),
+            "config": ScanConfig.from_dict(run.config.get("scan", {})),
+            "created_at": run.created_at,
+            "finished_at": run.finished_at,
+            "error": run.error,
+            "stale_input": run.stale_input,
+            "requested_by": run.requested_by,
+            "chunks": run.chunks,
         }
 
 
-def fail_run(factory: sessionmaker[Session], run_id: int, error: str) -> None:
+def fail_run(factory: sessionmaker[Session], run_id: int, error: str, *, only_running: bool = False) -> bool:
+    """Record a run as failed with ``error``; ``only_running``: unless it already finished. True if the row changed."""
     with factory() as session, session.begin():
-        session.execute(update(ScanRun).where(ScanRun.id == run_id).values(status="failed", error=error[:4000], finished_at=datetime.now(tz=UTC)))
+        query = update(ScanRun).where(ScanRun.id == run_id)
+        if only_running:
+            query = query.where(ScanRun.status == "running")
+        changed = session.execute(query.values(status="failed", error=error[:4000], finished_at=datetime.now(tz=UTC)))
+        return bool(changed.rowcount)
+
+
+def running_runs(factory: sessionmaker[Session]) -> list[tuple[int, datetime]]:
+    """(id, created_at UTC) of every run still ``running``, oldest first: what the ledger reconciler watches."""
+    with factory() as session:
+        rows = session.execute(select(ScanRun.id, ScanRun.created_at).where(ScanRun.status == "running").order_by(ScanRun.id)).all()
+    return [(int(r[0]), r[1]) for r in rows]
 
 
 def failed_validation(factory: sessionmaker[Session], symbols: Sequence[str], timeframe: str) -> dict[str, str]:
@@ -74,7 +101,7 @@ def store_result(factory: sessionmaker[Session], run_id: int, result: ScanResult
     records = result.to_records()
     scored = sum(1 for r in records if r.get("rank") is not None)
     status = "succeeded" if scored else "failed"
-    error = None if scored else "no symbol could be scored: " + "; ".join(sorted({str(r.get('reason')) for r in records}))[:1000]
+    error = None if scored else "no symbol could be scored: " + "; ".join(sorted({str(r.get("reason")) for r in records}))[:1000]
     with factory() as session, session.begin():
         session.execute(delete(ScanResultRow).where(ScanResultRow.run_id == run_id))
         session.add_all(
@@ -90,7 +117,9 @@ def store_result(factory: sessionmaker[Session], run_id: int, result: ScanResult
             for r in records
         )
         session.execute(
-            update(ScanRun).where(ScanRun.id == run_id).values(status=status, error=error, stale_input=bool(stale), finished_at=datetime.now(tz=UTC))
+            update(ScanRun)
+            .where(ScanRun.id == run_id)
+            .values(status=status, error=error, stale_input=bool(stale), finished_at=datetime.now(tz=UTC))
         )
     return {"run_id": run_id, "status": status, "scored": scored, "symbols": len(records), "stale_input": len(stale)}
 
@@ -101,4 +130,7 @@ def results(factory: sessionmaker[Session], run_id: int, *, top: int | None = No
     ordered = sorted(rows, key=lambda r: (r.rank is None, r.rank or 0, r.symbol))
     if top is not None:
         ordered = [r for r in ordered if r.rank is not None][:top] + [r for r in ordered if r.rank is None]
-    return [{"symbol": r.symbol, "rank": r.rank, "score": r.score, "reason": r.reason, "stale_input": r.stale_input, **r.indicators} for r in ordered]
+    return [
+        {"symbol": r.symbol, "rank": r.rank, "score": r.score, "reason": r.reason, "stale_input": r.stale_input, **r.indicators}
+        for r in ordered
+    ]

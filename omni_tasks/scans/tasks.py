@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from celery import chord
+from celery import chord, current_task
 
 from omni_tasks.errors import PermanentError
 from omni_tasks.marketdata import calendar
@@ -17,28 +17,31 @@ from omni_tasks.scans import runs
 from omni_tasks.scans.loading import load_bars
 from omni_tasks.scans.scanner import ScanConfig, ScanPartial, chunk, merge, scan_chunk
 from omni_tasks.storage.bars import BarStore
+from omni_tasks.storage.outage import outages_retried
 from omni_tasks.taskdef import omni_task
 
 _log = structlog.get_logger("omni.scans")
 
 
 @omni_task(name="omni.scans.chunk", queue=Queue.SCANS, soft_time_limit_s=120, time_limit_s=150, ignore_result=False, max_retries=2)
-def scan_symbols(run_id: int, symbols: list[str]) -> dict[str, Any]:
+def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dict[str, Any]:
     """Indicators for one chunk of a run's universe (no score: scores are cross-sectional)."""
     runtime = get_runtime()
-    run = runs.load_run(runtime.sessions, int(run_id))
-    bars = load_bars(BarStore(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
+    with outages_retried(current_task, f"scanning a chunk of run {run_id}", runtime.settings.database):
+        run = runs.load_run(runtime.sessions, int(run_id))
+        bars = load_bars(BarStore(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
     return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()  # type: ignore[no-any-return]
 
 
 @omni_task(name="omni.scans.merge", queue=Queue.SCANS, soft_time_limit_s=60, time_limit_s=90, max_retries=2)
-def merge_chunks(partials: list[dict[str, Any]], run_id: int) -> dict[str, Any]:
+def merge_chunks(partials: list[dict[str, Any]], run_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Score and rank the whole universe from every chunk's indicators; store the run's results."""
     runtime = get_runtime()
-    run = runs.load_run(runtime.sessions, int(run_id))
-    result = merge([ScanPartial.from_json(p) for p in partials])
-    stale = runs.failed_validation(runtime.sessions, run["symbols"], run["config"].timeframe)
-    outcome = runs.store_result(runtime.sessions, int(run_id), result, stale=stale)
+    with outages_retried(current_task, f"merging scan run {run_id}", runtime.settings.database):
+        run = runs.load_run(runtime.sessions, int(run_id))
+        result = merge([ScanPartial.from_json(p) for p in partials])
+        stale = runs.failed_validation(runtime.sessions, run["symbols"], run["config"].timeframe)
+        outcome = runs.store_result(runtime.sessions, int(run_id), result, stale=stale)
     _log.info("scan finished", **outcome)
     if outcome["status"] == "failed":
         # Stored as failed above; the task fails too, so Flower and `omni status` show the failed run.
@@ -46,12 +49,25 @@ def merge_chunks(partials: list[dict[str, Any]], run_id: int) -> dict[str, Any]:
     return outcome
 
 
+@omni_task(name="omni.scans.run_failed", queue=Queue.SCANS, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
+def run_failed(request: Any, exc: Any, traceback: Any, run_id: int) -> None:
+    """Error callback of a run's chord: a chunk or the merge failed for good, so the run ends ``failed`` with the reason.
+
+    Celery calls it in the worker that saw the failure, with the failed task's
+    request and exception (never through the broker). Should this write fail
+    too (the database down), the ledger reconciler fails the run later.
+    """
+    reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(exc)
+    if runs.fail_run(get_runtime().sessions, int(run_id), f"a scan task failed: {reason}", only_running=True):
+        _log.error("scan run failed", run_id=run_id, error=reason[:500])
+
+
 def start_run(run_id: int) -> int:
-    """Enqueue a run's chunks and its merge (one chord). Returns the number of chunks."""
+    """Enqueue a run's chunks and its merge (one chord, whose failure ends the run). Returns the number of chunks."""
     runtime = get_runtime()
     run = runs.load_run(runtime.sessions, run_id)
     pieces = chunk(run["symbols"], run["chunk_size"])
-    chord(scan_symbols.s(run_id, piece) for piece in pieces)(merge_chunks.s(run_id))
+    chord(scan_symbols.s(run_id, piece) for piece in pieces)(merge_chunks.s(run_id).on_error(run_failed.s(run_id)))
     return len(pieces)
 
 

@@ -177,6 +177,8 @@ class BackfillPartition(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     notes: Mapped[str | None] = mapped_column(Text)
+    #: why there was no data: unknown_symbol (failed) or no_bars_in_range (succeeded, no rows); validation reads it
+    cause: Mapped[str | None] = mapped_column(String(30))
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
@@ -223,6 +225,90 @@ class SeriesValidation(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+class ReconciliationResult(Base):
+    """One stored bar compared with the same bar from a second provider (DESIGN section 5: a second opinion).
+
+    ``close_diff_bp``: |stored - other| / other in basis points. ``volume_diff_pct``
+    is None when the feeds are not comparable (IEX-only against consolidated
+    volume): ``volume_compared`` says so and ``note`` why. ``beyond_tolerance``:
+    the close (or a comparable volume) differs by more than the run's tolerance.
+    Re-running a reconciliation of the same bar against the same provider updates the row.
+    """
+
+    __tablename__ = "reconciliation_results"
+
+    id: Mapped[BigId]
+    checked_at: Mapped[UtcTs] = mapped_column(index=True)
+    symbol: Mapped[str] = mapped_column(String(12))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    ts: Mapped[UtcTs]
+    adjustment: Mapped[str] = mapped_column(String(8))
+    stored_provider: Mapped[str] = mapped_column(String(32))
+    stored_feed: Mapped[str] = mapped_column(String(16))
+    other_provider: Mapped[str] = mapped_column(String(32))
+    other_feed: Mapped[str] = mapped_column(String(16))
+    stored_close: Mapped[float] = mapped_column(Double())
+    other_close: Mapped[float] = mapped_column(Double())
+    close_diff_bp: Mapped[float] = mapped_column(Double())
+    stored_volume: Mapped[float] = mapped_column(Double())
+    other_volume: Mapped[float] = mapped_column(Double())
+    volume_diff_pct: Mapped[float | None] = mapped_column(Double())
+    volume_compared: Mapped[bool]
+    tolerance_bp: Mapped[float] = mapped_column(Double())
+    beyond_tolerance: Mapped[bool] = mapped_column(index=True)
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("symbol", "timeframe", "ts", "adjustment", "stored_feed", "other_provider", name="uq_reconciliation_results_bar"),
+    )
+
+
+# ---- news --------------------------------------------------------------------------------
+
+
+class NewsArticle(Base):
+    """A news article with its overall sentiment, as the provider scored it (Alpha Vantage NEWS_SENTIMENT).
+
+    One row per (provider, url): fetching the same article again updates it.
+    Scores are the provider's, -1 (bearish) .. +1 (bullish).
+    """
+
+    __tablename__ = "news_articles"
+
+    id: Mapped[BigId]
+    provider: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    title: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(200))
+    source_domain: Mapped[str | None] = mapped_column(String(200))
+    category: Mapped[str | None] = mapped_column(String(200))
+    authors: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    topics: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    banner_image: Mapped[str | None] = mapped_column(Text)
+    published_at: Mapped[UtcTs] = mapped_column(index=True)
+    overall_sentiment_score: Mapped[float | None] = mapped_column(Double())
+    overall_sentiment_label: Mapped[str | None] = mapped_column(String(40))
+    fetched_at: Mapped[UtcTs]
+
+    __table_args__ = (UniqueConstraint("provider", "url", name="uq_news_articles_provider_url"),)
+
+
+class NewsTickerSentiment(Base):
+    """One ticker an article is about: its relevance (0..1) and the sentiment towards it (-1..+1)."""
+
+    __tablename__ = "news_ticker_sentiment"
+
+    article_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("news_articles.id", ondelete="CASCADE"), primary_key=True)
+    #: as the provider writes it: AAPL, CRYPTO:BTC, FOREX:USD
+    ticker: Mapped[str] = mapped_column(String(40), primary_key=True)
+    relevance_score: Mapped[float | None] = mapped_column(Double())
+    sentiment_score: Mapped[float | None] = mapped_column(Double())
+    sentiment_label: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (Index("ix_news_ticker_sentiment_ticker", "ticker"),)
+
+
 class ScanRun(Base):
     """One scan of a universe: when, over what, and how it ended."""
 
@@ -265,7 +351,8 @@ class Order(Base):
 
     ``status``: pending (checks passed, not yet at the broker), new/accepted
     (at the broker), partially_filled, filled, cancelled, rejected (by the
-    broker), denied (by a pre-trade check; never left), expired.
+    broker), denied (by a pre-trade check; never left), expired (not sent
+    before ``expires_at``: see :mod:`omni_tasks.trading.expiry`).
     """
 
     __tablename__ = "orders"
@@ -287,6 +374,8 @@ class Order(Base):
     created_at: Mapped[UtcTs] = mapped_column(index=True)
     submitted_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[UtcTs]
+    #: Not sent after this moment: a pending order past it is recorded ``expired`` (None: rows from before deadlines).
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Fill(Base):

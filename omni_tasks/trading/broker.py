@@ -34,12 +34,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
+from omni_tasks import inputs
+
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
 OPEN_STATUSES = frozenset({"pending", "new", "accepted", "partially_filled"})
 #: Decimal places kept for quantities and prices (the ledger's Numeric(24, 8)).
 MONEY_PLACES = 8
-SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+SYMBOL_PATTERN = inputs.SYMBOL_PATTERN
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 

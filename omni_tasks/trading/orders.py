@@ -1,7 +1,11 @@
 """The order submission flow: record, read the desk, run the pre-trade checks, send or deny, record.
 
-    requested   an ``Order`` row (status ``pending``) and an ``OrderEvent`` "requested",
-                with today's trade count, in one transaction
+    requested   an ``Order`` row (status ``pending``, with its deadline ``expires_at``) and an
+                ``OrderEvent`` "requested", with today's trade count, in one transaction; the CLI
+                records both before it queues the order (:mod:`omni_tasks.trading.intake`), and
+                then this step finds the row and adds nothing
+    deadline    past the order's deadline (on arrival, or after the checks) the order is not
+                sent: it is recorded ``expired`` (:mod:`omni_tasks.trading.expiry`)
     context     the trading state (the kill switch), the broker's breaker (``broker:<name>``,
                 unreadable counts as open), the portfolio, the latest quotes, the symbol's
                 trading status (halts, LULD band) from the stream
@@ -15,7 +19,10 @@
 Idempotent on ``client_order_id``: a second delivery of a decided order returns
 what was decided; one that died before the broker accepted it (row still
 ``pending``) runs the checks again and lets the broker take the row over (a
-broker resubmit with the same id never makes a second order).
+broker resubmit with the same id never makes a second order). A broker takes a
+row only while it is ``pending``: the simulated broker under a row lock in its
+ledger transaction, any other broker after this path claimed the row (set
+``submitted_at`` where still pending). An order expired in the meantime is not sent.
 
 Where the breakers are:
 
@@ -26,8 +33,10 @@ Where the breakers are:
   an invalid order, a 4xx) is the broker answering.
 * ``database`` wraps each database transaction of the order path (the request
   record, the denial record, the outcome record). Read with ``fail_open=False``:
-  a database breaker open or unreadable means the order is not recorded and not
-  sent (:class:`DatabaseUnavailable`).
+  a database breaker open or unreadable, or the database failing anywhere on the
+  path (the broker's ledger included), means nothing is sent now and
+  :class:`~omni_tasks.errors.DatabaseUnavailable` (retryable) is raised: the task
+  retries with backoff until the order's deadline.
 
 The portfolio comes from the book the broker publishes in Redis after every
 change (:mod:`omni_tasks.trading.book`) when that broker publishes on every change
@@ -46,29 +55,39 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import redis as redis_lib
 import structlog
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import budgets, metrics
-from omni_tasks.errors import PermanentError, RetryableError
+from omni_tasks import budgets, inputs, metrics
+from omni_tasks.errors import DatabaseUnavailable, RetryableError
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.stream.latest import LatestQuote, read_latest, read_trading_status
 from omni_tasks.trading.book import read_book
-from omni_tasks.trading.broker import Broker, BrokerError, BrokerOrder, InvalidOrder, OrderBlocked, OrderRequest, check_order_request
+from omni_tasks.trading.broker import (
+    MONEY_PLACES,
+    Broker,
+    BrokerError,
+    BrokerOrder,
+    InvalidOrder,
+    OrderBlocked,
+    OrderRequest,
+    check_order_request,
+)
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
+from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
+from omni_tasks.trading.expiry import EXPIRED, expire_order, is_database_failure, updated_rows
 
 _log = structlog.get_logger("omni.orders")
 
@@ -93,27 +112,23 @@ def parse_order(
 ) -> OrderRequest:
     """An :class:`OrderRequest` from text (the CLI's words, a task's JSON arguments); InvalidOrder names the bad field.
 
-    ``qty`` and ``limit_price`` are decimal text (never floats: money is exact).
+    ``qty`` and ``limit_price`` are plain decimal text (never floats: money is exact), parsed
+    strictly by :func:`omni_tasks.inputs.decimal`: ASCII digits and one point, no sign,
+    exponent, underscore (``Decimal("1_0")`` is 10), non-ASCII digits (``Decimal("١٠")``
+    is 10), NaN or infinity.
     """
 
     def number(name: str, text: str) -> Decimal:
-        if not isinstance(text, str):
-            raise InvalidOrder(f"{name} {text!r}: pass decimal text such as '10' or '187.25' (never a float)")
         try:
-            value = Decimal(text.strip())
-        except InvalidOperation:
-            raise InvalidOrder(f"{name} {text!r} is not a number") from None
-        if not value.is_finite():
-            raise InvalidOrder(f"{name} {text!r} is not a finite number")
-        if value <= 0:
-            raise InvalidOrder(f"{name} {text!r} must be positive")
-        if value.adjusted() >= MAX_INTEGER_DIGITS:
-            raise InvalidOrder(f"{name} {text!r} is too large (at most {MAX_INTEGER_DIGITS} digits before the point)")
-        return value
+            return inputs.decimal(text, what=name, max_integer_digits=MAX_INTEGER_DIGITS, max_places=MONEY_PLACES)
+        except inputs.InputError as exc:
+            raise InvalidOrder(str(exc)) from None
 
     kind = (order_type or "").strip().lower()
     if limit_price is not None and kind == "market":
         raise InvalidOrder(f"limit_price {limit_price!r}: a market order takes no limit price (use order_type 'limit')")
+    if isinstance(symbol, str) and not symbol.isascii():
+        raise InvalidOrder(f"symbol {inputs.shown(symbol)} is not an upper-case ticker (1-10 of A-Z, 0-9, '.', '-')")
     request = OrderRequest(
         client_order_id=client_order_id,
         symbol=symbol.strip().upper() if isinstance(symbol, str) else symbol,
@@ -131,8 +146,49 @@ def broker_breaker_name(broker_name: str) -> str:
     return f"broker:{broker_name}"
 
 
-class DatabaseUnavailable(PermanentError):
-    """The database breaker is open (or unreadable) or the database failed: the order was neither recorded nor sent."""
+def order_row_values(request: OrderRequest, *, broker: str, now: datetime, deadline: datetime | None) -> dict[str, Any]:
+    """The columns of a new ``orders`` row for ``request``: ``pending``, nothing filled, due by ``deadline``."""
+    return {
+        "client_order_id": request.client_order_id, "broker": broker, "broker_order_id": None,
+        "symbol": request.symbol, "side": request.side, "qty": request.qty, "order_type": request.order_type,
+        "limit_price": request.limit_price, "status": "pending", "filled_qty": ZERO, "avg_fill_price": None,
+        "requested_by": request.requested_by[:100], "reason": None, "created_at": now, "submitted_at": None, "updated_at": now,
+        "expires_at": deadline,
+    }  # fmt: skip
+
+
+def requested_detail(request: OrderRequest, deadline: datetime | None) -> dict[str, Any]:
+    """The detail of an order's "requested" event: the order as asked, and its deadline."""
+    return {
+        "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
+        "limit_price": None if request.limit_price is None else str(request.limit_price),
+        "requested_by": request.requested_by, "expires_at": None if deadline is None else deadline.isoformat(),
+    }  # fmt: skip
+
+
+def record_expired_message(
+    sessions: sessionmaker[Session], *, broker: str, arguments: Mapping[str, Any], reason: str, now: datetime
+) -> str | None:
+    """An order message that will not run (past its deadline): record the order ``expired`` from the message's arguments.
+
+    Returns the order's status now (None: the arguments name no order). An order never
+    recorded before is recorded now, so it is seen; a decided one is left as it is.
+    """
+    client_order_id = arguments.get("client_order_id")
+    if not isinstance(client_order_id, str):
+        return None
+    try:
+        request: OrderRequest | None = parse_order(
+            **{k: arguments[k] for k in ("symbol", "side", "qty", "order_type", "limit_price", "requested_by") if k in arguments},
+            client_order_id=client_order_id,
+        )
+    except (InvalidOrder, TypeError, AttributeError):
+        request = None  # a malformed message: only an existing row can be expired
+    expires_at = arguments.get("expires_at")
+    deadline = _utc(int(float(expires_at) * 1e9)) if isinstance(expires_at, int | float) else now
+    values = None if request is None else order_row_values(request, broker=broker, now=now, deadline=deadline)
+    with sessions() as session, session.begin():
+        return expire_order(session, client_order_id=client_order_id, reason=reason, now=now, detail={"by": "expires"}, row_values=values)
 
 
 @dataclass(frozen=True)
@@ -174,10 +230,6 @@ def _is_failure(exc: BaseException) -> bool:
     return True
 
 
-def _db_failure(exc: BaseException) -> bool:
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
-
-
 class OrderSubmitter:
     """Runs :meth:`submit` for one broker. Holds no order state; cheap to keep one per process."""
 
@@ -212,12 +264,37 @@ class OrderSubmitter:
 
     # ---- the flow ------------------------------------------------------------------------------
 
-    def submit(self, request: OrderRequest) -> OrderOutcome:
-        """Check and send one order (see the module docstring). A denial returns; it never raises."""
+    def submit(self, request: OrderRequest, *, deadline: datetime | None = None) -> OrderOutcome:
+        """Check and send one order (see the module docstring). A denial or an expiry returns; it never raises.
+
+        ``deadline``: not sent after this moment (a recorded row's own ``expires_at`` wins).
+        Raises :class:`~omni_tasks.errors.DatabaseUnavailable` when the database fails
+        anywhere on the path, and RetryableError when the broker is unreachable.
+        """
         t0 = time.perf_counter()
-        known, trades_today = self._record_request(request)
+        try:
+            return self._submit(request, deadline, t0)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            if is_database_failure(exc):
+                raise DatabaseUnavailable(
+                    f"order {request.client_order_id} not sent now: database failed ({type(exc).__name__}: {str(exc)[:200]})"
+                ) from exc
+            raise
+
+    def _submit(self, request: OrderRequest, deadline: datetime | None, t0: float) -> OrderOutcome:
+        if self._past(deadline):
+            expired = self._expire(request, deadline, t0)
+            if expired is not None:
+                return self._finish(expired, t0, count=False)
+        known, trades_today, deadline = self._record_request(request, deadline)
         if known is not None:
             return self._finish(self._outcome_of(known, t0, repeat=True), t0, count=False)
+        if self._past(deadline):
+            expired = self._expire(request, deadline, t0)
+            if expired is not None:
+                return self._finish(expired, t0, count=False)
         breaker = self.broker_breaker.allow()
         trial = breaker.trial
         try:
@@ -237,7 +314,15 @@ class OrderSubmitter:
         if not decision.allowed:
             self.broker_breaker.release(trial)
             return self._finish(self._record_denial(request, decision, t0), t0)
+        if self._past(deadline):  # the desk took long to read: the deadline is checked once more before anything leaves
+            self.broker_breaker.release(trial)
+            expired = self._expire(request, deadline, t0)
+            if expired is not None:
+                return self._finish(expired, t0, count=False)
         return self._finish(self._send(request, trial, t0), t0)
+
+    def _past(self, deadline: datetime | None) -> bool:
+        return deadline is not None and _utc(self._clock_ns()) >= deadline
 
     def _context(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
         state = current_state(self._redis, self._sessions)
@@ -287,6 +372,11 @@ class OrderSubmitter:
         }
 
     def _send(self, request: OrderRequest, trial: str, t0: float) -> OrderOutcome:
+        if not self._ledger_broker:
+            held = self._claim(request)
+            if held is not None:  # decided (expired) since it was checked: nothing leaves
+                self.broker_breaker.release(trial)
+                return self._outcome_of(held, t0, repeat=True)
         sent = time.perf_counter()
         try:
             order = self.broker.submit(request)
@@ -305,8 +395,11 @@ class OrderSubmitter:
                 self._record_event(request.client_order_id, "error", "broker", str(exc), {"retryable": True})
                 raise RetryableError(f"order {request.client_order_id}: broker unavailable, will retry: {exc}") from exc
             outcome = self._record_broker_refusal(request, "rejected", "broker", str(exc), t0)
-        except BaseException:
-            self.broker_breaker.record(False, trial=trial)
+        except BaseException as exc:
+            if is_database_failure(exc):  # the broker's ledger is our database: its breaker, not the broker's, counts it
+                self.broker_breaker.release(trial)
+            else:
+                self.broker_breaker.record(False, trial=trial)
             raise
         else:
             broker_ms = _ms(sent)
@@ -326,8 +419,8 @@ class OrderSubmitter:
             with self._sessions() as session, session.begin():
                 yield session
         except BaseException as exc:
-            self.database_breaker.record(not _db_failure(exc), trial=decision.trial)
-            if _db_failure(exc):
+            self.database_breaker.record(not is_database_failure(exc), trial=decision.trial)
+            if is_database_failure(exc):
                 raise DatabaseUnavailable(
                     f"order not recorded and not sent: database failed ({type(exc).__name__}: {str(exc)[:200]})"
                 ) from exc
@@ -340,15 +433,14 @@ class OrderSubmitter:
         midnight = datetime(local.year, local.month, local.day, tzinfo=self._tz)
         return midnight.astimezone(UTC)
 
-    def _record_request(self, request: OrderRequest) -> tuple[Order | None, int]:
-        """The pending row and the "requested" event, and today's trade count; or the decided row of an earlier delivery."""
+    def _record_request(self, request: OrderRequest, deadline: datetime | None) -> tuple[Order | None, int, datetime | None]:
+        """The pending row and the "requested" event, today's trade count and the order's deadline; or the decided row.
+
+        A pending row recorded earlier (by the CLI, or a delivery that died) is taken as it
+        is: no second "requested" event, and its ``expires_at`` is the deadline.
+        """
         now = _utc(self._clock_ns())
-        values = {
-            "client_order_id": request.client_order_id, "broker": self.broker.name, "broker_order_id": None,
-            "symbol": request.symbol, "side": request.side, "qty": request.qty, "order_type": request.order_type,
-            "limit_price": request.limit_price, "status": "pending", "filled_qty": ZERO, "avg_fill_price": None,
-            "requested_by": request.requested_by[:100], "reason": None, "created_at": now, "submitted_at": None, "updated_at": now,
-        }  # fmt: skip
+        values = order_row_values(request, broker=self.broker.name, now=now, deadline=deadline)
         with self._db() as session:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:
@@ -364,25 +456,64 @@ class OrderSubmitter:
                 row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
                 if row.status in DECIDED:
                     session.expunge(row)
-                    return row, 0
-            # Core inserts: no unit-of-work flush on the hot path.
-            session.execute(
-                insert_into(OrderEvent),
-                {
-                    "ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,
-                    "detail": {
-                        "symbol": request.symbol, "side": request.side, "qty": str(request.qty), "order_type": request.order_type,
-                        "limit_price": None if request.limit_price is None else str(request.limit_price),
-                        "requested_by": request.requested_by, "redelivered": inserted is None,
-                    },
-                },
-            )  # fmt: skip
+                    return row, 0, None
+                deadline = row.expires_at or deadline
+            else:
+                # Core inserts: no unit-of-work flush on the hot path.
+                session.execute(
+                    insert_into(OrderEvent),
+                    {"ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,
+                     "detail": requested_detail(request, deadline)},
+                )  # fmt: skip
             trades = session.execute(
                 select(func.count())
                 .select_from(Order)
                 .where(Order.broker == self.broker.name, Order.created_at >= self._day_start(), Order.submitted_at.is_not(None))
             ).scalar_one()
-        return None, int(trades)
+        return None, int(trades), deadline
+
+    def _expire(self, request: OrderRequest, deadline: datetime | None, t0: float) -> OrderOutcome | None:
+        """Record the order expired (not sent by its deadline); None when a broker holds it (claimed, outcome pending there)."""
+        now = _utc(self._clock_ns())
+        due = deadline or now
+        reason = f"not sent by its deadline {due.isoformat(timespec='seconds')}: never sent to the broker"
+        with self._db() as session:
+            status = expire_order(
+                session,
+                client_order_id=request.client_order_id,
+                reason=reason,
+                now=now,
+                detail={"by": "worker", "late_s": round((now - due).total_seconds(), 3)},
+                row_values=order_row_values(request, broker=self.broker.name, now=now, deadline=due),
+            )
+            if status is None or status == "pending":
+                return None
+            row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
+            session.expunge(row)
+        if status == EXPIRED:
+            _log.warning("order expired", client_order_id=request.client_order_id, symbol=request.symbol, reason=reason)
+        return self._outcome_of(row, t0, repeat=status != EXPIRED)
+
+    def _claim(self, request: OrderRequest) -> Order | None:
+        """Before a broker without a ledger of ours is called: mark the row as at the broker (``submitted_at``) while still pending.
+
+        Returns None when claimed (send it), else the row as decided meanwhile (expired: send nothing).
+        From here the watchdog no longer expires it; a redelivery resends it (same id, one order).
+        """
+        now = _utc(self._clock_ns())
+        with self._db() as session:
+            claimed = updated_rows(
+                session,
+                update(Order)
+                .where(Order.client_order_id == request.client_order_id, Order.status == "pending")
+                .values(submitted_at=now, updated_at=now)
+                .execution_options(synchronize_session=False),
+            )
+            if claimed:
+                return None
+            row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
+            session.expunge(row)
+            return row
 
     def _record_denial(self, request: OrderRequest, decision: Decision, t0: float) -> OrderOutcome:
         now = _utc(self._clock_ns())
@@ -451,9 +582,11 @@ class OrderSubmitter:
         return self._sent_outcome(request, order, t0)
 
     def _sent_outcome(self, request: OrderRequest, order: BrokerOrder, t0: float) -> OrderOutcome:
-        check = "broker" if order.status == "rejected" else None
+        check, reason = ("broker" if order.status == "rejected" else None), order.reason
+        if order.status == EXPIRED and (reason or "").startswith(f"{DEADLINE_CHECK}: "):  # expired before the broker took it
+            check, reason = DEADLINE_CHECK, (reason or "").removeprefix(f"{DEADLINE_CHECK}: ")
         return OrderOutcome(
-            request.client_order_id, order.status, check, order.reason, order.broker_order_id or None,
+            request.client_order_id, order.status, check, reason, order.broker_order_id or None,
             plain(order.filled_qty), None if order.avg_fill_price is None else plain(order.avg_fill_price), _ms(t0),
         )  # fmt: skip
 
@@ -496,7 +629,8 @@ class OrderSubmitter:
             )
 
     def _outcome_of(self, row: Order, t0: float, *, repeat: bool) -> OrderOutcome:
-        check, _, reason = (row.reason or "").partition(": ") if row.status == "denied" else (None, "", row.reason or "")
+        split = row.status == "denied" or (row.status == EXPIRED and (row.reason or "").startswith(f"{DEADLINE_CHECK}: "))
+        check, _, reason = (row.reason or "").partition(": ") if split else (None, "", row.reason or "")
         return OrderOutcome(
             row.client_order_id, row.status, check or None, reason or None, row.broker_order_id,
             plain(row.filled_qty), None if row.avg_fill_price is None else plain(row.avg_fill_price), _ms(t0), repeat,

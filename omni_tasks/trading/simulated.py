@@ -28,7 +28,9 @@ at a time, and a ``client_order_id`` seen under the lock is never submitted twic
 (the unique constraint on orders.client_order_id is the backstop). The guard runs
 inside that transaction, right before the order is accepted, so a kill switch that
 engaged before the guard read it stops the order, and ``cancel_all`` (which takes the
-same lock) sees every order accepted before it.
+same lock) sees every order accepted before it. The order's own row is locked as it is
+read, so an expiry (:mod:`omni_tasks.trading.expiry`) and a fill never both win: only a
+row still ``pending`` is taken over.
 
 After every change to cash or positions the book is published to Redis
 (:mod:`omni_tasks.trading.book`); the day rolls at the first call on a new New York
@@ -411,6 +413,9 @@ class SimulatedBroker:
                     select(Order)
                     .where(or_(Order.client_order_id == request.client_order_id, self._resting_clause()))
                     .order_by(Order.id)
+                    # Row locks: the order path's expiry (UPDATE ... WHERE status = 'pending') waits for this
+                    # transaction and then finds the row decided, so an order is never both expired and filled.
+                    .with_for_update()
                     .execution_options(populate_existing=True)
                 )
                 .scalars()

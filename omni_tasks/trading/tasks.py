@@ -1,25 +1,37 @@
-"""Order tasks on the orders queue. Order-bearing: refused before they start while the kill switch is engaged."""
+"""Order tasks on the orders queue. Order-bearing: refused before they start while the kill switch is engaged.
+
+An order's lifetime is its own deadline (``expires_at``, set when it was accepted),
+not Celery's ``expires``: a message past it is recorded ``expired`` by the task,
+never discarded unseen (:mod:`omni_tasks.trading.expiry`).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
 
-from omni_tasks.errors import PermanentError, RetryableError
+from omni_tasks.errors import DatabaseUnavailable, PermanentError, RetryableError
 from omni_tasks.queues import Queue
 from omni_tasks.runtime import get_runtime
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import order_guard
 from omni_tasks.safety.reporting import audit_transitions
-from omni_tasks.taskdef import omni_task
+from omni_tasks.taskdef import LEDGER_STATE_ATTR, omni_task
 from omni_tasks.trading.broker import InvalidOrder
+from omni_tasks.trading.expiry import EXPIRED, deadline_of, retry_delay_s
 from omni_tasks.trading.orders import DATABASE_BREAKER, OrderSubmitter, broker_breaker_name, parse_order
 from omni_tasks.trading.wiring import make_broker
 
 _log = structlog.get_logger("omni.orders")
 _cache: dict[str, tuple[int, OrderSubmitter]] = {}
-MAX_RETRIES = 2
+#: Retries while the broker is unreachable; then the order is recorded rejected.
+MAX_BROKER_RETRIES = 2
+#: A ceiling on retries of any kind (the order's deadline ends database retries long before it).
+RETRY_CEILING = 1000
+#: The task-run ledger's state for a delivery that found its order past its deadline.
+LEDGER_EXPIRED = "EXPIRED"
 
 
 def submitter() -> OrderSubmitter:
@@ -29,7 +41,7 @@ def submitter() -> OrderSubmitter:
     if cached is not None and cached[0] == runtime.pid:
         return cached[1]
     broker = make_broker(runtime, guard=order_guard(runtime.redis, runtime.sessions))
-    hook = audit_transitions(runtime.sessions)
+    hook = audit_transitions(runtime.sessions, client=runtime.redis)
     built = OrderSubmitter(
         broker=broker,
         redis=runtime.redis,
@@ -49,15 +61,25 @@ def submitter() -> OrderSubmitter:
     soft_time_limit_s=20,
     time_limit_s=30,
     order_bearing=True,
-    max_retries=MAX_RETRIES,
+    max_retries=RETRY_CEILING,
     retry_backoff_max_s=10,
-    expires_s=120,
     ignore_result=False,  # the outcome (a small dict) is what a caller waits for
 )
 def submit_order(
-    symbol: str, side: str, qty: str, order_type: str, limit_price: str | None, client_order_id: str, requested_by: str
+    symbol: str,
+    side: str,
+    qty: str,
+    order_type: str,
+    limit_price: str | None,
+    client_order_id: str,
+    requested_by: str,
+    expires_at: float | None = None,
+    broker_attempts: int = 0,
 ) -> dict[str, Any]:
-    """Run the pre-trade checks and send the order, or record why not (idempotent on client_order_id)."""
+    """Run the pre-trade checks and send the order, or record why not (idempotent on client_order_id).
+
+    ``expires_at``: the order's deadline in UNIX seconds (absent: the TTL from when it was sent).
+    """
     try:
         request = parse_order(
             symbol=symbol, side=side, qty=qty, order_type=order_type, limit_price=limit_price,
@@ -65,12 +87,35 @@ def submit_order(
         )  # fmt: skip
     except InvalidOrder as exc:
         raise PermanentError(f"malformed order message: {exc}") from None
+    trading = get_runtime().settings.trading
+    task = submit_order.request
+    deadline = deadline_of(expires_at, accepted_at=getattr(task, "omni_sent_at", None) or time.time(), ttl_s=trading.order_ttl_s)
+    again = {
+        "symbol": symbol, "side": side, "qty": qty, "order_type": order_type, "limit_price": limit_price,
+        "client_order_id": client_order_id, "requested_by": requested_by, "expires_at": deadline.timestamp(),
+        "broker_attempts": broker_attempts,
+    }  # fmt: skip
     path = submitter()
     try:
-        return path.submit(request).to_dict()
-    except RetryableError as exc:
-        attempt = int(submit_order.request.retries or 0) + 1
-        if attempt > MAX_RETRIES:
+        outcome = path.submit(request, deadline=deadline)
+    except DatabaseUnavailable as exc:
+        seconds_left = deadline.timestamp() - time.time()
+        if seconds_left < -trading.order_expiry_grace_s:
+            # Still down after the deadline and its grace: the watchdog records the expiry once the database answers.
+            raise PermanentError(f"order {client_order_id} past its deadline while the database was unavailable: {exc}") from exc
+        attempt = max(1, int(task.retries or 0) - broker_attempts + 1)
+        delay = retry_delay_s(attempt, seconds_left=seconds_left, cap_s=trading.order_retry_max_s)
+        _log.warning("order waits for the database", client_order_id=client_order_id, attempt=attempt, retry_in_s=round(delay, 2))
+        raise submit_order.retry(exc=exc, countdown=delay, args=(), kwargs=again, max_retries=RETRY_CEILING) from exc
+    except RetryableError as exc:  # the broker unreachable
+        attempt = broker_attempts + 1
+        if attempt > MAX_BROKER_RETRIES:
             path.abandon(client_order_id, f"broker unreachable after {attempt} attempts: {exc}")
             _log.error("order abandoned", client_order_id=client_order_id, attempts=attempt)
-        raise
+            raise PermanentError(f"order {client_order_id} abandoned: broker unreachable after {attempt} attempts: {exc}") from exc
+        delay = retry_delay_s(attempt, seconds_left=deadline.timestamp() - time.time(), cap_s=trading.order_retry_max_s)
+        again["broker_attempts"] = attempt
+        raise submit_order.retry(exc=exc, countdown=delay, args=(), kwargs=again, max_retries=RETRY_CEILING) from exc
+    if outcome.status == EXPIRED:
+        setattr(task, LEDGER_STATE_ATTR, LEDGER_EXPIRED)
+    return outcome.to_dict()

@@ -11,7 +11,8 @@ the reasons of failing rows):
 5. gaps (:mod:`gaps`): expected bar starts of the window against the clean
    bars, every missing stretch classified;
 6. flags on the clean bars, never quarantine: outliers (:mod:`outliers`),
-   flat runs and provider-filled bars, stale series (:mod:`stale`);
+   flat runs, provider-filled bars, zero-volume bars of a series that
+   normally trades, stale series (:mod:`stale`);
 7. the quality report per (symbol, day) (:mod:`report`).
 
 One series per symbol: the frame holds one bar per (symbol, ts), as
@@ -22,7 +23,7 @@ provider returns it. Plain Python: no Celery, no database.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -33,7 +34,7 @@ import pandas as pd
 from omni_tasks.marketdata.frames import parse_timeframe
 from omni_tasks.validation import checks, outliers, stale
 from omni_tasks.validation.checks import BAR_CHECKS, Found, fmt, fmt_ts
-from omni_tasks.validation.gaps import Gaps, detect_gaps
+from omni_tasks.validation.gaps import NO_DATA_CODES, Gaps, detect_gaps
 from omni_tasks.validation.grid import NAT, SessionGrid, Window, utc_index, xnys_grid
 from omni_tasks.validation.report import SERIES_COLUMNS, VIOLATION_COLUMNS, ValidationResult, build_reports
 
@@ -50,6 +51,8 @@ class ValidationConfig:
     ``flat_bars``: this many equal closes in a row is a flat run.
     ``market_wide_min_symbols``: a minute missing for every symbol is a halt only with at least this many symbols.
     ``ohlc_tolerance``: absolute slack (price units) in high >= max(open, close) and low <= min(open, close).
+    ``liquid_share``: a series whose bars have volume this often (0..1) normally trades: its zero-volume bars are flagged.
+    ``liquid_min_bars``: fewer clean bars and a series is not judged for zero volume.
     """
 
     outlier_k: float = 8.0
@@ -58,7 +61,12 @@ class ValidationConfig:
     flat_bars: int = 30
     market_wide_min_symbols: int = 2
     ohlc_tolerance: float = 1e-9
+    liquid_share: float = 0.9
+    liquid_min_bars: int = 5
 
+
+#: One stretch the backfill ledger says has no data: (start, end (exclusive), cause), cause a key of gaps.NO_DATA_CODES.
+NoDataRange = tuple[datetime, datetime, str]
 
 DEFAULT_CONFIG: Final = ValidationConfig()
 
@@ -83,6 +91,7 @@ def validate_bars(
     as_of: datetime | None = None,
     config: ValidationConfig = DEFAULT_CONFIG,
     grid: SessionGrid | None = None,
+    no_data: Mapping[str, Sequence[NoDataRange]] | None = None,
 ) -> ValidationResult:
     """Validate canonical bars of ``timeframe`` for the window ``start <= ts < end`` (aware datetimes).
 
@@ -91,6 +100,10 @@ def validate_bars(
     ``as_of``: when the check runs (default now): bars not complete by then are
     not expected, and staleness is measured to it. ``grid``: the exchange
     sessions (default XNYS from :mod:`omni_tasks.marketdata.calendar`).
+    ``no_data``: per symbol, ranges where the backfill ledger says there is no
+    data (unknown symbol, no bars in range), applied in order (a later range
+    wins): bars missing there are reported as "no data", not as holes, and do
+    not make the series stale.
 
     No row is dropped: each input row ends in ``clean`` or ``quarantine``.
     Raises ValueError for a frame that is not a bar frame of this timeframe
@@ -112,7 +125,7 @@ def validate_bars(
         other = frame["timeframe"].notna() & (frame["timeframe"] != timeframe)
         if other.any():
             raise ValueError(f"rows of timeframe {frame.loc[other, 'timeframe'].iloc[0]!r} in a {timeframe} validation: validate one timeframe at a time")
-    grid = grid or xnys_grid(tf.code)
+    grid = grid or xnys_grid(tf.code, covering=pd.Timestamp(start).tz_convert("UTC").date())
     if grid.timeframe != tf:
         raise ValueError(f"the session grid is for {grid.timeframe.code}, not {tf.code}")
 
@@ -154,6 +167,7 @@ def validate_bars(
     # ---- gaps --------------------------------------------------------------------------
     window = grid.window(start_ns, end_ns, as_of_ns)
     use = clean & valid & in_range
+    explained = _no_data_matrix(no_data, names, window.starts)
     gaps = detect_gaps(
         window,
         names,
@@ -162,6 +176,7 @@ def validate_bars(
         received_codes=codes[valid],
         received_ts=ts[valid],
         market_wide_min_symbols=config.market_wide_min_symbols,
+        no_data=explained,
     )
     clock.lap("gaps")
 
@@ -195,8 +210,14 @@ def validate_bars(
     filled = stale.filled_bars(s_codes, prices["open"][order], prices["high"][order], prices["low"][order], s_close, volume[order])
     if len(filled):
         found.append(Found("filled", order[filled], [f"zero volume, open = high = low = close = previous close {fmt(c)}" for c in s_close[filled]]))
+    quiet = stale.zero_volume_bars(s_codes, volume[order], len(uniques), liquid_share=config.liquid_share, min_bars=config.liquid_min_bars)
+    if len(filled):
+        quiet = np.setdiff1d(quiet, filled)
+    if len(quiet):
+        share = stale.volume_share(s_codes, volume[order], len(uniques))
+        found.append(Found("zero_volume", order[quiet], [f"zero volume in a series that trades on {share[c]:.0%} of its bars" for c in s_codes[quiet]]))
     n_expected = len(window.starts)
-    behind = stale.bars_behind(gaps.last_present, n_expected)
+    behind = stale.bars_behind(gaps.last_present, n_expected, explained=explained)
     last_row = np.full(len(names), -1, dtype=np.int64)
     if len(order):
         last_of_symbol = np.ones(len(order), dtype=bool)
@@ -240,6 +261,19 @@ def validate_bars(
         reports=reports,
         timings_s=clock.laps,
     )
+
+
+def _no_data_matrix(no_data: Mapping[str, Sequence[NoDataRange]] | None, names: list[str], starts: np.ndarray) -> np.ndarray | None:
+    """(symbols, expected bars) int8: the no-data code where the ledger explains missing bars, 0 elsewhere."""
+    if not no_data:
+        return None
+    out = np.zeros((len(names), len(starts)), dtype=np.int8)
+    for i, name in enumerate(names):
+        for lo, hi, cause in no_data.get(name, ()):
+            code = NO_DATA_CODES.get(cause, 0)  # an unknown cause (None: data came later) clears the range
+            first, last = np.searchsorted(starts, [_ns(lo, "no_data start"), _ns(hi, "no_data end")])
+            out[i, first:last] = code
+    return out
 
 
 def _violations(found: list[Found], names: list[str], codes: np.ndarray, ts: np.ndarray, session: np.ndarray, grid: SessionGrid, window: Window) -> pd.DataFrame:
@@ -339,6 +373,7 @@ def _series(
             "last_ts": utc_index(last),
             "expected_bars": expected,
             "present_bars": present.astype(np.int64),
+            "no_data_bars": gaps.missing["no_data"].sum(axis=1).astype(np.int64),
             "completeness": present / expected if expected else np.nan,
             "bars_behind": behind.astype(np.int64),
             "stale": is_stale.astype(bool),

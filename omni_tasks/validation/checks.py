@@ -54,6 +54,7 @@ BAR_CHECKS: Final[dict[str, Check]] = {
         Check("outlier", "flag", "log return more than k robust deviations (1.4826 x MAD) from the symbol's median"),
         Check("flat", "flag", "the close did not change for N bars or more (a frozen or forward-filled series)"),
         Check("filled", "flag", "zero volume with open = high = low = close = previous close: looks forward-filled by the provider"),
+        Check("zero_volume", "flag", "zero volume in a series that normally trades (most of its bars have volume): review it, it is kept"),
         Check("stale", "flag", "the series' last bar is more than N expected bars before the end of the window"),
         Check("outside_range", "flag", "the bar is outside the window validated: checked row by row, not counted in any day"),
     )

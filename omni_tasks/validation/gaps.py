@@ -18,7 +18,15 @@ halt           yes     a run of minutes missing for *every* symbol of the batch
 quarantined    yes     a bar was received but broke an invariant (see quarantine)
 provider_hole  yes     no bar from the provider, while others had one (or the
                        batch has one symbol); a missing daily session
+unknown_symbol no      no data because the provider does not know the symbol
+                       (the backfill ledger says so: ``no_data`` ranges)
+no_bars_in_range no    no data because the symbol had no bars in that range at
+                       the provider (before its listing, after its delisting)
 ============== ======= =========================================================
+
+The two "no data" kinds come only from what the caller passes as ``no_data``
+(the backfill ledger's causes); missing bars there are not holes, and a
+series with no data is not a halt for the others.
 
 Closures and half days come from the calendar, so an exchange closure is never
 a gap. Nothing is forward-filled here: a gap is a record, not a repair.
@@ -52,10 +60,15 @@ PRESENT: Final = 0
 PROVIDER_HOLE: Final = 1
 HALT: Final = 2
 QUARANTINED: Final = 3
+UNKNOWN_SYMBOL: Final = 4
+NO_BARS_IN_RANGE: Final = 5
 MISSING_KINDS: Final = {PROVIDER_HOLE: "provider_hole", HALT: "halt", QUARANTINED: "quarantined"}
+#: "No data" causes (router.UNKNOWN_SYMBOL / router.NO_BARS_IN_RANGE) and their codes in ``no_data`` matrices.
+NO_DATA_CODES: Final = {"unknown_symbol": UNKNOWN_SYMBOL, "no_bars_in_range": NO_BARS_IN_RANGE}
 GAP_KINDS: Final = ("provider_hole", "halt", "quarantined")
 CLOSED_KINDS: Final = ("holiday", "adhoc_closure", "half_day")
-KINDS: Final = (*GAP_KINDS, *CLOSED_KINDS)
+NO_DATA_KINDS: Final = tuple(NO_DATA_CODES)
+KINDS: Final = (*GAP_KINDS, *CLOSED_KINDS, *NO_DATA_KINDS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,7 @@ class Gaps:
     ``half_day`` bars not expected), ``gap_stretches`` stretches with is_gap.
     ``expected`` is per window session; ``last_present`` per symbol is the
     index in ``window.starts`` of its last present bar (-1: none).
+    ``missing["no_data"]``: missing bars the ledger explains (unknown symbol, no bars in range).
     """
 
     symbols: tuple[str, ...]
@@ -105,6 +119,7 @@ def detect_gaps(
     received_codes: np.ndarray | None = None,
     received_ts: np.ndarray | None = None,
     market_wide_min_symbols: int = 2,
+    no_data: np.ndarray | None = None,
 ) -> Gaps:
     """Classified missing stretches of ``symbols`` in ``window``.
 
@@ -112,6 +127,8 @@ def detect_gaps(
     bars; ``received_*`` every bar received including quarantined ones (default:
     the clean bars), so a bar that came but was quarantined is told apart from
     one that never came, and a minute where any symbol has a bar is no halt.
+    ``no_data``: (n_symbols, n_expected) int8, a code of :data:`NO_DATA_CODES`
+    where the backfill ledger says there is no data (0 elsewhere).
     """
     symbols = tuple(symbols)
     n_sym, starts, offsets = len(symbols), window.starts, window.offsets
@@ -124,21 +141,27 @@ def detect_gaps(
         received = present | _matrix(window, n_sym, np.asarray(received_codes, dtype=np.int64), np.asarray(received_ts, dtype=np.int64))
 
     cls = np.zeros((n_sym, n_exp), dtype=np.int8)
+    explained = np.zeros((n_sym, n_exp), dtype=np.int8) if no_data is None else np.asarray(no_data, dtype=np.int8)
     if n_exp and n_sym:
-        nobody = ~received.any(axis=0)
+        # A symbol without data (per the ledger) takes no part in deciding a market-wide halt.
+        active = explained == 0
+        nobody = ~(received & active).any(axis=0)
         if window.grid.daily or n_sym < market_wide_min_symbols:
             halt_cols = np.zeros(n_exp, dtype=bool)
         else:
             whole_session = np.logical_and.reduceat(nobody, offsets[:-1])
-            halt_cols = nobody & ~whole_session[window.start_session]
+            halt_cols = nobody & ~whole_session[window.start_session] & (active.sum(axis=0) >= market_wide_min_symbols)
         not_received = ~received
         cls[not_received] = PROVIDER_HOLE
         cls[not_received & halt_cols[None, :]] = HALT
         cls[received & ~present] = QUARANTINED
+        cls[not_received & ~active] = explained[not_received & ~active]
 
     missing: dict[str, np.ndarray] = {}
     for code, kind in MISSING_KINDS.items():
         missing[kind] = np.add.reduceat(cls == code, offsets[:-1], axis=1).astype(np.int64) if n_exp and n_sym else np.zeros((n_sym, n_sess), dtype=np.int64)
+    no_data_cells = cls >= UNKNOWN_SYMBOL
+    missing["no_data"] = np.add.reduceat(no_data_cells, offsets[:-1], axis=1).astype(np.int64) if n_exp and n_sym else np.zeros((n_sym, n_sess), dtype=np.int64)
     present_by_session = np.add.reduceat(present, offsets[:-1], axis=1).astype(np.int64) if n_exp and n_sym else np.zeros((n_sym, n_sess), dtype=np.int64)
     expected = np.diff(offsets).astype(np.int64)
 
@@ -155,16 +178,19 @@ def detect_gaps(
     sym_of = run_first // max(n_exp, 1)
     col_first, col_last = run_first % max(n_exp, 1), run_last % max(n_exp, 1)
     run_session = window.start_session[col_first] if len(run_first) else np.zeros(0, dtype=np.int64)
-    gap_stretches = np.zeros((n_sym, n_sess), dtype=np.int64)
-    np.add.at(gap_stretches, (sym_of, run_session), 1)
     run_kind = flat[run_first]
-    kind_names = np.array(["", "provider_hole", "halt", "quarantined"], dtype=object)[run_kind]
+    run_is_gap = run_kind < UNKNOWN_SYMBOL
+    gap_stretches = np.zeros((n_sym, n_sess), dtype=np.int64)
+    np.add.at(gap_stretches, (sym_of[run_is_gap], run_session[run_is_gap]), 1)
+    kind_names = np.array(["", "provider_hole", "halt", "quarantined", "unknown_symbol", "no_bars_in_range"], dtype=object)[run_kind]
     reasons = np.array(
         [
             "",
             "no bar from the provider",
             f"none of the {n_sym} symbols has a bar: probable trading halt or market-wide outage",
             "a bar was received but broke an invariant: see quarantine",
+            "no data: the provider does not know the symbol (backfill ledger)",
+            "no data: the provider has no bars for the symbol in this range, e.g. before its listing or after its delisting (backfill ledger)",
         ],
         dtype=object,
     )[run_kind]
@@ -179,7 +205,7 @@ def detect_gaps(
                 "end": starts[col_last] + step,
                 "bars": (col_last - col_first + 1).astype(np.int64),
                 "kind": kind_names,
-                "is_gap": True,
+                "is_gap": run_is_gap,
                 "reason": reasons,
             }
         )

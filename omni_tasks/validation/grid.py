@@ -261,13 +261,20 @@ def _regular_hours(dates: pd.DatetimeIndex, at: object, tz: str) -> np.ndarray:
     return wall.tz_localize(tz).tz_convert("UTC").as_unit("ns").asi8
 
 
-@lru_cache(maxsize=8)
-def xnys_grid(timeframe: str) -> SessionGrid:
-    """Every XNYS session the calendar knows (2000 to a year ahead) and every weekday it was closed, for ``timeframe``.
+def xnys_grid(timeframe: str, covering: date | None = None) -> SessionGrid:
+    """Every XNYS session the calendar knows (2000, or ``covering`` when earlier, to a year ahead)
+    and every weekday it was closed, for ``timeframe``.
 
-    Built once per process per timeframe (the calendar itself takes ~1-2 s the first time).
+    Built once per process per timeframe and calendar span (the calendar widens on demand:
+    :func:`omni_tasks.marketdata.calendar.calendar`).
     """
-    cal = calendar.calendar()
+    cal = calendar.calendar(covering=covering)
+    return _xnys_grid(timeframe, pd.Timestamp(cal.first_session).date())
+
+
+@lru_cache(maxsize=8)
+def _xnys_grid(timeframe: str, first_session: date) -> SessionGrid:
+    cal = calendar.calendar(covering=first_session)
     tz = str(cal.tz)
     sched = cal.schedule
     dates = pd.DatetimeIndex(sched.index)

@@ -23,6 +23,9 @@ completeness        float           present / expected (NaN when nothing expecte
 provider_hole_bars  int             see :mod:`omni_tasks.validation.gaps`
 halt_bars           int
 quarantined_bars    int             expected bars whose only row was quarantined
+no_data_bars        int             expected bars the backfill ledger explains: the
+                                    symbol is unknown, or had no bars in that range
+                                    (not holes, not in missing_bars)
 half_day_bars       int             regular-day bars after an early close (not gaps)
 gap_stretches       int             stretches with is_gap that day
 quarantined_rows    int             rows of that day moved to quarantine
@@ -58,12 +61,12 @@ from omni_tasks.validation.grid import SessionGrid
 
 REPORT_COLUMNS: Final = (
     "symbol", "timeframe", "session", "status", "closure_name", "expected_bars", "present_bars", "missing_bars",
-    "completeness", "provider_hole_bars", "halt_bars", "quarantined_bars", "half_day_bars", "gap_stretches",
+    "completeness", "provider_hole_bars", "halt_bars", "quarantined_bars", "no_data_bars", "half_day_bars", "gap_stretches",
     "quarantined_rows", "flagged_rows", "outliers", "violations",
 )
 VIOLATION_COLUMNS: Final = ("row", "symbol", "ts", "session", "check", "action", "reason", "score")
 SERIES_COLUMNS: Final = (
-    "symbol", "rows", "clean_rows", "first_ts", "last_ts", "expected_bars", "present_bars", "completeness",
+    "symbol", "rows", "clean_rows", "first_ts", "last_ts", "expected_bars", "present_bars", "no_data_bars", "completeness",
     "bars_behind", "stale", "returns_scored", "outliers",
 )
 
@@ -88,6 +91,7 @@ class QualityReport:
     provider_hole_bars: int
     halt_bars: int
     quarantined_bars: int
+    no_data_bars: int
     half_day_bars: int
     gap_stretches: int
     quarantined_rows: int
@@ -132,7 +136,7 @@ class ValidationResult:
             completeness = values["completeness"]
             values["completeness"] = None if completeness is None or np.isnan(completeness) else float(completeness)
             values["closure_name"] = None if values["closure_name"] is None or pd.isna(values["closure_name"]) else str(values["closure_name"])
-            for name in ("expected_bars", "present_bars", "missing_bars", "provider_hole_bars", "halt_bars", "quarantined_bars", "half_day_bars", "gap_stretches", "quarantined_rows", "flagged_rows", "outliers"):
+            for name in ("expected_bars", "present_bars", "missing_bars", "provider_hole_bars", "halt_bars", "quarantined_bars", "no_data_bars", "half_day_bars", "gap_stretches", "quarantined_rows", "flagged_rows", "outliers"):
                 values[name] = int(values[name])
             values["symbol"], values["timeframe"], values["status"] = str(values["symbol"]), str(values["timeframe"]), str(values["status"])
             values["violations"] = dict(values["violations"])
@@ -194,6 +198,7 @@ def build_reports(*, timeframe: str, gaps: Gaps, violations: pd.DataFrame, grid:
         "provider_hole_bars": spread(gaps.missing["provider_hole"]),
         "halt_bars": spread(gaps.missing["halt"]),
         "quarantined_bars": spread(gaps.missing["quarantined"]),
+        "no_data_bars": spread(gaps.missing["no_data"]),
         "half_day_bars": spread(gaps.missing["half_day"]),
         "gap_stretches": spread(gaps.gap_stretches),
     }
@@ -259,6 +264,7 @@ def build_reports(*, timeframe: str, gaps: Gaps, violations: pd.DataFrame, grid:
             "provider_hole_bars": counts["provider_hole_bars"],
             "halt_bars": counts["halt_bars"],
             "quarantined_bars": counts["quarantined_bars"],
+            "no_data_bars": counts["no_data_bars"],
             "half_day_bars": counts["half_day_bars"],
             "gap_stretches": counts["gap_stretches"],
             "quarantined_rows": counts["quarantined_rows"],

@@ -12,7 +12,11 @@
   without trades. Validation never fills anything itself; a filled bar from a
   provider is flagged so it is on record.
 
-All three are flags for review, not quarantine: the rows are real rows.
+* **zero volume**: a bar without volume in a series that normally trades
+  (most of its bars have volume): a session without trades in a liquid name
+  is rare enough to be looked at (a halt, a feed that lost the volume).
+
+All four are flags for review, not quarantine: the rows are real rows.
 """
 
 from __future__ import annotations
@@ -47,6 +51,32 @@ def filled_bars(codes: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.
     return np.flatnonzero(hit)
 
 
-def bars_behind(last_present: np.ndarray, n_expected: int) -> np.ndarray:
-    """Expected bars after each symbol's last present bar (``last_present`` -1: none present, all are behind)."""
-    return n_expected - 1 - last_present
+def volume_share(codes: np.ndarray, volume: np.ndarray, n_symbols: int) -> np.ndarray:
+    """Per symbol code: the share (0..1) of its bars with a positive volume (NaN without bars)."""
+    bars = np.bincount(codes, minlength=n_symbols).astype(np.float64)
+    traded = np.bincount(codes, weights=(volume > 0).astype(np.float64), minlength=n_symbols)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(bars > 0, traded / np.maximum(bars, 1), np.nan)
+
+
+def zero_volume_bars(codes: np.ndarray, volume: np.ndarray, n_symbols: int, *, liquid_share: float, min_bars: int) -> np.ndarray:
+    """Positions (sorted by code, ts) of zero-volume bars in series that trade on at least ``liquid_share`` of at least ``min_bars`` bars."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    share = volume_share(codes, volume, n_symbols)
+    bars = np.bincount(codes, minlength=n_symbols)
+    liquid = (bars >= min_bars) & (share >= liquid_share)
+    return np.flatnonzero((volume == 0) & liquid[codes])
+
+
+def bars_behind(last_present: np.ndarray, n_expected: int, *, explained: np.ndarray | None = None) -> np.ndarray:
+    """Expected bars after each symbol's last present bar (``last_present`` -1: none present, all are behind).
+
+    ``explained`` (symbols x expected bars, non-zero where the backfill ledger
+    says there is no data): those bars are not counted behind.
+    """
+    behind = n_expected - 1 - last_present
+    if explained is None or n_expected == 0:
+        return behind
+    after = np.arange(n_expected)[None, :] > last_present[:, None]
+    return behind - ((explained != 0) & after).sum(axis=1)

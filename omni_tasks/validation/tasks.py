@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from celery import current_task
 
 from omni_tasks import alerts
 from omni_tasks.errors import PermanentError
@@ -14,6 +15,7 @@ from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
 from omni_tasks.runtime import get_runtime
 from omni_tasks.storage.models import BackfillJob
+from omni_tasks.storage.outage import outages_retried
 from omni_tasks.taskdef import omni_task
 from omni_tasks.validation.persist import validate_stored
 
@@ -21,39 +23,83 @@ _log = structlog.get_logger("omni.validation")
 
 
 @omni_task(name="omni.validation.backfill_job", queue=Queue.VALIDATION, soft_time_limit_s=600, time_limit_s=720, max_retries=2)
-def validate_backfill_job(job_id: int) -> dict[str, Any]:
+def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Validate everything a finished backfill job stored (enqueued when its last partition finishes)."""
     runtime = get_runtime()
-    with runtime.sessions() as session:
-        job = session.get(BackfillJob, int(job_id))
-        if job is None:
-            raise LookupError(f"backfill job {job_id} does not exist")
-        symbols = list(job.symbols.get("symbols", []))
-        timeframe, start, end, feed, adjustment = job.timeframe, job.start.date(), job.end.date(), job.feed, job.adjustment
-    _, summary = validate_stored(
-        runtime.engine, runtime.sessions, symbols, timeframe=timeframe, start=start, end=end,
-        feeds=serving_feeds(runtime.settings.providers.order, feed), adjustment=adjustment,
+    with outages_retried(current_task, f"validating backfill job {job_id}", runtime.settings.database):
+        with runtime.sessions() as session:
+            job = session.get(BackfillJob, int(job_id))
+            if job is None:
+                raise LookupError(f"backfill job {job_id} does not exist")
+            symbols = list(job.symbols.get("symbols", []))
+            timeframe, start, end, feed, adjustment = job.timeframe, job.start.date(), job.end.date(), job.feed, job.adjustment
+        _, summary = validate_stored(
+            runtime.engine,
+            runtime.sessions,
+            symbols,
+            timeframe=timeframe,
+            start=start,
+            end=end,
+            feeds=serving_feeds(runtime.settings.providers.order, feed),
+            adjustment=adjustment,
+        )
+    _log.info(
+        "backfill job validated",
+        job_id=job_id,
+        **{k: v for k, v in summary.items() if k != "failed_series"},
+        failed=len(summary["failed_series"]),
     )
-    _log.info("backfill job validated", job_id=job_id, **{k: v for k, v in summary.items() if k != "failed_series"}, failed=len(summary["failed_series"]))
     _alert_failures(summary, f"backfill job {job_id}")
     _fail_when_failed(summary, f"validation of backfill job {job_id}")
     return {"job_id": job_id, **summary}
 
 
 @omni_task(name="omni.validation.nightly", queue=Queue.VALIDATION, soft_time_limit_s=900, time_limit_s=1000, max_retries=1)
-def nightly() -> dict[str, Any]:
+def nightly(store_retries: int = 0) -> dict[str, Any]:
     """Validate the last few sessions of the universe (the nightly backfill's window)."""
     runtime = get_runtime()
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)
     today = datetime.now(tz=UTC).date()
-    _, summary = validate_stored(
-        runtime.engine, runtime.sessions, symbols, timeframe=settings.timeframe,
-        start=today - timedelta(days=max(7, settings.overlap_days)), end=today + timedelta(days=1),
-        feeds=serving_feeds(runtime.settings.providers.order, settings.feed), adjustment=settings.adjustment,
-    )
+    with outages_retried(current_task, "validating the nightly window", runtime.settings.database):
+        _, summary = validate_stored(
+            runtime.engine,
+            runtime.sessions,
+            symbols,
+            timeframe=settings.timeframe,
+            start=today - timedelta(days=max(7, settings.overlap_days)),
+            end=today + timedelta(days=1),
+            feeds=serving_feeds(runtime.settings.providers.order, settings.feed),
+            adjustment=settings.adjustment,
+        )
     _alert_failures(summary, "nightly validation")
+    if runtime.settings.reconcile.nightly:
+        summary["reconciliation"] = _reconcile(
+            runtime, symbols, settings.timeframe, today - timedelta(days=max(7, settings.overlap_days)), today + timedelta(days=1), settings.feed, settings.adjustment
+        )
     _fail_when_failed(summary, "nightly validation")
+    return summary
+
+
+@omni_task(name="omni.validation.reconcile", queue=Queue.VALIDATION, soft_time_limit_s=600, time_limit_s=720, max_retries=1)
+def reconcile(symbols: list[str], timeframe: str, start: str, end: str, feed: str | None = None, adjustment: str | None = None) -> dict[str, Any]:
+    """Compare a sample of stored bars with a second provider (close and volume) and record the differences."""
+    from datetime import date
+
+    from omni_tasks.marketdata.frames import check_symbol
+
+    runtime = get_runtime()
+    settings = runtime.settings.backfill
+    chosen = [check_symbol(s) for s in symbols]
+    return _reconcile(runtime, chosen, timeframe, date.fromisoformat(start), date.fromisoformat(end), feed or settings.feed, adjustment or settings.adjustment)
+
+
+def _reconcile(runtime: Any, symbols: list[str], timeframe: str, start: Any, end: Any, feed: str, adjustment: str) -> dict[str, Any]:
+    from omni_tasks.validation.reconcile import reconcile_stored
+
+    report = reconcile_stored(runtime.settings, runtime.redis, runtime.engine, runtime.sessions, symbols, timeframe=timeframe, start=start, end=end, feed=feed, adjustment=adjustment)
+    summary = report.summary()
+    _log.info("reconciled with a second provider", compared=summary["compared"], differences=summary["differences"], skipped=len(summary["skipped"]))
     return summary
 
 

@@ -141,7 +141,7 @@ def test_force_closed_is_kept_apart_from_the_automatic_state(env: dict[str, str]
         ),
         (("reset", "provider:alpha_vantage", "--reason", "x"), "unknown breaker 'provider:alpha_vantage'"),
         (("trip", "database", "--reason", "   "), "--reason must say why"),
-        (("force", "database", "sideways", "--reason", "x"), "state 'sideways': choose open or closed"),
+        (("force", "database", "sideways", "--reason", "x"), "STATE 'sideways': choose one of open, closed"),
         (("trip", "database", "--reason", "x", "--operator", "bad name!"), "--operator 'bad name!'"),
     ],
 )
@@ -150,6 +150,8 @@ def test_bad_requests_are_refused_and_change_nothing(
 ) -> None:
     done = omni(env, *args)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert message in " ".join(done.stdout.split())
+    # One line on stderr naming the problem (DESIGN section 11).
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
     assert all(row["forced"] is None for row in listed(env).values())
     assert not redis_client.exists("omni:breaker:broker:nope")

@@ -311,3 +311,21 @@ def test_cli_config_show_bad_value_exits_2_with_one_line_naming_the_variable(tmp
     assert len(lines) == 1, result.stderr
     assert "OMNI_FLOWER_PORT" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_load_settings_earliest_backfill_date_default_allows_decades_and_is_bounded_by_the_calendar() -> None:
+    from datetime import date
+
+    assert load_settings({}).backfill.earliest_date == date(1962, 1, 2)
+    assert load_settings({"OMNI_BACKFILL_EARLIEST_DATE": "1927-01-03"}).backfill.earliest_date == date(1927, 1, 3)
+    assert "OMNI_BACKFILL_EARLIEST_DATE" in _config_error({"OMNI_BACKFILL_EARLIEST_DATE": "1884-12-31"})
+    assert "first session of the exchange calendar" in _config_error({"OMNI_BACKFILL_EARLIEST_DATE": "1884-12-31"})
+
+
+def test_load_settings_news_and_reconcile_settings_are_validated() -> None:
+    settings = load_settings({"OMNI_NEWS_SYMBOLS": "aapl,msft", "OMNI_NEWS_LIMIT": "1000", "OMNI_RECONCILE_TOLERANCE_BP": "10"})
+    assert settings.news.symbols == ["AAPL", "MSFT"]
+    assert settings.news.limit == 1000
+    assert settings.reconcile.tolerance_bp == 10.0
+    assert "OMNI_NEWS_LIMIT" in _config_error({"OMNI_NEWS_LIMIT": "100"})
+    assert "OMNI_NEWS_TIME_ZONE" in _config_error({"OMNI_NEWS_TIME_ZONE": "Mars/Olympus"})

@@ -20,7 +20,16 @@ querying recent SIP data" when ``end`` is within the last 15 minutes) is
 handled loudly: the end is clamped to now - 15 min and the call repeated; if
 SIP is still refused the feed is switched to IEX. Each step is a structlog
 warning and a note in ``BarResult.notes``, and the ``feed`` column is always
-the feed that served the rows (IEX volumes are a small share of SIP's).
+the feed that served the rows (IEX volumes are a small share of SIP's). When
+the call then fails or finds nothing, the notes travel on the error
+(``ProviderError.notes``), so the ledger keeps them whatever the outcome.
+
+Alpaca answers a symbol it does not know and a range without bars the same
+way (``{"bars": {}}``). On an empty answer the adapter asks once for the
+symbol's latest bar (``/v2/stocks/bars/latest``, IEX feed, so the recent-SIP
+rule cannot refuse it): none means UnknownSymbol; one means the symbol is
+known and the range is empty (NoBarsInRange, naming where the latest bar
+lies: before the range suggests a delisting, after it a later listing).
 
 Timestamps are UTC bar starts. Alpaca stamps a daily bar at midnight New York
 time (05:00Z/04:00Z); frames.canonical_bars relabels it to its session date at
@@ -42,7 +51,16 @@ from alpaca.common.exceptions import APIError
 from alpaca.data.historical.stock import StockHistoricalDataClient
 
 from omni_tasks.marketdata import frames
-from omni_tasks.marketdata.errors import AuthenticationFailed, MalformedPayload, ProviderUnavailable, UnknownSymbol, UnsupportedRequest
+from omni_tasks.marketdata.errors import (
+    AuthenticationFailed,
+    EmptyData,
+    MalformedPayload,
+    NoBarsInRange,
+    ProviderError,
+    ProviderUnavailable,
+    UnknownSymbol,
+    UnsupportedRequest,
+)
 from omni_tasks.marketdata.providers import alpaca_mappings as mappings
 from omni_tasks.marketdata.providers import alpaca_requests as build
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
@@ -54,6 +72,7 @@ NAME: Final = "alpaca"
 #: Pages one request may walk before it is treated as a server that never ends (10,000 bars per page).
 MAX_PAGES: Final = 500
 BARS_PATH: Final = "/stocks/bars"  # alpaca-py prefixes the base URL and /v2
+LATEST_BARS_PATH: Final = "/stocks/bars/latest"
 
 CAPABILITIES: Final = Capabilities(
     timeframes=frozenset(build.TIMEFRAMES),
@@ -143,21 +162,43 @@ class AlpacaBars:
         notes: list[str] = []
         calls = 0
         feed, end = request.feed, request.end
-        while True:
-            try:
-                rows, made = self._all_pages(client, request, feed=feed, end=end)
-                calls += made
-                break
-            except _RecentSipRefused as refused:
-                calls += refused.calls
-                feed, end = self._after_sip_refusal(request, feed=feed, end=end, notes=notes)
+        try:
+            while True:
+                try:
+                    rows, made = self._all_pages(client, request, feed=feed, end=end)
+                    calls += made
+                    break
+                except _RecentSipRefused as refused:
+                    calls += refused.calls
+                    feed, end = self._after_sip_refusal(request, feed=feed, end=end, notes=notes)
+        except ProviderError as exc:
+            exc.notes[:0] = notes  # a clamp or a feed switch said before the failure stays on record
+            raise
         if not rows:
             # Alpaca answers an unknown symbol with an empty "bars" object; a range without trades looks the same.
-            raise UnknownSymbol(f"Alpaca has no {request.timeframe} bars for {symbol} on the {feed} feed between "
-                                f"{request.start.isoformat()} and {end.isoformat()} (unknown symbol, or no trades in the range)", provider=NAME)
+            raise self._no_rows(client, request, feed=feed, end=end, notes=notes)
         bars = frames.canonical_bars(mappings.bars_frame(rows), symbol=symbol, timeframe=request.timeframe, provider=NAME, feed=feed, adjustment=request.adjustment)
         inside = (bars["ts"] >= pd.Timestamp(request.start)) & (bars["ts"] < pd.Timestamp(end))
         return BarResult(bars=bars[inside].reset_index(drop=True), notes=notes, calls=calls)
+
+    def _no_rows(self, client: _Client, request: BarRequest, *, feed: str, end: datetime, notes: list[str]) -> ProviderError:
+        """The error for an empty answer: UnknownSymbol, or NoBarsInRange when Alpaca has a latest bar for the symbol."""
+        symbol, span = request.symbol, f"between {request.start.isoformat()} and {end.isoformat()}"
+        what = f"Alpaca has no {request.timeframe} bars for {symbol} on the {feed} feed {span}"
+        try:
+            last = mappings.latest_bar_ts(self._get(client, build.latest_bar_query(symbol), symbol=symbol, path=LATEST_BARS_PATH), symbol)
+        except (ProviderError, _RecentSipRefused) as exc:
+            # Which of the two it is stays open: a transient answer, tried again later.
+            return EmptyData(f"{what}, and asking for its latest bar failed ({exc}): unknown symbol or empty range, not known yet", provider=NAME, notes=notes)
+        if last is None:
+            return UnknownSymbol(f"{what}, and no latest bar: Alpaca does not know {symbol}", provider=NAME, notes=notes)
+        if last < pd.Timestamp(request.start):
+            where = "before the range (delisted, or no longer traded?)"
+        elif last >= pd.Timestamp(end):
+            where = "after the range (listed later, or no trades in the range)"
+        else:
+            where = "inside the range"
+        return NoBarsInRange(f"{what}; its latest bar is {last.isoformat()}, {where}", provider=NAME, notes=notes)
 
     def _after_sip_refusal(self, request: BarRequest, *, feed: str, end: datetime, notes: list[str]) -> tuple[str, datetime]:
         """The (feed, end) to try after a recent-SIP refusal, said out loud in the log and the notes."""
@@ -201,9 +242,9 @@ class AlpacaBars:
                 raise MalformedPayload(f"Alpaca paging does not end: page {calls} repeats or exceeds the page limit (token {token[:16]!r}...)", provider=NAME)
             seen.add(token)
 
-    def _get(self, client: _Client, query: dict[str, str], *, symbol: str) -> Any:
+    def _get(self, client: _Client, query: dict[str, str], *, symbol: str, path: str = BARS_PATH) -> Any:
         try:
-            return client.get(BARS_PATH, query)
+            return client.get(path, query)
         except APIError as exc:
             status = exc.status_code
             message = mappings.error_message(str(exc))

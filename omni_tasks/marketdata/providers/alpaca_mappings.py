@@ -14,6 +14,10 @@ endpoint ``GET /v2/stocks/{symbol}/bars`` has ``"bars": [...]`` and
 ``t`` is the bar's start in UTC (RFC 3339); daily bars start at midnight New
 York time (``05:00Z`` in winter, ``04:00Z`` in summer).
 
+The latest bar (``GET /v2/stocks/bars/latest?symbols=AAPL``) is
+``{"bars": {"AAPL": {"t": ..., "o": ..., ...}}}``; a symbol Alpaca does not
+know is absent (``{"bars": {}}``). A delisted symbol keeps its last bar.
+
 Errors come back as ``{"code": 40010001, "message": "invalid symbol: ..."}``
 or just ``{"message": "forbidden."}``, with the HTTP status telling the kind.
 """
@@ -118,6 +122,21 @@ def bars_frame(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise MalformedPayload(f"Alpaca bar timestamp is not RFC 3339: {exc}", provider=PROVIDER) from None
     return frame
+
+
+def latest_bar_ts(payload: Any, symbol: str) -> pd.Timestamp | None:
+    """The start (UTC) of ``symbol``'s latest bar in a latest-bars answer; None when Alpaca has none (it does not know the symbol)."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("bars"), Mapping | None):
+        raise MalformedPayload("Alpaca latest-bars answer has no 'bars' object", provider=PROVIDER)
+    bar = (payload.get("bars") or {}).get(symbol)
+    if bar is None:
+        return None
+    if not isinstance(bar, Mapping) or not isinstance(bar.get("t"), str):
+        raise MalformedPayload(f"Alpaca latest bar of {symbol} has no time 't'", provider=PROVIDER)
+    try:
+        return pd.Timestamp(bar["t"]).tz_convert("UTC")
+    except (ValueError, TypeError) as exc:
+        raise MalformedPayload(f"Alpaca latest bar of {symbol}: bad time {bar['t']!r}: {exc}", provider=PROVIDER) from None
 
 
 def _is_number(value: Any) -> bool:

@@ -84,6 +84,13 @@ def _wire_value(value: object) -> str:
     return str(value)  # TimeFrame's str() is the wire code ("5Min"); datetimes are already RFC 3339 strings
 
 
+def latest_bar_query(symbol: str, *, feed: str = "iex") -> dict[str, str]:
+    """The query of ``GET /v2/stocks/bars/latest`` for one symbol (the probe that tells an unknown symbol from an empty range)."""
+    if feed not in FEEDS:
+        raise ValueError(f"Alpaca has no {feed!r} stock feed here: choose from {', '.join(FEEDS)}")
+    return {"symbols": symbol, "feed": feed}
+
+
 def sip_recent_limit(now: datetime) -> datetime:
     """The latest end the free plan accepts for SIP data: ``now`` minus 15 minutes, floored to the minute."""
     return (now - SIP_RECENT_WINDOW).replace(second=0, microsecond=0)

@@ -69,11 +69,21 @@ def capabilities(daily_quota: int = FREE_DAILY_QUOTA) -> Capabilities:
 CAPABILITIES: Final = capabilities()
 
 
-class _TimeSeries(TimeSeries):  # type: ignore[misc]  # alpha_vantage ships no type hints
-    """alpha_vantage's TimeSeries whose HTTP step goes to ``base_url``, with a timeout and status checks."""
+class RebasedCalls:
+    """alpha_vantage's HTTP step, replaced: the library's URL sent to ``base_url`` with a timeout, status and body checked.
+
+    Mixed into a subclass of one of the library's classes (``TimeSeries``,
+    ``AlphaIntelligence``), first in the bases, so the library keeps building
+    the URL and unpacking the answer and only ``_handle_api_call`` is ours.
+    """
+
+    # Set by the library's AlphaVantage.__init__.
+    key: str
+    headers: dict[str, str]
+    proxy: dict[str, str]
 
     def __init__(self, key: str, *, base_url: str, timeout_s: float, symbol: str) -> None:
-        super().__init__(key=key, output_format="json")
+        super().__init__(key=key, output_format="json")  # type: ignore[call-arg]  # the library class's __init__
         self._base_url = base_url
         self._timeout_s = timeout_s
         self._symbol = symbol
@@ -106,6 +116,10 @@ class _TimeSeries(TimeSeries):  # type: ignore[misc]  # alpha_vantage ships no t
         if error is not None:
             raise error
         return payload
+
+
+class _TimeSeries(RebasedCalls, TimeSeries):  # type: ignore[misc]  # alpha_vantage ships no type hints
+    """alpha_vantage's TimeSeries whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 
 def _seconds(value: str | None) -> float | None:

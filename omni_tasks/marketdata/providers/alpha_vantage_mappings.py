@@ -63,6 +63,9 @@ def body_error(payload: Any, *, symbol: str) -> ProviderError | None:
         if "premium endpoint" in lowered or "premium feature" in lowered:
             # Not a rate limit: retrying later cannot help on this plan.
             return UnsupportedRequest(f"Alpha Vantage: the plan does not include this call: {message}", provider=PROVIDER)
+        if "invalid input" in lowered:
+            # NEWS_SENTIMENT's answer to a ticker it does not know: waiting cannot help either.
+            return UnknownSymbol(f"Alpha Vantage: {message} (symbol {symbol})", provider=PROVIDER)
         return RateLimited(f"Alpha Vantage rate limit (Information): {message}", provider=PROVIDER)
     if "Note" in payload:
         return RateLimited(f"Alpha Vantage rate limit (Note): {payload['Note']}", provider=PROVIDER)

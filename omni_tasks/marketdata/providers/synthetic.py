@@ -10,7 +10,7 @@ real provider unless the operator put it in the provider order.
 from __future__ import annotations
 
 import hashlib
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 
 import numpy as np
@@ -21,6 +21,10 @@ from omni_tasks.marketdata.frames import TIMEFRAMES, canonical_bars, empty_bars
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
 
 _MAX_SESSIONS = 12_000  # daily draws per symbol: sessions from 2000 well past 2040
+#: Session 0 of the walk. Sessions before it come from a second walk run backwards from the
+#: same base price, so bars from 2000 on stay what they always were when history is widened.
+_EPOCH = date(2000, 1, 3)
+_MAX_BEFORE = 40_000  # XNYS sessions from 1885 to 2000 (Saturday sessions included) with room
 
 
 def _seed(*parts: object) -> int:
@@ -48,10 +52,56 @@ def _daily_path(symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return open_, high, low, close, volume
 
 
+@lru_cache(maxsize=2048)
+def _past_path(symbol: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """open, high, low, close, volume of the sessions before the epoch, newest first (k = 0 is the session before it)."""
+    rng = np.random.default_rng(_seed("daily-before", symbol))
+    base = 20.0 + (_seed("base", symbol) % 48_000) / 100.0
+    vol = 0.012 + (_seed("vol", symbol) % 20) / 1000.0
+    returns = rng.normal(0.0003, vol, _MAX_BEFORE)
+    gaps = rng.normal(0.0, vol / 4, _MAX_BEFORE)
+    wick_hi = np.abs(rng.normal(0.0, vol / 2, _MAX_BEFORE))
+    wick_lo = np.abs(rng.normal(0.0, vol / 2, _MAX_BEFORE))
+    # The close of the session before the epoch is the base (the forward walk's "previous close").
+    close = base * np.exp(-np.concatenate(([0.0], np.cumsum(returns[:-1]))))
+    prev = np.concatenate((close[1:], [close[-1]]))
+    open_ = prev * np.exp(gaps)
+    high = np.maximum(open_, close) * np.exp(wick_hi)
+    low = np.minimum(open_, close) * np.exp(-wick_lo)
+    avg_volume = 2e5 + (_seed("volume", symbol) % 50) * 1e5
+    volume = np.round(avg_volume * rng.lognormal(0.0, 0.35, _MAX_BEFORE))
+    return open_, high, low, close, volume
+
+
 @lru_cache(maxsize=1)
 def _session_index() -> dict[date, int]:
-    all_sessions = calendar.sessions(date.fromisoformat(calendar.CALENDAR_START), date(2100, 1, 1))
+    all_sessions = calendar.sessions(_EPOCH, date(2100, 1, 1))
     return {d: i for i, d in enumerate(all_sessions)}
+
+
+def _positions(days: list[date]) -> dict[date, int]:
+    """Each session's place in the walk: 0.. from the epoch on, -1, -2, ... before it."""
+    index = _session_index()
+    early = [d for d in days if d < _EPOCH]
+    out = {d: index[d] for d in days if d >= _EPOCH}
+    if early:
+        before = calendar.sessions(min(early), _EPOCH - timedelta(days=1))
+        out.update({d: i - len(before) for i, d in enumerate(before) if d in set(early)})
+    return out
+
+
+def _ohlcv(symbol: str, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """open, high, low, close, volume at these walk positions (negative: before the epoch)."""
+    after, before = _daily_path(symbol), None
+    out = [np.empty(len(positions)) for _ in range(5)]
+    late = positions >= 0
+    for k in range(5):
+        out[k][late] = after[k][positions[late]]
+    if (~late).any():
+        before = _past_path(symbol)
+        for k in range(5):
+            out[k][~late] = before[k][-positions[~late] - 1]
+    return out[0], out[1], out[2], out[3], out[4]
 
 
 class SyntheticBars:
@@ -80,13 +130,13 @@ class SyntheticBars:
             last = pd.Timestamp(starts[-1].tz_convert(calendar.calendar().tz).date()).tz_localize("UTC") + pd.Timedelta(days=1)
             requested = starts
             starts = calendar.expected_bar_starts(timeframe, first.to_pydatetime(), last.to_pydatetime())
-        open_, high, low, close, volume = _daily_path(request.symbol)
-        index = _session_index()
         if timeframe.code == "1Day":
-            rows = [index[ts.date()] for ts in starts]
-            frame = pd.DataFrame({"ts": starts, "open": open_[rows], "high": high[rows], "low": low[rows], "close": close[rows], "volume": volume[rows]})
+            days = [ts.date() for ts in starts]
+            where = _positions(days)
+            open_, high, low, close, volume = _ohlcv(request.symbol, np.array([where[d] for d in days], dtype=np.int64))
+            frame = pd.DataFrame({"ts": starts, "open": open_, "high": high, "low": low, "close": close, "volume": volume})
         else:
-            frame = self._intraday(request.symbol, starts, open_, high, low, close, volume, index)
+            frame = self._intraday(request.symbol, starts)
             frame = frame[frame["ts"].isin(requested)].reset_index(drop=True)
         frame["vwap"] = (frame["high"] + frame["low"] + frame["close"]) / 3.0
         frame["trade_count"] = np.maximum(1, (frame["volume"] // 100)).astype("int64")
@@ -94,11 +144,15 @@ class SyntheticBars:
         return BarResult(bars, notes=["synthetic data: not real"])
 
     @staticmethod
-    def _intraday(symbol: str, starts: pd.DatetimeIndex, open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray, index: dict[date, int]) -> pd.DataFrame:
+    def _intraday(symbol: str, starts: pd.DatetimeIndex) -> pd.DataFrame:
         ny = starts.tz_convert(calendar.calendar().tz)
+        where = _positions(sorted(set(ny.date)))
+        days = sorted(where)
+        open_, high, low, close, volume = _ohlcv(symbol, np.array([where[d] for d in days], dtype=np.int64))
+        row_of = {d: k for k, d in enumerate(days)}
         frames = []
         for session_date, positions in pd.Series(range(len(starts)), index=ny.date).groupby(level=0):
-            i = index[session_date]
+            i = row_of[session_date]
             n = len(positions)
             rng = np.random.default_rng(_seed("intraday", symbol, session_date.isoformat(), n))
             steps = rng.normal(0.0, 1.0, n)

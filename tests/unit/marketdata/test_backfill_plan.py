@@ -34,7 +34,7 @@ def _check(symbols=("AAPL",), timeframe="1Day", start=date(2024, 1, 2), end=date
         ({"start": date(2024, 2, 1), "end": date(2024, 2, 1)}, "impossible date range: end 2024-02-01 is not after start 2024-02-01"),
         ({"start": date(2024, 2, 2), "end": date(2024, 2, 1)}, "impossible date range"),
         ({"start": date(2025, 6, 17), "end": date(2025, 7, 1)}, "start 2025-06-17 is in the future"),
-        ({"start": date(1999, 12, 1), "end": date(2000, 2, 1)}, "start 1999-12-01 is before 2000-01-03"),
+        ({"start": date(1961, 12, 1), "end": date(1962, 2, 1)}, "start 1961-12-01 is before 1962-01-02, the earliest backfill date"),
         ({"symbols": ()}, "no symbols given"),
         ({"symbols": ("AAPL", "AAPL;DROP TABLE bars")}, "'AAPL;DROP TABLE bars' is not a ticker symbol"),
         ({"symbols": ("1ABC",)}, "'1ABC' is not a ticker symbol"),
@@ -44,7 +44,7 @@ def _check(symbols=("AAPL",), timeframe="1Day", start=date(2024, 1, 2), end=date
         ({"feed": "otc"}, "unknown feed 'otc'"),
         ({"adjustment": "none"}, "unknown adjustment 'none'"),
     ],
-    ids=["empty-range", "end-before-start", "future-start", "before-2000", "no-symbols", "injection", "leading-digit", "blank", "timeframe", "timeframe-case", "feed", "adjustment"],
+    ids=["empty-range", "end-before-start", "future-start", "before-earliest", "no-symbols", "injection", "leading-digit", "blank", "timeframe", "timeframe-case", "feed", "adjustment"],
 )
 def test_backfill_check_request_bad_input_is_refused_naming_the_problem(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(BackfillRequestError) as info:
@@ -189,10 +189,14 @@ def test_backfill_incremental_plan_without_sessions_to_fetch_is_empty_not_an_err
     assert the_plan.partitions == []
 
 
-def test_backfill_incremental_plan_never_starts_before_2000() -> None:
+def test_backfill_incremental_plan_never_starts_before_the_earliest_date() -> None:
     store = LastStored({})
-    the_plan = incremental_plan(["AAPL"], store=store, timeframe="1Day", feed="iex", adjustment="raw", overlap_days=0, lookback_days=20_000, today=TODAY)
-    assert the_plan.partitions[0].start == datetime(2000, 1, 3, tzinfo=UTC)
+    default = incremental_plan(["AAPL"], store=store, timeframe="1Day", feed="iex", adjustment="raw", overlap_days=0, lookback_days=30_000, today=TODAY)
+    assert default.partitions[0].start == datetime(1962, 1, 2, tzinfo=UTC)
+    configured = incremental_plan(
+        ["AAPL"], store=store, timeframe="1Day", feed="iex", adjustment="raw", overlap_days=0, lookback_days=30_000, today=TODAY, earliest=date(2000, 1, 3)
+    )
+    assert configured.partitions[0].start == datetime(2000, 1, 3, tzinfo=UTC)
 
 
 def test_backfill_incremental_plan_by_default_looks_only_at_the_requested_feed() -> None:

@@ -19,6 +19,7 @@ from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
     MalformedPayload,
+    NoBarsInRange,
     ProviderUnavailable,
     RateLimited,
     UnknownSymbol,
@@ -378,6 +379,26 @@ def test_router_unknown_symbol_at_one_and_outage_at_other_is_transient(make_rout
     with pytest.raises(NoProviderServed) as info:
         make_router([alpha, beta], max_attempts=1).fetch(REQUEST)
     assert info.value.permanent is False, "beta may know the symbol once it is back"
+
+
+def test_router_names_the_cause_no_bars_in_range_outranks_unknown_symbol_and_carries_notes(make_router) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=NoBarsInRange("nothing before the listing", provider="alpha", notes=["alpha: end clamped"]))
+    beta = FakeProvider("beta", then=UnknownSymbol("not found", provider="beta"))
+    with pytest.raises(NoProviderServed, match="no bars in range for AAPL") as info:
+        make_router([alpha, beta]).fetch(REQUEST)
+    assert (info.value.permanent, info.value.cause) == (True, "no_bars_in_range")
+    assert info.value.notes == ["alpha: end clamped"]
+
+
+def test_router_unknown_everywhere_has_the_cause_unknown_symbol_and_an_outage_no_cause(make_router) -> None:  # type: ignore[no-untyped-def]
+    unknown = FakeProvider("alpha", then=UnknownSymbol("not found", provider="alpha"))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([unknown]).fetch(REQUEST)
+    assert info.value.cause == "unknown_symbol"
+    down = FakeProvider("alpha", then=ProviderUnavailable("timeout", provider="alpha", notes=["alpha: feed switched"]))
+    with pytest.raises(NoProviderServed) as info:
+        make_router([down], max_attempts=1).fetch(REQUEST)
+    assert (info.value.cause, info.value.permanent, info.value.notes) == (None, False, ["alpha: feed switched"])
 
 
 def test_router_authentication_failed_skips_that_provider(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]

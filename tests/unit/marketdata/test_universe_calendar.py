@@ -95,9 +95,12 @@ def test_calendar_open_follows_new_york_daylight_saving() -> None:
     assert sched.loc["2024-07-01", "open"] == pd.Timestamp("2024-07-01 13:30", tz="UTC")
 
 
-def test_calendar_schedule_before_calendar_start_is_empty() -> None:
-    assert calendar.schedule(date(1999, 1, 1), date(1999, 12, 31)).empty
-    assert calendar.sessions(date(1999, 12, 30), date(2000, 1, 4)) == [date(2000, 1, 3), date(2000, 1, 4)]
+def test_calendar_widens_back_to_its_first_session_when_asked_and_nothing_earlier_exists() -> None:
+    assert len(calendar.schedule(date(1999, 1, 1), date(1999, 12, 31))) == 252
+    assert calendar.sessions(date(1999, 12, 30), date(2000, 1, 4)) == [date(1999, 12, 30), date(1999, 12, 31), date(2000, 1, 3), date(2000, 1, 4)]
+    assert calendar.sessions(date(1990, 4, 12), date(1990, 4, 16)) == [date(1990, 4, 12), date(1990, 4, 16)]  # Good Friday 1990
+    assert calendar.schedule(date(1880, 1, 1), date(1884, 12, 31)).empty
+    assert calendar.first_session() <= date(1990, 4, 12)
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,11 @@ def filled_bar(f: pd.DataFrame) -> pd.DataFrame:
     return _set(f, ROW, open=prev, high=prev, low=prev, close=prev, vwap=prev, volume=0.0)
 
 
+def zero_volume_bar(f: pd.DataFrame) -> pd.DataFrame:
+    # A bar that moved but reports no volume, in a series that trades on every other bar.
+    return _set(f, ROW, volume=0.0)
+
+
 def last_ten_missing(f: pd.DataFrame) -> pd.DataFrame:
     return f.iloc[:-10].copy()
 
@@ -119,6 +124,7 @@ CASES: list[tuple[str, Callable[[pd.DataFrame], pd.DataFrame], int]] = [
     ("outlier", jump_10pct, ROW),
     ("flat", flat_30, ROW),
     ("filled", filled_bar, ROW),
+    ("zero_volume", zero_volume_bar, ROW),
     ("stale", last_ten_missing, 379),
     ("outside_range", bar_of_next_day, 390),
 ]

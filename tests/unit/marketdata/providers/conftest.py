@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -119,6 +120,13 @@ def _handler_class(standin: StandIn) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def standin() -> Iterator[StandIn]:
     """A provider stand-in on 127.0.0.1 at a free port, for one test."""
+    with running_standin() as stand:
+        yield stand
+
+
+@contextmanager
+def running_standin() -> Iterator[StandIn]:
+    """A provider stand-in served until the block ends (integration tests build their fixture on it)."""
     stand = StandIn()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(stand))
     host, port = server.server_address[:2]

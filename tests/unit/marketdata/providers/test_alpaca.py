@@ -15,7 +15,9 @@ from structlog.testing import capture_logs
 from omni_tasks.marketdata import frames
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
+    EmptyData,
     MalformedPayload,
+    NoBarsInRange,
     ProviderUnavailable,
     RateLimited,
     UnknownSymbol,
@@ -323,6 +325,52 @@ def test_fetch_empty_bars_object_raises_unknown_symbol(standin: StandIn) -> None
 
     with pytest.raises(UnknownSymbol, match="no 1Min bars for AAPL"):
         _adapter(standin.url).fetch_bars(_minute_request())
+
+
+def test_fetch_empty_answer_asks_once_for_the_latest_bar_and_an_unknown_symbol_has_none(standin: StandIn) -> None:
+    standin.route("/v2/stocks/bars", _reply("bars_empty.json"))
+    standin.route("/v2/stocks/bars/latest", _reply("latest_bars_empty.json"))
+
+    with pytest.raises(UnknownSymbol, match="no latest bar: Alpaca does not know AAPL") as caught:
+        _adapter(standin.url).fetch_bars(_minute_request())
+
+    (probe,) = standin.requests_to("/v2/stocks/bars/latest")
+    assert probe.query == {"symbols": "AAPL", "feed": "iex"}
+    assert caught.value.notes == []
+
+
+def test_fetch_empty_range_of_a_known_symbol_raises_no_bars_in_range_naming_its_latest_bar(standin: StandIn) -> None:
+    standin.route("/v2/stocks/bars", _reply("bars_empty.json"))
+    standin.route("/v2/stocks/bars/latest", _reply("latest_bars_AAPL.json"))
+    before_listing = BarRequest("AAPL", "1Day", datetime(1979, 1, 2, tzinfo=UTC), datetime(1979, 2, 1, tzinfo=UTC))
+
+    with pytest.raises(NoBarsInRange, match=r"latest bar is 2024-01-02T05:00:00\+00:00, after the range"):
+        _adapter(standin.url).fetch_bars(before_listing)
+
+
+def test_fetch_empty_answer_whose_probe_fails_is_empty_data_not_a_verdict(standin: StandIn) -> None:
+    standin.route("/v2/stocks/bars", _reply("bars_empty.json"))
+    standin.route("/v2/stocks/bars/latest", _reply("error_internal.json", 500))
+
+    with pytest.raises(EmptyData, match="unknown symbol or empty range, not known yet"):
+        _adapter(standin.url).fetch_bars(_minute_request())
+
+
+def test_fetch_clamped_then_refused_keeps_the_clamp_note_on_the_error(standin: StandIn) -> None:
+    # SIP refused after the clamp too, then the IEX call fails: the notes so far travel on the error.
+    def answer(seen: Seen) -> Reply:
+        if seen.query.get("feed") == "sip":
+            return _reply("error_recent_sip.json", 403)
+        return _reply("error_internal.json", 500)
+
+    standin.route("/v2/stocks/bars", answer)
+    request = BarRequest("AAPL", "1Min", datetime(2024, 6, 3, 11, 0, tzinfo=UTC), datetime(2024, 6, 3, 12, 0, tzinfo=UTC), feed="sip")
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        _adapter(standin.url).fetch_bars(request)
+
+    assert any("clamped" in note for note in caught.value.notes)
+    assert any("switched from sip to iex" in note for note in caught.value.notes)
 
 
 def test_fetch_429_raises_rate_limited_with_retry_after_and_no_internal_retry(standin: StandIn) -> None:
