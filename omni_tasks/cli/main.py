@@ -31,6 +31,15 @@ app = typer.Typer(
 _crash_dir: Path | None = None
 
 
+#: The long-running processes whose metrics the server merges from their files.
+METRIC_FILE_ROLES = frozenset({"beat", "stream", "server"})
+
+
+def writes_metric_files(role: str) -> bool:
+    """Workers, beat, the stream and the server write prometheus-client files; the CLI, `omni up` and Flower do not."""
+    return role in METRIC_FILE_ROLES or role.startswith("worker-")
+
+
 def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> Settings:
     """Load and install the settings, point Prometheus at the shared metrics folder, set up logs."""
     global _crash_dir
@@ -40,7 +49,11 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # prometheus_client reads this when it is first imported, so it is set
     # here, before any module that defines metrics is imported.
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if not writes_metric_files(role):
+        # A short-lived command would leave files behind for every scrape to merge, and Flower serves its
+        # own registry: neither writes metric files (what the CLI does is counted in Redis: omni_tasks.counters).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # One folder per host: PIDs repeat across containers sharing the volume.
         host_dir = settings.metrics_dir / socket.gethostname()
         host_dir.mkdir(parents=True, exist_ok=True)

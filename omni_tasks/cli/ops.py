@@ -65,7 +65,24 @@ def gather_status() -> dict[str, Any]:
             ]
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    try:
+        out["orders_today"] = orders_today(runtime.sessions)
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"orders: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return out
+
+
+def orders_today(sessions: Any, now: datetime | None = None) -> dict[str, int]:
+    """Orders created since 00:00 UTC by status (denied: refused by a pre-trade check, a successful task), from the ledger."""
+    from sqlalchemy import func, select
+
+    from omni_tasks.storage.models import Order
+
+    now = datetime.now(tz=UTC) if now is None else now
+    since = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    with sessions() as session:
+        rows = session.execute(select(Order.status, func.count()).where(Order.created_at >= since).group_by(Order.status)).all()
+    return {str(status): int(count) for status, count in sorted(rows)}
 
 
 def stream_view(client: Any) -> dict[str, Any] | None:
@@ -218,15 +235,21 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         for b in data["breakers"]:
             shown = b.get("forced") or b["state"]
             colour = {"closed": "green", "half_open": "yellow"}.get(shown, "red")
-            since = time.strftime("%H:%M:%S", time.localtime(b["updated_at"])) if b.get("updated_at") else "-"
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(b["updated_at"])) if b.get("updated_at") else "-"
             breakers.add_row(b["name"], f"[{colour}]{b['state']}[/{colour}]", b.get("forced") or "-", str(b["failures"]), since)
         console.print(breakers)
 
+    orders = data.get("orders_today")
+    if orders is not None:
+        shown = ", ".join(f"{'[red]' + k + '[/red]' if k in ('denied', 'rejected') else k} {v}" for k, v in orders.items()) or "none"
+        console.print(f"Orders today (since 00:00 UTC): {shown}")
+
     failures = Table(title="Recent failures", title_justify="left")
-    for column in ("finished", "task", "queue", "state", "error"):
+    for column in ("finished (UTC)", "task", "queue", "state", "error"):
         failures.add_column(column)
     for f in data.get("recent_failures", []):
-        failures.add_row(f["finished_at"][:19], f["name"], f["queue"], f["state"], f["error"])
+        finished = datetime.fromisoformat(f["finished_at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        failures.add_row(finished, f["name"], f["queue"], f["state"], f["error"])
     console.print(failures)
     for error in data["errors"]:
         console.print(f"[red]unavailable: {error}[/red]")

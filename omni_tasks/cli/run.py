@@ -82,7 +82,7 @@ def beat() -> None:
 
 
 def flower() -> None:
-    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required)."""
+    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required); times in UTC, workers re-inspected every 15 s."""
     from omni_tasks.cli.main import prepare
 
     settings = prepare("flower")
@@ -90,19 +90,20 @@ def flower() -> None:
     if not password:
         raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
     from omni_tasks.celery_app import app as celery_app
+    from omni_tasks.cli import flower_app
 
     # The credentials go in through argv of this process's own click call,
     # never through the OS command line, so `ps` does not show them.
-    celery_app.start(
+    flower_app.run(
+        celery_app,
         [
-            "flower",
             f"--address={settings.flower.host}",
             f"--port={settings.flower.port}",
             f"--basic-auth={settings.flower.user}:{password}",
             "--purge_offline_workers=60",
             "--max_tasks=10000",
             "--persistent=False",
-        ]
+        ],
     )
 
 
@@ -136,6 +137,7 @@ def server() -> None:
             worker_kinds=[*KINDS, "stream"],
             dead_after_s=settings.broker.dead_after_s,
             watchdog_interval_s=settings.watchdog.interval_s,
+            settings=settings,
         )
 
     def stream_source() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,12 +146,15 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
+    from omni_tasks import counters
+
     exposition = metrics.build_exposition(
         snapshot,
         settings.metrics_dir,
         stream_source,
         lambda: observe.desk_snapshot(runtime),
         files_max_age_s=settings.metrics.scrape_cache_s,
+        shared_counters=lambda: counters.read_all(runtime.redis),
     )
     httpd = make_server(
         settings.metrics.host,
@@ -236,7 +241,7 @@ def up(
     specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
 
     def announce(message: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S UTC', time.gmtime())}[/dim] {message}")
 
     supervisor = Supervisor(specs, announce=announce)
     stop_requested = {"flag": False}

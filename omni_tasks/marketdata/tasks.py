@@ -8,7 +8,7 @@ from typing import Any
 import structlog
 
 from omni_tasks import metrics
-from omni_tasks.errors import RetryableError, StoreUnavailable
+from omni_tasks.errors import PermanentError, RetryableError, StoreUnavailable
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
@@ -70,6 +70,9 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
         raise current_task.retry(
             args=request.args, kwargs=request.kwargs, exc=error, countdown=countdown, max_retries=int(request.retries or 0) + 1
         )
+    if outcome.status == "failed":
+        # Recorded in the ledger above; the task fails too, so Flower and `omni status` show it as a failure.
+        raise PermanentError(f"backfill partition {outcome.partition_id} failed: {outcome.error or 'no provider served it'}")
     return {
         "partition_id": outcome.partition_id,
         "status": outcome.status,
