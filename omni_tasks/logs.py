@@ -87,14 +87,14 @@ def configure_logging(
         _add_role(role),
         _configured_redactor,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: Any = structlog.processors.JSONRenderer(sort_keys=False) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *shared[:-1], _configured_redactor,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared[:-1],
+            _configured_redactor,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the safety net: one line for the user, the traceback in a file
         where = _write_crash(exc, argv)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        report_error("omni", f"internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {where}", 1, as_json=wants_json(argv=argv))
+        report_error(
+            "omni", f"internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {where}", 1, as_json=wants_json(argv=argv)
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -160,17 +162,27 @@ def crash_log_path() -> Path:
 
 
 def _write_crash(exc: BaseException, argv: list[str] | None) -> Path:
+    """Append one JSON line (like every file in <data>/logs) with the traceback; returns the file."""
+    import json
     import traceback
     from datetime import UTC, datetime
 
     path = crash_log_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {
+            "timestamp": datetime.now(tz=UTC).isoformat(),
+            "level": "error",
+            "role": "cli",
+            "event": "internal error",
+            "pid": os.getpid(),
+            # The arguments may hold anything a user typed: kept as given, escaped by JSON.
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "error": f"{type(exc).__name__}: {exc}",
+            "exception": "".join(traceback.format_exception(exc)),
+        }
         with path.open("a", encoding="utf-8") as handle:
-            stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
-            # The arguments may hold anything a user typed: kept escaped, as repr.
-            handle.write(f"--- {stamp} pid {os.getpid()} argv {list(sys.argv[1:] if argv is None else argv)!r}\n")
-            handle.write("".join(traceback.format_exception(exc)))
+            handle.write(json.dumps(record, default=str) + "\n")
     except OSError:
         pass
     return path
