@@ -61,9 +61,11 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
         host_dir = settings.metrics_dir / socket.gethostname()
         host_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
-    from omni_tasks import worker_hooks
+    if role != "cli":
+        # Names a Celery process in its logs and heartbeats; a person's command needs neither (nor Celery's import time).
+        from omni_tasks import worker_hooks
 
-    worker_hooks.set_process(role, kind)
+        worker_hooks.set_process(role, kind)
     if role == "cli":
         from omni_tasks.logs import configure_logging
 

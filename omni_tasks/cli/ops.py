@@ -39,7 +39,6 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
     Quick by construction: the embedded Redis's socket file is checked before connecting, and a
     connection attempt gives up after :data:`PROBE_CONNECT_S`.
     """
-    from omni_tasks import observe
     from omni_tasks.redis_util import redis_from_url
 
     finding: dict[str, Any] = {"running": False, "redis": None, "workers_alive": 0, "message": None}
@@ -56,6 +55,8 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
         client.close()
         return finding, None
     finding["redis"] = "reachable"
+    from omni_tasks import observe  # Celery's import time is paid only when there is something to observe
+
     try:
         alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
     except Exception as exc:  # noqa: BLE001 - shown, and the rest of status still runs
@@ -70,13 +71,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
 
 def gather_status() -> dict[str, Any]:
     """Everything `omni status` shows, as plain data (``pipeline``: whether it runs at all)."""
-    from sqlalchemy import select
-
-    from omni_tasks import observe
-    from omni_tasks.queues import ALL_QUEUES
     from omni_tasks.runtime import get_runtime
-    from omni_tasks.storage.models import TaskRun
-    from omni_tasks.watchdog.monitor import LAST_TICK_KEY
 
     base = get_runtime()
     settings = base.settings
@@ -87,6 +82,13 @@ def gather_status() -> dict[str, Any]:
         out["trading"] = _database_state(base)
         out["errors"].extend(f"trading state: {error}" for error in out["trading"].pop("db_errors"))
         return out
+    from sqlalchemy import select
+
+    from omni_tasks import observe
+    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.storage.models import TaskRun
+    from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+
     runtime = _QuickRuntime(base, client)
     try:
         snap = observe.live_snapshot(runtime.redis, settings.broker_url, [q.value for q in ALL_QUEUES], settings.broker.dead_after_s)
