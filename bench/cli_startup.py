@@ -1,8 +1,7 @@
 """How long the `omni` command takes to start: `omni --help` and light commands, whole processes, median of N.
 
 Light commands touch no Celery, pandas or worker: `omni --help`, `omni kill --help`, `omni status` with
-the pipeline not running (an empty data folder: the embedded Redis socket is absent), and `omni secret
-new-key`-like paths are what an operator types most. Each is run ``--runs`` times after one warm-up, in a
+the pipeline not running (an empty data folder: the embedded Redis socket is absent) are what an operator types most. Each is run ``--runs`` times after one warm-up, in a
 fresh data folder, and the wall-clock median is reported; with ``--baseline PYTHON`` the same commands run
 with another interpreter (another checkout's virtualenv) for a before/after comparison.
 
