@@ -177,7 +177,7 @@ def test_every_line_a_child_writes_reaches_its_log_as_json(tmp_path: Path) -> No
     code = (
         "import sys\n"
         "print(' -------------- celery@host v5 (banner)')\n"
-        "print('{\"event\": \"worker ready\", \"level\": \"info\"}')\n"
+        'print(\'{"event": "worker ready", "level": "info"}\')\n'
         "print('[tasks]  . not json {', flush=True)\n"
         "print('', flush=True)\n"
         "sys.stderr.write('UserWarning: WARNING something with child-secret-value\\n')\n"
