@@ -30,11 +30,12 @@ COMMANDS = {
 }
 
 
-def _time(python: str, argv: list[str], env: dict[str, str], runs: int) -> float:
+def _time(python: str, argv: list[str], env: dict[str, str], runs: int, cwd: str) -> float:
+    """Median wall seconds; run from ``cwd`` (not a checkout: ``-m omni_tasks`` then imports each interpreter's own install)."""
     times = []
     for i in range(runs + 1):
         started = time.perf_counter()
-        subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120)  # noqa: S603
+        subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120, cwd=cwd)  # noqa: S603
         if i:  # the first run warms the file cache
             times.append(time.perf_counter() - started)
     return round(statistics.median(times), 3)
@@ -50,10 +51,10 @@ def main() -> None:
         env["OMNI_DATA_DIR"] = str(Path(scratch) / "data")
         result: dict[str, float | int] = {}
         for name, argv in COMMANDS.items():
-            result[name] = _time(sys.executable, argv, env, args.runs)
+            result[name] = _time(sys.executable, argv, env, args.runs, scratch)
             print(f"{' '.join(['omni', *argv]):<24} median {result[name]:.3f} s (N={args.runs})", flush=True)
             if args.baseline:
-                result[f"baseline_{name}"] = _time(args.baseline, argv, env, args.runs)
+                result[f"baseline_{name}"] = _time(args.baseline, argv, env, args.runs, scratch)
                 print(f"{'  baseline':<24} median {result[f'baseline_{name}']:.3f} s (N={args.runs})", flush=True)
         result["runs"] = args.runs
         result["load_1m"] = round(os.getloadavg()[0], 2)
