@@ -30,15 +30,19 @@ COMMANDS = {
 }
 
 
-def _time(python: str, argv: list[str], env: dict[str, str], runs: int, cwd: str) -> float:
-    """Median wall seconds; run from ``cwd`` (not a checkout: ``-m omni_tasks`` then imports each interpreter's own install)."""
-    times = []
+def _times(pythons: list[str], argv: list[str], env: dict[str, str], runs: int, cwd: str) -> list[float]:
+    """Median wall seconds per interpreter, runs interleaved (A B A B ...) so a busy machine's drift hits both alike.
+
+    Run from ``cwd`` (not a checkout: ``-m omni_tasks`` then imports each interpreter's own install).
+    """
+    times: list[list[float]] = [[] for _ in pythons]
     for i in range(runs + 1):
-        started = time.perf_counter()
-        subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120, cwd=cwd)  # noqa: S603
-        if i:  # the first run warms the file cache
-            times.append(time.perf_counter() - started)
-    return round(statistics.median(times), 3)
+        for k, python in enumerate(pythons):
+            started = time.perf_counter()
+            subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120, cwd=cwd)  # noqa: S603
+            if i:  # the first round warms the file cache
+                times[k].append(time.perf_counter() - started)
+    return [round(statistics.median(t), 3) for t in times]
 
 
 def main() -> None:
@@ -51,11 +55,13 @@ def main() -> None:
         env["OMNI_DATA_DIR"] = str(Path(scratch) / "data")
         result: dict[str, float | int] = {}
         for name, argv in COMMANDS.items():
-            result[name] = _time(sys.executable, argv, env, args.runs, scratch)
-            print(f"{' '.join(['omni', *argv]):<24} median {result[name]:.3f} s (N={args.runs})", flush=True)
+            pythons = [sys.executable, *([args.baseline] if args.baseline else [])]
+            medians = _times(pythons, argv, env, args.runs, scratch)
+            result[name] = medians[0]
+            print(f"{' '.join(['omni', *argv]):<24} median {medians[0]:.3f} s (N={args.runs})", flush=True)
             if args.baseline:
-                result[f"baseline_{name}"] = _time(args.baseline, argv, env, args.runs, scratch)
-                print(f"{'  baseline':<24} median {result[f'baseline_{name}']:.3f} s (N={args.runs})", flush=True)
+                result[f"baseline_{name}"] = medians[1]
+                print(f"{'  baseline':<24} median {medians[1]:.3f} s (N={args.runs})", flush=True)
         result["runs"] = args.runs
         result["load_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
