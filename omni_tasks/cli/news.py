@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks.cli.parsing import fail
+
 console = Console()
 
 
@@ -29,14 +31,12 @@ def news(
     try:
         chosen = check_symbol(symbol)
     except ValueError as exc:
-        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail("news", str(exc), 2)
     runtime = get_runtime()
     from omni_tasks.storage import migrations
 
     if migrations.current_revision(runtime.engine) != migrations.head_revision(runtime.engine):
-        console.print("[red]omni news: the database schema is not up to date: run `omni db upgrade` first[/red]", soft_wrap=True)
-        raise typer.Exit(2)
+        fail("news", "the database schema is not up to date: run `omni db upgrade` first", 2)
     if fetch:
         _fetch_now(runtime, chosen)
     from omni_tasks.news.store import read_news
@@ -88,8 +88,7 @@ def _fetch_now(runtime: object, symbol: str) -> None:
             lookback_days=settings.news.lookback_days,
         )
     except ProviderError as exc:
-        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail("news", str(exc), 1)
     if outcome.status != "stored":
         console.print(f"[yellow]news not fetched ({outcome.status}): {outcome.detail}[/yellow]")
         return

@@ -9,9 +9,8 @@ import signal
 import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,7 +19,9 @@ from rich.table import Table
 from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, option
 from omni_tasks.errors import BootRefused
-from omni_tasks.settings import Settings
+
+if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
+    from omni_tasks.settings import Settings
 
 console = Console(stderr=False)
 
@@ -309,6 +310,8 @@ def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop["flag"]:
         try:
+            import urllib.request
+
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
                 if response.status == 200:
                     import json
