@@ -34,7 +34,7 @@ hosts = ["worker-scans@host"]
 for name in names:
     for host in hosts:
         labels = (name, host, "scans")
-        for counter in (m.TASK_SENT, m.TASK_RECEIVED, m.TASK_STARTED, m.TASK_SUCCEEDED, m.TASK_FAILED, m.TASK_RETRIED):
+        for counter in (m.TASK_REVOKED, m.TASK_RECEIVED, m.TASK_STARTED, m.TASK_SUCCEEDED, m.TASK_FAILED, m.TASK_RETRIED):
             counter.labels(*labels).inc(random.randint(1, 50))
         m.TASK_RUNTIME.labels(*labels).observe(random.random())
         m.TASK_QUEUE_WAIT.labels(*labels).observe(random.random())

@@ -5,7 +5,12 @@ the database, the broker, or the watchdog worker - ``degraded`` when anything
 else is (``ledgers``: work stuck without a live delivery and not being
 resolved), ``ok`` otherwise. ``trading`` is the trading state and kill switch
 (who engaged it, why, since when); a state that cannot be read counts as
-HALTED and marks the ``kill_switch`` check down.
+HALTED and marks the ``kill_switch`` check down. The ``trading`` check is
+``degraded``, with its reasons, while orders are blocked (kill switch,
+REDUCING, a breaker on the order path open or forced open, a stale stream in
+market hours): the desk is not ok then, though no dependency is down (200).
+Times: ``ts`` is UNIX seconds, ``ts_utc`` and every ``*_at`` are ISO 8601 with
+their offset (UTC).
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import Engine, text
 
 from omni_tasks import heartbeats, leader
 from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+
+if TYPE_CHECKING:
+    from omni_tasks.settings import Settings
 
 CRITICAL = frozenset({"database", "broker", "worker:watchdog"})
 
@@ -46,7 +55,9 @@ def check_health(
     worker_kinds: Iterable[str],
     dead_after_s: float,
     watchdog_interval_s: float,
+    settings: Settings | None = None,
 ) -> tuple[int, dict[str, Any]]:
+    """(HTTP code, payload). ``settings`` names the order path's breakers and the stale-stream limit for the ``trading`` check."""
     checks: dict[str, dict[str, Any]] = {}
 
     def database() -> None:
@@ -125,6 +136,7 @@ def check_health(
         "latency_ms": trading.pop("latency_ms"),
         "detail": _trading_detail(trading),
     }
+    checks["trading"] = trading_check(trading, client, settings=settings)
 
     down = {name for name, result in checks.items() if result["status"] != "ok"}
     if down & CRITICAL:
@@ -133,7 +145,100 @@ def check_health(
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return code, {"status": status, "ts": time.time(), "trading": trading, "risk": risk, "checks": checks}
+    now = time.time()
+    payload = {"status": status, "ts": now, "ts_utc": _utc_text(now), "trading": trading, "risk": risk, "checks": checks}
+    return code, payload
+
+
+def _utc_text(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def trading_check(
+    trading: dict[str, Any], client: redis.Redis, *, settings: Settings | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """Can orders pass? ``degraded`` with every reason they cannot: the kill switch, a breaker on the order path, a stale stream.
+
+    ``trading`` is :func:`omni_tasks.safety.killswitch.state_info` (the order path's rule). The breakers are the
+    ones every order passes (the database's and the configured broker's; without ``settings``, every
+    registered ``broker:*`` breaker), read by their effective state (a forced state wins). The stream is
+    judged by the watchdog's own ``stale_stream`` rule (market hours only). Never ``down``: a dead dependency
+    is the other checks' to report.
+    """
+    started = time.perf_counter()
+    reasons: list[str] = []
+    state = trading.get("state")
+    if trading.get("source") == "unreadable":
+        reasons.append("kill switch: the trading state is unreadable and counts as HALTED: no order passes")
+    elif state == "HALTED":
+        reasons.append(f"kill switch engaged (HALTED) by {trading.get('actor')}: {trading.get('reason')}: no order passes")
+    elif state == "REDUCING":
+        reasons.append(f"trading REDUCING (by {trading.get('actor')}: {trading.get('reason')}): only orders that shrink a position pass")
+    for name in _order_breakers(client, settings):
+        reasons.extend(_breaker_reason(client, name))
+    if settings is not None:
+        stale = _stale_stream(client, settings, time.time() if now is None else now)
+        if stale:
+            reasons.append(stale)
+    detail = "; ".join(reasons) if reasons else "orders pass (trading ACTIVE, order-path breakers closed, stream fresh or market closed)"
+    return {
+        "status": "degraded" if reasons else "ok",
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "detail": detail,
+        "reasons": reasons,
+    }
+
+
+def _order_breakers(client: redis.Redis, settings: Settings | None) -> list[str]:
+    from omni_tasks.safety.breaker import known_breakers
+    from omni_tasks.trading.orders import DATABASE_BREAKER, broker_breaker_name
+
+    if settings is not None:
+        return [broker_breaker_name(settings.trading.broker), DATABASE_BREAKER]
+    try:
+        brokers = [name for name in known_breakers(client) if name.startswith("broker:")]
+    except redis.RedisError:
+        brokers = []
+    return [*brokers, DATABASE_BREAKER]
+
+
+def _breaker_reason(client: redis.Redis, name: str) -> list[str]:
+    from omni_tasks.safety.breaker import CircuitBreaker
+
+    try:
+        state = CircuitBreaker(name, client).state()
+    except redis.RedisError as exc:
+        return [f"breaker {name} unreadable ({type(exc).__name__}): the order path counts it as open"]
+    if state["forced"] == "open":
+        return [f"breaker {name} forced open: orders are denied until it is reset"]
+    if state["state"] == "open":
+        return [f"breaker {name} open (automatic, cooling down): orders are denied"]
+    if state["state"] == "half_open":
+        return [f"breaker {name} half-open: only trial orders pass"]
+    return []
+
+
+def _stale_stream(client: redis.Redis, settings: Settings, now: float) -> str | None:
+    """The watchdog's stale_stream rule on what Redis and the calendar say now (None: fresh, market closed or unreadable)."""
+    from omni_tasks.marketdata.calendar import is_open
+    from omni_tasks.stream.status import STATUS_KEY
+    from omni_tasks.watchdog.rules import NotEvaluated, Observations, stale_stream
+
+    try:
+        market_open = bool(is_open(datetime.fromtimestamp(now, tz=UTC)))
+        raw = client.hgetall(STATUS_KEY)
+    except Exception:  # noqa: BLE001 - the stream and calendar have their own checks; no reason to add here
+        return None
+    status = {_text(k): _text(v) for k, v in raw.items()}
+    try:
+        finding = stale_stream(Observations(now=now, first_evaluation=now, market_open=market_open, stream_status=status), settings)
+    except NotEvaluated:
+        return None
+    return None if finding is None else f"stream stale: {finding.message} (the order path's price collar needs fresh quotes)"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def ledgers_detail(client: redis.Redis) -> str:

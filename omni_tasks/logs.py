@@ -68,8 +68,13 @@ def configure_logging(
     secrets: Iterable[str] = (),
     log_file: Path | None = None,
     stream: Any = None,
+    console_level: str | None = None,
 ) -> None:
-    """Route structlog and the standard library through one redacting JSON formatter."""
+    """Route structlog and the standard library through one redacting JSON formatter.
+
+    ``console_level`` is for commands that print for a person: the terminal then gets only records
+    at that level or above, rendered for humans (one line, no JSON), while ``log_file`` keeps them all as JSON.
+    """
     global _configured_redactor
     _configured_redactor = Redactor(secrets)
     shared: list[Any] = [
@@ -82,14 +87,14 @@ def configure_logging(
         _add_role(role),
         _configured_redactor,
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: Any = structlog.processors.JSONRenderer(sort_keys=False) if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *shared[:-1], _configured_redactor,
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared[:-1],
+            _configured_redactor,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -100,7 +105,16 @@ def configure_logging(
     )
     handlers: list[logging.Handler] = []
     console = logging.StreamHandler(stream or sys.stderr)
-    console.setFormatter(formatter)
+    if console_level is None:
+        console.setFormatter(formatter)
+    else:
+        console.setLevel(console_level)
+        console.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=shared,
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _configured_redactor, _human_line],
+            )
+        )
     handlers.append(console)
     if log_file is not None:
         path = log_file.with_name(f"{log_file.stem}-{role}{log_file.suffix or '.log'}")
@@ -117,6 +131,20 @@ def configure_logging(
     # Chatty libraries stay at WARNING unless we debug.
     for noisy in ("kombu", "amqp", "urllib3", "tornado.access", "alembic"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+
+
+def _human_line(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:
+    """``omni: warning: <event> (key=value, ...)``: how a log record reads on a person's terminal."""
+    level = str(event_dict.pop("level", "info"))
+    event = str(event_dict.pop("event", ""))
+    exc = event_dict.pop("exception", None)
+    for key in ("timestamp", "logger", "role", "task_id", "task_name", "process"):
+        event_dict.pop(key, None)
+    extra = ", ".join(f"{k}={v}" for k, v in event_dict.items())
+    line = f"omni: {level}: {event}" + (f" ({extra})" if extra else "")
+    if exc:
+        line += f"; {str(exc).strip().splitlines()[-1]}"
+    return " ".join(line.split())
 
 
 def _add_role(role: str) -> Any:

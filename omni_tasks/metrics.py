@@ -26,7 +26,6 @@ from prometheus_client.registry import Collector
 _TASK_LABELS = ("name", "hostname", "queue_name")
 _RUNTIME_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
 
-TASK_SENT = Counter("celery_task_sent", "Sent when a task message is published.", _TASK_LABELS)
 TASK_RECEIVED = Counter("celery_task_received", "Sent when the worker receives a task.", _TASK_LABELS)
 TASK_STARTED = Counter("celery_task_started", "Sent just before the worker executes the task.", _TASK_LABELS)
 TASK_SUCCEEDED = Counter("celery_task_succeeded", "Sent if the task executed successfully.", _TASK_LABELS)
@@ -48,7 +47,6 @@ OUTCOMES_PERSISTED = Counter("omni_task_outcomes_persisted", "Task outcomes move
 BEAT_SENT = Counter("omni_beat_sent", "Scheduled tasks sent by the beat leader.", ("entry",))
 BEAT_DUPLICATES = Counter("omni_beat_duplicate_sends", "Scheduled sends recognised as duplicates of their slot.", ("entry",))
 WATCHDOG_TICKS = Counter("omni_watchdog_ticks", "Watchdog evaluations run.")
-BREAKER_TRANSITIONS = Counter("omni_breaker_transitions", "Circuit breaker transitions.", ("breaker", "to_state"))
 BACKFILL_PARTITIONS = Counter("omni_backfill_partitions", "Backfill partitions finished, by status.", ("status", "provider"))
 BACKFILL_ROWS = Counter("omni_backfill_rows", "Bars stored by backfills, by provider.", ("provider",))
 BACKFILL_REJECTED = Counter("omni_backfill_rejected_rows", "Rows quarantined by the boundary check, by provider.", ("provider",))
@@ -60,11 +58,6 @@ ORDER_SUBMIT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf")),
 )
 WATCHDOG_FINDINGS = Counter("omni_watchdog_findings", "Watchdog rule findings (breaching evaluations), by rule.", ("rule",))
-KILL_SWITCH_CHANGES = Counter(
-    "omni_kill_switch_changes",
-    "Kill switch engages and trading state changes, by action and by whom (operator, watchdog, http, other).",
-    ("action", "by"),
-)
 WATCHDOG_ACTIONS = Counter("omni_watchdog_actions", "Actions the watchdog fired, by rule and action.", ("rule", "action"))
 LEDGER_ACTIONS = Counter(
     "omni_ledger_actions", "Stuck ledger items (no live delivery) the watchdog requeued or failed, by ledger and action.", ("ledger", "action")
@@ -93,7 +86,11 @@ class LiveCollector(Collector):
         for queue, age in sorted(snap.get("oldest_wait_s", {}).items()):
             oldest.add_metric([queue], age)
         yield oldest
+        # celery_* count Celery workers only (what Flower lists); the streaming worker is not one and has its own gauge.
         worker_up = GaugeMetricFamily("celery_worker_up", "Indicates if a worker has recently sent a heartbeat.", labels=["hostname"])
+        stream_up = GaugeMetricFamily(
+            "omni_stream_worker_up", "1 while a streaming worker (not a Celery worker) has recently sent a heartbeat.", labels=["hostname"]
+        )
         age = GaugeMetricFamily(
             "omni_worker_heartbeat_age_seconds", "Seconds since the worker's last heartbeat.", labels=["hostname", "kind"]
         )
@@ -103,12 +100,13 @@ class LiveCollector(Collector):
             if worker["hostname"] in seen:
                 continue
             seen.add(worker["hostname"])
-            worker_up.add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
+            (stream_up if worker["kind"] == "stream" else worker_up).add_metric([worker["hostname"]], 1.0 if worker["alive"] else 0.0)
             age.add_metric([worker["hostname"], worker["kind"]], worker["age_s"])
         yield worker_up
+        yield stream_up
         yield age
         active = GaugeMetricFamily("celery_active_worker_count", "Number of active workers.")
-        active.add_metric([], sum(1 for w in snap.get("workers", []) if w["alive"]))
+        active.add_metric([], sum(1 for w in snap.get("workers", []) if w["alive"] and w["kind"] != "stream"))
         yield active
         leader = GaugeMetricFamily("omni_beat_leader", "1 while a beat holds the leader lock.")
         leader.add_metric([], 1.0 if snap.get("beat_leader") else 0.0)
@@ -482,6 +480,7 @@ def build_registry(
     desk_source: Callable[[], dict[str, Any]] | None = None,
     *,
     files_max_age_s: float = 1.0,
+    shared_counters: Callable[[], dict[str, dict[tuple[str, ...], float]]] | None = None,
 ) -> CollectorRegistry:
     """The registry served on /metrics: every process's metric files, the live gauges, the stream's histograms, the desk's state.
 
@@ -495,6 +494,10 @@ def build_registry(
         registry.register(StreamCollector(stream_source))
     if desk_source is not None:
         registry.register(DeskCollector(desk_source))
+    if shared_counters is not None:
+        from omni_tasks import counters
+
+        registry.register(counters.collector(shared_counters))
     return registry
 
 
@@ -550,6 +553,7 @@ def build_exposition(
     desk_source: Callable[[], dict[str, Any]] | None = None,
     *,
     files_max_age_s: float = 1.0,
+    shared_counters: Callable[[], dict[str, dict[tuple[str, ...], float]]] | None = None,
 ) -> Exposition:
     """What /metrics serves (the same series as :func:`build_registry`), rendered for many concurrent scrapes."""
     files: CollectorRegistry | None = None
@@ -563,6 +567,11 @@ def build_exposition(
     if desk_source is not None:
         # The desk's figures come from database queries: read at most once per files_max_age_s for all scrapes.
         live.register(DeskCollector(_shared_reading(desk_source, files_max_age_s)))
+    if shared_counters is not None:
+        # Counted in Redis by every process, the CLI included (omni_tasks.counters): one HGETALL each per scrape.
+        from omni_tasks import counters
+
+        live.register(counters.collector(shared_counters))
     return Exposition(files, live, max_age_s=files_max_age_s)
 
 

@@ -18,9 +18,16 @@ def _unix_socket(url: str) -> tuple[str, int] | None:
     return path, db
 
 
-def redis_from_url(url: str, *, timeout_s: float = 5.0, decode_responses: bool = False) -> redis.Redis:
-    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://`` URL."""
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "decode_responses": decode_responses}
+def redis_from_url(
+    url: str, *, timeout_s: float = 5.0, decode_responses: bool = False, connect_timeout_s: float | None = None
+) -> redis.Redis:
+    """A client for ``redis://``, ``rediss://``, ``unix://`` or kombu's ``redis+socket://`` URL.
+
+    ``connect_timeout_s`` (default ``timeout_s``): a shorter bound for connecting, for callers that must
+    answer quickly when Redis is not there (`omni status`).
+    """
+    connect = timeout_s if connect_timeout_s is None else connect_timeout_s
+    options = {"socket_timeout": timeout_s, "socket_connect_timeout": connect, "decode_responses": decode_responses}
     unix = _unix_socket(url)
     if unix is not None:
         return redis.Redis(unix_socket_path=unix[0], db=unix[1], **options)

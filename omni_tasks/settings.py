@@ -80,8 +80,8 @@ class CoreSettings(_Group):
     prefix: ClassVar[str] = "OMNI_"
 
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".omni-tasks", description="where the embedded Redis, SQLite and metrics live")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="least severe log level written: DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["json", "console"] = Field(default="json", description="json (one object a line, for collectors) or console (for people)")
     log_file: Path | None = Field(default=None, description="rotating log file (10 MB x 5); the process role is added to the name")
     secret_key: SecretStr | None = Field(default=None, description="Fernet keys, newest first, comma separated")
     secret_key_file: Path | None = Field(default=None, description="file with Fernet keys, one per line, newest first")
@@ -115,7 +115,7 @@ class BrokerSettings(_Group):
     url: str | None = Field(default=None, description="redis://, rediss://, redis+socket:// or amqp://; unset: embedded Redis")
     cache_url: str | None = Field(default=None, description="Redis for results, locks and quotes; default: the broker when it is Redis")
     visibility_timeout_s: int = Field(default=3600, gt=0, description="must exceed every task's hard time limit")
-    result_expires_s: int = Field(default=86400, gt=0)
+    result_expires_s: int = Field(default=86400, gt=0, description="task results are kept this long in the result backend")
     restore_sweep_s: int = Field(default=2, gt=0, description="seconds between kombu's unacked-restore sweeps")
     heartbeat_s: float = Field(default=2.0, gt=0, description="worker heartbeat period")
     dead_after_s: float = Field(default=10.0, gt=0, description="a worker silent this long is dead; its unacked tasks are redelivered")
@@ -140,10 +140,10 @@ class DatabaseSettings(_Group):
     prefix: ClassVar[str] = "OMNI_DATABASE_"
 
     url: str | None = Field(default=None, description="postgresql+psycopg2://... or sqlite:///...; unset: SQLite in the data folder")
-    pool_size: int = Field(default=5, ge=1, le=200)
-    max_overflow: int = Field(default=10, ge=0, le=500)
-    pool_timeout_s: float = Field(default=30.0, gt=0)
-    echo: bool = False
+    pool_size: int = Field(default=5, ge=1, le=200, description="database connections each process keeps open")
+    max_overflow: int = Field(default=10, ge=0, le=500, description="connections opened beyond the pool under load (closed when returned)")
+    pool_timeout_s: float = Field(default=30.0, gt=0, description="how long a caller waits for a free pooled connection before failing")
+    echo: bool = Field(default=False, description="log every SQL statement (debugging only)")
     outage_retries: int = Field(
         default=12, ge=0, le=100, description="retries of a backfill, scan, validation or risk task cut short by a database outage (their own budget)"
     )
@@ -166,13 +166,13 @@ class AlpacaSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_ALPACA_"
 
-    api_key: SecretStr | None = None
-    secret_key: SecretStr | None = None
-    feed: Literal["iex", "sip"] = "iex"
-    paper: bool = True
-    data_url: str = "https://data.alpaca.markets"
-    stream_url: str = "wss://stream.data.alpaca.markets"
-    trading_url: str = "https://paper-api.alpaca.markets"
+    api_key: SecretStr | None = Field(default=None, description="Alpaca key id (a secret: never logged); unset: Alpaca is skipped")
+    secret_key: SecretStr | None = Field(default=None, description="Alpaca secret key (a secret: never logged)")
+    feed: Literal["iex", "sip"] = Field(default="iex", description="Alpaca market-data feed: iex (free) or sip (paid plan)")
+    paper: bool = Field(default=True, description="trade on Alpaca's paper account (true) or the live one (false)")
+    data_url: str = Field(default="https://data.alpaca.markets", description="Alpaca market-data REST endpoint (a local stand-in in tests)")
+    stream_url: str = Field(default="wss://stream.data.alpaca.markets", description="Alpaca market-data websocket endpoint")
+    trading_url: str = Field(default="https://paper-api.alpaca.markets", description="Alpaca trading API endpoint (paper by default)")
 
 
 class AlphaVantageSettings(_Group):
@@ -180,9 +180,10 @@ class AlphaVantageSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_ALPHA_VANTAGE_"
 
-    api_key: SecretStr | None = None
-    base_url: str = "https://www.alphavantage.co"
-    daily_quota: int = Field(default=25, ge=1, description="calls per key per day")
+    api_key: SecretStr | None = Field(default=None, description="Alpha Vantage API key (a secret: never logged); unset: the provider is skipped")
+    base_url: str = Field(default="https://www.alphavantage.co", description="where the Alpha Vantage calls go (a local stand-in in tests)")
+    daily_quota: int = Field(default=25, ge=1, description="calls per key per day; when spent, no call is made until 00:00 UTC")
+    calls_per_window: int = Field(default=5, ge=1, le=10000, description="calls per rate window (OMNI_PROVIDERS_RATE_WINDOW_S) the key allows, shared by all workers")
 
 
 class YahooSettings(_Group):
@@ -190,8 +191,8 @@ class YahooSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_YAHOO_"
 
-    enabled: bool = True
-    base_url: str = "https://query2.finance.yahoo.com"
+    enabled: bool = Field(default=True, description="false: the Yahoo provider is skipped")
+    base_url: str = Field(default="https://query2.finance.yahoo.com", description="where yfinance's calls go (a local stand-in in tests)")
 
 
 class ProviderSettings(_Group):
@@ -199,8 +200,12 @@ class ProviderSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_PROVIDERS_"
 
-    order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"])
-    replay_dir: Path | None = None
+    order: CsvList = Field(default_factory=lambda: ["alpaca", "yahoo", "alpha_vantage"], description="providers tried in this order (comma separated): alpaca, yahoo, alpha_vantage, synthetic, replay")
+    replay_dir: Path | None = Field(default=None, description="folder of recorded bars the replay provider serves")
+    rate_window_s: float = Field(default=60.0, gt=0, le=3600, description="length of the shared rate-limit window the providers' per-minute limits apply to (tests scale it down)")
+    rate_wait_max_s: float = Field(default=10.0, ge=0, le=120, description="a call waits in the worker at most this long for a slot of the shared window; a longer wait defers the partition to the slot")
+    series_cache_s: float = Field(default=3600.0, gt=0, le=86400, description="a whole-series answer (Alpha Vantage daily) is kept this long for the other partitions of the same job and symbol")
+    max_refusals: int = Field(default=3, ge=1, le=100, description="times one symbol may be refused by a provider (a rate-limit body about it alone) before its partition fails with the provider's words")
 
     _split = field_validator("order", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 
@@ -222,7 +227,7 @@ class BackfillSettings(_Group):
     universe: CsvList = Field(default_factory=list, description="symbols (comma separated) instead of a file")
     timeframe: str = Field(default="1Day", description="timeframe of the nightly incremental backfill")
     feed: str = Field(default="iex", description="feed requested from Alpaca (iex or sip)")
-    adjustment: Literal["raw", "split", "dividend", "all"] = "raw"
+    adjustment: Literal["raw", "split", "dividend", "all"] = Field(default="raw", description="price adjustment of the nightly backfill: raw, split, dividend or all")
     overlap_days: int = Field(default=5, ge=0, le=60, description="the nightly run re-reads this many days before the last stored bar")
     lookback_days: int = Field(default=730, ge=1, le=20000, description="history fetched for a symbol with no stored bars")
     first_run_days: int = Field(
@@ -306,8 +311,8 @@ class StreamSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_STREAM_"
 
-    feed: Literal["synthetic", "replay", "alpaca"] = "synthetic"
-    symbols: CsvList = Field(default_factory=lambda: ["AAPL", "MSFT", "NVDA", "AMZN", "SPY"])
+    feed: Literal["synthetic", "replay", "alpaca"] = Field(default="synthetic", description="where live quotes come from: synthetic, replay (a recording) or alpaca")
+    symbols: CsvList = Field(default_factory=lambda: ["AAPL", "MSFT", "NVDA", "AMZN", "SPY"], description="symbols the streaming worker subscribes to (comma separated)")
     quote_ttl_s: int = Field(default=30, gt=0, description="latest quotes expire from Redis after this long")
     stale_after_s: float = Field(default=10.0, gt=0, description="a symbol with no quote this long in market hours is stale")
     client: Literal["lean", "alpaca-py"] = Field(default="lean", description="Alpaca websocket client: our lean one, or alpaca-py's StockDataStream")
@@ -318,8 +323,8 @@ class StreamSettings(_Group):
     )
     mute_after_s: float = Field(default=15.0, gt=0, description="connected but no market data this long while the market is open: reconnect")
     market_hours: Literal["calendar", "always"] = Field(default="calendar", description="calendar: mute/stale checks only in XNYS sessions")
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="first wait before reconnecting a dropped stream (doubles up to the max, jittered)")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnect attempts")
     connection_limit_cooldown_s: float = Field(default=60.0, gt=0, description="wait after Alpaca's 406 connection limit exceeded")
     stream_maxlen: int = Field(default=100_000, ge=0, description="approximate length of the omni:quotes stream; 0: no stream")
     synthetic_rate: float = Field(default=200.0, gt=0, description="quotes per second of the synthetic feed")
@@ -353,14 +358,14 @@ class RiskSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_RISK_"
 
-    max_position_notional_usd: Decimal = Field(default=Decimal("10000"), gt=0)
-    max_trades_per_day: int = Field(default=100, ge=0)
-    max_daily_loss_usd: Decimal = Field(default=Decimal("1000"), gt=0)
-    max_drawdown_pct: float = Field(default=2.0, gt=0, le=100)
-    drawdown_from: Literal["peak", "day_start"] = "peak"
-    max_concentration_pct: float = Field(default=30.0, gt=0, le=100)
-    max_correlation: float = Field(default=0.80, gt=0, le=1)
-    max_gross_leverage: float = Field(default=2.0, gt=0)
+    max_position_notional_usd: Decimal = Field(default=Decimal("10000"), gt=0, description="largest position in one symbol, in dollars; an order beyond it is denied")
+    max_trades_per_day: int = Field(default=100, ge=0, description="orders accepted per trading day; beyond it orders are denied")
+    max_daily_loss_usd: Decimal = Field(default=Decimal("1000"), gt=0, description="a day's loss (realised and unrealised) beyond this breaches the limit")
+    max_drawdown_pct: float = Field(default=2.0, gt=0, le=100, description="a drawdown beyond this percent breaches the limit")
+    drawdown_from: Literal["peak", "day_start"] = Field(default="peak", description="the drawdown is measured from the equity peak or from the day's start")
+    max_concentration_pct: float = Field(default=30.0, gt=0, le=100, description="largest share of gross exposure one symbol may take, percent")
+    max_correlation: float = Field(default=0.80, gt=0, le=1, description="a new position more correlated than this with a held one is flagged")
+    max_gross_leverage: float = Field(default=2.0, gt=0, description="gross exposure over equity allowed")
     var_lookback_days: int = Field(default=250, ge=2, le=5000, description="daily returns (trading days) behind VaR/ES, correlation, Sharpe and beta")
     var_min_history_days: int = Field(default=20, ge=2, le=5000, description="fewer daily returns for any held position: VaR/ES, Sharpe, beta and correlation are not computed (None, with the reason)")
     benchmark_symbol: str = Field(default="SPY", description="the beta is measured against this symbol's daily returns")
@@ -393,13 +398,13 @@ class WatchdogSettings(_Group):
 
     interval_s: float = Field(default=5.0, gt=0, description="period of the watchdog beat entry")
     breach_evaluations: int = Field(default=3, ge=1, description="consecutive breaching evaluations before an action")
-    heartbeat_stale_s: float = Field(default=30.0, gt=0)
-    queue_backlog_max: int = Field(default=1000, ge=1)
+    heartbeat_stale_s: float = Field(default=30.0, gt=0, description="a worker heartbeat older than this is stale")
+    queue_backlog_max: int = Field(default=1000, ge=1, description="messages waiting in one queue tolerated before the backlog rule breaches")
     stream_stale_s: float = Field(default=30.0, gt=0, description="in market hours, a stream whose last message is older than this is stale")
     error_storm_max_per_min: int = Field(default=20, ge=1, description="failed task runs in the last minute tolerated")
     expected_workers: CsvList = Field(
         default_factory=list,
-        description="worker kinds that must be heartbeating, e.g. orders,risk,stream (unset: none is required; 'stream' also makes a missing stream status a stale stream in market hours)",
+        description="worker kinds that must be heartbeating, e.g. `orders,risk,stream` (unset: none is required; 'stream' also makes a missing stream status a stale stream in market hours)",
     )
     latency_violations_max: int = Field(default=20, ge=1, description="new latency-budget violations tolerated per evaluation")
     disabled_rules: CsvList = Field(default_factory=list, description="watchdog rules not evaluated (comma separated)")
@@ -425,10 +430,10 @@ class AlertSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_ALERTS_"
 
-    webhook_url: SecretStr | None = Field(default=None, description="Slack incoming webhook or Telegram sendMessage URL (a secret: never logged)")
-    format: Literal["slack", "telegram"] = "slack"
+    webhook_url: SecretStr | None = Field(default=None, description="Slack incoming webhook or Telegram sendMessage URL (a secret: never logged; may be `enc:...`)")
+    format: Literal["slack", "telegram"] = Field(default="slack", description="alert payload format: slack or telegram")
     telegram_chat_id: str | None = Field(default=None, validate_default=True, description="required with format telegram")
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="timeout of one alert delivery")
     retries: int = Field(default=3, ge=0, le=10, description="further attempts after a 5xx, 429 or timeout")
     backoff_s: float = Field(default=0.5, ge=0, le=30, description="first retry delay; doubles each time")
 
@@ -459,11 +464,11 @@ class KillSwitchSettings(_Group):
     flatten_on_engage: bool = Field(default=False, description="engaging also closes every position with market orders")
     cancel_confirm_timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long engaging polls the broker until no order is open")
     poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="period of that poll")
-    snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: <data dir>/emergency")
-    http_token: SecretStr | None = Field(default=None, description="bearer token of POST /kill/engage on the health server; unset: the endpoint is off")
-    alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this")
+    snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: `<data dir>/emergency`")
+    http_token: SecretStr | None = Field(default=None, description="bearer token of `POST /kill/engage` on the health server (a secret; may be `enc:...`); unset: the endpoint is off")
+    alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this (and newer than the last state change)")
     reconcile_every_s: float = Field(
-        default=1.0, gt=0, le=60, description="the watchdog worker's listener reconciles the two copies of the trading state (Redis, database) this often"
+        default=1.0, gt=0, le=60, description="how often the watchdog worker reconciles the two copies of the trading state (a Redis behind the database is rewritten from it; an engage the database missed is written down)"
     )
 
     @field_validator("snapshot_dir", mode="after")
@@ -488,9 +493,9 @@ class FlowerSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_FLOWER_"
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=5555, ge=1, le=65535)
-    user: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.\-]+$")
+    host: str = Field(default="127.0.0.1", description="address Flower listens on")
+    port: int = Field(default=5555, ge=1, le=65535, description="port Flower listens on")
+    user: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.\-]+$", description="Flower's basic-auth user")
     password: SecretStr | None = Field(default=None, description="unset: `omni up` generates one and prints it once")
 
 
@@ -499,8 +504,8 @@ class MetricsSettings(_Group):
 
     prefix: ClassVar[str] = "OMNI_METRICS_"
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=9808, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="address the /metrics and /health server listens on")
+    port: int = Field(default=9808, ge=1, le=65535, description="port of the /metrics and /health server")
     request_timeout_s: float = Field(default=10.0, gt=0, le=300, description="a request to /metrics or /health must arrive whole within this many seconds of connecting, or the connection is dropped")
     workers: int = Field(default=8, ge=1, le=256, description="threads answering /metrics and /health requests (slow clients hold none of them)")
     max_connections: int = Field(default=256, ge=1, le=65535, description="connections waiting for their request at once; more are closed at once")
@@ -742,3 +747,39 @@ def secret_keys(settings: Settings) -> list[bytes]:
     if not keys:
         raise ConfigError("OMNI_SECRET_KEY: no Fernet key given (set OMNI_SECRET_KEY or OMNI_SECRET_KEY_FILE)")
     return keys
+
+
+def _default_text(group_cls: type[_Group], field_name: str) -> str:
+    """A field's default as the configuration table shows it."""
+    info = group_cls.model_fields[field_name]
+    if info.default_factory is not None:
+        value: Any = info.default_factory()  # type: ignore[call-arg]
+    else:
+        value = info.default
+    if value is None:
+        return "(unset)"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "(unset)"
+    if isinstance(value, Path):
+        home = str(Path.home())
+        text = str(value)
+        return "~" + text[len(home) :] if text.startswith(home) else text
+    return str(value)
+
+
+def configuration_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) of every setting, in the order of the groups and their fields."""
+    return [
+        (group_cls.prefix + field_name.upper(), _default_text(group_cls, field_name), info.description or "")
+        for group_cls in GROUPS.values()
+        for field_name, info in group_cls.model_fields.items()
+    ]
+
+
+def configuration_table() -> str:
+    """The README's configuration table (markdown), made from the settings' own descriptions (`omni config doc`)."""
+    out = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, meaning in configuration_rows():
+        escaped = meaning.replace("|", "\\|")
+        out.append(f"| `{name}` | `{default}` | {escaped} |")
+    return "\n".join(out)

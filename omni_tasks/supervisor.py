@@ -3,18 +3,26 @@
 Each child runs in its own process group (so a Celery worker's pool children
 are stopped with it) and gets SIGTERM if the supervisor itself dies (Linux
 PR_SET_PDEATHSIG), so no process is left behind.
+
+A child's stdout and stderr go through the supervisor into its log file, one JSON
+object per line: a line the child wrote as JSON (our structlog records) is kept
+as it is, any other line (Celery's banner, a library's warning, Redis's own log)
+is wrapped as ``{"timestamp", "level", "process", "event"}``, secrets removed.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -49,9 +57,41 @@ class Child:
     failures_in_row: int = 0
     next_start_at: float = 0.0
     exits: list[int] = field(default_factory=list)
+    pump: threading.Thread | None = None
 
 
 Announce = Callable[[str], None]
+
+
+def json_line(raw: bytes, process: str, scrub: Callable[[str], str] = lambda text: text) -> str | None:
+    """One line of a child's output as a JSON line (None for a blank line): kept if it is a JSON object, wrapped otherwise."""
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    if not text.strip():
+        return None
+    if text.startswith("{"):
+        try:
+            if isinstance(json.loads(text), dict):
+                return scrub(text)
+        except ValueError:
+            pass
+    upper = text.upper()
+    level = next((name.lower() for name in ("CRITICAL", "ERROR", "WARNING") if name in upper), "info")
+    record = {"timestamp": datetime.now(tz=UTC).isoformat(), "level": level, "process": process, "event": scrub(text), "wrapped": True}
+    return json.dumps(record, ensure_ascii=False)
+
+
+def _pump(source: object, path: Path, process: str) -> None:
+    """Copy a child's output into its log file as JSON lines until the child closes it."""
+    from omni_tasks.logs import redactor
+
+    scrub = redactor().scrub
+    with path.open("a", encoding="utf-8") as sink:
+        for raw in iter(source.readline, b""):  # type: ignore[attr-defined]  # the child's stdout pipe
+            line = json_line(raw, process, scrub)
+            if line is not None:
+                sink.write(line + "\n")
+                sink.flush()
+    source.close()  # type: ignore[attr-defined]
 
 
 class Supervisor:
@@ -65,25 +105,22 @@ class Supervisor:
     # ---- lifecycle ---------------------------------------------------------
     def start(self, child: Child) -> None:
         spec = child.spec
-        stdout: int | object = subprocess.DEVNULL
-        handle = None
         if spec.log_path is not None:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(spec.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-            stdout = handle
-        try:
-            child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
-                spec.argv,
-                env=spec.env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,  # type: ignore[arg-type]
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads yet matter here
+        child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+            spec.argv,
+            env=spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if spec.log_path is None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads yet matter here
+        )
+        if spec.log_path is not None:
+            child.pump = threading.Thread(
+                target=_pump, args=(child.process.stdout, spec.log_path, spec.name), name=f"log-{spec.name}", daemon=True
             )
-        finally:
-            if handle is not None:
-                handle.close()
+            child.pump.start()
         child.started_at = time.monotonic()
 
     def start_all(self) -> None:
@@ -138,6 +175,9 @@ class Supervisor:
                         child.process.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         pass
+                if child.pump is not None:
+                    # The last lines a child wrote before it exited reach its log file.
+                    child.pump.join(timeout=2)
 
     @staticmethod
     def _signal(child: Child, sig: signal.Signals) -> None:

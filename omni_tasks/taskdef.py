@@ -67,6 +67,18 @@ def _json_primitive(value: Any, depth: int = 0) -> bool:
     return False
 
 
+class _NoSentEvent:
+    """An event dispatcher that publishes nothing: a task with ``send_events=False`` sends no task-sent event either."""
+
+    enabled = False
+
+    def publish(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_NO_SENT_EVENT = _NoSentEvent()
+
+
 class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """Base class behind :func:`omni_task`: delivery counting, outcome ledger, metrics, log context."""
 
@@ -93,6 +105,9 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
                     f"{self.name}: an ETA {delay_s:.0f} s ahead is beyond the broker visibility timeout "
                     f"({visibility} s) and would run twice; schedule it with beat instead"
                 )
+        if not self.send_events:
+            # Celery's task_send_sent_event is global; a quiet task's sender skips it through its dispatcher.
+            options.setdefault("event_dispatcher", _NO_SENT_EVENT)
         return super().apply_async(args, kwargs, **options)
 
     # ---- worker side ----------------------------------------------------
@@ -225,12 +240,16 @@ def omni_task(
     ignore_result: bool = True,
     expires_s: float | None = None,
     rate_limit: str | None = None,
+    send_events: bool = True,
 ) -> Callable[[F], OmniTask]:
     """Register a plain function as a Celery task with the pipeline's guarantees.
 
     ``name`` is the stable wire name (``omni.<domain>.<action>``): renaming the
     Python function never orphans queued messages. Time limits are seconds;
-    the hard limit must exceed the soft one.
+    the hard limit must exceed the soft one. ``send_events=False``: no task
+    events at all (sent, received, started, succeeded...), so a frequent
+    housekeeping task does not fill Flower's task list; its worker still sends
+    heartbeats, and its runs are still in the task-run ledger and the metrics.
     """
     if not _TASK_NAME.match(name):
         raise ValueError(f"task name {name!r} must look like omni.<domain>.<action>")
@@ -261,6 +280,7 @@ def omni_task(
             "max_deliveries": max_deliveries,
             "idempotent": idempotent,
             "order_bearing": order_bearing,
+            "send_events": send_events,
         }
         if expires_s is not None:
             options["expires"] = expires_s

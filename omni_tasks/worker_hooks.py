@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from celery import Celery, bootsteps, signals
 
-from omni_tasks import __version__, heartbeats, metrics
+from omni_tasks import __version__, counters, heartbeats, metrics
 from omni_tasks.logs import configure_logging
 from omni_tasks.runtime import after_fork, get_runtime
 from omni_tasks.taskdef import SENT_AT_HEADER
@@ -51,10 +51,15 @@ def _on_setup_logging(**_: Any) -> None:
     )
 
 
+_sent = counters.Buffered(lambda: get_runtime().redis)
+
+
 def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
-    metrics.TASK_SENT.labels(str(sender), socket.gethostname(), routing_key or "?").inc()
+    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.counters);
+    # buffered, so a publish never waits on Redis.
+    _sent.inc(counters.TASKS_SENT, str(sender), socket.gethostname(), routing_key or "?")
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -310,5 +315,7 @@ def install(app: Celery) -> None:
     signals.task_rejected.connect(_on_task_rejected, weak=False)
     signals.task_revoked.connect(_on_task_revoked, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
+    # A pool child leaves through os._exit (no atexit): its buffered task-sent counts go first.
+    signals.worker_process_shutdown.connect(lambda **_: _sent.flush(), weak=False)
     app.steps["worker"].add(HeartbeatStep)
     app.steps["consumer"].add(BrokerConnectionStep)

@@ -247,7 +247,7 @@ def status_cmd(
         print(json.dumps({**state, "partitions_detail": [
             {"id": p.id, "symbol": p.symbol, "start": p.start.isoformat(), "end": p.end.isoformat(), "status": p.status, "rows": p.rows,
              "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error,
-             "cause": p.cause, "notes": p.notes}
+             "cause": p.cause, "notes": p.notes, "resume_at": p.resume_at.isoformat() if p.resume_at else None}
             for p in parts]}, indent=2))
         return
     _print_job(state)
@@ -256,7 +256,8 @@ def status_cmd(
         table.add_column(column)
     for p in parts:
         said = "; ".join(x for x in (p.cause and p.cause.replace("_", " "), p.last_error, p.notes) if x)
-        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", p.status, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), said[:160])
+        shown = f"deferred, resumes {p.resume_at.strftime('%Y-%m-%d %H:%M:%S')} UTC" if p.status == "deferred" and p.resume_at else p.status
+        table.add_row(str(p.id), p.symbol, f"{p.start.date()} .. {p.end.date()}", shown, str(p.rows), str(p.rejected), p.provider or "-", str(p.attempts), said[:160])
     console.print(table)
 
 

@@ -3,8 +3,11 @@
 A forced state (an operator's) is kept apart from the automatic one and wins
 until it is cleared; ``reset`` clears both. Every change is audited (who, why,
 when: an ``audit_log`` row ``breaker.transition`` whose actor is the operator),
-logged, counted in ``omni_breaker_transitions_total`` and alerted when a
-webhook is configured. Names outside the known set are refused with the list.
+logged, counted in ``omni_breaker_transitions_total`` (a counter in Redis the
+metrics server exports: this short-lived process writes no metric file) and
+alerted when a webhook is configured. ``state`` is the effective state (what
+calls get: a forced state wins); ``automatic`` is the automatic one beneath.
+Names outside the known set are refused with the list.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def breaker_rows(client: Any, settings: Any, now: float | None = None) -> list[d
             for k, v in client.hgetall(f"omni:breaker:{name}").items()
         }
         left = None
-        if state["state"] == "open" and state["opened_at"] is not None:
+        if state["automatic"] == "open" and state["opened_at"] is not None:
             left = max(0.0, state["opened_at"] + cooldown_s - now)
         rows.append(
             {
@@ -109,16 +112,17 @@ def list_breakers(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title="Circuit breakers", title_justify="left")
-    for column in ("name", "state", "forced or automatic", "failures", "opened at", "cooldown left", "forced by / why"):
+    table = Table(title="Circuit breakers (state: what calls get; a forced state wins over the automatic one)", title_justify="left")
+    for column in ("name", "state", "forced or automatic", "automatic state", "failures", "opened at (UTC)", "cooldown left", "forced by / why"):
         table.add_column(column)
     for row in rows:
-        shown = row["forced"] or row["state"]
-        colour = {"closed": "green", "half_open": "yellow"}.get(shown, "red")
-        opened = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["opened_at"])) if row["opened_at"] else "-"
+        colour = {"closed": "green", "half_open": "yellow"}.get(row["state"], "red")
+        opened = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row["opened_at"])) if row["opened_at"] else "-"
         left = "-" if row["cooldown_left_s"] is None else f"{row['cooldown_left_s']:.1f} s"
         who = f"{row['forced_by']}: {row['forced_reason']}" if row["forced"] else "-"
-        table.add_row(row["name"], f"[{colour}]{row['state']}[/{colour}]", row["mode"], str(row["failures"]), opened, left, who)
+        table.add_row(
+            row["name"], f"[{colour}]{row['state']}[/{colour}]", row["mode"], row["automatic"], str(row["failures"]), opened, left, who
+        )
     console.print(table)
 
 
@@ -165,7 +169,7 @@ def reset(
     breaker = _breaker(name, actor)
     before = breaker.state()
     breaker.reset(actor=actor, reason=why)
-    shown = f"forced {before['forced']}" if before["forced"] else before["state"]
+    shown = f"forced {before['forced']}" if before["forced"] else before["automatic"]
     console.print(f"breaker [bold]{name}[/bold] reset by {actor} ({shown} -> [green]closed[/green]): {why}")
 
 

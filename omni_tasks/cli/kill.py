@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omni_tasks import inputs
-from omni_tasks.cli.parsing import check, option
+from omni_tasks.cli.parsing import check, fail, option
 
 console = Console()
 kill_app = typer.Typer(help="The kill switch: engage, release, status, drill.", no_args_is_help=True)
@@ -193,11 +193,9 @@ def release_command(
     try:
         result = release(runtime, actor=actor, reason=why, to=target)
     except KillSwitchError as exc:
-        console.print(f"[red]release refused or failed:[/red] {exc}")
-        raise typer.Exit(3) from None
+        fail("kill release", f"release refused or failed: {exc}", 3)
     except Exception as exc:  # noqa: BLE001 - the operator sees one line, not a traceback
-        console.print(f"[red]release failed:[/red] {type(exc).__name__}: {exc}")
-        raise typer.Exit(3) from None
+        fail("kill release", f"release failed: {type(exc).__name__}: {exc}", 3)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     elif not result.changed:
@@ -228,8 +226,7 @@ def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> Non
     try:
         result = set_reducing(get_runtime(), actor=_actor(operator), reason=_reason(reason))
     except KillSwitchError as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(3) from None
+        fail("kill", f"refused: {exc}", 3)
     console.print(
         f"Trading state: {result.state_before} -> [yellow]{result.state_after}[/yellow]" + ("" if result.changed else " (already)")
     )
@@ -248,8 +245,7 @@ def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> N
     try:
         result = activate(get_runtime(), actor=_actor(operator), reason=_reason(reason))
     except KillSwitchError as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(3) from None
+        fail("kill", f"refused: {exc}", 3)
     console.print(f"Trading state: {result.state_before} -> [green]{result.state_after}[/green]" + ("" if result.changed else " (already)"))
     raise typer.Exit(3 if result.errors else (0 if result.changed else 4))
 

@@ -1,24 +1,29 @@
-"""The `omni` command line. Every command loads the settings once; errors print one line, no traceback."""
+"""The `omni` command line. Every command loads the settings once; errors print one line, no traceback.
+
+Start-up is kept light: this module and the command modules import only typer, rich and the input
+rules; settings, SQLAlchemy, Redis, Celery and the domain are imported inside the commands that use
+them (`omni --help` must not pay for them). ``tests/test_cli_ux.py`` checks which modules are loaded.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
-import tempfile
-import traceback
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 # typer vendors click; its usage-error base class is not re-exported (typer.BadParameter is one of them).
 from typer._click.exceptions import ClickException
 
+from omni_tasks.cli.parsing import one_line as _one_line
+from omni_tasks.cli.parsing import report_error, wants_json
 from omni_tasks.errors import BootRefused, ConfigError
-from omni_tasks.runtime import install_settings
-from omni_tasks.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from omni_tasks.settings import Settings
 
 app = typer.Typer(
     name="omni",
@@ -31,8 +36,28 @@ app = typer.Typer(
 _crash_dir: Path | None = None
 
 
+#: The long-running processes whose metrics the server merges from their files.
+METRIC_FILE_ROLES = frozenset({"beat", "stream", "server"})
+
+
+def writes_metric_files(role: str) -> bool:
+    """Workers, beat, the stream and the server write prometheus-client files; the CLI, `omni up` and Flower do not."""
+    return role in METRIC_FILE_ROLES or role.startswith("worker-")
+
+
 def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> Settings:
-    """Load and install the settings, point Prometheus at the shared metrics folder, set up logs."""
+    """Load and install the settings, point Prometheus at the shared metrics folder, set up logs.
+
+    Commands run by a person (role ``cli``) log everything as JSON to ``<data>/logs/omni-cli.log``
+    (or ``OMNI_CORE_LOG_FILE``'s ``-cli`` file) and show only warnings on stderr, one human line each:
+    their output is never mixed with log records. ``configure_log=False`` is kept for callers that set
+    up logging themselves (``omni up``); for ``cli`` it changes nothing.
+    """
+    import socket
+
+    from omni_tasks.runtime import install_settings
+    from omni_tasks.settings import load_settings
+
     global _crash_dir
     settings = load_settings()
     install_settings(settings)
@@ -40,15 +65,32 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # prometheus_client reads this when it is first imported, so it is set
     # here, before any module that defines metrics is imported.
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if not writes_metric_files(role):
+        # A short-lived command would leave files behind for every scrape to merge, and Flower serves its
+        # own registry: neither writes metric files (what the CLI does is counted in Redis: omni_tasks.counters).
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # One folder per host: PIDs repeat across containers sharing the volume.
         host_dir = settings.metrics_dir / socket.gethostname()
         host_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
-    from omni_tasks import worker_hooks
+    if role != "cli":
+        # Names a Celery process in its logs and heartbeats; a person's command needs neither (nor Celery's import time).
+        from omni_tasks import worker_hooks
 
-    worker_hooks.set_process(role, kind)
-    if configure_log:
+        worker_hooks.set_process(role, kind)
+    if role == "cli":
+        from omni_tasks.logs import configure_logging
+
+        configure_logging(
+            level=settings.core.log_level,
+            fmt="json",
+            role=role,
+            secrets=settings.secret_values(),
+            log_file=settings.core.log_file or settings.data_dir / "logs" / "omni.log",
+            console_level="WARNING",
+        )
+    elif configure_log:
         from omni_tasks.logs import configure_logging
 
         configure_logging(
@@ -91,57 +133,71 @@ def main(argv: list[str] | None = None) -> None:
         # Not standalone: click's own error display is a multi-line box; ours is one line.
         code = command.main(args=argv, prog_name="omni", standalone_mode=False)
     except ClickException as exc:
-        print(_usage_line(exc), file=sys.stderr)
+        where, message = _usage_line(exc)
+        report_error(where, message, exc.exit_code, as_json=wants_json(argv=argv))
         sys.exit(exc.exit_code)
     except typer.Abort:
-        print("omni: aborted", file=sys.stderr)
+        report_error("omni", "aborted", 1, as_json=wants_json(argv=argv))
         sys.exit(1)
     except ConfigError as exc:
-        print(f"omni: configuration error: {_one_line(str(exc))}", file=sys.stderr)
+        report_error("omni", f"configuration error: {exc}", 2, as_json=wants_json(argv=argv))
         sys.exit(2)
     except BootRefused as exc:
-        print(f"omni: refusing to start: {_one_line(str(exc))}", file=sys.stderr)
+        report_error("omni", f"refusing to start: {exc}", 3, as_json=wants_json(argv=argv))
         sys.exit(3)
     except KeyboardInterrupt:
-        print("omni: interrupted", file=sys.stderr)
+        report_error("omni", "interrupted", 130, as_json=wants_json(argv=argv))
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the safety net: one line for the user, the traceback in a file
         where = _write_crash(exc, argv)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"omni: internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {where}", file=sys.stderr)
+        report_error(
+            "omni", f"internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {where}", 1, as_json=wants_json(argv=argv)
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no message)"
-
-
-def _usage_line(exc: ClickException) -> str:
-    """``omni <command path>: <problem>`` from a click usage error (typer's parsers add pydantic's prefix; dropped)."""
+def _usage_line(exc: ClickException) -> tuple[str, str]:
+    """(``omni <command path>``, problem) from a click usage error (typer's parsers add pydantic's prefix; dropped)."""
     message = _one_line(exc.format_message())
     # "Invalid value for '--top': Value error, --top '1_0' is not ...": our parsers name the field themselves.
     message = re.sub(r"^Invalid value for '[^']*': Value error, ", "", message).replace("Value error, ", "")
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None and ctx.command_path else "omni"
-    return f"{where}: {message}"
+    return where, message
 
 
 def crash_log_path() -> Path:
     """Where the CLI writes tracebacks of unexpected errors: <data dir>/logs/cli-errors.log (a temp folder if unknown)."""
+    import tempfile
+
     base = _crash_dir or Path(tempfile.gettempdir()) / f"omni-tasks-{os.getuid()}"
     return base / "cli-errors.log"
 
 
 def _write_crash(exc: BaseException, argv: list[str] | None) -> Path:
+    """Append one JSON line (like every file in <data>/logs) with the traceback; returns the file."""
+    import json
+    import traceback
+    from datetime import UTC, datetime
+
     path = crash_log_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        record = {
+            "timestamp": datetime.now(tz=UTC).isoformat(),
+            "level": "error",
+            "role": "cli",
+            "event": "internal error",
+            "pid": os.getpid(),
+            # The arguments may hold anything a user typed: kept as given, escaped by JSON.
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "error": f"{type(exc).__name__}: {exc}",
+            "exception": "".join(traceback.format_exception(exc)),
+        }
         with path.open("a", encoding="utf-8") as handle:
-            stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
-            # The arguments may hold anything a user typed: kept escaped, as repr.
-            handle.write(f"--- {stamp} pid {os.getpid()} argv {list(sys.argv[1:] if argv is None else argv)!r}\n")
-            handle.write("".join(traceback.format_exception(exc)))
+            handle.write(json.dumps(record, default=str) + "\n")
     except OSError:
         pass
     return path

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks.cli.parsing import fail
+
 console = Console()
 
 
@@ -29,14 +31,12 @@ def news(
     try:
         chosen = check_symbol(symbol)
     except ValueError as exc:
-        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail("news", str(exc), 2)
     runtime = get_runtime()
     from omni_tasks.storage import migrations
 
     if migrations.current_revision(runtime.engine) != migrations.head_revision(runtime.engine):
-        console.print("[red]omni news: the database schema is not up to date: run `omni db upgrade` first[/red]", soft_wrap=True)
-        raise typer.Exit(2)
+        fail("news", "the database schema is not up to date: run `omni db upgrade` first", 2)
     if fetch:
         _fetch_now(runtime, chosen)
     from omni_tasks.news.store import read_news
@@ -76,20 +76,19 @@ def _fetch_now(runtime: object, symbol: str) -> None:
     from omni_tasks.news.fetch import Budget, fetch_symbol
 
     settings = runtime.settings  # type: ignore[attr-defined]
-    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota)
+    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota, settings.alpha_vantage.calls_per_window)
     try:
         outcome = fetch_symbol(
             symbol,
             client=alpha_vantage_news.from_settings(settings),
             factory=runtime.sessions,  # type: ignore[attr-defined]
-            limiter=RateLimiter(runtime.redis),  # type: ignore[attr-defined]
+            limiter=RateLimiter(runtime.redis, window_s=settings.providers.rate_window_s),  # type: ignore[attr-defined]
             budget=Budget(per_min=caps.rate_limit_per_min, daily_quota=caps.daily_quota, wait_max_s=15.0),
             limit=settings.news.limit,
             lookback_days=settings.news.lookback_days,
         )
     except ProviderError as exc:
-        console.print(f"[red]omni news: {exc}[/red]", soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail("news", str(exc), 1)
     if outcome.status != "stored":
         console.print(f"[yellow]news not fetched ({outcome.status}): {outcome.detail}[/yellow]")
         return

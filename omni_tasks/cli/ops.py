@@ -17,19 +17,79 @@ from omni_tasks.cli.parsing import option
 console = Console()
 
 
+#: How long `omni status` waits to connect to Redis before it concludes the pipeline is not running.
+PROBE_CONNECT_S = 0.5
+#: `omni status` exit codes: 0 all shown, 1 some part unavailable, 4 the pipeline is not running.
+NOT_RUNNING_EXIT = 4
+NOT_RUNNING_HINT = "the pipeline is not running (no omni up / no workers seen): start it with `omni up`"
+
+
+class _QuickRuntime:
+    """The process runtime with a Redis client that gives up connecting after :data:`PROBE_CONNECT_S`."""
+
+    def __init__(self, runtime: Any, client: Any) -> None:
+        self.settings = runtime.settings
+        self.sessions = runtime.sessions
+        self.redis = client
+
+
+def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], Any]:
+    """Whether the pipeline runs: Redis answers and a worker beat recently. Returns (the finding, the Redis client or None).
+
+    Quick by construction: the embedded Redis's socket file is checked before connecting, and a
+    connection attempt gives up after :data:`PROBE_CONNECT_S`.
+    """
+    from omni_tasks.redis_util import redis_from_url
+
+    finding: dict[str, Any] = {"running": False, "redis": None, "workers_alive": 0, "message": None}
+    if settings.embedded and not settings.embedded_redis_socket.exists():
+        finding["redis"] = f"unreachable: the embedded Redis socket {settings.embedded_redis_socket} does not exist"
+        finding["message"] = NOT_RUNNING_HINT
+        return finding, None
+    client = redis_from_url(settings.redis_url, timeout_s=5.0, connect_timeout_s=PROBE_CONNECT_S)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis means the pipeline cannot be running
+        finding["redis"] = f"unreachable: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        finding["message"] = NOT_RUNNING_HINT
+        client.close()
+        return finding, None
+    finding["redis"] = "reachable"
+    from omni_tasks import observe  # Celery's import time is paid only when there is something to observe
+
+    try:
+        alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
+    except Exception as exc:  # noqa: BLE001 - shown, and the rest of status still runs
+        finding["redis"] = f"reachable, heartbeats unreadable: {type(exc).__name__}"
+        alive = []
+    finding["workers_alive"] = len(alive)
+    finding["running"] = bool(alive)
+    if not alive:
+        finding["message"] = NOT_RUNNING_HINT
+    return finding, client
+
+
 def gather_status() -> dict[str, Any]:
-    """Everything `omni status` shows, as plain data."""
+    """Everything `omni status` shows, as plain data (``pipeline``: whether it runs at all)."""
+    from omni_tasks.runtime import get_runtime
+
+    base = get_runtime()
+    settings = base.settings
+    out: dict[str, Any] = {"ts": time.time(), "errors": []}
+    out["pipeline"], client = probe_pipeline(settings, settings.broker.dead_after_s)
+    if client is None:
+        # Not running: what the database says, nothing that would wait on Redis or the broker.
+        out["trading"] = _database_state(base)
+        out["errors"].extend(f"trading state: {error}" for error in out["trading"].pop("db_errors"))
+        return out
     from sqlalchemy import select
 
     from omni_tasks import observe
     from omni_tasks.queues import ALL_QUEUES
-    from omni_tasks.runtime import get_runtime
     from omni_tasks.storage.models import TaskRun
     from omni_tasks.watchdog.monitor import LAST_TICK_KEY
 
-    runtime = get_runtime()
-    settings = runtime.settings
-    out: dict[str, Any] = {"ts": time.time(), "errors": []}
+    runtime = _QuickRuntime(base, client)
     try:
         snap = observe.live_snapshot(runtime.redis, settings.broker_url, [q.value for q in ALL_QUEUES], settings.broker.dead_after_s)
         out.update(snap)
@@ -73,7 +133,43 @@ def gather_status() -> dict[str, Any]:
             ]
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    try:
+        out["orders_today"] = orders_today(runtime.sessions)
+    except Exception as exc:  # noqa: BLE001 - status must show what it can
+        out["errors"].append(f"orders: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    client.close()
     return out
+
+
+def orders_today(sessions: Any, now: datetime | None = None) -> dict[str, int]:
+    """Orders created since 00:00 UTC by status (denied: refused by a pre-trade check, a successful task), from the ledger."""
+    from sqlalchemy import func, select
+
+    from omni_tasks.storage.models import Order
+
+    now = datetime.now(tz=UTC) if now is None else now
+    since = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    with sessions() as session:
+        rows = session.execute(select(Order.status, func.count()).where(Order.created_at >= since).group_by(Order.status)).all()
+    return {str(status): int(count) for status, count in sorted(rows)}
+
+
+def _database_state(runtime: Any) -> dict[str, Any]:
+    """The trading state recorded in the database, for when Redis is not there (the durable copy)."""
+    from omni_tasks.safety.killswitch import read_row
+
+    found: dict[str, Any] = {"state": None, "version": None, "actor": None, "reason": None, "changed_at": None, "source": "database", "db_errors": []}
+    try:
+        with runtime.sessions() as session:
+            row = read_row(session)
+            if row is not None:
+                found.update(
+                    state=row.state, version=int(row.version), actor=row.actor, reason=row.reason,
+                    changed_at=row.changed_at.isoformat() if getattr(row, "changed_at", None) else None,
+                )
+    except Exception as exc:  # noqa: BLE001 - shown as unavailable
+        found["db_errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return found
 
 
 def stream_view(client: Any) -> dict[str, Any] | None:
@@ -197,16 +293,103 @@ def _print_stream(stream: dict[str, Any] | None) -> None:
     console.print(table)
 
 
-def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Show the trading state and kill switch, workers, queues (depth, oldest wait), the beat leader and recent failures."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh in place until Ctrl-C (with --json: one JSON line per refresh)")] = False,
+    interval_s: Annotated[float, typer.Option("--interval", help="seconds between refreshes with --watch", parser=option(inputs.seconds, what="--interval", lo=0.2, hi=3600.0))] = 2.0,
+) -> None:
+    """Show the trading state and kill switch, workers, queues (depth, oldest wait), the beat leader and recent failures.
+
+    Says within about a second when the pipeline is not running (then only the trading state recorded
+    in the database is shown). Exit code: 0 all shown, 1 some part unavailable, 4 the pipeline is not running.
+    """
     from omni_tasks.cli.main import prepare
 
     prepare("cli", configure_log=False)
+    if watch:
+        _watch(as_json=as_json, interval_s=interval_s)
+        raise typer.Exit(0)
     data = gather_status()
     if as_json:
         print(json.dumps(data, indent=2, default=str))
-        raise typer.Exit(1 if data["errors"] else 0)
+    else:
+        _render(data)
+    raise typer.Exit(_exit_code(data))
 
+
+def _exit_code(data: dict[str, Any]) -> int:
+    if not data["pipeline"]["running"]:
+        return NOT_RUNNING_EXIT
+    return 1 if data["errors"] else 0
+
+
+def _watch(*, as_json: bool, interval_s: float) -> None:
+    """Refresh until Ctrl-C: in place on a terminal (rich Live), one JSON line per refresh with --json."""
+    from rich.live import Live
+
+    try:
+        if as_json:
+            while True:
+                print(json.dumps(gather_status(), default=str), flush=True)
+                time.sleep(interval_s)
+        with Live(_captured(gather_status()), console=console, auto_refresh=False, screen=False, transient=False) as live:
+            while True:
+                time.sleep(interval_s)
+                live.update(_captured(gather_status()), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _captured(data: dict[str, Any]) -> Any:
+    """What :func:`_render` prints, as one renderable (rich Live redraws it in place), stamped with the time."""
+    import io
+
+    from rich.text import Text
+
+    global console
+    real = console
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=real.color_system or "standard", width=real.width)
+    try:
+        console.print(f"[dim]omni status at {datetime.now().astimezone().strftime('%H:%M:%S')} (Ctrl-C to stop)[/dim]")
+        _render(data)
+        text = console.file.getvalue()  # type: ignore[attr-defined]  # the StringIO given above
+    finally:
+        console = real
+    return Text.from_ansi(text)
+
+
+def _render_not_running(data: dict[str, Any]) -> None:
+    pipeline = data["pipeline"]
+    console.print("[bold red]The pipeline is not running[/bold red] (no omni up / no workers seen): start it with `omni up`")
+    console.print(f"Redis: {pipeline['redis']}; workers alive: {pipeline['workers_alive']}")
+    trading = data.get("trading")
+    if trading is None:
+        return
+    if trading.get("state") is None and not data["errors"]:
+        console.print("Trading state in the database: none recorded (a fresh install starts ACTIVE)")
+    elif trading.get("state") is not None:
+        colour = {"ACTIVE": "green", "REDUCING": "yellow"}.get(trading["state"], "red")
+        console.print(
+            f"Trading state in the database: [{colour}]{trading['state']}[/{colour}] (version {trading['version']}, "
+            f"since {trading.get('changed_at') or '-'}, by {trading.get('actor') or '-'}, why: {trading.get('reason') or '-'})"
+        )
+    else:
+        return
+    console.print(
+        "  This is the durable copy; it applies when the pipeline starts. While the pipeline is not running no order is sent "
+        "and nothing else (workers, queues, risk, stream) can be shown."
+    )
+
+
+def _render(data: dict[str, Any]) -> None:
+    """Print `omni status` for a person."""
+    if data.get("pipeline") and not data["pipeline"]["running"] and "workers" not in data:
+        _render_not_running(data)
+        for error in data["errors"]:
+            console.print(f"[red]unavailable: {error}[/red]")
+        return
+    if data.get("pipeline") and not data["pipeline"]["running"]:
+        console.print(f"[bold red]{NOT_RUNNING_HINT}[/bold red] (Redis answers, no worker has beaten recently)", markup=True)
     from omni_tasks.cli.kill import render_state
 
     console.print(render_state(data["trading"]))
@@ -254,19 +437,24 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="machine-readabl
         for b in data["breakers"]:
             shown = b.get("forced") or b["state"]
             colour = {"closed": "green", "half_open": "yellow"}.get(shown, "red")
-            since = time.strftime("%H:%M:%S", time.localtime(b["updated_at"])) if b.get("updated_at") else "-"
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(b["updated_at"])) if b.get("updated_at") else "-"
             breakers.add_row(b["name"], f"[{colour}]{b['state']}[/{colour}]", b.get("forced") or "-", str(b["failures"]), since)
         console.print(breakers)
 
+    orders = data.get("orders_today")
+    if orders is not None:
+        shown = ", ".join(f"{'[red]' + k + '[/red]' if k in ('denied', 'rejected') else k} {v}" for k, v in orders.items()) or "none"
+        console.print(f"Orders today (since 00:00 UTC): {shown}")
+
     failures = Table(title="Recent failures", title_justify="left")
-    for column in ("finished", "task", "queue", "state", "error"):
+    for column in ("finished (UTC)", "task", "queue", "state", "error"):
         failures.add_column(column)
     for f in data.get("recent_failures", []):
-        failures.add_row(f["finished_at"][:19], f["name"], f["queue"], f["state"], f["error"])
+        finished = datetime.fromisoformat(f["finished_at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        failures.add_row(finished, f["name"], f["queue"], f["state"], f["error"])
     console.print(failures)
     for error in data["errors"]:
         console.print(f"[red]unavailable: {error}[/red]")
-    raise typer.Exit(1 if data["errors"] else 0)
 
 
 def ping(

@@ -61,8 +61,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
     runtime = get_runtime()
     if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
         message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
-        console.print(f"[red]omni order: {message}[/red]", soft_wrap=True)
-        raise typer.Exit(1)
+        fail("order", message, 1)
     what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
         f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
     )
@@ -77,7 +76,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
         if as_json:
             print(json.dumps({"client_order_id": client_order_id, "status": "not_queued", "reason": str(exc)}))
         else:
-            console.print(f"[red]omni order: could not queue {what} ({client_order_id}): {exc}[/red]", soft_wrap=True)
+            fail("order", f"could not queue {what} ({client_order_id}): {exc}", 1)
         raise typer.Exit(1) from None
     deadline = accepted.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
     if not wait:
@@ -227,10 +226,7 @@ def list_orders(
         with get_runtime().sessions() as session:
             rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
     except SQLAlchemyError as exc:
-        console.print(
-            f"[red]omni order: the database is unavailable ({type(exc).__name__}): orders cannot be listed now[/red]", soft_wrap=True
-        )
-        raise typer.Exit(1) from None
+        fail("order list", f"the database is unavailable ({type(exc).__name__}): orders cannot be listed now", 1)
     if as_json:
         print(json.dumps(rows, default=str, indent=2))
         return

@@ -9,9 +9,8 @@ import signal
 import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,7 +19,9 @@ from rich.table import Table
 from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, option
 from omni_tasks.errors import BootRefused
-from omni_tasks.settings import Settings
+
+if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
+    from omni_tasks.settings import Settings
 
 console = Console(stderr=False)
 
@@ -82,7 +83,7 @@ def beat() -> None:
 
 
 def flower() -> None:
-    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required)."""
+    """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required); times in UTC, workers re-inspected every 15 s."""
     from omni_tasks.cli.main import prepare
 
     settings = prepare("flower")
@@ -90,19 +91,20 @@ def flower() -> None:
     if not password:
         raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
     from omni_tasks.celery_app import app as celery_app
+    from omni_tasks.cli import flower_app
 
     # The credentials go in through argv of this process's own click call,
     # never through the OS command line, so `ps` does not show them.
-    celery_app.start(
+    flower_app.run(
+        celery_app,
         [
-            "flower",
             f"--address={settings.flower.host}",
             f"--port={settings.flower.port}",
             f"--basic-auth={settings.flower.user}:{password}",
             "--purge_offline_workers=60",
             "--max_tasks=10000",
             "--persistent=False",
-        ]
+        ],
     )
 
 
@@ -136,6 +138,7 @@ def server() -> None:
             worker_kinds=[*KINDS, "stream"],
             dead_after_s=settings.broker.dead_after_s,
             watchdog_interval_s=settings.watchdog.interval_s,
+            settings=settings,
         )
 
     def stream_source() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,12 +147,15 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
+    from omni_tasks import counters
+
     exposition = metrics.build_exposition(
         snapshot,
         settings.metrics_dir,
         stream_source,
         lambda: observe.desk_snapshot(runtime),
         files_max_age_s=settings.metrics.scrape_cache_s,
+        shared_counters=lambda: counters.read_all(runtime.redis),
     )
     httpd = make_server(
         settings.metrics.host,
@@ -236,7 +242,7 @@ def up(
     specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
 
     def announce(message: str) -> None:
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}")
+        console.print(f"[dim]{time.strftime('%H:%M:%S UTC', time.gmtime())}[/dim] {message}")
 
     supervisor = Supervisor(specs, announce=announce)
     stop_requested = {"flag": False}
@@ -385,6 +391,8 @@ def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop["flag"]:
         try:
+            import urllib.request
+
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
                 if response.status == 200:
                     import json

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -90,6 +89,8 @@ def stream(
             if recorder is not None:
                 console.print(f"recorded {recorder.frames} frames to {record}")
             await client.aclose()
+
+    import asyncio
 
     raise typer.Exit(asyncio.run(main()))
 

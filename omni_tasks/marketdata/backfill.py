@@ -13,7 +13,9 @@ reads the cause and reports "no data", not holes. Running a partition twice stor
 store upserts, and a partition already succeeded is not fetched again.
 
     pending -> running -> succeeded
-                       -> retrying -> running ...   (transient: rate limit, outage)
+                       -> deferred -> running ...   (waiting: a rate limit's next slot, a refusal, a quota's reset;
+                                                     re-scheduled for ``resume_at``, never failed for waiting)
+                       -> retrying -> running ...   (transient: outage, malformed answer)
                        -> failed                    (permanent, or retries exhausted)
 
 A database outage mid-partition leaves it ``running`` (nothing can be written)
@@ -302,6 +304,8 @@ class PartitionOutcome:
     cause: str | None = None
     #: set when this outcome finished the job (exactly one partition's outcome does): validate it now
     finished_job: int | None = None
+    #: ``deferred``: run again in this many seconds (the limiter's next slot, a refusal's end, the quota's reset)
+    defer_s: float | None = None
 
 
 def run_partition(
@@ -332,14 +336,23 @@ def _run_partition(
         part.status = "running"
         part.attempts += 1
         part.started_at = now
+        part.resume_at = None
         request = BarRequest(part.symbol, part.timeframe, part.start, part.end, feed=part.feed, adjustment=part.adjustment)
         job_id = part.job_id
+        job = session.get(BackfillJob, job_id)
+        span = (job.start, job.end) if job is not None else (part.start, part.end)
         session.execute(update(BackfillJob).where(BackfillJob.id == job_id, BackfillJob.status == "pending").values(status="running"))
     log = _log.bind(partition_id=partition_id, job_id=job_id, symbol=request.symbol, timeframe=request.timeframe)
     try:
-        routed = router.fetch(request)
+        routed = router.fetch(request, job=job_id, span=span)
     except NoProviderServed as exc:
         provider_notes = "; ".join(exc.notes) or None
+        if exc.defer_s is not None:
+            # Waiting is not failing: the partition runs again when a provider may be asked (no retry is used up).
+            outcome = PartitionOutcome(partition_id, "deferred", error=str(exc), defer_s=exc.defer_s)
+            _finish(factory, partition_id, outcome, notes=provider_notes)
+            log.info("partition deferred", resume_in_s=round(exc.defer_s, 2), detail=str(exc))
+            return outcome
         if exc.cause == NO_BARS_IN_RANGE and (exc.permanent or final_attempt):
             # The symbol is known and the range is empty: done, no rows, and the reason on record.
             said = next((a.provider for a in exc.attempts if a.detail.startswith("no bars in range")), None)
@@ -405,6 +418,7 @@ def _finish(
             part.checksum = checksum
         if outcome.status in TERMINAL:
             part.finished_at = now
+        part.resume_at = now + timedelta(seconds=outcome.defer_s) if outcome.defer_s is not None else None
         session.flush()
         if _rollup(session, part.job_id, now):
             outcome.finished_job = int(part.job_id)

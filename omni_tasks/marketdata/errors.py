@@ -3,6 +3,7 @@
     ProviderError
     +-- RetryableProviderError (RetryableError)   try again later, maybe elsewhere
     |   +-- RateLimited                           429, Alpha Vantage "Note"/"Information", Yahoo's rate limit
+    |   |   +-- QuotaExhausted                    the daily quota is spent (Alpha Vantage's "... requests per day")
     |   +-- ProviderUnavailable                   timeouts, connection errors, 5xx
     +-- PermanentProviderError (PermanentError)   retrying the same call cannot help
     |   +-- UnknownSymbol                         the provider does not know the symbol
@@ -45,6 +46,10 @@ class RateLimited(RetryableProviderError):
     def __init__(self, message: str, *, provider: str = "", retry_after_s: float | None = None) -> None:
         super().__init__(message, provider=provider)
         self.retry_after_s = retry_after_s
+
+
+class QuotaExhausted(RateLimited):
+    """The provider's daily quota is spent: no call helps until it resets (``retry_after_s``: until then)."""
 
 
 class ProviderUnavailable(RetryableProviderError):

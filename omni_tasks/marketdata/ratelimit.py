@@ -1,8 +1,13 @@
 """Per-provider rate limits and daily quotas shared by every worker (in Redis).
 
-A sliding one-minute window per provider: N workers together make at most the
-provider's calls per minute. A daily quota (Alpha Vantage meters calls per key
-per day) is a counter per UTC date. Both are single Lua scripts.
+A sliding window per provider (one minute unless ``window_s`` says otherwise:
+tests scale it down): N workers together make at most the provider's calls per
+window. A refusal says when the next slot opens (``RateLimited.retry_after_s``),
+so a partition can be re-scheduled for then instead of failing. A daily quota
+(Alpha Vantage meters calls per key per day) is a counter per UTC date; once it
+is spent (counted here, or the provider said so about two different symbols),
+no call is made until 00:00 UTC (:class:`QuotaExhausted`, with the wait).
+Both are single Lua scripts.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ from datetime import UTC, datetime
 
 import redis
 
-from omni_tasks.marketdata.errors import RateLimited
+from omni_tasks.marketdata.errors import QuotaExhausted, RateLimited
 
 WINDOW_KEY = "omni:ratelimit:{provider}"
 QUOTA_KEY = "omni:quota:{provider}:{day}"
+#: Symbols the provider answered "daily quota spent" about today (one symbol alone does not spend the quota).
+QUOTA_REFUSED_KEY = "omni:quota:{provider}:{day}:refused"
+#: Distinct symbols refused with the daily-quota wording before the quota counts as spent.
+QUOTA_REFUSED_SYMBOLS = 2
 
 # KEYS[1] zset. ARGV: now, window_s, limit, member. Returns 0 when admitted, else seconds to wait.
 _ACQUIRE = """
@@ -53,22 +62,25 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        window_s: float = 60.0,
     ) -> None:
         self._client = client
         self._clock = clock
         self._sleep = sleep
+        self.window_s = float(window_s)
 
     def acquire(self, provider: str, per_min: int, *, max_wait_s: float = 10.0) -> float:
         """Wait for a slot; returns seconds waited. Raises RateLimited if it would wait longer than max_wait_s."""
         waited = 0.0
         key = WINDOW_KEY.format(provider=provider)
         while True:
-            wait = float(self._client.eval(_ACQUIRE, 1, key, repr(self._clock()), "60", per_min, uuid.uuid4().hex))
+            wait = float(self._client.eval(_ACQUIRE, 1, key, repr(self._clock()), repr(self.window_s), per_min, uuid.uuid4().hex))
             if wait <= 0:
                 return waited
             if waited + wait > max_wait_s:
                 raise RateLimited(
-                    f"{provider}: {per_min} calls/min in use by all workers; next slot in {wait:.1f} s",
+                    f"{provider}: {per_min} calls/{'min' if self.window_s == 60 else f'{self.window_s:g} s'} in use by all workers; "
+                    f"next slot in {wait:.1f} s",
                     provider=provider,
                     retry_after_s=wait,
                 )
@@ -83,16 +95,56 @@ class RateLimiter:
         key = WINDOW_KEY.format(provider=provider)
         pipe = self._client.pipeline(transaction=False)
         pipe.zadd(key, {uuid.uuid4().hex: float(now) for _ in range(calls)})
-        pipe.expire(key, 65)
+        pipe.expire(key, int(self.window_s) + 5)
         pipe.execute()
 
     def take_quota(self, provider: str, quota: int, *, day: str | None = None) -> int:
-        """Count one call against today's quota; RateLimited when the quota is used up."""
-        day = day or datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y-%m-%d")
+        """Count one call against today's quota; QuotaExhausted (with the wait until 00:00 UTC) when it is used up."""
+        day = day or self._day()
         used = int(self._client.eval(_QUOTA, 1, QUOTA_KEY.format(provider=provider, day=day), quota))
         if used < 0:
-            raise RateLimited(f"{provider}: daily quota of {quota} calls used up for {day} (UTC)", provider=provider)
+            raise self._spent(provider, quota, day)
         return used
+
+    def check_quota(self, provider: str, quota: int) -> None:
+        """QuotaExhausted when today's quota is already spent (no slot of the window is taken then)."""
+        day = self._day()
+        if self.quota_used(provider, day=day) >= quota:
+            raise self._spent(provider, quota, day)
+
+    def quota_refused(self, provider: str, quota: int, symbol: str) -> bool:
+        """The provider said its daily quota is spent, answering about ``symbol``. True when that now counts as spent.
+
+        One symbol answering so may be that symbol's own refusal; a second symbol
+        refused the same day spends the quota until 00:00 UTC.
+        """
+        day = self._day()
+        key = QUOTA_REFUSED_KEY.format(provider=provider, day=day)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.sadd(key, symbol)
+        pipe.expire(key, 172800)
+        pipe.scard(key)
+        refused = int(pipe.execute()[-1])
+        if refused < QUOTA_REFUSED_SYMBOLS:
+            return False
+        self._client.set(QUOTA_KEY.format(provider=provider, day=day), quota, ex=172800)
+        return True
+
+    def seconds_to_reset(self) -> float:
+        """Seconds until the next UTC midnight, when daily quotas reset."""
+        now = self._clock()
+        return 86400.0 - (now % 86400.0)
+
+    def _day(self) -> str:
+        return datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y-%m-%d")
+
+    def _spent(self, provider: str, quota: int, day: str) -> QuotaExhausted:
+        wait = self.seconds_to_reset()
+        return QuotaExhausted(
+            f"{provider}: daily quota of {quota} calls used up for {day} (UTC); resets at 00:00 UTC, in {wait / 60:.0f} min",
+            provider=provider,
+            retry_after_s=wait,
+        )
 
     def quota_used(self, provider: str, *, day: str | None = None) -> int:
         day = day or datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y-%m-%d")

@@ -12,6 +12,20 @@ When nothing is served, :class:`NoProviderServed` names the cause when the
 providers said what it was: ``unknown_symbol`` (no provider knows it) or
 ``no_bars_in_range`` (a provider knows it and has nothing in the range), and
 carries every note a provider made on the way (a clamped end, a feed switch).
+
+Waiting is not failing. The shared limiter refusing a call (the window is
+full: it says when the next slot opens), a provider refusing one symbol (a
+rate-limit body about it) and a daily quota spent are not provider failures:
+the breaker is not told, the call is not retried in place, the next provider
+is tried, and when none serves :class:`NoProviderServed` carries ``defer_s``,
+the shortest wait, so the partition is re-scheduled for then. A daily-quota
+answer spends the provider's quota until 00:00 UTC once two symbols had it
+(one symbol alone may be refused for itself); a symbol refused
+``max_refusals`` times in a job fails with the provider's words.
+
+Whole-series providers (``Capabilities.whole_series``): given the job, the
+router makes one call per job and symbol over the job's range and the
+partitions share the answer (:mod:`omni_tasks.marketdata.series`).
 """
 
 from __future__ import annotations
@@ -20,7 +34,8 @@ import importlib
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import pandas as pd
 import structlog
@@ -33,6 +48,7 @@ from omni_tasks.marketdata.errors import (
     NoBarsInRange,
     PermanentProviderError,
     ProviderError,
+    QuotaExhausted,
     RateLimited,
     RetryableProviderError,
     UnknownSymbol,
@@ -40,6 +56,7 @@ from omni_tasks.marketdata.errors import (
 )
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.marketdata.ratelimit import RateLimiter
+from omni_tasks.marketdata.series import SeriesCache
 from omni_tasks.safety.breaker import CircuitBreaker
 
 _log = structlog.get_logger("omni.router")
@@ -73,11 +90,16 @@ class NoProviderServed(ProviderError):
     providers said on the way.
     """
 
-    def __init__(self, message: str, *, attempts: list[Attempt], permanent: bool, cause: str | None = None, notes: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, attempts: list[Attempt], permanent: bool, cause: str | None = None, notes: list[str] | None = None,
+        defer_s: float | None = None,
+    ) -> None:
         super().__init__(message, notes=notes)
         self.attempts = attempts
         self.permanent = permanent
         self.cause = cause
+        #: set when waiting helps: seconds until a provider may be asked again (the limiter's next slot, a refusal's end, the quota's reset)
+        self.defer_s = defer_s
 
 
 BreakerFactory = Callable[[str], CircuitBreaker]
@@ -95,6 +117,8 @@ class BarRouter:
         backoff_max_s: float = 8.0,
         rate_wait_max_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        series: SeriesCache | None = None,
+        max_refusals: int = 3,
     ) -> None:
         if not providers:
             raise ValueError("the router needs at least one provider (OMNI_PROVIDERS_ORDER)")
@@ -106,19 +130,29 @@ class BarRouter:
         self._backoff_max_s = backoff_max_s
         self._rate_wait_max_s = rate_wait_max_s
         self._sleep = sleep
+        self._series = series
+        self._max_refusals = max_refusals
 
     def only(self, provider: BarProvider) -> BarRouter:
         """A router over this one provider with the same breakers, limiter and retries (a second opinion asks one source)."""
         return BarRouter(
             [provider], breaker_for=self._breaker_for, limiter=self._limiter, max_attempts=self._max_attempts,
             backoff_base_s=self._backoff_base_s, backoff_max_s=self._backoff_max_s, rate_wait_max_s=self._rate_wait_max_s, sleep=self._sleep,
+            series=self._series, max_refusals=self._max_refusals,
         )
 
-    def fetch(self, request: BarRequest) -> Routed:
+    def fetch(self, request: BarRequest, *, job: int | None = None, span: tuple[datetime, datetime] | None = None) -> Routed:
+        """The request's bars from the first provider that serves them.
+
+        ``job`` and ``span`` (the job's whole range): a whole-series provider is
+        called once per job and symbol over ``span`` and its answer shared.
+        """
         attempts: list[Attempt] = []
         unknown: list[str] = []
         empty: list[str] = []
         notes: list[str] = []
+        waits: list[float] = []
+        refused: list[str] = []
         transient = False
         for provider in self.providers:
             name = provider.name
@@ -132,8 +166,32 @@ class BarRouter:
                 attempts.append(Attempt(name, "skipped", f"cannot serve {request.adjustment} prices"))
                 continue
             breaker = self._breaker_for(name)
+            share = None
+            if job is not None and self._series is not None and request.timeframe in provider.capabilities.whole_series:
+                share = SeriesCache.key(job, name, request.symbol, request.timeframe, request.adjustment)
             try:
-                bars, notes = self._try(provider, breaker, request)
+                if share is not None:
+                    bars, notes = self._shared(provider, breaker, request, share, span or (request.start, request.end))
+                else:
+                    bars, notes = self._try(provider, breaker, request)
+            except _Throttled as exc:
+                waits.append(exc.wait_s)
+                attempts.append(Attempt(name, "skipped", f"waiting: {exc}"))
+                _log.info("provider throttled; trying the next or deferring", provider=name, symbol=request.symbol, wait_s=round(exc.wait_s, 2), detail=str(exc))
+                continue
+            except _GaveUp as exc:
+                refused.append(name)
+                attempts.append(Attempt(name, "failed", f"refused {request.symbol} {self._max_refusals} times: {exc}"))
+                continue
+            except _Refused as exc:
+                wait = self._refused(provider, request, share, exc.error)
+                if wait is None:
+                    refused.append(name)
+                    attempts.append(Attempt(name, "failed", f"refused {request.symbol} {self._max_refusals} times: {exc.error}"))
+                else:
+                    waits.append(wait)
+                    attempts.append(Attempt(name, "skipped", f"refused, waiting {wait:.1f} s: {exc.error}"))
+                continue
             except UnknownSymbol as exc:
                 unknown.append(name)
                 notes.extend(exc.notes)
@@ -162,6 +220,15 @@ class BarRouter:
         # empty or malformed answer, open breaker); unknown symbols and missing keys stay so.
         # A provider that knows the symbol outranks one that does not: its answer is "nothing in this range".
         cause = NO_BARS_IN_RANGE if empty else UNKNOWN_SYMBOL if unknown else None
+        if waits and cause is None:
+            # Waiting helps: nothing failed for good that waiting would not cure.
+            wait = min(waits)
+            _log.info("no provider now: deferred", symbol=request.symbol, wait_s=round(wait, 2), summary=summary)
+            raise NoProviderServed(
+                f"deferred {wait:.1f} s: {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=False, notes=notes, defer_s=wait
+            )
+        if refused and cause is None and not transient:
+            raise NoProviderServed(f"refused {request.symbol}: {summary}", attempts=attempts, permanent=True, notes=notes)
         if cause == NO_BARS_IN_RANGE and not transient:
             raise NoProviderServed(f"no bars in range for {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=True, cause=cause, notes=notes)
         if cause == UNKNOWN_SYMBOL and not transient:
@@ -179,14 +246,21 @@ class BarRouter:
                 # Our own limiter refusing is not the provider failing: give the trial back, record nothing.
                 caps = provider.capabilities
                 try:
+                    if caps.daily_quota is not None:
+                        self._limiter.check_quota(name, caps.daily_quota)
                     self._limiter.acquire(name, caps.rate_limit_per_min, max_wait_s=self._rate_wait_max_s)
                     if caps.daily_quota is not None:
                         self._limiter.take_quota(name, caps.daily_quota)
-                except RateLimited:
+                except RateLimited as exc:
                     breaker.release(decision.trial)
-                    raise
+                    raise _Throttled(str(exc), exc.retry_after_s if exc.retry_after_s is not None else self._window_s()) from exc
             try:
                 result = provider.fetch_bars(request)
+            except RateLimited as exc:
+                # The provider refusing (a 429, a rate-limit body, often about one symbol) is not
+                # the provider failing: the breaker is not told, and asking again at once cannot help.
+                breaker.release(decision.trial)
+                raise _Refused(exc) from exc
             except RetryableProviderError as exc:
                 breaker.record(False, trial=decision.trial)
                 last = exc
@@ -227,6 +301,72 @@ class BarRouter:
         assert last is not None
         raise last
 
+    def _window_s(self) -> float:
+        return self._limiter.window_s if self._limiter is not None else 60.0
+
+    def _shared(
+        self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest, key: str, span: tuple[datetime, datetime]
+    ) -> tuple[pd.DataFrame, list[str]]:
+        """The request's slice of the one whole-series answer of this job and symbol (made here if nobody made it yet)."""
+        assert self._series is not None
+        name = provider.name
+        note = f"{name}: one call for {request.symbol} shared by the job's partitions"
+        whole = self._series.get(key)
+        if whole is None:
+            said = self._series.given_up(key, self._max_refusals)
+            if said is not None:
+                raise _GaveUp(said)
+            standing = self._series.refusal(key)
+            if standing is not None:
+                said, left = standing
+                raise _Throttled(f"{name} refused {request.symbol} for now: {said}", max(0.1, left))
+            token = self._series.lock(key)
+            if token is None:
+                # A sibling is making the call: wait for its answer a little, then defer.
+                waited = 0.0
+                while whole is None and waited < min(self._rate_wait_max_s, 5.0):
+                    self._sleep(0.1)
+                    waited += 0.1
+                    whole = self._series.get(key)
+                if whole is None:
+                    raise _Throttled(f"another partition is fetching {request.symbol} from {name}", 1.0)
+            else:
+                try:
+                    whole, notes = self._try(provider, breaker, replace(request, start=min(span[0], request.start), end=max(span[1], request.end)))
+                    self._series.put(key, whole)
+                finally:
+                    self._series.unlock(key, token)
+                note = "; ".join([*notes, note]) if notes else note
+        start, end = pd.Timestamp(request.start), pd.Timestamp(request.end)
+        inside = whole[(whole["ts"] >= start) & (whole["ts"] < end)].reset_index(drop=True)
+        if inside.empty:
+            first = whole["ts"].min() if len(whole) else None
+            where = f"its series starts {first.date().isoformat()}" if first is not None and first >= end else "none in this range"
+            raise NoBarsInRange(f"{name} has no {request.timeframe} bars for {request.symbol} in "
+                                f"{request.start.date().isoformat()}..{request.end.date().isoformat()} ({where})", provider=name, notes=[note])
+        return inside, [note]
+
+    def _refused(self, provider: BarProvider, request: BarRequest, share: str | None, error: RateLimited) -> float | None:
+        """Seconds to wait after the provider refused ``request``; None when the symbol has been refused too often."""
+        name = provider.name
+        caps = provider.capabilities
+        spent = (
+            isinstance(error, QuotaExhausted)
+            and self._limiter is not None
+            and caps.daily_quota is not None
+            and self._limiter.quota_refused(name, caps.daily_quota, request.symbol)
+        )
+        if spent and self._limiter is not None:
+            wait = self._limiter.seconds_to_reset()
+            _log.warning("provider's daily quota spent: no call until it resets", provider=name, wait_s=round(wait), detail=str(error))
+            return wait
+        wait = error.retry_after_s if error.retry_after_s is not None else self._window_s()
+        if share is None or self._series is None:
+            return wait
+        count = self._series.refuse(share, str(error), wait)
+        _log.warning("provider refused a symbol", provider=name, symbol=request.symbol, refusals=count, of=self._max_refusals, detail=str(error))
+        return None if count >= self._max_refusals else wait
+
     def _backoff(self, attempt: int, exc: Exception) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
             return min(self._backoff_max_s, max(0.0, exc.retry_after_s))
@@ -236,6 +376,26 @@ class BarRouter:
 
 class _BreakerRefused(Exception):
     pass
+
+
+class _Throttled(Exception):
+    """Our side says wait (the shared window is full, the quota spent, a standing refusal): ``wait_s``."""
+
+    def __init__(self, message: str, wait_s: float) -> None:
+        super().__init__(message)
+        self.wait_s = max(0.0, wait_s)
+
+
+class _GaveUp(Exception):
+    """This job's partitions of the symbol were refused ``max_refusals`` times: not asked again."""
+
+
+class _Refused(Exception):
+    """The provider refused the call (a 429 or a rate-limit body): not a failure of its health."""
+
+    def __init__(self, error: RateLimited) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def serving_feeds(order: Sequence[str], feed: str) -> tuple[str, ...]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import structlog
 
 from omni_tasks import metrics
-from omni_tasks.errors import RetryableError, StoreUnavailable
+from omni_tasks.errors import PermanentError, RetryableError, StoreUnavailable
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
@@ -61,12 +62,17 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
         metrics.BACKFILL_REJECTED.labels(outcome.provider or "-").inc(outcome.rejected)
     if outcome.finished_job is not None:
         job_finished(outcome.finished_job)
-    if outcome.retry:
+    if outcome.defer_s is not None:
+        defer(int(partition_id), outcome.defer_s, visibility_timeout_s=runtime.settings.broker.visibility_timeout_s)
+    elif outcome.retry:
         error = PartitionNotServed(outcome.error or "no provider served the partition")
         countdown = get_exponential_backoff_interval(factor=1, retries=provider_retries, maximum=120, full_jitter=True)
         raise current_task.retry(
             args=request.args, kwargs=request.kwargs, exc=error, countdown=countdown, max_retries=int(request.retries or 0) + 1
         )
+    if outcome.status == "failed":
+        # Recorded in the ledger above; the task fails too, so Flower and `omni status` show it as a failure.
+        raise PermanentError(f"backfill partition {outcome.partition_id} failed: {outcome.error or 'no provider served it'}")
     return {
         "partition_id": outcome.partition_id,
         "status": outcome.status,
@@ -75,6 +81,20 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
         "provider": outcome.provider,
         "error": outcome.error,
     }
+
+
+def defer(partition_id: int, wait_s: float, *, visibility_timeout_s: float) -> float:
+    """Run the partition again in ``wait_s`` (a new message: Celery's retry count is not used up).
+
+    An ETA must stay below the broker's visibility timeout (a reserved message
+    older than that is delivered again), so a long wait (a daily quota's reset)
+    is taken in steps: the partition wakes, finds the wait not over, and
+    defers again. Returns the countdown scheduled.
+    """
+    step = max(1.0, visibility_timeout_s / 2)
+    countdown = min(max(0.0, wait_s), step) + random.uniform(0.0, 0.25)  # noqa: S311 - spreads siblings waking for one slot
+    fetch_partition.apply_async(args=[partition_id], countdown=round(countdown, 3))
+    return countdown
 
 
 def job_finished(job_id: int) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.router import BarRouter, build_providers
+from omni_tasks.marketdata.series import SeriesCache
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.settings import Settings
@@ -22,7 +23,14 @@ def build_router(settings: Settings, client: redis.Redis, factory: sessionmaker[
     def breaker_for(name: str) -> CircuitBreaker:
         return CircuitBreaker(f"provider:{name}", client, policy, fail_open=True, on_transition=hook)
 
-    return BarRouter(build_providers(settings.providers.order, settings), breaker_for=breaker_for, limiter=RateLimiter(client))
+    return BarRouter(
+        build_providers(settings.providers.order, settings),
+        breaker_for=breaker_for,
+        limiter=RateLimiter(client, window_s=settings.providers.rate_window_s),
+        series=SeriesCache(client, ttl_s=settings.providers.series_cache_s),
+        max_refusals=settings.providers.max_refusals,
+        rate_wait_max_s=settings.providers.rate_wait_max_s,
+    )
 
 
 def build_store(engine: Engine) -> Any:

@@ -29,14 +29,14 @@ def fetch(symbol: str) -> dict[str, Any]:
 
     runtime = get_runtime()
     settings = runtime.settings
-    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota)
+    caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota, settings.alpha_vantage.calls_per_window)
     symbol = check_symbol(symbol)
     try:
         outcome = fetch_symbol(
             symbol,
             client=alpha_vantage_news.from_settings(settings),
             factory=runtime.sessions,
-            limiter=RateLimiter(runtime.redis),
+            limiter=RateLimiter(runtime.redis, window_s=settings.providers.rate_window_s),
             budget=Budget(per_min=caps.rate_limit_per_min, daily_quota=caps.daily_quota),
             limit=settings.news.limit,
             lookback_days=settings.news.lookback_days,

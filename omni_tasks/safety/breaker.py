@@ -36,6 +36,8 @@ from typing import Any
 import redis
 import structlog
 
+from omni_tasks import counters
+
 _log = structlog.get_logger("omni.breaker")
 KEY = "omni:breaker:{name}"
 CALLS_KEY = "omni:breaker:{name}:calls"
@@ -282,11 +284,15 @@ class CircuitBreaker:
 
     # ---- operators -----------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The breaker as calls see it: ``state`` is the effective state (a forced state wins), ``automatic`` the automatic one."""
         raw = {_text(k): _text(v) for k, v in self._client.hgetall(self._key).items()}
+        automatic = raw.get("state", "closed")
+        forced = raw.get("forced") or None
         return {
             "name": self.name,
-            "state": raw.get("state", "closed"),
-            "forced": raw.get("forced") or None,
+            "state": forced or automatic,
+            "automatic": automatic,
+            "forced": forced,
             "failures": int(raw.get("failures", 0) or 0),
             "opened_at": float(raw["opened_at"]) if raw.get("opened_at") else None,
             "updated_at": float(raw["updated_at"]) if raw.get("updated_at") else None,
@@ -317,7 +323,7 @@ class CircuitBreaker:
     def reset(self, *, actor: str, reason: str) -> None:
         """Back to CLOSED with counters cleared, and any force removed."""
         now = self._clock()
-        before = self.state()["state"]
+        before = self.state()["automatic"]
         record = _record(self.name, before, "closed", f"reset by {actor}: {reason}", now, actor)
         pipe = self._client.pipeline()
         pipe.delete(self._key, self._calls_key, self._trials_key)
@@ -330,6 +336,8 @@ class CircuitBreaker:
         data = json.loads(record)
         event = Transition(self.name, data["from_state"], data["to_state"], data["reason"], float(data["at"]), record)
         _log.warning("breaker transition", breaker=self.name, transition=f"{event.from_state}>{event.to_state}", reason=event.reason)
+        # Counted in the Redis that holds the breaker, whichever process made the change (the CLI included).
+        counters.BREAKER_TRANSITIONS.inc(self._client, self.name, event.to_state)
         if self._on_transition is not None:
             try:
                 self._on_transition(event)

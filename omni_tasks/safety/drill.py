@@ -16,7 +16,10 @@ on them with the real order guard. There it
 The real trading state is read before and after (Redis value and database row)
 and must be unchanged; the drill only adds an audit row and a ``drill``
 KillEvent with its timings to the real database. No alert is sent: the
-would-be alert is counted instead.
+would-be alert is counted instead. The rehearsal's engage and release are
+counted in the scratch Redis, so ``omni_kill_switch_changes_total`` never
+counts a drill; the drill itself is ``omni_kill_switch_drills_total{result}``,
+and its log lines carry ``drill=true``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 import redis
 import structlog
 
+from omni_tasks import counters
 from omni_tasks.safety import engage as engage_mod
 from omni_tasks.safety import killswitch
 from omni_tasks.settings import Settings
@@ -200,7 +204,9 @@ def run_drill(
 
         migrations.upgrade(scratch.engine)
         report.timings_ms["scratch_setup"] = round((time.perf_counter() - t0) * 1000, 1)
-        _rehearse(scratch, report, orders=orders, symbol=symbol, operator=operator)
+        # Every log line of the rehearsal says it is a drill (its engage logs as a real one would).
+        with structlog.contextvars.bound_contextvars(drill=True):
+            _rehearse(scratch, report, orders=orders, symbol=symbol, operator=operator)
     except Exception as exc:  # noqa: BLE001 - a drill that cannot run is a failed drill, reported
         report.problems.append(f"the drill could not run: {type(exc).__name__}: {exc}")
         _log.exception("kill switch drill failed to run")
@@ -223,6 +229,9 @@ def run_drill(
         report.problems.append(f"the real trading state changed during the drill: {report.real_state_before} -> {report.real_state_after}")
     if real_sessions is not None:
         report.recorded_event_id = _record(real_sessions, report, operator)
+    if real_redis is not None:
+        # Counted apart from real engages (omni_kill_switch_changes_total counts only the scratch Redis's).
+        counters.KILL_SWITCH_DRILLS.inc(real_redis, "passed" if report.passed else "failed")
     return report
 
 

@@ -63,7 +63,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import metrics
+from omni_tasks import counters
 from omni_tasks.safety.killswitch import (
     LOOSER,
     REDIS_STATE_KEY,
@@ -225,11 +225,9 @@ def _by(actor: str) -> str:
     return "other"
 
 
-def _count(action: str, actor: str) -> None:
-    try:
-        metrics.KILL_SWITCH_CHANGES.labels(action, _by(actor)).inc()
-    except Exception:  # noqa: BLE001, S110 - a metric must never fail the kill switch
-        pass
+def _count(client: redis.Redis, action: str, actor: str) -> None:
+    """Count a change in the runtime's own Redis (a drill's scratch Redis keeps its counts to itself); never raises."""
+    counters.KILL_SWITCH_CHANGES.inc(client, action, _by(actor))
 
 
 def snapshot_dir(settings: Settings) -> Path:
@@ -446,7 +444,7 @@ def engage(
             error=result.errors["durable"],
         )
     result.timings_ms["durable"] = _ms(t0)
-    _count("engage_repeat" if result.repeat else "engage", actor)
+    _count(client, "engage_repeat" if result.repeat else "engage", actor)
     _log.warning(
         "kill switch engaged" if not result.repeat else "kill switch engage requested again (already engaged)",
         actor=actor,
@@ -795,7 +793,7 @@ def _change(
     except KillSwitchError as exc:
         _audit_refusal(sessions, actor=actor, action=action, reason=reason, why=str(exc))
         raise
-    _count(action if result.changed else f"{action}_unchanged", actor)
+    _count(client, action if result.changed else f"{action}_unchanged", actor)
     try:
         sync_redis(client, target, result.version, key=key)
         result.redis_synced = True

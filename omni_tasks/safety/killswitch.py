@@ -478,9 +478,17 @@ def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: st
 def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> str | None:
     """Why an order-bearing task must not start now (None: it may). Checked before every such task."""
     reading = read_state(client, sessions, key=key)
-    if reading.state is TradingState.HALTED:
-        return _blocked_text(reading, "order task refused, not run")
-    return None
+    if reading.state is not TradingState.HALTED:
+        return None
+    cached = reading.redis
+    redis_open = cached.status == "ok" and cached.value is not None and cached.value.state is not TradingState.HALTED
+    if reading.database.status == "unreadable" and redis_open:
+        # A database outage is not an engage: the order cannot be recorded or sent without the database,
+        # so the task starts, waits for it (retried until the order's deadline) and the broker's guard
+        # reads both copies again before anything leaves. Refusing here would drop an accepted order.
+        _log.info("trading state: the database cannot be read; the order task waits for it")
+        return None
+    return _blocked_text(reading, "order task refused, not run")
 
 
 def _client_order_id(args: Any, kwargs: Any) -> str | None:

@@ -1,4 +1,4 @@
-"""Where breaker transitions go: the structured log (by the breaker), the audit log, the metrics.
+"""Where breaker transitions go: the structured log and the shared counter (by the breaker), the audit log, alerts.
 
 Every transition is already queued in Redis by the breaker, atomically with the
 transition itself (:data:`omni_tasks.safety.breaker.AUDIT_PENDING_KEY`). Here the
@@ -21,7 +21,7 @@ import redis
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import alerts, metrics
+from omni_tasks import alerts
 from omni_tasks.safety.breaker import (
     Transition,
     TransitionHook,
@@ -37,7 +37,7 @@ FLUSH_BATCH = 500
 
 
 def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "system", client: redis.Redis | None = None) -> TransitionHook:
-    """A transition hook that counts each transition, alerts (when a webhook is configured) and audits it.
+    """A transition hook that alerts (when a webhook is configured) and audits each transition (the breaker counts it).
 
     With ``client`` (the Redis the breaker uses) the transition's queued record is written
     now under ``actor``, then anything else still queued; without it the record waits
@@ -45,7 +45,6 @@ def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "sy
     """
 
     def hook(event: Transition) -> None:
-        metrics.BREAKER_TRANSITIONS.labels(event.breaker, event.to_state).inc()
         alerts.emit(
             {
                 "kind": "breaker.transition",

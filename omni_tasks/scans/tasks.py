@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from celery import chord, current_task
 
+from omni_tasks.errors import PermanentError
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.queues import Queue
@@ -42,6 +43,9 @@ def merge_chunks(partials: list[dict[str, Any]], run_id: int, store_retries: int
         stale = runs.failed_validation(runtime.sessions, run["symbols"], run["config"].timeframe)
         outcome = runs.store_result(runtime.sessions, int(run_id), result, stale=stale)
     _log.info("scan finished", **outcome)
+    if outcome["status"] == "failed":
+        # Stored as failed above; the task fails too, so Flower and `omni status` show the failed run.
+        raise PermanentError(f"scan run {run_id} failed: no symbol of {outcome['symbols']} could be scored")
     return outcome
 
 
@@ -77,4 +81,6 @@ def scheduled() -> dict[str, Any]:
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)
     run_id = runs.create_run(runtime.sessions, symbols, as_of=now, config=ScanConfig(), chunk_size=100, requested_by="beat")
+    if not symbols:
+        raise PermanentError(f"scan run {run_id} failed: the configured universe is empty")
     return {"run_id": run_id, "chunks": start_run(run_id)}

@@ -181,6 +181,8 @@ class BackfillPartition(Base):
     cause: Mapped[str | None] = mapped_column(String(30))
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: a ``deferred`` partition runs again at this time (a provider's next slot, a quota's reset)
+    resume_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         UniqueConstraint("job_id", "symbol", "timeframe", "start", "feed", "adjustment", name="uq_backfill_partitions_slice"),

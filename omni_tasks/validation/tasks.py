@@ -9,6 +9,7 @@ import structlog
 from celery import current_task
 
 from omni_tasks import alerts
+from omni_tasks.errors import PermanentError
 from omni_tasks.marketdata.firstrun import is_first_run_job
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
@@ -51,7 +52,9 @@ def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]
     )
     _alert_failures(summary, f"backfill job {job_id}")
     if is_first_run_job(runtime.sessions, int(job_id)):
+        # Before a failed series fails the task: the scan and risk flag what failed rather than wait for it.
         summary["first_run"] = first_run_followups(symbols)
+    _fail_when_failed(summary, f"validation of backfill job {job_id}")
     return {"job_id": job_id, **summary}
 
 
@@ -95,6 +98,7 @@ def nightly(store_retries: int = 0) -> dict[str, Any]:
         summary["reconciliation"] = _reconcile(
             runtime, symbols, settings.timeframe, today - timedelta(days=max(7, settings.overlap_days)), today + timedelta(days=1), settings.feed, settings.adjustment
         )
+    _fail_when_failed(summary, "nightly validation")
     return summary
 
 
@@ -118,6 +122,14 @@ def _reconcile(runtime: Any, symbols: list[str], timeframe: str, start: Any, end
     summary = report.summary()
     _log.info("reconciled with a second provider", compared=summary["compared"], differences=summary["differences"], skipped=len(summary["skipped"]))
     return summary
+
+
+def _fail_when_failed(summary: dict[str, Any], what: str) -> None:
+    """The verdicts are stored; a failed series also fails the task, so Flower and `omni status` show it as a failure."""
+    failed = summary["failed_series"]
+    if failed:
+        names = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        raise PermanentError(f"{what}: {len(failed)} series failed validation ({names})")
 
 
 def _alert_failures(summary: dict[str, Any], what: str) -> None:

@@ -549,11 +549,11 @@ class LiveActuator:
         # Automatic, not forced: report failures through the breaker's own call path until it opens
         # (a half-open breaker needs its trial slot to count one); its cooldown and trial close it again.
         for _ in range(breaker.policy.failure_threshold + 1):
-            if breaker.state()["state"] == "open":
+            if breaker.state()["automatic"] == "open":
                 return
             decision = breaker.allow()
             breaker.record(False, trial=decision.trial)
-        if breaker.state()["state"] != "open":
+        if breaker.state()["automatic"] != "open":
             raise RuntimeError(f"breaker {name} did not open")
 
     def alert(self, finding: Finding) -> None:

@@ -22,7 +22,8 @@ from omni_tasks.watchdog import ledgers, monitor, rules
 _log = structlog.get_logger("omni.watchdog")
 
 
-@omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0)
+# No task events: a tick every few seconds would fill Flower's task list (the watchdog worker still shows by its heartbeats).
+@omni_task(name="omni.watchdog.tick", queue=Queue.WATCHDOG, soft_time_limit_s=20, time_limit_s=30, max_retries=0, send_events=False)
 def tick() -> dict[str, Any]:
     """Record heartbeats and queue depths, redeliver dead workers' tasks, persist task outcomes, expire overdue orders, run the rules."""
     runtime = get_runtime()

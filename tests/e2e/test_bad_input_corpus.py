@@ -154,7 +154,7 @@ def test_validate_far_dates_name_the_calendar_bounds(env: dict[str, str]) -> Non
 def test_an_unexpected_error_is_one_line_with_the_traceback_in_the_log(env: dict[str, str], tmp_path: Path) -> None:
     # A database URL that parses but cannot be used: an error no command expects.
     broken = {**env, "OMNI_DATABASE_URL": f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/none"}
-    done = _run(broken, ("order", "list"))
+    done = _run(broken, ("scan", "show", "1"))
     assert done.returncode == 1
     assert "Traceback" not in done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()

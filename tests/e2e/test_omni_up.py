@@ -198,6 +198,28 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
     text = output.decode(errors="replace")
     assert up.returncode == 0, text
     assert "stopped" in text
+    # Every line in every file of <data>/logs is JSON (Celery's banner and warnings wrapped by the supervisor).
+    not_json: list[str] = []
+    lines = 0
+    for path in sorted((data_dir / "logs").glob("*")):
+        for line in path.read_text(errors="replace").splitlines():
+            lines += 1
+            try:
+                if not isinstance(json.loads(line), dict):
+                    not_json.append(f"{path.name}: {line[:120]}")
+            except ValueError:
+                not_json.append(f"{path.name}: {line[:120]}")
+    print(f"<data>/logs after omni up --for 30: lines that are not a JSON object: {len(not_json)} of {lines}")
+    assert lines > 0
+    assert not_json == []
+    # Stopped: `omni status` says so at once, from the data folder alone.
+    started = time.monotonic()
+    stopped = subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-m", "omni_tasks", "status"], env=status_env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    print(f"omni status after omni up stopped: {time.monotonic() - started:.2f} s, exit {stopped.returncode}")
+    assert stopped.returncode == 4, stopped.stdout + stopped.stderr
+    assert "pipeline is not running" in stopped.stdout
     assert password not in text, "a password given by the operator is never echoed"
     elapsed = time.monotonic() - started
     time.sleep(0.5)

@@ -390,8 +390,8 @@ def test_breaker_forced_open_refuses_while_automatic_state_stays_closed(make, ho
     decision = breaker.allow()
     assert (decision.allowed, decision.forced, decision.state) == (False, "open", "closed")
     assert decision.reason == "breaker provider:alpha is forced open"
-    assert breaker.state()["state"] == "closed"
-    assert breaker.state()["forced"] == "open"
+    # What calls get is the forced state; the automatic one beneath stays closed.
+    assert (breaker.state()["state"], breaker.state()["automatic"], breaker.state()["forced"]) == ("open", "closed", "open")
     assert breaker.forced() == "open"
     assert hook.pairs()[-1] == ("automatic", "forced:open")
     assert hook.events[-1].reason == "alice: provider incident 42"
@@ -408,7 +408,7 @@ def test_breaker_forced_closed_lets_calls_through_and_clearing_restores_the_auto
     for _ in range(3):
         decision = breaker.allow()
         assert (decision.allowed, decision.trial, decision.forced) == (True, "", "closed")
-    assert breaker.state()["state"] == "open", "the automatic state is kept apart"
+    assert (breaker.state()["state"], breaker.state()["automatic"]) == ("closed", "open"), "the automatic state is kept apart"
     breaker.force(None, actor="bob", reason="back to automatic")
     assert breaker.allow().allowed is False, "still inside the cooldown"
     clock.advance(30.0)
@@ -783,7 +783,8 @@ def test_breaker_matches_its_state_machine_model_under_random_operations(redis_c
             if not hasattr(self, "breaker"):
                 return
             seen = self.breaker.state()
-            assert (seen["state"], seen["forced"], seen["failures"]) == (self.model.state, self.model.forced, self.model.failures)
+            assert (seen["automatic"], seen["forced"], seen["failures"]) == (self.model.state, self.model.forced, self.model.failures)
+            assert seen["state"] == (self.model.forced or self.model.state), "the state shown is what calls get"
             held = {m.decode() for m in redis_client.zrange(TRIALS_KEY.format(name=self.breaker.name), 0, -1)}
             assert held == set(self.model.trials), "the trial slots held are this round's trials (none outside HALF_OPEN)"
 

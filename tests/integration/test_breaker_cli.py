@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from omni_tasks import counters
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import AuditLog
@@ -44,6 +45,11 @@ def listed(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in json.loads(done.stdout)}
 
 
+def metric_files(env: dict[str, str]) -> list[str]:
+    """prometheus-client files in the metrics folder the CLI was given (it must write none)."""
+    return sorted(p.name for p in Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"))
+
+
 def audit_rows(url: str, subject: str) -> list[Any]:
     engine = make_engine(url)
     try:
@@ -73,6 +79,10 @@ def test_trip_forces_open_audited_and_reset_closes(env: dict[str, str], redis_cl
         "operator:alice",
         "broker maintenance window",
     )
+    # What calls get: a forced-open breaker reads open, whatever its automatic state (closed) says.
+    assert (row["state"], row["automatic"]) == ("open", "closed")
+    table = " ".join(omni({**env, "COLUMNS": "200"}, "list").stdout.split())
+    assert "│ broker:simulated │ open │ forced open │ closed │" in table, table
     # Every process sees it: a breaker built here refuses calls.
     decision = CircuitBreaker("broker:simulated", redis_client, fail_open=False).allow()
     assert not decision.allowed
@@ -83,6 +93,14 @@ def test_trip_forces_open_audited_and_reset_closes(env: dict[str, str], redis_cl
     row = listed(env)["broker:simulated"]
     assert (row["state"], row["forced"], row["mode"]) == ("closed", None, "automatic")
     assert CircuitBreaker("broker:simulated", redis_client, fail_open=False).allow().allowed
+
+    # Both transitions counted by the CLI processes that made them, in Redis (what /metrics exports), and no metric file left.
+    counted = counters.read_all(redis_client)["omni_breaker_transitions"]
+    print(
+        f"breaker transitions counted from the CLI: {sum(counted.values()):g} of 2; metric files left by 5 CLI calls: {len(metric_files(env))}"
+    )
+    assert counted == {("broker:simulated", "forced:open"): 1.0, ("broker:simulated", "closed"): 1.0}
+    assert metric_files(env) == []
 
     audits = audit_rows(migrated_pg_url, "breaker:broker:simulated")[before:]
     print(f"\naudit rows for trip and reset: {len(audits)} of 2")
@@ -105,7 +123,8 @@ def test_force_closed_is_kept_apart_from_the_automatic_state(env: dict[str, str]
     forced = omni(env, "force", "provider:yahoo", "closed", "--reason", "provider says it is fine", "--operator", "carol")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     row = listed(env)["provider:yahoo"]
-    assert (row["state"], row["forced"]) == ("open", "closed")  # the automatic state is kept, the force wins
+    # The force wins: calls get "closed" (the state shown); the automatic state beneath is kept.
+    assert (row["state"], row["automatic"], row["forced"]) == ("closed", "open", "closed")
     assert breaker.allow().allowed
 
     assert omni(env, "reset", "provider:yahoo", "--reason", "clear", "--operator", "carol").returncode == 0

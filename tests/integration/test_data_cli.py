@@ -111,7 +111,7 @@ def test_backfill_plan_from_1990_is_planned_and_before_the_earliest_date_is_refu
     assert json.loads(done.stdout)["expected_bars"] == 253
     refused = omni(env, "backfill", "plan", "IBM", "--start", "1950-01-03", "--end", "1951-01-01")
     assert refused.returncode == 2
-    assert "before 1962-01-02, the earliest backfill date (OMNI_BACKFILL_EARLIEST_DATE)" in " ".join(refused.stdout.split())
+    assert "before 1962-01-02, the earliest backfill date (OMNI_BACKFILL_EARLIEST_DATE)" in " ".join(refused.stderr.split())
     wider = omni(
         {**env, "OMNI_BACKFILL_EARLIEST_DATE": "1927-01-03"},
         "backfill",

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import delete, func, select
 
+from omni_tasks import counters
 from omni_tasks.runtime import Runtime
 from omni_tasks.safety import engage as ks
 from omni_tasks.safety.alarms import ALARM_LOG_KEY, Alarm, AlarmListener, publish_alarm, start_watchdog_listener
@@ -713,6 +714,8 @@ def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(
 
     ks.engage(runtime, actor=OPERATOR, reason="real halt before the drill", broker=None, alert=lambda _e: None)
     real_before = (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions))
+    changes_before = counters.read_all(runtime.redis)["omni_kill_switch_changes"]
+    assert changes_before == {("engage", "operator"): 1.0}, "the real engage is counted"
     env = service_env(redis_url=runtime.settings.broker_url, database_url=runtime.settings.database_url, data_dir=tmp_path / "data")
     drill = subprocess.run(
         [sys.executable, "-m", "omni_tasks", "kill", "drill", "--orders", "15", "--operator", "dora", "--json"],
@@ -730,6 +733,17 @@ def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(
         assert report["timings_ms"][step] >= 0
     print(f"omni kill drill (15 orders): {report['timings_ms']}")
     assert (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions)) == real_before
+    # The rehearsal's engage and release are counted in its scratch Redis: the real counter is unchanged;
+    # the drill is counted apart, and the CLI process left no metric file.
+    shared = counters.read_all(runtime.redis)
+    print(
+        f"real kill switch changes counted during the drill: {sum(shared['omni_kill_switch_changes'].values()) - 1:g} "
+        f"(engage by operator: {shared['omni_kill_switch_changes'].get(('engage', 'operator'), 0):g} before and after); "
+        f"drills counted: {shared['omni_kill_switch_drills']}"
+    )
+    assert shared["omni_kill_switch_changes"] == changes_before
+    assert shared["omni_kill_switch_drills"] == {("passed",): 1.0}
+    assert sorted(Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db")) == []
     with runtime.sessions() as session:
         drills = session.scalars(select(KillEvent).where(KillEvent.action == "drill")).all()
         assert [(d.actor, d.state_before, d.state_after, d.detail["passed"]) for d in drills] == [

@@ -308,7 +308,7 @@ def _omni(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.
 
 
 def _lines(done: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in done.stdout.splitlines() if line.strip()]
+    return [line for line in done.stderr.splitlines() if line.strip()]
 
 
 def test_the_cli_says_plainly_when_it_could_not_queue_and_leaves_nothing_unrecorded(make_desk: Callable[..., Desk], tmp_path: Path) -> None:
@@ -340,13 +340,13 @@ def test_the_cli_says_plainly_when_it_could_not_queue_and_leaves_nothing_unrecor
         results["PostgreSQL down"] = (down.returncode, len(_lines(down)))
         assert down.returncode == 1, down.stdout + down.stderr
         assert _lines(down) == [_lines(down)[0]]
-        assert "could not queue" in down.stdout
-        assert "database is unavailable" in down.stdout
-        assert "nothing recorded, nothing queued" in down.stdout
+        assert "could not queue" in down.stderr
+        assert "database is unavailable" in down.stderr
+        assert "nothing recorded, nothing queued" in down.stderr
         assert "Traceback" not in down.stdout + down.stderr
         assert listed.returncode == 1
         assert len(_lines(listed)) == 1
-        assert "database is unavailable" in listed.stdout
+        assert "database is unavailable" in listed.stderr
         assert list(orders()) == [accepted["client_order_id"]]  # nothing recorded by the refused one
         assert desk.client.llen("orders") == 1  # and nothing queued
 
@@ -356,9 +356,9 @@ def test_the_cli_says_plainly_when_it_could_not_queue_and_leaves_nothing_unrecor
         broker_down_s = time.monotonic() - started
         results["broker Redis down"] = (broker_down.returncode, len(_lines(broker_down)))
         assert broker_down.returncode == 1, broker_down.stdout + broker_down.stderr
-        assert len(_lines(broker_down)) == 1, broker_down.stdout
-        assert "could not queue sell 2 AAPL market" in broker_down.stdout
-        assert "recorded as rejected, nothing sent" in broker_down.stdout
+        assert len(_lines(broker_down)) == 1, broker_down.stderr
+        assert "could not queue sell 2 AAPL market" in broker_down.stderr
+        assert "recorded as rejected, nothing sent" in broker_down.stderr
         assert "Traceback" not in broker_down.stdout + broker_down.stderr
         rejected = {coid: row for coid, row in orders().items() if row[0] == "rejected"}
         assert len(rejected) == 1
@@ -373,12 +373,12 @@ def test_the_cli_says_plainly_when_it_could_not_queue_and_leaves_nothing_unrecor
         all_down = _omni(desk.env, "order", "buy", SYMBOL, "1")
         results["every Redis down"] = (all_down.returncode, len(_lines(all_down)))
         assert all_down.returncode == 1
-        assert len(_lines(all_down)) == 1, all_down.stdout
-        assert "not enqueued" in " ".join(all_down.stdout.split())
+        assert len(_lines(all_down)) == 1, all_down.stderr
+        assert "not enqueued" in " ".join(all_down.stderr.split())
         assert "Traceback" not in all_down.stdout + all_down.stderr
         final = orders()
         print(
-            f"\nCLI refusals (exit code, stdout lines): {results}; the broker-down refusal took {broker_down_s:.1f} s (seconds per call {TIMES}); "
+            f"\nCLI refusals (exit code, stderr lines): {results}; the broker-down refusal took {broker_down_s:.1f} s (seconds per call {TIMES}); "
             f"rows of 4 CLI orders: {dict(Counter(s for s, _ in final.values()))} (accepted: 1, pending in the queue; refused: 3, "
             "of which 1 recorded rejected (queue) and 2 recorded nothing, the database or the trading state being unreadable)"
         )

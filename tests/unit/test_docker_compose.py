@@ -346,7 +346,7 @@ def _exported_series() -> set[str]:
     # mode when first imported, and other tests may set PROMETHEUS_MULTIPROC_DIR first.
     from prometheus_client.metrics import MetricWrapperBase
 
-    from omni_tasks import metrics
+    from omni_tasks import counters, metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     series: set[str] = set()
@@ -369,6 +369,7 @@ def _exported_series() -> set[str]:
         metrics.LiveCollector(lambda: {"trading": {"state": "ACTIVE"}}),
         metrics.StreamCollector(lambda: (stream_status, {"process": {"buckets": {}, "budget_ns": 1}})),
         metrics.DeskCollector(lambda: desk),
+        counters.collector(dict),
     )
     for collector in collectors:
         for family in collector.collect():

@@ -148,3 +148,23 @@ def test_configure_logging_reconfigured_drops_the_old_handlers() -> None:
 
     assert first.getvalue() == ""
     assert len(_lines(second)) == 1
+
+
+def test_person_run_commands_show_only_warnings_in_one_human_line(tmp_path: Path) -> None:
+    """``console_level``: the terminal gets warnings as one plain line; the file keeps every record as JSON."""
+    terminal = io.StringIO()
+    configure_logging(role="cli", stream=terminal, log_file=tmp_path / "omni.log", console_level="WARNING", secrets=[SECRET])
+    log = get_logger("omni_tasks.test")
+    log.info("order placed", order_id="o-1")
+    log.warning("risk snapshot: Redis unreadable, reading the database", error=f"timeout {SECRET}")
+    logging.getLogger("kombu").error("connection lost")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    shown = terminal.getvalue().splitlines()
+    assert shown == [
+        "omni: warning: risk snapshot: Redis unreadable, reading the database (error=timeout [redacted])",
+        "omni: error: connection lost",
+    ]
+    records = [json.loads(line) for line in (tmp_path / "omni-cli.log").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["order placed", "risk snapshot: Redis unreadable, reading the database", "connection lost"]
+    assert SECRET not in (tmp_path / "omni-cli.log").read_text()

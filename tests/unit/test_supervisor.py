@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -166,3 +167,40 @@ def test_supervisor_stop_all_child_with_grandchild_leaves_no_process_behind(tmp_
             os.kill(grandchild, signal.SIGKILL)
 
     assert child.returncode == -signal.SIGTERM
+
+
+def test_every_line_a_child_writes_reaches_its_log_as_json(tmp_path: Path) -> None:
+    """Celery's banner, a warning on stderr and a structlog record: the log file holds JSON lines only."""
+    from omni_tasks.logs import configure_logging
+
+    configure_logging(secrets=["child-secret-value"], stream=open(os.devnull, "w"))  # noqa: SIM115 - the test's own sink
+    code = (
+        "import sys\n"
+        "print(' -------------- celery@host v5 (banner)')\n"
+        'print(\'{"event": "worker ready", "level": "info"}\')\n'
+        "print('[tasks]  . not json {', flush=True)\n"
+        "print('', flush=True)\n"
+        "sys.stderr.write('UserWarning: WARNING something with child-secret-value\\n')\n"
+    )
+    log = tmp_path / "logs" / "child.log"
+    spec = ChildSpec(name="worker-x", argv=[sys.executable, "-c", code], env=dict(os.environ), log_path=log)
+    supervisor = Supervisor([spec], announce=lambda _m: None)
+    supervisor.start_all()
+    child = supervisor.children[0]
+    assert child.process is not None
+    child.process.wait(timeout=30)
+    assert child.pump is not None
+    child.pump.join(timeout=10)
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    print(f"child log lines: {len(lines)}, JSON objects: {sum(isinstance(r, dict) for r in records)} of {len(lines)}")
+    assert all(isinstance(r, dict) for r in records)
+    assert records[1] == {"event": "worker ready", "level": "info"}, "JSON records are kept as written"
+    wrapped = [r for r in records if r.get("wrapped")]
+    assert [r["event"] for r in wrapped] == [
+        " -------------- celery@host v5 (banner)",
+        "[tasks]  . not json {",
+        "UserWarning: WARNING something with [redacted]",
+    ]
+    assert {r["process"] for r in wrapped} == {"worker-x"}
+    assert [r["level"] for r in wrapped] == ["info", "info", "warning"]

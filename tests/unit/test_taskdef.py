@@ -225,12 +225,17 @@ def test_delay_non_json_argument_refused_before_publishing(published: list[str])
     [
         pytest.param({"countdown": VISIBILITY_TIMEOUT_S + 1}, id="countdown-beyond"),
         pytest.param({"countdown": VISIBILITY_TIMEOUT_S}, id="countdown-equal"),
-        pytest.param({"eta": datetime.now(tz=UTC) + timedelta(seconds=VISIBILITY_TIMEOUT_S * 3)}, id="aware-eta-beyond"),
-        pytest.param({"eta": (datetime.now(tz=UTC) + timedelta(hours=2)).isoformat()}, id="iso-eta-beyond"),
+        # ETAs as seconds from now, made when the test runs (made at collection they age while the suite runs).
+        pytest.param({"eta_in_s": VISIBILITY_TIMEOUT_S * 3}, id="aware-eta-beyond"),
+        pytest.param({"eta_iso_in_s": 7200}, id="iso-eta-beyond"),
     ],
 )
 def test_apply_async_delay_beyond_visibility_timeout_refused_before_publishing(options: dict[str, Any], published: list[str]) -> None:
     task = _task()
+    if "eta_in_s" in options:
+        options = {"eta": datetime.now(tz=UTC) + timedelta(seconds=options["eta_in_s"])}
+    elif "eta_iso_in_s" in options:
+        options = {"eta": (datetime.now(tz=UTC) + timedelta(seconds=options["eta_iso_in_s"])).isoformat()}
 
     with pytest.raises(ValueError, match=rf"visibility timeout \({VISIBILITY_TIMEOUT_S} s\)") as caught:
         task.apply_async(["AAPL"], {}, retry=False, **options)

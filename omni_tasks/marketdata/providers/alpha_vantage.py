@@ -52,17 +52,22 @@ NAME: Final = "alpha_vantage"
 FREE_DAILY_QUOTA: Final = 25
 
 
-def capabilities(daily_quota: int = FREE_DAILY_QUOTA) -> Capabilities:
-    """What Alpha Vantage serves, with the key's daily quota for the shared limiter."""
+FREE_CALLS_PER_MIN: Final = 5
+
+
+def capabilities(daily_quota: int = FREE_DAILY_QUOTA, calls_per_window: int = FREE_CALLS_PER_MIN) -> Capabilities:
+    """What Alpha Vantage serves, with the key's per-window limit and daily quota for the shared limiter."""
     return Capabilities(
         timeframes=frozenset([*build.INTERVALS, build.DAILY]),
         # one intraday call covers a calendar month; one daily call covers the whole history
         max_range_per_call={**{code: timedelta(days=31) for code in build.INTERVALS}, build.DAILY: timedelta(days=365 * 25)},
-        rate_limit_per_min=5,
+        rate_limit_per_min=calls_per_window,
         needs_key=True,
         feeds=frozenset({NAME}),
         adjustments=frozenset(build.INTRADAY_ADJUSTED),
         daily_quota=daily_quota,
+        # TIME_SERIES_DAILY outputsize=full: one call answers every partition of a symbol
+        whole_series=frozenset({build.DAILY}),
     )
 
 
@@ -140,13 +145,14 @@ class AlphaVantageBars:
         api_key: str | None,
         base_url: str = build.DEFAULT_BASE_URL,
         daily_quota: int = FREE_DAILY_QUOTA,
+        calls_per_window: int = FREE_CALLS_PER_MIN,
         timeout_s: float = 30.0,
     ) -> None:
         """``base_url`` replaces https://www.alphavantage.co; ``daily_quota`` is calls per key per day."""
         self._api_key = api_key or None
         self._base_url = base_url.rstrip("/")
         self._timeout_s = timeout_s
-        self.capabilities: Capabilities = capabilities(daily_quota)
+        self.capabilities: Capabilities = capabilities(daily_quota, calls_per_window)
 
     def __repr__(self) -> str:
         return f"AlphaVantageBars(base_url={self._base_url!r}, key={'set' if self.available() else 'missing'})"
@@ -189,4 +195,5 @@ def from_settings(settings: Settings) -> AlphaVantageBars:
         api_key=av.api_key.get_secret_value() if av.api_key else None,
         base_url=av.base_url,
         daily_quota=av.daily_quota,
+        calls_per_window=av.calls_per_window,
     )

@@ -31,6 +31,7 @@ from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     MalformedPayload,
     ProviderError,
+    QuotaExhausted,
     RateLimited,
     UnknownSymbol,
     UnsupportedRequest,
@@ -66,10 +67,23 @@ def body_error(payload: Any, *, symbol: str) -> ProviderError | None:
         if "invalid input" in lowered:
             # NEWS_SENTIMENT's answer to a ticker it does not know: waiting cannot help either.
             return UnknownSymbol(f"Alpha Vantage: {message} (symbol {symbol})", provider=PROVIDER)
+        if is_daily_limit(message):
+            return QuotaExhausted(f"Alpha Vantage daily quota (Information): {message}", provider=PROVIDER)
         return RateLimited(f"Alpha Vantage rate limit (Information): {message}", provider=PROVIDER)
     if "Note" in payload:
         return RateLimited(f"Alpha Vantage rate limit (Note): {payload['Note']}", provider=PROVIDER)
     return None
+
+
+#: Words of a per-second/per-minute refusal: a burst, not the day's quota, even when the text
+#: also quotes the daily limit ("... to lift the free key rate limit (25 requests per day)").
+_SHORT_WINDOW: Final = ("per second", "per minute", "sparingly", "burst")
+
+
+def is_daily_limit(message: str) -> bool:
+    """True for Alpha Vantage's daily-quota wording ("Our standard API rate limit is 25 requests per day")."""
+    lowered = message.lower()
+    return "per day" in lowered and not any(word in lowered for word in _SHORT_WINDOW)
 
 
 def series_frame(series: Any, meta: Any, *, daily: bool) -> pd.DataFrame:

@@ -23,6 +23,9 @@ class Capabilities:
     adjustments: frozenset[str] = frozenset({"raw"})
     #: calls per day per key, when the provider meters a daily quota (Alpha Vantage)
     daily_quota: int | None = None
+    #: timeframes for which one call returns the whole history whatever the range (Alpha Vantage daily):
+    #: the router makes that call once per job and symbol and the partitions share the answer
+    whole_series: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ recording function, so nothing here waits.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -21,6 +22,7 @@ from omni_tasks.marketdata.errors import (
     MalformedPayload,
     NoBarsInRange,
     ProviderUnavailable,
+    QuotaExhausted,
     RateLimited,
     UnknownSymbol,
     UnsupportedRequest,
@@ -163,8 +165,8 @@ def test_router_rate_limited_provider_falls_back_to_next(make_router) -> None:  
     routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
     assert routed.provider == "beta"
     _assert_served_by(routed.bars, "beta")
-    assert len(alpha.calls) == 3
-    assert "RateLimited" in routed.attempts[0].detail
+    assert len(alpha.calls) == 1, "a refusal is not asked again at once: it is waited out (or the next provider serves)"
+    assert "refused" in routed.attempts[0].detail
 
 
 @pytest.mark.parametrize("empty", ["empty", EmptyData("yfinance returned an empty frame", provider="alpha")], ids=["no-rows", "EmptyData"])
@@ -332,18 +334,15 @@ def test_router_backoff_is_capped_at_backoff_max(make_router, sleeps) -> None:  
     assert all(d >= 1.25 for d in sleeps[2:]), "capped, not reset"
 
 
-def test_router_backoff_follows_rate_limited_retry_after_capped_at_max(make_router, sleeps) -> None:  # type: ignore[no-untyped-def]
-    alpha = FakeProvider(
-        "alpha",
-        [
-            RateLimited("429", provider="alpha", retry_after_s=3.0),
-            RateLimited("429", provider="alpha", retry_after_s=50.0),
-            RateLimited("429", provider="alpha", retry_after_s=-1.0),
-        ],
-    )
-    routed = make_router([alpha], max_attempts=4, backoff_base_s=0.1, backoff_max_s=8.0).fetch(REQUEST)
-    assert routed.provider == "alpha"
-    assert sleeps == [3.0, 8.0, 0.0]
+def test_router_provider_refusal_defers_by_its_retry_after_and_spares_the_breaker(make_router, sleeps, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", then=RateLimited("429", provider="alpha", retry_after_s=50.0))
+    with pytest.raises(NoProviderServed, match="deferred 50.0 s") as info:
+        make_router([alpha], max_attempts=4, backoff_base_s=0.1, backoff_max_s=8.0).fetch(REQUEST)
+    assert info.value.defer_s == 50.0, "the partition waits as long as the provider said, not Celery's 1-8 s"
+    assert info.value.permanent is False
+    assert len(alpha.calls) == 1
+    assert sleeps == [], "nothing waits in the worker"
+    assert breaker_for("alpha").state()["failures"] == 0, "a refusal is not a provider failure"
 
 
 # ---- what cannot be served -----------------------------------------------------------
@@ -370,7 +369,8 @@ def test_router_outage_at_every_provider_is_transient(make_router) -> None:  # t
     assert "alpha" in str(info.value)
     assert "beta" in str(info.value)
     assert len(alpha.calls) == 2
-    assert len(beta.calls) == 2
+    assert len(beta.calls) == 1
+    assert info.value.defer_s == 1.0, "beta said when to come back: the partition is deferred until then"
 
 
 def test_router_unknown_symbol_at_one_and_outage_at_other_is_transient(make_router) -> None:  # type: ignore[no-untyped-def]
@@ -466,7 +466,7 @@ def test_router_own_rate_limiter_refusal_does_not_count_against_provider_breaker
     assert len(alpha.calls) == 1
     assert breaker_for("alpha").state()["failures"] == 0, "alpha did not fail: we did not call it"
     assert sleeps == [], "a full window is not retried with backoff: the next provider is tried"
-    assert "RateLimited" in routed.attempts[0].detail
+    assert "waiting" in routed.attempts[0].detail
 
 
 def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
@@ -480,7 +480,7 @@ def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redi
     routed = router.fetch(REQUEST)
     assert routed.provider == "beta"
     assert alpha.calls == []
-    assert "RateLimited" in routed.attempts[0].detail
+    assert "waiting" in routed.attempts[0].detail
     assert breaker.state()["state"] == "half_open", "the breaker was asked first: the cooldown is over"
     decision = breaker.allow()
     assert decision.trial, "the trial reserved for the refused call was given back: the next caller gets it"
@@ -650,3 +650,67 @@ def test_serving_feeds_are_the_feeds_each_provider_stores_rows_under(order: list
 def test_serving_feeds_accepts_any_sequence_and_returns_a_tuple() -> None:
     assert serving_feeds(("alpaca", "synthetic"), "iex") == ("iex", "synthetic")
     assert isinstance(serving_feeds(["yahoo"], "iex"), tuple)
+
+
+# ---- quotas, refusals, whole series ----------------------------------------------------
+
+
+def _daily_refusal(provider: str = "alpha") -> QuotaExhausted:
+    return QuotaExhausted("Our standard API rate limit is 25 requests per day.", provider=provider)
+
+
+def test_router_spent_daily_quota_falls_back_without_calling_and_says_so(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    alpha, beta = FakeProvider("alpha", daily_quota=2), FakeProvider("beta")
+    router = make_router([alpha, beta])
+    assert [router.fetch(REQUEST).provider for _ in range(3)] == ["alpha", "alpha", "beta"]
+    assert len(alpha.calls) == 2, "no call once the day's quota is counted spent"
+    routed = router.fetch(REQUEST)
+    assert "daily quota of 2 calls used up" in routed.attempts[0].detail
+    with pytest.raises(NoProviderServed, match="deferred") as info:
+        make_router([alpha]).fetch(REQUEST)
+    reset = RateLimiter(redis_client, clock=clock).seconds_to_reset()
+    assert info.value.defer_s == pytest.approx(reset), "alone, the provider is waited for until 00:00 UTC"
+    assert info.value.permanent is False
+
+
+def test_router_daily_refusal_of_one_symbol_does_not_spend_the_quota_two_symbols_do(make_router, breaker_for) -> None:  # type: ignore[no-untyped-def]
+    alpha = FakeProvider("alpha", [_daily_refusal()], daily_quota=25)
+    router = make_router([alpha], max_refusals=3)
+    with pytest.raises(NoProviderServed) as first:
+        router.fetch(REQUEST)
+    assert first.value.defer_s == 60.0, "one symbol refused: waited out like a rate limit, not until midnight"
+    assert router.fetch(BarRequest("MSFT", "1Min", START, START + timedelta(minutes=5))).provider == "alpha", "the others go on"
+    alpha._script = [_daily_refusal()]  # noqa: SLF001 - scripting the fake
+    with pytest.raises(NoProviderServed) as second:
+        router.fetch(BarRequest("NVDA", "1Min", START, START + timedelta(minutes=5)))
+    assert second.value.defer_s is not None
+    assert second.value.defer_s > 60.0, "a second symbol told the same: the quota is spent until it resets"
+    calls = len(alpha.calls)
+    with pytest.raises(NoProviderServed, match="daily quota of 25 calls used up"):
+        router.fetch(REQUEST)
+    assert len(alpha.calls) == calls, "no call is made while the quota is spent"
+    assert breaker_for("alpha").state()["failures"] == 0, "refusals are not provider failures"
+
+
+def test_router_whole_series_is_one_call_per_job_and_symbol_and_a_refusal_holds_the_siblings(make_router, redis_client) -> None:  # type: ignore[no-untyped-def]
+    from omni_tasks.marketdata.series import SeriesCache
+
+    whole = FakeProvider("alpha")
+    whole.capabilities = replace(whole.capabilities, whole_series=frozenset({"1Min"}))
+    router = make_router([whole], series=SeriesCache(redis_client), max_refusals=2)
+    span = (START, START + timedelta(minutes=30))
+    parts = [BarRequest("AAPL", "1Min", START + timedelta(minutes=5 * i), START + timedelta(minutes=5 * (i + 1))) for i in range(6)]
+    served = [router.fetch(p, job=7, span=span) for p in parts]
+    assert len(whole.calls) == 1, "one call over the job's range; the partitions share it"
+    assert (whole.calls[0].start, whole.calls[0].end) == span
+    assert [len(r.bars) for r in served] == [5] * 6
+    assert all(r.bars["ts"].min() >= pd.Timestamp(p.start) for r, p in zip(served, parts, strict=True))
+
+    whole._then = RateLimited("Information: rate limit", provider="alpha")  # noqa: SLF001 - scripting the fake
+    msft = [replace(p, symbol="MSFT") for p in parts]
+    with pytest.raises(NoProviderServed) as waiting:
+        router.fetch(msft[0], job=7, span=span)
+    assert waiting.value.defer_s == 60.0
+    with pytest.raises(NoProviderServed, match="refused MSFT for now"):
+        router.fetch(msft[1], job=7, span=span)  # a sibling waits for the refusal instead of asking
+    assert len(whole.calls) == 2

@@ -20,6 +20,7 @@ from omni_tasks.marketdata.errors import (
     EmptyData,
     MalformedPayload,
     ProviderUnavailable,
+    QuotaExhausted,
     RateLimited,
     UnknownSymbol,
     UnsupportedRequest,
@@ -97,7 +98,8 @@ def test_rebase_moves_the_library_query_url_onto_the_base_url() -> None:
     ("name", "expected"),
     [
         ("note_rate_limit.json", RateLimited),
-        ("information_rate_limit.json", RateLimited),
+        ("information_rate_limit.json", QuotaExhausted),  # "... rate limit is 25 requests per day": the daily quota
+        ("information_burst.json", RateLimited),  # "... more sparingly (1 request per second)": a burst, though it quotes the daily limit
         ("information_premium_endpoint.json", UnsupportedRequest),
         ("information_demo_key.json", AuthenticationFailed),
         ("error_invalid_api_call.json", UnknownSymbol),

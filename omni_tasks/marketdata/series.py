@@ -1,0 +1,87 @@
+"""Whole-series answers shared by the partitions of one job, and per-symbol refusals (in Redis).
+
+A provider whose one call returns a symbol's whole history (Alpha Vantage's
+daily series) is called once per job and symbol: the first partition to get
+the lock makes the call over the job's whole range and stores the answer
+here (Parquet, with a TTL); its siblings read it and keep their own range.
+Running a partition again (a redelivery) reads the same answer.
+
+A provider refusing one symbol (a rate-limit body about it, "Information")
+is remembered per job, provider and symbol: the siblings wait for the refusal
+to pass instead of asking again, and after ``max_refusals`` the symbol's
+partitions fail with the provider's own words.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pandas as pd
+import redis
+
+SERIES_KEY = "omni:series:{job}:{provider}:{symbol}:{timeframe}:{adjustment}"
+#: How long the partition making the one call holds it (longer than a provider call's timeout).
+LOCK_TTL_S = 90
+
+
+class SeriesCache:
+    """The shared answers and refusals of one Redis."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: float = 3600.0) -> None:
+        self._client = client
+        self._ttl_s = int(max(1.0, ttl_s))
+
+    @staticmethod
+    def key(job: int, provider: str, symbol: str, timeframe: str, adjustment: str) -> str:
+        return SERIES_KEY.format(job=job, provider=provider, symbol=symbol, timeframe=timeframe, adjustment=adjustment)
+
+    def get(self, key: str) -> pd.DataFrame | None:
+        raw = self._client.get(key)
+        if raw is None:
+            return None
+        return pd.read_parquet(io.BytesIO(raw))
+
+    def put(self, key: str, bars: pd.DataFrame) -> None:
+        buffer = io.BytesIO()
+        bars.reset_index(drop=True).to_parquet(buffer, index=False)
+        self._client.set(key, buffer.getvalue(), ex=self._ttl_s)
+
+    def lock(self, key: str) -> str | None:
+        """A token when this caller is to make the one call; None while another holds it."""
+        token = uuid.uuid4().hex
+        return token if self._client.set(f"{key}:lock", token, nx=True, ex=LOCK_TTL_S) else None
+
+    def unlock(self, key: str, token: str) -> None:
+        lock = f"{key}:lock"
+        if (self._client.get(lock) or b"").decode() == token:
+            self._client.delete(lock)
+
+    def refusal(self, key: str) -> tuple[str, float] | None:
+        """The provider's standing refusal of this symbol (its words, seconds left), or None."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(f"{key}:refused")
+        pipe.pttl(f"{key}:refused")
+        said, ttl_ms = pipe.execute()
+        if said is None:
+            return None
+        return said.decode(), max(0.0, int(ttl_ms) / 1000.0)
+
+    def refuse(self, key: str, said: str, wait_s: float) -> int:
+        """Record a refusal of this symbol standing for ``wait_s``; returns how many this job has had."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(f"{key}:refused", said[:2000], px=max(1, int(wait_s * 1000)))
+        pipe.incr(f"{key}:refusals")
+        pipe.expire(f"{key}:refusals", self._ttl_s)
+        pipe.set(f"{key}:said", said[:2000], ex=self._ttl_s)
+        return int(pipe.execute()[1])
+
+    def given_up(self, key: str, max_refusals: int) -> str | None:
+        """The provider's last words when this symbol has been refused ``max_refusals`` times in the job, else None."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(f"{key}:refusals")
+        pipe.get(f"{key}:said")
+        count, said = pipe.execute()
+        if int(count or 0) < max_refusals:
+            return None
+        return (said or b"refused").decode()
