@@ -232,7 +232,7 @@ class BackfillSettings(_Group):
     lookback_days: int = Field(default=730, ge=1, le=20000, description="history fetched for a symbol with no stored bars")
     first_run_days: int = Field(
         default=365, ge=0, le=3650,
-        description="`omni up` offline (synthetic feed) on a data folder short of history backfills this many days of daily bars for the universe, once (0: never)",
+        description="`omni up` offline (synthetic feed) on a data folder short of history backfills this many days of daily bars for the universe, once, then runs a validation, a scan and a risk recalculation (0: never)",
     )  # fmt: skip
     earliest_date: date = Field(
         default=DEFAULT_EARLIEST_BACKFILL,
