@@ -54,17 +54,22 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
         _fail("--timeout must be positive")
 
     from omni_tasks.runtime import get_runtime
-    from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.safety.killswitch import TradingState, read_state
     from omni_tasks.trading.intake import NotQueued, accept_order
     from omni_tasks.trading.tasks import submit_order
 
     runtime = get_runtime()
-    if current_state(runtime.redis, runtime.sessions) is TradingState.HALTED:
-        message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
-        fail("order", message, 1)
     what = f"{request.side} {_plain(request.qty)} {request.symbol} " + (
         f"limit {_plain(request.limit_price)}" if request.limit_price is not None else "market"
     )
+    reading = read_state(runtime.redis, runtime.sessions)
+    if reading.state is TradingState.HALTED:
+        if reading.database.status == "unreadable" and reading.redis.status == "ok":
+            # Not an engage: the order cannot be recorded, so it is not accepted (say so, as the intake would).
+            detail = (reading.database.detail or "").split("\n", 1)[0][:160]
+            fail("order", f"could not queue {what} ({client_order_id}): the database is unavailable ({detail}): nothing recorded, nothing queued", 1)
+        message = "trading is HALTED (kill switch engaged, or its state cannot be read): order not enqueued; see `omni kill status`"
+        fail("order", message, 1)
     trading = runtime.settings.trading
     try:
         # Recorded (pending, with its deadline) before it is queued: from here it ends with a final status.

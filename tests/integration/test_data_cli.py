@@ -102,7 +102,7 @@ def test_reconcile_then_validate_show_the_changed_close_and_news_shows_stored_se
     assert article["published_at"] == "2024-01-02T15:30:00+00:00"
     bad = omni(env, "news", "AA PL")
     assert bad.returncode == 2
-    assert len(bad.stdout.strip().splitlines()) == 1
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_backfill_plan_from_1990_is_planned_and_before_the_earliest_date_is_refused(env: dict[str, str]) -> None:
