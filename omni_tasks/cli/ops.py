@@ -212,7 +212,7 @@ def _print_pipeline(scan: dict[str, Any] | None, validation: dict[str, Any] | No
         colour = {"succeeded": "green", "failed": "red"}.get(scan["status"], "yellow")
         top = ", ".join(scan["top"])
         console.print(
-            f"Scan: run {scan['id']} [{colour}]{scan['status']}[/{colour}] ({scan['requested_by']}), as of {scan['as_of'][:19]}, "
+            f"Scan: run {scan['id']} [{colour}]{scan['status']}[/{colour}] ({scan['requested_by']}), as of {scan['as_of'][:19].replace('T', ' ')} UTC, "
             f"{scan['ranked']} of {scan['symbols']} symbols ranked" + (f", top {top}" if top else "") + (f"; {scan['error'][:120]}" if scan["error"] else "")
             + "; `omni scan show " + str(scan["id"]) + "`",
             highlight=False,
@@ -226,7 +226,7 @@ def _print_pipeline(scan: dict[str, Any] | None, validation: dict[str, Any] | No
         parts.append(f"{timeframe}: {said}")
     failed = validation.get("failed_examples") or []
     console.print(
-        f"Validation (series verdicts, last check {validation['last_checked_at'][:19]}): " + "; ".join(parts) + (f"; failed e.g. {', '.join(failed)}" if failed else ""),
+        f"Validation (series verdicts, last check {validation['last_checked_at'][:19].replace('T', ' ')} UTC): " + "; ".join(parts) + (f"; failed e.g. {', '.join(failed)}" if failed else ""),
         highlight=False,
     )
 
