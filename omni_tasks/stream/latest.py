@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 QUOTE_KEY_PREFIX: Final = "omni:quote:"
 QUOTE_STREAM_KEY: Final = "omni:quotes"
@@ -153,17 +153,25 @@ def parse_trading_status(symbol: str, fields: dict[Any, Any]) -> TradingStatus |
 
 def read_trading_status(redis: Any, symbols: Iterable[str]) -> dict[str, TradingStatus]:
     """The trading status of each symbol that has one (one round trip); symbols never seen in a status are left out."""
+    return _read_hashes(redis, symbols, trading_status_key, parse_trading_status)
+
+
+T = TypeVar("T")
+
+
+def _read_hashes(redis: Any, symbols: Iterable[str], key: Callable[[str], str], parse: Callable[[str, Any], T | None]) -> dict[str, T]:
+    """One pipelined HGETALL per symbol, each parsed; symbols whose hash is absent or unreadable are left out."""
     names = list(symbols)
     if not names:
         return {}
     pipe = redis.pipeline(transaction=False)
     for symbol in names:
-        pipe.hgetall(trading_status_key(symbol))
-    found = {}
+        pipe.hgetall(key(symbol))
+    found: dict[str, T] = {}
     for symbol, fields in zip(names, pipe.execute(), strict=True):
-        status = parse_trading_status(symbol, fields)
-        if status is not None:
-            found[symbol] = status
+        parsed = parse(symbol, fields)
+        if parsed is not None:
+            found[symbol] = parsed
     return found
 
 
@@ -197,18 +205,7 @@ def parse_quote(symbol: str, fields: dict[Any, Any]) -> LatestQuote | None:
 
 def read_latest(redis: Any, symbols: Iterable[str]) -> dict[str, LatestQuote]:
     """The served quote of each symbol that has one (one round trip); missing symbols are left out."""
-    names = list(symbols)
-    if not names:
-        return {}
-    pipe = redis.pipeline(transaction=False)
-    for symbol in names:
-        pipe.hgetall(quote_key(symbol))
-    quotes = {}
-    for symbol, fields in zip(names, pipe.execute(), strict=True):
-        quote = parse_quote(symbol, fields)
-        if quote is not None:
-            quotes[symbol] = quote
-    return quotes
+    return _read_hashes(redis, symbols, quote_key, parse_quote)
 
 
 def read_profile(redis: Any, symbol: str) -> dict[str, Any] | None:
