@@ -687,7 +687,7 @@ def test_breaker_matches_its_state_machine_model_under_random_operations(redis_c
             self.breaker = CircuitBreaker(f"prop:{uuid.uuid4().hex}", redis_client, _MODEL_POLICY, on_transition=self.hook, clock=self.clock)
             self.model = BreakerModel(_MODEL_POLICY)
             self.pending: list[str] = []  # calls let through, not yet reported: their trial ids ('' when not a trial)
-            self.handed_out: set[str] = set()
+            self.handed_out: list[str] = []  # in the order handed out: trial ids are random, so sorting them would not replay
             # Short runs seldom walk all the way to HALF_OPEN: start some of them there (checked on the way).
             if start != "closed":
                 for _ in range(_MODEL_POLICY.failure_threshold):
@@ -716,7 +716,7 @@ def test_breaker_matches_its_state_machine_model_under_random_operations(redis_c
             assert self._moves() == moves
             if decision.trial:
                 assert decision.trial not in self.handed_out, "trial ids are never reused"
-                self.handed_out.add(decision.trial)
+                self.handed_out.append(decision.trial)
             if decision.allowed:
                 self.pending.append(decision.trial)
             return decision.allowed
@@ -756,7 +756,7 @@ def test_breaker_matches_its_state_machine_model_under_random_operations(redis_c
         @rule(ok=st.booleans(), pick=st.integers(min_value=0, max_value=50))
         def record_stale(self, ok: bool, pick: int) -> None:
             """A late outcome for a trial already reported, released or lost (its worker only seemed dead)."""
-            stale = sorted(self.handed_out.difference(self.pending))
+            stale = [t for t in self.handed_out if t not in self.pending]
             if not stale:
                 return
             trial = stale[pick % len(stale)]
