@@ -1,6 +1,6 @@
 """The baseline of bench/celery_overhead.py: a bare Celery app with one plain no-op task.
 
-It has the broker and worker settings of ``omni_tasks.celery_app.celery_config``
+It has the broker and worker settings of ``omni_tasks.pipeline.app.celery_config``
 (JSON only, late ack with rejection on worker loss, prefetch 1, the same Redis
 transport options, results ignored, task and sent events on, declared queues
 only) and nothing of the pipeline: no decorator, no outcome record, no metrics,

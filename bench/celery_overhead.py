@@ -359,7 +359,7 @@ def run_round(side: str, round_no: int, ctx: Context) -> RoundResult:
 def check_settings_parity() -> None:
     """Refuse to compare unlike things: the shared Celery settings of both apps must be equal."""
     from bench.bare_app import app as bare_app
-    from omni_tasks.celery_app import app as omni_app
+    from omni_tasks.pipeline.app import app as omni_app
 
     drift = [
         f"  {key}: omni {omni_app.conf[key]!r} != bare {bare_app.conf[key]!r}"
@@ -437,8 +437,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ.update({k: v for k, v in ours_env.items() if k.startswith("OMNI_") or k == "PROMETHEUS_MULTIPROC_DIR"})
         os.environ[BARE_BROKER_URL_ENV] = broker_url
         check_settings_parity()
-        from omni_tasks.heartbeats import KOMBU_UNACKED_KEY
-        from omni_tasks.runs import OUTCOMES_KEY
+        from omni_tasks.core.keys import TASK_OUTCOMES_KEY
+        from omni_tasks.pipeline.heartbeats import KOMBU_UNACKED_KEY
 
         ctx = Context(
             tmp=tmp,
@@ -448,7 +448,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=args.tasks,
             warmup=args.warmup,
             concurrency=args.concurrency,
-            outcomes_key=OUTCOMES_KEY,
+            outcomes_key=TASK_OUTCOMES_KEY,
             unacked_key=KOMBU_UNACKED_KEY,
         )
         print(

@@ -119,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} cores", flush=True)
     try:
-        from omni_tasks.runtime import get_runtime, install_settings
+        from omni_tasks.core.runtime import get_runtime, install_settings
         from omni_tasks.settings import load_settings
         from omni_tasks.storage import migrations
 
         settings = load_settings(env)
         install_settings(settings)
-        from omni_tasks.logs import configure_logging
+        from omni_tasks.core.logs import configure_logging
 
         configure_logging(level="WARNING", fmt="console", role="bench", secrets=settings.secret_values())
         runtime = get_runtime()
@@ -140,14 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
         )
         client = runtime.redis
-        from omni_tasks.safety.alarms import ALARM_CHANNEL
+        from omni_tasks.core.keys import ALARM_CHANNEL
 
         deadline = time.monotonic() + 90
         while client.pubsub_numsub(ALARM_CHANNEL)[0][1] < 1:
             if watchdog.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the watchdog worker did not start its alarm listener; see {data_dir / 'watchdog.log'}")
             time.sleep(0.2)
-        from omni_tasks import heartbeats
+        from omni_tasks.pipeline import heartbeats
 
         # Subscribed is not ready: the worker is still importing (and holding the GIL) for a few seconds after.
         while not any(w.kind == "watchdog" and w.pid == watchdog.pid for w in heartbeats.workers(client)):
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(watchdog.pid, 9)
         with contextlib.suppress(Exception):
-            from omni_tasks.runtime import get_runtime
+            from omni_tasks.core.runtime import get_runtime
 
             get_runtime().engine.dispose()
         with admin.connect() as connection:

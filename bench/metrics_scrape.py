@@ -28,7 +28,7 @@ from typing import Any
 
 _WRITER = r"""
 import random
-from omni_tasks import metrics as m
+from omni_tasks.ops import prometheus as m
 names = [f"omni.bench.task_{i}" for i in range(30)]
 hosts = ["worker-scans@host"]
 for name in names:
@@ -67,9 +67,9 @@ def make_files(root: Path, count: int) -> int:
 def _snapshot_source(redis_url: str | None) -> Any:
     if redis_url is None:
         return lambda: {"queues": {"scans": 0}, "workers": [], "breakers": []}
-    from omni_tasks import observe
-    from omni_tasks.queues import ALL_QUEUES
-    from omni_tasks.redis_util import redis_from_url
+    from omni_tasks.core.redis_client import redis_from_url
+    from omni_tasks.pipeline import observe
+    from omni_tasks.pipeline.queues import ALL_QUEUES
 
     client = redis_from_url(redis_url)
     queues = [q.value for q in ALL_QUEUES]
@@ -128,7 +128,7 @@ class NaiveFiles:
 def naive_registry(snapshot: Any, root: Path) -> Any:
     from prometheus_client import CollectorRegistry
 
-    from omni_tasks import metrics
+    from omni_tasks.ops import prometheus as metrics
 
     registry = CollectorRegistry()
     registry.register(NaiveFiles(root))
@@ -137,8 +137,8 @@ def naive_registry(snapshot: Any, root: Path) -> Any:
 
 
 def serve(source: Any) -> tuple[Any, int]:
-    from omni_tasks.httpserver import make_server
-    from omni_tasks.metrics import Exposition
+    from omni_tasks.ops.httpserver import make_server
+    from omni_tasks.ops.prometheus import Exposition
 
     health = lambda: (200, {"status": "ok"})  # noqa: E731 - a constant answer
     if isinstance(source, Exposition):
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--redis-url", default=None, help="read the live gauges from this Redis (default: a static snapshot)")
     args = parser.parse_args(argv)
-    from omni_tasks import metrics
+    from omni_tasks.ops import prometheus as metrics
 
     with tempfile.TemporaryDirectory(prefix="omni-bench-metrics-") as tmp:
         root = Path(tmp)

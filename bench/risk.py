@@ -1,6 +1,6 @@
 """Risk: VaR and ES (95% and 99%, historical and parametric) for 5,000 positions x 1,000 days, against pandas, in one run.
 
-Ours is :func:`omni_tasks.risk.metrics.var_es`: one matrix-vector product for
+Ours is :func:`omni_tasks.risk.figures.var_es`: one matrix-vector product for
 the portfolio's daily P&L (``returns @ values``), one ``np.partition`` for the
 interpolated quantiles of the losses, ES as the mean of the losses at or
 beyond each VaR, and the parametric figures from the P&L's own standard
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omni_tasks.risk.metrics import LEVELS, var_es
+from omni_tasks.risk.figures import LEVELS, var_es
 
 TARGET_MS = 5.0
 TARGET_RATIO = 10.0

@@ -269,8 +269,8 @@ def celery_leg(url: str, symbols: list[str], as_of: pd.Timestamp, config: ScanCo
         settings = prepare("bench", configure_log=False)
         if settings.broker_url != broker_url or settings.database_url != url:
             raise BenchError(f"this process's settings point elsewhere: broker {settings.broker_url}, database {settings.database_url}")
-        from omni_tasks.heartbeats import workers
-        from omni_tasks.runtime import get_runtime
+        from omni_tasks.core.runtime import get_runtime
+        from omni_tasks.pipeline.heartbeats import workers
         from omni_tasks.scans import runs
         from omni_tasks.scans.tasks import start_run
         from omni_tasks.storage.models import ScanRun

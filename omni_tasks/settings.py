@@ -8,7 +8,7 @@ names (``_s`` seconds, ``_usd`` dollars, ``_pct`` percent).
 
 Nothing else in the package reads ``os.environ``: the CLI calls
 :func:`load_settings` once and passes the object down. An invalid value raises
-:class:`~omni_tasks.errors.ConfigError` whose message names the variable.
+:class:`~omni_tasks.core.errors.ConfigError` whose message names the variable.
 Unknown ``OMNI_*`` variables are refused too, so a typo cannot silently leave
 a default (say, a risk limit) in force.
 """
@@ -28,9 +28,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
-from omni_tasks import secrets as secret_box
-from omni_tasks.errors import ConfigError
-from omni_tasks.inputs import EARLIEST_DATE, SYMBOL_PATTERN
+from omni_tasks.core import secrets as secret_box
+from omni_tasks.core.errors import ConfigError
+from omni_tasks.core.inputs import EARLIEST_DATE, SYMBOL_PATTERN
 
 ENV_PREFIX = "OMNI_"
 #: Variables that are not settings but are read by the test-suite or the launcher.

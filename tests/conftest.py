@@ -226,7 +226,7 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str
 
 
 def wait_for_worker(client: redis.Redis, kind: str, proc: OmniProcess, timeout_s: float = 40.0) -> None:
-    from omni_tasks import heartbeats
+    from omni_tasks.pipeline import heartbeats
 
     def ready() -> bool:
         if proc.process is not None and proc.process.poll() is not None:

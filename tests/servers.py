@@ -45,7 +45,7 @@ class PrivateRedis:
     """
 
     def __init__(self, folder: Path, *, appendonly: bool = False, fsync_always: bool = True, port: int | None = None) -> None:
-        from omni_tasks.embedded import redis_server_binary
+        from omni_tasks.ops.embedded import redis_server_binary
 
         self.binary = str(redis_server_binary())
         self.folder = folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from omni_tasks.queues import Queue
+from omni_tasks.pipeline.queues import Queue
 
 
 @dataclass(frozen=True)

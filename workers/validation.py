@@ -1,4 +1,4 @@
-from omni_tasks.queues import Queue
+from omni_tasks.pipeline.queues import Queue
 from workers.base import WorkerKind
 
 KIND = WorkerKind(

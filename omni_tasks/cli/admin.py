@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import __version__, inputs
+from omni_tasks import __version__
 from omni_tasks.cli.parsing import check, fail
-from omni_tasks.errors import SecretError
+from omni_tasks.core import inputs
+from omni_tasks.core.errors import SecretError
 
 console = Console()
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
@@ -48,7 +49,7 @@ def config_show() -> None:
 @secrets_app.command("new-key")
 def secrets_new_key() -> None:
     """Print a fresh Fernet key. Put it first in OMNI_SECRET_KEY (comma separated) to rotate."""
-    from omni_tasks import secrets as secret_box
+    from omni_tasks.core import secrets as secret_box
 
     print(secret_box.new_key())
 
@@ -69,7 +70,7 @@ def secrets_encrypt() -> None:
         value = sys.stdin.read().rstrip("\r\n")
     if not value:
         raise SecretError("empty value; nothing encrypted")
-    from omni_tasks import secrets as secret_box
+    from omni_tasks.core import secrets as secret_box
 
     print(secret_box.encrypt(value, keys))
 
@@ -81,7 +82,7 @@ def secrets_rotate(env_file: Annotated[Path, typer.Argument(exists=True, dir_oka
     from omni_tasks.settings import secret_keys
 
     settings = prepare("cli", configure_log=False)
-    from omni_tasks import secrets as secret_box
+    from omni_tasks.core import secrets as secret_box
 
     rotated = secret_box.rotate_env_file(env_file, secret_keys(settings))
     console.print(f"re-encrypted {len(rotated)} value(s) under the newest key: {', '.join(rotated) or '-'}")

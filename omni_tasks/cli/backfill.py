@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.core import inputs
 from omni_tasks.marketdata.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 
 console = Console()
@@ -41,15 +41,15 @@ def _date(value: str | None, default: date, what: str, *, end: bool = False) -> 
 
 
 def _earliest() -> date:
-    from omni_tasks.runtime import get_settings
+    from omni_tasks.core.runtime import get_settings
 
     return get_settings().backfill.earliest_date
 
 
 def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
+    from omni_tasks.core.runtime import get_settings
     from omni_tasks.marketdata.frames import ADJUSTMENTS
     from omni_tasks.marketdata.universe import load_universe
-    from omni_tasks.runtime import get_settings
 
     settings = get_settings().backfill
     today = datetime.now(tz=UTC).date()
@@ -124,8 +124,8 @@ def run_cmd(
 ) -> None:
     """Record a backfill job and enqueue its partitions on the backfill queue."""
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill
-    from omni_tasks.runtime import get_runtime
 
     prepare("cli", configure_log=False)
     runtime = get_runtime()
@@ -166,7 +166,7 @@ def run_cmd(
 
 def _stuck_partitions(runtime: Any, job_id: int) -> list[int]:
     """The job's partitions not final with no live delivery (nothing queued or unacked for them), quiet for the dead-worker threshold."""
-    from omni_tasks.celery_app import is_redis_url
+    from omni_tasks.pipeline.app import is_redis_url
     from omni_tasks.watchdog import ledgers
 
     if not is_redis_url(runtime.settings.broker_url):
@@ -216,8 +216,8 @@ def status_cmd(
     from sqlalchemy import select
 
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill
-    from omni_tasks.runtime import get_runtime
     from omni_tasks.storage.models import BackfillJob, BackfillPartition
 
     prepare("cli", configure_log=False)
@@ -277,9 +277,9 @@ def verify_cmd(
     Whatever feed `backfill run` stored them under (synthetic, replay, iex, sip, yahoo, alpha_vantage) counts, unless --feed names one.
     """
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill
     from omni_tasks.marketdata.wiring import build_store
-    from omni_tasks.runtime import get_runtime
 
     prepare("cli", configure_log=False)
     runtime = get_runtime()
@@ -326,8 +326,8 @@ def reconcile_cmd(
 ) -> None:
     """A second opinion: compare a sample of stored bars with another configured provider (close, and volume when comparable)."""
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill
-    from omni_tasks.runtime import get_runtime
     from omni_tasks.validation.reconcile import reconcile_stored
 
     prepare("cli", configure_log=False)

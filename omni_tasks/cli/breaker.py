@@ -21,8 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail
+from omni_tasks.core import inputs
+from omni_tasks.core.keys import BREAKER_KEY
 
 console = Console()
 breaker_app = typer.Typer(help="Circuit breakers (providers, the broker, the database): list, trip, reset, force.", no_args_is_help=True)
@@ -69,7 +70,7 @@ def breaker_rows(client: Any, settings: Any, now: float | None = None) -> list[d
         state = CircuitBreaker(name, client).state()
         raw = {
             k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-            for k, v in client.hgetall(f"omni:breaker:{name}").items()
+            for k, v in client.hgetall(BREAKER_KEY.format(name=name)).items()
         }
         left = None
         if state["automatic"] == "open" and state["opened_at"] is not None:
@@ -88,7 +89,7 @@ def breaker_rows(client: Any, settings: Any, now: float | None = None) -> list[d
 
 def _breaker(name: str, actor: str) -> Any:
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.breaker import CircuitBreaker
     from omni_tasks.safety.reporting import audit_transitions
 
@@ -105,7 +106,7 @@ def _breaker(name: str, actor: str) -> Any:
 def list_breakers(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every breaker: state, forced or automatic, consecutive failures, when it opened, cooldown left."""
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
 
     settings = prepare("cli")
     rows = breaker_rows(get_runtime().redis, settings)

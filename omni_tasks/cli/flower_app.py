@@ -29,11 +29,11 @@ DISPLAY_TZ = "UTC"
 
 
 def drop_our_metrics_from_default_registry() -> int:
-    """Unregister every metric of :mod:`omni_tasks.metrics` from prometheus-client's default registry; how many."""
+    """Unregister every metric of :mod:`omni_tasks.ops.prometheus` from prometheus-client's default registry; how many."""
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
 
-    from omni_tasks import metrics
+    from omni_tasks.ops import prometheus as metrics
 
     dropped = 0
     for value in vars(metrics).values():

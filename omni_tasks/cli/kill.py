@@ -26,8 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.core import inputs
 
 console = Console()
 kill_app = typer.Typer(help="The kill switch: engage, release, status, drill.", no_args_is_help=True)
@@ -57,8 +57,8 @@ def broker_for(runtime: Any) -> tuple[Any, str | None]:
 
 def orders_purge(settings: Any) -> Callable[[], int]:
     """Purges the orders queue on the configured Celery broker."""
-    from omni_tasks.celery_app import broker_transport_options
-    from omni_tasks.queues import Queue
+    from omni_tasks.pipeline.app import broker_transport_options
+    from omni_tasks.pipeline.queues import Queue
     from omni_tasks.safety.engage import orders_purger
 
     return orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
@@ -66,7 +66,7 @@ def orders_purge(settings: Any) -> Callable[[], int]:
 
 def engage_with_process_runtime(*, actor: str, reason: str, flatten: bool | None) -> Any:
     """Engage from this process (CLI or health server): the configured broker, the orders-queue purge."""
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.engage import engage as do_engage
 
     runtime = get_runtime()
@@ -79,8 +79,8 @@ def engage_with_process_runtime(*, actor: str, reason: str, flatten: bool | None
 
 def http_kill_endpoint() -> Any:
     """The health server's POST /kill/engage, from this process's settings (None: no token set, endpoint off)."""
-    from omni_tasks.httpserver import KillEndpoint
-    from omni_tasks.runtime import get_settings
+    from omni_tasks.core.runtime import get_settings
+    from omni_tasks.ops.httpserver import KillEndpoint
 
     token = get_settings().kill.http_token
     if token is None or not token.get_secret_value():
@@ -125,7 +125,7 @@ def engage_command(
     actor, why = _actor(operator), _reason(reason)
     result = engage_with_process_runtime(actor=actor, reason=why, flatten=flatten)
     code = 0 if result.complete else (1 if result.durable else 3)
-    from omni_tasks import alerts
+    from omni_tasks.ops import alerts
 
     alerts.drain(10.0)
     if as_json:
@@ -177,7 +177,7 @@ def release_command(
     from omni_tasks.cli.main import prepare
 
     prepare("cli")
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, release
     from omni_tasks.safety.killswitch import TradingState, state_info
 
@@ -220,7 +220,7 @@ def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> Non
     from omni_tasks.cli.main import prepare
 
     prepare("cli")
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, set_reducing
 
     try:
@@ -239,7 +239,7 @@ def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> N
     from omni_tasks.cli.main import prepare
 
     prepare("cli")
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.engage import KillSwitchError, activate
 
     try:
@@ -297,7 +297,7 @@ def status_command(
     prepare("cli")
     from sqlalchemy import select
 
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.killswitch import state_info
     from omni_tasks.storage.models import KillEvent
 
@@ -351,7 +351,7 @@ def drill_command(
     symbol = check("kill drill", inputs.symbol, symbol, what="--symbol")
     operator_actor = _actor(operator)
     settings = prepare("cli")
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.drill import run_drill
 
     runtime = get_runtime()

@@ -20,7 +20,7 @@ from typer._click.exceptions import ClickException
 
 from omni_tasks.cli.parsing import one_line as _one_line
 from omni_tasks.cli.parsing import report_error, wants_json
-from omni_tasks.errors import BootRefused, ConfigError
+from omni_tasks.core.errors import BootRefused, ConfigError
 
 if TYPE_CHECKING:
     from omni_tasks.settings import Settings
@@ -55,7 +55,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
     """
     import socket
 
-    from omni_tasks.runtime import install_settings
+    from omni_tasks.core.runtime import install_settings
     from omni_tasks.settings import load_settings
 
     global _crash_dir
@@ -67,7 +67,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
     # here, before any module that defines metrics is imported.
     if not writes_metric_files(role):
         # A short-lived command would leave files behind for every scrape to merge, and Flower serves its
-        # own registry: neither writes metric files (what the CLI does is counted in Redis: omni_tasks.counters).
+        # own registry: neither writes metric files (what the CLI does is counted in Redis: omni_tasks.core.counters).
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # One folder per host: PIDs repeat across containers sharing the volume.
@@ -76,11 +76,11 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
     if role != "cli":
         # Names a Celery process in its logs and heartbeats; a person's command needs neither (nor Celery's import time).
-        from omni_tasks import worker_hooks
+        from omni_tasks.pipeline import hooks as worker_hooks
 
         worker_hooks.set_process(role, kind)
     if role == "cli":
-        from omni_tasks.logs import configure_logging
+        from omni_tasks.core.logs import configure_logging
 
         configure_logging(
             level=settings.core.log_level,
@@ -91,7 +91,7 @@ def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> 
             console_level="WARNING",
         )
     elif configure_log:
-        from omni_tasks.logs import configure_logging
+        from omni_tasks.core.logs import configure_logging
 
         configure_logging(
             level=settings.core.log_level,

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import option
+from omni_tasks.core import inputs
 
 console = Console()
 
@@ -39,7 +39,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
     Quick by construction: the embedded Redis's socket file is checked before connecting, and a
     connection attempt gives up after :data:`PROBE_CONNECT_S`.
     """
-    from omni_tasks.redis_util import redis_from_url
+    from omni_tasks.core.redis_client import redis_from_url
 
     finding: dict[str, Any] = {"running": False, "redis": None, "workers_alive": 0, "message": None}
     if settings.embedded and not settings.embedded_redis_socket.exists():
@@ -71,7 +71,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
 
 def gather_status() -> dict[str, Any]:
     """Everything `omni status` shows, as plain data (``pipeline``: whether it runs at all)."""
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
 
     base = get_runtime()
     settings = base.settings
@@ -84,16 +84,16 @@ def gather_status() -> dict[str, Any]:
         return out
     from sqlalchemy import select
 
-    from omni_tasks import observe
-    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+    from omni_tasks.pipeline import observe
+    from omni_tasks.pipeline.queues import ALL_QUEUES
     from omni_tasks.storage.models import TaskRun
-    from omni_tasks.watchdog.monitor import LAST_TICK_KEY
 
     runtime = _QuickRuntime(base, client)
     try:
         snap = observe.live_snapshot(runtime.redis, settings.broker_url, [q.value for q in ALL_QUEUES], settings.broker.dead_after_s)
         out.update(snap)
-        raw = runtime.redis.get(LAST_TICK_KEY)
+        raw = runtime.redis.get(WATCHDOG_LAST_TICK_KEY)
         out["watchdog_last_tick"] = json.loads(raw) if raw else None
         from omni_tasks.watchdog.ledgers import read_view
 
@@ -465,7 +465,7 @@ def ping(
     from omni_tasks.cli.main import prepare
 
     prepare("cli", configure_log=False)
-    from omni_tasks.queues import ALL_QUEUES
+    from omni_tasks.pipeline.queues import ALL_QUEUES
     from omni_tasks.system.tasks import ping as ping_task
 
     sent = {}

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.core import inputs
 
 console = Console()
 order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
@@ -53,7 +53,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
     if timeout_s <= 0:
         _fail("--timeout must be positive")
 
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.killswitch import TradingState, read_state
     from omni_tasks.trading.intake import NotQueued, accept_order
     from omni_tasks.trading.tasks import submit_order
@@ -218,7 +218,7 @@ def list_orders(
     from sqlalchemy.exc import SQLAlchemyError
 
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.storage.models import Order
 
     prepare("cli")
@@ -277,7 +277,7 @@ def cancel_all(
     broker cannot be asked). Either way an ``orders.cancel_all`` audit row records it.
     """
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
 
     actor = _actor(operator)
     prepare("cli")

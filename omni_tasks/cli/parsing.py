@@ -3,7 +3,7 @@
 Every error a command reports goes to stderr as one line: ``omni <command>: <problem>``;
 with ``--json`` the line is a JSON object instead (``{"error": ..., "command": ..., "exit_code": ...}``),
 so a script reading the command's JSON never has to parse prose. stdout carries results only.
-The input rules themselves live in :mod:`omni_tasks.inputs`; this module turns them into typer
+The input rules themselves live in :mod:`omni_tasks.core.inputs`; this module turns them into typer
 option parsers and into the refusal every command prints.
 """
 
@@ -19,7 +19,7 @@ import typer
 # typer vendors click; the current command's context (for its full name) is only reachable here.
 from typer._click.globals import get_current_context
 
-from omni_tasks import inputs
+from omni_tasks.core import inputs
 
 T = TypeVar("T")
 USAGE_EXIT = 2
@@ -60,7 +60,7 @@ def fail(command: str, message: str, code: int = USAGE_EXIT, *, as_json: bool | 
 
 
 def check(command: str, parse: Callable[..., T], *values: Any, **options: Any) -> T:
-    """``parse(*values, **options)`` from :mod:`omni_tasks.inputs`, or the one-line refusal of ``command``."""
+    """``parse(*values, **options)`` from :mod:`omni_tasks.core.inputs`, or the one-line refusal of ``command``."""
     try:
         return parse(*values, **options)
     except inputs.InputError as exc:

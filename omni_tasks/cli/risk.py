@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import fail, option
+from omni_tasks.core import inputs
 
 console = Console()
 risk_app = typer.Typer(
@@ -35,8 +35,8 @@ def risk(
     if ctx.invoked_subcommand is not None:
         return
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.risk import snapshot
-    from omni_tasks.runtime import get_runtime
 
     prepare("cli", configure_log=False)
     runtime = get_runtime()
@@ -73,7 +73,7 @@ def _recalculate(runtime: Any, *, timeout_s: float, quiet: bool) -> None:
     """Enqueue omni.risk.recalculate and wait for its outcome; a clear message when no risk worker answers."""
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from omni_tasks import heartbeats
+    from omni_tasks.pipeline import heartbeats
     from omni_tasks.risk.tasks import recalculate
 
     live = [w for w in heartbeats.alive(runtime.redis, runtime.settings.broker.dead_after_s) if "risk" in w.queues]

@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, option
-from omni_tasks.errors import BootRefused
+from omni_tasks.core import inputs
+from omni_tasks.core.errors import BootRefused
 
 if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
     from omni_tasks.settings import Settings
@@ -28,10 +28,10 @@ console = Console(stderr=False)
 
 def _boot_checks(settings: Settings) -> None:
     """The start-up safety checks of DESIGN section 4 (the encrypted-secret check runs when settings load)."""
-    from omni_tasks import safety_checks
-    from omni_tasks.celery_app import is_redis_url
-    from omni_tasks.runtime import get_runtime
-    from omni_tasks.taskdef import task_time_limits
+    from omni_tasks.core.runtime import get_runtime
+    from omni_tasks.ops import startup_checks as safety_checks
+    from omni_tasks.pipeline.app import is_redis_url
+    from omni_tasks.pipeline.taskdef import task_time_limits
 
     safety_checks.check_visibility_timeout(settings.broker.visibility_timeout_s, task_time_limits())
     client = get_runtime().redis
@@ -39,7 +39,7 @@ def _boot_checks(settings: Settings) -> None:
     if settings.broker.require_noeviction:
         safety_checks.check_noeviction(client)
         if is_redis_url(settings.broker_url) and settings.broker_url != settings.redis_url:
-            from omni_tasks.redis_util import redis_from_url
+            from omni_tasks.core.redis_client import redis_from_url
 
             safety_checks.check_noeviction(redis_from_url(settings.broker_url))
 
@@ -66,7 +66,7 @@ def worker(
 
     settings = prepare(f"worker-{kind}", kind)
     _boot_checks(settings)
-    from omni_tasks.celery_app import app as celery_app
+    from omni_tasks.pipeline.app import app as celery_app
 
     celery_app.worker_main(argv=KINDS[kind].celery_argv(concurrency=concurrency, loglevel=settings.core.log_level))
 
@@ -77,9 +77,9 @@ def beat() -> None:
 
     settings = prepare("beat")
     _boot_checks(settings)
-    from omni_tasks.celery_app import app as celery_app
+    from omni_tasks.pipeline.app import app as celery_app
 
-    celery_app.start(["beat", f"--loglevel={settings.core.log_level}", "--scheduler=omni_tasks.beat:LockedScheduler"])
+    celery_app.start(["beat", f"--loglevel={settings.core.log_level}", "--scheduler=omni_tasks.pipeline.beat:LockedScheduler"])
 
 
 def flower() -> None:
@@ -90,8 +90,8 @@ def flower() -> None:
     password = settings.flower.password.get_secret_value() if settings.flower.password else ""
     if not password:
         raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
-    from omni_tasks.celery_app import app as celery_app
     from omni_tasks.cli import flower_app
+    from omni_tasks.pipeline.app import app as celery_app
 
     # The credentials go in through argv of this process's own click call,
     # never through the OS command line, so `ps` does not show them.
@@ -113,10 +113,12 @@ def server() -> None:
     from omni_tasks.cli.main import prepare
 
     settings = prepare("server")
-    from omni_tasks import health, metrics, observe
-    from omni_tasks.httpserver import make_server
-    from omni_tasks.queues import ALL_QUEUES
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
+    from omni_tasks.ops import health
+    from omni_tasks.ops import prometheus as metrics
+    from omni_tasks.ops.httpserver import make_server
+    from omni_tasks.pipeline import observe
+    from omni_tasks.pipeline.queues import ALL_QUEUES
     from workers import KINDS
 
     runtime = get_runtime()
@@ -147,7 +149,7 @@ def server() -> None:
 
         return read_status(runtime.redis), read_published(runtime.redis)
 
-    from omni_tasks import counters
+    from omni_tasks.core import counters
 
     exposition = metrics.build_exposition(
         snapshot,
@@ -191,12 +193,12 @@ def up(
     from omni_tasks.cli.main import prepare
 
     settings = prepare("up", configure_log=False)
-    from omni_tasks.logs import configure_logging
+    from omni_tasks.core.logs import configure_logging
 
     # The terminal of `omni up` is for people: warnings only, readable; each child logs JSON to its file.
     configure_logging(level="WARNING", fmt="console", role="up", secrets=settings.secret_values())
-    from omni_tasks import embedded
-    from omni_tasks.supervisor import ChildSpec, Supervisor
+    from omni_tasks.ops import embedded
+    from omni_tasks.ops.supervisor import ChildSpec, Supervisor
     from workers import KINDS
 
     data_dir = settings.data_dir
@@ -259,7 +261,7 @@ def up(
             redis_process = supervisor.children[0].process
             embedded.wait_until_ready(settings.embedded_redis_socket, process=redis_process)
         # Everything below runs against the same services the children will use.
-        from omni_tasks.runtime import install_settings
+        from omni_tasks.core.runtime import install_settings
         from omni_tasks.settings import load_settings
 
         effective = load_settings(env)
@@ -293,7 +295,7 @@ class _FirstRunProgress:
     """Console lines while the workers backfill the first run's history; True from :meth:`poll` once the job is final."""
 
     def __init__(self, settings: Settings, job_id: int, total: int, announce: Any) -> None:
-        from omni_tasks.runtime import get_runtime
+        from omni_tasks.core.runtime import get_runtime
 
         self._sessions = get_runtime().sessions
         self._job_id, self._total, self._announce = job_id, total, announce
@@ -338,10 +340,10 @@ def _first_run(settings: Settings, announce: Any) -> _FirstRunProgress | None:
         return None
     from datetime import UTC, datetime
 
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill, firstrun
     from omni_tasks.marketdata.tasks import enqueue_partitions
     from omni_tasks.marketdata.universe import load_universe
-    from omni_tasks.runtime import get_runtime
 
     runtime = get_runtime()
     today = datetime.now(tz=UTC).date()

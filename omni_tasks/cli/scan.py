@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.core import inputs
 
 console = Console()
 scan_app = typer.Typer(help="Market scans: momentum, volume surge, ATR%, gap, RSI, distance to the 52-week high.", invoke_without_command=True)
@@ -44,8 +44,8 @@ def scan(
     if ctx.invoked_subcommand is not None:
         return
     from omni_tasks.cli.main import prepare
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata.universe import load_universe
-    from omni_tasks.runtime import get_runtime
     from omni_tasks.scans import runs
     from omni_tasks.scans.scanner import ScanConfig
 
@@ -134,7 +134,7 @@ def history_hint(state: dict[str, Any], rows: list[dict[str, Any]], *, preparing
 
 
 def _show(run_id: int, *, top: int, as_json: bool, verbose: bool = False) -> None:
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.scans import runs
 
     runtime = get_runtime()

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks import inputs
 from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.core import inputs
 
 console = Console()
 stream_app = typer.Typer(
@@ -45,9 +45,9 @@ def stream(
     if ctx.invoked_subcommand is not None:
         return
     from omni_tasks.cli.main import prepare
-    from omni_tasks.errors import ConfigError
-    from omni_tasks.redis_util import async_redis_from_url
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.errors import ConfigError
+    from omni_tasks.core.redis_client import async_redis_from_url
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.stream.feeds import Recorder
     from omni_tasks.stream.guard import build_guard
     from omni_tasks.stream.wiring import feed_factory, stream_config
@@ -97,12 +97,12 @@ def stream(
 
 def _send(command: dict[str, Any], name: str) -> None:
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
-    from omni_tasks.stream.status import CONTROL_KEY
+    from omni_tasks.core.keys import STREAM_CONTROL_KEY
+    from omni_tasks.core.runtime import get_runtime
 
     prepare("cli", configure_log=False)
     client = get_runtime().redis
-    client.rpush(CONTROL_KEY.format(name=name), json.dumps({**command, "at": time.time()}))
+    client.rpush(STREAM_CONTROL_KEY.format(name=name), json.dumps({**command, "at": time.time()}))
     console.print(f"sent {command['cmd']} to the stream worker {name!r}; it acts within a second")
 
 
@@ -133,7 +133,7 @@ def quotes(
 ) -> None:
     """The latest quotes served in Redis, with their microstructure, age and trading status (halts, LULD band)."""
     from omni_tasks.cli.main import prepare
-    from omni_tasks.runtime import get_runtime
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.stream.latest import read_latest, read_trading_status
     from omni_tasks.stream.status import read_status
 

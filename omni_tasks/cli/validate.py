@@ -26,13 +26,13 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
-    from omni_tasks import inputs
     from omni_tasks.cli.main import prepare
     from omni_tasks.cli.parsing import check, fail
+    from omni_tasks.core import inputs
+    from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata.frames import TIMEFRAMES
     from omni_tasks.marketdata.router import serving_feeds
     from omni_tasks.marketdata.universe import load_universe
-    from omni_tasks.runtime import get_runtime
     from omni_tasks.validation.persist import validate_stored
 
     today = datetime.now(tz=UTC).date()

@@ -316,7 +316,7 @@ def run_partition(
     ``store`` is a :class:`omni_tasks.storage.bars.BarStore`. A transient failure
     returns ``retry=True`` (status ``retrying``) unless ``final_attempt``, when
     the partition fails with the last error. A database outage raises
-    :class:`~omni_tasks.errors.StoreUnavailable`: the partition stays claimable
+    :class:`~omni_tasks.core.errors.StoreUnavailable`: the partition stays claimable
     and running it again stores the same rows.
     """
     with store_outages_retryable(f"running backfill partition {partition_id}"):

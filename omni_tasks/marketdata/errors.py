@@ -26,7 +26,7 @@ end, a switched feed), so a note survives whatever the outcome.
 
 from __future__ import annotations
 
-from omni_tasks.errors import OmniError, PermanentError, RetryableError
+from omni_tasks.core.errors import OmniError, PermanentError, RetryableError
 
 
 class ProviderError(OmniError):

@@ -24,7 +24,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from omni_tasks import inputs
+from omni_tasks.core import inputs
 
 BAR_COLUMNS: Final = (
     "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume",

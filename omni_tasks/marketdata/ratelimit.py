@@ -19,12 +19,10 @@ from datetime import UTC, datetime
 
 import redis
 
+from omni_tasks.core.keys import QUOTA_KEY, QUOTA_REFUSED_KEY, RATELIMIT_WINDOW_KEY
 from omni_tasks.marketdata.errors import QuotaExhausted, RateLimited
 
-WINDOW_KEY = "omni:ratelimit:{provider}"
-QUOTA_KEY = "omni:quota:{provider}:{day}"
 #: Symbols the provider answered "daily quota spent" about today (one symbol alone does not spend the quota).
-QUOTA_REFUSED_KEY = "omni:quota:{provider}:{day}:refused"
 #: Distinct symbols refused with the daily-quota wording before the quota counts as spent.
 QUOTA_REFUSED_SYMBOLS = 2
 
@@ -72,7 +70,7 @@ class RateLimiter:
     def acquire(self, provider: str, per_min: int, *, max_wait_s: float = 10.0) -> float:
         """Wait for a slot; returns seconds waited. Raises RateLimited if it would wait longer than max_wait_s."""
         waited = 0.0
-        key = WINDOW_KEY.format(provider=provider)
+        key = RATELIMIT_WINDOW_KEY.format(provider=provider)
         while True:
             wait = float(self._client.eval(_ACQUIRE, 1, key, repr(self._clock()), repr(self.window_s), per_min, uuid.uuid4().hex))
             if wait <= 0:
@@ -92,7 +90,7 @@ class RateLimiter:
         if calls <= 0:
             return
         now = repr(self._clock())
-        key = WINDOW_KEY.format(provider=provider)
+        key = RATELIMIT_WINDOW_KEY.format(provider=provider)
         pipe = self._client.pipeline(transaction=False)
         pipe.zadd(key, {uuid.uuid4().hex: float(now) for _ in range(calls)})
         pipe.expire(key, int(self.window_s) + 5)

@@ -20,7 +20,8 @@ import uuid
 import pandas as pd
 import redis
 
-SERIES_KEY = "omni:series:{job}:{provider}:{symbol}:{timeframe}:{adjustment}"
+from omni_tasks.core.keys import SERIES_KEY
+
 #: How long the partition making the one call holds it (longer than a provider call's timeout).
 LOCK_TTL_S = 90
 

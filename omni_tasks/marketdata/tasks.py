@@ -7,16 +7,16 @@ from typing import Any
 
 import structlog
 
-from omni_tasks import metrics
-from omni_tasks.errors import PermanentError, RetryableError, StoreUnavailable
+from omni_tasks.core.errors import PermanentError, RetryableError, StoreUnavailable
+from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.marketdata.wiring import build_router, build_store
-from omni_tasks.queues import Queue
-from omni_tasks.runtime import get_runtime
+from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.storage.outage import retry_after_outage
-from omni_tasks.taskdef import omni_task
 
 _log = structlog.get_logger("omni.backfill")
 MAX_RETRIES = 4

@@ -6,10 +6,10 @@ from typing import Any
 
 import structlog
 
+from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata.errors import RateLimited
-from omni_tasks.queues import Queue
-from omni_tasks.runtime import get_runtime
-from omni_tasks.taskdef import omni_task
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import omni_task
 
 _log = structlog.get_logger("omni.news")
 MAX_RETRIES = 3

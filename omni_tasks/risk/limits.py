@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-from omni_tasks.risk.metrics import RiskMetrics
+from omni_tasks.risk.figures import RiskMetrics
 from omni_tasks.settings import RiskSettings
 
 RULES: Final = ("daily_loss", "drawdown", "concentration", "correlation", "gross_leverage", "position_notional", "equity")

@@ -15,10 +15,11 @@ Plain Python: the caller (a task) enqueues the recalculation when
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any
+
+from omni_tasks.core.keys import RISK_REFRESH_PENDING_KEY
 
 #: Set while a fill-triggered recalculation is scheduled; its value says which fill claimed the window.
-REFRESH_PENDING_KEY: Final = "omni:risk:fill_refresh_pending"
 
 
 def claim_refresh(client: Any, window_s: float, *, by: str) -> bool:
@@ -29,4 +30,4 @@ def claim_refresh(client: Any, window_s: float, *, by: str) -> bool:
     if window_s <= 0:
         return False
     # Whole milliseconds, at least 1: the claim never outlives the wait (a fill after the run starts opens a new window).
-    return bool(client.set(REFRESH_PENDING_KEY, by[:200], nx=True, px=max(1, math.floor(window_s * 1000))))
+    return bool(client.set(RISK_REFRESH_PENDING_KEY, by[:200], nx=True, px=max(1, math.floor(window_s * 1000))))

@@ -23,7 +23,7 @@ Steps, and what each says about itself in the snapshot:
    preferred feed), aligned by session; a session without a bar carries the
    previous close forward (a zero return: the move is counted on the next
    bar, never lost); returns before a symbol's first bar are NaN (see the NaN
-   policy in :mod:`omni_tasks.risk.metrics`).
+   policy in :mod:`omni_tasks.risk.figures`).
 4. **Figures and breaches** (:mod:`.metrics`, :mod:`.limits`), the 0..1 risk
    score from each limit's utilisation.
 5. **Stale input.** Held symbols whose latest daily-bar validation failed
@@ -47,15 +47,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import RISK_LATEST_KEY
+from omni_tasks.risk.figures import History, Portfolio, RiskMetrics, compute_metrics, risk_score
 from omni_tasks.risk.limits import Breach, breaches, utilisation
-from omni_tasks.risk.metrics import History, Portfolio, RiskMetrics, compute_metrics, risk_score
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.models import RiskSnapshot, SeriesValidation
 from omni_tasks.stream.latest import LatestQuote, read_latest
 from omni_tasks.trading.broker import Broker, BrokerPosition
 
-LATEST_KEY: Final = "omni:risk:latest"
 TIMEFRAME: Final = "1Day"
 MARK_SOURCES: Final = ("quote", "close", "broker", "cost")
 _log = structlog.get_logger("omni.risk")
@@ -333,7 +333,7 @@ def save_snapshot(sessions: sessionmaker[Session], result: SnapshotResult) -> in
 
 def publish_latest(redis: Any, summary: Mapping[str, Any]) -> None:
     """Keep the latest snapshot's summary at ``omni:risk:latest`` (no expiry: its ``ts`` says how old it is)."""
-    redis.set(LATEST_KEY, json.dumps(summary, separators=(",", ":"), allow_nan=False))
+    redis.set(RISK_LATEST_KEY, json.dumps(summary, separators=(",", ":"), allow_nan=False))
 
 
 def recalculate(
@@ -423,7 +423,7 @@ def latest_snapshot(runtime: Any) -> dict[str, Any] | None:
     no snapshot was ever taken. A database error propagates (the caller shows it).
     """
     try:
-        raw = runtime.redis.get(LATEST_KEY)
+        raw = runtime.redis.get(RISK_LATEST_KEY)
     except Exception as exc:  # noqa: BLE001 - any Redis failure: fall back to the database
         _log.warning("risk snapshot: Redis unreadable, reading the database", error=str(exc))
         raw = None

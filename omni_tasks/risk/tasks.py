@@ -9,14 +9,14 @@ from zoneinfo import ZoneInfo
 import structlog
 from celery import current_task
 
-from omni_tasks.errors import PermanentError, RetryableError
+from omni_tasks.core.errors import PermanentError, RetryableError
+from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import calendar
-from omni_tasks.queues import Queue
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.risk import snapshot
-from omni_tasks.runtime import get_runtime
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.outage import outages_retried
-from omni_tasks.taskdef import omni_task
 from omni_tasks.trading.book import refresh_book
 from omni_tasks.trading.broker import BrokerError
 from omni_tasks.trading.simulated import SimulatedBroker
@@ -92,7 +92,7 @@ def refresh_after_fill(client_order_id: str) -> bool:
 
     Runs at any hour (``when="now"``), so `omni status` shows the position a night fill opened. True when this call scheduled it.
     """
-    from omni_tasks import heartbeats
+    from omni_tasks.pipeline import heartbeats
     from omni_tasks.risk.refresh import claim_refresh
 
     runtime = get_runtime()

@@ -32,12 +32,11 @@ from typing import Any, Literal
 import redis
 import structlog
 
+from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_CLAIM_KEY, ALARM_LOG_KEY
+
 _log = structlog.get_logger("omni.alarms")
 
-ALARM_CHANNEL = "omni:safety:alarms"
-ALARM_LOG_KEY = "omni:safety:alarms:log"
 ALARM_LOG_MAX = 1000
-CLAIM_KEY = "omni:safety:alarms:claimed:{kind}:{source}:{ts_ns}"
 CLAIM_TTL_S = 24 * 3600
 SEVERITIES = ("critical", "warning")
 _KIND = re.compile(r"^[a-z][a-z0-9_.\-]{0,39}$")
@@ -332,7 +331,7 @@ class AlarmListener:
         if last is not None and time.monotonic() - last < self._coalesce_s and self._is_halted():
             self.counts["coalesced"] += 1
             return
-        claim = CLAIM_KEY.format(kind=alarm.kind, source=alarm.source, ts_ns=alarm.ts_ns)
+        claim = ALARM_CLAIM_KEY.format(kind=alarm.kind, source=alarm.source, ts_ns=alarm.ts_ns)
         try:
             claimed = bool(client.set(claim, self._owner, nx=True, ex=CLAIM_TTL_S))
         except Exception as exc:  # noqa: BLE001 - no claim possible: act anyway (twice is better than never)
@@ -425,7 +424,7 @@ def start_watchdog_listener(
         )
 
     def on_warning(alarm: Alarm) -> None:
-        from omni_tasks import alerts
+        from omni_tasks.ops import alerts
 
         alerts.emit(
             {"kind": f"alarm.{alarm.kind}", "severity": "warning", "message": alarm_reason(alarm), "source": alarm.source},

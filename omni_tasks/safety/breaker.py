@@ -36,16 +36,17 @@ from typing import Any
 import redis
 import structlog
 
-from omni_tasks import counters
+from omni_tasks.core import counters
+from omni_tasks.core.keys import (
+    BREAKER_AUDIT_INFLIGHT_KEY,
+    BREAKER_AUDIT_PENDING_KEY,
+    BREAKER_CALLS_KEY,
+    BREAKER_KEY,
+    BREAKER_REGISTRY_KEY,
+    BREAKER_TRIALS_KEY,
+)
 
 _log = structlog.get_logger("omni.breaker")
-KEY = "omni:breaker:{name}"
-CALLS_KEY = "omni:breaker:{name}:calls"
-TRIALS_KEY = "omni:breaker:{name}:trials"
-REGISTRY_KEY = "omni:breakers"
-#: Transitions not yet in audit_log (JSON records, oldest first), and those being written (zset: record -> claimed at).
-AUDIT_PENDING_KEY = "omni:breaker:audit:pending"
-AUDIT_INFLIGHT_KEY = "omni:breaker:audit:inflight"
 #: Records kept while the database is down for long; beyond this the oldest go (and the log says so).
 AUDIT_PENDING_MAX = 100_000
 
@@ -78,7 +79,7 @@ class Transition:
     to_state: str
     reason: str
     at: float
-    #: The queued audit record (JSON) of this transition, as stored in AUDIT_PENDING_KEY.
+    #: The queued audit record (JSON) of this transition, as stored in BREAKER_AUDIT_PENDING_KEY.
     record: str = ""
 
 
@@ -211,9 +212,9 @@ class CircuitBreaker:
         self._client = client
         self._on_transition = on_transition
         self._clock = clock
-        self._key = KEY.format(name=name)
-        self._calls_key = CALLS_KEY.format(name=name)
-        self._trials_key = TRIALS_KEY.format(name=name)
+        self._key = BREAKER_KEY.format(name=name)
+        self._calls_key = BREAKER_CALLS_KEY.format(name=name)
+        self._trials_key = BREAKER_TRIALS_KEY.format(name=name)
 
     # ---- the call path -----------------------------------------------------
     def allow(self) -> Decision:
@@ -221,7 +222,7 @@ class CircuitBreaker:
         now = self._clock()
         try:
             allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW, 4, self._key, REGISTRY_KEY, self._trials_key, AUDIT_PENDING_KEY, repr(now), repr(self.policy.cooldown_s),
+                _ALLOW, 4, self._key, BREAKER_REGISTRY_KEY, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(now), repr(self.policy.cooldown_s),
                 self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
                 uuid.uuid4().hex, AUDIT_PENDING_MAX,
             )
@@ -248,7 +249,7 @@ class CircuitBreaker:
         now = self._clock()
         try:
             record = self._client.eval(
-                _RECORD, 4, self._key, self._calls_key, self._trials_key, AUDIT_PENDING_KEY,
+                _RECORD, 4, self._key, self._calls_key, self._trials_key, BREAKER_AUDIT_PENDING_KEY,
                 repr(now), "1" if ok else "0", trial,
                 self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
                 self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
@@ -311,12 +312,12 @@ class CircuitBreaker:
             self.name, "forced:" + before if before else "automatic", "forced:" + target if state else target, f"{actor}: {reason}", now, actor
         )
         pipe = self._client.pipeline()
-        pipe.sadd(REGISTRY_KEY, self.name)
+        pipe.sadd(BREAKER_REGISTRY_KEY, self.name)
         if state is None:
             pipe.hdel(self._key, "forced")
         else:
             pipe.hset(self._key, mapping={"forced": state.value, "forced_by": actor, "forced_reason": reason, "updated_at": repr(now)})
-        pipe.rpush(AUDIT_PENDING_KEY, record)
+        pipe.rpush(BREAKER_AUDIT_PENDING_KEY, record)
         pipe.execute()
         self._emit_record(record)
 
@@ -327,8 +328,8 @@ class CircuitBreaker:
         record = _record(self.name, before, "closed", f"reset by {actor}: {reason}", now, actor)
         pipe = self._client.pipeline()
         pipe.delete(self._key, self._calls_key, self._trials_key)
-        pipe.sadd(REGISTRY_KEY, self.name)
-        pipe.rpush(AUDIT_PENDING_KEY, record)
+        pipe.sadd(BREAKER_REGISTRY_KEY, self.name)
+        pipe.rpush(BREAKER_AUDIT_PENDING_KEY, record)
         pipe.execute()
         self._emit_record(record)
 
@@ -396,35 +397,35 @@ return 1
 
 def claim_record(client: redis.Redis, record: str, now: float | None = None) -> bool:
     """Take one pending record for writing (False: another process took it, or it is already written)."""
-    return bool(client.eval(_CLAIM_ONE, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record))
+    return bool(client.eval(_CLAIM_ONE, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record))
 
 
 def claim_records(client: redis.Redis, limit: int, *, lease_s: float = 60.0, now: float | None = None) -> list[str]:
     """Take up to ``limit`` pending records, oldest first; claims older than ``lease_s`` (a writer died) are pending again."""
     now = time.time() if now is None else now
-    raw = client.eval(_CLAIM_BATCH, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, repr(now), limit, repr(lease_s))
+    raw = client.eval(_CLAIM_BATCH, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(now), limit, repr(lease_s))
     return [_text(r) for r in raw or []]
 
 
 def settle_records(client: redis.Redis, records: list[str]) -> None:
     """The records are in the audit log: forget the claims."""
     if records:
-        client.zrem(AUDIT_INFLIGHT_KEY, *records)
+        client.zrem(BREAKER_AUDIT_INFLIGHT_KEY, *records)
 
 
 def unclaim_records(client: redis.Redis, pairs: list[tuple[str, str]]) -> None:
     """The write failed: each claimed record goes back to the head of the pending list (as its replacement, e.g. with an actor)."""
     if pairs:
-        client.eval(_UNCLAIM, 2, AUDIT_PENDING_KEY, AUDIT_INFLIGHT_KEY, *[part for pair in pairs for part in pair])
+        client.eval(_UNCLAIM, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, *[part for pair in pairs for part in pair])
 
 
 def pending_records(client: redis.Redis) -> int:
     """Transitions not yet in the audit log (queued or being written)."""
-    return int(client.llen(AUDIT_PENDING_KEY)) + int(client.zcard(AUDIT_INFLIGHT_KEY))
+    return int(client.llen(BREAKER_AUDIT_PENDING_KEY)) + int(client.zcard(BREAKER_AUDIT_INFLIGHT_KEY))
 
 
 def known_breakers(client: redis.Redis) -> list[str]:
-    return sorted(_text(n) for n in client.smembers(REGISTRY_KEY))
+    return sorted(_text(n) for n in client.smembers(BREAKER_REGISTRY_KEY))
 
 
 def _text(value: Any) -> str:

@@ -38,7 +38,7 @@ from typing import Any
 import redis
 import structlog
 
-from omni_tasks import counters
+from omni_tasks.core import counters, keys
 from omni_tasks.safety import engage as engage_mod
 from omni_tasks.safety import killswitch
 from omni_tasks.settings import Settings
@@ -104,7 +104,7 @@ def _real_copy(client: redis.Redis | None, sessions: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if client is not None:
         try:
-            raw = client.get(killswitch.REDIS_STATE_KEY)
+            raw = client.get(keys.TRADING_STATE_KEY)
             out["redis"] = None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
         except Exception as exc:  # noqa: BLE001 - reported as unreadable
             out["redis"] = f"unreadable: {type(exc).__name__}"
@@ -118,7 +118,7 @@ def _real_copy(client: redis.Redis | None, sessions: Any) -> dict[str, Any]:
 
 
 def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], Path]:
-    from omni_tasks.embedded import redis_server_binary, wait_until_ready
+    from omni_tasks.ops.embedded import redis_server_binary, wait_until_ready
 
     socket_path = folder / "redis.sock"
     argv = [

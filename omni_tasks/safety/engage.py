@@ -63,10 +63,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import counters
+from omni_tasks.core import counters
+from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.safety.killswitch import (
     LOOSER,
-    REDIS_STATE_KEY,
     STATE_ROW_ID,
     STRICTNESS,
     Copy,
@@ -128,7 +128,7 @@ class ReleaseRefused(KillSwitchError):
 
 
 class RuntimeLike(Protocol):
-    """What the sequences need of a process runtime (:class:`omni_tasks.runtime.Runtime` fits)."""
+    """What the sequences need of a process runtime (:class:`omni_tasks.core.runtime.Runtime` fits)."""
 
     settings: Settings
 
@@ -291,12 +291,12 @@ def write_json_atomically(path: Path, payload: Any) -> Path:
     return path
 
 
-def sync_redis(client: redis.Redis, state: TradingState, version: int, *, key: str = REDIS_STATE_KEY) -> bool:
+def sync_redis(client: redis.Redis, state: TradingState, version: int, *, key: str = TRADING_STATE_KEY) -> bool:
     """Put ``state`` at ``version`` in Redis unless Redis already holds a newer version. True when written."""
     return bool(client.eval(_SYNC_LUA, 1, key, state.value, str(int(version))))
 
 
-def halt_in_redis(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> tuple[bool, int]:
+def halt_in_redis(client: redis.Redis, *, key: str = TRADING_STATE_KEY) -> tuple[bool, int]:
     """Redis says HALTED from now on. Returns (changed, version); an already-HALTED value is left alone."""
     changed, version = client.eval(_HALT_LUA, 1, key)
     return bool(changed), int(version)
@@ -345,7 +345,7 @@ def engage(
     flatten: bool | None = None,
     purge: Callable[[], int] | None = None,
     alert: Callable[[dict[str, Any]], None] | None = None,
-    key: str = REDIS_STATE_KEY,
+    key: str = TRADING_STATE_KEY,
 ) -> EngageResult:
     """Engage the kill switch: orders stop, durably; snapshot, cancel and confirm, flatten, purge, audit, alert.
 
@@ -699,13 +699,13 @@ def _engage_alert(result: EngageResult) -> dict[str, Any]:
 def _send_alert(runtime: RuntimeLike, alert: Callable[[dict[str, Any]], None] | None, event: dict[str, Any]) -> None:
     """Send the alert without blocking or failing the sequence.
 
-    The default (:func:`omni_tasks.alerts.emit`) queues it for its own background
+    The default (:func:`omni_tasks.ops.alerts.emit`) queues it for its own background
     thread and never raises, so it is called directly: a CLI that exits right after
     can wait for that queue (``alerts.drain``). A caller's own ``alert`` runs in a thread.
     """
     if alert is None:
         try:
-            from omni_tasks import alerts
+            from omni_tasks.ops import alerts
 
             alerts.emit(event, settings=runtime.settings)
         except Exception as exc:  # noqa: BLE001 - an alert must never fail the kill switch
@@ -848,7 +848,7 @@ def release(
     actor: str,
     reason: str,
     to: TradingState = TradingState.ACTIVE,
-    key: str = REDIS_STATE_KEY,
+    key: str = TRADING_STATE_KEY,
 ) -> TransitionResult:
     """Release the kill switch (HALTED -> ACTIVE, or -> REDUCING with ``to``). Operators only, reason required.
 
@@ -867,7 +867,7 @@ def release(
     return _change(runtime, action="release", target=to, allowed_from=frozenset({TradingState.HALTED}), actor=actor, reason=reason, key=key)
 
 
-def set_reducing(runtime: RuntimeLike, *, actor: str, reason: str, key: str = REDIS_STATE_KEY) -> TransitionResult:
+def set_reducing(runtime: RuntimeLike, *, actor: str, reason: str, key: str = TRADING_STATE_KEY) -> TransitionResult:
     """ACTIVE -> REDUCING (only orders that shrink positions pass). Anyone may tighten; HALTED is refused."""
     return _change(
         runtime,
@@ -880,7 +880,7 @@ def set_reducing(runtime: RuntimeLike, *, actor: str, reason: str, key: str = RE
     )
 
 
-def activate(runtime: RuntimeLike, *, actor: str, reason: str, key: str = REDIS_STATE_KEY) -> TransitionResult:
+def activate(runtime: RuntimeLike, *, actor: str, reason: str, key: str = TRADING_STATE_KEY) -> TransitionResult:
     """REDUCING -> ACTIVE. Operators only; HALTED is refused (that is a release)."""
     _check_words(actor, reason)
     _require_operator(runtime.sessions, actor, reason, "activate")
@@ -920,7 +920,7 @@ def _state_before_reconcile(session: Session, version: int) -> str:
     return TradingState.ACTIVE.value
 
 
-def make_durable_from_redis(runtime: RuntimeLike, *, actor: str = RECONCILE_ACTOR, key: str = REDIS_STATE_KEY) -> bool:
+def make_durable_from_redis(runtime: RuntimeLike, *, actor: str = RECONCILE_ACTOR, key: str = TRADING_STATE_KEY) -> bool:
     """Bring the database up to a Redis copy that is ahead of it, without ever loosening it. True when it wrote.
 
     * Redis ahead and at least as strict (an engage made while the database was down, or whose
@@ -1020,7 +1020,7 @@ class Reconciler:
     * the database behind Redis: :func:`make_durable_from_redis`.
     """
 
-    def __init__(self, runtime: RuntimeLike, *, key: str = REDIS_STATE_KEY) -> None:
+    def __init__(self, runtime: RuntimeLike, *, key: str = TRADING_STATE_KEY) -> None:
         self._runtime = runtime
         self._key = key
         self._pending: tuple[str | None, StoredState | None] | None = None

@@ -7,7 +7,7 @@ Two copies of one versioned record:
 
 * the database row ``trading_state`` (id 1) is the durable copy: it survives
   restarts of every process and of Redis;
-* Redis key :data:`REDIS_STATE_KEY` holds ``"<STATE> <version>"``, the copy the
+* Redis key :data:`TRADING_STATE_KEY` holds ``"<STATE> <version>"``, the copy the
   engage writes first (one Lua call) and the fast readers (stream, listener) use.
 
 ``version`` grows with every change. Either copy can fall behind: Redis
@@ -56,10 +56,10 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.storage.models import EmergencySnapshot, OrderEvent, TradingStateRow
 from omni_tasks.trading.broker import OrderBlocked, OrderRequest
 
-REDIS_STATE_KEY = "omni:trading:state"
 STATE_ROW_ID = 1
 _log = structlog.get_logger("omni.killswitch")
 
@@ -237,7 +237,7 @@ def resolve(redis_copy: Copy, database: Copy) -> Reading:
     return reading(applied, version, source, why, newer="redis", repair="database", immediate=True)
 
 
-def redis_copy(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> Copy:
+def redis_copy(client: redis.Redis, *, key: str = TRADING_STATE_KEY) -> Copy:
     """Redis's copy: ``ok``, ``missing``, ``malformed`` or ``unreadable`` (never raises)."""
     try:
         raw = client.get(key)
@@ -294,7 +294,7 @@ return 1
 """
 
 
-def repair_redis(client: redis.Redis, reading: Reading, *, key: str = REDIS_STATE_KEY) -> bool:
+def repair_redis(client: redis.Redis, reading: Reading, *, key: str = TRADING_STATE_KEY) -> bool:
     """Put the database's value in Redis over the value ``reading`` saw there (compare-and-set). True when written.
 
     A change written to Redis since (an engage, a release's second step) makes the compare fail: nothing is undone.
@@ -318,7 +318,7 @@ def read_state(
     client: redis.Redis,
     sessions: sessionmaker[Session],
     *,
-    key: str = REDIS_STATE_KEY,
+    key: str = TRADING_STATE_KEY,
     repair: bool = True,
     session: Session | None = None,
 ) -> Reading:
@@ -341,7 +341,7 @@ def read_state(
     return reading
 
 
-def fast_state(client: redis.Redis, *, key: str = REDIS_STATE_KEY) -> TradingState:
+def fast_state(client: redis.Redis, *, key: str = TRADING_STATE_KEY) -> TradingState:
     """The state from Redis alone (one GET). Missing, malformed or unreachable: HALTED.
 
     Not for letting orders through (a Redis restored from older data says ACTIVE here): only for
@@ -368,12 +368,12 @@ def durable_state(sessions: sessionmaker[Session]) -> StoredState:
         return StoredState(TradingState(row.state), int(row.version))
 
 
-def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> TradingState:
+def current_state(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> TradingState:
     """The state every order path reads: :func:`read_state` (both copies, the rule, fail closed)."""
     return read_state(client, sessions, key=key).state
 
 
-def state_info(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> dict[str, Any]:
+def state_info(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> dict[str, Any]:
     """Everything status, /health and /metrics show, by the same rule as the order path (read only: no repair).
 
     ``state``: what applies; ``version``: the higher of the two; ``source``: which copy's state
@@ -455,7 +455,7 @@ class OrderGuard:
     the broker already holds open (the simulated broker's ledger transaction).
     """
 
-    def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> None:
+    def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> None:
         self._client, self._sessions, self._key = client, sessions, key
 
     def __call__(self, request: OrderRequest) -> None:
@@ -470,12 +470,12 @@ class OrderGuard:
             raise OrderBlocked(_blocked_text(reading, f"order {request.client_order_id} not sent"))
 
 
-def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> OrderGuard:
+def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> OrderGuard:
     """The broker's last-step guard (:class:`OrderGuard`)."""
     return OrderGuard(client, sessions, key=key)
 
 
-def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = REDIS_STATE_KEY) -> str | None:
+def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> str | None:
     """Why an order-bearing task must not start now (None: it may). Checked before every such task."""
     reading = read_state(client, sessions, key=key)
     if reading.state is not TradingState.HALTED:

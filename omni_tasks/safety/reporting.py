@@ -1,7 +1,7 @@
 """Where breaker transitions go: the structured log and the shared counter (by the breaker), the audit log, alerts.
 
 Every transition is already queued in Redis by the breaker, atomically with the
-transition itself (:data:`omni_tasks.safety.breaker.AUDIT_PENDING_KEY`). Here the
+transition itself (:data:`omni_tasks.core.keys.BREAKER_AUDIT_PENDING_KEY`). Here the
 records become ``audit_log`` rows: the hook of the process that made a transition
 writes its record at once, under its actor; whatever could not be written then
 (the database was down: the database breaker's own CLOSED -> OPEN is the usual
@@ -21,7 +21,7 @@ import redis
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import alerts
+from omni_tasks.ops import alerts
 from omni_tasks.safety.breaker import (
     Transition,
     TransitionHook,

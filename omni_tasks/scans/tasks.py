@@ -8,17 +8,17 @@ from typing import Any
 import structlog
 from celery import chord, current_task
 
-from omni_tasks.errors import PermanentError
+from omni_tasks.core.errors import PermanentError
+from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.universe import load_universe
-from omni_tasks.queues import Queue
-from omni_tasks.runtime import get_runtime
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.scans import runs
 from omni_tasks.scans.loading import load_bars
 from omni_tasks.scans.scanner import ScanConfig, ScanPartial, chunk, merge, scan_chunk
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.outage import outages_retried
-from omni_tasks.taskdef import omni_task
 
 _log = structlog.get_logger("omni.scans")
 

@@ -6,7 +6,7 @@ connection due to administrator command"), an ``InterfaceError`` (a connection
 already closed) or a ``DBAPIError`` whose connection was invalidated; a full
 pool times out. None of these says anything about the work itself: the same
 call succeeds once the database is back. :func:`store_outages_retryable` turns
-them into :class:`~omni_tasks.errors.StoreUnavailable`, and :func:`retry_after_outage`
+them into :class:`~omni_tasks.core.errors.StoreUnavailable`, and :func:`retry_after_outage`
 gives a task the retry it needs to outlast the outage (its own budget, apart
 from the task's other retries, with exponential backoff and jitter).
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import exc as sa_exc
 
-from omni_tasks.errors import StoreUnavailable
+from omni_tasks.core.errors import StoreUnavailable
 
 #: The keyword argument a task retried after an outage carries: how many outage retries it has had.
 STORE_RETRIES_KW = "store_retries"

@@ -20,9 +20,10 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from omni_tasks.core.keys import TRADING_BOOK_KEY
 from omni_tasks.settings import Settings
 from omni_tasks.stream.path import FlushResult, QuotePath
-from omni_tasks.trading.book import BOOK_KEY, PortfolioBook, parse_book
+from omni_tasks.trading.book import PortfolioBook, parse_book
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class LossGuard:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def on_housekeeping(self, worker: Any) -> None:
-        raw = await self.redis.get(BOOK_KEY)
+        raw = await self.redis.get(TRADING_BOOK_KEY)
         if raw != self._raw:
             self._raw = raw
             self.book = parse_book(raw)

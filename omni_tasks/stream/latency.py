@@ -24,14 +24,14 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final
 
+from omni_tasks.core.keys import LATENCY_VIOLATIONS_KEY, STREAM_LATENCY_KEY
+
 SUB_BITS: Final = 3
 SUB: Final = 1 << SUB_BITS
 N_BUCKETS: Final = 64 * SUB + SUB
 STAGES: Final = ("process", "decode", "flush", "e2e")
 BUDGETS_NS: Final = {"process": 1_000_000}  # quote processing: 1 ms
 BUDGET_NAMES: Final = {"process": "quote_processing"}
-LATENCY_KEY: Final = "omni:stream:latency"
-VIOLATIONS_KEY: Final = "omni:latency:violations:{budget}"
 
 
 def bucket_of(ns: int) -> int:
@@ -138,18 +138,18 @@ class StageLatencies:
         payload = {
             stage: json.dumps({**hist.summary(), "buckets": hist.sparse()}, separators=(",", ":")) for stage, hist in self.stages.items()
         }
-        pipe.hset(LATENCY_KEY, mapping=payload)
-        pipe.expire(LATENCY_KEY, 3600)
+        pipe.hset(STREAM_LATENCY_KEY, mapping=payload)
+        pipe.expire(STREAM_LATENCY_KEY, 3600)
         for stage in BUDGETS_NS:
             delta = self.stages[stage].over_budget - self._published_violations[stage]
             if delta:
-                pipe.incrby(VIOLATIONS_KEY.format(budget=BUDGET_NAMES[stage]), delta)
+                pipe.incrby(LATENCY_VIOLATIONS_KEY.format(budget=BUDGET_NAMES[stage]), delta)
                 self._published_violations[stage] += delta
 
 
 def read_published(client: Any) -> dict[str, dict[str, Any]]:
     """What a stream worker last published: stage -> summary with ``buckets`` ({} when none)."""
-    raw = client.hgetall(LATENCY_KEY)
+    raw = client.hgetall(STREAM_LATENCY_KEY)
     out = {}
     for key, value in raw.items():
         stage = key.decode() if isinstance(key, bytes) else key

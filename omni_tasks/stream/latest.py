@@ -40,11 +40,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 
-QUOTE_KEY_PREFIX: Final = "omni:quote:"
-QUOTE_STREAM_KEY: Final = "omni:quotes"
-PROFILE_KEY_PREFIX: Final = "omni:profile:"
+from omni_tasks.core.keys import PROFILE_KEY_PREFIX, QUOTE_KEY_PREFIX, TRADING_STATUS_KEY_PREFIX
+
 PROFILE_TTL_S: Final = 86_400
-TRADING_STATUS_KEY_PREFIX: Final = "omni:tradingstatus:"
 TRADING_STATUS_TTL_S: Final = 86_400
 
 

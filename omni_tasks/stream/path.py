@@ -26,22 +26,21 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError
 
-from omni_tasks.stream.book import Books, StatusBook, SymbolBook, quote_row
-from omni_tasks.stream.latency import StageLatencies
-from omni_tasks.stream.latest import (
+from omni_tasks.core.keys import (
+    BAR_KEY_PREFIX,
     PROFILE_KEY_PREFIX,
-    PROFILE_TTL_S,
     QUOTE_KEY_PREFIX,
     QUOTE_STREAM_KEY,
+    TRADING_STATE_KEY,
     TRADING_STATUS_KEY_PREFIX,
-    TRADING_STATUS_TTL_S,
 )
+from omni_tasks.stream.book import Books, StatusBook, SymbolBook, quote_row
+from omni_tasks.stream.latency import StageLatencies
+from omni_tasks.stream.latest import PROFILE_TTL_S, TRADING_STATUS_TTL_S
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)
 
-TRADING_STATE_KEY: Final = "omni:trading:state"
-BAR_KEY_PREFIX: Final = "omni:bar:"
 
 # KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then one argument per symbol:
 # "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (book.quote_row). One argument

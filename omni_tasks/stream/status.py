@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-STATUS_KEY: Final = "omni:stream:status"
-CONTROL_KEY: Final = "omni:stream:control:{name}"
+from omni_tasks.core.keys import STREAM_STATUS_KEY
+
 _JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "kinds", "channels", "counters")
 _INT_FIELDS: Final = (
     "connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open",
@@ -19,7 +19,7 @@ _INT_FIELDS: Final = (
 
 def read_status(client: Any) -> dict[str, Any]:
     """The stream worker's last published status ({} when none), JSON fields decoded."""
-    raw = client.hgetall(STATUS_KEY)
+    raw = client.hgetall(STREAM_STATUS_KEY)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else key

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from omni_tasks.errors import ConfigError
+from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings
 from omni_tasks.stream.feeds import AlpacaFeed, Feed, ReplayFeed, SyntheticFeed
 from omni_tasks.stream.worker import StreamConfig, key_fingerprint

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from omni_tasks import heartbeats
+from omni_tasks.core.keys import STREAM_CONNLOCK_KEY, STREAM_CONTROL_KEY, STREAM_STATUS_KEY
+from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream.feeds import (
     CHANNELS,
     OPTIONAL_CHANNELS,
@@ -52,11 +53,9 @@ from omni_tasks.stream.feeds import (
     raise_for_error,
 )
 from omni_tasks.stream.path import FlushResult, QuotePath
-from omni_tasks.stream.status import CONTROL_KEY, STATUS_KEY
 
 log = logging.getLogger(__name__)
 
-CONNLOCK_KEY: Final = "omni:stream:connlock:{fingerprint}"
 EXIT_OK: Final = 0
 EXIT_AUTH: Final = 3
 EXIT_FATAL: Final = 4
@@ -485,7 +484,7 @@ class StreamWorker:
             asyncio.get_running_loop().create_task(resubscribe())
 
     async def _control(self) -> None:
-        key = CONTROL_KEY.format(name=self.config.name)
+        key = STREAM_CONTROL_KEY.format(name=self.config.name)
         raw = await self.redis.lpop(key, 20)
         for item in raw or []:
             self.counters.control_commands += 1
@@ -514,7 +513,7 @@ class StreamWorker:
     # --- the one-connection-per-key lock
 
     def _lock_key(self) -> str:
-        return CONNLOCK_KEY.format(fingerprint=self.config.lock_fingerprint)
+        return STREAM_CONNLOCK_KEY.format(fingerprint=self.config.lock_fingerprint)
 
     async def _acquire_lock(self) -> bool:
         if self.config.lock_fingerprint is None:
@@ -587,8 +586,8 @@ class StreamWorker:
     async def _publish(self, *, force: bool = False) -> None:
         self._note_recovery()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(STATUS_KEY, mapping=self.status())
-        pipe.expire(STATUS_KEY, 300)
+        pipe.hset(STREAM_STATUS_KEY, mapping=self.status())
+        pipe.expire(STREAM_STATUS_KEY, 300)
         self.path.latency.publish(pipe)
         now = time.time()
         if force or now - self._last_profiles >= 1.0:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-COMPLETIONS_KEY = "omni:probe:completions"
-
 
 def pong(sent_at: float, *, host: str, pid: int) -> dict[str, object]:
     return {"sent_at": sent_at, "answered_at": time.time(), "host": host, "pid": pid}

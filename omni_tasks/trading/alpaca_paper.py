@@ -50,7 +50,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.errors import ConfigError
+from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import BrokerAccount
 from omni_tasks.trading.broker import (

@@ -28,11 +28,11 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from omni_tasks.core.keys import TRADING_BOOK_KEY
 from omni_tasks.trading.broker import Broker, BrokerAccountView
 
 _log = structlog.get_logger("omni.trading.book")
 
-BOOK_KEY: Final = "omni:trading:book"
 EXCHANGE_TZ: Final = ZoneInfo("America/New_York")
 
 # Replace the book only when ours is at least as new as the one there (cjson reads numbers as doubles:
@@ -168,7 +168,7 @@ def publish_book(
     """
     text = book_json(broker_name, account_row_or_view, positions, day=day, updated_ns=updated_ns)
     stamp = json.loads(text)["updated_ns"]
-    return bool(redis.eval(_PUBLISH_IF_NEWER, 1, BOOK_KEY, text, str(stamp)))
+    return bool(redis.eval(_PUBLISH_IF_NEWER, 1, TRADING_BOOK_KEY, text, str(stamp)))
 
 
 def parse_book(raw: bytes | str | None) -> PortfolioBook | None:
@@ -200,7 +200,7 @@ def parse_book(raw: bytes | str | None) -> PortfolioBook | None:
 
 def read_book(redis: Any) -> PortfolioBook | None:
     """The published book, or None when there is none (or it is unreadable). Redis errors propagate."""
-    return parse_book(redis.get(BOOK_KEY))
+    return parse_book(redis.get(TRADING_BOOK_KEY))
 
 
 def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
@@ -217,7 +217,7 @@ def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
         own()
         published = read_book(redis)
         if published is None or published.broker != broker.name:
-            raise RuntimeError(f"broker {broker.name!r} published its book, but {BOOK_KEY} does not hold it")
+            raise RuntimeError(f"broker {broker.name!r} published its book, but {TRADING_BOOK_KEY} does not hold it")
         return published
     updated_ns = time.time_ns()
     view = broker.account()

@@ -34,7 +34,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-from omni_tasks import inputs
+from omni_tasks.core import inputs
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]

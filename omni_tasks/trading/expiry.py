@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import metrics
+from omni_tasks.ops import prometheus as metrics
 from omni_tasks.storage.models import Order, OrderEvent
 
 _log = structlog.get_logger("omni.orders.expiry")

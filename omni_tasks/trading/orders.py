@@ -35,7 +35,7 @@ Where the breakers are:
   record, the denial record, the outcome record). Read with ``fail_open=False``:
   a database breaker open or unreadable, or the database failing anywhere on the
   path (the broker's ledger included), means nothing is sent now and
-  :class:`~omni_tasks.errors.DatabaseUnavailable` (retryable) is raised: the task
+  :class:`~omni_tasks.core.errors.DatabaseUnavailable` (retryable) is raised: the task
   retries with backoff until the order's deadline.
 
 The portfolio comes from the book the broker publishes in Redis after every
@@ -67,8 +67,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import budgets, inputs, metrics
-from omni_tasks.errors import DatabaseUnavailable, RetryableError
+from omni_tasks.core import budgets, inputs
+from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
+from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import RiskSettings
@@ -113,7 +114,7 @@ def parse_order(
     """An :class:`OrderRequest` from text (the CLI's words, a task's JSON arguments); InvalidOrder names the bad field.
 
     ``qty`` and ``limit_price`` are plain decimal text (never floats: money is exact), parsed
-    strictly by :func:`omni_tasks.inputs.decimal`: ASCII digits and one point, no sign,
+    strictly by :func:`omni_tasks.core.inputs.decimal`: ASCII digits and one point, no sign,
     exponent, underscore (``Decimal("1_0")`` is 10), non-ASCII digits (``Decimal("١٠")``
     is 10), NaN or infinity.
     """
@@ -268,7 +269,7 @@ class OrderSubmitter:
         """Check and send one order (see the module docstring). A denial or an expiry returns; it never raises.
 
         ``deadline``: not sent after this moment (a recorded row's own ``expires_at`` wins).
-        Raises :class:`~omni_tasks.errors.DatabaseUnavailable` when the database fails
+        Raises :class:`~omni_tasks.core.errors.DatabaseUnavailable` when the database fails
         anywhere on the path, and RetryableError when the broker is unreachable.
         """
         t0 = time.perf_counter()

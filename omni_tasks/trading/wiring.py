@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from omni_tasks.trading.broker import Broker, Guard
 
 if TYPE_CHECKING:
-    from omni_tasks.runtime import Runtime
+    from omni_tasks.core.runtime import Runtime
 
 
 def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
@@ -22,7 +22,7 @@ def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
     order while trading is HALTED (or its state cannot be read), and the simulated broker does not
     fill a resting order then either: the kill switch's own reads (``open_orders`` for its snapshot
     and its confirmation) never fill anything after it engaged. ``cancel_all`` and ``close_all``
-    are never guarded. Raises :class:`~omni_tasks.errors.ConfigError` when Alpaca is chosen without keys.
+    are never guarded. Raises :class:`~omni_tasks.core.errors.ConfigError` when Alpaca is chosen without keys.
     """
     settings = runtime.settings
     if guard is None:

@@ -8,16 +8,16 @@ from typing import Any
 import structlog
 from celery import current_task
 
-from omni_tasks import alerts
-from omni_tasks.errors import PermanentError
+from omni_tasks.core.errors import PermanentError
+from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata.firstrun import is_first_run_job
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
-from omni_tasks.queues import Queue
-from omni_tasks.runtime import get_runtime
+from omni_tasks.ops import alerts
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.storage.models import BackfillJob
 from omni_tasks.storage.outage import outages_retried
-from omni_tasks.taskdef import omni_task
 from omni_tasks.validation.persist import validate_stored
 
 _log = structlog.get_logger("omni.validation")

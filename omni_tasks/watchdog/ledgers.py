@@ -39,19 +39,15 @@ import redis
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.heartbeats import KOMBU_UNACKED_KEY
+from omni_tasks.core.keys import LEDGER_EVENTS_KEY, LEDGER_LAST_KEY, LEDGER_REQUEUES_KEY, LEDGER_SCANNED_KEY, LEDGER_SUSPECTS_KEY
 from omni_tasks.marketdata import backfill
-from omni_tasks.observe import _PRIORITY_SUFFIXES
+from omni_tasks.pipeline.heartbeats import KOMBU_UNACKED_KEY
+from omni_tasks.pipeline.observe import _PRIORITY_SUFFIXES
 from omni_tasks.scans import runs as scan_runs
 from omni_tasks.storage.outage import is_outage
 
 _log = structlog.get_logger("omni.watchdog.ledgers")
 
-SUSPECTS_KEY = "omni:ledgers:suspects"
-REQUEUES_KEY = "omni:ledgers:requeues"
-EVENTS_KEY = "omni:ledgers:events"
-LAST_KEY = "omni:ledgers:last"
-SCANNED_KEY = "omni:ledgers:scanned_at"
 #: the broker is read at most this many times per ``stuck_after_s`` (an item is acted on within 1.25 thresholds)
 READS_PER_THRESHOLD = 4
 EVENTS_KEEP_S = 3600
@@ -180,7 +176,7 @@ def reconcile(
     if summary.rolled_up:
         _event(client, "rolled_up", summary.rolled_up, now)
     client.set(
-        LAST_KEY, json.dumps({"ts": now, "stuck_after_s": stuck_after_s, **summary.as_dict()}, separators=(",", ":")), ex=EVENTS_KEEP_S
+        LEDGER_LAST_KEY, json.dumps({"ts": now, "stuck_after_s": stuck_after_s, **summary.as_dict()}, separators=(",", ":")), ex=EVENTS_KEEP_S
     )
     return summary
 
@@ -200,16 +196,16 @@ def _reconcile_items(
     running_scans = scan_runs.running_runs(factory)
     summary.checked = len(partitions) + len(running_scans)
     if not summary.checked:
-        client.delete(SUSPECTS_KEY)
+        client.delete(LEDGER_SUSPECTS_KEY)
         return
-    scanned = client.get(SCANNED_KEY)
+    scanned = client.get(LEDGER_SCANNED_KEY)
     if scanned is not None and 0 <= now - float(scanned) < stuck_after_s / READS_PER_THRESHOLD:
         # Reading every queued message is not free with a deep backlog: a few reads per threshold are enough.
-        summary.stuck = int(client.hlen(SUSPECTS_KEY))
+        summary.stuck = int(client.hlen(LEDGER_SUSPECTS_KEY))
         return
-    client.set(SCANNED_KEY, repr(now), ex=int(max(60.0, stuck_after_s * 2)))
+    client.set(LEDGER_SCANNED_KEY, repr(now), ex=int(max(60.0, stuck_after_s * 2)))
     live = deliveries()
-    suspects = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(SUSPECTS_KEY).items()}
+    suspects = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(LEDGER_SUSPECTS_KEY).items()}
     missing: dict[str, float] = {}
     for part in partitions:
         if part.id not in live.partitions:
@@ -238,9 +234,9 @@ def _reconcile_items(
     for key in acted:
         missing.pop(key, None)
     pipe = client.pipeline(transaction=True)
-    pipe.delete(SUSPECTS_KEY)
+    pipe.delete(LEDGER_SUSPECTS_KEY)
     if missing:
-        pipe.hset(SUSPECTS_KEY, mapping={k: repr(v) for k, v in missing.items()})
+        pipe.hset(LEDGER_SUSPECTS_KEY, mapping={k: repr(v) for k, v in missing.items()})
     pipe.execute()
 
 
@@ -256,13 +252,13 @@ def _act_on_partition(
     summary: ReconcileSummary,
 ) -> None:
     field_name = f"partition:{partition_id}"
-    done = int(client.hget(REQUEUES_KEY, field_name) or 0)
+    done = int(client.hget(LEDGER_REQUEUES_KEY, field_name) or 0)
     if done < max_requeues:
         reason = f"requeued by the watchdog ({done + 1} of {max_requeues}): no live delivery for {silent_s:.0f} s"
         if backfill.requeue_partition(factory, partition_id, reason=reason):
             pipe = client.pipeline(transaction=False)
-            pipe.hincrby(REQUEUES_KEY, field_name, 1)
-            pipe.expire(REQUEUES_KEY, REQUEUES_TTL_S)
+            pipe.hincrby(LEDGER_REQUEUES_KEY, field_name, 1)
+            pipe.expire(LEDGER_REQUEUES_KEY, REQUEUES_TTL_S)
             pipe.execute()
             requeue(partition_id)
             summary.requeued += 1
@@ -284,13 +280,13 @@ def _act_on_partition(
 
 def _event(client: redis.Redis, kind: str, count: int, now: float, *, ledger: str = "broker") -> None:
     """Keep one event for the hour's counts, and count it in the metrics."""
-    from omni_tasks import metrics
+    from omni_tasks.ops import prometheus as metrics
 
     member = json.dumps({"kind": kind, "ledger": ledger, "n": count, "id": uuid.uuid4().hex[:8]}, separators=(",", ":"))
     pipe = client.pipeline(transaction=False)
-    pipe.zadd(EVENTS_KEY, {member: now})
-    pipe.zremrangebyscore(EVENTS_KEY, "-inf", now - EVENTS_KEEP_S)
-    pipe.expire(EVENTS_KEY, EVENTS_KEEP_S * 2)
+    pipe.zadd(LEDGER_EVENTS_KEY, {member: now})
+    pipe.zremrangebyscore(LEDGER_EVENTS_KEY, "-inf", now - EVENTS_KEEP_S)
+    pipe.expire(LEDGER_EVENTS_KEY, EVENTS_KEEP_S * 2)
     pipe.execute()
     if kind in {"requeued", "failed"}:
         metrics.LEDGER_ACTIONS.labels(ledger, kind).inc(count)
@@ -299,11 +295,11 @@ def _event(client: redis.Redis, kind: str, count: int, now: float, *, ledger: st
 def read_view(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
     """What ``omni status`` and ``/health`` show: stuck now, and requeued / failed / redelivered / rolled up in the last hour."""
     now = time.time() if now is None else now
-    suspects = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(SUSPECTS_KEY).items()}
-    raw_last = client.get(LAST_KEY)
+    suspects = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in client.hgetall(LEDGER_SUSPECTS_KEY).items()}
+    raw_last = client.get(LEDGER_LAST_KEY)
     last = json.loads(raw_last) if raw_last else None
     hour: dict[str, int] = {"requeued": 0, "failed": 0, "redelivered": 0, "rolled_up": 0}
-    for member in client.zrangebyscore(EVENTS_KEY, now - EVENTS_KEEP_S, "+inf"):
+    for member in client.zrangebyscore(LEDGER_EVENTS_KEY, now - EVENTS_KEEP_S, "+inf"):
         event = json.loads(member)
         hour[event["kind"]] = hour.get(event["kind"], 0) + int(event["n"])
     oldest = max((now - since for since in suspects.values()), default=0.0)
@@ -333,4 +329,4 @@ def forget_requeues(client: redis.Redis, partition_ids: Iterable[int]) -> None:
     """An operator re-ran these partitions (``--only-failed``): the watchdog's requeue budget starts again."""
     fields = [f"partition:{i}" for i in partition_ids]
     if fields:
-        client.hdel(REQUEUES_KEY, *fields)
+        client.hdel(LEDGER_REQUEUES_KEY, *fields)

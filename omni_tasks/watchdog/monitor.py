@@ -19,11 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks import heartbeats, observe, runs
+from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+from omni_tasks.pipeline import heartbeats, observe
+from omni_tasks.pipeline import outcomes as runs
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.storage.models import WorkerHeartbeat
 
-LAST_TICK_KEY = "omni:watchdog:last_tick"
 _log = structlog.get_logger("omni.watchdog")
 
 
@@ -114,5 +115,5 @@ def tick(
         "database": database,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    client.set(LAST_TICK_KEY, json.dumps(summary, separators=(",", ":")), ex=3600)
+    client.set(WATCHDOG_LAST_TICK_KEY, json.dumps(summary, separators=(",", ":")), ex=3600)
     return summary

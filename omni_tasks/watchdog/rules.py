@@ -12,7 +12,7 @@
 
 A breach must persist for ``breach_evaluations`` (N) consecutive evaluations
 before its action fires. The count per rule lives in Redis
-(:data:`STREAK_KEY`), so a watchdog restart does not reset it; a clean
+(:data:`WATCHDOG_STREAK_KEY`), so a watchdog restart does not reset it; a clean
 evaluation resets it; a rule whose inputs could not be read this time (the
 database down, say) is "not evaluated" and leaves its count as it was. An action
 fires once per streak (when the count reaches N): a breach that persists after
@@ -44,20 +44,26 @@ import redis as redis_lib
 import structlog
 from sqlalchemy import func, select
 
-from omni_tasks import alerts, budgets, metrics
+from omni_tasks.core import budgets
+from omni_tasks.core.keys import (
+    BREAKER_KEY,
+    RISK_LATEST_KEY,
+    STREAM_STATUS_KEY,
+    WATCHDOG_EVALUATION_LOCK_KEY,
+    WATCHDOG_FIRED_KEY,
+    WATCHDOG_FIRST_EVALUATION_KEY,
+    WATCHDOG_LAST_FINDINGS_KEY,
+    WATCHDOG_LATENCY_SEEN_KEY,
+    WATCHDOG_STREAK_KEY,
+)
+from omni_tasks.ops import alerts
+from omni_tasks.ops import prometheus as metrics
 from omni_tasks.settings import WATCHDOG_RULES, Settings
 from omni_tasks.storage.models import TaskRun
 
 _log = structlog.get_logger("omni.watchdog")
 
-STREAK_KEY: Final = "omni:watchdog:streak"
-FIRED_KEY: Final = "omni:watchdog:fired"
-FIRST_EVALUATION_KEY: Final = "omni:watchdog:first_evaluation"
-LATENCY_SEEN_KEY: Final = "omni:watchdog:latency_seen"
-LAST_FINDINGS_KEY: Final = "omni:watchdog:last_findings"
-EVALUATION_LOCK_KEY: Final = "omni:lock:watchdog_rules"
-#: Written by the stream worker (omni_tasks.stream.worker.STATUS_KEY); expires 300 s after its last write.
-STREAM_STATUS_KEY: Final = "omni:stream:status"
+#: Written by the stream worker (omni_tasks.core.keys.STREAM_STATUS_KEY); expires 300 s after its last write.
 FAILED_STATES: Final = ("FAILURE", "DEAD_LETTER")
 
 ActionKind = Literal["trip_breaker", "engage_kill", "alert"]
@@ -323,8 +329,8 @@ def advance(before: Streaks, evaluation: Evaluation, n: int) -> tuple[Streaks, l
 
 def load_streaks(client: redis_lib.Redis) -> Streaks:
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(STREAK_KEY)
-    pipe.hkeys(FIRED_KEY)
+    pipe.hgetall(WATCHDOG_STREAK_KEY)
+    pipe.hkeys(WATCHDOG_FIRED_KEY)
     raw_counts, raw_fired = pipe.execute()
     counts = {_text(k): int(v) for k, v in raw_counts.items()}
     return Streaks(counts, frozenset(_text(k) for k in raw_fired))
@@ -334,17 +340,17 @@ def save_streaks(client: redis_lib.Redis, before: Streaks, after: Streaks) -> No
     """Write what changed (one round trip)."""
     pipe = client.pipeline(transaction=True)
     for rule in set(before.counts) - set(after.counts):
-        pipe.hdel(STREAK_KEY, rule)
+        pipe.hdel(WATCHDOG_STREAK_KEY, rule)
     for rule, count in after.counts.items():
         if before.counts.get(rule) != count:
-            pipe.hset(STREAK_KEY, rule, count)
+            pipe.hset(WATCHDOG_STREAK_KEY, rule, count)
     for rule in before.fired - after.fired:
-        pipe.hdel(FIRED_KEY, rule)
+        pipe.hdel(WATCHDOG_FIRED_KEY, rule)
     pipe.execute()
 
 
 def mark_fired(client: redis_lib.Redis, rule: str, at: float) -> None:
-    client.hset(FIRED_KEY, rule, repr(at))
+    client.hset(WATCHDOG_FIRED_KEY, rule, repr(at))
 
 
 # ---- gathering the inputs -----------------------------------------------------------------------------
@@ -378,8 +384,8 @@ def gather(
     now = time.time() if now is None else now
     errors: dict[str, str] = {}
     # When this watchdog (any of them, across restarts) first evaluated: the start-up grace for missing workers.
-    client.set(FIRST_EVALUATION_KEY, repr(now), nx=True)
-    first = float(_text(client.get(FIRST_EVALUATION_KEY)) or now)
+    client.set(WATCHDOG_FIRST_EVALUATION_KEY, repr(now), nx=True)
+    first = float(_text(client.get(WATCHDOG_FIRST_EVALUATION_KEY)) or now)
 
     is_open: bool | None = None
     try:
@@ -434,7 +440,7 @@ def gather(
 
     workers: dict[str, int] | None
     try:
-        from omni_tasks import heartbeats
+        from omni_tasks.pipeline import heartbeats
 
         workers = {}
         for info in heartbeats.alive(client, settings.watchdog.heartbeat_stale_s, now=now):
@@ -467,9 +473,8 @@ def gather(
 
 
 def _risk_from_redis(client: redis_lib.Redis) -> dict[str, Any] | None:
-    from omni_tasks.risk.snapshot import LATEST_KEY
 
-    raw = client.get(LATEST_KEY)
+    raw = client.get(RISK_LATEST_KEY)
     return json.loads(raw) if raw else None
 
 
@@ -478,7 +483,7 @@ def _provider_states(client: redis_lib.Redis, providers: Iterable[str]) -> dict[
     names = [f"provider:{p}" for p in providers]
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.hmget(f"omni:breaker:{name}", "state", "forced")
+        pipe.hmget(BREAKER_KEY.format(name=name), "state", "forced")
     out: dict[str, str] = {}
     for name, (state, forced) in zip(names, pipe.execute(), strict=True):
         out[name] = _text(forced) or _text(state) or "closed"
@@ -488,8 +493,8 @@ def _provider_states(client: redis_lib.Redis, providers: Iterable[str]) -> dict[
 def _latency_since_last(client: redis_lib.Redis) -> dict[str, int]:
     """Violations per budget since the previous evaluation (the counters only grow; the last values are kept in Redis)."""
     current = budgets.read_violations(client)
-    previous = {_text(k): int(v) for k, v in client.hgetall(LATENCY_SEEN_KEY).items()}
-    client.hset(LATENCY_SEEN_KEY, mapping={k: v for k, v in current.items()})
+    previous = {_text(k): int(v) for k, v in client.hgetall(WATCHDOG_LATENCY_SEEN_KEY).items()}
+    client.hset(WATCHDOG_LATENCY_SEEN_KEY, mapping={k: v for k, v in current.items()})
     # A first evaluation (nothing seen yet) counts nothing: old violations are history, not news.
     return {name: max(0, count - previous[name]) for name, count in current.items() if name in previous}
 
@@ -586,7 +591,7 @@ def run_rules(
     client = runtime.redis
     settings = runtime.settings
     token = uuid.uuid4().hex
-    if not client.set(EVALUATION_LOCK_KEY, token, nx=True, px=30_000):
+    if not client.set(WATCHDOG_EVALUATION_LOCK_KEY, token, nx=True, px=30_000):
         return {"skipped": "another evaluation is running"}
     try:
         obs = gather(runtime, queue_depths=queue_depths, now=now, market_open=market_open, database_ok=database_ok)
@@ -613,13 +618,13 @@ def run_rules(
             "fired": fired,
             "needed": settings.watchdog.breach_evaluations,
         }
-        client.set(LAST_FINDINGS_KEY, json.dumps(summary, separators=(",", ":"), default=str), ex=3600)
+        client.set(WATCHDOG_LAST_FINDINGS_KEY, json.dumps(summary, separators=(",", ":"), default=str), ex=3600)
         return summary
     finally:
         client.eval(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
             1,
-            EVALUATION_LOCK_KEY,
+            WATCHDOG_EVALUATION_LOCK_KEY,
             token,
         )
 

@@ -7,14 +7,15 @@ from typing import Any
 
 import structlog
 
-from omni_tasks import heartbeats, metrics
-from omni_tasks.celery_app import broker_transport_options, is_redis_url
-from omni_tasks.queues import ALL_QUEUES, Queue
-from omni_tasks.runtime import get_runtime
+from omni_tasks.core.runtime import get_runtime
+from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline.app import broker_transport_options, is_redis_url
+from omni_tasks.pipeline.queues import ALL_QUEUES, Queue
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.engage import orders_purger
 from omni_tasks.safety.reporting import audit_transitions
-from omni_tasks.taskdef import omni_task
 from omni_tasks.trading import expiry
 from omni_tasks.trading.orders import DATABASE_BREAKER
 from omni_tasks.watchdog import ledgers, monitor, rules

@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
-from omni_tasks.errors import ConfigError
+from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory

@@ -11,7 +11,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from omni_tasks import leader, runs
+from omni_tasks.core import lock as leader
+from omni_tasks.pipeline import outcomes as runs
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import TaskRun
 from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker

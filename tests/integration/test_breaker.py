@@ -22,7 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from omni_tasks.safety.breaker import TRIALS_KEY, BreakerOpen, BreakerPolicy, BreakerState, CircuitBreaker, Transition, known_breakers
+from omni_tasks.core.keys import BREAKER_TRIALS_KEY
+from omni_tasks.safety.breaker import BreakerOpen, BreakerPolicy, BreakerState, CircuitBreaker, Transition, known_breakers
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.services
@@ -785,7 +786,7 @@ def test_breaker_matches_its_state_machine_model_under_random_operations(redis_c
             seen = self.breaker.state()
             assert (seen["automatic"], seen["forced"], seen["failures"]) == (self.model.state, self.model.forced, self.model.failures)
             assert seen["state"] == (self.model.forced or self.model.state), "the state shown is what calls get"
-            held = {m.decode() for m in redis_client.zrange(TRIALS_KEY.format(name=self.breaker.name), 0, -1)}
+            held = {m.decode() for m in redis_client.zrange(BREAKER_TRIALS_KEY.format(name=self.breaker.name), 0, -1)}
             assert held == set(self.model.trials), "the trial slots held are this round's trials (none outside HALF_OPEN)"
 
     run_state_machine_as_test(

@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from omni_tasks import counters
+from omni_tasks.core import counters
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import AuditLog

@@ -28,7 +28,7 @@ HEAVY = (
     "pydantic",
     "cryptography",
     "omni_tasks.settings",
-    "omni_tasks.runtime",
+    "omni_tasks.core.runtime",
 )
 
 

@@ -1,4 +1,4 @@
-"""The desk's figures on /metrics (omni_tasks.metrics.DeskCollector over observe.desk_snapshot) on real PostgreSQL and Redis.
+"""The desk's figures on /metrics (omni_tasks.ops.prometheus.DeskCollector over observe.desk_snapshot) on real PostgreSQL and Redis.
 
 Each figure is read where the CLI, /health or the watchdog read it: the
 backfill ledger, the series_validation verdicts, the latest risk snapshot
@@ -21,13 +21,13 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.orm import sessionmaker
 
-from omni_tasks import budgets, observe
-from omni_tasks.metrics import DeskCollector
-from omni_tasks.risk.snapshot import LATEST_KEY
+from omni_tasks.core import budgets
+from omni_tasks.core.keys import RISK_LATEST_KEY, WATCHDOG_LAST_TICK_KEY
+from omni_tasks.ops.prometheus import DeskCollector
+from omni_tasks.pipeline import observe
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import BackfillJob, BackfillPartition, RiskSnapshot, SeriesValidation
-from omni_tasks.watchdog.monitor import LAST_TICK_KEY
 
 pytestmark = pytest.mark.services
 
@@ -82,7 +82,7 @@ def test_desk_metrics_read_ledger_verdicts_risk_watchdog_and_latency(pg_database
                 metrics={"utilisation": {"daily_loss": 0.85, "drawdown": 0.425, "correlation": None}, "var_99_hist": 700.0, "es_99_hist": 900.0},
             )
         )  # fmt: skip
-    redis_client.set(LAST_TICK_KEY, json.dumps({"ts": time.time() - 12.0}))
+    redis_client.set(WATCHDOG_LAST_TICK_KEY, json.dumps({"ts": time.time() - 12.0}))
     budgets.count_violations(redis_client, "order_submission", 3)
     runtime = SimpleNamespace(redis=redis_client, sessions=sessions)
 
@@ -109,7 +109,7 @@ def test_desk_metrics_read_ledger_verdicts_risk_watchdog_and_latency(pg_database
 
     # Redis's copy of the latest summary wins over the database's (what `omni status` and /health read).
     redis_client.set(
-        LATEST_KEY, json.dumps({"ts": now.isoformat(), "risk_score": 0.2, "utilisation": {"daily_loss": 0.2}, "breaches": [{}]})
+        RISK_LATEST_KEY, json.dumps({"ts": now.isoformat(), "risk_score": 0.2, "utilisation": {"daily_loss": 0.2}, "breaches": [{}]})
     )
     got = _scrape(runtime)
     assert got['omni_risk_limit_utilisation{limit="daily_loss"}'] == 0.2
@@ -119,7 +119,7 @@ def test_desk_metrics_read_ledger_verdicts_risk_watchdog_and_latency(pg_database
 
 def test_desk_metrics_database_unreachable_hides_only_database_figures(redis_client: redis.Redis) -> None:
     engine = make_engine("postgresql+psycopg2://omni@127.0.0.1:1/none", pool_timeout_s=2)
-    redis_client.set(LAST_TICK_KEY, json.dumps({"ts": time.time()}))
+    redis_client.set(WATCHDOG_LAST_TICK_KEY, json.dumps({"ts": time.time()}))
     got = _scrape(SimpleNamespace(redis=redis_client, sessions=sessionmaker(engine)))
     assert got["omni_desk_scrape_up"] == 0.0
     assert not any(key.startswith(("omni_backfill_recent_partitions", "omni_validation_series", "omni_risk_")) for key in got), got

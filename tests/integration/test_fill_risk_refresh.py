@@ -16,8 +16,8 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from omni_tasks.risk.refresh import REFRESH_PENDING_KEY, claim_refresh
-from omni_tasks.risk.snapshot import LATEST_KEY
+from omni_tasks.core.keys import RISK_LATEST_KEY, RISK_REFRESH_PENDING_KEY
+from omni_tasks.risk.refresh import claim_refresh
 from omni_tasks.settings import load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
@@ -33,16 +33,16 @@ WINDOW_S = 2.0
 def test_claim_opens_one_window_and_expires_with_it(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        client.delete(REFRESH_PENDING_KEY)
+        client.delete(RISK_REFRESH_PENDING_KEY)
         assert claim_refresh(client, 0.3, by="first")
         assert not claim_refresh(client, 0.3, by="second"), "a second fill inside the window must share the scheduled run"
-        assert client.get(REFRESH_PENDING_KEY) == b"first"
-        assert 0 < client.pttl(REFRESH_PENDING_KEY) <= 300
-        wait_for(lambda: client.get(REFRESH_PENDING_KEY) is None, 5, message="the claim to expire with its window")
+        assert client.get(RISK_REFRESH_PENDING_KEY) == b"first"
+        assert 0 < client.pttl(RISK_REFRESH_PENDING_KEY) <= 300
+        wait_for(lambda: client.get(RISK_REFRESH_PENDING_KEY) is None, 5, message="the claim to expire with its window")
         assert claim_refresh(client, 0.3, by="third"), "a fill after the window opens a new one"
-        client.delete(REFRESH_PENDING_KEY)
+        client.delete(RISK_REFRESH_PENDING_KEY)
         assert not claim_refresh(client, 0, by="off"), "0 turns the refresh off"
-        assert client.get(REFRESH_PENDING_KEY) is None
+        assert client.get(RISK_REFRESH_PENDING_KEY) is None
     finally:
         client.close()
 
@@ -58,7 +58,7 @@ def desk(redis_url: str, pg_database: Callable[[], str], tmp_path: Path) -> Iter
         OMNI_STREAM_STALE_AFTER_S="600",
     )  # fmt: skip
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
-    client.delete(LATEST_KEY, REFRESH_PENDING_KEY)
+    client.delete(RISK_LATEST_KEY, RISK_REFRESH_PENDING_KEY)
     workers = [OmniProcess(["worker", kind], env, tmp_path / "logs" / f"{kind}.log").start() for kind in ("orders", "risk")]
     try:
         for kind, proc in zip(("orders", "risk"), workers, strict=True):
@@ -74,7 +74,7 @@ def desk(redis_url: str, pg_database: Callable[[], str], tmp_path: Path) -> Iter
 def test_fills_at_any_hour_trigger_one_debounced_risk_snapshot_showing_the_positions(
     desk: tuple[dict[str, str], redis.Redis, object],
 ) -> None:
-    from omni_tasks.celery_app import create_app
+    from omni_tasks.pipeline.app import create_app
 
     env, client, engine = desk
     sender = create_app(load_settings(env))
@@ -108,7 +108,7 @@ def test_fills_at_any_hour_trigger_one_debounced_risk_snapshot_showing_the_posit
         assert [o["status"] for o in outcomes] == ["filled"] * 3, outcomes
 
         def latest() -> dict[str, object] | None:
-            raw = client.get(LATEST_KEY)
+            raw = client.get(RISK_LATEST_KEY)
             return json.loads(raw) if raw else None
 
         waited = wait_for(

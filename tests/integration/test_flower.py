@@ -27,10 +27,10 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 
-from omni_tasks.metrics import build_registry
+from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+from omni_tasks.ops.prometheus import build_registry
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
-from omni_tasks.watchdog.monitor import LAST_TICK_KEY
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -125,7 +125,7 @@ def test_flower_shows_a_failed_scan_as_failed_and_work_not_heartbeats(
     print(f"\nscan run {run_id}: Flower state {failed['state']}: {failed['exception']}; failures in Flower: {failures_in_flower}")
 
     # The watchdog's tick runs (the ledger of ticks moves) but stays out of the task list; a ping on the same worker is listed.
-    before = redis_client.get(LAST_TICK_KEY)
+    before = redis_client.get(WATCHDOG_LAST_TICK_KEY)
     send = (
         "from omni_tasks.cli.main import prepare\n"
         "prepare('cli', configure_log=False)\n"
@@ -137,7 +137,7 @@ def test_flower_shows_a_failed_scan_as_failed_and_work_not_heartbeats(
     )
     sent = _run(env, "-c", send)
     assert sent.returncode == 0, sent.stderr[-2000:]
-    wait_for(lambda: redis_client.get(LAST_TICK_KEY) not in (None, before), 30, message="the watchdog tick to run")
+    wait_for(lambda: redis_client.get(WATCHDOG_LAST_TICK_KEY) not in (None, before), 30, message="the watchdog tick to run")
     wait_for(lambda: any(t.get("name") == "omni.system.ping" for t in ui.tasks().values()), 20, message="Flower listing the ping")
     listed = [t.get("name") for t in ui.tasks().values()]
     print(f"Flower's task list after 3 ticks and 1 ping: {sorted(listed)}; ticks listed: {listed.count('omni.watchdog.tick')} of 3")

@@ -1,6 +1,6 @@
 """The health server under rough clients: slow connections hold no thread, /health and /metrics still answer fast.
 
-Real sockets on loopback against the real server (omni_tasks.httpserver) and the
+Real sockets on loopback against the real server (omni_tasks.ops.httpserver) and the
 real /metrics registry over a folder of metric files like the one worker
 children leave behind.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from bench.metrics_scrape import make_files
-from omni_tasks import metrics
-from omni_tasks.httpserver import BoundedHTTPServer, make_server
+from omni_tasks.ops import prometheus as metrics
+from omni_tasks.ops.httpserver import BoundedHTTPServer, make_server
 
 pytestmark = pytest.mark.slow
 WORKERS = 4

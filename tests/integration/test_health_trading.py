@@ -17,7 +17,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from omni_tasks import health
+from omni_tasks.ops import health
 from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine

@@ -22,9 +22,9 @@ import redis
 from celery import Celery
 from sqlalchemy import func, select
 
-from omni_tasks import heartbeats
-from omni_tasks import runs as task_runs
+from omni_tasks.core import keys
 from omni_tasks.marketdata import backfill
+from omni_tasks.pipeline import heartbeats
 from omni_tasks.scans import runs as scan_runs
 from omni_tasks.scans.scanner import ScanConfig
 from omni_tasks.storage.engine import make_engine, session_factory
@@ -105,7 +105,7 @@ def test_backfill_across_a_postgres_outage_finishes_exactly(
     private_postgres.stop()
 
     def retries_recorded() -> int:
-        return sum(1 for raw in client.lrange(task_runs.OUTCOMES_KEY, 0, -1) if json.loads(raw).get("state") == "RETRY")
+        return sum(1 for raw in client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1) if json.loads(raw).get("state") == "RETRY")
 
     # The worker must meet the outage (its partitions retried, not acknowledged as done) before the database returns.
     wait_for(lambda: retries_recorded() >= 3, 60, interval_s=0.2, message="partitions retried against the stopped database")

@@ -29,13 +29,13 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from omni_tasks import health
-from omni_tasks.runtime import Runtime
+from omni_tasks.core.keys import TRADING_STATE_KEY
+from omni_tasks.core.runtime import Runtime
+from omni_tasks.ops import health
 from omni_tasks.safety import engage as ks
 from omni_tasks.safety.alarms import start_watchdog_listener
 from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import (
-    REDIS_STATE_KEY,
     StoredState,
     TradingState,
     current_state,
@@ -102,7 +102,7 @@ class Desk:
         return self.submitter.broker
 
     def raw(self) -> bytes | None:
-        return self.server.client().get(REDIS_STATE_KEY)
+        return self.server.client().get(TRADING_STATE_KEY)
 
     def reconnect(self) -> None:
         """After a Redis restart: the runtime's pooled connection is re-made before the next reading."""
@@ -336,7 +336,7 @@ def test_redis_losing_or_rolling_back_an_engage_never_reads_active(
         if fault == "flushall":
             server.client().flushall()
         elif fault == "set-older":
-            server.client().set(REDIS_STATE_KEY, "ACTIVE 2")
+            server.client().set(TRADING_STATE_KEY, "ACTIVE 2")
         else:
             server.kill()
             server.restore_aof(older)
@@ -460,7 +460,7 @@ def test_a_newer_but_looser_redis_value_never_loosens_the_database(
     desk = make_desk(private_redis_aof, private_pg_url, tmp_path / "data")
     prepare_history(desk)
     operator_engage(desk.rt, "halt")
-    private_redis_aof.client().set(REDIS_STATE_KEY, "ACTIVE 99")  # by hand, or Redis restored from another desk
+    private_redis_aof.client().set(TRADING_STATE_KEY, "ACTIVE 99")  # by hand, or Redis restored from another desk
     assert current_state(desk.rt.redis, desk.rt.sessions) is HALTED
     assert desk.order("guard", "looser").startswith("blocked")
     assert ks.Reconciler(desk.rt).run() == "database"

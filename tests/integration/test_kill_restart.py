@@ -111,7 +111,7 @@ def _refused(rt: Any, client_order_id: str) -> bool:
 def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_only_an_operator_releases(
     stack: Stack, migrated_pg_url: str, tmp_path: Path
 ) -> None:
-    from omni_tasks.celery_app import create_app
+    from omni_tasks.pipeline.app import create_app
 
     stack.start()
     engaged = omni(stack.env, "kill", "engage", "--reason", "restart drill: risk desk halt", "--operator", "carol", "--json")

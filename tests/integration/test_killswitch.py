@@ -27,21 +27,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import delete, func, select
 
-from omni_tasks import counters
-from omni_tasks.runtime import Runtime
+from omni_tasks.core import counters
+from omni_tasks.core.keys import ALARM_LOG_KEY, TRADING_STATE_KEY
+from omni_tasks.core.runtime import Runtime
 from omni_tasks.safety import engage as ks
-from omni_tasks.safety.alarms import ALARM_LOG_KEY, Alarm, AlarmListener, publish_alarm, start_watchdog_listener
+from omni_tasks.safety.alarms import Alarm, AlarmListener, publish_alarm, start_watchdog_listener
 from omni_tasks.safety.drill import serve_quote
-from omni_tasks.safety.killswitch import (
-    REDIS_STATE_KEY,
-    TradingState,
-    current_state,
-    durable_state,
-    fast_state,
-    order_guard,
-    order_task_refusal,
-    state_info,
-)
+from omni_tasks.safety.killswitch import TradingState, current_state, durable_state, fast_state, order_guard, order_task_refusal, state_info
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.models import (
     AuditLog,
@@ -75,7 +67,7 @@ class PrivateRedis:
     """A redis-server on its own port that keeps nothing on disk; stop/start/restart at will."""
 
     def __init__(self, folder: Path) -> None:
-        from omni_tasks.embedded import redis_server_binary
+        from omni_tasks.ops.embedded import redis_server_binary
 
         self.binary = str(redis_server_binary())
         self.folder = folder
@@ -172,15 +164,15 @@ def count(rt: Runtime, model: Any, *where: Any) -> int:
 
 
 def test_fresh_install_reads_active_and_puts_the_database_copy_in_redis(runtime: Runtime) -> None:
-    assert runtime.redis.get(REDIS_STATE_KEY) is None
+    assert runtime.redis.get(TRADING_STATE_KEY) is None
     assert fast_state(runtime.redis) is TradingState.HALTED, "a missing key on the fast path counts as engaged"
     assert current_state(runtime.redis, runtime.sessions) is TradingState.ACTIVE
-    assert runtime.redis.get(REDIS_STATE_KEY) == b"ACTIVE 0"
+    assert runtime.redis.get(TRADING_STATE_KEY) == b"ACTIVE 0"
     assert fast_state(runtime.redis) is TradingState.ACTIVE
 
 
 def test_malformed_redis_value_counts_as_halted_everywhere(runtime: Runtime) -> None:
-    runtime.redis.set(REDIS_STATE_KEY, "OPEN sesame")
+    runtime.redis.set(TRADING_STATE_KEY, "OPEN sesame")
     assert fast_state(runtime.redis) is TradingState.HALTED
     assert current_state(runtime.redis, runtime.sessions) is TradingState.HALTED
     with pytest.raises(OrderBlocked):
@@ -235,7 +227,7 @@ def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runti
     )
     # Durable: the row, one KillEvent with the whole story, one audit row.
     assert durable_state(runtime.sessions).state is TradingState.HALTED
-    assert runtime.redis.get(REDIS_STATE_KEY) == b"HALTED 1"
+    assert runtime.redis.get(TRADING_STATE_KEY) == b"HALTED 1"
     with runtime.sessions() as session:
         row = session.get(TradingStateRow, 1)
         assert (row.actor, row.reason) == (OPERATOR, "integration: engage")
@@ -328,7 +320,7 @@ def test_release_needs_a_reason_and_then_resumes_trading(runtime: Runtime) -> No
         2,
         True,
     )
-    assert runtime.redis.get(REDIS_STATE_KEY) == b"ACTIVE 2"
+    assert runtime.redis.get(TRADING_STATE_KEY) == b"ACTIVE 2"
     again = ks.release(runtime, actor=OPERATOR, reason="twice")
     assert (again.changed, again.state_after) == (False, "ACTIVE")
     assert count(runtime, KillEvent, KillEvent.action == "release") == 2
@@ -362,7 +354,7 @@ def test_flushed_redis_gets_the_engaged_state_back_from_the_database(runtime: Ru
     runtime.redis.flushdb()
     assert fast_state(runtime.redis) is TradingState.HALTED
     assert current_state(runtime.redis, runtime.sessions) is TradingState.HALTED
-    assert runtime.redis.get(REDIS_STATE_KEY) == b"HALTED 1"
+    assert runtime.redis.get(TRADING_STATE_KEY) == b"HALTED 1"
 
 
 def test_redis_stopped_no_order_leaves(runtime: Runtime, private_redis: PrivateRedis) -> None:
@@ -393,7 +385,7 @@ def test_engage_while_redis_is_down_is_durable_and_holds_when_an_empty_redis_ret
     assert not result.redis_written
     assert "redis" in result.errors
     private_redis.start()
-    assert runtime.redis.get(REDIS_STATE_KEY) is None
+    assert runtime.redis.get(TRADING_STATE_KEY) is None
     assert current_state(runtime.redis, runtime.sessions) is TradingState.HALTED
 
 
@@ -713,7 +705,7 @@ def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(
     from tests.conftest import REPO_ROOT, service_env
 
     ks.engage(runtime, actor=OPERATOR, reason="real halt before the drill", broker=None, alert=lambda _e: None)
-    real_before = (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions))
+    real_before = (runtime.redis.get(TRADING_STATE_KEY), durable_state(runtime.sessions))
     changes_before = counters.read_all(runtime.redis)["omni_kill_switch_changes"]
     assert changes_before == {("engage", "operator"): 1.0}, "the real engage is counted"
     env = service_env(redis_url=runtime.settings.broker_url, database_url=runtime.settings.database_url, data_dir=tmp_path / "data")
@@ -732,7 +724,7 @@ def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(
     for step in ("redis", "durable", "cancel_requested", "snapshot", "cancelled_confirmed", "flatten", "purge", "total", "release"):
         assert report["timings_ms"][step] >= 0
     print(f"omni kill drill (15 orders): {report['timings_ms']}")
-    assert (runtime.redis.get(REDIS_STATE_KEY), durable_state(runtime.sessions)) == real_before
+    assert (runtime.redis.get(TRADING_STATE_KEY), durable_state(runtime.sessions)) == real_before
     # The rehearsal's engage and release are counted in its scratch Redis: the real counter is unchanged;
     # the drill is counted apart, and the CLI process left no metric file.
     shared = counters.read_all(runtime.redis)
@@ -815,7 +807,7 @@ def test_concurrent_engages_from_threads_make_one_engaged_period(runtime: Runtim
 def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_the_kill(
     private_redis: PrivateRedis, migrated_pg_url: str, tmp_path: Path, omni_processes: list[Any]
 ) -> None:
-    from omni_tasks.celery_app import broker_transport_options, create_app
+    from omni_tasks.pipeline.app import broker_transport_options, create_app
     from omni_tasks.trading.wiring import make_broker
     from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker
 

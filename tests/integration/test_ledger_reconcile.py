@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core import keys
 from omni_tasks.marketdata import backfill
 from omni_tasks.scans import runs as scan_runs
 from omni_tasks.scans.scanner import ScanConfig
@@ -111,7 +112,7 @@ def test_partition_without_live_delivery_is_requeued_after_the_threshold_then_fa
     # The operator re-runs it: --only-failed resets it and the watchdog's budget.
     assert backfill.reset_failed(factory, job_id) == [a]
     ledgers.forget_requeues(redis_client, [a])
-    assert redis_client.hget(ledgers.REQUEUES_KEY, f"partition:{a}") is None
+    assert redis_client.hget(keys.LEDGER_REQUEUES_KEY, f"partition:{a}") is None
 
 
 def test_the_broker_is_read_a_few_times_per_threshold_not_every_tick(factory: sessionmaker[Session], redis_client: redis.Redis) -> None:

@@ -13,9 +13,10 @@ import redis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import QUOTA_KEY
 from omni_tasks.marketdata.errors import RateLimited
 from omni_tasks.marketdata.providers.alpha_vantage_news import AlphaVantageNews
-from omni_tasks.marketdata.ratelimit import QUOTA_KEY, RateLimiter
+from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.news.fetch import Budget, fetch_symbol
 from omni_tasks.news.store import read_news
 from omni_tasks.storage import migrations

@@ -27,7 +27,7 @@ import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.runs import OUTCOMES_KEY
+from omni_tasks.core.keys import TASK_OUTCOMES_KEY
 from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import Settings, load_settings
@@ -96,7 +96,7 @@ class Desk:
 
     def ledger(self, state: str, ids: list[str], *, drained_too: bool = True) -> int:
         """Orders among ``ids`` with a task-run record in ``state`` (in Redis, and with ``drained_too`` in task_runs, where the watchdog moves them)."""
-        records = [json.loads(raw) for raw in self.client.lrange(OUTCOMES_KEY, 0, -1)]
+        records = [json.loads(raw) for raw in self.client.lrange(TASK_OUTCOMES_KEY, 0, -1)]
         drained: list[Any] = []
         if drained_too:
             with self.engine.connect() as connection:
@@ -113,7 +113,7 @@ def make_desk(private_postgres: PrivatePostgres, private_pg_url: str, tmp_path: 
         redis_server = PrivateRedis(tmp_path / "redis").start()
         env = service_env(redis_url=redis_server.url, database_url=private_pg_url, data_dir=tmp_path / "data", **{**OPEN_LIMITS, **extra})
         settings = load_settings(env)
-        from omni_tasks.celery_app import create_app
+        from omni_tasks.pipeline.app import create_app
 
         engine = make_engine(private_pg_url)
         desk = Desk(

@@ -21,7 +21,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
-from omni_tasks.runs import OUTCOMES_KEY
+from omni_tasks.core.keys import TASK_OUTCOMES_KEY
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import AuditLog, Fill, Order, OrderEvent, Position
@@ -72,7 +72,7 @@ def desk(redis_url: str, pg_database: Callable[[], str], tmp_path_factory: pytes
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     worker = OmniProcess(["worker", "orders"], env, tmp / "logs" / "orders.log").start()
-    from omni_tasks.celery_app import create_app
+    from omni_tasks.pipeline.app import create_app
 
     sender = create_app(load_settings(env))
     engine = make_engine(database_url)
@@ -243,7 +243,7 @@ def test_a_forced_open_broker_breaker_denies_and_a_reset_lets_orders_through(des
 def retries_of(desk: Desk, coid: str) -> int:
     """RETRY records of this order's task in the task-run ledger (still in Redis: no watchdog drains it here)."""
     return sum(
-        1 for raw in desk.client.lrange(OUTCOMES_KEY, 0, -1) if coid in (rec := json.loads(raw))["args_json"] and rec["state"] == "RETRY"
+        1 for raw in desk.client.lrange(TASK_OUTCOMES_KEY, 0, -1) if coid in (rec := json.loads(raw))["args_json"] and rec["state"] == "RETRY"
     )
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from omni_tasks import heartbeats
+from omni_tasks.pipeline import heartbeats
 
 pytestmark = pytest.mark.services
 

@@ -30,9 +30,10 @@ from hypothesis import strategies as st
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from omni_tasks.core.keys import BAR_KEY_PREFIX, QUOTE_STREAM_KEY, TRADING_STATE_KEY
 from omni_tasks.stream.book import MAX_PRICE, quote_row
-from omni_tasks.stream.latest import QUOTE_STREAM_KEY, LatestQuote, quote_key, read_latest
-from omni_tasks.stream.path import BAR_KEY_PREFIX, TRADING_STATE_KEY, WRITE_QUOTES_LUA, QuotePath
+from omni_tasks.stream.latest import LatestQuote, quote_key, read_latest
+from omni_tasks.stream.path import WRITE_QUOTES_LUA, QuotePath
 from omni_tasks.stream.wire import bar_message, encode_frame, quote_message, trade_message
 
 pytestmark = pytest.mark.services

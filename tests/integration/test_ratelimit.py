@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from omni_tasks.core.keys import QUOTA_KEY, RATELIMIT_WINDOW_KEY
 from omni_tasks.marketdata.errors import RateLimited
-from omni_tasks.marketdata.ratelimit import QUOTA_KEY, WINDOW_KEY, RateLimiter
+from omni_tasks.marketdata.ratelimit import RateLimiter
 from tests.conftest import REPO_ROOT, wait_for
 
 pytestmark = pytest.mark.services
@@ -64,7 +65,7 @@ def test_ratelimit_refusal_takes_no_slot(limiter: RateLimiter, redis_client: red
     for _ in range(5):
         with pytest.raises(RateLimited):
             limiter.acquire("alpaca", 2, max_wait_s=0.0)
-    assert redis_client.zcard(WINDOW_KEY.format(provider="alpaca")) == 2
+    assert redis_client.zcard(RATELIMIT_WINDOW_KEY.format(provider="alpaca")) == 2
 
 
 def test_ratelimit_raises_when_the_wait_would_exceed_max_wait(limiter: RateLimiter, clock: Clock) -> None:
@@ -107,7 +108,7 @@ def test_ratelimit_providers_have_separate_windows(limiter: RateLimiter) -> None
 
 def test_ratelimit_window_key_expires_so_idle_providers_leave_nothing_behind(limiter: RateLimiter, redis_client: redis.Redis) -> None:
     limiter.acquire("alpaca", 5)
-    ttl = redis_client.ttl(WINDOW_KEY.format(provider="alpaca"))
+    ttl = redis_client.ttl(RATELIMIT_WINDOW_KEY.format(provider="alpaca"))
     assert 0 < ttl <= 65
 
 
@@ -167,7 +168,7 @@ def test_ratelimit_two_processes_together_never_exceed_the_per_minute_limit(redi
     print(f"admitted in one window by 2 processes: {admitted} ({split}) of {2 * attempts} attempts (limit {limit})")
     assert admitted == limit
     assert sum(r["refused"] for r in results) == 2 * attempts - limit
-    assert redis_client.zcard(WINDOW_KEY.format(provider="shared")) == limit
+    assert redis_client.zcard(RATELIMIT_WINDOW_KEY.format(provider="shared")) == limit
 
 
 # ---- the daily quota -----------------------------------------------------------------------------------

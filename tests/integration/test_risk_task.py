@@ -31,9 +31,9 @@ import redis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import RISK_LATEST_KEY
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.frames import canonical_bars
-from omni_tasks.risk.snapshot import LATEST_KEY
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
@@ -141,7 +141,7 @@ def setup(redis_url: str, pg_database: Callable[[], str], tmp_path_factory: pyte
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     for key in client.scan_iter("omni:quote:*"):
         client.delete(key)
-    client.delete(LATEST_KEY, "watchdog")
+    client.delete(RISK_LATEST_KEY, "watchdog")
     # Quotes stay fresh for the whole test: a loaded machine can take seconds to start each `omni risk` process,
     # and a quote that aged past OMNI_STREAM_STALE_AFTER_S would (rightly) be replaced by the last close.
     env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp / "data", OMNI_STREAM_STALE_AFTER_S="600")
@@ -259,7 +259,7 @@ def test_a_breach_is_stored_and_enqueues_a_watchdog_evaluation_at_once(setup: Ri
         row = session.execute(select(RiskSnapshot).order_by(RiskSnapshot.id.desc()).limit(1)).scalar_one()
     assert row.id == latest["id"]
     assert [b["rule"] for b in row.breaches] == ["position_notional"]
-    stored = json.loads(client.get(LATEST_KEY))
+    stored = json.loads(client.get(RISK_LATEST_KEY))
     assert stored["id"] == row.id
 
     table = _omni(setup.env, "risk")
@@ -277,7 +277,7 @@ def test_a_breach_is_stored_and_enqueues_a_watchdog_evaluation_at_once(setup: Ri
 
 
 def test_latest_snapshot_falls_back_to_the_database_when_redis_has_none(setup: RiskSetup, worker: OmniProcess) -> None:
-    assert setup.client.delete(LATEST_KEY) == 1
+    assert setup.client.delete(RISK_LATEST_KEY) == 1
     done = _omni(setup.env, "risk", "--json")
     assert done.returncode == 0, done.stdout + done.stderr
     latest = _payload(done)

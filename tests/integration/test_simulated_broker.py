@@ -23,11 +23,12 @@ import redis
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import TRADING_BOOK_KEY
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 from omni_tasks.stream.latest import quote_key, read_latest
-from omni_tasks.trading.book import BOOK_KEY, publish_book, read_book, refresh_book
+from omni_tasks.trading.book import publish_book, read_book, refresh_book
 from omni_tasks.trading.broker import BrokerAccountView, BrokerError, BrokerPosition, InvalidOrder, OrderBlocked, OrderRequest
 from omni_tasks.trading.simulated import SimulatedBroker
 
@@ -609,14 +610,14 @@ def test_the_book_in_redis_matches_the_ledger_after_every_change(make, quote, se
         )
         assert {s: (p.qty, p.avg_price) for s, p in book.positions.items()} == ledger
     assert set(read_book(redis_client).positions) == {"MSFT"}  # type: ignore[union-attr]  # AAPL is flat again
-    assert redis_client.ttl(BOOK_KEY) == -1  # no expiry: true until the next change
+    assert redis_client.ttl(TRADING_BOOK_KEY) == -1  # no expiry: true until the next change
 
 
 def test_refresh_book_republishes_the_simulated_ledger_after_redis_lost_it(make, quote, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
     broker = make()
     quote("AAPL", "187.20", "187.25")
     broker.submit(buy("rb-1", "10"))
-    redis_client.delete(BOOK_KEY)
+    redis_client.delete(TRADING_BOOK_KEY)
 
     book = refresh_book(broker, redis_client)
 
@@ -704,13 +705,14 @@ def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> 
     assert (book.cash, set(book.positions), book.updated_ns) == (D("900"), {"AAPL"}, 2_000_000_000)
     assert publish_book(redis_client, "simulated", older, [], updated_ns=3_000_000_000) is True
     assert read_book(redis_client).cash == D("950")  # type: ignore[union-attr]
-    redis_client.set(BOOK_KEY, b"garbage")
+    redis_client.set(TRADING_BOOK_KEY, b"garbage")
     assert publish_book(redis_client, "simulated", newer, [], updated_ns=1) is True  # an unreadable book is replaced
 
 
 def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from omni_tasks.runtime import Runtime
-    from omni_tasks.safety.killswitch import REDIS_STATE_KEY, TradingState, format_value
+    from omni_tasks.core.keys import TRADING_STATE_KEY
+    from omni_tasks.core.runtime import Runtime
+    from omni_tasks.safety.killswitch import TradingState, format_value
     from omni_tasks.settings import load_settings
     from omni_tasks.trading.wiring import make_broker
 
@@ -728,7 +730,7 @@ def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(e
     assert broker.submit(buy("k-1", "1")).status == "filled"
     broker.submit(buy("k-2", "1", limit="180"))
 
-    redis_client.set(REDIS_STATE_KEY, format_value(TradingState.HALTED, 7))
+    redis_client.set(TRADING_STATE_KEY, format_value(TradingState.HALTED, 7))
     with pytest.raises(OrderBlocked, match="HALTED"):
         broker.submit(buy("k-3", "1"))
     write_quote(redis_client, "AAPL", "179.90", "179.95", ts_ns=time.time_ns())  # crosses the resting limit

@@ -26,12 +26,13 @@ import redis
 import redis.asyncio as aioredis
 from alpaca.data.live.stock import StockDataStream
 
+from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.latest import read_latest
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.status import CONTROL_KEY, read_status
+from omni_tasks.stream.status import read_status
 from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker
 
 pytestmark = pytest.mark.services
@@ -359,7 +360,7 @@ def test_remote_subscribe_and_unsubscribe_while_alpaca_py_runs(
     standin: StandinServer, keys: tuple[str, str], redis_url: str, redis_client: redis.Redis
 ) -> None:
     """alpaca-py's subscribe_* would block its own loop thread here; the feed sends through its async methods."""
-    key = CONTROL_KEY.format(name="stream")
+    key = STREAM_CONTROL_KEY.format(name="stream")
 
     async def body(worker: StreamWorker, _task: asyncio.Task[int]) -> None:
         await _until(lambda: standin.subscriptions() and standin.subscriptions()[0]["quotes"] == {"AAPL", "MSFT"}, 10, "subscribed")

@@ -12,7 +12,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from omni_tasks.safety.alarms import ALARM_CHANNEL, ALARM_LOG_KEY, ALARM_LOG_MAX
+from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_LOG_KEY
+from omni_tasks.safety.alarms import ALARM_LOG_MAX
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.guard import LossGuard

@@ -32,7 +32,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from omni_tasks.safety.killswitch import REDIS_STATE_KEY
+from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
@@ -126,7 +126,7 @@ def submitter(client: redis.Redis, tmp_path: Path) -> OrderSubmitter:
     engine = make_engine(f"sqlite:///{tmp_path / 'orders.sqlite3'}")
     migrations.upgrade(engine)
     sessions = session_factory(engine)
-    client.delete(REDIS_STATE_KEY)  # this database's own (ACTIVE) state is published again on the first read
+    client.delete(TRADING_STATE_KEY)  # this database's own (ACTIVE) state is published again on the first read
     broker = SimulatedBroker(sessions, client, name=f"sim-{uuid.uuid4().hex[:6]}", starting_cash=Decimal(100_000), quote_max_age_s=30.0)
     return OrderSubmitter(broker=broker, redis=client, sessions=sessions, limits=RiskSettings(quote_max_age_s=30.0))
 

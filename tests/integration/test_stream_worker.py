@@ -19,12 +19,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from omni_tasks import heartbeats
+from omni_tasks.core.keys import STREAM_CONTROL_KEY
+from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed
 from omni_tasks.stream.latest import read_latest, read_profile
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.status import CONTROL_KEY, read_status
+from omni_tasks.stream.status import read_status
 from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint
 from tests.conftest import OmniProcess, service_env, wait_for
 
@@ -295,7 +296,7 @@ def test_one_connection_per_key(standin: StandinServer, run_worker: Any, redis_c
 def test_remote_control_subscribe_unsubscribe_stop(standin: StandinServer, run_worker: Any, redis_client: redis.Redis) -> None:
     worker = run_worker()
     assert standin.wait_for_clients(1)
-    key = CONTROL_KEY.format(name="stream")
+    key = STREAM_CONTROL_KEY.format(name="stream")
     redis_client.rpush(key, json.dumps({"cmd": "subscribe", "symbols": ["NVDA"]}))
     wait_for(lambda: "NVDA" in standin.subscriptions()[0]["quotes"], 5, message="NVDA subscribed")
     redis_client.rpush(key, json.dumps({"cmd": "unsubscribe", "symbols": ["MSFT"]}))

@@ -21,9 +21,11 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
-from omni_tasks.runtime import Runtime
+from omni_tasks.core import keys
+from omni_tasks.core.keys import TRADING_STATE_KEY
+from omni_tasks.core.runtime import Runtime
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.killswitch import REDIS_STATE_KEY, parse_value
+from omni_tasks.safety.killswitch import parse_value
 from omni_tasks.settings import load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
@@ -56,14 +58,14 @@ class Watchdog:
         before = self._last_ts()
         self.sender.send_task("omni.watchdog.tick", queue="watchdog")
         wait_for(lambda: self._last_ts() > before, 60, interval_s=0.05, message="a watchdog evaluation")
-        return json.loads(self.client.get(rules.LAST_FINDINGS_KEY))  # type: ignore[no-any-return]
+        return json.loads(self.client.get(keys.WATCHDOG_LAST_FINDINGS_KEY))  # type: ignore[no-any-return]
 
     def _last_ts(self) -> float:
-        raw = self.client.get(rules.LAST_FINDINGS_KEY)
+        raw = self.client.get(keys.WATCHDOG_LAST_FINDINGS_KEY)
         return float(json.loads(raw)["ts"]) if raw else 0.0
 
     def state(self) -> str:
-        parsed = parse_value(self.client.get(REDIS_STATE_KEY))
+        parsed = parse_value(self.client.get(TRADING_STATE_KEY))
         return parsed.state.value if parsed else "ACTIVE"  # no key yet: a fresh install is ACTIVE
 
     def durable_state(self) -> str | None:
@@ -101,7 +103,7 @@ def watchdog(
     engine = make_engine(database_url)
     migrations.upgrade(engine)
     env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp_path / "data", OMNI_WATCHDOG_BREACH_EVALUATIONS=str(N))
-    from omni_tasks.celery_app import create_app
+    from omni_tasks.pipeline.app import create_app
 
     sender = create_app(load_settings(env))
     try:
@@ -140,7 +142,7 @@ def test_the_count_survives_a_watchdog_restart(watchdog: Watchdog) -> None:
         watchdog.evaluate()
     first.kill_group()  # SIGKILL: no clean shutdown
     first.process.wait(timeout=10)  # type: ignore[union-attr]
-    assert watchdog.client.hget(rules.STREAK_KEY, "risk_breach") == str(N - 1).encode()
+    assert watchdog.client.hget(keys.WATCHDOG_STREAK_KEY, "risk_breach") == str(N - 1).encode()
     watchdog.start()
     watchdog.write_snapshot([BREACH])
     summary = watchdog.evaluate()
@@ -163,7 +165,7 @@ def test_the_watchdog_never_releases_and_a_clean_evaluation_resets_the_count(wat
         summary = watchdog.evaluate()
         assert summary["findings"] == {}
     assert watchdog.state() == "HALTED"
-    assert watchdog.client.hget(rules.STREAK_KEY, "risk_breach") is None
+    assert watchdog.client.hget(keys.WATCHDOG_STREAK_KEY, "risk_breach") is None
     automatic = [e for e in watchdog.kill_events("release") + watchdog.kill_events("activate") if e.actor.startswith("watchdog")]
     print(f"\nautomatic releases after {N + 1} clean evaluations: {len(automatic)}")
     assert automatic == []
@@ -236,5 +238,5 @@ def test_orders_backlog_trips_the_broker_breaker_automatically_and_latency_viola
     fifth = rules.run_rules(runtime, actuator=actuator, queue_depths={"orders": 0}, market_open=lambda _t: False)
     assert fifth["fired"] == {"latency_budget": "done"}
     assert alerted == ["latency_budget"]
-    assert redis_client.hget(rules.STREAK_KEY, "queue_backlog") is None  # clean: reset
+    assert redis_client.hget(keys.WATCHDOG_STREAK_KEY, "queue_backlog") is None  # clean: reset
     runtime.engine.dispose()

@@ -15,11 +15,12 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from omni_tasks import runs
+from omni_tasks.core import keys
+from omni_tasks.core.keys import PROBE_COMPLETIONS_KEY
+from omni_tasks.pipeline import outcomes as runs
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import TaskRun
-from omni_tasks.system.probes import COMPLETIONS_KEY
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -33,7 +34,7 @@ def env(redis_url: str, migrated_pg_url: str, tmp_path: Path, redis_client: redi
 @pytest.fixture
 def sender(env: dict[str, str]):  # type: ignore[no-untyped-def]
     """A Celery app configured like the workers, for publishing from the test process."""
-    from omni_tasks.celery_app import create_app
+    from omni_tasks.pipeline.app import create_app
 
     app = create_app(load_settings(env))
     yield app
@@ -47,7 +48,7 @@ def _start(kind: str, env: dict[str, str], tmp_path: Path, procs: list[OmniProce
 
 
 def _completions(client: redis.Redis, markers: list[str]) -> dict[str, int]:
-    values = client.hmget(COMPLETIONS_KEY, markers)
+    values = client.hmget(PROBE_COMPLETIONS_KEY, markers)
     return {m: int(v or 0) for m, v in zip(markers, values, strict=True)}
 
 
@@ -161,10 +162,10 @@ def test_poison_task_is_dead_lettered_after_max_deliveries(env, redis_client, se
     for child in worker.children():
         os.kill(child, signal.SIGKILL)
     # Third delivery exceeds max_deliveries=2: recorded as DEAD_LETTER and not run.
-    wait_for(lambda: any(json.loads(r)["state"] == "DEAD_LETTER" for r in redis_client.lrange(runs.OUTCOMES_KEY, 0, -1)), 60, message="dead letter record")
+    wait_for(lambda: any(json.loads(r)["state"] == "DEAD_LETTER" for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)), 60, message="dead letter record")
     time.sleep(1.0)
     assert _completions(redis_client, [marker])[marker] == 0
-    records = [json.loads(r) for r in redis_client.lrange(runs.OUTCOMES_KEY, 0, -1)]
+    records = [json.loads(r) for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)]
     dead = [r for r in records if r["task_id"] == task_id and r["state"] == "DEAD_LETTER"]
     assert len(dead) == 1
     assert dead[0]["delivery"] == 3

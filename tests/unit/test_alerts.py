@@ -15,7 +15,7 @@ import pytest
 import structlog
 from pydantic import SecretStr
 
-from omni_tasks import alerts
+from omni_tasks.ops import alerts
 from omni_tasks.settings import AlertSettings, load_settings
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.beat: time slots and the deterministic task id of a scheduled send."""
+"""Unit tests of omni_tasks.pipeline.beat: time slots and the deterministic task id of a scheduled send."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from celery.schedules import crontab
 from celery.schedules import schedule as interval_schedule
 
-from omni_tasks.beat import slot_start, slot_task_id
+from omni_tasks.pipeline.beat import slot_start, slot_task_id
 
 # 2024-03-15 14:32:17.25 UTC, a Friday in market hours.
 NOW_S = 1710513137.25

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from omni_tasks import counters
+from omni_tasks.core import counters
 
 
 class FakeRedis:

@@ -19,7 +19,7 @@ import pytest
 import typer
 import yaml
 
-from omni_tasks.queues import ALL_QUEUES
+from omni_tasks.pipeline.queues import ALL_QUEUES
 from omni_tasks.settings import known_variables, load_settings
 from workers import KINDS
 
@@ -346,7 +346,8 @@ def _exported_series() -> set[str]:
     # mode when first imported, and other tests may set PROMETHEUS_MULTIPROC_DIR first.
     from prometheus_client.metrics import MetricWrapperBase
 
-    from omni_tasks import counters, metrics
+    from omni_tasks.core import counters
+    from omni_tasks.ops import prometheus as metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     series: set[str] = set()

@@ -1,4 +1,4 @@
-"""omni_tasks.inputs: what users type is parsed strictly, refusals name the field and the text (escaped)."""
+"""omni_tasks.core.inputs: what users type is parsed strictly, refusals name the field and the text (escaped)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omni_tasks import inputs
-from omni_tasks.inputs import InputError
+from omni_tasks.core import inputs
+from omni_tasks.core.inputs import InputError
 
 TODAY = date(2025, 6, 30)
 NOW = datetime(2025, 6, 30, 21, 0, tzinfo=UTC)

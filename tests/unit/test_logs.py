@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.logs: one redacting JSON formatter for structlog and the standard library."""
+"""Unit tests of omni_tasks.core.logs: one redacting JSON formatter for structlog and the standard library."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from omni_tasks.logs import REDACTED, configure_logging, get_logger
+from omni_tasks.core.logs import REDACTED, configure_logging, get_logger
 
 SECRET = "Sup3r-S3cret-Alpaca-Key"  # noqa: S105 - made-up test value
 OTHER_SECRET = "fl0wer-Operator-Pass"  # noqa: S105 - made-up test value

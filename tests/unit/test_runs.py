@@ -1,10 +1,10 @@
-"""Unit tests of omni_tasks.runs: the outcome record and argument summaries (drain_outcomes needs Redis)."""
+"""Unit tests of omni_tasks.pipeline.outcomes: the outcome record and argument summaries (drain_outcomes needs Redis)."""
 
 from __future__ import annotations
 
 import json
 
-from omni_tasks.runs import ARGS_MAX_CHARS, summarize_args
+from omni_tasks.pipeline.outcomes import ARGS_MAX_CHARS, summarize_args
 
 
 def test_summarize_args_short_arguments_are_valid_json() -> None:

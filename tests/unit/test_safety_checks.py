@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.safety_checks: refuse to boot rather than lose or duplicate work."""
+"""Unit tests of omni_tasks.ops.startup_checks: refuse to boot rather than lose or duplicate work."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import redis
 
-from omni_tasks.errors import BootRefused
-from omni_tasks.safety_checks import check_noeviction, check_visibility_timeout
+from omni_tasks.core.errors import BootRefused
+from omni_tasks.ops.startup_checks import check_noeviction, check_visibility_timeout
+from omni_tasks.pipeline.taskdef import task_time_limits
 from omni_tasks.settings import load_settings
-from omni_tasks.taskdef import task_time_limits
 
 
 class FakeRedis:

@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.secrets: Fernet round trip, MultiFernet rotation of a .env file, the CLI."""
+"""Unit tests of omni_tasks.core.secrets: Fernet round trip, MultiFernet rotation of a .env file, the CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
-from omni_tasks import secrets as secret_box
-from omni_tasks.errors import ConfigError, SecretError
+from omni_tasks.core import secrets as secret_box
+from omni_tasks.core.errors import ConfigError, SecretError
 
 
 def _key() -> bytes:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from omni_tasks import secrets as secret_box
-from omni_tasks.errors import ConfigError, SecretError
+from omni_tasks.core import secrets as secret_box
+from omni_tasks.core.errors import ConfigError, SecretError
 from omni_tasks.settings import load_settings, mask_url
 
 MASK = "********"

@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.supervisor with real tiny child processes."""
+"""Unit tests of omni_tasks.ops.supervisor with real tiny child processes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from omni_tasks.supervisor import ChildSpec, Supervisor
+from omni_tasks.ops.supervisor import ChildSpec, Supervisor
 
 EXITS_AT_ONCE = "import sys; sys.exit(3)"
 SLEEPS = "import time; time.sleep(60)"
@@ -171,7 +171,7 @@ def test_supervisor_stop_all_child_with_grandchild_leaves_no_process_behind(tmp_
 
 def test_every_line_a_child_writes_reaches_its_log_as_json(tmp_path: Path) -> None:
     """Celery's banner, a warning on stderr and a structlog record: the log file holds JSON lines only."""
-    from omni_tasks.logs import configure_logging
+    from omni_tasks.core.logs import configure_logging
 
     configure_logging(secrets=["child-secret-value"], stream=open(os.devnull, "w"))  # noqa: SIM115 - the test's own sink
     code = (

@@ -1,4 +1,4 @@
-"""Unit tests of omni_tasks.taskdef: the @omni_task decorator, the router, argument and ETA guards.
+"""Unit tests of omni_tasks.pipeline.taskdef: the @omni_task decorator, the router, argument and ETA guards.
 
 No broker is needed: every refusal tested here happens before a message is published.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from celery.signals import before_task_publish
 
-from omni_tasks import runtime
-from omni_tasks.queues import Queue
+from omni_tasks.core import runtime
+from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.taskdef import ROUTES, TIME_LIMITS, OmniTask, omni_task, route_task
 from omni_tasks.settings import load_settings
-from omni_tasks.taskdef import ROUTES, TIME_LIMITS, OmniTask, omni_task, route_task
 
 VISIBILITY_TIMEOUT_S = 600
 
@@ -72,8 +72,8 @@ def test_omni_task_misspelt_option_fails_when_the_module_is_imported(tmp_path: P
     name = _name("misspelt")
     module_name = f"omni_unittest_tasks_{uuid.uuid4().hex[:12]}"
     (tmp_path / f"{module_name}.py").write_text(
-        "from omni_tasks.queues import Queue\n"
-        "from omni_tasks.taskdef import omni_task\n"
+        "from omni_tasks.pipeline.queues import Queue\n"
+        "from omni_tasks.pipeline.taskdef import omni_task\n"
         "\n"
         f"@omni_task(name={name!r}, queue=Queue.SCANS, soft_time_limt_s=5, time_limit_s=10)\n"
         "def scan() -> None:\n"
@@ -257,7 +257,7 @@ def test_apply_async_naive_eta_beyond_visibility_timeout_refused_with_clear_erro
 def test_apply_async_with_a_configured_secret_in_arguments_is_refused_before_publishing(published: list[str]) -> None:
     from pydantic import SecretStr
 
-    from omni_tasks import runtime
+    from omni_tasks.core import runtime
     from omni_tasks.settings import load_settings
 
     previous = runtime.get_settings()

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
+from omni_tasks.core.keys import RATELIMIT_WINDOW_KEY
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
@@ -29,7 +30,7 @@ from omni_tasks.marketdata.errors import (
 )
 from omni_tasks.marketdata.frames import BAR_COLUMNS, canonical_bars, empty_bars
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
-from omni_tasks.marketdata.ratelimit import WINDOW_KEY, RateLimiter
+from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.router import BarRouter, NoProviderServed, serving_feeds
 from omni_tasks.safety.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
@@ -518,9 +519,9 @@ def test_router_open_breaker_takes_no_rate_limit_slot_or_quota(make_router, brea
     for _ in range(8):  # more fetches than alpha's calls per minute
         assert router.fetch(REQUEST).provider == "beta"
     assert alpha.calls == []
-    assert redis_client.zcard(WINDOW_KEY.format(provider="alpha")) == 0, "the open breaker was asked before the limiter"
+    assert redis_client.zcard(RATELIMIT_WINDOW_KEY.format(provider="alpha")) == 0, "the open breaker was asked before the limiter"
     assert RateLimiter(redis_client, clock=clock).quota_used("alpha") == 0
-    assert redis_client.zcard(WINDOW_KEY.format(provider="beta")) == 8
+    assert redis_client.zcard(RATELIMIT_WINDOW_KEY.format(provider="beta")) == 8
 
 
 def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
@@ -530,7 +531,7 @@ def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(m
     router = make_router([alpha, beta], max_attempts=2, rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
     assert router.fetch(REQUEST).provider == "beta"  # two failed calls: alpha's breaker opens
     assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
-    window = WINDOW_KEY.format(provider="alpha")
+    window = RATELIMIT_WINDOW_KEY.format(provider="alpha")
     assert redis_client.zcard(window) == 2
     for _ in range(5):
         assert router.fetch(REQUEST).provider == "beta"

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from omni_tasks.risk.figures import History, Portfolio, RiskMetrics, compute_metrics, risk_score
 from omni_tasks.risk.limits import RULES, breaches, utilisation
-from omni_tasks.risk.metrics import History, Portfolio, RiskMetrics, compute_metrics, risk_score
 from omni_tasks.settings import RiskSettings
 
 LIMITS = RiskSettings()  # the desk's defaults: $1,000 loss, 2% drawdown, 30%, 0.80, 2x, $10,000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_tasks.risk.metrics import (
+from omni_tasks.risk.figures import (
     MATRIX_MAX_POSITIONS,
     SCORE_WEIGHTS,
     History,

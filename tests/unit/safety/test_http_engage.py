@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from omni_tasks.httpserver import KillEndpoint, bearer_matches, make_server, parse_engage_body
+from omni_tasks.ops.httpserver import KillEndpoint, bearer_matches, make_server, parse_engage_body
 from omni_tasks.safety.engage import EngageResult
 
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 
-from omni_tasks.errors import RetryableError, StoreUnavailable
+from omni_tasks.core.errors import RetryableError, StoreUnavailable
 from omni_tasks.storage.outage import backoff_s, budget_s, is_outage, store_outages_retryable
 
 

@@ -13,18 +13,8 @@ import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_tasks.stream.latency import (
-    LATENCY_KEY,
-    N_BUCKETS,
-    STAGES,
-    SUB,
-    VIOLATIONS_KEY,
-    Histogram,
-    StageLatencies,
-    bucket_of,
-    bucket_upper,
-    read_published,
-)
+from omni_tasks.core.keys import LATENCY_VIOLATIONS_KEY, STREAM_LATENCY_KEY
+from omni_tasks.stream.latency import N_BUCKETS, STAGES, SUB, Histogram, StageLatencies, bucket_of, bucket_upper, read_published
 
 QUANTILES = (0, 1, 25, 50, 90, 95, 99, 99.9, 100)
 
@@ -198,9 +188,9 @@ def test_publish_then_read_published_round_trip_and_violation_deltas(redis_clien
         assert [restored.percentile(q) for q in QUANTILES] == [stages[stage].percentile(q) for q in QUANTILES]
     assert published["process"]["over_budget"] == 2
     assert published["flush"]["count"] == 0
-    violations = VIOLATIONS_KEY.format(budget="quote_processing")
+    violations = LATENCY_VIOLATIONS_KEY.format(budget="quote_processing")
     assert int(redis_client.get(violations)) == 2
-    assert 0 < redis_client.ttl(LATENCY_KEY) <= 3600
+    assert 0 < redis_client.ttl(STREAM_LATENCY_KEY) <= 3600
 
     # A second publication adds only the violations since the first; the hash is replaced by the new figures.
     _publish_and_execute(stages, redis_client)
@@ -235,11 +225,11 @@ def test_publish_works_on_an_asyncio_pipeline(redis_url: str, redis_client: redi
     published = read_published(redis_client)
     assert published["process"]["count"] == 2
     assert published["process"]["over_budget"] == 1
-    assert int(redis_client.get(VIOLATIONS_KEY.format(budget="quote_processing"))) == 1
+    assert int(redis_client.get(LATENCY_VIOLATIONS_KEY.format(budget="quote_processing"))) == 1
 
 
 @pytest.mark.services
 def test_read_published_without_a_publication_is_empty_and_skips_unreadable_stages(redis_client: redis.Redis) -> None:
     assert read_published(redis_client) == {}
-    redis_client.hset(LATENCY_KEY, mapping={"process": "{not json", "decode": '{"count": 1}'})
+    redis_client.hset(STREAM_LATENCY_KEY, mapping={"process": "{not json", "decode": '{"count": 1}'})
     assert read_published(redis_client) == {"decode": {"count": 1}}

@@ -13,8 +13,8 @@ import pytest
 import requests
 from alpaca.common.exceptions import APIError
 
-from omni_tasks.errors import ConfigError
-from omni_tasks.runtime import Runtime
+from omni_tasks.core.errors import ConfigError
+from omni_tasks.core.runtime import Runtime
 from omni_tasks.settings import load_settings
 from omni_tasks.trading.alpaca_paper import STATUS_MAP, AlpacaPaperBroker, _order_of, _position_of, broker_error
 from omni_tasks.trading.book import BookPosition, PortfolioBook, book_json, decimal_text, parse_book

@@ -7,7 +7,7 @@ Every option is a keyword argument of :func:`omni_task`, so a misspelt option
 is a ``TypeError`` when the module is imported, not a silently ignored
 setting. Defaults: late acknowledgement with rejection on worker loss (tasks
 must be idempotent; pass ``idempotent=False`` otherwise), JSON arguments,
-results ignored, retries only for :class:`~omni_tasks.errors.RetryableError`
+results ignored, retries only for :class:`~omni_tasks.core.errors.RetryableError`
 with exponential backoff and jitter, dead-lettering after ``max_deliveries``.
 """
 
@@ -27,11 +27,12 @@ import structlog
 from celery import Task
 from celery.exceptions import Reject
 
-from omni_tasks import metrics
-from omni_tasks.errors import RetryableError
-from omni_tasks.queues import Queue
-from omni_tasks.runs import OUTCOMES_KEY, summarize_args
-from omni_tasks.runtime import get_runtime
+from omni_tasks.core.errors import RetryableError
+from omni_tasks.core.keys import DELIVERIES_KEY, TASK_OUTCOMES_KEY
+from omni_tasks.core.runtime import get_runtime
+from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline.outcomes import summarize_args
+from omni_tasks.pipeline.queues import Queue
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +44,6 @@ TIME_LIMITS: dict[str, float] = {}
 #: The kill switch registers its check here.
 BEFORE_START_HOOKS: list[Callable[[OmniTask], None]] = []
 
-DELIVERIES_KEY = "omni:deliveries:{task_id}"
 _TASK_NAME = re.compile(r"^omni(\.[a-z][a-z0-9_]*){2,}$")
 SENT_AT_HEADER = "omni_sent_at"
 #: A task that succeeded may name a more precise ledger state on its request (e.g. EXPIRED: the order was past its deadline).
@@ -202,11 +202,11 @@ class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
         client = get_runtime().redis
         if forget_deliveries:
             pipe = client.pipeline(transaction=False)
-            pipe.rpush(OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
+            pipe.rpush(TASK_OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
             pipe.delete(DELIVERIES_KEY.format(task_id=task_id))
             pipe.execute()
         else:
-            client.rpush(OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
+            client.rpush(TASK_OUTCOMES_KEY, json.dumps(record, separators=(",", ":")))
         if state != "RETRY":
             metrics.TASK_RUNTIME.labels(self.name, hostname, queue).observe(runtime_s)
 
@@ -261,7 +261,7 @@ def omni_task(
         raise ValueError(f"task name {name!r} is registered twice")
 
     def register(func: F) -> OmniTask:
-        from omni_tasks.celery_app import app
+        from omni_tasks.pipeline.app import app
 
         options: dict[str, Any] = {
             "name": name,
@@ -307,7 +307,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 def _import_task_modules() -> None:
     import importlib
 
-    from omni_tasks.celery_app import TASK_MODULES
+    from omni_tasks.pipeline.app import TASK_MODULES
 
     for module in TASK_MODULES:
         importlib.import_module(module)

@@ -11,8 +11,8 @@ from celery import Celery
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
-from omni_tasks.queues import ALL_QUEUES
-from omni_tasks.runtime import get_settings
+from omni_tasks.core.runtime import get_settings
+from omni_tasks.pipeline.queues import ALL_QUEUES
 from omni_tasks.settings import Settings
 
 TASK_MODULES = (
@@ -79,7 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_create_missing_queues": False,
         "task_default_queue": "omni-unrouted",
         "task_default_exchange": "omni-unrouted",
-        "task_routes": ("omni_tasks.taskdef.route_task",),
+        "task_routes": ("omni_tasks.pipeline.taskdef.route_task",),
         # Every task has limits; the decorator sets its own, these catch the rest.
         "task_soft_time_limit": 60,
         "task_time_limit": 90,
@@ -94,11 +94,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Logging is ours (JSON, redacted).
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        # Beat: times in the exchange's zone; one leader (omni_tasks.beat).
+        # Beat: times in the exchange's zone; one leader (omni_tasks.pipeline.beat).
         "timezone": settings.core.exchange_tz,
         "enable_utc": True,
         "beat_schedule": BEAT_SCHEDULE,
-        "beat_scheduler": "omni_tasks.beat:LockedScheduler",
+        "beat_scheduler": "omni_tasks.pipeline.beat:LockedScheduler",
         "beat_max_loop_interval": max(0.5, min(5.0, settings.broker.beat_lock_ttl_s / 3)),
         "worker_state_db": None,
     }
@@ -107,7 +107,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings) -> Celery:
     celery_app = Celery("omni_tasks", include=list(TASK_MODULES))
     celery_app.conf.update(celery_config(settings))
-    from omni_tasks import worker_hooks
+    from omni_tasks.pipeline import hooks as worker_hooks
 
     worker_hooks.install(celery_app)
     return celery_app

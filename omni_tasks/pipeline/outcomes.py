@@ -1,7 +1,7 @@
 """The task-run ledger: every task outcome, first to Redis (fast, survives a worker kill), then to the database.
 
 A worker pushes one JSON record per outcome onto a Redis list before the
-message is acknowledged (built in :meth:`omni_tasks.taskdef.OmniTask._record`:
+message is acknowledged (built in :meth:`omni_tasks.pipeline.taskdef.OmniTask._record`:
 the keys of :func:`_row` below, times in UNIX seconds, a fresh ``outcome_id``), so a SIGKILL after the task finished cannot lose the
 record. The watchdog drains the list into ``task_runs`` in batches; the unique
 ``outcome_id`` makes a drain that is interrupted and repeated harmless.
@@ -19,10 +19,9 @@ from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.keys import OUTCOMES_DRAIN_LOCK_KEY, TASK_OUTCOMES_KEY
 from omni_tasks.storage.models import TaskRun
 
-OUTCOMES_KEY = "omni:task_outcomes"
-DRAIN_LOCK_KEY = "omni:lock:drain_outcomes"
 ARGS_MAX_CHARS = 2000
 ERROR_MAX_CHARS = 4000
 
@@ -37,7 +36,7 @@ def summarize_args(args: Any, kwargs: Any) -> str:
 
 
 def pending_outcomes(client: redis.Redis) -> int:
-    return int(client.llen(OUTCOMES_KEY))
+    return int(client.llen(TASK_OUTCOMES_KEY))
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -85,12 +84,12 @@ def drain_outcomes(client: redis.Redis, factory: sessionmaker[Session], *, batch
     rather than dropped.
     """
     token = uuid.uuid4().hex
-    if not client.set(DRAIN_LOCK_KEY, token, nx=True, px=60_000):
+    if not client.set(OUTCOMES_DRAIN_LOCK_KEY, token, nx=True, px=60_000):
         return 0
     moved = 0
     try:
         for _ in range(max_batches):
-            raws = client.lrange(OUTCOMES_KEY, 0, batch - 1)
+            raws = client.lrange(TASK_OUTCOMES_KEY, 0, batch - 1)
             if not raws:
                 break
             rows = []
@@ -101,7 +100,7 @@ def drain_outcomes(client: redis.Redis, factory: sessionmaker[Session], *, batch
                     rows.append(_corrupt_row(raw, exc))
             with factory() as session, session.begin():
                 _insert_ignoring_duplicates(session, rows)
-            client.ltrim(OUTCOMES_KEY, len(raws), -1)
+            client.ltrim(TASK_OUTCOMES_KEY, len(raws), -1)
             moved += len(raws)
             if len(raws) < batch:
                 break
@@ -110,7 +109,7 @@ def drain_outcomes(client: redis.Redis, factory: sessionmaker[Session], *, batch
         client.eval(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
             1,
-            DRAIN_LOCK_KEY,
+            OUTCOMES_DRAIN_LOCK_KEY,
             token,
         )
     return moved

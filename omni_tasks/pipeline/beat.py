@@ -19,13 +19,13 @@ from celery.beat import ScheduleEntry, Scheduler
 from celery.schedules import crontab
 from celery.schedules import schedule as interval_schedule
 
-from omni_tasks import metrics
-from omni_tasks.leader import LeaderLock
-from omni_tasks.runtime import get_runtime
+from omni_tasks.core.keys import BEAT_SLOT_KEY
+from omni_tasks.core.lock import LeaderLock
+from omni_tasks.core.runtime import get_runtime
+from omni_tasks.ops import prometheus as metrics
 
 _log = structlog.get_logger("omni.beat")
 _NAMESPACE = uuid.UUID("5b0f3a52-7c59-4f0e-9d4e-2f1d8c7a9b10")
-SLOT_KEY = "omni:beat:slot:{task_id}"
 
 
 def slot_start(entry_schedule: Any, now_s: float) -> int:
@@ -84,7 +84,7 @@ class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery's Scheduler is
         task_id = slot_task_id(entry.task, entry.args, entry.kwargs, slot)
         client = get_runtime().redis
         ttl_s = int(max(3600, _period_s(entry.schedule) * 4))
-        if not client.set(SLOT_KEY.format(task_id=task_id), entry.name, nx=True, ex=ttl_s):
+        if not client.set(BEAT_SLOT_KEY.format(task_id=task_id), entry.name, nx=True, ex=ttl_s):
             metrics.BEAT_DUPLICATES.labels(entry.name).inc()
             _log.warning("duplicate send for slot skipped", entry=entry.name, slot=slot, task_id=task_id)
             return None

@@ -31,9 +31,8 @@ from typing import Any
 
 import redis
 
-WORKERS_KEY = "omni:workers"
-WORKER_INFO_KEY = "omni:worker:{instance}"
-INFLIGHT_KEY = "omni:inflight:{instance}"
+from omni_tasks.core.keys import WORKER_INFLIGHT_KEY, WORKER_INFO_KEY, WORKERS_KEY
+
 KOMBU_UNACKED_KEY = "unacked"
 KOMBU_UNACKED_INDEX_KEY = "unacked_index"
 INFO_TTL_S = 3600
@@ -71,7 +70,7 @@ def track_deliveries(client: redis.Redis, instance: str, delivery_tags: list[str
     """Remember that ``instance`` holds the unacked messages ``delivery_tags``."""
     if not delivery_tags:
         return
-    key = INFLIGHT_KEY.format(instance=instance)
+    key = WORKER_INFLIGHT_KEY.format(instance=instance)
     pipe = client.pipeline(transaction=False)
     pipe.sadd(key, *delivery_tags)
     pipe.expire(key, INFO_TTL_S * 24)
@@ -80,7 +79,7 @@ def track_deliveries(client: redis.Redis, instance: str, delivery_tags: list[str
 
 def disown(client: redis.Redis, instance: str) -> int:
     """``instance`` reconnected to the broker: it holds none of the deliveries it recorded before. Returns how many it dropped."""
-    key = INFLIGHT_KEY.format(instance=instance)
+    key = WORKER_INFLIGHT_KEY.format(instance=instance)
     pipe = client.pipeline(transaction=True)
     pipe.scard(key)
     pipe.delete(key)
@@ -89,7 +88,7 @@ def disown(client: redis.Redis, instance: str) -> int:
 
 
 def prune_inflight(client: redis.Redis, instance: str) -> None:
-    key = INFLIGHT_KEY.format(instance=instance)
+    key = WORKER_INFLIGHT_KEY.format(instance=instance)
     tags = list(client.smembers(key))
     if not tags:
         return
@@ -148,7 +147,7 @@ def sweep_dead(
     result: dict[str, int] = {}
     for raw_instance in dead:
         instance = raw_instance.decode() if isinstance(raw_instance, bytes) else raw_instance
-        key = INFLIGHT_KEY.format(instance=instance)
+        key = WORKER_INFLIGHT_KEY.format(instance=instance)
         tags = [t.decode() if isinstance(t, bytes) else t for t in client.smembers(key)]
         restored = restore(tags) if (restore is not None and tags) else 0
         pipe = client.pipeline(transaction=False)
@@ -182,7 +181,7 @@ def sweep_orphans(
     live = [i.decode() if isinstance(i, bytes) else i for i in client.zrangebyscore(WORKERS_KEY, now - dead_after_s, "+inf")]
     claimed: set[str] = set()
     for instance in live:
-        claimed.update(t.decode() if isinstance(t, bytes) else t for t in client.smembers(INFLIGHT_KEY.format(instance=instance)))
+        claimed.update(t.decode() if isinstance(t, bytes) else t for t in client.smembers(WORKER_INFLIGHT_KEY.format(instance=instance)))
     orphans = [t for t in old if t not in claimed]
     return restore(orphans) if orphans else 0
 

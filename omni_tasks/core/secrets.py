@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from omni_tasks.errors import SecretError
+from omni_tasks.core.errors import SecretError
 
 ENC_PREFIX = "enc:"
 

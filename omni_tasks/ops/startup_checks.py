@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import redis
 
-from omni_tasks.errors import BootRefused
+from omni_tasks.core.errors import BootRefused
 
 
 def check_visibility_timeout(visibility_timeout_s: float, time_limits: Iterable[tuple[str, float]]) -> None:

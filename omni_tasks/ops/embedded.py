@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from omni_tasks.errors import BootRefused
+from omni_tasks.core.errors import BootRefused
 
 
 def redis_server_binary() -> Path:

@@ -15,7 +15,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.redis_util import redis_from_url
+from omni_tasks.core.redis_client import redis_from_url
 from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage.engine import engine_from_settings, session_factory
 

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy import Engine, text
 
-from omni_tasks import heartbeats, leader
-from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+from omni_tasks.core import lock as leader
+from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+from omni_tasks.pipeline import heartbeats
 
 if TYPE_CHECKING:
     from omni_tasks.settings import Settings
@@ -99,7 +100,7 @@ def check_health(
         return f"leader {current.get('host')} pid {current.get('pid')}"
 
     def watchdog_tick() -> str:
-        raw = client.get(LAST_TICK_KEY)
+        raw = client.get(WATCHDOG_LAST_TICK_KEY)
         if raw is None:
             raise RuntimeError("the watchdog has not run yet")
         age = time.time() - float(json.loads(raw)["ts"])
@@ -220,13 +221,13 @@ def _breaker_reason(client: redis.Redis, name: str) -> list[str]:
 
 def _stale_stream(client: redis.Redis, settings: Settings, now: float) -> str | None:
     """The watchdog's stale_stream rule on what Redis and the calendar say now (None: fresh, market closed or unreadable)."""
+    from omni_tasks.core.keys import STREAM_STATUS_KEY
     from omni_tasks.marketdata.calendar import is_open
-    from omni_tasks.stream.status import STATUS_KEY
     from omni_tasks.watchdog.rules import NotEvaluated, Observations, stale_stream
 
     try:
         market_open = bool(is_open(datetime.fromtimestamp(now, tz=UTC)))
-        raw = client.hgetall(STATUS_KEY)
+        raw = client.hgetall(STREAM_STATUS_KEY)
     except Exception:  # noqa: BLE001 - the stream and calendar have their own checks; no reason to add here
         return None
     status = {_text(k): _text(v) for k, v in raw.items()}

@@ -13,8 +13,10 @@ from typing import Any
 
 import redis
 
-from omni_tasks import heartbeats, leader, runs
-from omni_tasks.taskdef import SENT_AT_HEADER
+from omni_tasks.core import lock as leader
+from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline import outcomes as runs
+from omni_tasks.pipeline.taskdef import SENT_AT_HEADER
 
 # kombu's Redis transport keeps priorities in sibling lists: name, name\x06\x163, ...
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -111,10 +113,11 @@ def live_snapshot(client: redis.Redis, broker_url: str, queues: Iterable[str], d
 
 def trading_view(client: redis.Redis) -> dict[str, Any]:
     """The trading state as the order path's fast read sees it (Redis only: missing or unreadable counts as HALTED)."""
-    from omni_tasks.safety.killswitch import REDIS_STATE_KEY, TradingState, parse_value
+    from omni_tasks.core.keys import TRADING_STATE_KEY
+    from omni_tasks.safety.killswitch import TradingState, parse_value
 
     try:
-        raw = client.get(REDIS_STATE_KEY)
+        raw = client.get(TRADING_STATE_KEY)
     except Exception as exc:  # noqa: BLE001 - unreadable counts as engaged
         return {"state": TradingState.HALTED.value, "version": None, "source": f"unreadable: {type(exc).__name__}"}
     parsed = parse_value(raw)
@@ -163,13 +166,13 @@ def desk_snapshot(runtime: Any, *, now: float | None = None) -> dict[str, Any]:
         return latest_snapshot(runtime)
 
     def watchdog_last_tick() -> dict[str, Any] | None:
-        from omni_tasks.watchdog.monitor import LAST_TICK_KEY
+        from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
 
-        raw = runtime.redis.get(LAST_TICK_KEY)
+        raw = runtime.redis.get(WATCHDOG_LAST_TICK_KEY)
         return json.loads(raw) if raw else None
 
     def latency_violations() -> dict[str, int]:
-        from omni_tasks import budgets
+        from omni_tasks.core import budgets
 
         return budgets.read_violations(runtime.redis)
 

@@ -82,7 +82,7 @@ def json_line(raw: bytes, process: str, scrub: Callable[[str], str] = lambda tex
 
 def _pump(source: object, path: Path, process: str) -> None:
     """Copy a child's output into its log file as JSON lines until the child closes it."""
-    from omni_tasks.logs import redactor
+    from omni_tasks.core.logs import redactor
 
     scrub = redactor().scrub
     with path.open("a", encoding="utf-8") as sink:

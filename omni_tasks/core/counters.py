@@ -28,8 +28,9 @@ from typing import Any
 
 import structlog
 
+from omni_tasks.core.keys import COUNTER_KEY
+
 _log = structlog.get_logger("omni.counters")
-KEY = "omni:counters:{name}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class SharedCounter:
 
     @property
     def key(self) -> str:
-        return KEY.format(name=self.name)
+        return COUNTER_KEY.format(name=self.name)
 
     def field(self, values: tuple[str, ...]) -> str:
         if len(values) != len(self.labels):

@@ -367,7 +367,7 @@ _UTILISATION_HELP = (
 class DeskCollector(Collector):
     """The desk's state at scrape time: market hours, the latest risk snapshot, recent backfills, validation, watchdog, latency.
 
-    ``source`` returns :func:`omni_tasks.observe.desk_snapshot`: every figure
+    ``source`` returns :func:`omni_tasks.pipeline.observe.desk_snapshot`: every figure
     comes from the function `omni status`, /health, the watchdog or the CLI
     reads for the same fact. A part that could not be read is left out and
     ``omni_desk_scrape_up`` is 0. Labels never hold symbols.
@@ -495,7 +495,7 @@ def build_registry(
     if desk_source is not None:
         registry.register(DeskCollector(desk_source))
     if shared_counters is not None:
-        from omni_tasks import counters
+        from omni_tasks.core import counters
 
         registry.register(counters.collector(shared_counters))
     return registry
@@ -568,8 +568,8 @@ def build_exposition(
         # The desk's figures come from database queries: read at most once per files_max_age_s for all scrapes.
         live.register(DeskCollector(_shared_reading(desk_source, files_max_age_s)))
     if shared_counters is not None:
-        # Counted in Redis by every process, the CLI included (omni_tasks.counters): one HGETALL each per scrape.
-        from omni_tasks import counters
+        # Counted in Redis by every process, the CLI included (omni_tasks.core.counters): one HGETALL each per scrape.
+        from omni_tasks.core import counters
 
         live.register(counters.collector(shared_counters))
     return Exposition(files, live, max_age_s=files_max_age_s)

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_tasks import inputs
+from omni_tasks.core import inputs
 
 _log = structlog.get_logger("omni.http")
 MAX_BODY_BYTES = 16_384
@@ -319,7 +319,7 @@ def make_server(
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
     ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
-    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.metrics.Exposition.render`), else ``registry`` rendered.
+    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.ops.prometheus.Exposition.render`), else ``registry`` rendered.
     """
     if metrics_body is None:
         if registry is None:

@@ -22,10 +22,13 @@ from typing import Any
 import structlog
 from celery import Celery, bootsteps, signals
 
-from omni_tasks import __version__, counters, heartbeats, metrics
-from omni_tasks.logs import configure_logging
-from omni_tasks.runtime import after_fork, get_runtime
-from omni_tasks.taskdef import SENT_AT_HEADER
+from omni_tasks import __version__
+from omni_tasks.core import counters
+from omni_tasks.core.logs import configure_logging
+from omni_tasks.core.runtime import after_fork, get_runtime
+from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline.taskdef import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
 _state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
@@ -57,7 +60,7 @@ _sent = counters.Buffered(lambda: get_runtime().redis)
 def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str = "", **_: Any) -> None:
     if headers is not None:
         headers.setdefault(SENT_AT_HEADER, time.time())
-    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.counters);
+    # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.core.counters);
     # buffered, so a publish never waits on Redis.
     _sent.inc(counters.TASKS_SENT, str(sender), socket.gethostname(), routing_key or "?")
 
@@ -279,13 +282,13 @@ class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celer
         self._listener: Any = None
 
     def start(self, worker: Any) -> None:
-        from omni_tasks.queues import Queue
+        from omni_tasks.pipeline.queues import Queue
 
         consume_from = worker.app.amqp.queues.consume_from
         queues = {q.name for q in consume_from.values()} if consume_from else set()
         if Queue.WATCHDOG.value not in queues:
             return
-        from omni_tasks.celery_app import broker_transport_options
+        from omni_tasks.pipeline.app import broker_transport_options
         from omni_tasks.safety.alarms import start_watchdog_listener
         from omni_tasks.safety.engage import orders_purger
 
@@ -304,7 +307,7 @@ class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celer
 
 
 def install(app: Celery) -> None:
-    from omni_tasks.taskdef import BEFORE_START_HOOKS
+    from omni_tasks.pipeline.taskdef import BEFORE_START_HOOKS
 
     if refuse_order_task_while_halted not in BEFORE_START_HOOKS:
         BEFORE_START_HOOKS.append(refuse_order_task_while_halted)

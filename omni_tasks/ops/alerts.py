@@ -230,8 +230,8 @@ def emit(event: Mapping[str, Any], *, settings: Settings | None = None, wait: bo
     """
     try:
         if settings is None:
-            from omni_tasks.errors import ConfigError
-            from omni_tasks.runtime import get_settings
+            from omni_tasks.core.errors import ConfigError
+            from omni_tasks.core.runtime import get_settings
 
             try:
                 settings = get_settings()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
-BEAT_LEADER_KEY = "omni:beat:leader"
+from omni_tasks.core.keys import BEAT_LEADER_KEY
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then

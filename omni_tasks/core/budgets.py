@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from omni_tasks.core.keys import LATENCY_VIOLATIONS_KEY
+
 #: Budget name -> milliseconds.
 BUDGETS_MS: Final[dict[str, float]] = {
     "order_submission": 10.0,
@@ -19,13 +21,12 @@ BUDGETS_MS: Final[dict[str, float]] = {
     "database_query": 5.0,
     "provider_call": 50.0,
 }
-VIOLATIONS_KEY: Final = "omni:latency:violations:{budget}"
 
 
 def violations_key(budget: str) -> str:
     if budget not in BUDGETS_MS:
         raise ValueError(f"unknown latency budget {budget!r}: choose from {', '.join(BUDGETS_MS)}")
-    return VIOLATIONS_KEY.format(budget=budget)
+    return LATENCY_VIOLATIONS_KEY.format(budget=budget)
 
 
 def count_violations(redis: Any, budget: str, count: int = 1) -> None:
@@ -37,5 +38,5 @@ def count_violations(redis: Any, budget: str, count: int = 1) -> None:
 def read_violations(redis: Any) -> dict[str, int]:
     """Every budget's violation count so far (0 when never violated), one round trip."""
     names = list(BUDGETS_MS)
-    values = redis.mget([VIOLATIONS_KEY.format(budget=name) for name in names])
+    values = redis.mget([LATENCY_VIOLATIONS_KEY.format(budget=name) for name in names])
     return {name: int(value or 0) for name, value in zip(names, values, strict=True)}
