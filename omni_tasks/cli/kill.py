@@ -58,8 +58,8 @@ def broker_for(runtime: Any) -> tuple[Any, str | None]:
 def orders_purge(settings: Any) -> Callable[[], int]:
     """Purges the orders queue on the configured Celery broker."""
     from omni_tasks.pipeline.app import broker_transport_options
+    from omni_tasks.pipeline.broker import orders_purger
     from omni_tasks.pipeline.queues import Queue
-    from omni_tasks.safety.engage import orders_purger
 
     return orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
 

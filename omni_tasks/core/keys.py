@@ -13,6 +13,9 @@ LATENCY_VIOLATIONS_KEY: Final = "omni:latency:violations:{budget}"
 COUNTER_KEY: Final = "omni:counters:{name}"
 BEAT_LEADER_KEY: Final = "omni:beat:leader"
 
+# kombu's own (the Redis transport's hash of unacknowledged deliveries)
+KOMBU_UNACKED_KEY: Final = "unacked"
+
 # marketdata
 RATELIMIT_WINDOW_KEY: Final = "omni:ratelimit:{provider}"
 QUOTA_KEY: Final = "omni:quota:{provider}:{day}"

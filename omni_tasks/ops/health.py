@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 
 from omni_tasks.core import lock as leader
 from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+from omni_tasks.pipeline import broker as celery_broker
 from omni_tasks.pipeline import heartbeats
 
 if TYPE_CHECKING:
@@ -67,10 +68,7 @@ def check_health(
 
     def broker() -> str | None:
         if broker_url.startswith(("amqp", "pyamqp")):
-            from kombu import Connection
-
-            with Connection(broker_url, connect_timeout=3) as connection:
-                connection.ensure_connection(max_retries=1)
+            celery_broker.ping(broker_url)
             return "rabbitmq"
         client.ping()
         return None

@@ -31,9 +31,8 @@ from typing import Any
 
 import redis
 
-from omni_tasks.core.keys import WORKER_INFLIGHT_KEY, WORKER_INFO_KEY, WORKERS_KEY
+from omni_tasks.core.keys import KOMBU_UNACKED_KEY, WORKER_INFLIGHT_KEY, WORKER_INFO_KEY, WORKERS_KEY
 
-KOMBU_UNACKED_KEY = "unacked"
 KOMBU_UNACKED_INDEX_KEY = "unacked_index"
 INFO_TTL_S = 3600
 
@@ -185,20 +184,3 @@ def sweep_orphans(
     orphans = [t for t in old if t not in claimed]
     return restore(orphans) if orphans else 0
 
-
-def kombu_restorer(broker_url: str, transport_options: dict[str, Any]) -> Callable[[Iterable[str]], int]:
-    """A ``restore`` callable for :func:`sweep_dead` that uses kombu's own restore path (Redis brokers)."""
-    from kombu import Connection
-
-    def restore(tags: Iterable[str]) -> int:
-        count = 0
-        with Connection(broker_url, transport_options=transport_options) as connection:
-            channel = connection.default_channel
-            client = channel.client
-            for tag in tags:
-                if client.hexists(KOMBU_UNACKED_KEY, tag):
-                    channel.qos.restore_by_tag(tag, leftmost=True)
-                    count += 1
-        return count
-
-    return restore

@@ -289,8 +289,8 @@ class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celer
         if Queue.WATCHDOG.value not in queues:
             return
         from omni_tasks.pipeline.app import broker_transport_options
+        from omni_tasks.pipeline.broker import orders_purger
         from omni_tasks.safety.alarms import start_watchdog_listener
-        from omni_tasks.safety.engage import orders_purger
 
         runtime = get_runtime()
         settings = runtime.settings

@@ -39,6 +39,7 @@ import redis
 import structlog
 
 from omni_tasks.core import counters, keys
+from omni_tasks.pipeline.broker import orders_purger
 from omni_tasks.safety import engage as engage_mod
 from omni_tasks.safety import killswitch
 from omni_tasks.settings import Settings
@@ -269,7 +270,7 @@ def _rehearse(scratch: _ScratchRuntime, report: DrillReport, *, orders: int, sym
         report.problems.append(f"{report.open_before_engage} of {orders} drill orders rest at the broker before the engage")
 
     produced: list[dict[str, Any]] = []
-    purge = engage_mod.orders_purger(settings.broker_url, "orders")
+    purge = orders_purger(settings.broker_url, "orders")
     result = engage_mod.engage(
         scratch,
         actor=f"{operator} (drill)",

@@ -1040,20 +1040,3 @@ class Reconciler:
             return None
         return "redis" if repair_redis(self._runtime.redis, reading, key=self._key) else None
 
-
-def orders_purger(broker_url: str, queue_name: str, transport_options: dict[str, Any] | None = None) -> Callable[[], int]:
-    """A callable that purges ``queue_name`` on the Celery broker (kombu) and returns how many messages it dropped."""
-
-    def purge() -> int:
-        from kombu import Connection
-
-        with Connection(broker_url, transport_options=transport_options or {}, connect_timeout=5) as connection:
-            channel = connection.default_channel
-            try:
-                return int(channel.queue_purge(queue_name) or 0)
-            except Exception as exc:  # noqa: BLE001 - a queue never declared has nothing to purge
-                if "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower():
-                    return 0
-                raise
-
-    return purge

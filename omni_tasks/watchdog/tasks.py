@@ -9,12 +9,11 @@ import structlog
 
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.ops import prometheus as metrics
-from omni_tasks.pipeline import heartbeats
 from omni_tasks.pipeline.app import broker_transport_options, is_redis_url
+from omni_tasks.pipeline.broker import kombu_restorer, orders_purger
 from omni_tasks.pipeline.queues import ALL_QUEUES, Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.engage import orders_purger
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.trading import expiry
 from omni_tasks.trading.orders import DATABASE_BREAKER
@@ -31,7 +30,7 @@ def tick() -> dict[str, Any]:
     settings = runtime.settings
     broker_url = settings.broker_url
     transport = broker_transport_options(settings)
-    restore = heartbeats.kombu_restorer(broker_url, transport) if is_redis_url(broker_url) else None
+    restore = kombu_restorer(broker_url, transport) if is_redis_url(broker_url) else None
     # fail_open: the watchdog's own writes are tried when the breaker cannot be read (the order path is the one that fails closed).
     database = CircuitBreaker(
         DATABASE_BREAKER, runtime.redis, fail_open=True, on_transition=audit_transitions(runtime.sessions, actor="watchdog", client=runtime.redis)

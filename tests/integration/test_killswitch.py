@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, select
 from omni_tasks.core import counters
 from omni_tasks.core.keys import ALARM_LOG_KEY, TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
+from omni_tasks.pipeline.broker import orders_purger
 from omni_tasks.safety import engage as ks
 from omni_tasks.safety.alarms import Alarm, AlarmListener, publish_alarm, start_watchdog_listener
 from omni_tasks.safety.drill import serve_quote
@@ -196,7 +197,7 @@ def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runti
     ]
     assert all(o.status == "new" for o in resting)
     runtime.redis.lpush("orders", "queued-1", "queued-2", "queued-3")  # stand-ins for queued order messages
-    purge = ks.orders_purger(runtime.settings.broker_url, "orders")
+    purge = orders_purger(runtime.settings.broker_url, "orders")
 
     result = ks.engage(
         runtime, actor=OPERATOR, reason="integration: engage", broker=broker, flatten=True, purge=purge, alert=lambda _e: None
@@ -860,7 +861,7 @@ def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_t
 
         wait_for(lambda: decided() >= 30, 60, interval_s=0.002, message="30 orders decided")
         broker = make_broker(rt)
-        purge = ks.orders_purger(rt.settings.broker_url, "orders", broker_transport_options(rt.settings))
+        purge = orders_purger(rt.settings.broker_url, "orders", broker_transport_options(rt.settings))
         result = ks.engage(rt, actor=OPERATOR, reason="100 orders in flight", broker=broker, purge=purge, alert=lambda _e: None)
         assert result.complete, result.errors
         halted_at_ns = result.halted_at_ns
