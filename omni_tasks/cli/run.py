@@ -19,6 +19,7 @@ from rich.table import Table
 from omni_tasks.cli.parsing import check, option
 from omni_tasks.core import inputs
 from omni_tasks.core.errors import BootRefused
+from omni_tasks.ops.exposition import build_exposition
 
 if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
     from omni_tasks.settings import Settings
@@ -115,7 +116,6 @@ def server() -> None:
     settings = prepare("server")
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import health
-    from omni_tasks.ops import prometheus as metrics
     from omni_tasks.ops.httpserver import make_server
     from omni_tasks.pipeline import observe
     from omni_tasks.pipeline.queues import ALL_QUEUES
@@ -151,7 +151,7 @@ def server() -> None:
 
     from omni_tasks.core import counters
 
-    exposition = metrics.build_exposition(
+    exposition = build_exposition(
         snapshot,
         settings.metrics_dir,
         stream_source,
