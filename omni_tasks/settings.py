@@ -168,7 +168,7 @@ class AlpacaSettings(_Group):
 
     api_key: SecretStr | None = Field(default=None, description="Alpaca key id (a secret: never logged); unset: Alpaca is skipped")
     secret_key: SecretStr | None = Field(default=None, description="Alpaca secret key (a secret: never logged)")
-    feed: Literal["iex", "sip"] = Field(default="iex", description="Alpaca market-data feed: iex (free) or sip (paid plan)")
+    feed: Literal["iex", "sip"] = Field(default="iex", description="feed of Alpaca's live quote stream: iex (free) or sip (paid plan); backfills use OMNI_BACKFILL_FEED")
     paper: bool = Field(default=True, description="trade on Alpaca's paper account (true) or the live one (false)")
     data_url: str = Field(default="https://data.alpaca.markets", description="Alpaca market-data REST endpoint (a local stand-in in tests)")
     stream_url: str = Field(default="wss://stream.data.alpaca.markets", description="Alpaca market-data websocket endpoint")
