@@ -20,6 +20,12 @@ README_MAX_LINES = 230
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`([^`]+)`")
+#: A path in the repository, as pages name them in inline code (`omni_tasks/core/keys.py`, `workers/`).
+REPO_PATH = re.compile(
+    r"^(omni_tasks|workers|db|docker|tests|bench|docs)(/[A-Za-z0-9_.-]+)*/?$|^(beat_schedule\.py|setup\.cfg|pyproject\.toml)$"
+)
+#: A row of the package table in docs/architecture.md: | `core/` | ... |
+PACKAGE_ROW = re.compile(r"^\| `([a-z_]+/|[a-z_]+\.py)` \|", re.MULTILINE)
 #: An OMNI_ name, or a family of them when followed by `*` (`OMNI_RISK_*`).
 VARIABLE = re.compile(r"\bOMNI_[A-Z0-9_]*[A-Z0-9](_\*)?")
 
@@ -30,7 +36,16 @@ def _page_id(page: Path) -> str:
 
 def test_docs_pages_exist_and_the_readme_stays_short() -> None:
     names = {page.name for page in PAGES}
-    expected = {"architecture.md", "operations.md", "killswitch.md", "market-data.md", "streaming.md", "risk.md", "benchmarks.md", "configuration.md"}
+    expected = {
+        "architecture.md",
+        "operations.md",
+        "killswitch.md",
+        "market-data.md",
+        "streaming.md",
+        "risk.md",
+        "benchmarks.md",
+        "configuration.md",
+    }
     assert expected <= names, f"docs/ misses {sorted(expected - names)}"
     lines = len((REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move detail to docs/ (at most {README_MAX_LINES})"
@@ -60,6 +75,22 @@ def test_every_variable_named_is_a_setting(page: Path) -> None:
         elif name not in known:
             unknown.append(name)
     assert unknown == [], f"{_page_id(page)} names variables that are not settings: {sorted(set(unknown))}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_every_repository_path_named_exists(page: Path) -> None:
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    named = {span for span in INLINE_CODE.findall(text) if REPO_PATH.match(span)}
+    missing = sorted(span for span in named if not (REPO_ROOT / span).exists())
+    assert missing == [], f"{_page_id(page)} names paths that do not exist: {missing}"
+
+
+def test_the_architecture_page_lists_every_package_of_omni_tasks() -> None:
+    listed = set(PACKAGE_ROW.findall((REPO_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")))
+    package = REPO_ROOT / "omni_tasks"
+    present = {f"{path.parent.name}/" for path in package.glob("*/__init__.py")} | {"settings.py"}
+    assert sorted(present - listed) == [], "docs/architecture.md: add these packages to the layout table"
+    assert sorted(listed - present) == [], "docs/architecture.md: the layout table names packages that do not exist"
 
 
 @cache
@@ -104,9 +135,9 @@ def _problem(line: str) -> str | None:
         path.append(tokens[index])
         index += 1
     rest = tokens[index:]
-    if hasattr(command, "commands") and not command.invoke_without_command and rest and not rest[0].startswith("-"):
-        if rest[0] not in {"...", "…"}:
-            return f"`{' '.join(path)}` has no subcommand {rest[0]!r}"
+    takes_subcommand = hasattr(command, "commands") and not command.invoke_without_command
+    if takes_subcommand and rest and not rest[0].startswith("-") and rest[0] not in {"...", "…"}:
+        return f"`{' '.join(path)}` has no subcommand {rest[0]!r}"
     options = {"--help"} | {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
     for token in rest:
         if token.startswith("--") and token.split("=", 1)[0] not in options:
