@@ -1,4 +1,4 @@
-"""Administration: config show, secrets new-key|encrypt|rotate, db upgrade|check|current, version."""
+"""Administration: config doc|show, secrets new-key|encrypt|rotate, db upgrade|check|current, version."""
 
 from __future__ import annotations
 

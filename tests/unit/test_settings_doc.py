@@ -54,9 +54,7 @@ def test_the_configuration_doc_is_what_omni_config_doc_prints() -> None:
     printed = _omni_config_doc()
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == settings_module.configuration_page()
-    assert printed.stdout == CONFIGURATION_DOC.read_text(encoding="utf-8"), (
-        "regenerate it: `omni config doc --write docs/configuration.md`"
-    )
+    assert printed.stdout == CONFIGURATION_DOC.read_text(encoding="utf-8"), "regenerate it: `omni config doc --write docs/configuration.md`"
 
 
 def test_omni_config_doc_check_passes_on_the_doc_and_names_a_stale_file(tmp_path: Path) -> None:
