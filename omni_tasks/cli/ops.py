@@ -55,7 +55,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
         client.close()
         return finding, None
     finding["redis"] = "reachable"
-    from omni_tasks import observe  # Celery's import time is paid only when there is something to observe
+    from omni_tasks.pipeline import observe  # Celery's import time is paid only when there is something to observe
 
     try:
         alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
