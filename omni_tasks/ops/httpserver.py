@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -260,7 +260,7 @@ class BoundedHTTPServer(HTTPServer):
         _close(sock)
 
     # ---- the workers -----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self: Self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -329,6 +329,7 @@ def make_server(
         def metrics_body() -> bytes:
             return generate_latest(collected)
 
+    render: Callable[[], bytes] = metrics_body  # bound here: the handler class below cannot see the narrowing
     endpoint: KillEndpoint | None = _default_kill_endpoint() if kill is True else (kill or None)
 
     class Handler(PrebufferedHandler):
@@ -346,7 +347,7 @@ def make_server(
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, metrics_body(), CONTENT_TYPE_LATEST)
+                self._send(200, render(), CONTENT_TYPE_LATEST)
             elif path in {"/health", "/healthz"}:
                 code, payload = health()
                 self._send(code, json.dumps(payload, indent=2).encode(), "application/json")

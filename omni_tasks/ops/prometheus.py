@@ -206,7 +206,7 @@ class MergedFilesCollector(Collector):
                 if metric is None:
                     typ, help_text = self._kinds[metric_name]
                     metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
-                metric.add_sample(name, labels, value)
+                metric.add_sample(name, labels, value)  # type: ignore[arg-type]  # a tuple of pairs, as prometheus-client's own _read_metrics passes: _accumulate_metrics keys on it
             # prometheus-client's own accumulation (histogram buckets made cumulative, _count added).
             merged = list(MultiProcessCollector._accumulate_metrics(metrics, True))
             if gauges:
@@ -337,7 +337,7 @@ class StreamCollector(Collector):
         garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).")
         garbage.add_metric([], float(status.get("garbage_frames", 0)))
         yield garbage
-        counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
+        counters = found if isinstance(found := status.get("counters"), dict) else {}
         events = CounterMetricFamily(
             "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"]
         )
