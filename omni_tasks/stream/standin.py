@@ -155,7 +155,7 @@ class StandinServer:
             await ws.close()
             return
         key, secret = message.get("key"), message.get("secret")
-        if self.keys.get(key) != secret:
+        if (self.keys.get(key) if isinstance(key, str) else None) != secret:
             self.auth_failures += 1
             await self._send(client, [wire.control("error", code=402, msg="auth failed")])
             await ws.close()
