@@ -344,7 +344,7 @@ def make_server(
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, render(), CONTENT_TYPE_LATEST)
@@ -356,7 +356,7 @@ def make_server(
             else:
                 self._send(404, b'{"error": "not found"}', "application/json")
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path != "/kill/engage" or endpoint is None:
                 self._send(404, b'{"error": "not found"}', "application/json")
@@ -395,7 +395,7 @@ def make_server(
             payload = result.to_dict() if hasattr(result, "to_dict") else dict(result)
             self._send(200 if payload.get("durable") else 500, json.dumps(payload, indent=2, default=str).encode(), "application/json")
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
             return  # scrapes every few seconds would drown the logs
 
     return BoundedHTTPServer(

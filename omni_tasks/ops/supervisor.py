@@ -115,7 +115,7 @@ class Supervisor:
             stdout=subprocess.DEVNULL if spec.log_path is None else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads yet matter here
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # no threads yet matter here
         )
         if spec.log_path is not None:
             child.pump = threading.Thread(

@@ -173,7 +173,7 @@ class StandinServer:
             async for frame in ws:
                 try:
                     message = self._decode(frame)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - any frame the decoder cannot read gets the invalid-syntax error, as Alpaca answers
                     await self._send(client, [wire.control("error", code=400, msg="invalid syntax")])
                     continue
                 self.received.append(message if isinstance(message, dict) else {"raw": message})

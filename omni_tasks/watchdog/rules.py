@@ -122,7 +122,7 @@ class Observations:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class NotEvaluated(Exception):  # noqa: N818 - reads as the outcome it reports
+class NotEvaluated(Exception):  # reads as the outcome it reports
     """A rule's inputs could not be read: its streak is left as it was."""
 
 
