@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = get_runtime()
         migrations.upgrade(runtime.engine)
         log = (data_dir / "watchdog.log").open("ab")
-        watchdog = subprocess.Popen(  # noqa: S603 - fixed argv
+        watchdog = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", "worker", "watchdog"],
             env=env,
             cwd=REPO,
