@@ -38,7 +38,7 @@ def test_every_setting_is_in_the_readme_table_with_its_meaning_and_default() -> 
 
 
 def test_the_readme_table_is_what_omni_config_doc_prints() -> None:
-    printed = subprocess.run(  # noqa: S603 - fixed argv
+    printed = subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "config", "doc"],
         cwd=REPO_ROOT,
         capture_output=True,
