@@ -54,7 +54,7 @@ class QueueFeed:
     name = "bench"
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | str] = asyncio.Queue()
         self.closed = False
 
     async def connect(self) -> None:
@@ -66,7 +66,7 @@ class QueueFeed:
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
         return None
 
-    async def recv(self) -> bytes:
+    async def recv(self) -> bytes | str:
         frame = await self.queue.get()
         if self.closed:
             raise FeedClosed("closed")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = get_runtime()
         migrations.upgrade(runtime.engine)
         log = (data_dir / "watchdog.log").open("ab")
-        watchdog = subprocess.Popen(  # noqa: S603 - fixed argv
+        watchdog = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", "worker", "watchdog"],
             env=env,
             cwd=REPO,

@@ -54,7 +54,7 @@ KEY, SECRET = "bench-key", "bench-secret"
 def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 5) -> tuple[list[bytes], list[str], dict[str, int]]:
     """Random-walk quotes with increasing timestamps as msgpack frames; the symbols; each symbol's last timestamp
     (what Redis must end with)."""
-    rng = random.Random(seed)  # noqa: S311 - synthetic data
+    rng = random.Random(seed)  # synthetic data
     names = [f"S{i:04d}" for i in range(symbols)]
     mids = [50.0 + 200.0 * rng.random() for _ in names]
     base = time.time_ns()

@@ -75,7 +75,7 @@ def run_once(redis_url: str, client: str, frames: list[bytes], names: list[str],
     server = ctx.Process(target=_serve, args=(frames, len(names), key, secret, ready, done), daemon=True)
     server.start()
     url = ready.get(timeout=30)
-    make: Callable[[], Feed] = (lambda: AlpacaFeed(url, key, secret)) if client == "lean" else (lambda: AlpacaSdkFeed(url, key, secret))  # type: ignore[assignment,return-value]
+    make: Callable[[], Feed] = (lambda: AlpacaFeed(url, key, secret)) if client == "lean" else (lambda: AlpacaSdkFeed(url, key, secret))
     finished: dict[str, float] = {}
     box: list[StreamWorker] = []
 

@@ -31,11 +31,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.contracts.bars import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
@@ -262,7 +262,7 @@ def requeue_partition(factory: sessionmaker[Session], partition_id: int, *, reas
             .where(BackfillPartition.id == partition_id, BackfillPartition.status.not_in(TERMINAL))
             .values(status="pending", last_error=reason[:4000])
         )
-        return bool(changed.rowcount)
+        return bool(cast("CursorResult[Any]", changed).rowcount)  # an UPDATE's result is its cursor's
 
 
 def fail_partition(factory: sessionmaker[Session], partition_id: int, *, reason: str) -> tuple[bool, int | None]:
@@ -440,7 +440,7 @@ def _rollup(session: Session, job_id: int, now: datetime) -> bool:
             .where(BackfillJob.id == job_id, BackfillJob.status.not_in(("succeeded", "failed", "partial")))
             .values(status=status, finished_at=now)
         )
-        return bool(changed.rowcount)
+        return bool(cast("CursorResult[Any]", changed).rowcount)  # an UPDATE's result is its cursor's
     return False
 
 

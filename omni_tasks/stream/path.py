@@ -203,7 +203,7 @@ class QuotePath:
         before = books.counts["quotes"] + books.counts["trades"] + books.counts["bars"] + books.events
         try:
             controls = self.books.apply(messages, recv_wall_ns)
-        except Exception as exc:  # noqa: BLE001 - one frame the books cannot take must not stop the stream
+        except Exception as exc:  # one frame the books cannot take must not stop the stream
             self.garbage_frames += 1
             log.exception("stream: a frame the books could not apply was skipped")
             if self._on_garbage is not None:

@@ -284,7 +284,7 @@ class StreamWorker:
             except FeedClosed as exc:
                 if not self._stop.is_set():  # closed because we are stopping: not an error
                     self._set_error(self._force_close_reason or str(exc))
-            except Exception as exc:  # noqa: BLE001 - a bug or a surprise from a client library: reconnect, loudly
+            except Exception as exc:  # a bug or a surprise from a client library: reconnect, loudly
                 self._set_error(f"{type(exc).__name__}: {exc}")
                 log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:

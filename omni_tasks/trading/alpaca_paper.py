@@ -388,7 +388,7 @@ class AlpacaPaperVenue:
         except OrderBlocked:
             _log.warning("order blocked by the guard", broker=NAME, client_order_id=request.client_order_id)
             raise
-        except Exception as exc:  # noqa: BLE001 - a guard that cannot decide must block, whatever broke
+        except Exception as exc:  # a guard that cannot decide must block, whatever broke
             raise OrderBlocked(f"the order guard failed ({type(exc).__name__}: {exc}): blocked") from exc
 
     def cancel_all(self) -> list[str]:

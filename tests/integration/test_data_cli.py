@@ -74,7 +74,7 @@ def env(redis_url: str, database: str, tmp_path: Path, redis_client: redis.Redis
 def omni(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )  # noqa: S603 - fixed argv
+    )  # fixed argv
 
 
 def test_reconcile_then_validate_show_the_changed_close_and_news_shows_stored_sentiment(env: dict[str, str]) -> None:

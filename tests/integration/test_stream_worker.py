@@ -224,7 +224,7 @@ def test_mute_check_sleeps_outside_market_hours(standin: StandinServer, run_work
     worker = run_worker(config)
     assert standin.wait_for_clients(1)
     assert worker.worker is not None
-    worker.worker._open_cache = (10**12, False)  # noqa: SLF001 - pin "closed" for the whole test: minute numbers never reach 10**12
+    worker.worker._open_cache = (10**12, False)  # pin "closed" for the whole test: minute numbers never reach 10**12
     worker.worker.market_open = lambda now=None: False  # type: ignore[method-assign]
     time.sleep(1.2)
     assert standin.connections == 1

@@ -123,7 +123,7 @@ class RebasedCalls:
         return payload
 
 
-class _TimeSeries(RebasedCalls, TimeSeries):  # type: ignore[misc]  # alpha_vantage ships no type hints
+class _TimeSeries(RebasedCalls, TimeSeries):
     """alpha_vantage's TimeSeries whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 

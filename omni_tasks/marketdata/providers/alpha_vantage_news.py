@@ -38,7 +38,7 @@ LIMITS: Final = (50, 1000)
 SORTS: Final = ("LATEST", "EARLIEST", "RELEVANCE")
 
 
-class _Intelligence(RebasedCalls, AlphaIntelligence):  # type: ignore[misc]  # alpha_vantage ships no type hints
+class _Intelligence(RebasedCalls, AlphaIntelligence):
     """alpha_vantage's AlphaIntelligence whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 

@@ -152,7 +152,7 @@ def published_at(value: Any, *, zone: ZoneInfo, url: str = "") -> datetime:
     fmt = _TIME_FORMATS.get(len(text))
     if fmt is not None:
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=at).astimezone(UTC)  # noqa: DTZ007 - the zone is set right here
+            return datetime.strptime(text, fmt).replace(tzinfo=at).astimezone(UTC)  # the zone is set right here
         except ValueError:
             pass
     raise MalformedPayload(f"news article {url}: time_published {value!r} is not YYYYMMDDTHHMMSS", provider=PROVIDER)

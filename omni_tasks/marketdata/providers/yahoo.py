@@ -70,7 +70,7 @@ CAPABILITIES: Final = Capabilities(
 _YFINANCE_FAILURES: Final = (ProviderError, yf.exceptions.YFException, ValueError, KeyError, TypeError, IndexError, AttributeError, OSError)
 
 
-class _YahooSession(curl_requests.Session):  # type: ignore[misc]  # curl_cffi ships no complete stubs
+class _YahooSession(curl_requests.Session):
     """yfinance's HTTP session: re-bases Yahoo URLs, counts chart calls, reports chart failures yfinance misreads."""
 
     def __init__(self, base_url: str) -> None:
