@@ -8,7 +8,8 @@ from pathlib import Path
 from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings
 from omni_tasks.stream.feeds import AlpacaFeed, Feed, ReplayFeed, SyntheticFeed
-from omni_tasks.stream.worker import StreamConfig, key_fingerprint
+from omni_tasks.stream.connlock import key_fingerprint
+from omni_tasks.stream.config import StreamConfig
 
 
 def stream_url(settings: Settings) -> str:

@@ -33,7 +33,8 @@ from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
-from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker
+from omni_tasks.stream.config import StreamConfig
+from omni_tasks.stream.worker import EXIT_AUTH, StreamWorker
 
 pytestmark = pytest.mark.services
 
