@@ -431,7 +431,6 @@ class StreamWorker:
             self._open_cache = (minute, calendar.is_open(now))
         return self._open_cache[1]
 
-
     def _garbage(self, reason: str) -> None:
         now = time.monotonic()
         if now - self._garbage_logged > 5.0:
