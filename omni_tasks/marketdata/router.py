@@ -425,6 +425,6 @@ def build_providers(names: Sequence[str], settings: object) -> list[BarProvider]
         elif name == "replay":
             out.append(ReplayBars(settings.providers.replay_dir))  # type: ignore[attr-defined]
         else:
-            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}")
+            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}.client")
             out.append(module.from_settings(settings))
     return out

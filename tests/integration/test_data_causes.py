@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.backfill import BackfillRequestError, create_job, partition_ids, run_partition
-from omni_tasks.marketdata.providers.alpaca import AlpacaBars
+from omni_tasks.marketdata.providers.alpaca.client import AlpacaBars
 from omni_tasks.marketdata.providers.base import BarProvider
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 from omni_tasks.marketdata.router import BarRouter
