@@ -51,6 +51,7 @@ from alpaca.common.exceptions import APIError
 from alpaca.data.historical.stock import StockHistoricalDataClient
 
 from omni_tasks.contracts import bars as frames
+from omni_tasks.core.http import use_timeout_session
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
@@ -84,26 +85,12 @@ CAPABILITIES: Final = Capabilities(
 )
 
 
-class _TimeoutSession(requests.Session):
-    """A requests session whose calls time out after ``timeout_s`` unless told otherwise."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self.timeout_s = timeout_s
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]  # same call, one default added
-        kwargs.setdefault("timeout", self.timeout_s)
-        return super().request(method, url, *args, **kwargs)
-
-
 class _Client(StockHistoricalDataClient):
     """alpaca-py's stock data client without its internal retry loop, with a request timeout."""
 
     def __init__(self, api_key: str, secret_key: str, *, data_url: str, timeout_s: float) -> None:
         super().__init__(api_key=api_key, secret_key=secret_key, url_override=data_url.rstrip("/"), raw_data=True)
-        # alpaca-py exposes no switch for these; RESTClient reads both attributes on every call.
-        self._retry = 0
-        self._session = _TimeoutSession(timeout_s)
+        use_timeout_session(self, timeout_s)
 
 
 class _RecentSipRefused(Exception):
