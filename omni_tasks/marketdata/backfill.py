@@ -35,15 +35,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Result, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.marketdata.backfill_plan import BackfillRequestError, Plan
 from omni_tasks.storage.models import BackfillJob, BackfillPartition
 
 TERMINAL = frozenset({"succeeded", "failed"})
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (its result is a CursorResult; Session.execute is typed as returning a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def create_job(factory: sessionmaker[Session], the_plan: Plan, *, requested_by: str, note: str | None = None) -> int:
@@ -159,7 +164,7 @@ def requeue_partition(factory: sessionmaker[Session], partition_id: int, *, reas
             .where(BackfillPartition.id == partition_id, BackfillPartition.status.not_in(TERMINAL))
             .values(status="pending", last_error=reason[:4000])
         )
-        return bool(changed.rowcount)
+        return bool(_rowcount(changed))
 
 
 def fail_partition(factory: sessionmaker[Session], partition_id: int, *, reason: str) -> tuple[bool, int | None]:
@@ -251,7 +256,7 @@ def _rollup(session: Session, job_id: int, now: datetime) -> bool:
             .where(BackfillJob.id == job_id, BackfillJob.status.not_in(("succeeded", "failed", "partial")))
             .values(status=status, finished_at=now)
         )
-        return bool(changed.rowcount)
+        return bool(_rowcount(changed))
     return False
 
 
