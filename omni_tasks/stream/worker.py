@@ -52,13 +52,13 @@ from omni_tasks.stream.feeds import (
     Feed,
     FeedClosed,
     FeedExhausted,
-    Recorder,
     SubscriptionRefused,
     raise_for_error,
 )
 from omni_tasks.stream.liveness import Liveness
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.publish import StatusPublisher
+from omni_tasks.stream.recording import Recorder
 
 log = logging.getLogger(__name__)
 
