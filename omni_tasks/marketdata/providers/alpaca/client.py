@@ -13,7 +13,8 @@ Two alpaca-py defaults are changed, in :class:`_Client` only:
 * its retry loop (sleep 3 s, three times, on 429 and 504) is off: the router
   retries with backoff and the shared rate limiter, and a worker must not
   sleep inside a provider call;
-* its ``requests`` session has no timeout; ours has ``timeout_s``.
+* its ``requests`` session has no timeout; ours has ``timeout_s``
+  (both through :func:`omni_tasks.core.http.use_timeout_session`, as paper trading does).
 
 The free plan's recent-SIP refusal (HTTP 403 "subscription does not permit
 querying recent SIP data" when ``end`` is within the last 15 minutes) is
