@@ -183,8 +183,9 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     from omni_tasks.safety import engage as engage_mod
     from omni_tasks.safety.killswitch import TradingState, current_state
     from omni_tasks.storage.models import Order
+    from omni_tasks.stream.config import StreamConfig
     from omni_tasks.stream.guard import build_guard
-    from omni_tasks.stream.worker import StreamConfig, StreamWorker
+    from omni_tasks.stream.worker import StreamWorker
     from omni_tasks.trading.wiring import make_venue
 
     aclient = aioredis.Redis.from_url(args.redis)

@@ -44,9 +44,10 @@ import redis
 import redis.asyncio as aioredis
 
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import AlpacaFeed, FeedExhausted
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 KEY, SECRET = "bench-key", "bench-secret"
 

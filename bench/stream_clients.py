@@ -39,11 +39,12 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import AlpacaFeed, Feed
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIM_KEY = "omni:test-session"

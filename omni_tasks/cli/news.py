@@ -74,7 +74,8 @@ def _score(value: float | None, label: str | None) -> str:
 
 def _fetch_now(runtime: Runtime, symbol: str) -> None:
     from omni_tasks.marketdata.errors import ProviderError
-    from omni_tasks.marketdata.providers import alpha_vantage, alpha_vantage_news
+    from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
+    from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
     from omni_tasks.marketdata.ratelimit import RateLimiter
     from omni_tasks.news.fetch import Budget, fetch_symbol
 

@@ -429,6 +429,6 @@ def build_providers(names: Sequence[str], settings: Settings) -> list[BarProvide
         elif name == "replay":
             out.append(ReplayBars(settings.providers.replay_dir))
         else:
-            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}")
+            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}.client")
             out.append(module.from_settings(settings))
     return out

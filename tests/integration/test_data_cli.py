@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import redis
 
-from omni_tasks.marketdata.providers.alpha_vantage_news_mappings import NewsItem, TickerSentiment
+from omni_tasks.marketdata.providers.alpha_vantage.news_mappings import NewsItem, TickerSentiment
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 from omni_tasks.news.store import store_articles

@@ -20,7 +20,7 @@ that cannot be read (no URL, no time, a score that is not a number) is
 rejected with its reason, never silently dropped; the others are kept. The
 HTTP 200 bodies that are not data (``Note``, ``Information``, ``Error
 Message``) are mapped before this module sees the answer
-(:func:`.alpha_vantage_mappings.body_error`).
+(:func:`.mappings.body_error`).
 """
 
 from __future__ import annotations
