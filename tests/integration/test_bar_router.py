@@ -1,5 +1,4 @@
-"""BarRouter: provider order, availability, capabilities, breakers, limits, retries, fallback, provenance;
-and serving_feeds, the feeds rows served for a requested feed are stored under.
+"""BarRouter: provider order, availability, capabilities, breakers, limits, retries, fallback, provenance.
 
 Providers are small fakes passed in as arguments; breakers and the rate
 limiter are the real ones on the test's own Redis database; ``sleep`` is a
@@ -31,7 +30,7 @@ from omni_tasks.marketdata.errors import (
 )
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
 from omni_tasks.marketdata.ratelimit import RateLimiter
-from omni_tasks.marketdata.router import BarRouter, NoProviderServed, serving_feeds
+from omni_tasks.marketdata.router import BarRouter, NoProviderServed
 from omni_tasks.safety.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.services  # real breakers and limiter on real Redis
@@ -621,36 +620,6 @@ def test_router_unexpected_exception_in_a_half_open_trial_reopens_the_breaker(ma
     clock.advance(30.0)
     assert router.fetch(REQUEST).provider == "alpha", "the next half-open round gets its trial"
     assert breaker.state()["state"] == "closed"
-
-
-# ---- serving_feeds ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("order", "feed", "expected"),
-    [
-        (["alpaca"], "iex", ("iex",)),
-        (["alpaca"], "sip", ("sip",)),
-        (["yahoo"], "iex", ("yahoo",)),
-        (["alpha_vantage"], "sip", ("alpha_vantage",)),
-        (["synthetic"], "iex", ("synthetic",)),
-        (["replay"], "iex", ("iex", "replay")),
-        (["replay"], "sip", ("sip", "replay")),
-        (["alpaca", "yahoo", "alpha_vantage"], "iex", ("iex", "yahoo", "alpha_vantage")),
-        (["yahoo", "alpaca"], "sip", ("yahoo", "sip")),
-        (["synthetic", "replay", "alpaca"], "iex", ("synthetic", "iex", "replay")),
-        (["alpaca", "replay", "alpaca", "yahoo", "yahoo"], "iex", ("iex", "replay", "yahoo")),
-        ([], "sip", ("sip",)),
-    ],
-    ids=["alpaca-iex", "alpaca-sip", "yahoo", "alpha_vantage", "synthetic", "replay-iex", "replay-sip", "default-order", "order-kept", "replay-in-the-middle", "no-duplicates", "no-providers"],
-)
-def test_serving_feeds_are_the_feeds_each_provider_stores_rows_under(order: list[str], feed: str, expected: tuple[str, ...]) -> None:
-    assert serving_feeds(order, feed) == expected
-
-
-def test_serving_feeds_accepts_any_sequence_and_returns_a_tuple() -> None:
-    assert serving_feeds(("alpaca", "synthetic"), "iex") == ("iex", "synthetic")
-    assert isinstance(serving_feeds(["yahoo"], "iex"), tuple)
 
 
 # ---- quotas, refusals, whole series ----------------------------------------------------
