@@ -72,7 +72,12 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
     assert current["pid"] == beat_a.pid, "the first beat keeps the lead"
 
     # Two beats side by side until a couple of watchdog slots have run.
-    wait_for(lambda: len({t for t, _ in _tick_slots(redis_client, migrated_pg_url)}) >= 2, 40, interval_s=0.5, message="two slots before the kill")
+    wait_for(
+        lambda: len({t for t, _ in _tick_slots(redis_client, migrated_pg_url)}) >= 2,
+        40,
+        interval_s=0.5,
+        message="two slots before the kill",
+    )
     beat_a.kill_group(signal.SIGKILL)
     killed_wall = time.time()
     takeover_s = wait_for(

@@ -45,7 +45,12 @@ def test_database_breaker_opened_by_a_database_outage_is_audited_once_it_is_back
         return time.time() + skipped_s[0]
 
     breaker = CircuitBreaker(
-        name, redis_client, policy, fail_open=False, on_transition=audit_transitions(factory, actor="orders", client=redis_client), clock=clock
+        name,
+        redis_client,
+        policy,
+        fail_open=False,
+        on_transition=audit_transitions(factory, actor="orders", client=redis_client),
+        clock=clock,
     )
     silent = CircuitBreaker(f"provider:silent-{uuid.uuid4().hex[:6]}", redis_client, policy, clock=clock)  # no hook at all
 

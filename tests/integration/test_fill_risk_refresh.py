@@ -117,6 +117,7 @@ def test_fills_at_any_hour_trigger_one_debounced_risk_snapshot_showing_the_posit
         summary = latest()
         assert summary is not None
         assert summary["gross_exposure"] == pytest.approx(3 * 190.0 + 3 * 410.0, rel=0.01)
+
         # Let any second window close and its run finish, then count: at most one run per window the fills spanned.
         def settled() -> bool:
             in_flight = [json.loads(raw)[2] for raw in client.hvals("unacked")]  # kombu keeps [message, exchange, routing key]
