@@ -214,6 +214,7 @@ class AlarmListener:
             "errors": 0,
             "reconnects": 0,
             "subscriptions": 0,
+            "maintenance": 0,  # rounds run (failed ones included)
         }
 
     # ---- lifecycle ------------------------------------------------------------
@@ -275,6 +276,7 @@ class AlarmListener:
         self.subscribed.clear()
 
     def _run_maintenance(self, client: redis.Redis) -> None:
+        self.counts["maintenance"] += 1
         if self._maintenance is not None:
             try:
                 self._maintenance()

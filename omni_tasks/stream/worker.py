@@ -81,7 +81,9 @@ class StreamWorker:
         on_flush: Callable[[FlushResult, QuotePath], None] | None = None,
         on_housekeeping: Callable[[StreamWorker], Any] | None = None,
         run_for_s: float | None = None,
+        is_open: Callable[[datetime], bool] | None = None,
     ) -> None:
+        """``is_open``: whether the exchange is open at a UTC moment, for ``market_hours="calendar"`` (default: the XNYS calendar)."""
         self.config = config
         self.redis = redis
         self.sync_redis = sync_redis
@@ -90,6 +92,7 @@ class StreamWorker:
         self.on_flush = on_flush
         self.on_housekeeping = on_housekeeping
         self.run_for_s = run_for_s
+        self.is_open = is_open
         self.path = QuotePath(redis, quote_ttl_s=config.quote_ttl_s, stream_maxlen=config.stream_maxlen, on_garbage=self._garbage)
         self.subscribed: list[str] = list(dict.fromkeys(config.symbols))
         self.counters = Counters()
@@ -426,9 +429,12 @@ class StreamWorker:
         now = now or datetime.now(tz=UTC)
         minute = int(now.timestamp() // 60)
         if self._open_cache[0] != minute:
-            from omni_tasks.marketdata import calendar  # exchange_calendars: loaded only by feeds that keep hours
+            is_open = self.is_open
+            if is_open is None:
+                from omni_tasks.marketdata import calendar  # exchange_calendars: loaded only by feeds that keep hours
 
-            self._open_cache = (minute, calendar.is_open(now))
+                is_open = calendar.is_open
+            self._open_cache = (minute, is_open(now))
         return self._open_cache[1]
 
     def _garbage(self, reason: str) -> None:

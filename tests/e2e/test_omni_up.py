@@ -222,7 +222,8 @@ def test_omni_up_embedded_runs_everything_and_leaves_nothing_behind(tmp_path: Pa
     assert "pipeline is not running" in stopped.stdout
     assert password not in text, "a password given by the operator is never echoed"
     elapsed = time.monotonic() - started
-    time.sleep(0.5)
+    # Children reaped a moment after the parent exits: wait for that, then count (fails the test if any stay).
+    wait_for(lambda: not _processes_with(str(data_dir)), 10, interval_s=0.1, message="every process of omni up to exit")
     left = _processes_with(str(data_dir))
     print(f"omni up --for 30: exited 0 after {elapsed:.0f} s; processes left behind: {len(left)}")
     assert left == []

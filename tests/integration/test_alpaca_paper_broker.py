@@ -116,7 +116,7 @@ def _handler_class(standin: TradingStandIn) -> type[BaseHTTPRequestHandler]:
             )
             reply = standin.answer(seen)
             if reply.delay_s:
-                time.sleep(reply.delay_s)
+                time.sleep(reply.delay_s)  # the action: a broker as slow as the scripted reply
             body = reply.body()
             try:
                 self.send_response(reply.status)

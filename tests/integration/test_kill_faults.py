@@ -278,8 +278,7 @@ def test_engaged_during_a_redis_outage_then_redis_restored_from_an_older_aof_nev
             result = operator_engage(desk.rt, "engaged while redis is down")
         else:
             server.pause()
-            engaging = Runtime(desk.rt.settings)
-            engaging.__dict__["redis"] = quick_redis(server)
+            engaging = Runtime(desk.rt.settings, redis_client=quick_redis(server))
             result = ks.engage(engaging, actor=OPERATOR, reason="engaged while redis is paused", broker=None, alert=lambda _e: None)
             server.kill()  # it never came back: restarted from its file
         assert result.durable
@@ -368,8 +367,7 @@ def test_redis_paused_during_the_engage_and_resumed_ends_halted_in_both(
     desk = make_desk(server, private_pg_url, tmp_path / "data")
     prepare_history(desk)
     server.pause()
-    engaging = Runtime(desk.rt.settings)
-    engaging.__dict__["redis"] = quick_redis(server)
+    engaging = Runtime(desk.rt.settings, redis_client=quick_redis(server))
     try:
         result = ks.engage(engaging, actor=OPERATOR, reason="engaged while redis is paused", broker=None, alert=lambda _e: None)
         assert result.durable
@@ -411,7 +409,9 @@ def test_engaged_while_postgres_is_down_is_halted_in_redis_at_once_and_durable_o
         for _ in range(5):
             desk.readings.append(current_state(desk.rt.redis, desk.rt.sessions).value)
             desk.readings.append(state_info(desk.rt.redis, desk.rt.sessions)["state"])
-        time.sleep(1.5)  # the watchdog's rounds fail meanwhile (the database is down); none may release anything
+        rounds = listener.counts["maintenance"]
+        # The watchdog's rounds fail meanwhile (the database is down); none may release anything.
+        wait_for(lambda: listener.counts["maintenance"] >= rounds + 2, 30, message="two reconcile rounds with the database down")
         assert desk.raw() == b"HALTED 3"
         private_postgres.start()
         back = time.monotonic()
@@ -426,7 +426,9 @@ def test_engaged_while_postgres_is_down_is_halted_in_redis_at_once_and_durable_o
 
         wait_for(durable, 30, interval_s=0.05, message="the database to hold the engage")
         seconds = time.monotonic() - back
-        time.sleep(1.5)  # a few more reconcile rounds: still HALTED, still no release
+        rounds = listener.counts["maintenance"]
+        # A few more reconcile rounds: still HALTED, still no release.
+        wait_for(lambda: listener.counts["maintenance"] >= rounds + 2, 30, message="two more reconcile rounds")
     finally:
         listener.stop()
     print(f"engage while postgres was down: HALTED in redis at once; database row HALTED {seconds:.2f} s after postgres was back")

@@ -13,13 +13,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
 from omni_tasks.safety import engage as ks
 from omni_tasks.safety.alarms import Alarm, publish_alarm
 from omni_tasks.safety.killswitch import TradingState, current_state, durable_state
@@ -156,7 +157,8 @@ def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_onl
     assert still_engaged == total, stack.log_text()
 
     # The watchdog ticked all along (beat every second) and acted on alarms: it never released.
-    time.sleep(3)
+    ticks = _new_ticks(stack.redis.client(), since=time.time())
+    wait_for(lambda: len(ticks()) >= 3, 30, interval_s=0.1, message="three more watchdog ticks")
     automatic = [e for e in _events(rt) if e.action in ("release", "activate")]
     print(f"automatic releases: {len(automatic)} (kill events recorded: {len(_events(rt))})")
     assert automatic == []
@@ -181,6 +183,19 @@ def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_onl
 
 def _alarm_events(rt: Any, after: int) -> list[KillEvent]:
     return [e for e in _events(rt)[after:] if e.actor == "watchdog:alarm:daily_loss"]
+
+
+def _new_ticks(client: Any, since: float) -> Callable[[], set[float]]:
+    """A reader of the watchdog ticks that began after ``since`` (UNIX s), seen so far by polling its last-tick record."""
+    seen: set[float] = set()
+
+    def read() -> set[float]:
+        raw = client.get(WATCHDOG_LAST_TICK_KEY)
+        if raw is not None and (ts := float(json.loads(raw)["ts"])) > since:
+            seen.add(ts)
+        return seen
+
+    return read
 
 
 def _events(rt: Any) -> list[KillEvent]:

@@ -40,7 +40,7 @@ def server() -> Iterator[tuple[str, Recorder]]:
             recorder.bodies.append(json.loads(self.rfile.read(length)))
             recorder.paths.append(self.path)
             recorder.times.append(time.monotonic())
-            time.sleep(recorder.delay_s)
+            time.sleep(recorder.delay_s)  # the action: a webhook as slow as the test asks
             status = recorder.statuses.pop(0) if recorder.statuses else 200
             try:
                 self.send_response(status)

@@ -404,7 +404,7 @@ def test_fetch_connection_refused_raises_provider_unavailable(closed_port_url: s
 
 def test_fetch_slow_server_times_out_as_provider_unavailable(standin: StandIn) -> None:
     def slow(_seen: Seen) -> Reply:
-        time.sleep(1.0)
+        time.sleep(1.0)  # the action: a server slower than the client's 0.2 s timeout
         return _reply("bars_AAPL_1Min_page2.json")
 
     standin.route("/v2/stocks/bars", slow)
