@@ -17,6 +17,7 @@ import pandas as pd
 import structlog
 
 from omni_tasks.contracts.bars import ADJUSTMENTS, TIMEFRAMES, check_symbol
+from omni_tasks.core.errors import OmniError
 from omni_tasks.marketdata import calendar
 from omni_tasks.settings import DEFAULT_EARLIEST_BACKFILL
 
@@ -28,7 +29,7 @@ SESSIONS_PER_PARTITION: dict[str, int] = {"1Min": 5, "5Min": 20, "15Min": 60, "3
 ROWS_PER_CALL = 10_000
 
 
-class BackfillRequestError(ValueError):
+class BackfillRequestError(OmniError, ValueError):
     """A backfill request that must be refused before anything is enqueued."""
 
 

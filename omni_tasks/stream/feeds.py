@@ -29,6 +29,7 @@ import msgpack
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from omni_tasks.core.errors import OmniError
 from omni_tasks.stream import wire
 
 #: Trade corrections and cancels come with "trades" (Alpaca subscribes them with it); statuses and LULD bands are
@@ -37,7 +38,7 @@ CHANNELS: Final = ("quotes", "trades", "bars", "statuses", "lulds")
 OPTIONAL_CHANNELS: Final = frozenset({"statuses", "lulds"})
 
 
-class FeedError(Exception):
+class FeedError(OmniError):
     """A feed failed; subclasses say what the worker should do about it."""
 
 
