@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str) -> dict[str, Any]:
     from omni_tasks.contracts.venue import OrderRequest
-    from omni_tasks.safety import engage as engage_mod
-    from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.safety.killswitch import current_state
+    from omni_tasks.safety.state_rule import TradingState
+    from omni_tasks.safety.transitions import release
     from omni_tasks.storage.models import Order
     from omni_tasks.stream.config import StreamConfig
     from omni_tasks.stream.guard import build_guard
@@ -228,7 +229,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     alarm_ms: list[float] = []
     for trial in range(args.trials):
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
-            engage_mod.release(runtime, actor="operator:bench", reason="bench: next trial")
+            release(runtime, actor="operator:bench", reason="bench: next trial")
         push("AAPL", 100.00, 100.02)  # back above the limit: the guard re-arms
         push("MSFT", 400.00, 400.04)  # a fresh quote: the broker accepts the resting orders on it
         await until(lambda: worker.path.trading_state == "ACTIVE" and not worker.path.dirty, 10, "the fresh quotes in Redis")
@@ -305,7 +306,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     await task
     await aclient.aclose()
     poll_engine.dispose()
-    engage_mod.release(runtime, actor="operator:bench", reason="bench done")
+    release(runtime, actor="operator:bench", reason="bench done")
     print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
     print("quote -> all cancelled, per trial (ms): " + " ".join(f"{v:.0f}" for v in cancelled_ms), flush=True)
     result = {

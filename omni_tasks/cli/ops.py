@@ -156,7 +156,7 @@ def orders_today(sessions: Any, now: datetime | None = None) -> dict[str, int]:
 
 def _database_state(runtime: Any) -> dict[str, Any]:
     """The trading state recorded in the database, for when Redis is not there (the durable copy)."""
-    from omni_tasks.safety.killswitch import read_row
+    from omni_tasks.safety.state_store import read_row
 
     found: dict[str, Any] = {"state": None, "version": None, "actor": None, "reason": None, "changed_at": None, "source": "database", "db_errors": []}
     try:

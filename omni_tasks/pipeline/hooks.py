@@ -240,7 +240,7 @@ def refuse_order_task_while_halted(task: Any) -> None:
         return
     from celery.exceptions import Reject
 
-    from omni_tasks.safety.killswitch import order_task_refusal, record_refused_order_task
+    from omni_tasks.safety.order_guard import order_task_refusal, record_refused_order_task
 
     runtime = get_runtime()
     reason = order_task_refusal(runtime.redis, runtime.sessions)
@@ -290,12 +290,13 @@ class AlarmListenerStep(bootsteps.StartStopStep):
             return
         from omni_tasks.pipeline.app import broker_transport_options
         from omni_tasks.pipeline.broker import orders_purger
-        from omni_tasks.safety.alarms import start_watchdog_listener
+        from omni_tasks.safety.watchdog_listener import start_watchdog_listener
+        from omni_tasks.trading.wiring import make_venue
 
         runtime = get_runtime()
         settings = runtime.settings
         purge = orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
-        self._listener = start_watchdog_listener(runtime, purge=purge)
+        self._listener = start_watchdog_listener(runtime, purge=purge, venue_factory=make_venue)
         _log.info("safety alarm listener started", worker=worker.hostname)
 
     def stop(self, worker: Any) -> None:

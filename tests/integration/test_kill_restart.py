@@ -21,9 +21,11 @@ import pytest
 from sqlalchemy import select
 
 from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
-from omni_tasks.safety import engage as ks
+from omni_tasks.safety import transitions
 from omni_tasks.safety.alarms import Alarm, publish_alarm
-from omni_tasks.safety.killswitch import TradingState, current_state, durable_state
+from omni_tasks.safety.killswitch import current_state
+from omni_tasks.safety.state_rule import TradingState
+from omni_tasks.safety.state_store import durable_state
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.models import KillEvent, OrderEvent
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
@@ -237,7 +239,7 @@ def test_a_real_watchdog_worker_engages_on_a_critical_alarm_within_milliseconds(
             assert (event.action, event.actor, event.detail["repeat"]) == ("engage", "watchdog:alarm:daily_loss", False)
             # Alarm published -> the engage's database commit (the watchdog's clock and ours are the same host's).
             durable_ms.append((event.detail["started_at_ns"] - alarm.ts_ns) / 1e6 + event.timings_ms["durable"])
-            ks.release(rt, actor="operator:test", reason=f"trial {trial}")
+            transitions.release(rt, actor="operator:test", reason=f"trial {trial}")
         redis_ms.sort()
         durable_ms.sort()
         p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731 - a one-line percentile
