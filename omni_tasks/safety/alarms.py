@@ -32,6 +32,7 @@ from typing import Any, Literal
 import redis
 import structlog
 
+from omni_tasks.core.errors import OmniError
 from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_CLAIM_KEY, ALARM_LOG_KEY
 
 _log = structlog.get_logger("omni.alarms")
@@ -44,7 +45,7 @@ _SOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,59}$")
 MAX_ALARM_BYTES = 16_384
 
 
-class AlarmFormatError(ValueError):
+class AlarmFormatError(OmniError, ValueError):
     """An alarm that does not follow the format; the message names the field."""
 
 

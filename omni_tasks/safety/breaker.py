@@ -37,6 +37,7 @@ import redis
 import structlog
 
 from omni_tasks.core import counters
+from omni_tasks.core.errors import OmniError
 from omni_tasks.core.keys import (
     BREAKER_AUDIT_INFLIGHT_KEY,
     BREAKER_AUDIT_PENDING_KEY,
@@ -346,7 +347,7 @@ class CircuitBreaker:
                 _log.exception("breaker transition hook failed", breaker=self.name)
 
 
-class BreakerOpen(Exception):  # reads as the condition it reports
+class BreakerOpen(OmniError):  # reads as the condition it reports
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(reason or f"breaker {name} is open")
         self.breaker = name

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.core.errors import OmniError
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.safety.state_rule import LOOSER, Copy, StoredState, TradingState, resolve
 from omni_tasks.safety.state_store import (
@@ -35,7 +36,7 @@ _log = structlog.get_logger("omni.killswitch")
 AUTOMATIC_ACTOR_PREFIXES = ("watchdog", "alarm", "auto:", "system:")
 
 
-class KillSwitchError(Exception):
+class KillSwitchError(OmniError):
     """A trading state change was refused or could not be completed; the message says which and why."""
 
 

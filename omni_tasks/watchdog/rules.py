@@ -46,6 +46,7 @@ from typing import Any, Final, Literal
 import structlog
 
 from omni_tasks.core import budgets
+from omni_tasks.core.errors import OmniError
 from omni_tasks.settings import WATCHDOG_RULES, Settings
 
 _log = structlog.get_logger("omni.watchdog")
@@ -106,7 +107,7 @@ class Observations:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class NotEvaluated(Exception):  # reads as the outcome it reports
+class NotEvaluated(OmniError):  # reads as the outcome it reports
     """A rule's inputs could not be read: its streak is left as it was."""
 
 
