@@ -92,15 +92,17 @@ class SimulatedVenue:
             raise ValueError(f"broker name {name!r}: 1-20 characters (the ledger's broker column)")
         self.name = name
         self.keeps_ledger = True
+        #: The account's cash when its row is first created, and the oldest quote filled on (seconds).
+        self.starting_cash = q8(starting_cash)
+        self.quote_max_age_s = float(quote_max_age_s)
         self._redis = redis
-        self._max_age_s = float(quote_max_age_s)
         self._guard = guard
         self._ledger = SimulatedLedger(
-            sessions, redis, name=name, starting_cash=q8(starting_cash), clock=clock, exchange_tz=exchange_tz, marks=self._marks
+            sessions, redis, name=name, starting_cash=self.starting_cash, clock=clock, exchange_tz=exchange_tz, marks=self._marks
         )
 
     def __repr__(self) -> str:
-        return f"SimulatedVenue(name={self.name!r}, quote_max_age_s={self._max_age_s:g})"
+        return f"SimulatedVenue(name={self.name!r}, quote_max_age_s={self.quote_max_age_s:g})"
 
     # ---- the protocol ----------------------------------------------------------------------------
 
@@ -200,7 +202,7 @@ class SimulatedVenue:
                     requested_by="close_all",
                 )
                 quote = quotes.get(position.symbol)
-                problem = quote_problem(position.symbol, quote, now_ns=now_ns, max_age_s=self._max_age_s)
+                problem = quote_problem(position.symbol, quote, now_ns=now_ns, max_age_s=self.quote_max_age_s)
                 row = self._ledger.record(session, request, None, now, refused=problem, check="quote")
                 price = self._price(request.side, "market", None, quote, now_ns)
                 if price is not None:
@@ -250,7 +252,7 @@ class SimulatedVenue:
 
     def _price(self, side: str, order_type: str, limit: Decimal | None, quote: LatestQuote | None, now_ns: int) -> Decimal | None:
         """The fill price against a fresh, sane quote; None without one or when a limit is not marketable."""
-        if quote is None or quote_problem(quote.symbol, quote, now_ns=now_ns, max_age_s=self._max_age_s) is not None:
+        if quote is None or quote_problem(quote.symbol, quote, now_ns=now_ns, max_age_s=self.quote_max_age_s) is not None:
             return None
         return fill_price(side_of(side), order_type, limit, quote)
 
@@ -310,7 +312,7 @@ class SimulatedVenue:
             quotes = self._quotes({request.symbol} | {row.symbol for row in resting})
             matched = self._match(session, account, positions, resting, quotes, now) if resting else []
             quote = quotes.get(request.symbol)
-            problem = quote_problem(request.symbol, quote, now_ns=ns_of(now), max_age_s=self._max_age_s)
+            problem = quote_problem(request.symbol, quote, now_ns=ns_of(now), max_age_s=self.quote_max_age_s)
             if problem is None:
                 try:
                     self._run_guard(request, session)
@@ -397,5 +399,5 @@ class SimulatedVenue:
         return {
             symbol: quote.mid
             for symbol, quote in quotes.items()
-            if quote_problem(symbol, quote, now_ns=now_ns, max_age_s=self._max_age_s) is None
+            if quote_problem(symbol, quote, now_ns=now_ns, max_age_s=self.quote_max_age_s) is None
         }

@@ -159,7 +159,7 @@ def test_make_broker_builds_the_simulated_broker_by_default(tmp_path: Path) -> N
     broker = make_venue(Runtime(settings))
 
     assert isinstance(broker, SimulatedVenue)
-    assert (broker.name, broker._max_age_s, broker._starting_cash) == ("simulated", 2.5, D(25000))
+    assert (broker.name, broker.quote_max_age_s, broker.starting_cash) == ("simulated", 2.5, D(25000))
 
 
 def test_make_broker_builds_alpaca_paper_when_chosen_and_refuses_it_without_keys(tmp_path: Path) -> None:
