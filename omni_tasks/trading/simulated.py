@@ -69,7 +69,7 @@ def _utc_now() -> datetime:
 
 
 class SimulatedVenue:
-    """The built-in broker (see the module docstring). Thread-safe; one instance per process is enough."""
+    """The built-in venue (see the module docstring). Thread-safe; one instance per process is enough."""
 
     def __init__(
         self,
@@ -89,7 +89,7 @@ class SimulatedVenue:
         if not quote_max_age_s > 0:
             raise ValueError(f"quote_max_age_s {quote_max_age_s!r}: must be positive")
         if not name or len(name) > 20:
-            raise ValueError(f"broker name {name!r}: 1-20 characters (the ledger's broker column)")
+            raise ValueError(f"venue name {name!r}: 1-20 characters (the ledger's broker column)")
         self.name = name
         self.keeps_ledger = True
         #: The account's cash when its row is first created, and the oldest quote filled on (seconds).
@@ -142,7 +142,7 @@ class SimulatedVenue:
         return [VenuePosition(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, market_price=marks.get(p.symbol)) for p in rows]
 
     def open_orders(self) -> list[VenueOrder]:
-        """Orders resting at this broker (after matching them against the current quotes), oldest first."""
+        """Orders resting at this venue (after matching them against the current quotes), oldest first."""
         self._prepare()
         with self._ledger.sessions() as session:
             return [order_view(row) for row in self._ledger.resting(session)]
@@ -154,7 +154,7 @@ class SimulatedVenue:
         try:
             outcome = self._submit_locked(request)
         except IntegrityError:
-            # Another writer that does not take our lock (the orders path, another broker) inserted this id first.
+            # Another writer that does not take our lock (the orders path, another venue) inserted this id first.
             known = self._ledger.find(request.client_order_id)
             if known is None:
                 raise
@@ -169,7 +169,7 @@ class SimulatedVenue:
         return outcome.order
 
     def cancel_all(self) -> list[str]:
-        """Cancel every resting order at once (no matching first); returns their broker ids."""
+        """Cancel every resting order at once (no matching first); returns their venue order ids."""
         self._ledger.ensure_account()
         outcome = Outcome()
         with self._ledger.sessions() as session, session.begin():

@@ -3,7 +3,7 @@
 Each test owns its services: a PostgreSQL cluster of the session's own (``private_postgres``,
 stopped and started here) and a redis-server of its own (``PrivateRedis``) as broker and
 cache; real ``omni worker orders`` (and ``omni worker watchdog``) processes trade through
-the simulated broker. Orders are accepted the CLI's way: :func:`omni_tasks.trading.intake.accept_order`,
+the simulated venue. Orders are accepted the CLI's way: :func:`omni_tasks.trading.intake.accept_order`,
 which ``omni order buy/sell`` calls (recorded first, then queued), or the CLI itself.
 """
 
@@ -34,7 +34,7 @@ from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import Fill, Order, OrderEvent, Position, TaskRun
 from omni_tasks.trading.intake import NotQueued, accept_order
-from omni_tasks.trading.orders import parse_order
+from omni_tasks.trading.parsing import parse_order
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 from tests.servers import PrivatePostgres, PrivateRedis
 

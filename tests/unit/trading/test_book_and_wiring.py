@@ -156,18 +156,18 @@ def test_make_broker_builds_the_simulated_broker_by_default(tmp_path: Path) -> N
         {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_QUOTE_MAX_AGE_S": "2.5", "OMNI_TRADING_STARTING_CASH_USD": "25000"}
     )
 
-    broker = make_venue(Runtime(settings))
+    venue = make_venue(Runtime(settings))
 
-    assert isinstance(broker, SimulatedVenue)
-    assert (broker.name, broker.quote_max_age_s, broker.starting_cash) == ("simulated", 2.5, D(25000))
+    assert isinstance(venue, SimulatedVenue)
+    assert (venue.name, venue.quote_max_age_s, venue.starting_cash) == ("simulated", 2.5, D(25000))
 
 
 def test_make_broker_builds_alpaca_paper_when_chosen_and_refuses_it_without_keys(tmp_path: Path) -> None:
-    env = {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_BROKER": "alpaca_paper"}
+    env = {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_VENUE": "alpaca_paper"}
     with pytest.raises(ConfigError, match="OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY"):
         make_venue(Runtime(load_settings(env)))
 
     made_up = {"OMNI_ALPACA_API_KEY": secrets.token_hex(10), "OMNI_ALPACA_SECRET_KEY": secrets.token_urlsafe(30)}  # generated per run
-    broker = make_venue(Runtime(load_settings(env | made_up)))
-    assert isinstance(broker, AlpacaPaperVenue)
-    assert broker.name == "alpaca_paper"
+    venue = make_venue(Runtime(load_settings(env | made_up)))
+    assert isinstance(venue, AlpacaPaperVenue)
+    assert venue.name == "alpaca_paper"
