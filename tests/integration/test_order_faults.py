@@ -81,7 +81,7 @@ class Desk:
             symbol=SYMBOL, side=side, qty=qty, client_order_id=f"cli-{uuid.uuid4().hex[:24]}", requested_by="operator:test"
         )
         ttl_s = self.settings.trading.order_ttl_s if ttl_s is None else ttl_s
-        accept_order(request, sessions=self.sessions, broker="simulated", ttl_s=ttl_s, send=self.send)
+        accept_order(request, sessions=self.sessions, venue="simulated", ttl_s=ttl_s, send=self.send)
         return request.client_order_id
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
