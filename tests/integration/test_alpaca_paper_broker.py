@@ -197,7 +197,7 @@ def assert_keys_sent(seen: Seen, keys: tuple[str, str]) -> None:
 # ---- construction --------------------------------------------------------------------------------
 
 
-def test_broker_satisfies_the_protocol(venue: AlpacaPaperVenue) -> None:
+def test_venue_satisfies_the_protocol(venue: AlpacaPaperVenue) -> None:
     assert isinstance(venue, Venue)
     assert venue.name == "alpaca_paper"
 
@@ -353,7 +353,7 @@ def test_a_duplicate_client_order_id_returns_alpacas_existing_order(venue, stand
         (503, None, True, "HTTP 503 (code None): upstream unavailable"),
     ],
 )
-def test_http_errors_map_to_broker_errors_429_and_5xx_retryable_in_one_request(  # type: ignore[no-untyped-def]
+def test_http_errors_map_to_venue_errors_429_and_5xx_retryable_in_one_request(  # type: ignore[no-untyped-def]
     venue, standin, keys, status: int, fixture: str | None, retryable: bool, words: str
 ) -> None:
     reply = Reply(status, recorded(fixture)) if fixture else Reply(status, raw=b"upstream unavailable")

@@ -709,7 +709,7 @@ def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> 
     assert publish_book(redis_client, "simulated", newer, [], updated_ns=1) is True  # an unreadable book is replaced
 
 
-def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_make_venue_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from omni_tasks.core.keys import TRADING_STATE_KEY
     from omni_tasks.core.runtime import Runtime
     from omni_tasks.safety.killswitch import TradingState, format_value

@@ -102,7 +102,7 @@ def test_kill_switch_denies_halted_and_unreadable(state: str | None, allowed: bo
         (BreakerReading("broker:x", readable=False, allowed=True, state="unknown"), False, "unreadable"),
     ],
 )
-def test_broker_breaker_denies_open_forced_open_and_unreadable(reading: BreakerReading, allowed: bool, words: str) -> None:
+def test_venue_breaker_denies_open_forced_open_and_unreadable(reading: BreakerReading, allowed: bool, words: str) -> None:
     decision = check_venue_breaker(ctx(breaker=reading))
     assert decision.allowed is allowed
     assert words in decision.reason
