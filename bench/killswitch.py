@@ -54,7 +54,7 @@ class QueueFeed:
     name = "bench"
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | str] = asyncio.Queue()
         self.closed = False
 
     async def connect(self) -> None:
@@ -66,7 +66,7 @@ class QueueFeed:
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
         return None
 
-    async def recv(self) -> bytes:
+    async def recv(self) -> bytes | str:
         frame = await self.queue.get()
         if self.closed:
             raise FeedClosed("closed")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = get_runtime()
         migrations.upgrade(runtime.engine)
         log = (data_dir / "watchdog.log").open("ab")
-        watchdog = subprocess.Popen(  # noqa: S603 - fixed argv
+        watchdog = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", "worker", "watchdog"],
             env=env,
             cwd=REPO,
@@ -183,8 +183,9 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     from omni_tasks.safety import engage as engage_mod
     from omni_tasks.safety.killswitch import TradingState, current_state
     from omni_tasks.storage.models import Order
+    from omni_tasks.stream.config import StreamConfig
     from omni_tasks.stream.guard import build_guard
-    from omni_tasks.stream.worker import StreamConfig, StreamWorker
+    from omni_tasks.stream.worker import StreamWorker
     from omni_tasks.trading.wiring import make_venue
 
     aclient = aioredis.Redis.from_url(args.redis)

@@ -55,7 +55,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
         client.close()
         return finding, None
     finding["redis"] = "reachable"
-    from omni_tasks import observe  # Celery's import time is paid only when there is something to observe
+    from omni_tasks.pipeline import observe  # Celery's import time is paid only when there is something to observe
 
     try:
         alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
@@ -182,7 +182,7 @@ def stream_view(client: Any) -> dict[str, Any] | None:
     if not status:
         return None
     latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
-    symbols = status.get("symbols") if isinstance(status.get("symbols"), list) else []
+    symbols = found if isinstance(found := status.get("symbols"), list) else []
     halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}
 
@@ -348,7 +348,7 @@ def _captured(data: dict[str, Any]) -> Any:
 
     global console
     real = console
-    console = Console(file=io.StringIO(), force_terminal=True, color_system=real.color_system or "standard", width=real.width)
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=real.color_system or "standard", width=real.width)  # type: ignore[arg-type]  # rich types the property as str, the parameter as a Literal of the same names
     try:
         console.print(f"[dim]omni status at {datetime.now().astimezone().strftime('%H:%M:%S')} (Ctrl-C to stop)[/dim]")
         _render(data)

@@ -115,7 +115,6 @@ def server() -> None:
     settings = prepare("server")
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import health
-    from omni_tasks.ops import prometheus as metrics
     from omni_tasks.ops.httpserver import make_server
     from omni_tasks.pipeline import observe
     from omni_tasks.pipeline.queues import ALL_QUEUES
@@ -150,8 +149,9 @@ def server() -> None:
         return read_status(runtime.redis), read_published(runtime.redis)
 
     from omni_tasks.core import counters
+    from omni_tasks.ops.exposition import build_exposition
 
-    exposition = metrics.build_exposition(
+    exposition = build_exposition(
         snapshot,
         settings.metrics_dir,
         stream_source,
@@ -395,7 +395,7 @@ def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]
         try:
             import urllib.request
 
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(url, timeout=2) as response:  # our own loopback URL
                 if response.status == 200:
                     import json
 

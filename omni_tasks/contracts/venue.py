@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from omni_tasks.core import inputs
+from omni_tasks.core.errors import OmniError
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
@@ -45,8 +46,8 @@ SYMBOL_PATTERN = inputs.SYMBOL_PATTERN
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
-class VenueError(Exception):
-    """The broker failed or refused; ``retryable`` says whether trying again may help."""
+class VenueError(OmniError):
+    """The venue failed or refused; ``retryable`` says whether trying again may help."""
 
     def __init__(self, message: str, *, retryable: bool = False, http_status: int | None = None) -> None:
         super().__init__(message)

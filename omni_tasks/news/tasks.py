@@ -23,7 +23,8 @@ def fetch(symbol: str) -> dict[str, Any]:
     from celery import current_task
 
     from omni_tasks.contracts.bars import check_symbol
-    from omni_tasks.marketdata.providers import alpha_vantage, alpha_vantage_news
+    from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
+    from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
     from omni_tasks.marketdata.ratelimit import RateLimiter
     from omni_tasks.news.fetch import Budget, FetchOutcome, fetch_symbol
 

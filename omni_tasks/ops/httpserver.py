@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -260,7 +260,7 @@ class BoundedHTTPServer(HTTPServer):
         _close(sock)
 
     # ---- the workers -----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self: Self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -319,7 +319,7 @@ def make_server(
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
     ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
-    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.ops.prometheus.Exposition.render`), else ``registry`` rendered.
+    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.ops.exposition.Exposition.render`), else ``registry`` rendered.
     """
     if metrics_body is None:
         if registry is None:
@@ -329,6 +329,7 @@ def make_server(
         def metrics_body() -> bytes:
             return generate_latest(collected)
 
+    render: Callable[[], bytes] = metrics_body  # bound here: the handler class below cannot see the narrowing
     endpoint: KillEndpoint | None = _default_kill_endpoint() if kill is True else (kill or None)
 
     class Handler(PrebufferedHandler):
@@ -343,10 +344,10 @@ def make_server(
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, metrics_body(), CONTENT_TYPE_LATEST)
+                self._send(200, render(), CONTENT_TYPE_LATEST)
             elif path in {"/health", "/healthz"}:
                 code, payload = health()
                 self._send(code, json.dumps(payload, indent=2).encode(), "application/json")
@@ -355,7 +356,7 @@ def make_server(
             else:
                 self._send(404, b'{"error": "not found"}', "application/json")
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path != "/kill/engage" or endpoint is None:
                 self._send(404, b'{"error": "not found"}', "application/json")
@@ -394,7 +395,7 @@ def make_server(
             payload = result.to_dict() if hasattr(result, "to_dict") else dict(result)
             self._send(200 if payload.get("durable") else 500, json.dumps(payload, indent=2, default=str).encode(), "application/json")
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
             return  # scrapes every few seconds would drown the logs
 
     return BoundedHTTPServer(

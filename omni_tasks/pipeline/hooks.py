@@ -128,7 +128,7 @@ def _on_process_init(**_: Any) -> None:
     after_fork()
 
 
-class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class HeartbeatStep(bootsteps.StartStopStep):
     """Beat every ``heartbeat_s`` from a thread of the worker main process."""
 
     requires = {"celery.worker.components:Pool"}
@@ -261,7 +261,7 @@ def refuse_order_task_while_halted(task: Any) -> None:
     raise Reject(reason, requeue=False)
 
 
-class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class BrokerConnectionStep(bootsteps.StartStopStep):
     """Consumer step: counts broker connections. The consumer restarts its steps after each reconnection,
     and what the worker received on an older connection it can no longer acknowledge."""
 
@@ -272,7 +272,7 @@ class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Ce
         _wake.set()
 
 
-class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class AlarmListenerStep(bootsteps.StartStopStep):
     """In a worker that consumes the watchdog queue: the safety-alarm listener thread (critical alarm -> kill switch)."""
 
     requires = {"celery.worker.components:Pool"}

@@ -253,11 +253,11 @@ def _plain(value: Any) -> Any:
 
 
 def order_dict(order: VenueOrder) -> dict[str, Any]:
-    return _plain(asdict(order))  # type: ignore[no-any-return]
+    return _plain(asdict(order))
 
 
 def position_dict(position: VenuePosition) -> dict[str, Any]:
-    return _plain(asdict(position))  # type: ignore[no-any-return]
+    return _plain(asdict(position))
 
 
 def write_json_atomically(path: Path, payload: Any) -> Path:

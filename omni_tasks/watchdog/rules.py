@@ -122,7 +122,7 @@ class Observations:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class NotEvaluated(Exception):  # noqa: N818 - reads as the outcome it reports
+class NotEvaluated(Exception):  # reads as the outcome it reports
     """A rule's inputs could not be read: its streak is left as it was."""
 
 
@@ -536,7 +536,7 @@ class LiveActuator:
         except Exception:  # noqa: BLE001 - engage still halts; its result says the orders were not cancelled
             _log.error("no broker for the kill switch (open orders cannot be cancelled)", exc_info=True)
         result = engage(
-            self._runtime,  # type: ignore[arg-type]  # RuntimeLike of engage is the same shape
+            self._runtime,
             actor=f"watchdog:{finding.rule}",
             reason=finding.message,
             broker=broker,

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def omni(env: dict[str, str], *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
     )
 
@@ -163,7 +163,7 @@ def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_onl
     assert current_state(rt.redis, rt.sessions) is TradingState.HALTED
 
     # Only an operator releases, with a reason; without --yes the CLI asks first.
-    declined = subprocess.run(  # noqa: S603 - fixed argv
+    declined = subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "kill", "release", "--reason", "all clear"],
         env=stack.env, cwd=REPO_ROOT, input="n\n", capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -17,9 +17,10 @@ from omni_tasks.contracts.venue import VenueAccountView, VenuePosition
 from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_LOG_KEY
 from omni_tasks.safety.alarms import ALARM_LOG_MAX
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.guard import LossGuard
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 pytestmark = pytest.mark.services
 

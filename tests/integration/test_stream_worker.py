@@ -23,10 +23,12 @@ from omni_tasks.contracts.quotes import read_latest, read_profile
 from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
+from omni_tasks.stream.connlock import key_fingerprint
 from omni_tasks.stream.feeds import AlpacaFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
-from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint
+from omni_tasks.stream.worker import EXIT_AUTH, StreamWorker
 from tests.conftest import OmniProcess, service_env, wait_for
 
 pytestmark = pytest.mark.services
@@ -224,7 +226,7 @@ def test_mute_check_sleeps_outside_market_hours(standin: StandinServer, run_work
     worker = run_worker(config)
     assert standin.wait_for_clients(1)
     assert worker.worker is not None
-    worker.worker._open_cache = (10**12, False)  # noqa: SLF001 - pin "closed" for the whole test: minute numbers never reach 10**12
+    worker.worker._open_cache = (10**12, False)  # pin "closed" for the whole test: minute numbers never reach 10**12
     worker.worker.market_open = lambda now=None: False  # type: ignore[method-assign]
     time.sleep(1.2)
     assert standin.connections == 1

@@ -35,7 +35,7 @@ def server() -> Iterator[tuple[str, Recorder]]:
     recorder = Recorder()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             length = int(self.headers.get("Content-Length", "0"))
             recorder.bodies.append(json.loads(self.rfile.read(length)))
             recorder.paths.append(self.path)

@@ -538,7 +538,7 @@ def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(m
     assert len(alpha.calls) == 2
     assert redis_client.zcard(window) == 2, "fetches refused by the breaker took no slot of alpha's window"
     clock.advance(30.0)  # half-open: the trial does take a slot
-    alpha._then = "ok"  # noqa: SLF001 - the provider recovered
+    alpha._then = "ok"  # the provider recovered
     assert router.fetch(REQUEST).provider == "alpha"
     assert redis_client.zcard(window) == 3
 
@@ -681,7 +681,7 @@ def test_router_daily_refusal_of_one_symbol_does_not_spend_the_quota_two_symbols
         router.fetch(REQUEST)
     assert first.value.defer_s == 60.0, "one symbol refused: waited out like a rate limit, not until midnight"
     assert router.fetch(BarRequest("MSFT", "1Min", START, START + timedelta(minutes=5))).provider == "alpha", "the others go on"
-    alpha._script = [_daily_refusal()]  # noqa: SLF001 - scripting the fake
+    alpha._script = [_daily_refusal()]  # scripting the fake
     with pytest.raises(NoProviderServed) as second:
         router.fetch(BarRequest("NVDA", "1Min", START, START + timedelta(minutes=5)))
     assert second.value.defer_s is not None
@@ -707,7 +707,7 @@ def test_router_whole_series_is_one_call_per_job_and_symbol_and_a_refusal_holds_
     assert [len(r.bars) for r in served] == [5] * 6
     assert all(r.bars["ts"].min() >= pd.Timestamp(p.start) for r, p in zip(served, parts, strict=True))
 
-    whole._then = RateLimited("Information: rate limit", provider="alpha")  # noqa: SLF001 - scripting the fake
+    whole._then = RateLimited("Information: rate limit", provider="alpha")  # scripting the fake
     msft = [replace(p, symbol="MSFT") for p in parts]
     with pytest.raises(NoProviderServed) as waiting:
         router.fetch(msft[0], job=7, span=span)

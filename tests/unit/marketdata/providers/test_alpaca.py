@@ -23,7 +23,9 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import alpaca, alpaca_mappings, alpaca_requests
+from omni_tasks.marketdata.providers.alpaca import client as alpaca
+from omni_tasks.marketdata.providers.alpaca import mappings as alpaca_mappings
+from omni_tasks.marketdata.providers.alpaca import requests as alpaca_requests
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.settings import load_settings
 
