@@ -4,7 +4,7 @@ What runs, all real: PostgreSQL (a scratch database), Redis (``--redis``,
 flushed), a watchdog worker process (``omni worker watchdog``: its alarm
 listener engages the kill switch), and in this process the streaming worker
 (:class:`StreamWorker` with the day-loss guard) fed by an in-memory queue, and
-the simulated broker holding a position and ``--orders`` resting limit orders.
+the simulated venue holding a position and ``--orders`` resting limit orders.
 
 Each trial: the desk is ACTIVE, long 100 AAPL bought near 100, the day's loss
 limit $1,000; a quote at 80 arrives at the stream (t0) -> the guard raises a
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             "OMNI_BROKER_URL": args.redis,
             "OMNI_DATABASE_URL": database_url,
             "OMNI_DATA_DIR": str(data_dir),
-            "OMNI_TRADING_BROKER": "simulated",
+            "OMNI_TRADING_VENUE": "simulated",
             "OMNI_RISK_MAX_DAILY_LOSS_USD": "1000",
             "OMNI_LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
@@ -201,7 +201,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         on_housekeeping=guard.on_housekeeping,
     )
     task = asyncio.create_task(worker.run())
-    broker = make_venue(runtime)
+    venue = make_venue(runtime)
     poll_engine = create_engine(database_url, pool_size=2)
 
     def push(symbol: str, bid: float, ask: float) -> int:
@@ -220,7 +220,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     push("MSFT", 400.00, 400.04)
     await until(lambda: worker.path.flushes >= 1 and runtime.redis.exists("omni:quote:AAPL"), 10, "the first quotes in Redis")
     bought = await asyncio.to_thread(
-        broker.submit, OrderRequest(client_order_id="bench-buy-aapl", symbol="AAPL", side="buy", qty=Decimal(100))
+        venue.submit, OrderRequest(client_order_id="bench-buy-aapl", symbol="AAPL", side="buy", qty=Decimal(100))
     )
     print(f"position: {bought.filled_qty} AAPL at {bought.avg_fill_price}; day-loss limit {settings.risk.max_daily_loss_usd}", flush=True)
 
@@ -231,12 +231,12 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
             release(runtime, actor="operator:bench", reason="bench: next trial")
         push("AAPL", 100.00, 100.02)  # back above the limit: the guard re-arms
-        push("MSFT", 400.00, 400.04)  # a fresh quote: the broker accepts the resting orders on it
+        push("MSFT", 400.00, 400.04)  # a fresh quote: the venue accepts the resting orders on it
         await until(lambda: worker.path.trading_state == "ACTIVE" and not worker.path.dirty, 10, "the fresh quotes in Redis")
         ids = [f"bench-{trial}-{i}" for i in range(args.orders)]
         for client_order_id in ids:
             await asyncio.to_thread(
-                broker.submit,
+                venue.submit,
                 OrderRequest(
                     client_order_id=client_order_id,
                     symbol="MSFT",

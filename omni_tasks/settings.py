@@ -18,7 +18,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +36,8 @@ from omni_tasks.core.inputs import EARLIEST_DATE, SYMBOL_PATTERN
 ENV_PREFIX = "OMNI_"
 #: Variables that are not settings but are read by the test-suite or the launcher.
 NON_SETTING_VARIABLES = frozenset({"OMNI_ENV_FILE", "OMNI_REQUIRE_SERVICES", "OMNI_PROCESS_ROLE"})
+#: Old names still read, each as the setting it became (a one-line deprecation message names the new one).
+RENAMED_VARIABLES: Mapping[str, str] = {"OMNI_TRADING_BROKER": "OMNI_TRADING_VENUE"}
 
 PROVIDER_NAMES = ("alpaca", "yahoo", "alpha_vantage", "synthetic", "replay")
 STREAM_FEEDS = ("synthetic", "replay", "alpaca")
@@ -378,13 +381,13 @@ class RiskSettings(_Group):
 
 
 class TradingSettings(_Group):
-    """The broker orders go to (DESIGN section 7): the built-in simulated broker, or Alpaca paper trading."""
+    """The trading venue orders go to (DESIGN section 7): the built-in simulated venue, or Alpaca paper trading."""
 
     prefix: ClassVar[str] = "OMNI_TRADING_"
 
-    broker: Literal["simulated", "alpaca_paper"] = Field(default="simulated", description="simulated: fills against the latest quotes in Redis, ledger in the database; alpaca_paper: Alpaca's paper account (needs OMNI_ALPACA_API_KEY/SECRET_KEY)")
-    starting_cash_usd: Decimal = Field(default=Decimal("100000"), gt=0, description="the simulated broker's cash when its account is first created")
-    quote_max_age_s: float = Field(default=5.0, gt=0, description="the simulated broker never fills on a quote older than this (the order is rejected)")
+    venue: Literal["simulated", "alpaca_paper"] = Field(default="simulated", description="simulated: fills against the latest quotes in Redis, ledger in the database; alpaca_paper: Alpaca's paper account (needs OMNI_ALPACA_API_KEY/SECRET_KEY); the old name OMNI_TRADING_BROKER is still read, with a deprecation message")
+    starting_cash_usd: Decimal = Field(default=Decimal("100000"), gt=0, description="the simulated venue's cash when its account is first created")
+    quote_max_age_s: float = Field(default=5.0, gt=0, description="the simulated venue never fills on a quote older than this (the order is rejected)")
     alpaca_timeout_s: float = Field(default=10.0, gt=0, le=120, description="timeout of each Alpaca trading API call")
     order_ttl_s: float = Field(default=120.0, gt=0, le=86400, description="an accepted order not sent within this long is recorded expired (never sent later)")
     order_expiry_grace_s: float = Field(default=30.0, ge=0, le=3600, description="the watchdog records a pending order expired this long after its deadline")
@@ -462,8 +465,8 @@ class KillSwitchSettings(_Group):
     prefix: ClassVar[str] = "OMNI_KILL_"
 
     flatten_on_engage: bool = Field(default=False, description="engaging also closes every position with market orders")
-    cancel_confirm_timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long engaging polls the broker until no order is open")
-    poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="milliseconds between the broker polls while engaging waits for the cancels")
+    cancel_confirm_timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long engaging polls the trading venue until no order is open")
+    poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="milliseconds between the venue polls while engaging waits for the cancels")
     snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: `<data dir>/emergency`")
     http_token: SecretStr | None = Field(default=None, description="bearer token of `POST /kill/engage` on the health server (a secret; may be `enc:...`); unset: the endpoint is off")
     alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this (and newer than the last state change)")
@@ -638,7 +641,7 @@ def mask_url(text: str) -> str:
 
 
 def known_variables() -> set[str]:
-    names = set(NON_SETTING_VARIABLES)
+    names = set(NON_SETTING_VARIABLES) | set(RENAMED_VARIABLES)
     for group_cls in GROUPS.values():
         names.update(group_cls.prefix + field.upper() for field in group_cls.model_fields)
     return names
@@ -674,10 +677,38 @@ def _describe(error: Mapping[str, Any]) -> str:
     return message
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def _apply_renamed(merged: dict[str, str], warn: Callable[[str], None]) -> None:
+    """Read each old name (:data:`RENAMED_VARIABLES`) as its new one, with a one-line deprecation message.
+
+    Both names set to different values is a ConfigError: which one was meant cannot be guessed.
+    """
+    for old, new in RENAMED_VARIABLES.items():
+        if old not in merged:
+            continue
+        value = merged.pop(old)
+        if new in merged and merged[new].strip() != value.strip():
+            raise ConfigError(
+                f"{old}={mask_url(value)!r} and {new}={mask_url(merged[new])!r} disagree: {old} is the old name of {new}; set only {new}"
+            )
+        merged.setdefault(new, value)
+        warn(f"{old} is deprecated: it is read as {new}, set {new} instead")
+
+
+def _warn_once(message: str) -> None:
+    """Print a deprecation message on stderr, once per process (settings are loaded more than once by some commands)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"omni: warning: {message}", file=sys.stderr, flush=True)
+
+
+_warned: set[str] = set()
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, warn: Callable[[str], None] = _warn_once) -> Settings:
     """Read and validate every setting once. Raises ConfigError naming the bad variable.
 
-    ``environ`` defaults to the process environment; tests pass their own.
+    ``environ`` defaults to the process environment; tests pass their own. ``warn`` receives
+    one line per old variable name in use (default: printed on stderr once per process).
     """
     env = dict(os.environ if environ is None else environ)
     env_file = _env_file_path(env)
@@ -689,6 +720,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     # Environment variables win over the file.
     merged = {k.upper(): v for k, v in file_values.items() if v is not None}
     merged.update({k.upper(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)})
+    _apply_renamed(merged, warn)
 
     groups: dict[str, _Group] = {}
     for group_name, group_cls in GROUPS.items():

@@ -46,9 +46,9 @@ def _reason(text: str) -> str:
 
 def expected_breakers(settings: Any) -> list[str]:
     """The breakers this configuration uses, whether or not they have been called yet."""
-    from omni_tasks.trading.orders import DATABASE_BREAKER, broker_breaker_name
+    from omni_tasks.trading.order_breakers import DATABASE_BREAKER, venue_breaker_name
 
-    names = {DATABASE_BREAKER, broker_breaker_name(settings.trading.broker)}
+    names = {DATABASE_BREAKER, venue_breaker_name(settings.trading.venue)}
     names.update(f"provider:{name}" for name in settings.providers.order)
     return sorted(names)
 

@@ -39,7 +39,7 @@ def _actor(name: str | None) -> str:
 def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, timeout_s: float, operator: str | None, as_json: bool) -> None:
     from omni_tasks.cli.main import prepare
     from omni_tasks.contracts.venue import InvalidOrder
-    from omni_tasks.trading.orders import parse_order
+    from omni_tasks.trading.parsing import parse_order
 
     prepare("cli")
     client_order_id = f"cli-{uuid.uuid4().hex[:24]}"
@@ -75,7 +75,7 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
     try:
         # Recorded (pending, with its deadline) before it is queued: from here it ends with a final status.
         accepted = accept_order(
-            request, sessions=runtime.sessions, broker=trading.broker, ttl_s=trading.order_ttl_s,
+            request, sessions=runtime.sessions, venue=trading.venue, ttl_s=trading.order_ttl_s,
             send=lambda kwargs: submit_order.apply_async(kwargs=kwargs, retry_policy=PUBLISH_RETRY_POLICY),
         )  # fmt: skip
     except NotQueued as exc:
@@ -134,7 +134,7 @@ def _wait_for_outcome(sessions: Any, client_order_id: str, timeout_s: float) -> 
 
 
 def _plain(value: Any) -> str | None:
-    from omni_tasks.trading.orders import plain
+    from omni_tasks.trading.order_records import plain
 
     return None if value is None else plain(value)
 
@@ -306,33 +306,33 @@ def cancel_all(
 
 
 def _cancel_everything(runtime: Any, timeout_s: float) -> dict[str, Any]:
-    """Ask the broker to cancel every open order until none is left or ``timeout_s`` passes; a broker failure is an outcome, not an exception."""
+    """Ask the venue to cancel every open order until none is left or ``timeout_s`` passes; a venue failure is an outcome, not an exception."""
     from omni_tasks.trading.wiring import make_venue
 
     started = time.perf_counter()
-    broker_name = runtime.settings.trading.broker
-    broker: Any = None
+    venue_name = runtime.settings.trading.venue
+    venue: Any = None
     asked: list[str] = []
     remaining: list[str] | None = None
     error: str | None = None
     try:
-        broker = make_venue(runtime)
-        broker_name = broker.name
-        asked = list(broker.cancel_all())
-        open_now = broker.open_orders()
+        venue = make_venue(runtime)
+        venue_name = venue.name
+        asked = list(venue.cancel_all())
+        open_now = venue.open_orders()
         deadline = time.monotonic() + timeout_s
         while open_now and time.monotonic() < deadline:
             time.sleep(0.1)
-            broker.cancel_all()
-            open_now = broker.open_orders()
+            venue.cancel_all()
+            open_now = venue.open_orders()
         remaining = [o.client_order_id for o in open_now]
-    except Exception as exc:  # noqa: BLE001 - any broker failure: reported in one line, audited, what is open listed
+    except Exception as exc:  # noqa: BLE001 - any venue failure: reported in one line, audited, what is open listed
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
     source = "broker"
     if error is not None:
-        remaining, source = _still_open_after_failure(runtime, broker, broker_name)
+        remaining, source = _still_open_after_failure(runtime, venue, venue_name)
     return {
-        "broker": broker_name,
+        "broker": venue_name,  # the key operators read (JSON output, audit detail)
         "asked": len(asked),
         "remaining": remaining or [],
         "remaining_source": source,
@@ -341,12 +341,12 @@ def _cancel_everything(runtime: Any, timeout_s: float) -> dict[str, Any]:
     }
 
 
-def _still_open_after_failure(runtime: Any, broker: Any, broker_name: str) -> tuple[list[str], str]:
-    """What is still open after a failure: the broker's word if it answers now, else the orders ledger's open rows."""
-    if broker is not None:
+def _still_open_after_failure(runtime: Any, venue: Any, venue_name: str) -> tuple[list[str], str]:
+    """What is still open after a failure: the venue's word if it answers now, else the orders ledger's open rows."""
+    if venue is not None:
         try:
-            return [o.client_order_id for o in broker.open_orders()], "broker"
-        except Exception:  # noqa: BLE001, S110 - the broker's first error is the one reported; the ledger below answers instead
+            return [o.client_order_id for o in venue.open_orders()], "broker"
+        except Exception:  # noqa: BLE001, S110 - the venue's first error is the one reported; the ledger below answers instead
             pass
     from sqlalchemy import select
 
@@ -356,7 +356,7 @@ def _still_open_after_failure(runtime: Any, broker: Any, broker_name: str) -> tu
     try:
         with runtime.sessions() as session:
             rows = session.scalars(
-                select(Order.client_order_id).where(Order.broker == broker_name, Order.status.in_(sorted(OPEN_STATUSES))).order_by(Order.id)
+                select(Order.client_order_id).where(Order.broker == venue_name, Order.status.in_(sorted(OPEN_STATUSES))).order_by(Order.id)
             ).all()
         return list(rows), "orders ledger"
     except Exception:  # noqa: BLE001 - nothing answered: said so

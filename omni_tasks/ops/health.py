@@ -190,10 +190,10 @@ def trading_check(
 
 def _order_breakers(client: redis.Redis, settings: Settings | None) -> list[str]:
     from omni_tasks.safety.breaker import known_breakers
-    from omni_tasks.trading.orders import DATABASE_BREAKER, broker_breaker_name
+    from omni_tasks.trading.order_breakers import DATABASE_BREAKER, venue_breaker_name
 
     if settings is not None:
-        return [broker_breaker_name(settings.trading.broker), DATABASE_BREAKER]
+        return [venue_breaker_name(settings.trading.venue), DATABASE_BREAKER]
     try:
         brokers = [name for name in known_breakers(client) if name.startswith("broker:")]
     except redis.RedisError:

@@ -103,7 +103,7 @@ def record_expired_order_task(task: Any, request: Any) -> None:
     """
     from datetime import UTC, datetime
 
-    from omni_tasks.trading.orders import record_expired_message
+    from omni_tasks.trading.order_records import record_expired_message
 
     runtime = get_runtime()
     reason = "not sent by its deadline: the message expired in the queue (Celery expires), never sent to the broker"
@@ -113,7 +113,7 @@ def record_expired_order_task(task: Any, request: Any) -> None:
         named = dict(getattr(request, "kwargs", None) or {})
     try:
         record_expired_message(
-            runtime.sessions, broker=runtime.settings.trading.broker, arguments=named, reason=reason, now=datetime.now(tz=UTC)
+            runtime.sessions, venue=runtime.settings.trading.venue, arguments=named, reason=reason, now=datetime.now(tz=UTC)
         )
     except Exception:  # noqa: BLE001 - the database may be down: the watchdog expires a recorded pending order later
         _log.warning("expired order task not recorded in orders", task_id=getattr(request, "id", None), exc_info=True)

@@ -75,7 +75,7 @@ class Portfolio:
     """What is held now. Money (``equity``, ``cash``, the equity marks) is exact Decimal;
     ``values`` (signed market values, USD, one per symbol) are floats for the arithmetic.
 
-    ``peak_equity``: the highest equity known (the broker's mark, or a history of
+    ``peak_equity``: the highest equity known (the venue's mark, or a history of
     marks); the current equity counts too, so the peak is never below it.
     """
 

@@ -1,6 +1,6 @@
-"""One risk snapshot: read the book from the broker, mark it, compute the figures and breaches, keep them.
+"""One risk snapshot: read the book from the trading venue, mark it, compute the figures and breaches, keep them.
 
-    result = build_snapshot(broker, redis=..., store=BarStore(engine), sessions=..., risk=settings.risk,
+    result = build_snapshot(venue, redis=..., store=BarStore(engine), sessions=..., risk=settings.risk,
                             quote_max_age_s=settings.stream.stale_after_s)
     snapshot_id = save_snapshot(sessions, result)       # a risk_snapshots row
     publish_latest(redis, result.summary(snapshot_id))  # omni:risk:latest, for omni status and /health
@@ -8,15 +8,15 @@
 Steps, and what each says about itself in the snapshot:
 
 1. **The book.** Cash and the equity marks (day start, peak) from
-   ``broker.account()``, signed positions from ``broker.positions()``.
+   ``venue.account()``, signed positions from ``venue.positions()``.
 2. **Marks.** Each position is priced at the mid of its latest quote in Redis
    when that quote is at most ``quote_max_age_s`` old (``source: quote``);
    otherwise at the last daily close in the bar store (``close``, with the
-   bar's session date), then at the broker's own price (``broker``), and only
+   bar's session date), then at the venue's own price (``broker``), and only
    as a last resort at the average cost (``cost``). ``metrics.marks`` lists
    every mark with its source, and the summary counts them, so a snapshot
    priced from yesterday's closes says so. Equity is recomputed from these
-   marks (cash + sum of qty x mark, exact Decimal); the broker's own equity
+   marks (cash + sum of qty x mark, exact Decimal); the venue's own equity
    figure is kept beside it as ``broker_equity``.
 3. **History.** Daily closes of the held symbols and the benchmark over the
    last ``var_lookback_days`` sessions (``BarStore.read_many``, 1Day bars,
@@ -90,7 +90,7 @@ def choose_marks(
     max_quote_age_s: float,
     now_ns: int,
 ) -> dict[str, Mark]:
-    """The mark of each position: a fresh quote's mid, else the last daily close, else the broker's price, else the cost."""
+    """The mark of each position: a fresh quote's mid, else the last daily close, else the venue's price, else the cost."""
     marks: dict[str, Mark] = {}
     for position in positions:
         symbol = position.symbol
@@ -171,7 +171,7 @@ class SnapshotResult:
     """One recalculation, before and after it is stored."""
 
     ts: datetime
-    broker: str
+    broker: str  # the venue's name (the risk_snapshots column and the summary key keep this name)
     metrics: RiskMetrics
     breaches: list[Breach]
     utilisation: dict[str, float | None]
@@ -251,7 +251,7 @@ class SnapshotResult:
 
 
 def build_snapshot(
-    broker: Venue,
+    venue: Venue,
     *,
     redis: Any,
     store: BarStore,
@@ -264,11 +264,11 @@ def build_snapshot(
     now = now or datetime.now(tz=UTC)
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    account = broker.account()
-    positions = [p for p in broker.positions() if p.qty != 0]
+    account = venue.account()
+    positions = [p for p in venue.positions() if p.qty != 0]
     symbols = tuple(sorted(p.symbol for p in positions))
     if len(set(symbols)) != len(symbols):
-        raise ValueError(f"broker {broker.name!r} reported a symbol twice: {symbols}")
+        raise ValueError(f"venue {venue.name!r} reported a symbol twice: {symbols}")
     by_symbol = {p.symbol: p for p in positions}
     history = read_daily_history(store, symbols, risk.benchmark_symbol, lookback_days=risk.var_lookback_days, now=now)
     quotes = read_latest(redis, symbols)
@@ -292,7 +292,7 @@ def build_snapshot(
     used = utilisation(metrics, risk)
     return SnapshotResult(
         ts=now,
-        broker=broker.name,
+        broker=venue.name,
         metrics=metrics,
         breaches=breaches(metrics, risk),
         utilisation=used,
@@ -337,7 +337,7 @@ def publish_latest(redis: Any, summary: Mapping[str, Any]) -> None:
 
 
 def recalculate(
-    broker: Venue,
+    venue: Venue,
     *,
     redis: Any,
     store: BarStore,
@@ -347,7 +347,7 @@ def recalculate(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Build, store and publish one snapshot; returns its summary (with the row id)."""
-    result = build_snapshot(broker, redis=redis, store=store, sessions=sessions, risk=risk, quote_max_age_s=quote_max_age_s, now=now)
+    result = build_snapshot(venue, redis=redis, store=store, sessions=sessions, risk=risk, quote_max_age_s=quote_max_age_s, now=now)
     snapshot_id = save_snapshot(sessions, result)
     summary = result.summary(snapshot_id)
     publish_latest(redis, summary)

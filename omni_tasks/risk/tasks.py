@@ -38,7 +38,7 @@ WHEN = ("now", "market_hours", "after_close")
     ignore_result=False,  # kept (within the result expiry) so `omni risk --recalc` can wait for it
 )
 def recalculate(when: str = "now", requested_by: str = "operator", store_retries: int = 0) -> dict[str, Any]:
-    """Read the book from the broker, mark it, compute the figures and breaches, store and publish the snapshot."""
+    """Read the book from the venue, mark it, compute the figures and breaches, store and publish the snapshot."""
     if when not in WHEN:
         raise PermanentError(f"when={when!r}: choose from {', '.join(WHEN)}")
     runtime = get_runtime()
@@ -50,14 +50,14 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
         today = now.astimezone(ZoneInfo(settings.core.exchange_tz)).date()
         if not calendar.sessions(today, today):
             return {"skipped": f"{today.isoformat()} is not a session day"}
-    broker = make_venue(runtime)
+    venue = make_venue(runtime)
     try:
         with outages_retried(current_task, "recalculating risk", settings.database):
-            if not broker.keeps_ledger:
-                # A broker without our ledger does not publish its book itself; the stream's day-loss guard reads it.
-                refresh_book(broker, runtime.redis)
+            if not venue.keeps_ledger:
+                # A venue without our ledger does not publish its book itself; the stream's day-loss guard reads it.
+                refresh_book(venue, runtime.redis)
             summary = snapshot.recalculate(
-                broker,
+                venue,
                 redis=runtime.redis,
                 store=BarStore(runtime.engine),
                 sessions=runtime.sessions,
@@ -67,7 +67,7 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
             )
     except VenueError as exc:
         if exc.retryable:
-            raise RetryableError(f"broker {broker.name}: {exc}") from exc
+            raise RetryableError(f"broker {venue.name}: {exc}") from exc
         raise
     if summary["breaches"]:
         # The watchdog acts on breaches; it should not wait for its next beat tick to see them.

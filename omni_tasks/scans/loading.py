@@ -28,7 +28,7 @@ from omni_tasks.contracts.bars import empty_bars, parse_timeframe
 from omni_tasks.marketdata import calendar
 from omni_tasks.scans.indicators import utc_instant
 from omni_tasks.scans.scanner import ScanConfig
-from omni_tasks.storage.bars import FEED_PREFERENCE
+from omni_tasks.storage.bars.reads import FEED_PREFERENCE
 
 #: Read this many more bars than the window needs (fraction, plus _MARGIN_BARS), for holes in the data.
 _MARGIN: float = 0.10

@@ -7,7 +7,7 @@ denial wins. A denial is recorded by the caller as an event, never raised.
 The order (cheapest and most fundamental first):
 
 1. ``kill_switch``     HALTED, or a state that could not be read, denies everything.
-2. ``broker_breaker``  the broker's breaker open, forced open, or unreadable denies.
+2. ``broker_breaker``  the venue's breaker open, forced open, or unreadable denies.
 3. ``trading_state``   REDUCING lets through only orders that shrink a position
                        without flipping it.
 4. ``symbol_halted``   the symbol's trading status (from the stream, beside its
@@ -72,7 +72,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class BreakerReading:
-    """The broker breaker as the order path saw it.
+    """The venue's breaker as the order path saw it.
 
     ``readable`` False: Redis could not be read, which on the order path counts
     as open. ``allowed`` is the breaker's own answer (False while OPEN and
@@ -177,8 +177,8 @@ def check_kill_switch(ctx: CheckContext) -> Decision:
     return _allow(name, f"trading state {ctx.trading_state}")
 
 
-def check_broker_breaker(ctx: CheckContext) -> Decision:
-    """The broker's breaker must be readable and let the call through."""
+def check_venue_breaker(ctx: CheckContext) -> Decision:
+    """The venue's breaker must be readable and let the call through."""
     name, breaker = "broker_breaker", ctx.breaker
     if not breaker.readable:
         return _deny(name, f"breaker {breaker.name} unreadable: counts as open")
@@ -299,7 +299,7 @@ def check_position_size(ctx: CheckContext) -> Decision:
 
 
 def check_trades_per_day(ctx: CheckContext) -> Decision:
-    """At most ``max_trades_per_day`` orders reach the broker per exchange day."""
+    """At most ``max_trades_per_day`` orders reach the venue per exchange day."""
     name, limit = "trades_per_day", ctx.limits.max_trades_per_day
     if ctx.trades_today + 1 > limit:
         return _deny(name, f"{ctx.trades_today} trades today; this would be {ctx.trades_today + 1} > limit {limit}")
@@ -362,7 +362,7 @@ Check = Callable[[CheckContext], Decision]
 #: The fixed order in which :func:`run_checks` runs the checks.
 CHECKS: Final[tuple[Check, ...]] = (
     check_kill_switch,
-    check_broker_breaker,
+    check_venue_breaker,
     check_trading_state,
     check_symbol_halted,
     check_luld_band,

@@ -13,11 +13,11 @@
                 paused or dead worker still ends with a recorded status
 
 Exactly one of "sent" and "expired" wins. Expiring is one conditional UPDATE
-(``WHERE status = 'pending' AND submitted_at IS NULL``). A broker that takes an
-order holds the row first: the simulated broker locks it (``FOR UPDATE``) in the
-ledger transaction that accepts it, and for any other broker the orders path
+(``WHERE status = 'pending' AND submitted_at IS NULL``). A venue that takes an
+order holds the row first: the simulated venue locks it (``FOR UPDATE``) in the
+ledger transaction that accepts it, and for any other venue the orders path
 claims it (sets ``submitted_at``, same condition) before the call. So an UPDATE
-that comes second finds the row decided and changes nothing, and a broker that
+that comes second finds the row decided and changes nothing, and a venue that
 comes second finds it expired and sends nothing. The reconciler also skips rows
 another transaction holds right now (``FOR UPDATE SKIP LOCKED``): an order being
 decided is never marked expired under it.
@@ -103,9 +103,9 @@ def expire_order(
     """Record a pending, unsent order ``expired``, in the caller's transaction; returns the order's status now.
 
     ``expired`` when this call expired it; the status it already had when something else
-    decided it first (filled, denied, expired...; ``pending`` when a broker holds it);
+    decided it first (filled, denied, expired...; ``pending`` when a venue holds it);
     None when there is no such order. With ``row_values`` (the columns of the order as
-    :func:`omni_tasks.trading.orders.order_row_values` builds them) an order that was never
+    :func:`omni_tasks.trading.order_records.order_row_values` builds them) an order that was never
     recorded is recorded now, ``expired``, with its "requested" event: seen, not discarded.
     """
     changed = updated_rows(
@@ -153,7 +153,7 @@ def expire_overdue(
 
     Returns the ids it expired. Rows from before deadlines existed (``expires_at``
     empty) count ``ttl_s`` from their creation. The reason names the deadline and
-    the order's last event (a refusal while halted, a broker error...), so the
+    the order's last event (a refusal while halted, a venue error...), so the
     operator sees why it never went out.
     """
     cutoff = now - timedelta(seconds=grace_s)

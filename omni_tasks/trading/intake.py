@@ -3,7 +3,7 @@
     record   the ``orders`` row (``pending``, due by now + ``OMNI_TRADING_ORDER_TTL_S``) and its
              "requested" event, in one transaction. The database failing here: :class:`NotQueued`,
              nothing recorded and nothing queued.
-    queue    the message, carrying the deadline (``expires_at``). The broker (Redis) failing here:
+    queue    the message, carrying the deadline (``expires_at``). The Celery broker (Redis) failing here:
              the row is recorded ``rejected`` (check ``queue``) and :class:`NotQueued` says so. Should
              the database fail at that very moment too, the row stays ``pending`` and the watchdog
              records it ``expired`` after its deadline (:mod:`omni_tasks.trading.expiry`).
@@ -32,7 +32,7 @@ from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.core.errors import OmniError
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.trading.expiry import deadline_of, is_database_failure, updated_rows
-from omni_tasks.trading.orders import order_row_values, requested_detail
+from omni_tasks.trading.order_records import order_row_values, requested_detail
 
 _log = structlog.get_logger("omni.orders.intake")
 
@@ -66,7 +66,7 @@ def accept_order(
     request: OrderRequest,
     *,
     sessions: sessionmaker[Session],
-    broker: str,
+    venue: str,
     ttl_s: float,
     send: Callable[[dict[str, Any]], object],
     clock: Callable[[], float] = time.time,
@@ -77,7 +77,7 @@ def accept_order(
     now = deadline_of(None, accepted_at=now_s, ttl_s=0)
     try:
         with sessions() as session, session.begin():
-            session.execute(insert(Order), order_row_values(request, broker=broker, now=now, deadline=deadline))
+            session.execute(insert(Order), order_row_values(request, venue=venue, now=now, deadline=deadline))
             session.execute(
                 insert(OrderEvent),
                 {"ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,

@@ -21,13 +21,15 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.order_guard import order_guard
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.trading.expiry import EXPIRED, deadline_of, retry_delay_s
-from omni_tasks.trading.orders import DATABASE_BREAKER, OrderSubmitter, broker_breaker_name, parse_order
+from omni_tasks.trading.order_breakers import DATABASE_BREAKER, venue_breaker_name
+from omni_tasks.trading.orders import OrderSubmitter
+from omni_tasks.trading.parsing import parse_order
 from omni_tasks.trading.wiring import make_venue
 
 _log = structlog.get_logger("omni.orders")
 _cache: dict[str, tuple[int, OrderSubmitter]] = {}
 #: Retries while the broker is unreachable; then the order is recorded rejected.
-MAX_BROKER_RETRIES = 2
+MAX_VENUE_RETRIES = 2
 #: A ceiling on retries of any kind (the order's deadline ends database retries long before it).
 RETRY_CEILING = 1000
 #: The task-run ledger's state for a delivery that found its order past its deadline.
@@ -40,15 +42,15 @@ def submitter() -> OrderSubmitter:
     cached = _cache.get("submitter")
     if cached is not None and cached[0] == runtime.pid:
         return cached[1]
-    broker = make_venue(runtime, guard=order_guard(runtime.redis, runtime.sessions))
+    venue = make_venue(runtime, guard=order_guard(runtime.redis, runtime.sessions))
     hook = audit_transitions(runtime.sessions, client=runtime.redis)
     built = OrderSubmitter(
-        broker=broker,
+        venue=venue,
         redis=runtime.redis,
         sessions=runtime.sessions,
         limits=runtime.settings.risk,
         exchange_tz=runtime.settings.core.exchange_tz,
-        broker_breaker=CircuitBreaker(broker_breaker_name(broker.name), runtime.redis, fail_open=False, on_transition=hook),
+        venue_breaker=CircuitBreaker(venue_breaker_name(venue.name), runtime.redis, fail_open=False, on_transition=hook),
         database_breaker=CircuitBreaker(DATABASE_BREAKER, runtime.redis, fail_open=False, on_transition=hook),
     )
     _cache["submitter"] = (runtime.pid, built)
@@ -109,7 +111,7 @@ def submit_order(
         raise submit_order.retry(exc=exc, countdown=delay, args=(), kwargs=again, max_retries=RETRY_CEILING) from exc
     except RetryableError as exc:  # the broker unreachable
         attempt = broker_attempts + 1
-        if attempt > MAX_BROKER_RETRIES:
+        if attempt > MAX_VENUE_RETRIES:
             path.abandon(client_order_id, f"broker unreachable after {attempt} attempts: {exc}")
             _log.error("order abandoned", client_order_id=client_order_id, attempts=attempt)
             raise PermanentError(f"order {client_order_id} abandoned: broker unreachable after {attempt} attempts: {exc}") from exc

@@ -1,6 +1,6 @@
-"""Which broker this process trades through: the one ``OMNI_TRADING_BROKER`` names, built from the runtime.
+"""Which trading venue this process trades through: the one ``OMNI_TRADING_VENUE`` names, built from the runtime.
 
-Everything that needs a broker (the orders task, the kill switch, the risk task,
+Everything that needs a venue (the orders task, the kill switch, the risk task,
 ``omni kill drill``) calls :func:`make_venue`, so the choice is made in one place.
 """
 
@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 
 
 def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
-    """The configured broker: ``simulated`` (ledger in the runtime's database, quotes from its Redis) or ``alpaca_paper``.
+    """The configured venue: ``simulated`` (ledger in the runtime's database, quotes from its Redis) or ``alpaca_paper``.
 
     ``guard`` runs right before each order is accepted; by default it is the kill switch's
-    :func:`~omni_tasks.safety.order_guard.order_guard`, so no broker this process builds sends an
-    order while trading is HALTED (or its state cannot be read), and the simulated broker does not
+    :func:`~omni_tasks.safety.order_guard.order_guard`, so no venue this process builds sends an
+    order while trading is HALTED (or its state cannot be read), and the simulated venue does not
     fill a resting order then either: the kill switch's own reads (``open_orders`` for its snapshot
     and its confirmation) never fill anything after it engaged. ``cancel_all`` and ``close_all``
     are never guarded. Raises :class:`~omni_tasks.core.errors.ConfigError` when Alpaca is chosen without keys.
@@ -29,7 +29,7 @@ def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
         from omni_tasks.safety.order_guard import order_guard
 
         guard = order_guard(runtime.redis, runtime.sessions)
-    choice = settings.trading.broker
+    choice = settings.trading.venue
     if choice == "simulated":
         from omni_tasks.trading.simulated import SimulatedVenue
 
@@ -46,5 +46,5 @@ def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
 
         return AlpacaPaperVenue(settings, guard=guard, sessions=runtime.sessions)
     raise ValueError(
-        f"OMNI_TRADING_BROKER={choice!r}: no such broker (simulated or alpaca_paper)"
+        f"OMNI_TRADING_VENUE={choice!r}: no such venue (simulated or alpaca_paper)"
     )  # settings validation makes this unreachable

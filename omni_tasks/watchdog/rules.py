@@ -212,7 +212,7 @@ def queue_backlog(obs: Observations, settings: Settings) -> Finding | None:
         return None
     words = ", ".join(f"{name} {depth}" for name, depth in sorted(over.items()))
     # Orders waiting that long would leave at stale prices: open the broker breaker so they are denied, on the record.
-    action = Action("trip_breaker", f"broker:{settings.trading.broker}") if "orders" in over else Action("alert")
+    action = Action("trip_breaker", f"broker:{settings.trading.venue}") if "orders" in over else Action("alert")
     return Finding("queue_backlog", "warning", float(max(over.values())), float(limit), f"queue backlog over {limit}: {words}", action)
 
 

@@ -16,7 +16,7 @@ from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.trading import expiry
-from omni_tasks.trading.orders import DATABASE_BREAKER
+from omni_tasks.trading.order_breakers import DATABASE_BREAKER
 from omni_tasks.watchdog import actions, evaluation, ledgers, monitor
 
 _log = structlog.get_logger("omni.watchdog")

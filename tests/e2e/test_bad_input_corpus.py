@@ -184,7 +184,7 @@ def test_cancel_all_with_the_broker_down_fails_in_one_line_audited_listing_what_
             )  # fmt: skip
     down = {
         **env,
-        "OMNI_TRADING_BROKER": "alpaca_paper",
+        "OMNI_TRADING_VENUE": "alpaca_paper",
         "OMNI_ALPACA_API_KEY": "test-key",
         "OMNI_ALPACA_SECRET_KEY": "test-secret",
         "OMNI_ALPACA_TRADING_URL": f"http://127.0.0.1:{free_port()}",

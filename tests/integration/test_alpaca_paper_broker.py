@@ -1,4 +1,4 @@
-"""The Alpaca paper broker: alpaca-py's real TradingClient against a local stand-in of Alpaca's trading API.
+"""The Alpaca paper venue: alpaca-py's real TradingClient against a local stand-in of Alpaca's trading API.
 
 The stand-in is a real HTTP server (http.server in a thread on 127.0.0.1) serving
 responses recorded in Alpaca's formats (tests/fixtures/alpaca_trading/): /v2/account,
@@ -160,14 +160,14 @@ def keys() -> tuple[str, str]:
 
 
 def settings_for(url: str, keys: tuple[str, str] | None, **extra: str) -> Settings:
-    env = {"OMNI_ALPACA_TRADING_URL": url, "OMNI_TRADING_BROKER": "alpaca_paper", **extra}
+    env = {"OMNI_ALPACA_TRADING_URL": url, "OMNI_TRADING_VENUE": "alpaca_paper", **extra}
     if keys is not None:
         env.update({"OMNI_ALPACA_API_KEY": keys[0], "OMNI_ALPACA_SECRET_KEY": keys[1]})
     return load_settings(env)
 
 
 @pytest.fixture
-def broker(standin: TradingStandIn, keys: tuple[str, str]) -> AlpacaPaperVenue:
+def venue(standin: TradingStandIn, keys: tuple[str, str]) -> AlpacaPaperVenue:
     return AlpacaPaperVenue(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="2"), clock=lambda: NOW)
 
 
@@ -197,9 +197,9 @@ def assert_keys_sent(seen: Seen, keys: tuple[str, str]) -> None:
 # ---- construction --------------------------------------------------------------------------------
 
 
-def test_broker_satisfies_the_protocol(broker: AlpacaPaperVenue) -> None:
-    assert isinstance(broker, Venue)
-    assert broker.name == "alpaca_paper"
+def test_venue_satisfies_the_protocol(venue: AlpacaPaperVenue) -> None:
+    assert isinstance(venue, Venue)
+    assert venue.name == "alpaca_paper"
 
 
 def test_without_keys_it_refuses_to_build_naming_both_variables(standin: TradingStandIn) -> None:
@@ -217,10 +217,10 @@ def test_it_refuses_the_live_trading_url_and_paper_false(keys: tuple[str, str]) 
 # ---- reads ---------------------------------------------------------------------------------------
 
 
-def test_account_maps_cash_equity_and_starts_the_day_at_last_equity(broker, standin, keys) -> None:  # type: ignore[no-untyped-def]
+def test_account_maps_cash_equity_and_starts_the_day_at_last_equity(venue, standin, keys) -> None:  # type: ignore[no-untyped-def]
     standin.route("GET", "/v2/account", Reply(200, recorded("account.json")))
 
-    view = broker.account()
+    view = venue.account()
 
     # a down day: equity below last_equity, so without a ledger the peak is last_equity
     assert (view.cash, view.equity, view.day_start_equity, view.peak_equity) == (
@@ -239,15 +239,15 @@ def test_account_with_a_ledger_keeps_a_running_peak(standin: TradingStandIn, key
     engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     migrations.upgrade(engine)
     sessions = session_factory(engine)
-    broker = AlpacaPaperVenue(settings_for(standin.url, keys), sessions=sessions, clock=lambda: NOW)
+    venue = AlpacaPaperVenue(settings_for(standin.url, keys), sessions=sessions, clock=lambda: NOW)
     high, low = recorded("account.json"), recorded("account.json")
     high.update({"equity": "100033.12"})
     low.update({"equity": "99500.01", "cash": "97594.39"})
     standin.route("GET", "/v2/account", Reply(200, high))
-    assert broker.account().peak_equity == D("100033.12")
+    assert venue.account().peak_equity == D("100033.12")
 
     standin.route("GET", "/v2/account", Reply(200, low))
-    view = broker.account()
+    view = venue.account()
 
     assert (view.equity, view.peak_equity, view.extra["peak"]) == (D("99500.01"), D("100033.12"), "ledger")
     with sessions() as session:
@@ -256,10 +256,10 @@ def test_account_with_a_ledger_keeps_a_running_peak(standin: TradingStandIn, key
     engine.dispose()
 
 
-def test_positions_are_signed_exact_and_marked_at_alpacas_price(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_positions_are_signed_exact_and_marked_at_alpacas_price(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("GET", "/v2/positions", Reply(200, recorded("positions.json")))
 
-    positions = {p.symbol: p for p in broker.positions()}
+    positions = {p.symbol: p for p in venue.positions()}
 
     assert {s: (p.qty, p.avg_price, p.market_price) for s, p in positions.items()} == {
         "AAPL": (D(10), D("187.25"), D("188.05")),
@@ -269,10 +269,10 @@ def test_positions_are_signed_exact_and_marked_at_alpacas_price(broker, standin)
     assert positions["TSLA"].market_value == D("-1063.0")
 
 
-def test_open_orders_asks_for_open_status_and_maps_alpacas_statuses(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_open_orders_asks_for_open_status_and_maps_alpacas_statuses(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("GET", "/v2/orders", Reply(200, recorded("orders_open.json")))
 
-    orders = broker.open_orders()
+    orders = venue.open_orders()
 
     (seen,) = standin.requests("GET", "/v2/orders")
     assert seen.query == {"status": "open", "limit": "500", "direction": "desc", "nested": "false"}
@@ -289,10 +289,10 @@ def test_open_orders_asks_for_open_status_and_maps_alpacas_statuses(broker, stan
 # ---- orders --------------------------------------------------------------------------------------
 
 
-def test_submit_market_posts_exact_decimal_text_with_the_client_order_id(broker, standin, keys) -> None:  # type: ignore[no-untyped-def]
+def test_submit_market_posts_exact_decimal_text_with_the_client_order_id(venue, standin, keys) -> None:  # type: ignore[no-untyped-def]
     standin.route("POST", "/v2/orders", echo_order("order_accepted_market.json"))
 
-    order = broker.submit(market("omni-0001", "10"))
+    order = venue.submit(market("omni-0001", "10"))
 
     (seen,) = standin.requests("POST", "/v2/orders")
     assert seen.json() == {
@@ -312,10 +312,10 @@ def test_submit_market_posts_exact_decimal_text_with_the_client_order_id(broker,
     )
 
 
-def test_submit_limit_sends_the_limit_price_as_exact_text(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_submit_limit_sends_the_limit_price_as_exact_text(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("POST", "/v2/orders", echo_order("order_new_limit.json"))
 
-    order = broker.submit(OrderRequest("omni-0002", "AAPL", "buy", D("0.5"), "limit", D("187.05")))
+    order = venue.submit(OrderRequest("omni-0002", "AAPL", "buy", D("0.5"), "limit", D("187.05")))
 
     assert standin.requests("POST", "/v2/orders")[0].json() == {
         "symbol": "AAPL",
@@ -329,17 +329,17 @@ def test_submit_limit_sends_the_limit_price_as_exact_text(broker, standin) -> No
     assert (order.status, order.order_type, order.limit_price, order.qty) == ("new", "limit", D("187.05"), D("0.5"))
 
 
-def test_a_duplicate_client_order_id_returns_alpacas_existing_order(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_a_duplicate_client_order_id_returns_alpacas_existing_order(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("POST", "/v2/orders", Reply(422, recorded("error_duplicate_client_order_id.json")))
     standin.route("GET", "/v2/orders:by_client_order_id", Reply(200, recorded("order_filled_by_client_id.json")))
 
-    order = broker.submit(market("omni-dup-1", "10"))
+    order = venue.submit(market("omni-dup-1", "10"))
 
     (lookup,) = standin.requests("GET", "/v2/orders:by_client_order_id")
     assert lookup.query == {"client_order_id": "omni-dup-1"}
     assert (order.status, order.filled_qty, order.avg_fill_price) == ("filled", D(10), D("187.2514"))
     with pytest.raises(InvalidOrder, match="already Alpaca's order 4a0d4c42"):
-        broker.submit(market("omni-dup-1", "11"))
+        venue.submit(market("omni-dup-1", "11"))
 
 
 @pytest.mark.parametrize(
@@ -353,14 +353,14 @@ def test_a_duplicate_client_order_id_returns_alpacas_existing_order(broker, stan
         (503, None, True, "HTTP 503 (code None): upstream unavailable"),
     ],
 )
-def test_http_errors_map_to_broker_errors_429_and_5xx_retryable_in_one_request(  # type: ignore[no-untyped-def]
-    broker, standin, keys, status: int, fixture: str | None, retryable: bool, words: str
+def test_http_errors_map_to_venue_errors_429_and_5xx_retryable_in_one_request(  # type: ignore[no-untyped-def]
+    venue, standin, keys, status: int, fixture: str | None, retryable: bool, words: str
 ) -> None:
     reply = Reply(status, recorded(fixture)) if fixture else Reply(status, raw=b"upstream unavailable")
     standin.route("POST", "/v2/orders", reply)
 
     with pytest.raises(VenueError) as caught:
-        broker.submit(market())
+        venue.submit(market())
 
     assert (caught.value.retryable, caught.value.http_status) == (retryable, status)
     assert words in str(caught.value)
@@ -370,12 +370,12 @@ def test_http_errors_map_to_broker_errors_429_and_5xx_retryable_in_one_request( 
 
 
 def test_a_timeout_is_retryable_and_says_the_order_may_have_arrived(standin, keys) -> None:  # type: ignore[no-untyped-def]
-    broker = AlpacaPaperVenue(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="0.3"))
+    venue = AlpacaPaperVenue(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="0.3"))
     standin.route("POST", "/v2/orders", Reply(200, recorded("order_accepted_market.json"), delay_s=1.0))
 
     started = time.monotonic()
     with pytest.raises(VenueError, match="may have reached Alpaca: resend with the same client_order_id") as caught:
-        broker.submit(market())
+        venue.submit(market())
 
     assert caught.value.retryable is True
     assert time.monotonic() - started < 0.9
@@ -385,10 +385,10 @@ def test_a_refused_connection_is_retryable(keys: tuple[str, str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    broker = AlpacaPaperVenue(settings_for(f"http://127.0.0.1:{port}", keys))
+    venue = AlpacaPaperVenue(settings_for(f"http://127.0.0.1:{port}", keys))
 
     with pytest.raises(VenueError, match="ConnectionError") as caught:
-        broker.account()
+        venue.account()
     assert caught.value.retryable is True
 
 
@@ -408,17 +408,17 @@ def test_the_guard_runs_before_the_order_leaves_and_a_block_sends_nothing(standi
     assert standin.requests("POST", "/v2/orders") == []
 
 
-def test_malformed_requests_are_refused_before_any_request(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_requests_are_refused_before_any_request(venue, standin) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidOrder, match="qty"):
-        broker.submit(OrderRequest("omni-bad", "AAPL", "buy", D("-1")))
+        venue.submit(OrderRequest("omni-bad", "AAPL", "buy", D("-1")))
     assert standin.seen == []
 
 
-def test_cancel_all_deletes_every_order_and_returns_the_ids_asked(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_all_deletes_every_order_and_returns_the_ids_asked(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("DELETE", "/v2/orders", Reply(207, recorded("cancel_orders.json")))
 
     with capture_logs() as logs:
-        ids = broker.cancel_all()
+        ids = venue.cancel_all()
 
     assert ids == ["0b11f089-722d-4ced-9beb-e2eeed3637dc", "9f7d75bc-a9a2-40b0-9082-0fc0a09817ff", "d1a7f6b3-51c8-4f3f-9a77-0e2f1d2c3b4a"]
     assert [e["broker_order_id"] for e in logs if e["event"] == "alpaca could not cancel an order"] == [
@@ -427,10 +427,10 @@ def test_cancel_all_deletes_every_order_and_returns_the_ids_asked(broker, standi
     assert len(standin.requests("DELETE", "/v2/orders")) == 1
 
 
-def test_close_all_cancels_orders_and_maps_each_position_result(broker, standin) -> None:  # type: ignore[no-untyped-def]
+def test_close_all_cancels_orders_and_maps_each_position_result(venue, standin) -> None:  # type: ignore[no-untyped-def]
     standin.route("DELETE", "/v2/positions", Reply(207, recorded("close_positions.json")))
 
-    orders = {o.symbol: o for o in broker.close_all()}
+    orders = {o.symbol: o for o in venue.close_all()}
 
     (seen,) = standin.requests("DELETE", "/v2/positions")
     assert seen.query == {"cancel_orders": "True"}
@@ -442,22 +442,22 @@ def test_close_all_cancels_orders_and_maps_each_position_result(broker, standin)
     assert "HTTP 403 (code 40310000): insufficient qty available for order" in tsla.reason
 
 
-def test_keys_never_appear_in_logs_or_errors(broker, standin, keys, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_keys_never_appear_in_logs_or_errors(venue, standin, keys, caplog) -> None:  # type: ignore[no-untyped-def]
     standin.route("GET", "/v2/account", Reply(200, recorded("account.json")))
     standin.route("POST", "/v2/orders", echo_order("order_accepted_market.json"))
     standin.route("DELETE", "/v2/orders", Reply(207, recorded("cancel_orders.json")))
     caplog.set_level(logging.DEBUG)
     texts: list[str] = []
     with capture_logs() as logs:
-        broker.account()
-        broker.submit(market())
-        broker.cancel_all()
+        venue.account()
+        venue.submit(market())
+        venue.cancel_all()
         standin.route("POST", "/v2/orders", Reply(403, recorded("error_insufficient_buying_power.json")))
         try:
-            broker.submit(market("omni-0009"))
+            venue.submit(market("omni-0009"))
         except VenueError as exc:
             texts.append(str(exc))
-    texts += [json.dumps(entry, default=str) for entry in logs] + [record.getMessage() for record in caplog.records] + [repr(broker)]
+    texts += [json.dumps(entry, default=str) for entry in logs] + [record.getMessage() for record in caplog.records] + [repr(venue)]
     assert {"order submitted", "orders cancelled", "alpaca refused an order"} <= {entry["event"] for entry in logs}
     leaks = [text for text in texts for key in keys if key in text]
     print(f"\nsecrets found in logs and errors: {len(leaks)} of {len(texts)} lines")
@@ -469,11 +469,11 @@ def test_keys_never_appear_in_logs_or_errors(broker, standin, keys, caplog) -> N
 
 
 @pytest.mark.services
-def test_refresh_book_publishes_alpacas_account_and_positions(broker, standin, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_refresh_book_publishes_alpacas_account_and_positions(venue, standin, redis_client) -> None:  # type: ignore[no-untyped-def]
     standin.route("GET", "/v2/account", Reply(200, recorded("account.json")))
     standin.route("GET", "/v2/positions", Reply(200, recorded("positions.json")))
 
-    book = refresh_book(broker, redis_client)
+    book = refresh_book(venue, redis_client)
 
     assert read_book(redis_client) == book
     assert (book.broker, book.cash, book.day_start_equity, book.peak_equity, book.day) == (

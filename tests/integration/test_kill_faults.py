@@ -94,7 +94,7 @@ class Desk:
 
     @property
     def broker(self) -> Any:
-        return self.submitter.broker
+        return self.submitter.venue
 
     def raw(self) -> bytes | None:
         return self.server.client().get(TRADING_STATE_KEY)
@@ -149,7 +149,7 @@ def make_desk(server: PrivateRedis, database_url: str, data_dir: Path) -> Desk:
     rt = Runtime(load_settings(settings_env(server.url, database_url, data_dir)))
     broker = make_venue(rt, guard=order_guard(rt.redis, rt.sessions))
     submitter = OrderSubmitter(
-        broker=broker, redis=rt.redis, sessions=rt.sessions, limits=rt.settings.risk, exchange_tz=rt.settings.core.exchange_tz
+        venue=broker, redis=rt.redis, sessions=rt.sessions, limits=rt.settings.risk, exchange_tz=rt.settings.core.exchange_tz
     )
     serve_quote(rt.redis, SYMBOL, Decimal("100.00"), Decimal("100.02"))
     return Desk(rt, server, submitter)

@@ -3,7 +3,7 @@
 Each test owns its services: a PostgreSQL cluster of the session's own (``private_postgres``,
 stopped and started here) and a redis-server of its own (``PrivateRedis``) as broker and
 cache; real ``omni worker orders`` (and ``omni worker watchdog``) processes trade through
-the simulated broker. Orders are accepted the CLI's way: :func:`omni_tasks.trading.intake.accept_order`,
+the simulated venue. Orders are accepted the CLI's way: :func:`omni_tasks.trading.intake.accept_order`,
 which ``omni order buy/sell`` calls (recorded first, then queued), or the CLI itself.
 """
 
@@ -34,7 +34,7 @@ from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import Fill, Order, OrderEvent, Position, TaskRun
 from omni_tasks.trading.intake import NotQueued, accept_order
-from omni_tasks.trading.orders import parse_order
+from omni_tasks.trading.parsing import parse_order
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 from tests.servers import PrivatePostgres, PrivateRedis
 
@@ -81,7 +81,7 @@ class Desk:
             symbol=SYMBOL, side=side, qty=qty, client_order_id=f"cli-{uuid.uuid4().hex[:24]}", requested_by="operator:test"
         )
         ttl_s = self.settings.trading.order_ttl_s if ttl_s is None else ttl_s
-        accept_order(request, sessions=self.sessions, broker="simulated", ttl_s=ttl_s, send=self.send)
+        accept_order(request, sessions=self.sessions, venue="simulated", ttl_s=ttl_s, send=self.send)
         return request.client_order_id
 
     def statuses(self, ids: list[str]) -> dict[str, str]:

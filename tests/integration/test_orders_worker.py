@@ -1,7 +1,7 @@
 """Orders through a real orders worker on real Redis and PostgreSQL: fills, denials on the record, idempotency, breakers, the CLI.
 
 One PostgreSQL database per module, migrated with ``omni db upgrade``; one
-real ``omni worker orders`` (the simulated broker, guarded by the kill switch);
+real ``omni worker orders`` (the simulated venue, guarded by the kill switch);
 quotes are written to Redis exactly as the stream worker serves them.
 """
 
@@ -26,7 +26,7 @@ from omni_tasks.core.keys import TASK_OUTCOMES_KEY
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import AuditLog, Fill, Order, OrderEvent, Position
-from omni_tasks.trading.orders import plain
+from omni_tasks.trading.order_records import plain
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -355,8 +355,8 @@ def test_order_submission_latency_through_the_worker(desk: Desk) -> None:
     over = sum(1 for e in elapsed if e > 10.0)
     violations = int(desk.client.get("omni:latency:violations:order_submission") or 0)
     print(
-        f"\norder submission in the worker (checks, records, simulated broker on PostgreSQL): p50 {p50:.2f} ms, p99 {p99:.2f} ms over {n} orders "
-        f"(inside broker.submit p50 {at_broker[n // 2]:.2f} ms; the orders path's own p50 {ours[n // 2]:.2f} ms); "
+        f"\norder submission in the worker (checks, records, simulated venue on PostgreSQL): p50 {p50:.2f} ms, p99 {p99:.2f} ms over {n} orders "
+        f"(inside venue.submit p50 {at_broker[n // 2]:.2f} ms; the orders path's own p50 {ours[n // 2]:.2f} ms); "
         f"over the 10 ms budget: {over} of {n}; statuses {statuses}"
     )
     assert statuses == {"filled": n}

@@ -1,4 +1,4 @@
-"""Risk recalculation through a real risk worker on real Redis and PostgreSQL, with the simulated broker.
+"""Risk recalculation through a real risk worker on real Redis and PostgreSQL, with the simulated venue.
 
 One PostgreSQL database for the module (migrated in process), 60 sessions of
 daily bars for AAA, BBB and the benchmark SPY (one ``BarStore.upsert``),
@@ -55,7 +55,7 @@ class RiskSetup:
     engine: Engine
     sessions: sessionmaker[Session]
     client: redis.Redis
-    broker: SimulatedVenue
+    venue: SimulatedVenue
     closes: pd.DataFrame  # session x symbol
     tmp: Path
 
@@ -110,8 +110,8 @@ def _write_quote(client: redis.Redis, symbol: str, mid: str, half_spread: str = 
     client.expire(quote_key(symbol), 600)
 
 
-def _buy(broker: SimulatedVenue, symbol: str, qty: str, tag: str) -> None:
-    order = broker.submit(OrderRequest(client_order_id=f"risk-test-{tag}", symbol=symbol, side="buy", qty=Decimal(qty)))
+def _buy(venue: SimulatedVenue, symbol: str, qty: str, tag: str) -> None:
+    order = venue.submit(OrderRequest(client_order_id=f"risk-test-{tag}", symbol=symbol, side="buy", qty=Decimal(qty)))
     assert order.status == "filled", order
 
 
@@ -146,9 +146,9 @@ def setup(redis_url: str, pg_database: Callable[[], str], tmp_path_factory: pyte
     # and a quote that aged past OMNI_STREAM_STALE_AFTER_S would (rightly) be replaced by the last close.
     env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp / "data", OMNI_STREAM_STALE_AFTER_S="600")
     sessions = session_factory(engine)
-    broker = SimulatedVenue(sessions, client, starting_cash=STARTING_CASH, quote_max_age_s=5.0)
+    venue = SimulatedVenue(sessions, client, starting_cash=STARTING_CASH, quote_max_age_s=5.0)
     try:
-        yield RiskSetup(env, engine, sessions, client, broker, closes, tmp)
+        yield RiskSetup(env, engine, sessions, client, venue, closes, tmp)
     finally:
         engine.dispose()
         client.close()
@@ -177,13 +177,13 @@ def test_recalc_with_no_risk_worker_says_so_and_the_request_expires(setup: RiskS
 
 
 def test_snapshot_of_a_small_portfolio_has_the_expected_exposure_and_var(setup: RiskSetup, worker: OmniProcess) -> None:
-    client, broker, closes = setup.client, setup.broker, setup.closes
+    client, venue, closes = setup.client, setup.venue, setup.closes
     _write_quote(client, "AAA", "100.00")
     _write_quote(client, "BBB", "60.00")
-    _buy(broker, "AAA", "50", "aaa-1")
-    _buy(broker, "BBB", "40", "bbb-1")
+    _buy(venue, "AAA", "50", "aaa-1")
+    _buy(venue, "BBB", "40", "bbb-1")
     client.delete(quote_key("BBB"))  # BBB has no fresh quote now: it is marked at its last daily close
-    cash = broker.account().cash
+    cash = venue.account().cash
     assert cash == STARTING_CASH - Decimal("50") * Decimal("100.01") - Decimal("40") * Decimal("60.01")
 
     done = _omni(setup.env, "risk", "--recalc", "--json", "--timeout", "60")
@@ -233,9 +233,9 @@ def test_snapshot_of_a_small_portfolio_has_the_expected_exposure_and_var(setup: 
 
 
 def test_a_breach_is_stored_and_enqueues_a_watchdog_evaluation_at_once(setup: RiskSetup, worker: OmniProcess) -> None:
-    client, broker = setup.client, setup.broker
+    client, venue = setup.client, setup.venue
     _write_quote(client, "AAA", "100.00")
-    _buy(broker, "AAA", "150", "aaa-2")  # 200 AAA at 100.00 = $20,000: above the $10,000 per-position limit
+    _buy(venue, "AAA", "150", "aaa-2")  # 200 AAA at 100.00 = $20,000: above the $10,000 per-position limit
     before = len(_watchdog_ticks(client))
 
     done = _omni(setup.env, "risk", "--recalc", "--json", "--timeout", "60")
@@ -315,9 +315,9 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
     sessions = session_factory(engine)
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        broker = SimulatedVenue(sessions, client, name="sim-sqlite", starting_cash=STARTING_CASH, quote_max_age_s=5.0)
+        venue = SimulatedVenue(sessions, client, name="sim-sqlite", starting_cash=STARTING_CASH, quote_max_age_s=5.0)
         _write_quote(client, "CCC", "50.00")
-        _buy(broker, "CCC", "100", "sqlite-ccc")
+        _buy(venue, "CCC", "100", "sqlite-ccc")
         client.delete(quote_key("CCC"))
         assert _runtime_latest_is_none(sessions)
         with sessions() as session, session.begin():
@@ -342,7 +342,7 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
                     reason="not held",
                 )
             )
-        result = build_snapshot(broker, redis=client, store=BarStore(engine), sessions=sessions, risk=RiskSettings(), quote_max_age_s=10.0)
+        result = build_snapshot(venue, redis=client, store=BarStore(engine), sessions=sessions, risk=RiskSettings(), quote_max_age_s=10.0)
         snapshot_id = save_snapshot(sessions, result)
     finally:
         client.close()

@@ -1,4 +1,4 @@
-"""The simulated broker on real Redis (quotes, book) and a real database: PostgreSQL, and SQLite (the embedded default).
+"""The simulated venue on real Redis (quotes, book) and a real database: PostgreSQL, and SQLite (the embedded default).
 
 Quotes are written to Redis in the streaming worker's format (omni_tasks.contracts.quotes)
 by :func:`write_quote`; the broker's clock is a settable one so quote ages and
@@ -175,11 +175,11 @@ def test_write_quote_helper_is_read_back_by_the_stream_reader(redis_client: redi
 
 
 def test_market_buy_fills_at_the_ask_and_market_sell_at_the_bid_with_an_exact_ledger(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
 
-    bought = broker.submit(buy("b-1", "10"))
-    sold = broker.submit(sell("s-1", "4"))
+    bought = venue.submit(buy("b-1", "10"))
+    sold = venue.submit(sell("s-1", "4"))
 
     assert (bought.status, bought.avg_fill_price, bought.filled_qty) == ("filled", D("187.25"), D(10))
     assert (sold.status, sold.avg_fill_price) == ("filled", D("187.20"))
@@ -196,10 +196,10 @@ def test_market_buy_fills_at_the_ask_and_market_sell_at_the_bid_with_an_exact_le
 
 
 def test_eight_decimal_places_survive_the_ledger_exactly(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.12345670", "187.12345678")
 
-    broker.submit(buy("p-1", "3.33333333"))
+    venue.submit(buy("p-1", "3.33333333"))
 
     # 3.33333333 x 187.12345678 = 623.74485530... -> 623.74485531 (half-even at 8 places)
     assert account_row(sessions).cash == START - D("623.74485531")
@@ -209,39 +209,39 @@ def test_eight_decimal_places_survive_the_ledger_exactly(make, quote, sessions) 
 
 
 def test_limit_order_rests_until_a_fresh_quote_crosses_it_then_fills_at_that_quote(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
 
-    resting = broker.submit(buy("l-1", "5", limit="187.00"))
+    resting = venue.submit(buy("l-1", "5", limit="187.00"))
     assert (resting.status, resting.is_open) == ("new", True)
-    assert [o.client_order_id for o in broker.open_orders()] == ["l-1"]
-    assert broker.positions() == []
+    assert [o.client_order_id for o in venue.open_orders()] == ["l-1"]
+    assert venue.positions() == []
 
     quote("AAPL", "186.90", "186.95", age_s=9)  # crosses, but stale: never filled on it
-    assert [o.client_order_id for o in broker.open_orders()] == ["l-1"]
+    assert [o.client_order_id for o in venue.open_orders()] == ["l-1"]
 
     quote("AAPL", "186.90", "186.95")
-    assert broker.open_orders() == []
+    assert venue.open_orders() == []
     with sessions() as session:
         order = session.execute(select(Order).where(Order.client_order_id == "l-1")).scalar_one()
     assert (order.status, order.avg_fill_price, order.filled_qty) == ("filled", D("186.95"), D(5))
-    assert [(p.symbol, p.qty, p.avg_price) for p in broker.positions()] == [("AAPL", D(5), D("186.95"))]
+    assert [(p.symbol, p.qty, p.avg_price) for p in venue.positions()] == [("AAPL", D(5), D("186.95"))]
     assert account_row(sessions).cash == START - D("934.75")
 
 
 def test_marketable_limit_fills_at_once_at_the_quote_which_is_the_limit_or_better(make, quote) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
 
-    assert broker.submit(buy("l-b", "1", limit="190")).avg_fill_price == D("187.25")
-    assert broker.submit(sell("l-s", "1", limit="187.20")).avg_fill_price == D("187.20")
+    assert venue.submit(buy("l-b", "1", limit="190")).avg_fill_price == D("187.25")
+    assert venue.submit(sell("l-s", "1", limit="187.20")).avg_fill_price == D("187.20")
 
 
 def test_stale_quote_rejects_naming_the_symbol_and_its_age_and_fills_nothing(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25", age_s=12.5)
 
-    order = broker.submit(buy("st-1", "10"))
+    order = venue.submit(buy("st-1", "10"))
 
     assert order.status == "rejected"
     assert order.reason is not None
@@ -253,7 +253,7 @@ def test_stale_quote_rejects_naming_the_symbol_and_its_age_and_fills_nothing(mak
     assert account_row(sessions).cash == START
     assert events(sessions, "st-1") == [("rejected", "quote")]
 
-    missing = broker.submit(buy("st-2", "1", "MSFT"))
+    missing = venue.submit(buy("st-2", "1", "MSFT"))
     assert missing.status == "rejected"
     assert missing.reason is not None
     assert "no quote for MSFT" in missing.reason
@@ -263,22 +263,22 @@ def test_stale_quote_rejects_naming_the_symbol_and_its_age_and_fills_nothing(mak
 
 
 def test_resubmit_of_a_client_order_id_returns_the_first_order_and_never_fills_twice(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
-    first = broker.submit(buy("same-1", "10"))
+    first = venue.submit(buy("same-1", "10"))
 
     quote("AAPL", "190.00", "190.10")
-    again = broker.submit(buy("same-1", "10"))
+    again = venue.submit(buy("same-1", "10"))
 
     assert (again.broker_order_id, again.status, again.avg_fill_price) == (first.broker_order_id, "filled", D("187.25"))
     assert count(sessions, Order) == 1
     assert count(sessions, Fill) == 1
     with pytest.raises(InvalidOrder, match="already used for buy 10"):
-        broker.submit(buy("same-1", "11"))
+        venue.submit(buy("same-1", "11"))
 
 
 def test_concurrent_submits_of_the_same_ids_from_threads_make_one_order_and_one_fill_each(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     ids, threads_n = [f"race-{i}" for i in range(10)], 8
     barrier = threading.Barrier(threads_n)
@@ -290,7 +290,7 @@ def test_concurrent_submits_of_the_same_ids_from_threads_make_one_order_and_one_
         barrier.wait()
         try:
             for cid in order:
-                broker.submit(buy(cid, "2"))
+                venue.submit(buy(cid, "2"))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
@@ -314,7 +314,7 @@ def test_concurrent_submits_of_the_same_ids_from_threads_make_one_order_and_one_
 
 
 def test_concurrent_distinct_orders_from_threads_lose_no_update(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
     plan = [(f"mix-{i}", "buy" if i % 3 else "sell", "MSFT" if i % 2 else "AAPL", D(i % 5 + 1)) for i in range(48)]
@@ -322,7 +322,7 @@ def test_concurrent_distinct_orders_from_threads_lose_no_update(make, quote, ses
 
     def run(chunk: list[tuple[str, str, str, D]]) -> None:
         for cid, side, symbol, qty in chunk:
-            broker.submit(OrderRequest(cid, symbol, side, qty))  # type: ignore[arg-type]
+            venue.submit(OrderRequest(cid, symbol, side, qty))  # type: ignore[arg-type]
 
     workers = [threading.Thread(target=run, args=(chunk,)) for chunk in chunks]
     for worker in workers:
@@ -335,19 +335,19 @@ def test_concurrent_distinct_orders_from_threads_lose_no_update(make, quote, ses
     expected_qty = {s: sum((qty if side == "buy" else -qty) for _, side, symbol, qty in plan if symbol == s) for s in ("AAPL", "MSFT")}
     assert count(sessions, Fill) == len(plan)
     assert account_row(sessions).cash == expected_cash
-    assert {p.symbol: p.qty for p in broker.positions()} == expected_qty
+    assert {p.symbol: p.qty for p in venue.positions()} == expected_qty
 
 
 def _race_process(url: str, redis_url: str, ids: list[str], seed: int, barrier: Any) -> None:
-    """One process of the PostgreSQL race: its own engine, Redis client and broker, every id in its own order."""
+    """One process of the PostgreSQL race: its own engine, Redis client and venue, every id in its own order."""
     engine = make_engine(url)
     client = redis.Redis.from_url(redis_url)
-    broker = SimulatedVenue(session_factory(engine), client, starting_cash=START, quote_max_age_s=60.0)
+    venue = SimulatedVenue(session_factory(engine), client, starting_cash=START, quote_max_age_s=60.0)
     order = ids[:]
     random.Random(seed).shuffle(order)
     barrier.wait(timeout=60)
     for cid in order:
-        broker.submit(buy(cid, "1"))
+        venue.submit(buy(cid, "1"))
     engine.dispose()
 
 
@@ -422,88 +422,88 @@ def test_a_pending_row_recorded_by_the_orders_path_is_taken_over_not_duplicated(
 
 
 def test_cancel_all_cancels_every_resting_order_and_open_orders_is_then_empty(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
     resting = [
-        broker.submit(buy("r-1", "1", limit="180")),
-        broker.submit(sell("r-2", "1", limit="200")),
-        broker.submit(buy("r-3", "2", "MSFT", limit="400")),
+        venue.submit(buy("r-1", "1", limit="180")),
+        venue.submit(sell("r-2", "1", limit="200")),
+        venue.submit(buy("r-3", "2", "MSFT", limit="400")),
     ]
-    filled = broker.submit(buy("f-1", "1"))
+    filled = venue.submit(buy("f-1", "1"))
 
-    cancelled = broker.cancel_all()
+    cancelled = venue.cancel_all()
 
     assert sorted(cancelled) == sorted(o.broker_order_id for o in resting)
-    assert broker.open_orders() == []
+    assert venue.open_orders() == []
     with sessions() as session:
         statuses = dict(session.execute(select(Order.client_order_id, Order.status)).all())
     assert statuses == {"r-1": "cancelled", "r-2": "cancelled", "r-3": "cancelled", "f-1": "filled"}
     assert events(sessions, "r-2")[-1] == ("cancelled", None)
     assert filled.status == "filled"
-    assert broker.cancel_all() == []
+    assert venue.cancel_all() == []
 
 
 def test_close_all_cancels_resting_orders_and_flattens_long_and_short_at_the_quote(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
-    broker.submit(buy("o-1", "10"))
-    broker.submit(sell("o-2", "3", "MSFT"))
-    broker.submit(buy("o-3", "5", limit="150"))
+    venue.submit(buy("o-1", "10"))
+    venue.submit(sell("o-2", "3", "MSFT"))
+    venue.submit(buy("o-3", "5", limit="150"))
 
-    closing = broker.close_all()
+    closing = venue.close_all()
 
     assert sorted((o.symbol, o.side, o.qty, o.status, o.avg_fill_price) for o in closing) == [
         ("AAPL", "sell", D(10), "filled", D("187.20")),
         ("MSFT", "buy", D(3), "filled", D("410.10")),
     ]
     assert all(o.client_order_id.startswith("close-") for o in closing)
-    assert broker.positions() == []
-    assert broker.open_orders() == []
+    assert venue.positions() == []
+    assert venue.open_orders() == []
     # Round trips cost the spread: AAPL 10 x 0.05, MSFT 3 x 0.10
     assert account_row(sessions).cash == START - D("0.50") - D("0.30")
-    assert broker.close_all() == []
+    assert venue.close_all() == []
 
 
 def test_close_all_without_a_fresh_quote_rejects_that_close_and_flattens_the_rest(make, quote, sessions, clock) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
-    broker.submit(buy("o-1", "10"))
-    broker.submit(buy("o-2", "2", "MSFT"))
+    venue.submit(buy("o-1", "10"))
+    venue.submit(buy("o-2", "2", "MSFT"))
     clock.now += timedelta(seconds=30)
     quote("AAPL", "187.00", "187.05")  # MSFT's quote is now 30 s old
 
-    closing = {o.symbol: o for o in broker.close_all()}
+    closing = {o.symbol: o for o in venue.close_all()}
 
     assert closing["AAPL"].status == "filled"
     assert closing["MSFT"].status == "rejected"
     assert closing["MSFT"].reason is not None
     assert "MSFT" in closing["MSFT"].reason
-    assert [(p.symbol, p.qty) for p in broker.positions()] == [("MSFT", D(2))]
+    assert [(p.symbol, p.qty) for p in venue.positions()] == [("MSFT", D(2))]
 
 
 def test_day_rolls_at_the_first_call_of_a_new_new_york_date_with_the_equity_then(make, quote, sessions, clock, redis_client) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
-    broker.submit(buy("d-1", "10"))  # cash 98127.50
-    broker.submit(buy("d-2", "1", limit="150"))
+    venue.submit(buy("d-1", "10"))  # cash 98127.50
+    venue.submit(buy("d-2", "1", limit="150"))
     assert account_row(sessions).day == date(2026, 3, 9)
 
     clock.now = datetime(2026, 3, 10, 3, 30, tzinfo=UTC)  # 23:30 on the 9th in New York: the same trading day
     quote("AAPL", "189.00", "189.10")
-    view = broker.account()
+    view = venue.account()
     assert (view.extra["day"], view.day_start_equity) == ("2026-03-09", START)
 
     clock.now = datetime(2026, 3, 10, 14, 35, tzinfo=UTC)  # 10:35 on the 10th
     quote("AAPL", "190.00", "190.10")
-    view = broker.account()
+    view = venue.account()
 
     # 98127.50 + 10 x 190.05 (the fresh mid)
     assert (view.extra["day"], view.day_start_equity, view.equity) == ("2026-03-10", D("100028.00"), D("100028.00"))
     assert view.peak_equity == D("100028.00")
-    assert broker.open_orders() == []
+    assert venue.open_orders() == []
     with sessions() as session:
         assert session.execute(select(Order.status).where(Order.client_order_id == "d-2")).scalar_one() == "expired"
     book = read_book(redis_client)
@@ -511,17 +511,17 @@ def test_day_rolls_at_the_first_call_of_a_new_new_york_date_with_the_equity_then
     assert (book.day, book.day_start_equity) == (date(2026, 3, 10), D("100028.00"))
 
     quote("AAPL", "180.00", "180.10")
-    later = broker.account()
+    later = venue.account()
     assert (later.day_start_equity, later.equity) == (D("100028.00"), D("98127.50") + 10 * D("180.05"))
 
 
 def test_day_roll_without_a_fresh_quote_marks_at_the_average_price(make, quote, sessions, clock) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
-    broker.submit(buy("d-1", "10"))
+    venue.submit(buy("d-1", "10"))
     clock.now = datetime(2026, 3, 10, 14, 35, tzinfo=UTC)
 
-    view = broker.account()
+    view = venue.account()
 
     assert view.day_start_equity == D("98127.50") + 10 * D("187.25") == START
     assert (view.extra["marks"], view.extra["marked_by_avg_price"]) == ("avg_price", "AAPL")
@@ -537,11 +537,11 @@ def test_guard_block_raises_records_the_rejection_and_fills_nothing(make, quote,
         seen.append(request)
         raise OrderBlocked("kill switch engaged (HALTED) by operator:alice")
 
-    broker = make(guard=halted)
+    venue = make(guard=halted)
     quote("AAPL", "187.20", "187.25")
 
     with pytest.raises(OrderBlocked, match="kill switch engaged"):
-        broker.submit(buy("g-1", "10"))
+        venue.submit(buy("g-1", "10"))
 
     assert seen == [buy("g-1", "10")]
     with sessions() as session:
@@ -550,7 +550,7 @@ def test_guard_block_raises_records_the_rejection_and_fills_nothing(make, quote,
     assert events(sessions, "g-1") == [("rejected", "guard")]
     assert count(sessions, Fill) == 0
     assert account_row(sessions).cash == START
-    resent = broker.submit(buy("g-1", "10"))
+    resent = venue.submit(buy("g-1", "10"))
     assert (resent.status, count(sessions, Fill)) == ("rejected", 0)
 
 
@@ -558,11 +558,11 @@ def test_a_guard_that_fails_blocks_the_order(make, quote, sessions) -> None:  # 
     def broken(_request: OrderRequest) -> None:
         raise ConnectionError("redis down")
 
-    broker = make(guard=broken)
+    venue = make(guard=broken)
     quote("AAPL", "187.20", "187.25")
 
     with pytest.raises(OrderBlocked, match="guard failed .ConnectionError: redis down"):
-        broker.submit(buy("g-2", "1"))
+        venue.submit(buy("g-2", "1"))
     assert count(sessions, Fill) == 0
 
 
@@ -573,17 +573,17 @@ def test_a_resting_order_is_not_filled_while_the_guard_refuses(make, quote, sess
         if halted.is_set():
             raise OrderBlocked("kill switch engaged")
 
-    broker = make(guard=guard)
+    venue = make(guard=guard)
     quote("AAPL", "187.20", "187.25")
-    broker.submit(buy("rest-1", "5", limit="187.00"))
+    venue.submit(buy("rest-1", "5", limit="187.00"))
     halted.set()
 
     quote("AAPL", "186.90", "186.95")
-    assert [o.client_order_id for o in broker.open_orders()] == ["rest-1"]
+    assert [o.client_order_id for o in venue.open_orders()] == ["rest-1"]
     assert count(sessions, Fill) == 0
 
     halted.clear()
-    assert broker.open_orders() == []
+    assert venue.open_orders() == []
     assert count(sessions, Fill) == 1
 
 
@@ -591,11 +591,11 @@ def test_a_resting_order_is_not_filled_while_the_guard_refuses(make, quote, sess
 
 
 def test_the_book_in_redis_matches_the_ledger_after_every_change(make, quote, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
     for request in (buy("k-1", "10"), sell("k-2", "3", "MSFT"), sell("k-3", "10")):
-        broker.submit(request)
+        venue.submit(request)
         book = read_book(redis_client)
         row = account_row(sessions)
         with sessions() as session:
@@ -614,49 +614,49 @@ def test_the_book_in_redis_matches_the_ledger_after_every_change(make, quote, se
 
 
 def test_refresh_book_republishes_the_simulated_ledger_after_redis_lost_it(make, quote, sessions, redis_client) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
-    broker.submit(buy("rb-1", "10"))
+    venue.submit(buy("rb-1", "10"))
     redis_client.delete(TRADING_BOOK_KEY)
 
-    book = refresh_book(broker, redis_client)
+    book = refresh_book(venue, redis_client)
 
     assert read_book(redis_client) == book
     assert (book.cash, {s: p.qty for s, p in book.positions.items()}) == (account_row(sessions).cash, {"AAPL": D(10)})
 
 
 def test_account_equity_marks_fresh_quotes_at_the_mid_else_the_average_price(make, quote, clock) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     quote("MSFT", "410.00", "410.10")
-    broker.submit(buy("e-1", "10"))
-    broker.submit(buy("e-2", "2", "MSFT"))
+    venue.submit(buy("e-1", "10"))
+    venue.submit(buy("e-2", "2", "MSFT"))
     clock.now += timedelta(seconds=20)
     quote("AAPL", "188.00", "188.10")  # MSFT's quote is 20 s old now
 
-    view = broker.account()
+    view = venue.account()
 
     cash = START - D("1872.50") - D("820.20")
     assert view.cash == cash
     assert view.equity == cash + 10 * D("188.05") + 2 * D("410.10")
     assert (view.extra["marks"], view.extra["marked_by_quote"], view.extra["marked_by_avg_price"]) == ("mixed", "AAPL", "MSFT")
     assert view.peak_equity == max(START, view.equity)
-    assert {p.symbol: p.market_price for p in broker.positions()} == {"AAPL": D("188.05"), "MSFT": None}
+    assert {p.symbol: p.market_price for p in venue.positions()} == {"AAPL": D("188.05"), "MSFT": None}
 
 
 def test_quotes_unreadable_is_a_retryable_error_and_records_nothing(sessions, clock) -> None:  # type: ignore[no-untyped-def]
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
-    broker = SimulatedVenue(sessions, dead, starting_cash=START, quote_max_age_s=5.0, clock=clock)
+    venue = SimulatedVenue(sessions, dead, starting_cash=START, quote_max_age_s=5.0, clock=clock)
 
     with pytest.raises(VenueError, match="quotes unreadable") as caught:
-        broker.submit(buy("x-1", "1"))
+        venue.submit(buy("x-1", "1"))
 
     assert caught.value.retryable is True
     assert count(sessions, Order) == 0
 
 
 def test_malformed_requests_are_refused_before_anything_is_recorded(make, sessions) -> None:  # type: ignore[no-untyped-def]
-    broker = make()
+    venue = make()
     for bad, field in [
         (OrderRequest("ok-1", "aapl", "buy", D(1)), "symbol"),
         (OrderRequest("ok-2", "AAPL", "buy", D(0)), "qty"),
@@ -665,32 +665,32 @@ def test_malformed_requests_are_refused_before_anything_is_recorded(make, sessio
         (OrderRequest("bad id", "AAPL", "buy", D(1)), "client_order_id"),
     ]:
         with pytest.raises(InvalidOrder, match=field):
-            broker.submit(bad)
+            venue.submit(bad)
     assert count(sessions, Order) == 0
 
 
 def test_submit_and_cancel_all_latency(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
     """Figures for the order path's 10 ms budget and the kill switch's cancel step (printed with their N)."""
-    broker = make()
+    venue = make()
     quote("AAPL", "187.20", "187.25")
     timings = []
     for i in range(100):
         started = time.perf_counter()
-        broker.submit(buy(f"lat-{i}", "1") if i % 2 else sell(f"lat-{i}", "1"))
+        venue.submit(buy(f"lat-{i}", "1") if i % 2 else sell(f"lat-{i}", "1"))
         timings.append((time.perf_counter() - started) * 1000)
     for i in range(100):
-        broker.submit(buy(f"rest-{i}", "1", limit="100"))
+        venue.submit(buy(f"rest-{i}", "1", limit="100"))
     started = time.perf_counter()
-    cancelled = broker.cancel_all()
+    cancelled = venue.cancel_all()
     cancel_ms = (time.perf_counter() - started) * 1000
     dialect = sessions.kw["bind"].dialect.name
     p99 = statistics.quantiles(timings, n=100)[98]
     print(
-        f"\nsimulated broker on {dialect}: market submit p50 {statistics.median(timings):.2f} ms, p99 {p99:.2f} ms (N=100); "
+        f"\nsimulated venue on {dialect}: market submit p50 {statistics.median(timings):.2f} ms, p99 {p99:.2f} ms (N=100); "
         f"cancel_all of {len(cancelled)} resting orders {cancel_ms:.1f} ms"
     )
     assert len(cancelled) == 100
-    assert broker.open_orders() == []
+    assert venue.open_orders() == []
 
 
 def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> None:
@@ -709,7 +709,7 @@ def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> 
     assert publish_book(redis_client, "simulated", newer, [], updated_ns=1) is True  # an unreadable book is replaced
 
 
-def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_make_venue_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from omni_tasks.core.keys import TRADING_STATE_KEY
     from omni_tasks.core.runtime import Runtime
     from omni_tasks.safety.state_rule import TradingState, format_value
@@ -724,19 +724,19 @@ def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(e
         }
     )
     runtime = Runtime(settings)
-    broker = make_venue(runtime)
+    venue = make_venue(runtime)
     sessions = runtime.sessions
     write_quote(redis_client, "AAPL", "187.20", "187.25", ts_ns=time.time_ns())
-    assert broker.submit(buy("k-1", "1")).status == "filled"
-    broker.submit(buy("k-2", "1", limit="180"))
+    assert venue.submit(buy("k-1", "1")).status == "filled"
+    venue.submit(buy("k-2", "1", limit="180"))
 
     redis_client.set(TRADING_STATE_KEY, format_value(TradingState.HALTED, 7))
     with pytest.raises(OrderBlocked, match="HALTED"):
-        broker.submit(buy("k-3", "1"))
+        venue.submit(buy("k-3", "1"))
     write_quote(redis_client, "AAPL", "179.90", "179.95", ts_ns=time.time_ns())  # crosses the resting limit
 
-    assert [o.client_order_id for o in broker.open_orders()] == ["k-2"]  # the kill switch's own read fills nothing
+    assert [o.client_order_id for o in venue.open_orders()] == ["k-2"]  # the kill switch's own read fills nothing
     assert count(sessions, Fill) == 1
-    assert len(broker.cancel_all()) == 1
-    assert broker.open_orders() == []
+    assert len(venue.cancel_all()) == 1
+    assert venue.open_orders() == []
     runtime.engine.dispose()

@@ -10,7 +10,7 @@ writes to a real Redis. The sequence, per client:
 
 checking at each point the trading status in Redis (a halt never expires),
 the day's VWAP and volume against hand-computed values, the counts by kind,
-and orders through the real order path (OrderSubmitter, the simulated broker
+and orders through the real order path (OrderSubmitter, the simulated venue
 on SQLite, the kill switch and breakers on the same Redis): denied while
 halted naming the halt, denied outside the band, filled inside it once
 trading resumed. Then the 406 sent before the client's auth reaches both
@@ -128,8 +128,8 @@ def submitter(client: redis.Redis, tmp_path: Path) -> OrderSubmitter:
     migrations.upgrade(engine)
     sessions = session_factory(engine)
     client.delete(TRADING_STATE_KEY)  # this database's own (ACTIVE) state is published again on the first read
-    broker = SimulatedVenue(sessions, client, name=f"sim-{uuid.uuid4().hex[:6]}", starting_cash=Decimal(100_000), quote_max_age_s=30.0)
-    return OrderSubmitter(broker=broker, redis=client, sessions=sessions, limits=RiskSettings(quote_max_age_s=30.0))
+    venue = SimulatedVenue(sessions, client, name=f"sim-{uuid.uuid4().hex[:6]}", starting_cash=Decimal(100_000), quote_max_age_s=30.0)
+    return OrderSubmitter(venue=venue, redis=client, sessions=sessions, limits=RiskSettings(quote_max_age_s=30.0))
 
 
 def order(submitter: OrderSubmitter, symbol: str, side: str, limit: str | None) -> Any:

@@ -144,6 +144,83 @@ def test_load_settings_bad_url_scheme_error_hides_the_password(variable: str, ur
     assert "dbPassw0rd" not in message
 
 
+# ---- renamed variables -------------------------------------------------------------
+
+
+def test_load_settings_old_trading_broker_name_is_read_as_the_venue_with_one_deprecation_line() -> None:
+    said: list[str] = []
+
+    settings = load_settings({"OMNI_TRADING_BROKER": "alpaca_paper"}, warn=said.append)
+
+    assert settings.trading.venue == "alpaca_paper"
+    assert len(said) == 1
+    assert "\n" not in said[0]
+    assert "OMNI_TRADING_BROKER is deprecated" in said[0]
+    assert "OMNI_TRADING_VENUE" in said[0]
+
+
+def test_load_settings_old_trading_broker_name_in_env_file_is_read_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OMNI_TRADING_BROKER=alpaca_paper\n", encoding="utf-8")
+    said: list[str] = []
+
+    assert load_settings({}, warn=said.append).trading.venue == "alpaca_paper"
+    assert len(said) == 1
+
+
+def test_load_settings_new_trading_venue_name_alone_says_nothing() -> None:
+    said: list[str] = []
+
+    assert load_settings({"OMNI_TRADING_VENUE": "alpaca_paper"}, warn=said.append).trading.venue == "alpaca_paper"
+    assert said == []
+
+
+def test_load_settings_old_and_new_trading_names_agreeing_is_the_value_with_the_deprecation_line() -> None:
+    said: list[str] = []
+
+    settings = load_settings({"OMNI_TRADING_BROKER": "simulated", "OMNI_TRADING_VENUE": "simulated"}, warn=said.append)
+
+    assert settings.trading.venue == "simulated"
+    assert len(said) == 1
+
+
+def test_load_settings_old_and_new_trading_names_disagreeing_is_one_clear_error() -> None:
+    message = _config_error({"OMNI_TRADING_BROKER": "alpaca_paper", "OMNI_TRADING_VENUE": "simulated"})
+
+    assert "\n" not in message
+    assert message.startswith("OMNI_TRADING_BROKER=")
+    assert "OMNI_TRADING_VENUE='simulated'" in message
+    assert "set only OMNI_TRADING_VENUE" in message
+
+
+def test_load_settings_old_trading_broker_name_with_a_bad_value_names_the_new_variable() -> None:
+    message = _config_error({"OMNI_TRADING_BROKER": "nyse"})
+
+    assert message.startswith("OMNI_TRADING_VENUE: ")
+
+
+def test_cli_config_show_old_trading_broker_name_prints_one_deprecation_line_on_stderr(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+    env["OMNI_DATA_DIR"] = str(tmp_path / "data")
+    env["OMNI_TRADING_BROKER"] = "alpaca_paper"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "omni_tasks", "config", "show"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "OMNI_TRADING_BROKER" in line]
+    assert len(lines) == 1, result.stderr
+    assert "deprecated" in lines[0]
+    assert "OMNI_TRADING_VENUE" in lines[0]
+    assert "alpaca_paper" in result.stdout
+
+
 # ---- .env file and precedence ------------------------------------------------------
 
 

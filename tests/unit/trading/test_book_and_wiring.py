@@ -143,7 +143,7 @@ def _api_error(status: int, body: str) -> APIError:
 @pytest.mark.parametrize(
     ("status", "retryable"), [(400, False), (403, False), (404, False), (422, False), (429, True), (500, True), (504, True)]
 )
-def test_broker_error_retries_only_429_and_5xx(status: int, retryable: bool) -> None:
+def test_venue_error_retries_only_429_and_5xx(status: int, retryable: bool) -> None:
     error = broker_error(_api_error(status, '{"code": 1, "message": "m"}'), "POST /v2/orders")
     assert (error.retryable, error.http_status, str(error)) == (retryable, status, f"alpaca POST /v2/orders: HTTP {status} (code 1): m")
 
@@ -151,23 +151,23 @@ def test_broker_error_retries_only_429_and_5xx(status: int, retryable: bool) -> 
 # ---- make_venue ---------------------------------------------------------------------------------
 
 
-def test_make_broker_builds_the_simulated_broker_by_default(tmp_path: Path) -> None:
+def test_make_venue_builds_the_simulated_venue_by_default(tmp_path: Path) -> None:
     settings = load_settings(
         {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_QUOTE_MAX_AGE_S": "2.5", "OMNI_TRADING_STARTING_CASH_USD": "25000"}
     )
 
-    broker = make_venue(Runtime(settings))
+    venue = make_venue(Runtime(settings))
 
-    assert isinstance(broker, SimulatedVenue)
-    assert (broker.name, broker._max_age_s, broker._starting_cash) == ("simulated", 2.5, D(25000))
+    assert isinstance(venue, SimulatedVenue)
+    assert (venue.name, venue.quote_max_age_s, venue.starting_cash) == ("simulated", 2.5, D(25000))
 
 
-def test_make_broker_builds_alpaca_paper_when_chosen_and_refuses_it_without_keys(tmp_path: Path) -> None:
-    env = {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_BROKER": "alpaca_paper"}
+def test_make_venue_builds_alpaca_paper_when_chosen_and_refuses_it_without_keys(tmp_path: Path) -> None:
+    env = {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_VENUE": "alpaca_paper"}
     with pytest.raises(ConfigError, match="OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY"):
         make_venue(Runtime(load_settings(env)))
 
     made_up = {"OMNI_ALPACA_API_KEY": secrets.token_hex(10), "OMNI_ALPACA_SECRET_KEY": secrets.token_urlsafe(30)}  # generated per run
-    broker = make_venue(Runtime(load_settings(env | made_up)))
-    assert isinstance(broker, AlpacaPaperVenue)
-    assert broker.name == "alpaca_paper"
+    venue = make_venue(Runtime(load_settings(env | made_up)))
+    assert isinstance(venue, AlpacaPaperVenue)
+    assert venue.name == "alpaca_paper"

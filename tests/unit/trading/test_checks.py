@@ -15,7 +15,6 @@ from omni_tasks.trading.checks import (
     CHECKS,
     BreakerReading,
     CheckContext,
-    check_broker_breaker,
     check_concentration,
     check_daily_loss,
     check_gross_leverage,
@@ -24,6 +23,7 @@ from omni_tasks.trading.checks import (
     check_price_collar,
     check_trades_per_day,
     check_trading_state,
+    check_venue_breaker,
     run_checks,
 )
 
@@ -102,8 +102,8 @@ def test_kill_switch_denies_halted_and_unreadable(state: str | None, allowed: bo
         (BreakerReading("broker:x", readable=False, allowed=True, state="unknown"), False, "unreadable"),
     ],
 )
-def test_broker_breaker_denies_open_forced_open_and_unreadable(reading: BreakerReading, allowed: bool, words: str) -> None:
-    decision = check_broker_breaker(ctx(breaker=reading))
+def test_venue_breaker_denies_open_forced_open_and_unreadable(reading: BreakerReading, allowed: bool, words: str) -> None:
+    decision = check_venue_breaker(ctx(breaker=reading))
     assert decision.allowed is allowed
     assert words in decision.reason
 

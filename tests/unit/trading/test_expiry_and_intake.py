@@ -16,7 +16,8 @@ from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.trading.expiry import expire_order, expire_overdue, retry_delay_s
 from omni_tasks.trading.intake import NotQueued, accept_order
-from omni_tasks.trading.orders import order_row_values, parse_order
+from omni_tasks.trading.order_records import order_row_values
+from omni_tasks.trading.parsing import parse_order
 
 T0 = datetime(2026, 3, 9, 15, 0, tzinfo=UTC)
 
@@ -34,7 +35,7 @@ def request(coid: str) -> Any:
 
 def record(sessions: sessionmaker[Session], coid: str, *, created: datetime, deadline: datetime | None, **changes: Any) -> None:
     with sessions() as session, session.begin():
-        session.add(Order(**{**order_row_values(request(coid), broker="simulated", now=created, deadline=deadline), **changes}))
+        session.add(Order(**{**order_row_values(request(coid), venue="simulated", now=created, deadline=deadline), **changes}))
 
 
 def status_and_events(sessions: sessionmaker[Session], coid: str) -> tuple[str | None, list[tuple[str, str | None]]]:
@@ -53,7 +54,7 @@ def test_expire_order_changes_only_a_pending_unsent_row_and_records_one_event(se
         assert expire_order(session, client_order_id="pending-1", reason="late", now=later) == "expired"
         assert expire_order(session, client_order_id="pending-1", reason="late again", now=later) == "expired"  # already: no second event
         assert expire_order(session, client_order_id="filled-1", reason="late", now=later) == "filled"
-        assert expire_order(session, client_order_id="claimed-1", reason="late", now=later) == "pending"  # at the broker: not ours
+        assert expire_order(session, client_order_id="claimed-1", reason="late", now=later) == "pending"  # at the venue: not ours
         assert expire_order(session, client_order_id="unknown-1", reason="late", now=later) is None
     assert status_and_events(sessions, "pending-1") == ("expired", [("expired", "deadline")])
     assert status_and_events(sessions, "filled-1") == ("filled", [])
@@ -63,7 +64,7 @@ def test_expire_order_changes_only_a_pending_unsent_row_and_records_one_event(se
 
 
 def test_an_order_never_recorded_is_recorded_expired_from_its_message(sessions: sessionmaker[Session]) -> None:
-    values = order_row_values(request("lost-1"), broker="simulated", now=T0, deadline=T0)
+    values = order_row_values(request("lost-1"), venue="simulated", now=T0, deadline=T0)
     with sessions() as session, session.begin():
         assert expire_order(session, client_order_id="lost-1", reason="late", now=T0, row_values=values) == "expired"
     assert status_and_events(sessions, "lost-1") == ("expired", [("requested", None), ("expired", "deadline")])
@@ -109,7 +110,7 @@ def test_retry_waits_grow_with_jitter_up_to_the_cap_and_never_far_past_the_deadl
 
 def test_intake_records_before_it_queues_and_finalises_an_order_it_could_not_queue(sessions: sessionmaker[Session]) -> None:
     sent: list[dict[str, Any]] = []
-    accepted = accept_order(request("ok-1"), sessions=sessions, broker="simulated", ttl_s=120, send=sent.append, clock=T0.timestamp)
+    accepted = accept_order(request("ok-1"), sessions=sessions, venue="simulated", ttl_s=120, send=sent.append, clock=T0.timestamp)
     assert accepted.expires_at == T0 + timedelta(seconds=120)
     assert sent[0]["client_order_id"] == "ok-1"
     assert sent[0]["expires_at"] == (T0 + timedelta(seconds=120)).timestamp()
@@ -119,7 +120,7 @@ def test_intake_records_before_it_queues_and_finalises_an_order_it_could_not_que
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     with pytest.raises(NotQueued, match="could not be queued: the broker failed .*: recorded as rejected, nothing sent"):
-        accept_order(request("down-1"), sessions=sessions, broker="simulated", ttl_s=120, send=broker_down, clock=T0.timestamp)
+        accept_order(request("down-1"), sessions=sessions, venue="simulated", ttl_s=120, send=broker_down, clock=T0.timestamp)
     assert status_and_events(sessions, "down-1") == ("rejected", [("requested", None), ("rejected", "queue")])
 
 
@@ -129,13 +130,13 @@ def test_intake_with_the_database_down_records_nothing_and_sends_nothing() -> No
 
     sent: list[dict[str, Any]] = []
     with pytest.raises(NotQueued, match="the database is unavailable .*: nothing recorded, nothing queued"):
-        accept_order(request("db-1"), sessions=database_away, broker="simulated", ttl_s=120, send=sent.append)  # type: ignore[arg-type]
+        accept_order(request("db-1"), sessions=database_away, venue="simulated", ttl_s=120, send=sent.append)  # type: ignore[arg-type]
     assert sent == []
 
 
 def test_a_claimed_row_is_not_expired_by_a_late_reconciliation(sessions: sessionmaker[Session]) -> None:
     record(sessions, "race-1", created=T0, deadline=T0)
-    with sessions() as session, session.begin():  # the orders path claims it for a broker without our ledger
+    with sessions() as session, session.begin():  # the orders path claims it for a venue without our ledger
         session.execute(update(Order).where(Order.client_order_id == "race-1", Order.status == "pending").values(submitted_at=T0))
     assert expire_overdue(sessions, now=T0 + timedelta(hours=1), ttl_s=120, grace_s=30) == []
     assert status_and_events(sessions, "race-1") == ("pending", [])

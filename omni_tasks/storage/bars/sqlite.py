@@ -1,0 +1,126 @@
+"""The bar store's SQLite upsert: batched ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` in one ``BEGIN IMMEDIATE`` transaction.
+
+A row whose values did not change is not written (its ``ingested_at`` stays).
+Inserted keys are counted as the growth of the stored rows of the frame's
+symbols, timeframes and time span, under the write lock; the rest of the
+changed rows were updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy import Engine
+
+from omni_tasks.storage.bars.rows import KEY_COLUMNS, STAGE_COLUMNS, TEXT_COLUMNS, VALUE_COLUMNS, Clock, Rows, TextColumn, columns_sql
+
+_SQLITE_BATCH_ROWS: Final = 50_000
+_SQLITE_TS_FORMAT_LEN: Final = 26  # 'YYYY-MM-DD HH:MM:SS.ffffff', SQLAlchemy's SQLite DATETIME storage format
+#: Years 1000..9999: the range where the SQLite text format has a fixed width (and sorts as it should).
+_SQLITE_MIN_US: Final = int(np.datetime64("1000-01-01T00:00:00", "us").astype(np.int64))
+_SQLITE_MAX_US: Final = int(np.datetime64("9999-12-31T23:59:59.999999", "us").astype(np.int64)) + 1
+
+
+def upsert_sqlite(engine: Engine, rows: Rows, clock: Clock) -> tuple[int, int]:
+    """Upsert ``rows`` in one ``BEGIN IMMEDIATE`` transaction: (inserted, updated)."""
+    ingested_at = _sqlite_timestamps(np.array([_now_us()], dtype=np.int64))[0]
+    symbols = _used(rows.text["symbol"])
+    timeframes = _used(rows.text["timeframe"])
+    span = (_sqlite_timestamps(rows.ts_us.min(keepdims=True))[0], _sqlite_timestamps(rows.ts_us.max(keepdims=True))[0])
+    raw = engine.raw_connection()
+    dbapi: Any = raw.dbapi_connection
+    previous = dbapi.isolation_level
+    try:
+        # Autocommit at the driver level so that BEGIN IMMEDIATE is ours: the write lock is
+        # taken before the first count, so no other writer can change the counts under us.
+        dbapi.isolation_level = None
+        cursor = dbapi.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            before = _sqlite_count(cursor, symbols, timeframes, span)
+            changed = 0
+            for batch in _sqlite_batches(rows, ingested_at):
+                cursor.executemany(_SQLITE_UPSERT, batch)
+                changed += cursor.rowcount
+            inserted = _sqlite_count(cursor, symbols, timeframes, span) - before
+            clock.lap("upsert")
+            cursor.execute("COMMIT")
+            clock.lap("commit")
+        except BaseException:
+            if dbapi.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+        finally:
+            cursor.close()
+    finally:
+        dbapi.isolation_level = previous
+        raw.close()
+    return inserted, changed - inserted
+
+
+_SQLITE_UPSERT: Final = f"""
+INSERT INTO bars ({columns_sql("", STAGE_COLUMNS)}, ingested_at) VALUES ({", ".join("?" * (len(STAGE_COLUMNS) + 1))})
+ON CONFLICT ({columns_sql("", KEY_COLUMNS)}) DO UPDATE
+SET {", ".join(f"{name} = excluded.{name}" for name in VALUE_COLUMNS)}, ingested_at = excluded.ingested_at
+WHERE ({columns_sql("bars.", VALUE_COLUMNS)}) IS NOT ({columns_sql("excluded.", VALUE_COLUMNS)})
+"""  # noqa: S608 - constant column names and placeholders
+
+
+def _sqlite_timestamps(ts_us: np.ndarray) -> list[str]:
+    """Microseconds since the epoch as SQLAlchemy stores DATETIME on SQLite: 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC)."""
+    if ts_us.size and (ts_us.min() < _SQLITE_MIN_US or ts_us.max() >= _SQLITE_MAX_US):
+        raise ValueError("timestamps must fall between the years 1000 and 9999 to be stored in SQLite")
+    text = np.datetime_as_string(ts_us.astype("datetime64[us]"), unit="us").astype(f"U{_SQLITE_TS_FORMAT_LEN}")
+    chars = text.view("U1").reshape(-1, _SQLITE_TS_FORMAT_LEN)
+    chars[:, 10] = " "
+    return text.tolist()
+
+
+def _sqlite_batches(rows: Rows, ingested_at: str) -> Iterator[list[tuple[Any, ...]]]:
+    for start in range(0, len(rows), _SQLITE_BATCH_ROWS):
+        part = slice(start, start + _SQLITE_BATCH_ROWS)
+        columns: list[list[Any]] = []
+        for name in STAGE_COLUMNS:
+            if name in TEXT_COLUMNS:
+                column = rows.text[name]
+                columns.append(np.asarray(column.categories, dtype=object)[column.codes[part]].tolist())
+            elif name == "ts":
+                columns.append(_sqlite_timestamps(rows.ts_us[part]))
+            elif name == "trade_count":
+                values = rows.trade_count[part].astype(object)
+                values[rows.trade_count_null[part]] = None
+                columns.append(values.tolist())
+            else:
+                values = rows.floats[name][part].astype(object)
+                values[np.isnan(rows.floats[name][part])] = None
+                columns.append(values.tolist())
+        columns.append([ingested_at] * len(columns[0]))
+        yield list(zip(*columns, strict=True))
+
+
+def _sqlite_count(cursor: Any, symbols: list[str], timeframes: list[str], span: tuple[str, str]) -> int:
+    """Stored rows of these symbols and timeframes within [span]: a superset of the keys an upsert
+    can insert, counted on the key index (symbol, timeframe, ts, ...) rather than the whole table."""
+    total = 0
+    timeframe_marks = ", ".join("?" * len(timeframes))
+    for start in range(0, len(symbols), 500):
+        chunk = symbols[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        cursor.execute(
+            f"SELECT count(*) FROM bars WHERE symbol IN ({marks}) AND timeframe IN ({timeframe_marks}) AND ts >= ? AND ts <= ?",  # noqa: S608 - placeholders only
+            (*chunk, *timeframes, *span),
+        )
+        total += int(cursor.fetchone()[0])
+    return total
+
+
+def _used(column: TextColumn) -> list[str]:
+    """The distinct values present in the rows, sorted."""
+    return sorted({column.categories[i] for i in np.unique(column.codes)})
+
+
+def _now_us() -> int:
+    return int(datetime.now(tz=UTC).timestamp() * 1_000_000)

@@ -1,0 +1,67 @@
+"""The circuit breakers of the order path: their names, how a venue's failure is told from a refusal, the guarded transaction.
+
+* ``broker:<venue name>`` (:func:`venue_breaker_name`; the name operators know, kept
+  as it was) wraps every venue call of the order path. Only the venue failing
+  (unreachable, 5xx, retryable errors, unexpected exceptions) counts against it
+  (:func:`is_venue_failure`); a refusal (the guard, an invalid order, a 4xx) is the
+  venue answering.
+* ``database`` (:data:`DATABASE_BREAKER`) wraps each database transaction of the order
+  path (:func:`guarded_transaction`), read with ``fail_open=False``: open or unreadable,
+  or the database failing, means nothing is recorded or sent now and
+  :class:`~omni_tasks.core.errors.DatabaseUnavailable` (retryable) is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, VenueError
+from omni_tasks.core.errors import DatabaseUnavailable
+from omni_tasks.safety.breaker import CircuitBreaker
+from omni_tasks.trading.checks import BreakerReading
+from omni_tasks.trading.expiry import is_database_failure
+
+DATABASE_BREAKER: Final = "database"
+
+
+def venue_breaker_name(venue_name: str) -> str:
+    """The breaker that guards calls to the venue named ``venue_name`` (``broker:<name>``, an operator's identifier)."""
+    return f"broker:{venue_name}"
+
+
+def breaker_reading(name: str, decision: Any) -> BreakerReading:
+    """A :class:`BreakerReading` from a :class:`~omni_tasks.safety.breaker.Decision` (state "unknown": unreadable)."""
+    readable = decision.state != "unknown"
+    return BreakerReading(
+        name=name, readable=readable, allowed=bool(decision.allowed) and readable, state=decision.state, forced=decision.forced
+    )
+
+
+def is_venue_failure(exc: BaseException) -> bool:
+    """Does this exception say the venue is failing (counts against its breaker), not merely refusing?"""
+    if isinstance(exc, OrderBlocked | InvalidOrder):
+        return False
+    if isinstance(exc, VenueError):
+        return exc.retryable or exc.http_status is None or exc.http_status >= 500
+    return True
+
+
+@contextmanager
+def guarded_transaction(sessions: sessionmaker[Session], breaker: CircuitBreaker) -> Iterator[Session]:
+    """One transaction inside the database breaker (fail closed on the order path)."""
+    decision = breaker.allow()
+    if not decision.allowed:
+        raise DatabaseUnavailable(f"order not recorded and not sent: {decision.reason}")
+    try:
+        with sessions() as session, session.begin():
+            yield session
+    except BaseException as exc:
+        breaker.record(not is_database_failure(exc), trial=decision.trial)
+        if is_database_failure(exc):
+            raise DatabaseUnavailable(f"order not recorded and not sent: database failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise
+    breaker.record(True, trial=decision.trial)
