@@ -27,7 +27,7 @@ import structlog
 from celery import Task
 from celery.exceptions import Reject
 
-from omni_tasks.core.errors import RetryableError
+from omni_tasks.core.errors import OmniError, RetryableError
 from omni_tasks.core.keys import DELIVERIES_KEY, TASK_OUTCOMES_KEY
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.ops import prometheus as metrics
@@ -51,7 +51,7 @@ LEDGER_STATE_ATTR = "omni_ledger_state"
 _log = structlog.get_logger("omni.task")
 
 
-class DeadLettered(Exception):
+class DeadLettered(OmniError):
     """Raised into the ledger for a task delivered more than ``max_deliveries`` times."""
 
 
