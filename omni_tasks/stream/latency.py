@@ -24,14 +24,16 @@ import json
 from collections.abc import Iterable
 from typing import Any, Final
 
-from omni_tasks.core.keys import LATENCY_VIOLATIONS_KEY, STREAM_LATENCY_KEY
+from omni_tasks.core.budgets import BUDGETS_MS, violations_key
+from omni_tasks.core.keys import STREAM_LATENCY_KEY
 
 SUB_BITS: Final = 3
 SUB: Final = 1 << SUB_BITS
 N_BUCKETS: Final = 64 * SUB + SUB
 STAGES: Final = ("process", "decode", "flush", "e2e")
-BUDGETS_NS: Final = {"process": 1_000_000}  # quote processing: 1 ms
+#: The stage each latency budget of core/budgets.py watches here (quote processing: the "process" stage).
 BUDGET_NAMES: Final = {"process": "quote_processing"}
+BUDGETS_NS: Final = {stage: round(BUDGETS_MS[name] * 1_000_000) for stage, name in BUDGET_NAMES.items()}
 
 
 def bucket_of(ns: int) -> int:
@@ -143,7 +145,7 @@ class StageLatencies:
         for stage in BUDGETS_NS:
             delta = self.stages[stage].over_budget - self._published_violations[stage]
             if delta:
-                pipe.incrby(LATENCY_VIOLATIONS_KEY.format(budget=BUDGET_NAMES[stage]), delta)
+                pipe.incrby(violations_key(BUDGET_NAMES[stage]), delta)
                 self._published_violations[stage] += delta
 
 
