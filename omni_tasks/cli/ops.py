@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import typer
 from rich.console import Console
@@ -55,7 +55,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
         client.close()
         return finding, None
     finding["redis"] = "reachable"
-    from omni_tasks import observe  # Celery's import time is paid only when there is something to observe
+    from omni_tasks.pipeline import observe  # imported only when there is something to observe
 
     try:
         alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
@@ -182,7 +182,8 @@ def stream_view(client: Any) -> dict[str, Any] | None:
     if not status:
         return None
     latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
-    symbols = status.get("symbols") if isinstance(status.get("symbols"), list) else []
+    listed = status.get("symbols")
+    symbols: list[str] = listed if isinstance(listed, list) else []
     halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}
 
@@ -303,7 +304,7 @@ def status(
     Says within about a second when the pipeline is not running (then only the trading state recorded
     in the database is shown). Exit code: 0 all shown, 1 some part unavailable, 4 the pipeline is not running.
     """
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli", configure_log=False)
     if watch:
@@ -348,7 +349,8 @@ def _captured(data: dict[str, Any]) -> Any:
 
     global console
     real = console
-    console = Console(file=io.StringIO(), force_terminal=True, color_system=real.color_system or "standard", width=real.width)
+    colors = cast("Literal['auto', 'standard', '256', 'truecolor', 'windows']", real.color_system or "standard")  # rich reports its choice as a str
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=colors, width=real.width)
     try:
         console.print(f"[dim]omni status at {datetime.now().astimezone().strftime('%H:%M:%S')} (Ctrl-C to stop)[/dim]")
         _render(data)
@@ -462,7 +464,7 @@ def ping(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send a probe through every queue and print the round-trip times."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli", configure_log=False)
     from omni_tasks.pipeline.queues import ALL_QUEUES

@@ -39,7 +39,6 @@ from datetime import datetime
 
 import pandas as pd
 import structlog
-from billiard.exceptions import SoftTimeLimitExceeded
 
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
@@ -57,6 +56,7 @@ from omni_tasks.marketdata.errors import (
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.series import SeriesCache
+from omni_tasks.pipeline.limits import SoftTimeLimitExceeded
 from omni_tasks.safety.breaker import CircuitBreaker
 
 _log = structlog.get_logger("omni.router")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker, pending_records
 from omni_tasks.safety.reporting import audit_transitions, flush_transitions
+from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import AuditLog
 from tests.conftest import wait_for
@@ -40,7 +41,7 @@ def test_database_breaker_opened_by_a_database_outage_is_audited_once_it_is_back
     name = f"database-{uuid.uuid4().hex[:6]}"  # the database breaker's policy, a name of this test's own
     policy = BreakerPolicy(failure_threshold=3, cooldown_s=0.5)
     breaker = CircuitBreaker(
-        name, redis_client, policy, fail_open=False, on_transition=audit_transitions(factory, actor="orders", client=redis_client)
+        name, redis_client, policy, fail_open=False, on_transition=audit_transitions(factory, settings=load_settings(), actor="orders", client=redis_client)
     )
     silent = CircuitBreaker(f"provider:silent-{uuid.uuid4().hex[:6]}", redis_client, policy)  # no hook at all
 
