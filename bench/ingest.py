@@ -22,7 +22,7 @@ The bars are synthetic but shaped like the real ones: ``--symbols`` tickers
 weekdays), a geometric random walk from a price between $5 and $500, high and
 low around open and close, lognormal volumes, 1% of vwap and trade_count
 missing (NULL), provider alpaca, feed sip, adjustment raw; the dtypes are the
-ones :func:`omni_tasks.marketdata.frames.canonical_bars` produces.
+ones :func:`omni_tasks.contracts.bars.canonical_bars` produces.
 
 The benchmark creates its own PostgreSQL database (``omni_bench_ingest_<hex>``)
 from ``--pg-admin-url``, migrates it with the project's Alembic revisions, and
@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.storage import migrations, pgcopy
 from omni_tasks.storage.bars import BarStore, UpsertResult
 from omni_tasks.storage.engine import make_engine

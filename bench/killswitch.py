@@ -179,13 +179,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str) -> dict[str, Any]:
+    from omni_tasks.contracts.venue import OrderRequest
     from omni_tasks.safety import engage as engage_mod
     from omni_tasks.safety.killswitch import TradingState, current_state
     from omni_tasks.storage.models import Order
     from omni_tasks.stream.guard import build_guard
     from omni_tasks.stream.worker import StreamConfig, StreamWorker
-    from omni_tasks.trading.broker import OrderRequest
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
     aclient = aioredis.Redis.from_url(args.redis)
     feed = QueueFeed()
@@ -199,7 +199,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         on_housekeeping=guard.on_housekeeping,
     )
     task = asyncio.create_task(worker.run())
-    broker = make_broker(runtime)
+    broker = make_venue(runtime)
     poll_engine = create_engine(database_url, pool_size=2)
 
     def push(symbol: str, bid: float, ask: float) -> int:

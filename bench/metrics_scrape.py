@@ -128,17 +128,17 @@ class NaiveFiles:
 def naive_registry(snapshot: Any, root: Path) -> Any:
     from prometheus_client import CollectorRegistry
 
-    from omni_tasks.ops import prometheus as metrics
+    from omni_tasks.ops.collectors import LiveCollector
 
     registry = CollectorRegistry()
     registry.register(NaiveFiles(root))
-    registry.register(metrics.LiveCollector(snapshot))
+    registry.register(LiveCollector(snapshot))
     return registry
 
 
 def serve(source: Any) -> tuple[Any, int]:
+    from omni_tasks.ops.exposition import Exposition
     from omni_tasks.ops.httpserver import make_server
-    from omni_tasks.ops.prometheus import Exposition
 
     health = lambda: (200, {"status": "ok"})  # noqa: E731 - a constant answer
     if isinstance(source, Exposition):
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=200)
     parser.add_argument("--redis-url", default=None, help="read the live gauges from this Redis (default: a static snapshot)")
     args = parser.parse_args(argv)
-    from omni_tasks.ops import prometheus as metrics
+    from omni_tasks.ops.exposition import build_exposition
 
     with tempfile.TemporaryDirectory(prefix="omni-bench-metrics-") as tmp:
         root = Path(tmp)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for label, registry in (
             ("naive (every file merged on every scrape)", naive_registry(snapshot, root)),
-            ("incremental merge, rendered once per 1 s", metrics.build_exposition(snapshot, root, files_max_age_s=1.0)),
+            ("incremental merge, rendered once per 1 s", build_exposition(snapshot, root, files_max_age_s=1.0)),
         ):
             httpd, port = serve(registry)
             try:

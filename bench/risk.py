@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omni_tasks.risk.figures import LEVELS, var_es
+from omni_tasks.risk.var_es import LEVELS, var_es
 
 TARGET_MS = 5.0
 TARGET_RATIO = 10.0

@@ -11,7 +11,7 @@ minutes for gaps, ``statistics.median`` for the robust z. Both must find the
 same things: the counts are compared and the run fails if they differ.
 
 The bars are synthetic, shaped like canonical ones (dtypes as
-:func:`omni_tasks.marketdata.frames.canonical_bars` makes them): ``--symbols``
+:func:`omni_tasks.contracts.bars.canonical_bars` makes them): ``--symbols``
 tickers (default 205) of one-minute bars over the 13 XNYS sessions from
 2024-11-20 to 2024-12-09 (Thanksgiving closed, 2024-11-29 a half day),
 1,002,450 bars before defects. Defects are put in, a few of each, so every

@@ -168,7 +168,7 @@ class AlpacaSettings(_Group):
 
     api_key: SecretStr | None = Field(default=None, description="Alpaca key id (a secret: never logged); unset: Alpaca is skipped")
     secret_key: SecretStr | None = Field(default=None, description="Alpaca secret key (a secret: never logged)")
-    feed: Literal["iex", "sip"] = Field(default="iex", description="Alpaca market-data feed: iex (free) or sip (paid plan)")
+    feed: Literal["iex", "sip"] = Field(default="iex", description="feed of Alpaca's live quote stream: iex (free) or sip (paid plan); backfills use OMNI_BACKFILL_FEED")
     paper: bool = Field(default=True, description="trade on Alpaca's paper account (true) or the live one (false)")
     data_url: str = Field(default="https://data.alpaca.markets", description="Alpaca market-data REST endpoint (a local stand-in in tests)")
     stream_url: str = Field(default="wss://stream.data.alpaca.markets", description="Alpaca market-data websocket endpoint")
@@ -322,7 +322,7 @@ class StreamSettings(_Group):
         description="channels to subscribe; trades bring their corrections and cancels; statuses (halts) and lulds (bands) feed the pre-trade checks",
     )
     mute_after_s: float = Field(default=15.0, gt=0, description="connected but no market data this long while the market is open: reconnect")
-    market_hours: Literal["calendar", "always"] = Field(default="calendar", description="calendar: mute/stale checks only in XNYS sessions")
+    market_hours: Literal["calendar", "always"] = Field(default="calendar", description="when the Alpaca feed's mute and stale checks apply: calendar (only in XNYS sessions) or always (every hour)")
     reconnect_min_s: float = Field(default=0.5, gt=0, description="first wait before reconnecting a dropped stream (doubles up to the max, jittered)")
     reconnect_max_s: float = Field(default=30.0, gt=0, description="longest wait between reconnect attempts")
     connection_limit_cooldown_s: float = Field(default=60.0, gt=0, description="wait after Alpaca's 406 connection limit exceeded")
@@ -432,7 +432,7 @@ class AlertSettings(_Group):
 
     webhook_url: SecretStr | None = Field(default=None, description="Slack incoming webhook or Telegram sendMessage URL (a secret: never logged; may be `enc:...`)")
     format: Literal["slack", "telegram"] = Field(default="slack", description="alert payload format: slack or telegram")
-    telegram_chat_id: str | None = Field(default=None, validate_default=True, description="required with format telegram")
+    telegram_chat_id: str | None = Field(default=None, validate_default=True, description="Telegram chat the alerts go to; required with format telegram")
     timeout_s: float = Field(default=5.0, gt=0, le=60, description="timeout of one alert delivery")
     retries: int = Field(default=3, ge=0, le=10, description="further attempts after a 5xx, 429 or timeout")
     backoff_s: float = Field(default=0.5, ge=0, le=30, description="first retry delay; doubles each time")
@@ -463,7 +463,7 @@ class KillSwitchSettings(_Group):
 
     flatten_on_engage: bool = Field(default=False, description="engaging also closes every position with market orders")
     cancel_confirm_timeout_s: float = Field(default=5.0, gt=0, le=300, description="how long engaging polls the broker until no order is open")
-    poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="period of that poll")
+    poll_interval_ms: int = Field(default=20, ge=1, le=5000, description="milliseconds between the broker polls while engaging waits for the cancels")
     snapshot_dir: Path | None = Field(default=None, description="emergency snapshots (JSON) go here; unset: `<data dir>/emergency`")
     http_token: SecretStr | None = Field(default=None, description="bearer token of `POST /kill/engage` on the health server (a secret; may be `enc:...`); unset: the endpoint is off")
     alarm_catchup_s: float = Field(default=600.0, gt=0, description="a critical alarm published while no listener ran is still acted on when younger than this (and newer than the last state change)")
@@ -496,7 +496,7 @@ class FlowerSettings(_Group):
     host: str = Field(default="127.0.0.1", description="address Flower listens on")
     port: int = Field(default=5555, ge=1, le=65535, description="port Flower listens on")
     user: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.\-]+$", description="Flower's basic-auth user")
-    password: SecretStr | None = Field(default=None, description="unset: `omni up` generates one and prints it once")
+    password: SecretStr | None = Field(default=None, description="Flower's basic-auth password (a secret); unset: `omni up` generates one and prints it once")
 
 
 class MetricsSettings(_Group):
@@ -777,9 +777,30 @@ def configuration_rows() -> list[tuple[str, str, str]]:
 
 
 def configuration_table() -> str:
-    """The README's configuration table (markdown), made from the settings' own descriptions (`omni config doc`)."""
+    """The configuration table (markdown), made from the settings' own descriptions."""
     out = ["| variable | default | meaning |", "|---|---|---|"]
     for name, default, meaning in configuration_rows():
         escaped = meaning.replace("|", "\\|")
         out.append(f"| `{name}` | `{default}` | {escaped} |")
     return "\n".join(out)
+
+
+CONFIGURATION_PAGE_INTRO = """\
+# Configuration
+
+Generated by `omni config doc` from the settings' own descriptions in
+`omni_tasks/settings.py`: edit a description there, then run
+`omni config doc --write docs/configuration.md` (a unit test checks this page).
+
+Every setting is an environment variable (or a line in `./.env`, or the file
+named by `OMNI_ENV_FILE`); the environment wins over the file. An invalid
+value or an unknown `OMNI_*` name stops the command with one line naming the
+variable, exit code 2. Any value may be `enc:<fernet token>`
+([operations.md](operations.md), Secrets). `omni config show` prints the
+settings in force, secrets masked.
+"""
+
+
+def configuration_page() -> str:
+    """docs/configuration.md: how settings are read, then the table of every setting (`omni config doc`)."""
+    return CONFIGURATION_PAGE_INTRO + "\n" + configuration_table() + "\n"

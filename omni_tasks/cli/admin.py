@@ -1,4 +1,4 @@
-"""Administration: config show, secrets new-key|encrypt|rotate, db upgrade|check|current, version."""
+"""Administration: config doc|show, secrets new-key|encrypt|rotate, db upgrade|check|current, version."""
 
 from __future__ import annotations
 
@@ -23,11 +23,31 @@ db_app = typer.Typer(help="Database schema (Alembic revisions in db/).", no_args
 
 
 @config_app.command("doc")
-def config_doc() -> None:
-    """Print the configuration table (markdown) from the settings' own descriptions: the README's table is this output."""
-    from omni_tasks.settings import configuration_table
+def config_doc(
+    write: Annotated[Path | None, typer.Option("--write", help="write the page to this file (docs/configuration.md)")] = None,
+    check_file: Annotated[
+        Path | None, typer.Option("--check", help="exit 1 when this file is not what the settings say (docs/configuration.md)")
+    ] = None,
+) -> None:
+    """Print the configuration reference (markdown) made from the settings' own descriptions: docs/configuration.md is this output."""
+    from omni_tasks.settings import configuration_page
 
-    print(configuration_table())
+    page = configuration_page()
+    if write is not None:
+        try:
+            write.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            fail("config doc", f"cannot write {write}: {exc.strerror or exc}", 1)
+        return
+    if check_file is not None:
+        try:
+            current = check_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            fail("config doc", f"cannot read {check_file}: {exc.strerror or exc}", 1)
+        if current != page:
+            fail("config doc", f"{check_file} is stale: regenerate it with `omni config doc --write {check_file}`", 1)
+        return
+    print(page, end="")
 
 
 @config_app.command("show")

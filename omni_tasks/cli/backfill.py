@@ -15,8 +15,8 @@ from rich.table import Table
 
 from omni_tasks.cli.common import CommandGroup
 from omni_tasks.cli.parsing import check, option
+from omni_tasks.contracts.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 from omni_tasks.core import inputs
-from omni_tasks.marketdata.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 
 console = Console()
 _group = CommandGroup("backfill")
@@ -46,8 +46,8 @@ def _earliest() -> date:
 
 
 def _resolve(symbols: str | None, universe_file: Path | None, start: str | None, end: str | None, feed: str | None, adjustment: str | None) -> tuple[list[str], date, date, str, str]:
+    from omni_tasks.contracts.bars import ADJUSTMENTS
     from omni_tasks.core.runtime import get_settings
-    from omni_tasks.marketdata.frames import ADJUSTMENTS
     from omni_tasks.marketdata.universe import load_universe
 
     settings = get_settings().backfill

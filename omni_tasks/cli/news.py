@@ -24,8 +24,8 @@ def news(
 ) -> None:
     """Stored news about SYMBOL: time, source, title, overall and per-ticker sentiment, relevance."""
     from omni_tasks.cli.common import prepare
+    from omni_tasks.contracts.bars import check_symbol
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.marketdata.frames import check_symbol
 
     prepare("cli", configure_log=False)
     try:

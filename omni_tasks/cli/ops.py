@@ -174,8 +174,8 @@ def _database_state(runtime: Any) -> dict[str, Any]:
 
 def stream_view(client: Any) -> dict[str, Any] | None:
     """The streaming worker's last status and its latency percentiles per stage (None: no stream worker has run)."""
+    from omni_tasks.contracts.quotes import read_trading_status
     from omni_tasks.stream.latency import read_published
-    from omni_tasks.stream.latest import read_trading_status
     from omni_tasks.stream.status import read_status
 
     status = read_status(client)

@@ -33,7 +33,7 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds to wait
 
 def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, timeout_s: float, operator: str | None, as_json: bool) -> None:
     from omni_tasks.cli.common import prepare
-    from omni_tasks.trading.broker import InvalidOrder
+    from omni_tasks.contracts.venue import InvalidOrder
     from omni_tasks.trading.orders import parse_order
 
     prepare("cli")
@@ -301,7 +301,7 @@ def cancel_all(
 
 def _cancel_everything(runtime: Any, timeout_s: float) -> dict[str, Any]:
     """Ask the broker to cancel every open order until none is left or ``timeout_s`` passes; a broker failure is an outcome, not an exception."""
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
     started = time.perf_counter()
     broker_name = runtime.settings.trading.broker
@@ -310,7 +310,7 @@ def _cancel_everything(runtime: Any, timeout_s: float) -> dict[str, Any]:
     remaining: list[str] | None = None
     error: str | None = None
     try:
-        broker = make_broker(runtime)
+        broker = make_venue(runtime)
         broker_name = broker.name
         asked = list(broker.cancel_all())
         open_now = broker.open_orders()
@@ -344,8 +344,8 @@ def _still_open_after_failure(runtime: Any, broker: Any, broker_name: str) -> tu
             pass
     from sqlalchemy import select
 
+    from omni_tasks.contracts.venue import OPEN_STATUSES
     from omni_tasks.storage.models import Order
-    from omni_tasks.trading.broker import OPEN_STATUSES
 
     try:
         with runtime.sessions() as session:

@@ -19,6 +19,7 @@ from rich.table import Table
 from omni_tasks.cli.parsing import check, option
 from omni_tasks.core import inputs
 from omni_tasks.core.errors import BootRefused
+from omni_tasks.ops.exposition import build_exposition
 
 if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
     from omni_tasks.settings import Settings
@@ -124,7 +125,6 @@ def server() -> None:
     settings = prepare("server")
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import health
-    from omni_tasks.ops import prometheus as metrics
     from omni_tasks.ops.engaging import http_kill_endpoint
     from omni_tasks.ops.httpserver import make_server
     from omni_tasks.pipeline import observe
@@ -161,7 +161,7 @@ def server() -> None:
 
     from omni_tasks.core import counters
 
-    exposition = metrics.build_exposition(
+    exposition = build_exposition(
         snapshot,
         settings.metrics_dir,
         stream_source,

@@ -132,8 +132,8 @@ def quotes(
 ) -> None:
     """The latest quotes served in Redis, with their microstructure, age and trading status (halts, LULD band)."""
     from omni_tasks.cli.common import prepare
+    from omni_tasks.contracts.quotes import read_latest, read_trading_status
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.stream.latest import read_latest, read_trading_status
     from omni_tasks.stream.status import read_status
 
     settings = prepare("cli", configure_log=False)

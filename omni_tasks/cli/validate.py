@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks.marketdata.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
+from omni_tasks.contracts.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 
 console = Console()
 
@@ -28,9 +28,9 @@ def validate(
     """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
     from omni_tasks.cli.common import prepare
     from omni_tasks.cli.parsing import check, fail
+    from omni_tasks.contracts.bars import TIMEFRAMES
     from omni_tasks.core import inputs
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.marketdata.frames import TIMEFRAMES
     from omni_tasks.marketdata.router import serving_feeds
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.validation.persist import validate_stored

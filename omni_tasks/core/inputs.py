@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from omni_tasks.core import operators
+from omni_tasks.core.errors import OmniError
 
 #: A ticker: 1-10 of A-Z, 0-9, '.', '-', starting with a letter. The one home of this rule (frames, the broker
 #: and the settings import it). Anchored with ``\Z``: ``$`` would let "AAPL\n" through.
@@ -53,7 +54,7 @@ _MAX_TEXT: Final = 64
 T = TypeVar("T")
 
 
-class InputError(ValueError):
+class InputError(OmniError, ValueError):
     """User input that is refused; the message names the field and what was wrong (one line)."""
 
 

@@ -38,9 +38,9 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.bars import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.errors import ProviderError
-from omni_tasks.marketdata.frames import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.router import NO_BARS_IN_RANGE, BarRouter, NoProviderServed
 from omni_tasks.settings import DEFAULT_EARLIEST_BACKFILL

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 import exchange_calendars as xcals
 import pandas as pd
 
-from omni_tasks.marketdata.frames import Timeframe
+from omni_tasks.contracts.bars import Timeframe
 from omni_tasks.settings import EARLIEST_CALENDAR_DATE
 
 EXCHANGE = "XNYS"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omni_tasks.marketdata.frames import check_symbol
+from omni_tasks.contracts.bars import check_symbol
 
 DEFAULT_UNIVERSE: tuple[str, ...] = (
     "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "GOOG", "META", "TSLA", "BRK.B", "AVGO",

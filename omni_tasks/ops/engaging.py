@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 
 def broker_for(runtime: Any) -> tuple[Any, str | None]:
     """The configured broker (omni_tasks.trading.wiring), or None with the reason it could not be built."""
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
     try:
-        return make_broker(runtime), None
+        return make_venue(runtime), None
     except Exception as exc:  # noqa: BLE001 - engaging must go on without a broker
         return None, f"{type(exc).__name__}: {exc}"
 

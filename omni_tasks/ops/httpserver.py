@@ -312,7 +312,7 @@ def make_server(
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
     ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
-    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.ops.prometheus.Exposition.render`), else ``registry`` rendered.
+    /metrics serves ``metrics_body()`` (e.g. :meth:`omni_tasks.ops.exposition.Exposition.render`), else ``registry`` rendered.
     """
     if metrics_body is None:
         if registry is None:

@@ -47,14 +47,14 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.quotes import LatestQuote, read_latest
+from omni_tasks.contracts.venue import Venue, VenuePosition
 from omni_tasks.core.keys import RISK_LATEST_KEY
 from omni_tasks.risk.figures import History, Portfolio, RiskMetrics, compute_metrics, risk_score
 from omni_tasks.risk.limits import Breach, breaches, utilisation
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.models import RiskSnapshot, SeriesValidation
-from omni_tasks.stream.latest import LatestQuote, read_latest
-from omni_tasks.trading.broker import Broker, BrokerPosition
 
 TIMEFRAME: Final = "1Day"
 MARK_SOURCES: Final = ("quote", "close", "broker", "cost")
@@ -83,7 +83,7 @@ class Close:
 
 
 def choose_marks(
-    positions: Iterable[BrokerPosition],
+    positions: Iterable[VenuePosition],
     quotes: Mapping[str, LatestQuote],
     closes: Mapping[str, Close],
     *,
@@ -251,7 +251,7 @@ class SnapshotResult:
 
 
 def build_snapshot(
-    broker: Broker,
+    broker: Venue,
     *,
     redis: Any,
     store: BarStore,
@@ -337,7 +337,7 @@ def publish_latest(redis: Any, summary: Mapping[str, Any]) -> None:
 
 
 def recalculate(
-    broker: Broker,
+    broker: Venue,
     *,
     redis: Any,
     store: BarStore,

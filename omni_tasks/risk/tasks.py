@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from omni_tasks.contracts.portfolio import refresh_book
+from omni_tasks.contracts.venue import VenueError
 from omni_tasks.core.errors import PermanentError, RetryableError
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import calendar
@@ -18,10 +20,7 @@ from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.risk import snapshot
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.outage import outages_retried
-from omni_tasks.trading.book import refresh_book
-from omni_tasks.trading.broker import BrokerError
-from omni_tasks.trading.simulated import SimulatedBroker
-from omni_tasks.trading.wiring import make_broker
+from omni_tasks.trading.wiring import make_venue
 
 _log = structlog.get_logger("omni.risk")
 
@@ -54,10 +53,10 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
         today = now.astimezone(ZoneInfo(settings.core.exchange_tz)).date()
         if not calendar.sessions(today, today):
             return {"skipped": f"{today.isoformat()} is not a session day"}
-    broker = make_broker(runtime)
+    broker = make_venue(runtime)
     try:
         with outages_retried(running_task(), "recalculating risk", settings.database):
-            if not isinstance(broker, SimulatedBroker):
+            if not broker.keeps_ledger:
                 # A broker without our ledger does not publish its book itself; the stream's day-loss guard reads it.
                 refresh_book(broker, runtime.redis)
             summary = snapshot.recalculate(
@@ -69,7 +68,7 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
                 quote_max_age_s=settings.stream.stale_after_s,
                 now=now,
             )
-    except BrokerError as exc:
+    except VenueError as exc:
         if exc.retryable:
             raise RetryableError(f"broker {broker.name}: {exc}") from exc
         raise

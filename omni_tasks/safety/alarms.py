@@ -369,11 +369,11 @@ def start_watchdog_listener(
     runtime: Any,
     *,
     purge: Callable[[], int] | None,
-    broker_factory: Callable[[Any], Any] | None = None,
+    venue_factory: Callable[[Any], Any] | None = None,
 ) -> AlarmListener:
     """Start the listener of the watchdog worker: a critical alarm engages the kill switch.
 
-    ``broker_factory(runtime)`` defaults to :func:`omni_tasks.trading.wiring.make_broker`;
+    ``venue_factory(runtime)`` defaults to :func:`omni_tasks.trading.wiring.make_venue`;
     the broker is built once, ahead of the first alarm, and rebuilt after a failure.
     ``purge`` empties the orders queue (built at the Celery edge).
     """
@@ -384,11 +384,11 @@ def start_watchdog_listener(
     holder: dict[str, Any] = {}
 
     def factory(rt: Any) -> Any:
-        if broker_factory is not None:
-            return broker_factory(rt)
-        from omni_tasks.trading.wiring import make_broker
+        if venue_factory is not None:
+            return venue_factory(rt)
+        from omni_tasks.trading.wiring import make_venue
 
-        return make_broker(rt)
+        return make_venue(rt)
 
     def broker() -> Any:
         if "broker" not in holder:

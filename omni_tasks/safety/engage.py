@@ -63,6 +63,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.venue import Venue, VenueOrder, VenuePosition
 from omni_tasks.core import counters
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.safety.killswitch import (
@@ -81,7 +82,6 @@ from omni_tasks.safety.killswitch import (
 )
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import AuditLog, EmergencySnapshot, KillEvent, TradingStateRow
-from omni_tasks.trading.broker import Broker, BrokerOrder, BrokerPosition
 
 _log = structlog.get_logger("omni.killswitch")
 
@@ -252,11 +252,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def order_dict(order: BrokerOrder) -> dict[str, Any]:
+def order_dict(order: VenueOrder) -> dict[str, Any]:
     return _plain(asdict(order))  # type: ignore[no-any-return]
 
 
-def position_dict(position: BrokerPosition) -> dict[str, Any]:
+def position_dict(position: VenuePosition) -> dict[str, Any]:
     return _plain(asdict(position))  # type: ignore[no-any-return]
 
 
@@ -341,7 +341,7 @@ def engage(
     *,
     actor: str,
     reason: str,
-    broker: Broker | None,
+    broker: Venue | None,
     flatten: bool | None = None,
     purge: Callable[[], int] | None = None,
     alert: Callable[[dict[str, Any]], None] | None = None,
@@ -469,8 +469,8 @@ def engage(
         purger.start()
 
     # 3 + 4. Read what is open, send the cancels, then write the snapshot, then confirm.
-    open_orders: list[BrokerOrder] = []
-    positions: list[BrokerPosition] = []
+    open_orders: list[VenueOrder] = []
+    positions: list[VenuePosition] = []
     asked: set[str] = set()
     snap_t0 = time.perf_counter()
     if broker is None:
@@ -547,8 +547,8 @@ def _period_has_snapshot(sessions: sessionmaker[Session], since: datetime | None
 def _save_snapshot(
     runtime: RuntimeLike,
     result: EngageResult,
-    open_orders: list[BrokerOrder],
-    positions: list[BrokerPosition],
+    open_orders: list[VenueOrder],
+    positions: list[VenuePosition],
     client: redis.Redis,
     snap_t0: float,
 ) -> None:
@@ -599,11 +599,11 @@ def _save_snapshot(
     _log.info("emergency snapshot saved", path=result.snapshot_path, id=result.snapshot_id, ms=_ms(snap_t0))
 
 
-def _confirm_cancelled(broker: Broker, result: EngageResult, settings: Settings, t0: float, asked: set[str]) -> None:
+def _confirm_cancelled(broker: Venue, result: EngageResult, settings: Settings, t0: float, asked: set[str]) -> None:
     """Poll ``open_orders`` until none is open; cancel again whatever appeared since the last request."""
     deadline = time.perf_counter() + settings.kill.cancel_confirm_timeout_s
     interval_s = settings.kill.poll_interval_ms / 1000
-    still_open: list[BrokerOrder] = []
+    still_open: list[VenueOrder] = []
     last_error: str | None = None
     resend_after = time.perf_counter() + 1.0
     while True:

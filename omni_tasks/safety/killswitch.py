@@ -56,9 +56,9 @@ import structlog
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.storage.models import EmergencySnapshot, OrderEvent, TradingStateRow
-from omni_tasks.trading.broker import OrderBlocked, OrderRequest
 
 STATE_ROW_ID = 1
 _log = structlog.get_logger("omni.killswitch")

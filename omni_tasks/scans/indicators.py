@@ -73,8 +73,8 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from omni_tasks.contracts.bars import parse_timeframe
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import parse_timeframe
 
 #: The indicator columns, in the order they are scored.
 INDICATORS: Final = ("momentum_pct", "volume_surge_x", "atr_pct", "gap_pct", "rsi", "from_high_pct")

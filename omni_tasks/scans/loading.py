@@ -24,8 +24,8 @@ from typing import Protocol
 
 import pandas as pd
 
+from omni_tasks.contracts.bars import empty_bars, parse_timeframe
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import empty_bars, parse_timeframe
 from omni_tasks.scans.indicators import utc_instant
 from omni_tasks.scans.scanner import ScanConfig
 from omni_tasks.storage.bars import FEED_PREFERENCE

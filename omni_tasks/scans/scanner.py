@@ -44,8 +44,8 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from omni_tasks.contracts.bars import check_symbol, parse_timeframe
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import check_symbol, parse_timeframe
 from omni_tasks.scans.indicators import INDICATORS, OUTPUT_COLUMNS, Lookbacks, compute_indicators, utc_instant
 from omni_tasks.scans.scoring import SCORE_COLUMNS, ScoreWeights, check_winsor_quantile, score
 

@@ -48,8 +48,8 @@ import pandas as pd
 import psycopg2.errors
 from sqlalchemy import DateTime, Engine, case, func, insert, select, type_coerce
 
-from omni_tasks.marketdata.feeds import FEEDS
-from omni_tasks.marketdata.frames import ADJUSTMENTS, BAR_COLUMNS, SYMBOL_PATTERN, TIMEFRAMES, empty_bars
+from omni_tasks.contracts.bars import ADJUSTMENTS, BAR_COLUMNS, SYMBOL_PATTERN, TIMEFRAMES, empty_bars
+from omni_tasks.contracts.feeds import FEEDS
 from omni_tasks.storage import pgcopy
 from omni_tasks.storage.models import Bar, RejectedRow
 
@@ -60,7 +60,7 @@ TEXT_COLUMNS: Final = ("symbol", "timeframe", "feed", "adjustment", "provider")
 FLOAT_COLUMNS: Final = ("open", "high", "low", "close", "volume", "vwap")
 #: Widths of the text columns in the ``bars`` table (characters).
 TEXT_WIDTHS: Final = {"symbol": 12, "timeframe": 8, "feed": 16, "adjustment": 8, "provider": 32}
-#: Feeds in the order reads prefer them (the list's home is :mod:`omni_tasks.marketdata.feeds`).
+#: Feeds in the order reads prefer them (the list's home is :mod:`omni_tasks.contracts.feeds`).
 FEED_PREFERENCE: Final = FEEDS
 
 #: Column order of the staging table and of the COPY stream (keys first, the order of the bars primary key).

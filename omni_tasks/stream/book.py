@@ -55,14 +55,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from omni_tasks.contracts.quotes import DAY_NS, DAY_SPLIT_NS
 from omni_tasks.stream.wire import HALT_STATUS_CODES, KINDS, QUOTING_STATUS_CODES, RESUME_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
 MAX_PRICE: Final = 1e9  # finite and sane; NaN fails every comparison, inf fails this one
 MAX_SIZE: Final = 1e12
-DAY_NS: Final = 86_400 * 1_000_000_000
-DAY_SPLIT_NS: Final = 4 * 3_600 * 1_000_000_000
 PROFILE_BUCKET_BP: Final = 5.0
 _LOG_DEPTH_REF: Final = math.log1p(1_000_000.0)
 
@@ -611,7 +610,7 @@ def _text(value: Any) -> str:
 
 
 def quote_row(book: SymbolBook) -> str:
-    """The latest-quote fields in :mod:`omni_tasks.stream.latest`'s order, joined by ``|``
+    """The latest-quote fields in :mod:`omni_tasks.contracts.quotes`'s order, joined by ``|``
     (bid ask bid_size ask_size ts recv mid spread_bps vwap liq; vwap empty when no trades yet)."""
     vwap = book.vwap
     bid, ask = book.bid, book.ask

@@ -1,7 +1,7 @@
 """The day's loss, checked on every quote that moves a held symbol, raised as an alarm the moment it passes the limit.
 
 The book (cash, the day's starting equity, positions) is what the broker
-publishes to Redis (:mod:`omni_tasks.trading.book`); the guard re-reads it on
+publishes to Redis (:mod:`omni_tasks.contracts.portfolio`); the guard re-reads it on
 every housekeeping pass (a GET) and subscribes to any held symbol the stream
 does not watch yet, so no position is marked at its cost. After each flush that changed a held
 symbol it marks the positions at the served mids (a symbol without a quote at
@@ -20,10 +20,10 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from omni_tasks.contracts.portfolio import PortfolioBook, parse_book
 from omni_tasks.core.keys import TRADING_BOOK_KEY
 from omni_tasks.settings import Settings
 from omni_tasks.stream.path import FlushResult, QuotePath
-from omni_tasks.trading.book import PortfolioBook, parse_book
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from redis.exceptions import NoScriptError
 
+from omni_tasks.contracts.quotes import PROFILE_TTL_S, TRADING_STATUS_TTL_S
 from omni_tasks.core.keys import (
     BAR_KEY_PREFIX,
     PROFILE_KEY_PREFIX,
@@ -36,7 +37,6 @@ from omni_tasks.core.keys import (
 )
 from omni_tasks.stream.book import Books, StatusBook, SymbolBook, quote_row
 from omni_tasks.stream.latency import StageLatencies
-from omni_tasks.stream.latest import PROFILE_TTL_S, TRADING_STATUS_TTL_S
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ about retries and a kill switch must not sleep inside a call; and its ``requests
 session gets a timeout (``OMNI_TRADING_ALPACA_TIMEOUT_S``).
 
 Errors: HTTP 429 and 5xx, timeouts and refused connections are
-``BrokerError(retryable=True)``; other 4xx are not retryable, Alpaca's message kept
+``VenueError(retryable=True)``; other 4xx are not retryable, Alpaca's message kept
 ("insufficient buying power", ...). A timed-out submit may still have reached
 Alpaca: resending it with the same ``client_order_id`` is safe, because a
 duplicate ``client_order_id`` (HTTP 422 "client_order_id must be unique") is
@@ -24,7 +24,7 @@ headers: not in messages, not in logs.
 Alpaca has no day-start or peak equity of ours: ``day_start_equity`` is Alpaca's
 ``last_equity`` (the equity at the previous close), and with ``sessions`` the
 peak is kept in the broker_accounts row ``alpaca_paper`` (raised on every
-:meth:`AlpacaPaperBroker.account`); without them it is the higher of today's
+:meth:`AlpacaPaperVenue.account`); without them it is the higher of today's
 equity and last_equity (``extra["peak"]`` says which).
 """
 
@@ -50,20 +50,20 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.core.errors import ConfigError
-from omni_tasks.settings import Settings
-from omni_tasks.storage.models import BrokerAccount
-from omni_tasks.trading.broker import (
-    BrokerAccountView,
-    BrokerError,
-    BrokerOrder,
-    BrokerPosition,
+from omni_tasks.contracts.venue import (
     Guard,
     InvalidOrder,
     OrderBlocked,
     OrderRequest,
+    VenueAccountView,
+    VenueError,
+    VenueOrder,
+    VenuePosition,
     check_order_request,
 )
+from omni_tasks.core.errors import ConfigError
+from omni_tasks.settings import Settings
+from omni_tasks.storage.models import BrokerAccount
 
 _log = structlog.get_logger("omni.trading.alpaca")
 
@@ -129,9 +129,9 @@ def _decimal(value: Any, what: str) -> Decimal:
     try:
         number = Decimal(str(value))
     except (InvalidOperation, ValueError) as exc:
-        raise BrokerError(f"alpaca sent {what}={value!r}, not a number") from exc
+        raise VenueError(f"alpaca sent {what}={value!r}, not a number") from exc
     if not number.is_finite():
-        raise BrokerError(f"alpaca sent {what}={value!r}, not a finite number")
+        raise VenueError(f"alpaca sent {what}={value!r}, not a finite number")
     return number
 
 
@@ -149,13 +149,13 @@ def _timestamp(value: Any) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _order_of(raw: Mapping[str, Any]) -> BrokerOrder:
-    """An Alpaca order object as a :class:`BrokerOrder` (status in the desk's words)."""
+def _order_of(raw: Mapping[str, Any]) -> VenueOrder:
+    """An Alpaca order object as a :class:`VenueOrder` (status in the desk's words)."""
     try:
         status = str(raw["status"])
         side = str(raw["side"])
         kind = str(raw.get("type") or raw.get("order_type") or "market")
-        return BrokerOrder(
+        return VenueOrder(
             client_order_id=str(raw["client_order_id"]),
             broker_order_id=str(raw["id"]),
             symbol=str(raw["symbol"]),
@@ -170,23 +170,23 @@ def _order_of(raw: Mapping[str, Any]) -> BrokerOrder:
             reason=None if status in STATUS_MAP else f"alpaca status {status!r} (unknown here: counted as open)",
         )
     except (KeyError, TypeError, AttributeError) as exc:
-        raise BrokerError(f"alpaca sent an order without {exc}: {dict(raw)!r:.300}") from exc
+        raise VenueError(f"alpaca sent an order without {exc}: {dict(raw)!r:.300}") from exc
 
 
-def _position_of(raw: Mapping[str, Any]) -> BrokerPosition:
-    """An Alpaca position as a signed :class:`BrokerPosition` (a short's qty is negative)."""
+def _position_of(raw: Mapping[str, Any]) -> VenuePosition:
+    """An Alpaca position as a signed :class:`VenuePosition` (a short's qty is negative)."""
     try:
         qty = _decimal(raw["qty"], "qty")
         if raw.get("side") == "short" and qty > 0:
             qty = -qty
-        return BrokerPosition(
+        return VenuePosition(
             symbol=str(raw["symbol"]),
             qty=qty,
             avg_price=_decimal(raw["avg_entry_price"], "avg_entry_price"),
             market_price=_optional_decimal(raw.get("current_price"), "current_price"),
         )
     except (KeyError, TypeError, AttributeError) as exc:
-        raise BrokerError(f"alpaca sent a position without {exc}: {dict(raw)!r:.300}") from exc
+        raise VenueError(f"alpaca sent a position without {exc}: {dict(raw)!r:.300}") from exc
 
 
 def _error_body(exc: APIError) -> tuple[Any, str]:
@@ -201,14 +201,14 @@ def _error_body(exc: APIError) -> tuple[Any, str]:
     return body.get("code"), str(body.get("message", text[:300]))
 
 
-def broker_error(exc: APIError | requests.RequestException, what: str) -> BrokerError:
-    """The :class:`BrokerError` for a failed call: 429, 5xx and transport failures are retryable, other 4xx not."""
+def broker_error(exc: APIError | requests.RequestException, what: str) -> VenueError:
+    """The :class:`VenueError` for a failed call: 429, 5xx and transport failures are retryable, other 4xx not."""
     if isinstance(exc, requests.RequestException):
-        return BrokerError(f"alpaca {what}: {type(exc).__name__} (no answer): {exc}", retryable=True)
+        return VenueError(f"alpaca {what}: {type(exc).__name__} (no answer): {exc}", retryable=True)
     status = exc.status_code
     code, message = _error_body(exc)
     retryable = status is None or status == 429 or status >= 500
-    return BrokerError(f"alpaca {what}: HTTP {status} (code {code}): {message}", retryable=retryable, http_status=status)
+    return VenueError(f"alpaca {what}: HTTP {status} (code {code}): {message}", retryable=retryable, http_status=status)
 
 
 def _is_duplicate_id(exc: APIError) -> bool:
@@ -244,10 +244,11 @@ def _order_body(request: OrderRequest) -> dict[str, Any]:
 # ---- the broker --------------------------------------------------------------------------------
 
 
-class AlpacaPaperBroker:
-    """The Broker protocol over Alpaca's paper trading API (see the module docstring)."""
+class AlpacaPaperVenue:
+    """The Venue protocol over Alpaca's paper trading API (see the module docstring)."""
 
     name: str = NAME
+    keeps_ledger: bool = False
 
     def __init__(
         self,
@@ -281,7 +282,7 @@ class AlpacaPaperBroker:
         self._url = alpaca.trading_url
 
     def __repr__(self) -> str:
-        return f"AlpacaPaperBroker(trading_url={self._url!r})"
+        return f"AlpacaPaperVenue(trading_url={self._url!r})"
 
     def _call(self, what: str, call: Callable[[], Any]) -> Any:
         try:
@@ -291,7 +292,7 @@ class AlpacaPaperBroker:
 
     # ---- reads -----------------------------------------------------------------------------------
 
-    def account(self) -> BrokerAccountView:
+    def account(self) -> VenueAccountView:
         """Alpaca's cash and equity; the day starts at ``last_equity``; the peak as the module docstring says."""
         raw = self._call("GET /v2/account", self._client.get_account)
         cash = _decimal(raw.get("cash"), "cash")
@@ -302,7 +303,7 @@ class AlpacaPaperBroker:
             peak, peak_source = self._ledger_peak(self._sessions, cash=cash, equity=equity, day_start=last_equity), "ledger"
         else:
             peak, peak_source = max(equity, last_equity), "this call (no ledger)"
-        return BrokerAccountView(
+        return VenueAccountView(
             cash=cash,
             equity=equity,
             day_start_equity=last_equity,
@@ -319,14 +320,14 @@ class AlpacaPaperBroker:
             },
         )
 
-    def positions(self) -> list[BrokerPosition]:
+    def positions(self) -> list[VenuePosition]:
         """Every open position, signed, marked at Alpaca's current price."""
         raw = self._call("GET /v2/positions", self._client.get_all_positions)
         return [_position_of(item) for item in raw or []]
 
-    def open_orders(self) -> list[BrokerOrder]:
+    def open_orders(self) -> list[VenueOrder]:
         """Every open order (all pages), oldest first."""
-        seen: dict[str, BrokerOrder] = {}
+        seen: dict[str, VenueOrder] = {}
         until: str | None = None
         for _ in range(MAX_ORDER_PAGES):
             params: dict[str, Any] = {"status": "open", "limit": OPEN_ORDERS_PAGE, "direction": "desc", "nested": "false"}
@@ -340,12 +341,12 @@ class AlpacaPaperBroker:
                 break
             until = str(page[-1].get("submitted_at") or page[-1].get("created_at"))
         else:
-            raise BrokerError(f"alpaca GET /v2/orders: more than {MAX_ORDER_PAGES * OPEN_ORDERS_PAGE} open orders", retryable=False)
+            raise VenueError(f"alpaca GET /v2/orders: more than {MAX_ORDER_PAGES * OPEN_ORDERS_PAGE} open orders", retryable=False)
         return sorted(seen.values(), key=lambda order: (order.submitted_at or datetime.min.replace(tzinfo=UTC), order.broker_order_id))
 
     # ---- orders ----------------------------------------------------------------------------------
 
-    def submit(self, request: OrderRequest) -> BrokerOrder:
+    def submit(self, request: OrderRequest) -> VenueOrder:
         """Guard, then POST /v2/orders; a reused ``client_order_id`` returns Alpaca's existing order."""
         check_order_request(request)
         body = _order_body(request)
@@ -402,13 +403,13 @@ class AlpacaPaperBroker:
         _log.info("orders cancelled", broker=NAME, asked=len(ids), refused=len(failed))
         return ids
 
-    def close_all(self) -> list[BrokerOrder]:
+    def close_all(self) -> list[VenueOrder]:
         """DELETE /v2/positions?cancel_orders=true: Alpaca cancels the open orders, then sends one closing order per position.
 
         A position Alpaca refused to close comes back as a ``rejected`` order (side and qty from its error body) with the reason.
         """
         raw = self._call("DELETE /v2/positions", lambda: self._client.close_all_positions(cancel_orders=True)) or []
-        orders: list[BrokerOrder] = []
+        orders: list[VenueOrder] = []
         for item in raw:
             status = int(item.get("status", 200))
             body = item.get("body") or {}
@@ -419,7 +420,7 @@ class AlpacaPaperBroker:
             message = body.get("message") if isinstance(body, Mapping) else body
             code = body.get("code") if isinstance(body, Mapping) else None
             orders.append(
-                BrokerOrder(
+                VenueOrder(
                     client_order_id="",
                     broker_order_id="",
                     symbol=str(item.get("symbol", "")),
@@ -469,7 +470,7 @@ class AlpacaPaperBroker:
             return session.execute(select(BrokerAccount.peak_equity).where(BrokerAccount.broker == NAME)).scalar_one()
 
 
-def _check_same(order: BrokerOrder, request: OrderRequest) -> None:
+def _check_same(order: VenueOrder, request: OrderRequest) -> None:
     """A reused client_order_id must name the same order; a different one is a bug upstream, not a resubmit."""
     recorded = (order.symbol, order.side, order.qty, order.order_type, order.limit_price)
     asked = (request.symbol, request.side, request.qty, request.order_type, request.limit_price)

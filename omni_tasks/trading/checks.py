@@ -50,10 +50,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
+from omni_tasks.contracts.quotes import DAY_NS, DAY_SPLIT_NS, LatestQuote, TradingStatus
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.settings import RiskSettings
-from omni_tasks.stream.book import DAY_NS, DAY_SPLIT_NS
-from omni_tasks.stream.latest import LatestQuote, TradingStatus
-from omni_tasks.trading.broker import OrderRequest
 
 ZERO: Final = Decimal(0)
 HUNDRED: Final = Decimal(100)

@@ -28,9 +28,9 @@ import structlog
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.core.errors import OmniError
 from omni_tasks.storage.models import Order, OrderEvent
-from omni_tasks.trading.broker import OrderRequest
 from omni_tasks.trading.expiry import deadline_of, is_database_failure, updated_rows
 from omni_tasks.trading.orders import order_row_values, requested_detail
 

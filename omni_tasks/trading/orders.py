@@ -39,7 +39,7 @@ Where the breakers are:
   retries with backoff until the order's deadline.
 
 The portfolio comes from the book the broker publishes in Redis after every
-change (:mod:`omni_tasks.trading.book`) when that broker publishes on every change
+change (:mod:`omni_tasks.contracts.portfolio`) when that broker publishes on every change
 (the simulated broker) and the book is of today; otherwise (no book, another
 broker's, yesterday's: the broker rolls the day when asked) from
 ``broker.account()`` and ``broker.positions()``.
@@ -67,6 +67,18 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.portfolio import read_book
+from omni_tasks.contracts.quotes import LatestQuote, read_latest, read_trading_status
+from omni_tasks.contracts.venue import (
+    MONEY_PLACES,
+    InvalidOrder,
+    OrderBlocked,
+    OrderRequest,
+    Venue,
+    VenueError,
+    VenueOrder,
+    check_order_request,
+)
 from omni_tasks.core import budgets, inputs
 from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
 from omni_tasks.ops import prometheus as metrics
@@ -74,18 +86,6 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.models import Order, OrderEvent
-from omni_tasks.stream.latest import LatestQuote, read_latest, read_trading_status
-from omni_tasks.trading.book import read_book
-from omni_tasks.trading.broker import (
-    MONEY_PLACES,
-    Broker,
-    BrokerError,
-    BrokerOrder,
-    InvalidOrder,
-    OrderBlocked,
-    OrderRequest,
-    check_order_request,
-)
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
 from omni_tasks.trading.expiry import EXPIRED, expire_order, is_database_failure, updated_rows
@@ -226,7 +226,7 @@ def _is_failure(exc: BaseException) -> bool:
     """Does this exception say the broker is failing (counts against its breaker), not merely refusing?"""
     if isinstance(exc, OrderBlocked | InvalidOrder):
         return False
-    if isinstance(exc, BrokerError):
+    if isinstance(exc, VenueError):
         return exc.retryable or exc.http_status is None or exc.http_status >= 500
     return True
 
@@ -237,7 +237,7 @@ class OrderSubmitter:
     def __init__(
         self,
         *,
-        broker: Broker,
+        broker: Venue,
         redis: redis_lib.Redis,
         sessions: sessionmaker[Session],
         limits: RiskSettings,
@@ -257,9 +257,7 @@ class OrderSubmitter:
         self.broker_breaker = broker_breaker or CircuitBreaker(broker_breaker_name(broker.name), redis, fail_open=False)
         self.database_breaker = database_breaker or CircuitBreaker(DATABASE_BREAKER, redis, fail_open=False)
         if ledger_broker is None:
-            from omni_tasks.trading.simulated import SimulatedBroker
-
-            ledger_broker = isinstance(broker, SimulatedBroker)
+            ledger_broker = broker.keeps_ledger
         self._ledger_broker = ledger_broker
         self._clock_ns = clock_ns
 
@@ -301,9 +299,9 @@ class OrderSubmitter:
         try:
             context = self._context(request, breaker_reading(self.broker_breaker.name, breaker), trades_today)
             decision = run_checks(context)
-        except (BrokerError, redis_lib.RedisError, OSError) as exc:
+        except (VenueError, redis_lib.RedisError, OSError) as exc:
             # The desk could not be read (the broker or Redis failing): nothing is sent without the checks.
-            if isinstance(exc, BrokerError):
+            if isinstance(exc, VenueError):
                 self.broker_breaker.record(not _is_failure(exc), trial=trial)
             else:
                 self.broker_breaker.release(trial)
@@ -389,7 +387,7 @@ class OrderSubmitter:
             broker_ms = _ms(sent)
             self.broker_breaker.record(True, trial=trial)
             outcome = self._record_broker_refusal(request, "rejected", "invalid", str(exc), t0)
-        except BrokerError as exc:
+        except VenueError as exc:
             broker_ms = _ms(sent)
             self.broker_breaker.record(not _is_failure(exc), trial=trial)
             if exc.retryable:
@@ -539,7 +537,7 @@ class OrderSubmitter:
         )
         return OrderOutcome(request.client_order_id, "denied", decision.check, decision.reason, None, "0", None, _ms(t0))
 
-    def _record_sent(self, request: OrderRequest, order: BrokerOrder, t0: float) -> OrderOutcome:
+    def _record_sent(self, request: OrderRequest, order: VenueOrder, t0: float) -> OrderOutcome:
         """Bring the row and the events up to the broker's answer, unless the broker keeps the ledger itself."""
         now = _utc(self._clock_ns())
         if self._ledger_broker:  # it recorded the row and the events in the same transaction that accepted the order
@@ -582,7 +580,7 @@ class OrderSubmitter:
                         )
         return self._sent_outcome(request, order, t0)
 
-    def _sent_outcome(self, request: OrderRequest, order: BrokerOrder, t0: float) -> OrderOutcome:
+    def _sent_outcome(self, request: OrderRequest, order: VenueOrder, t0: float) -> OrderOutcome:
         check, reason = ("broker" if order.status == "rejected" else None), order.reason
         if order.status == EXPIRED and (reason or "").startswith(f"{DEADLINE_CHECK}: "):  # expired before the broker took it
             check, reason = DEADLINE_CHECK, (reason or "").removeprefix(f"{DEADLINE_CHECK}: ")

@@ -6,7 +6,7 @@ Fills:
   (quote sizes are not consumed: the simulation has no depth);
 * a limit order fills at once when marketable (buy: ask <= limit, sell: bid >= limit) at
   the quote, which is the limit or better; otherwise it rests (status ``new``) and
-  :meth:`SimulatedBroker.match_resting` fills it once a fresh quote crosses it. Every
+  :meth:`SimulatedVenue.match_resting` fills it once a fresh quote crosses it. Every
   ``submit``, ``open_orders``, ``positions`` and ``account`` call matches first, so what
   they report is consistent with the quotes. A resting order is treated like an order
   leaving: the guard runs before it fills, and while the guard refuses (the kill
@@ -33,7 +33,7 @@ read, so an expiry (:mod:`omni_tasks.trading.expiry`) and a fill never both win:
 row still ``pending`` is taken over.
 
 After every change to cash or positions the book is published to Redis
-(:mod:`omni_tasks.trading.book`); the day rolls at the first call on a new New York
+(:mod:`omni_tasks.contracts.portfolio`); the day rolls at the first call on a new New York
 date, setting the day's starting equity to the equity then.
 """
 
@@ -55,22 +55,22 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
-from omni_tasks.stream.latest import LatestQuote, read_latest
-from omni_tasks.trading.book import decimal_text, publish_book
-from omni_tasks.trading.broker import (
+from omni_tasks.contracts.portfolio import decimal_text, publish_book
+from omni_tasks.contracts.quotes import LatestQuote, read_latest
+from omni_tasks.contracts.venue import (
     OPEN_STATUSES,
-    BrokerAccountView,
-    BrokerError,
-    BrokerOrder,
-    BrokerPosition,
     Guard,
     InvalidOrder,
     OrderBlocked,
     OrderRequest,
     Side,
+    VenueAccountView,
+    VenueError,
+    VenueOrder,
+    VenuePosition,
     check_order_request,
 )
+from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 
 _log = structlog.get_logger("omni.trading.simulated")
 
@@ -180,14 +180,14 @@ class _AccountSnapshot:
 class _Outcome:
     """What one locked transaction did, for after the commit."""
 
-    order: BrokerOrder | None = None
+    order: VenueOrder | None = None
     blocked: OrderBlocked | None = None
-    orders: list[BrokerOrder] = field(default_factory=list)
+    orders: list[VenueOrder] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
-    book: tuple[_AccountSnapshot, list[BrokerPosition]] | None = None
+    book: tuple[_AccountSnapshot, list[VenuePosition]] | None = None
 
 
-class SimulatedBroker:
+class SimulatedVenue:
     """The built-in broker (see the module docstring). Thread-safe; one instance per process is enough."""
 
     def __init__(
@@ -210,6 +210,7 @@ class SimulatedBroker:
         if not name or len(name) > 20:
             raise ValueError(f"broker name {name!r}: 1-20 characters (the ledger's broker column)")
         self.name = name
+        self.keeps_ledger = True
         self._sessions = sessions
         self._redis = redis
         self._starting_cash = q8(starting_cash)
@@ -220,11 +221,11 @@ class SimulatedBroker:
         self._account_ready = False
 
     def __repr__(self) -> str:
-        return f"SimulatedBroker(name={self.name!r}, quote_max_age_s={self._max_age_s:g})"
+        return f"SimulatedVenue(name={self.name!r}, quote_max_age_s={self._max_age_s:g})"
 
     # ---- the protocol ----------------------------------------------------------------------------
 
-    def account(self) -> BrokerAccountView:
+    def account(self) -> VenueAccountView:
         """Cash, equity (marks: fresh quotes' mids, else average prices; ``extra`` says which) and the day's marks."""
         self._prepare()
         with self._sessions() as session:
@@ -238,7 +239,7 @@ class SimulatedBroker:
             peak = self._raise_peak(equity)
         by_quote = sorted(p.symbol for p in positions if p.symbol in marks)
         by_avg = sorted(p.symbol for p in positions if p.symbol not in marks)
-        return BrokerAccountView(
+        return VenueAccountView(
             cash=row.cash,
             equity=equity,
             day_start_equity=row.day_start_equity,
@@ -253,21 +254,21 @@ class SimulatedBroker:
             },
         )
 
-    def positions(self) -> list[BrokerPosition]:
+    def positions(self) -> list[VenuePosition]:
         """Every non-flat position; ``market_price`` is the fresh quote's mid, None without one."""
         self._prepare()
         with self._sessions() as session:
             rows = [p for p in self._positions_by_symbol(session).values() if p.qty != 0]
         marks = self._marks(p.symbol for p in rows)
-        return [BrokerPosition(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, market_price=marks.get(p.symbol)) for p in rows]
+        return [VenuePosition(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, market_price=marks.get(p.symbol)) for p in rows]
 
-    def open_orders(self) -> list[BrokerOrder]:
+    def open_orders(self) -> list[VenueOrder]:
         """Orders resting at this broker (after matching them against the current quotes), oldest first."""
         self._prepare()
         with self._sessions() as session:
             return [_order_view(row) for row in self._resting(session)]
 
-    def submit(self, request: OrderRequest) -> BrokerOrder:
+    def submit(self, request: OrderRequest) -> VenueOrder:
         """Record, guard and fill (or rest, or reject) one order; idempotent on ``client_order_id``."""
         check_order_request(request)
         self._ensure_account()
@@ -285,7 +286,7 @@ class SimulatedBroker:
         if outcome.blocked is not None:
             raise outcome.blocked
         if outcome.order is None:  # pragma: no cover - _submit_locked always sets one
-            raise BrokerError(f"order {request.client_order_id} left no record")
+            raise VenueError(f"order {request.client_order_id} left no record")
         return outcome.order
 
     def cancel_all(self) -> list[str]:
@@ -301,7 +302,7 @@ class SimulatedBroker:
             _log.info("orders cancelled", broker=self.name, count=len(outcome.ids))
         return outcome.ids
 
-    def close_all(self) -> list[BrokerOrder]:
+    def close_all(self) -> list[VenueOrder]:
         """Cancel resting orders, then a market order against every position for exactly its size (not guarded)."""
         self._ensure_account()
         outcome = _Outcome()
@@ -337,7 +338,7 @@ class SimulatedBroker:
         return outcome.orders
 
     def publish_book(self) -> None:
-        """Publish the ledger's book now (after a Redis restart, say); :func:`~omni_tasks.trading.book.refresh_book` calls it."""
+        """Publish the ledger's book now (after a Redis restart, say); :func:`~omni_tasks.contracts.portfolio.refresh_book` calls it."""
         self._ensure_account()
         outcome = _Outcome()
         with self._sessions() as session, session.begin():
@@ -348,7 +349,7 @@ class SimulatedBroker:
 
     # ---- matching --------------------------------------------------------------------------------
 
-    def match_resting(self) -> list[BrokerOrder]:
+    def match_resting(self) -> list[VenueOrder]:
         """Fill every resting order a fresh quote now crosses (the guard permitting); returns those filled."""
         self._ensure_account()
         with self._sessions() as session:
@@ -384,8 +385,8 @@ class SimulatedBroker:
         resting: Sequence[Order],
         quotes: Mapping[str, LatestQuote],
         now: datetime,
-    ) -> list[BrokerOrder]:
-        filled: list[BrokerOrder] = []
+    ) -> list[VenueOrder]:
+        filled: list[VenueOrder] = []
         now_ns = _ns(now)
         for row in resting:
             price = self._price(row.side, row.order_type, row.limit_price, quotes.get(row.symbol), now_ns)
@@ -574,10 +575,10 @@ class SimulatedBroker:
         """A row the orders path recorded before sending (pending, never at a broker) is this submit's to take over."""
         return row.status == "pending" and row.broker_order_id is None and row.broker == self.name
 
-    def _known_view(self, row: Order, request: OrderRequest) -> BrokerOrder:
+    def _known_view(self, row: Order, request: OrderRequest) -> VenueOrder:
         """The recorded order for a resubmit (never a second one), after checking it is the same order."""
         if row.broker != self.name:
-            raise BrokerError(f"client_order_id {row.client_order_id!r} is an order of broker {row.broker!r}, not {self.name!r}")
+            raise VenueError(f"client_order_id {row.client_order_id!r} is an order of broker {row.broker!r}, not {self.name!r}")
         self._check_same(row, request)
         _log.info("order resubmitted: the recorded one returned", broker=self.name, client_order_id=row.client_order_id, status=row.status)
         return _order_view(row)
@@ -705,17 +706,17 @@ class SimulatedBroker:
         query = select(Position).where(Position.broker == self.name).order_by(Position.symbol).execution_options(populate_existing=True)
         return {row.symbol: row for row in session.execute(query).scalars()}
 
-    def _book_of(self, account: BrokerAccount, positions: Mapping[str, Position]) -> tuple[_AccountSnapshot, list[BrokerPosition]]:
+    def _book_of(self, account: BrokerAccount, positions: Mapping[str, Position]) -> tuple[_AccountSnapshot, list[VenuePosition]]:
         """The book as this transaction leaves it, in plain values (published after the commit)."""
         snapshot = _AccountSnapshot(account.cash, account.day, account.day_start_equity, account.peak_equity, _ns(account.updated_at))
-        return snapshot, [BrokerPosition(p.symbol, p.qty, p.avg_price) for _, p in sorted(positions.items()) if p.qty != 0]
+        return snapshot, [VenuePosition(p.symbol, p.qty, p.avg_price) for _, p in sorted(positions.items()) if p.qty != 0]
 
     def _quotes(self, symbols: Iterable[str]) -> dict[str, LatestQuote]:
-        """The latest quotes; Redis failing is a retryable BrokerError (no order is filled without a price)."""
+        """The latest quotes; Redis failing is a retryable VenueError (no order is filled without a price)."""
         try:
             return read_latest(self._redis, sorted(set(symbols)))
         except (RedisError, OSError) as exc:
-            raise BrokerError(f"quotes unreadable from Redis ({type(exc).__name__}: {exc}): order not recorded", retryable=True) from exc
+            raise VenueError(f"quotes unreadable from Redis ({type(exc).__name__}: {exc}): order not recorded", retryable=True) from exc
 
     def _quotes_or_none(self, symbols: Iterable[str]) -> dict[str, LatestQuote]:
         """The latest quotes, or none when Redis fails (then nothing fills and marks fall back to average prices)."""
@@ -765,8 +766,8 @@ def _ns(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-def _order_view(row: Order) -> BrokerOrder:
-    return BrokerOrder(
+def _order_view(row: Order) -> VenueOrder:
+    return VenueOrder(
         client_order_id=row.client_order_id,
         broker_order_id=row.broker_order_id or "",
         symbol=row.symbol,

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from omni_tasks.contracts.venue import InvalidOrder
 from omni_tasks.core.errors import DatabaseUnavailable, PermanentError, RetryableError
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR
@@ -20,10 +21,9 @@ from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import order_guard
 from omni_tasks.safety.reporting import audit_transitions
-from omni_tasks.trading.broker import InvalidOrder
 from omni_tasks.trading.expiry import EXPIRED, deadline_of, retry_delay_s
 from omni_tasks.trading.orders import DATABASE_BREAKER, OrderSubmitter, broker_breaker_name, parse_order
-from omni_tasks.trading.wiring import make_broker
+from omni_tasks.trading.wiring import make_venue
 
 _log = structlog.get_logger("omni.orders")
 _cache: dict[str, tuple[int, OrderSubmitter]] = {}
@@ -41,7 +41,7 @@ def submitter() -> OrderSubmitter:
     cached = _cache.get("submitter")
     if cached is not None and cached[0] == runtime.pid:
         return cached[1]
-    broker = make_broker(runtime, guard=order_guard(runtime.redis, runtime.sessions))
+    broker = make_venue(runtime, guard=order_guard(runtime.redis, runtime.sessions))
     hook = audit_transitions(runtime.sessions, settings=runtime.settings, client=runtime.redis)
     built = OrderSubmitter(
         broker=broker,

@@ -1,20 +1,20 @@
 """Which broker this process trades through: the one ``OMNI_TRADING_BROKER`` names, built from the runtime.
 
 Everything that needs a broker (the orders task, the kill switch, the risk task,
-``omni kill drill``) calls :func:`make_broker`, so the choice is made in one place.
+``omni kill drill``) calls :func:`make_venue`, so the choice is made in one place.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from omni_tasks.trading.broker import Broker, Guard
+from omni_tasks.contracts.venue import Guard, Venue
 
 if TYPE_CHECKING:
     from omni_tasks.core.runtime import Runtime
 
 
-def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
+def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
     """The configured broker: ``simulated`` (ledger in the runtime's database, quotes from its Redis) or ``alpaca_paper``.
 
     ``guard`` runs right before each order is accepted; by default it is the kill switch's
@@ -31,9 +31,9 @@ def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
         guard = order_guard(runtime.redis, runtime.sessions)
     choice = settings.trading.broker
     if choice == "simulated":
-        from omni_tasks.trading.simulated import SimulatedBroker
+        from omni_tasks.trading.simulated import SimulatedVenue
 
-        return SimulatedBroker(
+        return SimulatedVenue(
             runtime.sessions,
             runtime.redis,
             starting_cash=settings.trading.starting_cash_usd,
@@ -42,9 +42,9 @@ def make_broker(runtime: Runtime, *, guard: Guard | None = None) -> Broker:
             exchange_tz=settings.core.exchange_tz,
         )
     if choice == "alpaca_paper":
-        from omni_tasks.trading.alpaca_paper import AlpacaPaperBroker
+        from omni_tasks.trading.alpaca_paper import AlpacaPaperVenue
 
-        return AlpacaPaperBroker(settings, guard=guard, sessions=runtime.sessions)
+        return AlpacaPaperVenue(settings, guard=guard, sessions=runtime.sessions)
     raise ValueError(
         f"OMNI_TRADING_BROKER={choice!r}: no such broker (simulated or alpaca_paper)"
     )  # settings validation makes this unreachable

@@ -31,7 +31,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from omni_tasks.marketdata.frames import parse_timeframe
+from omni_tasks.contracts.bars import parse_timeframe
 from omni_tasks.validation import checks, outliers, stale
 from omni_tasks.validation.checks import BAR_CHECKS, Found, fmt, fmt_ts
 from omni_tasks.validation.gaps import NO_DATA_CODES, Gaps, detect_gaps

@@ -25,7 +25,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from omni_tasks.marketdata.frames import SYMBOL_PATTERN, TIMEFRAMES, BarFrame
+from omni_tasks.contracts.bars import SYMBOL_PATTERN, TIMEFRAMES, BarFrame
 from omni_tasks.validation.grid import NAT, SessionGrid, xnys_grid
 
 Action = Literal["quarantine", "flag"]

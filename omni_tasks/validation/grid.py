@@ -23,8 +23,8 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
+from omni_tasks.contracts.bars import EXCHANGE_TZ, TIMEFRAMES, Timeframe
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import EXCHANGE_TZ, TIMEFRAMES, Timeframe
 
 NS_PER_DAY: Final = 86_400 * 10**9
 NAT: Final = np.iinfo(np.int64).min

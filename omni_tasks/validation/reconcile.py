@@ -37,8 +37,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.bars import TIMEFRAMES
 from omni_tasks.marketdata.errors import ProviderError
-from omni_tasks.marketdata.frames import TIMEFRAMES
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.storage.models import ReconciliationResult
 

@@ -110,7 +110,7 @@ def reconcile(symbols: list[str], timeframe: str, start: str, end: str, feed: st
     """Compare a sample of stored bars with a second provider (close and volume) and record the differences."""
     from datetime import date
 
-    from omni_tasks.marketdata.frames import check_symbol
+    from omni_tasks.contracts.bars import check_symbol
 
     runtime = get_runtime()
     settings = runtime.settings.backfill

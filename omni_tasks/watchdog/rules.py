@@ -516,23 +516,23 @@ class LiveActuator:
     """The real actions: the kill switch's :func:`~omni_tasks.safety.engage.engage`, the shared breakers, the webhook."""
 
     def __init__(
-        self, runtime: RuntimeLike, *, purge: Callable[[], int] | None, broker_factory: Callable[[Any], Any] | None = None
+        self, runtime: RuntimeLike, *, purge: Callable[[], int] | None, venue_factory: Callable[[Any], Any] | None = None
     ) -> None:
         self._runtime = runtime
         self._purge = purge
-        self._broker_factory = broker_factory
+        self._venue_factory = venue_factory
 
     def engage_kill(self, finding: Finding) -> None:
         from omni_tasks.safety.engage import engage
 
         broker = None
         try:
-            if self._broker_factory is not None:
-                broker = self._broker_factory(self._runtime)
+            if self._venue_factory is not None:
+                broker = self._venue_factory(self._runtime)
             else:
-                from omni_tasks.trading.wiring import make_broker
+                from omni_tasks.trading.wiring import make_venue
 
-                broker = make_broker(self._runtime)  # type: ignore[arg-type]  # the process runtime
+                broker = make_venue(self._runtime)  # type: ignore[arg-type]  # the process runtime
         except Exception:  # noqa: BLE001 - engage still halts; its result says the orders were not cancelled
             _log.error("no broker for the kill switch (open orders cannot be cancelled)", exc_info=True)
         result = engage(

@@ -30,14 +30,14 @@ import pytest
 from sqlalchemy import select
 from structlog.testing import capture_logs
 
+from omni_tasks.contracts.portfolio import read_book, refresh_book
+from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, OrderRequest, Venue, VenueError
 from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings, load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BrokerAccount
-from omni_tasks.trading.alpaca_paper import AlpacaPaperBroker
-from omni_tasks.trading.book import read_book, refresh_book
-from omni_tasks.trading.broker import Broker, BrokerError, InvalidOrder, OrderBlocked, OrderRequest
+from omni_tasks.trading.alpaca_paper import AlpacaPaperVenue
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alpaca_trading"
 NOW = datetime(2026, 3, 9, 15, 0, tzinfo=UTC)
@@ -167,8 +167,8 @@ def settings_for(url: str, keys: tuple[str, str] | None, **extra: str) -> Settin
 
 
 @pytest.fixture
-def broker(standin: TradingStandIn, keys: tuple[str, str]) -> AlpacaPaperBroker:
-    return AlpacaPaperBroker(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="2"), clock=lambda: NOW)
+def broker(standin: TradingStandIn, keys: tuple[str, str]) -> AlpacaPaperVenue:
+    return AlpacaPaperVenue(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="2"), clock=lambda: NOW)
 
 
 def echo_order(fixture: str) -> Handler:
@@ -197,21 +197,21 @@ def assert_keys_sent(seen: Seen, keys: tuple[str, str]) -> None:
 # ---- construction --------------------------------------------------------------------------------
 
 
-def test_broker_satisfies_the_protocol(broker: AlpacaPaperBroker) -> None:
-    assert isinstance(broker, Broker)
+def test_broker_satisfies_the_protocol(broker: AlpacaPaperVenue) -> None:
+    assert isinstance(broker, Venue)
     assert broker.name == "alpaca_paper"
 
 
 def test_without_keys_it_refuses_to_build_naming_both_variables(standin: TradingStandIn) -> None:
     with pytest.raises(ConfigError, match="OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY: the alpaca_paper broker needs"):
-        AlpacaPaperBroker(settings_for(standin.url, None))
+        AlpacaPaperVenue(settings_for(standin.url, None))
 
 
 def test_it_refuses_the_live_trading_url_and_paper_false(keys: tuple[str, str]) -> None:
     with pytest.raises(ConfigError, match="OMNI_ALPACA_TRADING_URL: https://api.alpaca.markets is Alpaca's live trading API"):
-        AlpacaPaperBroker(settings_for("https://api.alpaca.markets", keys))
+        AlpacaPaperVenue(settings_for("https://api.alpaca.markets", keys))
     with pytest.raises(ConfigError, match="OMNI_ALPACA_PAPER"):
-        AlpacaPaperBroker(settings_for("https://paper-api.alpaca.markets", keys, OMNI_ALPACA_PAPER="false"))
+        AlpacaPaperVenue(settings_for("https://paper-api.alpaca.markets", keys, OMNI_ALPACA_PAPER="false"))
 
 
 # ---- reads ---------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_account_with_a_ledger_keeps_a_running_peak(standin: TradingStandIn, key
     engine = make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     migrations.upgrade(engine)
     sessions = session_factory(engine)
-    broker = AlpacaPaperBroker(settings_for(standin.url, keys), sessions=sessions, clock=lambda: NOW)
+    broker = AlpacaPaperVenue(settings_for(standin.url, keys), sessions=sessions, clock=lambda: NOW)
     high, low = recorded("account.json"), recorded("account.json")
     high.update({"equity": "100033.12"})
     low.update({"equity": "99500.01", "cash": "97594.39"})
@@ -359,7 +359,7 @@ def test_http_errors_map_to_broker_errors_429_and_5xx_retryable_in_one_request( 
     reply = Reply(status, recorded(fixture)) if fixture else Reply(status, raw=b"upstream unavailable")
     standin.route("POST", "/v2/orders", reply)
 
-    with pytest.raises(BrokerError) as caught:
+    with pytest.raises(VenueError) as caught:
         broker.submit(market())
 
     assert (caught.value.retryable, caught.value.http_status) == (retryable, status)
@@ -370,11 +370,11 @@ def test_http_errors_map_to_broker_errors_429_and_5xx_retryable_in_one_request( 
 
 
 def test_a_timeout_is_retryable_and_says_the_order_may_have_arrived(standin, keys) -> None:  # type: ignore[no-untyped-def]
-    broker = AlpacaPaperBroker(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="0.3"))
+    broker = AlpacaPaperVenue(settings_for(standin.url, keys, OMNI_TRADING_ALPACA_TIMEOUT_S="0.3"))
     standin.route("POST", "/v2/orders", Reply(200, recorded("order_accepted_market.json"), delay_s=1.0))
 
     started = time.monotonic()
-    with pytest.raises(BrokerError, match="may have reached Alpaca: resend with the same client_order_id") as caught:
+    with pytest.raises(VenueError, match="may have reached Alpaca: resend with the same client_order_id") as caught:
         broker.submit(market())
 
     assert caught.value.retryable is True
@@ -385,9 +385,9 @@ def test_a_refused_connection_is_retryable(keys: tuple[str, str]) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    broker = AlpacaPaperBroker(settings_for(f"http://127.0.0.1:{port}", keys))
+    broker = AlpacaPaperVenue(settings_for(f"http://127.0.0.1:{port}", keys))
 
-    with pytest.raises(BrokerError, match="ConnectionError") as caught:
+    with pytest.raises(VenueError, match="ConnectionError") as caught:
         broker.account()
     assert caught.value.retryable is True
 
@@ -401,9 +401,9 @@ def test_the_guard_runs_before_the_order_leaves_and_a_block_sends_nothing(standi
 
     standin.route("POST", "/v2/orders", echo_order("order_accepted_market.json"))
     with pytest.raises(OrderBlocked, match="kill switch engaged"):
-        AlpacaPaperBroker(settings_for(standin.url, keys), guard=halted).submit(market())
+        AlpacaPaperVenue(settings_for(standin.url, keys), guard=halted).submit(market())
     with pytest.raises(OrderBlocked, match="guard failed .TimeoutError: state unreadable"):
-        AlpacaPaperBroker(settings_for(standin.url, keys), guard=broken).submit(market())
+        AlpacaPaperVenue(settings_for(standin.url, keys), guard=broken).submit(market())
 
     assert standin.requests("POST", "/v2/orders") == []
 
@@ -455,7 +455,7 @@ def test_keys_never_appear_in_logs_or_errors(broker, standin, keys, caplog) -> N
         standin.route("POST", "/v2/orders", Reply(403, recorded("error_insufficient_buying_power.json")))
         try:
             broker.submit(market("omni-0009"))
-        except BrokerError as exc:
+        except VenueError as exc:
             texts.append(str(exc))
     texts += [json.dumps(entry, default=str) for entry in logs] + [record.getMessage() for record in caplog.records] + [repr(broker)]
     assert {"order submitted", "orders cancelled", "alpaca refused an order"} <= {entry["event"] for entry in logs}

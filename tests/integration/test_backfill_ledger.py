@@ -403,7 +403,7 @@ def test_backfill_partition_range_round_trips_as_aware_utc_days(factory) -> None
 
 
 def test_backfill_verify_reads_whatever_feeds_were_stored_for_the_symbols(factory, store, make_router) -> None:  # type: ignore[no-untyped-def]
-    from omni_tasks.marketdata.feeds import feeds_to_read
+    from omni_tasks.contracts.feeds import feeds_to_read
 
     _, (synthetic,) = _job(factory, ["AAPL"])
     _, (iex,) = _job(factory, ["MSFT"])

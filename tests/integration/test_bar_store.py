@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore, UpsertResult
 from omni_tasks.storage.engine import make_engine

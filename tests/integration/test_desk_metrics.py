@@ -1,4 +1,4 @@
-"""The desk's figures on /metrics (omni_tasks.ops.prometheus.DeskCollector over observe.desk_snapshot) on real PostgreSQL and Redis.
+"""The desk's figures on /metrics (omni_tasks.ops.desk_collectors.DeskCollector over observe.desk_snapshot) on real PostgreSQL and Redis.
 
 Each figure is read where the CLI, /health or the watchdog read it: the
 backfill ledger, the series_validation verdicts, the latest risk snapshot
@@ -23,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 
 from omni_tasks.core import budgets
 from omni_tasks.core.keys import RISK_LATEST_KEY, WATCHDOG_LAST_TICK_KEY
-from omni_tasks.ops.prometheus import DeskCollector
+from omni_tasks.ops.desk_collectors import DeskCollector
 from omni_tasks.pipeline import observe
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine

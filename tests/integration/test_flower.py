@@ -28,7 +28,7 @@ import redis
 from prometheus_client import generate_latest
 
 from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
-from omni_tasks.ops.prometheus import build_registry
+from omni_tasks.ops.exposition import build_registry
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bench.metrics_scrape import make_files
-from omni_tasks.ops import prometheus as metrics
+from omni_tasks.ops.exposition import build_exposition
 from omni_tasks.ops.httpserver import BoundedHTTPServer, make_server
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ READ_TIMEOUT_S = 2.0
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[BoundedHTTPServer, int, int]]:
     files = make_files(tmp_path / "metrics", 120)
-    exposition = metrics.build_exposition(lambda: {"queues": {"scans": 0}, "workers": [], "breakers": []}, tmp_path / "metrics")
+    exposition = build_exposition(lambda: {"queues": {"scans": 0}, "workers": [], "breakers": []}, tmp_path / "metrics")
     httpd = make_server(
         "127.0.0.1", 0, metrics_body=exposition.render, health=lambda: (200, {"status": "ok"}), kill=False,
         request_timeout_s=READ_TIMEOUT_S, workers=WORKERS, max_connections=200,

@@ -29,6 +29,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
 from omni_tasks.ops import health
@@ -47,7 +48,6 @@ from omni_tasks.safety.killswitch import (
 )
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.models import AuditLog, KillEvent
-from omni_tasks.trading.broker import OrderBlocked, OrderRequest
 from omni_tasks.trading.orders import OrderSubmitter
 from tests.conftest import REPO_ROOT, service_env, wait_for
 from tests.servers import PrivatePostgres, PrivateRedis
@@ -149,10 +149,10 @@ class Desk:
 
 
 def make_desk(server: PrivateRedis, database_url: str, data_dir: Path) -> Desk:
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
     rt = Runtime(load_settings(settings_env(server.url, database_url, data_dir)))
-    broker = make_broker(rt, guard=order_guard(rt.redis, rt.sessions))
+    broker = make_venue(rt, guard=order_guard(rt.redis, rt.sessions))
     submitter = OrderSubmitter(
         broker=broker, redis=rt.redis, sessions=rt.sessions, limits=rt.settings.risk, exchange_tz=rt.settings.core.exchange_tz
     )
@@ -270,7 +270,7 @@ def test_engaged_during_a_redis_outage_then_redis_restored_from_an_older_aof_nev
     desk = make_desk(server, database_url, tmp_path / "data")
     prepare_history(desk)
     older = server.save_aof()  # Redis says ACTIVE 2
-    listener = start_watchdog_listener(desk.rt, purge=None, broker_factory=lambda _rt: desk.broker)
+    listener = start_watchdog_listener(desk.rt, purge=None, venue_factory=lambda _rt: desk.broker)
     try:
         wait_for(listener.subscribed.is_set, 10, message="the watchdog listener")
         if outage == "kill":
@@ -351,7 +351,7 @@ def test_redis_losing_or_rolling_back_an_engage_never_reads_active(
     # The watchdog's listener alone (no order flowing) rewrites Redis too.
     stage()
     desk.reconnect()
-    listener = start_watchdog_listener(desk.rt, purge=None, broker_factory=lambda _rt: desk.broker)
+    listener = start_watchdog_listener(desk.rt, purge=None, venue_factory=lambda _rt: desk.broker)
     try:
         seconds = watch_repair(desk, b"HALTED 3")
     finally:
@@ -400,7 +400,7 @@ def test_engaged_while_postgres_is_down_is_halted_in_redis_at_once_and_durable_o
     server = private_redis_aof
     desk = make_desk(server, private_pg_url, tmp_path / "data")
     prepare_history(desk)
-    listener = start_watchdog_listener(desk.rt, purge=None, broker_factory=lambda _rt: desk.broker)
+    listener = start_watchdog_listener(desk.rt, purge=None, venue_factory=lambda _rt: desk.broker)
     try:
         wait_for(listener.subscribed.is_set, 10, message="the watchdog listener")
         private_postgres.stop()

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy import delete, func, select
 
+from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
 from omni_tasks.core import counters
 from omni_tasks.core.keys import ALARM_LOG_KEY, TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
@@ -47,7 +48,6 @@ from omni_tasks.storage.models import (
     Position,
     TradingStateRow,
 )
-from omni_tasks.trading.broker import OrderBlocked, OrderRequest
 
 pytestmark = [pytest.mark.services]
 
@@ -151,9 +151,9 @@ def runtime(private_redis: PrivateRedis, migrated_pg_url: str, tmp_path: Path) -
 
 
 def simulated_broker(rt: Runtime) -> Any:
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
-    return make_broker(rt, guard=order_guard(rt.redis, rt.sessions))
+    return make_venue(rt, guard=order_guard(rt.redis, rt.sessions))
 
 
 def count(rt: Runtime, model: Any, *where: Any) -> int:
@@ -609,7 +609,7 @@ def test_watchdog_listener_engages_on_a_critical_alarm(runtime: Runtime) -> None
     serve_quote(runtime.redis, SYMBOL, Decimal("100.00"), Decimal("100.02"))
     for i in range(5):
         broker.submit(OrderRequest(f"l-rest-{i}", SYMBOL, "buy", Decimal(1), "limit", Decimal("95.00"), requested_by="test"))
-    listener = start_watchdog_listener(runtime, purge=None, broker_factory=lambda rt: broker)
+    listener = start_watchdog_listener(runtime, purge=None, venue_factory=lambda rt: broker)
     try:
         _wait(listener.subscribed.is_set)
         lags: list[float] = []
@@ -810,7 +810,7 @@ def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_t
 ) -> None:
     from omni_tasks.pipeline.app import create_app
     from omni_tasks.pipeline.broker import broker_transport_options
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
     from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker
 
     clean_database(migrated_pg_url)
@@ -861,7 +861,7 @@ def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_t
             return count(rt, Order, Order.client_order_id.like(f"k{run}-%"), Order.status != "pending")
 
         wait_for(lambda: decided() >= 30, 60, interval_s=0.002, message="30 orders decided")
-        broker = make_broker(rt)
+        broker = make_venue(rt)
         purge = orders_purger(rt.settings.broker_url, "orders", broker_transport_options(rt.settings))
         result = ks.engage(rt, actor=OPERATOR, reason="100 orders in flight", broker=broker, purge=purge, alert=lambda _e: None)
         assert result.complete, result.errors

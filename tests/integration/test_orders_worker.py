@@ -21,11 +21,11 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select
 
+from omni_tasks.contracts.quotes import quote_key
 from omni_tasks.core.keys import TASK_OUTCOMES_KEY
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import AuditLog, Fill, Order, OrderEvent, Position
-from omni_tasks.stream.latest import quote_key
 from omni_tasks.trading.orders import plain
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
@@ -48,7 +48,7 @@ def _omni(env: dict[str, str], *args: str, timeout_s: float = 60) -> subprocess.
 
 
 def put_quote(client: redis.Redis, symbol: str, bid: str, ask: str, *, age_s: float = 0.0) -> None:
-    """A latest quote exactly as the stream worker serves it (omni_tasks.stream.latest)."""
+    """A latest quote exactly as the stream worker serves it (omni_tasks.contracts.quotes)."""
     ts = time.time_ns() - int(age_s * 1e9)
     b, a = Decimal(bid), Decimal(ask)
     client.hset(

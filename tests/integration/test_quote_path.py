@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from omni_tasks.contracts.quotes import LatestQuote, quote_key, read_latest
 from omni_tasks.core.keys import BAR_KEY_PREFIX, QUOTE_STREAM_KEY, TRADING_STATE_KEY
 from omni_tasks.stream.book import MAX_PRICE, quote_row
-from omni_tasks.stream.latest import LatestQuote, quote_key, read_latest
 from omni_tasks.stream.path import WRITE_QUOTES_LUA, QuotePath
 from omni_tasks.stream.wire import bar_message, encode_frame, quote_message, trade_message
 
@@ -535,7 +535,7 @@ def test_status_writes_keep_halts_through_the_quote_ttl_refuse_older_data_and_co
 ) -> None:
     """A halt never expires (no quote comes to refresh anything); an older status from a second writer does not undo a
     newer one; a correction rewrites the served quote's VWAP without touching its timestamp or extending its TTL."""
-    from omni_tasks.stream.latest import read_trading_status, trading_status_key
+    from omni_tasks.contracts.quotes import read_trading_status, trading_status_key
     from omni_tasks.stream.wire import cancel_message, correction_message, luld_message, status_message
 
     symbol = "STSX"

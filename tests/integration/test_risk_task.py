@@ -31,16 +31,16 @@ import redis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.bars import canonical_bars
+from omni_tasks.contracts.quotes import quote_key
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.core.keys import RISK_LATEST_KEY
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import canonical_bars
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import RiskSnapshot, SeriesValidation
-from omni_tasks.stream.latest import quote_key
-from omni_tasks.trading.broker import OrderRequest
-from omni_tasks.trading.simulated import SimulatedBroker
+from omni_tasks.trading.simulated import SimulatedVenue
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -55,7 +55,7 @@ class RiskSetup:
     engine: Engine
     sessions: sessionmaker[Session]
     client: redis.Redis
-    broker: SimulatedBroker
+    broker: SimulatedVenue
     closes: pd.DataFrame  # session x symbol
     tmp: Path
 
@@ -99,7 +99,7 @@ def _bars(closes: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_quote(client: redis.Redis, symbol: str, mid: str, half_spread: str = "0.01") -> None:
-    """A latest quote as the streaming worker serves it (omni_tasks.stream.latest), fresh now."""
+    """A latest quote as the streaming worker serves it (omni_tasks.contracts.quotes), fresh now."""
     now = time.time_ns()
     m, h = Decimal(mid), Decimal(half_spread)
     fields = {
@@ -110,7 +110,7 @@ def _write_quote(client: redis.Redis, symbol: str, mid: str, half_spread: str = 
     client.expire(quote_key(symbol), 600)
 
 
-def _buy(broker: SimulatedBroker, symbol: str, qty: str, tag: str) -> None:
+def _buy(broker: SimulatedVenue, symbol: str, qty: str, tag: str) -> None:
     order = broker.submit(OrderRequest(client_order_id=f"risk-test-{tag}", symbol=symbol, side="buy", qty=Decimal(qty)))
     assert order.status == "filled", order
 
@@ -146,7 +146,7 @@ def setup(redis_url: str, pg_database: Callable[[], str], tmp_path_factory: pyte
     # and a quote that aged past OMNI_STREAM_STALE_AFTER_S would (rightly) be replaced by the last close.
     env = service_env(redis_url=redis_url, database_url=database_url, data_dir=tmp / "data", OMNI_STREAM_STALE_AFTER_S="600")
     sessions = session_factory(engine)
-    broker = SimulatedBroker(sessions, client, starting_cash=STARTING_CASH, quote_max_age_s=5.0)
+    broker = SimulatedVenue(sessions, client, starting_cash=STARTING_CASH, quote_max_age_s=5.0)
     try:
         yield RiskSetup(env, engine, sessions, client, broker, closes, tmp)
     finally:
@@ -315,7 +315,7 @@ def test_snapshot_in_process_on_sqlite_and_the_database_fallback_when_redis_is_d
     sessions = session_factory(engine)
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        broker = SimulatedBroker(sessions, client, name="sim-sqlite", starting_cash=STARTING_CASH, quote_max_age_s=5.0)
+        broker = SimulatedVenue(sessions, client, name="sim-sqlite", starting_cash=STARTING_CASH, quote_max_age_s=5.0)
         _write_quote(client, "CCC", "50.00")
         _buy(broker, "CCC", "100", "sqlite-ccc")
         client.delete(quote_key("CCC"))

@@ -1,6 +1,6 @@
 """The simulated broker on real Redis (quotes, book) and a real database: PostgreSQL, and SQLite (the embedded default).
 
-Quotes are written to Redis in the streaming worker's format (omni_tasks.stream.latest)
+Quotes are written to Redis in the streaming worker's format (omni_tasks.contracts.quotes)
 by :func:`write_quote`; the broker's clock is a settable one so quote ages and
 trading days are exact. Every behaviour runs on both databases; the process-level
 race runs on PostgreSQL.
@@ -23,14 +23,14 @@ import redis
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from omni_tasks.contracts.portfolio import publish_book, read_book, refresh_book
+from omni_tasks.contracts.quotes import quote_key, read_latest
+from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, OrderRequest, VenueAccountView, VenueError, VenuePosition
 from omni_tasks.core.keys import TRADING_BOOK_KEY
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
-from omni_tasks.stream.latest import quote_key, read_latest
-from omni_tasks.trading.book import publish_book, read_book, refresh_book
-from omni_tasks.trading.broker import BrokerAccountView, BrokerError, BrokerPosition, InvalidOrder, OrderBlocked, OrderRequest
-from omni_tasks.trading.simulated import SimulatedBroker
+from omni_tasks.trading.simulated import SimulatedVenue
 
 pytestmark = pytest.mark.services
 
@@ -144,11 +144,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make(sessions: sessionmaker[Session], redis_client: redis.Redis, clock: Clock) -> Callable[..., SimulatedBroker]:
-    def build(**overrides: Any) -> SimulatedBroker:
+def make(sessions: sessionmaker[Session], redis_client: redis.Redis, clock: Clock) -> Callable[..., SimulatedVenue]:
+    def build(**overrides: Any) -> SimulatedVenue:
         options: dict[str, Any] = {"starting_cash": START, "quote_max_age_s": 5.0, "clock": clock}
         options.update(overrides)
-        return SimulatedBroker(sessions, redis_client, **options)
+        return SimulatedVenue(sessions, redis_client, **options)
 
     return build
 
@@ -342,7 +342,7 @@ def _race_process(url: str, redis_url: str, ids: list[str], seed: int, barrier: 
     """One process of the PostgreSQL race: its own engine, Redis client and broker, every id in its own order."""
     engine = make_engine(url)
     client = redis.Redis.from_url(redis_url)
-    broker = SimulatedBroker(session_factory(engine), client, starting_cash=START, quote_max_age_s=60.0)
+    broker = SimulatedVenue(session_factory(engine), client, starting_cash=START, quote_max_age_s=60.0)
     order = ids[:]
     random.Random(seed).shuffle(order)
     barrier.wait(timeout=60)
@@ -646,9 +646,9 @@ def test_account_equity_marks_fresh_quotes_at_the_mid_else_the_average_price(mak
 
 def test_quotes_unreadable_is_a_retryable_error_and_records_nothing(sessions, clock) -> None:  # type: ignore[no-untyped-def]
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
-    broker = SimulatedBroker(sessions, dead, starting_cash=START, quote_max_age_s=5.0, clock=clock)
+    broker = SimulatedVenue(sessions, dead, starting_cash=START, quote_max_age_s=5.0, clock=clock)
 
-    with pytest.raises(BrokerError, match="quotes unreadable") as caught:
+    with pytest.raises(VenueError, match="quotes unreadable") as caught:
         broker.submit(buy("x-1", "1"))
 
     assert caught.value.retryable is True
@@ -694,10 +694,10 @@ def test_submit_and_cancel_all_latency(make, quote, sessions) -> None:  # type: 
 
 
 def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> None:
-    newer = BrokerAccountView(D("900"), D("900"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
-    older = BrokerAccountView(D("950"), D("950"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
+    newer = VenueAccountView(D("900"), D("900"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
+    older = VenueAccountView(D("950"), D("950"), D("1000"), D("1000"), extra={"day": "2026-03-09"})
 
-    assert publish_book(redis_client, "simulated", newer, [BrokerPosition("AAPL", D(1), D(100))], updated_ns=2_000_000_000) is True
+    assert publish_book(redis_client, "simulated", newer, [VenuePosition("AAPL", D(1), D(100))], updated_ns=2_000_000_000) is True
     assert publish_book(redis_client, "simulated", older, [], updated_ns=1_000_000_000) is False
 
     book = read_book(redis_client)
@@ -714,7 +714,7 @@ def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(e
     from omni_tasks.core.runtime import Runtime
     from omni_tasks.safety.killswitch import TradingState, format_value
     from omni_tasks.settings import load_settings
-    from omni_tasks.trading.wiring import make_broker
+    from omni_tasks.trading.wiring import make_venue
 
     settings = load_settings(
         {
@@ -724,7 +724,7 @@ def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(e
         }
     )
     runtime = Runtime(settings)
-    broker = make_broker(runtime)
+    broker = make_venue(runtime)
     sessions = runtime.sessions
     write_quote(redis_client, "AAPL", "187.20", "187.25", ts_ns=time.time_ns())
     assert broker.submit(buy("k-1", "1")).status == "filled"

@@ -26,10 +26,10 @@ import redis
 import redis.asyncio as aioredis
 from alpaca.data.live.stock import StockDataStream
 
+from omni_tasks.contracts.quotes import read_latest
 from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import FeedClosed
-from omni_tasks.stream.latest import read_latest
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status

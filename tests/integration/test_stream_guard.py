@@ -12,14 +12,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from omni_tasks.contracts.portfolio import publish_book
+from omni_tasks.contracts.venue import VenueAccountView, VenuePosition
 from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_LOG_KEY
 from omni_tasks.safety.alarms import ALARM_LOG_MAX
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.guard import LossGuard
 from omni_tasks.stream.worker import StreamConfig, StreamWorker
-from omni_tasks.trading.book import publish_book
-from omni_tasks.trading.broker import BrokerAccountView, BrokerPosition
 
 pytestmark = pytest.mark.services
 
@@ -51,10 +51,10 @@ class QueueFeed:
 
 
 def _publish(client: redis.Redis, *, qty: str = "100", avg: str = "100", cash: str = "90000", day_start: str = "100000") -> None:
-    account = BrokerAccountView(
+    account = VenueAccountView(
         cash=Decimal(cash), equity=Decimal(day_start), day_start_equity=Decimal(day_start), peak_equity=Decimal(day_start)
     )
-    assert publish_book(client, "simulated", account, [BrokerPosition(symbol="AAPL", qty=Decimal(qty), avg_price=Decimal(avg))])
+    assert publish_book(client, "simulated", account, [VenuePosition(symbol="AAPL", qty=Decimal(qty), avg_price=Decimal(avg))])
 
 
 def test_the_guard_alarms_once_past_the_limit_re_arms_after_recovery_and_stays_quiet_when_halted(

@@ -32,20 +32,20 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from omni_tasks.contracts.quotes import quote_key, read_latest, read_profile, read_trading_status, trading_status_key
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed, Feed
-from omni_tasks.stream.latest import quote_key, read_latest, read_profile, read_trading_status, trading_status_key
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
 from omni_tasks.stream.worker import StreamConfig, StreamWorker
-from omni_tasks.trading.broker import OrderRequest
 from omni_tasks.trading.orders import OrderSubmitter
-from omni_tasks.trading.simulated import SimulatedBroker
+from omni_tasks.trading.simulated import SimulatedVenue
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.services
@@ -127,7 +127,7 @@ def submitter(client: redis.Redis, tmp_path: Path) -> OrderSubmitter:
     migrations.upgrade(engine)
     sessions = session_factory(engine)
     client.delete(TRADING_STATE_KEY)  # this database's own (ACTIVE) state is published again on the first read
-    broker = SimulatedBroker(sessions, client, name=f"sim-{uuid.uuid4().hex[:6]}", starting_cash=Decimal(100_000), quote_max_age_s=30.0)
+    broker = SimulatedVenue(sessions, client, name=f"sim-{uuid.uuid4().hex[:6]}", starting_cash=Decimal(100_000), quote_max_age_s=30.0)
     return OrderSubmitter(broker=broker, redis=client, sessions=sessions, limits=RiskSettings(quote_max_age_s=30.0))
 
 

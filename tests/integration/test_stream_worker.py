@@ -19,11 +19,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from omni_tasks.contracts.quotes import read_latest, read_profile
 from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream import wire
 from omni_tasks.stream.feeds import AlpacaFeed
-from omni_tasks.stream.latest import read_latest, read_profile
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
 from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint

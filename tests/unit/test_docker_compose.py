@@ -19,6 +19,8 @@ import pytest
 import typer
 import yaml
 
+from omni_tasks.ops.collectors import LiveCollector
+from omni_tasks.ops.desk_collectors import DeskCollector, StreamCollector
 from omni_tasks.pipeline.queues import ALL_QUEUES
 from omni_tasks.settings import known_variables, load_settings
 from workers import KINDS
@@ -367,9 +369,9 @@ def _exported_series() -> set[str]:
         "errors": [],
     }
     collectors = (
-        metrics.LiveCollector(lambda: {"trading": {"state": "ACTIVE"}}),
-        metrics.StreamCollector(lambda: (stream_status, {"process": {"buckets": {}, "budget_ns": 1}})),
-        metrics.DeskCollector(lambda: desk),
+        LiveCollector(lambda: {"trading": {"state": "ACTIVE"}}),
+        StreamCollector(lambda: (stream_status, {"process": {"buckets": {}, "budget_ns": 1}})),
+        DeskCollector(lambda: desk),
         counters.collector(dict),
     )
     for collector in collectors:

@@ -34,7 +34,7 @@ import pandas as pd
 import requests
 from alpha_vantage.timeseries import TimeSeries
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,

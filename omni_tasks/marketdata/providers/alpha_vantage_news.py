@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from alpha_vantage.alphaintelligence import AlphaIntelligence
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import AuthenticationFailed, MalformedPayload, UnsupportedRequest
 from omni_tasks.marketdata.providers import alpha_vantage_news_mappings as mappings
 from omni_tasks.marketdata.providers.alpha_vantage import NAME, RebasedCalls

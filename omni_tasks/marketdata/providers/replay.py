@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from omni_tasks.contracts.bars import TIMEFRAMES, canonical_bars, empty_bars
 from omni_tasks.marketdata.errors import MalformedPayload, UnknownSymbol
-from omni_tasks.marketdata.frames import TIMEFRAMES, canonical_bars, empty_bars
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
 
 _REQUIRED = ("ts", "open", "high", "low", "close", "volume")

@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from omni_tasks.contracts.bars import TIMEFRAMES, canonical_bars, empty_bars
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import TIMEFRAMES, canonical_bars, empty_bars
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
 
 _MAX_SESSIONS = 12_000  # daily draws per symbol: sessions from 2000 well past 2040

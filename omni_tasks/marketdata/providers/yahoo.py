@@ -50,7 +50,7 @@ import yfinance as yf
 from curl_cffi import requests as curl_requests
 from yfinance.data import YfData
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import EmptyData, ProviderError, UnsupportedRequest
 from omni_tasks.marketdata.providers import yahoo_mappings as mappings
 from omni_tasks.marketdata.providers import yahoo_requests as build

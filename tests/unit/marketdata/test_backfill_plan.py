@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from omni_tasks.contracts.bars import TIMEFRAMES
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.backfill import (
     ROWS_PER_CALL,
@@ -16,7 +17,6 @@ from omni_tasks.marketdata.backfill import (
     incremental_plan,
     plan,
 )
-from omni_tasks.marketdata.frames import TIMEFRAMES
 
 TODAY = date(2025, 6, 16)  # a Monday
 

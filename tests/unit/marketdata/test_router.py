@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
+from omni_tasks.contracts.bars import BAR_COLUMNS, canonical_bars, empty_bars
 from omni_tasks.core.keys import RATELIMIT_WINDOW_KEY
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
@@ -28,7 +29,6 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.frames import BAR_COLUMNS, canonical_bars, empty_bars
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.router import BarRouter, NoProviderServed, serving_feeds

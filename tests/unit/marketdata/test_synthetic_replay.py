@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from omni_tasks.contracts.bars import BAR_COLUMNS, TIMEFRAMES, split_valid
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.errors import MalformedPayload, UnknownSymbol
-from omni_tasks.marketdata.frames import BAR_COLUMNS, TIMEFRAMES, split_valid
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.marketdata.providers.replay import ReplayBars
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars

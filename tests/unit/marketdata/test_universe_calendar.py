@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from omni_tasks.contracts.bars import SYMBOL_PATTERN, TIMEFRAMES
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import SYMBOL_PATTERN, TIMEFRAMES
 from omni_tasks.marketdata.universe import DEFAULT_UNIVERSE, load_universe, parse_symbols
 
 # ---- universe -------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from omni_tasks.risk.figures import (
     SCORE_WEIGHTS,
     History,
     Portfolio,
-    RiskInputError,
     compute_metrics,
     risk_score,
-    var_es,
-    var_es_from_pnl,
 )
+from omni_tasks.risk.var_es import RiskInputError, var_es, var_es_from_pnl
 
 # ---- the hand-worked portfolio ---------------------------------------------------------------
 #

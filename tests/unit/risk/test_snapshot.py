@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omni_tasks.contracts.quotes import LatestQuote
+from omni_tasks.contracts.venue import VenuePosition
 from omni_tasks.risk.snapshot import Close, choose_marks, daily_history
-from omni_tasks.stream.latest import LatestQuote
-from omni_tasks.trading.broker import BrokerPosition
 from tests.unit.scans.factories import bars
 
 NOW = datetime(2025, 7, 1, 15, 0, tzinfo=UTC)
@@ -31,10 +31,10 @@ def _close_bars(symbol: str, closes: list[float], days: list[date] = DAYS) -> pd
 
 def test_marks_prefer_a_fresh_quote_then_the_close_then_the_broker_then_the_cost() -> None:
     positions = [
-        BrokerPosition("AAA", Decimal("10"), Decimal("90"), Decimal("99")),  # fresh quote
-        BrokerPosition("BBB", Decimal("5"), Decimal("40"), Decimal("41")),  # quote 30 s old: the close
-        BrokerPosition("CCC", Decimal("-3"), Decimal("20"), Decimal("21")),  # no quote, no close: the broker's price
-        BrokerPosition("DDD", Decimal("1"), Decimal("7.5"), None),  # nothing at all: the cost
+        VenuePosition("AAA", Decimal("10"), Decimal("90"), Decimal("99")),  # fresh quote
+        VenuePosition("BBB", Decimal("5"), Decimal("40"), Decimal("41")),  # quote 30 s old: the close
+        VenuePosition("CCC", Decimal("-3"), Decimal("20"), Decimal("21")),  # no quote, no close: the broker's price
+        VenuePosition("DDD", Decimal("1"), Decimal("7.5"), None),  # nothing at all: the cost
     ]
     quotes = {"AAA": _quote("AAA", "100.50", 1.0), "BBB": _quote("BBB", "45", 30.0)}
     closes = {

@@ -14,7 +14,7 @@ ENGAGE_MODULE = "omni_tasks.safety.engage"
 
 def _watchdog_modules() -> list[Path]:
     paths = sorted((REPO / "omni_tasks" / "watchdog").rglob("*.py"))
-    paths += [REPO / "omni_tasks" / "safety" / "alarms.py", REPO / "workers" / "watchdog.py", REPO / "omni_tasks" / "worker_hooks.py"]
+    paths += [REPO / "omni_tasks" / "safety" / "alarms.py", REPO / "workers" / "watchdog.py", REPO / "omni_tasks" / "pipeline" / "hooks.py"]
     return [p for p in paths if p.exists()]
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pandas as pd
 
+from omni_tasks.contracts.bars import canonical_bars
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import canonical_bars
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 

@@ -168,7 +168,7 @@ def test_quote_row_follows_the_latest_contract_field_order_and_leaves_vwap_empty
     assert book.vwap is None
     assert book.point_of_control is None
     assert book.volume_profile() == []
-    # The ten fields of omni_tasks.stream.latest in its order, joined by "|" (one script argument per symbol).
+    # The ten fields of omni_tasks.contracts.quotes in its order, joined by "|" (one script argument per symbol).
     assert quote_row(book) == f"99.95|100.05|5000|5000|{T0}|{RECV}|100.0|10.0000||0.5000"
 
 

@@ -1,4 +1,4 @@
-"""The book's JSON contract (cheap parse, garbage is None, exact decimals), the Alpaca wire mappings, and make_broker."""
+"""The book's JSON contract (cheap parse, garbage is None, exact decimals), the Alpaca wire mappings, and make_venue."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import pytest
 import requests
 from alpaca.common.exceptions import APIError
 
+from omni_tasks.contracts.portfolio import BookPosition, PortfolioBook, book_json, decimal_text, parse_book
+from omni_tasks.contracts.venue import OPEN_STATUSES, VenueAccountView, VenuePosition
 from omni_tasks.core.errors import ConfigError
 from omni_tasks.core.runtime import Runtime
 from omni_tasks.settings import load_settings
-from omni_tasks.trading.alpaca_paper import STATUS_MAP, AlpacaPaperBroker, _order_of, _position_of, broker_error
-from omni_tasks.trading.book import BookPosition, PortfolioBook, book_json, decimal_text, parse_book
-from omni_tasks.trading.broker import OPEN_STATUSES, BrokerAccountView, BrokerPosition
-from omni_tasks.trading.simulated import SimulatedBroker
-from omni_tasks.trading.wiring import make_broker
+from omni_tasks.trading.alpaca_paper import STATUS_MAP, AlpacaPaperVenue, _order_of, _position_of, broker_error
+from omni_tasks.trading.simulated import SimulatedVenue
+from omni_tasks.trading.wiring import make_venue
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "alpaca_trading"
 
@@ -38,9 +38,9 @@ class Row:
 def test_book_round_trips_exactly_and_leaves_flat_positions_out() -> None:
     row = Row(D("98127.50000000"), date(2026, 3, 9), D("100000"), D("100250.5"))
     positions = [
-        BrokerPosition("AAPL", D("10"), D("187.25")),
-        BrokerPosition("MSFT", D("0"), D("0")),
-        BrokerPosition("TSLA", D("-5"), D("212.6")),
+        VenuePosition("AAPL", D("10"), D("187.25")),
+        VenuePosition("MSFT", D("0"), D("0")),
+        VenuePosition("TSLA", D("-5"), D("212.6")),
     ]
 
     text = book_json("simulated", row, positions, updated_ns=1_773_066_600_000_000_000)
@@ -67,7 +67,7 @@ def test_book_round_trips_exactly_and_leaves_flat_positions_out() -> None:
 
 
 def test_book_day_comes_from_a_views_extra() -> None:
-    view = BrokerAccountView(D(1), D(1), D(1), D(1), extra={"day": "2026-03-10"})
+    view = VenueAccountView(D(1), D(1), D(1), D(1), extra={"day": "2026-03-10"})
     assert json.loads(book_json("alpaca_paper", view, []))["day"] == "2026-03-10"
 
 
@@ -76,7 +76,7 @@ def test_book_equity_and_day_pnl_mark_at_given_prices_else_at_the_average() -> N
         book_json(
             "simulated",
             Row(D(1000), date(2026, 3, 9), D(1200), D(1300)),
-            [BrokerPosition("AAPL", D(2), D(100)), BrokerPosition("TSLA", D(-1), D(200))],
+            [VenuePosition("AAPL", D(2), D(100)), VenuePosition("TSLA", D(-1), D(200))],
         )
     )
     assert book is not None
@@ -131,7 +131,7 @@ def test_an_unknown_alpaca_status_counts_as_open_and_says_so() -> None:
 
 def test_a_short_position_reported_with_a_positive_qty_is_made_negative() -> None:
     raw = {"symbol": "TSLA", "qty": "5", "side": "short", "avg_entry_price": "212.6", "current_price": None}
-    assert _position_of(raw) == BrokerPosition("TSLA", D(-5), D("212.6"), None)
+    assert _position_of(raw) == VenuePosition("TSLA", D(-5), D("212.6"), None)
 
 
 def _api_error(status: int, body: str) -> APIError:
@@ -148,7 +148,7 @@ def test_broker_error_retries_only_429_and_5xx(status: int, retryable: bool) -> 
     assert (error.retryable, error.http_status, str(error)) == (retryable, status, f"alpaca POST /v2/orders: HTTP {status} (code 1): m")
 
 
-# ---- make_broker ---------------------------------------------------------------------------------
+# ---- make_venue ---------------------------------------------------------------------------------
 
 
 def test_make_broker_builds_the_simulated_broker_by_default(tmp_path: Path) -> None:
@@ -156,18 +156,18 @@ def test_make_broker_builds_the_simulated_broker_by_default(tmp_path: Path) -> N
         {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_QUOTE_MAX_AGE_S": "2.5", "OMNI_TRADING_STARTING_CASH_USD": "25000"}
     )
 
-    broker = make_broker(Runtime(settings))
+    broker = make_venue(Runtime(settings))
 
-    assert isinstance(broker, SimulatedBroker)
+    assert isinstance(broker, SimulatedVenue)
     assert (broker.name, broker._max_age_s, broker._starting_cash) == ("simulated", 2.5, D(25000))
 
 
 def test_make_broker_builds_alpaca_paper_when_chosen_and_refuses_it_without_keys(tmp_path: Path) -> None:
     env = {"OMNI_DATA_DIR": str(tmp_path), "OMNI_TRADING_BROKER": "alpaca_paper"}
     with pytest.raises(ConfigError, match="OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY"):
-        make_broker(Runtime(load_settings(env)))
+        make_venue(Runtime(load_settings(env)))
 
     made_up = {"OMNI_ALPACA_API_KEY": secrets.token_hex(10), "OMNI_ALPACA_SECRET_KEY": secrets.token_urlsafe(30)}  # generated per run
-    broker = make_broker(Runtime(load_settings(env | made_up)))
-    assert isinstance(broker, AlpacaPaperBroker)
+    broker = make_venue(Runtime(load_settings(env | made_up)))
+    assert isinstance(broker, AlpacaPaperVenue)
     assert broker.name == "alpaca_paper"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from omni_tasks.contracts.quotes import LatestQuote
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.settings import RiskSettings
-from omni_tasks.stream.latest import LatestQuote
-from omni_tasks.trading.broker import OrderRequest
 from omni_tasks.trading.checks import (
     CHECK_NAMES,
     CHECKS,

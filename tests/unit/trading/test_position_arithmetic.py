@@ -6,7 +6,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from omni_tasks.stream.latest import LatestQuote
+from omni_tasks.contracts.quotes import LatestQuote
 from omni_tasks.trading.simulated import PositionState, apply_fill, cash_after, equity_at, fill_price, q8, quote_problem
 
 NOW_NS = 1_773_066_600_000_000_000  # 2026-03-09 14:30 UTC

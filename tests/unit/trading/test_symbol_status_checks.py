@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from omni_tasks.contracts.quotes import LatestQuote, TradingStatus, parse_trading_status
+from omni_tasks.contracts.venue import OrderRequest
 from omni_tasks.settings import RiskSettings
-from omni_tasks.stream.latest import LatestQuote, TradingStatus, parse_trading_status
-from omni_tasks.trading.broker import OrderRequest
 from omni_tasks.trading.checks import BreakerReading, CheckContext, check_luld_band, check_symbol_halted, run_checks
 
 D = Decimal

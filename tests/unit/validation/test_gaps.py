@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from omni_tasks.contracts.bars import TIMEFRAMES
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.frames import TIMEFRAMES
 from omni_tasks.validation import xnys_grid
 from tests.unit.validation.helpers import found, synthetic, utc, validate
 

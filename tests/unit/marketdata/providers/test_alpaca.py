@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from structlog.testing import capture_logs
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,

@@ -18,7 +18,7 @@ import pytest
 from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from yfinance.exceptions import YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
-from omni_tasks.marketdata import frames
+from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import (
     EmptyData,
     MalformedPayload,

@@ -42,6 +42,9 @@ from typing import Any, Final, TypeVar
 
 from omni_tasks.core.keys import PROFILE_KEY_PREFIX, QUOTE_KEY_PREFIX, TRADING_STATUS_KEY_PREFIX
 
+#: Trading days split at 04:00 UTC, outside every US session (the stream's day-VWAP reset, the LULD bands' day).
+DAY_NS: Final = 86_400 * 1_000_000_000
+DAY_SPLIT_NS: Final = 4 * 3_600 * 1_000_000_000
 PROFILE_TTL_S: Final = 86_400
 TRADING_STATUS_TTL_S: Final = 86_400
 

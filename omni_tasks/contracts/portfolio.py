@@ -23,13 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 from zoneinfo import ZoneInfo
 
 import structlog
 
+from omni_tasks.contracts.venue import LedgerVenue, Venue, VenueAccountView
 from omni_tasks.core.keys import TRADING_BOOK_KEY
-from omni_tasks.trading.broker import Broker, BrokerAccountView
 
 _log = structlog.get_logger("omni.trading.book")
 
@@ -87,7 +87,7 @@ class PortfolioBook:
 
 
 class _AccountLike(Protocol):
-    """A ledger row, a BrokerAccountView, or any object with these."""
+    """A ledger row, a VenueAccountView, or any object with these."""
 
     @property
     def cash(self) -> Decimal: ...
@@ -98,7 +98,7 @@ class _AccountLike(Protocol):
 
 
 class _PositionLike(Protocol):
-    """A ledger row or a BrokerPosition."""
+    """A ledger row or a VenuePosition."""
 
     @property
     def symbol(self) -> str: ...
@@ -145,7 +145,7 @@ def _day_of(account: _AccountLike) -> date:
     value = getattr(account, "day", None)
     if isinstance(value, date):
         return value
-    if isinstance(account, BrokerAccountView) and "day" in account.extra:
+    if isinstance(account, VenueAccountView) and "day" in account.extra:
         return date.fromisoformat(account.extra["day"])
     return exchange_day()
 
@@ -162,8 +162,8 @@ def publish_book(
     """Write the book to ``omni:trading:book`` unless a newer one is there; True when written.
 
     ``account_row_or_view`` is a :class:`~omni_tasks.storage.models.BrokerAccount` row or a
-    :class:`~omni_tasks.trading.broker.BrokerAccountView`; ``positions`` are ledger rows or
-    :class:`~omni_tasks.trading.broker.BrokerPosition` (flat ones are left out).
+    :class:`~omni_tasks.contracts.venue.VenueAccountView`; ``positions`` are ledger rows or
+    :class:`~omni_tasks.contracts.venue.VenuePosition` (flat ones are left out).
     ``updated_ns`` is when that state was true (default: now). Redis errors propagate.
     """
     text = book_json(broker_name, account_row_or_view, positions, day=day, updated_ns=updated_ns)
@@ -203,7 +203,7 @@ def read_book(redis: Any) -> PortfolioBook | None:
     return parse_book(redis.get(TRADING_BOOK_KEY))
 
 
-def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
+def refresh_book(broker: Venue, redis: Any) -> PortfolioBook:
     """Publish the broker's book now and return it.
 
     A broker that publishes its own book (the simulated one: ``publish_book()``) republishes it from its
@@ -212,9 +212,8 @@ def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
     meanwhile is never overwritten by this older view), and its peak never goes below the peak of the
     book already there for the same broker, so a broker that only knows today's equity still has a running peak.
     """
-    own = getattr(broker, "publish_book", None)
-    if callable(own):
-        own()
+    if broker.keeps_ledger:
+        cast(LedgerVenue, broker).publish_book()
         published = read_book(redis)
         if published is None or published.broker != broker.name:
             raise RuntimeError(f"broker {broker.name!r} published its book, but {TRADING_BOOK_KEY} does not hold it")
@@ -224,7 +223,7 @@ def refresh_book(broker: Broker, redis: Any) -> PortfolioBook:
     positions = broker.positions()
     previous = read_book(redis)
     if previous is not None and previous.broker == broker.name and previous.peak_equity > view.peak_equity:
-        view = BrokerAccountView(
+        view = VenueAccountView(
             cash=view.cash,
             equity=view.equity,
             day_start_equity=view.day_start_equity,

@@ -16,12 +16,12 @@ What ``submit`` returns or raises:
 * :class:`OrderBlocked` when the guard stopped it (the broker records it as
   rejected first when it keeps a ledger);
 * :class:`InvalidOrder` for a malformed request (nothing recorded);
-* :class:`BrokerError` when the broker could not be reached or refused before
+* :class:`VenueError` when the broker could not be reached or refused before
   recording anything; ``retryable`` says whether the same request may succeed
   later (resending it with the same ``client_order_id`` is always safe).
 
 The implementations: :mod:`omni_tasks.trading.simulated` (the embedded default),
-:mod:`omni_tasks.trading.alpaca_paper`; :func:`omni_tasks.trading.wiring.make_broker`
+:mod:`omni_tasks.trading.alpaca_paper`; :func:`omni_tasks.trading.wiring.make_venue`
 chooses one from the settings.
 """
 
@@ -35,6 +35,7 @@ from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
 from omni_tasks.core import inputs
+from omni_tasks.core.errors import OmniError
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
@@ -45,8 +46,8 @@ SYMBOL_PATTERN = inputs.SYMBOL_PATTERN
 CLIENT_ORDER_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
-class BrokerError(Exception):
-    """The broker failed or refused; ``retryable`` says whether trying again may help."""
+class VenueError(OmniError):
+    """The venue failed or refused; ``retryable`` says whether trying again may help."""
 
     def __init__(self, message: str, *, retryable: bool = False, http_status: int | None = None) -> None:
         super().__init__(message)
@@ -54,11 +55,11 @@ class BrokerError(Exception):
         self.http_status = http_status
 
 
-class OrderBlocked(BrokerError):
+class OrderBlocked(VenueError):
     """The last-step guard (kill switch, trading state) stopped an order before it left."""
 
 
-class InvalidOrder(BrokerError):
+class InvalidOrder(VenueError):
     """The request itself is malformed (bad symbol, quantity, price or id); the message names the field."""
 
 
@@ -105,7 +106,7 @@ def check_order_request(request: OrderRequest) -> None:
 
 
 @dataclass(frozen=True)
-class BrokerOrder:
+class VenueOrder:
     """An order as the broker reports it."""
 
     client_order_id: str
@@ -127,7 +128,7 @@ class BrokerOrder:
 
 
 @dataclass(frozen=True)
-class BrokerPosition:
+class VenuePosition:
     """A signed position (short is negative) and its mark."""
 
     symbol: str
@@ -141,7 +142,7 @@ class BrokerPosition:
 
 
 @dataclass(frozen=True)
-class BrokerAccountView:
+class VenueAccountView:
     """Cash and equity, and the marks the daily-loss and drawdown limits are measured from."""
 
     cash: Decimal
@@ -158,18 +159,22 @@ Guard = Callable[[OrderRequest], None]
 
 
 @runtime_checkable
-class Broker(Protocol):
+class Venue(Protocol):
     """What the orders path and the kill switch need of a broker."""
 
     name: str
+    #: True when the venue itself records every order, fill and position in our database (the ledger) and
+    #: publishes the portfolio book after each change (:meth:`LedgerVenue.publish_book`): the simulated venue.
+    #: False when the venue keeps them on its side (Alpaca paper): we mirror its orders and rebuild its book.
+    keeps_ledger: bool
 
-    def account(self) -> BrokerAccountView: ...
+    def account(self) -> VenueAccountView: ...
 
-    def positions(self) -> list[BrokerPosition]: ...
+    def positions(self) -> list[VenuePosition]: ...
 
-    def open_orders(self) -> list[BrokerOrder]: ...
+    def open_orders(self) -> list[VenueOrder]: ...
 
-    def submit(self, request: OrderRequest) -> BrokerOrder:
+    def submit(self, request: OrderRequest) -> VenueOrder:
         """Send one order (the guard runs first); idempotent on ``client_order_id``."""
         ...
 
@@ -177,10 +182,20 @@ class Broker(Protocol):
         """Ask the broker to cancel every open order; returns the broker ids asked. Confirm with :meth:`open_orders`."""
         ...
 
-    def close_all(self) -> list[BrokerOrder]:
+    def close_all(self) -> list[VenueOrder]:
         """Flatten: cancel the open orders, then one market order against every position, each only shrinking it (not guarded).
 
         Orders are cancelled first because a resting order could re-open a position, and a real broker
         refuses to sell shares held for open orders.
         """
+        ...
+
+
+
+@runtime_checkable
+class LedgerVenue(Venue, Protocol):
+    """A venue that keeps our ledger (``keeps_ledger`` is true) and can republish its book from it."""
+
+    def publish_book(self) -> None:
+        """Publish the portfolio book from the ledger now, in order with the venue's other changes."""
         ...
