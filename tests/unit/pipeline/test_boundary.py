@@ -52,7 +52,9 @@ def _loaded_after_importing(modules: list[str]) -> list[str]:
     return done.stdout.split("\n")[:-1]
 
 
-@pytest.mark.parametrize("module", ["omni_tasks.ops.health", "omni_tasks.watchdog.monitor", "omni_tasks.pipeline.observe", "omni_tasks.cli.main"])
+@pytest.mark.parametrize(
+    "module", ["omni_tasks.ops.health", "omni_tasks.watchdog.monitor", "omni_tasks.pipeline.observe", "omni_tasks.cli.main"]
+)
 def test_reader_module_import_does_not_load_celery(module: str) -> None:
     assert _loaded_after_importing([module]) == []
 
