@@ -19,7 +19,6 @@ from rich.table import Table
 from omni_tasks.cli.parsing import check, option
 from omni_tasks.core import inputs
 from omni_tasks.core.errors import BootRefused
-from omni_tasks.ops.exposition import build_exposition
 
 if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
     from omni_tasks.settings import Settings
@@ -160,6 +159,7 @@ def server() -> None:
         return read_status(runtime.redis), read_published(runtime.redis)
 
     from omni_tasks.core import counters
+    from omni_tasks.ops.exposition import build_exposition
 
     exposition = build_exposition(
         snapshot,
