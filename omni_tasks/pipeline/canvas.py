@@ -29,11 +29,6 @@ def task_by_name(name: str) -> Any:
     return app.tasks[name]
 
 
-def signature(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
-    """A signature (task, arguments, send options) of the task called ``name``: a piece of a chord, a callback."""
-    return task_by_name(name).signature(tuple(args), dict(kwargs or {}), **options)
-
-
 def send(name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
     """Send the task called ``name`` now (``options``: ``countdown``, ``expires``...). Returns its async result."""
     return task_by_name(name).apply_async(args=list(args), kwargs=dict(kwargs or {}), **options)

@@ -20,19 +20,13 @@ def running_task() -> Any:
 
 
 def current_request() -> Any:
-    """The running task's request: ``id``, ``retries``, ``args``, ``kwargs``, ``headers``, ``delivery_info``."""
+    """The running task's request: ``id``, ``retries``, ``args``, ``kwargs``, ``delivery_info``."""
     return running_task().request
 
 
 def current_retries() -> int:
     """How many times the running task was retried before this attempt (0 on the first)."""
     return int(current_request().retries or 0)
-
-
-def current_headers() -> dict[str, Any]:
-    """The running task's message headers (empty when there are none)."""
-    headers = current_request().headers
-    return dict(headers) if isinstance(headers, dict) else {}
 
 
 def exponential_backoff_s(retries: int, *, factor: int = 1, cap_s: int, full_jitter: bool = True) -> int:
