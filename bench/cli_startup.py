@@ -39,7 +39,7 @@ def _times(pythons: list[str], argv: list[str], env: dict[str, str], runs: int, 
     for i in range(runs + 1):
         for k, python in enumerate(pythons):
             started = time.perf_counter()
-            subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120, cwd=cwd)  # noqa: S603
+            subprocess.run([python, "-m", "omni_tasks", *argv], env=env, capture_output=True, check=False, timeout=120, cwd=cwd)
             if i:  # the first round warms the file cache
                 times[k].append(time.perf_counter() - started)
     return [round(statistics.median(t), 3) for t in times]

@@ -54,7 +54,7 @@ class QueueFeed:
     name = "bench"
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | str] = asyncio.Queue()
         self.closed = False
 
     async def connect(self) -> None:
@@ -66,7 +66,7 @@ class QueueFeed:
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
         return None
 
-    async def recv(self) -> bytes:
+    async def recv(self) -> bytes | str:
         frame = await self.queue.get()
         if self.closed:
             raise FeedClosed("closed")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = get_runtime()
         migrations.upgrade(runtime.engine)
         log = (data_dir / "watchdog.log").open("ab")
-        watchdog = subprocess.Popen(  # noqa: S603 - fixed argv
+        watchdog = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", "worker", "watchdog"],
             env=env,
             cwd=REPO,
@@ -180,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str) -> dict[str, Any]:
     from omni_tasks.contracts.venue import OrderRequest
-    from omni_tasks.safety import engage as engage_mod
-    from omni_tasks.safety.killswitch import TradingState, current_state
+    from omni_tasks.safety.killswitch import current_state
+    from omni_tasks.safety.state_rule import TradingState
+    from omni_tasks.safety.transitions import release
     from omni_tasks.storage.models import Order
+    from omni_tasks.stream.config import StreamConfig
     from omni_tasks.stream.guard import build_guard
-    from omni_tasks.stream.worker import StreamConfig, StreamWorker
+    from omni_tasks.stream.worker import StreamWorker
     from omni_tasks.trading.wiring import make_venue
 
     aclient = aioredis.Redis.from_url(args.redis)
@@ -227,7 +229,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     alarm_ms: list[float] = []
     for trial in range(args.trials):
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
-            engage_mod.release(runtime, actor="operator:bench", reason="bench: next trial")
+            release(runtime, actor="operator:bench", reason="bench: next trial")
         push("AAPL", 100.00, 100.02)  # back above the limit: the guard re-arms
         push("MSFT", 400.00, 400.04)  # a fresh quote: the broker accepts the resting orders on it
         await until(lambda: worker.path.trading_state == "ACTIVE" and not worker.path.dirty, 10, "the fresh quotes in Redis")
@@ -304,7 +306,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     await task
     await aclient.aclose()
     poll_engine.dispose()
-    engage_mod.release(runtime, actor="operator:bench", reason="bench done")
+    release(runtime, actor="operator:bench", reason="bench done")
     print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
     print("quote -> all cancelled, per trial (ms): " + " ".join(f"{v:.0f}" for v in cancelled_ms), flush=True)
     result = {

@@ -53,7 +53,7 @@ def make_files(root: Path, count: int) -> int:
     seed.mkdir(parents=True)
     host.mkdir(parents=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(seed)}
-    subprocess.run([sys.executable, "-c", _WRITER], env=env, check=True)  # noqa: S603 - our own interpreter and script
+    subprocess.run([sys.executable, "-c", _WRITER], env=env, check=True)  # our own interpreter and script
     files = list(seed.glob("*.db"))
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text()) if Path("/proc/sys/kernel/pid_max").exists() else 4_194_304
     for pid in range(pid_max - count - 1, pid_max - 1):  # PIDs near the top: not running now
@@ -94,7 +94,7 @@ def run_load(port: int, *, scrapers: int, slow: int, scrapes: int) -> tuple[list
                     return
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:  # loopback
                     response.read()
             except OSError:
                 with lock:

@@ -44,9 +44,10 @@ import redis
 import redis.asyncio as aioredis
 
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import AlpacaFeed, FeedExhausted
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 KEY, SECRET = "bench-key", "bench-secret"
 
@@ -54,7 +55,7 @@ KEY, SECRET = "bench-key", "bench-secret"
 def make_frames(quotes: int, symbols: int, per_frame: int, *, seed: int = 5) -> tuple[list[bytes], list[str], dict[str, int]]:
     """Random-walk quotes with increasing timestamps as msgpack frames; the symbols; each symbol's last timestamp
     (what Redis must end with)."""
-    rng = random.Random(seed)  # noqa: S311 - synthetic data
+    rng = random.Random(seed)  # synthetic data
     names = [f"S{i:04d}" for i in range(symbols)]
     mids = [50.0 + 200.0 * rng.random() for _ in names]
     base = time.time_ns()

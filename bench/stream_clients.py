@@ -39,11 +39,12 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import AlpacaFeed, Feed
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 REPO = Path(__file__).resolve().parent.parent
 CLAIM_KEY = "omni:test-session"
@@ -75,7 +76,7 @@ def run_once(redis_url: str, client: str, frames: list[bytes], names: list[str],
     server = ctx.Process(target=_serve, args=(frames, len(names), key, secret, ready, done), daemon=True)
     server.start()
     url = ready.get(timeout=30)
-    make: Callable[[], Feed] = (lambda: AlpacaFeed(url, key, secret)) if client == "lean" else (lambda: AlpacaSdkFeed(url, key, secret))  # type: ignore[assignment,return-value]
+    make: Callable[[], Feed] = (lambda: AlpacaFeed(url, key, secret)) if client == "lean" else (lambda: AlpacaSdkFeed(url, key, secret))
     finished: dict[str, float] = {}
     box: list[StreamWorker] = []
 

@@ -14,7 +14,7 @@ target_metadata = Base.metadata
 def _engine() -> Engine:
     engine = config.attributes.get("engine")
     if engine is not None:
-        return engine  # type: ignore[no-any-return]  # set by omni_tasks.storage.migrations
+        return engine
     return create_engine(config.get_main_option("sqlalchemy.url") or "")
 
 

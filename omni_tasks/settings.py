@@ -753,7 +753,7 @@ def _default_text(group_cls: type[_Group], field_name: str) -> str:
     """A field's default as the configuration table shows it."""
     info = group_cls.model_fields[field_name]
     if info.default_factory is not None:
-        value: Any = info.default_factory()  # type: ignore[call-arg]
+        value: Any = info.get_default(call_default_factory=True)
     else:
         value = info.default
     if value is None:

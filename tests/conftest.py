@@ -157,7 +157,7 @@ class OmniProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log = handle
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.process = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", *self.argv],
             env=self.env,
             cwd=REPO_ROOT,
@@ -173,7 +173,7 @@ class OmniProcess:
         return self.process.pid
 
     def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False)  # noqa: S607
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True, check=False)
         return [int(p) for p in out.stdout.split()]
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:

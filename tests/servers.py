@@ -70,7 +70,7 @@ class PrivateRedis:
             "--maxmemory-policy", "noeviction", "--dir", str(self.folder), "--daemonize", "no",
             "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603 - fixed argv
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fixed argv
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -152,7 +152,7 @@ def _pg_bin(name: str) -> str:
 
 def _as_postgres(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]  # noqa: S603 - fixed argv
+    return subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]  # kwargs are subprocess.run options (env, timeout), typed loosely here
 
 
 class PrivatePostgres:
@@ -231,7 +231,7 @@ class PrivatePostgres:
         pid = self._postmaster_pid()
         if pid is None:
             return
-        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()  # noqa: S607
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
         for each in [pid, *map(int, children)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(each, signal.SIGSTOP)
@@ -240,7 +240,7 @@ class PrivatePostgres:
     def resume(self) -> None:
         if self._paused_pid is None:
             return
-        children = subprocess.run(["pgrep", "-P", str(self._paused_pid)], capture_output=True, text=True, check=False).stdout.split()  # noqa: S607
+        children = subprocess.run(["pgrep", "-P", str(self._paused_pid)], capture_output=True, text=True, check=False).stdout.split()
         for each in [self._paused_pid, *map(int, children)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(each, signal.SIGCONT)

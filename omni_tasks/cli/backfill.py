@@ -85,13 +85,13 @@ def plan_cmd(
 ) -> None:
     """Dry run: the partitions and provider calls a backfill would make. Nothing is written."""
     from omni_tasks.cli.common import prepare
-    from omni_tasks.marketdata import backfill
+    from omni_tasks.marketdata import backfill_plan
 
     prepare("cli", configure_log=False)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
-    except backfill.BackfillRequestError as exc:
+        the_plan = backfill_plan.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
+    except backfill_plan.BackfillRequestError as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps({"partitions": len(the_plan.partitions), "calls": the_plan.calls, "expected_bars": the_plan.expected_bars, "symbols": chosen}))
@@ -124,7 +124,7 @@ def run_cmd(
     """Record a backfill job and enqueue its partitions on the backfill queue."""
     from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.marketdata import backfill
+    from omni_tasks.marketdata import backfill, backfill_plan
 
     prepare("cli", configure_log=False)
     runtime = get_runtime()
@@ -150,8 +150,8 @@ def run_cmd(
     else:
         chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
         try:
-            the_plan = backfill.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
-        except backfill.BackfillRequestError as exc:
+            the_plan = backfill_plan.plan(chosen, timeframe, lo, hi, feed=feed_, adjustment=adj, earliest=_earliest())
+        except backfill_plan.BackfillRequestError as exc:
             _fail(str(exc))
         job_id = backfill.create_job(runtime.sessions, the_plan, requested_by="cli")
         ids = backfill.partition_ids(runtime.sessions, job_id)
@@ -277,7 +277,7 @@ def verify_cmd(
     """
     from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.marketdata import backfill
+    from omni_tasks.marketdata import backfill_plan
     from omni_tasks.marketdata.wiring import build_store
 
     prepare("cli", configure_log=False)
@@ -286,15 +286,15 @@ def verify_cmd(
     wanted = check("backfill", inputs.choice, feed, what="--feed", choices=FEEDS) if feed is not None else None
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, None, adjustment)
     try:
-        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=_earliest())
-    except backfill.BackfillRequestError as exc:
+        backfill_plan.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=_earliest())
+    except backfill_plan.BackfillRequestError as exc:
         _fail(str(exc))
     from omni_tasks.marketdata.router import serving_feeds
 
     store = build_store(runtime.engine)
     span = (datetime.combine(lo, datetime.min.time(), tzinfo=UTC), datetime.combine(hi, datetime.min.time(), tzinfo=UTC))
     feeds = feeds_to_read(wanted, store.stored_feeds(chosen, timeframe, adj, *span), serving_feeds(runtime.settings.providers.order, feed_))
-    rows = backfill.verify(chosen, store=store, timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj, feeds=feeds)
+    rows = backfill_plan.verify(chosen, store=store, timeframe=timeframe, start=lo, end=hi, feed=feed_, adjustment=adj, feeds=feeds)
     bad = [r for r in rows if r.missing or r.outside_sessions]
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2))
@@ -326,7 +326,7 @@ def reconcile_cmd(
     """A second opinion: compare a sample of stored bars with another configured provider (close, and volume when comparable)."""
     from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.marketdata import backfill
+    from omni_tasks.marketdata import backfill_plan
     from omni_tasks.validation.reconcile import reconcile_stored
 
     prepare("cli", configure_log=False)
@@ -334,8 +334,8 @@ def reconcile_cmd(
     _ensure_schema(runtime)
     chosen, lo, hi, feed_, adj = _resolve(symbols, universe, start, end, feed, adjustment)
     try:
-        backfill.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=runtime.settings.backfill.earliest_date)
-    except backfill.BackfillRequestError as exc:
+        backfill_plan.check_request(chosen, timeframe, lo, hi, feed_, adj, earliest=runtime.settings.backfill.earliest_date)
+    except backfill_plan.BackfillRequestError as exc:
         _fail(str(exc))
     report = reconcile_stored(
         runtime.settings, runtime.redis, runtime.engine, runtime.sessions, chosen, timeframe=timeframe, start=lo, end=hi,

@@ -61,7 +61,7 @@ def flower_class(refresh_s: float = REFRESH_S) -> type[Any]:
     from flower.app import Flower
     from tornado.ioloop import PeriodicCallback
 
-    class OmniFlower(Flower):  # type: ignore[misc]  # Flower is untyped
+    class OmniFlower(Flower):
         def start(self) -> None:
             PeriodicCallback(self.update_workers, refresh_s * 1000).start()
             super().start()

@@ -130,8 +130,9 @@ def release_command(
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.safety.engage import KillSwitchError, release
-    from omni_tasks.safety.killswitch import TradingState, state_info
+    from omni_tasks.safety.killswitch import state_info
+    from omni_tasks.safety.state_rule import TradingState
+    from omni_tasks.safety.transitions import KillSwitchError, release
 
     actor, why = _actor(operator), _reason(reason)
     target = {"active": TradingState.ACTIVE, "reducing": TradingState.REDUCING}[check("kill", inputs.choice, to, what="--to", choices=("active", "reducing"))]
@@ -173,7 +174,7 @@ def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> Non
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.safety.engage import KillSwitchError, set_reducing
+    from omni_tasks.safety.transitions import KillSwitchError, set_reducing
 
     try:
         result = set_reducing(get_runtime(), actor=_actor(operator), reason=_reason(reason))
@@ -192,7 +193,7 @@ def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> N
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.safety.engage import KillSwitchError, activate
+    from omni_tasks.safety.transitions import KillSwitchError, activate
 
     try:
         result = activate(get_runtime(), actor=_actor(operator), reason=_reason(reason))
@@ -305,11 +306,13 @@ def drill_command(
     settings = prepare("cli")
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.drill import run_drill
+    from omni_tasks.trading.simulated import SimulatedVenue
 
     runtime = get_runtime()
     try:
         report = run_drill(
             settings,
+            venue_factory=SimulatedVenue,
             orders=orders,
             symbol=symbol,
             real_redis=runtime.redis,

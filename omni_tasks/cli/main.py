@@ -77,10 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         report_error("omni", "interrupted", 130, as_json=wants_json(argv=argv))
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the safety net: one line for the user, the traceback in a file
-        crash_file = _write_crash(exc, argv)
+        trace = _write_crash(exc, argv)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         report_error(
-            "omni", f"internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {crash_file}", 1, as_json=wants_json(argv=argv)
+            "omni", f"internal error: {type(exc).__name__}: {_one_line(first)[:300]}; details in {trace}", 1, as_json=wants_json(argv=argv)
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

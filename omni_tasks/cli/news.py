@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from omni_tasks.cli.parsing import fail
+
+if TYPE_CHECKING:
+    from omni_tasks.core.runtime import Runtime
 
 console = Console()
 
@@ -69,20 +72,21 @@ def _score(value: float | None, label: str | None) -> str:
     return f"{value:+.3f} {label or ''}".strip()
 
 
-def _fetch_now(runtime: object, symbol: str) -> None:
+def _fetch_now(runtime: Runtime, symbol: str) -> None:
     from omni_tasks.marketdata.errors import ProviderError
-    from omni_tasks.marketdata.providers import alpha_vantage, alpha_vantage_news
+    from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
+    from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
     from omni_tasks.marketdata.ratelimit import RateLimiter
     from omni_tasks.news.fetch import Budget, fetch_symbol
 
-    settings = runtime.settings  # type: ignore[attr-defined]
+    settings = runtime.settings
     caps = alpha_vantage.capabilities(settings.alpha_vantage.daily_quota, settings.alpha_vantage.calls_per_window)
     try:
         outcome = fetch_symbol(
             symbol,
             client=alpha_vantage_news.from_settings(settings),
-            factory=runtime.sessions,  # type: ignore[attr-defined]
-            limiter=RateLimiter(runtime.redis, window_s=settings.providers.rate_window_s),  # type: ignore[attr-defined]
+            factory=runtime.sessions,
+            limiter=RateLimiter(runtime.redis, window_s=settings.providers.rate_window_s),
             budget=Budget(per_min=caps.rate_limit_per_min, daily_quota=caps.daily_quota, wait_max_s=15.0),
             limit=settings.news.limit,
             lookback_days=settings.news.lookback_days,

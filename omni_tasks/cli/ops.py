@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -156,7 +156,7 @@ def orders_today(sessions: Any, now: datetime | None = None) -> dict[str, int]:
 
 def _database_state(runtime: Any) -> dict[str, Any]:
     """The trading state recorded in the database, for when Redis is not there (the durable copy)."""
-    from omni_tasks.safety.killswitch import read_row
+    from omni_tasks.safety.state_store import read_row
 
     found: dict[str, Any] = {"state": None, "version": None, "actor": None, "reason": None, "changed_at": None, "source": "database", "db_errors": []}
     try:
@@ -182,8 +182,7 @@ def stream_view(client: Any) -> dict[str, Any] | None:
     if not status:
         return None
     latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
-    listed = status.get("symbols")
-    symbols: list[str] = listed if isinstance(listed, list) else []
+    symbols = found if isinstance(found := status.get("symbols"), list) else []
     halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}
 
@@ -349,8 +348,7 @@ def _captured(data: dict[str, Any]) -> Any:
 
     global console
     real = console
-    colors = cast("Literal['auto', 'standard', '256', 'truecolor', 'windows']", real.color_system or "standard")  # rich reports its choice as a str
-    console = Console(file=io.StringIO(), force_terminal=True, color_system=colors, width=real.width)
+    console = Console(file=io.StringIO(), force_terminal=True, color_system=real.color_system or "standard", width=real.width)  # type: ignore[arg-type]  # rich types the property as str, the parameter as a Literal of the same names
     try:
         console.print(f"[dim]omni status at {datetime.now().astimezone().strftime('%H:%M:%S')} (Ctrl-C to stop)[/dim]")
         _render(data)

@@ -49,7 +49,8 @@ def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, time
         _fail("--timeout must be positive")
 
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.safety.killswitch import TradingState, read_state
+    from omni_tasks.safety.killswitch import read_state
+    from omni_tasks.safety.state_rule import TradingState
     from omni_tasks.trading.intake import NotQueued, accept_order
     from omni_tasks.trading.tasks import submit_order
 

@@ -47,8 +47,8 @@ def stream(
     from omni_tasks.core.errors import ConfigError
     from omni_tasks.core.redis_client import async_redis_from_url
     from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.stream.feeds import Recorder
     from omni_tasks.stream.guard import build_guard
+    from omni_tasks.stream.recording import Recorder
     from omni_tasks.stream.wiring import feed_factory, stream_config
     from omni_tasks.stream.worker import StreamWorker
 

@@ -93,11 +93,11 @@ class BarFrame(pa.DataFrameModel):
     adjustment: Series[str] = pa.Field(isin=list(ADJUSTMENTS))
 
     @pa.dataframe_check(element_wise=False)
-    def high_is_the_high(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805 - pandera's classmethod-style checks
+    def high_is_the_high(cls, df: pd.DataFrame) -> Series[bool]:  # pandera's classmethod-style checks
         return df["high"] >= np.maximum(df["open"], df["close"]) - 1e-9
 
     @pa.dataframe_check(element_wise=False)
-    def low_is_the_low(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805
+    def low_is_the_low(cls, df: pd.DataFrame) -> Series[bool]:
         return df["low"] <= np.minimum(df["open"], df["close"]) + 1e-9
 
     class Config:

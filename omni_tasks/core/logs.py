@@ -156,4 +156,4 @@ def _add_role(role: str) -> Any:
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]  # structlog's factory is untyped
+    return structlog.get_logger(name)

@@ -27,17 +27,21 @@ def redis_from_url(
     answer quickly when Redis is not there (`omni status`).
     """
     connect = timeout_s if connect_timeout_s is None else connect_timeout_s
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": connect, "decode_responses": decode_responses}
     unix = _unix_socket(url)
     if unix is not None:
-        return redis.Redis(unix_socket_path=unix[0], db=unix[1], **options)
-    return redis.Redis.from_url(url, **options)
+        return redis.Redis(
+            unix_socket_path=unix[0],
+            db=unix[1],
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect,
+            decode_responses=decode_responses,
+        )
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect, decode_responses=decode_responses)
 
 
 def async_redis_from_url(url: str, *, timeout_s: float = 5.0) -> aioredis.Redis:
     """The asyncio client for the same URLs as :func:`redis_from_url` (the streaming worker's)."""
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     unix = _unix_socket(url)
     if unix is not None:
-        return aioredis.Redis(unix_socket_path=unix[0], db=unix[1], **options)
-    return aioredis.Redis.from_url(url, **options)
+        return aioredis.Redis(unix_socket_path=unix[0], db=unix[1], socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

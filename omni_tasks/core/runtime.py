@@ -39,14 +39,16 @@ def get_settings() -> Settings:
 class Runtime:
     """Lazily built clients for this process. Rebuilt after fork (see :func:`after_fork`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None) -> None:
+        """``redis_client``: use this client instead of one built from the settings (a caller with its own timeouts)."""
         self.settings = settings
         self.pid = os.getpid()
         self.hostname = socket.gethostname()
+        self._redis_client = redis_client
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis_from_url(self.settings.redis_url)
+        return self._redis_client if self._redis_client is not None else redis_from_url(self.settings.redis_url)
 
     @cached_property
     def engine(self) -> Engine:

@@ -1,4 +1,4 @@
-"""The backfill ledger: plan partitions, run one, roll up the job, verify against the calendar.
+"""The backfill job ledger: jobs and their partitions in the database, each partition's status, the job's roll-up.
 
 A job is symbols x timeframe x date range x feed x adjustment. It splits into
 partitions of whole sessions, small enough to finish well inside the broker's
@@ -24,129 +24,31 @@ broker crash) is found by the watchdog's ledger reconciler
 (:mod:`omni_tasks.watchdog.ledgers`), which puts it back to ``pending`` and
 enqueues it again, or fails it with the reason after a few requeues. Either
 way the job reaches a final state.
+
+Planning (partitions of whole sessions, the nightly plan, verifying stored
+bars against the calendar) is :mod:`omni_tasks.marketdata.backfill_plan`;
+running one partition is :mod:`omni_tasks.marketdata.backfill_run`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-import pandas as pd
-import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Result, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.contracts.bars import ADJUSTMENTS, TIMEFRAMES, check_symbol, split_valid
-from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.errors import ProviderError
-from omni_tasks.marketdata.providers.base import BarRequest
-from omni_tasks.marketdata.router import NO_BARS_IN_RANGE, BarRouter, NoProviderServed
-from omni_tasks.settings import DEFAULT_EARLIEST_BACKFILL
+from omni_tasks.marketdata.backfill_plan import BackfillRequestError, Plan
 from omni_tasks.storage.models import BackfillJob, BackfillPartition
-from omni_tasks.storage.outage import store_outages_retryable
 
-_log = structlog.get_logger("omni.backfill")
-
-#: Sessions per partition, per timeframe: each partition is a few thousand bars at most.
-SESSIONS_PER_PARTITION: dict[str, int] = {"1Min": 5, "5Min": 20, "15Min": 60, "30Min": 120, "1Hour": 250, "1Day": 260}
-#: Bars a provider returns per page (Alpaca: up to 10,000): for the call estimate.
-ROWS_PER_CALL = 10_000
 TERMINAL = frozenset({"succeeded", "failed"})
 
 
-class BackfillRequestError(ValueError):
-    """A backfill request that must be refused before anything is enqueued."""
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    symbol: str
-    timeframe: str
-    start: datetime
-    end: datetime
-    feed: str
-    adjustment: str
-    sessions: int
-    expected_bars: int
-
-    @property
-    def calls(self) -> int:
-        return max(1, -(-self.expected_bars // ROWS_PER_CALL))
-
-
-@dataclass
-class Plan:
-    partitions: list[PartitionSpec] = field(default_factory=list)
-
-    @property
-    def calls(self) -> int:
-        return sum(p.calls for p in self.partitions)
-
-    @property
-    def expected_bars(self) -> int:
-        return sum(p.expected_bars for p in self.partitions)
-
-
-def check_request(
-    symbols: Sequence[str], timeframe: str, start: date, end: date, feed: str, adjustment: str, *, today: date | None = None, earliest: date = DEFAULT_EARLIEST_BACKFILL
-) -> list[str]:
-    """Validate a request; returns the cleaned symbols or raises BackfillRequestError naming the problem.
-
-    ``earliest``: the first date a backfill may start (OMNI_BACKFILL_EARLIEST_DATE).
-    """
-    today = today or datetime.now(tz=UTC).date()
-    if not symbols:
-        raise BackfillRequestError("no symbols given")
-    cleaned: list[str] = []
-    for raw in symbols:
-        try:
-            symbol = check_symbol(raw)
-        except ValueError as exc:
-            raise BackfillRequestError(str(exc)) from None
-        if symbol not in cleaned:
-            cleaned.append(symbol)
-    if timeframe not in TIMEFRAMES:
-        raise BackfillRequestError(f"unknown timeframe {timeframe!r}: choose from {', '.join(TIMEFRAMES)}")
-    if adjustment not in ADJUSTMENTS:
-        raise BackfillRequestError(f"unknown adjustment {adjustment!r}: choose from {', '.join(ADJUSTMENTS)}")
-    if feed not in {"iex", "sip"}:
-        raise BackfillRequestError(f"unknown feed {feed!r}: iex or sip")
-    if end <= start:
-        raise BackfillRequestError(
-            f"impossible date range: end {end.isoformat()} is not after start {start.isoformat()} (end is exclusive)"
-        )
-    if start > today:
-        raise BackfillRequestError(f"start {start.isoformat()} is in the future (today is {today.isoformat()} UTC)")
-    if start < earliest:
-        raise BackfillRequestError(f"start {start.isoformat()} is before {earliest.isoformat()}, the earliest backfill date (OMNI_BACKFILL_EARLIEST_DATE)")
-    if start < calendar.FIRST_SESSION:
-        raise BackfillRequestError(f"start {start.isoformat()} is before {calendar.FIRST_SESSION.isoformat()}, the first session of the exchange calendar")
-    return cleaned
-
-
-def plan(
-    symbols: Sequence[str], timeframe: str, start: date, end: date, *, feed: str = "iex", adjustment: str = "raw", today: date | None = None, earliest: date = DEFAULT_EARLIEST_BACKFILL
-) -> Plan:
-    """Partitions of whole sessions in [start, end) (end exclusive, capped at tomorrow)."""
-    today = today or datetime.now(tz=UTC).date()
-    cleaned = check_request(symbols, timeframe, start, end, feed, adjustment, today=today, earliest=earliest)
-    end = min(end, today + timedelta(days=1))
-    session_days = calendar.sessions(start, end - timedelta(days=1))
-    if not session_days:
-        raise BackfillRequestError(f"no trading sessions between {start.isoformat()} and {end.isoformat()} (exclusive)")
-    chunk = SESSIONS_PER_PARTITION[timeframe]
-    tf = TIMEFRAMES[timeframe]
-    result = Plan()
-    for i in range(0, len(session_days), chunk):
-        days = session_days[i : i + chunk]
-        p_start = datetime.combine(days[0], datetime.min.time(), tzinfo=UTC)
-        p_end = datetime.combine(days[-1] + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
-        expected = len(calendar.expected_bar_starts(tf, p_start, p_end))
-        for symbol in cleaned:
-            result.partitions.append(PartitionSpec(symbol, timeframe, p_start, p_end, feed, adjustment, len(days), expected))
-    return result
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE changed (its result is a CursorResult; Session.execute is typed as returning a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def create_job(factory: sessionmaker[Session], the_plan: Plan, *, requested_by: str, note: str | None = None) -> int:
@@ -262,7 +164,7 @@ def requeue_partition(factory: sessionmaker[Session], partition_id: int, *, reas
             .where(BackfillPartition.id == partition_id, BackfillPartition.status.not_in(TERMINAL))
             .values(status="pending", last_error=reason[:4000])
         )
-        return bool(changed.rowcount)
+        return bool(_rowcount(changed))
 
 
 def fail_partition(factory: sessionmaker[Session], partition_id: int, *, reason: str) -> tuple[bool, int | None]:
@@ -272,7 +174,7 @@ def fail_partition(factory: sessionmaker[Session], partition_id: int, *, reason:
         if part is None or part.status in TERMINAL:
             return False, None
     outcome = PartitionOutcome(partition_id, "failed", error=reason)
-    _finish(factory, partition_id, outcome, notes=None)
+    record_outcome(factory, partition_id, outcome, notes=None)
     return True, outcome.finished_job
 
 
@@ -308,96 +210,10 @@ class PartitionOutcome:
     defer_s: float | None = None
 
 
-def run_partition(
-    partition_id: int, *, factory: sessionmaker[Session], store: Any, router: BarRouter, final_attempt: bool
-) -> PartitionOutcome:
-    """Fetch, check, quarantine and store one partition; record the outcome in the ledger.
-
-    ``store`` is a :class:`omni_tasks.storage.bars.BarStore`. A transient failure
-    returns ``retry=True`` (status ``retrying``) unless ``final_attempt``, when
-    the partition fails with the last error. A database outage raises
-    :class:`~omni_tasks.core.errors.StoreUnavailable`: the partition stays claimable
-    and running it again stores the same rows.
-    """
-    with store_outages_retryable(f"running backfill partition {partition_id}"):
-        return _run_partition(partition_id, factory=factory, store=store, router=router, final_attempt=final_attempt)
-
-
-def _run_partition(
-    partition_id: int, *, factory: sessionmaker[Session], store: Any, router: BarRouter, final_attempt: bool
-) -> PartitionOutcome:
-    now = datetime.now(tz=UTC)
-    with factory() as session, session.begin():
-        part = session.get(BackfillPartition, partition_id, with_for_update=True)
-        if part is None:
-            raise LookupError(f"backfill partition {partition_id} does not exist")
-        if part.status == "succeeded":
-            return PartitionOutcome(partition_id, "succeeded", rows=part.rows, rejected=part.rejected, provider=part.provider)
-        part.status = "running"
-        part.attempts += 1
-        part.started_at = now
-        part.resume_at = None
-        request = BarRequest(part.symbol, part.timeframe, part.start, part.end, feed=part.feed, adjustment=part.adjustment)
-        job_id = part.job_id
-        job = session.get(BackfillJob, job_id)
-        span = (job.start, job.end) if job is not None else (part.start, part.end)
-        session.execute(update(BackfillJob).where(BackfillJob.id == job_id, BackfillJob.status == "pending").values(status="running"))
-    log = _log.bind(partition_id=partition_id, job_id=job_id, symbol=request.symbol, timeframe=request.timeframe)
-    try:
-        routed = router.fetch(request, job=job_id, span=span)
-    except NoProviderServed as exc:
-        provider_notes = "; ".join(exc.notes) or None
-        if exc.defer_s is not None:
-            # Waiting is not failing: the partition runs again when a provider may be asked (no retry is used up).
-            outcome = PartitionOutcome(partition_id, "deferred", error=str(exc), defer_s=exc.defer_s)
-            _finish(factory, partition_id, outcome, notes=provider_notes)
-            log.info("partition deferred", resume_in_s=round(exc.defer_s, 2), detail=str(exc))
-            return outcome
-        if exc.cause == NO_BARS_IN_RANGE and (exc.permanent or final_attempt):
-            # The symbol is known and the range is empty: done, no rows, and the reason on record.
-            said = next((a.provider for a in exc.attempts if a.detail.startswith("no bars in range")), None)
-            outcome = PartitionOutcome(partition_id, "succeeded", provider=said, cause=exc.cause)
-            _finish(factory, partition_id, outcome, notes="; ".join([*exc.notes, str(exc)]))
-            log.info("partition has no bars in range", provider=said, detail=str(exc))
-            return outcome
-        retry = not exc.permanent and not final_attempt
-        outcome = PartitionOutcome(partition_id, "retrying" if retry else "failed", error=str(exc), retry=retry, cause=exc.cause)
-        _finish(factory, partition_id, outcome, notes=provider_notes)
-        log.warning("partition not served", status=outcome.status, error=str(exc), notes=provider_notes)
-        return outcome
-    except ProviderError as exc:  # pragma: no cover - the router wraps provider errors
-        outcome = PartitionOutcome(partition_id, "failed", error=f"{type(exc).__name__}: {exc}")
-        _finish(factory, partition_id, outcome, notes=None)
-        return outcome
-
-    bars = routed.bars
-    start, end = pd.Timestamp(request.start), pd.Timestamp(request.end)
-    outside = (bars["ts"] < start) | (bars["ts"] >= end)
-    valid, rejected = split_valid(bars[~outside].reset_index(drop=True))
-    if outside.any():
-        rejected = pd.concat([rejected, bars[outside].assign(reason="outside the partition's range")], ignore_index=True)
-    if len(rejected):
-        store.quarantine(rejected, partition_id=partition_id)
-        log.warning("rows failed the boundary check and were quarantined", rejected=len(rejected))
-    result = store.upsert(valid) if len(valid) else None
-    outcome = PartitionOutcome(
-        partition_id,
-        "succeeded",
-        rows=len(valid),
-        rejected=len(rejected),
-        inserted=getattr(result, "inserted", 0),
-        updated=getattr(result, "updated", 0),
-        provider=routed.provider,
-    )
-    notes = "; ".join(routed.notes + [f"{a.provider}: {a.detail}" for a in routed.attempts if a.outcome != "ok"]) or None
-    _finish(factory, partition_id, outcome, notes=notes, checksum=store.checksum(valid) if len(valid) else None)
-    log.info("partition stored", rows=outcome.rows, inserted=outcome.inserted, updated=outcome.updated, provider=routed.provider)
-    return outcome
-
-
-def _finish(
+def record_outcome(
     factory: sessionmaker[Session], partition_id: int, outcome: PartitionOutcome, *, notes: str | None, checksum: str | None = None
 ) -> None:
+    """Write a partition's outcome (status, error, cause, notes; rows and checksum when it succeeded) and roll its job up."""
     now = datetime.now(tz=UTC)
     with factory() as session, session.begin():
         part = session.get(BackfillPartition, partition_id, with_for_update=True)
@@ -440,7 +256,7 @@ def _rollup(session: Session, job_id: int, now: datetime) -> bool:
             .where(BackfillJob.id == job_id, BackfillJob.status.not_in(("succeeded", "failed", "partial")))
             .values(status=status, finished_at=now)
         )
-        return bool(changed.rowcount)
+        return bool(_rowcount(changed))
     return False
 
 
@@ -471,80 +287,3 @@ def job_progress(factory: sessionmaker[Session], job_id: int) -> dict[str, Any]:
             "created_at": job.created_at.isoformat(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         }
-
-
-def incremental_plan(
-    symbols: Sequence[str],
-    *,
-    store: Any,
-    timeframe: str,
-    feed: str,
-    adjustment: str,
-    overlap_days: int,
-    lookback_days: int,
-    today: date | None = None,
-    feeds: Sequence[str] | None = None,
-    earliest: date = DEFAULT_EARLIEST_BACKFILL,
-) -> Plan:
-    """The nightly plan: from each symbol's last stored bar minus an overlap (or the lookback) to today.
-
-    ``feeds``: the feeds stored rows may carry for this request (router.serving_feeds);
-    the latest bar of any of them counts. Default: the requested feed only.
-    """
-    today = today or datetime.now(tz=UTC).date()
-    end = today + timedelta(days=1)
-    combined = Plan()
-    look_in = tuple(feeds) if feeds else (feed,)
-    for symbol in symbols:
-        stamps = [t for t in (store.last_ts(symbol, timeframe, f, adjustment) for f in look_in) if t is not None]
-        last = max(stamps) if stamps else None
-        start = (last.date() - timedelta(days=overlap_days)) if last is not None else today - timedelta(days=lookback_days)
-        start = max(start, earliest)
-        try:
-            combined.partitions.extend(plan([symbol], timeframe, start, end, feed=feed, adjustment=adjustment, today=today, earliest=earliest).partitions)
-        except BackfillRequestError as exc:
-            _log.info("nothing to backfill", symbol=symbol, reason=str(exc))
-    return combined
-
-
-@dataclass(frozen=True)
-class VerifyRow:
-    symbol: str
-    expected: int
-    stored: int
-    missing: int
-    outside_sessions: int
-    first_missing: str | None
-
-
-def verify(
-    symbols: Sequence[str],
-    *,
-    store: Any,
-    timeframe: str,
-    start: date,
-    end: date,
-    feed: str,
-    adjustment: str,
-    feeds: Sequence[str] | None = None,
-) -> list[VerifyRow]:
-    """Stored bars against the exchange calendar: bars missing in sessions, bars outside sessions.
-
-    ``feeds`` (most preferred first) are the feeds that count; default: the requested feed only.
-    """
-    tf = TIMEFRAMES[timeframe]
-    lo = datetime.combine(start, datetime.min.time(), tzinfo=UTC)
-    hi = datetime.combine(end, datetime.min.time(), tzinfo=UTC)
-    expected = calendar.expected_bar_starts(tf, lo, hi)
-    out: list[VerifyRow] = []
-    # One read for every symbol (a call per symbol costs ~20 ms of query and frame building each).
-    stored_all = store.read_many(list(symbols), timeframe, lo, hi, feeds=tuple(feeds) if feeds else (feed,), adjustment=adjustment)
-    by_symbol = {str(s): part["ts"] for s, part in stored_all.groupby("symbol", sort=False)}
-    for symbol in symbols:
-        have = pd.DatetimeIndex(by_symbol.get(symbol, stored_all["ts"].iloc[:0]))
-        missing = expected.difference(have)
-        outside = have.difference(expected)
-        out.append(
-            VerifyRow(symbol, len(expected), len(have), len(missing), len(outside), missing[0].isoformat() if len(missing) else None)
-        )
-    return out

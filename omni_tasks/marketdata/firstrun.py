@@ -21,7 +21,7 @@ from typing import Final
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.marketdata import backfill, calendar
+from omni_tasks.marketdata import backfill_plan, calendar
 from omni_tasks.storage.models import BackfillJob, Bar
 
 #: ``requested_by`` of the first run's backfill job: the validation of that job queues the first scan and risk run.
@@ -47,10 +47,10 @@ def symbols_short_of_history(engine: Engine, symbols: Sequence[str], *, days: in
     return [s for s in symbols if counts.get(s, 0) < ENOUGH_SHARE * expected]
 
 
-def plan_first_run(symbols: Sequence[str], *, days: int, feed: str, adjustment: str, today: date, earliest: date) -> backfill.Plan:
+def plan_first_run(symbols: Sequence[str], *, days: int, feed: str, adjustment: str, today: date, earliest: date) -> backfill_plan.Plan:
     """The daily partitions of the last ``days`` days (through today) for ``symbols``."""
     start = max(today - timedelta(days=days), earliest)
-    return backfill.plan(
+    return backfill_plan.plan(
         symbols, "1Day", start, today + timedelta(days=1), feed=feed, adjustment=adjustment, today=today, earliest=earliest
     )
 

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import structlog
@@ -58,6 +59,9 @@ from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.series import SeriesCache
 from omni_tasks.pipeline.limits import SoftTimeLimitExceeded
 from omni_tasks.safety.breaker import CircuitBreaker
+
+if TYPE_CHECKING:
+    from omni_tasks.settings import Settings
 
 _log = structlog.get_logger("omni.router")
 
@@ -413,7 +417,7 @@ def serving_feeds(order: Sequence[str], feed: str) -> tuple[str, ...]:
     return tuple(out) or (feed,)
 
 
-def build_providers(names: Sequence[str], settings: object) -> list[BarProvider]:
+def build_providers(names: Sequence[str], settings: Settings) -> list[BarProvider]:
     """Adapters for the configured order. ``synthetic`` and ``replay`` are offline feeds."""
     from omni_tasks.marketdata.providers.replay import ReplayBars
     from omni_tasks.marketdata.providers.synthetic import SyntheticBars
@@ -423,8 +427,8 @@ def build_providers(names: Sequence[str], settings: object) -> list[BarProvider]
         if name == "synthetic":
             out.append(SyntheticBars())
         elif name == "replay":
-            out.append(ReplayBars(settings.providers.replay_dir))  # type: ignore[attr-defined]
+            out.append(ReplayBars(settings.providers.replay_dir))
         else:
-            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}")
+            module = importlib.import_module(f"omni_tasks.marketdata.providers.{name}.client")
             out.append(module.from_settings(settings))
     return out

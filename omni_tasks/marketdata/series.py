@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from typing import cast
 
 import pandas as pd
 import redis
@@ -41,7 +42,7 @@ class SeriesCache:
         raw = self._client.get(key)
         if raw is None:
             return None
-        return pd.read_parquet(io.BytesIO(raw))
+        return pd.read_parquet(io.BytesIO(cast(bytes, raw)))  # a client without decode_responses: the Parquet bytes put() stored
 
     def put(self, key: str, bars: pd.DataFrame) -> None:
         buffer = io.BytesIO()
@@ -55,7 +56,7 @@ class SeriesCache:
 
     def unlock(self, key: str, token: str) -> None:
         lock = f"{key}:lock"
-        if (self._client.get(lock) or b"").decode() == token:
+        if (cast(bytes | None, self._client.get(lock)) or b"").decode() == token:  # a client without decode_responses
             self._client.delete(lock)
 
     def refusal(self, key: str) -> tuple[str, float] | None:

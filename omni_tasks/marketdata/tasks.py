@@ -9,7 +9,7 @@ import structlog
 
 from omni_tasks.core.errors import PermanentError, RetryableError, StoreUnavailable
 from omni_tasks.core.runtime import get_runtime
-from omni_tasks.marketdata import backfill
+from omni_tasks.marketdata import backfill, backfill_plan, backfill_run
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.marketdata.wiring import build_router, build_store
@@ -46,7 +46,7 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
     # Celery counts every retry; the provider's share is what the outage retries did not use.
     provider_retries = max(0, int(request.retries or 0) - int(store_retries or 0))
     try:
-        outcome = backfill.run_partition(
+        outcome = backfill_run.run_partition(
             int(partition_id),
             factory=runtime.sessions,
             store=build_store(runtime.engine),
@@ -113,7 +113,7 @@ def nightly() -> dict[str, Any]:
     runtime = get_runtime()
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)
-    the_plan = backfill.incremental_plan(
+    the_plan = backfill_plan.incremental_plan(
         symbols,
         store=build_store(runtime.engine),
         timeframe=settings.timeframe,

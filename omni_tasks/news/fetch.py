@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.marketdata.errors import RateLimited
-from omni_tasks.marketdata.providers.alpha_vantage_news import NewsPage
+from omni_tasks.marketdata.providers.alpha_vantage.news import NewsPage
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.news import store
 

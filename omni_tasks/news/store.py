@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.marketdata.providers.alpha_vantage_news_mappings import NewsItem, RejectedItem
+from omni_tasks.marketdata.providers.alpha_vantage.news_mappings import NewsItem, RejectedItem
 from omni_tasks.storage.models import NewsArticle, NewsTickerSentiment, RejectedRow
 
 #: rejected_rows.timeframe / feed of a news article that could not be read.

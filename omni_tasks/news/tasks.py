@@ -22,7 +22,8 @@ MAX_RETRIES = 3
 def fetch(symbol: str) -> dict[str, Any]:
     """Fetch and store one symbol's news sentiment (Alpha Vantage), within the shared limits."""
     from omni_tasks.contracts.bars import check_symbol
-    from omni_tasks.marketdata.providers import alpha_vantage, alpha_vantage_news
+    from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
+    from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
     from omni_tasks.marketdata.ratelimit import RateLimiter
     from omni_tasks.news.fetch import Budget, FetchOutcome, fetch_symbol
 

@@ -158,7 +158,7 @@ class MergedFilesCollector(Collector):
                 if metric is None:
                     typ, help_text = self._kinds[metric_name]
                     metric = metrics[metric_name] = Metric(metric_name, help_text, typ)
-                metric.add_sample(name, labels, value)
+                metric.add_sample(name, labels, value)  # type: ignore[arg-type]  # a tuple of pairs, as prometheus-client's own _read_metrics passes: _accumulate_metrics keys on it
             # prometheus-client's own accumulation (histogram buckets made cumulative, _count added).
             merged = list(MultiProcessCollector._accumulate_metrics(metrics, True))
             if gauges:

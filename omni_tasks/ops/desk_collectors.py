@@ -68,7 +68,7 @@ class StreamCollector(Collector):
         garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).")
         garbage.add_metric([], float(status.get("garbage_frames", 0)))
         yield garbage
-        counters = status.get("counters") if isinstance(status.get("counters"), dict) else {}
+        counters = found if isinstance(found := status.get("counters"), dict) else {}
         events = CounterMetricFamily(
             "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"]
         )

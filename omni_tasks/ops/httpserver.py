@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -260,14 +260,14 @@ class BoundedHTTPServer(HTTPServer):
         _close(sock)
 
     # ---- the workers -----------------------------------------------------------------------------
-    def _work(self) -> None:
+    def _work(self: Self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             sock, address, data = job
             try:
-                self.RequestHandlerClass((sock, data), address, self)  # type: ignore[arg-type]  # typeshed's handler wants a (sock, addr) request; ours carries the bytes read ahead
+                self.RequestHandlerClass((sock, data), address, self)
                 self.stats["answered"] += 1
             except (ConnectionError, TimeoutError):
                 pass  # the client went away or stopped reading: nothing to answer
@@ -322,8 +322,7 @@ def make_server(
         def metrics_body() -> bytes:
             return generate_latest(collected)
 
-    render_metrics: Callable[[], bytes] = metrics_body
-
+    render: Callable[[], bytes] = metrics_body  # bound here: the handler class below cannot see the narrowing
     endpoint: KillEndpoint | None = kill or None
 
     class Handler(PrebufferedHandler):
@@ -338,10 +337,10 @@ def make_server(
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, render_metrics(), CONTENT_TYPE_LATEST)
+                self._send(200, render(), CONTENT_TYPE_LATEST)
             elif path in {"/health", "/healthz"}:
                 code, payload = health()
                 self._send(code, json.dumps(payload, indent=2).encode(), "application/json")
@@ -350,7 +349,7 @@ def make_server(
             else:
                 self._send(404, b'{"error": "not found"}', "application/json")
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             path = self.path.split("?", 1)[0]
             if path != "/kill/engage" or endpoint is None:
                 self._send(404, b'{"error": "not found"}', "application/json")
@@ -389,7 +388,7 @@ def make_server(
             payload = result.to_dict() if hasattr(result, "to_dict") else dict(result)
             self._send(200 if payload.get("durable") else 500, json.dumps(payload, indent=2, default=str).encode(), "application/json")
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: Any) -> None:  # http.server's signature
             return  # scrapes every few seconds would drown the logs
 
     return BoundedHTTPServer(

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 _PR_SET_PDEATHSIG = 1
 
@@ -80,18 +81,18 @@ def json_line(raw: bytes, process: str, scrub: Callable[[str], str] = lambda tex
     return json.dumps(record, ensure_ascii=False)
 
 
-def _pump(source: object, path: Path, process: str) -> None:
+def _pump(source: IO[bytes], path: Path, process: str) -> None:
     """Copy a child's output into its log file as JSON lines until the child closes it."""
     from omni_tasks.core.logs import redactor
 
     scrub = redactor().scrub
     with path.open("a", encoding="utf-8") as sink:
-        for raw in iter(source.readline, b""):  # type: ignore[attr-defined]  # the child's stdout pipe
+        for raw in iter(source.readline, b""):
             line = json_line(raw, process, scrub)
             if line is not None:
                 sink.write(line + "\n")
                 sink.flush()
-    source.close()  # type: ignore[attr-defined]
+    source.close()
 
 
 class Supervisor:
@@ -114,7 +115,7 @@ class Supervisor:
             stdout=subprocess.DEVNULL if spec.log_path is None else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads yet matter here
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # no threads yet matter here
         )
         if spec.log_path is not None:
             child.pump = threading.Thread(

@@ -42,7 +42,7 @@ def slot_task_id(task_name: str, args: Any, kwargs: Any, slot: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, key))
 
 
-class LockedScheduler(Scheduler):  # type: ignore[misc]  # Celery's Scheduler is untyped
+class LockedScheduler(Scheduler):
     """In-memory schedule driven only while this beat holds the leader lock."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -127,7 +127,7 @@ def orders_purger(broker_url: str, queue_name: str, transport_options: dict[str,
             channel = connection.default_channel
             try:
                 return int(channel.queue_purge(queue_name) or 0)
-            except Exception as exc:  # noqa: BLE001 - a queue never declared has nothing to purge
+            except Exception as exc:  # a queue never declared has nothing to purge
                 if "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower():
                     return 0
                 raise

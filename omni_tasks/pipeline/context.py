@@ -49,7 +49,7 @@ def retry_running(*, exc: BaseException, countdown: float, max_retries: int, arg
     """
     task = running_task()
     request = task.request
-    return task.retry(  # type: ignore[no-any-return]  # Celery's Task.retry is untyped
+    return task.retry(
         args=request.args if args is None else args,
         kwargs=request.kwargs if kwargs is None else kwargs,
         exc=exc,

@@ -145,7 +145,7 @@ def sweep_dead(
     dead = client.zrangebyscore(WORKERS_KEY, "-inf", now - dead_after_s)
     result: dict[str, int] = {}
     for raw_instance in dead:
-        instance = raw_instance.decode() if isinstance(raw_instance, bytes) else raw_instance
+        instance = raw_instance.decode() if isinstance(raw_instance, bytes) else str(raw_instance)
         key = WORKER_INFLIGHT_KEY.format(instance=instance)
         tags = [t.decode() if isinstance(t, bytes) else t for t in client.smembers(key)]
         restored = restore(tags) if (restore is not None and tags) else 0
@@ -174,10 +174,10 @@ def sweep_orphans(
     if restore is None:
         return 0
     now = time.time() if now is None else now
-    old = [t.decode() if isinstance(t, bytes) else t for t in client.zrangebyscore(KOMBU_UNACKED_INDEX_KEY, "-inf", now - dead_after_s)]
+    old = [t.decode() if isinstance(t, bytes) else str(t) for t in client.zrangebyscore(KOMBU_UNACKED_INDEX_KEY, "-inf", now - dead_after_s)]
     if not old:
         return 0
-    live = [i.decode() if isinstance(i, bytes) else i for i in client.zrangebyscore(WORKERS_KEY, now - dead_after_s, "+inf")]
+    live = [i.decode() if isinstance(i, bytes) else str(i) for i in client.zrangebyscore(WORKERS_KEY, now - dead_after_s, "+inf")]
     claimed: set[str] = set()
     for instance in live:
         claimed.update(t.decode() if isinstance(t, bytes) else t for t in client.smembers(WORKER_INFLIGHT_KEY.format(instance=instance)))

@@ -128,7 +128,7 @@ def _on_process_init(**_: Any) -> None:
     after_fork()
 
 
-class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class HeartbeatStep(bootsteps.StartStopStep):
     """Beat every ``heartbeat_s`` from a thread of the worker main process."""
 
     requires = {"celery.worker.components:Pool"}
@@ -229,7 +229,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's 
     shutdown = stop
 
 
-class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class BrokerConnectionStep(bootsteps.StartStopStep):
     """Consumer step: counts broker connections. The consumer restarts its steps after each reconnection,
     and what the worker received on an older connection it can no longer acknowledge."""
 
@@ -240,7 +240,7 @@ class BrokerConnectionStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Ce
         _wake.set()
 
 
-class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery's bootsteps are untyped
+class AlarmListenerStep(bootsteps.StartStopStep):
     """In a worker that consumes the watchdog queue: the safety-alarm listener thread (critical alarm -> kill switch)."""
 
     requires = {"celery.worker.components:Pool"}
@@ -257,12 +257,13 @@ class AlarmListenerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # Celer
         if Queue.WATCHDOG.value not in queues:
             return
         from omni_tasks.pipeline.broker import broker_transport_options, orders_purger
-        from omni_tasks.safety.alarms import start_watchdog_listener
+        from omni_tasks.safety.watchdog_listener import start_watchdog_listener
+        from omni_tasks.trading.wiring import make_venue
 
         runtime = get_runtime()
         settings = runtime.settings
         purge = orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
-        self._listener = start_watchdog_listener(runtime, purge=purge)
+        self._listener = start_watchdog_listener(runtime, purge=purge, venue_factory=make_venue)
         _log.info("safety alarm listener started", worker=worker.hostname)
 
     def stop(self, worker: Any) -> None:

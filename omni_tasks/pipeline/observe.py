@@ -58,7 +58,7 @@ def live_snapshot(client: redis.Redis, broker_url: str, queues: Iterable[str], d
 def trading_view(client: redis.Redis) -> dict[str, Any]:
     """The trading state as the order path's fast read sees it (Redis only: missing or unreadable counts as HALTED)."""
     from omni_tasks.core.keys import TRADING_STATE_KEY
-    from omni_tasks.safety.killswitch import TradingState, parse_value
+    from omni_tasks.safety.state_rule import TradingState, parse_value
 
     try:
         raw = client.get(TRADING_STATE_KEY)

@@ -26,7 +26,7 @@ def refuse_order_task_while_halted(task: Any) -> None:
     """
     if not getattr(task, "order_bearing", False):
         return
-    from omni_tasks.safety.killswitch import order_task_refusal, record_refused_order_task
+    from omni_tasks.safety.order_guard import order_task_refusal, record_refused_order_task
 
     runtime = get_runtime()
     reason = order_task_refusal(runtime.redis, runtime.sessions)

@@ -79,7 +79,7 @@ class _NoSentEvent:
 _NO_SENT_EVENT = _NoSentEvent()
 
 
-class OmniTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
+class OmniTask(Task):
     """Base class behind :func:`omni_task`: delivery counting, outcome ledger, metrics, log context."""
 
     #: None: the OMNI_BROKER_MAX_DELIVERIES setting applies.
@@ -286,7 +286,7 @@ def omni_task(
             options["rate_limit"] = rate_limit
         ROUTES[name] = queue.value
         TIME_LIMITS[name] = float(time_limit_s)
-        return app.task(**options)(func)  # type: ignore[no-any-return]  # Celery's decorator is untyped
+        return app.task(**options)(func)
 
     return register
 

@@ -417,7 +417,7 @@ def _correlations(
         best_pair = None
     else:
         best_value = best
-        best_pair = tuple(sorted(best_pair))  # type: ignore[assignment]  # two symbols
+        best_pair = tuple(sorted(best_pair))
     listed: list[list[float | None]] | None = None
     if matrix is not None:
         listed = [[float(matrix[i, j]) if varying[i] and varying[j] else None for j in range(k)] for i in range(k)]

@@ -214,6 +214,7 @@ class AlarmListener:
             "errors": 0,
             "reconnects": 0,
             "subscriptions": 0,
+            "maintenance": 0,  # rounds run (failed ones included)
         }
 
     # ---- lifecycle ------------------------------------------------------------
@@ -275,6 +276,7 @@ class AlarmListener:
         self.subscribed.clear()
 
     def _run_maintenance(self, client: redis.Redis) -> None:
+        self.counts["maintenance"] += 1
         if self._maintenance is not None:
             try:
                 self._maintenance()
@@ -363,100 +365,3 @@ class AlarmListener:
 def alarm_reason(alarm: Alarm) -> str:
     """The kill switch reason recorded for an alarm (and the text of a warning's alert)."""
     return f"{alarm.severity} alarm {alarm.kind} from {alarm.source}: value {alarm.value:g} past limit {alarm.limit:g}"
-
-
-def start_watchdog_listener(
-    runtime: Any,
-    *,
-    purge: Callable[[], int] | None,
-    venue_factory: Callable[[Any], Any] | None = None,
-) -> AlarmListener:
-    """Start the listener of the watchdog worker: a critical alarm engages the kill switch.
-
-    ``venue_factory(runtime)`` defaults to :func:`omni_tasks.trading.wiring.make_venue`;
-    the broker is built once, ahead of the first alarm, and rebuilt after a failure.
-    ``purge`` empties the orders queue (built at the Celery edge).
-    """
-    from omni_tasks.safety import engage as engage_mod
-    from omni_tasks.safety import killswitch
-
-    settings = runtime.settings
-    holder: dict[str, Any] = {}
-
-    def factory(rt: Any) -> Any:
-        if venue_factory is not None:
-            return venue_factory(rt)
-        from omni_tasks.trading.wiring import make_venue
-
-        return make_venue(rt)
-
-    def broker() -> Any:
-        if "broker" not in holder:
-            try:
-                holder["broker"] = factory(runtime)
-            except Exception as exc:  # noqa: BLE001 - engage still halts; the error is in its result
-                _log.error(
-                    "no broker for the kill switch (open orders cannot be cancelled)", error=f"{type(exc).__name__}: {str(exc)[:200]}"
-                )
-                return None
-        return holder["broker"]
-
-    def on_critical(alarm: Alarm) -> None:
-        result = engage_mod.engage(
-            runtime,
-            actor=f"watchdog:alarm:{alarm.kind}",
-            reason=alarm_reason(alarm),
-            broker=broker(),
-            purge=purge,
-        )
-        if "broker" in result.errors or "snapshot" in result.errors:
-            holder.pop("broker", None)
-        lag_ms = (result.halted_at_ns - alarm.ts_ns) / 1e6 if result.halted_at_ns else None
-        _log.critical(
-            "kill switch engaged by an alarm",
-            kind=alarm.kind,
-            repeat=result.repeat,
-            durable=result.durable,
-            alarm_to_halted_ms=round(lag_ms, 3) if lag_ms is not None else None,
-            timings_ms=result.timings_ms,
-            remaining_open=len(result.remaining_open),
-            errors=result.errors,
-        )
-
-    def on_warning(alarm: Alarm) -> None:
-        from omni_tasks.ops import alerts
-
-        alerts.emit(
-            {"kind": f"alarm.{alarm.kind}", "severity": "warning", "message": alarm_reason(alarm), "source": alarm.source},
-            settings=settings,
-        )
-
-    def last_change_ns() -> int | None:
-        when = killswitch.changed_at(runtime.sessions)
-        return None if when is None else int(when.timestamp() * 1e9)
-
-    reconciler = engage_mod.Reconciler(runtime)
-
-    def maintenance() -> None:
-        # The two copies of the trading state made to agree: a Redis behind the database (restarted from
-        # older data, restored, flushed) is rewritten from it; an engage the database missed is written down.
-        reconciler.run()
-
-    # Warm up what the first engage needs (connections, the broker) so it is fast.
-    try:
-        killswitch.current_state(runtime.redis, runtime.sessions)
-    except Exception:  # noqa: BLE001, S110 - warming up only
-        pass
-    broker()
-    listener = AlarmListener(
-        client_factory=lambda: runtime.redis,
-        on_critical=on_critical,
-        on_warning=on_warning,
-        is_halted=lambda: killswitch.fast_state(runtime.redis) is killswitch.TradingState.HALTED,
-        last_change_ns=last_change_ns,
-        maintenance=maintenance,
-        maintenance_every_s=settings.kill.reconcile_every_s,
-        catchup_s=settings.kill.alarm_catchup_s,
-        owner=f"{getattr(runtime, 'hostname', 'host')}:{getattr(runtime, 'pid', 0)}",
-    )
-    return listener.start()

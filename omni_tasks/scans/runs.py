@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.scans.scanner import ScanConfig, ScanResult
@@ -75,7 +75,7 @@ def fail_run(factory: sessionmaker[Session], run_id: int, error: str, *, only_ru
         if only_running:
             query = query.where(ScanRun.status == "running")
         changed = session.execute(query.values(status="failed", error=error[:4000], finished_at=datetime.now(tz=UTC)))
-        return bool(changed.rowcount)
+        return bool(cast("CursorResult[Any]", changed).rowcount)  # an UPDATE's result is its cursor's
 
 
 def running_runs(factory: sessionmaker[Session]) -> list[tuple[int, datetime]]:

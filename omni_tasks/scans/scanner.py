@@ -212,7 +212,7 @@ def scan(
     bars: pd.DataFrame,
     *,
     as_of: datetime | str | pd.Timestamp,
-    config: ScanConfig = ScanConfig(),  # noqa: B008 - frozen, immutable default
+    config: ScanConfig = ScanConfig(),  # frozen, immutable default
     quotes: pd.DataFrame | None = None,
     symbols: Iterable[str] | None = None,
 ) -> ScanResult:

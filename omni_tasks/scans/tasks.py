@@ -31,7 +31,7 @@ def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dic
     with outages_retried(running_task(), f"scanning a chunk of run {run_id}", runtime.settings.database):
         run = runs.load_run(runtime.sessions, int(run_id))
         bars = load_bars(BarStore(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
-    return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()  # type: ignore[no-any-return]
+    return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()
 
 
 @omni_task(name="omni.scans.merge", queue=Queue.SCANS, soft_time_limit_s=60, time_limit_s=90, max_retries=2)

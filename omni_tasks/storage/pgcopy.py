@@ -37,10 +37,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 SIGNATURE: Final = b"PGCOPY\n\xff\r\n\x00"
 HEADER: Final = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -147,9 +150,10 @@ class ChunkReader(io.RawIOBase):
         out, self._pending = self._pending[:size], self._pending[size:]
         return bytes(out)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
         return len(data)
 
 

@@ -1,4 +1,4 @@
-"""Per-symbol book and microstructure, updated message by message, served only when sane.
+"""Every symbol's book, updated message by message: quotes (served only when sane), trades, bars, trading status.
 
 A quote is *served* (becomes the symbol's latest quote) only when both
 prices are positive and finite, both sizes positive, the market is not
@@ -6,35 +6,6 @@ crossed (bid > ask) and its timestamp is not older than the quote already
 served; every other quote is counted by reason (``crossed``, ``zero_size``,
 ``bad_price``, ``out_of_order``, ``malformed``) and never served. A locked
 market (bid == ask) is served: consolidated feeds show it briefly.
-
-Microstructure, computed when a symbol is written out (:meth:`Books.row`),
-not per message:
-
-- mid = (bid + ask) / 2; spread in basis points = (ask - bid) / mid * 10,000.
-- VWAP of the session's trades (sum price*size / sum size), reset when the
-  trading day changes (days split at 04:00 UTC, outside every US session).
-- volume profile: traded size per price bucket of 5 bp of the day's first
-  price (at least one cent); the point of control is the fullest bucket.
-- liquidity score in 0..1 = spread part * depth part, where spread part =
-  1 / (1 + spread_bps / 10) (1 when locked, 0.5 at 10 bp) and depth part =
-  min(1, log1p(displayed notional) / log1p(1,000,000)) (1 from $1M shown at
-  the touch). Tight and deep scores near 1; wide or thin near 0.
-
-Trade corrections (``c``) and cancels/errors (``x``) adjust the day's VWAP,
-volume and profile. Each book remembers which trades it counted by (exchange,
-trade id), at least the most recent half of :data:`MAX_TRADES_REMEMBERED` and
-at most all of them per symbol (two generations of int sets: the current one,
-when full at half the bound, becomes the old one and the old one is dropped;
-about 60 bytes a trade, at most ~6 MB for the busiest symbol; forgotten at the
-day's split). A correction takes the
-original out (at ``op`` x ``os``, as the message says) and puts the corrected
-trade in (``cp`` x ``cs``, kept with its values, so a later cancel of it, by
-either id, takes out what was put in); a cancel (action ``C``) or error
-(``E``) takes the trade out at ``p`` x ``s``. Both are idempotent: the
-ids they removed are remembered (bounded the same way), so a repeat is counted
-(``repeats``) and changes nothing. A correction or cancel of a trade the book
-never counted (before the worker connected, another day, beyond the memory) is
-counted as ``unknown_trade`` and changes nothing.
 
 Trading status (``s``) and LULD bands (``l``) are kept per symbol
 (:class:`StatusBook`): a halt code (CTA ``2``, UTP ``H``, ``P``) makes the
@@ -45,6 +16,10 @@ kept as information and change nothing. An older status than the one held is
 ``out_of_order``.
 
 Every message is counted by kind (:data:`omni_tasks.stream.wire.KINDS`).
+
+Rooms beside this one: :mod:`~omni_tasks.stream.microstructure` (the served
+quote and its microstructure) and :mod:`~omni_tasks.stream.corrections` (trade
+corrections and cancels, and the memory of counted trades).
 """
 
 from __future__ import annotations
@@ -56,32 +31,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from omni_tasks.contracts.quotes import DAY_NS, DAY_SPLIT_NS
+from omni_tasks.stream.corrections import EXCHANGE_BITS, MAX_TRADES_REMEMBERED, TradeCorrections
+from omni_tasks.stream.microstructure import MAX_PRICE, MAX_SIZE, PROFILE_BUCKET_BP, REJECT_REASONS, SymbolBook
 from omni_tasks.stream.wire import HALT_STATUS_CODES, KINDS, QUOTING_STATUS_CODES, RESUME_STATUS_CODES
 
 log = logging.getLogger(__name__)
 
-MAX_PRICE: Final = 1e9  # finite and sane; NaN fails every comparison, inf fails this one
-MAX_SIZE: Final = 1e12
-PROFILE_BUCKET_BP: Final = 5.0
-_LOG_DEPTH_REF: Final = math.log1p(1_000_000.0)
-
-REJECT_REASONS: Final = ("crossed", "zero_size", "bad_price", "out_of_order", "malformed")
 #: Counts besides the quote rejections: what the books did with every message.
 COUNT_NAMES: Final = (
     "messages", "quotes", "served", "trades", "bars", "statuses", "lulds", "corrections", "cancels",
     "unknown_trade", "repeats", "ignored", *REJECT_REASONS,
 )  # fmt: skip
-MAX_TRADES_REMEMBERED: Final = 100_000
 _KIND_SET: Final = frozenset(KINDS)
-_EXCHANGE_BITS: Final = {chr(c): c for c in range(1, 128)}  # one-letter exchange codes; anything else: 0
 HALTED, QUOTING, TRADING = "HALTED", "QUOTING", "TRADING"
-
-
-def trade_key(trade_id: Any, exchange: Any) -> int:
-    """One int per (exchange, trade id): trade ids are unique per exchange, not across them. Raises TypeError."""
-    if type(trade_id) is not int:
-        raise TypeError("trade id")
-    return (trade_id << 7) | (_EXCHANGE_BITS.get(exchange, 0) if type(exchange) is str else 0)
 
 
 class StatusBook:
@@ -115,103 +77,8 @@ class StatusBook:
         ]  # fmt: skip
 
 
-class SymbolBook:
-    """One symbol's served quote, its rejection counts, and its trade statistics."""
-
-    __slots__ = (
-        "symbol",
-        "bid",
-        "ask",
-        "bid_size",
-        "ask_size",
-        "ts",
-        "recv",
-        "quotes",
-        "rejected",
-        "trade_day",
-        "trade_pv",
-        "trade_volume",
-        "trades",
-        "last_trade_price",
-        "last_trade_ts",
-        "profile_width",
-        "profile",
-        "bar",
-        "trade_rev",
-        "trade_ids",
-        "trade_ids_old",
-        "revised",
-        "gone_ids",
-        "gone_order",
-    )
-
-    def __init__(self, symbol: str) -> None:
-        self.symbol = symbol
-        self.bid = self.ask = self.bid_size = self.ask_size = 0.0
-        self.ts = 0  # exchange ns of the served quote; 0: none served yet
-        self.recv = 0
-        self.quotes = 0
-        self.rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
-        self.trade_day = -1
-        self.trade_pv = 0.0
-        self.trade_volume = 0.0
-        self.trades = 0
-        self.last_trade_price = 0.0
-        self.last_trade_ts = 0
-        self.profile_width = 0.0
-        self.profile: dict[int, float] = {}
-        self.bar: dict[str, Any] | None = None
-        self.trade_rev = 0  # changes whenever the day's trade statistics change (trades, corrections, cancels)
-        self.trade_ids: set[int] = set()  # the day's counted trades (trade_key): the current generation
-        self.trade_ids_old: set[int] = set()  # and the one before it
-        self.revised: dict[int, complex] = {}  # trades put in by a correction: key -> complex(price, size)
-        # Trades taken out by a correction (-> the key it became) or a cancel (-> None): a repeat is recognised,
-        # and a cancel naming a trade by its id before a correction reaches the corrected trade.
-        self.gone_ids: dict[int, int | None] = {}
-        self.gone_order: deque[int] = deque()
-
-    # --- microstructure (computed on demand)
-
-    @property
-    def has_quote(self) -> bool:
-        return self.ts > 0
-
-    @property
-    def mid(self) -> float:
-        return (self.bid + self.ask) / 2.0
-
-    @property
-    def spread_bps(self) -> float:
-        mid = self.mid
-        return (self.ask - self.bid) / mid * 10_000.0 if mid > 0 else math.inf
-
-    @property
-    def vwap(self) -> float | None:
-        return self.trade_pv / self.trade_volume if self.trade_volume > 0 else None
-
-    @property
-    def liquidity(self) -> float:
-        if not self.has_quote:
-            return 0.0
-        spread_part = 1.0 / (1.0 + self.spread_bps / 10.0)
-        notional = self.bid * self.bid_size + self.ask * self.ask_size
-        depth_part = min(1.0, math.log1p(notional) / _LOG_DEPTH_REF)
-        return spread_part * depth_part
-
-    def volume_profile(self, levels: int = 10) -> list[tuple[float, float]]:
-        """The ``levels`` fullest price buckets as (bucket low price, volume), fullest first."""
-        width = self.profile_width
-        top = sorted(self.profile.items(), key=lambda kv: (-kv[1], kv[0]))[:levels]
-        return [(round(bucket * width, 6), volume) for bucket, volume in top]
-
-    @property
-    def point_of_control(self) -> float | None:
-        profile = self.volume_profile(1)
-        return profile[0][0] if profile else None
-
-
 @dataclass
-class Books:
+class Books(TradeCorrections):
     """Every symbol's :class:`SymbolBook`, the symbols changed since the last write, and the totals."""
 
     books: dict[str, SymbolBook] = field(default_factory=dict)
@@ -352,148 +219,14 @@ class Books:
         trade_id = message.get("i")
         if type(trade_id) is int:
             exchange = message.get("x")
-            key = (trade_id << 7) | (_EXCHANGE_BITS.get(exchange, 0) if type(exchange) is str else 0)
+            key = (trade_id << 7) | (EXCHANGE_BITS.get(exchange, 0) if type(exchange) is str else 0)
             ids = book.trade_ids
             ids.add(key)
             if len(ids) >= self._generation:
                 self._rotate(book)
 
-    # --- corrections and cancels
-
     def __post_init__(self) -> None:
         self._generation = max(1, self.max_trades_remembered // 2)  # trades per generation of the trade memory
-
-    @staticmethod
-    def _rotate(book: SymbolBook) -> None:
-        """The current generation of remembered trades becomes the old one; the old one is forgotten."""
-        book.trade_ids_old, book.trade_ids = book.trade_ids, set()
-        if book.revised:
-            book.revised = {k: v for k, v in book.revised.items() if k in book.trade_ids_old}
-
-    @staticmethod
-    def _counted(book: SymbolBook, key: int) -> bool:
-        return key in book.trade_ids or key in book.trade_ids_old
-
-    def _take_out(self, book: SymbolBook, key: int, price: Any, size: Any, successor: int | None = None) -> bool:
-        """Remove a counted trade (at ``price`` x ``size``, or at its corrected values) from the day's statistics.
-        False when it is not counted; TypeError when its price and size are needed and not numbers."""
-        if not self._counted(book, key):
-            return False
-        revised = book.revised.pop(key, None)
-        if revised is not None:
-            price, size = revised.real, revised.imag
-        elif price is True or size is True or not (0.0 < price < MAX_PRICE and 0.0 < size < MAX_SIZE):
-            raise TypeError("price or size")
-        book.trade_ids.discard(key)
-        book.trade_ids_old.discard(key)
-        book.trade_pv -= price * size
-        book.trade_volume -= size
-        book.trades -= 1
-        if book.trade_volume <= 1e-9 or book.trades <= 0:  # nothing left: no float residue posing as a VWAP
-            book.trade_pv = book.trade_volume = 0.0
-        bucket = math.floor(price / book.profile_width + 1e-9)
-        left = book.profile.get(bucket, 0.0) - size
-        if left > 1e-9:
-            book.profile[bucket] = left
-        else:
-            book.profile.pop(bucket, None)
-        book.gone_ids[key] = successor
-        book.gone_order.append(key)
-        if len(book.gone_order) > self.max_trades_remembered:
-            book.gone_ids.pop(book.gone_order.popleft(), None)
-        return True
-
-    def _put_in(self, book: SymbolBook, key: int, price: float, size: float) -> None:
-        book.gone_ids.pop(key, None)
-        book.trade_pv += price * size
-        book.trade_volume += size
-        book.trades += 1
-        bucket = math.floor(price / book.profile_width + 1e-9)
-        book.profile[bucket] = book.profile.get(bucket, 0.0) + size
-        book.revised[key] = complex(price, size)
-        book.trade_ids.add(key)
-        if len(book.trade_ids) >= self._generation:
-            self._rotate(book)
-
-    def _unknown_trade(self, what: str, symbol: str, trade_id: Any) -> None:
-        self.counts["unknown_trade"] += 1
-        self._unknown_logged += 1
-        if self._unknown_logged <= 10 or self._unknown_logged % 1000 == 0:
-            log.warning(
-                "stream: %s of trade %s of %s, which the day's VWAP never counted (before this connection, another day, "
-                "or beyond the memory); nothing changed (%d so far)",
-                what, trade_id, symbol, self.counts["unknown_trade"],
-            )  # fmt: skip
-
-    def _correction(self, message: dict[str, Any]) -> None:
-        """``oi`` (``op`` x ``os``) was wrong: it is ``ci`` (``cp`` x ``cs``); size 0 takes it out."""
-        try:
-            symbol, price, size = message["S"], message["cp"], message["cs"]
-            original = trade_key(message["oi"], message.get("x"))
-            corrected = trade_key(message["ci"], message.get("x"))
-            if type(symbol) is not str or price is True or size is True or not (0.0 <= size < MAX_SIZE):
-                raise TypeError
-            if size > 0 and not (0.0 < price < MAX_PRICE):
-                raise TypeError
-        except (KeyError, TypeError):
-            self.counts["malformed"] += 1
-            return
-        self.counts["corrections"] += 1
-        self.events += 1
-        book = self.books.get(symbol)
-        if book is None or (not self._counted(book, original) and original in book.gone_ids):
-            if book is None:
-                self._unknown_trade("a correction", symbol, message.get("oi"))
-            else:
-                self.counts["repeats"] += 1
-            return
-        try:
-            taken = self._take_out(
-                book, original, message.get("op"), message.get("os"), corrected if size > 0 and corrected != original else None
-            )
-        except TypeError:
-            self.counts["malformed"] += 1
-            return
-        if not taken:
-            self._unknown_trade("a correction", symbol, message.get("oi"))
-            return
-        if size > 0:
-            self._put_in(book, corrected, float(price), float(size))
-        book.trade_rev += 1
-        self.dirty_vwap.add(symbol)
-
-    def _cancel(self, message: dict[str, Any]) -> None:
-        """Trade ``i`` was cancelled (``a`` "C") or an error (``a`` "E"): it no longer counts."""
-        try:
-            symbol, action = message["S"], message.get("a", "C")
-            key = trade_key(message["i"], message.get("x"))
-            if type(symbol) is not str or action not in ("C", "E"):
-                raise TypeError
-        except (KeyError, TypeError):
-            self.counts["malformed"] += 1
-            return
-        self.counts["cancels"] += 1
-        self.events += 1
-        book = self.books.get(symbol)
-        if book is not None:
-            successor = None if self._counted(book, key) else book.gone_ids.get(key)
-            for _ in range(16):  # a trade corrected into another id: the cancel is of what it became
-                if successor is None:
-                    break
-                key = successor
-                successor = None if self._counted(book, key) else book.gone_ids.get(key)
-        try:
-            taken = book is not None and self._take_out(book, key, message.get("p"), message.get("s"))
-        except TypeError:
-            self.counts["malformed"] += 1
-            return
-        if book is not None and taken:
-            book.trade_rev += 1
-            self.dirty_vwap.add(symbol)
-        elif book is not None and key in book.gone_ids:
-            self.counts["repeats"] += 1
-        else:
-            self._unknown_trade("a cancel" if action == "C" else "an error", symbol, message.get("i"))
 
     # --- trading status and LULD bands
 
@@ -607,15 +340,3 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     return value if type(value) is str else str(value)[:200]
-
-
-def quote_row(book: SymbolBook) -> str:
-    """The latest-quote fields in :mod:`omni_tasks.contracts.quotes`'s order, joined by ``|``
-    (bid ask bid_size ask_size ts recv mid spread_bps vwap liq; vwap empty when no trades yet)."""
-    vwap = book.vwap
-    bid, ask = book.bid, book.ask
-    mid = (bid + ask) / 2.0
-    return (
-        f"{bid!r}|{ask!r}|{book.bid_size!r}|{book.ask_size!r}|{book.ts}|{book.recv}|{round(mid, 6)!r}|"
-        f"{(ask - bid) / mid * 10_000.0:.4f}|{'' if vwap is None else f'{vwap:.6f}'}|{book.liquidity:.4f}"
-    )

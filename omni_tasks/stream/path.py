@@ -35,15 +35,16 @@ from omni_tasks.core.keys import (
     TRADING_STATE_KEY,
     TRADING_STATUS_KEY_PREFIX,
 )
-from omni_tasks.stream.book import Books, StatusBook, SymbolBook, quote_row
+from omni_tasks.stream.book import Books, StatusBook
 from omni_tasks.stream.latency import StageLatencies
+from omni_tasks.stream.microstructure import SymbolBook, quote_row
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)
 
 
 # KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then one argument per symbol:
-# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (book.quote_row). One argument
+# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (microstructure.quote_row). One argument
 # per symbol, not eleven plus a key: the client's cost is per argument. The quote keys are derived
 # from the symbols here, which standalone Redis allows (a Redis Cluster would need them declared).
 # A stored quote with a later timestamp is kept (timestamps are 19-digit ns strings: compared as
@@ -203,7 +204,7 @@ class QuotePath:
         before = books.counts["quotes"] + books.counts["trades"] + books.counts["bars"] + books.events
         try:
             controls = self.books.apply(messages, recv_wall_ns)
-        except Exception as exc:  # noqa: BLE001 - one frame the books cannot take must not stop the stream
+        except Exception as exc:  # one frame the books cannot take must not stop the stream
             self.garbage_frames += 1
             log.exception("stream: a frame the books could not apply was skipped")
             if self._on_garbage is not None:

@@ -168,7 +168,7 @@ class _SdkStream(StockDataStream):
         except websockets.WebSocketException as exc:
             self.loop_error = f"connection closed: {type(exc).__name__}: {exc}"
             raise
-        except Exception as exc:  # noqa: BLE001 - noted, then re-raised for alpaca-py's own handling (it reads on)
+        except Exception as exc:  # noted, then re-raised for alpaca-py's own handling (it reads on)
             self._feed._on_unreadable(exc)
             raise
 

@@ -155,7 +155,7 @@ class StandinServer:
             await ws.close()
             return
         key, secret = message.get("key"), message.get("secret")
-        if self.keys.get(key) != secret:
+        if (self.keys.get(key) if isinstance(key, str) else None) != secret:
             self.auth_failures += 1
             await self._send(client, [wire.control("error", code=402, msg="auth failed")])
             await ws.close()
@@ -173,7 +173,7 @@ class StandinServer:
             async for frame in ws:
                 try:
                     message = self._decode(frame)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - any frame the decoder cannot read gets the invalid-syntax error, as Alpaca answers
                     await self._send(client, [wire.control("error", code=400, msg="invalid syntax")])
                     continue
                 self.received.append(message if isinstance(message, dict) else {"raw": message})

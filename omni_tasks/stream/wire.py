@@ -25,6 +25,8 @@ from typing import Any, Final
 
 import msgpack
 
+from omni_tasks.core.errors import OmniError
+
 CONTROL_TYPES: Final = frozenset({"success", "error", "subscription"})
 #: Every message kind counted by name (Alpaca's documented ``T`` values); any other ``T`` counts as ``unknown``.
 KINDS: Final = ("q", "t", "b", "u", "d", "s", "l", "c", "x", "i", "success", "error", "subscription", "unknown")
@@ -43,7 +45,7 @@ CONNECTION_LIMIT_CODE: Final = 406
 INSUFFICIENT_SUBSCRIPTION_CODE: Final = 409
 
 
-class GarbageFrame(ValueError):
+class GarbageFrame(OmniError, ValueError):
     """A frame that is not an Alpaca message array; the text says what was wrong."""
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from omni_tasks.core.errors import ConfigError
 from omni_tasks.settings import Settings
-from omni_tasks.stream.feeds import AlpacaFeed, Feed, ReplayFeed, SyntheticFeed
-from omni_tasks.stream.worker import StreamConfig, key_fingerprint
+from omni_tasks.stream.config import StreamConfig
+from omni_tasks.stream.connlock import key_fingerprint
+from omni_tasks.stream.feeds import AlpacaFeed, Feed, SyntheticFeed
+from omni_tasks.stream.recording import ReplayFeed
 
 
 def stream_url(settings: Settings) -> str:

@@ -19,14 +19,18 @@ Visibility: the worker is not a Celery worker (a bootstep would put the quote
 loop inside Celery's consumer and its threads); it writes the same heartbeats
 as the Celery workers (kind ``stream``), so ``omni status``, ``/health`` and
 the watchdog see it, plus a status hash with its feed, counts and latencies.
+
+Rooms beside this loop: :mod:`~omni_tasks.stream.config` (what it is told and
+counts), :mod:`~omni_tasks.stream.connlock` (the connection lock),
+:mod:`~omni_tasks.stream.control` (remote control),
+:mod:`~omni_tasks.stream.liveness` (mute-socket and stale-symbol checks),
+:mod:`~omni_tasks.stream.publish` (status and heartbeat).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import random
@@ -34,73 +38,33 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from omni_tasks.core.keys import STREAM_CONNLOCK_KEY, STREAM_CONTROL_KEY, STREAM_STATUS_KEY
 from omni_tasks.pipeline import heartbeats
+from omni_tasks.stream.config import Counters, StreamConfig
+from omni_tasks.stream.connlock import ConnectionLock
+from omni_tasks.stream.control import apply_commands
 from omni_tasks.stream.feeds import (
-    CHANNELS,
     OPTIONAL_CHANNELS,
     AuthFailed,
     ConnectionLimit,
     Feed,
     FeedClosed,
     FeedExhausted,
-    Recorder,
     SubscriptionRefused,
     raise_for_error,
 )
+from omni_tasks.stream.liveness import Liveness
 from omni_tasks.stream.path import FlushResult, QuotePath
+from omni_tasks.stream.publish import StatusPublisher
+from omni_tasks.stream.recording import Recorder
 
 log = logging.getLogger(__name__)
 
 EXIT_OK: Final = 0
 EXIT_AUTH: Final = 3
 EXIT_FATAL: Final = 4
-
-_RELEASE_LOCK_LUA: Final = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-_RENEW_LOCK_LUA: Final = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-
-
-@dataclass
-class StreamConfig:
-    """What the worker needs from the settings (built by :func:`omni_tasks.stream.wiring.stream_config`)."""
-
-    name: str = "stream"
-    symbols: list[str] = field(default_factory=list)
-    channels: tuple[str, ...] = CHANNELS
-    quote_ttl_s: int = 30
-    stale_after_s: float = 10.0
-    mute_after_s: float = 15.0
-    market_hours: str = "calendar"  # calendar: checks only while XNYS is open; always: a 24-hour feed; never: no checks
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    connection_limit_cooldown_s: float = 60.0
-    stream_maxlen: int = 100_000
-    housekeeping_s: float = 0.25
-    flushes_in_flight: int = 2  # writes in flight at once (order at Redis does not matter: see _flush_loop)
-    heartbeat_s: float = 2.0
-    lock_fingerprint: str | None = None  # set for feeds that allow one connection per key
-    lock_ttl_s: float = 15.0
-
-
-@dataclass
-class Counters:
-    connects: int = 0
-    reconnects: int = 0
-    mute_reconnects: int = 0
-    connection_limit: int = 0
-    flush_errors: int = 0
-    stale_resubscribes: int = 0
-    provider_errors: int = 0
-    control_commands: int = 0
-
-
-def key_fingerprint(api_key: str) -> str:
-    """A stable, non-reversible name for an API key (the lock key must not reveal the key)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 class StreamWorker:
@@ -117,7 +81,9 @@ class StreamWorker:
         on_flush: Callable[[FlushResult, QuotePath], None] | None = None,
         on_housekeeping: Callable[[StreamWorker], Any] | None = None,
         run_for_s: float | None = None,
+        is_open: Callable[[datetime], bool] | None = None,
     ) -> None:
+        """``is_open``: whether the exchange is open at a UTC moment, for ``market_hours="calendar"`` (default: the XNYS calendar)."""
         self.config = config
         self.redis = redis
         self.sync_redis = sync_redis
@@ -126,6 +92,7 @@ class StreamWorker:
         self.on_flush = on_flush
         self.on_housekeeping = on_housekeeping
         self.run_for_s = run_for_s
+        self.is_open = is_open
         self.path = QuotePath(redis, quote_ttl_s=config.quote_ttl_s, stream_maxlen=config.stream_maxlen, on_garbage=self._garbage)
         self.subscribed: list[str] = list(dict.fromkeys(config.symbols))
         self.counters = Counters()
@@ -141,23 +108,21 @@ class StreamWorker:
         self._stop = asyncio.Event()
         self._dirty = asyncio.Event()
         self._force_close_reason = ""
-        self._stale_resubscribed: set[str] = set()
-        self._last_heartbeat = 0.0
-        self._last_profiles = 0.0
         self._open_cache: tuple[int, bool] = (-1, False)
         self._garbage_logged = 0.0
-        self._lock_token = self.instance
-        self._holds_lock = config.lock_fingerprint is None
+        self.connlock = ConnectionLock(redis, config.lock_fingerprint, token=self.instance, ttl_s=config.lock_ttl_s)
+        self.publisher = StatusPublisher(self)
+        self.liveness = Liveness(self)
 
     # --- errors
 
-    def _set_error(self, text: str) -> None:
+    def set_error(self, text: str) -> None:
         """Note the latest error and when; `omni status` shows it until data flows again, then as recovered."""
         self.last_error = text
         self.last_error_ns = time.time_ns()
         self.recovered_ns = 0
 
-    def _note_recovery(self) -> None:
+    def note_recovery(self) -> None:
         if self.last_error_ns and not self.recovered_ns and self.connected and self.path.last_data_ns > self.last_error_ns:
             self.recovered_ns = self.path.last_data_ns
 
@@ -197,7 +162,7 @@ class StreamWorker:
                 await housekeeping
             with contextlib.suppress(Exception):
                 await self._final_flush()
-            await self._release_lock()
+            await self.connlock.release()
             with contextlib.suppress(Exception):
                 heartbeats.leave(self.sync_redis, self.instance)
             if self.recorder is not None:
@@ -211,9 +176,18 @@ class StreamWorker:
             return []
         self.subscribed.extend(new)
         if self.feed is not None and self.connected:
-            await self.feed.subscribe(self._channels(new))
+            await self.feed.subscribe(self.channels_for(new))
         log.info("stream: subscribed %s (%s)", new, why)
         return new
+
+    async def remove_symbols(self, symbols: list[str], *, why: str) -> list[str]:
+        """Unsubscribe from those of the symbols subscribed (now, when connected; for good). Returns them."""
+        gone = [s for s in symbols if s in self.subscribed]
+        self.subscribed = [s for s in self.subscribed if s not in gone]
+        if gone and self.feed is not None and self.connected:
+            await self.feed.unsubscribe(self.channels_for(gone))
+        log.info("stream: unsubscribed %s by %s", gone, why)
+        return gone
 
     # --- the connection loop
 
@@ -228,7 +202,10 @@ class StreamWorker:
     async def _connection_loop(self) -> int:
         attempt = 0
         while not self._stop.is_set():
-            if not await self._acquire_lock():
+            if not await self.connlock.acquire():
+                if self.connlock.other_holder:
+                    self.set_error(f"another stream worker ({self.connlock.other_holder}) holds this API key's only connection")
+                    log.warning("stream: %s; waiting", self.last_error)
                 await self._sleep(min(5.0, self.config.lock_ttl_s / 3))
                 continue
             feed = self.feed_factory()
@@ -240,14 +217,14 @@ class StreamWorker:
                 self.counters.connects += 1
                 if self.counters.connects > 1:
                     self.counters.reconnects += 1
-                await feed.subscribe(self._channels(self.subscribed))
+                await feed.subscribe(self.channels_for(self.subscribed))
                 self.connected = True
                 self.connected_at_ns = time.time_ns()
-                self._stale_resubscribed.clear()
+                self.liveness.stale_resubscribed.clear()
                 log.info("stream connected to %s, subscribed to %d symbols", feed.name, len(self.subscribed))
                 await self._receive(feed)
             except SubscriptionRefused as exc:
-                self._set_error(str(exc))
+                self.set_error(str(exc))
                 log.error(
                     "stream: the provider refused the subscription (%s): the account's data plan does not include this feed; "
                     "stopping. Check OMNI_ALPACA_FEED (iex is free; sip needs a subscription)%s.",
@@ -259,7 +236,7 @@ class StreamWorker:
                 self.exit_reason = f"subscription refused: {exc}"
                 return EXIT_AUTH
             except AuthFailed as exc:
-                self._set_error(str(exc))
+                self.set_error(str(exc))
                 log.error(
                     "stream: the provider refused the credentials (%s); stopping. Check OMNI_ALPACA_API_KEY and OMNI_ALPACA_SECRET_KEY.",
                     exc,
@@ -268,7 +245,7 @@ class StreamWorker:
                 return EXIT_AUTH
             except ConnectionLimit as exc:
                 self.counters.connection_limit += 1
-                self._set_error(str(exc))
+                self.set_error(str(exc))
                 cooldown = self.config.connection_limit_cooldown_s * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
                 log.warning(
                     "stream: %s: another connection holds this key's only slot; cooling down %.0f s before trying again", exc, cooldown
@@ -283,9 +260,9 @@ class StreamWorker:
                 return EXIT_OK
             except FeedClosed as exc:
                 if not self._stop.is_set():  # closed because we are stopping: not an error
-                    self._set_error(self._force_close_reason or str(exc))
-            except Exception as exc:  # noqa: BLE001 - a bug or a surprise from a client library: reconnect, loudly
-                self._set_error(f"{type(exc).__name__}: {exc}")
+                    self.set_error(self._force_close_reason or str(exc))
+            except Exception as exc:  # a bug or a surprise from a client library: reconnect, loudly
+                self.set_error(f"{type(exc).__name__}: {exc}")
                 log.exception("stream: unexpected error on the %s connection; reconnecting", feed.name)
             finally:
                 self.connected = False
@@ -342,15 +319,15 @@ class StreamWorker:
                 code = message.get("code")
                 if code in (401, 402, 404, 406, 409):
                     raise_for_error(message)
-                self._set_error(f"{message.get('msg')} (code {code})")
+                self.set_error(f"{message.get('msg')} (code {code})")
                 log.error("stream: provider error %s", self.last_error)
             elif kind == "subscription":
                 log.info("stream: subscription now %s", {k: len(v) for k, v in message.items() if isinstance(v, list)})
 
-    def _channels(self, symbols: list[str]) -> dict[str, list[str]]:
+    def channels_for(self, symbols: list[str]) -> dict[str, list[str]]:
         return {channel: list(symbols) for channel in self.config.channels}
 
-    def _close_feed_soon(self, reason: str) -> None:
+    def close_feed_soon(self, reason: str) -> None:
         self._force_close_reason = self._force_close_reason or reason
         feed = self.feed
         if feed is not None:
@@ -419,7 +396,7 @@ class StreamWorker:
     async def _final_flush(self) -> None:
         if self.path.dirty or self.path.books.dirty:
             await self.path.flush()
-        await self._publish(force=True)
+        await self.publisher.publish(force=True)
 
     # --- housekeeping
 
@@ -434,12 +411,13 @@ class StreamWorker:
             await self._sleep(self.config.housekeeping_s)
 
     async def _housekeeping(self) -> None:
-        await self._control()
-        await self._renew_lock()
-        self._mute_check()
+        await apply_commands(self)
+        if not await self.connlock.renew():
+            self.close_feed_soon("lost the connection lock")
+        self.liveness.check()
         if self.recorder is not None:
             self.recorder.flush()
-        await self._publish()
+        await self.publisher.publish()
         if self.on_housekeeping is not None:
             outcome = self.on_housekeeping(self)
             if asyncio.iscoroutine(outcome):
@@ -451,170 +429,13 @@ class StreamWorker:
         now = now or datetime.now(tz=UTC)
         minute = int(now.timestamp() // 60)
         if self._open_cache[0] != minute:
-            from omni_tasks.marketdata import calendar  # exchange_calendars: loaded only by feeds that keep hours
+            is_open = self.is_open
+            if is_open is None:
+                from omni_tasks.marketdata import calendar  # exchange_calendars: loaded only by feeds that keep hours
 
-            self._open_cache = (minute, calendar.is_open(now))
+                is_open = calendar.is_open
+            self._open_cache = (minute, is_open(now))
         return self._open_cache[1]
-
-    def _mute_check(self) -> None:
-        if not self.connected or not self.market_open():
-            return
-        now = time.time_ns()
-        last = max(self.path.last_data_ns, self.connected_at_ns)
-        silent_s = (now - last) / 1e9
-        if silent_s > self.config.mute_after_s:
-            self.counters.mute_reconnects += 1
-            self._close_feed_soon(f"mute socket: connected but no market data for {silent_s:.1f} s while the market is open")
-            return
-        if silent_s < self.config.stale_after_s and (now - self.connected_at_ns) / 1e9 < self.config.stale_after_s:
-            return  # connected too recently for any symbol to be called stale
-        stale = self.path.stale_symbols(self.subscribed, now, self.config.stale_after_s)
-        fresh_since_connect = [s for s in stale if s not in self._stale_resubscribed]
-        if fresh_since_connect and len(stale) < len(self.subscribed) and self.feed is not None:
-            self._stale_resubscribed.update(fresh_since_connect)
-            self.counters.stale_resubscribes += 1
-            feed = self.feed
-            channels = self._channels(fresh_since_connect)
-
-            async def resubscribe() -> None:
-                with contextlib.suppress(Exception):
-                    await feed.unsubscribe(channels)
-                    await feed.subscribe(channels)
-
-            asyncio.get_running_loop().create_task(resubscribe())
-
-    async def _control(self) -> None:
-        key = STREAM_CONTROL_KEY.format(name=self.config.name)
-        raw = await self.redis.lpop(key, 20)
-        for item in raw or []:
-            self.counters.control_commands += 1
-            try:
-                command = json.loads(item)
-                cmd = command["cmd"]
-            except (ValueError, KeyError, TypeError):
-                self._set_error(f"unreadable control command {item!r:.80}")
-                log.error("stream: %s", self.last_error)
-                continue
-            symbols = [s for s in command.get("symbols", []) if isinstance(s, str)]
-            if cmd == "subscribe":
-                await self.add_symbols(symbols, why="remote control")
-            elif cmd == "unsubscribe":
-                gone = [s for s in symbols if s in self.subscribed]
-                self.subscribed = [s for s in self.subscribed if s not in gone]
-                if gone and self.feed is not None and self.connected:
-                    await self.feed.unsubscribe(self._channels(gone))
-                log.info("stream: unsubscribed %s by remote control", gone)
-            elif cmd == "stop":
-                self.stop(f"stop by remote control ({command.get('by', 'unknown')})")
-            else:
-                self._set_error(f"unknown control command {cmd!r}")
-                log.error("stream: %s", self.last_error)
-
-    # --- the one-connection-per-key lock
-
-    def _lock_key(self) -> str:
-        return STREAM_CONNLOCK_KEY.format(fingerprint=self.config.lock_fingerprint)
-
-    async def _acquire_lock(self) -> bool:
-        if self.config.lock_fingerprint is None:
-            return True
-        ttl_ms = int(self.config.lock_ttl_s * 1000)
-        try:
-            if await self.redis.set(self._lock_key(), self._lock_token, nx=True, px=ttl_ms):
-                self._holds_lock = True
-                return True
-            holder = await self.redis.get(self._lock_key())
-        except Exception as exc:  # noqa: BLE001 - without Redis the lock cannot be proven free: do not connect
-            log.warning("stream: cannot take the connection lock (%s); waiting", exc)
-            return False
-        holder_text = holder.decode() if isinstance(holder, bytes) else holder
-        if holder_text == self._lock_token:
-            self._holds_lock = True
-            return True
-        self._set_error(f"another stream worker ({holder_text}) holds this API key's only connection")
-        log.warning("stream: %s; waiting", self.last_error)
-        return False
-
-    async def _renew_lock(self) -> None:
-        if self.config.lock_fingerprint is None or not self._holds_lock:
-            return
-        ttl_ms = int(self.config.lock_ttl_s * 1000)
-        renewed = await self.redis.eval(_RENEW_LOCK_LUA, 1, self._lock_key(), self._lock_token, ttl_ms)
-        if not renewed:
-            self._holds_lock = False
-            log.error("stream: lost the connection lock for this API key; disconnecting")
-            self._close_feed_soon("lost the connection lock")
-
-    async def _release_lock(self) -> None:
-        if self.config.lock_fingerprint is None:
-            return
-        with contextlib.suppress(Exception):
-            await self.redis.eval(_RELEASE_LOCK_LUA, 1, self._lock_key(), self._lock_token)
-        self._holds_lock = False
-
-    # --- status, heartbeat, latency
-
-    def status(self) -> dict[str, Any]:
-        now = time.time_ns()
-        counts = self.path.books.counts
-        return {
-            "worker": self.instance,
-            "name": self.config.name,
-            "feed": self.feed.name if self.feed is not None else "",
-            "connected": int(self.connected),
-            "trading_state": self.path.trading_state,
-            "symbols": json.dumps(self.subscribed),
-            "stale_symbols": json.dumps(
-                self.path.stale_symbols(self.subscribed, now, self.config.stale_after_s) if self.market_open() else []
-            ),
-            "market_open": int(self.market_open()),
-            "last_msg_ns": self.path.last_msg_ns,
-            "last_quote_ns": self.path.last_data_ns,
-            "frames": self.path.frames,
-            "flushes": self.path.flushes,
-            "garbage_frames": self.path.garbage_frames,
-            "counts": json.dumps(counts),
-            "kinds": json.dumps(self.path.books.kinds),
-            "channels": json.dumps(list(self.config.channels)),
-            "counters": json.dumps(self.counters.__dict__),
-            "last_error": self.last_error,
-            "last_error_ns": self.last_error_ns,
-            "recovered_ns": self.recovered_ns,
-            "updated_ns": now,
-        }
-
-    async def _publish(self, *, force: bool = False) -> None:
-        self._note_recovery()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(STREAM_STATUS_KEY, mapping=self.status())
-        pipe.expire(STREAM_STATUS_KEY, 300)
-        self.path.latency.publish(pipe)
-        now = time.time()
-        if force or now - self._last_profiles >= 1.0:
-            self._last_profiles = now
-            self.path.queue_profiles(pipe)
-        await pipe.execute()
-        if force or now - self._last_heartbeat >= self.config.heartbeat_s:
-            self._last_heartbeat = now
-            latency = self.path.latency.summary()
-            info = heartbeats.WorkerInfo(
-                instance=self.instance,
-                hostname=self.instance,
-                kind="stream",
-                queues=[],
-                pid=os.getpid(),
-                started_at=self.started_at,
-                last_seen=now,
-                processed=self.path.books.counts["quotes"],
-                extra={
-                    "feed": self.feed.name if self.feed is not None else "",
-                    "connected": self.connected,
-                    "symbols": len(self.subscribed),
-                    "process_p99_us": latency["process"]["p99_ns"] / 1000,
-                    "e2e_p99_us": latency["e2e"]["p99_ns"] / 1000,
-                },
-            )
-            heartbeats.beat(self.sync_redis, info)  # a blocking ~0.3 ms every few seconds: cheaper than a thread
 
     def _garbage(self, reason: str) -> None:
         now = time.monotonic()

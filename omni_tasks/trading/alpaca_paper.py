@@ -62,6 +62,7 @@ from omni_tasks.contracts.venue import (
     check_order_request,
 )
 from omni_tasks.core.errors import ConfigError
+from omni_tasks.core.http import use_timeout_session
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import BrokerAccount
 
@@ -100,26 +101,12 @@ STATUS_MAP: Final[Mapping[str, str]] = {
 # ---- the client --------------------------------------------------------------------------------
 
 
-class _TimeoutSession(requests.Session):
-    """A requests session whose calls time out after ``timeout_s`` unless told otherwise."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self.timeout_s = timeout_s
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]  # same call, one default added
-        kwargs.setdefault("timeout", self.timeout_s)
-        return super().request(method, url, *args, **kwargs)
-
-
 class _Client(TradingClient):
     """alpaca-py's trading client (paper, raw JSON) without its internal retry loop, with a request timeout."""
 
     def __init__(self, api_key: str, secret_key: str, *, trading_url: str, timeout_s: float) -> None:
         super().__init__(api_key=api_key, secret_key=secret_key, paper=True, raw_data=True, url_override=trading_url.rstrip("/"))
-        # alpaca-py exposes no switch for these; RESTClient reads both attributes on every call.
-        self._retry = 0
-        self._session = _TimeoutSession(timeout_s)
+        use_timeout_session(self, timeout_s)
 
 
 # ---- wire mappings -----------------------------------------------------------------------------
@@ -388,7 +375,7 @@ class AlpacaPaperVenue:
         except OrderBlocked:
             _log.warning("order blocked by the guard", broker=NAME, client_order_id=request.client_order_id)
             raise
-        except Exception as exc:  # noqa: BLE001 - a guard that cannot decide must block, whatever broke
+        except Exception as exc:  # a guard that cannot decide must block, whatever broke
             raise OrderBlocked(f"the order guard failed ({type(exc).__name__}: {exc}): blocked") from exc
 
     def cancel_all(self) -> list[str]:

@@ -89,7 +89,7 @@ def accept_order(
         raise
     try:
         send(message_kwargs(request, deadline))
-    except Exception as exc:  # noqa: BLE001 - whatever stopped the send, the order is not queued and must be finalised
+    except Exception as exc:  # whatever stopped the send, the order is not queued and must be finalised
         reason = f"could not be queued: the broker failed ({_short(exc)})"
         status = _finalise(sessions, request.client_order_id, reason, clock())
         if status == "rejected":

@@ -482,7 +482,7 @@ class SimulatedVenue:
                 self._guard(request)
         except OrderBlocked:
             raise
-        except Exception as exc:  # noqa: BLE001 - a guard that cannot decide must block, whatever broke
+        except Exception as exc:  # a guard that cannot decide must block, whatever broke
             raise OrderBlocked(f"the order guard failed ({type(exc).__name__}: {exc}): blocked") from exc
 
     def _record(

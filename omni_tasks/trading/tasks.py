@@ -19,7 +19,7 @@ from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.killswitch import order_guard
+from omni_tasks.safety.order_guard import order_guard
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.trading.expiry import EXPIRED, deadline_of, retry_delay_s
 from omni_tasks.trading.orders import DATABASE_BREAKER, OrderSubmitter, broker_breaker_name, parse_order

@@ -18,7 +18,7 @@ def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
     """The configured broker: ``simulated`` (ledger in the runtime's database, quotes from its Redis) or ``alpaca_paper``.
 
     ``guard`` runs right before each order is accepted; by default it is the kill switch's
-    :func:`~omni_tasks.safety.killswitch.order_guard`, so no broker this process builds sends an
+    :func:`~omni_tasks.safety.order_guard.order_guard`, so no broker this process builds sends an
     order while trading is HALTED (or its state cannot be read), and the simulated broker does not
     fill a resting order then either: the kill switch's own reads (``open_orders`` for its snapshot
     and its confirmation) never fill anything after it engaged. ``cancel_all`` and ``close_all``
@@ -26,7 +26,7 @@ def make_venue(runtime: Runtime, *, guard: Guard | None = None) -> Venue:
     """
     settings = runtime.settings
     if guard is None:
-        from omni_tasks.safety.killswitch import order_guard
+        from omni_tasks.safety.order_guard import order_guard
 
         guard = order_guard(runtime.redis, runtime.sessions)
     choice = settings.trading.broker

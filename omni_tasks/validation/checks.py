@@ -277,17 +277,17 @@ class BarChecks(BarFrame):
     vwap: Series[float] = pa.Field(nullable=True, gt=0, lt=math.inf)
 
     @pa.dataframe_check(element_wise=False)
-    def one_bar_per_symbol_and_ts(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805 - pandera's classmethod-style checks
+    def one_bar_per_symbol_and_ts(cls, df: pd.DataFrame) -> Series[bool]:  # pandera's classmethod-style checks
         return ~df.duplicated(["symbol", "ts"], keep="first")
 
     @pa.dataframe_check(element_wise=False)
-    def ts_increasing_per_symbol(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805
+    def ts_increasing_per_symbol(cls, df: pd.DataFrame) -> Series[bool]:
         unknown = df["symbol"].isna() | df["ts"].isna()
         running_max = df["ts"].where(~unknown).groupby(df["symbol"].where(~unknown, ""), sort=False).cummax()
         return unknown | (df["ts"] >= running_max) | df.duplicated(["symbol", "ts"], keep="first")
 
     @pa.dataframe_check(element_wise=False)
-    def inside_session(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805
+    def inside_session(cls, df: pd.DataFrame) -> Series[bool]:
         ok = pd.Series(True, index=df.index)
         ts = pd.Series(df["ts"])
         if not isinstance(ts.dtype, pd.DatetimeTZDtype):
@@ -316,11 +316,11 @@ class QuoteChecks(pa.DataFrameModel):
     source: Series[str]
 
     @pa.dataframe_check(element_wise=False)
-    def not_crossed(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805
+    def not_crossed(cls, df: pd.DataFrame) -> Series[bool]:
         return ~(df["bid"] > df["ask"])
 
     @pa.dataframe_check(element_wise=False, raise_warning=True)
-    def not_locked(cls, df: pd.DataFrame) -> Series[bool]:  # noqa: N805
+    def not_locked(cls, df: pd.DataFrame) -> Series[bool]:
         return ~(df["bid"] == df["ask"])
 
     class Config:

@@ -16,7 +16,7 @@ closes early); a daily bar is labelled by its session date at 00:00 UTC.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, time
 from functools import lru_cache
 from typing import Final
 
@@ -256,8 +256,8 @@ class Window:
         return int(regular[0]), int(regular[-1]) + step, len(regular)
 
 
-def _regular_hours(dates: pd.DatetimeIndex, at: object, tz: str) -> np.ndarray:
-    wall = dates + pd.Timedelta(hours=at.hour, minutes=at.minute)  # type: ignore[attr-defined]
+def _regular_hours(dates: pd.DatetimeIndex, at: time, tz: str) -> np.ndarray:
+    wall = dates + pd.Timedelta(hours=at.hour, minutes=at.minute)
     return wall.tz_localize(tz).tz_convert("UTC").as_unit("ns").asi8
 
 

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -74,7 +74,7 @@ def _item_of(payload: dict[str, Any]) -> tuple[str, int] | None:
     task = headers.get("task")
     if task != PARTITION_TASK and task not in SCAN_TASKS:
         return None
-    body = payload.get("body")
+    body: Any = payload.get("body")  # kombu's wire body: str, or base64 text decoded to bytes below
     if (payload.get("properties") or {}).get("body_encoding") == "base64" and isinstance(body, str):
         body = base64.b64decode(body)
     args, kwargs, _ = json.loads(body)
@@ -144,7 +144,7 @@ def reconcile(
     deliveries: Callable[[], Deliveries] | None,
     stuck_after_s: float,
     max_requeues: int,
-    requeue: Callable[[int], None],
+    requeue: Callable[[int], object],
     job_finished: Callable[[int], None],
     redelivered: int = 0,
     now: float | None = None,
@@ -187,7 +187,7 @@ def _reconcile_items(
     deliveries: Callable[[], Deliveries],
     stuck_after_s: float,
     max_requeues: int,
-    requeue: Callable[[int], None],
+    requeue: Callable[[int], object],
     job_finished: Callable[[int], None],
     now: float,
     summary: ReconcileSummary,
@@ -246,7 +246,7 @@ def _act_on_partition(
     partition_id: int,
     silent_s: float,
     max_requeues: int,
-    requeue: Callable[[int], None],
+    requeue: Callable[[int], object],
     job_finished: Callable[[int], None],
     now: float,
     summary: ReconcileSummary,
@@ -299,7 +299,7 @@ def read_view(client: redis.Redis, now: float | None = None) -> dict[str, Any]:
     raw_last = client.get(LEDGER_LAST_KEY)
     last = json.loads(raw_last) if raw_last else None
     hour: dict[str, int] = {"requeued": 0, "failed": 0, "redelivered": 0, "rolled_up": 0}
-    for member in client.zrangebyscore(LEDGER_EVENTS_KEY, now - EVENTS_KEEP_S, "+inf"):
+    for member in cast(list[bytes | str], client.zrangebyscore(LEDGER_EVENTS_KEY, now - EVENTS_KEEP_S, "+inf")):  # members only, no scores
         event = json.loads(member)
         hour[event["kind"]] = hour.get(event["kind"], 0) + int(event["n"])
     oldest = max((now - since for since in suspects.values()), default=0.0)

@@ -24,47 +24,31 @@ The watchdog never releases anything: it engages (``actor="watchdog:<rule>"``),
 trips a breaker automatically (reporting failures until it opens, so its own
 cooldown and half-open trial decide when it closes again), or alerts.
 
-Inputs are gathered by :func:`gather` (Redis, the database, the exchange calendar)
-into one :class:`Observations`; the rules themselves are pure functions of it,
-and :func:`advance` is the pure N-consecutive logic.
+This module is the rules themselves: pure functions of one :class:`Observations`
+(no I/O), each returning a :class:`Finding` or None, or raising :class:`NotEvaluated`.
+The rest of the watchdog's rooms:
+
+* :mod:`omni_tasks.watchdog.gathering`: reads Redis, the database and the exchange
+  calendar into one :class:`Observations`;
+* :mod:`omni_tasks.watchdog.streaks`: the N-consecutive logic (:func:`~omni_tasks.watchdog.streaks.advance`,
+  pure) and its counts in Redis;
+* :mod:`omni_tasks.watchdog.actions`: engaging the kill switch, tripping a breaker, alerting;
+* :mod:`omni_tasks.watchdog.evaluation`: one evaluation, from gathering to firing.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
-import redis as redis_lib
 import structlog
-from sqlalchemy import func, select
 
 from omni_tasks.core import budgets
-from omni_tasks.core.keys import (
-    BREAKER_KEY,
-    RISK_LATEST_KEY,
-    STREAM_STATUS_KEY,
-    WATCHDOG_EVALUATION_LOCK_KEY,
-    WATCHDOG_FIRED_KEY,
-    WATCHDOG_FIRST_EVALUATION_KEY,
-    WATCHDOG_LAST_FINDINGS_KEY,
-    WATCHDOG_LATENCY_SEEN_KEY,
-    WATCHDOG_STREAK_KEY,
-)
-from omni_tasks.ops import alerts
-from omni_tasks.ops import prometheus as metrics
 from omni_tasks.settings import WATCHDOG_RULES, Settings
-from omni_tasks.storage.models import TaskRun
 
 _log = structlog.get_logger("omni.watchdog")
-
-#: Written by the stream worker (omni_tasks.core.keys.STREAM_STATUS_KEY); expires 300 s after its last write.
-FAILED_STATES: Final = ("FAILURE", "DEAD_LETTER")
 
 ActionKind = Literal["trip_breaker", "engage_kill", "alert"]
 
@@ -122,7 +106,7 @@ class Observations:
     errors: dict[str, str] = field(default_factory=dict)
 
 
-class NotEvaluated(Exception):  # noqa: N818 - reads as the outcome it reports
+class NotEvaluated(Exception):  # reads as the outcome it reports
     """A rule's inputs could not be read: its streak is left as it was."""
 
 
@@ -292,367 +276,8 @@ def evaluate(obs: Observations, settings: Settings) -> Evaluation:
     return Evaluation(frozenset(evaluated), findings, skipped)
 
 
-# ---- N consecutive evaluations (pure) ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Streaks:
-    """Per rule: consecutive breaching evaluations, and whether its action already fired in this streak."""
-
-    counts: dict[str, int]
-    fired: frozenset[str]
-
-
-def advance(before: Streaks, evaluation: Evaluation, n: int) -> tuple[Streaks, list[str]]:
-    """The streaks after ``evaluation``, and the rules whose action is due now.
-
-    A breaching rule's count grows by one; a clean rule's count and fired mark are
-    cleared; a rule not evaluated keeps both. An action is due when the count has
-    reached ``n`` and has not fired in this streak.
-    """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    counts = dict(before.counts)
-    fired = set(before.fired)
-    for rule in evaluation.evaluated:
-        if rule in evaluation.findings:
-            counts[rule] = counts.get(rule, 0) + 1
-        else:
-            counts.pop(rule, None)
-            fired.discard(rule)
-    due = [rule for rule in RULES if rule in evaluation.findings and counts.get(rule, 0) >= n and rule not in fired]
-    return Streaks(counts, frozenset(fired)), due
-
-
-# ---- Redis state -----------------------------------------------------------------------------------------
-
-
-def load_streaks(client: redis_lib.Redis) -> Streaks:
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(WATCHDOG_STREAK_KEY)
-    pipe.hkeys(WATCHDOG_FIRED_KEY)
-    raw_counts, raw_fired = pipe.execute()
-    counts = {_text(k): int(v) for k, v in raw_counts.items()}
-    return Streaks(counts, frozenset(_text(k) for k in raw_fired))
-
-
-def save_streaks(client: redis_lib.Redis, before: Streaks, after: Streaks) -> None:
-    """Write what changed (one round trip)."""
-    pipe = client.pipeline(transaction=True)
-    for rule in set(before.counts) - set(after.counts):
-        pipe.hdel(WATCHDOG_STREAK_KEY, rule)
-    for rule, count in after.counts.items():
-        if before.counts.get(rule) != count:
-            pipe.hset(WATCHDOG_STREAK_KEY, rule, count)
-    for rule in before.fired - after.fired:
-        pipe.hdel(WATCHDOG_FIRED_KEY, rule)
-    pipe.execute()
-
-
-def mark_fired(client: redis_lib.Redis, rule: str, at: float) -> None:
-    client.hset(WATCHDOG_FIRED_KEY, rule, repr(at))
-
-
-# ---- gathering the inputs -----------------------------------------------------------------------------
-
-
-class RuntimeLike(Protocol):
-    settings: Settings
-
-    @property
-    def redis(self) -> redis_lib.Redis: ...
-
-    @property
-    def sessions(self) -> Any: ...
-
-
-def gather(
-    runtime: RuntimeLike,
-    *,
-    queue_depths: Mapping[str, int] | None,
-    now: float | None = None,
-    market_open: Callable[[datetime], bool] | None = None,
-    database_ok: bool = True,
-) -> Observations:
-    """Read every rule's inputs; a failure to read one leaves its field None (and says why in ``errors``).
-
-    ``queue_depths`` come from the monitor's snapshot (None: it could not be taken).
-    ``database_ok`` is the database breaker's verdict for this evaluation: False skips the database reads.
-    """
-    settings = runtime.settings
-    client = runtime.redis
-    now = time.time() if now is None else now
-    errors: dict[str, str] = {}
-    # When this watchdog (any of them, across restarts) first evaluated: the start-up grace for missing workers.
-    client.set(WATCHDOG_FIRST_EVALUATION_KEY, repr(now), nx=True)
-    first = float(_text(client.get(WATCHDOG_FIRST_EVALUATION_KEY)) or now)
-
-    is_open: bool | None = None
-    try:
-        if market_open is None:
-            from omni_tasks.marketdata.calendar import is_open as calendar_is_open
-
-            market_open = calendar_is_open
-        is_open = bool(market_open(datetime.fromtimestamp(now, tz=UTC)))
-    except Exception as exc:  # noqa: BLE001 - the calendar may not cover the date
-        errors["stream"] = f"market hours unknown: {type(exc).__name__}: {exc}"
-
-    risk: dict[str, Any] | None = None
-    risk_read = False
-    try:
-        from omni_tasks.risk.snapshot import latest_snapshot
-
-        risk = latest_snapshot(runtime) if database_ok else _risk_from_redis(client)
-        risk_read = risk is not None or database_ok
-        if not risk_read:
-            errors["risk"] = "database breaker open and no snapshot in Redis"
-    except Exception as exc:  # noqa: BLE001 - reported; the rule is not evaluated
-        errors["risk"] = f"risk snapshot unreadable: {type(exc).__name__}: {str(exc)[:200]}"
-
-    stream_status: dict[str, str] | None
-    try:
-        stream_status = {_text(k): _text(v) for k, v in client.hgetall(STREAM_STATUS_KEY).items()}
-    except redis_lib.RedisError as exc:
-        stream_status = None
-        errors["stream"] = f"stream status unreadable: {exc}"
-
-    provider_breakers: dict[str, str] | None
-    try:
-        provider_breakers = _provider_states(client, settings.providers.order)
-    except redis_lib.RedisError as exc:
-        provider_breakers = None
-        errors["breakers"] = f"breakers unreadable: {exc}"
-
-    failed: int | None = None
-    if database_ok:
-        try:
-            since = datetime.fromtimestamp(now, tz=UTC) - timedelta(seconds=60)
-            with runtime.sessions() as session:
-                failed = int(
-                    session.execute(
-                        select(func.count()).select_from(TaskRun).where(TaskRun.state.in_(FAILED_STATES), TaskRun.finished_at >= since)
-                    ).scalar_one()
-                )
-        except Exception as exc:  # noqa: BLE001 - reported; the rule is not evaluated
-            errors["task_runs"] = f"task-run ledger unreadable: {type(exc).__name__}: {str(exc)[:200]}"
-    else:
-        errors["task_runs"] = "database breaker open"
-
-    workers: dict[str, int] | None
-    try:
-        from omni_tasks.pipeline import heartbeats
-
-        workers = {}
-        for info in heartbeats.alive(client, settings.watchdog.heartbeat_stale_s, now=now):
-            workers[info.kind] = workers.get(info.kind, 0) + 1
-    except redis_lib.RedisError as exc:
-        workers = None
-        errors["workers"] = f"heartbeats unreadable: {exc}"
-
-    latency: dict[str, int] | None
-    try:
-        latency = _latency_since_last(client)
-    except redis_lib.RedisError as exc:
-        latency = None
-        errors["latency"] = f"latency counters unreadable: {exc}"
-
-    return Observations(
-        now=now,
-        first_evaluation=first,
-        market_open=is_open,
-        risk=risk,
-        risk_read=risk_read,
-        stream_status=stream_status,
-        provider_breakers=provider_breakers,
-        failed_runs_last_min=failed,
-        workers_alive=workers,
-        queue_depths=None if queue_depths is None else dict(queue_depths),
-        latency_new=latency,
-        errors=errors,
-    )
-
-
-def _risk_from_redis(client: redis_lib.Redis) -> dict[str, Any] | None:
-
-    raw = client.get(RISK_LATEST_KEY)
-    return json.loads(raw) if raw else None
-
-
-def _provider_states(client: redis_lib.Redis, providers: Iterable[str]) -> dict[str, str]:
-    """Each configured provider's breaker as it acts now: a forced state wins over the automatic one."""
-    names = [f"provider:{p}" for p in providers]
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.hmget(BREAKER_KEY.format(name=name), "state", "forced")
-    out: dict[str, str] = {}
-    for name, (state, forced) in zip(names, pipe.execute(), strict=True):
-        out[name] = _text(forced) or _text(state) or "closed"
-    return out
-
-
-def _latency_since_last(client: redis_lib.Redis) -> dict[str, int]:
-    """Violations per budget since the previous evaluation (the counters only grow; the last values are kept in Redis)."""
-    current = budgets.read_violations(client)
-    previous = {_text(k): int(v) for k, v in client.hgetall(WATCHDOG_LATENCY_SEEN_KEY).items()}
-    client.hset(WATCHDOG_LATENCY_SEEN_KEY, mapping={k: v for k, v in current.items()})
-    # A first evaluation (nothing seen yet) counts nothing: old violations are history, not news.
-    return {name: max(0, count - previous[name]) for name, count in current.items() if name in previous}
-
-
-# ---- acting ------------------------------------------------------------------------------------------
-
-
-class Actuator(Protocol):
-    """How actions reach the world; raising means "not done" (tried again at the next breaching evaluation)."""
-
-    def trip_breaker(self, name: str, finding: Finding) -> None: ...
-
-    def engage_kill(self, finding: Finding) -> None: ...
-
-    def alert(self, finding: Finding) -> None: ...
-
-
-class LiveActuator:
-    """The real actions: the kill switch's :func:`~omni_tasks.safety.engage.engage`, the shared breakers, the webhook."""
-
-    def __init__(
-        self, runtime: RuntimeLike, *, purge: Callable[[], int] | None, venue_factory: Callable[[Any], Any] | None = None
-    ) -> None:
-        self._runtime = runtime
-        self._purge = purge
-        self._venue_factory = venue_factory
-
-    def engage_kill(self, finding: Finding) -> None:
-        from omni_tasks.safety.engage import engage
-
-        broker = None
-        try:
-            if self._venue_factory is not None:
-                broker = self._venue_factory(self._runtime)
-            else:
-                from omni_tasks.trading.wiring import make_venue
-
-                broker = make_venue(self._runtime)  # type: ignore[arg-type]  # the process runtime
-        except Exception:  # noqa: BLE001 - engage still halts; its result says the orders were not cancelled
-            _log.error("no broker for the kill switch (open orders cannot be cancelled)", exc_info=True)
-        result = engage(
-            self._runtime,  # type: ignore[arg-type]  # RuntimeLike of engage is the same shape
-            actor=f"watchdog:{finding.rule}",
-            reason=finding.message,
-            broker=broker,
-            purge=self._purge,
-        )
-        if not result.durable:
-            raise RuntimeError(f"kill switch not durable: {result.errors}")
-
-    def trip_breaker(self, name: str, finding: Finding) -> None:
-        from omni_tasks.safety.breaker import CircuitBreaker
-        from omni_tasks.safety.reporting import audit_transitions
-
-        runtime = self._runtime
-        breaker = CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, settings=runtime.settings, actor=f"watchdog:{finding.rule}", client=runtime.redis))
-        # Automatic, not forced: report failures through the breaker's own call path until it opens
-        # (a half-open breaker needs its trial slot to count one); its cooldown and trial close it again.
-        for _ in range(breaker.policy.failure_threshold + 1):
-            if breaker.state()["automatic"] == "open":
-                return
-            decision = breaker.allow()
-            breaker.record(False, trial=decision.trial)
-        if breaker.state()["automatic"] != "open":
-            raise RuntimeError(f"breaker {name} did not open")
-
-    def alert(self, finding: Finding) -> None:
-        alerts.emit(
-            {
-                "kind": f"watchdog.{finding.rule}",
-                "severity": finding.severity,
-                "message": finding.message,
-                "value": finding.value if math.isfinite(finding.value) else "none",
-                "limit": finding.limit,
-            },
-            settings=self._runtime.settings,
-        )
-
-
-def run_rules(
-    runtime: RuntimeLike,
-    *,
-    actuator: Actuator,
-    queue_depths: Mapping[str, int] | None,
-    now: float | None = None,
-    market_open: Callable[[datetime], bool] | None = None,
-    database_ok: bool = True,
-) -> dict[str, Any]:
-    """One evaluation: gather, evaluate, advance the streaks (in Redis), fire what is due. Returns a summary.
-
-    One evaluation at a time across every watchdog worker (a Redis lock); a
-    second one meanwhile returns ``{"skipped": ...}`` and counts nothing.
-    """
-    client = runtime.redis
-    settings = runtime.settings
-    token = uuid.uuid4().hex
-    if not client.set(WATCHDOG_EVALUATION_LOCK_KEY, token, nx=True, px=30_000):
-        return {"skipped": "another evaluation is running"}
-    try:
-        obs = gather(runtime, queue_depths=queue_depths, now=now, market_open=market_open, database_ok=database_ok)
-        evaluation = evaluate(obs, settings)
-        before = load_streaks(client)
-        after, due = advance(before, evaluation, settings.watchdog.breach_evaluations)
-        save_streaks(client, before, after)
-        fired: dict[str, str] = {}
-        for rule, finding in evaluation.findings.items():
-            metrics.WATCHDOG_FINDINGS.labels(rule).inc()
-            _log.warning("watchdog finding", rule=rule, streak=after.counts.get(rule), needed=settings.watchdog.breach_evaluations,
-                         value=finding.value, limit=finding.limit, message=finding.message, action=str(finding.action))  # fmt: skip
-        for rule in due:
-            finding = evaluation.findings[rule]
-            fired[rule] = _fire(actuator, finding)
-            if fired[rule] == "done":
-                mark_fired(client, rule, obs.now)
-                metrics.WATCHDOG_ACTIONS.labels(rule, finding.action.kind).inc()
-        summary = {
-            "ts": obs.now,
-            "evaluated": sorted(evaluation.evaluated),
-            "findings": {rule: {**f.to_json(), "streak": after.counts.get(rule, 0)} for rule, f in evaluation.findings.items()},
-            "not_evaluated": evaluation.skipped,
-            "fired": fired,
-            "needed": settings.watchdog.breach_evaluations,
-        }
-        client.set(WATCHDOG_LAST_FINDINGS_KEY, json.dumps(summary, separators=(",", ":"), default=str), ex=3600)
-        return summary
-    finally:
-        client.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
-            1,
-            WATCHDOG_EVALUATION_LOCK_KEY,
-            token,
-        )
-
-
-def _fire(actuator: Actuator, finding: Finding) -> str:
-    action = finding.action
-    _log.critical("watchdog action", rule=finding.rule, action=str(action), message=finding.message)
-    try:
-        if action.kind == "engage_kill":
-            actuator.engage_kill(finding)
-        elif action.kind == "trip_breaker":
-            actuator.trip_breaker(action.target or "", finding)
-        else:
-            actuator.alert(finding)
-    except Exception as exc:  # noqa: BLE001 - tried again at the next breaching evaluation
-        _log.exception("watchdog action failed; retried at the next breaching evaluation", rule=finding.rule, action=str(action))
-        return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
-    return "done"
-
-
 def _int(value: Any) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
         return 0
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -17,7 +17,7 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.reporting import audit_transitions
 from omni_tasks.trading import expiry
 from omni_tasks.trading.orders import DATABASE_BREAKER
-from omni_tasks.watchdog import ledgers, monitor, rules
+from omni_tasks.watchdog import actions, evaluation, ledgers, monitor
 
 _log = structlog.get_logger("omni.watchdog")
 #: The backfill tasks the ledger reconciler sends again (:mod:`omni_tasks.marketdata.tasks`), by their stable names.
@@ -59,8 +59,8 @@ def tick() -> dict[str, Any]:
     summary["orders_expired"] = expiry.reconcile(
         runtime.sessions, now=datetime.now(tz=UTC), ttl_s=settings.trading.order_ttl_s, grace_s=settings.trading.order_expiry_grace_s
     )
-    actuator = rules.LiveActuator(runtime, purge=orders_purger(broker_url, Queue.ORDERS.value, transport))
-    summary["rules"] = rules.run_rules(runtime, actuator=actuator, queue_depths=summary["queues"], database_ok=summary["database"] == "ok")
+    actuator = actions.LiveActuator(runtime, purge=orders_purger(broker_url, Queue.ORDERS.value, transport))
+    summary["rules"] = evaluation.run_rules(runtime, actuator=actuator, queue_depths=summary["queues"], database_ok=summary["database"] == "ok")
     summary["ledgers"] = _reconcile_ledgers(runtime, redelivered=summary["redelivered"])
     return summary
 

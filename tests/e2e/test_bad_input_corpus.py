@@ -117,7 +117,7 @@ CORPUS: list[tuple[str, ...]] = [
 
 
 def _run(env: dict[str, str], argv: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
+    return subprocess.run(  # our own interpreter and module
         [sys.executable, "-m", "omni_tasks", *argv], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
 

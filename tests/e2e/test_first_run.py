@@ -51,7 +51,7 @@ def test_first_omni_up_on_a_fresh_folder_scans_validates_and_takes_a_risk_snapsh
     terminal = {k: v for k, v in env.items() if k in {"OMNI_DATA_DIR", "PATH", "HOME", "LANG"}}
 
     def omni(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - fixed argv
+        return subprocess.run(  # fixed argv
             [sys.executable, "-m", "omni_tasks", *args],
             env=terminal,
             cwd=tmp_path,
@@ -62,7 +62,7 @@ def test_first_omni_up_on_a_fresh_folder_scans_validates_and_takes_a_risk_snapsh
         )
 
     started = time.monotonic()
-    up = subprocess.Popen(  # noqa: S603 - fixed argv
+    up = subprocess.Popen(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "up", "--for", "300"],
         env=env,
         cwd=tmp_path,

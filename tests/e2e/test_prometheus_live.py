@@ -78,7 +78,7 @@ class Live:
     tmp: Path
 
     def omni(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(  # noqa: S603 - fixed argv
+        result = subprocess.run(  # fixed argv
             [sys.executable, "-m", "omni_tasks", *args],
             env=self.env,
             cwd=self.tmp,
@@ -114,7 +114,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         }
     )
     log = open(tmp / "up.log", "wb")  # noqa: SIM115 - closed below
-    up = subprocess.Popen(  # noqa: S603 - fixed argv
+    up = subprocess.Popen(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "up", "--for", "600"],
         env=env,
         cwd=tmp,
@@ -165,7 +165,7 @@ def exercised(live: Live) -> Live:
     )
     probe = subprocess.run(
         [sys.executable, "-c", failing], env=live.env, cwd=live.tmp, capture_output=True, text=True, timeout=120, check=False
-    )  # noqa: S603
+    )
     print(probe.stdout[-500:], probe.stderr[-1500:])
     assert "probe state FAILURE" in probe.stdout, probe.stderr[-1500:]
     recalc = live.omni("risk", "--recalc", "--timeout", "60")
@@ -177,7 +177,7 @@ def exercised(live: Live) -> Live:
 
 def test_live_metrics_parse_with_promtool_check_metrics(exercised: Live) -> None:
     text = exercised.metrics()
-    result = subprocess.run([_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    result = subprocess.run([_binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False)
     print(f"promtool check metrics: exit {result.returncode}, {len(text.splitlines())} lines\n{result.stdout}{result.stderr}")
     # Exit 1 is an exposition promtool cannot parse; 3 is lint findings (see the next test).
     assert result.returncode in (0, 3), result.stdout + result.stderr
@@ -194,7 +194,7 @@ LINT_ALLOWED = {
 
 
 def test_live_metrics_promtool_lint_clean(exercised: Live) -> None:
-    result = subprocess.run(  # noqa: S603 - fixed argv
+    result = subprocess.run(  # fixed argv
         [_binary("promtool"), "check", "metrics"], input=exercised.metrics(), capture_output=True, text=True, timeout=60, check=False
     )
     findings = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
@@ -262,7 +262,7 @@ def test_prometheus_scrapes_live_omni_up_evaluates_every_rule_and_fires_kill_swi
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(  # noqa: S603 - fixed argv
+    server = subprocess.Popen(  # fixed argv
         [
             _binary("prometheus"),
             f"--config.file={tmp_path / 'prometheus.yml'}",

@@ -34,7 +34,7 @@ def promtool() -> str:
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False)  # noqa: S603 - fixed argv
+    result = subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False)  # fixed argv
     print(f"$ promtool {' '.join(args)}\n{result.stdout}{result.stderr}")
     return result
 

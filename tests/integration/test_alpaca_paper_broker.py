@@ -116,7 +116,7 @@ def _handler_class(standin: TradingStandIn) -> type[BaseHTTPRequestHandler]:
             )
             reply = standin.answer(seen)
             if reply.delay_s:
-                time.sleep(reply.delay_s)
+                time.sleep(reply.delay_s)  # the action: a broker as slow as the scripted reply
             body = reply.body()
             try:
                 self.send_response(reply.status)
@@ -127,11 +127,11 @@ def _handler_class(standin: TradingStandIn) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (the timeout test)
 
-        do_GET = _serve  # noqa: N815 - http.server's naming
-        do_POST = _serve  # noqa: N815
-        do_DELETE = _serve  # noqa: N815
+        do_GET = _serve  # http.server's naming
+        do_POST = _serve
+        do_DELETE = _serve
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: object) -> None:  # http.server's signature
             pass
 
     return _Handler

@@ -19,8 +19,10 @@ import redis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.marketdata import backfill, calendar
-from omni_tasks.marketdata.backfill import BackfillRequestError, Plan, create_job, job_progress, partition_ids, reset_failed, run_partition
+from omni_tasks.marketdata import backfill_plan, calendar
+from omni_tasks.marketdata.backfill import create_job, job_progress, partition_ids, reset_failed
+from omni_tasks.marketdata.backfill_plan import BackfillRequestError, Plan
+from omni_tasks.marketdata.backfill_run import run_partition
 from omni_tasks.marketdata.errors import ProviderUnavailable, UnknownSymbol
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
@@ -98,7 +100,7 @@ def make_router(redis_client: redis.Redis) -> Callable[..., BarRouter]:
 
 
 def _job(factory: sessionmaker[Session], symbols: list[str], timeframe: str = "5Min", start: date = START, end: date = END) -> tuple[int, list[int]]:
-    the_plan = backfill.plan(symbols, timeframe, start, end, today=TODAY)
+    the_plan = backfill_plan.plan(symbols, timeframe, start, end, today=TODAY)
     job_id = create_job(factory, the_plan, requested_by="test")
     return job_id, partition_ids(factory, job_id)
 
@@ -348,7 +350,7 @@ def test_backfill_incremental_plan_starts_from_the_last_stored_bar(factory, stor
     _, (pid,) = _job(factory, ["AAPL"])
     run_partition(pid, factory=factory, store=store, router=make_router(FakeAlpaca()), final_attempt=False)
     assert store.last_ts("AAPL", "5Min", "iex", "raw") == datetime(2024, 3, 8, 20, 55, tzinfo=UTC)
-    the_plan = backfill.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12))
+    the_plan = backfill_plan.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12))
     assert the_plan.partitions[0].start == datetime(2024, 3, 7, tzinfo=UTC)
     assert the_plan.partitions[-1].end == datetime(2024, 3, 13, tzinfo=UTC)
 
@@ -359,7 +361,7 @@ def test_backfill_incremental_plan_sees_bars_stored_by_the_synthetic_feed(factor
     assert store.last_ts("AAPL", "5Min", "iex", "raw") is None, "the synthetic feed stores its rows under its own name"
     feeds = serving_feeds(["synthetic"], "iex")
     assert feeds == ("synthetic",)
-    the_plan = backfill.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12), feeds=feeds)
+    the_plan = backfill_plan.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12), feeds=feeds)
     assert the_plan.partitions[0].start == datetime(2024, 3, 7, tzinfo=UTC)
     assert the_plan.partitions[-1].end == datetime(2024, 3, 13, tzinfo=UTC)
     assert {p.feed for p in the_plan.partitions} == {"iex"}, "the plan still requests the configured feed"
@@ -368,7 +370,7 @@ def test_backfill_incremental_plan_sees_bars_stored_by_the_synthetic_feed(factor
 def test_backfill_incremental_plan_by_default_counts_only_the_requested_feed(factory, store, make_router) -> None:  # type: ignore[no-untyped-def]
     _, (pid,) = _job(factory, ["AAPL"])
     run_partition(pid, factory=factory, store=store, router=make_router(SyntheticBars()), final_attempt=False)
-    the_plan = backfill.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12))
+    the_plan = backfill_plan.incremental_plan(["AAPL"], store=store, timeframe="5Min", feed="iex", adjustment="raw", overlap_days=1, lookback_days=400, today=date(2024, 3, 12))
     lookback_start = datetime.combine(calendar.sessions(date(2024, 3, 12) - timedelta(days=400), date(2024, 3, 12))[0], datetime.min.time(), tzinfo=UTC)
     assert the_plan.partitions[0].start == lookback_start, "synthetic rows do not count for iex unless their feed is passed"
 
@@ -379,8 +381,8 @@ def test_backfill_incremental_plan_takes_the_latest_bar_of_any_serving_feed(fact
     run_partition(early, factory=factory, store=store, router=make_router(FakeAlpaca()), final_attempt=False)  # iex, to Mar 1
     run_partition(late, factory=factory, store=store, router=make_router(SyntheticBars()), final_attempt=False)  # synthetic, to Mar 8
     kwargs = {"store": store, "timeframe": "5Min", "feed": "iex", "adjustment": "raw", "overlap_days": 1, "lookback_days": 400, "today": date(2024, 3, 12)}
-    assert backfill.incremental_plan(["AAPL"], **kwargs).partitions[0].start == datetime(2024, 2, 29, tzinfo=UTC)
-    both = backfill.incremental_plan(["AAPL"], **kwargs, feeds=serving_feeds(["alpaca", "synthetic"], "iex"))
+    assert backfill_plan.incremental_plan(["AAPL"], **kwargs).partitions[0].start == datetime(2024, 2, 29, tzinfo=UTC)
+    both = backfill_plan.incremental_plan(["AAPL"], **kwargs, feeds=serving_feeds(["alpaca", "synthetic"], "iex"))
     assert both.partitions[0].start == datetime(2024, 3, 7, tzinfo=UTC)
 
 
@@ -388,10 +390,10 @@ def test_backfill_verify_counts_bars_stored_by_the_serving_feeds(factory, store,
     _, (pid,) = _job(factory, ["AAPL"])
     run_partition(pid, factory=factory, store=store, router=make_router(SyntheticBars()), final_attempt=False)
     kwargs = {"store": store, "timeframe": "5Min", "start": START, "end": END, "feed": "iex", "adjustment": "raw"}
-    (default,) = backfill.verify(["AAPL"], **kwargs)
+    (default,) = backfill_plan.verify(["AAPL"], **kwargs)
     assert (default.expected, default.stored, default.missing) == (BARS_PER_PARTITION, 0, BARS_PER_PARTITION), "by default only iex rows count"
     assert default.first_missing == "2024-03-04T14:30:00+00:00"
-    (served,) = backfill.verify(["AAPL"], **kwargs, feeds=serving_feeds(["alpaca", "synthetic"], "iex"))
+    (served,) = backfill_plan.verify(["AAPL"], **kwargs, feeds=serving_feeds(["alpaca", "synthetic"], "iex"))
     assert (served.expected, served.stored, served.missing, served.outside_sessions, served.first_missing) == (BARS_PER_PARTITION, BARS_PER_PARTITION, 0, 0, None)
 
 
@@ -415,8 +417,8 @@ def test_backfill_verify_reads_whatever_feeds_were_stored_for_the_symbols(factor
     assert store.stored_feeds(["AAPL"], "1Day", "raw", lo, hi) == ()
     # The default (no --feed) reads what is stored, whatever the provider order says; nothing stored: the order's feeds.
     feeds = feeds_to_read(None, store.stored_feeds(["AAPL", "MSFT", "IBM"], "5Min", "raw", lo, hi), ("iex", "yahoo"))
-    rows = backfill.verify(["AAPL", "MSFT", "IBM"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds)
+    rows = backfill_plan.verify(["AAPL", "MSFT", "IBM"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds)
     assert [(r.symbol, r.stored, r.missing) for r in rows] == [("AAPL", BARS_PER_PARTITION, 0), ("MSFT", BARS_PER_PARTITION, 0), ("IBM", 0, BARS_PER_PARTITION)]
     assert feeds_to_read(None, (), ("iex", "yahoo")) == ("iex", "yahoo")
-    (only,) = backfill.verify(["AAPL"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds_to_read("iex", ("synthetic",), ()))
+    (only,) = backfill_plan.verify(["AAPL"], store=store, timeframe="5Min", start=START, end=END, feed="iex", adjustment="raw", feeds=feeds_to_read("iex", ("synthetic",), ()))
     assert only.stored == 0, "--feed iex counts only iex bars"

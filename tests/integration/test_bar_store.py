@@ -220,7 +220,7 @@ def test_bar_store_read_returns_canonical_dtypes_utc_sorted_and_half_open(store:
     new_york = datetime(2026, 3, 9, 10, 31, tzinfo=pd.Timestamp("2026-03-09", tz="America/New_York").tzinfo)
     assert len(store.read("AAPL", "1Min", T0, new_york)) == 1, "aware bounds in any zone are compared in UTC"
     with pytest.raises(ValueError, match="naive"):
-        store.read("AAPL", "1Min", datetime(2026, 3, 9), datetime(2026, 3, 10))  # noqa: DTZ001 - the point of the test
+        store.read("AAPL", "1Min", datetime(2026, 3, 9), datetime(2026, 3, 10))  # the point of the test
     with pytest.raises(ValueError, match="feeds is empty"):
         store.read("AAPL", "1Min", *WIDE, feeds=())
 

@@ -21,20 +21,37 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def test_leader_lock_one_holder_renewal_and_expiry(redis_client: redis.Redis) -> None:
-    first = leader.LeaderLock(redis_client, ttl_s=1.0)
-    second = leader.LeaderLock(redis_client, ttl_s=1.0)
+    # Redis keeps the lock's clock: the test reads the TTL instead of sleeping against it.
+    first = leader.LeaderLock(redis_client, ttl_s=30.0)
+    second = leader.LeaderLock(redis_client, ttl_s=30.0)
     assert first.hold() is True
     assert second.hold() is False
-    time.sleep(0.6)
+    redis_client.pexpire(first.key, 2000)  # the lead is about to run out
     assert first.hold() is True, "renewal keeps the lead"
-    time.sleep(0.6)
+    assert redis_client.pttl(first.key) > 20_000, "renewal restores the whole TTL"
     assert second.hold() is False, "renewed lock has not expired"
-    # The leader stops renewing (dies): the standby takes over after the TTL.
-    time.sleep(1.1)
+    # The leader stops renewing (dies): the standby takes over once the TTL has run out.
+    redis_client.pexpire(first.key, 50)
+    wait_for(lambda: redis_client.exists(first.key) == 0, 5, message="the lock to expire")
     assert second.hold() is True
     assert first.hold() is False, "a paused leader learns it lost the lead"
     second.release()
     assert leader.current_leader(redis_client) is None
+
+
+def _tick_slots(redis_client: redis.Redis, pg_url: str) -> list[tuple[str, float]]:
+    """(task id, start as UNIX s) of every successful watchdog tick so far, read from the database."""
+    engine = make_engine(pg_url)
+    factory = session_factory(engine)
+    try:
+        runs.drain_outcomes(redis_client, factory)
+        with factory() as session:
+            rows = session.execute(
+                select(TaskRun.task_id, TaskRun.started_at).where(TaskRun.name == "omni.watchdog.tick", TaskRun.state == "SUCCESS")
+            ).all()
+    finally:
+        engine.dispose()
+    return [(r.task_id, r.started_at.timestamp()) for r in rows]
 
 
 def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
@@ -54,30 +71,34 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
     assert current is not None
     assert current["pid"] == beat_a.pid, "the first beat keeps the lead"
 
-    time.sleep(11)  # two beats side by side for a couple of watchdog slots
+    # Two beats side by side until a couple of watchdog slots have run.
+    wait_for(
+        lambda: len({t for t, _ in _tick_slots(redis_client, migrated_pg_url)}) >= 2,
+        40,
+        interval_s=0.5,
+        message="two slots before the kill",
+    )
     beat_a.kill_group(signal.SIGKILL)
-    killed_at = time.monotonic()
+    killed_wall = time.time()
     takeover_s = wait_for(
         lambda: (c := leader.current_leader(redis_client)) is not None and c["pid"] == beat_b.pid,
         20,
         interval_s=0.05,
         message="the standby to take over",
     )
-    time.sleep(11)  # the new leader schedules a couple of slots
+    # The new leader schedules a couple of slots (a duplicate of the first would have run by the second).
+    wait_for(
+        lambda: len({t for t, started in _tick_slots(redis_client, migrated_pg_url) if started >= killed_wall}) >= 2,
+        40,
+        interval_s=0.5,
+        message="two slots after the takeover",
+    )
     assert "leading the schedule" in beat_b.log_text()
 
     # The watchdog tick itself moves outcomes into the database: read them all from there.
-    engine = make_engine(migrated_pg_url)
-    factory = session_factory(engine)
-    runs.drain_outcomes(redis_client, factory)
-    with factory() as session:
-        ticks = session.execute(
-            select(TaskRun.task_id, TaskRun.started_at).where(TaskRun.name == "omni.watchdog.tick", TaskRun.state == "SUCCESS")
-        ).all()
-    engine.dispose()
-    per_slot = Counter(t.task_id for t in ticks)
-    kill_wall = time.time() - (time.monotonic() - killed_at)
-    slots_before = len({t.task_id for t in ticks if t.started_at.timestamp() < kill_wall})
+    ticks = _tick_slots(redis_client, migrated_pg_url)
+    per_slot = Counter(task_id for task_id, _ in ticks)
+    slots_before = len({task_id for task_id, started in ticks if started < killed_wall})
     print(
         f"beat: takeover {takeover_s:.1f} s after SIGKILL of the leader (lock TTL 3 s); "
         f"slots run {len(per_slot)} ({slots_before} before the kill), runs per slot max {max(per_slot.values())}"

@@ -40,10 +40,20 @@ def test_database_breaker_opened_by_a_database_outage_is_audited_once_it_is_back
     factory = session_factory(engine)
     name = f"database-{uuid.uuid4().hex[:6]}"  # the database breaker's policy, a name of this test's own
     policy = BreakerPolicy(failure_threshold=3, cooldown_s=0.5)
+    skipped_s = [0.0]  # the breakers' clock: the wall clock, moved ahead by the test instead of sleeping
+
+    def clock() -> float:
+        return time.time() + skipped_s[0]
+
     breaker = CircuitBreaker(
-        name, redis_client, policy, fail_open=False, on_transition=audit_transitions(factory, settings=load_settings(), actor="orders", client=redis_client)
+        name,
+        redis_client,
+        policy,
+        fail_open=False,
+        on_transition=audit_transitions(factory, settings=load_settings(), actor="orders", client=redis_client),
+        clock=clock,
     )
-    silent = CircuitBreaker(f"provider:silent-{uuid.uuid4().hex[:6]}", redis_client, policy)  # no hook at all
+    silent = CircuitBreaker(f"provider:silent-{uuid.uuid4().hex[:6]}", redis_client, policy, clock=clock)  # no hook at all
 
     def write() -> None:
         with factory() as session, session.begin():
@@ -79,7 +89,7 @@ def test_database_breaker_opened_by_a_database_outage_is_audited_once_it_is_back
     assert _audited(factory, silent.name) == [("closed", "open", "system")]
 
     # Recovery: the cooldown, a trial that succeeds; both transitions written at once by the hook, under its actor.
-    time.sleep(policy.cooldown_s)
+    skipped_s[0] += policy.cooldown_s
     breaker.call(write)
     expected = [("closed", "open", "orders"), ("open", "half_open", "orders"), ("half_open", "closed", "orders")]
     audited = _audited(factory, name)

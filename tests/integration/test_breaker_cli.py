@@ -28,7 +28,7 @@ def env(redis_url: str, migrated_pg_url: str, tmp_path: Path, redis_client: redi
 
 
 def omni(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "breaker", *args],
         env=env,
         cwd=REPO_ROOT,

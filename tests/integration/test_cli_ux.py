@@ -34,7 +34,7 @@ HEAVY = (
 
 def _omni(env: dict[str, str], *argv: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+    done = subprocess.run(  # our own interpreter and module
         [sys.executable, "-m", "omni_tasks", *argv], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     return done, time.monotonic() - started
@@ -58,7 +58,7 @@ def test_help_and_command_listing_import_nothing_heavy(tmp_path: Path) -> None:
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
         "print(heavy, round(time.perf_counter() - started, 3))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)  # noqa: S603
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
     heavy, seconds = done.stdout.rsplit(" ", 1)
     runs = [_omni(_bare_env(tmp_path), "--help")[1] for _ in range(3)]
     print(f"omni --help: imports and command tree {float(seconds):.3f} s; whole process median {sorted(runs)[1]:.3f} s (N=3)")
@@ -161,7 +161,7 @@ def test_status_watch_refreshes_in_place_and_ctrl_c_exits_0(tmp_path: Path) -> N
     env = _bare_env(tmp_path)
     out = tmp_path / "watch.out"
     with out.open("wb") as sink:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "omni_tasks", "status", "--watch", "--interval", "0.2", "--json"],
             env=env,
             cwd=REPO_ROOT,

@@ -47,7 +47,7 @@ def _repo_copy(tmp_path: Path, *, with_env: bool) -> Path:
 
 def _config(root: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root)}
-    result = subprocess.run(  # noqa: S603 - fixed argv
+    result = subprocess.run(  # fixed argv
         [_docker_compose(), "-f", "docker/compose.yml", "config"],
         cwd=root,
         env=env,
@@ -61,7 +61,7 @@ def _config(root: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_docker_compose_1_29_config_accepts_stack_with_filled_env(tmp_path: Path) -> None:
-    version = subprocess.run([_docker_compose(), "version", "--short"], capture_output=True, text=True, timeout=60, check=False)  # noqa: S603
+    version = subprocess.run([_docker_compose(), "version", "--short"], capture_output=True, text=True, timeout=60, check=False)
     print(f"docker-compose {version.stdout.strip()}")
     root = _repo_copy(tmp_path, with_env=True)
     result = _config(root)

@@ -20,9 +20,11 @@ import redis
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.marketdata import backfill
-from omni_tasks.marketdata.backfill import BackfillRequestError, create_job, partition_ids, run_partition
-from omni_tasks.marketdata.providers.alpaca import AlpacaBars
+from omni_tasks.marketdata import backfill_plan
+from omni_tasks.marketdata.backfill import create_job, partition_ids
+from omni_tasks.marketdata.backfill_plan import BackfillRequestError
+from omni_tasks.marketdata.backfill_run import run_partition
+from omni_tasks.marketdata.providers.alpaca.client import AlpacaBars
 from omni_tasks.marketdata.providers.base import BarProvider
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 from omni_tasks.marketdata.router import BarRouter
@@ -94,7 +96,7 @@ def _alpaca(url: str, now: datetime = datetime(2024, 1, 8, 12, tzinfo=UTC)) -> A
     return AlpacaBars(api_key="PKTEST", secret_key="SKTEST", data_url=url, timeout_s=5.0, clock=lambda: now)  # noqa: S106 - a stand-in key
 
 
-def _run_all(factory: sessionmaker[Session], router: BarRouter, the_plan: backfill.Plan, engine: Engine) -> list[int]:
+def _run_all(factory: sessionmaker[Session], router: BarRouter, the_plan: backfill_plan.Plan, engine: Engine) -> list[int]:
     job_id = create_job(factory, the_plan, requested_by="test")
     ids = partition_ids(factory, job_id)
     for pid in ids:
@@ -115,7 +117,7 @@ def test_validation_unknown_symbol_is_no_data_not_holes_and_empty_range_of_a_kno
 ) -> None:
     standin.route("/v2/stocks/bars", _alpaca_answers)
     symbols = ["AAPL", "NEWCO", "ZZZZ"]
-    _run_all(factory, make_router(_alpaca(standin.url)), backfill.plan(symbols, "1Day", START, END, today=TODAY), engine)
+    _run_all(factory, make_router(_alpaca(standin.url)), backfill_plan.plan(symbols, "1Day", START, END, today=TODAY), engine)
 
     parts = _partitions(factory)
     assert (parts["AAPL"].status, parts["AAPL"].rows, parts["AAPL"].cause) == ("succeeded", 4, None)
@@ -170,8 +172,8 @@ def test_validation_symbol_listed_mid_window_reports_no_data_before_and_holes_on
             return BarResult(bars[bars.ts != datetime(2024, 1, 5, tzinfo=UTC)].reset_index(drop=True))
 
     router = make_router(Listed())
-    _run_all(factory, router, backfill.plan(["LATE"], "1Day", date(2024, 1, 2), date(2024, 1, 4), today=TODAY), engine)
-    _run_all(factory, router, backfill.plan(["LATE"], "1Day", date(2024, 1, 4), END, today=TODAY), engine)
+    _run_all(factory, router, backfill_plan.plan(["LATE"], "1Day", date(2024, 1, 2), date(2024, 1, 4), today=TODAY), engine)
+    _run_all(factory, router, backfill_plan.plan(["LATE"], "1Day", date(2024, 1, 4), END, today=TODAY), engine)
 
     result, summary = validate_stored(engine, factory, ["LATE"], timeframe="1Day", start=START, end=END, feeds=("iex",))
 
@@ -203,7 +205,7 @@ def test_backfill_recent_sip_clamp_note_survives_an_empty_and_a_failed_partition
     _run_all(
         factory,
         router,
-        backfill.plan(["AAPL", "ZZZZ"], "1Min", date(2024, 1, 2), date(2024, 1, 3), feed="sip", today=date(2024, 1, 2)),
+        backfill_plan.plan(["AAPL", "ZZZZ"], "1Min", date(2024, 1, 2), date(2024, 1, 3), feed="sip", today=date(2024, 1, 2)),
         engine,
     )
 
@@ -220,7 +222,7 @@ def test_backfill_recent_sip_clamp_note_survives_an_empty_and_a_failed_partition
 def test_backfill_starting_in_1990_plans_stores_and_validates_decades_old_daily_bars(
     factory: sessionmaker[Session], engine: Engine, make_router: Callable[..., BarRouter]
 ) -> None:
-    the_plan = backfill.plan(["IBM"], "1Day", date(1990, 1, 2), date(1992, 1, 1), today=TODAY)
+    the_plan = backfill_plan.plan(["IBM"], "1Day", date(1990, 1, 2), date(1992, 1, 1), today=TODAY)
     ids = _run_all(factory, make_router(SyntheticBars()), the_plan, engine)
 
     stored = BarStore(engine).read("IBM", "1Day", datetime(1990, 1, 1, tzinfo=UTC), datetime(1992, 1, 1, tzinfo=UTC), feeds=("synthetic",))
@@ -245,8 +247,8 @@ def test_backfill_starting_in_1990_plans_stores_and_validates_decades_old_daily_
 
 def test_backfill_earliest_date_is_a_setting_and_the_calendar_bounds_it() -> None:
     with pytest.raises(BackfillRequestError, match="before 1962-01-02, the earliest backfill date"):
-        backfill.plan(["IBM"], "1Day", date(1961, 6, 1), date(1961, 7, 1), today=TODAY)
-    older = backfill.plan(["IBM"], "1Day", date(1950, 6, 1), date(1950, 7, 1), today=TODAY, earliest=date(1885, 1, 2))
+        backfill_plan.plan(["IBM"], "1Day", date(1961, 6, 1), date(1961, 7, 1), today=TODAY)
+    older = backfill_plan.plan(["IBM"], "1Day", date(1950, 6, 1), date(1950, 7, 1), today=TODAY, earliest=date(1885, 1, 2))
     assert older.partitions[0].start.date() == date(1950, 6, 1)
     with pytest.raises(BackfillRequestError, match="first session of the exchange calendar"):
-        backfill.plan(["IBM"], "1Day", date(1880, 1, 5), date(1880, 2, 1), today=TODAY, earliest=date(1800, 1, 1))
+        backfill_plan.plan(["IBM"], "1Day", date(1880, 1, 5), date(1880, 2, 1), today=TODAY, earliest=date(1800, 1, 1))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import redis
 
-from omni_tasks.marketdata.providers.alpha_vantage_news_mappings import NewsItem, TickerSentiment
+from omni_tasks.marketdata.providers.alpha_vantage.news_mappings import NewsItem, TickerSentiment
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 from omni_tasks.news.store import store_articles
@@ -74,7 +74,7 @@ def env(redis_url: str, database: str, tmp_path: Path, redis_client: redis.Redis
 def omni(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
-    )  # noqa: S603 - fixed argv
+    )  # fixed argv
 
 
 def test_reconcile_then_validate_show_the_changed_close_and_news_shows_stored_sentiment(env: dict[str, str]) -> None:

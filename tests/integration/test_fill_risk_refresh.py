@@ -117,8 +117,13 @@ def test_fills_at_any_hour_trigger_one_debounced_risk_snapshot_showing_the_posit
         summary = latest()
         assert summary is not None
         assert summary["gross_exposure"] == pytest.approx(3 * 190.0 + 3 * 410.0, rel=0.01)
-        # Let any second window close, then count: at most one run per window the fills spanned.
-        time.sleep(WINDOW_S + 1.0)
+
+        # Let any second window close and its run finish, then count: at most one run per window the fills spanned.
+        def settled() -> bool:
+            in_flight = [json.loads(raw)[2] for raw in client.hvals("unacked")]  # kombu keeps [message, exchange, routing key]
+            return client.get(RISK_REFRESH_PENDING_KEY) is None and client.llen("risk") == 0 and "risk" not in in_flight
+
+        wait_for(settled, 30, interval_s=0.1, message="every scheduled risk run to finish")
         taken = snapshots()
         windows = int(fills_took // WINDOW_S) + 1
         print(

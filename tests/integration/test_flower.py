@@ -99,7 +99,7 @@ def stack(
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
 

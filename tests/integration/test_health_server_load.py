@@ -46,7 +46,7 @@ def served(tmp_path: Path) -> Iterator[tuple[BoundedHTTPServer, int, int]]:
 
 def _get(port: int, path: str) -> tuple[int, bytes, float]:
     started = time.perf_counter()
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:  # loopback
         body = response.read()
         return response.status, body, time.perf_counter() - started
 

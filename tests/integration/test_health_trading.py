@@ -40,7 +40,7 @@ def desk(
 
 
 def omni(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run(  # noqa: S603 - fixed argv
+    done = subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=90, check=False
     )
     assert done.returncode == 0, f"omni {' '.join(args)}: {done.stdout}{done.stderr}"

@@ -34,18 +34,13 @@ from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
 from omni_tasks.ops import health
 from omni_tasks.safety import engage as ks
-from omni_tasks.safety.alarms import start_watchdog_listener
+from omni_tasks.safety import reconcile, transitions
 from omni_tasks.safety.drill import serve_quote
-from omni_tasks.safety.killswitch import (
-    StoredState,
-    TradingState,
-    current_state,
-    durable_state,
-    order_guard,
-    order_task_refusal,
-    read_state,
-    state_info,
-)
+from omni_tasks.safety.killswitch import current_state, read_state, state_info
+from omni_tasks.safety.order_guard import order_guard, order_task_refusal
+from omni_tasks.safety.state_rule import StoredState, TradingState
+from omni_tasks.safety.state_store import durable_state
+from omni_tasks.safety.watchdog_listener import start_watchdog_listener
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.models import AuditLog, KillEvent
 from omni_tasks.trading.orders import OrderSubmitter
@@ -198,7 +193,7 @@ def both(desk: Desk) -> tuple[bytes | None, StoredState]:
 def prepare_history(desk: Desk) -> None:
     """A desk that has been engaged and released once (HALTED 1, ACTIVE 2), where an order fills."""
     ks.engage(desk.rt, actor=OPERATOR, reason="earlier halt", broker=None, alert=lambda _e: None)
-    ks.release(desk.rt, actor=OPERATOR, reason="earlier release")
+    transitions.release(desk.rt, actor=OPERATOR, reason="earlier release")
     assert both(desk) == (b"ACTIVE 2", StoredState(ACTIVE, 2))
     assert desk.order("worker", "control").startswith("filled"), "control: an order fills while ACTIVE"
     desk.readings.clear()  # from here on, every reading comes after an engage
@@ -240,7 +235,7 @@ def report(label: str, outcomes: dict[str, int], n: int, readings: list[str]) ->
 
 def finish_with_release(desk: Desk, version: int) -> None:
     """Only an operator releases; the version goes on from the highest seen, and orders fill again."""
-    result = ks.release(desk.rt, actor=OPERATOR, reason="fault understood")
+    result = transitions.release(desk.rt, actor=OPERATOR, reason="fault understood")
     assert (result.changed, result.version) == (True, version + 1)
     assert both(desk) == (f"ACTIVE {version + 1}".encode(), StoredState(ACTIVE, version + 1))
     assert desk.order("worker", "after-release").startswith("filled"), "control: orders fill again after the release"
@@ -278,8 +273,7 @@ def test_engaged_during_a_redis_outage_then_redis_restored_from_an_older_aof_nev
             result = operator_engage(desk.rt, "engaged while redis is down")
         else:
             server.pause()
-            engaging = Runtime(desk.rt.settings)
-            engaging.__dict__["redis"] = quick_redis(server)
+            engaging = Runtime(desk.rt.settings, redis_client=quick_redis(server))
             result = ks.engage(engaging, actor=OPERATOR, reason="engaged while redis is paused", broker=None, alert=lambda _e: None)
             server.kill()  # it never came back: restarted from its file
         assert result.durable
@@ -368,8 +362,7 @@ def test_redis_paused_during_the_engage_and_resumed_ends_halted_in_both(
     desk = make_desk(server, private_pg_url, tmp_path / "data")
     prepare_history(desk)
     server.pause()
-    engaging = Runtime(desk.rt.settings)
-    engaging.__dict__["redis"] = quick_redis(server)
+    engaging = Runtime(desk.rt.settings, redis_client=quick_redis(server))
     try:
         result = ks.engage(engaging, actor=OPERATOR, reason="engaged while redis is paused", broker=None, alert=lambda _e: None)
         assert result.durable
@@ -411,7 +404,9 @@ def test_engaged_while_postgres_is_down_is_halted_in_redis_at_once_and_durable_o
         for _ in range(5):
             desk.readings.append(current_state(desk.rt.redis, desk.rt.sessions).value)
             desk.readings.append(state_info(desk.rt.redis, desk.rt.sessions)["state"])
-        time.sleep(1.5)  # the watchdog's rounds fail meanwhile (the database is down); none may release anything
+        rounds = listener.counts["maintenance"]
+        # The watchdog's rounds fail meanwhile (the database is down); none may release anything.
+        wait_for(lambda: listener.counts["maintenance"] >= rounds + 2, 30, message="two reconcile rounds with the database down")
         assert desk.raw() == b"HALTED 3"
         private_postgres.start()
         back = time.monotonic()
@@ -426,13 +421,15 @@ def test_engaged_while_postgres_is_down_is_halted_in_redis_at_once_and_durable_o
 
         wait_for(durable, 30, interval_s=0.05, message="the database to hold the engage")
         seconds = time.monotonic() - back
-        time.sleep(1.5)  # a few more reconcile rounds: still HALTED, still no release
+        rounds = listener.counts["maintenance"]
+        # A few more reconcile rounds: still HALTED, still no release.
+        wait_for(lambda: listener.counts["maintenance"] >= rounds + 2, 30, message="two more reconcile rounds")
     finally:
         listener.stop()
     print(f"engage while postgres was down: HALTED in redis at once; database row HALTED {seconds:.2f} s after postgres was back")
     assert both(desk) == (b"HALTED 3", StoredState(HALTED, 3))
     with desk.rt.sessions() as session:
-        repair = session.scalars(select(KillEvent).where(KillEvent.actor == ks.RECONCILE_ACTOR)).all()
+        repair = session.scalars(select(KillEvent).where(KillEvent.actor == reconcile.RECONCILE_ACTOR)).all()
         audit = session.scalars(select(AuditLog).where(AuditLog.action == "kill.repair.database")).all()
     assert [(e.action, e.state_before, e.state_after, e.detail["version"]) for e in repair] == [("engage", "ACTIVE", "HALTED", 3)]
     assert len(audit) == 1
@@ -463,7 +460,7 @@ def test_a_newer_but_looser_redis_value_never_loosens_the_database(
     private_redis_aof.client().set(TRADING_STATE_KEY, "ACTIVE 99")  # by hand, or Redis restored from another desk
     assert current_state(desk.rt.redis, desk.rt.sessions) is HALTED
     assert desk.order("guard", "looser").startswith("blocked")
-    assert ks.Reconciler(desk.rt).run() == "database"
+    assert reconcile.Reconciler(desk.rt).run() == "database"
     assert both(desk) == (b"HALTED 100", StoredState(HALTED, 100)), "the database's HALTED is recorded above Redis's version"
     finish_with_release(desk, 100)
 
@@ -475,7 +472,7 @@ def test_a_release_whose_redis_write_was_lost_is_rewritten_only_after_two_rounds
     prepare_history(desk)
     operator_engage(desk.rt, "halt")
     older = private_redis_aof.save_aof()  # HALTED 3
-    ks.release(desk.rt, actor=OPERATOR, reason="released")  # ACTIVE 4 in both
+    transitions.release(desk.rt, actor=OPERATOR, reason="released")  # ACTIVE 4 in both
     private_redis_aof.kill()
     private_redis_aof.restore_aof(older)
     private_redis_aof.start()
@@ -483,7 +480,7 @@ def test_a_release_whose_redis_write_was_lost_is_rewritten_only_after_two_rounds
     assert both(desk) == (b"HALTED 3", StoredState(ACTIVE, 4))
     assert current_state(desk.rt.redis, desk.rt.sessions) is HALTED, "the stricter applies while they disagree"
     assert desk.raw() == b"HALTED 3", "an order-path reader never loosens Redis"
-    reconciler = ks.Reconciler(desk.rt)
+    reconciler = reconcile.Reconciler(desk.rt)
     assert reconciler.run() is None, "first sight: an engage may be between its two writes"
     assert desk.raw() == b"HALTED 3"
     assert reconciler.run() == "redis"

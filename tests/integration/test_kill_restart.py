@@ -13,16 +13,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from omni_tasks.safety import engage as ks
+from omni_tasks.core.keys import WATCHDOG_LAST_TICK_KEY
+from omni_tasks.safety import transitions
 from omni_tasks.safety.alarms import Alarm, publish_alarm
-from omni_tasks.safety.killswitch import TradingState, current_state, durable_state
+from omni_tasks.safety.killswitch import current_state
+from omni_tasks.safety.state_rule import TradingState
+from omni_tasks.safety.state_store import durable_state
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.models import KillEvent, OrderEvent
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
@@ -32,7 +35,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 
 def omni(env: dict[str, str], *args: str, timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
     )
 
@@ -156,14 +159,15 @@ def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_onl
     assert still_engaged == total, stack.log_text()
 
     # The watchdog ticked all along (beat every second) and acted on alarms: it never released.
-    time.sleep(3)
+    ticks = _new_ticks(stack.redis.client(), since=time.time())
+    wait_for(lambda: len(ticks()) >= 3, 30, interval_s=0.1, message="three more watchdog ticks")
     automatic = [e for e in _events(rt) if e.action in ("release", "activate")]
     print(f"automatic releases: {len(automatic)} (kill events recorded: {len(_events(rt))})")
     assert automatic == []
     assert current_state(rt.redis, rt.sessions) is TradingState.HALTED
 
     # Only an operator releases, with a reason; without --yes the CLI asks first.
-    declined = subprocess.run(  # noqa: S603 - fixed argv
+    declined = subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "kill", "release", "--reason", "all clear"],
         env=stack.env, cwd=REPO_ROOT, input="n\n", capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -181,6 +185,19 @@ def test_every_process_and_redis_restarted_the_kill_switch_stays_engaged_and_onl
 
 def _alarm_events(rt: Any, after: int) -> list[KillEvent]:
     return [e for e in _events(rt)[after:] if e.actor == "watchdog:alarm:daily_loss"]
+
+
+def _new_ticks(client: Any, since: float) -> Callable[[], set[float]]:
+    """A reader of the watchdog ticks that began after ``since`` (UNIX s), seen so far by polling its last-tick record."""
+    seen: set[float] = set()
+
+    def read() -> set[float]:
+        raw = client.get(WATCHDOG_LAST_TICK_KEY)
+        if raw is not None and (ts := float(json.loads(raw)["ts"])) > since:
+            seen.add(ts)
+        return seen
+
+    return read
 
 
 def _events(rt: Any) -> list[KillEvent]:
@@ -222,7 +239,7 @@ def test_a_real_watchdog_worker_engages_on_a_critical_alarm_within_milliseconds(
             assert (event.action, event.actor, event.detail["repeat"]) == ("engage", "watchdog:alarm:daily_loss", False)
             # Alarm published -> the engage's database commit (the watchdog's clock and ours are the same host's).
             durable_ms.append((event.detail["started_at_ns"] - alarm.ts_ns) / 1e6 + event.timings_ms["durable"])
-            ks.release(rt, actor="operator:test", reason=f"trial {trial}")
+            transitions.release(rt, actor="operator:test", reason=f"trial {trial}")
         redis_ms.sort()
         durable_ms.sort()
         p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731 - a one-line percentile

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.core import keys
-from omni_tasks.marketdata import backfill
+from omni_tasks.marketdata import backfill, backfill_plan
 from omni_tasks.scans import runs as scan_runs
 from omni_tasks.scans.scanner import ScanConfig
 from omni_tasks.storage import migrations
@@ -41,7 +41,7 @@ def factory(request: pytest.FixtureRequest, tmp_path) -> Iterator[sessionmaker[S
 
 
 def _job(factory: sessionmaker[Session], symbols: list[str]) -> tuple[int, list[int]]:
-    plan = backfill.plan(symbols, "1Day", date(2024, 1, 2), date(2024, 6, 1), today=TODAY)
+    plan = backfill_plan.plan(symbols, "1Day", date(2024, 1, 2), date(2024, 6, 1), today=TODAY)
     job_id = backfill.create_job(factory, plan, requested_by="test")
     return job_id, backfill.partition_ids(factory, job_id)
 

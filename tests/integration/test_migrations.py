@@ -51,5 +51,5 @@ def test_naive_timestamps_are_refused(tmp_path: Path) -> None:
     migrations.upgrade(engine)
     factory = session_factory(engine)
     with pytest.raises(Exception, match="timezone-aware"), factory() as session, session.begin():
-        session.add(AuditLog(ts=datetime(2026, 1, 1), actor="t", action="a", subject="s", detail={}))  # noqa: DTZ001 - the point of the test
+        session.add(AuditLog(ts=datetime(2026, 1, 1), actor="t", action="a", subject="s", detail={}))  # the point of the test
     engine.dispose()

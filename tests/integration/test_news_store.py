@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.core.keys import QUOTA_KEY
 from omni_tasks.marketdata.errors import RateLimited
-from omni_tasks.marketdata.providers.alpha_vantage_news import AlphaVantageNews
+from omni_tasks.marketdata.providers.alpha_vantage.news import AlphaVantageNews
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.news.fetch import Budget, fetch_symbol
 from omni_tasks.news.store import read_news

@@ -99,7 +99,7 @@ def standin() -> Iterator[AlphaVantageStandIn]:
     server_side = AlphaVantageStandIn()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             parts = urlsplit(self.path)
             body = server_side.answer(dict(parse_qsl(parts.query)))
             self.send_response(200)
@@ -121,7 +121,7 @@ def standin() -> Iterator[AlphaVantageStandIn]:
 
 
 def _omni(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
 

@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff
 
 from omni_tasks.contracts.quotes import LatestQuote, quote_key, read_latest
 from omni_tasks.core.keys import BAR_KEY_PREFIX, QUOTE_STREAM_KEY, TRADING_STATE_KEY
-from omni_tasks.stream.book import MAX_PRICE, quote_row
+from omni_tasks.stream.microstructure import MAX_PRICE, quote_row
 from omni_tasks.stream.path import WRITE_QUOTES_LUA, QuotePath
 from omni_tasks.stream.wire import bar_message, encode_frame, quote_message, trade_message
 

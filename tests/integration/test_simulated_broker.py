@@ -712,7 +712,7 @@ def test_publish_book_never_replaces_a_newer_book(redis_client: redis.Redis) -> 
 def test_make_broker_guards_with_the_kill_switch_so_nothing_fills_while_halted(engine, redis_url, redis_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from omni_tasks.core.keys import TRADING_STATE_KEY
     from omni_tasks.core.runtime import Runtime
-    from omni_tasks.safety.killswitch import TradingState, format_value
+    from omni_tasks.safety.state_rule import TradingState, format_value
     from omni_tasks.settings import load_settings
     from omni_tasks.trading.wiring import make_venue
 

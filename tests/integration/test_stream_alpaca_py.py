@@ -29,11 +29,12 @@ from alpaca.data.live.stock import StockDataStream
 from omni_tasks.contracts.quotes import read_latest
 from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
-from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker
+from omni_tasks.stream.worker import EXIT_AUTH, StreamWorker
 
 pytestmark = pytest.mark.services
 
@@ -224,7 +225,9 @@ def test_after_a_drop_the_feed_ends_and_alpaca_py_does_not_reconnect_by_itself(s
         assert [(m["T"], m["S"], type(m["t"])) for m in frame] == [("q", "AAPL", int)]
         with pytest.raises(FeedClosed, match="connection closed"):
             await asyncio.wait_for(feed.recv(), 5)
-        await asyncio.sleep(2.5)  # alpaca-py's own backoff starts at 1 s (websocket.py:112, 143-152)
+        # The observation window is the action here: alpaca-py's own backoff starts at 1 s (websocket.py:112,
+        # 143-152) and it keeps no event to wait on; 2.5 s covers its first two retries, neither of which may happen.
+        await asyncio.sleep(2.5)
         assert (standin.connections, standin.clients) == (1, 0)
         with pytest.raises(FeedClosed):
             await feed.subscribe({"quotes": ["MSFT"]})
@@ -260,18 +263,21 @@ def test_connection_limit_406_means_a_cooldown_not_a_tight_loop(standin: Standin
     standin.connection_limit_always = True
 
     async def body(worker: StreamWorker, _task: asyncio.Task[int]) -> None:
-        window_s = 4.0
-        await asyncio.sleep(window_s)
+        await _until(lambda: worker.counters.connection_limit >= 1, 10, "the first 406")
+        first = time.monotonic()
+        await _until(lambda: worker.counters.connection_limit >= 2, 10, "the attempt after the cooldown")
+        gap_s = time.monotonic() - first
         attempts = standin.connections
-        # Attempts at 0 s, then every 1.5-1.8 s of cooldown: 3 in 4 s. alpaca-py retrying by itself (1 s backoff)
-        # or a tight loop would make more.
-        assert 2 <= attempts <= 3, attempts
+        # The next attempt after 1.5-1.8 s of cooldown. alpaca-py retrying by itself (1 s backoff)
+        # or a tight loop would have made more attempts by then.
+        assert gap_s >= 1.4, f"the second attempt came {gap_s:.2f} s after the first 406"
+        assert attempts == 2, attempts
         assert standin.limit_refusals == attempts
         assert worker.counters.connection_limit == attempts
         assert "connection limit exceeded" in worker.last_error
         standin.connection_limit_always = False
         await _until(lambda: standin.clients == 1, 5, "a connection once the limit lifts")
-        print(f"406 through alpaca-py: {attempts} connection attempts in {window_s:g} s with a 1.5 s cooldown")
+        print(f"406 through alpaca-py: the next connection attempt {gap_s:.2f} s after the first with a 1.5 s cooldown")
 
     assert _run(redis_url, standin, keys, _config(connection_limit_cooldown_s=1.5), body) == 0
 
@@ -303,9 +309,9 @@ def test_provider_errors_mid_stream_reach_the_worker(standin: StandinServer, key
         assert (worker.connected, standin.connections) == (True, 1), "a 405 keeps the connection (the other symbols flow)"
         await asyncio.to_thread(standin.send, [wire.control("error", code=406, msg="connection limit exceeded")])
         await _until(lambda: worker.counters.connection_limit == 1, 5, "the 406 acted on")
-        await asyncio.sleep(0.5)
-        assert standin.connections == 1, "a 406 means a cooldown (1 s here) before the next attempt"
+        acted = time.monotonic()
         await _until(lambda: standin.connections == 2 and standin.clients == 1, 5, "a connection after the cooldown")
+        assert time.monotonic() - acted >= 0.9, "a 406 means a cooldown (1 s here) before the next attempt"
 
     assert _run(redis_url, standin, keys, _config(connection_limit_cooldown_s=1.0), body) == 0
 

@@ -17,9 +17,10 @@ from omni_tasks.contracts.venue import VenueAccountView, VenuePosition
 from omni_tasks.core.keys import ALARM_CHANNEL, ALARM_LOG_KEY
 from omni_tasks.safety.alarms import ALARM_LOG_MAX
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import FeedClosed
 from omni_tasks.stream.guard import LossGuard
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 
 pytestmark = pytest.mark.services
 
@@ -76,12 +77,18 @@ def test_the_guard_alarms_once_past_the_limit_re_arms_after_recovery_and_stays_q
 
         guard = LossGuard(client, max_daily_loss=Decimal(1000), publish=publish)
         feed = QueueFeed()
+        flushed_bids: list[float] = []  # AAPL's bid in each flush the guard has seen
+
+        def on_flush(result: Any, path: Any) -> None:
+            guard.on_flush(result, path)
+            flushed_bids.extend(float(b.bid) for b in result.changed if b.symbol == "AAPL")
+
         worker = StreamWorker(
             StreamConfig(symbols=["MSFT"], market_hours="never", housekeeping_s=0.05),
             redis=client,
             sync_redis=redis.Redis.from_url(redis_url),
             feed_factory=lambda: feed,
-            on_flush=guard.on_flush,
+            on_flush=on_flush,
             on_housekeeping=guard.on_housekeeping,
         )
         task = asyncio.create_task(worker.run())
@@ -114,7 +121,7 @@ def test_the_guard_alarms_once_past_the_limit_re_arms_after_recovery_and_stays_q
         quote(88.00, 88.02)  # deeper, same breach: no second alarm
         assert await next_alarm(0.5) is None
         quote(99.00, 99.02)  # recovered: the guard re-arms
-        await asyncio.sleep(0.2)
+        await until(lambda: 99.0 in flushed_bids, "the guard to see the recovery")
         quote(89.00, 89.02)
         alarms.append(await next_alarm(5))
         assert alarms[-1] is not None

@@ -39,11 +39,12 @@ from omni_tasks.settings import RiskSettings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.feeds import AlpacaFeed, Feed
 from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
-from omni_tasks.stream.worker import StreamConfig, StreamWorker
+from omni_tasks.stream.worker import StreamWorker
 from omni_tasks.trading.orders import OrderSubmitter
 from omni_tasks.trading.simulated import SimulatedVenue
 from tests.conftest import wait_for

@@ -23,10 +23,12 @@ from omni_tasks.contracts.quotes import read_latest, read_profile
 from omni_tasks.core.keys import STREAM_CONTROL_KEY
 from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream import wire
+from omni_tasks.stream.config import StreamConfig
+from omni_tasks.stream.connlock import key_fingerprint
 from omni_tasks.stream.feeds import AlpacaFeed
 from omni_tasks.stream.standin import StandinServer
 from omni_tasks.stream.status import read_status
-from omni_tasks.stream.worker import EXIT_AUTH, StreamConfig, StreamWorker, key_fingerprint
+from omni_tasks.stream.worker import EXIT_AUTH, StreamWorker
 from tests.conftest import OmniProcess, service_env, wait_for
 
 pytestmark = pytest.mark.services
@@ -220,13 +222,18 @@ def test_mute_socket_is_detected_and_reconnected(standin: StandinServer, run_wor
 
 
 def test_mute_check_sleeps_outside_market_hours(standin: StandinServer, run_worker: Any) -> None:
+    rounds: list[int] = []  # wall ns of each housekeeping round (the mute check runs first in a round)
     config = _config(mute_after_s=0.3, market_hours="calendar")
-    worker = run_worker(config)
+    worker = run_worker(config, is_open=lambda _now: False, on_housekeeping=lambda _w: rounds.append(time.time_ns()))
     assert standin.wait_for_clients(1)
     assert worker.worker is not None
-    worker.worker._open_cache = (10**12, False)  # noqa: SLF001 - pin "closed" for the whole test: minute numbers never reach 10**12
-    worker.worker.market_open = lambda now=None: False  # type: ignore[method-assign]
-    time.sleep(1.2)
+    connected = worker.worker
+    # Silent for twice mute_after_s by a check's own clock: an open market would have forced a reconnect by then.
+    wait_for(
+        lambda: connected.connected_at_ns > 0 and any(t - connected.connected_at_ns > 2 * 0.3e9 for t in rounds),
+        10,
+        message="a mute check twice mute_after_s into the silence",
+    )
     assert standin.connections == 1
     assert worker.worker.counters.mute_reconnects == 0
 
@@ -234,15 +241,18 @@ def test_mute_check_sleeps_outside_market_hours(standin: StandinServer, run_work
 def test_connection_limit_means_a_cooldown_not_a_tight_loop(standin: StandinServer, run_worker: Any) -> None:
     standin.connection_limit_always = True
     worker = run_worker(_config(connection_limit_cooldown_s=1.0))
-    time.sleep(2.5)
-    attempts = standin.connections
-    # One attempt, then a 1.0-1.2 s cooldown between attempts: at most 3 in 2.5 s (a tight loop makes hundreds).
-    assert 1 <= attempts <= 3, attempts
     assert worker.worker is not None
-    assert worker.worker.counters.connection_limit == attempts
+    counters = worker.worker.counters
+    wait_for(lambda: counters.connection_limit >= 1, 10, interval_s=0.01, message="the first 406")
+    gap_s = wait_for(lambda: counters.connection_limit >= 2, 10, interval_s=0.01, message="the attempt after the cooldown")
+    attempts = standin.connections
+    # One attempt, then a 1.0-1.2 s cooldown before the next (a tight loop makes hundreds).
+    assert gap_s >= 0.9, f"the second attempt came {gap_s:.2f} s after the first 406"
+    assert attempts == 2, attempts
+    assert counters.connection_limit == attempts
     standin.connection_limit_always = False
     assert standin.wait_for_clients(1, timeout_s=5)
-    print(f"406 answers: {attempts} connection attempts in 2.5 s with a 1 s cooldown")
+    print(f"406 answers: the next connection attempt {gap_s:.2f} s after the first with a 1 s cooldown")
 
 
 def test_bad_key_stops_cleanly_with_exit_code_3(standin: StandinServer, run_worker: Any) -> None:
@@ -281,8 +291,16 @@ def test_one_connection_per_key(standin: StandinServer, run_worker: Any, redis_c
     fingerprint = key_fingerprint(KEY)
     first = run_worker(_config(lock_fingerprint=fingerprint, lock_ttl_s=1.0))
     assert standin.wait_for_clients(1)
+    held_since_ns = time.time_ns()  # the first took the lock before it connected
     second = run_worker(_config(lock_fingerprint=fingerprint, lock_ttl_s=1.0))
-    time.sleep(1.5)
+    assert second.worker is not None
+    waiting = second.worker
+    # Refused again after the first's TTL would have run out unrenewed: the first renews, the second keeps waiting.
+    wait_for(
+        lambda: "holds this API key" in waiting.last_error and waiting.last_error_ns > held_since_ns + 1.2e9,
+        10,
+        message="the second worker refused the lock past one TTL",
+    )
     assert standin.connections == 1, "the second worker must not even try while the lock is held"
     assert standin.limit_refusals == 0
     assert second.worker is not None
@@ -334,7 +352,7 @@ def test_omni_stream_records_and_the_replay_reproduces_redis(
     proc = _omni_stream(tmp_path, redis_url, migrated_pg_url, standin.url, "--record", str(recording))
     omni_processes.append(proc)
     assert standin.wait_for_clients(1, timeout_s=30), proc.log_text()[-2000:]
-    time.sleep(0.3)
+    wait_for(lambda: {"AAPL", "MSFT"} <= set((standin.subscriptions() or [{}])[0].get("quotes", ())), 10, message="the symbols subscribed")
     base = time.time_ns()
     for i in range(20):
         standin.send(

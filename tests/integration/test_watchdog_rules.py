@@ -25,12 +25,14 @@ from omni_tasks.core import keys
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.killswitch import parse_value
+from omni_tasks.safety.state_rule import parse_value
 from omni_tasks.settings import load_settings
 from omni_tasks.storage import migrations
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import KillEvent, RiskSnapshot, TradingStateRow
 from omni_tasks.watchdog import rules
+from omni_tasks.watchdog.actions import LiveActuator
+from omni_tasks.watchdog.evaluation import run_rules
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -90,7 +92,7 @@ class Watchdog:
 
 
 def omni(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
     )
 
@@ -212,30 +214,30 @@ def test_orders_backlog_trips_the_broker_breaker_automatically_and_latency_viola
     runtime = Runtime(settings)
     alerted: list[str] = []
 
-    class Recording(rules.LiveActuator):
+    class Recording(LiveActuator):
         def alert(self, finding: rules.Finding) -> None:
             alerted.append(finding.rule)
 
     actuator = Recording(runtime, purge=None)
     depths = {"orders": 6, "scans": 0}
     redis_client.incrby("omni:latency:violations:order_submission", 3)
-    first = rules.run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
+    first = run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
     assert first["findings"]["queue_backlog"]["streak"] == 1
     assert "latency_budget" not in first["findings"]  # the first evaluation only records where the counters stand
     redis_client.incrby("omni:latency:violations:order_submission", 11)
-    second = rules.run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
+    second = run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
     assert second["fired"] == {"queue_backlog": "done"}
     state = CircuitBreaker("broker:simulated", redis_client).state()
     assert (state["state"], state["forced"]) == ("open", None)
     assert second["findings"]["latency_budget"]["value"] == 11
-    third = rules.run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
+    third = run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
     assert third["fired"] == {}  # fired once per streak
     redis_client.incrby("omni:latency:violations:order_submission", 11)
-    rules.run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
+    run_rules(runtime, actuator=actuator, queue_depths=depths, market_open=lambda _t: False)
     print(f"\nbacklog trip: breaker {state['state']} (forced: {state['forced']}); latency alerts fired {alerted}")
     assert alerted == []  # one breaching evaluation, not two in a row: the 3rd saw no new violations
     redis_client.incrby("omni:latency:violations:order_submission", 11)
-    fifth = rules.run_rules(runtime, actuator=actuator, queue_depths={"orders": 0}, market_open=lambda _t: False)
+    fifth = run_rules(runtime, actuator=actuator, queue_depths={"orders": 0}, market_open=lambda _t: False)
     assert fifth["fired"] == {"latency_budget": "done"}
     assert alerted == ["latency_budget"]
     assert redis_client.hget(keys.WATCHDOG_STREAK_KEY, "queue_backlog") is None  # clean: reset

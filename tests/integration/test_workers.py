@@ -52,6 +52,28 @@ def _completions(client: redis.Redis, markers: list[str]) -> dict[str, int]:
     return {m: int(v or 0) for m, v in zip(markers, values, strict=True)}
 
 
+def _started(env: dict[str, str], task_name: str) -> int:
+    """How many times workers began running ``task_name`` (the task_started counter in the workers' metric files)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=env["PROMETHEUS_MULTIPROC_DIR"])
+    return int(
+        sum(
+            sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if sample.name == "celery_task_started_total" and sample.labels.get("name") == task_name
+        )
+    )
+
+
+def _settled(client: redis.Redis, queue: str) -> bool:
+    """Nothing left that could still run: the queue is empty and no delivery is unacknowledged."""
+    return client.llen(queue) == 0 and client.hlen("unacked") == 0
+
+
 def test_ping_every_queue_answers_and_outcomes_are_persisted(env, redis_client, migrated_pg_url, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
     from workers import KINDS
 
@@ -59,7 +81,7 @@ def test_ping_every_queue_answers_and_outcomes_are_persisted(env, redis_client, 
     for kind, proc in procs.items():
         wait_for_worker(redis_client, kind, proc)
 
-    result = subprocess.run(  # noqa: S603 - fixed argv
+    result = subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "ping", "--json", "--timeout", "20"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
@@ -97,14 +119,14 @@ def test_worker_child_sigkilled_mid_task_is_redelivered_and_completes_once(env, 
     for marker in markers:
         sender.send_task("omni.system.probe", args=[marker, 1.5], queue="scans")
     # Both pool children are busy with a probe now; kill one of them outright.
-    time.sleep(0.7)
+    wait_for(lambda: _started(env, "omni.system.probe") >= 2, 20, message="both pool children running a probe")
     children = worker.children()
     assert children, "the prefork worker has pool children"
     killed_at = time.monotonic()
     os.kill(children[0], signal.SIGKILL)
     wait_for(lambda: all(v >= 1 for v in _completions(redis_client, markers).values()), 60, message="every probe to complete")
     recovered_s = time.monotonic() - killed_at
-    time.sleep(1.0)  # anything still in flight would show up as a second completion
+    wait_for(lambda: _settled(redis_client, "scans"), 30, message="no probe left in flight")  # one would show up as a second completion
     counts = _completions(redis_client, markers)
     lost = sum(1 for v in counts.values() if v == 0)
     duplicated = sum(1 for v in counts.values() if v > 1)
@@ -131,7 +153,7 @@ def test_whole_worker_sigkilled_mid_task_is_redelivered_within_seconds(env, redi
     replacement = _start("scans", env, tmp_path, omni_processes)
     wait_for(lambda: all(v >= 1 for v in _completions(redis_client, markers).values()), 90, message="every probe to complete")
     redelivered_s = time.monotonic() - killed_at
-    time.sleep(1.0)
+    wait_for(lambda: _settled(redis_client, "scans"), 30, message="no probe left in flight")
     counts = _completions(redis_client, markers)
     lost = sum(1 for v in counts.values() if v == 0)
     duplicated = sum(1 for v in counts.values() if v > 1)
@@ -153,17 +175,16 @@ def test_poison_task_is_dead_lettered_after_max_deliveries(env, redis_client, se
     delivery_key = f"omni:deliveries:{task_id}"
     # Kill the child running it on each of its first two deliveries: a task that kills its worker.
     # The first delivery is not counted in Redis (no round trip); redeliveries are.
-    wait_for(lambda: redis_client.hlen("unacked") >= 1, 30, message="delivery 1")
-    time.sleep(0.5)
+    wait_for(lambda: _started(env, "omni.system.probe") >= 1, 30, message="delivery 1 running")
     for child in worker.children():
         os.kill(child, signal.SIGKILL)
+    # The count is taken as the task starts in the pool child: it is running once the count is there.
     wait_for(lambda: int(redis_client.get(delivery_key) or 0) >= 1, 30, message="delivery 2")
-    time.sleep(0.5)
     for child in worker.children():
         os.kill(child, signal.SIGKILL)
     # Third delivery exceeds max_deliveries=2: recorded as DEAD_LETTER and not run.
     wait_for(lambda: any(json.loads(r)["state"] == "DEAD_LETTER" for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)), 60, message="dead letter record")
-    time.sleep(1.0)
+    wait_for(lambda: _settled(redis_client, "scans"), 30, message="the dead-lettered delivery acknowledged")
     assert _completions(redis_client, [marker])[marker] == 0
     records = [json.loads(r) for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)]
     dead = [r for r in records if r["task_id"] == task_id and r["state"] == "DEAD_LETTER"]

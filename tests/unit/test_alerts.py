@@ -35,12 +35,12 @@ def server() -> Iterator[tuple[str, Recorder]]:
     recorder = Recorder()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:  # http.server's naming
             length = int(self.headers.get("Content-Length", "0"))
             recorder.bodies.append(json.loads(self.rfile.read(length)))
             recorder.paths.append(self.path)
             recorder.times.append(time.monotonic())
-            time.sleep(recorder.delay_s)
+            time.sleep(recorder.delay_s)  # the action: a webhook as slow as the test asks
             status = recorder.statuses.pop(0) if recorder.statuses else 200
             try:
                 self.send_response(status)

@@ -99,7 +99,7 @@ def _command_tree() -> Any:
 
     from omni_tasks.cli import main
 
-    main._register()  # noqa: SLF001 - the command tree as `omni` builds it, without running a command
+    main._register()  # private on purpose: the command tree as `omni` builds it, without running a command
     return typer.main.get_command(main.app)
 
 

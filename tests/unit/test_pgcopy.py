@@ -1,9 +1,8 @@
-"""The numpy binary COPY encoder: byte for byte against a struct-packed reference, and decoded by PostgreSQL itself."""
+"""The numpy binary COPY encoder: byte for byte against a struct-packed reference (PostgreSQL decoding it: tests/integration/test_pgcopy_postgres.py)."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -136,28 +135,3 @@ def test_pgcopy_refuses_what_postgresql_cannot_take() -> None:
         pgcopy.timestamptz_column("ts", pd.Series(pd.to_datetime(["2026-01-01"])))
     with pytest.raises(ValueError, match="codes outside"):
         Column("t", "text", np.array([0, 2]), categories=("a", "b"))
-
-
-@pytest.mark.services
-def test_pgcopy_postgresql_decodes_every_value(pg_database: Callable[[], str]) -> None:
-    from omni_tasks.storage.engine import make_engine
-
-    columns, rows, _ = sample(12_000)
-    engine = make_engine(pg_database())
-    raw = engine.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute("SET TIME ZONE 'UTC'")
-        cursor.execute("CREATE TEMP TABLE decoded (ord serial, t text, c varchar(8), f float8, i int8, s int4, b bool, ts timestamptz)")
-        cursor.copy_expert(
-            "COPY decoded (t, c, f, i, s, b, ts) FROM STDIN (FORMAT binary)",
-            pgcopy.ChunkReader(pgcopy.copy_chunks(columns)),
-            size=1 << 16,
-        )
-        cursor.execute("SELECT t, c, f, i, s, b, ts FROM decoded ORDER BY ord")
-        back = [tuple(row) for row in cursor.fetchall()]
-    finally:
-        raw.close()
-        engine.dispose()
-    assert len(back) == len(rows)
-    assert back == rows, "PostgreSQL reads back exactly the values encoded, in the order given"

@@ -26,7 +26,7 @@ def _cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _omni(args: list[str], *, env: dict[str, str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
+    return subprocess.run(  # our own interpreter and module, fixed arguments
         [sys.executable, "-m", "omni_tasks", *args],
         env=env,
         cwd=cwd,

@@ -296,7 +296,7 @@ def test_cli_config_show_bad_value_exits_2_with_one_line_naming_the_variable(tmp
     env["OMNI_DATA_DIR"] = str(tmp_path / "data")
     env["OMNI_FLOWER_PORT"] = "70000"
 
-    result = subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
+    result = subprocess.run(  # our own interpreter and module, fixed arguments
         [sys.executable, "-m", "omni_tasks", "config", "show"],
         env=env,
         cwd=tmp_path,

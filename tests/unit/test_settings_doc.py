@@ -19,7 +19,7 @@ def _every_setting() -> list[str]:
 
 
 def _omni_config_doc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - fixed argv
+    return subprocess.run(  # fixed argv
         [sys.executable, "-m", "omni_tasks", "config", "doc", *args],
         cwd=REPO_ROOT,
         capture_output=True,

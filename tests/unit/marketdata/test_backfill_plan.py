@@ -8,7 +8,7 @@ import pytest
 
 from omni_tasks.contracts.bars import TIMEFRAMES
 from omni_tasks.marketdata import calendar
-from omni_tasks.marketdata.backfill import (
+from omni_tasks.marketdata.backfill_plan import (
     ROWS_PER_CALL,
     SESSIONS_PER_PARTITION,
     BackfillRequestError,

@@ -47,7 +47,7 @@ def _loaded_after_importing(modules: list[str]) -> list[str]:
         "        print(name + ': ' + ', '.join(leaked))\n"
         "        break\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - our interpreter
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout.split("\n")[:-1]
 
@@ -72,5 +72,5 @@ def test_importing_the_app_reads_no_settings() -> None:
         "assert r._settings is None, 'settings read at import'\n"
         "assert not a.app.configured, 'app configured at import'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603 - our interpreter
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

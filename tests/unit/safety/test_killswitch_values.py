@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omni_tasks.safety.engage import is_automatic_actor, write_json_atomically
-from omni_tasks.safety.killswitch import LOOSER, StoredState, TradingState, format_value, parse_value
+from omni_tasks.safety.snapshot import write_json_atomically
+from omni_tasks.safety.state_rule import LOOSER, StoredState, TradingState, format_value, parse_value
+from omni_tasks.safety.transitions import is_automatic_actor
 
 
 @given(state=st.sampled_from(list(TradingState)), version=st.integers(min_value=0, max_value=2**53))

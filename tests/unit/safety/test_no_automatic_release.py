@@ -9,12 +9,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 LOOSENING = {"release", "activate", "_change"}
-ENGAGE_MODULE = "omni_tasks.safety.engage"
+TRANSITIONS_MODULE = "omni_tasks.safety.transitions"
 
 
 def _watchdog_modules() -> list[Path]:
     paths = sorted((REPO / "omni_tasks" / "watchdog").rglob("*.py"))
-    paths += [REPO / "omni_tasks" / "safety" / "alarms.py", REPO / "workers" / "watchdog.py", REPO / "omni_tasks" / "pipeline" / "hooks.py"]
+    safety = REPO / "omni_tasks" / "safety"
+    paths += [safety / "alarms.py", safety / "watchdog_listener.py", safety / "reconcile.py", safety / "engage.py"]
+    paths += [REPO / "workers" / "watchdog.py", REPO / "omni_tasks" / "pipeline" / "hooks.py"]
     return [p for p in paths if p.exists()]
 
 
@@ -27,13 +29,13 @@ def loosening_calls(source: str) -> list[str]:
         if isinstance(node, ast.ImportFrom):
             module = node.module or ""
             for name in node.names:
-                if module == ENGAGE_MODULE and name.name in LOOSENING:
+                if module == TRANSITIONS_MODULE and name.name in LOOSENING:
                     found.append(f"line {node.lineno}: from {module} import {name.name}")
-                if module == "omni_tasks.safety" and name.name == "engage":
+                if module == "omni_tasks.safety" and name.name == "transitions":
                     aliases.add(name.asname or name.name)
         elif isinstance(node, ast.Import):
             for name in node.names:
-                if name.name == ENGAGE_MODULE:
+                if name.name == TRANSITIONS_MODULE:
                     aliases.add(name.asname or name.name)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in LOOSENING:
@@ -44,10 +46,10 @@ def loosening_calls(source: str) -> list[str]:
 
 
 def test_the_checker_sees_every_way_of_reaching_release() -> None:
-    assert loosening_calls("from omni_tasks.safety.engage import release\n")
-    assert loosening_calls("from omni_tasks.safety import engage as e\ne.release(rt, actor='x', reason='y')\n")
-    assert loosening_calls("import omni_tasks.safety.engage as m\nm.activate(rt)\n")
-    assert loosening_calls("import omni_tasks.safety.engage\nomni_tasks.safety.engage.release(rt)\n")
+    assert loosening_calls("from omni_tasks.safety.transitions import release\n")
+    assert loosening_calls("from omni_tasks.safety import transitions as e\ne.release(rt, actor='x', reason='y')\n")
+    assert loosening_calls("import omni_tasks.safety.transitions as m\nm.activate(rt)\n")
+    assert loosening_calls("import omni_tasks.safety.transitions\nomni_tasks.safety.transitions.release(rt)\n")
     assert not loosening_calls("from omni_tasks.safety import engage as e\ne.engage(rt)\nbreaker.release(trial)\n")
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from omni_tasks.safety.killswitch import STRICTNESS, Copy, StoredState, TradingState, resolve, stricter
+from omni_tasks.safety.state_rule import STRICTNESS, Copy, StoredState, TradingState, resolve, stricter
 
 STATES = list(TradingState)
 VERSIONS = range(4)

@@ -275,7 +275,7 @@ def test_empty_bars_without_symbols_is_a_clear_error() -> None:
 
 def test_naive_as_of_is_refused() -> None:
     with pytest.raises(ValueError, match="naive"):
-        compute_indicators(bars("AAA", DAYS, TINY), as_of=datetime(2024, 1, 10))  # noqa: DTZ001 - the point of the test
+        compute_indicators(bars("AAA", DAYS, TINY), as_of=datetime(2024, 1, 10))  # the point of the test
 
 
 def test_bars_of_symbols_outside_the_named_universe_are_refused() -> None:

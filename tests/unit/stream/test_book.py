@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_tasks.stream.book import MAX_PRICE, REJECT_REASONS, Books, quote_row
+from omni_tasks.stream.book import Books
+from omni_tasks.stream.microstructure import MAX_PRICE, REJECT_REASONS, quote_row
 from omni_tasks.stream.wire import decode_frame, encode_frame
 
 S = 1_000_000_000  # one second in ns

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from omni_tasks.stream import wire
-from omni_tasks.stream.feeds import FeedExhausted, Recorder, ReplayFeed, read_recording
+from omni_tasks.stream.feeds import FeedExhausted
+from omni_tasks.stream.recording import Recorder, ReplayFeed, read_recording
 
 
 def _frames() -> list[bytes | str]:

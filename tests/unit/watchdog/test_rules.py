@@ -15,8 +15,6 @@ from omni_tasks.watchdog.rules import (
     Finding,
     NotEvaluated,
     Observations,
-    Streaks,
-    advance,
     error_storm,
     evaluate,
     latency_budget,
@@ -26,6 +24,7 @@ from omni_tasks.watchdog.rules import (
     risk_breach,
     stale_stream,
 )
+from omni_tasks.watchdog.streaks import Streaks, advance
 
 NOW = 1_780_000_000.0
 

@@ -108,10 +108,10 @@ def _handler_class(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (a timeout test); nothing to answer
 
-        do_GET = _serve  # noqa: N815 - http.server's naming
-        do_POST = _serve  # noqa: N815
+        do_GET = _serve  # http.server's naming
+        do_POST = _serve
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        def log_message(self, format: str, *args: object) -> None:  # http.server's signature
             pass
 
     return _Handler

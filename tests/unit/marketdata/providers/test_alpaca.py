@@ -23,7 +23,9 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import alpaca, alpaca_mappings, alpaca_requests
+from omni_tasks.marketdata.providers.alpaca import client as alpaca
+from omni_tasks.marketdata.providers.alpaca import mappings as alpaca_mappings
+from omni_tasks.marketdata.providers.alpaca import requests as alpaca_requests
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.settings import load_settings
 
@@ -402,7 +404,7 @@ def test_fetch_connection_refused_raises_provider_unavailable(closed_port_url: s
 
 def test_fetch_slow_server_times_out_as_provider_unavailable(standin: StandIn) -> None:
     def slow(_seen: Seen) -> Reply:
-        time.sleep(1.0)
+        time.sleep(1.0)  # the action: a server slower than the client's 0.2 s timeout
         return _reply("bars_AAPL_1Min_page2.json")
 
     standin.route("/v2/stocks/bars", slow)

@@ -25,7 +25,9 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import alpha_vantage, alpha_vantage_mappings, alpha_vantage_requests
+from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
+from omni_tasks.marketdata.providers.alpha_vantage import mappings as alpha_vantage_mappings
+from omni_tasks.marketdata.providers.alpha_vantage import requests as alpha_vantage_requests
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.settings import load_settings
 

@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from omni_tasks.marketdata.errors import AuthenticationFailed, MalformedPayload, RateLimited, UnknownSymbol, UnsupportedRequest
-from omni_tasks.marketdata.providers import alpha_vantage_news, alpha_vantage_news_mappings
+from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
+from omni_tasks.marketdata.providers.alpha_vantage import news_mappings as alpha_vantage_news_mappings
 
 from .conftest import Reply, StandIn, fixture_bytes
 

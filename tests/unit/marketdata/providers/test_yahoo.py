@@ -27,8 +27,10 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import yahoo, yahoo_mappings, yahoo_requests
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
+from omni_tasks.marketdata.providers.yahoo import client as yahoo
+from omni_tasks.marketdata.providers.yahoo import mappings as yahoo_mappings
+from omni_tasks.marketdata.providers.yahoo import requests as yahoo_requests
 from omni_tasks.settings import load_settings
 
 from .conftest import Reply, StandIn, fixture_bytes

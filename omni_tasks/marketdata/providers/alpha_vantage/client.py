@@ -43,8 +43,8 @@ from omni_tasks.marketdata.errors import (
     RateLimited,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import alpha_vantage_mappings as mappings
-from omni_tasks.marketdata.providers import alpha_vantage_requests as build
+from omni_tasks.marketdata.providers.alpha_vantage import mappings
+from omni_tasks.marketdata.providers.alpha_vantage import requests as build
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
 from omni_tasks.settings import Settings
 
@@ -106,7 +106,9 @@ class RebasedCalls:
             raise ProviderUnavailable(f"Alpha Vantage request failed: {build.redact(str(exc), self.key)}", provider=NAME) from None
         status = response.status_code
         if status == 429:
-            raise RateLimited(f"Alpha Vantage HTTP 429 for {self._symbol}", provider=NAME, retry_after_s=_seconds(response.headers.get("Retry-After")))
+            raise RateLimited(
+                f"Alpha Vantage HTTP 429 for {self._symbol}", provider=NAME, retry_after_s=_seconds(response.headers.get("Retry-After"))
+            )
         if status in (401, 403):
             raise AuthenticationFailed(f"Alpha Vantage HTTP {status} (check OMNI_ALPHA_VANTAGE_API_KEY)", provider=NAME)
         if status >= 500:
@@ -123,7 +125,7 @@ class RebasedCalls:
         return payload
 
 
-class _TimeSeries(RebasedCalls, TimeSeries):  # type: ignore[misc]  # alpha_vantage ships no type hints
+class _TimeSeries(RebasedCalls, TimeSeries):
     """alpha_vantage's TimeSeries whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 
@@ -180,11 +182,16 @@ class AlphaVantageBars:
                 raise MalformedPayload(f"Alpha Vantage answer for {request.symbol} has no {exc.args[0]!r} key", provider=NAME) from None
             pieces.append(mappings.series_frame(series, meta, daily=daily))
         frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
-        bars = frames.canonical_bars(frame, symbol=request.symbol, timeframe=request.timeframe, provider=NAME, feed=NAME, adjustment=request.adjustment)
+        bars = frames.canonical_bars(
+            frame, symbol=request.symbol, timeframe=request.timeframe, provider=NAME, feed=NAME, adjustment=request.adjustment
+        )
         inside = (bars["ts"] >= pd.Timestamp(request.start)) & (bars["ts"] < pd.Timestamp(request.end))
         if not inside.any():
-            raise EmptyData(f"Alpha Vantage has no {request.timeframe} bars for {request.symbol} inside "
-                            f"{request.start.isoformat()}..{request.end.isoformat()} ({len(bars)} outside it)", provider=NAME)
+            raise EmptyData(
+                f"Alpha Vantage has no {request.timeframe} bars for {request.symbol} inside "
+                f"{request.start.isoformat()}..{request.end.isoformat()} ({len(bars)} outside it)",
+                provider=NAME,
+            )
         return BarResult(bars=bars[inside].reset_index(drop=True), calls=client.calls)
 
 

@@ -105,7 +105,9 @@ def bars_frame(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
             raise MalformedPayload(f"Alpaca bar #{index} is not a JSON object (got {type(bar).__name__})", provider=PROVIDER)
         missing = [key for key in REQUIRED_BAR_KEYS if key not in bar]
         if missing:
-            raise MalformedPayload(f"Alpaca bar #{index} has no {', '.join(missing)} (keys: {', '.join(sorted(map(str, bar)))})", provider=PROVIDER)
+            raise MalformedPayload(
+                f"Alpaca bar #{index} has no {', '.join(missing)} (keys: {', '.join(sorted(map(str, bar)))})", provider=PROVIDER
+            )
         for key in _NUMERIC_KEYS:
             value = bar.get(key)
             optional_and_absent = value is None and key not in REQUIRED_BAR_KEYS

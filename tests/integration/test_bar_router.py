@@ -1,5 +1,4 @@
-"""BarRouter: provider order, availability, capabilities, breakers, limits, retries, fallback, provenance;
-and serving_feeds, the feeds rows served for a requested feed are stored under.
+"""BarRouter: provider order, availability, capabilities, breakers, limits, retries, fallback, provenance.
 
 Providers are small fakes passed in as arguments; breakers and the rate
 limiter are the real ones on the test's own Redis database; ``sleep`` is a
@@ -31,7 +30,7 @@ from omni_tasks.marketdata.errors import (
 )
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest, BarResult, Capabilities
 from omni_tasks.marketdata.ratelimit import RateLimiter
-from omni_tasks.marketdata.router import BarRouter, NoProviderServed, serving_feeds
+from omni_tasks.marketdata.router import BarRouter, NoProviderServed
 from omni_tasks.safety.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 
 pytestmark = pytest.mark.services  # real breakers and limiter on real Redis
@@ -71,7 +70,10 @@ class FakeProvider:
     ) -> None:
         self.name = name
         self.capabilities = Capabilities(
-            timeframes=frozenset(timeframes), rate_limit_per_min=rate_limit_per_min, daily_quota=daily_quota, adjustments=frozenset(adjustments)
+            timeframes=frozenset(timeframes),
+            rate_limit_per_min=rate_limit_per_min,
+            daily_quota=daily_quota,
+            adjustments=frozenset(adjustments),
         )
         self._pages = pages
         self._available = available
@@ -95,7 +97,9 @@ class FakeProvider:
 def _bars(request: BarRequest, provider: str) -> pd.DataFrame:
     ts = pd.date_range(request.start, request.end, freq="1min", inclusive="left")
     raw = pd.DataFrame({"ts": ts, "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.5, "volume": 100.0})
-    return canonical_bars(raw, symbol=request.symbol, timeframe=request.timeframe, provider=provider, feed=request.feed, adjustment=request.adjustment)
+    return canonical_bars(
+        raw, symbol=request.symbol, timeframe=request.timeframe, provider=provider, feed=request.feed, adjustment=request.adjustment
+    )
 
 
 @pytest.fixture
@@ -117,7 +121,9 @@ def breaker_for(redis_client: redis.Redis, clock: Clock) -> Callable[[str], Circ
 
 
 @pytest.fixture
-def make_router(breaker_for: Callable[[str], CircuitBreaker], redis_client: redis.Redis, clock: Clock, sleeps: list[float]) -> Callable[..., BarRouter]:
+def make_router(
+    breaker_for: Callable[[str], CircuitBreaker], redis_client: redis.Redis, clock: Clock, sleeps: list[float]
+) -> Callable[..., BarRouter]:
     def make(providers: list[BarProvider], **kwargs: object) -> BarRouter:
         kwargs.setdefault("limiter", RateLimiter(redis_client, clock=clock, sleep=sleeps.append))
         kwargs.setdefault("breaker_for", breaker_for)
@@ -274,7 +280,9 @@ def test_router_half_open_breaker_lets_a_trial_through_and_success_closes_it(mak
     breaker.record(False)
     breaker.record(False)
     clock.advance(31.0)
-    routed = make_router([alpha], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)).fetch(REQUEST)
+    routed = make_router([alpha], breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)).fetch(
+        REQUEST
+    )
     assert routed.provider == "alpha"
     assert len(alpha.calls) == 1
     assert breaker.state()["state"] == "closed"
@@ -284,7 +292,9 @@ def test_router_failures_recorded_on_the_providers_breaker_open_it(make_router, 
     tripping = BreakerPolicy(failure_threshold=3, rate_min_calls=1_000_000, cooldown_s=30.0)
     alpha = FakeProvider("alpha", then=ProviderUnavailable("timeout", provider="alpha"))
     beta = FakeProvider("beta")
-    router = make_router([alpha, beta], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    router = make_router(
+        [alpha, beta], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)
+    )
     assert router.fetch(REQUEST).provider == "beta"
     assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
     router.fetch(REQUEST)
@@ -474,7 +484,9 @@ def test_router_limiter_refusal_gives_back_the_half_open_trial(make_router, redi
     tripping = BreakerPolicy(failure_threshold=1, rate_min_calls=1_000_000, cooldown_s=30.0)  # one trial at a time
     alpha, beta = FakeProvider("alpha", rate_limit_per_min=1), FakeProvider("beta")
     breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
-    router = make_router([alpha, beta], rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    router = make_router(
+        [alpha, beta], rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)
+    )
     RateLimiter(redis_client, clock=clock).acquire("alpha", 1)  # another worker took the only slot
     breaker.record(False)
     clock.advance(30.0)
@@ -496,7 +508,9 @@ def test_router_limiter_refusal_on_every_attempt_leaves_no_trial_held(make_route
     tripping = BreakerPolicy(failure_threshold=1, rate_min_calls=1_000_000, cooldown_s=30.0)
     alpha = FakeProvider("alpha", daily_quota=1)
     breaker = CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock)
-    router = make_router([alpha], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    router = make_router(
+        [alpha], max_attempts=3, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock)
+    )
     RateLimiter(redis_client, clock=clock).take_quota("alpha", 1)  # today's quota is used up
     breaker.record(False)
     for _ in range(3):
@@ -528,7 +542,12 @@ def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(m
     tripping = BreakerPolicy(failure_threshold=2, rate_min_calls=1_000_000, cooldown_s=30.0)
     alpha = FakeProvider("alpha", then=ProviderUnavailable("503", provider="alpha"), rate_limit_per_min=3)
     beta = FakeProvider("beta")
-    router = make_router([alpha, beta], max_attempts=2, rate_wait_max_s=0.0, breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock))
+    router = make_router(
+        [alpha, beta],
+        max_attempts=2,
+        rate_wait_max_s=0.0,
+        breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, tripping, clock=clock),
+    )
     assert router.fetch(REQUEST).provider == "beta"  # two failed calls: alpha's breaker opens
     assert CircuitBreaker("provider:alpha", redis_client, tripping, clock=clock).state()["state"] == "open"
     window = RATELIMIT_WINDOW_KEY.format(provider="alpha")
@@ -538,7 +557,7 @@ def test_router_automatically_open_breaker_leaves_the_limiter_window_untouched(m
     assert len(alpha.calls) == 2
     assert redis_client.zcard(window) == 2, "fetches refused by the breaker took no slot of alpha's window"
     clock.advance(30.0)  # half-open: the trial does take a slot
-    alpha._then = "ok"  # noqa: SLF001 - the provider recovered
+    alpha._then = "ok"  # the provider recovered
     assert router.fetch(REQUEST).provider == "alpha"
     assert redis_client.zcard(window) == 3
 
@@ -571,7 +590,11 @@ def test_router_pages_beyond_the_first_are_charged_to_the_window_and_quota(make_
 # ---- an adapter raising something unexpected ------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [KeyError("close"), ValueError("could not convert 'N/A' to float"), TypeError("'NoneType' object is not subscriptable")], ids=["KeyError", "ValueError", "TypeError"])
+@pytest.mark.parametrize(
+    "error",
+    [KeyError("close"), ValueError("could not convert 'N/A' to float"), TypeError("'NoneType' object is not subscriptable")],
+    ids=["KeyError", "ValueError", "TypeError"],
+)
 def test_router_unexpected_exception_counts_against_the_breaker_and_falls_back(make_router, breaker_for, sleeps, error) -> None:  # type: ignore[no-untyped-def]
     alpha, beta = FakeProvider("alpha", then=error), FakeProvider("beta")
     routed = make_router([alpha, beta], max_attempts=3).fetch(REQUEST)
@@ -623,36 +646,6 @@ def test_router_unexpected_exception_in_a_half_open_trial_reopens_the_breaker(ma
     assert breaker.state()["state"] == "closed"
 
 
-# ---- serving_feeds ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("order", "feed", "expected"),
-    [
-        (["alpaca"], "iex", ("iex",)),
-        (["alpaca"], "sip", ("sip",)),
-        (["yahoo"], "iex", ("yahoo",)),
-        (["alpha_vantage"], "sip", ("alpha_vantage",)),
-        (["synthetic"], "iex", ("synthetic",)),
-        (["replay"], "iex", ("iex", "replay")),
-        (["replay"], "sip", ("sip", "replay")),
-        (["alpaca", "yahoo", "alpha_vantage"], "iex", ("iex", "yahoo", "alpha_vantage")),
-        (["yahoo", "alpaca"], "sip", ("yahoo", "sip")),
-        (["synthetic", "replay", "alpaca"], "iex", ("synthetic", "iex", "replay")),
-        (["alpaca", "replay", "alpaca", "yahoo", "yahoo"], "iex", ("iex", "replay", "yahoo")),
-        ([], "sip", ("sip",)),
-    ],
-    ids=["alpaca-iex", "alpaca-sip", "yahoo", "alpha_vantage", "synthetic", "replay-iex", "replay-sip", "default-order", "order-kept", "replay-in-the-middle", "no-duplicates", "no-providers"],
-)
-def test_serving_feeds_are_the_feeds_each_provider_stores_rows_under(order: list[str], feed: str, expected: tuple[str, ...]) -> None:
-    assert serving_feeds(order, feed) == expected
-
-
-def test_serving_feeds_accepts_any_sequence_and_returns_a_tuple() -> None:
-    assert serving_feeds(("alpaca", "synthetic"), "iex") == ("iex", "synthetic")
-    assert isinstance(serving_feeds(["yahoo"], "iex"), tuple)
-
-
 # ---- quotas, refusals, whole series ----------------------------------------------------
 
 
@@ -681,7 +674,7 @@ def test_router_daily_refusal_of_one_symbol_does_not_spend_the_quota_two_symbols
         router.fetch(REQUEST)
     assert first.value.defer_s == 60.0, "one symbol refused: waited out like a rate limit, not until midnight"
     assert router.fetch(BarRequest("MSFT", "1Min", START, START + timedelta(minutes=5))).provider == "alpha", "the others go on"
-    alpha._script = [_daily_refusal()]  # noqa: SLF001 - scripting the fake
+    alpha._script = [_daily_refusal()]  # scripting the fake
     with pytest.raises(NoProviderServed) as second:
         router.fetch(BarRequest("NVDA", "1Min", START, START + timedelta(minutes=5)))
     assert second.value.defer_s is not None
@@ -707,7 +700,7 @@ def test_router_whole_series_is_one_call_per_job_and_symbol_and_a_refusal_holds_
     assert [len(r.bars) for r in served] == [5] * 6
     assert all(r.bars["ts"].min() >= pd.Timestamp(p.start) for r, p in zip(served, parts, strict=True))
 
-    whole._then = RateLimited("Information: rate limit", provider="alpha")  # noqa: SLF001 - scripting the fake
+    whole._then = RateLimited("Information: rate limit", provider="alpha")  # scripting the fake
     msft = [replace(p, symbol="MSFT") for p in parts]
     with pytest.raises(NoProviderServed) as waiting:
         router.fetch(msft[0], job=7, span=span)

@@ -5,15 +5,16 @@ The client is alpaca-py's, pointed at ``settings.alpaca.data_url`` with its
 sends the key headers and turns HTTP errors into ``APIError``. This module
 walks the pages itself (``next_page_token``), one ``client.get`` per page, so
 it can count calls, stop a server that repeats a token, and tell which page
-was malformed. Request building is in :mod:`.alpaca_requests`, the wire format
-and error mapping in :mod:`.alpaca_mappings`.
+was malformed. Request building is in :mod:`.requests`, the wire format
+and error mapping in :mod:`.mappings`.
 
 Two alpaca-py defaults are changed, in :class:`_Client` only:
 
 * its retry loop (sleep 3 s, three times, on 429 and 504) is off: the router
   retries with backoff and the shared rate limiter, and a worker must not
   sleep inside a provider call;
-* its ``requests`` session has no timeout; ours has ``timeout_s``.
+* its ``requests`` session has no timeout; ours has ``timeout_s``
+  (both through :func:`omni_tasks.core.http.use_timeout_session`, as paper trading does).
 
 The free plan's recent-SIP refusal (HTTP 403 "subscription does not permit
 querying recent SIP data" when ``end`` is within the last 15 minutes) is
@@ -51,6 +52,7 @@ from alpaca.common.exceptions import APIError
 from alpaca.data.historical.stock import StockHistoricalDataClient
 
 from omni_tasks.contracts import bars as frames
+from omni_tasks.core.http import use_timeout_session
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
@@ -61,8 +63,8 @@ from omni_tasks.marketdata.errors import (
     UnknownSymbol,
     UnsupportedRequest,
 )
-from omni_tasks.marketdata.providers import alpaca_mappings as mappings
-from omni_tasks.marketdata.providers import alpaca_requests as build
+from omni_tasks.marketdata.providers.alpaca import mappings
+from omni_tasks.marketdata.providers.alpaca import requests as build
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
 from omni_tasks.settings import Settings
 
@@ -84,26 +86,12 @@ CAPABILITIES: Final = Capabilities(
 )
 
 
-class _TimeoutSession(requests.Session):
-    """A requests session whose calls time out after ``timeout_s`` unless told otherwise."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self.timeout_s = timeout_s
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]  # same call, one default added
-        kwargs.setdefault("timeout", self.timeout_s)
-        return super().request(method, url, *args, **kwargs)
-
-
 class _Client(StockHistoricalDataClient):
     """alpaca-py's stock data client without its internal retry loop, with a request timeout."""
 
     def __init__(self, api_key: str, secret_key: str, *, data_url: str, timeout_s: float) -> None:
         super().__init__(api_key=api_key, secret_key=secret_key, url_override=data_url.rstrip("/"), raw_data=True)
-        # alpaca-py exposes no switch for these; RESTClient reads both attributes on every call.
-        self._retry = 0
-        self._session = _TimeoutSession(timeout_s)
+        use_timeout_session(self, timeout_s)
 
 
 class _RecentSipRefused(Exception):
@@ -177,7 +165,9 @@ class AlpacaBars:
         if not rows:
             # Alpaca answers an unknown symbol with an empty "bars" object; a range without trades looks the same.
             raise self._no_rows(client, request, feed=feed, end=end, notes=notes)
-        bars = frames.canonical_bars(mappings.bars_frame(rows), symbol=symbol, timeframe=request.timeframe, provider=NAME, feed=feed, adjustment=request.adjustment)
+        bars = frames.canonical_bars(
+            mappings.bars_frame(rows), symbol=symbol, timeframe=request.timeframe, provider=NAME, feed=feed, adjustment=request.adjustment
+        )
         inside = (bars["ts"] >= pd.Timestamp(request.start)) & (bars["ts"] < pd.Timestamp(end))
         return BarResult(bars=bars[inside].reset_index(drop=True), notes=notes, calls=calls)
 
@@ -189,7 +179,11 @@ class AlpacaBars:
             last = mappings.latest_bar_ts(self._get(client, build.latest_bar_query(symbol), symbol=symbol, path=LATEST_BARS_PATH), symbol)
         except (ProviderError, _RecentSipRefused) as exc:
             # Which of the two it is stays open: a transient answer, tried again later.
-            return EmptyData(f"{what}, and asking for its latest bar failed ({exc}): unknown symbol or empty range, not known yet", provider=NAME, notes=notes)
+            return EmptyData(
+                f"{what}, and asking for its latest bar failed ({exc}): unknown symbol or empty range, not known yet",
+                provider=NAME,
+                notes=notes,
+            )
         if last is None:
             return UnknownSymbol(f"{what}, and no latest bar: Alpaca does not know {symbol}", provider=NAME, notes=notes)
         if last < pd.Timestamp(request.start):
@@ -206,16 +200,30 @@ class AlpacaBars:
             raise UnsupportedRequest(f"Alpaca refused recent SIP data on the {feed} feed", provider=NAME)
         limit = build.sip_recent_limit(self._clock())
         if end > limit and limit > request.start:
-            note = (f"alpaca refused recent SIP data for {request.symbol}: end clamped from {end.isoformat()} to {limit.isoformat()} "
-                    f"(the plan serves SIP up to 15 minutes ago); bars after {limit.isoformat()} are not in this result")
-            _log.warning("alpaca refused recent SIP data; end clamped", symbol=request.symbol, timeframe=request.timeframe,
-                         requested_end=end.isoformat(), served_end=limit.isoformat())
+            note = (
+                f"alpaca refused recent SIP data for {request.symbol}: end clamped from {end.isoformat()} to {limit.isoformat()} "
+                f"(the plan serves SIP up to 15 minutes ago); bars after {limit.isoformat()} are not in this result"
+            )
+            _log.warning(
+                "alpaca refused recent SIP data; end clamped",
+                symbol=request.symbol,
+                timeframe=request.timeframe,
+                requested_end=end.isoformat(),
+                served_end=limit.isoformat(),
+            )
             notes.append(note)
             return "sip", limit
-        note = (f"alpaca refused recent SIP data for {request.symbol}: feed switched from sip to iex for "
-                f"{request.start.isoformat()}..{request.end.isoformat()}; volumes are IEX-only, not consolidated")
-        _log.warning("alpaca refused recent SIP data; feed switched to iex", symbol=request.symbol, timeframe=request.timeframe,
-                     start=request.start.isoformat(), end=request.end.isoformat())
+        note = (
+            f"alpaca refused recent SIP data for {request.symbol}: feed switched from sip to iex for "
+            f"{request.start.isoformat()}..{request.end.isoformat()}; volumes are IEX-only, not consolidated"
+        )
+        _log.warning(
+            "alpaca refused recent SIP data; feed switched to iex",
+            symbol=request.symbol,
+            timeframe=request.timeframe,
+            start=request.start.isoformat(),
+            end=request.end.isoformat(),
+        )
         notes.append(note)
         return "iex", request.end
 
@@ -239,7 +247,9 @@ class AlpacaBars:
             if token is None:
                 return rows, calls
             if token in seen or calls >= MAX_PAGES:
-                raise MalformedPayload(f"Alpaca paging does not end: page {calls} repeats or exceeds the page limit (token {token[:16]!r}...)", provider=NAME)
+                raise MalformedPayload(
+                    f"Alpaca paging does not end: page {calls} repeats or exceeds the page limit (token {token[:16]!r}...)", provider=NAME
+                )
             seen.add(token)
 
     def _get(self, client: _Client, query: dict[str, str], *, symbol: str, path: str = BARS_PATH) -> Any:

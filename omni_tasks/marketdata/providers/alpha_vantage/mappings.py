@@ -105,7 +105,9 @@ def series_frame(series: Any, meta: Any, *, daily: bool) -> pd.DataFrame:
         values = {_field_name(key): value for key, value in row.items()}
         missing = [name for name in FIELDS if name not in values]
         if missing:
-            raise MalformedPayload(f"Alpha Vantage row {stamp!r} has no {', '.join(missing)} (keys: {', '.join(map(str, row))})", provider=PROVIDER)
+            raise MalformedPayload(
+                f"Alpha Vantage row {stamp!r} has no {', '.join(missing)} (keys: {', '.join(map(str, row))})", provider=PROVIDER
+            )
         columns["ts"].append(stamp)
         for name in FIELDS:
             columns[name].append(_number(values[name], stamp=stamp, name=name))
@@ -113,7 +115,9 @@ def series_frame(series: Any, meta: Any, *, daily: bool) -> pd.DataFrame:
     try:
         stamps = pd.to_datetime(frame["ts"], format="%Y-%m-%d" if daily else "%Y-%m-%d %H:%M:%S")
     except (ValueError, TypeError) as exc:
-        raise MalformedPayload(f"Alpha Vantage timestamps are not {'YYYY-MM-DD' if daily else 'YYYY-MM-DD HH:MM:SS'}: {exc}", provider=PROVIDER) from None
+        raise MalformedPayload(
+            f"Alpha Vantage timestamps are not {'YYYY-MM-DD' if daily else 'YYYY-MM-DD HH:MM:SS'}: {exc}", provider=PROVIDER
+        ) from None
     if not daily and len(frame):
         zone = time_zone(meta)
         try:

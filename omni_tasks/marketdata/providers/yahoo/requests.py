@@ -48,8 +48,7 @@ def history_kwargs(request: BarRequest, *, timeout_s: float) -> dict[str, Any]:
         auto_adjust = AUTO_ADJUST[request.adjustment]
     except KeyError:
         raise ValueError(
-            f"Yahoo cannot serve {request.adjustment!r} bars: its prices are split-adjusted at least "
-            f"(choose from {', '.join(AUTO_ADJUST)})"
+            f"Yahoo cannot serve {request.adjustment!r} bars: its prices are split-adjusted at least (choose from {', '.join(AUTO_ADJUST)})"
         ) from None
     return {
         "start": request.start,

@@ -45,7 +45,9 @@ def calls_for(request: BarRequest) -> list[AvCall]:
     """The calls that cover the request. Raises ValueError for what Alpha Vantage cannot serve."""
     if request.timeframe == DAILY:
         if request.adjustment != "raw":
-            raise ValueError(f"Alpha Vantage daily bars are raw only (its adjusted daily series is premium and adjusts the close alone), not {request.adjustment!r}")
+            raise ValueError(
+                f"Alpha Vantage daily bars are raw only (its adjusted daily series is premium and adjusts the close alone), not {request.adjustment!r}"
+            )
         return [AvCall("get_daily", {"symbol": request.symbol, "outputsize": "full"}, "Time Series (Daily)")]
     try:
         interval = INTERVALS[request.timeframe]
@@ -84,7 +86,7 @@ def rebase(url: str, base_url: str) -> str:
     """The library's query URL moved onto ``base_url`` (the same path and query under it)."""
     if not url.startswith(LIBRARY_QUERY_URL):
         raise ValueError("alpha_vantage built a URL outside its query endpoint; the adapter does not know where to send it")
-    return f"{base_url.rstrip('/')}/query?{url[len(LIBRARY_QUERY_URL):]}"
+    return f"{base_url.rstrip('/')}/query?{url[len(LIBRARY_QUERY_URL) :]}"
 
 
 def redact(text: str, key: str) -> str:

@@ -20,7 +20,7 @@ that cannot be read (no URL, no time, a score that is not a number) is
 rejected with its reason, never silently dropped; the others are kept. The
 HTTP 200 bodies that are not data (``Note``, ``Information``, ``Error
 Message``) are mapped before this module sees the answer
-(:func:`.alpha_vantage_mappings.body_error`).
+(:func:`.mappings.body_error`).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def published_at(value: Any, *, zone: ZoneInfo, url: str = "") -> datetime:
     fmt = _TIME_FORMATS.get(len(text))
     if fmt is not None:
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=at).astimezone(UTC)  # noqa: DTZ007 - the zone is set right here
+            return datetime.strptime(text, fmt).replace(tzinfo=at).astimezone(UTC)  # the zone is set right here
         except ValueError:
             pass
     raise MalformedPayload(f"news article {url}: time_published {value!r} is not YYYYMMDDTHHMMSS", provider=PROVIDER)

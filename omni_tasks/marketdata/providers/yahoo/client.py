@@ -8,7 +8,7 @@ guce.yahoo.com). Rather than rewrite those globals, the adapter hands
 yfinance its own HTTP session (``yf.Ticker(symbol, session=...)``, a public
 argument): a curl_cffi session, as yfinance itself uses, impersonating a
 browser, whose ``request()`` re-bases Yahoo URLs onto
-``settings.yahoo.base_url`` (see :func:`.yahoo_requests.rebase`). With the
+``settings.yahoo.base_url`` (see :func:`.requests.rebase`). With the
 default base nothing is rewritten; with a stand-in every Yahoo URL goes to it,
 so the stand-in answers ``/v8/finance/chart/{symbol}`` (and may answer
 ``/v1/test/getcrumb``).
@@ -18,7 +18,7 @@ The same session reads the chart responses yfinance would misreport: a 5xx
 (yfinance: a detour through other endpoints, then their 404) is
 UnknownSymbol. Everything else is yfinance's to parse, with its
 ``hide_exceptions`` turned off so it raises instead of logging and returning
-an empty frame; its exceptions are mapped in :mod:`.yahoo_mappings`
+an empty frame; its exceptions are mapped in :mod:`.mappings`
 (YFRateLimitError -> RateLimited, a missing time zone -> UnknownSymbol, no
 prices -> EmptyData or, when Yahoo says so, UnknownSymbol).
 
@@ -52,9 +52,9 @@ from yfinance.data import YfData
 
 from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import EmptyData, ProviderError, UnsupportedRequest
-from omni_tasks.marketdata.providers import yahoo_mappings as mappings
-from omni_tasks.marketdata.providers import yahoo_requests as build
 from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
+from omni_tasks.marketdata.providers.yahoo import mappings
+from omni_tasks.marketdata.providers.yahoo import requests as build
 from omni_tasks.settings import Settings
 
 NAME: Final = "yahoo"
@@ -70,7 +70,7 @@ CAPABILITIES: Final = Capabilities(
 _YFINANCE_FAILURES: Final = (ProviderError, yf.exceptions.YFException, ValueError, KeyError, TypeError, IndexError, AttributeError, OSError)
 
 
-class _YahooSession(curl_requests.Session):  # type: ignore[misc]  # curl_cffi ships no complete stubs
+class _YahooSession(curl_requests.Session):
     """yfinance's HTTP session: re-bases Yahoo URLs, counts chart calls, reports chart failures yfinance misreads."""
 
     def __init__(self, base_url: str) -> None:
@@ -148,13 +148,19 @@ class YahooBars:
             raise mappings.error_for(exc, symbol=symbol) from exc
         calls = max(1, self._session.chart_calls - before)
         if history is None or history.empty:
-            raise EmptyData(f"Yahoo returned an empty frame for {symbol} {request.timeframe} "
-                            f"{request.start.isoformat()}..{request.end.isoformat()}", provider=NAME)
+            raise EmptyData(
+                f"Yahoo returned an empty frame for {symbol} {request.timeframe} {request.start.isoformat()}..{request.end.isoformat()}",
+                provider=NAME,
+            )
         frame = mappings.history_frame(history, timeframe=request.timeframe, source_tz=_exchange_zone(ticker))
-        bars = frames.canonical_bars(frame, symbol=symbol, timeframe=request.timeframe, provider=NAME, feed=NAME, adjustment=request.adjustment)
+        bars = frames.canonical_bars(
+            frame, symbol=symbol, timeframe=request.timeframe, provider=NAME, feed=NAME, adjustment=request.adjustment
+        )
         inside = (bars["ts"] >= pd.Timestamp(request.start)) & (bars["ts"] < pd.Timestamp(request.end))
         if not inside.any():
-            raise EmptyData(f"Yahoo returned no bars for {symbol} inside {request.start.isoformat()}..{request.end.isoformat()}", provider=NAME)
+            raise EmptyData(
+                f"Yahoo returned no bars for {symbol} inside {request.start.isoformat()}..{request.end.isoformat()}", provider=NAME
+            )
         return BarResult(bars=bars[inside].reset_index(drop=True), calls=calls)
 
 

@@ -10,7 +10,7 @@ step is not used: it turns the ``feed`` list into a DataFrame by the position
 of each article's values under the first article's keys, which scrambles
 articles whose keys differ (a missing ``banner_image``) and drops the
 top-level fields. The undecorated call (``get_news_sentiment.__wrapped__``)
-returns the checked JSON itself; :mod:`.alpha_vantage_news_mappings` reads it.
+returns the checked JSON itself; :mod:`.news_mappings` reads it.
 
 One call per symbol: ``tickers=A,B`` asks for articles mentioning *all* of
 them, not either. Each call counts against the key's rate limit and daily
@@ -28,9 +28,9 @@ from alpha_vantage.alphaintelligence import AlphaIntelligence
 
 from omni_tasks.contracts import bars as frames
 from omni_tasks.marketdata.errors import AuthenticationFailed, MalformedPayload, UnsupportedRequest
-from omni_tasks.marketdata.providers import alpha_vantage_news_mappings as mappings
-from omni_tasks.marketdata.providers.alpha_vantage import NAME, RebasedCalls
-from omni_tasks.marketdata.providers.alpha_vantage_requests import DEFAULT_BASE_URL
+from omni_tasks.marketdata.providers.alpha_vantage import news_mappings as mappings
+from omni_tasks.marketdata.providers.alpha_vantage.client import NAME, RebasedCalls
+from omni_tasks.marketdata.providers.alpha_vantage.requests import DEFAULT_BASE_URL
 from omni_tasks.settings import Settings
 
 FUNCTION: Final = "NEWS_SENTIMENT"
@@ -38,7 +38,7 @@ LIMITS: Final = (50, 1000)
 SORTS: Final = ("LATEST", "EARLIEST", "RELEVANCE")
 
 
-class _Intelligence(RebasedCalls, AlphaIntelligence):  # type: ignore[misc]  # alpha_vantage ships no type hints
+class _Intelligence(RebasedCalls, AlphaIntelligence):
     """alpha_vantage's AlphaIntelligence whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 

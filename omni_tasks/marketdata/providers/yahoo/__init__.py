@@ -1,0 +1,1 @@
+"""Yahoo Finance (through yfinance): the client, request building and wire-key mappings."""

@@ -1,0 +1,42 @@
+"""What a stream worker is told (:class:`StreamConfig`, built from the settings by
+:func:`omni_tasks.stream.wiring.stream_config`) and what it counts (:class:`Counters`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omni_tasks.stream.feeds import CHANNELS
+
+
+@dataclass
+class StreamConfig:
+    """What the worker needs from the settings (built by :func:`omni_tasks.stream.wiring.stream_config`)."""
+
+    name: str = "stream"
+    symbols: list[str] = field(default_factory=list)
+    channels: tuple[str, ...] = CHANNELS
+    quote_ttl_s: int = 30
+    stale_after_s: float = 10.0
+    mute_after_s: float = 15.0
+    market_hours: str = "calendar"  # calendar: checks only while XNYS is open; always: a 24-hour feed; never: no checks
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connection_limit_cooldown_s: float = 60.0
+    stream_maxlen: int = 100_000
+    housekeeping_s: float = 0.25
+    flushes_in_flight: int = 2  # writes in flight at once (order at Redis does not matter: see _flush_loop)
+    heartbeat_s: float = 2.0
+    lock_fingerprint: str | None = None  # set for feeds that allow one connection per key
+    lock_ttl_s: float = 15.0
+
+
+@dataclass
+class Counters:
+    connects: int = 0
+    reconnects: int = 0
+    mute_reconnects: int = 0
+    connection_limit: int = 0
+    flush_errors: int = 0
+    stale_resubscribes: int = 0
+    provider_errors: int = 0
+    control_commands: int = 0
