@@ -1,4 +1,4 @@
-"""No import cycles between omni_tasks modules, counting imports inside functions too.
+"""No import cycles between omni_tasks modules, counting imports inside functions too (not those for annotations only).
 
 A cycle is how a light module ends up loading the world (the app, its hooks and
 the task decorator once imported each other; every CLI module imported the one
@@ -23,9 +23,21 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` except what sits under ``if TYPE_CHECKING:`` (imports for annotations only run nowhere)."""
+    for child in ast.iter_child_nodes(tree):
+        if isinstance(child, ast.If) and ast.unparse(child.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+            for other in child.orelse:
+                yield other
+                yield from _runtime_nodes(other)
+            continue
+        yield child
+        yield from _runtime_nodes(child)
+
+
 def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("omni_tasks"):
             for alias in node.names:
                 full = f"{node.module}.{alias.name}"
@@ -77,6 +89,13 @@ def _cycles(graph: dict[str, set[str]]) -> Iterator[list[str]]:
 
 def test_cycles_finds_a_loop_of_three() -> None:
     assert list(_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})) == [["a", "b", "c"]]
+
+
+def test_runtime_nodes_skip_imports_for_annotations_only() -> None:
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nelse:\n    import b\nimport c\n")
+    names = [alias.name for node in _runtime_nodes(tree) if isinstance(node, ast.Import) for alias in node.names]
+
+    assert names == ["b", "c"]
 
 
 def test_omni_tasks_modules_import_each_other_without_cycles() -> None:
