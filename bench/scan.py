@@ -264,7 +264,7 @@ def celery_leg(url: str, symbols: list[str], as_of: pd.Timestamp, config: ScanCo
         for key in [k for k in os.environ if k.upper().startswith("OMNI_")]:
             del os.environ[key]
         os.environ.update(omni_env)
-        from omni_tasks.cli.main import prepare
+        from omni_tasks.cli.common import prepare
 
         settings = prepare("bench", configure_log=False)
         if settings.broker_url != broker_url or settings.database_url != url:

@@ -53,7 +53,7 @@ def config_doc(
 @config_app.command("show")
 def config_show() -> None:
     """Print the effective settings, secrets masked."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     settings = prepare("cli", configure_log=False)
     table = Table(title="omni-tasks settings")
@@ -77,7 +77,7 @@ def secrets_new_key() -> None:
 @secrets_app.command("encrypt")
 def secrets_encrypt() -> None:
     """Encrypt a value read from stdin (or a hidden prompt); prints enc:... for a .env file."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.settings import secret_keys
 
     settings = prepare("cli", configure_log=False)
@@ -98,7 +98,7 @@ def secrets_encrypt() -> None:
 @secrets_app.command("rotate")
 def secrets_rotate(env_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".env file to re-encrypt")]) -> None:
     """Re-encrypt every enc: value in ENV_FILE under the newest key (keep the old key listed until done)."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.settings import secret_keys
 
     settings = prepare("cli", configure_log=False)
@@ -111,7 +111,7 @@ def secrets_rotate(env_file: Annotated[Path, typer.Argument(exists=True, dir_oka
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Migrate the database to REVISION (default: head)."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.settings import mask_url
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
@@ -131,7 +131,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Print the database's revision and the code's head."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
 
@@ -143,7 +143,7 @@ def db_current() -> None:
 @db_app.command("check")
 def db_check() -> None:
     """Fail when the models and the migrated database disagree (drift)."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
 

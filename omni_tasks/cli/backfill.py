@@ -6,18 +6,21 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import check, option
 from omni_tasks.contracts.feeds import FEEDS, READ_FEED_HELP, feeds_to_read
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("backfill")
+_fail = _group.fail
 backfill_app = typer.Typer(help="Historical bars: plan, run, watch and verify backfills.", no_args_is_help=True)
 
 Symbols = Annotated[str | None, typer.Argument(help="comma-separated symbols, or 'universe' for the configured universe")]
@@ -28,10 +31,6 @@ Feed = Annotated[str | None, typer.Option(help="iex or sip (default: OMNI_BACKFI
 Adjustment = Annotated[str | None, typer.Option(help="raw, split, dividend or all (default: OMNI_BACKFILL_ADJUSTMENT)")]
 ReadFeed = Annotated[str | None, typer.Option(help=READ_FEED_HELP)]
 UniverseFile = Annotated[Path | None, typer.Option("--universe", help="a file of symbols instead of SYMBOLS")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("backfill", message, code)
 
 
 def _date(value: str | None, default: date, what: str, *, end: bool = False) -> date:
@@ -85,7 +84,7 @@ def plan_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dry run: the partitions and provider calls a backfill would make. Nothing is written."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.marketdata import backfill_plan
 
     prepare("cli", configure_log=False)
@@ -123,7 +122,7 @@ def run_cmd(
     timeout_s: Annotated[float, typer.Option("--timeout", help="seconds --wait waits at most", parser=option(inputs.seconds, what="--timeout"))] = 3600.0,
 ) -> None:
     """Record a backfill job and enqueue its partitions on the backfill queue."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill, backfill_plan
 
@@ -166,7 +165,7 @@ def run_cmd(
 
 def _stuck_partitions(runtime: Any, job_id: int) -> list[int]:
     """The job's partitions not final with no live delivery (nothing queued or unacked for them), quiet for the dead-worker threshold."""
-    from omni_tasks.pipeline.app import is_redis_url
+    from omni_tasks.pipeline.broker import is_redis_url
     from omni_tasks.watchdog import ledgers
 
     if not is_redis_url(runtime.settings.broker_url):
@@ -215,7 +214,7 @@ def status_cmd(
     """Recent backfill jobs, or one job's partitions."""
     from sqlalchemy import select
 
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill
     from omni_tasks.storage.models import BackfillJob, BackfillPartition
@@ -276,7 +275,7 @@ def verify_cmd(
 
     Whatever feed `backfill run` stored them under (synthetic, replay, iex, sip, yahoo, alpha_vantage) counts, unless --feed names one.
     """
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill_plan
     from omni_tasks.marketdata.wiring import build_store
@@ -325,7 +324,7 @@ def reconcile_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A second opinion: compare a sample of stored bars with another configured provider (close, and volume when comparable)."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata import backfill_plan
     from omni_tasks.validation.reconcile import reconcile_stored

@@ -12,36 +12,28 @@ Names outside the known set are refused with the list.
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks.cli.parsing import check, fail
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import check
 from omni_tasks.core import inputs
 from omni_tasks.core.keys import BREAKER_KEY
 
 console = Console()
+_group = CommandGroup("breaker")
+_fail = _group.fail
+_actor = _group.actor
+_reason = _group.reason
 breaker_app = typer.Typer(help="Circuit breakers (providers, the broker, the database): list, trip, reset, force.", no_args_is_help=True)
 
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the audit log (default: the login name)")]
 ReasonOption = Annotated[str, typer.Option("--reason", help="why (kept in the audit log)")]
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("breaker", message, code)
-
-
-def _actor(name: str | None) -> str:
-    return f"operator:{check('breaker', inputs.operator, name or getpass.getuser())}"
-
-
-def _reason(text: str) -> str:
-    return check("breaker", inputs.reason, text)
 
 
 def expected_breakers(settings: Any) -> list[str]:
@@ -88,7 +80,7 @@ def breaker_rows(client: Any, settings: Any, now: float | None = None) -> list[d
 
 
 def _breaker(name: str, actor: str) -> Any:
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.safety.breaker import CircuitBreaker
     from omni_tasks.safety.reporting import audit_transitions
@@ -99,13 +91,13 @@ def _breaker(name: str, actor: str) -> Any:
     known = known_names(runtime.redis, settings)
     if name not in known:
         _fail(f"unknown breaker {name!r}: known breakers are {', '.join(known)}")
-    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=actor, client=runtime.redis))
+    return CircuitBreaker(name, runtime.redis, on_transition=audit_transitions(runtime.sessions, settings=runtime.settings, actor=actor, client=runtime.redis))
 
 
 @breaker_app.command("list")
 def list_breakers(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every breaker: state, forced or automatic, consecutive failures, when it opened, cooldown left."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
 
     settings = prepare("cli")

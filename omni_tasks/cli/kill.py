@@ -17,75 +17,26 @@ usage   2 (a missing --reason, a bad option)
 
 from __future__ import annotations
 
-import getpass
 import json
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from omni_tasks.cli.common import CommandGroup
 from omni_tasks.cli.parsing import check, fail, option
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("kill", reason_max_len=2000)
+_actor = _group.actor
+_reason = _group.reason
 kill_app = typer.Typer(help="The kill switch: engage, release, status, drill.", no_args_is_help=True)
 
 ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="why (recorded with who and when); required")]
 OperatorOption = Annotated[str | None, typer.Option("--operator", help="your name in the audit log (default: the login name)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def _actor(name: str | None) -> str:
-    return f"operator:{check('kill', inputs.operator, name or getpass.getuser())}"
-
-
-def _reason(reason: str) -> str:
-    return check("kill", inputs.reason, reason, max_len=2000)
-
-
-def broker_for(runtime: Any) -> tuple[Any, str | None]:
-    """The configured broker (omni_tasks.trading.wiring), or None with the reason it could not be built."""
-    from omni_tasks.trading.wiring import make_venue
-
-    try:
-        return make_venue(runtime), None
-    except Exception as exc:  # noqa: BLE001 - engaging must go on without a broker
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def orders_purge(settings: Any) -> Callable[[], int]:
-    """Purges the orders queue on the configured Celery broker."""
-    from omni_tasks.pipeline.app import broker_transport_options
-    from omni_tasks.pipeline.broker import orders_purger
-    from omni_tasks.pipeline.queues import Queue
-
-    return orders_purger(settings.broker_url, Queue.ORDERS.value, broker_transport_options(settings))
-
-
-def engage_with_process_runtime(*, actor: str, reason: str, flatten: bool | None) -> Any:
-    """Engage from this process (CLI or health server): the configured broker, the orders-queue purge."""
-    from omni_tasks.core.runtime import get_runtime
-    from omni_tasks.safety.engage import engage as do_engage
-
-    runtime = get_runtime()
-    broker, problem = broker_for(runtime)
-    result = do_engage(runtime, actor=actor, reason=reason, broker=broker, flatten=flatten, purge=orders_purge(runtime.settings))
-    if problem is not None:
-        result.errors["broker"] = problem
-    return result
-
-
-def http_kill_endpoint() -> Any:
-    """The health server's POST /kill/engage, from this process's settings (None: no token set, endpoint off)."""
-    from omni_tasks.core.runtime import get_settings
-    from omni_tasks.ops.httpserver import KillEndpoint
-
-    token = get_settings().kill.http_token
-    if token is None or not token.get_secret_value():
-        return None
-    return KillEndpoint(token=token.get_secret_value(), engage=engage_with_process_runtime)
 
 
 def _timings_table(timings: dict[str, float], title: str) -> Table:
@@ -119,7 +70,8 @@ def engage_command(
     as_json: JsonOption = False,
 ) -> None:
     """Engage the kill switch now: orders stop, open orders are cancelled and confirmed, queued orders purged."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
+    from omni_tasks.ops.engaging import engage_with_process_runtime
 
     prepare("cli")
     actor, why = _actor(operator), _reason(reason)
@@ -174,7 +126,7 @@ def release_command(
     as_json: JsonOption = False,
 ) -> None:
     """Release the kill switch (operators only, with a reason). Trading resumes."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
@@ -218,7 +170,7 @@ def release_command(
 @kill_app.command("reduce")
 def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> None:
     """ACTIVE -> REDUCING: only orders that shrink positions pass."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
@@ -237,7 +189,7 @@ def reduce_command(reason: ReasonOption, operator: OperatorOption = None) -> Non
 @kill_app.command("activate")
 def activate_command(reason: ReasonOption, operator: OperatorOption = None) -> None:
     """REDUCING -> ACTIVE (operators only). A HALTED switch is lifted with `omni kill release`."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli")
     from omni_tasks.core.runtime import get_runtime
@@ -293,7 +245,7 @@ def status_command(
     events: Annotated[int, typer.Option("--events", help="recent kill switch events to list", parser=option(inputs.integer, what="--events", lo=0, hi=1000))] = 5,
 ) -> None:
     """Show the trading state, who engaged the kill switch, why and since when, the last snapshot and recent events."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli")
     from sqlalchemy import select
@@ -347,7 +299,7 @@ def drill_command(
     as_json: JsonOption = False,
 ) -> None:
     """Rehearse the whole sequence on a scratch Redis, database and simulated broker; print the timings."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     symbol = check("kill drill", inputs.symbol, symbol, what="--symbol")
     operator_actor = _actor(operator)

@@ -11,19 +11,16 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 # typer vendors click; its usage-error base class is not re-exported (typer.BadParameter is one of them).
 from typer._click.exceptions import ClickException
 
+from omni_tasks.cli.common import crash_log_path
 from omni_tasks.cli.parsing import one_line as _one_line
 from omni_tasks.cli.parsing import report_error, wants_json
 from omni_tasks.core.errors import BootRefused, ConfigError
-
-if TYPE_CHECKING:
-    from omni_tasks.settings import Settings
 
 app = typer.Typer(
     name="omni",
@@ -32,75 +29,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-#: The folder of the crash log, known once the settings are loaded (see :func:`crash_log_path`).
-_crash_dir: Path | None = None
-
-
-#: The long-running processes whose metrics the server merges from their files.
-METRIC_FILE_ROLES = frozenset({"beat", "stream", "server"})
-
-
-def writes_metric_files(role: str) -> bool:
-    """Workers, beat, the stream and the server write prometheus-client files; the CLI, `omni up` and Flower do not."""
-    return role in METRIC_FILE_ROLES or role.startswith("worker-")
-
-
-def prepare(role: str, kind: str = "unknown", *, configure_log: bool = True) -> Settings:
-    """Load and install the settings, point Prometheus at the shared metrics folder, set up logs.
-
-    Commands run by a person (role ``cli``) log everything as JSON to ``<data>/logs/omni-cli.log``
-    (or ``OMNI_CORE_LOG_FILE``'s ``-cli`` file) and show only warnings on stderr, one human line each:
-    their output is never mixed with log records. ``configure_log=False`` is kept for callers that set
-    up logging themselves (``omni up``); for ``cli`` it changes nothing.
-    """
-    import socket
-
-    from omni_tasks.core.runtime import install_settings
-    from omni_tasks.settings import load_settings
-
-    global _crash_dir
-    settings = load_settings()
-    install_settings(settings)
-    _crash_dir = settings.data_dir / "logs"
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # prometheus_client reads this when it is first imported, so it is set
-    # here, before any module that defines metrics is imported.
-    if not writes_metric_files(role):
-        # A short-lived command would leave files behind for every scrape to merge, and Flower serves its
-        # own registry: neither writes metric files (what the CLI does is counted in Redis: omni_tasks.core.counters).
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    elif "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # One folder per host: PIDs repeat across containers sharing the volume.
-        host_dir = settings.metrics_dir / socket.gethostname()
-        host_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
-    if role != "cli":
-        # Names a Celery process in its logs and heartbeats; a person's command needs neither (nor Celery's import time).
-        from omni_tasks.pipeline import hooks as worker_hooks
-
-        worker_hooks.set_process(role, kind)
-    if role == "cli":
-        from omni_tasks.core.logs import configure_logging
-
-        configure_logging(
-            level=settings.core.log_level,
-            fmt="json",
-            role=role,
-            secrets=settings.secret_values(),
-            log_file=settings.core.log_file or settings.data_dir / "logs" / "omni.log",
-            console_level="WARNING",
-        )
-    elif configure_log:
-        from omni_tasks.core.logs import configure_logging
-
-        configure_logging(
-            level=settings.core.log_level,
-            fmt=settings.core.log_format,
-            role=role,
-            secrets=settings.secret_values(),
-            log_file=settings.core.log_file,
-        )
-    return settings
 
 
 def _register() -> None:
@@ -166,14 +94,6 @@ def _usage_line(exc: ClickException) -> tuple[str, str]:
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None and ctx.command_path else "omni"
     return where, message
-
-
-def crash_log_path() -> Path:
-    """Where the CLI writes tracebacks of unexpected errors: <data dir>/logs/cli-errors.log (a temp folder if unknown)."""
-    import tempfile
-
-    base = _crash_dir or Path(tempfile.gettempdir()) / f"omni-tasks-{os.getuid()}"
-    return base / "cli-errors.log"
 
 
 def _write_crash(exc: BaseException, argv: list[str] | None) -> Path:

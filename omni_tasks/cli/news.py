@@ -26,7 +26,7 @@ def news(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Stored news about SYMBOL: time, source, title, overall and per-ticker sentiment, relevance."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.contracts.bars import check_symbol
     from omni_tasks.core.runtime import get_runtime
 

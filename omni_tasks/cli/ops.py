@@ -55,7 +55,7 @@ def probe_pipeline(settings: Any, dead_after_s: float) -> tuple[dict[str, Any], 
         client.close()
         return finding, None
     finding["redis"] = "reachable"
-    from omni_tasks.pipeline import observe  # Celery's import time is paid only when there is something to observe
+    from omni_tasks.pipeline import observe  # imported only when there is something to observe
 
     try:
         alive = [w for w in observe.workers_view(client, dead_after_s) if w["alive"]]
@@ -303,7 +303,7 @@ def status(
     Says within about a second when the pipeline is not running (then only the trading state recorded
     in the database is shown). Exit code: 0 all shown, 1 some part unavailable, 4 the pipeline is not running.
     """
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli", configure_log=False)
     if watch:
@@ -462,7 +462,7 @@ def ping(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Send a probe through every queue and print the round-trip times."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli", configure_log=False)
     from omni_tasks.pipeline.queues import ALL_QUEUES

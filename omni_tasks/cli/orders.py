@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import fail, option
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("order")
+_fail = _group.fail
+_actor = _group.actor
 order_app = typer.Typer(help="Orders through the pre-trade checks (DESIGN section 7): buy, sell, list, cancel-all.", no_args_is_help=True)
 OK_STATUSES = frozenset({"new", "accepted", "partially_filled", "filled"})
 #: Publishing an order: a broker that does not answer at once is reported, not waited for (kombu's default retries take seconds).
@@ -28,16 +31,8 @@ OperatorOption = Annotated[str | None, typer.Option("--operator", help="your nam
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="seconds to wait with --wait", parser=option(inputs.seconds, what="--timeout", hi=3600.0))]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("order", message, code)
-
-
-def _actor(name: str | None) -> str:
-    return f"operator:{check('order', inputs.operator, name or getpass.getuser())}"
-
-
 def _place(side: str, symbol: str, qty: str, limit: str | None, wait: bool, timeout_s: float, operator: str | None, as_json: bool) -> None:
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.contracts.venue import InvalidOrder
     from omni_tasks.trading.parsing import parse_order
 
@@ -218,7 +213,7 @@ def list_orders(
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.storage.models import Order
 
@@ -277,7 +272,7 @@ def cancel_all(
     message lists what is still open (from the broker, or from the orders ledger when the
     broker cannot be asked). Either way an ``orders.cancel_all`` audit row records it.
     """
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
 
     actor = _actor(operator)

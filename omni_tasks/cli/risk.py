@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks.cli.parsing import fail, option
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import option
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("risk")
+_fail = _group.fail
 risk_app = typer.Typer(
     help="Portfolio risk: exposure, leverage, VaR/ES, drawdown, breaches of the desk's limits.", invoke_without_command=True
 )
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("risk", message, code)
 
 
 @risk_app.callback()
@@ -34,7 +33,7 @@ def risk(
     """Print the latest risk snapshot (every figure and breach); --history N lists earlier ones; --recalc takes a new one."""
     if ctx.invoked_subcommand is not None:
         return
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.risk import snapshot
 
@@ -71,9 +70,8 @@ def risk(
 
 def _recalculate(runtime: Any, *, timeout_s: float, quiet: bool) -> None:
     """Enqueue omni.risk.recalculate and wait for its outcome; a clear message when no risk worker answers."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
     from omni_tasks.pipeline import heartbeats
+    from omni_tasks.pipeline.canvas import ResultTimeout, wait_for
     from omni_tasks.risk.tasks import recalculate
 
     live = [w for w in heartbeats.alive(runtime.redis, runtime.settings.broker.dead_after_s) if "risk" in w.queues]
@@ -85,9 +83,9 @@ def _recalculate(runtime: Any, *, timeout_s: float, quiet: bool) -> None:
         )
     started = time.monotonic()
     try:
-        outcome = result.get(timeout=timeout_s, propagate=False)
+        outcome = wait_for(result, timeout_s)
         failed = result.failed()
-    except CeleryTimeout:
+    except ResultTimeout:
         hint = (
             "no risk worker is running: start one with `omni worker risk` (or `omni up`)"
             if not live

@@ -30,7 +30,7 @@ def _boot_checks(settings: Settings) -> None:
     """The start-up safety checks of DESIGN section 4 (the encrypted-secret check runs when settings load)."""
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import startup_checks as safety_checks
-    from omni_tasks.pipeline.app import is_redis_url
+    from omni_tasks.pipeline.broker import is_redis_url
     from omni_tasks.pipeline.taskdef import task_time_limits
 
     safety_checks.check_visibility_timeout(settings.broker.visibility_timeout_s, task_time_limits())
@@ -62,29 +62,35 @@ def worker(
     from workers import KINDS
 
     kind = check("worker", inputs.choice, kind, what="KIND", choices=tuple(KINDS))
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
-    settings = prepare(f"worker-{kind}", kind)
+    settings = prepare(f"worker-{kind}")
     _boot_checks(settings)
     from omni_tasks.pipeline.app import app as celery_app
+    from omni_tasks.pipeline.hooks import set_process
+
+    set_process(f"worker-{kind}", kind)
 
     celery_app.worker_main(argv=KINDS[kind].celery_argv(concurrency=concurrency, loglevel=settings.core.log_level))
 
 
 def beat() -> None:
     """Start the beat scheduler. A second beat stands by until the leader's lock expires."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     settings = prepare("beat")
     _boot_checks(settings)
     from omni_tasks.pipeline.app import app as celery_app
+    from omni_tasks.pipeline.hooks import set_process
+
+    set_process("beat")
 
     celery_app.start(["beat", f"--loglevel={settings.core.log_level}", "--scheduler=omni_tasks.pipeline.beat:LockedScheduler"])
 
 
 def flower() -> None:
     """Start Flower on loopback with basic auth (OMNI_FLOWER_PASSWORD is required); times in UTC, workers re-inspected every 15 s."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     settings = prepare("flower")
     password = settings.flower.password.get_secret_value() if settings.flower.password else ""
@@ -92,6 +98,9 @@ def flower() -> None:
         raise BootRefused("Flower requires a password: set OMNI_FLOWER_PASSWORD (omni up generates one)")
     from omni_tasks.cli import flower_app
     from omni_tasks.pipeline.app import app as celery_app
+    from omni_tasks.pipeline.hooks import set_process
+
+    set_process("flower")
 
     # The credentials go in through argv of this process's own click call,
     # never through the OS command line, so `ps` does not show them.
@@ -110,11 +119,12 @@ def flower() -> None:
 
 def server() -> None:
     """Serve /metrics and /health on the metrics host and port."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     settings = prepare("server")
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import health
+    from omni_tasks.ops.engaging import http_kill_endpoint
     from omni_tasks.ops.httpserver import make_server
     from omni_tasks.pipeline import observe
     from omni_tasks.pipeline.queues import ALL_QUEUES
@@ -164,6 +174,7 @@ def server() -> None:
         settings.metrics.port,
         metrics_body=exposition.render,
         health=health_check,
+        kill=http_kill_endpoint(settings),
         request_timeout_s=settings.metrics.request_timeout_s,
         workers=settings.metrics.workers,
         max_connections=settings.metrics.max_connections,
@@ -190,7 +201,7 @@ def up(
     With no OMNI_BROKER_URL / OMNI_DATABASE_URL it starts an embedded Redis
     (unix socket in the data folder) and uses SQLite there.
     """
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     settings = prepare("up", configure_log=False)
     from omni_tasks.core.logs import configure_logging

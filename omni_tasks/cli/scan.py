@@ -6,22 +6,21 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import check, option
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("scan")
+_fail = _group.fail
 scan_app = typer.Typer(help="Market scans: momentum, volume surge, ATR%, gap, RSI, distance to the 52-week high.", invoke_without_command=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("scan", message, code)
 
 
 TopOption = Annotated[int, typer.Option(help="rows to print", parser=option(inputs.integer, what="--top", lo=1, hi=10_000))]
@@ -43,7 +42,7 @@ def scan(
     """Enqueue a scan (chunks of symbols in parallel, one merge that ranks them all)."""
     if ctx.invoked_subcommand is not None:
         return
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.marketdata.universe import load_universe
     from omni_tasks.scans import runs
@@ -99,7 +98,7 @@ def show(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list every symbol that could not be scored, with its reason")] = False,
 ) -> None:
     """Print an earlier scan run."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
 
     prepare("cli", configure_log=False)
     _show(run_id, top=top, as_json=as_json, verbose=verbose)

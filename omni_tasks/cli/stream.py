@@ -5,23 +5,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.cli.common import CommandGroup
+from omni_tasks.cli.parsing import check, option
 from omni_tasks.core import inputs
 
 console = Console()
+_group = CommandGroup("stream")
+_fail = _group.fail
 stream_app = typer.Typer(
     help="The real-time quote path: run the streaming worker, control it, look at what it serves.", invoke_without_command=True
 )
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    fail("stream", message, code)
 
 
 def _symbols(text: str) -> list[str]:
@@ -44,7 +43,7 @@ def stream(
     """Run the streaming worker (until SIGTERM, `omni stream stop`, --for, or the end of a replay)."""
     if ctx.invoked_subcommand is not None:
         return
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.errors import ConfigError
     from omni_tasks.core.redis_client import async_redis_from_url
     from omni_tasks.core.runtime import get_runtime
@@ -53,7 +52,7 @@ def stream(
     from omni_tasks.stream.wiring import feed_factory, stream_config
     from omni_tasks.stream.worker import StreamWorker
 
-    settings = prepare("stream", "stream")
+    settings = prepare("stream")
     if replay is not None:
         feed = "replay"
     if feed is not None:
@@ -96,7 +95,7 @@ def stream(
 
 
 def _send(command: dict[str, Any], name: str) -> None:
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.core.keys import STREAM_CONTROL_KEY
     from omni_tasks.core.runtime import get_runtime
 
@@ -132,7 +131,7 @@ def quotes(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The latest quotes served in Redis, with their microstructure, age and trading status (halts, LULD band)."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.contracts.quotes import read_latest, read_trading_status
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.stream.status import read_status

@@ -26,7 +26,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Validate stored bars against the contract and the exchange calendar; store and print the quality report."""
-    from omni_tasks.cli.main import prepare
+    from omni_tasks.cli.common import prepare
     from omni_tasks.cli.parsing import check, fail
     from omni_tasks.contracts.bars import TIMEFRAMES
     from omni_tasks.core import inputs

@@ -12,6 +12,7 @@
     |   +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
     +-- InputError             (core.inputs; also a ValueError) what a user typed is refused, in one line
     +-- DeadLettered           (pipeline.taskdef) a task delivered more than max_deliveries times
+    +-- ResultTimeout          (pipeline.canvas) a task's result did not come back in time
     +-- ProviderError          (marketdata.errors) a market-data provider failed; its subclasses are also
     |                          RetryableError or PermanentError; NoProviderServed (marketdata.router)
     +-- BackfillRequestError   (marketdata.backfill_plan; also a ValueError) a backfill that cannot be planned

@@ -27,13 +27,12 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 
+from omni_tasks.core import operators
 from omni_tasks.core.errors import OmniError
 
 #: A ticker: 1-10 of A-Z, 0-9, '.', '-', starting with a letter. The one home of this rule (frames, the broker
 #: and the settings import it). Anchored with ``\Z``: ``$`` would let "AAPL\n" through.
 SYMBOL_PATTERN: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}\Z", re.ASCII)
-#: An operator's name in the records: 1-60 of letters, digits, '_', '.', '@', '-'.
-OPERATOR_PATTERN: Final = re.compile(r"[A-Za-z0-9_.@\-]{1,60}", re.ASCII)
 #: The first session exchange_calendars knows for XNYS (omni_tasks.marketdata.calendar widens to it on
 #: demand); no date before it is accepted. A backfill's own earliest date (OMNI_BACKFILL_EARLIEST_DATE,
 #: default 1962-01-02) is checked again by the backfill request (omni_tasks.marketdata.backfill).
@@ -235,10 +234,10 @@ def choice(value: object, *, what: str, choices: tuple[str, ...]) -> str:
 
 
 def operator(value: object, *, what: str = "--operator") -> str:
-    """An operator's name for the records: 1-60 of letters, digits, '_', '.', '@', '-'."""
+    """An operator's name for the records (:mod:`omni_tasks.core.operators`: 1-60 of letters, digits, '_', '.', '@', '-')."""
     text = _text(value, what, max_len=60)
-    if not OPERATOR_PATTERN.fullmatch(text):
-        raise InputError(f"{what} {shown(value)}: 1-60 of letters, digits, '_', '.', '@', '-'")
+    if not operators.is_operator_name(text):
+        raise InputError(f"{what} {shown(value)}: {operators.OPERATOR_RULE}")
     return text
 
 

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 import structlog
-from billiard.exceptions import SoftTimeLimitExceeded
 
 from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
@@ -58,6 +57,7 @@ from omni_tasks.marketdata.errors import (
 from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.marketdata.ratelimit import RateLimiter
 from omni_tasks.marketdata.series import SeriesCache
+from omni_tasks.pipeline.limits import SoftTimeLimitExceeded
 from omni_tasks.safety.breaker import CircuitBreaker
 
 if TYPE_CHECKING:

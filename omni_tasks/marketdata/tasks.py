@@ -14,12 +14,16 @@ from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.marketdata.wiring import build_router, build_store
 from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline import canvas
+from omni_tasks.pipeline.context import current_request, exponential_backoff_s, retry_running, running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.storage.outage import retry_after_outage
 
 _log = structlog.get_logger("omni.backfill")
 MAX_RETRIES = 4
+#: The follow-up of a finished job (:mod:`omni_tasks.validation.tasks`), sent by its stable name.
+VALIDATE_BACKFILL_JOB = "omni.validation.backfill_job"
 
 
 class PartitionNotServed(RetryableError):
@@ -37,11 +41,8 @@ class PartitionNotServed(RetryableError):
 )
 def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Fetch, check and store one backfill partition."""
-    from celery import current_task
-    from celery.utils.time import get_exponential_backoff_interval
-
     runtime = get_runtime()
-    request = current_task.request
+    request = current_request()
     # Celery counts every retry; the provider's share is what the outage retries did not use.
     provider_retries = max(0, int(request.retries or 0) - int(store_retries or 0))
     try:
@@ -55,7 +56,7 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
     except StoreUnavailable as exc:
         database = runtime.settings.database
         _log.warning("database unavailable: partition retried", partition_id=partition_id, store_retries=store_retries, error=str(exc))
-        raise retry_after_outage(current_task, exc, max_retries=database.outage_retries, cap_s=database.outage_backoff_max_s) from exc
+        raise retry_after_outage(running_task(), exc, max_retries=database.outage_retries, cap_s=database.outage_backoff_max_s) from exc
     metrics.BACKFILL_PARTITIONS.labels(outcome.status, outcome.provider or "-").inc()
     if outcome.status == "succeeded":
         metrics.BACKFILL_ROWS.labels(outcome.provider or "-").inc(outcome.rows)
@@ -66,10 +67,8 @@ def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]
         defer(int(partition_id), outcome.defer_s, visibility_timeout_s=runtime.settings.broker.visibility_timeout_s)
     elif outcome.retry:
         error = PartitionNotServed(outcome.error or "no provider served the partition")
-        countdown = get_exponential_backoff_interval(factor=1, retries=provider_retries, maximum=120, full_jitter=True)
-        raise current_task.retry(
-            args=request.args, kwargs=request.kwargs, exc=error, countdown=countdown, max_retries=int(request.retries or 0) + 1
-        )
+        countdown = exponential_backoff_s(provider_retries, factor=1, cap_s=120, full_jitter=True)
+        raise retry_running(exc=error, countdown=countdown, max_retries=int(request.retries or 0) + 1)
     if outcome.status == "failed":
         # Recorded in the ledger above; the task fails too, so Flower and `omni status` show it as a failure.
         raise PermanentError(f"backfill partition {outcome.partition_id} failed: {outcome.error or 'no provider served it'}")
@@ -99,9 +98,7 @@ def defer(partition_id: int, wait_s: float, *, visibility_timeout_s: float) -> f
 
 def job_finished(job_id: int) -> None:
     """A backfill job reached its final state: validation runs after each one, chained here rather than guessed on a timer."""
-    from omni_tasks.validation.tasks import validate_backfill_job
-
-    validate_backfill_job.apply_async(args=[job_id])
+    canvas.send(VALIDATE_BACKFILL_JOB, args=[job_id])
 
 
 def enqueue_partitions(partition_ids: list[int]) -> int:

@@ -17,7 +17,7 @@ from omni_tasks.settings import Settings
 
 
 def build_router(settings: Settings, client: redis.Redis, factory: sessionmaker[Session] | None) -> BarRouter:
-    hook = audit_transitions(factory, client=client)
+    hook = audit_transitions(factory, settings=settings, client=client)
     policy = BreakerPolicy()
 
     def breaker_for(name: str) -> CircuitBreaker:

@@ -8,6 +8,7 @@ import structlog
 
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata.errors import RateLimited
+from omni_tasks.pipeline.context import current_retries
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 
@@ -20,8 +21,6 @@ MAX_RETRIES = 3
 )
 def fetch(symbol: str) -> dict[str, Any]:
     """Fetch and store one symbol's news sentiment (Alpha Vantage), within the shared limits."""
-    from celery import current_task
-
     from omni_tasks.contracts.bars import check_symbol
     from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
     from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news
@@ -43,7 +42,7 @@ def fetch(symbol: str) -> dict[str, Any]:
             lookback_days=settings.news.lookback_days,
         )
     except RateLimited as exc:
-        if current_task.request.retries >= MAX_RETRIES:
+        if current_retries() >= MAX_RETRIES:
             # Waiting is not failing: the next daily run picks the symbol up.
             return FetchOutcome(symbol, "deferred", None, detail=str(exc)).as_dict()
         raise

@@ -222,21 +222,13 @@ def drain(timeout_s: float = 10.0) -> bool:
     return _dispatcher.drain(timeout_s)
 
 
-def emit(event: Mapping[str, Any], *, settings: Settings | None = None, wait: bool = False) -> None:
-    """Send an alert with this process's settings (background by default). Never raises.
+def emit(event: Mapping[str, Any], *, settings: Settings, wait: bool = False) -> None:
+    """Send an alert with the caller's ``settings`` (background by default). Never raises.
 
     The hook used by breaker transitions, the kill switch and validation: they
     know nothing of webhooks, and with no URL configured this is a no-op.
     """
     try:
-        if settings is None:
-            from omni_tasks.core.errors import ConfigError
-            from omni_tasks.core.runtime import get_settings
-
-            try:
-                settings = get_settings()
-            except ConfigError:  # a process without valid settings (a test, a script) has no webhook to send to
-                return
         if settings.alerts.webhook_url is None:
             return
         send_alert(settings.alerts, event, redact=settings.secret_values(), wait=wait)

@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from omni_tasks.core import inputs
+from omni_tasks.core import operators
 
 _log = structlog.get_logger("omni.http")
 MAX_BODY_BYTES = 16_384
@@ -71,8 +71,8 @@ def parse_engage_body(raw: bytes) -> tuple[str, str | None, bool | None]:
     if not isinstance(reason, str) or not reason.strip():
         raise ValueError("'reason' is required: a non-empty string saying why")
     operator = body.get("operator")
-    if operator is not None and (not isinstance(operator, str) or not inputs.OPERATOR_PATTERN.fullmatch(operator)):
-        raise ValueError("'operator' must be 1-60 of letters, digits, '_', '.', '@', '-'")
+    if operator is not None and not operators.is_operator_name(operator):
+        raise ValueError(f"'operator' must be {operators.OPERATOR_RULE}")
     flatten = body.get("flatten")
     if flatten is not None and not isinstance(flatten, bool):
         raise ValueError("'flatten' must be true or false")
@@ -296,13 +296,6 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _default_kill_endpoint() -> KillEndpoint | None:
-    from omni_tasks.cli.kill import http_kill_endpoint
-
-    endpoint: KillEndpoint | None = http_kill_endpoint()
-    return endpoint
-
-
 def make_server(
     host: str,
     port: int,
@@ -310,12 +303,12 @@ def make_server(
     registry: CollectorRegistry | None = None,
     health: Callable[[], tuple[int, dict[str, Any]]],
     metrics_body: Callable[[], bytes] | None = None,
-    kill: KillEndpoint | None | bool = True,
+    kill: KillEndpoint | Literal[False] | None = None,
     request_timeout_s: float = 10.0,
     workers: int = 8,
     max_connections: int = 256,
 ) -> BoundedHTTPServer:
-    """``kill``: the engage endpoint; True builds it from this process's settings (off without a token), False or None: off.
+    """``kill``: the engage endpoint (:func:`omni_tasks.ops.engaging.http_kill_endpoint` builds it from settings); False or None: off.
 
     ``request_timeout_s``: a request must arrive whole within this many seconds of connecting;
     ``workers``: threads answering requests; ``max_connections``: connections waiting for their request.
@@ -330,7 +323,7 @@ def make_server(
             return generate_latest(collected)
 
     render: Callable[[], bytes] = metrics_body  # bound here: the handler class below cannot see the narrowing
-    endpoint: KillEndpoint | None = _default_kill_endpoint() if kill is True else (kill or None)
+    endpoint: KillEndpoint | None = kill or None
 
     class Handler(PrebufferedHandler):
         server_version = "omni-tasks"
@@ -385,7 +378,7 @@ def make_server(
             except ValueError as exc:
                 self._send(400, json.dumps({"error": str(exc)}).encode(), "application/json")
                 return
-            actor = f"http:{operator or self.client_address[0]}"
+            actor = operators.http_actor(operator, self.client_address[0])
             try:
                 result = endpoint.engage(actor=actor, reason=reason, flatten=flatten)
             except Exception as exc:  # noqa: BLE001 - the caller gets the error; the switch may still be engaged in Redis

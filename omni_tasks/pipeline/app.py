@@ -1,6 +1,11 @@
 """The Celery application: configuration from settings, queues, routes. Celery starts here.
 
 Import ``app`` from this module; task modules are listed in ``TASK_MODULES``.
+Importing it builds the application object but reads no settings: its
+configuration (:func:`celery_config`) is computed from the installed settings
+the first time Celery reads it (a worker starting, a first publish). The
+worker and publish hooks (:mod:`omni_tasks.pipeline.hooks`) are attached to
+every application built here; the task decorator registers on ``app``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from kombu import Exchange
 from kombu import Queue as KombuQueue
 
 from omni_tasks.core.runtime import get_settings
+from omni_tasks.pipeline import hooks as worker_hooks
+from omni_tasks.pipeline.broker import broker_transport_options
 from omni_tasks.pipeline.queues import ALL_QUEUES
 from omni_tasks.settings import Settings
 
@@ -25,26 +32,6 @@ TASK_MODULES = (
     "omni_tasks.trading.tasks",
     "omni_tasks.risk.tasks",
 )
-
-
-def is_redis_url(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "redis+socket://", "unix://"))
-
-
-def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Redis transport options: visibility timeout, and a fast unacked-restore sweep."""
-    if not is_redis_url(settings.broker_url):
-        return {}
-    return {
-        "visibility_timeout": settings.broker.visibility_timeout_s,
-        # kombu sweeps for expired unacked messages every interval*throttle
-        # seconds (10*10 = 100 s by default); sweep every few seconds instead.
-        "unacked_restore_interval": settings.broker.restore_sweep_s,
-        "unacked_restore_throttle": 1,
-        "socket_timeout": 30,
-        "socket_connect_timeout": 5,
-        "health_check_interval": 10,
-    }
 
 
 def _result_backend(settings: Settings) -> str:
@@ -104,13 +91,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings) -> Celery:
-    celery_app = Celery("omni_tasks", include=list(TASK_MODULES))
-    celery_app.conf.update(celery_config(settings))
-    from omni_tasks.pipeline import hooks as worker_hooks
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery application with the pipeline's configuration and hooks.
 
+    With ``settings`` it is configured now (a test's sender); without, its
+    configuration is read from the process's installed settings when Celery
+    first needs it, so building it reads nothing.
+    """
+    celery_app = Celery("omni_tasks", include=list(TASK_MODULES))
+    if settings is None:
+        celery_app.add_defaults(lambda: celery_config(get_settings()))
+    else:
+        celery_app.conf.update(celery_config(settings))
     worker_hooks.install(celery_app)
     return celery_app
 
 
-app = create_app(get_settings())
+app = create_app()

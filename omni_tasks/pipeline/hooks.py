@@ -28,7 +28,7 @@ from omni_tasks.core.logs import configure_logging
 from omni_tasks.core.runtime import after_fork, get_runtime
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.pipeline import heartbeats
-from omni_tasks.pipeline.taskdef import SENT_AT_HEADER
+from omni_tasks.pipeline.headers import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
 _state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
@@ -229,38 +229,6 @@ class HeartbeatStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
-def refuse_order_task_while_halted(task: Any) -> None:
-    """Before-start hook: an order-bearing task does not start while trading is HALTED (or unreadable).
-
-    The refusal is recorded (task ledger as REFUSED, an order event when the
-    order's id is in the arguments) and the message is rejected, not requeued:
-    an order refused by the kill switch must not run later, after a release.
-    """
-    if not getattr(task, "order_bearing", False):
-        return
-    from celery.exceptions import Reject
-
-    from omni_tasks.safety.order_guard import order_task_refusal, record_refused_order_task
-
-    runtime = get_runtime()
-    reason = order_task_refusal(runtime.redis, runtime.sessions)
-    if reason is None:
-        return
-    request = task.request
-    try:
-        # Positional or keyword, the order's id is found by the task's own signature.
-        named = dict(inspect.signature(task.run).bind_partial(*(request.args or ()), **(request.kwargs or {})).arguments)
-    except TypeError:
-        named = dict(request.kwargs or {})
-    record_refused_order_task(runtime.sessions, task_name=task.name, task_id=str(request.id), args=(), kwargs=named, reason=reason)
-    try:
-        task._record("REFUSED", request.id, request.args, request.kwargs, error=reason)
-    except Exception:  # noqa: BLE001 - Redis may be why it was refused; the order event and the log remain
-        _log.warning("refused order task not in the task ledger", exc_info=True)
-    _log.warning("order task refused: trading is halted", task_name=task.name, task_id=request.id)
-    raise Reject(reason, requeue=False)
-
-
 class BrokerConnectionStep(bootsteps.StartStopStep):
     """Consumer step: counts broker connections. The consumer restarts its steps after each reconnection,
     and what the worker received on an older connection it can no longer acknowledge."""
@@ -288,8 +256,7 @@ class AlarmListenerStep(bootsteps.StartStopStep):
         queues = {q.name for q in consume_from.values()} if consume_from else set()
         if Queue.WATCHDOG.value not in queues:
             return
-        from omni_tasks.pipeline.app import broker_transport_options
-        from omni_tasks.pipeline.broker import orders_purger
+        from omni_tasks.pipeline.broker import broker_transport_options, orders_purger
         from omni_tasks.safety.watchdog_listener import start_watchdog_listener
         from omni_tasks.trading.wiring import make_venue
 
@@ -308,10 +275,7 @@ class AlarmListenerStep(bootsteps.StartStopStep):
 
 
 def install(app: Celery) -> None:
-    from omni_tasks.pipeline.taskdef import BEFORE_START_HOOKS
-
-    if refuse_order_task_while_halted not in BEFORE_START_HOOKS:
-        BEFORE_START_HOOKS.append(refuse_order_task_while_halted)
+    """Attach the signal handlers (process-wide, connected once) and the worker's bootsteps to ``app``. Reads no settings."""
     app.steps["worker"].add(AlarmListenerStep)
     signals.setup_logging.connect(_on_setup_logging, weak=False)
     signals.before_task_publish.connect(_on_before_publish, weak=False)

@@ -1,7 +1,9 @@
 """What the pipeline looks like right now: queue depths and waits, workers, beat leader.
 
-Plain functions over a Redis client (and kombu for a RabbitMQ broker), shared
-by ``omni status``, ``/health`` and the live metrics.
+Plain functions over a Redis client, shared by ``omni status``, ``/health`` and
+the live metrics; what is read from the Celery broker itself (queue depths,
+the oldest wait) comes from :mod:`omni_tasks.pipeline.broker`. Importing this
+module does not import Celery or kombu.
 """
 
 from __future__ import annotations
@@ -14,60 +16,8 @@ from typing import Any
 import redis
 
 from omni_tasks.core import lock as leader
-from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline import broker, heartbeats
 from omni_tasks.pipeline import outcomes as runs
-from omni_tasks.pipeline.taskdef import SENT_AT_HEADER
-
-# kombu's Redis transport keeps priorities in sibling lists: name, name\x06\x163, ...
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
-
-def redis_queue_depths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
-    names = list(queues)
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        for suffix in _PRIORITY_SUFFIXES:
-            pipe.llen(name + suffix)
-    lengths = pipe.execute()
-    step = len(_PRIORITY_SUFFIXES)
-    return {name: int(sum(lengths[i * step : (i + 1) * step])) for i, name in enumerate(names)}
-
-
-def redis_oldest_wait(client: redis.Redis, queues: Iterable[str], now: float | None = None) -> dict[str, float]:
-    """Age in seconds of the oldest waiting message per queue (kombu pops from the right)."""
-    now = time.time() if now is None else now
-    out: dict[str, float] = {}
-    for name in queues:
-        raw = client.lindex(name, -1)
-        if raw is None:
-            continue
-        try:
-            headers = json.loads(raw).get("headers") or {}
-            sent_at = headers.get(SENT_AT_HEADER)
-        except (ValueError, AttributeError):
-            sent_at = None
-        if sent_at is not None:
-            out[name] = max(0.0, now - float(sent_at))
-    return out
-
-
-def amqp_queue_depths(broker_url: str, queues: Iterable[str]) -> dict[str, int]:
-    from kombu import Connection
-
-    out: dict[str, int] = {}
-    with Connection(broker_url, connect_timeout=5) as connection:
-        channel = connection.channel()
-        try:
-            for name in queues:
-                try:
-                    _, count, _ = channel.queue_declare(queue=name, passive=True)
-                    out[name] = int(count)
-                except Exception:  # noqa: BLE001 - a queue not yet declared has no messages
-                    channel = connection.channel()
-                    out[name] = 0
-        finally:
-            channel.close()
-    return out
 
 
 def workers_view(client: redis.Redis, dead_after_s: float, now: float | None = None) -> list[dict[str, Any]]:
@@ -93,13 +43,7 @@ def workers_view(client: redis.Redis, dead_after_s: float, now: float | None = N
 
 
 def live_snapshot(client: redis.Redis, broker_url: str, queues: Iterable[str], dead_after_s: float) -> dict[str, Any]:
-    names = list(queues)
-    if broker_url.startswith(("amqp", "pyamqp")):
-        depths = amqp_queue_depths(broker_url, names)
-        oldest: dict[str, float] = {}
-    else:
-        depths = redis_queue_depths(client, names)
-        oldest = redis_oldest_wait(client, names)
+    depths, oldest = broker.queue_depths(client, broker_url, queues)
     return {
         "queues": depths,
         "oldest_wait_s": oldest,

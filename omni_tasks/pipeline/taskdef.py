@@ -31,8 +31,11 @@ from omni_tasks.core.errors import OmniError, RetryableError
 from omni_tasks.core.keys import DELIVERIES_KEY, TASK_OUTCOMES_KEY
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.ops import prometheus as metrics
+from omni_tasks.pipeline.app import TASK_MODULES, app
+from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR, SENT_AT_HEADER
 from omni_tasks.pipeline.outcomes import summarize_args
 from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.refusal import refuse_order_task_while_halted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,13 +44,10 @@ ROUTES: dict[str, str] = {}
 #: task name -> hard time limit (s), for the start-up visibility-timeout check.
 TIME_LIMITS: dict[str, float] = {}
 #: Callables run before every task starts; raising Reject/Ignore or an error stops it.
-#: The kill switch registers its check here.
-BEFORE_START_HOOKS: list[Callable[[OmniTask], None]] = []
+#: The kill switch's check is the first.
+BEFORE_START_HOOKS: list[Callable[[OmniTask], None]] = [refuse_order_task_while_halted]
 
 _TASK_NAME = re.compile(r"^omni(\.[a-z][a-z0-9_]*){2,}$")
-SENT_AT_HEADER = "omni_sent_at"
-#: A task that succeeded may name a more precise ledger state on its request (e.g. EXPIRED: the order was past its deadline).
-LEDGER_STATE_ATTR = "omni_ledger_state"
 _log = structlog.get_logger("omni.task")
 
 
@@ -261,8 +261,6 @@ def omni_task(
         raise ValueError(f"task name {name!r} is registered twice")
 
     def register(func: F) -> OmniTask:
-        from omni_tasks.pipeline.app import app
-
         options: dict[str, Any] = {
             "name": name,
             "base": OmniTask,
@@ -297,24 +295,23 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     """Celery router: the queue registered for a stable task name (celery.* internals go to the default)."""
     queue = ROUTES.get(name)
     if queue is None and not name.startswith("celery."):
-        _import_task_modules()
+        import_task_modules()
         queue = ROUTES.get(name)
         if queue is None:
             raise LookupError(f"no route for task {name!r}: is it defined with @omni_task?")
     return {"queue": queue} if queue else None
 
 
-def _import_task_modules() -> None:
+def import_task_modules() -> None:
+    """Import every task module (``TASK_MODULES``), so each stable name has its task and route."""
     import importlib
-
-    from omni_tasks.pipeline.app import TASK_MODULES
 
     for module in TASK_MODULES:
         importlib.import_module(module)
 
 
 def task_time_limits() -> list[tuple[str, float]]:
-    _import_task_modules()
+    import_task_modules()
     return sorted(TIME_LIMITS.items())
 
 

@@ -7,13 +7,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from celery import current_task
 
 from omni_tasks.contracts.portfolio import refresh_book
 from omni_tasks.contracts.venue import VenueError
 from omni_tasks.core.errors import PermanentError, RetryableError
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import calendar
+from omni_tasks.pipeline import canvas
+from omni_tasks.pipeline.context import running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.risk import snapshot
@@ -26,6 +27,8 @@ _log = structlog.get_logger("omni.risk")
 #: ``when`` values: ``market_hours`` runs only while the exchange is in session (the minute beat entry),
 #: ``after_close`` only on a session day (the close entry), ``now`` always (operators, `omni risk --recalc`).
 WHEN = ("now", "market_hours", "after_close")
+#: Woken at once on a breach (:mod:`omni_tasks.watchdog.tasks`), sent by its stable name.
+WATCHDOG_TICK = "omni.watchdog.tick"
 
 
 @omni_task(
@@ -52,7 +55,7 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
             return {"skipped": f"{today.isoformat()} is not a session day"}
     venue = make_venue(runtime)
     try:
-        with outages_retried(current_task, "recalculating risk", settings.database):
+        with outages_retried(running_task(), "recalculating risk", settings.database):
             if not venue.keeps_ledger:
                 # A venue without our ledger does not publish its book itself; the stream's day-loss guard reads it.
                 refresh_book(venue, runtime.redis)
@@ -71,9 +74,7 @@ def recalculate(when: str = "now", requested_by: str = "operator", store_retries
         raise
     if summary["breaches"]:
         # The watchdog acts on breaches; it should not wait for its next beat tick to see them.
-        from omni_tasks.watchdog.tasks import tick
-
-        tick.apply_async(expires=60)
+        canvas.send(WATCHDOG_TICK, expires=60)
         _log.warning(
             "risk limits breached: watchdog evaluation enqueued", rules=[b["rule"] for b in summary["breaches"]], snapshot_id=summary["id"]
         )

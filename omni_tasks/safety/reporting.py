@@ -30,14 +30,17 @@ from omni_tasks.safety.breaker import (
     settle_records,
     unclaim_records,
 )
+from omni_tasks.settings import Settings
 from omni_tasks.storage.models import AuditLog
 
 _log = structlog.get_logger("omni.audit")
 FLUSH_BATCH = 500
 
 
-def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "system", client: redis.Redis | None = None) -> TransitionHook:
-    """A transition hook that alerts (when a webhook is configured) and audits each transition (the breaker counts it).
+def audit_transitions(
+    factory: sessionmaker[Session] | None, *, settings: Settings, actor: str = "system", client: redis.Redis | None = None
+) -> TransitionHook:
+    """A transition hook that alerts (when ``settings`` configure a webhook) and audits each transition (the breaker counts it).
 
     With ``client`` (the Redis the breaker uses) the transition's queued record is written
     now under ``actor``, then anything else still queued; without it the record waits
@@ -53,7 +56,8 @@ def audit_transitions(factory: sessionmaker[Session] | None, *, actor: str = "sy
                 "breaker": event.breaker,
                 "actor": actor,
                 "at": datetime.fromtimestamp(event.at, tz=UTC),
-            }
+            },
+            settings=settings,
         )
         if factory is None or client is None or not event.record:
             return

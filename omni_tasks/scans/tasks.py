@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from celery import chord, current_task
 
 from omni_tasks.core.errors import PermanentError
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.universe import load_universe
+from omni_tasks.pipeline import canvas
+from omni_tasks.pipeline.context import running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.scans import runs
@@ -27,7 +28,7 @@ _log = structlog.get_logger("omni.scans")
 def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dict[str, Any]:
     """Indicators for one chunk of a run's universe (no score: scores are cross-sectional)."""
     runtime = get_runtime()
-    with outages_retried(current_task, f"scanning a chunk of run {run_id}", runtime.settings.database):
+    with outages_retried(running_task(), f"scanning a chunk of run {run_id}", runtime.settings.database):
         run = runs.load_run(runtime.sessions, int(run_id))
         bars = load_bars(BarStore(runtime.engine), symbols, as_of=run["as_of"], config=run["config"])
     return scan_chunk(bars, as_of=run["as_of"], config=run["config"], symbols=symbols).to_json()
@@ -37,7 +38,7 @@ def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dic
 def merge_chunks(partials: list[dict[str, Any]], run_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Score and rank the whole universe from every chunk's indicators; store the run's results."""
     runtime = get_runtime()
-    with outages_retried(current_task, f"merging scan run {run_id}", runtime.settings.database):
+    with outages_retried(running_task(), f"merging scan run {run_id}", runtime.settings.database):
         run = runs.load_run(runtime.sessions, int(run_id))
         result = merge([ScanPartial.from_json(p) for p in partials])
         stale = runs.failed_validation(runtime.sessions, run["symbols"], run["config"].timeframe)
@@ -67,7 +68,7 @@ def start_run(run_id: int) -> int:
     runtime = get_runtime()
     run = runs.load_run(runtime.sessions, run_id)
     pieces = chunk(run["symbols"], run["chunk_size"])
-    chord(scan_symbols.s(run_id, piece) for piece in pieces)(merge_chunks.s(run_id).on_error(run_failed.s(run_id)))
+    canvas.fan_out((scan_symbols.s(run_id, piece) for piece in pieces), merge_chunks.s(run_id), on_error=run_failed.s(run_id))
     return len(pieces)
 
 

@@ -15,8 +15,9 @@ import structlog
 from omni_tasks.contracts.venue import InvalidOrder
 from omni_tasks.core.errors import DatabaseUnavailable, PermanentError, RetryableError
 from omni_tasks.core.runtime import get_runtime
+from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR
 from omni_tasks.pipeline.queues import Queue
-from omni_tasks.pipeline.taskdef import LEDGER_STATE_ATTR, omni_task
+from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.order_guard import order_guard
 from omni_tasks.safety.reporting import audit_transitions
@@ -43,7 +44,7 @@ def submitter() -> OrderSubmitter:
     if cached is not None and cached[0] == runtime.pid:
         return cached[1]
     venue = make_venue(runtime, guard=order_guard(runtime.redis, runtime.sessions))
-    hook = audit_transitions(runtime.sessions, client=runtime.redis)
+    hook = audit_transitions(runtime.sessions, settings=runtime.settings, client=runtime.redis)
     built = OrderSubmitter(
         venue=venue,
         redis=runtime.redis,

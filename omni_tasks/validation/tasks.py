@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from celery import current_task
 
 from omni_tasks.core.errors import PermanentError
 from omni_tasks.core.runtime import get_runtime
@@ -14,20 +13,25 @@ from omni_tasks.marketdata.firstrun import is_first_run_job
 from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.ops import alerts
+from omni_tasks.pipeline import canvas
+from omni_tasks.pipeline.context import running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
+from omni_tasks.settings import Settings
 from omni_tasks.storage.models import BackfillJob
 from omni_tasks.storage.outage import outages_retried
 from omni_tasks.validation.persist import validate_stored
 
 _log = structlog.get_logger("omni.validation")
+#: The first run's risk follow-up (:mod:`omni_tasks.risk.tasks`), sent by its stable name.
+RISK_RECALCULATE = "omni.risk.recalculate"
 
 
 @omni_task(name="omni.validation.backfill_job", queue=Queue.VALIDATION, soft_time_limit_s=600, time_limit_s=720, max_retries=2)
 def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Validate everything a finished backfill job stored (enqueued when its last partition finishes)."""
     runtime = get_runtime()
-    with outages_retried(current_task, f"validating backfill job {job_id}", runtime.settings.database):
+    with outages_retried(running_task(), f"validating backfill job {job_id}", runtime.settings.database):
         with runtime.sessions() as session:
             job = session.get(BackfillJob, int(job_id))
             if job is None:
@@ -50,7 +54,7 @@ def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]
         **{k: v for k, v in summary.items() if k != "failed_series"},
         failed=len(summary["failed_series"]),
     )
-    _alert_failures(summary, f"backfill job {job_id}")
+    _alert_failures(runtime.settings, summary, f"backfill job {job_id}")
     if is_first_run_job(runtime.sessions, int(job_id)):
         # Before a failed series fails the task: the scan and risk flag what failed rather than wait for it.
         summary["first_run"] = first_run_followups(symbols)
@@ -60,7 +64,6 @@ def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]
 
 def first_run_followups(symbols: list[str]) -> dict[str, Any]:
     """The first run's history is stored and validated: a scan of the universe and a risk recalculation now, whatever the hour."""
-    from omni_tasks.risk.tasks import recalculate
     from omni_tasks.scans import runs
     from omni_tasks.scans.scanner import ScanConfig
     from omni_tasks.scans.tasks import start_run
@@ -70,7 +73,7 @@ def first_run_followups(symbols: list[str]) -> dict[str, Any]:
     universe = load_universe(settings.universe_file, settings.universe)
     run_id = runs.create_run(runtime.sessions, universe, as_of=datetime.now(tz=UTC), config=ScanConfig(), chunk_size=100, requested_by="first-run")
     start_run(run_id)
-    recalculate.apply_async(kwargs={"when": "now", "requested_by": "first-run"}, expires=600)
+    canvas.send(RISK_RECALCULATE, kwargs={"when": "now", "requested_by": "first-run"}, expires=600)
     _log.info("first run: scan and risk recalculation queued", scan_run=run_id, symbols=len(universe), backfilled=len(symbols))
     return {"scan_run": run_id}
 
@@ -82,7 +85,7 @@ def nightly(store_retries: int = 0) -> dict[str, Any]:
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)
     today = datetime.now(tz=UTC).date()
-    with outages_retried(current_task, "validating the nightly window", runtime.settings.database):
+    with outages_retried(running_task(), "validating the nightly window", runtime.settings.database):
         _, summary = validate_stored(
             runtime.engine,
             runtime.sessions,
@@ -93,7 +96,7 @@ def nightly(store_retries: int = 0) -> dict[str, Any]:
             feeds=serving_feeds(runtime.settings.providers.order, settings.feed),
             adjustment=settings.adjustment,
         )
-    _alert_failures(summary, "nightly validation")
+    _alert_failures(runtime.settings, summary, "nightly validation")
     if runtime.settings.reconcile.nightly:
         summary["reconciliation"] = _reconcile(
             runtime, symbols, settings.timeframe, today - timedelta(days=max(7, settings.overlap_days)), today + timedelta(days=1), settings.feed, settings.adjustment
@@ -132,7 +135,7 @@ def _fail_when_failed(summary: dict[str, Any], what: str) -> None:
         raise PermanentError(f"{what}: {len(failed)} series failed validation ({names})")
 
 
-def _alert_failures(summary: dict[str, Any], what: str) -> None:
+def _alert_failures(settings: Settings, summary: dict[str, Any], what: str) -> None:
     """A webhook alert (when configured) for series that failed validation or rows quarantined."""
     failed = summary["failed_series"]
     if not failed and not summary["quarantined"]:
@@ -144,5 +147,6 @@ def _alert_failures(summary: dict[str, Any], what: str) -> None:
             "message": f"{what}: {len(failed)} series failed validation, {summary['quarantined']} rows quarantined",
             "failed_series": ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else ""),
             "bars": summary["bars"],
-        }
+        },
+        settings=settings,
     )

@@ -68,7 +68,7 @@ class LiveActuator:
 
         runtime = self._runtime
         breaker = CircuitBreaker(
-            name, runtime.redis, on_transition=audit_transitions(runtime.sessions, actor=f"watchdog:{finding.rule}", client=runtime.redis)
+            name, runtime.redis, on_transition=audit_transitions(runtime.sessions, settings=runtime.settings, actor=f"watchdog:{finding.rule}", client=runtime.redis)
         )
         # Automatic, not forced: report failures through the breaker's own call path until it opens
         # (a half-open breaker needs its trial slot to count one); its cooldown and trial close it again.

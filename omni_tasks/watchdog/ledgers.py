@@ -41,8 +41,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.core.keys import LEDGER_EVENTS_KEY, LEDGER_LAST_KEY, LEDGER_REQUEUES_KEY, LEDGER_SCANNED_KEY, LEDGER_SUSPECTS_KEY
 from omni_tasks.marketdata import backfill
+from omni_tasks.pipeline.broker import PRIORITY_SUFFIXES
 from omni_tasks.pipeline.heartbeats import KOMBU_UNACKED_KEY
-from omni_tasks.pipeline.observe import _PRIORITY_SUFFIXES
 from omni_tasks.scans import runs as scan_runs
 from omni_tasks.storage.outage import is_outage
 
@@ -95,7 +95,7 @@ def redis_deliveries(client: redis.Redis, queues: Iterable[str] = WATCHED_QUEUES
     payloads: list[Any] = []
     pipe = client.pipeline(transaction=False)
     for name in queues:
-        for suffix in _PRIORITY_SUFFIXES:
+        for suffix in PRIORITY_SUFFIXES:
             pipe.lrange(name + suffix, 0, -1)
     queued = [raw for listed in pipe.execute() for raw in listed]
     unacked = client.hvals(KOMBU_UNACKED_KEY)

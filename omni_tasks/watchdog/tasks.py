@@ -9,8 +9,8 @@ import structlog
 
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.ops import prometheus as metrics
-from omni_tasks.pipeline.app import broker_transport_options, is_redis_url
-from omni_tasks.pipeline.broker import kombu_restorer, orders_purger
+from omni_tasks.pipeline import canvas
+from omni_tasks.pipeline.broker import broker_transport_options, is_redis_url, kombu_restorer, orders_purger
 from omni_tasks.pipeline.queues import ALL_QUEUES, Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
@@ -20,6 +20,9 @@ from omni_tasks.trading.order_breakers import DATABASE_BREAKER
 from omni_tasks.watchdog import actions, evaluation, ledgers, monitor
 
 _log = structlog.get_logger("omni.watchdog")
+#: The backfill tasks the ledger reconciler sends again (:mod:`omni_tasks.marketdata.tasks`), by their stable names.
+FETCH_PARTITION = "omni.backfill.fetch_partition"
+VALIDATE_BACKFILL_JOB = "omni.validation.backfill_job"
 
 
 # No task events: a tick every few seconds would fill Flower's task list (the watchdog worker still shows by its heartbeats).
@@ -33,7 +36,10 @@ def tick() -> dict[str, Any]:
     restore = kombu_restorer(broker_url, transport) if is_redis_url(broker_url) else None
     # fail_open: the watchdog's own writes are tried when the breaker cannot be read (the order path is the one that fails closed).
     database = CircuitBreaker(
-        DATABASE_BREAKER, runtime.redis, fail_open=True, on_transition=audit_transitions(runtime.sessions, actor="watchdog", client=runtime.redis)
+        DATABASE_BREAKER,
+        runtime.redis,
+        fail_open=True,
+        on_transition=audit_transitions(runtime.sessions, settings=settings, actor="watchdog", client=runtime.redis),
     )
     summary = monitor.tick(
         client=runtime.redis,
@@ -79,8 +85,6 @@ def _reconcile_ledgers(runtime: Any, *, redelivered: int) -> dict[str, Any]:
 
 
 def _reconcile(runtime: Any, settings: Any, *, redelivered: int) -> dict[str, Any]:
-    from omni_tasks.marketdata.tasks import enqueue_partitions, job_finished
-
     readable = is_redis_url(settings.broker_url)  # RabbitMQ queues cannot be read without consuming them
     return ledgers.reconcile(
         factory=runtime.sessions,
@@ -88,7 +92,7 @@ def _reconcile(runtime: Any, settings: Any, *, redelivered: int) -> dict[str, An
         deliveries=(lambda: ledgers.redis_deliveries(runtime.redis)) if readable else None,
         stuck_after_s=settings.watchdog.stuck_after_s,
         max_requeues=settings.watchdog.stuck_requeues,
-        requeue=lambda partition_id: enqueue_partitions([partition_id]),
-        job_finished=job_finished,
+        requeue=lambda partition_id: canvas.send(FETCH_PARTITION, args=[partition_id]),
+        job_finished=lambda job_id: canvas.send(VALIDATE_BACKFILL_JOB, args=[job_id]),
         redelivered=redelivered,
     ).as_dict()

@@ -156,7 +156,7 @@ def exercised(live: Live) -> Live:
     assert order.returncode in (0, 1), "the order was not processed"
     # A task that fails (its argument is not a number): celery_task_failed_total gets a series.
     failing = (
-        "from omni_tasks.cli.main import prepare\n"
+        "from omni_tasks.cli.common import prepare\n"
         "prepare('cli', configure_log=False)\n"
         "from omni_tasks.system.tasks import probe\n"
         "result = probe.apply_async(args=['prom-e2e', 'not-a-number'])\n"

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker, pending_records
 from omni_tasks.safety.reporting import audit_transitions, flush_transitions
+from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import AuditLog
 from tests.conftest import wait_for
@@ -49,7 +50,7 @@ def test_database_breaker_opened_by_a_database_outage_is_audited_once_it_is_back
         redis_client,
         policy,
         fail_open=False,
-        on_transition=audit_transitions(factory, actor="orders", client=redis_client),
+        on_transition=audit_transitions(factory, settings=load_settings(), actor="orders", client=redis_client),
         clock=clock,
     )
     silent = CircuitBreaker(f"provider:silent-{uuid.uuid4().hex[:6]}", redis_client, policy, clock=clock)  # no hook at all

@@ -127,7 +127,7 @@ def test_flower_shows_a_failed_scan_as_failed_and_work_not_heartbeats(
     # The watchdog's tick runs (the ledger of ticks moves) but stays out of the task list; a ping on the same worker is listed.
     before = redis_client.get(WATCHDOG_LAST_TICK_KEY)
     send = (
-        "from omni_tasks.cli.main import prepare\n"
+        "from omni_tasks.cli.common import prepare\n"
         "prepare('cli', configure_log=False)\n"
         "from omni_tasks.system.tasks import ping\n"
         "from omni_tasks.watchdog.tasks import tick\n"

@@ -212,7 +212,7 @@ def test_backfill_across_a_redis_crash_finishes_exactly(
 
 def _in_pipeline(env: dict[str, str], code: str) -> str:
     """Run ``code`` in a process configured like `omni ...` (the settings of ``env``); returns what it printed."""
-    script = f"from omni_tasks.cli.main import prepare; prepare('cli', configure_log=False); {code}"
+    script = f"from omni_tasks.cli.common import prepare; prepare('cli', configure_log=False); {code}"
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

@@ -177,7 +177,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def operator_engage(rt: Runtime, reason: str) -> ks.EngageResult:
     """What `omni kill engage` runs: the configured broker (cancel and confirm) and the orders-queue purge."""
-    from omni_tasks.cli.kill import broker_for, orders_purge
+    from omni_tasks.ops.engaging import broker_for, orders_purge
 
     broker, problem = broker_for(rt)
     result = ks.engage(rt, actor=OPERATOR, reason=reason, broker=broker, purge=orders_purge(rt.settings), alert=lambda _e: None)

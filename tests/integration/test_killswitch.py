@@ -814,7 +814,8 @@ def test_concurrent_engages_from_threads_make_one_engaged_period(runtime: Runtim
 def test_engage_while_100_orders_are_submitted_concurrently_accepts_none_after_the_kill(
     private_redis: PrivateRedis, migrated_pg_url: str, tmp_path: Path, omni_processes: list[Any]
 ) -> None:
-    from omni_tasks.pipeline.app import broker_transport_options, create_app
+    from omni_tasks.pipeline.app import create_app
+    from omni_tasks.pipeline.broker import broker_transport_options
     from omni_tasks.trading.wiring import make_venue
     from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker
 
