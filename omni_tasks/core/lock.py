@@ -107,6 +107,10 @@ class LeaderLock:
         self.leading = False
 
     @property
+    def key(self) -> str:
+        return self.lock.key
+
+    @property
     def token(self) -> str:
         return self.lock.token
 
