@@ -70,6 +70,21 @@ def _check_symbols(value: list[str]) -> list[str]:
     return out
 
 
+def check_key_pairs(text: str) -> list[tuple[str, str]]:
+    """``KEYID:SECRET,KEYID:SECRET`` as (key id, secret) pairs; a ValueError (never quoting a secret) when malformed or a key id repeats."""
+    pairs: list[tuple[str, str]] = []
+    for number, part in enumerate((p.strip() for p in text.split(",") if p.strip()), start=1):
+        key_id, sep, secret = part.partition(":")
+        if not sep or not key_id.strip() or not secret.strip():
+            raise ValueError(f"entry {number} is not KEYID:SECRET")
+        pairs.append((key_id.strip(), secret.strip()))
+    if not pairs:
+        raise ValueError("no KEYID:SECRET entry")
+    if len({key_id for key_id, _ in pairs}) != len(pairs):
+        raise ValueError("a key id appears twice (one connection per key: each shard needs its own key)")
+    return pairs
+
+
 class _Group(BaseModel):
     """A group of settings read from variables sharing one prefix (``prefix`` + FIELD)."""
 
@@ -335,6 +350,12 @@ class StreamSettings(_Group):
     synthetic_halt_for_s: float = Field(default=10.0, gt=0, description="how long a synthetic halt lasts before the resume")
     replay_file: str | None = Field(default=None, description="recording the replay feed plays")
     replay_speed: float = Field(default=1.0, ge=0, description="1: real time, N: N times faster, 0: as fast as possible")
+    keys: SecretStr | None = Field(
+        default=None,
+        description="Alpaca data keys for a sharded stream, `KEYID:SECRET,KEYID:SECRET` (a secret: never logged; may be `enc:...`): "
+        "one stream worker per key (Alpaca allows one data connection per key), each with the symbols whose stable hash falls on its shard; "
+        "unset: one worker with OMNI_ALPACA_API_KEY",
+    )
 
     _split = field_validator("symbols", "channels", mode="before")(classmethod(lambda cls, v: _split_csv(v)))
 
@@ -346,6 +367,16 @@ class StreamSettings(_Group):
         unknown = [c for c in value if c not in ("quotes", "trades", "bars", "statuses", "lulds")]
         if unknown or not value:
             raise ValueError(f"unknown channel(s) {', '.join(unknown) or '(none given)'}: use quotes, trades, bars, statuses, lulds")
+        return value
+
+    @field_validator("keys")
+    @classmethod
+    def _key_pairs(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        # An encrypted value (enc:...) is checked after decryption, when the stream reads it.
+        if not secret_box.is_encrypted(value.get_secret_value()):
+            check_key_pairs(value.get_secret_value())
         return value
 
     @field_validator("url")

@@ -115,7 +115,9 @@ def gather_status() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"scans/validation: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
-        out["stream"] = stream_view(runtime.redis)
+        from omni_tasks.stream.shards import shard_count
+
+        out["stream"] = stream_view(runtime.redis, shards=shard_count(runtime.settings))
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"stream: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     from omni_tasks.safety.killswitch import state_info
@@ -172,16 +174,21 @@ def _database_state(runtime: Any) -> dict[str, Any]:
     return found
 
 
-def stream_view(client: Any) -> dict[str, Any] | None:
-    """The streaming worker's last status and its latency percentiles per stage (None: no stream worker has run)."""
+def stream_view(client: Any, *, shard: str | None = None, shards: int = 0) -> dict[str, Any] | None:
+    """The streaming worker's last status and its latency percentiles per stage (None: no stream worker has run).
+
+    With ``shards`` (OMNI_STREAM_KEYS): ``{"shards": {shard: view or None}}``, every configured shard, reported or not.
+    """
     from omni_tasks.contracts.quotes import read_trading_status
     from omni_tasks.stream.latency import read_published
     from omni_tasks.stream.status import read_status
 
-    status = read_status(client)
+    if shards:
+        return {"shards": {str(i): stream_view(client, shard=str(i)) for i in range(shards)}}
+    status = read_status(client, shard)
     if not status:
         return None
-    latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client).items()}
+    latency = {stage: {k: v for k, v in summary.items() if k != "buckets"} for stage, summary in read_published(client, shard).items()}
     symbols = found if isinstance(found := status.get("symbols"), list) else []
     halted = {s: st.describe() for s, st in read_trading_status(client, symbols).items() if st.halted}
     return {**status, "age_s": round((time.time_ns() - status.get("updated_ns", 0)) / 1e9, 1), "latency": latency, "halted": halted}

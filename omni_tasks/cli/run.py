@@ -152,11 +152,12 @@ def server() -> None:
             settings=settings,
         )
 
-    def stream_source() -> tuple[dict[str, Any], dict[str, Any]]:
+    def stream_source() -> dict[str | None, tuple[dict[str, Any], dict[str, Any]]]:
         from omni_tasks.stream.latency import read_published
+        from omni_tasks.stream.shards import shard_count, shard_labels
         from omni_tasks.stream.status import read_status
 
-        return read_status(runtime.redis), read_published(runtime.redis)
+        return {shard: (read_status(runtime.redis, shard), read_published(runtime.redis, shard)) for shard in shard_labels(shard_count(settings))}
 
     from omni_tasks.core import counters
     from omni_tasks.ops.exposition import build_exposition
@@ -250,7 +251,12 @@ def up(
     specs.append(ChildSpec("server", [*omni, "server"], env, stop_timeout_s=5, log_path=logs_dir / "server.log", stop_phase=2))
     for kind in KINDS.values():
         specs.append(ChildSpec(f"worker-{kind.name}", [*omni, "worker", kind.name], env, stop_timeout_s=30, log_path=logs_dir / f"worker-{kind.name}.log", stop_phase=1))
-    specs.append(ChildSpec("stream", [*omni, "stream"], env, stop_timeout_s=10, log_path=logs_dir / "stream.log", stop_phase=1))
+    from omni_tasks.stream.shards import shard_count, shard_labels, worker_name
+
+    for shard in shard_labels(shard_count(settings)):  # one stream worker per OMNI_STREAM_KEYS key (one connection per key)
+        stream_name = worker_name(shard)
+        stream_argv = [*omni, "stream"] if shard is None else [*omni, "stream", "--shard", shard]
+        specs.append(ChildSpec(stream_name, stream_argv, env, stop_timeout_s=10, log_path=logs_dir / f"{stream_name}.log", stop_phase=1))
     specs.append(ChildSpec("beat", [*omni, "beat"], env, stop_timeout_s=10, log_path=logs_dir / "beat.log", stop_phase=0))
     specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
 
@@ -433,7 +439,11 @@ def _banner(settings: Settings, generated_password: str | None, logs_dir: Path) 
     table.add_row("Metrics", f"{metrics_url}/metrics")
     table.add_row("Broker", mask_url(settings.broker_url) + ("  (embedded Redis, unix socket only)" if settings.embedded else ""))
     table.add_row("Database", mask_url(settings.database_url))
-    table.add_row("Stream", f"{settings.stream.feed} feed, {len(settings.stream.symbols)} symbols  (`omni stream quotes`, latencies in `omni status`)")
+    from omni_tasks.stream.shards import shard_count
+
+    shards = shard_count(settings)
+    in_shards = f" in {shards} shards (one key each)" if shards else ""
+    table.add_row("Stream", f"{settings.stream.feed} feed, {len(settings.stream.symbols)} symbols{in_shards}  (`omni stream quotes`, latencies in `omni status`)")
     table.add_row("Logs", str(logs_dir))
     console.print(table)
     if "synthetic" in settings.providers.order:

@@ -104,9 +104,43 @@ def stream_error(stream: dict[str, Any]) -> str:
     return f"; [red]last error{when}[/red]: {stream['last_error']}"
 
 
+def print_shards(shards: dict[str, dict[str, Any] | None]) -> None:
+    """One row per stream shard (OMNI_STREAM_KEYS): a shard down is a red row while the others serve."""
+    table = Table(title=f"Stream shards ({len(shards)} keys, one connection each)", title_justify="left")
+    for column in ("shard", "feed", "state", "symbols", "stale", "quotes", "served", "process p99", "reported", "last error"):
+        table.add_column(column, justify="right" if column in ("symbols", "stale", "quotes", "served", "process p99", "reported") else "left")
+    for shard, view in shards.items():
+        if view is None:
+            table.add_row(shard, "-", "[red]no report[/red]", "-", "-", "-", "-", "-", "-", "no status for 300 s")
+            continue
+        counts = view.get("counts", {})
+        fresh = view["age_s"] < 30
+        state = "[green]connected[/green]" if view.get("connected") and fresh else "[red]down[/red]" if not fresh else "[red]not connected[/red]"
+        p99 = view.get("latency", {}).get("process", {}).get("p99_ns")
+        table.add_row(
+            shard,
+            view.get("feed") or "-",
+            state,
+            str(len(view.get("symbols") or [])),
+            str(len(view.get("stale_symbols") or [])),
+            f"{counts.get('quotes', 0):,}",
+            f"{counts.get('served', 0):,}",
+            "-" if p99 is None else f"{p99 / 1000:,.0f} us",
+            f"{view['age_s']:.1f} s ago",
+            stream_error(view).removeprefix("; ") or "-",
+        )
+    console.print(table)
+    for view in shards.values():
+        for symbol, what in ((view or {}).get("halted") or {}).items():
+            console.print(f"  [red]halted[/red] {symbol}: {what}")
+
+
 def print_stream(stream: dict[str, Any] | None) -> None:
     if stream is None:
         console.print("Stream: [yellow]no streaming worker has reported[/yellow]")
+        return
+    if "shards" in stream:
+        print_shards(stream["shards"])
         return
     counts = stream.get("counts", {})
     rejected = {k: counts.get(k, 0) for k in ("crossed", "zero_size", "bad_price", "out_of_order", "malformed") if counts.get(k)}

@@ -39,6 +39,7 @@ def stream(
     replay: Annotated[Path | None, typer.Option("--replay", help="play this recording (implies --feed replay)")] = None,
     speed: Annotated[float | None, typer.Option(help="replay speed: 1 real time, N times faster, 0 as fast as possible", parser=option(inputs.seconds, what="--speed", hi=1_000_000.0, allow_zero=True))] = None,
     for_seconds: Annotated[float | None, typer.Option("--for", help="run this many seconds, then stop cleanly", parser=option(inputs.seconds, what="--for", hi=366 * 86_400.0))] = None,
+    shard: Annotated[int | None, typer.Option("--shard", min=0, help="run shard N of OMNI_STREAM_KEYS: its key, its lock, its slice of the symbols (name stream-N)")] = None,
 ) -> None:
     """Run the streaming worker (until SIGTERM, `omni stream stop`, --for, or the end of a replay)."""
     if ctx.invoked_subcommand is not None:
@@ -61,8 +62,8 @@ def stream(
         _fail("--speed must be >= 0 (0: as fast as possible)")
     chosen = _symbols(symbols) if symbols else None
     try:
-        factory = feed_factory(settings, feed=feed, replay_file=replay, speed=speed)
-        config = stream_config(settings, feed=feed, symbols=chosen)
+        factory = feed_factory(settings, feed=feed, replay_file=replay, speed=speed, shard=shard)
+        config = stream_config(settings, feed=feed, symbols=chosen, shard=shard)
     except ConfigError as exc:
         _fail(str(exc))
         raise
@@ -134,12 +135,13 @@ def quotes(
     from omni_tasks.cli.common import prepare
     from omni_tasks.contracts.quotes import read_latest, read_trading_status
     from omni_tasks.core.runtime import get_runtime
+    from omni_tasks.stream.shards import shard_count, shard_labels
     from omni_tasks.stream.status import read_status
 
     settings = prepare("cli", configure_log=False)
     client = get_runtime().redis
-    status = read_status(client)
-    chosen = _symbols(symbols) if symbols else list(status.get("symbols") or settings.stream.symbols)
+    served = [s for shard in shard_labels(shard_count(settings)) for s in read_status(client, shard).get("symbols") or []]
+    chosen = _symbols(symbols) if symbols else list(dict.fromkeys(served) or settings.stream.symbols)
     latest = read_latest(client, chosen)
     statuses = read_trading_status(client, chosen)
     now = time.time_ns()

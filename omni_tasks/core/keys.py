@@ -50,6 +50,8 @@ BREAKER_AUDIT_INFLIGHT_KEY: Final = "omni:breaker:audit:inflight"
 
 # stream
 STREAM_LATENCY_KEY: Final = "omni:stream:latency"
+#: A sharded stream worker's latencies (one per OMNI_STREAM_KEYS entry); the unsharded worker keeps STREAM_LATENCY_KEY.
+STREAM_SHARD_LATENCY_KEY: Final = "omni:stream:latency:shard:{shard}"
 BAR_KEY_PREFIX: Final = "omni:bar:"
 STREAM_CONNLOCK_KEY: Final = "omni:stream:connlock:{fingerprint}"
 QUOTE_KEY_PREFIX: Final = "omni:quote:"
@@ -73,6 +75,8 @@ WATCHDOG_LATENCY_SEEN_KEY: Final = "omni:watchdog:latency_seen"
 WATCHDOG_LAST_FINDINGS_KEY: Final = "omni:watchdog:last_findings"
 WATCHDOG_EVALUATION_LOCK_KEY: Final = "omni:lock:watchdog_rules"
 STREAM_STATUS_KEY: Final = "omni:stream:status"
+#: A sharded stream worker's status hash (one per OMNI_STREAM_KEYS entry); the unsharded worker keeps STREAM_STATUS_KEY.
+STREAM_SHARD_STATUS_KEY: Final = "omni:stream:status:shard:{shard}"
 LEDGER_SUSPECTS_KEY: Final = "omni:ledgers:suspects"
 LEDGER_REQUEUES_KEY: Final = "omni:ledgers:requeues"
 LEDGER_EVENTS_KEY: Final = "omni:ledgers:events"

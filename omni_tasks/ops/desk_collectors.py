@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 STREAM_LATENCY_EDGES_S = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
+
+
+#: One stream worker's (status, published latencies); a source returns one pair (the unsharded worker) or a pair per shard.
+StreamReading = tuple[dict[str, Any], dict[str, Any]]
+StreamSource = Callable[[], StreamReading | Mapping[str | None, StreamReading]]
 
 
 class StreamCollector(Collector):
@@ -19,73 +24,91 @@ class StreamCollector(Collector):
     prometheus-client observe per frame would cost more than the frame); the
     worker publishes them to Redis and this collector turns them into
     Prometheus histograms at scrape time. Labels never hold symbols.
+
+    ``source`` returns the unsharded worker's (status, latencies), or a mapping
+    shard -> (status, latencies): with shards every family has a ``shard``
+    label, so a shard that is down shows as its own ``omni_stream_up 0``
+    (a None key in the mapping is the unsharded worker: no label, as before).
     """
 
-    def __init__(self, source: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    def __init__(self, source: StreamSource) -> None:
         self._source = source
+
+    def _readings(self) -> dict[str | None, StreamReading]:
+        try:
+            found = self._source()
+        except Exception:  # noqa: BLE001 - a failed read shows as omni_stream_up 0
+            return {None: ({}, {})}
+        if isinstance(found, tuple):
+            return {None: found}
+        return dict(found) or {None: ({}, {})}
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
         from omni_tasks.stream.latency import Histogram
 
-        try:
-            status, published = self._source()
-        except Exception:  # noqa: BLE001 - a failed read shows as omni_stream_up 0
-            status, published = {}, {}
-        up = GaugeMetricFamily("omni_stream_up", "1 while the streaming worker reports connected (its status younger than 30 s).")
-        fresh = bool(status) and (time.time_ns() - status.get("updated_ns", 0)) < 30e9
-        up.add_metric([], 1.0 if fresh and status.get("connected") else 0.0)
+        readings = self._readings()
+        by = [] if list(readings) == [None] else ["shard"]
+        shards = [([] if shard is None else [str(shard)], status, published) for shard, (status, published) in readings.items()]
+        up = GaugeMetricFamily("omni_stream_up", "1 while the streaming worker reports connected (its status younger than 30 s).", labels=by)
+        for shard, status, _ in shards:
+            fresh = bool(status) and (time.time_ns() - status.get("updated_ns", 0)) < 30e9
+            up.add_metric(shard, 1.0 if fresh and status.get("connected") else 0.0)
         yield up
         latency = HistogramMetricFamily(
             "omni_stream_stage_latency_seconds",
             "Quote path latency per stage and frame (process: received -> books; e2e: received -> visible in Redis).",
-            labels=["stage"],
+            labels=[*by, "stage"],
         )
         violations = CounterMetricFamily(
-            "omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=["stage"]
+            "omni_stream_budget_violations", "Frames over their latency budget (quote processing: 1 ms).", labels=[*by, "stage"]
         )
-        for stage, summary in sorted(published.items()):
-            hist = Histogram.from_sparse(summary.get("buckets", {}), max_ns=int(summary.get("max_ns", 0)))
-            cumulative = hist.cumulative_at(int(edge * 1e9) for edge in STREAM_LATENCY_EDGES_S)
-            buckets = [(repr(edge), count) for edge, count in zip(STREAM_LATENCY_EDGES_S, cumulative, strict=True)]
-            buckets.append(("+Inf", hist.total))
-            latency.add_metric([stage], buckets, sum_value=float(summary.get("sum_ns", 0)) / 1e9)
-            if summary.get("budget_ns"):
-                violations.add_metric([stage], float(summary.get("over_budget", 0)))
+        for shard, _, published in shards:
+            for stage, summary in sorted(published.items()):
+                hist = Histogram.from_sparse(summary.get("buckets", {}), max_ns=int(summary.get("max_ns", 0)))
+                cumulative = hist.cumulative_at(int(edge * 1e9) for edge in STREAM_LATENCY_EDGES_S)
+                buckets = [(repr(edge), count) for edge, count in zip(STREAM_LATENCY_EDGES_S, cumulative, strict=True)]
+                buckets.append(("+Inf", hist.total))
+                latency.add_metric([*shard, stage], buckets, sum_value=float(summary.get("sum_ns", 0)) / 1e9)
+                if summary.get("budget_ns"):
+                    violations.add_metric([*shard, stage], float(summary.get("over_budget", 0)))
         yield latency
         yield violations
         messages = CounterMetricFamily(
-            "omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=["outcome"]
+            "omni_stream_messages", "Market-data messages by outcome (served, crossed, zero_size, out_of_order, ...).", labels=[*by, "outcome"]
         )
-        for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
-            messages.add_metric([outcome], float(count))
-        yield messages
-        kinds = CounterMetricFamily("omni_stream_message_kinds", "Messages received by kind (Alpaca's T: q, t, b, s, l, c, x, ..., error, unknown).", labels=["kind"])
-        for kind, count in sorted((status.get("kinds") or {}).items()) if isinstance(status.get("kinds"), dict) else ():
-            kinds.add_metric([kind], float(count))
-        yield kinds
-        garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).")
-        garbage.add_metric([], float(status.get("garbage_frames", 0)))
-        yield garbage
-        counters = found if isinstance(found := status.get("counters"), dict) else {}
+        kinds = CounterMetricFamily("omni_stream_message_kinds", "Messages received by kind (Alpaca's T: q, t, b, s, l, c, x, ..., error, unknown).", labels=[*by, "kind"])
+        garbage = CounterMetricFamily("omni_stream_garbage_frames", "Frames that were not Alpaca message arrays (counted and skipped).", labels=by)
         events = CounterMetricFamily(
-            "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=["event"]
+            "omni_stream_connection_events", "Connects, reconnects, mute-socket reconnects, connection-limit cooldowns.", labels=[*by, "event"]
         )
-        for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
-            events.add_metric([event], float(counters.get(event, 0)))
+        # What the watchdog's stale_stream rule judges: the last quote (else the last message), by the stream's own clock.
+        quote_age = GaugeMetricFamily(
+            "omni_stream_last_quote_age_seconds",
+            "Seconds since the streaming worker's last quote (its last message before the first quote).",
+            labels=by,
+        )
+        stale = GaugeMetricFamily("omni_stream_stale_symbols", "Subscribed symbols with no quote for stale_after_s in market hours.", labels=by)
+        for shard, status, _ in shards:
+            for outcome, count in sorted((status.get("counts") or {}).items()) if isinstance(status.get("counts"), dict) else ():
+                messages.add_metric([*shard, outcome], float(count))
+            for kind, count in sorted((status.get("kinds") or {}).items()) if isinstance(status.get("kinds"), dict) else ():
+                kinds.add_metric([*shard, kind], float(count))
+            garbage.add_metric(shard, float(status.get("garbage_frames", 0)))
+            counters = found if isinstance(found := status.get("counters"), dict) else {}
+            for event in ("connects", "reconnects", "mute_reconnects", "connection_limit", "flush_errors"):
+                events.add_metric([*shard, event], float(counters.get(event, 0)))
+            last_ns = int(status.get("last_quote_ns") or 0) or int(status.get("last_msg_ns") or 0)
+            if status and last_ns > 0:
+                quote_age.add_metric(shard, max(0.0, (time.time_ns() - last_ns) / 1e9))
+            stale.add_metric(shard, float(len(status.get("stale_symbols") or [])))
+        yield messages
+        yield kinds
+        yield garbage
         yield events
-        last_ns = int(status.get("last_quote_ns") or 0) or int(status.get("last_msg_ns") or 0)
-        if status and last_ns > 0:
-            # What the watchdog's stale_stream rule judges: the last quote (else the last message), by the stream's own clock.
-            quote_age = GaugeMetricFamily(
-                "omni_stream_last_quote_age_seconds",
-                "Seconds since the streaming worker's last quote (its last message before the first quote).",
-            )
-            quote_age.add_metric([], max(0.0, (time.time_ns() - last_ns) / 1e9))
+        if quote_age.samples:
             yield quote_age
-        stale = GaugeMetricFamily("omni_stream_stale_symbols", "Subscribed symbols with no quote for stale_after_s in market hours.")
-        stale.add_metric([], float(len(status.get("stale_symbols") or [])))
         yield stale
 
 

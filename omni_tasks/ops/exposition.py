@@ -11,13 +11,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from omni_tasks.ops.collectors import LiveCollector, MergedFilesCollector
-from omni_tasks.ops.desk_collectors import DeskCollector, StreamCollector
+from omni_tasks.ops.desk_collectors import DeskCollector, StreamCollector, StreamSource
 
 
 def build_registry(
     snapshot: Callable[[], dict[str, Any]],
     metrics_root: Path | None,
-    stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    stream_source: StreamSource | None = None,
     desk_source: Callable[[], dict[str, Any]] | None = None,
     *,
     files_max_age_s: float = 1.0,
@@ -90,7 +90,7 @@ class Exposition:
 def build_exposition(
     snapshot: Callable[[], dict[str, Any]],
     metrics_root: Path | None,
-    stream_source: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+    stream_source: StreamSource | None = None,
     desk_source: Callable[[], dict[str, Any]] | None = None,
     *,
     files_max_age_s: float = 1.0,

@@ -107,8 +107,12 @@ def check_health(
         return f"last tick {age:.1f} s ago"
 
     def stream() -> str:
-        from omni_tasks.stream.status import read_status
+        from omni_tasks.stream.shards import shard_count
+        from omni_tasks.stream.status import read_shard_statuses, read_status
 
+        shards = shard_count(settings) if settings is not None else 0
+        if shards:
+            return shard_line(read_shard_statuses(client, shards))
         status = read_status(client)
         if not status:
             raise RuntimeError("no streaming worker has reported")
@@ -120,6 +124,19 @@ def check_health(
         stale = status.get("stale_symbols") or []
         last_quote_s = (time.time_ns() - status.get("last_quote_ns", 0)) / 1e9
         return f"{status.get('feed')}: {len(status.get('symbols') or [])} symbols, {len(stale)} stale, last market data {last_quote_s:.1f} s ago"
+
+    def shard_line(statuses: dict[str, dict[str, Any]]) -> str:
+        """Every shard must report and be connected: a shard down leaves its symbols without quotes."""
+        down = []
+        for shard, status in statuses.items():
+            age = (time.time_ns() - status.get("updated_ns", 0)) / 1e9
+            if not status or age > max(30.0, dead_after_s * 3) or not status.get("connected"):
+                down.append(f"shard {shard}: " + ("no report" if not status else f"{status.get('last_error') or 'not connected'}, reported {age:.0f} s ago"))
+        if down:
+            raise RuntimeError(f"{len(down)} of {len(statuses)} stream shards down: " + "; ".join(down))
+        symbols = sum(len(status.get("symbols") or []) for status in statuses.values())
+        stale = sum(len(status.get("stale_symbols") or []) for status in statuses.values())
+        return f"{len(statuses)} shards connected: {symbols} symbols, {stale} stale"
 
     checks["stream"] = _timed(stream) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     risk = _risk(engine, client)
@@ -219,18 +236,24 @@ def _breaker_reason(client: redis.Redis, name: str) -> list[str]:
 
 def _stale_stream(client: redis.Redis, settings: Settings, now: float) -> str | None:
     """The watchdog's stale_stream rule on what Redis and the calendar say now (None: fresh, market closed or unreadable)."""
-    from omni_tasks.core.keys import STREAM_STATUS_KEY
     from omni_tasks.marketdata.calendar import is_open
+    from omni_tasks.stream.shards import shard_count, shard_labels, status_key
     from omni_tasks.watchdog.rules import NotEvaluated, Observations, stale_stream
 
     try:
         market_open = bool(is_open(datetime.fromtimestamp(now, tz=UTC)))
-        raw = client.hgetall(STREAM_STATUS_KEY)
+        shards = shard_count(settings)
+        raw = {shard: client.hgetall(status_key(shard)) for shard in shard_labels(shards)}
     except Exception:  # noqa: BLE001 - the stream and calendar have their own checks; no reason to add here
         return None
-    status = {_text(k): _text(v) for k, v in raw.items()}
+    statuses = {shard: {_text(k): _text(v) for k, v in found.items()} for shard, found in raw.items()}
+    if shards:
+        sharded = {str(shard): status for shard, status in statuses.items()}
+        observed = Observations(now=now, first_evaluation=now, market_open=market_open, stream_shards=sharded)
+    else:
+        observed = Observations(now=now, first_evaluation=now, market_open=market_open, stream_status=statuses[None])
     try:
-        finding = stale_stream(Observations(now=now, first_evaluation=now, market_open=market_open, stream_status=status), settings)
+        finding = stale_stream(observed, settings)
     except NotEvaluated:
         return None
     return None if finding is None else f"stream stale: {finding.message} (the order path's price collar needs fresh quotes)"

@@ -28,6 +28,7 @@ class StreamConfig:
     heartbeat_s: float = 2.0
     lock_fingerprint: str | None = None  # set for feeds that allow one connection per key
     lock_ttl_s: float = 15.0
+    shard: int | None = None  # this worker's shard of OMNI_STREAM_KEYS (None: the unsharded worker)
 
 
 @dataclass

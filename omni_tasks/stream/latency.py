@@ -135,13 +135,13 @@ class StageLatencies:
     def summary(self) -> dict[str, dict[str, Any]]:
         return {stage: hist.summary() for stage, hist in self.stages.items()}
 
-    def publish(self, pipe: Any) -> None:
-        """Queue the publication on a Redis pipeline (sync or asyncio): histograms, summaries, violation deltas."""
+    def publish(self, pipe: Any, key: str = STREAM_LATENCY_KEY) -> None:
+        """Queue the publication on a Redis pipeline (sync or asyncio): histograms, summaries (in ``key``: a shard has its own), violation deltas."""
         payload = {
             stage: json.dumps({**hist.summary(), "buckets": hist.sparse()}, separators=(",", ":")) for stage, hist in self.stages.items()
         }
-        pipe.hset(STREAM_LATENCY_KEY, mapping=payload)
-        pipe.expire(STREAM_LATENCY_KEY, 3600)
+        pipe.hset(key, mapping=payload)
+        pipe.expire(key, 3600)
         for stage in BUDGETS_NS:
             delta = self.stages[stage].over_budget - self._published_violations[stage]
             if delta:
@@ -149,9 +149,11 @@ class StageLatencies:
                 self._published_violations[stage] += delta
 
 
-def read_published(client: Any) -> dict[str, dict[str, Any]]:
-    """What a stream worker last published: stage -> summary with ``buckets`` ({} when none)."""
-    raw = client.hgetall(STREAM_LATENCY_KEY)
+def read_published(client: Any, shard: int | str | None = None) -> dict[str, dict[str, Any]]:
+    """What a stream worker (or one shard) last published: stage -> summary with ``buckets`` ({} when none)."""
+    from omni_tasks.stream.shards import latency_key
+
+    raw = client.hgetall(latency_key(shard))
     out = {}
     for key, value in raw.items():
         stage = key.decode() if isinstance(key, bytes) else key

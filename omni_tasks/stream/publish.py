@@ -14,8 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from omni_tasks.core.keys import STREAM_STATUS_KEY
 from omni_tasks.pipeline import heartbeats
+from omni_tasks.stream.shards import latency_key, status_key
 
 if TYPE_CHECKING:
     from omni_tasks.stream.worker import StreamWorker
@@ -48,7 +48,7 @@ def status(worker: StreamWorker) -> dict[str, Any]:
         "last_error_ns": worker.last_error_ns,
         "recovered_ns": worker.recovered_ns,
         "updated_ns": now,
-    }
+    } | ({} if config.shard is None else {"shard": config.shard})
 
 
 class StatusPublisher:
@@ -64,9 +64,10 @@ class StatusPublisher:
         worker.note_recovery()
         path = worker.path
         pipe = worker.redis.pipeline(transaction=False)
-        pipe.hset(STREAM_STATUS_KEY, mapping=status(worker))
-        pipe.expire(STREAM_STATUS_KEY, 300)
-        path.latency.publish(pipe)
+        key = status_key(worker.config.shard)
+        pipe.hset(key, mapping=status(worker))
+        pipe.expire(key, 300)
+        path.latency.publish(pipe, latency_key(worker.config.shard))
         now = time.time()
         if force or now - self.last_profiles >= 1.0:
             self.last_profiles = now
@@ -92,6 +93,7 @@ class StatusPublisher:
                 "feed": worker.feed.name if worker.feed is not None else "",
                 "connected": worker.connected,
                 "symbols": len(worker.subscribed),
+                **({} if worker.config.shard is None else {"shard": worker.config.shard}),
                 "process_p99_us": latency["process"]["p99_ns"] / 1000,
                 "e2e_p99_us": latency["e2e"]["p99_ns"] / 1000,
             },

@@ -1,5 +1,7 @@
 """The streaming worker's status in Redis: what it publishes, and how `omni status`, /health and the watchdog read it.
 
+One hash for the unsharded worker, one per shard when OMNI_STREAM_KEYS runs several (:mod:`omni_tasks.stream.shards`).
+
 Kept free of heavy imports: the health server reads it on every request.
 """
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from omni_tasks.core.keys import STREAM_STATUS_KEY
+from omni_tasks.stream.shards import status_key
 
 _JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "kinds", "channels", "counters")
 _INT_FIELDS: Final = (
@@ -17,9 +19,9 @@ _INT_FIELDS: Final = (
 )  # fmt: skip
 
 
-def read_status(client: Any) -> dict[str, Any]:
-    """The stream worker's last published status ({} when none), JSON fields decoded."""
-    raw = client.hgetall(STREAM_STATUS_KEY)
+def read_status(client: Any, shard: int | str | None = None) -> dict[str, Any]:
+    """The stream worker's (or one shard's) last published status ({} when none), JSON fields decoded."""
+    raw = client.hgetall(status_key(shard))
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else key
@@ -34,3 +36,8 @@ def read_status(client: Any) -> dict[str, Any]:
         else:
             out[name] = text
     return out
+
+
+def read_shard_statuses(client: Any, shards: int) -> dict[str, dict[str, Any]]:
+    """Each configured shard's status by shard ("0", "1", ...; {} for a shard that has not reported for 300 s)."""
+    return {str(shard): read_status(client, shard) for shard in range(shards)}

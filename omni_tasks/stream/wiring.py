@@ -11,6 +11,7 @@ from omni_tasks.stream.config import StreamConfig
 from omni_tasks.stream.connlock import key_fingerprint
 from omni_tasks.stream.feeds import AlpacaFeed, Feed, SyntheticFeed
 from omni_tasks.stream.recording import ReplayFeed
+from omni_tasks.stream.shards import check_shard, split, stream_keys, worker_name
 
 
 def stream_url(settings: Settings) -> str:
@@ -18,10 +19,26 @@ def stream_url(settings: Settings) -> str:
     return settings.stream.url or f"{settings.alpaca.stream_url.rstrip('/')}/v2/{settings.alpaca.feed}"
 
 
+def alpaca_credentials(settings: Settings, shard: int | None = None) -> tuple[str, str] | None:
+    """(key id, secret) of the unsharded worker (OMNI_ALPACA_API_KEY) or of one shard (its OMNI_STREAM_KEYS entry); None: no key."""
+    if shard is not None:
+        key = stream_keys(settings)[check_shard(settings, shard)]
+        return key.key_id, key.secret
+    key_id, secret = settings.alpaca.api_key, settings.alpaca.secret_key
+    if key_id is None or secret is None:
+        return None
+    return key_id.get_secret_value(), secret.get_secret_value()
+
+
 def feed_factory(
-    settings: Settings, *, feed: str | None = None, replay_file: Path | None = None, speed: float | None = None
+    settings: Settings,
+    *,
+    feed: str | None = None,
+    replay_file: Path | None = None,
+    speed: float | None = None,
+    shard: int | None = None,
 ) -> Callable[[], Feed]:
-    """A callable making a fresh feed per connection attempt (``feed`` overrides OMNI_STREAM_FEED)."""
+    """A callable making a fresh feed per connection attempt (``feed`` overrides OMNI_STREAM_FEED; ``shard``: that shard's key)."""
     kind = feed or settings.stream.feed
     if kind == "synthetic":
         rate = settings.stream.synthetic_rate
@@ -36,27 +53,37 @@ def feed_factory(
         replay_speed = settings.stream.replay_speed if speed is None else speed
         return lambda: ReplayFeed(path, speed=replay_speed)
     if kind == "alpaca":
-        key, secret = settings.alpaca.api_key, settings.alpaca.secret_key
-        if key is None or secret is None:
+        credentials = alpaca_credentials(settings, shard)
+        if credentials is None:
             raise ConfigError("OMNI_ALPACA_API_KEY / OMNI_ALPACA_SECRET_KEY: the alpaca stream feed needs both")
+        key, secret = credentials
         url = stream_url(settings)
         if settings.stream.client == "alpaca-py":
             from omni_tasks.stream.sdk_feed import AlpacaSdkFeed
 
-            return lambda: AlpacaSdkFeed(url, key.get_secret_value(), secret.get_secret_value())
-        return lambda: AlpacaFeed(url, key.get_secret_value(), secret.get_secret_value())
+            return lambda: AlpacaSdkFeed(url, key, secret)
+        return lambda: AlpacaFeed(url, key, secret)
     raise ConfigError(f"OMNI_STREAM_FEED: unknown feed {kind!r} (synthetic, replay, alpaca)")
 
 
-def stream_config(settings: Settings, *, feed: str | None = None, symbols: list[str] | None = None, name: str = "stream") -> StreamConfig:
+def stream_config(
+    settings: Settings, *, feed: str | None = None, symbols: list[str] | None = None, name: str = "stream", shard: int | None = None
+) -> StreamConfig:
+    """The worker's config; with ``shard``: that shard's name, key fingerprint and symbols (its slice of ``symbols`` or OMNI_STREAM_SYMBOLS)."""
     s = settings.stream
     kind = feed or s.feed
     fingerprint = None
-    if kind == "alpaca" and settings.alpaca.api_key is not None:
-        fingerprint = key_fingerprint(settings.alpaca.api_key.get_secret_value())
+    credentials = alpaca_credentials(settings, shard) if kind == "alpaca" or shard is not None else None
+    if kind == "alpaca" and credentials is not None:
+        fingerprint = key_fingerprint(credentials[0])
+    chosen = list(symbols if symbols is not None else s.symbols)
+    if shard is not None:
+        chosen = split(chosen, len(stream_keys(settings)))[shard]
+        name = worker_name(shard)
     return StreamConfig(
         name=name,
-        symbols=list(symbols if symbols is not None else s.symbols),
+        shard=shard,
+        symbols=chosen,
         channels=tuple(s.channels),
         quote_ttl_s=s.quote_ttl_s,
         stale_after_s=s.stale_after_s,

@@ -24,6 +24,7 @@ from omni_tasks.core.keys import (
 )
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import TaskRun
+from omni_tasks.stream.shards import shard_count, status_key
 from omni_tasks.watchdog.rules import Observations
 
 #: Task-run states that count towards the error storm.
@@ -85,11 +86,15 @@ def gather(
     except Exception as exc:  # noqa: BLE001 - reported; the rule is not evaluated
         errors["risk"] = f"risk snapshot unreadable: {type(exc).__name__}: {str(exc)[:200]}"
 
-    stream_status: dict[str, str] | None
+    stream_status: dict[str, str] | None = None
+    stream_shards: dict[str, dict[str, str]] | None = None
     try:
-        stream_status = {_text(k): _text(v) for k, v in client.hgetall(STREAM_STATUS_KEY).items()}
+        shards = shard_count(settings)
+        if shards:
+            stream_shards = {str(i): {_text(k): _text(v) for k, v in client.hgetall(status_key(i)).items()} for i in range(shards)}
+        else:
+            stream_status = {_text(k): _text(v) for k, v in client.hgetall(STREAM_STATUS_KEY).items()}
     except redis_lib.RedisError as exc:
-        stream_status = None
         errors["stream"] = f"stream status unreadable: {exc}"
 
     provider_breakers: dict[str, str] | None
@@ -139,6 +144,7 @@ def gather(
         risk=risk,
         risk_read=risk_read,
         stream_status=stream_status,
+        stream_shards=stream_shards,
         provider_breakers=provider_breakers,
         failed_runs_last_min=failed,
         workers_alive=workers,

@@ -88,7 +88,8 @@ class Observations:
     """What one evaluation saw. A field left None could not be read: its rule is not evaluated this time.
 
     ``now`` is UNIX seconds. ``stream_status`` is the stream worker's status hash
-    ({} when there is none). ``workers_alive`` counts live workers per kind
+    ({} when there is none); with OMNI_STREAM_KEYS, ``stream_shards`` holds each
+    shard's hash instead (shard -> hash, {} for a shard with none). ``workers_alive`` counts live workers per kind
     (heartbeat younger than ``heartbeat_stale_s``). ``latency_new`` is the
     violations per budget since the previous evaluation.
     """
@@ -99,6 +100,7 @@ class Observations:
     risk: dict[str, Any] | None = None
     risk_read: bool = False
     stream_status: dict[str, str] | None = None
+    stream_shards: dict[str, dict[str, str]] | None = None
     provider_breakers: dict[str, str] | None = None
     failed_runs_last_min: int | None = None
     workers_alive: dict[str, int] | None = None
@@ -126,37 +128,41 @@ def risk_breach(obs: Observations, settings: Settings) -> Finding | None:
 
 
 def stale_stream(obs: Observations, settings: Settings) -> Finding | None:
-    if obs.market_open is None or obs.stream_status is None:
+    """The stream (every shard, when sharded) must have served a quote within ``stream_stale_s`` while the market is open."""
+    statuses = obs.stream_shards if obs.stream_shards is not None else None if obs.stream_status is None else {"": obs.stream_status}
+    if obs.market_open is None or statuses is None:
         raise NotEvaluated(obs.errors.get("stream", "market hours or stream status unreadable"))
     if not obs.market_open:
         return None
     limit = settings.watchdog.stream_stale_s
-    if not obs.stream_status:
+    stale: list[tuple[float, str, str]] = []  # (age, shard, why)
+    for shard, status in statuses.items():
+        found = _stale_one(status, obs.now, limit, settings)
+        if found is not None:
+            stale.append((found[0], shard, found[1]))
+    if not stale:
+        return None
+    value, _, message = max(stale, key=lambda item: item[0])
+    if obs.stream_shards is not None:
+        # Which shards are down, and who still serves: one shard's key can fail while the others stream on.
+        down = ", ".join(f"shard {shard}: {text}" for _, shard, text in sorted(stale, key=lambda item: item[1]))
+        serving = len(statuses) - len(stale)
+        message = f"{down} ({serving} of {len(statuses)} shards serving)"
+    return Finding("stale_stream", "critical", value, limit, message, Action("engage_kill"))
+
+
+def _stale_one(status: dict[str, str], now: float, limit: float, settings: Settings) -> tuple[float, str] | None:
+    """(age, why) when this stream worker's status is stale in market hours; None when it is fresh (or no stream is deployed)."""
+    if not status:
         if "stream" not in settings.watchdog.expected_workers:
             return None  # no stream deployed (its status expires 300 s after its last write); a running one is judged below
-        return Finding(
-            "stale_stream",
-            "critical",
-            math.inf,
-            limit,
-            "market open and no stream status in Redis (no stream worker for 300 s)",
-            Action("engage_kill"),
-        )
-    last_ns = _int(obs.stream_status.get("last_quote_ns")) or _int(obs.stream_status.get("last_msg_ns"))
+        return math.inf, "market open and no stream status in Redis (no stream worker for 300 s)"
+    last_ns = _int(status.get("last_quote_ns")) or _int(status.get("last_msg_ns"))
     if last_ns <= 0:
-        return Finding(
-            "stale_stream", "critical", math.inf, limit, "market open and the stream has served no quote yet", Action("engage_kill")
-        )
-    age = obs.now - last_ns / 1e9
+        return math.inf, "market open and the stream has served no quote yet"
+    age = now - last_ns / 1e9
     if age > limit:
-        return Finding(
-            "stale_stream",
-            "critical",
-            age,
-            limit,
-            f"market open and the last quote is {age:.1f} s old (limit {limit:g} s)",
-            Action("engage_kill"),
-        )
+        return age, f"market open and the last quote is {age:.1f} s old (limit {limit:g} s)"
     return None
 
 
