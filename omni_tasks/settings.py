@@ -640,6 +640,9 @@ class Settings(BaseModel):
                 plain = value.get_secret_value()
                 if plain:
                     out.append(plain)
+        keys = self.stream.keys.get_secret_value() if self.stream.keys else ""
+        if keys and not secret_box.is_encrypted(keys):
+            out.extend(part for pair in check_key_pairs(keys) for part in pair)  # each key id and secret alone, as a log line may show one
         return out
 
     def iter_fields(self) -> Iterator[tuple[str, str, Any]]:

@@ -56,6 +56,9 @@ class StandinServer:
         self.max_connections_per_key = max_connections_per_key
         self.auth_timeout_s = auth_timeout_s
         self.mute = False
+        #: True: a message naming a symbol ("S") goes only to the clients subscribed to it on its channel, as Alpaca sends
+        #: (False, the default: every client gets every frame, which single-connection tests rely on).
+        self.routed = False
         self.connection_limit_always = False
         self.error_before_auth: tuple[int, str] | None = None
         self.received: list[dict[str, Any]] = []  # every client message, in order (secrets replaced)
@@ -218,15 +221,25 @@ class StandinServer:
         """Per client: trades, quotes and bars, and every other channel it subscribed something on."""
         return [{k: v for k, v in c.subscriptions.items() if v or k in ("trades", "quotes", "bars")} for c in self._clients]
 
+    def subscriptions_by_key(self) -> dict[str, set[str]]:
+        """The quote subscriptions of each authenticated key (one connection per key)."""
+        return {c.key: set(c.subscriptions["quotes"]) for c in self._clients if c.key is not None}
+
     def send(self, messages: list[dict[str, Any]]) -> int:
-        """Send one frame of messages (built with ``binary=True``; re-encoded per client) to every client; returns how many got it."""
+        """Send one frame of messages (built with ``binary=True``; re-encoded per client) to every client; returns how many got it.
+
+        With :attr:`routed`, each client gets only the messages of the symbols it subscribed (a client left with none gets no frame).
+        """
 
         async def go() -> int:
             if self.mute:
                 return 0
             sent = 0
             for client in list(self._clients):
-                payload = messages if client.binary else [_as_json(m) for m in messages]
+                chosen = [m for m in messages if _wanted(client, m)] if self.routed else messages
+                if not chosen:
+                    continue
+                payload = chosen if client.binary else [_as_json(m) for m in chosen]
                 await self._send(client, payload)
                 sent += 1
             return sent
@@ -283,6 +296,17 @@ class StandinServer:
             return sent
 
         return go
+
+
+_CHANNEL_OF = {"q": "quotes", "t": "trades", "b": "bars", "u": "updatedBars", "d": "dailyBars", "s": "statuses", "l": "lulds"}
+
+
+def _wanted(client: _Client, message: dict[str, Any]) -> bool:
+    """Whether a routed message goes to this client: control messages always; market data when its symbol is subscribed."""
+    channel = _CHANNEL_OF.get(str(message.get("T")))
+    if channel is None or "S" not in message:
+        return True
+    return message["S"] in client.subscriptions[channel]
 
 
 def _as_json(message: dict[str, Any]) -> dict[str, Any]:
