@@ -105,28 +105,29 @@ def stream_error(stream: dict[str, Any]) -> str:
 
 
 def print_shards(shards: dict[str, dict[str, Any] | None]) -> None:
-    """One row per stream shard (OMNI_STREAM_KEYS): a shard down is a red row while the others serve."""
-    table = Table(title=f"Stream shards ({len(shards)} keys, one connection each)", title_justify="left")
-    for column in ("shard", "feed", "state", "symbols", "stale", "quotes", "served", "process p99", "reported", "last error"):
-        table.add_column(column, justify="right" if column in ("symbols", "stale", "quotes", "served", "process p99", "reported") else "left")
+    """One row per stream shard (OMNI_STREAM_KEYS): a shard down shows its last quote ageing while the others serve."""
+    feeds = {str(view["feed"]) for view in shards.values() if view and view.get("feed")}
+    table = Table(title=f"Stream shards: {', '.join(sorted(feeds)) or '-'} feed, {len(shards)} keys, one connection each", title_justify="left")
+    for column in ("shard", "state", "symbols", "stale", "served", "last quote", "reported", "p99", "last error"):
+        table.add_column(column, justify="left" if column in ("shard", "state", "last error") else "right")
+    now = time.time_ns()
     for shard, view in shards.items():
         if view is None:
-            table.add_row(shard, "-", "[red]no report[/red]", "-", "-", "-", "-", "-", "-", "no status for 300 s")
+            table.add_row(shard, "[red]no report[/red]", "-", "-", "-", "-", "-", "-", "no status for 300 s")
             continue
-        counts = view.get("counts", {})
         fresh = view["age_s"] < 30
         state = "[green]connected[/green]" if view.get("connected") and fresh else "[red]down[/red]" if not fresh else "[red]not connected[/red]"
+        last_ns = view.get("last_quote_ns") or 0
         p99 = view.get("latency", {}).get("process", {}).get("p99_ns")
         table.add_row(
             shard,
-            view.get("feed") or "-",
             state,
             str(len(view.get("symbols") or [])),
             str(len(view.get("stale_symbols") or [])),
-            f"{counts.get('quotes', 0):,}",
-            f"{counts.get('served', 0):,}",
-            "-" if p99 is None else f"{p99 / 1000:,.0f} us",
+            f"{view.get('counts', {}).get('served', 0):,}",
+            f"{(now - last_ns) / 1e9:.1f} s ago" if last_ns else "none",
             f"{view['age_s']:.1f} s ago",
+            "-" if p99 is None else f"{p99 / 1000:,.0f} us",
             stream_error(view).removeprefix("; ") or "-",
         )
     console.print(table)

@@ -86,14 +86,18 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
             standin.send(_quotes(SYMBOLS, 100 + r / 100))
         last_bid = 100 + (rounds - 1) / 100
         wait_for(
-            lambda: all(float(q.bid) == pytest.approx(last_bid) for q in read_latest(redis_client, SYMBOLS).values())
-            and len(read_latest(redis_client, SYMBOLS)) == len(SYMBOLS),
+            lambda: (
+                all(float(q.bid) == pytest.approx(last_bid) for q in read_latest(redis_client, SYMBOLS).values())
+                and len(read_latest(redis_client, SYMBOLS)) == len(SYMBOLS)
+            ),
             10,
             message="every symbol's last quote served",
         )
         wait_for(
-            lambda: [read_status(redis_client, i).get("counts", {}).get("served") for i in range(2)]
-            == [rounds * len(expected[i]) for i in range(2)],
+            lambda: (
+                [read_status(redis_client, i).get("counts", {}).get("served") for i in range(2)]
+                == [rounds * len(expected[i]) for i in range(2)]
+            ),
             10,
             message="each shard's served count in its status",
         )
@@ -112,9 +116,11 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
         duplicate = OmniProcess(["stream", "--shard", "0"], env, tmp_path / "stream-0-again.log").start()
         omni_processes.append(duplicate)
         wait_for(lambda: "holds this API key" in duplicate.log_text(), 30, message="the duplicate refused by the lock")
-        assert standin.connections == connections and standin.limit_refusals == 0
+        assert standin.connections == connections
+        assert standin.limit_refusals == 0
         duplicate.stop()
-        assert duplicate.process is not None and duplicate.process.returncode == 0
+        assert duplicate.process is not None
+        assert duplicate.process.returncode == 0
 
         # Shard 1 killed outright: its symbols go stale, shard 0 keeps serving.
         shards[1].kill_group(signal.SIGKILL)
@@ -133,11 +139,14 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
 
         seen_s = wait_for(shard_1_down, 10, interval_s=0.1, message="the watchdog's stale_stream on shard 1")
         assert findings[0].startswith("shard 1: market open and the last quote is"), findings
-        assert "shard 0" not in findings[0] and findings[0].endswith("(1 of 2 shards serving)"), findings
+        assert "shard 0" not in findings[0], findings
+        assert findings[0].endswith("(1 of 2 shards serving)"), findings
         standin.send(_quotes(expected[0], 300.0))
         wait_for(
-            lambda: all(float(q.bid) == pytest.approx(300.0) for q in read_latest(redis_client, expected[0]).values())
-            and time.time_ns() - read_status(redis_client, 0).get("last_quote_ns", 0) < STALE_S / 3 * 1e9,
+            lambda: (
+                all(float(q.bid) == pytest.approx(300.0) for q in read_latest(redis_client, expected[0]).values())
+                and time.time_ns() - read_status(redis_client, 0).get("last_quote_ns", 0) < STALE_S / 3 * 1e9
+            ),
             5,
             message="shard 0 serving, its status fresh",
         )
@@ -145,7 +154,8 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
         view = stream_view(redis_client, shards=2)
         assert view is not None
         shown = view["shards"]
-        assert shown["0"]["connected"] == 1 and shown["0"]["counts"]["served"] > shown["1"]["counts"]["served"]
+        assert shown["0"]["connected"] == 1
+        assert shown["0"]["counts"]["served"] > shown["1"]["counts"]["served"]
         status_view.print_stream(view)  # `omni status`'s stream part: one row per shard
         metrics = _scrape(lambda: {str(i): (read_status(redis_client, i), read_published(redis_client, i)) for i in range(2)})
         ages = {

@@ -80,7 +80,7 @@ def test_keys_are_parsed_and_never_shown() -> None:
     settings = _settings(OMNI_STREAM_KEYS=FAKE_KEYS)
     keys = stream_keys(settings)
     assert [k.key_id for k in keys] == ["fake-key-0", "fake-key-1", "fake-key-2"]
-    assert keys[1].secret == "fake-secret-1"
+    assert keys[1].secret == "fake-secret-1"  # noqa: S105 - an obviously fake secret
     assert "fake-secret" not in repr(keys)
     assert shard_count(settings) == 3
     assert ("OMNI_STREAM_KEYS", "********") in settings.masked()
@@ -124,14 +124,15 @@ def test_each_shard_gets_its_name_key_lock_and_symbols() -> None:
 
 
 def test_without_keys_the_stream_is_one_unsharded_worker_as_before() -> None:
-    settings = _settings(OMNI_ALPACA_API_KEY="fake-key", OMNI_ALPACA_SECRET_KEY="fake-secret")
+    settings = _settings(OMNI_ALPACA_API_KEY="fake-key", OMNI_ALPACA_SECRET_KEY="fake-secret")  # noqa: S106 - obviously fake
     config = stream_config(settings)
     assert (config.name, config.shard, config.lock_fingerprint) == ("stream", None, key_fingerprint("fake-key"))
     assert config.symbols == ["AAPL", "MSFT", "NVDA", "AMZN", "SPY"]
     assert shard_count(settings) == 0
     assert shard_labels(0) == [None]
     assert (status_key(None), latency_key(None), worker_name(None)) == (STREAM_STATUS_KEY, STREAM_LATENCY_KEY, "stream")
-    assert status_key(1) != STREAM_STATUS_KEY and latency_key(1) != STREAM_LATENCY_KEY
+    assert status_key(1) != STREAM_STATUS_KEY
+    assert latency_key(1) != STREAM_LATENCY_KEY
     with pytest.raises(ConfigError, match="needs OMNI_STREAM_KEYS"):
         check_shard(settings, 0)
 
@@ -150,7 +151,8 @@ def test_the_stale_stream_rule_names_the_shard_that_is_down() -> None:
     finding = stale_stream(one_down, settings)
     assert finding is not None
     assert finding.message.startswith("shard 1: market open and the last quote is 60")
-    assert "shard 0" not in finding.message and "shard 2" not in finding.message, "a shard with no status is judged as before"
+    assert "shard 0" not in finding.message
+    assert "shard 2" not in finding.message, "a shard with no status is judged as before (stream not in expected_workers)"
     assert finding.message.endswith("(2 of 3 shards serving)")
     assert finding.value == pytest.approx(60, abs=1)
 
@@ -165,7 +167,8 @@ def test_the_metrics_carry_a_shard_label_only_when_sharded() -> None:
         return generate_latest(registry).decode()
 
     single = scrape(lambda: (status, {}))
-    assert "omni_stream_up 1.0" in single and "shard=" not in single
+    assert "omni_stream_up 1.0" in single
+    assert "shard=" not in single
     sharded = scrape(lambda: {"0": (status, {}), "1": ({}, {})})
     assert 'omni_stream_up{shard="0"} 1.0' in sharded
     assert 'omni_stream_up{shard="1"} 0.0' in sharded
