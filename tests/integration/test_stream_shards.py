@@ -36,7 +36,7 @@ pytestmark = pytest.mark.services
 # Obviously fake keys: the stand-in accepts exactly these.
 KEYS = {"fake-key-0": "fake-secret-0", "fake-key-1": "fake-secret-1"}
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "SPY", "META", "GOOGL", "TSLA", "JPM", "XOM", "IBM", "KO"]
-STALE_S = 1.5  # the watchdog's stream_stale_s in this test
+STALE_S = 2.0  # the watchdog's stream_stale_s in this test
 
 
 def _env(tmp_path: Path, redis_url: str, pg_url: str, url: str) -> dict[str, str]:
@@ -47,6 +47,7 @@ def _env(tmp_path: Path, redis_url: str, pg_url: str, url: str) -> dict[str, str
         "OMNI_STREAM_MARKET_HOURS": "always",
         "OMNI_STREAM_KEYS": ",".join(f"{k}:{s}" for k, s in KEYS.items()),
         "OMNI_WATCHDOG_STREAM_STALE_S": str(STALE_S),
+        "OMNI_STREAM_MUTE_AFTER_S": "300",  # a slow moment of a loaded machine must not read as a mute socket (a reconnect)
     }
     return service_env(redis_url=redis_url, database_url=pg_url, data_dir=tmp_path / "data", **settings)
 
@@ -112,11 +113,14 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
         )
 
         # A second worker on shard 0's key: the connection lock refuses it; it never even connects.
-        connections = standin.connections
+        def key_0_auths() -> int:
+            return sum(1 for m in standin.received if m.get("action") == "auth" and m.get("key") == "fake-key-0")
+
+        auths = key_0_auths()
         duplicate = OmniProcess(["stream", "--shard", "0"], env, tmp_path / "stream-0-again.log").start()
         omni_processes.append(duplicate)
         wait_for(lambda: "holds this API key" in duplicate.log_text(), 30, message="the duplicate refused by the lock")
-        assert standin.connections == connections
+        assert key_0_auths() == auths, "the duplicate never even tried to connect"
         assert standin.limit_refusals == 0
         duplicate.stop()
         assert duplicate.process is not None
@@ -135,7 +139,8 @@ def test_two_shards_serve_their_symbols_one_killed_shows_down_and_a_duplicate_ke
             observed = gather(runtime, queue_depths=None, market_open=lambda _now: True, database_ok=False)  # type: ignore[arg-type]
             finding = stale_stream(observed, settings)
             findings[:] = [finding.message] if finding else []
-            return finding is not None
+            # Named alone: a loaded moment may briefly age shard 0 too; wait for the steady verdict.
+            return finding is not None and finding.message.startswith("shard 1:") and "shard 0" not in finding.message
 
         seen_s = wait_for(shard_1_down, 10, interval_s=0.1, message="the watchdog's stale_stream on shard 1")
         assert findings[0].startswith("shard 1: market open and the last quote is"), findings
