@@ -32,7 +32,7 @@ from pathlib import Path
 from tests.conftest import REPO_ROOT, OmniProcess
 
 #: The block subnets are drawn from; a /24 already routed on this machine is never used.
-_BLOCK = ipaddress.ip_network("10.213.0.0/16")
+_BLOCK = ipaddress.IPv4Network("10.213.0.0/16")
 _SET_HOSTNAME = 'hostname "$0" && exec "$@"'
 
 
@@ -58,12 +58,13 @@ def netns_unavailable() -> str | None:
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 of the block that no route or address on this machine uses (another session's observer link shows here)."""
     routes = _ip("-4", "route", "show").stdout + _ip("-4", "addr", "show").stdout
-    candidates = list(_BLOCK.subnets(new_prefix=24))[1:-1]
+    candidates = [ipaddress.IPv4Network(f"{_BLOCK.network_address + 256 * i}/24") for i in range(1, 255)]
     random.shuffle(candidates)
     for subnet in candidates:
-        if f"{subnet.network_address}".rsplit(".", 1)[0] + "." not in routes:
-            return subnet  # type: ignore[return-value]  # subnets() of an IPv4Network yields IPv4Networks
+        if str(subnet.network_address).rsplit(".", 1)[0] + "." not in routes:
+            return subnet
     raise RuntimeError(f"no free /24 left in {_BLOCK}")
 
 
@@ -163,10 +164,12 @@ class Network:
     def close(self) -> None:
         """Stop every process on every host, remove the links and the namespaces. Safe to call twice, and after a failure."""
         everyone = [*self.hosts, self.services]
-        for host in everyone:
-            for proc in reversed(host.processes):
-                with contextlib.suppress(Exception):
-                    proc.stop(timeout_s=5)
+        procs = [proc for host in everyone for proc in reversed(host.processes)]
+        for proc in procs:  # all asked at once: their warm shutdowns overlap
+            proc.kill_group(signal.SIGTERM)
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.stop(timeout_s=5)
         for host in everyone:
             # Whatever is left inside our namespaces was started by this test (a worker's pool child, a server).
             for pid in host.pids():

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.settings import DatabaseSettings, Settings
 
-
 #: OMNI_DATABASE_DEAD_CLIENT_AFTER_S's default, for engines made without the settings.
 DEAD_CLIENT_AFTER_S: float = DatabaseSettings.model_fields["dead_client_after_s"].default
 

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,6 +87,23 @@ class Cluster:
             return list(session.scalars(select(TaskRun).where(TaskRun.name == name)).all())
 
 
+def test_the_database_is_asked_to_drop_a_silent_client_after_the_configured_time(pg_url: str) -> None:
+    """What lets a cut host's locks go (below): every connection of an engine made from the settings asks for it."""
+    from omni_tasks.settings import load_settings
+    from omni_tasks.storage.engine import engine_from_settings
+
+    engine = engine_from_settings(load_settings({"OMNI_DATABASE_URL": pg_url, "OMNI_DATABASE_DEAD_CLIENT_AFTER_S": "8"}))
+    try:
+        with engine.connect() as connection:
+            shown = {
+                name: connection.execute(text(f"SHOW {name}")).scalar_one()
+                for name in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout")
+            }
+    finally:
+        engine.dispose()
+    assert shown == {"tcp_keepalives_idle": "4", "tcp_keepalives_interval": "1", "tcp_keepalives_count": "4", "tcp_user_timeout": "8000"}
+
+
 def _fail_or_skip(message: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message + " (OMNI_REQUIRE_SERVICES=1)")
@@ -139,7 +155,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
         _wait_alive(procs, lambda: lead_of(a), 60, "the beat on host-a to lead")
         procs["beat@host-b"] = b.spawn(["beat"], envs[b.name])
-        for name, proc in procs.items():
+        for name in list(procs):
             kind, _, host_name = name.partition("@")
             if kind != "beat":
                 host = next(h for h in (services, a, b) if h.name == host_name)
@@ -216,7 +232,10 @@ def daily_job(cluster: Cluster) -> int:
     done = cluster.a.omni(cluster.envs["host-a"], "backfill", "run", ",".join(DAILY), "--start", "2023-01-01", "--end", "2025-01-01")
     job_id = _job_id(done)
     _wait_alive(
-        cluster.procs, lambda: backfill.job_progress(cluster.sessions, job_id)["status"] in {"succeeded", "failed", "partial"}, 60, "the daily job"
+        cluster.procs,
+        lambda: backfill.job_progress(cluster.sessions, job_id)["status"] in {"succeeded", "failed", "partial"},
+        60,
+        "the daily job",
     )
     cluster.say(f"daily backfill job {job_id} sent from host-a and finished in {time.monotonic() - started:.1f} s")
     return job_id
@@ -236,7 +255,8 @@ def test_backfill_partitions_spread_over_both_worker_hosts(cluster: Cluster, dai
     )
     assert progress["status"] == "succeeded", progress
     assert len(by_partition) == progress["partitions"], "every partition's outcome is in the ledger"
-    assert hosts["host-a"] >= 1 and hosts["host-b"] >= 1, hosts
+    assert hosts["host-a"] >= 1, hosts
+    assert hosts["host-b"] >= 1, hosts
     assert sum(hosts.values()) == progress["partitions"], "each partition ran once"
     assert (rows, dupes) == (expected, 0)
     assert all(metric_files.values()), "each host writes its own metrics folder"
@@ -259,7 +279,10 @@ def test_scan_fans_out_over_both_worker_hosts_each_chunk_recording_its_host(clus
 
     wait_for(recorded, 20, interval_s=0.2, message="every chunk's outcome in the ledger")
     hosts = Counter(_host_of(r.worker) for r in chunks)
-    per_host = ", ".join(f"{host} {sorted(sym for r in chunks if _host_of(r.worker) == host for sym in json.loads(r.args_json)['args'][1])}" for host in sorted(hosts))
+    per_host = ", ".join(
+        f"{host} {sorted(sym for r in chunks if _host_of(r.worker) == host for sym in json.loads(r.args_json)['args'][1])}"
+        for host in sorted(hosts)
+    )
     cluster.say(
         f"scan fan-out: run {payload['id']} {payload['status']} ({len(DAILY)} symbols, {payload['chunks']} chunks of {SCAN_CHUNK}) sent from host-b, "
         f"`omni scan --wait` {seconds:.1f} s; chunks by host: host-a {hosts['host-a']}, host-b {hosts['host-b']}; {per_host}"
@@ -268,14 +291,15 @@ def test_scan_fans_out_over_both_worker_hosts_each_chunk_recording_its_host(clus
     assert sum(1 for r in payload["results"] if r["rank"] is not None) == len(DAILY)
     assert len(chunks) == payload["chunks"] == len(DAILY) // SCAN_CHUNK
     assert all(r.state == "SUCCESS" for r in chunks)
-    assert hosts["host-a"] >= 1 and hosts["host-b"] >= 1, hosts
+    assert hosts["host-a"] >= 1, hosts
+    assert hosts["host-b"] >= 1, hosts
 
 
 def _held(cluster: Cluster, instance: str) -> list[tuple[str, str, Any]]:
     """(delivery tag, task id, arguments) of every unacked message ``instance`` holds."""
     out = []
     for raw_tag in cluster.client.smembers(WORKER_INFLIGHT_KEY.format(instance=instance)):
-        tag = raw_tag.decode()
+        tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
         raw = cluster.client.hget(KOMBU_UNACKED_KEY, tag)
         if raw is None:
             continue
@@ -286,27 +310,41 @@ def _held(cluster: Cluster, instance: str) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _tick_slots(cluster: Cluster) -> Counter[str]:
-    """Runs per slot (deterministic task id) of every successful watchdog tick so far."""
-    return Counter(r.task_id for r in cluster.ledger("omni.watchdog.tick") if r.state == "SUCCESS")
+def _tick_slots(cluster: Cluster, *, sent_before: float | None = None, sent_after: float | None = None) -> Counter[str]:
+    """Runs per slot (the beat's deterministic task id) of the successful watchdog ticks sent in the given window (UNIX s)."""
+    return Counter(
+        r.task_id
+        for r in cluster.ledger("omni.watchdog.tick")
+        if r.state == "SUCCESS"
+        and r.sent_at is not None
+        and (sent_before is None or r.sent_at.timestamp() < sent_before)
+        and (sent_after is None or r.sent_at.timestamp() >= sent_after)
+    )
 
 
 def test_worker_host_cut_mid_task_is_redelivered_to_the_other_and_the_beat_lead_moves(cluster: Cluster, daily_job: int) -> None:
     a, b = cluster.a, cluster.b
     expected = backfill_plan.plan(MINUTE, "1Min", date(2025, 6, 2), date(2025, 6, 30)).expected_bars
-    job_id = _job_id(b.omni(cluster.envs["host-b"], "backfill", "run", ",".join(MINUTE), "-t", "1Min", "--start", "2025-06-02", "--end", "2025-06-30"))
+    job_id = _job_id(
+        b.omni(cluster.envs["host-b"], "backfill", "run", ",".join(MINUTE), "-t", "1Min", "--start", "2025-06-02", "--end", "2025-06-30")
+    )
     worker_a = cluster.worker("backfill", a)
     assert worker_a is not None
-    held: list[tuple[str, str, Any]] = []
-
-    def a_mid_partition() -> bool:
-        held[:] = _held(cluster, worker_a.instance)
-        return bool(held) and backfill.job_progress(cluster.sessions, job_id)["by_status"].get("succeeded", 0) >= 2
-
-    _wait_alive(cluster.procs, a_mid_partition, 60, "host-a to hold a partition mid-job")
-    slots_before = _tick_slots(cluster)
+    _wait_alive(
+        cluster.procs, lambda: backfill.job_progress(cluster.sessions, job_id)["by_status"].get("succeeded", 0) >= 2, 60, "the job to run"
+    )
+    # Cut the moment host-a receives a partition, so the cut lands mid-partition (each takes ~0.3 s).
+    seen = {task for _, task, _ in _held(cluster, worker_a.instance)}
+    wait_for(
+        lambda: bool({task for _, task, _ in _held(cluster, worker_a.instance)} - seen),
+        30,
+        interval_s=0.01,
+        message="host-a to take a partition",
+    )
     cluster.net.cut(a)
     cut_at, cut_wall = time.monotonic(), time.time()
+    held = _held(cluster, worker_a.instance)  # host-a cannot acknowledge anything any more: this is what it holds
+    assert len(held) == 1, held
     progress = backfill.job_progress(cluster.sessions, job_id)
     (_, task_id, partition_args), *_ = held
     cluster.say(
@@ -365,27 +403,37 @@ def test_worker_host_cut_mid_task_is_redelivered_to_the_other_and_the_beat_lead_
     assert redelivered_after_s < 30
 
     # The beat: the new leader's slots, each run once.
-    wait_for(lambda: len(set(_tick_slots(cluster)) - set(slots_before)) >= 2, 30, interval_s=0.5, message="two watchdog slots after the cut")
+    wait_for(lambda: len(_tick_slots(cluster, sent_after=cut_wall)) >= 2, 30, interval_s=0.5, message="two watchdog slots after the cut")
     assert "beat lost the leader lock" in cluster.procs["beat@host-a"].log_text()
 
     # host-a comes back: its beat stays standing by, its workers beat again, the rows stay exact.
     cluster.net.mend(a)
     mended_at = time.monotonic()
-    back_s = _wait_alive(cluster.procs, lambda: cluster.worker("backfill", a) is not None and cluster.worker("scans", a) is not None, 40, "host-a's workers to beat again")
-    ticks_seen = len(_tick_slots(cluster))
-    wait_for(lambda: len(_tick_slots(cluster)) >= ticks_seen + 1, 20, interval_s=0.5, message="a slot after host-a is back")
+    back_s = _wait_alive(
+        cluster.procs,
+        lambda: cluster.worker("backfill", a) is not None and cluster.worker("scans", a) is not None,
+        40,
+        "host-a's workers to beat again",
+    )
+    mended_wall = time.time()
+    wait_for(lambda: len(_tick_slots(cluster, sent_after=mended_wall)) >= 1, 20, interval_s=0.5, message="a slot after host-a is back")
     per_slot = _tick_slots(cluster)
-    after_cut = set(per_slot) - set(slots_before)
+    before_cut, after_cut = _tick_slots(cluster, sent_before=cut_wall), _tick_slots(cluster, sent_after=cut_wall)
     holder = leader.current_leader(cluster.client) or {}
     rows_after, dupes_after = _bar_counts(cluster.engine, "1Min")
+    stale = [r for r in cluster.ledger("omni.backfill.fetch_partition") if r.task_id == task_id and _host_of(r.worker) == a.name]
     cluster.say(
-        f"beat: slots run {len(per_slot)} ({len(slots_before)} led by host-a before the cut, {len(after_cut)} by host-b after), "
-        f"runs per slot max {max(per_slot.values())}; host-a back after {back_s:.1f} s (mended at t+{mended_at - cluster.t0:.1f} s), "
-        f"leader still {holder.get('host')}; rows {rows_after}, duplicate keys {dupes_after}"
+        f"beat: slots run {len(per_slot)} ({len(before_cut)} sent by host-a before the cut, {len(after_cut)} by host-b after), "
+        f"runs per slot max {max(per_slot.values())}; host-a's workers beat again {back_s:.1f} s after its link came back "
+        f"(t+{mended_at - cluster.t0:.1f} s), leader still {holder.get('host')}; rows {rows_after}, duplicate keys {dupes_after}; "
+        f"host-a's cut delivery recorded {[r.state for r in stale]} so far"
     )
     assert max(per_slot.values()) == 1, per_slot
-    assert len(slots_before) >= 1 and len(after_cut) >= 2
+    assert len(before_cut) >= 1
+    assert len(after_cut) >= 2
+    assert len(per_slot) == len(before_cut) + len(after_cut)
     assert holder.get("host") == b.name, "the mended host's beat does not take the lead back"
+    assert cluster.procs["beat@host-a"].log_text().count("omni beat: leading the schedule") == 1
     assert (rows_after, dupes_after) == (expected, 0)
 
 
@@ -426,7 +474,7 @@ def test_kill_switch_engaged_on_one_host_stops_orders_on_the_other(cluster: Clus
     fills_after = _count(cluster, Fill)
     cluster.say(
         f"kill switch: engaged on host-a in {engage_s:.1f} s (`omni kill engage`, exit {engaged.returncode}); from host-b: "
-        f"`omni order buy` exit {refused.returncode} ({refused.stdout.strip()[:90] or refused.stderr.strip()[:90]}), an order sent straight "
+        f"`omni order buy` exit {refused.returncode} ({_error_of(refused)[:60]}...), an order sent straight "
         f"to the queue {outcome[0].state} by {outcome[0].worker}; fills after the engage {fills_after - fills_at_engage}"
     )
     assert refused.returncode == 1
@@ -434,6 +482,14 @@ def test_kill_switch_engaged_on_one_host_stops_orders_on_the_other(cluster: Clus
     assert [(r.state, r.worker) for r in outcome] == [("REFUSED", "orders@host-b")]
     assert queued_row is None or queued_row.status != "filled"
     assert fills_after == fills_at_engage
+
+
+def _error_of(done: Any) -> str:
+    output = (done.stdout + done.stderr).strip()
+    try:
+        return str(json.loads(output[output.find("{") :])["error"])
+    except (ValueError, KeyError):
+        return output
 
 
 def _count(cluster: Cluster, model: Any) -> int:
