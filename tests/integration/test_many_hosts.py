@@ -9,6 +9,18 @@ host carries the host's name. This process reads Redis and PostgreSQL over a
 link of its own, as an operator would. Figures are printed with the time since
 the hosts were up (``[t+  s]``).
 
+PostgreSQL is a cluster of the test's own inside the services namespace, not
+the machine's: that one listens on loopback only, and reaching it from another
+namespace would need forwarding rules in the machine's own network; ours is
+reached, cut off and removed together with the namespaces.
+
+A cut host's work comes back through the watchdog's dead-worker sweep (its
+heartbeat goes silent), not the broker's visibility timeout: the start-up check
+keeps that above every task's hard time limit (1000 s), so it can never be
+short. The work redelivered goes on only because PostgreSQL ends the cut host's
+sessions (and releases the row locks a half-done write held) within
+``OMNI_DATABASE_DEAD_CLIENT_AFTER_S``: without it they are kept for hours.
+
 Skipped, with one message, only where network namespaces cannot be made (not
 root); with OMNI_REQUIRE_SERVICES=1 (CI) that fails instead.
 """
