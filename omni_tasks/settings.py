@@ -162,6 +162,12 @@ class DatabaseSettings(_Group):
     max_overflow: int = Field(default=10, ge=0, le=500, description="connections opened beyond the pool under load (closed when returned)")
     pool_timeout_s: float = Field(default=30.0, gt=0, description="how long a caller waits for a free pooled connection before failing")
     echo: bool = Field(default=False, description="log every SQL statement (debugging only)")
+    dead_client_after_s: float = Field(
+        default=30.0,
+        ge=2,
+        le=7200,
+        description="PostgreSQL ends the session of a client silent this long (TCP keepalives asked per connection): a worker cut off mid-write has its transaction rolled back and its locks released, so its redelivered work goes on",
+    )
     outage_retries: int = Field(
         default=12, ge=0, le=100, description="retries of a backfill, scan, validation or risk task cut short by a database outage (their own budget)"
     )

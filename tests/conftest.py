@@ -152,13 +152,15 @@ class OmniProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
+    #: run it through this command (``ip netns exec NS ...``: on another host, tests/hosts.py)
+    prefix: list[str] = field(default_factory=list)
 
     def start(self) -> OmniProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log = handle
         self.process = subprocess.Popen(  # fixed argv
-            [sys.executable, "-m", "omni_tasks", *self.argv],
+            [*self.prefix, sys.executable, "-m", "omni_tasks", *self.argv],
             env=self.env,
             cwd=REPO_ROOT,
             stdout=handle,

@@ -11,6 +11,10 @@ folder of its own, removed when it is closed.
 
     pg = PrivatePostgres.create()     # initdb as the postgres user, ~2 s
     pg.start(); pg.stop(); pg.pause(); pg.resume(); pg.close()
+
+Both can run inside a network namespace instead (``netns=``, listening on
+``host=``, the namespace's address: tests/hosts.py), reached from other
+namespaces over their links.
 """
 
 from __future__ import annotations
@@ -44,7 +48,16 @@ class PrivateRedis:
     do (append-only file on, fsync every second unless ``fsync_always``).
     """
 
-    def __init__(self, folder: Path, *, appendonly: bool = False, fsync_always: bool = True, port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        appendonly: bool = False,
+        fsync_always: bool = True,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         from omni_tasks.ops.embedded import redis_server_binary
 
         self.binary = str(redis_server_binary())
@@ -52,19 +65,21 @@ class PrivateRedis:
         self.appendonly = appendonly
         self.fsync_always = fsync_always
         self.port = port or free_port()
+        self.host = host
+        self.netns = netns
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=1)
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, socket_connect_timeout=1)
 
     def start(self, timeout_s: float = 15.0) -> PrivateRedis:
         argv = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            *_in_netns(self.netns), self.binary, "--port", str(self.port), "--bind", self.host, "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always" if self.fsync_always else "everysec",
             "--maxmemory-policy", "noeviction", "--dir", str(self.folder), "--daemonize", "no",
@@ -150,8 +165,13 @@ def _pg_bin(name: str) -> str:
     raise FileNotFoundError(f"{name}: no PostgreSQL server binaries found (install postgresql)")
 
 
-def _as_postgres(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+def _in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a program inside network namespace ``netns`` (none: here)."""
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+def _as_postgres(argv: list[str], netns: str | None = None, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    prefix = [*_in_netns(netns), *(["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])]
     return subprocess.run([*prefix, *argv], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]  # kwargs are subprocess.run options (env, timeout), typed loosely here
 
 
@@ -161,38 +181,44 @@ class PrivatePostgres:
     Runs as the ``postgres`` user when the tests run as root (initdb refuses root).
     """
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.folder = folder
         self.port = port
+        self.host = host
+        self.netns = netns
         self.data = folder / "data"
         self.sockets = folder / "sockets"
         self._paused_pid: int | None = None
 
     @classmethod
-    def create(cls) -> PrivatePostgres:
+    def create(cls, *, host: str = "127.0.0.1", netns: str | None = None, clients: str | None = None) -> PrivatePostgres:
+        """initdb a cluster listening on ``host`` (inside ``netns`` once started); ``clients``: a CIDR also trusted besides loopback."""
         folder = Path(tempfile.mkdtemp(prefix="omni-pg-"))
         os.chmod(folder, 0o755)  # noqa: S103 - the postgres user must reach its data folder inside
         (folder / "sockets").mkdir()
         if os.geteuid() == 0:
             shutil.chown(folder, "postgres", "postgres")
             shutil.chown(folder / "sockets", "postgres", "postgres")
-        server = cls(folder, free_port())
+        server = cls(folder, free_port(), host, netns)
         done = _as_postgres([_pg_bin("initdb"), "-D", str(server.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
         with open(server.data / "postgresql.conf", "a") as conf:
             conf.write(
-                f"\nport = {server.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{server.sockets}'\n"
+                f"\nport = {server.port}\nlisten_addresses = '{host}'\nunix_socket_directories = '{server.sockets}'\n"
                 "fsync = off\nfull_page_writes = off\nmax_connections = 200\n"
             )
+        if clients:
+            with open(server.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"\nhost all all {clients} trust\n")
         return server
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/postgres"
 
     def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg2://postgres@{self.host}:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
         from sqlalchemy import create_engine, text
@@ -205,7 +231,8 @@ class PrivatePostgres:
 
     def start(self, timeout_s: float = 30.0) -> PrivatePostgres:
         done = _as_postgres(
-            [_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w", "-t", str(int(timeout_s)), "start"]
+            [_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w", "-t", str(int(timeout_s)), "start"],
+            self.netns,
         )
         if done.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {done.stderr[-1000:]} {self.log_tail()}")

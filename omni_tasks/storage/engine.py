@@ -1,4 +1,12 @@
-"""Engines and sessions for SQLite (embedded) and PostgreSQL (services)."""
+"""Engines and sessions for SQLite (embedded) and PostgreSQL (services).
+
+Every PostgreSQL connection asks the server for TCP keepalives of its own
+(``dead_client_after_s``): a worker whose host is cut off mid-transaction
+cannot roll back, and without them the server keeps its session, and the
+row locks it holds, until the operating system's keepalive gives up (over
+two hours on Linux) - the work redelivered to another host waits on those
+locks all that time. tests/integration/test_many_hosts.py cuts a host mid-write.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +18,40 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.settings import Settings
+from omni_tasks.settings import DatabaseSettings, Settings
+
+#: OMNI_DATABASE_DEAD_CLIENT_AFTER_S's default, for engines made without the settings.
+DEAD_CLIENT_AFTER_S: float = DatabaseSettings.model_fields["dead_client_after_s"].default
 
 
-def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_timeout_s: float = 30.0, echo: bool = False) -> Engine:
-    """An engine with the pool settings; SQLite gets WAL and a busy timeout for concurrent processes."""
+def server_keepalive_options(dead_client_after_s: float) -> str:
+    """libpq ``options`` that make the server drop a vanished client after about ``dead_client_after_s`` seconds.
+
+    An idle connection is probed after half the time, 4 probes over the other
+    half; data the server sent (a query's result) that stays unacknowledged
+    that long ends it too (``tcp_user_timeout``, PostgreSQL 12+: keepalives
+    are not sent while data is outstanding). The server's session ends, its
+    transaction is rolled back and its locks are released.
+    """
+    idle = max(1, round(dead_client_after_s / 2))
+    interval = max(1, round(dead_client_after_s / 8))
+    user_timeout_ms = int(dead_client_after_s * 1000)
+    return (
+        f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} -c tcp_keepalives_count=4 "
+        f"-c tcp_user_timeout={user_timeout_ms}"
+    )
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    pool_timeout_s: float = 30.0,
+    echo: bool = False,
+    dead_client_after_s: float = DEAD_CLIENT_AFTER_S,
+) -> Engine:
+    """An engine with the pool settings; SQLite gets WAL and a busy timeout for concurrent processes, PostgreSQL server-side keepalives."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
@@ -38,7 +75,7 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 10, pool_ti
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 5, "application_name": "omni-tasks"},
+        connect_args={"connect_timeout": 5, "application_name": "omni-tasks", "options": server_keepalive_options(dead_client_after_s)},
     )
 
 
@@ -50,6 +87,7 @@ def engine_from_settings(settings: Settings) -> Engine:
         max_overflow=db.max_overflow,
         pool_timeout_s=db.pool_timeout_s,
         echo=db.echo,
+        dead_client_after_s=db.dead_client_after_s,
     )
 
 
