@@ -28,10 +28,11 @@ from omni_tasks.core.logs import configure_logging
 from omni_tasks.core.runtime import after_fork, get_runtime
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline.broker import is_amqp_url
 from omni_tasks.pipeline.headers import SENT_AT_HEADER
 
 _log = structlog.get_logger("omni.worker")
-_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
+_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0, "track_tags": True}
 #: (broker connection number, delivery tag) received but not yet recorded as in flight (deque appends are thread-safe).
 _pending_tags: deque[tuple[int, str]] = deque()
 _wake = threading.Event()
@@ -73,7 +74,7 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
     metrics.TASK_RECEIVED.labels(request.name, hostname, queue).inc()
     message = getattr(request, "message", None)
     tag = getattr(message, "delivery_tag", None)
-    if tag:
+    if tag and _state["track_tags"]:
         # The heartbeat thread, woken here, writes these to Redis at once: the consumer loop
         # (the worker's bottleneck) makes no round trip per message.
         _pending_tags.append((_state["connection"], str(tag)))
@@ -147,6 +148,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
         _state["instance"] = self._instance
         queues = sorted(q.name for q in worker.app.amqp.queues.consume_from.values()) if worker.app.amqp.queues.consume_from else []
         settings = get_runtime().settings
+        # The in-flight tags feed the orphan sweep of kombu's Redis unacked hash. RabbitMQ redelivers
+        # a lost connection's deliveries itself (no sweep there): its tags are not recorded.
+        _state["track_tags"] = not is_amqp_url(settings.broker_url)
 
         def run() -> None:
             from celery.worker import state as worker_state
