@@ -27,7 +27,8 @@ def test_on_amqp_the_six_queues_are_durable_quorum_queues_with_a_delivery_limit_
     queues = {q.name: q for q in config["task_queues"]}
     assert set(queues) == {q.value for q in ALL_QUEUES}
     for name, queue in queues.items():
-        assert queue.durable and not queue.auto_delete
+        assert queue.durable
+        assert not queue.auto_delete
         assert queue.exchange.type == "topic", "topic: Celery's native delayed delivery carries countdowns on quorum queues"
         assert queue.queue_arguments == {
             "x-queue-type": "quorum",
