@@ -92,7 +92,7 @@ def dead_letter_queues() -> list[Any]:
 
 
 def declare_topology(broker_url: str, consumer_timeout_s: int) -> str:
-    """Declare the six queues, the dead-letter exchange and its queues; returns the broker's version.
+    """Declare the six queues, the dead-letter exchange and its queues, the delayed-delivery topology; returns the broker's version.
 
     Raises kombu's error when a queue exists with other arguments (a classic
     queue of the same name, another delivery limit): the start-up check turns
@@ -102,8 +102,19 @@ def declare_topology(broker_url: str, consumer_timeout_s: int) -> str:
 
     with Connection(broker_url, connect_timeout=5) as connection:
         channel = connection.default_channel
-        for queue in [*kombu_queues(consumer_timeout_s), *dead_letter_queues()]:
+        queues = kombu_queues(consumer_timeout_s)
+        for queue in [*queues, *dead_letter_queues()]:
             queue.bind(channel).declare()
+        # Celery's native delayed delivery (countdowns, retries): its exchanges and queues, and our queues bound to them,
+        # declared before any task is sent, not only when a worker's consumer starts.
+        from kombu.transport.native_delayed_delivery import (
+            bind_queue_to_native_delayed_delivery_exchange,
+            declare_native_delayed_delivery_exchanges_and_queues,
+        )
+
+        declare_native_delayed_delivery_exchanges_and_queues(connection, "quorum")
+        for queue in queues:
+            bind_queue_to_native_delayed_delivery_exchange(connection, queue)
         return str(connection.connection.server_properties.get("version", "?"))
 
 

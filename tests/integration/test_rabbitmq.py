@@ -24,6 +24,7 @@ from kombu import Connection
 from sqlalchemy import select
 
 from omni_tasks.core.errors import BootRefused
+from omni_tasks.core.keys import PROBE_COMPLETIONS_KEY
 from omni_tasks.ops.startup_checks import check_consumer_timeout, check_rabbitmq
 from omni_tasks.pipeline import rabbit
 from omni_tasks.pipeline.broker import amqp_queue_depths, broker_transport_options, orders_purger, queue_depths
@@ -210,6 +211,10 @@ def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_t
 
     n = 40
     try:
+        # A countdown (what a retry sends) rides Celery's native delayed delivery on quorum queues, not a worker's memory.
+        marker = f"countdown-{uuid.uuid4().hex[:8]}"
+        sender.send_task("omni.system.probe", args=[marker, 0.0], queue="orders", countdown=1)
+        countdown_s = wait_for(lambda: redis_client.hget(PROBE_COMPLETIONS_KEY, marker) is not None, 30, message="the countdown task run")
         # Half the orders wait behind a paused worker, so the restart catches them queued and delivered-unacknowledged.
         worker.kill_group(signal.SIGSTOP)
         accepted = [accept(i) for i in range(n // 2)]
@@ -225,6 +230,7 @@ def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_t
             message="every order decided",
         )
         recovered_s = time.monotonic() - restarted
+        delayed = rabbitmqctl("list_queues", "-p", vhost.name, "name", "-q")
         final = statuses(accepted)
         with engine.connect() as connection:
             fills = Counter(
@@ -238,8 +244,10 @@ def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_t
         print(
             f"\n[rabbitmq] orders across a staged broker restart (every connection of the vhost closed, {connections_before} before): "
             f"accepted {n}, without a final status {unfinished}, filled twice {filled_twice}, statuses {dict(Counter(final.values()))}, "
-            f"all decided {recovered_s:.1f} s after the restart"
+            f"all decided {recovered_s:.1f} s after the restart; a task sent with countdown 1 s ran after {countdown_s:.1f} s"
         )
+        assert countdown_s >= 1.0
+        assert "celery_delayed_0" in delayed, "the countdown went through the broker's delay queues"
         assert connections_before >= 1
         assert vhost.connection_count() >= 1, "the worker and the sender reconnected"
         assert unfinished == 0
