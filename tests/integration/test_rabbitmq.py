@@ -223,6 +223,8 @@ def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_t
         restarted = time.monotonic()
         worker.kill_group(signal.SIGCONT)
         accepted += [accept(i) for i in range(n // 2, n)]  # the sender reconnects and publishes with confirms
+        after = f"countdown-after-{uuid.uuid4().hex[:8]}"
+        sender.send_task("omni.system.probe", args=[after, 0.0], queue="orders", countdown=1)
         wait_for(
             lambda: "pending" not in statuses(accepted).values() and len(statuses(accepted)) == n,
             120,
@@ -230,6 +232,7 @@ def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_t
             message="every order decided",
         )
         recovered_s = time.monotonic() - restarted
+        wait_for(lambda: redis_client.hget(PROBE_COMPLETIONS_KEY, after) is not None, 30, message="the countdown sent after the restart run")
         delayed = rabbitmqctl("list_queues", "-p", vhost.name, "name", "-q")
         final = statuses(accepted)
         with engine.connect() as connection:
