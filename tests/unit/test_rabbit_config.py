@@ -100,3 +100,12 @@ def test_consumer_timeouts_are_read_from_a_policy_or_the_queue_argument() -> Non
     assert rabbit.effective_consumer_timeouts_s(rows) == {"orders": 60.0, "scans": 3600.0}
     assert rabbit.consumer_timeout_is_per_queue("3.12.1")
     assert not rabbit.consumer_timeout_is_per_queue("3.10.8")
+
+
+def test_a_delayed_messages_routing_key_names_its_queue() -> None:
+    from omni_tasks.pipeline.queues import queue_of
+
+    assert queue_of("0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.orders") == "orders"
+    assert queue_of("scans") == "scans"
+    assert queue_of(None) is None
+    assert queue_of("") == ""
