@@ -323,6 +323,17 @@ class RabbitVhost:
         """What a broker restart does to the clients, staged for this vhost only (the shared RabbitMQ is never restarted)."""
         rabbitmqctl("close_all_connections", "-p", self.name, reason)
 
+    def accepts_connections(self) -> bool:
+        """A new vhost starts asynchronously on the node: a connection right after ``add_vhost`` may be closed on it."""
+        from kombu import Connection
+
+        try:
+            with Connection(self.url, connect_timeout=3) as connection:
+                connection.default_channel.basic_qos(0, 1, False)
+        except Exception:  # noqa: BLE001 - any failure: not ready yet
+            return False
+        return True
+
     def connection_count(self) -> int:
         out = rabbitmqctl("list_connections", "vhost", "-q")
         return sum(1 for line in out.splitlines() if line.strip() == self.name)
@@ -337,7 +348,9 @@ def rabbitmq_vhost() -> Iterator[RabbitVhost]:
         _unavailable("RabbitMQ", exc)
     try:
         rabbitmqctl("set_permissions", "-p", name, RABBITMQ_USER, ".*", ".*", ".*")
-        yield RabbitVhost(name, f"{RABBITMQ_BASE_URL}/{name}")
+        vhost = RabbitVhost(name, f"{RABBITMQ_BASE_URL}/{name}")
+        wait_for(vhost.accepts_connections, 30, interval_s=0.2, message=f"RabbitMQ vhost {name} to accept connections")
+        yield vhost
     finally:
         rabbitmqctl("delete_vhost", name)
 
