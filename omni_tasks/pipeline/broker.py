@@ -2,7 +2,8 @@
 
 Domain code asks for these callables and never imports kombu; the kill switch purges the orders queue
 with :func:`orders_purger`, the watchdog's dead-worker sweep restores with :func:`kombu_restorer`,
-``omni status``, ``/health`` and the metrics read :func:`queue_depths`. kombu is imported inside
+``omni status``, ``/health`` and the metrics read :func:`queue_depths` (Redis lists, or a passive
+``queue_declare`` on RabbitMQ, whose own topology lives in :mod:`omni_tasks.pipeline.rabbit`). kombu is imported inside
 the functions that talk to a broker, so importing this module stays light.
 """
 
