@@ -140,6 +140,16 @@ class BrokerSettings(_Group):
     max_deliveries: int = Field(default=5, ge=1, description="a task delivered more often is dead-lettered")
     beat_lock_ttl_s: float = Field(default=10.0, gt=0, description="the beat leader lock expires this long after its last renewal")
     require_noeviction: bool = Field(default=True, description="refuse to start when Redis may evict keys")
+    consumer_timeout_s: int = Field(
+        default=1800,
+        gt=0,
+        description="RabbitMQ's consumer_timeout (rabbitmq.conf; 1800 s is its default): must exceed every task's hard time limit, "
+        "or the broker closes the channel of a task still running; declared per queue (x-consumer-timeout) on RabbitMQ 3.12+",
+    )
+    management_url: str | None = Field(
+        default=None,
+        description="RabbitMQ management API (http://host:15672), the broker URL's user and password: queue depths and Flower's broker page; unset: AMQP only",
+    )
 
     @field_validator("url", "cache_url")
     @classmethod

@@ -282,3 +282,110 @@ def private_redis_aof(tmp_path: Path) -> Iterator[object]:
     yield server
     server.resume()
     server.kill()
+
+
+# ---- the Celery broker under test: Redis, or RabbitMQ in a vhost of this session's own ----------
+
+RABBITMQ_BASE_URL = os.environ.get("OMNI_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+RABBITMQ_USER = RABBITMQ_BASE_URL.split("://", 1)[1].split(":", 1)[0]
+
+
+def rabbitmqctl(*args: str, timeout_s: float = 30.0) -> str:
+    """Run ``rabbitmqctl`` against the local node (the tests' RabbitMQ tool: the management plugin may be off)."""
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout_s, check=False)  # fixed argv
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.returncode}: {(done.stderr or done.stdout).strip()[:300]}")
+    return done.stdout
+
+
+@dataclass
+class RabbitVhost:
+    """A RabbitMQ vhost this test session created (and deletes): nothing outside it is touched."""
+
+    name: str
+    url: str
+
+    def queues(self) -> dict[str, tuple[int, int]]:
+        """Queue name -> (messages ready, messages unacknowledged)."""
+        import json
+
+        out = rabbitmqctl("list_queues", "-p", self.name, "name", "messages_ready", "messages_unacknowledged", "-q", "--formatter", "json")
+        return {row["name"]: (int(row["messages_ready"]), int(row["messages_unacknowledged"])) for row in json.loads(out or "[]")}
+
+    def purge_all(self) -> None:
+        from kombu import Connection
+
+        names = list(self.queues())
+        with Connection(self.url, connect_timeout=5) as connection:
+            channel = connection.default_channel
+            for name in names:
+                channel.queue_purge(name)
+
+    def close_connections(self, reason: str) -> None:
+        """What a broker restart does to the clients, staged for this vhost only (the shared RabbitMQ is never restarted)."""
+        rabbitmqctl("close_all_connections", "-p", self.name, reason)
+
+    def accepts_connections(self) -> bool:
+        """A new vhost starts asynchronously on the node: a connection right after ``add_vhost`` may be closed on it."""
+        from kombu import Connection
+
+        try:
+            with Connection(self.url, connect_timeout=3) as connection:
+                connection.default_channel.basic_qos(0, 1, False)
+        except Exception:  # noqa: BLE001 - any failure: not ready yet
+            return False
+        return True
+
+    def connection_count(self) -> int:
+        out = rabbitmqctl("list_connections", "vhost", "-q")
+        return sum(1 for line in out.splitlines() if line.strip() == self.name)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[RabbitVhost]:
+    name = f"omni-test-{uuid.uuid4().hex[:10]}"
+    try:
+        rabbitmqctl("add_vhost", name)
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        _unavailable("RabbitMQ", exc)
+    try:
+        rabbitmqctl("set_permissions", "-p", name, RABBITMQ_USER, ".*", ".*", ".*")
+        vhost = RabbitVhost(name, f"{RABBITMQ_BASE_URL}/{name}")
+        wait_for(vhost.accepts_connections, 30, interval_s=0.2, message=f"RabbitMQ vhost {name} to accept connections")
+        yield vhost
+    finally:
+        rabbitmqctl("delete_vhost", name)
+
+
+@dataclass
+class DeliveryBroker:
+    """The Celery broker a delivery test runs on; Redis (the cache too) or RabbitMQ with Redis as the cache."""
+
+    kind: str
+    url: str
+    cache_url: str
+    vhost: RabbitVhost | None = None
+
+    def env(self) -> dict[str, str]:
+        return {"OMNI_BROKER_URL": self.url, "OMNI_BROKER_CACHE_URL": self.cache_url}
+
+    def settled(self, client: redis.Redis, queue: str) -> bool:
+        """Nothing left that could still run: the queue is empty and no delivery is unacknowledged."""
+        if self.vhost is None:
+            return client.llen(queue) == 0 and client.hlen("unacked") == 0
+        return self.vhost.queues().get(queue, (0, 0)) == (0, 0)
+
+    def waiting(self, client: redis.Redis, queue: str) -> int:
+        if self.vhost is None:
+            return int(client.llen(queue))
+        return self.vhost.queues().get(queue, (0, 0))[0]
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def delivery_broker(request: pytest.FixtureRequest, redis_url: str, redis_client: redis.Redis) -> DeliveryBroker:
+    """Each test using it runs twice: on Redis, and on RabbitMQ (this session's vhost, its queues purged first)."""
+    if request.param == "redis":
+        return DeliveryBroker("redis", redis_url, redis_url)
+    vhost: RabbitVhost = request.getfixturevalue("rabbitmq_vhost")
+    vhost.purge_all()
+    return DeliveryBroker("rabbitmq", vhost.url, redis_url, vhost)

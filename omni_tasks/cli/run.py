@@ -30,10 +30,13 @@ def _boot_checks(settings: Settings) -> None:
     """The start-up safety checks of DESIGN section 4 (the encrypted-secret check runs when settings load)."""
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import startup_checks as safety_checks
-    from omni_tasks.pipeline.broker import is_redis_url
+    from omni_tasks.pipeline.broker import is_amqp_url, is_redis_url
     from omni_tasks.pipeline.taskdef import task_time_limits
 
     safety_checks.check_visibility_timeout(settings.broker.visibility_timeout_s, task_time_limits())
+    if is_amqp_url(settings.broker_url):
+        b = settings.broker
+        safety_checks.check_rabbitmq(settings.broker_url, b.consumer_timeout_s, b.max_deliveries, b.management_url, task_time_limits())
     client = get_runtime().redis
     safety_checks.check_redis_reachable(client, f"Redis at {settings.redis_url.split('@')[-1]}")
     if settings.broker.require_noeviction:
@@ -99,6 +102,7 @@ def flower() -> None:
     from omni_tasks.cli import flower_app
     from omni_tasks.pipeline.app import app as celery_app
     from omni_tasks.pipeline.hooks import set_process
+    from omni_tasks.pipeline.rabbit import flower_broker_args
 
     set_process("flower")
 
@@ -113,6 +117,7 @@ def flower() -> None:
             "--purge_offline_workers=60",
             "--max_tasks=10000",
             "--persistent=False",
+            *flower_broker_args(settings),
         ],
     )
 

@@ -18,7 +18,8 @@ from kombu import Queue as KombuQueue
 
 from omni_tasks.core.runtime import get_settings
 from omni_tasks.pipeline import hooks as worker_hooks
-from omni_tasks.pipeline.broker import broker_transport_options
+from omni_tasks.pipeline import rabbit
+from omni_tasks.pipeline.broker import broker_transport_options, is_amqp_url
 from omni_tasks.pipeline.queues import ALL_QUEUES
 from omni_tasks.settings import Settings
 
@@ -43,7 +44,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting the design relies on, in one place."""
     from beat_schedule import BEAT_SCHEDULE
 
-    queues = [KombuQueue(q.value, Exchange(q.value, type="direct"), routing_key=q.value) for q in ALL_QUEUES]
+    if is_amqp_url(settings.broker_url):
+        queues = rabbit.kombu_queues(settings.broker.consumer_timeout_s)
+    else:
+        queues = [KombuQueue(q.value, Exchange(q.value, type="direct"), routing_key=q.value) for q in ALL_QUEUES]
     return {
         "broker_url": settings.broker_url,
         "result_backend": _result_backend(settings),
@@ -64,6 +68,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Queues are declared; a task routed to an unknown queue fails loudly.
         "task_queues": queues,
         "task_create_missing_queues": False,
+        # RabbitMQ: countdowns (retries) wait in the broker's delay queues, durable quorum queues too.
+        "broker_native_delayed_delivery_queue_type": "quorum",
         "task_default_queue": "omni-unrouted",
         "task_default_exchange": "omni-unrouted",
         "task_routes": ("omni_tasks.pipeline.taskdef.route_task",),

@@ -2,7 +2,8 @@
 
 Domain code asks for these callables and never imports kombu; the kill switch purges the orders queue
 with :func:`orders_purger`, the watchdog's dead-worker sweep restores with :func:`kombu_restorer`,
-``omni status``, ``/health`` and the metrics read :func:`queue_depths`. kombu is imported inside
+``omni status``, ``/health`` and the metrics read :func:`queue_depths` (Redis lists, or a passive
+``queue_declare`` on RabbitMQ, whose own topology lives in :mod:`omni_tasks.pipeline.rabbit`). kombu is imported inside
 the functions that talk to a broker, so importing this module stays light.
 """
 
@@ -34,7 +35,9 @@ def is_amqp_url(url: str) -> bool:
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Redis transport options: visibility timeout, and a fast unacked-restore sweep."""
+    """Redis: visibility timeout and a fast unacked-restore sweep. AMQP: publisher confirms (a publish returns once the broker has it)."""
+    if is_amqp_url(settings.broker_url):
+        return {"confirm_publish": True, "connect_timeout": 5}
     if not is_redis_url(settings.broker_url):
         return {}
     return {
@@ -52,8 +55,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
 def queue_depths(client: redis.Redis, broker_url: str, queues: Iterable[str]) -> tuple[dict[str, int], dict[str, float]]:
     """(messages waiting per queue, age in seconds of the oldest waiting message per queue).
 
-    A RabbitMQ broker is asked through kombu (the oldest wait is not readable
-    there: empty); a Redis broker is read from its lists with ``client``.
+    A RabbitMQ broker is asked through kombu (a passive ``queue_declare`` per
+    queue: the messages ready, as the Redis lists hold; the oldest wait is not
+    readable there: empty); a Redis broker is read from its lists with ``client``.
     """
     names = list(queues)
     if is_amqp_url(broker_url):

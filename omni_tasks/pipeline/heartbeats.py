@@ -19,6 +19,11 @@ is alive and beating. On reconnecting the worker :func:`disown` s them, so the
 orphan sweep redelivers them within ``dead_after_s``, not after the visibility
 timeout. A message Redis lost altogether (neither queued nor unacked) is the
 ledger reconciler's to find (:mod:`omni_tasks.watchdog.ledgers`).
+
+All of this redelivery is for a Redis broker. On RabbitMQ the broker gives a
+connection's unacknowledged messages back when the connection closes, so the
+watchdog passes no ``restore`` there (the sweeps only forget dead workers)
+and workers record no in-flight tags (:mod:`omni_tasks.pipeline.rabbit`).
 """
 
 from __future__ import annotations

@@ -28,10 +28,12 @@ from omni_tasks.core.logs import configure_logging
 from omni_tasks.core.runtime import after_fork, get_runtime
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.pipeline import heartbeats
+from omni_tasks.pipeline.broker import is_amqp_url
 from omni_tasks.pipeline.headers import SENT_AT_HEADER
+from omni_tasks.pipeline.queues import queue_of
 
 _log = structlog.get_logger("omni.worker")
-_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0}
+_state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0, "track_tags": True}
 #: (broker connection number, delivery tag) received but not yet recorded as in flight (deque appends are thread-safe).
 _pending_tags: deque[tuple[int, str]] = deque()
 _wake = threading.Event()
@@ -62,18 +64,18 @@ def _on_before_publish(sender: str | None = None, headers: dict[str, Any] | None
         headers.setdefault(SENT_AT_HEADER, time.time())
     # In Redis, not in a metric file: the sender may be a short-lived CLI process (omni_tasks.core.counters);
     # buffered, so a publish never waits on Redis.
-    _sent.inc(counters.TASKS_SENT, str(sender), socket.gethostname(), routing_key or "?")
+    _sent.inc(counters.TASKS_SENT, str(sender), socket.gethostname(), queue_of(routing_key) or "?")
 
 
 def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
         return
-    queue = (request.delivery_info or {}).get("routing_key") or "?"
+    queue = queue_of((request.delivery_info or {}).get("routing_key")) or "?"
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     metrics.TASK_RECEIVED.labels(request.name, hostname, queue).inc()
     message = getattr(request, "message", None)
     tag = getattr(message, "delivery_tag", None)
-    if tag:
+    if tag and _state["track_tags"]:
         # The heartbeat thread, woken here, writes these to Redis at once: the consumer loop
         # (the worker's bottleneck) makes no round trip per message.
         _pending_tags.append((_state["connection"], str(tag)))
@@ -82,13 +84,13 @@ def _on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None
 
 def _on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
     name = (getattr(message, "headers", None) or {}).get("task", "?")
-    queue = (getattr(message, "delivery_info", None) or {}).get("routing_key", "?")
+    queue = queue_of((getattr(message, "delivery_info", None) or {}).get("routing_key")) or "?"
     metrics.TASK_REJECTED.labels(name, socket.gethostname(), queue).inc()
 
 
 def _on_task_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
     name = getattr(request, "name", None) or getattr(sender, "name", "?")
-    queue = ((getattr(request, "delivery_info", None) or {}) or {}).get("routing_key", "?")
+    queue = queue_of(((getattr(request, "delivery_info", None) or {}) or {}).get("routing_key")) or "?"
     metrics.TASK_REVOKED.labels(str(name), socket.gethostname(), queue).inc()
     if expired and getattr(sender, "order_bearing", False):
         record_expired_order_task(sender, request)
@@ -147,6 +149,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
         _state["instance"] = self._instance
         queues = sorted(q.name for q in worker.app.amqp.queues.consume_from.values()) if worker.app.amqp.queues.consume_from else []
         settings = get_runtime().settings
+        # The in-flight tags feed the orphan sweep of kombu's Redis unacked hash. RabbitMQ redelivers
+        # a lost connection's deliveries itself (no sweep there): its tags are not recorded.
+        _state["track_tags"] = not is_amqp_url(settings.broker_url)
 
         def run() -> None:
             from celery.worker import state as worker_state

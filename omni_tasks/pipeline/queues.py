@@ -15,3 +15,9 @@ class Queue(StrEnum):
 
 
 ALL_QUEUES: tuple[Queue, ...] = tuple(Queue)
+
+
+def queue_of(routing_key: str | None) -> str | None:
+    """The queue a routing key names. On RabbitMQ a countdown travels Celery's delay exchanges with
+    ``<delay bits>.<queue>`` as its routing key (queue names have no dots): the queue is its last part."""
+    return routing_key.rsplit(".", 1)[-1] if routing_key else routing_key

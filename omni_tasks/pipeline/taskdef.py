@@ -34,7 +34,7 @@ from omni_tasks.ops import prometheus as metrics
 from omni_tasks.pipeline.app import TASK_MODULES, app
 from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR, SENT_AT_HEADER
 from omni_tasks.pipeline.outcomes import summarize_args
-from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.queues import Queue, queue_of
 from omni_tasks.pipeline.refusal import refuse_order_task_while_halted
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,7 +115,7 @@ class OmniTask(Task):
         request = self.request
         request.omni_started_at = time.time()
         request.omni_t0 = time.perf_counter()
-        queue = (request.delivery_info or {}).get("routing_key") or ROUTES.get(self.name, "?")
+        queue = queue_of((request.delivery_info or {}).get("routing_key")) or ROUTES.get(self.name, "?")
         request.omni_queue = queue
         structlog.contextvars.bind_contextvars(task_id=task_id, task_name=self.name, queue=queue)
         runtime = get_runtime()

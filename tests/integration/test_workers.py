@@ -21,7 +21,7 @@ from omni_tasks.pipeline import outcomes as runs
 from omni_tasks.settings import load_settings
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import TaskRun
-from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
+from tests.conftest import REPO_ROOT, DeliveryBroker, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -29,6 +29,21 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 @pytest.fixture
 def env(redis_url: str, migrated_pg_url: str, tmp_path: Path, redis_client: redis.Redis) -> dict[str, str]:
     return service_env(redis_url=redis_url, database_url=migrated_pg_url, data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def broker_env(delivery_broker: DeliveryBroker, migrated_pg_url: str, tmp_path: Path) -> dict[str, str]:
+    """The service environment on the parametrized broker (Redis, or RabbitMQ with Redis as the cache)."""
+    return service_env(redis_url=delivery_broker.url, database_url=migrated_pg_url, data_dir=tmp_path / "data", **delivery_broker.env())
+
+
+@pytest.fixture
+def broker_sender(broker_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from omni_tasks.pipeline.app import create_app
+
+    app = create_app(load_settings(broker_env))
+    yield app
+    app.close()
 
 
 @pytest.fixture
@@ -69,11 +84,6 @@ def _started(env: dict[str, str], task_name: str) -> int:
     )
 
 
-def _settled(client: redis.Redis, queue: str) -> bool:
-    """Nothing left that could still run: the queue is empty and no delivery is unacknowledged."""
-    return client.llen(queue) == 0 and client.hlen("unacked") == 0
-
-
 def test_ping_every_queue_answers_and_outcomes_are_persisted(env, redis_client, migrated_pg_url, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
     from workers import KINDS
 
@@ -112,7 +122,8 @@ def test_ping_every_queue_answers_and_outcomes_are_persisted(env, redis_client, 
     engine.dispose()
 
 
-def test_worker_child_sigkilled_mid_task_is_redelivered_and_completes_once(env, redis_client, sender, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
+def test_worker_child_sigkilled_mid_task_is_redelivered_and_completes_once(broker_env, delivery_broker, redis_client, broker_sender, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
+    env, sender = broker_env, broker_sender
     worker = _start("scans", env, tmp_path, omni_processes)
     wait_for_worker(redis_client, "scans", worker)
     markers = [f"child-{uuid.uuid4().hex[:8]}" for _ in range(6)]
@@ -126,47 +137,50 @@ def test_worker_child_sigkilled_mid_task_is_redelivered_and_completes_once(env, 
     os.kill(children[0], signal.SIGKILL)
     wait_for(lambda: all(v >= 1 for v in _completions(redis_client, markers).values()), 60, message="every probe to complete")
     recovered_s = time.monotonic() - killed_at
-    wait_for(lambda: _settled(redis_client, "scans"), 30, message="no probe left in flight")  # one would show up as a second completion
+    wait_for(lambda: delivery_broker.settled(redis_client, "scans"), 30, message="no probe left in flight")  # one would show up as a second completion
     counts = _completions(redis_client, markers)
     lost = sum(1 for v in counts.values() if v == 0)
     duplicated = sum(1 for v in counts.values() if v > 1)
-    print(f"worker child SIGKILL: lost {lost} of {len(markers)}, completed twice {duplicated}, all done {recovered_s:.1f} s after the kill")
+    print(f"\n[{delivery_broker.kind}] worker child SIGKILL: lost {lost} of {len(markers)}, completed twice {duplicated}, all done {recovered_s:.1f} s after the kill")
     assert lost == 0
     assert duplicated == 0
 
 
-def test_whole_worker_sigkilled_mid_task_is_redelivered_within_seconds(env, redis_client, sender, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
-    # The watchdog worker and beat run the sweeper that redelivers a dead worker's unacked tasks.
-    watchdog = _start("watchdog", env, tmp_path, omni_processes)
-    beat = OmniProcess(["beat"], env, tmp_path / "logs" / "beat.log").start()
-    omni_processes.append(beat)
+def test_whole_worker_sigkilled_mid_task_is_redelivered_within_seconds(broker_env, delivery_broker, redis_client, broker_sender, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
+    env, sender = broker_env, broker_sender
+    if delivery_broker.kind == "redis":
+        # On Redis the watchdog worker and beat run the sweeper that redelivers a dead worker's unacked tasks.
+        watchdog = _start("watchdog", env, tmp_path, omni_processes)
+        omni_processes.append(OmniProcess(["beat"], env, tmp_path / "logs" / "beat.log").start())
+        wait_for_worker(redis_client, "watchdog", watchdog)
+    # On RabbitMQ nothing of ours sweeps: the broker redelivers when the dead worker's connection closes.
     victim = _start("scans", env, tmp_path, omni_processes)
-    wait_for_worker(redis_client, "watchdog", watchdog)
     wait_for_worker(redis_client, "scans", victim)
     markers = [f"whole-{uuid.uuid4().hex[:8]}" for _ in range(4)]
     for marker in markers:
         sender.send_task("omni.system.probe", args=[marker, 3.0], queue="scans")
-    wait_for(lambda: redis_client.hlen("unacked") >= 2, 20, message="probes taken by the worker")
+    wait_for(lambda: _started(env, "omni.system.probe") >= 2, 20, message="probes taken by the worker")
     killed_at = time.monotonic()
     victim.kill_group(signal.SIGKILL)
     # The supervisor would restart it; here a replacement worker starts at once.
     replacement = _start("scans", env, tmp_path, omni_processes)
     wait_for(lambda: all(v >= 1 for v in _completions(redis_client, markers).values()), 90, message="every probe to complete")
     redelivered_s = time.monotonic() - killed_at
-    wait_for(lambda: _settled(redis_client, "scans"), 30, message="no probe left in flight")
+    wait_for(lambda: delivery_broker.settled(redis_client, "scans"), 30, message="no probe left in flight")
     counts = _completions(redis_client, markers)
     lost = sum(1 for v in counts.values() if v == 0)
     duplicated = sum(1 for v in counts.values() if v > 1)
-    print(f"whole worker SIGKILL: lost {lost} of {len(markers)}, completed twice {duplicated}, redelivered and done {redelivered_s:.1f} s after the kill (visibility timeout 3600 s)")
+    how = "the watchdog's sweep; visibility timeout 3600 s" if delivery_broker.kind == "redis" else "RabbitMQ, on the connection's close; no sweep"
+    print(f"\n[{delivery_broker.kind}] whole worker SIGKILL: lost {lost} of {len(markers)}, completed twice {duplicated}, redelivered and done {redelivered_s:.1f} s after the kill ({how})")
     assert replacement.process is not None
     assert replacement.process.poll() is None
     assert lost == 0
     assert duplicated == 0
-    assert redelivered_s < 30, "the sweeper, not the one-hour visibility timeout, brought the tasks back"
+    assert redelivered_s < 30, "the sweeper (Redis) or the broker (RabbitMQ), not the one-hour visibility timeout, brought the tasks back"
 
 
-def test_poison_task_is_dead_lettered_after_max_deliveries(env, redis_client, sender, migrated_pg_url, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
-    env = {**env, "OMNI_BROKER_MAX_DELIVERIES": "2"}
+def test_poison_task_is_dead_lettered_after_max_deliveries(broker_env, delivery_broker, redis_client, broker_sender, tmp_path, omni_processes):  # type: ignore[no-untyped-def]
+    env, sender = {**broker_env, "OMNI_BROKER_MAX_DELIVERIES": "2"}, broker_sender
     worker = _start("scans", env, tmp_path, omni_processes)
     wait_for_worker(redis_client, "scans", worker)
     marker = f"poison-{uuid.uuid4().hex[:8]}"
@@ -184,13 +198,12 @@ def test_poison_task_is_dead_lettered_after_max_deliveries(env, redis_client, se
         os.kill(child, signal.SIGKILL)
     # Third delivery exceeds max_deliveries=2: recorded as DEAD_LETTER and not run.
     wait_for(lambda: any(json.loads(r)["state"] == "DEAD_LETTER" for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)), 60, message="dead letter record")
-    wait_for(lambda: _settled(redis_client, "scans"), 30, message="the dead-lettered delivery acknowledged")
+    wait_for(lambda: delivery_broker.settled(redis_client, "scans"), 30, message="the dead-lettered delivery acknowledged")
     assert _completions(redis_client, [marker])[marker] == 0
     records = [json.loads(r) for r in redis_client.lrange(keys.TASK_OUTCOMES_KEY, 0, -1)]
     dead = [r for r in records if r["task_id"] == task_id and r["state"] == "DEAD_LETTER"]
     assert len(dead) == 1
     assert dead[0]["delivery"] == 3
     assert "dead-lettered" in dead[0]["error"]
-    assert redis_client.llen("scans") == 0, "not redelivered again"
-    assert redis_client.hlen("unacked") == 0, "not redelivered again"
-    print(f"poison task: delivered {dead[0]['delivery']} times, dead-lettered once, run to completion 0 times")
+    assert delivery_broker.settled(redis_client, "scans"), "not redelivered again"
+    print(f"\n[{delivery_broker.kind}] poison task: delivered {dead[0]['delivery']} times, dead-lettered once, run to completion 0 times")
