@@ -96,7 +96,10 @@ def tick(
     started = time.perf_counter()
     swept = heartbeats.sweep_dead(client, dead_after_s=dead_after_s, restore=restore)
     for instance, count in swept.items():
-        _log.warning("worker died; its unacked tasks were put back on their queues", instance=instance, restored=count)
+        if restore is None:  # AMQP: the broker itself redelivers a dead consumer's unacked messages
+            _log.warning("worker died; the broker redelivers its unacked tasks", instance=instance)
+        else:
+            _log.warning("worker died; its unacked tasks were put back on their queues", instance=instance, restored=count)
     orphans = heartbeats.sweep_orphans(client, dead_after_s=dead_after_s, restore=restore)
     if orphans:
         _log.warning("unacked tasks no live worker holds were put back on their queues", restored=orphans)
