@@ -15,7 +15,7 @@ from omni_tasks.core import lock as leader
 from omni_tasks.pipeline import outcomes as runs
 from omni_tasks.storage.engine import make_engine, session_factory
 from omni_tasks.storage.models import TaskRun
-from tests.conftest import OmniProcess, service_env, wait_for, wait_for_worker
+from tests.conftest import DeliveryBroker, OmniProcess, service_env, wait_for, wait_for_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -55,9 +55,10 @@ def _tick_slots(redis_client: redis.Redis, pg_url: str) -> list[tuple[str, float
 
 
 def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
-    redis_url: str, migrated_pg_url: str, tmp_path: Path, redis_client: redis.Redis, omni_processes: list[OmniProcess]
+    delivery_broker: DeliveryBroker, migrated_pg_url: str, tmp_path: Path, redis_client: redis.Redis, omni_processes: list[OmniProcess]
 ) -> None:
-    env = service_env(redis_url=redis_url, database_url=migrated_pg_url, data_dir=tmp_path / "data")
+    """On Redis and on RabbitMQ: the leader lock and the slot ids live in Redis either way; the sends go to the broker."""
+    env = service_env(redis_url=delivery_broker.url, database_url=migrated_pg_url, data_dir=tmp_path / "data", **delivery_broker.env())
     watchdog = OmniProcess(["worker", "watchdog"], env, tmp_path / "logs" / "watchdog.log").start()
     omni_processes.append(watchdog)
     beat_a = OmniProcess(["beat"], env, tmp_path / "logs" / "beat-a.log").start()
@@ -100,7 +101,7 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
     per_slot = Counter(task_id for task_id, _ in ticks)
     slots_before = len({task_id for task_id, started in ticks if started < killed_wall})
     print(
-        f"beat: takeover {takeover_s:.1f} s after SIGKILL of the leader (lock TTL 3 s); "
+        f"beat on {delivery_broker.kind}: takeover {takeover_s:.1f} s after SIGKILL of the leader (lock TTL 3 s); "
         f"slots run {len(per_slot)} ({slots_before} before the kill), runs per slot max {max(per_slot.values())}"
     )
     assert takeover_s < 8
