@@ -42,14 +42,15 @@ def session_range(sessions: int) -> tuple[str, str]:
     return FIRST_SESSION.isoformat(), date.fromordinal(end.toordinal() + 1).isoformat()
 
 
-def timed_job(desk: Desk, args: argparse.Namespace, symbols: list[str], start: str, end: str) -> tuple[int, int, float]:
-    """Enqueue one job and wait for the ledger to finish it: (bars, partitions, seconds)."""
+def timed_job(desk: Desk, args: argparse.Namespace, symbols: list[str], start: str, end: str) -> tuple[int, int, float, int]:
+    """Enqueue one job and wait for the ledger to finish it: (bars, partitions, seconds, Redis commands meanwhile)."""
     from omni_tasks.marketdata import backfill
     from omni_tasks.storage.engine import make_engine, session_factory
 
     engine = make_engine(desk.database_url)
     factory = session_factory(engine)
     try:
+        commands = desk.redis_commands()
         started = time.monotonic()
         run = desk.omni("backfill", "run", ",".join(symbols), "--timeframe", "1Min", "--start", start, "--end", end)
         job_id = int(run.stdout.split("job ")[1].split(":")[0])
@@ -61,23 +62,26 @@ def timed_job(desk: Desk, args: argparse.Namespace, symbols: list[str], start: s
         )
         seconds = time.monotonic() - started
         progress = backfill.job_progress(factory, job_id)
+        commands = desk.redis_commands() - commands
     finally:
         engine.dispose()
     if progress["status"] != "succeeded":
         raise BenchError(f"job {job_id} ended {progress['status']}: {progress['by_status']}")
-    return int(progress["rows"]), int(progress["partitions"]), seconds
+    return int(progress["rows"]), int(progress["partitions"]), seconds, commands
 
 
 def one_run(args: argparse.Namespace, concurrency: int, start: str, end: str) -> dict[str, Any]:
     with private_desk(args.pg_admin_url, OMNI_PROVIDERS_ORDER="synthetic") as desk:
         desk.worker("backfill", concurrency=concurrency)
         load_before = load_average()
-        rounds = []
+        rounds: list[float] = []
+        per_partition: list[float] = []
         for number in range(args.rounds):
             # New symbols every round: every bar is a new row, as in a first backfill.
             symbols = [f"R{number}B{i:03d}" for i in range(args.symbols)]
-            bars, partitions, seconds = timed_job(desk, args, symbols, start, end)
+            bars, partitions, seconds, commands = timed_job(desk, args, symbols, start, end)
             rounds.append(bars / seconds)
+            per_partition.append(commands / partitions)
             print(
                 f"  concurrency {concurrency}, round {number + 1}: {bars:,} bars in {partitions} partitions in {seconds:.1f} s = {bars / seconds:,.0f} bars/s",
                 flush=True,
@@ -89,11 +93,12 @@ def one_run(args: argparse.Namespace, concurrency: int, start: str, end: str) ->
             "bars": bars,
             "rounds_bars_per_s": [round(r, 1) for r in rounds],
             "bars_per_s": round(statistics.median(rounds), 1),
+            "redis_commands_per_partition": round(statistics.median(per_partition), 1),
             "load_before": load_before,
             "load_after": load_average(),
         }
         print(
-            f"concurrency {concurrency}: median {result['bars_per_s']:,.0f} bars/s over {args.rounds} rounds "
+            f"concurrency {concurrency}: {result['redis_commands_per_partition']:.0f} Redis commands per partition (broker, ledger, heartbeats); median {result['bars_per_s']:,.0f} bars/s over {args.rounds} rounds "
             f"({bars:,} minute bars, {partitions} partitions each); load {result['load_before']} -> {result['load_after']}",
             flush=True,
         )

@@ -47,6 +47,7 @@ def serve_quote(client: redis.Redis) -> None:
 
 
 def one_run(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
+    from omni_tasks.core.runtime import install_settings
     from omni_tasks.pipeline.app import create_app
     from omni_tasks.settings import load_settings
 
@@ -59,7 +60,9 @@ def one_run(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
     ) as desk:
         desk.worker("orders", concurrency=concurrency)
         client = redis.Redis.from_url(desk.redis_url, socket_timeout=5)
-        sender = create_app(load_settings(desk.env))
+        settings = load_settings(desk.env)
+        install_settings(settings)  # this process's publish hooks count into the private desk's Redis, as `omni order buy` does
+        sender = create_app(settings)
         try:
 
             def send(i: int) -> Any:
@@ -74,11 +77,13 @@ def one_run(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
                 send(i).get(timeout=60)
             serve_quote(client)
             load_before = load_average()
+            commands = desk.redis_commands()
             started = time.monotonic()
             results = [send(i) for i in range(args.orders)]
             published = time.monotonic() - started
             statuses = Counter(str(r.get(timeout=args.timeout)["status"]) for r in results)
             seconds = time.monotonic() - started
+            commands = desk.redis_commands() - commands
         finally:
             sender.close()
             client.close()
@@ -90,13 +95,14 @@ def one_run(args: argparse.Namespace, concurrency: int) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "publish_seconds": round(published, 3),
         "orders_per_s": round(args.orders / seconds, 1),
+        "redis_commands_per_order": round(commands / args.orders, 1),
         "filled_per_s": round(filled / seconds, 1),
         "load_before": load_before,
         "load_after": load_average(),
     }
     print(
         f"concurrency {concurrency}: {args.orders} orders in {seconds:.2f} s = {args.orders / seconds:.1f} orders/s "
-        f"(published in {published:.2f} s); outcomes {dict(statuses)}; load {result['load_before']} -> {result['load_after']}",
+        f"(published in {published:.2f} s); {commands / args.orders:.0f} Redis commands per order; outcomes {dict(statuses)}; load {result['load_before']} -> {result['load_after']}",
         flush=True,
     )
     if filled != args.orders:

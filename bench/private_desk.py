@@ -171,6 +171,14 @@ class Desk:
             raise BenchError(f"omni {' '.join(args)} exited {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
         return done
 
+    def redis_commands(self) -> int:
+        """Commands the private Redis has processed so far (every client: workers, heartbeats, this process)."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            return int(client.info("stats")["total_commands_processed"])
+        finally:
+            client.close()
+
     def worker(self, kind: str, *, concurrency: int) -> OmniProcess:
         """Start ``omni worker KIND --concurrency N`` and wait for its first heartbeat."""
         from omni_tasks.pipeline import heartbeats
