@@ -9,7 +9,7 @@ finished; bars/s = bars stored / that time. Each round backfills new symbols
 (every bar a new row); each concurrency runs on a fresh database and its own
 private redis-server; the median round is reported.
 
-    python bench/backfill_throughput.py [--symbols 40] [--sessions 10] [--rounds 3] [--concurrency 1,2]
+    python -m bench.backfill_throughput [--symbols 40] [--sessions 10] [--rounds 3] [--concurrency 1,2]
 
 The last line is one JSON object: ``{"runs": [{"concurrency": 1, "bars_per_s": ...}, ...], ...}``.
 """
@@ -21,7 +21,7 @@ import json
 import statistics
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from bench.private_desk import DEFAULT_ADMIN_URL, BenchError, Desk, load_average, private_desk, wait_until
@@ -37,9 +37,7 @@ def session_range(sessions: int) -> tuple[str, str]:
     days = calendar.sessions(FIRST_SESSION, date(FIRST_SESSION.year + 1, 1, 1))[:sessions]
     if len(days) < sessions:
         raise BenchError(f"only {len(days)} sessions after {FIRST_SESSION}")
-    last = days[-1]
-    end = last.date() if hasattr(last, "date") else last
-    return FIRST_SESSION.isoformat(), date.fromordinal(end.toordinal() + 1).isoformat()
+    return FIRST_SESSION.isoformat(), (days[-1] + timedelta(days=1)).isoformat()
 
 
 def timed_job(desk: Desk, args: argparse.Namespace, symbols: list[str], start: str, end: str) -> tuple[int, int, float, int]:

@@ -11,7 +11,7 @@ The clock starts before the first publish and stops when the last result is
 back; orders/s = N / that time. Every outcome is counted by status, so a
 denial cannot pass for a fill. Private redis-server and scratch database.
 
-    python bench/orders_throughput.py [--orders 300] [--concurrency 1,2]
+    python -m bench.orders_throughput [--orders 300] [--concurrency 1,2]
 
 The last line is one JSON object: ``{"runs": [{"concurrency": 1, "orders_per_s": ...}, ...], ...}``.
 """
