@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -169,9 +170,14 @@ def test_this_brokers_consumer_timeout_is_the_setting_and_above_every_task_limit
 
 
 def test_orders_across_a_staged_broker_restart_all_end_recorded_and_none_fills_twice(
-    vhost: RabbitVhost, redis_url: str, redis_client: redis.Redis, migrated_pg_url: str, tmp_path: Path, omni_processes: list[OmniProcess]
+    vhost: RabbitVhost, redis_url: str, redis_client: redis.Redis, pg_database: Any, tmp_path: Path, omni_processes: list[OmniProcess]
 ) -> None:
     from omni_tasks.pipeline.app import create_app
+    from omni_tasks.storage import migrations
+
+    # A database of its own: the session's shared one may hold a kill switch an earlier test left engaged.
+    migrated_pg_url = pg_database()
+    migrations.upgrade(make_engine(migrated_pg_url))
 
     open_limits = {
         "OMNI_RISK_QUOTE_MAX_AGE_S": "600", "OMNI_TRADING_QUOTE_MAX_AGE_S": "600", "OMNI_RISK_MAX_TRADES_PER_DAY": "100000",
