@@ -146,10 +146,10 @@ def check_shape(frame: pd.DataFrame) -> None:
 
 
 @contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
+def scratch_database(admin_url: str, prefix: str = "omni_bench_ingest") -> Iterator[str]:
     """A new, empty PostgreSQL database for this run; dropped afterwards whatever happens."""
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"omni_bench_ingest_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))

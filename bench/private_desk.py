@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
-from sqlalchemy import create_engine, make_url, text
+
+from bench.ingest import scratch_database
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -88,21 +88,6 @@ def private_redis(folder: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database for this run; dropped afterwards whatever happens."""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"omni_bench_desk_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
@@ -207,7 +192,7 @@ def private_desk(admin_url: str, **extra_env: str) -> Iterator[Desk]:
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="omni-bench-desk-")))
         redis_url = stack.enter_context(private_redis(folder))
-        database_url = stack.enter_context(scratch_database(admin_url))
+        database_url = stack.enter_context(scratch_database(admin_url, prefix="omni_bench_desk"))
         metrics = folder / "metrics"
         metrics.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
