@@ -101,7 +101,7 @@ def gather_status() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - status must show what it can
         out["errors"].append(f"redis/broker: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     try:
-        from omni_tasks.risk.snapshot import latest_snapshot
+        from omni_tasks.risk.snapshot_reads import latest_snapshot
 
         out["risk"] = latest_snapshot(runtime)
     except Exception as exc:  # noqa: BLE001 - status must show what it can

@@ -137,7 +137,7 @@ def server() -> None:
 
     runtime = get_runtime()
     queues = [q.value for q in ALL_QUEUES]
-    from omni_tasks.risk import snapshot as _warm  # noqa: F401 - import before serving: the first /health answers fast
+    from omni_tasks.risk import snapshot_reads as _warm  # noqa: F401 - import before serving: the first /health answers fast
 
     def snapshot() -> dict[str, Any]:
         from omni_tasks.safety.killswitch import state_info

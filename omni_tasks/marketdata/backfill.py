@@ -35,13 +35,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, Result, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.marketdata.backfill_plan import BackfillRequestError, Plan
 from omni_tasks.storage.models import BackfillJob, BackfillPartition
+
+if TYPE_CHECKING:
+    from omni_tasks.marketdata.backfill_plan import Plan
 
 TERMINAL = frozenset({"succeeded", "failed"})
 
@@ -54,6 +56,8 @@ def _rowcount(result: Result[Any]) -> int:
 def create_job(factory: sessionmaker[Session], the_plan: Plan, *, requested_by: str, note: str | None = None) -> int:
     """Record a job and its partitions (status pending). Returns the job id."""
     if not the_plan.partitions:
+        from omni_tasks.marketdata.backfill_plan import BackfillRequestError  # the plan module carries pandas: only here
+
         raise BackfillRequestError("the plan has no partitions")
     first = the_plan.partitions[0]
     now = datetime.now(tz=UTC)

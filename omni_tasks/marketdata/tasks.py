@@ -9,10 +9,8 @@ import structlog
 
 from omni_tasks.core.errors import PermanentError, RetryableError, StoreUnavailable
 from omni_tasks.core.runtime import get_runtime
-from omni_tasks.marketdata import backfill, backfill_plan, backfill_run
-from omni_tasks.marketdata.router import serving_feeds
+from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.universe import load_universe
-from omni_tasks.marketdata.wiring import build_router, build_store
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.pipeline import canvas
 from omni_tasks.pipeline.context import current_request, exponential_backoff_s, retry_running, running_task
@@ -41,6 +39,11 @@ class PartitionNotServed(RetryableError):
 )
 def fetch_partition(partition_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Fetch, check and store one backfill partition."""
+    # The run, the router and the store carry pandas: imported where a partition runs, so a process that
+    # only registers or sends this task (every worker, beat, `omni up`) starts without them.
+    from omni_tasks.marketdata import backfill_run
+    from omni_tasks.marketdata.wiring import build_router, build_store
+
     runtime = get_runtime()
     request = current_request()
     # Celery counts every retry; the provider's share is what the outage retries did not use.
@@ -110,6 +113,10 @@ def enqueue_partitions(partition_ids: list[int]) -> int:
 @omni_task(name="omni.backfill.nightly", queue=Queue.BACKFILL, soft_time_limit_s=120, time_limit_s=180, max_retries=2)
 def nightly() -> dict[str, Any]:
     """Plan and enqueue the nightly incremental backfill of the configured universe."""
+    from omni_tasks.marketdata import backfill_plan
+    from omni_tasks.marketdata.router import serving_feeds
+    from omni_tasks.marketdata.wiring import build_store
+
     runtime = get_runtime()
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)

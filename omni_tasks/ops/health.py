@@ -288,7 +288,7 @@ def _risk(engine: Engine, client: redis.Redis) -> dict[str, Any] | None:
 
     from sqlalchemy.orm import sessionmaker
 
-    from omni_tasks.risk.snapshot import latest_snapshot
+    from omni_tasks.risk.snapshot_reads import latest_snapshot
 
     try:
         return latest_snapshot(SimpleNamespace(redis=client, sessions=sessionmaker(engine)))

@@ -105,7 +105,7 @@ def desk_snapshot(runtime: Any, *, now: float | None = None) -> dict[str, Any]:
         return bool(is_open(datetime.fromtimestamp(now, tz=UTC)))
 
     def risk() -> dict[str, Any] | None:
-        from omni_tasks.risk.snapshot import latest_snapshot
+        from omni_tasks.risk.snapshot_reads import latest_snapshot
 
         return latest_snapshot(runtime)
 

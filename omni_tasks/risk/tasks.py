@@ -12,13 +12,10 @@ from omni_tasks.contracts.portfolio import refresh_book
 from omni_tasks.contracts.venue import VenueError
 from omni_tasks.core.errors import PermanentError, RetryableError
 from omni_tasks.core.runtime import get_runtime
-from omni_tasks.marketdata import calendar
 from omni_tasks.pipeline import canvas
 from omni_tasks.pipeline.context import running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
-from omni_tasks.risk import snapshot
-from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.outage import outages_retried
 from omni_tasks.trading.wiring import make_venue
 
@@ -42,6 +39,12 @@ WATCHDOG_TICK = "omni.watchdog.tick"
 )
 def recalculate(when: str = "now", requested_by: str = "operator", store_retries: int = 0) -> dict[str, Any]:
     """Read the book from the venue, mark it, compute the figures and breaches, store and publish the snapshot."""
+    # The calendar, the bar store and the figures carry pandas: imported where a recalculation runs, so a
+    # process that only registers or sends this task (every worker, beat, `omni up`) starts without them.
+    from omni_tasks.marketdata import calendar
+    from omni_tasks.risk import snapshot
+    from omni_tasks.storage.bars import BarStore
+
     if when not in WHEN:
         raise PermanentError(f"when={when!r}: choose from {', '.join(WHEN)}")
     runtime = get_runtime()

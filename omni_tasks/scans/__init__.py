@@ -5,20 +5,31 @@ Plain modules: :mod:`.indicators` (per-symbol, vectorised), :mod:`.scoring`
 merge), :mod:`.loading` (bars from the bar store). Celery only in ``tasks.py``.
 """
 
-from omni_tasks.scans.indicators import INDICATORS, Lookbacks, compute_indicators
-from omni_tasks.scans.scanner import ScanConfig, ScanPartial, ScanResult, chunk, merge, scan, scan_chunk
-from omni_tasks.scans.scoring import ScoreWeights
+from __future__ import annotations
 
-__all__ = [
-    "INDICATORS",
-    "Lookbacks",
-    "ScanConfig",
-    "ScanPartial",
-    "ScanResult",
-    "ScoreWeights",
-    "chunk",
-    "compute_indicators",
-    "merge",
-    "scan",
-    "scan_chunk",
-]
+import importlib
+from typing import Any
+
+# Exported names and their modules, imported on first use (PEP 562): the indicators carry pandas and
+# numpy, and a process that only reads a scan run's ledger (the watchdog) should not pay for them.
+_EXPORTS = {
+    "INDICATORS": "indicators",
+    "Lookbacks": "indicators",
+    "compute_indicators": "indicators",
+    "ScanConfig": "scanner",
+    "ScanPartial": "scanner",
+    "ScanResult": "scanner",
+    "chunk": "scanner",
+    "merge": "scanner",
+    "scan": "scanner",
+    "scan_chunk": "scanner",
+    "ScoreWeights": "scoring",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.scans.scanner import ScanConfig, ScanResult
 from omni_tasks.storage.models import ScanResult as ScanResultRow
 from omni_tasks.storage.models import ScanRun, SeriesValidation
+
+if TYPE_CHECKING:
+    from omni_tasks.scans.scanner import ScanConfig, ScanResult
 
 
 def create_run(
@@ -48,6 +50,8 @@ def create_run(
 
 
 def load_run(factory: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    from omni_tasks.scans.scanner import ScanConfig  # the scanner carries pandas: only where a run is loaded
+
     with factory() as session:
         run = session.get(ScanRun, run_id)
         if run is None:

@@ -9,17 +9,16 @@ import structlog
 
 from omni_tasks.core.errors import PermanentError
 from omni_tasks.core.runtime import get_runtime
-from omni_tasks.marketdata import calendar
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.pipeline import canvas
 from omni_tasks.pipeline.context import running_task
 from omni_tasks.pipeline.queues import Queue
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.scans import runs
-from omni_tasks.scans.loading import load_bars
-from omni_tasks.scans.scanner import ScanConfig, ScanPartial, chunk, merge, scan_chunk
-from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.outage import outages_retried
+
+# The scanner, the bar store and the calendar carry pandas: imported in the tasks that compute, so a
+# process that only registers or sends these tasks (every worker, beat, `omni up`) starts without them.
 
 _log = structlog.get_logger("omni.scans")
 
@@ -27,6 +26,10 @@ _log = structlog.get_logger("omni.scans")
 @omni_task(name="omni.scans.chunk", queue=Queue.SCANS, soft_time_limit_s=120, time_limit_s=150, ignore_result=False, max_retries=2)
 def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dict[str, Any]:
     """Indicators for one chunk of a run's universe (no score: scores are cross-sectional)."""
+    from omni_tasks.scans.loading import load_bars
+    from omni_tasks.scans.scanner import scan_chunk
+    from omni_tasks.storage.bars import BarStore
+
     runtime = get_runtime()
     with outages_retried(running_task(), f"scanning a chunk of run {run_id}", runtime.settings.database):
         run = runs.load_run(runtime.sessions, int(run_id))
@@ -37,6 +40,8 @@ def scan_symbols(run_id: int, symbols: list[str], store_retries: int = 0) -> dic
 @omni_task(name="omni.scans.merge", queue=Queue.SCANS, soft_time_limit_s=60, time_limit_s=90, max_retries=2)
 def merge_chunks(partials: list[dict[str, Any]], run_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Score and rank the whole universe from every chunk's indicators; store the run's results."""
+    from omni_tasks.scans.scanner import ScanPartial, merge
+
     runtime = get_runtime()
     with outages_retried(running_task(), f"merging scan run {run_id}", runtime.settings.database):
         run = runs.load_run(runtime.sessions, int(run_id))
@@ -65,6 +70,8 @@ def run_failed(request: Any, exc: Any, traceback: Any, run_id: int) -> None:
 
 def start_run(run_id: int) -> int:
     """Enqueue a run's chunks and its merge (one chord, whose failure ends the run). Returns the number of chunks."""
+    from omni_tasks.scans.scanner import chunk
+
     runtime = get_runtime()
     run = runs.load_run(runtime.sessions, run_id)
     pieces = chunk(run["symbols"], run["chunk_size"])
@@ -75,6 +82,9 @@ def start_run(run_id: int) -> int:
 @omni_task(name="omni.scans.scheduled", queue=Queue.SCANS, soft_time_limit_s=30, time_limit_s=60, max_retries=0)
 def scheduled() -> dict[str, Any]:
     """The beat's scan: the configured universe, only while the exchange is in session."""
+    from omni_tasks.marketdata import calendar
+    from omni_tasks.scans.scanner import ScanConfig
+
     runtime = get_runtime()
     now = datetime.now(tz=UTC)
     if not calendar.is_open(now):

@@ -19,35 +19,41 @@ Modules: :mod:`checks` (check names, vectorised invariants, pandera models
 
 from __future__ import annotations
 
-from omni_tasks.validation.bars import DEFAULT_CONFIG, ValidationConfig, validate_bars
-from omni_tasks.validation.checks import BAR_CHECKS, QUOTE_CHECKS, BarChecks, Check, QuoteChecks
-from omni_tasks.validation.gaps import CLOSED_KINDS, GAP_KINDS, KINDS, Gaps, detect_gaps
-from omni_tasks.validation.grid import SessionGrid, Window, xnys_grid
-from omni_tasks.validation.quotes import QuoteValidation, validate_quotes
-from omni_tasks.validation.report import REPORT_COLUMNS, SERIES_COLUMNS, VIOLATION_COLUMNS, QualityReport, ValidationResult
+import importlib
+from typing import Any
 
-__all__ = [
-    "BAR_CHECKS",
-    "CLOSED_KINDS",
-    "DEFAULT_CONFIG",
-    "GAP_KINDS",
-    "KINDS",
-    "QUOTE_CHECKS",
-    "REPORT_COLUMNS",
-    "SERIES_COLUMNS",
-    "VIOLATION_COLUMNS",
-    "BarChecks",
-    "Check",
-    "Gaps",
-    "QualityReport",
-    "QuoteChecks",
-    "QuoteValidation",
-    "SessionGrid",
-    "ValidationConfig",
-    "ValidationResult",
-    "Window",
-    "detect_gaps",
-    "validate_bars",
-    "validate_quotes",
-    "xnys_grid",
-]
+# Exported names and their modules, imported on first use (PEP 562): the checks carry pandas, pandera and
+# the exchange calendar, and a process that only routes a validation task should not pay for them.
+_EXPORTS = {
+    "DEFAULT_CONFIG": "bars",
+    "ValidationConfig": "bars",
+    "validate_bars": "bars",
+    "BAR_CHECKS": "checks",
+    "QUOTE_CHECKS": "checks",
+    "BarChecks": "checks",
+    "Check": "checks",
+    "QuoteChecks": "checks",
+    "CLOSED_KINDS": "gaps",
+    "GAP_KINDS": "gaps",
+    "KINDS": "gaps",
+    "Gaps": "gaps",
+    "detect_gaps": "gaps",
+    "SessionGrid": "grid",
+    "Window": "grid",
+    "xnys_grid": "grid",
+    "QuoteValidation": "quotes",
+    "validate_quotes": "quotes",
+    "REPORT_COLUMNS": "report",
+    "SERIES_COLUMNS": "report",
+    "VIOLATION_COLUMNS": "report",
+    "QualityReport": "report",
+    "ValidationResult": "report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

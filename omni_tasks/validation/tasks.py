@@ -9,8 +9,6 @@ import structlog
 
 from omni_tasks.core.errors import PermanentError
 from omni_tasks.core.runtime import get_runtime
-from omni_tasks.marketdata.firstrun import is_first_run_job
-from omni_tasks.marketdata.router import serving_feeds
 from omni_tasks.marketdata.universe import load_universe
 from omni_tasks.ops import alerts
 from omni_tasks.pipeline import canvas
@@ -20,7 +18,6 @@ from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.settings import Settings
 from omni_tasks.storage.models import BackfillJob
 from omni_tasks.storage.outage import outages_retried
-from omni_tasks.validation.persist import validate_stored
 
 _log = structlog.get_logger("omni.validation")
 #: The first run's risk follow-up (:mod:`omni_tasks.risk.tasks`), sent by its stable name.
@@ -30,6 +27,12 @@ RISK_RECALCULATE = "omni.risk.recalculate"
 @omni_task(name="omni.validation.backfill_job", queue=Queue.VALIDATION, soft_time_limit_s=600, time_limit_s=720, max_retries=2)
 def validate_backfill_job(job_id: int, store_retries: int = 0) -> dict[str, Any]:
     """Validate everything a finished backfill job stored (enqueued when its last partition finishes)."""
+    # Validation, the router and the first-run planner carry pandas: imported where they run, so a
+    # process that only registers or sends these tasks starts without them.
+    from omni_tasks.marketdata.firstrun import is_first_run_job
+    from omni_tasks.marketdata.router import serving_feeds
+    from omni_tasks.validation.persist import validate_stored
+
     runtime = get_runtime()
     with outages_retried(running_task(), f"validating backfill job {job_id}", runtime.settings.database):
         with runtime.sessions() as session:
@@ -81,6 +84,9 @@ def first_run_followups(symbols: list[str]) -> dict[str, Any]:
 @omni_task(name="omni.validation.nightly", queue=Queue.VALIDATION, soft_time_limit_s=900, time_limit_s=1000, max_retries=1)
 def nightly(store_retries: int = 0) -> dict[str, Any]:
     """Validate the last few sessions of the universe (the nightly backfill's window)."""
+    from omni_tasks.marketdata.router import serving_feeds
+    from omni_tasks.validation.persist import validate_stored
+
     runtime = get_runtime()
     settings = runtime.settings.backfill
     symbols = load_universe(settings.universe_file, settings.universe)

@@ -77,7 +77,7 @@ def gather(
     risk: dict[str, Any] | None = None
     risk_read = False
     try:
-        from omni_tasks.risk.snapshot import latest_snapshot
+        from omni_tasks.risk.snapshot_reads import latest_snapshot
 
         risk = latest_snapshot(runtime) if database_ok else _risk_from_redis(client)
         risk_read = risk is not None or database_ok
