@@ -289,17 +289,22 @@ def up(
         effective = load_settings(env)
         install_settings(effective)
         _migrate(effective)
-        _boot_checks(effective)
         for child in supervisor.children:
             if child.process is None:
                 supervisor.start(child)
+        # The children boot (each worker and beat runs these checks itself before it consumes or
+        # schedules anything); here they run once more while the children start, and a refusal stops
+        # every child (the finally below) before any of them has work.
+        _boot_checks(effective)
         _banner(effective, flower_password if settings.flower.password is None else None, logs_dir)
-        first_run = _first_run(effective, announce) if settings.embedded and offline else None
         ready = _wait_healthy(effective, timeout_s=60, stop=stop_requested)
         if ready:
             announce("[green]all processes up; /health is ok[/green]")
         elif not stop_requested["flag"]:
             announce("[yellow]/health is not ok yet after 60 s; see the logs folder[/yellow]")
+        # The first run's history is queued once every process is up: it is work for the workers, and
+        # planning it (the calendar, pandas) would otherwise compete with their start on the CPU.
+        first_run = _first_run(effective, announce) if settings.embedded and offline and not stop_requested["flag"] else None
         deadline = None if for_seconds is None else time.monotonic() + for_seconds
         while not stop_requested["flag"] and (deadline is None or time.monotonic() < deadline):
             supervisor.poll()

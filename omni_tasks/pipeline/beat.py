@@ -26,6 +26,8 @@ from omni_tasks.ops import prometheus as metrics
 
 _log = structlog.get_logger("omni.beat")
 _NAMESPACE = uuid.UUID("5b0f3a52-7c59-4f0e-9d4e-2f1d8c7a9b10")
+#: Entries a new leader sends at once instead of a period after it takes the lead (interval entries only).
+DUE_ON_LEAD = frozenset({"omni.watchdog.tick"})
 
 
 def slot_start(entry_schedule: Any, now_s: float) -> int:
@@ -72,10 +74,13 @@ class LockedScheduler(Scheduler):
 
     def _restart_entries(self) -> None:
         # A new leader starts every entry afresh: it never replays a slot the
-        # previous leader may already have sent.
+        # previous leader may already have sent. The watchdog's tick is due at
+        # once (a desk that just started, or whose beat just moved, is watched
+        # now, not a period later); its slot key still refuses a second send
+        # in a slot the previous leader used.
         now = self.app.now()
         for entry in self.schedule.values():
-            entry.last_run_at = now
+            entry.last_run_at = now - timedelta(seconds=_period_s(entry.schedule)) if entry.task in DUE_ON_LEAD else now
         self._heap = None
 
     def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:

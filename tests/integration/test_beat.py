@@ -59,12 +59,18 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
 ) -> None:
     """On Redis and on RabbitMQ: the leader lock and the slot ids live in Redis either way; the sends go to the broker."""
     env = service_env(redis_url=delivery_broker.url, database_url=migrated_pg_url, data_dir=tmp_path / "data", **delivery_broker.env())
+    test_started = time.time()  # the database is shared by both brokers' runs: count this run's ticks only
     watchdog = OmniProcess(["worker", "watchdog"], env, tmp_path / "logs" / "watchdog.log").start()
     omni_processes.append(watchdog)
     beat_a = OmniProcess(["beat"], env, tmp_path / "logs" / "beat-a.log").start()
     omni_processes.append(beat_a)
     wait_for_worker(redis_client, "watchdog", watchdog)
     wait_for(lambda: leader.current_leader(redis_client) is not None, 30, message="a beat to lead")
+    led_wall = time.time()
+    # A new leader sends the watchdog's tick at once, not a period (5 s) after it takes the lead.
+    first_tick_s = wait_for(
+        lambda: any(started >= test_started for _, started in _tick_slots(redis_client, migrated_pg_url)), 20, interval_s=0.1, message="the first tick"
+    )
     beat_b = OmniProcess(["beat"], env, tmp_path / "logs" / "beat-b.log").start()
     omni_processes.append(beat_b)
     wait_for(lambda: "standing by" in beat_b.log_text(), 30, message="the second beat to stand by")
@@ -105,6 +111,9 @@ def test_two_beats_one_leads_standby_takes_over_and_each_slot_runs_once(
         f"slots run {len(per_slot)} ({slots_before} before the kill), runs per slot max {max(per_slot.values())}"
     )
     assert takeover_s < 8
+    first_started = min(started for _, started in ticks if started >= test_started)
+    print(f"first watchdog tick started {first_started - led_wall:.2f} s after the first beat led (seen {first_tick_s:.1f} s after)")
+    assert first_started - led_wall < 4.0, "the first leader's tick is sent at once, not a 5 s period later"
     assert len(per_slot) >= 3, "the schedule ran before and after the takeover"
     assert slots_before >= 1
     assert len(per_slot) - slots_before >= 1
