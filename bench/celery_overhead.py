@@ -38,12 +38,12 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_RATIO = 0.70
+TARGET_RATIO = 0.90
 POLL_S = 0.010
 OURS = "omni"
 BARE = "bare"
@@ -296,10 +296,16 @@ class RoundResult:
     publish_s: float
     total_s: float
     outcomes: int | None = None
+    #: CPU seconds the worker (parent and pool children), the publisher and redis-server spent over the measured tasks.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def tasks_per_s(self) -> float:
         return self.tasks / self.total_s
+
+    @property
+    def cpu_ms_per_task(self) -> float:
+        return 1000 * sum(self.cpu_s.values()) / self.tasks
 
     def line(self) -> str:
         text = (
@@ -308,7 +314,8 @@ class RoundResult:
         )
         if self.outcomes is not None:
             text += f"; outcomes recorded: {self.outcomes} of {self.tasks}"
-        return text + ")"
+        per_task = ", ".join(f"{name} {1000 * value / self.tasks:.3f}" for name, value in self.cpu_s.items())
+        return text + f"; CPU ms per task {self.cpu_ms_per_task:.3f}: {per_task})"
 
 
 @dataclass(frozen=True)
@@ -322,6 +329,34 @@ class Context:
     concurrency: int
     outcomes_key: str
     unacked_key: str
+    redis_pid: int
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and every live descendant (a prefork worker's pool children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def _cpu_snapshot(worker: subprocess.Popen[Any], publisher: Publisher, redis_pid: int) -> dict[str, float]:
+    return {"worker": _cpu_s(worker.pid), "publisher": _cpu_s(publisher.proc.pid), "redis": _cpu_s(redis_pid)}
 
 
 def run_round(side: str, round_no: int, ctx: Context) -> RoundResult:
@@ -346,10 +381,13 @@ def run_round(side: str, round_no: int, ctx: Context) -> RoundResult:
         publisher.publish(ctx.warmup)
         wait_done(ctx.client, queue_key, ctx.unacked_key, worker, worker_log, timeout_s=120)
         outcomes_before = int(ctx.client.llen(ctx.outcomes_key))
+        cpu_before = _cpu_snapshot(worker, publisher, ctx.redis_pid)
         t_first, t_last = publisher.publish(ctx.tasks)
         t_done = wait_done(ctx.client, queue_key, ctx.unacked_key, worker, worker_log, timeout_s=max(120.0, ctx.tasks / 20))
+        cpu_after = _cpu_snapshot(worker, publisher, ctx.redis_pid)
         outcomes = int(ctx.client.llen(ctx.outcomes_key)) - outcomes_before if side == OURS else None
-        return RoundResult(side, round_no, ctx.tasks, t_last - t_first, t_done - t_first, outcomes)
+        cpu = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+        return RoundResult(side, round_no, ctx.tasks, t_last - t_first, t_done - t_first, outcomes, cpu)
     finally:
         if publisher is not None:
             publisher.close()
@@ -408,6 +446,9 @@ def report(ours: list[RoundResult], bare: list[RoundResult], tasks: int, rounds:
         print(label.ljust(28) + "".join(f"{r.tasks_per_s:.1f}".rjust(width) for r in results) + f"{median:.1f}".rjust(width))
     recorded = sum(r.outcomes or 0 for r in ours)
     print(f"outcomes recorded: {recorded} of {tasks * rounds}")
+    ours_cpu = statistics.median(r.cpu_ms_per_task for r in ours)
+    bare_cpu = statistics.median(r.cpu_ms_per_task for r in bare)
+    print(f"CPU per task (worker + publisher + redis-server, median): ours {ours_cpu:.3f} ms, bare {bare_cpu:.3f} ms, ratio {bare_cpu / ours_cpu:.3f}")
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"ratio (ours / bare): {ratio:.3f}  target >= {TARGET_RATIO:.2f}: {verdict}")
     return {
@@ -417,6 +458,8 @@ def report(ours: list[RoundResult], bare: list[RoundResult], tasks: int, rounds:
         "tasks": tasks,
         "rounds": rounds,
         "outcomes_recorded": recorded,
+        "cpu_ms_per_task": round(ours_cpu, 3),
+        "baseline_cpu_ms_per_task": round(bare_cpu, 3),
         "target_ratio": TARGET_RATIO,
         "rounds_tasks_per_s": [round(r.tasks_per_s, 1) for r in ours],
         "rounds_baseline_tasks_per_s": [round(r.tasks_per_s, 1) for r in bare],
@@ -428,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="omni-bench-"))
     (tmp / "logs").mkdir()
     try:
-        _redis_proc, client = _start_redis(tmp)
+        redis_proc, client = _start_redis(tmp)
         broker_url = f"redis+socket://{tmp / 'redis.sock'}"
         ours_env, bare_env = _environments(tmp, broker_url)
         # The settings of this process too (read when omni_tasks is first imported), for the parity check.
@@ -450,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             outcomes_key=TASK_OUTCOMES_KEY,
             unacked_key=KOMBU_UNACKED_KEY,
+            redis_pid=redis_proc.pid,
         )
         print(
             f"celery overhead: {args.tasks} no-op tasks x {args.rounds} rounds per side, prefork -c {args.concurrency}, "
