@@ -246,7 +246,8 @@ def status_cmd(
         print(json.dumps({**state, "partitions_detail": [
             {"id": p.id, "symbol": p.symbol, "start": p.start.isoformat(), "end": p.end.isoformat(), "status": p.status, "rows": p.rows,
              "rejected": p.rejected, "provider": p.provider, "attempts": p.attempts, "checksum": p.checksum, "error": p.last_error,
-             "cause": p.cause, "notes": p.notes, "resume_at": p.resume_at.isoformat() if p.resume_at else None}
+             "cause": p.cause, "notes": p.notes, "resume_at": p.resume_at.isoformat() if p.resume_at else None,
+             "data_from": p.data_from.isoformat() if p.data_from else None}
             for p in parts]}, indent=2))
         return
     _print_job(state)

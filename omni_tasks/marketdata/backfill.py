@@ -212,6 +212,8 @@ class PartitionOutcome:
     finished_job: int | None = None
     #: ``deferred``: run again in this many seconds (the limiter's next slot, a refusal's end, the quota's reset)
     defer_s: float | None = None
+    #: succeeded with rows, and the provider's series begins inside the partition, here (no bars can exist before it)
+    data_from: datetime | None = None
 
 
 def record_outcome(
@@ -236,6 +238,7 @@ def record_outcome(
             part.rejected = outcome.rejected
             part.provider = outcome.provider
             part.checksum = checksum
+            part.data_from = outcome.data_from
         if outcome.status in TERMINAL:
             part.finished_at = now
         part.resume_at = now + timedelta(seconds=outcome.defer_s) if outcome.defer_s is not None else None

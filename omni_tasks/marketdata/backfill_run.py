@@ -97,6 +97,8 @@ def _run_partition(
         store.quarantine(rejected, partition_id=partition_id)
         log.warning("rows failed the boundary check and were quarantined", rejected=len(rejected))
     result = store.upsert(valid) if len(valid) else None
+    # The provider's whole series begins inside this partition: the sessions before it have no bars to miss.
+    data_from = routed.series_start if routed.series_start is not None and start < pd.Timestamp(routed.series_start) < end else None
     outcome = PartitionOutcome(
         partition_id,
         "succeeded",
@@ -105,8 +107,10 @@ def _run_partition(
         inserted=getattr(result, "inserted", 0),
         updated=getattr(result, "updated", 0),
         provider=routed.provider,
+        data_from=data_from,
     )
-    notes = "; ".join(routed.notes + [f"{a.provider}: {a.detail}" for a in routed.attempts if a.outcome != "ok"]) or None
+    begins = [f"{routed.provider}'s series of {request.symbol} starts {data_from.date().isoformat()}: no bars before it"] if data_from else []
+    notes = "; ".join(routed.notes + begins + [f"{a.provider}: {a.detail}" for a in routed.attempts if a.outcome != "ok"]) or None
     record_outcome(factory, partition_id, outcome, notes=notes, checksum=store.checksum(valid) if len(valid) else None)
     log.info("partition stored", rows=outcome.rows, inserted=outcome.inserted, updated=outcome.updated, provider=routed.provider)
     return outcome

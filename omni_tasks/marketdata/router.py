@@ -25,7 +25,8 @@ answer spends the provider's quota until 00:00 UTC once two symbols had it
 
 Whole-series providers (``Capabilities.whole_series``): given the job, the
 router makes one call per job and symbol over the job's range and the
-partitions share the answer (:mod:`omni_tasks.marketdata.series`).
+partitions share the answer (:mod:`omni_tasks.marketdata.series`), a final
+"unknown symbol" or "no bars in the job's range" included.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class Routed:
     provider: str
     notes: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    #: a whole-series provider's first bar of the symbol (None: not known); bars before it cannot exist at that provider
+    series_start: datetime | None = None
 
 
 #: Causes of "no data" the router can name (stored on the partition, read by validation).
@@ -171,13 +174,14 @@ class BarRouter:
                 continue
             breaker = self._breaker_for(name)
             share = None
+            series_start = None
             if job is not None and self._series is not None and request.timeframe in provider.capabilities.whole_series:
                 share = SeriesCache.key(job, name, request.symbol, request.timeframe, request.adjustment)
             try:
                 if share is not None:
-                    bars, notes = self._shared(provider, breaker, request, share, span or (request.start, request.end))
+                    bars, notes, series_start = self._shared(provider, breaker, request, share, span or (request.start, request.end))
                 else:
-                    bars, notes = self._try(provider, breaker, request)
+                    bars, notes, _ = self._try(provider, breaker, request)
             except _Throttled as exc:
                 waits.append(exc.wait_s)
                 attempts.append(Attempt(name, "skipped", f"waiting: {exc}"))
@@ -218,7 +222,7 @@ class BarRouter:
             attempts.append(Attempt(name, "ok", f"{len(bars)} rows"))
             if attempts[:-1]:
                 _log.warning("served by a fallback provider", provider=name, symbol=request.symbol, earlier=[f"{a.provider}: {a.detail}" for a in attempts[:-1]])
-            return Routed(bars=bars, provider=name, notes=notes, attempts=attempts)
+            return Routed(bars=bars, provider=name, notes=notes, attempts=attempts, series_start=series_start)
         summary = "; ".join(f"{a.provider}: {a.detail}" for a in attempts) or "no provider configured"
         # Retrying helps only if something failed for a passing reason (rate limit, outage,
         # empty or malformed answer, open breaker); unknown symbols and missing keys stay so.
@@ -239,7 +243,7 @@ class BarRouter:
             raise NoProviderServed(f"unknown symbol {request.symbol}: {summary}", attempts=attempts, permanent=True, cause=cause, notes=notes)
         raise NoProviderServed(f"no provider served {request.symbol} {request.timeframe}: {summary}", attempts=attempts, permanent=not transient, cause=cause, notes=notes)
 
-    def _try(self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest) -> tuple[pd.DataFrame, list[str]]:
+    def _try(self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest) -> tuple[pd.DataFrame, list[str], datetime | None]:
         name = provider.name
         last: Exception | None = None
         for attempt in range(1, self._max_attempts + 1):
@@ -301,7 +305,7 @@ class BarRouter:
             bars = result.bars
             if bars.empty:
                 raise EmptyData(f"{name} returned no bars", provider=name)
-            return bars, list(result.notes)
+            return bars, list(result.notes), result.series_start
         assert last is not None
         raise last
 
@@ -310,13 +314,14 @@ class BarRouter:
 
     def _shared(
         self, provider: BarProvider, breaker: CircuitBreaker, request: BarRequest, key: str, span: tuple[datetime, datetime]
-    ) -> tuple[pd.DataFrame, list[str]]:
+    ) -> tuple[pd.DataFrame, list[str], datetime | None]:
         """The request's slice of the one whole-series answer of this job and symbol (made here if nobody made it yet)."""
         assert self._series is not None
         name = provider.name
         note = f"{name}: one call for {request.symbol} shared by the job's partitions"
         whole = self._series.get(key)
         if whole is None:
+            self._raise_verdict(name, key)
             said = self._series.given_up(key, self._max_refusals)
             if said is not None:
                 raise _GaveUp(said)
@@ -332,12 +337,19 @@ class BarRouter:
                     self._sleep(0.1)
                     waited += 0.1
                     whole = self._series.get(key)
+                    if whole is None:
+                        self._raise_verdict(name, key)
                 if whole is None:
                     raise _Throttled(f"another partition is fetching {request.symbol} from {name}", 1.0)
             else:
                 try:
-                    whole, notes = self._try(provider, breaker, replace(request, start=min(span[0], request.start), end=max(span[1], request.end)))
-                    self._series.put(key, whole)
+                    whole, notes, begins = self._try(provider, breaker, replace(request, start=min(span[0], request.start), end=max(span[1], request.end)))
+                    self._series.put(key, whole, series_start=begins)
+                except (UnknownSymbol, NoBarsInRange) as exc:
+                    # The answer for the whole range holds for every partition in it: the siblings take it, not a call each.
+                    kind = UNKNOWN_SYMBOL if isinstance(exc, UnknownSymbol) else NO_BARS_IN_RANGE
+                    self._series.put_verdict(key, kind, str(exc), [*exc.notes, note])
+                    raise
                 finally:
                     self._series.unlock(key, token)
                 note = "; ".join([*notes, note]) if notes else note
@@ -348,7 +360,17 @@ class BarRouter:
             where = f"its series starts {first.date().isoformat()}" if first is not None and first >= end else "none in this range"
             raise NoBarsInRange(f"{name} has no {request.timeframe} bars for {request.symbol} in "
                                 f"{request.start.date().isoformat()}..{request.end.date().isoformat()} ({where})", provider=name, notes=[note])
-        return inside, [note]
+        return inside, [note], self._series.series_start(key)
+
+    def _raise_verdict(self, name: str, key: str) -> None:
+        """Raise the provider's recorded final word on this job's range of the symbol (unknown, or no bars in it), if any."""
+        assert self._series is not None
+        found = self._series.verdict(key)
+        if found is None:
+            return
+        kind, said, notes = found
+        error = UnknownSymbol if kind == UNKNOWN_SYMBOL else NoBarsInRange
+        raise error(f"{said} (the job's one call for the symbol, shared)", provider=name, notes=notes)
 
     def _refused(self, provider: BarProvider, request: BarRequest, share: str | None, error: RateLimited) -> float | None:
         """Seconds to wait after the provider refused ``request``; None when the symbol has been refused too often."""

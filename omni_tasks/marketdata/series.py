@@ -10,12 +10,19 @@ A provider refusing one symbol (a rate-limit body about it, "Information")
 is remembered per job, provider and symbol: the siblings wait for the refusal
 to pass instead of asking again, and after ``max_refusals`` the symbol's
 partitions fail with the provider's own words.
+
+A provider's final word on the whole range (it does not know the symbol, or
+knows it and has no bars anywhere in the job's range) is kept the same way
+(:meth:`SeriesCache.verdict`): the siblings take it instead of asking again,
+so an unknown symbol costs one call per job, not one per partition.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import uuid
+from datetime import datetime
 from typing import cast
 
 import pandas as pd
@@ -44,10 +51,20 @@ class SeriesCache:
             return None
         return pd.read_parquet(io.BytesIO(cast(bytes, raw)))  # a client without decode_responses: the Parquet bytes put() stored
 
-    def put(self, key: str, bars: pd.DataFrame) -> None:
+    def put(self, key: str, bars: pd.DataFrame, *, series_start: datetime | None = None) -> None:
+        """Store the answer; ``series_start``: where the provider's whole series of the symbol begins, when it said."""
         buffer = io.BytesIO()
         bars.reset_index(drop=True).to_parquet(buffer, index=False)
-        self._client.set(key, buffer.getvalue(), ex=self._ttl_s)
+        pipe = self._client.pipeline(transaction=True)
+        if series_start is not None:
+            pipe.set(f"{key}:from", series_start.isoformat(), ex=self._ttl_s)
+        pipe.set(key, buffer.getvalue(), ex=self._ttl_s)
+        pipe.execute()
+
+    def series_start(self, key: str) -> datetime | None:
+        """Where the provider's whole series begins (stored with the answer), or None when it did not say."""
+        raw = self._client.get(f"{key}:from")
+        return datetime.fromisoformat(cast(bytes, raw).decode()) if raw is not None else None
 
     def lock(self, key: str) -> str | None:
         """A token when this caller is to make the one call; None while another holds it."""
@@ -87,3 +104,15 @@ class SeriesCache:
         if int(count or 0) < max_refusals:
             return None
         return (said or b"refused").decode()
+
+    def put_verdict(self, key: str, kind: str, said: str, notes: list[str]) -> None:
+        """Record the provider's final word on the job's whole range: ``kind`` unknown_symbol or no_bars_in_range."""
+        self._client.set(f"{key}:verdict", json.dumps({"kind": kind, "said": said[:2000], "notes": notes[:20]}), ex=self._ttl_s)
+
+    def verdict(self, key: str) -> tuple[str, str, list[str]] | None:
+        """(kind, the provider's words, its notes) when a partition of this job was given the final word, else None."""
+        raw = self._client.get(f"{key}:verdict")
+        if raw is None:
+            return None
+        data = json.loads(cast(bytes, raw))
+        return str(data["kind"]), str(data["said"]), [str(n) for n in data.get("notes", [])]

@@ -183,6 +183,9 @@ class BackfillPartition(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: a ``deferred`` partition runs again at this time (a provider's next slot, a quota's reset)
     resume_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: the provider's whole series of the symbol begins here, inside the partition: before it there are no bars to
+    #: have (a listing, the start of the provider's history), and validation says "no data", not holes
+    data_from: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     __table_args__ = (
         UniqueConstraint("job_id", "symbol", "timeframe", "start", "feed", "adjustment", name="uq_backfill_partitions_slice"),

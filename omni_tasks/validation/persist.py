@@ -123,7 +123,10 @@ def no_data_ranges(
     """
     with factory() as session:
         rows = session.execute(
-            select(BackfillPartition.symbol, BackfillPartition.start, BackfillPartition.end, BackfillPartition.cause, BackfillPartition.last_error, BackfillPartition.notes)
+            select(
+                BackfillPartition.symbol, BackfillPartition.start, BackfillPartition.end, BackfillPartition.cause, BackfillPartition.last_error,
+                BackfillPartition.notes, BackfillPartition.data_from,
+            )
             .where(
                 BackfillPartition.symbol.in_(list(symbols)),
                 BackfillPartition.timeframe == timeframe,
@@ -135,10 +138,17 @@ def no_data_ranges(
             .order_by(BackfillPartition.finished_at, BackfillPartition.id)
         ).all()
     out: dict[str, list[LedgerRange]] = {}
-    marked = {r.symbol for r in rows if r.cause}
+    marked = {r.symbol for r in rows if r.cause or r.data_from}
     for r in rows:
-        if r.symbol in marked:
-            out.setdefault(r.symbol, []).append((r.start, r.end, r.cause, (r.last_error or r.notes or "")[:300]))
+        if r.symbol not in marked:
+            continue
+        if r.data_from is not None and r.start < r.data_from < r.end:
+            # Data came, from where the provider's series begins: before that, no bars in range.
+            said = f"the provider's series starts {r.data_from.date().isoformat()}"
+            out.setdefault(r.symbol, []).append((r.start, r.data_from, "no_bars_in_range", said))
+            out[r.symbol].append((r.data_from, r.end, None, ""))
+            continue
+        out.setdefault(r.symbol, []).append((r.start, r.end, r.cause, (r.last_error or r.notes or "")[:300]))
     return out
 
 

@@ -708,3 +708,32 @@ def test_router_whole_series_is_one_call_per_job_and_symbol_and_a_refusal_holds_
     with pytest.raises(NoProviderServed, match="refused MSFT for now"):
         router.fetch(msft[1], job=7, span=span)  # a sibling waits for the refusal instead of asking
     assert len(whole.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "final",
+    [UnknownSymbol("Invalid API call", provider="alpha"), NoBarsInRange("none in the range; its series runs 1999-11-01..", provider="alpha")],
+    ids=["unknown-symbol", "no-bars-in-range"],
+)
+def test_router_whole_series_final_word_is_one_call_per_job_and_symbol_shared_by_the_siblings(make_router, redis_client, final) -> None:  # type: ignore[no-untyped-def]
+    from omni_tasks.marketdata.router import NO_BARS_IN_RANGE, UNKNOWN_SYMBOL
+    from omni_tasks.marketdata.series import SeriesCache
+
+    whole = FakeProvider("alpha", then=final)
+    whole.capabilities = replace(whole.capabilities, whole_series=frozenset({"1Min"}))
+    router = make_router([whole], series=SeriesCache(redis_client))
+    span = (START, START + timedelta(minutes=30))
+    parts = [BarRequest("ZZZZ", "1Min", START + timedelta(minutes=5 * i), START + timedelta(minutes=5 * (i + 1))) for i in range(6)]
+    causes = []
+    for part in parts:
+        with pytest.raises(NoProviderServed) as caught:
+            router.fetch(part, job=8, span=span)
+        assert caught.value.permanent
+        causes.append(caught.value.cause)
+    assert len(whole.calls) == 1, "the provider's answer for the job's whole range holds for every partition in it"
+    assert causes == [UNKNOWN_SYMBOL if isinstance(final, UnknownSymbol) else NO_BARS_IN_RANGE] * 6
+    whole._then = "ok"
+    assert len(router.fetch(replace(parts[0], symbol="MSFT"), job=8, span=span).bars) == 5
+    with pytest.raises(NoProviderServed):
+        router.fetch(parts[0], job=8, span=span)  # ZZZZ still takes the recorded word
+    assert len(whole.calls) == 2

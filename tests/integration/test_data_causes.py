@@ -5,7 +5,10 @@ Alpaca's wire format.
 * a symbol Alpaca does not know gets the verdict "no data: unknown symbol", not holes and a stale series;
 * a known symbol with nothing in the range (before its listing) is "no data in range", not "unknown symbol";
 * a recent-SIP clamp note stays on the partition whatever the outcome (no bars, unknown symbol);
-* a backfill starting in 1990 plans, stores and validates decades-old daily bars.
+* a backfill starting in 1990 plans, stores and validates decades-old daily bars;
+* a backfill starting in 1990 through Alpha Vantage (the real alpha_vantage client against a stand-in in its
+  TIME_SERIES_DAILY format, whose history starts 1999-11-01 as Alpha Vantage's does): one call per symbol, the
+  years before the series "no bars in range", an unknown symbol one call for all its partitions.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from omni_tasks.marketdata.backfill import create_job, partition_ids
 from omni_tasks.marketdata.backfill_plan import BackfillRequestError
 from omni_tasks.marketdata.backfill_run import run_partition
 from omni_tasks.marketdata.providers.alpaca.client import AlpacaBars
-from omni_tasks.marketdata.providers.base import BarProvider
+from omni_tasks.marketdata.providers.alpha_vantage.client import AlphaVantageBars
+from omni_tasks.marketdata.providers.base import BarProvider, BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
 from omni_tasks.marketdata.router import BarRouter
+from omni_tasks.marketdata.series import SeriesCache
 from omni_tasks.safety.breaker import BreakerPolicy, CircuitBreaker
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
@@ -156,7 +161,7 @@ def test_validation_symbol_listed_mid_window_reports_no_data_before_and_holes_on
 ) -> None:
     # A provider that knows LATE only from 2024-01-04: a plan split at the listing, then one bar missing after it.
     from omni_tasks.marketdata.errors import NoBarsInRange
-    from omni_tasks.marketdata.providers.base import BarRequest, BarResult, Capabilities
+    from omni_tasks.marketdata.providers.base import BarResult, Capabilities
 
     class Listed:
         name = "alpaca"
@@ -252,3 +257,139 @@ def test_backfill_earliest_date_is_a_setting_and_the_calendar_bounds_it() -> Non
     assert older.partitions[0].start.date() == date(1950, 6, 1)
     with pytest.raises(BackfillRequestError, match="first session of the exchange calendar"):
         backfill_plan.plan(["IBM"], "1Day", date(1880, 1, 5), date(1880, 2, 1), today=TODAY, earliest=date(1800, 1, 1))
+
+
+AV_HISTORY_START = date(1999, 11, 1)  # where Alpha Vantage's TIME_SERIES_DAILY history of IBM begins
+
+
+def _av_daily_body(symbol: str, start: date, end: date) -> bytes:
+    """A whole daily history in TIME_SERIES_DAILY's format (outputsize=full: newest first, numbers as strings)."""
+    bars = (
+        SyntheticBars()
+        .fetch_bars(
+            BarRequest(
+                symbol, "1Day", datetime(start.year, start.month, start.day, tzinfo=UTC), datetime(end.year, end.month, end.day, tzinfo=UTC)
+            )
+        )
+        .bars
+    )
+    rows = {
+        ts.strftime("%Y-%m-%d"): {
+            "1. open": f"{o:.4f}",
+            "2. high": f"{h:.4f}",
+            "3. low": f"{lo:.4f}",
+            "4. close": f"{c:.4f}",
+            "5. volume": str(int(v)),
+        }
+        for ts, o, h, lo, c, v in zip(bars["ts"], bars["open"], bars["high"], bars["low"], bars["close"], bars["volume"], strict=True)
+    }
+    meta = {
+        "1. Information": "Daily Prices (open, high, low, close) and Volumes",
+        "2. Symbol": symbol,
+        "3. Last Refreshed": max(rows),
+        "4. Output Size": "Full size",
+        "5. Time Zone": "US/Eastern",
+    }
+    return json.dumps({"Meta Data": meta, "Time Series (Daily)": dict(sorted(rows.items(), reverse=True))}).encode()
+
+
+def test_backfill_from_1990_through_alpha_vantage_one_call_per_symbol_years_before_its_history_are_no_bars_in_range(
+    standin: StandIn, factory: sessionmaker[Session], engine: Engine, redis_client: redis.Redis
+) -> None:
+    ibm = _av_daily_body("IBM", AV_HISTORY_START, date(2001, 1, 1))
+    calls: dict[str, int] = {}
+
+    def answers(seen: Seen) -> Reply:
+        assert (seen.query.get("function"), seen.query.get("outputsize")) == ("TIME_SERIES_DAILY", "full")
+        symbol = seen.query.get("symbol", "")
+        calls[symbol] = calls.get(symbol, 0) + 1
+        return Reply(200, ibm) if symbol == "IBM" else Reply(200, fixture_bytes("alpha_vantage", "error_invalid_api_call.json"))
+
+    standin.route("/query", answers)
+    router = BarRouter(
+        [AlphaVantageBars(api_key="AVTESTKEY", base_url=standin.url, timeout_s=5.0)],
+        breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, QUIET),
+        limiter=None,
+        max_attempts=1,
+        sleep=lambda _s: None,
+        series=SeriesCache(redis_client),
+    )
+    start, end = date(1990, 1, 2), date(2001, 1, 1)
+    the_plan = backfill_plan.plan(["IBM", "ZZZZ"], "1Day", start, end, today=TODAY)
+    _run_all(factory, router, the_plan, engine)
+
+    with factory() as session:
+        parts = list(session.scalars(select(BackfillPartition).order_by(BackfillPartition.symbol, BackfillPartition.start)))
+    ibm_parts = [p for p in parts if p.symbol == "IBM"]
+    zzzz_parts = [p for p in parts if p.symbol == "ZZZZ"]
+    before = [p for p in ibm_parts if p.end.date() <= AV_HISTORY_START]
+    after = [p for p in ibm_parts if p.end.date() > AV_HISTORY_START]
+    stored = BarStore(engine).read(
+        "IBM", "1Day", datetime(1990, 1, 1, tzinfo=UTC), datetime(2001, 1, 1, tzinfo=UTC), feeds=("alpha_vantage",)
+    )
+    result, summary = validate_stored(engine, factory, ["IBM", "ZZZZ"], timeframe="1Day", start=start, end=end, feeds=("alpha_vantage",))
+    with factory() as session:
+        verdicts = {v.symbol: v for v in session.scalars(select(SeriesValidation))}
+    ibm_reports = result.reports[result.reports.symbol == "IBM"]
+    print(
+        f"alpha vantage backfill 1990-2000: data calls {calls} (N=1 per symbol) for {len(ibm_parts)} + {len(zzzz_parts)} partitions; "
+        f"IBM {len(before)} partitions before 1999-11-01 {sorted({(p.status, p.cause) for p in before})}, "
+        f"{len(after)} after {sorted({(p.status, p.cause) for p in after})}, {len(stored)} bars from {stored.ts.iloc[0].date()}; "
+        f"no-data bars {int(ibm_reports['no_data_bars'].sum())}, provider holes {int(ibm_reports['provider_hole_bars'].sum())}; "
+        f"ZZZZ {sorted({(p.status, p.cause) for p in zzzz_parts})}, verdict {verdicts['ZZZZ'].reason[:60]!r}"
+    )
+    assert calls == {"IBM": 1, "ZZZZ": 1}, "one call returns the whole series or says the symbol is unknown: the partitions share it"
+    assert before
+    assert after
+    assert all((p.status, p.rows, p.cause) == ("succeeded", 0, "no_bars_in_range") for p in before), [
+        (p.start, p.status, p.cause) for p in before
+    ]
+    assert "its series starts 1999-11-01" in (before[0].notes or "")
+    assert "series of IBM starts 1999-11-01: no bars before it" in (after[0].notes or "")
+    assert after[0].data_from == datetime(1999, 11, 1, tzinfo=UTC)
+    assert all((p.status, p.cause) == ("succeeded", None) and p.rows > 0 for p in after)
+    assert stored.ts.iloc[0] == datetime(1999, 11, 1, tzinfo=UTC)
+    assert all((p.status, p.cause) == ("failed", "unknown_symbol") for p in zzzz_parts)
+    assert int(ibm_reports["provider_hole_bars"].sum()) == 0
+    assert int(ibm_reports["no_data_bars"].sum()) > 2000  # 1990-01-02 .. 1999-10-29: ten years of sessions, explained
+    assert verdicts["ZZZZ"].status == "no_data"
+    assert verdicts["ZZZZ"].reason.startswith("no data: unknown symbol")
+    assert "IBM" not in summary["failed_series"]
+
+
+def test_backfill_wholly_before_alpha_vantage_history_is_no_bars_in_range_with_one_call(
+    standin: StandIn, factory: sessionmaker[Session], engine: Engine, redis_client: redis.Redis
+) -> None:
+    """A research backfill of 1990-1994 where the provider's series starts in 1999: no bars in range, not an empty answer
+    retried partition after partition."""
+    ibm = _av_daily_body("IBM", AV_HISTORY_START, date(2000, 1, 1))
+    calls: list[str] = []
+
+    def answers(seen: Seen) -> Reply:
+        calls.append(seen.query.get("symbol", ""))
+        return Reply(200, ibm)
+
+    standin.route("/query", answers)
+    router = BarRouter(
+        [AlphaVantageBars(api_key="AVTESTKEY", base_url=standin.url, timeout_s=5.0)],
+        breaker_for=lambda name: CircuitBreaker(f"provider:{name}", redis_client, QUIET),
+        limiter=None,
+        max_attempts=1,
+        sleep=lambda _s: None,
+        series=SeriesCache(redis_client),
+    )
+    _run_all(factory, router, backfill_plan.plan(["IBM"], "1Day", date(1990, 1, 2), date(1995, 1, 1), today=TODAY), engine)
+
+    parts = list(_partitions_of(factory))
+    print(
+        f"alpha vantage 1990-1994 (its series from 1999-11-01): {len(calls)} call(s) for {len(parts)} partitions; {sorted({(p.status, p.cause) for p in parts})}"
+    )
+    assert calls == ["IBM"]
+    assert len(parts) == 5
+    assert all((p.status, p.rows, p.cause) == ("succeeded", 0, "no_bars_in_range") for p in parts)
+    assert all("its series runs 1999-11-01.." in (p.notes or "") for p in parts), parts[0].notes
+
+
+def _partitions_of(factory: sessionmaker[Session]) -> list[BackfillPartition]:
+    with factory() as session:
+        return list(session.scalars(select(BackfillPartition).order_by(BackfillPartition.start)))

@@ -124,3 +124,27 @@ def test_backfill_plan_from_1990_is_planned_and_before_the_earliest_date_is_refu
         "--json",
     )
     assert wider.returncode == 0, wider.stdout + wider.stderr
+
+
+def test_backfill_status_shows_a_deferred_partition_and_when_it_resumes(env: dict[str, str], database: str) -> None:
+    from datetime import date
+
+    from omni_tasks.marketdata import backfill_plan
+    from omni_tasks.marketdata.backfill import PartitionOutcome, create_job, partition_ids, record_outcome
+
+    factory = session_factory(make_engine(database))
+    job = create_job(factory, backfill_plan.plan(["MSFT"], "1Day", date(2022, 1, 3), date(2024, 1, 1), today=date(2024, 1, 8)), requested_by="test")
+    first, *_ = partition_ids(factory, job)
+    waited = PartitionOutcome(first, "deferred", error="deferred 3600.0 s: alpha_vantage: daily quota of 25 calls used up", defer_s=3600.0)
+    record_outcome(factory, first, waited, notes=None)
+
+    shown = omni({**env, "COLUMNS": "250"}, "backfill", "status", str(job))
+    listed = omni({**env, "COLUMNS": "250"}, "backfill", "status")
+    detail = json.loads(omni(env, "backfill", "status", str(job), "--json").stdout)
+
+    print(f"omni backfill status {job}: {next(line.strip() for line in shown.stdout.splitlines() if 'resumes' in line)[:160]}")
+    assert shown.returncode == 0, shown.stderr
+    resume_at = next(p["resume_at"] for p in detail["partitions_detail"] if p["id"] == first)
+    assert f"deferred, resumes {resume_at[:10]} {resume_at[11:19]} UTC" in shown.stdout
+    assert "daily quota of 25 calls used up" in shown.stdout
+    assert "deferred 1" in listed.stdout

@@ -20,6 +20,9 @@ clients, and `omni status`'s view says the stream recovered after it.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -47,7 +50,7 @@ from omni_tasks.stream.status import read_status
 from omni_tasks.stream.worker import StreamWorker
 from omni_tasks.trading.orders import OrderSubmitter
 from omni_tasks.trading.simulated import SimulatedVenue
-from tests.conftest import wait_for
+from tests.conftest import REPO_ROOT, service_env, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -151,7 +154,7 @@ def send(standin: StandinServer, client_kind: str, *messages: dict[str, Any]) ->
 
 @pytest.mark.parametrize("client_kind", CLIENTS)
 def test_halt_luld_correction_cancel_resume_through_the_client_to_redis_and_the_order_path(
-    client_kind: str, standin: StandinServer, client: redis.Redis, submitter: OrderSubmitter, redis_url: str
+    client_kind: str, standin: StandinServer, client: redis.Redis, submitter: OrderSubmitter, redis_url: str, tmp_path: Path
 ) -> None:
     symbol = {"lean-msgpack": "HLTM", "lean-json": "HLTJ", "alpaca-py": "HLTP"}[client_kind]
     with RunningWorker(config([symbol]), feed_for(client_kind, standin.url), redis_url) as running:
@@ -204,6 +207,22 @@ def test_halt_luld_correction_cancel_resume_through_the_client_to_redis_and_the_
         client.delete(quote_key(symbol))
         assert order(submitter, symbol, "sell", None).check == "symbol_halted"
         print(f"{client_kind}: order for the halted symbol denied: {denied.reason}")
+
+        # `omni status`'s stream view lists the halted symbol; `omni stream quotes` shows its status beside the quote.
+        from omni_tasks.cli.ops import stream_view
+
+        wait_for(lambda: symbol in ((stream_view(client) or {}).get("halted") or {}), 10, message="the halt in omni status's view")
+        assert (stream_view(client) or {})["halted"][symbol].startswith("HALTED H T1 (Halt News Pending) since ")
+        if client_kind == "lean-msgpack":
+            env = service_env(redis_url=redis_url, database_url="sqlite:///" + str(tmp_path / "cli.sqlite3"), data_dir=tmp_path / "cli")
+            shown = subprocess.run(  # fixed argv
+                [sys.executable, "-m", "omni_tasks", "stream", "quotes", symbol, "--json"],
+                env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert shown.returncode == 0, shown.stderr
+            listed = json.loads(shown.stdout)["status"][symbol]
+            assert (listed["state"], listed["code"], listed["reason"], listed["halted"]) == ("HALTED", "H", "T1", True), listed
+            print(f"{client_kind}: omni stream quotes shows {symbol} {listed['state']} {listed['code']} {listed['reason']}")
 
         # 3. Trade 2 corrected to 101.50 x 200 (id 4), trade 3 cancelled; each sent twice (the repeats change nothing).
         #    10,000 + 20,300 = 30,300 over 300 -> VWAP 101.00, volume 300.

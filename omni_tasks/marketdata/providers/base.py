@@ -53,6 +53,8 @@ class BarResult:
     bars: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     calls: int = 1
+    #: the first bar of the provider's whole series of the symbol, when its answer was the whole history (None: not known)
+    series_start: datetime | None = None
 
 
 @runtime_checkable

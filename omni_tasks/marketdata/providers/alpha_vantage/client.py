@@ -17,7 +17,9 @@ saying the call is premium-only (UnsupportedRequest: waiting cannot help) or
 that the key is the demo key (AuthenticationFailed); ``{"Error Message":
 "Invalid API call..."}`` is UnknownSymbol (an invalid key says "apikey" and is
 AuthenticationFailed). ``outputsize=full`` returns the whole history, so rows
-outside the request are left out here. The key travels in the query string:
+outside the request are left out here; when none is inside, the symbol is
+known and the range empty (NoBarsInRange, naming where the series runs), and
+an answer with no rows at all is EmptyData. The key travels in the query string:
 it is removed from every error message and never logged.
 
 The free key allows 25 calls a day; :data:`CAPABILITIES` declares the quota
@@ -39,6 +41,7 @@ from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
     MalformedPayload,
+    NoBarsInRange,
     ProviderUnavailable,
     RateLimited,
     UnsupportedRequest,
@@ -129,6 +132,10 @@ class _TimeSeries(RebasedCalls, TimeSeries):
     """alpha_vantage's TimeSeries whose HTTP step goes to ``base_url``, with a timeout and status checks."""
 
 
+def _day(ts: pd.Timestamp) -> str:
+    return ts.date().isoformat() if ts.hour == 0 and ts.minute == 0 else ts.isoformat()
+
+
 def _seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value else None
@@ -187,12 +194,19 @@ class AlphaVantageBars:
         )
         inside = (bars["ts"] >= pd.Timestamp(request.start)) & (bars["ts"] < pd.Timestamp(request.end))
         if not inside.any():
-            raise EmptyData(
+            what = (
                 f"Alpha Vantage has no {request.timeframe} bars for {request.symbol} inside "
-                f"{request.start.isoformat()}..{request.end.isoformat()} ({len(bars)} outside it)",
-                provider=NAME,
+                f"{request.start.isoformat()}..{request.end.isoformat()} ({len(bars)} outside it"
             )
-        return BarResult(bars=bars[inside].reset_index(drop=True), calls=client.calls)
+            if bars.empty:
+                raise EmptyData(f"{what})", provider=NAME)
+            # The answer is the symbol's series (the whole history for daily, the month for intraday): the symbol
+            # is known and the range is empty (before its history starts, after its last bar, or a gap in it).
+            first, last = bars["ts"].min(), bars["ts"].max()
+            raise NoBarsInRange(f"{what}; its series runs {_day(first)}..{_day(last)})", provider=NAME)
+        # A daily answer is the whole history (outputsize=full): its first bar is where the provider's series begins.
+        begins = bars["ts"].min().to_pydatetime() if daily else None
+        return BarResult(bars=bars[inside].reset_index(drop=True), calls=client.calls, series_start=begins)
 
 
 def from_settings(settings: Settings) -> AlphaVantageBars:

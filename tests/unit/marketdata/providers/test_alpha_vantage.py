@@ -19,6 +19,7 @@ from omni_tasks.marketdata.errors import (
     AuthenticationFailed,
     EmptyData,
     MalformedPayload,
+    NoBarsInRange,
     ProviderUnavailable,
     QuotaExhausted,
     RateLimited,
@@ -191,6 +192,7 @@ def test_fetch_daily_returns_raw_bars_inside_the_range_on_their_session_dates(st
     assert set(bars["feed"]) == {"alpha_vantage"}
     assert set(bars["adjustment"]) == {"raw"}
     assert frames.split_valid(bars)[1].empty
+    assert result.series_start == datetime(2023, 12, 29, tzinfo=UTC), "the whole history's first bar, before the range trimmed it"
     assert result.calls == 1
 
 
@@ -298,11 +300,23 @@ def test_fetch_row_with_a_non_number_raises_malformed_not_fewer_rows(standin: St
         _adapter(standin.url).fetch_bars(DAILY)
 
 
-def test_fetch_range_without_bars_raises_empty_data(standin: StandIn) -> None:
+def test_fetch_range_outside_the_series_raises_no_bars_in_range_naming_where_the_series_runs(standin: StandIn) -> None:
+    # The answer is the symbol's whole series: the symbol is known, the range (before its history) is empty.
     standin.route("/query", _reply("daily_AAPL.json"))
 
-    with pytest.raises(EmptyData, match="6 outside it"):
+    with pytest.raises(NoBarsInRange, match=r"6 outside it; its series runs 2023-12-29\.\.2024-01-08"):
         _adapter(standin.url).fetch_bars(BarRequest("AAPL", "1Day", datetime(2023, 6, 1, tzinfo=UTC), datetime(2023, 6, 3, tzinfo=UTC)))
+
+
+def test_fetch_empty_series_object_raises_empty_data(standin: StandIn) -> None:
+    import json
+
+    body = json.loads(fixture_bytes("alpha_vantage", "daily_AAPL.json"))
+    body["Time Series (Daily)"] = {}
+    standin.route("/query", Reply(200, json.dumps(body).encode()))
+
+    with pytest.raises(EmptyData, match="0 outside it"):
+        _adapter(standin.url).fetch_bars(DAILY)
 
 
 def test_fetch_connection_refused_raises_provider_unavailable_without_the_key_in_the_message(closed_port_url: str) -> None:
