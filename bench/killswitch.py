@@ -189,6 +189,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_stages(engine: Any) -> None:
+    """Where an engage's time went: the median of each step's mark (ms after the listener started the engage), from its KillEvent."""
+    from omni_tasks.storage.models import KillEvent
+
+    with engine.connect() as connection:
+        rows = connection.execute(select(KillEvent.timings_ms).where(KillEvent.action == "engage")).scalars().all()
+    marks: dict[str, list[float]] = {}
+    for timings in rows:
+        for name, value in (timings or {}).items():
+            if isinstance(value, int | float):
+                marks.setdefault(name, []).append(float(value))
+    ordered = sorted(marks.items(), key=lambda item: float(np.median(item[1])))
+    print(f"engage steps, median ms after the listener began (N={len(rows)}): " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in ordered), flush=True)
+
+
 async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str) -> dict[str, Any]:
     from omni_tasks.contracts.venue import OrderRequest
     from omni_tasks.safety.killswitch import current_state
@@ -316,6 +331,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     worker.stop("bench done")
     await task
     await aclient.aclose()
+    _print_stages(poll_engine)
     poll_engine.dispose()
     release(runtime, actor="operator:bench", reason="bench done")
     print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
