@@ -17,10 +17,10 @@ The sequence (DESIGN section 8):
    cancelled too). Orders still open are reported by id, loudly.
 5. ``flatten``: ``close_all`` when configured (``OMNI_KILL_FLATTEN_ON_ENGAGE``)
    or asked for.
-6. ``purge``: the queued order tasks are purged. It starts right after the
-   durable step, in a thread alongside steps 3-5 (queued orders would only be
-   refused, and the purge must not delay the cancels); its timing is when it
-   finished, so it may be smaller than ``flatten``.
+6. ``purge``: the queued order tasks are purged. It starts once the cancels
+   are sent, in a thread alongside the snapshot, the confirmation and step 5
+   (queued orders would only be refused, and the purge must not delay the
+   cancels); its timing is when it finished, so it may be smaller than ``flatten``.
 7. the KillEvent gets its timings and counts; an alert goes out in the
    background (never blocking, never failing the sequence).
 
@@ -194,9 +194,6 @@ def engage(
         ms=result.timings_ms["durable"],
     )
 
-    # 6 starts now, alongside the venue steps: queued order tasks go at once (they would only be refused).
-    purger = _start_purge(purge, t0) if purge is not None else None
-
     # 3 + 4. Read what is open, send the cancels, then write the snapshot, then confirm.
     open_orders: list[VenueOrder] = []
     positions: list[VenuePosition] = []
@@ -215,6 +212,10 @@ def engage(
             result.cancel_requested = len(asked)
             result.cancel_rounds = 1
         steps.timed("cancel_requested")
+    # 6 starts once the cancels are sent, alongside the snapshot and the confirmation: the queued order tasks
+    # it removes would only be refused (the state is HALTED), and its thread must not slow the cancels.
+    purger = _start_purge(purge, t0) if purge is not None else None
+    if venue is not None:
         held = steps.run("snapshot", venue.positions, part="positions")  # the snapshot records what it could read
         if held is not None:
             positions = held
