@@ -297,14 +297,15 @@ def up(
         # every child (the finally below) before any of them has work.
         _boot_checks(effective)
         _banner(effective, flower_password if settings.flower.password is None else None, logs_dir)
-        ready = _wait_healthy(effective, timeout_s=60, stop=stop_requested)
+        # The first run's history is queued once every process is up (at the latest 15 s in): it is work for
+        # the workers, and planning it (the calendar, pandas) would otherwise compete with their start on the CPU.
+        ready = _wait_healthy(effective, timeout_s=15, stop=stop_requested)
+        first_run = _first_run(effective, announce) if settings.embedded and offline and not stop_requested["flag"] else None
+        ready = ready or _wait_healthy(effective, timeout_s=45, stop=stop_requested)
         if ready:
             announce("[green]all processes up; /health is ok[/green]")
         elif not stop_requested["flag"]:
             announce("[yellow]/health is not ok yet after 60 s; see the logs folder[/yellow]")
-        # The first run's history is queued once every process is up: it is work for the workers, and
-        # planning it (the calendar, pandas) would otherwise compete with their start on the CPU.
-        first_run = _first_run(effective, announce) if settings.embedded and offline and not stop_requested["flag"] else None
         deadline = None if for_seconds is None else time.monotonic() + for_seconds
         while not stop_requested["flag"] and (deadline is None or time.monotonic() < deadline):
             supervisor.poll()
