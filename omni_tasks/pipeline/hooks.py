@@ -33,6 +33,9 @@ from omni_tasks.pipeline.headers import SENT_AT_HEADER
 from omni_tasks.pipeline.queues import queue_of
 
 _log = structlog.get_logger("omni.worker")
+#: How long the heartbeat thread gathers received deliveries before recording them in flight (one write per burst).
+#: Far below the dead-worker threshold; a delivery not yet recorded is still found by the orphan sweep.
+TAG_GATHER_S = 0.02
 _state: dict[str, Any] = {"role": "celery", "kind": "unknown", "instance": None, "connection": 0, "track_tags": True}
 #: (broker connection number, delivery tag) received but not yet recorded as in flight (deque appends are thread-safe).
 _pending_tags: deque[tuple[int, str]] = deque()
@@ -163,8 +166,11 @@ class HeartbeatStep(bootsteps.StartStopStep):
                 self._flush_tags(client)
                 remaining = next_beat - time.monotonic()
                 if remaining > 0:
-                    _wake.wait(remaining)
-                    _wake.clear()
+                    if _wake.wait(remaining):
+                        _wake.clear()
+                        # A burst's deliveries go in one write: a few ms of gathering instead of a round
+                        # trip (and a turn of the interpreter) per message in the worker's busiest process.
+                        self._stop.wait(TAG_GATHER_S)
                     continue
                 next_beat = time.monotonic() + settings.broker.heartbeat_s
                 try:
