@@ -27,6 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -39,6 +40,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[str]:
+    """``127.0.0.1:<port>`` where a TCP connect hangs unanswered, like an unroutable address, without leaving loopback.
+
+    A listener with a zero backlog that never accepts: once its accept queue is full, Linux drops every
+    further SYN, so a client waits out its own connect timeout (what an address with no route does).
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    host, port = listener.getsockname()
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(8):
+            sock = socket.socket()
+            sock.settimeout(0.3)
+            fillers.append(sock)
+            try:
+                sock.connect((host, port))
+            except TimeoutError:
+                break  # the queue is full: this SYN was dropped
+        else:
+            raise RuntimeError("the loopback listener kept accepting connections: no black hole")
+        yield f"{host}:{port}"
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()
 
 
 class PrivateRedis:

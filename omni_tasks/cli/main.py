@@ -18,8 +18,8 @@ import typer
 from typer._click.exceptions import ClickException
 
 from omni_tasks.cli.common import crash_log_path
+from omni_tasks.cli.parsing import NOT_MIGRATED, redis_unreachable, report_error, schema_missing, wants_json
 from omni_tasks.cli.parsing import one_line as _one_line
-from omni_tasks.cli.parsing import report_error, wants_json
 from omni_tasks.core.errors import BootRefused, ConfigError
 
 app = typer.Typer(
@@ -77,6 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         report_error("omni", "interrupted", 130, as_json=wants_json(argv=argv))
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the safety net: one line for the user, the traceback in a file
+        if schema_missing(exc):
+            # A command run before the first `omni up` (a fresh data folder): what to run, not an internal error.
+            report_error(_command_path(argv), NOT_MIGRATED, 2, as_json=wants_json(argv=argv))
+            sys.exit(2)
+        if (unreachable := redis_unreachable(exc)) is not None:
+            report_error(_command_path(argv), unreachable, 1, as_json=wants_json(argv=argv))
+            sys.exit(1)
         trace = _write_crash(exc, argv)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         report_error(
@@ -84,6 +91,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_path(argv: list[str] | None) -> str:
+    """``omni <command> [<subcommand>]`` from the arguments: the words before the first option or value."""
+    args = sys.argv[1:] if argv is None else argv
+    words = ["omni"]
+    for arg in args[:2]:
+        if arg.startswith("-") or not arg.replace("-", "").isalpha():
+            break
+        words.append(arg)
+    return " ".join(words)
 
 
 def _usage_line(exc: ClickException) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omni_tasks.cli import status_view
-from omni_tasks.cli.parsing import option
+from omni_tasks.cli.parsing import NOT_MIGRATED, fail, option, schema_missing
 from omni_tasks.core import inputs
 
 console = Console()
@@ -170,7 +170,10 @@ def _database_state(runtime: Any) -> dict[str, Any]:
                     changed_at=row.changed_at.isoformat() if getattr(row, "changed_at", None) else None,
                 )
     except Exception as exc:  # noqa: BLE001 - shown as unavailable
-        found["db_errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        if schema_missing(exc):
+            found["db_errors"].append(f"database: {NOT_MIGRATED}")
+        else:
+            found["db_errors"].append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     return found
 
 
@@ -248,7 +251,12 @@ def ping(
     """Send a probe through every queue and print the round-trip times."""
     from omni_tasks.cli.common import prepare
 
-    prepare("cli", configure_log=False)
+    settings = prepare("cli", configure_log=False)
+    finding, client = probe_pipeline(settings, settings.broker.dead_after_s)
+    if client is None:
+        # Celery's result backend would retry for 20 s, one line a second, then fail: say it now, in one line.
+        fail("ping", f"Redis {finding['redis']}: {finding['message']}", 1, as_json=as_json)
+    client.close()
     from omni_tasks.pipeline.queues import ALL_QUEUES
     from omni_tasks.system.tasks import ping as ping_task
 

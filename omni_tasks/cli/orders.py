@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omni_tasks.cli.common import CommandGroup
-from omni_tasks.cli.parsing import fail, option
+from omni_tasks.cli.parsing import NOT_MIGRATED, fail, option, schema_missing
 from omni_tasks.core import inputs
 
 console = Console()
@@ -227,6 +227,8 @@ def list_orders(
         with get_runtime().sessions() as session:
             rows = [_row_dict(r) for r in session.execute(query).scalars().all()]
     except SQLAlchemyError as exc:
+        if schema_missing(exc):
+            fail("order list", NOT_MIGRATED, 2)
         fail("order list", f"the database is unavailable ({type(exc).__name__}): orders cannot be listed now", 1)
     if as_json:
         print(json.dumps(rows, default=str, indent=2))

@@ -29,6 +29,29 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split()) or "(no message)"
 
 
+#: Said instead of a database error when the omni tables are not there yet (a fresh data folder before the first `omni up`).
+NOT_MIGRATED = "the database has no omni tables yet (or an older schema): `omni up` creates them when it starts, or run `omni db upgrade`"
+
+
+def schema_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` is a query on a table or column the database does not have: SQLite's "no such table/column",
+    PostgreSQL's undefined table or column (SQLSTATE 42P01, 42703). Read without importing SQLAlchemy."""
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return False
+    if getattr(getattr(exc, "orig", None), "pgcode", None) in {"42P01", "42703"}:
+        return True
+    text = str(exc)
+    return "no such table" in text or "no such column" in text
+
+
+def redis_unreachable(exc: BaseException) -> str | None:
+    """The line to show when ``exc`` is a failure to reach Redis (the pipeline not running, most often), else None."""
+    if not (type(exc).__module__.startswith("redis") and type(exc).__name__ in {"ConnectionError", "TimeoutError"}):
+        return None
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return f"Redis is unreachable ({first}): is the pipeline running? Start it with `omni up` (or check OMNI_BROKER_URL)"
+
+
 def wants_json(ctx: Any = None, argv: Sequence[str] | None = None) -> bool:
     """Whether the running command was asked for ``--json`` (its own option or a parent group's, or in argv)."""
     ctx = ctx if ctx is not None else get_current_context(silent=True)

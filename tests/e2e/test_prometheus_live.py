@@ -213,7 +213,9 @@ def test_live_metrics_count_celery_workers_apart_from_the_stream_and_hold_no_flo
     celery_up = [line for line in text.splitlines() if line.startswith("celery_worker_up{")]
     stream_up = [line for line in text.splitlines() if line.startswith("omni_stream_worker_up{")]
     active = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("celery_active_worker_count "))
-    print(f"celery_worker_up series: {len(celery_up)} (Celery worker kinds: {len(KINDS)}); omni_stream_worker_up: {len(stream_up)}; active: {active:g}")
+    print(
+        f"celery_worker_up series: {len(celery_up)} (Celery worker kinds: {len(KINDS)}); omni_stream_worker_up: {len(stream_up)}; active: {active:g}"
+    )
     assert len(celery_up) == len(KINDS)
     assert active == len(KINDS)
     assert len(stream_up) == 1
@@ -292,6 +294,14 @@ def test_prometheus_scrapes_live_omni_up_evaluates_every_rule_and_fires_kill_swi
         scrape_s = wait_for(scraped, 60, interval_s=0.5, message="up == 1 and omni_trading_state scraped")
         print(f"prometheus: up == 1 and omni_trading_state present {scrape_s:.1f} s after ready")
         assert _prometheus_query(base, "omni_trading_state")["result"][0]["value"][1] == "1", "trading should be REDUCING before the engage"
+        # As Prometheus stored them: celery_worker_up is 1 for one worker of each queue's kind (hostname <kind>@...).
+        from workers import KINDS
+
+        worker_up = {s["metric"]["hostname"]: s["value"][1] for s in _prometheus_query(base, "celery_worker_up")["result"]}
+        up_kinds = sorted({hostname.split("@", 1)[0] for hostname, value in worker_up.items() if value == "1"})
+        print(f"prometheus: celery_worker_up {worker_up}; kinds up: {len(up_kinds)} of {len(KINDS)}")
+        assert up_kinds == sorted(KINDS), worker_up
+        assert all(value == "1" for value in worker_up.values()), worker_up
 
         def rules_evaluated() -> list[dict]:  # type: ignore[type-arg]
             body = json.loads(_get(f"{base}/api/v1/rules")[1])

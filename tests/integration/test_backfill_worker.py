@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from omni_tasks.marketdata import backfill
 from omni_tasks.marketdata.providers.base import BarRequest
 from omni_tasks.marketdata.providers.synthetic import SyntheticBars
+from omni_tasks.pipeline.outcomes import drain_outcomes
 from omni_tasks.storage.engine import make_engine, session_factory
 from tests.conftest import REPO_ROOT, OmniProcess, service_env, wait_for, wait_for_worker
 
@@ -161,6 +162,21 @@ def test_backfill_unknown_symbol_fails_its_partitions_others_go_on_and_only_fail
     assert {p["symbol"] for p in failed} == {"ZZZZ"}
     assert all("unknown symbol" in (p["error"] or "") for p in failed)
     assert all(p["attempts"] == 1 for p in failed), "a permanent error is not retried"
+
+    # A failed partition is a failed task too (issue 11): `omni status` lists it once the outcomes reach the database
+    # (the watchdog drains them every few seconds; none runs here, so the test drains).
+    engine = make_engine(database_url)
+
+    def partition_failures() -> list[dict[str, str]]:
+        drain_outcomes(redis_client, session_factory(engine))
+        shown = json.loads(_omni(env, "status", "--json").stdout)
+        return [f for f in shown.get("recent_failures") or [] if f["name"] == "omni.backfill.fetch_partition"]
+
+    wait_for(lambda: len(partition_failures()) == len(failed), 60, interval_s=1.0, message="omni status listing the failed partitions")
+    listed = partition_failures()
+    engine.dispose()
+    print(f"\nomni status recent failures for the failed partitions: {[(f['state'], f['error'][:80]) for f in listed]}")
+    assert all(f["state"] == "FAILURE" and "failed" in f["error"] for f in listed), listed
 
     # The data arrives; only the failed partitions run again.
     (replay_dir / "ZZZZ.csv").write_text((replay_dir / "S00.csv").read_text())

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.conftest import REPO_ROOT, service_env, wait_for
-from tests.servers import free_port
+from tests.servers import black_hole, free_port
 
 HEAVY = (
     "sqlalchemy",
@@ -44,6 +44,17 @@ def _bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update({"OMNI_DATA_DIR": str(tmp_path / "data"), **extra})
     return env
+
+
+@pytest.fixture
+def unreachable_redis(where: str) -> Iterator[str]:
+    """host:port of a Redis that cannot be reached: a closed loopback port (refused at once), or a loopback
+    black hole whose connects hang unanswered like an unroutable address's (tests send nothing off loopback)."""
+    if where == "closed port":
+        yield f"127.0.0.1:{free_port()}"
+    else:
+        with black_hole() as address:
+            yield address
 
 
 def test_help_and_command_listing_import_nothing_heavy(tmp_path: Path) -> None:
@@ -81,9 +92,9 @@ def test_status_says_quickly_that_the_embedded_pipeline_is_not_running(tmp_path:
     assert data["pipeline"]["redis"].startswith("unreachable: the embedded Redis socket")
 
 
-@pytest.mark.parametrize("where", ["closed port", "unroutable address"])
+@pytest.mark.parametrize("where", ["closed port", "unanswered connect"])
 def test_status_with_redis_unreachable_shows_the_database_state_within_two_seconds(
-    where: str, tmp_path: Path, pg_database: Callable[[], str]
+    where: str, unreachable_redis: str, tmp_path: Path, pg_database: Callable[[], str]
 ) -> None:
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import make_engine, session_factory
@@ -99,8 +110,7 @@ def test_status_with_redis_unreachable_shows_the_database_state_within_two_secon
             )
         )
     engine.dispose()
-    host = f"127.0.0.1:{free_port()}" if where == "closed port" else "10.255.255.1:6379"
-    env = service_env(redis_url=f"redis://{host}/0", database_url=url, data_dir=tmp_path / "data")
+    env = service_env(redis_url=f"redis://{unreachable_redis}/0", database_url=url, data_dir=tmp_path / "data")
     done, took = _omni(env, "status", "--json")
     print(f"omni status --json, Redis at a {where}: {took:.2f} s, exit {done.returncode}")
     assert done.returncode == 4, done.stdout + done.stderr
@@ -203,14 +213,13 @@ def test_status_watch_refreshes_in_place_and_ctrl_c_exits_0(tmp_path: Path) -> N
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-@pytest.mark.parametrize("where", ["closed port", "unroutable address"])
-def test_the_not_running_probe_gives_up_on_redis_within_a_second(where: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["closed port", "unanswered connect"])
+def test_the_not_running_probe_gives_up_on_redis_within_a_second(where: str, unreachable_redis: str, tmp_path: Path) -> None:
     """The probe itself (no interpreter start-up): connect bounded by PROBE_CONNECT_S, no retries that add up."""
     from omni_tasks.cli.ops import PROBE_CONNECT_S, probe_pipeline
     from omni_tasks.settings import load_settings
 
-    host = f"127.0.0.1:{free_port()}" if where == "closed port" else "10.255.255.1:6379"
-    settings = load_settings({"OMNI_BROKER_URL": f"redis://{host}/0", "OMNI_DATA_DIR": str(tmp_path)})
+    settings = load_settings({"OMNI_BROKER_URL": f"redis://{unreachable_redis}/0", "OMNI_DATA_DIR": str(tmp_path)})
     started = time.monotonic()
     finding, client = probe_pipeline(settings, dead_after_s=3.0)
     took = time.monotonic() - started
@@ -218,3 +227,30 @@ def test_the_not_running_probe_gives_up_on_redis_within_a_second(where: str, tmp
     assert client is None
     assert finding["running"] is False
     assert took < 1.5
+
+
+def test_commands_before_the_first_omni_up_say_what_to_run_in_one_line(tmp_path: Path) -> None:
+    """A new operator's first commands, on a fresh data folder before any `omni up`: no internal errors, no SQL, no retry loop."""
+    from omni_tasks.cli.parsing import NOT_MIGRATED
+
+    env = _bare_env(tmp_path)
+    shown, _ = _omni(env, "scan", "show", "999", "--json")
+    assert (shown.returncode, shown.stdout) == (2, ""), shown.stderr
+    assert json.loads(shown.stderr) == {"error": NOT_MIGRATED, "command": "omni scan show", "exit_code": 2}
+    listed, _ = _omni(env, "order", "list")
+    assert (listed.returncode, listed.stderr) == (2, f"omni order list: {NOT_MIGRATED}\n")
+    status, _ = _omni(env, "status", "--json")
+    assert status.returncode == 4
+    assert json.loads(status.stdout)["errors"] == [f"trading state: database: {NOT_MIGRATED}"]
+    breakers, _ = _omni(env, "breaker", "list")
+    assert breakers.returncode == 1
+    assert breakers.stderr.startswith("omni breaker list: Redis is unreachable (")
+    assert "is the pipeline running? Start it with `omni up`" in breakers.stderr
+    pinged, took = _omni(env, "ping")
+    print(f"omni ping with no omni up: exit {pinged.returncode} after {took:.1f} s: {pinged.stderr.strip()}")
+    assert pinged.returncode == 1
+    assert pinged.stderr.splitlines() == [
+        f"omni ping: Redis unreachable: the embedded Redis socket {tmp_path / 'data' / 'redis.sock'} does not exist: the pipeline is not running (no omni up / no workers seen): start it with `omni up`"
+    ]
+    assert all(len(done.stderr.splitlines()) == 1 for done in (shown, listed, breakers, pinged))
+    assert not (tmp_path / "data" / "logs" / "cli-errors.log").exists(), "nothing here is an internal error"
