@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -118,7 +118,7 @@ def redis_value(client: redis.Redis, key: str) -> StoredState | None:
 
 
 def read_row(session: Session, *, lock: bool = False) -> TradingStateRow | None:
-    """The durable row (id 1), locked for update when ``lock`` (PostgreSQL; SQLite locks the file on write)."""
+    """The durable row (id 1), locked for update when ``lock`` (PostgreSQL; on SQLite :func:`locked_row` takes the write lock first)."""
     stmt = select(TradingStateRow).where(TradingStateRow.id == STATE_ROW_ID)
     if lock:
         stmt = stmt.with_for_update()
@@ -142,6 +142,11 @@ def locked_row(sessions: sessionmaker[Session]) -> Iterator[tuple[Session, Tradi
     first. ``now`` is read once the lock is held, so it orders the changes as the lock does.
     """
     with sessions() as session, session.begin():
+        if session.get_bind().dialect.name == "sqlite":
+            # SQLite has no row locks, and pysqlite begins a transaction only at the first write: without
+            # the file's write lock taken before the read, two writers read the same row and one update is
+            # lost (an operator's engage attributed to the reconciler, or an engage undone by a release).
+            session.execute(text("BEGIN IMMEDIATE"))
         row = read_row(session, lock=True)
         now = utc_now()
         if row is None:

@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 SYMBOL = "AAPL"
 #: Long enough for many retry backoffs (capped at 2 s here) and for the database breaker to open; see test 1.
-OUTAGE_S = 20.0
+OUTAGE_S = 30.0  # the issue's staged outage (issue 10: 'orders queued across a 30 s PostgreSQL outage')
 #: Limits out of the way: these tests are about what is recorded, not about the pre-trade checks.
 OPEN_LIMITS = {
     "OMNI_RISK_QUOTE_MAX_AGE_S": "600", "OMNI_TRADING_QUOTE_MAX_AGE_S": "600", "OMNI_RISK_MAX_TRADES_PER_DAY": "100000",
