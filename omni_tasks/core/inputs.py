@@ -64,10 +64,15 @@ def shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
+#: Surrounding blanks a shell or a paste may leave: ASCII space and tab only. A newline, a no-break
+#: space or another Unicode space is not trimmed away: the value is refused for it.
+_BLANKS = " \t"
+
+
 def _text(value: object, what: str, *, max_len: int = _MAX_TEXT) -> str:
     if not isinstance(value, str):
         raise InputError(f"{what} {shown(value)}: expected text")
-    stripped = value.strip()
+    stripped = value.strip(_BLANKS)
     if not stripped:
         raise InputError(f"{what} must not be empty")
     if len(stripped) > max_len:
@@ -77,7 +82,7 @@ def _text(value: object, what: str, *, max_len: int = _MAX_TEXT) -> str:
 
 def symbol(value: object, *, what: str = "symbol") -> str:
     """A ticker, upper-cased: 1-10 of A-Z, 0-9, '.', '-' starting with a letter (ASCII only: 'ß' is not 'SS')."""
-    text = value.strip() if isinstance(value, str) else ""
+    text = value.strip(_BLANKS) if isinstance(value, str) else ""
     if not isinstance(value, str) or len(text) > 32 or not text.isascii() or not SYMBOL_PATTERN.match(text.upper()):
         raise InputError(f"{shown(value)} is not a ticker symbol (1-10 of A-Z, 0-9, '.', '-', starting with a letter)")
     return text.upper()
@@ -88,7 +93,7 @@ def symbols(value: object, *, what: str = "symbols", max_count: int = 10_000) ->
     text = _text(value, what, max_len=max_count * 11)
     out: list[str] = []
     for part in text.split(","):
-        if not part.strip():
+        if not part.strip(_BLANKS):
             continue
         cleaned = symbol(part, what=what)
         if cleaned not in out:
@@ -133,6 +138,8 @@ def integer(value: object, *, what: str, lo: int = 0, hi: int = 1_000_000_000) -
         text = _text(value, what, max_len=19)
         negative = text.startswith("-")
         body = text[1:] if negative else text
+        if negative and lo >= 0:
+            raise InputError(f"{what} {shown(value)} must not have a sign ({lo} to {hi})")
         if not _INTEGER.fullmatch(body):
             raise InputError(f"{what} {shown(value)} is not a whole number (ASCII digits only)")
         number = -int(body) if negative else int(body)
@@ -210,7 +217,8 @@ def instant(
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise InputError(f"{what} {shown(value)} is not an instant: {exc}") from None
+        why = "its UTC offset must be between -23:59 and +23:59" if "offset" in str(exc) else str(exc)
+        raise InputError(f"{what} {shown(value)} is not an instant: {why}") from None
     if parsed.tzinfo is None:
         if not assume_utc:
             raise InputError(f"{what} {shown(value)} needs a time zone, e.g. 2025-06-30T21:00:00+00:00")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -117,3 +118,32 @@ def test_reason_refuses_control_characters_and_errors_show_input_escaped() -> No
     assert "\x1b" not in str(refused.value)
     assert "\n" not in str(refused.value)
     assert len(inputs.shown("x" * 5000)) <= 40
+
+
+@pytest.mark.parametrize(
+    ("parse", "value", "options"),
+    [
+        (inputs.symbol, "AAPL\n", {}),
+        (inputs.symbol, "\u00a0AAPL", {}),
+        (inputs.decimal, "1\u00a0", {"what": "--qty"}),
+        (inputs.decimal, "10\u2003", {"what": "--qty"}),
+        (inputs.integer, "-0", {"what": "--count"}),
+        (inputs.integer, "-3", {"what": "--count"}),
+    ],
+)
+def test_only_ascii_blanks_are_trimmed_and_a_sign_needs_a_signed_range(parse: Any, value: str, options: dict[str, Any]) -> None:
+    with pytest.raises(InputError):
+        parse(value, **options)
+
+
+def test_ascii_blanks_around_a_value_are_trimmed() -> None:
+    assert inputs.symbol(" aapl\t") == "AAPL"
+    assert inputs.decimal(" 10 ", what="--qty") == Decimal("10")
+    assert inputs.integer("-3", what="--offset", lo=-10) == -3
+
+
+def test_an_offset_beyond_a_day_is_named_in_plain_words() -> None:
+    with pytest.raises(InputError) as refused:
+        inputs.instant("2025-06-30T21:00:00+99:00", what="--as-of")
+    assert "UTC offset must be between -23:59 and +23:59" in str(refused.value)
+    assert "timedelta" not in str(refused.value)
