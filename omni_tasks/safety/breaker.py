@@ -107,7 +107,9 @@ end
 
 # KEYS[1] breaker hash, KEYS[2] registry set, KEYS[3] trials zset, KEYS[4] audit pending list.
 # ARGV: now, cooldown, max_trials, name, trial id, trial lease (s), event id, pending max
-_ALLOW = _QUEUE + """
+_ALLOW = (
+    _QUEUE
+    + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
@@ -136,11 +138,14 @@ if state == 'half_open' then
 end
 return {1, state, '', '', transition}
 """
+)
 
 # KEYS[1] hash, KEYS[2] calls zset, KEYS[3] trials zset, KEYS[4] audit pending list.
 # ARGV: now, ok(1/0), trial id or '', threshold, rate, window, min_calls, close_after, member, name, event id, pending max
 # Returns the audit record of the transition made ('' when none).
-_RECORD = _QUEUE + """
+_RECORD = (
+    _QUEUE
+    + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local ok = ARGV[2] == '1'
@@ -190,6 +195,7 @@ if total >= tonumber(ARGV[7]) then
 end
 return ''
 """
+)
 
 TransitionHook = Callable[[Transition], None]
 
@@ -223,9 +229,20 @@ class CircuitBreaker:
         now = self._clock()
         try:
             allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW, 4, self._key, BREAKER_REGISTRY_KEY, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(now), repr(self.policy.cooldown_s),
-                self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
-                uuid.uuid4().hex, AUDIT_PENDING_MAX,
+                _ALLOW,
+                4,
+                self._key,
+                BREAKER_REGISTRY_KEY,
+                self._trials_key,
+                BREAKER_AUDIT_PENDING_KEY,
+                repr(now),
+                repr(self.policy.cooldown_s),
+                self.policy.half_open_max_trials,
+                self.name,
+                uuid.uuid4().hex[:16],
+                repr(self.policy.trial_lease_s),
+                uuid.uuid4().hex,
+                AUDIT_PENDING_MAX,
             )
         except redis.RedisError as exc:
             verdict = self.fail_open
@@ -250,11 +267,24 @@ class CircuitBreaker:
         now = self._clock()
         try:
             record = self._client.eval(
-                _RECORD, 4, self._key, self._calls_key, self._trials_key, BREAKER_AUDIT_PENDING_KEY,
-                repr(now), "1" if ok else "0", trial,
-                self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
-                self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
-                self.name, uuid.uuid4().hex, AUDIT_PENDING_MAX,
+                _RECORD,
+                4,
+                self._key,
+                self._calls_key,
+                self._trials_key,
+                BREAKER_AUDIT_PENDING_KEY,
+                repr(now),
+                "1" if ok else "0",
+                trial,
+                self.policy.failure_threshold,
+                repr(self.policy.failure_rate),
+                repr(self.policy.rate_window_s),
+                self.policy.rate_min_calls,
+                self.policy.close_after_successes,
+                uuid.uuid4().hex[:12],
+                self.name,
+                uuid.uuid4().hex,
+                AUDIT_PENDING_MAX,
             )
         except redis.RedisError as exc:
             _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(exc))
@@ -310,7 +340,12 @@ class CircuitBreaker:
         before = self.forced()
         target = state.value if state else "automatic"
         record = _record(
-            self.name, "forced:" + before if before else "automatic", "forced:" + target if state else target, f"{actor}: {reason}", now, actor
+            self.name,
+            "forced:" + before if before else "automatic",
+            "forced:" + target if state else target,
+            f"{actor}: {reason}",
+            now,
+            actor,
         )
         pipe = self._client.pipeline()
         pipe.sadd(BREAKER_REGISTRY_KEY, self.name)
@@ -355,7 +390,15 @@ class BreakerOpen(OmniError):  # reads as the condition it reports
 
 def _record(name: str, from_state: str, to_state: str, reason: str, at: float, actor: str) -> str:
     """A transition's audit record (the same fields the Lua scripts queue)."""
-    fields = {"id": uuid.uuid4().hex, "breaker": name, "from_state": from_state, "to_state": to_state, "reason": reason, "at": at, "actor": actor}
+    fields = {
+        "id": uuid.uuid4().hex,
+        "breaker": name,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reason": reason,
+        "at": at,
+        "actor": actor,
+    }
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -398,7 +441,9 @@ return 1
 
 def claim_record(client: redis.Redis, record: str, now: float | None = None) -> bool:
     """Take one pending record for writing (False: another process took it, or it is already written)."""
-    return bool(client.eval(_CLAIM_ONE, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record))
+    return bool(
+        client.eval(_CLAIM_ONE, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record)
+    )
 
 
 def claim_records(client: redis.Redis, limit: int, *, lease_s: float = 60.0, now: float | None = None) -> list[str]:

@@ -9,6 +9,7 @@ accepted the order). :class:`OrderOutcome` is what happened, as the task returns
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -21,7 +22,6 @@ from zoneinfo import ZoneInfo
 import structlog
 from sqlalchemy import func, select, text, update
 from sqlalchemy import insert as insert_into
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +29,7 @@ from omni_tasks.contracts.venue import InvalidOrder, OrderRequest, VenueOrder
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.storage.models import Order, OrderEvent
+from omni_tasks.storage.types import UtcDateTime
 from omni_tasks.trading.checks import Decision
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
 from omni_tasks.trading.expiry import EXPIRED, expire_order, updated_rows
@@ -60,6 +61,37 @@ def requested_detail(request: OrderRequest, deadline: datetime | None) -> dict[s
         "limit_price": None if request.limit_price is None else str(request.limit_price),
         "requested_by": request.requested_by, "expires_at": None if deadline is None else deadline.isoformat(),
     }  # fmt: skip
+
+
+#: PostgreSQL: the pending row and its "requested" event when the order is new, the row's status and deadline when it is
+#: not, and today's trade count, in one statement (one round trip). Its commit does not wait for the fsync: nothing has
+#: left yet, and the venue's own (synchronous) commit flushes the write-ahead log up to and including it before any order
+#: is accepted. A row recorded earlier (by the CLI, or a delivery that died) is read as it was: the statement's snapshot
+#: does not see the row its own INSERT adds, so ``status`` is the earlier row's (None when the order is new).
+_RECORD_REQUEST = text(
+    """
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+ins AS (
+    INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
+                        filled_qty, avg_fill_price, requested_by, reason, created_at, submitted_at, updated_at, expires_at)
+    VALUES (:client_order_id, :broker, :broker_order_id, :symbol, :side, :qty, :order_type, :limit_price, :status,
+            :filled_qty, :avg_fill_price, :requested_by, :reason, :created_at, :submitted_at, :updated_at, :expires_at)
+    ON CONFLICT (client_order_id) DO NOTHING
+    RETURNING id
+),
+event AS (
+    INSERT INTO order_events (ts, client_order_id, event, "check", reason, detail)
+    SELECT :created_at, :client_order_id, 'requested', NULL, NULL, CAST(:detail AS JSON) FROM ins
+)
+SELECT (SELECT id FROM ins) AS inserted,
+       (SELECT setting FROM relaxed) AS relaxed,
+       o.status, o.expires_at,
+       (SELECT count(*) FROM orders t
+         WHERE t.broker = :broker AND t.created_at >= :day_start AND t.submitted_at IS NOT NULL) AS trades
+FROM (SELECT 1) AS one
+LEFT JOIN orders o ON o.client_order_id = :client_order_id
+"""
+).columns(expires_at=UtcDateTime())
 
 
 def record_expired_message(
@@ -146,13 +178,25 @@ class OrderRecords:
         with self.transaction() as session:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:
-                # No fsync wait for this record: nothing has left yet, and the venue's own (synchronous)
-                # commit flushes the write-ahead log up to and including it before any order is accepted.
-                session.execute(text("SET LOCAL synchronous_commit = off"))
-            insert = pg_insert if postgres else sqlite_insert
-            # One round trip in the common case: the row is new. A conflict means an earlier delivery made it.
+                found = session.execute(
+                    _RECORD_REQUEST,
+                    {**values, "detail": json.dumps(requested_detail(request, deadline)), "day_start": self._day_start()},
+                ).one()
+                if found.inserted is not None:
+                    return None, int(found.trades), deadline
+                status, expires_at = found.status, found.expires_at
+                if status is None:  # inserted by a transaction that committed while this statement waited: read it now
+                    status, expires_at = session.execute(
+                        select(Order.status, Order.expires_at).where(Order.client_order_id == request.client_order_id)
+                    ).one()
+                if status in DECIDED:
+                    row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
+                    session.expunge(row)
+                    return row, 0, None
+                return None, int(found.trades), expires_at or deadline
+            # SQLite. A conflict means an earlier delivery made the row.
             inserted = session.execute(
-                insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
+                sqlite_insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
             ).scalar_one_or_none()
             if inserted is None:
                 row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()

@@ -58,14 +58,25 @@ import redis as redis_lib
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.contracts.portfolio import read_book
-from omni_tasks.contracts.quotes import LatestQuote, read_latest, read_trading_status
+from omni_tasks.contracts.portfolio import PortfolioBook, parse_book, read_book
+from omni_tasks.contracts.quotes import (
+    LatestQuote,
+    TradingStatus,
+    parse_quote,
+    parse_trading_status,
+    quote_key,
+    read_latest,
+    read_trading_status,
+    trading_status_key,
+)
 from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, OrderRequest, Venue, VenueError
 from omni_tasks.core import budgets
 from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
+from omni_tasks.core.keys import TRADING_BOOK_KEY, TRADING_STATE_KEY
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.killswitch import current_state
+from omni_tasks.safety.killswitch import current_state, judge
+from omni_tasks.safety.state_store import database_copy, redis_copy_of
 from omni_tasks.settings import RiskSettings
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
 from omni_tasks.trading.expiry import is_database_failure
@@ -182,16 +193,55 @@ class OrderSubmitter:
         return deadline is not None and utc_of_ns(self._clock_ns()) >= deadline
 
     def _context(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
-        state = current_state(self._redis, self._sessions)
+        symbol = request.symbol
+        # One round trip for Redis's side of the desk: the trading state, the book, the quote, the symbol's status.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(TRADING_STATE_KEY)
+        pipe.hgetall(quote_key(symbol))
+        pipe.hgetall(trading_status_key(symbol))
+        if self._venue_keeps_ledger:
+            pipe.get(TRADING_BOOK_KEY)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis_lib.RedisError, OSError):
+            return self._context_one_by_one(request, breaker, trades_today)  # each read fails (or not) as it always did
+        state = judge(self._redis, redis_copy_of(replies[0]), database_copy(self._sessions)).state
         if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
-            # Denied before anything else is read: no venue call while halted or while its breaker is open.
+            # Denied before anything else is used: no venue call while halted or while its breaker is open.
             portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
         else:
-            portfolio, quote = self._portfolio_and_quote(request.symbol)
+            for reply in replies[1:]:
+                if isinstance(reply, Exception):
+                    raise reply
+            book = parse_book(replies[3]) if self._venue_keeps_ledger else None
+            portfolio, quote = self._portfolio_and_quote(symbol, book=book, quote=parse_quote(symbol, replies[1]))
+            status = parse_trading_status(symbol, replies[2])
+        return self._check_context(request, breaker, trades_today, state.value, portfolio, quote, status)
+
+    def _context_one_by_one(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
+        """The desk read one piece at a time (after a pipelined read failed): each failure counts as it always did."""
+        state = current_state(self._redis, self._sessions)
+        if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
+            portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
+        else:
+            book = read_book(self._redis) if self._venue_keeps_ledger else None
+            portfolio, quote = self._portfolio_and_quote(request.symbol, book=book, quote=None)
             status = read_trading_status(self._redis, [request.symbol]).get(request.symbol)
+        return self._check_context(request, breaker, trades_today, state.value, portfolio, quote, status)
+
+    def _check_context(
+        self,
+        request: OrderRequest,
+        breaker: BreakerReading,
+        trades_today: int,
+        state: str,
+        portfolio: Portfolio,
+        quote: LatestQuote | None,
+        status: TradingStatus | None,
+    ) -> CheckContext:
         return CheckContext(
             request=request,
-            trading_state=state.value,
+            trading_state=state,
             breaker=breaker,
             position_qty=portfolio.quantities.get(request.symbol, ZERO),
             equity=portfolio.equity,
@@ -205,19 +255,27 @@ class OrderSubmitter:
             symbol_status=status,
         )
 
-    def _portfolio_and_quote(self, symbol: str) -> tuple[Portfolio, LatestQuote | None]:
-        book = read_book(self._redis) if self._venue_keeps_ledger else None
+    def _portfolio_and_quote(
+        self, symbol: str, *, book: PortfolioBook | None, quote: LatestQuote | None
+    ) -> tuple[Portfolio, LatestQuote | None]:
+        """The portfolio from ``book`` (the venue's, read already) when it is of today, else from the venue; and the quote.
+
+        ``quote``: ``symbol``'s quote read already (None: read it here).
+        """
         today = datetime.fromtimestamp(self._clock_ns() / 1e9, tz=self._tz).date()
         # A book of an earlier day still carries that day's starting equity: the venue rolls the day when asked.
         if book is not None and book.broker == self.venue.name and book.day == today:
-            quotes = read_latest(self._redis, sorted({symbol, *book.positions}))
+            others = sorted(set(book.positions) - {symbol}) if quote is not None else sorted({symbol, *book.positions})
+            quotes = read_latest(self._redis, others) if others else {}
+            if quote is not None:
+                quotes[symbol] = quote
             marks = self._marks(quotes)
             quantities = {s: p.qty for s, p in book.positions.items()}
             values = {s: p.qty * marks.get(s, p.avg_price) for s, p in book.positions.items()}
             return Portfolio(quantities, values, book.equity(marks), book.day_start_equity), quotes.get(symbol)
         account = self.venue.account()
         positions = self.venue.positions()
-        quote = read_latest(self._redis, [symbol]).get(symbol)
+        quote = read_latest(self._redis, [symbol]).get(symbol)  # read after the venue answered, as before
         quantities = {p.symbol: p.qty for p in positions}
         values = {p.symbol: p.qty * (p.market_price if p.market_price is not None else p.avg_price) for p in positions}
         return Portfolio(quantities, values, account.equity, account.day_start_equity), quote
