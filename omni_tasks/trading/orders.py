@@ -76,6 +76,7 @@ from omni_tasks.core.keys import TRADING_BOOK_KEY, TRADING_STATE_KEY
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.killswitch import current_state, judge
+from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import database_copy, redis_copy_of
 from omni_tasks.settings import RiskSettings
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
@@ -156,7 +157,7 @@ class OrderSubmitter:
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
                 return self._finish(expired, t0, count=False)
-        known, trades_today, deadline = self._records.record_request(request, deadline)
+        known, trades_today, deadline, durable = self._records.record_request(request, deadline)
         if known is not None:
             return self._finish(outcome_of(known, t0, repeat=True), t0, count=False)
         if self._past(deadline):
@@ -166,7 +167,7 @@ class OrderSubmitter:
         breaker = self.venue_breaker.allow()
         trial = breaker.trial
         try:
-            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today)
+            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today, durable)
             decision = run_checks(context)
         except (VenueError, redis_lib.RedisError, OSError) as exc:
             # The desk could not be read (the venue or Redis failing): nothing is sent without the checks.
@@ -192,7 +193,8 @@ class OrderSubmitter:
     def _past(self, deadline: datetime | None) -> bool:
         return deadline is not None and utc_of_ns(self._clock_ns()) >= deadline
 
-    def _context(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
+    def _context(self, request: OrderRequest, breaker: BreakerReading, trades_today: int, durable: Copy | None = None) -> CheckContext:
+        """What the checks read. ``durable``: the trading state's row as :meth:`OrderRecords.record_request` read it (None: read it here)."""
         symbol = request.symbol
         # One round trip for Redis's side of the desk: the trading state, the book, the quote, the symbol's status.
         pipe = self._redis.pipeline(transaction=False)
@@ -205,7 +207,7 @@ class OrderSubmitter:
             replies = pipe.execute(raise_on_error=False)
         except (redis_lib.RedisError, OSError):
             return self._context_one_by_one(request, breaker, trades_today)  # each read fails (or not) as it always did
-        state = judge(self._redis, redis_copy_of(replies[0]), database_copy(self._sessions)).state
+        state = judge(self._redis, redis_copy_of(replies[0]), durable or database_copy(self._sessions)).state
         if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
             # Denied before anything else is used: no venue call while halted or while its breaker is open.
             portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
