@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from omni_tasks.contracts.venue import InvalidOrder, OrderRequest, VenueOrder
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
+from omni_tasks.safety.breaker import Decision as BreakerDecision
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
 from omni_tasks.storage.models import Order, OrderEvent
@@ -163,9 +164,10 @@ class OrderRecords:
         self._tz = ZoneInfo(exchange_tz)
         self._clock_ns = clock_ns
 
-    def transaction(self) -> AbstractContextManager[Session]:
-        """One transaction inside the database breaker."""
-        return guarded_transaction(self._sessions, self.database_breaker)
+    def transaction(self, decision: BreakerDecision | None = None, settle: list[str] | None = None) -> AbstractContextManager[Session]:
+        """One transaction inside the database breaker (``decision``: its ``allow()`` asked already; ``settle``: see
+        :func:`~omni_tasks.trading.order_breakers.guarded_transaction`)."""
+        return guarded_transaction(self._sessions, self.database_breaker, decision=decision, settle=settle)
 
     def _day_start(self) -> datetime:
         now = datetime.fromtimestamp(self._clock_ns() / 1e9, tz=UTC)
@@ -173,7 +175,9 @@ class OrderRecords:
         midnight = datetime(local.year, local.month, local.day, tzinfo=self._tz)
         return midnight.astimezone(UTC)
 
-    def record_request(self, request: OrderRequest, deadline: datetime | None) -> tuple[Order | None, int, datetime | None, Copy | None]:
+    def record_request(
+        self, request: OrderRequest, deadline: datetime | None, *, allowed: BreakerDecision | None = None, settle: list[str] | None = None
+    ) -> tuple[Order | None, int, datetime | None, Copy | None]:
         """The pending row and the "requested" event, today's trade count and the order's deadline; or the decided row.
 
         A pending row recorded earlier (by the CLI, or a delivery that died) is taken as it
@@ -182,7 +186,7 @@ class OrderRecords:
         """
         now = utc_of_ns(self._clock_ns())
         values = order_row_values(request, venue=self.venue_name, now=now, deadline=deadline)
-        with self.transaction() as session:
+        with self.transaction(allowed, settle) as session:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:
                 # The statement is atomic by itself: run without a transaction block (no BEGIN, no COMMIT round trips).
