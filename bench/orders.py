@@ -20,7 +20,8 @@ a scratch PostgreSQL database. Two figures per order:
 The naive way, in the same run and the same database (its own venue name): an ORM
 unit of work committing each step, one session, one commit per step (the order
 row, the checks, the fill, the position, the events, the final status), timed
-from its start to its last commit, in this process.
+from its start to its last commit, in this process. The two ways take turns, one
+order each, so both meet the machine (its load, the disk's fsync time) as it is.
 
 Every order must fill, and each one's rows are counted afterwards (one fill, its
 events, a final status), so a denial or a lost write cannot pass for speed.
@@ -137,7 +138,8 @@ def naive_order(sessions: Any, client: redis.Redis, i: int, limits: Any) -> floa
     return (time.perf_counter() - t0) * 1000
 
 
-def run_naive(database_url: str, client: redis.Redis, orders: int, warmup: int, limits: Any) -> list[float]:
+def naive_desk(database_url: str) -> tuple[Any, Any]:
+    """The naive way's engine and sessions (the project's engine settings), and its account row."""
     from sqlalchemy.dialects.postgresql import insert
 
     from omni_tasks.storage.engine import make_engine, session_factory
@@ -145,20 +147,15 @@ def run_naive(database_url: str, client: redis.Redis, orders: int, warmup: int, 
 
     engine = make_engine(database_url)
     sessions = session_factory(engine)
-    try:
-        with sessions() as session, session.begin():
-            now = datetime.now(UTC)
-            session.execute(
-                insert(BrokerAccount)
-                .values(broker=NAIVE_BROKER, cash=Decimal(100_000), day=now.date(), day_start_equity=Decimal(100_000),
-                        peak_equity=Decimal(100_000), updated_at=now)
-                .on_conflict_do_nothing(index_elements=["broker"])
-            )  # fmt: skip
-        for i in range(warmup):
-            naive_order(sessions, client, i, limits)
-        return [naive_order(sessions, client, i, limits) for i in range(orders)]
-    finally:
-        engine.dispose()
+    with sessions() as session, session.begin():
+        now = datetime.now(UTC)
+        session.execute(
+            insert(BrokerAccount)
+            .values(broker=NAIVE_BROKER, cash=Decimal(100_000), day=now.date(), day_start_equity=Decimal(100_000),
+                    peak_equity=Decimal(100_000), updated_at=now)
+            .on_conflict_do_nothing(index_elements=["broker"])
+        )  # fmt: skip
+    return engine, sessions
 
 
 def verify(database_url: str, ids: list[str]) -> dict[str, Any]:
@@ -231,11 +228,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 e2e_ms = (time.perf_counter() - started) * 1000
                 return dict(outcome), e2e_ms
 
+            naive_engine, naive_sessions = naive_desk(desk.database_url)
             for i in range(args.warmup):
                 one(i)
+                naive_order(naive_sessions, client, i, settings.risk)
+            # One order each way in turn, so both meet the same machine (its load, the disk's fsync time) as it changes.
             load_before = load_average()
-            outcomes = [one(i) for i in range(args.orders)]
+            outcomes: list[tuple[dict[str, Any], float]] = []
+            naive: list[float] = []
+            for i in range(args.orders):
+                outcomes.append(one(i))
+                naive.append(naive_order(naive_sessions, client, i, settings.risk))
             load_after = load_average()
+            naive_engine.dispose()
             statuses = Counter(str(o["status"]) for o, _ in outcomes)
             if statuses.get("filled", 0) != args.orders:
                 raise BenchError(f"not every order filled: {dict(statuses)}")
@@ -256,9 +261,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  ledger: {checked}",
                 flush=True,
             )
-            naive_load = load_average()
-            naive = run_naive(desk.database_url, client, args.orders, args.warmup, settings.risk)
-            print(f"naive (ORM unit of work, one commit per step): {summary(naive)} ms; load {naive_load} -> {load_average()}", flush=True)
+            print(
+                f"naive (ORM unit of work, one commit per step, in this process, in turn with the above): {summary(naive)} ms", flush=True
+            )
         finally:
             client.close()
     p50 = statistics.median(task_ms)
