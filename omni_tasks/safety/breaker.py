@@ -107,7 +107,9 @@ end
 
 # KEYS[1] breaker hash, KEYS[2] registry set, KEYS[3] trials zset, KEYS[4] audit pending list.
 # ARGV: now, cooldown, max_trials, name, trial id, trial lease (s), event id, pending max
-_ALLOW = _QUEUE + """
+_ALLOW = (
+    _QUEUE
+    + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local cooldown = tonumber(ARGV[2])
@@ -136,11 +138,14 @@ if state == 'half_open' then
 end
 return {1, state, '', '', transition}
 """
+)
 
 # KEYS[1] hash, KEYS[2] calls zset, KEYS[3] trials zset, KEYS[4] audit pending list.
 # ARGV: now, ok(1/0), trial id or '', threshold, rate, window, min_calls, close_after, member, name, event id, pending max
 # Returns the audit record of the transition made ('' when none).
-_RECORD = _QUEUE + """
+_RECORD = (
+    _QUEUE
+    + """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 local ok = ARGV[2] == '1'
@@ -190,6 +195,7 @@ if total >= tonumber(ARGV[7]) then
 end
 return ''
 """
+)
 
 TransitionHook = Callable[[Transition], None]
 
@@ -220,17 +226,48 @@ class CircuitBreaker:
     # ---- the call path -----------------------------------------------------
     def allow(self) -> Decision:
         """May a call go through now? In HALF_OPEN a True answer reserves one trial slot."""
-        now = self._clock()
         try:
-            allowed, state, trial, forced, transition = self._client.eval(
-                _ALLOW, 4, self._key, BREAKER_REGISTRY_KEY, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(now), repr(self.policy.cooldown_s),
-                self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16], repr(self.policy.trial_lease_s),
-                uuid.uuid4().hex, AUDIT_PENDING_MAX,
-            )
+            reply = self._client.eval(*self._allow_args())
         except redis.RedisError as exc:
-            verdict = self.fail_open
-            _log.error("breaker state unreadable", breaker=self.name, allowed=verdict, error=str(exc))
-            return Decision(allowed=verdict, state="unknown", reason=f"breaker state unreadable: {exc}")
+            return self._unreadable(exc)
+        return self._decision(reply)
+
+    @staticmethod
+    def allow_together(*breakers: CircuitBreaker) -> list[Decision]:
+        """:meth:`allow` of several breakers in one pipelined round trip (each breaker's script runs atomically, as alone).
+
+        Breakers on different clients are asked one by one. Redis failing: each answers by its ``fail_open``.
+        """
+        if not breakers:
+            return []
+        if any(breaker._client is not breakers[0]._client for breaker in breakers):
+            return [breaker.allow() for breaker in breakers]
+        pipe = breakers[0]._client.pipeline(transaction=False)
+        for breaker in breakers:
+            pipe.eval(*breaker._allow_args())
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            return [breaker._unreadable(exc) for breaker in breakers]
+        return [
+            breaker._unreadable(reply) if isinstance(reply, Exception) else breaker._decision(reply)
+            for breaker, reply in zip(breakers, replies, strict=True)
+        ]
+
+    def _allow_args(self) -> tuple[Any, ...]:
+        return (
+            _ALLOW, 4, self._key, BREAKER_REGISTRY_KEY, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(self._clock()),
+            repr(self.policy.cooldown_s), self.policy.half_open_max_trials, self.name, uuid.uuid4().hex[:16],
+            repr(self.policy.trial_lease_s), uuid.uuid4().hex, AUDIT_PENDING_MAX,
+        )  # fmt: skip
+
+    def _unreadable(self, exc: BaseException) -> Decision:
+        verdict = self.fail_open
+        _log.error("breaker state unreadable", breaker=self.name, allowed=verdict, error=str(exc))
+        return Decision(allowed=verdict, state="unknown", reason=f"breaker state unreadable: {exc}")
+
+    def _decision(self, reply: Any) -> Decision:
+        allowed, state, trial, forced, transition = reply
         state_s, forced_s = _text(state), _text(forced) or None
         if _text(transition):
             self._emit_record(_text(transition))
@@ -245,22 +282,37 @@ class CircuitBreaker:
 
     def record(self, ok: bool, *, trial: str = "") -> None:
         """Report the outcome of a call that ``allow`` let through (``trial``: the Decision's trial id)."""
-        if not isinstance(trial, str):
-            raise TypeError("trial is the Decision's trial id (a string), not a flag")
-        now = self._clock()
         try:
-            record = self._client.eval(
-                _RECORD, 4, self._key, self._calls_key, self._trials_key, BREAKER_AUDIT_PENDING_KEY,
-                repr(now), "1" if ok else "0", trial,
-                self.policy.failure_threshold, repr(self.policy.failure_rate), repr(self.policy.rate_window_s),
-                self.policy.rate_min_calls, self.policy.close_after_successes, uuid.uuid4().hex[:12],
-                self.name, uuid.uuid4().hex, AUDIT_PENDING_MAX,
-            )
+            record = self._client.eval(*self._record_args(ok, trial))
         except redis.RedisError as exc:
             _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(exc))
             return
-        if _text(record):
-            self._emit_record(_text(record))
+        self.recorded(record, ok=ok)
+
+    def shares_client(self, client: Any) -> bool:
+        """Is ``client`` the Redis client this breaker keeps its state with (its pipelines may carry :meth:`record_in`)?"""
+        return client is self._client
+
+    def record_in(self, pipe: Any, ok: bool, *, trial: str = "") -> None:
+        """Queue :meth:`record` in ``pipe`` (a pipeline of this breaker's client); pass its reply to :meth:`recorded`."""
+        pipe.eval(*self._record_args(ok, trial))
+
+    def recorded(self, reply: Any, *, ok: bool) -> None:
+        """The reply of a record queued by :meth:`record_in` (an exception: not recorded, logged)."""
+        if isinstance(reply, Exception):
+            _log.error("breaker outcome not recorded", breaker=self.name, ok=ok, error=str(reply))
+        elif _text(reply):
+            self._emit_record(_text(reply))
+
+    def _record_args(self, ok: bool, trial: str) -> tuple[Any, ...]:
+        if not isinstance(trial, str):
+            raise TypeError("trial is the Decision's trial id (a string), not a flag")
+        return (
+            _RECORD, 4, self._key, self._calls_key, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(self._clock()),
+            "1" if ok else "0", trial, self.policy.failure_threshold, repr(self.policy.failure_rate),
+            repr(self.policy.rate_window_s), self.policy.rate_min_calls, self.policy.close_after_successes,
+            uuid.uuid4().hex[:12], self.name, uuid.uuid4().hex, AUDIT_PENDING_MAX,
+        )  # fmt: skip
 
     def release(self, trial: str) -> None:
         """Give back a half-open trial slot that was reserved but not used (no call was made)."""
@@ -310,7 +362,12 @@ class CircuitBreaker:
         before = self.forced()
         target = state.value if state else "automatic"
         record = _record(
-            self.name, "forced:" + before if before else "automatic", "forced:" + target if state else target, f"{actor}: {reason}", now, actor
+            self.name,
+            "forced:" + before if before else "automatic",
+            "forced:" + target if state else target,
+            f"{actor}: {reason}",
+            now,
+            actor,
         )
         pipe = self._client.pipeline()
         pipe.sadd(BREAKER_REGISTRY_KEY, self.name)
@@ -355,7 +412,15 @@ class BreakerOpen(OmniError):  # reads as the condition it reports
 
 def _record(name: str, from_state: str, to_state: str, reason: str, at: float, actor: str) -> str:
     """A transition's audit record (the same fields the Lua scripts queue)."""
-    fields = {"id": uuid.uuid4().hex, "breaker": name, "from_state": from_state, "to_state": to_state, "reason": reason, "at": at, "actor": actor}
+    fields = {
+        "id": uuid.uuid4().hex,
+        "breaker": name,
+        "from_state": from_state,
+        "to_state": to_state,
+        "reason": reason,
+        "at": at,
+        "actor": actor,
+    }
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -398,7 +463,9 @@ return 1
 
 def claim_record(client: redis.Redis, record: str, now: float | None = None) -> bool:
     """Take one pending record for writing (False: another process took it, or it is already written)."""
-    return bool(client.eval(_CLAIM_ONE, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record))
+    return bool(
+        client.eval(_CLAIM_ONE, 2, BREAKER_AUDIT_PENDING_KEY, BREAKER_AUDIT_INFLIGHT_KEY, repr(time.time() if now is None else now), record)
+    )
 
 
 def claim_records(client: redis.Redis, limit: int, *, lease_s: float = 60.0, now: float | None = None) -> list[str]:

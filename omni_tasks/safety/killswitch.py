@@ -80,6 +80,11 @@ def read_state(
     """
     cached = redis_copy(client, key=key)
     durable = database_copy(sessions, session=session)
+    return judge(client, cached, durable, key=key, repair=repair)
+
+
+def judge(client: redis.Redis, cached: Copy, durable: Copy, *, key: str = TRADING_STATE_KEY, repair: bool = True) -> Reading:
+    """:func:`read_state` for copies the caller read itself (each in a round trip it shares with other reads)."""
     reading = resolve(cached, durable)
     if reading.source == "unreadable" or not reading.agree:
         log = _log.warning if reading.source == "unreadable" else _log.info

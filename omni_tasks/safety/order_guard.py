@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
 from omni_tasks.core.keys import TRADING_STATE_KEY
-from omni_tasks.safety.killswitch import read_state
-from omni_tasks.safety.state_rule import Reading, TradingState
+from omni_tasks.safety.killswitch import judge, read_state
+from omni_tasks.safety.state_rule import Copy, Reading, TradingState
 from omni_tasks.storage.models import OrderEvent
 
 _log = structlog.get_logger("omni.killswitch")
@@ -43,6 +43,16 @@ class OrderGuard:
 
     def in_session(self, request: OrderRequest, session: Session) -> None:
         self._check(request, read_state(self._client, self._sessions, key=self._key, session=session))
+
+    @property
+    def key(self) -> str:
+        """The Redis key of the trading state (a venue pipelines its GET with its own reads)."""
+        return self._key
+
+    def with_copies(self, request: OrderRequest, cached: Copy, durable: Copy) -> None:
+        """The same decision from both copies the venue read itself, in its locked transaction: Redis's
+        (its GET of :attr:`key` pipelined with the quotes) and the row (read with the order's rows)."""
+        self._check(request, judge(self._client, cached, durable, key=self._key))
 
     @staticmethod
     def _check(request: OrderRequest, reading: Reading) -> None:

@@ -10,15 +10,20 @@ locks all that time. tests/integration/test_many_hosts.py cuts a host mid-write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.settings import DatabaseSettings, Settings
+
+#: A pooled PostgreSQL connection idle at least this long is pinged before it is handed out (see :func:`ping_when_idle`).
+PING_AFTER_IDLE_S: float = 1.0
 
 #: OMNI_DATABASE_DEAD_CLIENT_AFTER_S's default, for engines made without the settings.
 DEAD_CLIENT_AFTER_S: float = DatabaseSettings.model_fields["dead_client_after_s"].default
@@ -68,15 +73,45 @@ def make_engine(
             cursor.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
-        pool_pre_ping=True,
         connect_args={"connect_timeout": 5, "application_name": "omni-tasks", "options": server_keepalive_options(dead_client_after_s)},
     )
+    ping_when_idle(engine)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
+    """Ping a pooled connection on checkout only when it sat idle ``idle_s`` or longer (SQLAlchemy's ``pool_pre_ping`` pings every checkout).
+
+    A connection in steady use (the order path checks one out several times per order) costs no
+    extra round trip; one that waited in the pool (a restart of the server meanwhile) is pinged and,
+    when dead, replaced before anyone uses it. A connection that dies within ``idle_s`` of its
+    last use fails its next statement instead: SQLAlchemy then invalidates the pool, and the caller
+    sees a database error (the order path retries it as DatabaseUnavailable).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: Any) -> None:
+        record.info["omni_idle_since"] = None  # just connected: nothing to check
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["omni_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _handed_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("omni_idle_since")
+        if since is None or time.monotonic() - since < idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection dead after {time.monotonic() - since:.1f} s idle: {exc}") from exc
 
 
 def engine_from_settings(settings: Settings) -> Engine:

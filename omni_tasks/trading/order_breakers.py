@@ -51,9 +51,17 @@ def is_venue_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def guarded_transaction(sessions: sessionmaker[Session], breaker: CircuitBreaker) -> Iterator[Session]:
-    """One transaction inside the database breaker (fail closed on the order path)."""
-    decision = breaker.allow()
+def guarded_transaction(
+    sessions: sessionmaker[Session], breaker: CircuitBreaker, *, decision: Any = None, settle: list[str] | None = None
+) -> Iterator[Session]:
+    """One transaction inside the database breaker (fail closed on the order path).
+
+    ``decision``: the breaker's :meth:`~omni_tasks.safety.breaker.CircuitBreaker.allow` asked already (with another
+    breaker's, in one round trip). ``settle``: the success is not recorded here; its trial id is appended, and the
+    caller records it (:meth:`~omni_tasks.safety.breaker.CircuitBreaker.record_in`, with its next Redis round trip).
+    A failure is recorded at once.
+    """
+    decision = decision if decision is not None else breaker.allow()
     if not decision.allowed:
         raise DatabaseUnavailable(f"order not recorded and not sent: {decision.reason}")
     try:
@@ -64,4 +72,7 @@ def guarded_transaction(sessions: sessionmaker[Session], breaker: CircuitBreaker
         if is_database_failure(exc):
             raise DatabaseUnavailable(f"order not recorded and not sent: database failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
         raise
-    breaker.record(True, trial=decision.trial)
+    if settle is not None:
+        settle.append(decision.trial)
+    else:
+        breaker.record(True, trial=decision.trial)

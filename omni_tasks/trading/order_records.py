@@ -9,26 +9,31 @@ accepted the order). :class:`OrderOutcome` is what happened, as the task returns
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import structlog
 from sqlalchemy import func, select, text, update
 from sqlalchemy import insert as insert_into
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.contracts.venue import InvalidOrder, OrderRequest, VenueOrder
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
+from omni_tasks.safety.breaker import Decision as BreakerDecision
+from omni_tasks.safety.state_rule import Copy
+from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
 from omni_tasks.storage.models import Order, OrderEvent
+from omni_tasks.storage.types import UtcDateTime
 from omni_tasks.trading.checks import Decision
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
 from omni_tasks.trading.expiry import EXPIRED, expire_order, updated_rows
@@ -60,6 +65,40 @@ def requested_detail(request: OrderRequest, deadline: datetime | None) -> dict[s
         "limit_price": None if request.limit_price is None else str(request.limit_price),
         "requested_by": request.requested_by, "expires_at": None if deadline is None else deadline.isoformat(),
     }  # fmt: skip
+
+
+#: PostgreSQL: the pending row and its "requested" event when the order is new, the row's status and deadline when it is
+#: not, today's trade count and the trading state's row, in one statement run on its own (one round trip, no
+#: transaction block; ``set_config(..., true)`` holds for the statement's implicit transaction, measured: its commit
+#: takes 0.1 ms against 5 ms with the fsync on this machine). Its commit does not wait for the fsync: nothing has
+#: left yet, and the venue's own (synchronous) commit flushes the write-ahead log up to and including it before any order
+#: is accepted. A row recorded earlier (by the CLI, or a delivery that died) is read as it was: the statement's snapshot
+#: does not see the row its own INSERT adds, so ``status`` is the earlier row's (None when the order is new).
+_RECORD_REQUEST = text(
+    """
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+ins AS (
+    INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
+                        filled_qty, avg_fill_price, requested_by, reason, created_at, submitted_at, updated_at, expires_at)
+    VALUES (:client_order_id, :broker, :broker_order_id, :symbol, :side, :qty, :order_type, :limit_price, :status,
+            :filled_qty, :avg_fill_price, :requested_by, :reason, :created_at, :submitted_at, :updated_at, :expires_at)
+    ON CONFLICT (client_order_id) DO NOTHING
+    RETURNING id
+),
+event AS (
+    INSERT INTO order_events (ts, client_order_id, event, "check", reason, detail)
+    SELECT :created_at, :client_order_id, 'requested', NULL, NULL, CAST(:detail AS JSON) FROM ins
+)
+SELECT (SELECT id FROM ins) AS inserted,
+       (SELECT setting FROM relaxed) AS relaxed,
+       o.status, o.expires_at,
+       (SELECT json_build_array(s.state, s.version) FROM trading_state s WHERE s.id = :state_row) AS trading_state,
+       (SELECT count(*) FROM orders t
+         WHERE t.broker = :broker AND t.created_at >= :day_start AND t.submitted_at IS NOT NULL) AS trades
+FROM (SELECT 1) AS one
+LEFT JOIN orders o ON o.client_order_id = :client_order_id
+"""
+).columns(expires_at=UtcDateTime())
 
 
 def record_expired_message(
@@ -125,9 +164,10 @@ class OrderRecords:
         self._tz = ZoneInfo(exchange_tz)
         self._clock_ns = clock_ns
 
-    def transaction(self) -> AbstractContextManager[Session]:
-        """One transaction inside the database breaker."""
-        return guarded_transaction(self._sessions, self.database_breaker)
+    def transaction(self, decision: BreakerDecision | None = None, settle: list[str] | None = None) -> AbstractContextManager[Session]:
+        """One transaction inside the database breaker (``decision``: its ``allow()`` asked already; ``settle``: see
+        :func:`~omni_tasks.trading.order_breakers.guarded_transaction`)."""
+        return guarded_transaction(self._sessions, self.database_breaker, decision=decision, settle=settle)
 
     def _day_start(self) -> datetime:
         now = datetime.fromtimestamp(self._clock_ns() / 1e9, tz=UTC)
@@ -135,30 +175,54 @@ class OrderRecords:
         midnight = datetime(local.year, local.month, local.day, tzinfo=self._tz)
         return midnight.astimezone(UTC)
 
-    def record_request(self, request: OrderRequest, deadline: datetime | None) -> tuple[Order | None, int, datetime | None]:
+    def record_request(
+        self, request: OrderRequest, deadline: datetime | None, *, allowed: BreakerDecision | None = None, settle: list[str] | None = None
+    ) -> tuple[Order | None, int, datetime | None, Copy | None]:
         """The pending row and the "requested" event, today's trade count and the order's deadline; or the decided row.
 
         A pending row recorded earlier (by the CLI, or a delivery that died) is taken as it
-        is: no second "requested" event, and its ``expires_at`` is the deadline.
+        is: no second "requested" event, and its ``expires_at`` is the deadline. On PostgreSQL the
+        same statement reads the trading state's row (the database's copy, for the checks); else None.
         """
         now = utc_of_ns(self._clock_ns())
         values = order_row_values(request, venue=self.venue_name, now=now, deadline=deadline)
-        with self.transaction() as session:
+        with self.transaction(allowed, settle) as session:
             postgres = session.get_bind().dialect.name == "postgresql"
             if postgres:
-                # No fsync wait for this record: nothing has left yet, and the venue's own (synchronous)
-                # commit flushes the write-ahead log up to and including it before any order is accepted.
-                session.execute(text("SET LOCAL synchronous_commit = off"))
-            insert = pg_insert if postgres else sqlite_insert
-            # One round trip in the common case: the row is new. A conflict means an earlier delivery made it.
+                # The statement is atomic by itself: run without a transaction block (no BEGIN, no COMMIT round trips).
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                found = session.execute(
+                    _RECORD_REQUEST,
+                    {
+                        **values,
+                        "detail": json.dumps(requested_detail(request, deadline)),
+                        "day_start": self._day_start(),
+                        "state_row": STATE_ROW_ID,
+                    },
+                ).one()
+                state = found.trading_state
+                durable = row_copy(None if state is None else SimpleNamespace(state=state[0], version=state[1]))
+                if found.inserted is not None:
+                    return None, int(found.trades), deadline, durable
+                status, expires_at = found.status, found.expires_at
+                if status is None:  # inserted by a transaction that committed while this statement waited: read it now
+                    status, expires_at = session.execute(
+                        select(Order.status, Order.expires_at).where(Order.client_order_id == request.client_order_id)
+                    ).one()
+                if status in DECIDED:
+                    row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
+                    session.expunge(row)
+                    return row, 0, None, None
+                return None, int(found.trades), expires_at or deadline, durable
+            # SQLite. A conflict means an earlier delivery made the row.
             inserted = session.execute(
-                insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
+                sqlite_insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
             ).scalar_one_or_none()
             if inserted is None:
                 row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
                 if row.status in DECIDED:
                     session.expunge(row)
-                    return row, 0, None
+                    return row, 0, None, None
                 deadline = row.expires_at or deadline
             else:
                 # Core inserts: no unit-of-work flush on the hot path.
@@ -172,7 +236,7 @@ class OrderRecords:
                 .select_from(Order)
                 .where(Order.broker == self.venue_name, Order.created_at >= self._day_start(), Order.submitted_at.is_not(None))
             ).scalar_one()
-        return None, int(trades), deadline
+        return None, int(trades), deadline, None
 
     def expire(self, request: OrderRequest, deadline: datetime | None, t0: float) -> OrderOutcome | None:
         """Record the order expired (not sent by its deadline); None when a venue holds it (claimed, outcome pending there)."""

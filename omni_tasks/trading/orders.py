@@ -58,15 +58,29 @@ import redis as redis_lib
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.contracts.portfolio import read_book
-from omni_tasks.contracts.quotes import LatestQuote, read_latest, read_trading_status
+from omni_tasks.contracts.portfolio import PortfolioBook, parse_book, read_book
+from omni_tasks.contracts.quotes import (
+    LatestQuote,
+    TradingStatus,
+    parse_quote,
+    parse_trading_status,
+    quote_key,
+    read_latest,
+    read_trading_status,
+    trading_status_key,
+)
 from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, OrderRequest, Venue, VenueError
 from omni_tasks.core import budgets
 from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
+from omni_tasks.core.keys import TRADING_BOOK_KEY, TRADING_STATE_KEY
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
-from omni_tasks.safety.killswitch import current_state
+from omni_tasks.safety.breaker import Decision as BreakerDecision
+from omni_tasks.safety.killswitch import current_state, judge
+from omni_tasks.safety.state_rule import Copy
+from omni_tasks.safety.state_store import database_copy, redis_copy_of
 from omni_tasks.settings import RiskSettings
+from omni_tasks.storage.models import Order
 from omni_tasks.trading.checks import BreakerReading, CheckContext, Decision, run_checks
 from omni_tasks.trading.expiry import is_database_failure
 from omni_tasks.trading.order_breakers import DATABASE_BREAKER, breaker_reading, is_venue_failure, venue_breaker_name
@@ -145,17 +159,47 @@ class OrderSubmitter:
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
                 return self._finish(expired, t0, count=False)
-        known, trades_today, deadline = self._records.record_request(request, deadline)
+        # Both breakers in one round trip: the database's (around the record) and the venue's (around the send).
+        database, breaker = CircuitBreaker.allow_together(self.database_breaker, self.venue_breaker)
+        trial = breaker.trial
+        # The database breaker's success is recorded with the desk's Redis reads (one round trip less), or at the end.
+        settle: list[str] = []
+        try:
+            known, trades_today, deadline, durable = self._records.record_request(request, deadline, allowed=database, settle=settle)
+        except BaseException:
+            self.venue_breaker.release(trial)
+            raise
+        try:
+            return self._checked(request, deadline, t0, known, trades_today, durable, breaker, settle)
+        finally:
+            for database_trial in settle:
+                self.database_breaker.record(True, trial=database_trial)
+
+    def _checked(
+        self,
+        request: OrderRequest,
+        deadline: datetime | None,
+        t0: float,
+        known: Order | None,
+        trades_today: int,
+        durable: Copy | None,
+        breaker: BreakerDecision,
+        settle: list[str],
+    ) -> OrderOutcome:
+        """After the request is recorded: the checks, then the send (see the module docstring)."""
+        trial = breaker.trial
         if known is not None:
+            self.venue_breaker.release(trial)
             return self._finish(outcome_of(known, t0, repeat=True), t0, count=False)
         if self._past(deadline):
+            self.venue_breaker.release(trial)
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
                 return self._finish(expired, t0, count=False)
-        breaker = self.venue_breaker.allow()
-        trial = breaker.trial
+            breaker = self.venue_breaker.allow()  # a venue holds it: the checks run again, with a trial slot of their own
+            trial = breaker.trial
         try:
-            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today)
+            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today, durable, settle)
             decision = run_checks(context)
         except (VenueError, redis_lib.RedisError, OSError) as exc:
             # The desk could not be read (the venue or Redis failing): nothing is sent without the checks.
@@ -181,17 +225,75 @@ class OrderSubmitter:
     def _past(self, deadline: datetime | None) -> bool:
         return deadline is not None and utc_of_ns(self._clock_ns()) >= deadline
 
-    def _context(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
-        state = current_state(self._redis, self._sessions)
+    def _context(
+        self,
+        request: OrderRequest,
+        breaker: BreakerReading,
+        trades_today: int,
+        durable: Copy | None = None,
+        settle: list[str] | None = None,
+    ) -> CheckContext:
+        """What the checks read. ``durable``: the trading state's row as :meth:`OrderRecords.record_request` read it
+        (None: read it here); ``settle``: database breaker successes to record in the same round trip (taken from the list)."""
+        symbol = request.symbol
+        # One round trip for Redis's side of the desk: the trading state, the book, the quote, the symbol's status.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(TRADING_STATE_KEY)
+        pipe.hgetall(quote_key(symbol))
+        pipe.hgetall(trading_status_key(symbol))
+        if self._venue_keeps_ledger:
+            pipe.get(TRADING_BOOK_KEY)
+        reads = len(pipe)
+        shared = settle is not None and self.database_breaker.shares_client(self._redis)
+        trials = [settle.pop() for _ in range(len(settle))] if shared and settle is not None else []
+        for database_trial in trials:
+            self.database_breaker.record_in(pipe, True, trial=database_trial)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis_lib.RedisError, OSError):
+            if settle is not None:
+                settle.extend(trials)  # recorded (or logged as not) at the end, one by one
+            return self._context_one_by_one(request, breaker, trades_today)  # each read fails (or not) as it always did
+        for reply in replies[reads:]:
+            self.database_breaker.recorded(reply, ok=True)
+        replies = replies[:reads]
+        state = judge(self._redis, redis_copy_of(replies[0]), durable or database_copy(self._sessions)).state
         if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
-            # Denied before anything else is read: no venue call while halted or while its breaker is open.
+            # Denied before anything else is used: no venue call while halted or while its breaker is open.
             portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
         else:
-            portfolio, quote = self._portfolio_and_quote(request.symbol)
+            for reply in replies[1:]:
+                if isinstance(reply, Exception):
+                    raise reply
+            book = parse_book(replies[3]) if self._venue_keeps_ledger else None
+            portfolio, quote = self._portfolio_and_quote(symbol, book=book, quote=parse_quote(symbol, replies[1]))
+            status = parse_trading_status(symbol, replies[2])
+        return self._check_context(request, breaker, trades_today, state.value, portfolio, quote, status)
+
+    def _context_one_by_one(self, request: OrderRequest, breaker: BreakerReading, trades_today: int) -> CheckContext:
+        """The desk read one piece at a time (after a pipelined read failed): each failure counts as it always did."""
+        state = current_state(self._redis, self._sessions)
+        if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
+            portfolio, quote, status = Portfolio({}, {}, ZERO, ZERO), None, None
+        else:
+            book = read_book(self._redis) if self._venue_keeps_ledger else None
+            portfolio, quote = self._portfolio_and_quote(request.symbol, book=book, quote=None)
             status = read_trading_status(self._redis, [request.symbol]).get(request.symbol)
+        return self._check_context(request, breaker, trades_today, state.value, portfolio, quote, status)
+
+    def _check_context(
+        self,
+        request: OrderRequest,
+        breaker: BreakerReading,
+        trades_today: int,
+        state: str,
+        portfolio: Portfolio,
+        quote: LatestQuote | None,
+        status: TradingStatus | None,
+    ) -> CheckContext:
         return CheckContext(
             request=request,
-            trading_state=state.value,
+            trading_state=state,
             breaker=breaker,
             position_qty=portfolio.quantities.get(request.symbol, ZERO),
             equity=portfolio.equity,
@@ -205,19 +307,27 @@ class OrderSubmitter:
             symbol_status=status,
         )
 
-    def _portfolio_and_quote(self, symbol: str) -> tuple[Portfolio, LatestQuote | None]:
-        book = read_book(self._redis) if self._venue_keeps_ledger else None
+    def _portfolio_and_quote(
+        self, symbol: str, *, book: PortfolioBook | None, quote: LatestQuote | None
+    ) -> tuple[Portfolio, LatestQuote | None]:
+        """The portfolio from ``book`` (the venue's, read already) when it is of today, else from the venue; and the quote.
+
+        ``quote``: ``symbol``'s quote read already (None: read it here).
+        """
         today = datetime.fromtimestamp(self._clock_ns() / 1e9, tz=self._tz).date()
         # A book of an earlier day still carries that day's starting equity: the venue rolls the day when asked.
         if book is not None and book.broker == self.venue.name and book.day == today:
-            quotes = read_latest(self._redis, sorted({symbol, *book.positions}))
+            others = sorted(set(book.positions) - {symbol}) if quote is not None else sorted({symbol, *book.positions})
+            quotes = read_latest(self._redis, others) if others else {}
+            if quote is not None:
+                quotes[symbol] = quote
             marks = self._marks(quotes)
             quantities = {s: p.qty for s, p in book.positions.items()}
             values = {s: p.qty * marks.get(s, p.avg_price) for s, p in book.positions.items()}
             return Portfolio(quantities, values, book.equity(marks), book.day_start_equity), quotes.get(symbol)
         account = self.venue.account()
         positions = self.venue.positions()
-        quote = read_latest(self._redis, [symbol]).get(symbol)
+        quote = read_latest(self._redis, [symbol]).get(symbol)  # read after the venue answered, as before
         quantities = {p.symbol: p.qty for p in positions}
         values = {p.symbol: p.qty * (p.market_price if p.market_price is not None else p.avg_price) for p in positions}
         return Portfolio(quantities, values, account.equity, account.day_start_equity), quote

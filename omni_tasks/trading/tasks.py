@@ -119,11 +119,15 @@ def submit_order(
         delay = retry_delay_s(attempt, seconds_left=deadline.timestamp() - time.time(), cap_s=trading.order_retry_max_s)
         again["broker_attempts"] = attempt
         raise submit_order.retry(exc=exc, countdown=delay, args=(), kwargs=again, max_retries=RETRY_CEILING) from exc
+    result = outcome.to_dict()
+    started = getattr(task, "omni_t0", None)
+    if isinstance(started, float):  # from the task's start (before the kill switch's pre-start gate) to the outcome recorded
+        result["task_ms"] = round((time.perf_counter() - started) * 1000, 3)
     if outcome.status == EXPIRED:
         setattr(task, LEDGER_STATE_ATTR, LEDGER_EXPIRED)
     if not outcome.repeat and outcome.status in FILLED:
         _refresh_risk(client_order_id)
-    return outcome.to_dict()
+    return result
 
 
 #: Order statuses after which the book changed: the risk snapshot is refreshed (debounced).
