@@ -131,11 +131,16 @@ def test_symbol_limit_exceeded_keeps_what_the_plan_allows_and_names_the_rest(
         wait_for(lambda: len(worker.subs.refused) == 2, 15, message="two refused symbols taken once room was freed")
         assert standin.subscriptions()[0]["quotes"] == set(symbols[2:8])
         assert set(worker.subs.refused) == set(symbols[8:])
+        # A new connection (the network dropped): the symbols served before are asked for first, the rest after them.
+        assert standin.drop() == 1
+        wait_for(lambda: worker.counters.connects == 2 and standin.clients == 1, 15, message="a reconnect")
+        wait_for(lambda: len(worker.subs.refused) == 2 and standin.subscriptions()[0]["quotes"] == set(symbols[2:8]), 15, message="the same served")
+        assert set(worker.subs.refused) == set(symbols[8:])
         print(
             f"{client_kind}: limit 6 of 10 symbols: served {sorted(served)}, not served {sorted(symbols[6:])}; "
             f"{standin.symbol_refusals} 405 answers ({refusals_before} at the start), {worker.subs.requests} requests, "
             f"{worker.subs.splits} splits; connects {worker.counters.connects}, mute reconnects {worker.counters.mute_reconnects}; "
-            f"after unsubscribing 2: served {sorted(standin.subscriptions()[0]['quotes'])}"
+            f"after unsubscribing 2: served {sorted(standin.subscriptions()[0]['quotes'])}, the same after a reconnect"
         )
 
 
