@@ -104,6 +104,18 @@ def stream_error(stream: dict[str, Any]) -> str:
     return f"; [red]last error{when}[/red]: {stream['last_error']}"
 
 
+def print_refused(stream: dict[str, Any]) -> None:
+    """The symbols the provider refused to stream (405 symbol limit, 400 badly formatted), grouped by its words."""
+    refused = stream.get("refused") or {}
+    if not isinstance(refused, dict):
+        return
+    by_reason: dict[str, list[str]] = {}
+    for symbol, reason in refused.items():
+        by_reason.setdefault(str(reason), []).append(str(symbol))
+    for reason, symbols in by_reason.items():
+        console.print(f"  [red]not served[/red] ({len(symbols)}, {reason}): {', '.join(symbols)}")
+
+
 def print_shards(shards: dict[str, dict[str, Any] | None]) -> None:
     """One row per stream shard (OMNI_STREAM_KEYS): a shard down shows its last quote ageing while the others serve."""
     feeds = {str(view["feed"]) for view in shards.values() if view and view.get("feed")}
@@ -134,6 +146,7 @@ def print_shards(shards: dict[str, dict[str, Any] | None]) -> None:
     for view in shards.values():
         for symbol, what in ((view or {}).get("halted") or {}).items():
             console.print(f"  [red]halted[/red] {symbol}: {what}")
+        print_refused(view or {})
 
 
 def print_stream(stream: dict[str, Any] | None) -> None:
@@ -155,6 +168,7 @@ def print_stream(stream: dict[str, Any] | None) -> None:
     )
     for symbol, what in (stream.get("halted") or {}).items():
         console.print(f"  [red]halted[/red] {symbol}: {what}")
+    print_refused(stream)
     table = Table(title="Stream latency (per frame)", title_justify="left")
     for column in ("stage", "count", "p50", "p95", "p99", "max", "over budget"):
         table.add_column(column, justify="left" if column == "stage" else "right")

@@ -20,6 +20,7 @@ KOMBU_UNACKED_KEY: Final = "unacked"
 RATELIMIT_WINDOW_KEY: Final = "omni:ratelimit:{provider}"
 QUOTA_KEY: Final = "omni:quota:{provider}:{day}"
 QUOTA_REFUSED_KEY: Final = "omni:quota:{provider}:{day}:refused"
+QUOTA_SERVED_KEY: Final = "omni:quota:{provider}:served"  # zset: symbol -> when the provider last served a data call for it
 SERIES_KEY: Final = "omni:series:{job}:{provider}:{symbol}:{timeframe}:{adjustment}"
 
 # pipeline

@@ -5,8 +5,8 @@ tests scale it down): N workers together make at most the provider's calls per
 window. A refusal says when the next slot opens (``RateLimited.retry_after_s``),
 so a partition can be re-scheduled for then instead of failing. A daily quota
 (Alpha Vantage meters calls per key per day) is a counter per UTC date; once it
-is spent (counted here, or the provider said so about two different symbols),
-no call is made until 00:00 UTC (:class:`QuotaExhausted`, with the wait).
+is spent (counted here; the provider said so about two different symbols; or it
+kept saying so about one symbol while serving no other), no call is made until 00:00 UTC (:class:`QuotaExhausted`, with the wait).
 Both are single Lua scripts.
 """
 
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from omni_tasks.core.keys import QUOTA_KEY, QUOTA_REFUSED_KEY, RATELIMIT_WINDOW_KEY
+from omni_tasks.core.keys import QUOTA_KEY, QUOTA_REFUSED_KEY, QUOTA_SERVED_KEY, RATELIMIT_WINDOW_KEY
 from omni_tasks.marketdata.errors import QuotaExhausted, RateLimited
 
 #: Symbols the provider answered "daily quota spent" about today (one symbol alone does not spend the quota).
@@ -125,8 +125,30 @@ class RateLimiter:
         refused = int(pipe.execute()[-1])
         if refused < QUOTA_REFUSED_SYMBOLS:
             return False
-        self._client.set(QUOTA_KEY.format(provider=provider, day=day), quota, ex=172800)
+        self.spend(provider, quota)
         return True
+
+    def spend(self, provider: str, quota: int) -> None:
+        """Count today's quota as used up: no call to ``provider`` until 00:00 UTC."""
+        self._client.set(QUOTA_KEY.format(provider=provider, day=self._day()), quota, ex=172800)
+
+    def note_served(self, provider: str, symbol: str) -> None:
+        """The provider answered a data call for ``symbol`` (evidence that its daily quota was not spent then)."""
+        key = QUOTA_SERVED_KEY.format(provider=provider)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zadd(key, {symbol: self._clock()})
+        pipe.zremrangebyscore(key, "-inf", self._clock() - 172800)
+        pipe.expire(key, 172800)
+        pipe.execute()
+
+    def served_other_since(self, provider: str, symbol: str, since: float) -> bool:
+        """Whether the provider answered a data call for a symbol other than ``symbol`` at or after ``since`` (clock seconds)."""
+        members = self._client.zrangebyscore(QUOTA_SERVED_KEY.format(provider=provider), since, "+inf")
+        return any((m.decode() if isinstance(m, bytes) else str(m)) != symbol for m in members)
+
+    def now(self) -> float:
+        """The limiter's clock (wall seconds; tests set their own)."""
+        return self._clock()
 
     def seconds_to_reset(self) -> float:
         """Seconds until the next UTC midnight, when daily quotas reset."""

@@ -21,7 +21,10 @@ is tried, and when none serves :class:`NoProviderServed` carries ``defer_s``,
 the shortest wait, so the partition is re-scheduled for then. A daily-quota
 answer spends the provider's quota until 00:00 UTC once two symbols had it
 (one symbol alone may be refused for itself); a symbol refused
-``max_refusals`` times in a job fails with the provider's words.
+``max_refusals`` times in a job fails with the provider's words, unless every
+refusal was the daily-quota wording and the provider served no other symbol
+meanwhile: then the quota is spent (a one-symbol job sees no second symbol),
+and the partitions defer until it resets.
 
 Whole-series providers (``Capabilities.whole_series``): given the job, the
 router makes one call per job and symbol over the job's range and the
@@ -87,6 +90,9 @@ class Routed:
 #: Causes of "no data" the router can name (stored on the partition, read by validation).
 UNKNOWN_SYMBOL = "unknown_symbol"
 NO_BARS_IN_RANGE = "no_bars_in_range"
+#: A symbol told "N requests per day" is refused for itself when the provider served another symbol from this many
+#: rate windows before its first refusal on; otherwise the quota is spent.
+QUOTA_EVIDENCE_WINDOWS = 2
 
 
 class NoProviderServed(ProviderError):
@@ -305,6 +311,8 @@ class BarRouter:
             bars = result.bars
             if bars.empty:
                 raise EmptyData(f"{name} returned no bars", provider=name)
+            if self._limiter is not None and provider.capabilities.daily_quota is not None:
+                self._limiter.note_served(name, request.symbol)
             return bars, list(result.notes), result.series_start
         assert last is not None
         raise last
@@ -330,6 +338,11 @@ class BarRouter:
                 said, left = standing
                 raise _Throttled(f"{name} refused {request.symbol} for now: {said}", max(0.1, left))
             token = self._series.lock(key)
+            if token is not None and (standing := self._series.refusal(key)) is not None:
+                # Refused while this partition took the lock (a sibling's call just ended so): the refusal stands for it too.
+                self._series.unlock(key, token)
+                said, left = standing
+                raise _Throttled(f"{name} refused {request.symbol} for now: {said}", max(0.1, left))
             if token is None:
                 # A sibling is making the call: wait for its answer a little, then defer.
                 waited = 0.0
@@ -389,9 +402,27 @@ class BarRouter:
         wait = error.retry_after_s if error.retry_after_s is not None else self._window_s()
         if share is None or self._series is None:
             return wait
-        count = self._series.refuse(share, str(error), wait)
+        limiter = self._limiter
+        count = self._series.refuse(share, str(error), wait, at=limiter.now() if limiter is not None else None)
         _log.warning("provider refused a symbol", provider=name, symbol=request.symbol, refusals=count, of=self._max_refusals, detail=str(error))
-        return None if count >= self._max_refusals else wait
+        if count < self._max_refusals:
+            return wait
+        if isinstance(error, QuotaExhausted) and limiter is not None and caps.daily_quota is not None:
+            # Told "N requests per day" every time, about this symbol alone: its own refusal only if the provider
+            # served another symbol meanwhile (or shortly before). Else the key's quota is spent, as a one-symbol
+            # job sees it: stop calling until it resets, and the partitions defer instead of failing.
+            first = self._series.first_refused(share)
+            since = (first if first is not None else limiter.now()) - QUOTA_EVIDENCE_WINDOWS * self._window_s()
+            if not limiter.served_other_since(name, request.symbol, since):
+                limiter.spend(name, caps.daily_quota)
+                wait = limiter.seconds_to_reset()
+                self._series.hold(share, str(error), wait)
+                _log.warning(
+                    "provider's daily quota spent (told so about one symbol, serving no other): no call until it resets",
+                    provider=name, symbol=request.symbol, refusals=count, wait_s=round(wait), detail=str(error),
+                )
+                return wait
+        return None
 
     def _backoff(self, attempt: int, exc: Exception) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:

@@ -86,14 +86,32 @@ class SeriesCache:
             return None
         return said.decode(), max(0.0, int(ttl_ms) / 1000.0)
 
-    def refuse(self, key: str, said: str, wait_s: float) -> int:
-        """Record a refusal of this symbol standing for ``wait_s``; returns how many this job has had."""
+    def refuse(self, key: str, said: str, wait_s: float, *, at: float | None = None) -> int:
+        """Record a refusal of this symbol standing for ``wait_s``; returns how many this job has had.
+
+        ``at``: when (the limiter's clock), kept for the job's first refusal of the symbol (:meth:`first_refused`).
+        """
         pipe = self._client.pipeline(transaction=True)
         pipe.set(f"{key}:refused", said[:2000], px=max(1, int(wait_s * 1000)))
         pipe.incr(f"{key}:refusals")
         pipe.expire(f"{key}:refusals", self._ttl_s)
         pipe.set(f"{key}:said", said[:2000], ex=self._ttl_s)
+        if at is not None:
+            pipe.set(f"{key}:first_refused", repr(at), ex=self._ttl_s, nx=True)
         return int(pipe.execute()[1])
+
+    def first_refused(self, key: str) -> float | None:
+        """When this job's first refusal of the symbol was recorded (the ``at`` given to :meth:`refuse`), or None."""
+        raw = self._client.get(f"{key}:first_refused")
+        return float(cast(bytes, raw)) if raw is not None else None
+
+    def hold(self, key: str, said: str, wait_s: float) -> None:
+        """The refusals were not the symbol's own (the provider's daily quota is spent): count them no more, and
+        let the refusal stand for ``wait_s`` (until the quota resets), so the partitions defer instead of failing."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(f"{key}:refused", said[:2000], px=max(1, int(wait_s * 1000)))
+        pipe.delete(f"{key}:refusals", f"{key}:first_refused")
+        pipe.execute()
 
     def given_up(self, key: str, max_refusals: int) -> str | None:
         """The provider's last words when this symbol has been refused ``max_refusals`` times in the job, else None."""

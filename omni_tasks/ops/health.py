@@ -123,7 +123,20 @@ def check_health(
             raise RuntimeError(f"the streaming worker is not connected: {status.get('last_error') or 'connecting'}")
         stale = status.get("stale_symbols") or []
         last_quote_s = (time.time_ns() - status.get("last_quote_ns", 0)) / 1e9
-        return f"{status.get('feed')}: {len(status.get('symbols') or [])} symbols, {len(stale)} stale, last market data {last_quote_s:.1f} s ago"
+        return (
+            f"{status.get('feed')}: {len(status.get('symbols') or [])} symbols, {len(stale)} stale, last market data {last_quote_s:.1f} s ago"
+            + refused_line(status)
+        )
+
+    def refused_line(status: dict[str, Any]) -> str:
+        """The symbols the provider refused to stream, with its words and code (they get no quotes)."""
+        refused = status.get("refused") or {}
+        if not isinstance(refused, dict) or not refused:
+            return ""
+        by_reason: dict[str, list[str]] = {}
+        for symbol, reason in refused.items():
+            by_reason.setdefault(str(reason), []).append(str(symbol))
+        return "; not served: " + "; ".join(f"{', '.join(symbols)} ({reason})" for reason, symbols in by_reason.items())
 
     def shard_line(statuses: dict[str, dict[str, Any]]) -> str:
         """Every shard must report and be connected: a shard down leaves its symbols without quotes."""
@@ -136,7 +149,7 @@ def check_health(
             raise RuntimeError(f"{len(down)} of {len(statuses)} stream shards down: " + "; ".join(down))
         symbols = sum(len(status.get("symbols") or []) for status in statuses.values())
         stale = sum(len(status.get("stale_symbols") or []) for status in statuses.values())
-        return f"{len(statuses)} shards connected: {symbols} symbols, {stale} stale"
+        return f"{len(statuses)} shards connected: {symbols} symbols, {stale} stale" + "".join(refused_line(s) for s in statuses.values())
 
     checks["stream"] = _timed(stream) if redis_ok else {"status": "down", "latency_ms": 0.0, "detail": "redis unreachable"}
     risk = _risk(engine, client)

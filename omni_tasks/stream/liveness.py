@@ -3,7 +3,8 @@
 Only while the market is open (:meth:`StreamWorker.market_open`):
 
 - a socket connected but mute (no market data for ``mute_after_s``) is
-  closed, and the worker reconnects;
+  closed, and the worker reconnects (not when the provider refused every
+  symbol: nothing may flow, and a reconnect gets the same refusal);
 - a symbol with no data for ``stale_after_s`` while others have data is
   resubscribed, once per connection (when every symbol is stale, the socket
   is the problem, not the subscriptions).
@@ -11,8 +12,6 @@ Only while the market is open (:meth:`StreamWorker.market_open`):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,9 @@ class Liveness:
         config = worker.config
         if not worker.connected or not worker.market_open():
             return
+        streaming = worker.subs.streaming()
+        if not streaming:
+            return  # nothing subscribed, or every symbol refused (the status says so): silence is expected
         now = time.time_ns()
         last = max(worker.path.last_data_ns, worker.connected_at_ns)
         silent_s = (now - last) / 1e9
@@ -41,17 +43,9 @@ class Liveness:
             return
         if silent_s < config.stale_after_s and (now - worker.connected_at_ns) / 1e9 < config.stale_after_s:
             return  # connected too recently for any symbol to be called stale
-        stale = worker.path.stale_symbols(worker.subscribed, now, config.stale_after_s)
+        stale = worker.path.stale_symbols(streaming, now, config.stale_after_s)
         fresh_since_connect = [s for s in stale if s not in self.stale_resubscribed]
-        if fresh_since_connect and len(stale) < len(worker.subscribed) and worker.feed is not None:
+        if fresh_since_connect and len(stale) < len(streaming) and worker.feed is not None:
             self.stale_resubscribed.update(fresh_since_connect)
             worker.counters.stale_resubscribes += 1
-            feed = worker.feed
-            channels = worker.channels_for(fresh_since_connect)
-
-            async def resubscribe() -> None:
-                with contextlib.suppress(Exception):
-                    await feed.unsubscribe(channels)
-                    await feed.subscribe(channels)
-
-            asyncio.get_running_loop().create_task(resubscribe())
+            worker.subs.resubscribe(fresh_since_connect)  # sent in order with the other requests (housekeeping pumps)

@@ -33,7 +33,8 @@ def status(worker: StreamWorker) -> dict[str, Any]:
         "connected": int(worker.connected),
         "trading_state": path.trading_state,
         "symbols": json.dumps(worker.subscribed),
-        "stale_symbols": json.dumps(path.stale_symbols(worker.subscribed, now, config.stale_after_s) if worker.market_open() else []),
+        "stale_symbols": json.dumps(path.stale_symbols(worker.subs.streaming(), now, config.stale_after_s) if worker.market_open() else []),
+        "refused": json.dumps(worker.subs.refused),  # symbol -> the provider's words and code: not served
         "market_open": int(worker.market_open()),
         "last_msg_ns": path.last_msg_ns,
         "last_quote_ns": path.last_data_ns,

@@ -91,6 +91,8 @@ class ReplayFeed:
         self._first_ts = None
         self._started = time.monotonic()
 
+    answers_subscriptions = False  # no subscription message or error answers a request (stream/subscriptions.py)
+
     async def subscribe(self, channels: dict[str, list[str]]) -> None:
         """A recording carries what was subscribed when it was made."""
 

@@ -28,7 +28,10 @@ alpaca-py 0.44's ``alpaca/data/live/websocket.py``):
   the connection made.
 - **Control messages reach the worker.** ``_dispatch`` only logs ``error`` and
   ``subscription`` messages (lines 331-338); the subclass passes them on too, so
-  a mid-stream 406 still means a cooldown and provider errors are counted.
+  a mid-stream 406 still means a cooldown and provider errors are counted,
+  and a subscribe refused whole (405, 400) is split by the worker
+  (:mod:`omni_tasks.stream.subscriptions`); :meth:`AlpacaSdkFeed.forget` drops
+  the refused symbols' handlers, which alpaca-py would otherwise send again.
 - **Every message kind reaches the path.** Trade corrections and cancels
   come with the trades subscription; alpaca-py hands them to the handlers of
   ``register_trade_corrections`` / ``register_trade_cancels``, which we set to
@@ -220,6 +223,7 @@ class AlpacaSdkFeed:
         self.unreadable_frames = 0  # frames alpaca-py could not read (it logged and skipped them)
         self.handshake_kinds: list[Any] = []  # the kinds alpaca-py read during its handshake (the worker counts them)
         self.last_unreadable = ""
+        self.last_messages = 0  # messages the last subscribe/unsubscribe sent (the server answers each)
 
     # --- the Feed protocol
 
@@ -244,6 +248,7 @@ class AlpacaSdkFeed:
 
     async def subscribe(self, channels: dict[str, list[str]]) -> None:
         wanted = self._wanted(channels)
+        self.last_messages = 1 if wanted else 0  # one subscribe message (every symbol held), answered once
         if not wanted:
             return
         async with self._lock:
@@ -269,6 +274,7 @@ class AlpacaSdkFeed:
 
     async def unsubscribe(self, channels: dict[str, list[str]]) -> None:
         wanted = self._wanted(channels)
+        self.last_messages = 0
         async with self._lock:
             stream = self._open_stream()
             for channel, symbols in wanted.items():
@@ -277,6 +283,7 @@ class AlpacaSdkFeed:
                     continue
                 if stream._running:
                     await self._send(stream._send_unsubscribe_msg(channel, present))
+                    self.last_messages += 1  # alpaca-py unsubscribes one channel per message: one answer each
                     for symbol in present:
                         del stream._handlers[channel][symbol]
                 elif _SUBSCRIBE[channel][1]:
@@ -284,6 +291,16 @@ class AlpacaSdkFeed:
                 else:
                     for symbol in present:
                         del stream._handlers[channel][symbol]
+
+    def forget(self, channels: dict[str, list[str]]) -> None:
+        """Drop the handlers of symbols the server refused (405, 400), sending nothing: ``_send_subscribe_msg`` sends
+        every symbol it holds a handler for, so a refused symbol kept would be asked for again with every request."""
+        stream = self._stream
+        if stream is None:
+            return
+        for channel, symbols in self._wanted(channels).items():
+            for symbol in symbols:
+                stream._handlers[channel].pop(symbol, None)
 
     async def recv(self) -> list[dict[str, Any]] | bytes:
         while True:

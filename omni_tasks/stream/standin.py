@@ -5,6 +5,10 @@ It speaks the protocol as Alpaca documents it and as alpaca-py expects it:
 ``authenticated`` or error 402 (bad key), 406 (connection limit exceeded, one
 connection per key), 404 (no auth in time); ``subscribe``/``unsubscribe`` ->
 a ``subscription`` message listing every channel; an unknown action -> 400.
+With :attr:`symbol_limit`, a subscribe that would leave a client with more
+symbols than that (over all channels) gets 405 "symbol limit exceeded"; a
+subscribe naming a badly formatted symbol gets 400 "invalid syntax"; either
+leaves the client's subscription as it was (Alpaca's documented behaviour).
 Frames are msgpack when the client sent ``Content-Type: application/msgpack``
 (alpaca-py and our client do), JSON text otherwise.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +43,8 @@ from omni_tasks.stream import wire
 
 #: The channels a client may subscribe (Alpaca's stock stream); corrections and cancelErrors follow trades.
 CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+#: A well-formed stock symbol for the stand-in (upper-case letters and digits, a class suffix after "." or "/"), or "*".
+VALID_SYMBOL = re.compile(r"^(\*|[A-Z][A-Z0-9]{0,9}([./][A-Z0-9]{1,4})?)$")
 
 
 @dataclass
@@ -60,6 +67,9 @@ class StandinServer:
         #: (False, the default: every client gets every frame, which single-connection tests rely on).
         self.routed = False
         self.connection_limit_always = False
+        self.symbol_limit: int | None = None  # distinct symbols a client may hold over all channels (None: no limit)
+        self.symbol_refusals = 0  # 405 answers
+        self.syntax_refusals = 0  # 400 answers to a badly formatted symbol
         self.error_before_auth: tuple[int, str] | None = None
         self.received: list[dict[str, Any]] = []  # every client message, in order (secrets replaced)
         self.connections = 0
@@ -192,12 +202,22 @@ class StandinServer:
         if action not in ("subscribe", "unsubscribe"):
             await self._send(client, [wire.control("error", code=400, msg="invalid syntax")])
             return
+        asked = {channel: set(message.get(channel) or []) for channel in CHANNELS}
+        if action == "subscribe":
+            if any(not isinstance(s, str) or not VALID_SYMBOL.match(s) for symbols in asked.values() for s in symbols):
+                self.syntax_refusals += 1
+                await self._send(client, [wire.control("error", code=400, msg="invalid syntax")])
+                return
+            held = set().union(*(client.subscriptions[c] | asked[c] for c in CHANNELS)) - {"*"}
+            if self.symbol_limit is not None and len(held) > self.symbol_limit:
+                self.symbol_refusals += 1
+                await self._send(client, [wire.control("error", code=405, msg="symbol limit exceeded")])
+                return
         for channel in CHANNELS:
-            symbols = set(message.get(channel) or [])
             if action == "subscribe":
-                client.subscriptions[channel] |= symbols
+                client.subscriptions[channel] |= asked[channel]
             else:
-                client.subscriptions[channel] -= symbols
+                client.subscriptions[channel] -= asked[channel]
         body = {channel: sorted(symbols) for channel, symbols in client.subscriptions.items()}
         await self._send(
             client,

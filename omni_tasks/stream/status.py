@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from omni_tasks.stream.shards import status_key
 
-_JSON_FIELDS: Final = ("symbols", "stale_symbols", "counts", "kinds", "channels", "counters")
+_JSON_FIELDS: Final = ("symbols", "stale_symbols", "refused", "counts", "kinds", "channels", "counters")
 _INT_FIELDS: Final = (
     "connected", "last_msg_ns", "last_quote_ns", "frames", "flushes", "garbage_frames", "updated_ns", "market_open",
     "last_error_ns", "recovered_ns",

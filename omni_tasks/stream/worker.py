@@ -24,6 +24,8 @@ Rooms beside this loop: :mod:`~omni_tasks.stream.config` (what it is told and
 counts), :mod:`~omni_tasks.stream.connlock` (the connection lock),
 :mod:`~omni_tasks.stream.control` (remote control),
 :mod:`~omni_tasks.stream.liveness` (mute-socket and stale-symbol checks),
+:mod:`~omni_tasks.stream.subscriptions` (one request at a time; a subscribe refused
+with 405 or 400 asked again in halves, the symbols not served named),
 :mod:`~omni_tasks.stream.publish` (status and heartbeat).
 """
 
@@ -59,6 +61,7 @@ from omni_tasks.stream.liveness import Liveness
 from omni_tasks.stream.path import FlushResult, QuotePath
 from omni_tasks.stream.publish import StatusPublisher
 from omni_tasks.stream.recording import Recorder
+from omni_tasks.stream.subscriptions import REFUSING_CODES, Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class StreamWorker:
         self.connlock = ConnectionLock(redis, config.lock_fingerprint, token=self.instance, ttl_s=config.lock_ttl_s)
         self.publisher = StatusPublisher(self)
         self.liveness = Liveness(self)
+        self.subs = Subscriptions(self)
 
     # --- errors
 
@@ -175,8 +179,9 @@ class StreamWorker:
         if not new:
             return []
         self.subscribed.extend(new)
+        self.subs.subscribe(new)
         if self.feed is not None and self.connected:
-            await self.feed.subscribe(self.channels_for(new))
+            await self.subs.pump(self.feed)
         log.info("stream: subscribed %s (%s)", new, why)
         return new
 
@@ -184,8 +189,10 @@ class StreamWorker:
         """Unsubscribe from those of the symbols subscribed (now, when connected; for good). Returns them."""
         gone = [s for s in symbols if s in self.subscribed]
         self.subscribed = [s for s in self.subscribed if s not in gone]
+        if gone:
+            self.subs.unsubscribe(gone)
         if gone and self.feed is not None and self.connected:
-            await self.feed.unsubscribe(self.channels_for(gone))
+            await self.subs.pump(self.feed)
         log.info("stream: unsubscribed %s by %s", gone, why)
         return gone
 
@@ -217,7 +224,8 @@ class StreamWorker:
                 self.counters.connects += 1
                 if self.counters.connects > 1:
                     self.counters.reconnects += 1
-                await feed.subscribe(self.channels_for(self.subscribed))
+                self.subs.connected()
+                await self.subs.pump(feed)  # the rest of the requests (if any) follow their answers
                 self.connected = True
                 self.connected_at_ns = time.time_ns()
                 self.liveness.stale_resubscribed.clear()
@@ -294,6 +302,7 @@ class StreamWorker:
             controls = path.on_frame(frame, recv_perf, recv_wall)
             if controls:
                 self._on_controls(controls)
+                await self.subs.pump(feed)
             if path.dirty:
                 dirty.set()
 
@@ -319,9 +328,12 @@ class StreamWorker:
                 code = message.get("code")
                 if code in (401, 402, 404, 406, 409):
                     raise_for_error(message)
+                if code in REFUSING_CODES and self.subs.on_error(message, self.feed):
+                    continue  # a subscribe refused whole: asked again in halves, or the refused symbols named (set_error)
                 self.set_error(f"{message.get('msg')} (code {code})")
                 log.error("stream: provider error %s", self.last_error)
             elif kind == "subscription":
+                self.subs.on_subscription(message)
                 log.info("stream: subscription now %s", {k: len(v) for k, v in message.items() if isinstance(v, list)})
 
     def channels_for(self, symbols: list[str]) -> dict[str, list[str]]:
@@ -412,6 +424,8 @@ class StreamWorker:
 
     async def _housekeeping(self) -> None:
         await apply_commands(self)
+        if self.connected:
+            await self.subs.pump(self.feed)
         if not await self.connlock.renew():
             self.close_feed_soon("lost the connection lock")
         self.liveness.check()

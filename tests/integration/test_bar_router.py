@@ -737,3 +737,55 @@ def test_router_whole_series_final_word_is_one_call_per_job_and_symbol_shared_by
     with pytest.raises(NoProviderServed):
         router.fetch(parts[0], job=8, span=span)  # ZZZZ still takes the recorded word
     assert len(whole.calls) == 2
+
+
+def test_router_one_symbol_told_the_daily_limit_max_refusals_times_while_no_other_is_served_spends_the_quota(  # type: ignore[no-untyped-def]
+    make_router, redis_client, clock, breaker_for
+) -> None:
+    """A one-symbol job has no second symbol to tell "quota spent" from "refused for itself": the provider serving no
+    other symbol while it refuses this one max_refusals times says spent, and the partitions defer to 00:00 UTC."""
+    from omni_tasks.marketdata.series import SeriesCache
+
+    whole = FakeProvider("alpha", daily_quota=25, then=_daily_refusal())
+    whole.capabilities = replace(whole.capabilities, whole_series=frozenset({"1Min"}))
+    router = make_router([whole], series=SeriesCache(redis_client), max_refusals=3)
+    span = (START, START + timedelta(minutes=10))
+    part = BarRequest("IBM", "1Min", START, START + timedelta(minutes=5))
+    waits = []
+    for _ in range(3):
+        with pytest.raises(NoProviderServed) as refused:
+            router.fetch(part, job=11, span=span)
+        assert not refused.value.permanent, "waiting for the quota is not failing"
+        waits.append(refused.value.defer_s)
+        clock.advance(61.0)
+        redis_client.delete(SeriesCache.key(11, "alpha", "IBM", "1Min", "raw") + ":refused")  # its standing refusal ran out
+    assert waits[:2] == [60.0, 60.0], "the first refusals are waited out like a rate limit"
+    assert waits[2] is not None
+    assert waits[2] > 3600.0, "then the quota counts as spent: until 00:00 UTC"
+    calls = len(whole.calls)
+    with pytest.raises(NoProviderServed) as sibling:
+        router.fetch(replace(part, start=START + timedelta(minutes=5), end=START + timedelta(minutes=10)), job=11, span=span)
+    assert not sibling.value.permanent
+    assert sibling.value.defer_s is not None
+    assert sibling.value.defer_s > 3600.0
+    assert len(whole.calls) == calls == 3, "no call while the quota is spent"
+    assert breaker_for("alpha").state()["failures"] == 0
+
+
+def test_router_one_symbol_told_the_daily_limit_while_others_are_served_fails_alone(make_router, redis_client, clock) -> None:  # type: ignore[no-untyped-def]
+    """The same words about one symbol while the provider keeps serving others: that symbol's own refusal."""
+    from omni_tasks.marketdata.series import SeriesCache
+
+    whole = FakeProvider("alpha", daily_quota=25)
+    whole.capabilities = replace(whole.capabilities, whole_series=frozenset({"1Min"}))
+    router = make_router([whole], series=SeriesCache(redis_client), max_refusals=3)
+    span = (START, START + timedelta(minutes=5))
+    for i in range(3):
+        whole._script = [_daily_refusal(), "ok"]  # scripting the fake: BADX refused, then another symbol served
+        with pytest.raises(NoProviderServed) as refused:
+            router.fetch(BarRequest("BADX", "1Min", *span), job=12, span=span)
+        assert router.fetch(BarRequest(f"OK{i}", "1Min", *span), job=12, span=span).provider == "alpha"
+        clock.advance(61.0)
+        redis_client.delete(SeriesCache.key(12, "alpha", "BADX", "1Min", "raw") + ":refused")  # its standing refusal ran out
+    assert refused.value.permanent, "refused max_refusals times while others were served: it fails, alone"
+    assert "refused BADX 3 times" in str(refused.value)

@@ -3,7 +3,9 @@
 The stand-in serves TIME_SERIES_DAILY (outputsize=full: the whole history in
 one answer, as the real API does) and enforces its own per-window limit,
 answering the real "Note" body past it; one symbol always gets the real
-daily-limit "Information" body. Time is scaled down: 5 calls per 6 s.
+daily-limit "Information" body. Time is scaled down: 5 calls per 6 s. Then a
+one-symbol job against a key whose daily quota is spent (every call gets that
+body): its partitions defer until 00:00 UTC instead of failing.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class AlphaVantageStandIn:
         self.bodies = {symbol: _series_body(symbol) for symbol in GOOD}
         self.note = (FIXTURES / "note_rate_limit.json").read_bytes()
         self.daily = (FIXTURES / "information_rate_limit.json").read_bytes()
+        self.spent = False  # True: the key's daily quota is used up (by another client): every call gets the daily-limit body
         self.data_calls: Counter[str] = Counter()
         self.refusals: Counter[str] = Counter()
         self._calls: list[float] = []
@@ -87,7 +90,7 @@ class AlphaVantageStandIn:
                 self.refusals["Note"] += 1
                 return self.note
             self._calls.append(now)
-            if symbol == REFUSED:
+            if symbol == REFUSED or self.spent:
                 self.refusals[symbol] += 1
                 return self.daily
             self.data_calls[symbol] += 1
@@ -218,3 +221,88 @@ def test_alpha_vantage_multi_year_job_under_its_limit_succeeds_with_one_call_per
     assert not not_live, "a deferred partition's ETA message is a live delivery for the ledger reconciler"
     assert breaker["state"] == "closed", breaker
     assert breaker["failures"] == 0, "refusals are not provider failures"
+
+
+def test_a_one_symbol_job_told_the_daily_quota_is_spent_defers_until_it_resets_instead_of_failing(
+    redis_url: str,
+    pg_database,
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    omni_processes: list[OmniProcess],
+    standin: AlphaVantageStandIn,  # type: ignore[no-untyped-def]
+) -> None:
+    """Another client spent the key's 25 calls (our own counter cannot know): every answer is the daily-limit body.
+
+    With one symbol there is no second symbol to tell "spent" from "this symbol's own refusal"; the provider
+    serving no other symbol while refusing this one max_refusals times is the evidence: the quota counts as
+    spent, no further call is made, and the partitions defer until 00:00 UTC instead of failing.
+    """
+    database_url = pg_database()
+    env = service_env(
+        redis_url=redis_url,
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        OMNI_PROVIDERS_ORDER="alpha_vantage",
+        OMNI_ALPHA_VANTAGE_API_KEY="standin-key",
+        OMNI_ALPHA_VANTAGE_BASE_URL=standin.url,
+        OMNI_ALPHA_VANTAGE_CALLS_PER_WINDOW=str(PER_WINDOW),
+        OMNI_PROVIDERS_RATE_WINDOW_S=str(WINDOW_S),
+        OMNI_PROVIDERS_RATE_WAIT_MAX_S="0.5",
+        OMNI_PROVIDERS_MAX_REFUSALS="3",
+    )
+    standin.spent = True
+    assert _omni(env, "db", "upgrade").returncode == 0
+    worker = OmniProcess(["worker", "backfill", "--concurrency", "2"], env, tmp_path / "logs" / "backfill.log").start()
+    omni_processes.append(worker)
+    wait_for_worker(redis_client, "backfill", worker)
+    run = _omni(env, "backfill", "run", "IBM", "--start", "2021-01-01", "--end", "2025-01-01")
+    assert run.returncode == 0, run.stdout + run.stderr
+    job_id = int(run.stdout.split("job ")[1].split(":")[0])
+    factory = session_factory(make_engine(database_url))
+    started = time.time()
+
+    def rows() -> list[tuple[str, object]]:
+        with factory() as session:
+            return [(r[0], r[1]) for r in session.execute(
+                select(BackfillPartition.status, BackfillPartition.resume_at).where(BackfillPartition.job_id == job_id)
+            ).all()]
+
+    midnight = datetime.fromtimestamp((time.time() // 86400 + 1) * 86400, tz=UTC)
+
+    def waiting_for_the_reset() -> bool:
+        found = rows()
+        assert not any(status == "failed" for status, _ in found), found
+        return bool(found) and all(
+            status == "deferred" and at is not None and abs((_aware(at) - midnight).total_seconds()) < 120 for status, at in found
+        )
+
+    took = wait_for(waiting_for_the_reset, 90, interval_s=0.3, message="every partition deferred until 00:00 UTC")
+    answers = standin.refusals["IBM"]
+    time.sleep(2 * WINDOW_S)  # nothing more is asked while the quota is spent
+    status = json.loads(_omni(env, "backfill", "status", str(job_id), "--json").stdout)
+    human = _omni({**env, "COLUMNS": "400"}, "backfill", "status", str(job_id)).stdout
+    print(
+        f"one-symbol job, daily quota spent at the provider: {len(status['partitions_detail'])} partitions deferred until "
+        f"{midnight:%Y-%m-%d %H:%M} UTC in {took:.1f} s after {answers} Information answers "
+        f"(none more in {2 * WINDOW_S:g} s: {standin.refusals['IBM']}); data calls {standin.data_calls['IBM']}; "
+        f"quota counted {_quota_used(redis_client)} (job started {time.time() - started:.0f} s ago)"
+    )
+    assert answers <= 3, "at most max_refusals calls: then the quota counts as spent"
+    assert standin.refusals["IBM"] == answers, "no call while the quota is spent"
+    assert standin.data_calls["IBM"] == 0
+    assert status["status"] not in {"failed", "partial"}, status["status"]
+    assert human.count(f"deferred, resumes {midnight:%Y-%m-%d} 00:00") == len(status["partitions_detail"]), human
+    assert all("per day" in (p["error"] or "") for p in status["partitions_detail"]), "the provider's words are kept with the deferral"
+    breaker = CircuitBreaker("provider:alpha_vantage", redis_client, BreakerPolicy()).state()
+    assert breaker["failures"] == 0, "refusals are not provider failures"
+
+
+def _quota_used(client: redis.Redis) -> int:
+    from omni_tasks.marketdata.ratelimit import RateLimiter
+
+    return RateLimiter(client, window_s=WINDOW_S).quota_used("alpha_vantage")
+
+
+def _aware(value: object) -> datetime:
+    assert isinstance(value, datetime), value
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
