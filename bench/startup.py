@@ -115,7 +115,10 @@ def bare_start(count: int, timeout_s: float) -> float:
         folder = Path(scratch)
         with private_redis(folder) as url:
             env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")} | {bare_app.BROKER_URL_ENV: url}
+            # This run's redis-server (each run has its own): a fresh connection pool on its URL.
             bare_app.app.conf.broker_url = url
+            bare_app.app._pool = None
+            bare_app.app.amqp._producer_pool = None
             started = time.monotonic()
             procs = [
                 subprocess.Popen(  # fixed argv
