@@ -106,7 +106,9 @@ class StreamWorker:
         self.recovered_ns = 0  # when market data flowed again on a connection after last_error (0: not since)
         self.feed: Feed | None = None
         self._stop = asyncio.Event()
-        self._dirty = asyncio.Event()
+        self._dirty = asyncio.Event()  # asks the flush loop to start a write (a drain, stopping)
+        self._in_flight = 0  # writes running (at most config.flushes_in_flight)
+        self._flushing: set[asyncio.Task[None]] = set()
         self._force_close_reason = ""
         self._open_cache: tuple[int, bool] = (-1, False)
         self._garbage_logged = 0.0
@@ -282,7 +284,7 @@ class StreamWorker:
     async def _receive(self, feed: Feed) -> None:
         path = self.path
         recorder = self.recorder
-        dirty = self._dirty
+        kick = self._kick
         perf_ns = time.perf_counter_ns
         wall_ns = time.time_ns
         while not self._stop.is_set():
@@ -295,7 +297,7 @@ class StreamWorker:
             if controls:
                 self._on_controls(controls)
             if path.dirty:
-                dirty.set()
+                kick()
 
     def _count_handshake(self, feed: Feed) -> None:
         """Count the messages a client read during its handshake (they never reach the path) by kind."""
@@ -350,48 +352,59 @@ class StreamWorker:
 
     # --- writing
 
-    async def _flush_loop(self) -> None:
-        """Start a flush whenever something changed and a slot is free (``flushes_in_flight`` at once).
+    def _kick(self) -> None:
+        """Start a write now if something changed and a slot is free (``flushes_in_flight`` at once).
 
-        Two writes may be in flight together: a frame then waits for at most
-        the write ahead of it, not for a whole write to finish and another to
-        run. Their order at Redis does not matter: the script never lets an
-        older quote replace a newer one.
+        Called by the receive loop in the turn that applied the frame, so the
+        write starts in the next turn of the loop, not after a flusher task
+        has been woken, taken a slot and started another. Two writes may be
+        in flight together: a frame then waits for at most the write ahead of
+        it, not for a whole write to finish and another to run. Their order
+        at Redis does not matter: the script never lets an older quote
+        replace a newer one.
         """
+        if self._in_flight >= self.config.flushes_in_flight:
+            return  # a write in flight takes whatever accumulated when it finishes
         path = self.path
-        slots = asyncio.Semaphore(self.config.flushes_in_flight)
-        running: set[asyncio.Task[None]] = set()
-        while True:
-            await self._dirty.wait()
-            await slots.acquire()
-            self._dirty.clear()
-            if not path.dirty and not path.books.dirty:
-                slots.release()
-                if self._stop.is_set():
-                    if running:
-                        await asyncio.gather(*running, return_exceptions=True)
-                    return
-                continue
-            task = asyncio.create_task(self._flush_once(slots))
-            running.add(task)
-            task.add_done_callback(running.discard)
+        if not path.dirty and not path.books.dirty:
+            return
+        self._in_flight += 1
+        task = asyncio.create_task(self._flush_while_dirty(), name="stream-flush")
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
 
-    async def _flush_once(self, slots: asyncio.Semaphore) -> None:
+    async def _flush_loop(self) -> None:
+        """Starts a write when asked through ``_dirty`` (the receive loop starts its own: :meth:`_kick`);
+        once stopping, waits for the writes in flight."""
+        while not self._stop.is_set():
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._kick()
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+    async def _flush_while_dirty(self) -> None:
+        """Write, then again while something changed during the write (it all goes in the next one)."""
         path = self.path
         try:
-            result = await path.flush()
-        except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
-            self.counters.flush_errors += 1
-            path.trading_state = "UNREADABLE"
-            if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
-                log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
-            await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
-            self._dirty.set()
-            return
+            while True:
+                try:
+                    result = await path.flush()
+                except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
+                    self.counters.flush_errors += 1
+                    path.trading_state = "UNREADABLE"
+                    if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
+                        log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
+                    await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
+                    if self._stop.is_set():
+                        return
+                    continue
+                if self.on_flush is not None and result.changed:
+                    self.on_flush(result, path)
+                if self._stop.is_set() or not (path.dirty or path.books.dirty):
+                    return
         finally:
-            slots.release()
-        if self.on_flush is not None and result.changed:
-            self.on_flush(result, path)
+            self._in_flight -= 1
 
     async def _final_flush(self) -> None:
         if self.path.dirty or self.path.books.dirty:
