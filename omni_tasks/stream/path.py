@@ -173,10 +173,6 @@ class QuotePath:
         self._pending_recv: list[int] = []
         self._profiled: dict[str, int] = {}  # symbol -> its trade count when its profile was last queued
         self._sha = hashlib.sha1(WRITE_QUOTES_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-        # The script's fixed arguments after its name: numkeys, the stream, ttl, maxlen, the key prefix.
-        self._script_args = "".join(
-            resp_bulk(str(a)) for a in (self._sha, 1, QUOTE_STREAM_KEY, quote_ttl_s, stream_maxlen, QUOTE_KEY_PREFIX)
-        )
         self._read_state = resp_command("GET", TRADING_STATE_KEY)
         self._heads: dict[str, str] = {}  # symbol -> its RESP bulk string
         self._idle: list[Any] = []  # writer connections between flushes (taken from the client's pool and kept)
@@ -236,8 +232,10 @@ class QuotePath:
         commands = []
         if changed:
             heads = self._heads
+            head = ("EVALSHA", self._sha, 1, QUOTE_STREAM_KEY, self.quote_ttl_s, self.stream_maxlen, QUOTE_KEY_PREFIX)
             commands.append(
-                f"*{7 + 11 * len(changed)}\r\n$7\r\nEVALSHA\r\n{self._script_args}"
+                f"*{len(head) + 11 * len(changed)}\r\n"
+                + "".join([resp_bulk(str(arg)) for arg in head])
                 + "".join([quote_resp(book, heads.get(book.symbol) or self._head(book.symbol)) for book in changed])
             )
         commands.extend(self._other_commands(bars, statuses, vwaps))

@@ -296,8 +296,8 @@ class StreamWorker:
             controls = path.on_frame(frame, recv_perf, recv_wall)
             if controls:
                 self._on_controls(controls)
-            if path.dirty:
-                kick()
+            if path.dirty and kick():
+                await asyncio.sleep(0)  # the write just started goes out now, before the next frame buffered is applied
 
     def _count_handshake(self, feed: Feed) -> None:
         """Count the messages a client read during its handshake (they never reach the path) by kind."""
@@ -352,8 +352,8 @@ class StreamWorker:
 
     # --- writing
 
-    def _kick(self) -> None:
-        """Start a write now if something changed and a slot is free (``flushes_in_flight`` at once).
+    def _kick(self) -> bool:
+        """Start a write now if something changed and a slot is free (``flushes_in_flight`` at once); whether it did.
 
         Called by the receive loop in the turn that applied the frame, so the
         write starts in the next turn of the loop, not after a flusher task
@@ -364,14 +364,15 @@ class StreamWorker:
         replace a newer one.
         """
         if self._in_flight >= self.config.flushes_in_flight:
-            return  # a write in flight takes whatever accumulated when it finishes
+            return False  # a write in flight takes whatever accumulated when it finishes
         path = self.path
         if not path.dirty and not path.books.dirty:
-            return
+            return False
         self._in_flight += 1
         task = asyncio.create_task(self._flush_while_dirty(), name="stream-flush")
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
+        return True
 
     async def _flush_loop(self) -> None:
         """Starts a write when asked through ``_dirty`` (the receive loop starts its own: :meth:`_kick`);
