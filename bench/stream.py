@@ -110,7 +110,7 @@ class MemoryFeed:
         return None
 
 
-IN_FLIGHT = {"n": 2}
+IN_FLIGHT = {"n": StreamConfig.flushes_in_flight}
 
 
 def _config(symbols: list[str], **extra: Any) -> StreamConfig:
@@ -222,7 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--ws-per-frame", type=int, default=50)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")
-    parser.add_argument("--in-flight", type=int, default=2, help="writes in flight at once (StreamConfig.flushes_in_flight)")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=StreamConfig.flushes_in_flight,
+        help=f"writes in flight at once (StreamConfig.flushes_in_flight, default {StreamConfig.flushes_in_flight})",
+    )
     parser.add_argument("--only-websocket", action="store_true", help="skip the in-process and naive runs")
     args = parser.parse_args(argv)
     IN_FLIGHT["n"] = args.in_flight

@@ -363,11 +363,9 @@ class StreamWorker:
 
         Called by the receive loop in the turn that applied the frame, so the
         write starts in the next turn of the loop, not after a flusher task
-        has been woken, taken a slot and started another. Two writes may be
-        in flight together: a frame then waits for at most the write ahead of
-        it, not for a whole write to finish and another to run. Their order
-        at Redis does not matter: the script never lets an older quote
-        replace a newer one.
+        has been woken, taken a slot and started another. With more than one
+        in flight, their order at Redis does not matter: the script never
+        lets an older quote replace a newer one.
         """
         if self._in_flight >= self.config.flushes_in_flight:
             return False  # a write in flight takes whatever accumulated when it finishes
