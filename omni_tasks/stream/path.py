@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from omni_tasks.contracts.quotes import PROFILE_TTL_S, TRADING_STATUS_TTL_S
 from omni_tasks.core.keys import (
@@ -37,45 +37,38 @@ from omni_tasks.core.keys import (
 )
 from omni_tasks.stream.book import Books, StatusBook
 from omni_tasks.stream.latency import StageLatencies
-from omni_tasks.stream.microstructure import SymbolBook, quote_row
+from omni_tasks.stream.microstructure import SymbolBook, quote_resp, resp_bulk
 from omni_tasks.stream.wire import GarbageFrame, decode_frame
 
 log = logging.getLogger(__name__)
 
 
-# KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then one argument per symbol:
-# "SYMBOL|bid|ask|bid_size|ask_size|ts|recv|mid|spread_bps|vwap|liq" (microstructure.quote_row). One argument
-# per symbol, not eleven plus a key: the client's cost is per argument. The quote keys are derived
-# from the symbols here, which standalone Redis allows (a Redis Cluster would need them declared).
-# A stored quote with a later timestamp is kept (timestamps are 19-digit ns strings: compared as
-# strings, exactly, where Lua's doubles would round).
+# KEYS[1]: the capped stream. ARGV: ttl_s, maxlen, the quote key prefix, then eleven arguments per symbol:
+# SYMBOL bid ask bid_size ask_size ts recv mid spread_bps vwap liq (microstructure.quote_fields). The client
+# sends the command as bytes it built itself (microstructure.quote_resp), so an argument costs it nothing; in
+# Redis, arguments are parsed in C, where splitting one packed argument per symbol in Lua cost more than the
+# writes themselves. Per symbol: HGET ts, HSET, EXPIRE, XADD. The quote keys are derived from the symbols
+# here, which standalone Redis allows (a Redis Cluster would need them declared). A stored quote with a later
+# timestamp is kept (timestamps are 19-digit ns strings: compared as strings, exactly, where Lua's doubles
+# would round).
 WRITE_QUOTES_LUA: Final = """
-local ttl = tonumber(ARGV[1])
+local ttl = ARGV[1]
 local maxlen = ARGV[2]
 local prefix = ARGV[3]
 local stream = KEYS[1]
 local written = 0
-local f = {}
-for i = 4, #ARGV do
-  local packed = ARGV[i]
-  local k, pos = 0, 1
-  while true do
-    local bar = string.find(packed, '|', pos, true)
-    k = k + 1
-    if not bar then f[k] = string.sub(packed, pos); break end
-    f[k] = string.sub(packed, pos, bar - 1)
-    pos = bar + 1
-  end
-  local key = prefix .. f[1]
-  local ts = f[6]
+if (#ARGV - 3) % 11 ~= 0 then return redis.error_reply('ERR quote rows must have 11 fields') end
+for i = 4, #ARGV, 11 do
+  local key = prefix .. ARGV[i]
+  local ts = ARGV[i + 5]
   local cur = redis.call('HGET', key, 'ts')
-  if k == 11 and ((not cur) or #cur < #ts or (#cur == #ts and cur <= ts)) then
-    redis.call('HSET', key, 'bid', f[2], 'ask', f[3], 'bid_size', f[4], 'ask_size', f[5], 'ts', ts,
-      'recv', f[7], 'mid', f[8], 'spread_bps', f[9], 'vwap', f[10], 'liq', f[11])
+  if (not cur) or #cur < #ts or (#cur == #ts and cur <= ts) then
+    redis.call('HSET', key, 'bid', ARGV[i + 1], 'ask', ARGV[i + 2], 'bid_size', ARGV[i + 3], 'ask_size', ARGV[i + 4], 'ts', ts,
+      'recv', ARGV[i + 6], 'mid', ARGV[i + 7], 'spread_bps', ARGV[i + 8], 'vwap', ARGV[i + 9], 'liq', ARGV[i + 10])
     redis.call('EXPIRE', key, ttl)
     if maxlen ~= '0' then
-      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', f[1], 'bp', f[2], 'ap', f[3],
-        'bs', f[4], 'as', f[5], 't', ts, 'mid', f[8], 'spread_bps', f[9])
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'S', ARGV[i], 'bp', ARGV[i + 1], 'ap', ARGV[i + 2],
+        'bs', ARGV[i + 3], 'as', ARGV[i + 4], 't', ts, 'mid', ARGV[i + 7], 'spread_bps', ARGV[i + 8])
     end
     written = written + 1
   end
@@ -128,6 +121,11 @@ return 0
 """
 
 
+def resp_command(*args: str | int) -> str:
+    """One command as RESP text (encoded as UTF-8 when sent; lengths are counted in those bytes)."""
+    return f"*{len(args)}\r\n" + "".join(resp_bulk(str(arg)) for arg in args)
+
+
 def parse_trading_state(raw: Any) -> str:
     """``"<STATE> <version>"`` -> STATE. Garbage counts as HALTED; a missing key is UNKNOWN (the database
     holds the truth and the kill switch re-publishes it); the order path has its own, stricter reader."""
@@ -175,6 +173,10 @@ class QuotePath:
         self._pending_recv: list[int] = []
         self._profiled: dict[str, int] = {}  # symbol -> its trade count when its profile was last queued
         self._sha = hashlib.sha1(WRITE_QUOTES_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+        self._read_state = resp_command("GET", TRADING_STATE_KEY)
+        self._heads: dict[str, str] = {}  # symbol -> its RESP bulk string
+        self._idle: list[Any] = []  # writer connections between flushes (taken from the client's pool and kept)
+        self._idle_of: Any = None  # the client they belong to
         self._on_garbage = on_garbage
         self._process = self.latency["process"]
         self._decode = self.latency["decode"]
@@ -227,17 +229,24 @@ class QuotePath:
         statuses = self.books.take_dirty_status()
         vwaps = self.books.take_dirty_vwap()
         pending, self._pending_recv = self._pending_recv, []
-        script_args: list[Any] = []
+        commands = []
         if changed:
-            script_args = [1, QUOTE_STREAM_KEY, self.quote_ttl_s, self.stream_maxlen, QUOTE_KEY_PREFIX]
-            script_args.extend(f"{book.symbol}|{quote_row(book)}" for book in changed)
+            heads = self._heads
+            head = ("EVALSHA", self._sha, 1, QUOTE_STREAM_KEY, self.quote_ttl_s, self.stream_maxlen, QUOTE_KEY_PREFIX)
+            commands.append(
+                f"*{len(head) + 11 * len(changed)}\r\n"
+                + "".join([resp_bulk(str(arg)) for arg in head])
+                + "".join([quote_resp(book, heads.get(book.symbol) or self._head(book.symbol)) for book in changed])
+            )
+        commands.extend(self._other_commands(bars, statuses, vwaps))
+        commands.append(self._read_state)
         started = time.perf_counter_ns()
         try:
             try:
-                results = await self._write(script_args, bars, statuses, vwaps)
+                results = await self._write(commands)
             except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it and write again
                 await self.redis.script_load(WRITE_QUOTES_LUA)
-                results = await self._write(script_args, bars, statuses, vwaps)
+                results = await self._write(commands)
         except BaseException:
             # Nothing is lost: the books still hold the latest quotes; mark them for the next flush.
             self.books.dirty.update(b.symbol for b in changed)
@@ -258,27 +267,61 @@ class QuotePath:
         written = int(results[0]) if changed else 0
         return FlushResult(symbols=len(changed), written=written, trading_state=self.trading_state, changed=changed)
 
-    async def _write(
-        self, script_args: list[Any], bars: list[SymbolBook], statuses: list[StatusBook], vwaps: list[SymbolBook]
-    ) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        if script_args:
-            pipe.evalsha(self._sha, *script_args)
+    def _head(self, symbol: str) -> str:
+        head = self._heads[symbol] = resp_bulk(symbol)
+        return head
+
+    def _other_commands(self, bars: list[SymbolBook], statuses: list[StatusBook], vwaps: list[SymbolBook]) -> list[str]:
+        """What changed besides quotes (rare: bars once a minute, halts, bands, corrections), as RESP."""
+        commands = []
         for book in bars:
             key = BAR_KEY_PREFIX + book.symbol
-            pipe.hset(key, mapping={k: v if isinstance(v, int) else repr(v) for k, v in (book.bar or {}).items()})
-            pipe.expire(key, self.bar_ttl_s)
-        if statuses:  # rare (halts, resumes, bands every few minutes): the script text goes along, no cache to miss
-            pipe.eval(WRITE_STATUS_LUA, 0, TRADING_STATUS_TTL_S, TRADING_STATUS_KEY_PREFIX, *(f for st in statuses for f in st.row()))
+            fields = [x for k, v in (book.bar or {}).items() for x in (k, v if isinstance(v, int) else repr(v))]
+            if fields:
+                commands.append(resp_command("HSET", key, *fields))
+            commands.append(resp_command("EXPIRE", key, self.bar_ttl_s))
+        if statuses:  # halts, resumes, bands every few minutes: the script text goes along, no cache to miss
+            rows = (f for st in statuses for f in st.row())
+            commands.append(resp_command("EVAL", WRITE_STATUS_LUA, 0, TRADING_STATUS_TTL_S, TRADING_STATUS_KEY_PREFIX, *rows))
         if vwaps:
-            pipe.eval(
-                SET_VWAP_LUA,
-                len(vwaps),
-                *(QUOTE_KEY_PREFIX + b.symbol for b in vwaps),
-                *("" if b.vwap is None else f"{b.vwap:.6f}" for b in vwaps),
+            commands.append(
+                resp_command(
+                    "EVAL",
+                    SET_VWAP_LUA,
+                    len(vwaps),
+                    *(QUOTE_KEY_PREFIX + b.symbol for b in vwaps),
+                    *("" if b.vwap is None else f"{b.vwap:.6f}" for b in vwaps),
+                )
             )
-        pipe.get(TRADING_STATE_KEY)
-        return await pipe.execute()
+        return commands
+
+    async def _write(self, commands: list[str]) -> list[Any]:
+        """Send the commands in one write on a connection of our own and read every reply (an error reply is
+        raised once all are read, as a pipeline does). No pipeline: the command bytes are built above, not
+        argument by argument by the client, and the connection is not checked out of the pool per flush."""
+        client = self.redis
+        if client is not self._idle_of:  # another client (Redis moved, or a test swapped it): its own connections
+            self._idle, self._idle_of = [], client
+        conn = self._idle.pop() if self._idle else await client.connection_pool.get_connection()
+        try:
+            await conn.send_packed_command("".join(commands).encode(), check_health=False)
+            results: list[Any] = []
+            error: ResponseError | None = None
+            for _ in commands:
+                try:
+                    results.append(await conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    results.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)  # a reply may be left unread: start clean next time
+            raise
+        finally:
+            if client is self._idle_of:
+                self._idle.append(conn)
+        if error is not None:
+            raise error
+        return results
 
     def queue_profiles(self, pipe: Any, levels: int = 10) -> int:
         """Queue the volume profile of every symbol that traded since the last call; returns how many.

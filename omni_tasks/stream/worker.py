@@ -1,6 +1,8 @@
 """The streaming worker: one asyncio loop, three coroutines, no threads.
 
-- receive: ``await feed.recv()`` -> record (optional) -> :meth:`QuotePath.on_frame`.
+- receive: ``await feed.recv()`` -> record (optional) -> :meth:`QuotePath.on_frame`
+  -> start a write if a slot is free (:meth:`StreamWorker._kick`), and give
+  the loop one turn while a write is in flight.
 - flush: whenever something changed, one Redis round trip writes it
   (frames keep arriving while it is in flight; the next flush takes them all).
   The same round trip reads the trading state: that is how the kill switch
@@ -109,7 +111,9 @@ class StreamWorker:
         self.recovered_ns = 0  # when market data flowed again on a connection after last_error (0: not since)
         self.feed: Feed | None = None
         self._stop = asyncio.Event()
-        self._dirty = asyncio.Event()
+        self._dirty = asyncio.Event()  # asks the flush loop to start a write (a drain, stopping)
+        self._in_flight = 0  # writes running (at most config.flushes_in_flight)
+        self._flushing: set[asyncio.Task[None]] = set()
         self._force_close_reason = ""
         self._open_cache: tuple[int, bool] = (-1, False)
         self._garbage_logged = 0.0
@@ -290,7 +294,7 @@ class StreamWorker:
     async def _receive(self, feed: Feed) -> None:
         path = self.path
         recorder = self.recorder
-        dirty = self._dirty
+        kick = self._kick
         perf_ns = time.perf_counter_ns
         wall_ns = time.time_ns
         while not self._stop.is_set():
@@ -303,8 +307,12 @@ class StreamWorker:
             if controls:
                 self._on_controls(controls)
                 await self.subs.pump(feed)
-            if path.dirty:
-                dirty.set()
+            if (path.dirty and kick()) or self._in_flight:
+                # One turn of the loop before the next frame: the write just started goes out now, and a reply
+                # already in is read, so its write completes (and the next starts) now. Without it, a client that
+                # has frames buffered hands them over without suspending, and a write is not seen to complete
+                # until the backlog is drained: under load, 150 ms flushes instead of 20 ms.
+                await asyncio.sleep(0)
 
     def _count_handshake(self, feed: Feed) -> None:
         """Count the messages a client read during its handshake (they never reach the path) by kind."""
@@ -362,48 +370,58 @@ class StreamWorker:
 
     # --- writing
 
-    async def _flush_loop(self) -> None:
-        """Start a flush whenever something changed and a slot is free (``flushes_in_flight`` at once).
+    def _kick(self) -> bool:
+        """Start a write now if something changed and a slot is free (``flushes_in_flight`` at once); whether it did.
 
-        Two writes may be in flight together: a frame then waits for at most
-        the write ahead of it, not for a whole write to finish and another to
-        run. Their order at Redis does not matter: the script never lets an
-        older quote replace a newer one.
+        Called by the receive loop in the turn that applied the frame, so the
+        write starts in the next turn of the loop, not after a flusher task
+        has been woken, taken a slot and started another. With more than one
+        in flight, their order at Redis does not matter: the script never
+        lets an older quote replace a newer one.
         """
+        if self._in_flight >= self.config.flushes_in_flight:
+            return False  # a write in flight takes whatever accumulated when it finishes
         path = self.path
-        slots = asyncio.Semaphore(self.config.flushes_in_flight)
-        running: set[asyncio.Task[None]] = set()
-        while True:
-            await self._dirty.wait()
-            await slots.acquire()
-            self._dirty.clear()
-            if not path.dirty and not path.books.dirty:
-                slots.release()
-                if self._stop.is_set():
-                    if running:
-                        await asyncio.gather(*running, return_exceptions=True)
-                    return
-                continue
-            task = asyncio.create_task(self._flush_once(slots))
-            running.add(task)
-            task.add_done_callback(running.discard)
+        if not path.dirty and not path.books.dirty:
+            return False
+        self._in_flight += 1
+        task = asyncio.create_task(self._flush_while_dirty(), name="stream-flush")
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+        return True
 
-    async def _flush_once(self, slots: asyncio.Semaphore) -> None:
+    async def _flush_loop(self) -> None:
+        """Starts a write when asked through ``_dirty`` (the receive loop starts its own: :meth:`_kick`);
+        once stopping, waits for the writes in flight."""
+        while not self._stop.is_set():
+            await self._dirty.wait()
+            self._dirty.clear()
+            self._kick()
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+    async def _flush_while_dirty(self) -> None:
+        """Write, then again while something changed during the write (it all goes in the next one)."""
         path = self.path
         try:
-            result = await path.flush()
-        except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
-            self.counters.flush_errors += 1
-            path.trading_state = "UNREADABLE"
-            if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
-                log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
-            await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
-            self._dirty.set()
-            return
+            while True:
+                try:
+                    result = await path.flush()
+                except Exception as exc:  # noqa: BLE001 - Redis down: keep the books, count, retry after a pause
+                    self.counters.flush_errors += 1
+                    path.trading_state = "UNREADABLE"
+                    if self.counters.flush_errors in (1, 10) or self.counters.flush_errors % 100 == 0:
+                        log.error("stream: cannot write quotes to Redis (%s: %s); retrying", type(exc).__name__, exc)
+                    await asyncio.sleep(min(1.0, 0.05 * self.counters.flush_errors))
+                    if self._stop.is_set():
+                        return
+                    continue
+                if self.on_flush is not None and result.changed:
+                    self.on_flush(result, path)
+                if self._stop.is_set() or not (path.dirty or path.books.dirty):
+                    return
         finally:
-            slots.release()
-        if self.on_flush is not None and result.changed:
-            self.on_flush(result, path)
+            self._in_flight -= 1
 
     async def _final_flush(self) -> None:
         if self.path.dirty or self.path.books.dirty:
