@@ -52,6 +52,7 @@ class QueueFeed:
     """Frames pushed by the bench, received by the worker as from a socket."""
 
     name = "bench"
+    answers_subscriptions = False  # no subscription message answers a request (stream/subscriptions.py)
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes | str] = asyncio.Queue()

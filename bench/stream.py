@@ -84,6 +84,7 @@ class MemoryFeed:
     """Pre-encoded frames, handed over as fast as the loop turns (one loop turn per frame, as a socket would)."""
 
     name = "memory"
+    answers_subscriptions = False  # no subscription message answers a request (stream/subscriptions.py)
 
     def __init__(self, frames: list[bytes]) -> None:
         self._frames = frames

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.services
 
 class QueueFeed:
     name = "test"
+    answers_subscriptions = False  # no subscription message answers a request (stream/subscriptions.py)
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
