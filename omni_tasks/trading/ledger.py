@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import TextClause, and_, select, text, update
+from sqlalchemy import TextClause, and_, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -351,12 +351,30 @@ class SimulatedLedger:
         session.add(_event(now, row, "filled", qty=decimal_text(qty), price=decimal_text(price), position_after=decimal_text(after.qty)))
 
     def cancel_resting(self, session: Session, now: datetime, *, reason: str, status: str = "cancelled") -> list[str]:
-        ids: list[str] = []
-        for row in self.resting(session):
-            row.status, row.reason, row.updated_at = status, reason, now
-            session.add(_event(now, row, status, reason=reason, broker=self.name, broker_order_id=row.broker_order_id or ""))
-            ids.append(row.broker_order_id or "")
-        return ids
+        """Every resting order ``status`` (cancelled; expired at a day's end), one event each; their venue ids in order.
+
+        Two statements whatever the count (an UPDATE ... RETURNING and one multi-row INSERT of the events): the
+        kill switch's cancel of a full book is one short transaction, not a statement per order. Order rows
+        this session already holds are brought up to date (``synchronize_session="fetch"``).
+        """
+        changed = session.execute(
+            update(Order)
+            .where(self.resting_clause())
+            .values(status=status, reason=reason, updated_at=now)
+            .returning(Order.id, Order.client_order_id, Order.broker_order_id),
+            execution_options={"synchronize_session": "fetch"},
+        ).all()
+        changed = sorted(changed, key=lambda found: int(found.id))
+        if changed:
+            session.execute(
+                insert(OrderEvent),
+                [
+                    {"ts": now, "client_order_id": found.client_order_id, "event": status, "check": None, "reason": reason,
+                     "detail": {"broker": self.name, "broker_order_id": found.broker_order_id or ""}}
+                    for found in changed
+                ],
+            )  # fmt: skip
+        return [found.broker_order_id or "" for found in changed]
 
     # ---- the lean path (PostgreSQL) ---------------------------------------------------------------
 

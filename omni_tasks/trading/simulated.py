@@ -153,8 +153,20 @@ class SimulatedVenue:
         return [VenuePosition(symbol=p.symbol, qty=p.qty, avg_price=p.avg_price, market_price=marks.get(p.symbol)) for p in rows]
 
     def open_orders(self) -> list[VenueOrder]:
-        """Orders resting at this venue (after matching them against the current quotes), oldest first."""
-        self._prepare()
+        """Orders resting at this venue (after matching them against the current quotes), oldest first.
+
+        One read when no quote crosses a resting order (the common case, and always once the kill switch has
+        engaged: its guard fills nothing); a second, after the match, only when one does.
+        """
+        self._ledger.ensure_account()
+        self._roll_day_if_new()
+        with self._ledger.sessions() as session:
+            rows = self._ledger.resting(session)
+            views = [order_view(row) for row in rows]
+            terms = [(row.symbol, row.side, row.order_type, row.limit_price) for row in rows]
+        if not self._marketable(terms):
+            return views
+        self.match_resting()
         with self._ledger.sessions() as session:
             return [order_view(row) for row in self._ledger.resting(session)]
 
@@ -244,11 +256,8 @@ class SimulatedVenue:
         self._ledger.ensure_account()
         with self._ledger.sessions() as session:
             resting = [(row.symbol, row.side, row.order_type, row.limit_price) for row in self._ledger.resting(session)]
-        if not resting:
-            return []
-        quotes = self._quotes_or_none(symbol for symbol, *_ in resting)
-        now_ns = ns_of(self._ledger.now())
-        if all(self._price(side, kind, limit, quotes.get(symbol), now_ns) is None for symbol, side, kind, limit in resting):
+        quotes = self._marketable(resting)
+        if not quotes:
             return []
         outcome = Outcome()
         with self._ledger.sessions() as session, session.begin():
@@ -260,6 +269,16 @@ class SimulatedVenue:
                 outcome.book = self._ledger.book_of(account, positions)
         self._ledger.publish(outcome)
         return outcome.orders
+
+    def _marketable(self, resting: Sequence[tuple[str, str, str, Decimal | None]]) -> dict[str, LatestQuote]:
+        """The latest quotes when one of these resting orders (symbol, side, type, limit) would fill now; empty otherwise."""
+        if not resting:
+            return {}
+        quotes = self._quotes_or_none(symbol for symbol, *_ in resting)
+        now_ns = ns_of(self._ledger.now())
+        if all(self._price(side, kind, limit, quotes.get(symbol), now_ns) is None for symbol, side, kind, limit in resting):
+            return {}
+        return quotes
 
     def _price(self, side: str, order_type: str, limit: Decimal | None, quote: LatestQuote | None, now_ns: int) -> Decimal | None:
         """The fill price against a fresh, sane quote; None without one or when a limit is not marketable."""
@@ -485,13 +504,17 @@ class SimulatedVenue:
     def _prepare(self) -> None:
         """Before a read: create the account, roll the day if this is the first call of a new one, match resting orders."""
         self._ledger.ensure_account()
+        self._roll_day_if_new()
+        self.match_resting()
+
+    def _roll_day_if_new(self) -> None:
+        """Roll the day when this is the first call of a new one (day orders expire, the day's figures start afresh)."""
         if self._ledger.stored_day() < self._ledger.day(self._ledger.now()):
             outcome = Outcome()
             with self._ledger.sessions() as session, session.begin():
                 account, now = self._ledger.lock(session)
                 self._ledger.roll_day(session, account, now, outcome)
             self._ledger.publish(outcome)
-        self.match_resting()
 
     # ---- quotes --------------------------------------------------------------------------------
 
