@@ -15,8 +15,6 @@ usage   2 (a missing --reason, a bad option)
 ======= ==========================================================================
 """
 
-from __future__ import annotations
-
 import json
 from typing import Annotated, Any
 
