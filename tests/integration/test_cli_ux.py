@@ -266,6 +266,9 @@ def test_commands_before_the_first_omni_up_say_what_to_run_in_one_line(tmp_path:
     assert json.loads(shown.stderr) == {"error": NOT_MIGRATED, "command": "omni scan show", "exit_code": 2}
     listed, _ = _omni(env, "order", "list")
     assert (listed.returncode, listed.stderr) == (2, f"omni order list: {NOT_MIGRATED}\n")
+    kill_status, _ = _omni(env, "kill", "status")
+    assert (kill_status.returncode, kill_status.stdout) == (2, ""), "not a HALTED table with the SQL error"
+    assert kill_status.stderr == f"omni kill status: {NOT_MIGRATED}\n"
     status, _ = _omni(env, "status", "--json")
     assert status.returncode == 4
     assert json.loads(status.stdout)["errors"] == [f"trading state: database: {NOT_MIGRATED}"]
@@ -279,5 +282,5 @@ def test_commands_before_the_first_omni_up_say_what_to_run_in_one_line(tmp_path:
     assert pinged.stderr.splitlines() == [
         f"omni ping: Redis unreachable: the embedded Redis socket {tmp_path / 'data' / 'redis.sock'} does not exist: the pipeline is not running (no omni up / no workers seen): start it with `omni up`"
     ]
-    assert all(len(done.stderr.splitlines()) == 1 for done in (shown, listed, breakers, pinged))
+    assert all(len(done.stderr.splitlines()) == 1 for done in (shown, listed, kill_status, breakers, pinged))
     assert not (tmp_path / "data" / "logs" / "cli-errors.log").exists(), "nothing here is an internal error"
