@@ -98,7 +98,8 @@ def test_a_commands_help_imports_neither_pydantic_nor_markdown(argv: list[str], 
     if argv[0] != "kill":
         assert all(name in help_text for name in ("status", "kill", "scan", "order", "breaker", "Show this message and exit."))
     elif "engage" in argv:
-        assert all(text in help_text for text in ("--reason", "why (recorded with who and when)", "--flatten", "--no-flatten", "--operator", "--json"))
+        options = ("--reason", "why (recorded with who and when)", "--flatten", "--no-flatten", "--operator", "--json")
+        assert all(text in help_text for text in options)
     else:
         assert all(name in help_text for name in ("engage", "release", "reduce", "activate", "status", "drill", "The kill switch"))
 
