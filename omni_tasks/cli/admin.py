@@ -1,7 +1,5 @@
 """Administration: config doc|show, secrets new-key|encrypt|rotate, db upgrade|check|current, version."""
 
-from __future__ import annotations
-
 import getpass
 import sys
 from pathlib import Path

@@ -1,7 +1,5 @@
 """`omni backfill plan|run|status|verify|reconcile`: historical bars through the partition ledger, and a second opinion."""
 
-from __future__ import annotations
-
 import json
 import time
 from datetime import UTC, date, datetime, timedelta

@@ -10,8 +10,6 @@ calls get: a forced state wins); ``automatic`` is the automatic one beneath.
 Names outside the known set are refused with the list.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from typing import Annotated, Any

@@ -9,13 +9,12 @@ release 0 released; 1 declined at the prompt; 3 failed (see the message);
         4 nothing to release (the switch was not engaged)
 reduce  0 now REDUCING; 3 refused or failed
 activate 0 now ACTIVE; 3 refused or failed; 4 was not REDUCING
-status  0 ACTIVE; 1 REDUCING or HALTED; 3 the state cannot be read (counts as HALTED)
+status  0 ACTIVE; 1 REDUCING or HALTED; 3 the state cannot be read (counts as HALTED);
+        2 nothing set up yet (no omni tables, no state in Redis: run `omni up` first)
 drill   0 every check held; 1 a check failed (listed); 3 the drill could not run
 usage   2 (a missing --reason, a bad option)
 ======= ==========================================================================
 """
-
-from __future__ import annotations
 
 import json
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omni_tasks.cli.common import CommandGroup
-from omni_tasks.cli.parsing import check, fail, option
+from omni_tasks.cli.parsing import NOT_MIGRATED, check, fail, option, schema_missing
 from omni_tasks.core import inputs
 
 console = Console()
@@ -256,6 +255,10 @@ def status_command(
 
     runtime = get_runtime()
     info = state_info(runtime.redis, runtime.sessions)
+    if info["redis"] is None and info["database"] is None and _no_tables_yet(runtime.sessions):
+        # Before the first `omni up` (a fresh data folder): no copy was ever written, so there is no state to show
+        # (not a HALTED one with the SQL error): say what to run, in one line, as every other command does.
+        fail("kill status", NOT_MIGRATED)
     recent: list[dict[str, Any]] = []
     try:
         with runtime.sessions() as session:
@@ -288,6 +291,18 @@ def status_command(
             table.add_row(event["ts"][:19], action, event["actor"], event["from"], event["to"], event["reason"][:80])
         console.print(table)
     raise typer.Exit(code)
+
+
+def _no_tables_yet(sessions: Any) -> bool:
+    """Whether reading the trading state fails because the database has no omni tables (yet)."""
+    from omni_tasks.safety.state_store import read_row
+
+    try:
+        with sessions() as session:
+            read_row(session)
+    except Exception as exc:  # noqa: BLE001 - only the missing schema is of interest here
+        return schema_missing(exc)
+    return False
 
 
 @kill_app.command("drill")

@@ -1,7 +1,5 @@
 """`omni news SYMBOL`: stored news sentiment for a symbol (Alpha Vantage), optionally fetched now."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -72,7 +70,7 @@ def _score(value: float | None, label: str | None) -> str:
     return f"{value:+.3f} {label or ''}".strip()
 
 
-def _fetch_now(runtime: Runtime, symbol: str) -> None:
+def _fetch_now(runtime: "Runtime", symbol: str) -> None:
     from omni_tasks.marketdata.errors import ProviderError
     from omni_tasks.marketdata.providers.alpha_vantage import client as alpha_vantage
     from omni_tasks.marketdata.providers.alpha_vantage import news as alpha_vantage_news

@@ -1,7 +1,5 @@
 """Operator commands: status and ping."""
 
-from __future__ import annotations
-
 import json
 import time
 from datetime import UTC, datetime

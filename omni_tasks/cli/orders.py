@@ -1,7 +1,5 @@
 """`omni order`: place orders through the orders queue (pre-trade checks), list them, cancel every open one."""
 
-from __future__ import annotations
-
 import json
 import time
 import uuid

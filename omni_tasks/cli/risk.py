@@ -1,7 +1,5 @@
 """`omni risk`: the latest risk snapshot (figures and breaches), earlier ones, and an on-demand recalculation."""
 
-from __future__ import annotations
-
 import json
 import time
 from typing import Annotated, Any

@@ -1,7 +1,5 @@
 """Commands that run processes: up, worker, beat, flower, server."""
 
-from __future__ import annotations
-
 import os
 import secrets
 import shutil
@@ -26,7 +24,7 @@ if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that r
 console = Console(stderr=False)
 
 
-def _boot_checks(settings: Settings) -> None:
+def _boot_checks(settings: "Settings") -> None:
     """The start-up safety checks of DESIGN section 4 (the encrypted-secret check runs when settings load)."""
     from omni_tasks.core.runtime import get_runtime
     from omni_tasks.ops import startup_checks as safety_checks
@@ -322,7 +320,7 @@ def up(
 class _FirstRunProgress:
     """Console lines while the workers backfill the first run's history; True from :meth:`poll` once the job is final."""
 
-    def __init__(self, settings: Settings, job_id: int, total: int, announce: Any) -> None:
+    def __init__(self, settings: "Settings", job_id: int, total: int, announce: Any) -> None:
         from omni_tasks.core.runtime import get_runtime
 
         self._sessions = get_runtime().sessions
@@ -361,7 +359,7 @@ class _FirstRunProgress:
         return False
 
 
-def _first_run(settings: Settings, announce: Any) -> _FirstRunProgress | None:
+def _first_run(settings: "Settings", announce: Any) -> _FirstRunProgress | None:
     """On a data folder short of history, queue the first run's synthetic backfill (once; the workers do it). None: nothing to do."""
     days = settings.backfill.first_run_days
     if days <= 0:
@@ -397,7 +395,7 @@ def _first_run(settings: Settings, announce: Any) -> _FirstRunProgress | None:
     return _FirstRunProgress(settings, job_id, len(ids), announce)
 
 
-def _offline(settings: Settings) -> bool:
+def _offline(settings: "Settings") -> bool:
     """No provider key and the provider order left at its default."""
     from omni_tasks.settings import ProviderSettings
 
@@ -405,7 +403,7 @@ def _offline(settings: Settings) -> bool:
     return settings.alpaca.api_key is None and settings.alpha_vantage.api_key is None and settings.providers.order == default_order
 
 
-def _migrate(settings: Settings) -> None:
+def _migrate(settings: "Settings") -> None:
     from omni_tasks.storage import migrations
     from omni_tasks.storage.engine import engine_from_settings
 
@@ -416,7 +414,7 @@ def _migrate(settings: Settings) -> None:
         engine.dispose()
 
 
-def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]) -> bool:
+def _wait_healthy(settings: "Settings", *, timeout_s: float, stop: dict[str, bool]) -> bool:
     url = f"http://{settings.metrics.host}:{settings.metrics.port}/health"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop["flag"]:
@@ -435,7 +433,7 @@ def _wait_healthy(settings: Settings, *, timeout_s: float, stop: dict[str, bool]
     return False
 
 
-def _banner(settings: Settings, generated_password: str | None, logs_dir: Path) -> None:
+def _banner(settings: "Settings", generated_password: str | None, logs_dir: Path) -> None:
     from omni_tasks.settings import mask_url
 
     table = Table(title="omni-tasks is starting", show_header=False, box=None, pad_edge=False)

@@ -1,7 +1,5 @@
 """`omni scan`: an ad hoc scan of the universe through the scans queue, and earlier runs."""
 
-from __future__ import annotations
-
 import json
 import time
 from datetime import UTC, datetime

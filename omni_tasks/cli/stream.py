@@ -1,7 +1,5 @@
 """`omni stream`: the streaming worker, its remote control, and what it serves."""
 
-from __future__ import annotations
-
 import json
 import time
 from pathlib import Path

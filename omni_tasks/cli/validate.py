@@ -1,7 +1,5 @@
 """`omni validate`: validate stored bars now, print the quality report, optionally draw the heatmap."""
 
-from __future__ import annotations
-
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path

@@ -109,6 +109,7 @@ def configure_logging(
         console.setFormatter(formatter)
     else:
         console.setLevel(console_level)
+        console.addFilter(_not_a_drill)
         console.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=shared,
@@ -131,6 +132,13 @@ def configure_logging(
     # Chatty libraries stay at WARNING unless we debug.
     for noisy in ("kombu", "amqp", "urllib3", "tornado.access", "alembic"):
         logging.getLogger(noisy).setLevel(level if level == "DEBUG" else "WARNING")
+
+
+def _not_a_drill(record: logging.LogRecord) -> bool:
+    """Whether a record may reach a person's terminal: a drill's own records (``drill=True``: the rehearsal's
+    engage, release, refused order on its scratch world) stay in the log file; the drill's report says what happened."""
+    event = record.msg if isinstance(record.msg, dict) else structlog.contextvars.get_contextvars()
+    return not event.get("drill")
 
 
 def _human_line(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:

@@ -721,6 +721,10 @@ def test_drill_rehearses_on_a_scratch_world_and_leaves_the_real_state_untouched(
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert drill.returncode == 0, drill.stdout + drill.stderr
+    # The rehearsal's own engage, refused order and release are in the log file only (drill=true), not on the terminal.
+    assert drill.stderr == ""
+    drill_log = [json.loads(line) for line in (tmp_path / "data" / "logs" / "omni-cli.log").read_text().splitlines()]
+    assert {"kill switch engaged", "trading state release"} <= {r["event"] for r in drill_log if r.get("drill")}
     report = json.loads(drill.stdout)
     assert report["passed"] is True
     assert (report["placed_resting"], report["cancelled_verified"], report["open_after_engage"]) == (15, 15, 0)

@@ -168,3 +168,24 @@ def test_person_run_commands_show_only_warnings_in_one_human_line(tmp_path: Path
     records = [json.loads(line) for line in (tmp_path / "omni-cli.log").read_text().splitlines()]
     assert [r["event"] for r in records] == ["order placed", "risk snapshot: Redis unreadable, reading the database", "connection lost"]
     assert SECRET not in (tmp_path / "omni-cli.log").read_text()
+
+
+def test_a_drills_own_records_stay_in_the_log_file(tmp_path: Path) -> None:
+    """`omni kill drill`'s rehearsal engages, refuses an order and releases on a scratch world: its report says so;
+    those records (``drill=True``) are not shown as warnings on the terminal, only kept in the file. Others still show."""
+    terminal = io.StringIO()
+    configure_logging(role="cli", stream=terminal, log_file=tmp_path / "omni.log", console_level="WARNING")
+    log = get_logger("omni_tasks.test")
+    with structlog.contextvars.bound_contextvars(drill=True):
+        log.warning("kill switch engaged", actor="operator:dora (drill)")
+        logging.getLogger("omni_tasks.test.stdlib").warning("order rejected")
+    log.warning("shared counter not incremented")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    assert terminal.getvalue().splitlines() == ["omni: warning: shared counter not incremented"]
+    records = [json.loads(line) for line in (tmp_path / "omni-cli.log").read_text().splitlines()]
+    assert [(r["event"], r.get("drill")) for r in records] == [
+        ("kill switch engaged", True),
+        ("order rejected", True),
+        ("shared counter not incremented", None),
+    ]
