@@ -291,34 +291,38 @@ def digests(rows: Rows, where: Spans) -> list[str]:
     n = len(rows)
     if not n:
         return []
-    take = slice(None) if where.order is None else where.order
-    packed = np.empty(n, dtype=_DIGEST_ROW)
-    packed["ts"] = rows.ts_us[take]
-    for name in FLOAT_COLUMNS:
-        packed[name] = rows.floats[name][take]
-    vwap_null = np.isnan(packed["vwap"])
-    count_null = rows.trade_count_null[take]
-    if vwap_null.any():
-        packed["vwap"][vwap_null] = 0.0
-    packed["trade_count"] = np.where(count_null, 0, rows.trade_count[take])
-    packed["nulls"] = vwap_null.astype(np.uint8) | (count_null.astype(np.uint8) << 1)
-    raw = packed.view(np.uint8).reshape(n, _DIGEST_ROW.itemsize)
+    order = where.order
+
+    def keyed(values: np.ndarray) -> np.ndarray:
+        return values if order is None else values[order]
+
+    vwap = keyed(rows.floats["vwap"])
+    vwap_null = np.isnan(vwap)
+    count_null = keyed(rows.trade_count_null)
+    # Column by column, each contiguous in key order; NULLs hashed as 0 with a flag (NaN payloads vary).
+    columns = [keyed(rows.ts_us).astype("<i8", copy=False)]
+    columns += [keyed(rows.floats[name]).astype("<f8", copy=False) for name in FLOAT_COLUMNS if name != "vwap"]
+    columns.append(np.where(vwap_null, 0.0, vwap).astype("<f8", copy=False))
+    columns.append(np.where(count_null, 0, keyed(rows.trade_count)).astype("<i8", copy=False))
+    columns.append(vwap_null.astype(np.uint8) | (count_null.astype(np.uint8) << 1))
+    columns = [np.ascontiguousarray(column) for column in columns]
     provider = rows.text["provider"]
     single = len(provider.categories) == 1
-    provider_codes = None if single else provider.codes[take]
+    provider_codes = None if single else keyed(provider.codes)
     out = []
     for start, stop in zip(where.starts.tolist(), where.stops.tolist(), strict=True):
         digest = hashlib.blake2b(DIGEST_VERSION, digest_size=32)
         digest.update(f"rows={stop - start}\n".encode())
-        digest.update(raw[start:stop].data)
+        for column in columns:
+            digest.update(column[start:stop].data)
         if provider_codes is None:
             digest.update(b"provider:" + provider.categories[0].encode("utf-8"))
         else:
             used, local = np.unique(provider_codes[start:stop], return_inverse=True)
             names = [provider.categories[int(code)] for code in used]
-            order = np.argsort(np.array(names, dtype=object), kind="stable")
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(len(order))
+            ranking = np.argsort(np.array(names, dtype=object), kind="stable")
+            rank = np.empty(len(ranking), dtype=np.int64)
+            rank[ranking] = np.arange(len(ranking))
             digest.update(b"providers:" + "\x00".join(sorted(names)).encode("utf-8") + b"\n")
             digest.update(rank[local].astype("<u4").tobytes())
         out.append(digest.hexdigest())
