@@ -30,8 +30,10 @@ depends_on = None
 
 VALUES = "open, high, low, close, volume, vwap, trade_count, provider, ingested_at"
 
-#: On PostgreSQL: a write to bars from anything but the bar store forgets every digest
-#: (the EXCLUSIVE lock waits for store transactions that may be recording one, so none survives it).
+#: On PostgreSQL: a write to bars from anything but the bar store forgets every digest, before it
+#: writes a row. The EXCLUSIVE lock waits for store transactions that may be recording one and keeps
+#: new ones out until this transaction ends, so none survives it; taken before any row lock (as the
+#: store takes its ROW EXCLUSIVE lock first), it cannot deadlock with a store write.
 PG_FORGET_DIGESTS = """
 CREATE FUNCTION bars_forget_digests() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -44,7 +46,7 @@ END
 $$
 """
 PG_TRIGGER = (
-    "CREATE TRIGGER bars_forget_digests AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON bars "
+    "CREATE TRIGGER bars_forget_digests BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON bars "
     "FOR EACH STATEMENT EXECUTE FUNCTION bars_forget_digests()"
 )
 
