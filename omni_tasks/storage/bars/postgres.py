@@ -6,7 +6,9 @@ timeframe, feed, adjustment). One call:
 1. **Series.** The frame's series get their ids (new ones are added, in a short
    transaction of their own, in the frame's order).
 2. **Re-runs.** Each series' rows are hashed as they are stored
-   (:func:`.rows.digests`); a series whose (first ts, last ts, rows, digest)
+   (:func:`.rows.digests`, on a thread of its own, overlapping the round trips
+   and the COPY; waited for only when a record of the same span and count
+   exists, or to record the digests at the end); a series whose (first ts, last ts, rows, digest)
    equals a ``bar_digests`` record is a re-run of rows already stored, unchanged:
    nothing of it is sent. A record is removed whenever one of its bars may
    change (below, and by the ``bars_forget_digests`` trigger for writes from
@@ -33,6 +35,7 @@ The counts come back as numbers aggregated in SQL, never a million rows.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -70,8 +73,15 @@ def upsert_postgresql(engine: Engine, rows: Rows, clock: Clock) -> Written:
     """Store ``rows`` (see the module docstring)."""
     where = spans(rows)
     keys = series_keys(rows, where)
-    fingerprints = digests(rows, where)
-    clock.lap("digest")
+    # Hashed on a thread of its own (hashlib and numpy let go of the GIL), overlapping the
+    # round trips and the COPY; waited for where a digest is first needed.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bar-digests") as hashing:
+        return _upsert(engine, rows, where, keys, hashing.submit(digests, rows, where), clock)
+
+
+def _upsert(
+    engine: Engine, rows: Rows, where: Spans, keys: list[tuple[str, str, str, str]], fingerprints: Future[list[str]], clock: Clock
+) -> Written:
     with engine.connect() as connection:
         dbapi = connection.connection.dbapi_connection
         assert dbapi is not None
@@ -117,17 +127,32 @@ def _series_ids(cursor: Any, keys: list[tuple[str, str, str, str]]) -> np.ndarra
     raise RuntimeError("could not add bar series (a concurrent writer kept adding the same ones)")
 
 
-def _rerun_series(cursor: Any, ids: np.ndarray, where: Spans, fingerprints: list[str]) -> np.ndarray:
-    """Per series (by number): True when bar_digests holds exactly these rows (same span, count and digest)."""
-    cursor.execute(_PG_MATCH_DIGESTS, (ids.tolist(), where.lo_us.tolist(), where.hi_us.tolist(), where.counts.tolist(), fingerprints))
+def _rerun_series(cursor: Any, ids: np.ndarray, where: Spans, fingerprints: Future[list[str]]) -> np.ndarray:
+    """Per series (by number): True when bar_digests holds exactly these rows (same span, count and digest).
+
+    The records of the same span and count come first; only when there are any is the hashing waited for.
+    """
+    cursor.execute(_PG_CANDIDATE_DIGESTS, (ids.tolist(), where.lo_us.tolist(), where.hi_us.tolist(), where.counts.tolist()))
+    candidates = cursor.fetchall()
     matched = np.zeros(len(ids), dtype=bool)
-    numbers = [row[0] - 1 for row in cursor.fetchall()]
-    matched[numbers] = True
+    if candidates:
+        ours = fingerprints.result()
+        for number, digest in candidates:
+            if ours[number - 1] == digest:
+                matched[number - 1] = True
     return matched
 
 
 def _write(
-    dbapi: Any, rows: Rows, where: Spans, ids: np.ndarray, todo: np.ndarray, fingerprints: list[str], clock: Clock, *, stage_all: bool
+    dbapi: Any,
+    rows: Rows,
+    where: Spans,
+    ids: np.ndarray,
+    todo: np.ndarray,
+    fingerprints: Future[list[str]],
+    clock: Clock,
+    *,
+    stage_all: bool,
 ) -> tuple[int, int]:
     cursor = dbapi.cursor()
     try:
@@ -160,14 +185,16 @@ def _write(
             updated_series = list(counts[2] or [])
         clock.lap("upsert")
         touched = np.isin(ids[todo], np.asarray(updated_series, dtype=np.int64))
+        hashed = fingerprints.result()
+        clock.lap("digest")
         cursor.execute(
             _PG_RECORD_DIGESTS,
             (
                 ids[todo].tolist(), where.lo_us[todo].tolist(), where.hi_us[todo].tolist(), where.counts[todo].tolist(),
-                [fingerprints[n] for n in todo.tolist()], touched.tolist(),
+                [hashed[n] for n in todo.tolist()], touched.tolist(),
             ),
         )  # fmt: skip
-        clock.lap("digest")
+        clock.lap("record")
     finally:
         cursor.close()
     return inserted, updated
@@ -209,11 +236,10 @@ FROM wanted AS w
 LEFT JOIN bar_series AS s ON (s.symbol, s.timeframe, s.feed, s.adjustment) = (w.symbol, w.timeframe, w.feed, w.adjustment)
 LEFT JOIN added AS a ON (a.symbol, a.timeframe, a.feed, a.adjustment) = (w.symbol, w.timeframe, w.feed, w.adjustment)
 """
-_PG_MATCH_DIGESTS: Final = f"""
-SELECT w.n
-FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::int4[], %s::text[]) WITH ORDINALITY AS w(id, lo, hi, rows, digest, n)
-JOIN bar_digests AS d
-  ON d.series_id = w.id AND d.lo = {_US.format("w.lo")} AND d.hi = {_US.format("w.hi")} AND d.rows = w.rows AND d.digest = w.digest
+_PG_CANDIDATE_DIGESTS: Final = f"""
+SELECT w.n, d.digest
+FROM unnest(%s::int4[], %s::int8[], %s::int8[], %s::int4[]) WITH ORDINALITY AS w(id, lo, hi, rows, n)
+JOIN bar_digests AS d ON d.series_id = w.id AND d.lo = {_US.format("w.lo")} AND d.hi = {_US.format("w.hi")} AND d.rows = w.rows
 """  # noqa: S608 - a constant expression, no input
 # The store's own writes keep the digests up to date (the trigger leaves them alone);
 # ROW EXCLUSIVE on bar_digests first, so a foreign write's trigger (EXCLUSIVE) is either
