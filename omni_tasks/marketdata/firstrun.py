@@ -22,7 +22,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.marketdata import backfill_plan, calendar
-from omni_tasks.storage.models import BackfillJob, Bar
+from omni_tasks.storage.models import BackfillJob, Bar, BarSeries
 
 #: ``requested_by`` of the first run's backfill job: the validation of that job queues the first scan and risk run.
 FIRST_RUN_REQUESTER: Final = "first-run"
@@ -39,9 +39,10 @@ def symbols_short_of_history(engine: Engine, symbols: Sequence[str], *, days: in
     with engine.connect() as connection:
         counts = dict(
             connection.execute(
-                select(Bar.symbol, func.count(func.distinct(Bar.ts)))
-                .where(Bar.symbol.in_(list(symbols)), Bar.timeframe == "1Day", Bar.adjustment == adjustment, Bar.ts >= lo)
-                .group_by(Bar.symbol)
+                select(BarSeries.symbol, func.count(func.distinct(Bar.ts)))
+                .join_from(Bar, BarSeries, BarSeries.id == Bar.series_id)
+                .where(BarSeries.symbol.in_(list(symbols)), BarSeries.timeframe == "1Day", BarSeries.adjustment == adjustment, Bar.ts >= lo)
+                .group_by(BarSeries.symbol)
             ).all()
         )
     return [s for s in symbols if counts.get(s, 0) < ENOUGH_SHARE * expected]

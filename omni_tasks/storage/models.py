@@ -10,7 +10,22 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, Date, Double, Float, ForeignKey, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    Double,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omni_tasks.storage.types import UtcDateTime
@@ -97,16 +112,32 @@ class WorkerHeartbeat(Base):
 Price = Annotated[float, mapped_column(Double())]
 
 
+class BarSeries(Base):
+    """One series of bars: (symbol, timeframe, feed, adjustment), named by a small integer.
+
+    The bars table is keyed by (series_id, ts): a narrow key, so the server keeps
+    its primary key cheaply. IEX and SIP, raw and adjusted bars are different
+    series and never overwrite each other. Rows here are only ever added.
+    """
+
+    __tablename__ = "bar_series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    symbol: Mapped[str] = mapped_column(String(12))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    feed: Mapped[str] = mapped_column(String(16))
+    adjustment: Mapped[str] = mapped_column(String(8))
+
+    __table_args__ = (UniqueConstraint("symbol", "timeframe", "feed", "adjustment", name="uq_bar_series_key"),)
+
+
 class Bar(Base):
-    """A canonical bar. IEX and SIP, raw and adjusted bars never overwrite each other (the key)."""
+    """A canonical bar of one :class:`BarSeries` (``series_id``: no foreign key, which would cost a lookup per row written)."""
 
     __tablename__ = "bars"
 
-    symbol: Mapped[str] = mapped_column(String(12), primary_key=True)
-    timeframe: Mapped[str] = mapped_column(String(8), primary_key=True)
-    ts: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
-    feed: Mapped[str] = mapped_column(String(16), primary_key=True)
-    adjustment: Mapped[str] = mapped_column(String(8), primary_key=True)
+    series_id: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime] = mapped_column(UtcDateTime())
     open: Mapped[Price]
     high: Mapped[Price]
     low: Mapped[Price]
@@ -116,6 +147,29 @@ class Bar(Base):
     trade_count: Mapped[int | None] = mapped_column(BigInteger)
     provider: Mapped[str] = mapped_column(String(32))
     ingested_at: Mapped[UtcTs]
+
+    __table_args__ = (PrimaryKeyConstraint("series_id", "ts", name="pk_bars"),)
+
+
+class BarDigest(Base):
+    """What a bar store write left stored: the ``rows`` bars of a series with ``lo <= ts <= hi`` it wrote hash to ``digest``.
+
+    A re-run of exactly those rows is recognised by its digest and not sent
+    again (:mod:`omni_tasks.storage.bars.postgres`). A record is removed
+    whenever one of its bars may have changed: by the store when it updates or
+    deletes bars of the series in that range, and on PostgreSQL by a trigger
+    when anything else writes to ``bars``.
+    """
+
+    __tablename__ = "bar_digests"
+
+    series_id: Mapped[int] = mapped_column(Integer)
+    lo: Mapped[datetime] = mapped_column(UtcDateTime())
+    hi: Mapped[datetime] = mapped_column(UtcDateTime())
+    rows: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (PrimaryKeyConstraint("series_id", "lo", "hi", name="pk_bar_digests"),)
 
 
 class RejectedRow(Base):

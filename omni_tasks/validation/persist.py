@@ -22,12 +22,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, and_, delete, func, or_, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.storage.bars import BarStore
-from omni_tasks.storage.models import BackfillPartition, Bar, QualityReport, SeriesValidation
+from omni_tasks.storage.models import BackfillPartition, QualityReport, SeriesValidation
 from omni_tasks.validation.bars import validate_bars
 from omni_tasks.validation.report import ValidationResult
 
@@ -187,17 +187,9 @@ def _verdicts(
 
 def _move_to_quarantine(engine: Engine, quarantine: pd.DataFrame) -> int:
     """Copy invariant-breaking stored rows to rejected_rows (stage validation), then delete them from bars."""
-    BarStore(engine).quarantine(quarantine, partition_id=None, stage="validation")
-    keyed = quarantine.dropna(subset=["symbol", "ts"])
-    if keyed.empty:
-        return len(quarantine)
-    conditions = [
-        and_(Bar.symbol == r.symbol, Bar.timeframe == r.timeframe, Bar.ts == pd.Timestamp(r.ts).to_pydatetime(), Bar.feed == r.feed, Bar.adjustment == r.adjustment)
-        for r in keyed.itertuples()
-    ]
-    with engine.begin() as connection:
-        for i in range(0, len(conditions), 500):
-            connection.execute(delete(Bar).where(or_(*conditions[i : i + 500])))
+    store = BarStore(engine)
+    store.quarantine(quarantine, partition_id=None, stage="validation")
+    store.delete(quarantine)
     return len(quarantine)
 
 

@@ -54,10 +54,16 @@ def _table_fingerprint(url: str) -> tuple[int, int, str]:
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT count(*) FROM bars")).scalar_one()
         dupes = connection.execute(
-            text("SELECT count(*) FROM (SELECT symbol, timeframe, ts, feed, adjustment FROM bars GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d")
+            text(
+                "SELECT count(*) FROM (SELECT symbol, timeframe, ts, feed, adjustment FROM bars JOIN bar_series s ON s.id = bars.series_id "
+                "GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d"
+            )
         ).scalar_one()
         digest = connection.execute(
-            text("SELECT md5(string_agg(symbol || ts::text || feed || open::text || close::text || volume::text || ingested_at::text, ',' ORDER BY symbol, ts)) FROM bars")
+            text(
+                "SELECT md5(string_agg(symbol || ts::text || feed || open::text || close::text || volume::text || ingested_at::text, ',' "
+                "ORDER BY symbol, ts)) FROM bars JOIN bar_series s ON s.id = bars.series_id"
+            )
         ).scalar_one()
     engine.dispose()
     return int(rows), int(dupes), str(digest)

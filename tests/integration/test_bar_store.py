@@ -15,21 +15,21 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, insert, select, text
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from omni_tasks.contracts import bars as frames
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore, UpsertResult
 from omni_tasks.storage.engine import make_engine
-from omni_tasks.storage.models import Bar, RejectedRow
+from omni_tasks.storage.models import Bar, BarDigest, BarSeries, RejectedRow
 
 T0 = datetime(2026, 3, 9, 14, 30, tzinfo=UTC)  # a Monday, 09:30 in New York
 #: Every stored value, typed (so SQLite's timestamps come back as UTC datetimes too), in key order.
 ALL_ROWS = select(
-    Bar.symbol, Bar.timeframe, Bar.ts, Bar.feed, Bar.adjustment, Bar.open, Bar.high, Bar.low, Bar.close,
+    BarSeries.symbol, BarSeries.timeframe, Bar.ts, BarSeries.feed, BarSeries.adjustment, Bar.open, Bar.high, Bar.low, Bar.close,
     Bar.volume, Bar.vwap, Bar.trade_count, Bar.provider, Bar.ingested_at,
-).order_by(Bar.symbol, Bar.timeframe, Bar.ts, Bar.feed, Bar.adjustment)
+).join_from(Bar, BarSeries, BarSeries.id == Bar.series_id).order_by(BarSeries.symbol, BarSeries.timeframe, Bar.ts, BarSeries.feed, BarSeries.adjustment)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def engine(request: pytest.FixtureRequest, tmp_path) -> Iterator[Engine]:  # typ
     else:
         engine = make_engine(request.getfixturevalue("pg_bars_url"))
         with engine.begin() as connection:
-            connection.execute(text("TRUNCATE bars, rejected_rows"))
+            connection.execute(text("TRUNCATE bars, bar_series, bar_digests, rejected_rows"))
     yield engine
     engine.dispose()
 
@@ -133,6 +133,62 @@ def test_bar_store_changed_close_updates_exactly_that_row(store: BarStore, engin
     assert moved == [frame["ts"][4].to_pydatetime()]
     assert after[moved[0]][8] == 104.5
     assert after[moved[0]][13] >= before[moved[0]][13], "ingested_at moves only for the changed row"
+
+
+def test_bar_store_rerun_is_recognised_by_digest_on_postgresql(store: BarStore, engine: Engine) -> None:
+    frame = pd.concat([bars("AAPL", 50), bars("AAPL", 50, feed="iex"), bars("MSFT", 50, adjustment="split")], ignore_index=True)
+    first = store.upsert(frame)
+    assert first.rerun_series == 0
+    again = store.upsert(frame.sample(frac=1.0, random_state=5).reset_index(drop=True))
+    print(f"re-run: {again.rerun_series} series recognised, phases {dict(again.phases)}")
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 150)
+    assert again.rerun_series == (3 if store.dialect == "postgresql" else 0), "row order does not matter to the digest"
+    with Session(engine) as session:
+        recorded = session.scalars(select(BarDigest)).all()
+    assert len(recorded) == (3 if store.dialect == "postgresql" else 0)
+
+
+def test_bar_store_correction_then_the_original_again_is_applied_both_times(store: BarStore) -> None:
+    """A digest recorded for the original must not survive the correction: the original written again is a change."""
+    frame = pd.concat([bars("AAPL", 10), bars("MSFT", 10)], ignore_index=True)
+    store.upsert(frame)
+    corrected = frame.copy()
+    corrected.loc[4, "close"] = 104.5
+    assert (store.upsert(corrected).updated, store.upsert(corrected).updated) == (1, 0)
+    back = store.upsert(frame)
+    assert (back.inserted, back.updated, back.unchanged) == (0, 1, 19)
+    assert list(store.read("AAPL", "1Min", *WIDE)["close"]) == list(frame["close"][:10])
+    assert store.upsert(frame).changed == 0
+
+
+def test_bar_store_write_from_elsewhere_makes_a_rerun_write_again(store: BarStore, engine: Engine) -> None:
+    frame = bars(n=6)
+    store.upsert(frame)
+    with engine.begin() as connection:
+        assert connection.execute(update(Bar).where(Bar.ts == frame["ts"][2].to_pydatetime()).values(close=1.5)).rowcount == 1
+    again = store.upsert(frame)
+    assert (again.updated, again.rerun_series) == (1, 0), "plain SQL on bars forgets the digests (PostgreSQL trigger)"
+    assert list(store.read("AAPL", "1Min", *WIDE)["close"]) == list(frame["close"])
+
+
+def test_bar_store_delete_removes_bars_and_a_rerun_puts_them_back(store: BarStore) -> None:
+    frame = pd.concat([bars("AAPL", 8), bars("AAPL", 8, feed="iex")], ignore_index=True)
+    store.upsert(frame)
+    gone = frame.iloc[[1, 3, 9]]
+    assert store.delete(gone.assign(reason="x")) == 3
+    assert store.delete(gone.iloc[:0]) == 0
+    assert store.count() == 13
+    again = store.upsert(frame)
+    assert (again.inserted, again.updated, again.unchanged, again.rerun_series) == (3, 0, 13, 0)
+
+
+def test_bar_store_part_of_a_range_and_a_fresh_series_in_one_call(store: BarStore) -> None:
+    store.upsert(bars("AAPL", 10))
+    mixed = pd.concat([bars("AAPL", 10).iloc[3:7], bars("MSFT", 5), bars("AAPL", 12).iloc[10:]], ignore_index=True)
+    result = store.upsert(mixed)
+    assert (result.inserted, result.updated, result.unchanged) == (7, 0, 4)
+    assert store.count("AAPL") == 12
+    assert store.upsert(mixed).changed == 0
 
 
 def test_bar_store_provider_change_counts_as_a_change(store: BarStore) -> None:
@@ -257,38 +313,56 @@ def test_bar_store_empty_frame_is_a_no_op(store: BarStore) -> None:
     assert store.count() == 0
 
 
+def _rival_insert(connection, frame: pd.DataFrame, position: int) -> None:  # type: ignore[no-untyped-def]
+    rival = frame.iloc[position]
+    series_id = connection.execute(
+        text("SELECT id FROM bar_series WHERE symbol = 'AAPL' AND timeframe = '1Min' AND feed = 'sip' AND adjustment = 'raw'")
+    ).scalar_one()
+    connection.execute(insert(Bar).values(
+        series_id=series_id, ts=rival["ts"].to_pydatetime(),
+        open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0, vwap=None, trade_count=None, provider="rival",
+        ingested_at=datetime.now(tz=UTC),
+    ))  # fmt: skip
+
+
 @pytest.mark.services
-def test_bar_store_concurrent_insert_of_a_new_key_falls_back_to_on_conflict(pg_bars_url: str) -> None:
-    """Another transaction inserts one of our new keys after our snapshot: no error, no duplicate, our values win."""
+@pytest.mark.parametrize("rival_kind", ["bypasses the series lock", "plain SQL"])
+def test_bar_store_concurrent_insert_of_a_new_key_is_upserted(pg_bars_url: str, rival_kind: str) -> None:
+    """Another transaction inserts one of our new keys after our snapshot: no error, no duplicate, our values win.
+
+    A writer that marks itself as keeping the digests but takes no series lock
+    makes our COPY straight into bars meet its key: the transaction is redone
+    through staging and the plain ON CONFLICT upsert (a fallback). Plain SQL
+    fires the digest trigger, whose lock we wait for; then we see its row.
+    """
     engine = make_engine(pg_bars_url)
     other = make_engine(pg_bars_url)
     try:
         with engine.begin() as connection:
-            connection.execute(text("TRUNCATE bars, rejected_rows"))
+            connection.execute(text("TRUNCATE bars, bar_series, bar_digests, rejected_rows"))
+            connection.execute(text("INSERT INTO bar_series (symbol, timeframe, feed, adjustment) VALUES ('AAPL', '1Min', 'sip', 'raw')"))
         store = BarStore(engine)
         frame = bars(n=5)
-        rival = frame.iloc[2]
         with other.connect() as connection:
             transaction = connection.begin()
-            connection.execute(insert(Bar).values(
-                symbol="AAPL", timeframe="1Min", ts=rival["ts"].to_pydatetime(), feed="sip", adjustment="raw",
-                open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0, vwap=None, trade_count=None, provider="rival",
-                ingested_at=datetime.now(tz=UTC),
-            ))
+            if rival_kind == "bypasses the series lock":
+                connection.execute(text("SET LOCAL omni.bar_digests = 'kept'"))
+            _rival_insert(connection, frame, 2)
             outcome: dict[str, object] = {}
             worker = threading.Thread(target=lambda: outcome.update(result=store.upsert(frame)))
             worker.start()
             waited = _wait_for_lock_wait(other, timeout_s=30.0)
             transaction.commit()
         worker.join(timeout=60)
-        assert waited, "our plain INSERT should have waited on the rival's uncommitted key"
+        assert waited, "our write should have waited on the rival's uncommitted work"
         result = outcome["result"]
         assert isinstance(result, UpsertResult)
-        print(f"fallbacks: {store.fallbacks}, inserted {result.inserted}, updated {result.updated}")
-        assert store.fallbacks == 1
+        print(f"rival {rival_kind}: fallbacks {store.fallbacks}, inserted {result.inserted}, updated {result.updated}")
+        assert store.fallbacks == (1 if rival_kind == "bypasses the series lock" else 0)
         assert (result.inserted, result.updated, result.unchanged) == (4, 1, 0)
         back = store.read("AAPL", "1Min", *WIDE)
         pd.testing.assert_frame_equal(back, frame.astype(frames.empty_bars().dtypes.to_dict()))
+        assert store.upsert(frame).rerun_series == 1, "what the redone write stored is recognised on a re-run"
     finally:
         other.dispose()
         engine.dispose()

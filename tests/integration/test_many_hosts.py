@@ -222,11 +222,13 @@ def _partition_hosts(cluster: Cluster, job_id: int) -> dict[int, list[TaskRun]]:
 def _bar_counts(engine: Engine, timeframe: str) -> tuple[int, int]:
     """(rows, duplicate keys) of the stored bars of ``timeframe``."""
     with engine.connect() as connection:
-        rows = connection.execute(text("SELECT count(*) FROM bars WHERE timeframe = :tf"), {"tf": timeframe}).scalar_one()
+        rows = connection.execute(
+            text("SELECT count(*) FROM bars JOIN bar_series s ON s.id = bars.series_id WHERE timeframe = :tf"), {"tf": timeframe}
+        ).scalar_one()
         dupes = connection.execute(
             text(
-                "SELECT count(*) FROM (SELECT symbol, timeframe, ts, feed, adjustment FROM bars WHERE timeframe = :tf "
-                "GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d"
+                "SELECT count(*) FROM (SELECT symbol, timeframe, ts, feed, adjustment FROM bars JOIN bar_series s ON s.id = bars.series_id "
+                "WHERE timeframe = :tf GROUP BY 1,2,3,4,5 HAVING count(*) > 1) d"
             ),
             {"tf": timeframe},
         ).scalar_one()

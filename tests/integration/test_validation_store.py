@@ -15,7 +15,7 @@ from omni_tasks.scans import runs
 from omni_tasks.storage import migrations
 from omni_tasks.storage.bars import BarStore
 from omni_tasks.storage.engine import make_engine, session_factory
-from omni_tasks.storage.models import Bar, QualityReport, RejectedRow, SeriesValidation
+from omni_tasks.storage.models import Bar, BarSeries, QualityReport, RejectedRow, SeriesValidation
 from omni_tasks.validation.persist import validate_stored
 
 START, END = date(2024, 11, 25), date(2024, 12, 3)
@@ -58,7 +58,7 @@ def test_validate_stored_reports_gaps_moves_breaches_keeps_outliers_and_gates_sc
     assert summary["quarantined"] == 1
     assert summary["failed_series"] == ["MSFT", "NVDA"]
     with factory() as session:
-        assert session.scalar(select(func.count()).select_from(Bar).where(Bar.symbol == "NVDA", Bar.ts == datetime(2024, 11, 30, 15, tzinfo=UTC))) == 0
+        assert session.scalar(select(func.count()).select_from(Bar).join(BarSeries, BarSeries.id == Bar.series_id).where(BarSeries.symbol == "NVDA", Bar.ts == datetime(2024, 11, 30, 15, tzinfo=UTC))) == 0
         moved = session.scalars(select(RejectedRow).where(RejectedRow.stage == "validation")).all()
         assert [(r.symbol, r.ts) for r in moved] == [("NVDA", datetime(2024, 11, 30, 15, tzinfo=UTC))]
         assert "outside" in moved[0].reason

@@ -111,6 +111,30 @@ def test_pgcopy_matches_the_struct_reference_in_row_order(n: int) -> None:
     assert pgcopy.copy_bytes(columns) == reference_encoding(rows, types)
 
 
+@pytest.mark.parametrize("share", [0.0005, 0.01, 0.05, 0.3])
+def test_pgcopy_rare_nulls_and_short_texts_match_the_struct_reference(share: float) -> None:
+    """Blocks where few rows are narrower take the run-by-run path, many rows the byte mask: the same bytes either way."""
+    n = 30_000
+    rng = np.random.default_rng(11)
+    text = ["AAPL" if rng.random() >= share else "X" for _ in range(n)]
+    floats = rng.normal(100.0, 5.0, n)
+    float_nulls = rng.random(n) < share
+    float_nulls[[0, n - 1]] = True  # the first and the last row of the stream
+    ints = rng.integers(0, 10**6, n)
+    int_nulls = rng.random(n) < share
+    columns = [
+        pgcopy.text_column("t", text),
+        Column("f", "float8", floats, float_nulls),
+        Column("i", "int8", ints, int_nulls),
+        Column("s", "int4", rng.integers(0, 1000, n)),
+    ]
+    rows = [
+        (text[k], None if float_nulls[k] else float(floats[k]), None if int_nulls[k] else int(ints[k]), int(columns[3].values[k]))
+        for k in range(n)
+    ]
+    assert pgcopy.copy_bytes(columns) == reference_encoding(rows, ["text", "float8", "int8", "int4"])
+
+
 def test_pgcopy_chunk_reader_serves_any_read_size() -> None:
     columns, _, _ = sample(3_000)
     whole = pgcopy.copy_bytes(columns)

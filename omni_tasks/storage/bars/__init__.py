@@ -3,13 +3,17 @@
 Writes are idempotent upserts keyed by (symbol, timeframe, ts, feed,
 adjustment): a row whose values did not change is not written at all (its
 ``ingested_at`` stays), so re-running any backfill leaves the table as it was.
+In the database a series (symbol, timeframe, feed, adjustment) is named by a
+``bar_series`` id and ``bars`` is keyed by (series_id, ts): a narrow key the
+server maintains cheaply.
 
 The rooms, each of one purpose:
 
-* :mod:`.rows`: the frame checked and unpacked at the boundary, duplicate keys, checksums;
-* :mod:`.postgres`: the PostgreSQL upsert (binary COPY into staging, one statement);
+* :mod:`.rows`: the frame checked and unpacked at the boundary, duplicate keys, series, digests, checksums;
+* :mod:`.postgres`: the PostgreSQL write (fresh ranges COPYed straight in, re-runs recognised by digest,
+  the rest through a staging table and one upsert statement);
 * :mod:`.sqlite`: the SQLite upsert (batched ``executemany`` under ``BEGIN IMMEDIATE``);
-* :mod:`.reads`: canonical frames out, preferred feed first, and what is stored;
+* :mod:`.reads`: canonical frames out, preferred feed first, and what is stored; deletes by key;
 * :mod:`.quarantine`: rows that failed their checks, kept in ``rejected_rows``.
 
 Plain Python: no Celery here. Tasks call a :class:`BarStore` built from an engine.
@@ -39,9 +43,10 @@ class UpsertResult:
     input rows dropped because a later row had the same key, ``seconds`` wall
     time of the whole call (checks, encoding and the database). ``phases``:
     where those seconds went, in order (PostgreSQL: ``prepare`` checks and
-    de-duplication, ``copy`` encoding and COPY into staging, overlapped,
-    ``upsert`` the INSERT statement, ``commit``; SQLite: ``prepare``, ``upsert``,
-    ``commit``).
+    de-duplication, ``digest`` hashing each series and recording the digests,
+    ``series`` their ids and the re-run check, ``copy`` encoding and COPY
+    (straight into bars, or into staging), overlapped, ``upsert`` the staged
+    rows' INSERT statement, ``commit``; SQLite: ``prepare``, ``upsert``, ``commit``).
     """
 
     inserted: int
@@ -50,6 +55,7 @@ class UpsertResult:
     seconds: float
     duplicates: int = 0
     phases: Mapping[str, float] = field(default_factory=dict)
+    rerun_series: int = 0
 
     @property
     def rows(self) -> int:
@@ -103,13 +109,23 @@ class BarStore:
         clock.lap("prepare")
         if not len(rows):
             return UpsertResult(0, 0, 0, clock.total(), rows.duplicates, clock.phases)
+        rerun_series = 0
         if self.dialect == "postgresql":
-            inserted, updated, fell_back = upsert_postgresql(self.engine, rows, clock)
-            self.fallbacks += int(fell_back)
+            written = upsert_postgresql(self.engine, rows, clock)
+            inserted, updated, rerun_series = written.inserted, written.updated, written.skipped_series
+            self.fallbacks += int(written.fell_back)
         else:
             inserted, updated = upsert_sqlite(self.engine, rows, clock)
         unchanged = len(rows) - inserted - updated
-        return UpsertResult(inserted, updated, unchanged, clock.total(), rows.duplicates, clock.phases)
+        return UpsertResult(inserted, updated, unchanged, clock.total(), rows.duplicates, clock.phases, rerun_series)
+
+    def delete(self, keys: pd.DataFrame) -> int:
+        """Delete the stored bars with these keys (columns symbol, timeframe, ts, feed, adjustment; others ignored); returns how many.
+
+        Rows without a symbol or ts are skipped. The digests of the series
+        touched are forgotten, so a later re-run writes those bars again.
+        """
+        return quarantine.delete_bars(self.engine, keys)
 
     def quarantine(self, rejected: pd.DataFrame, *, partition_id: int | None, stage: str = "ingest") -> int:
         """Keep rows that failed :func:`frames.split_valid` in ``rejected_rows``; returns how many (see :func:`.quarantine.quarantine`)."""

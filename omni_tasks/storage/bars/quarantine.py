@@ -1,4 +1,4 @@
-"""Quarantine: bar rows that failed their checks, kept in ``rejected_rows`` with the reason and the values as the provider sent them."""
+"""Quarantine: bar rows that failed their checks, kept in ``rejected_rows`` with the reason and the values as the provider sent them; stored bars deleted by key."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, and_, delete, insert, or_, select, text
 
-from omni_tasks.storage.bars.rows import TEXT_WIDTHS
-from omni_tasks.storage.models import RejectedRow
+from omni_tasks.storage.bars.rows import SERIES_COLUMNS, TEXT_WIDTHS
+from omni_tasks.storage.models import Bar, BarDigest, BarSeries, RejectedRow
 
 
 def quarantine(engine: Engine, rejected: pd.DataFrame, *, partition_id: int | None, stage: str = "ingest") -> int:
@@ -91,3 +91,49 @@ def _json_value(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
     return value
+
+
+def delete_bars(engine: Engine, keys: pd.DataFrame) -> int:
+    """Delete the stored bars with these keys (symbol, timeframe, ts, feed, adjustment); how many were deleted.
+
+    Rows without a symbol or ts are skipped. The digests of the series touched
+    are forgotten in the same transaction (so a re-run writes those bars
+    again); on PostgreSQL the series are locked as the bar store's writes lock
+    them, and the ``bars_forget_digests`` trigger is told this write keeps the
+    digests itself.
+    """
+    keyed = keys.dropna(subset=["symbol", "ts"])
+    if keyed.empty:
+        return 0
+    by_series: dict[tuple[str, ...], list[datetime]] = {}
+    for row in keyed.itertuples(index=False):
+        key = tuple(str(getattr(row, name)) for name in SERIES_COLUMNS)
+        by_series.setdefault(key, []).append(pd.Timestamp(row.ts).tz_convert("UTC").to_pydatetime())
+    deleted = 0
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL omni.bar_digests = 'kept'"))
+            connection.execute(text("LOCK TABLE bar_digests IN ROW EXCLUSIVE MODE"))
+        series_keys = list(by_series)
+        ids: dict[tuple[str, ...], int] = {}
+        for first in range(0, len(series_keys), 200):
+            chunk = series_keys[first : first + 200]
+            statement = select(BarSeries.id, *(getattr(BarSeries, name) for name in SERIES_COLUMNS)).where(
+                or_(*(and_(*(getattr(BarSeries, name) == value for name, value in zip(SERIES_COLUMNS, key, strict=True))) for key in chunk))
+            )
+            ids.update({tuple(row[1:]): int(row[0]) for row in connection.execute(statement)})
+        if ids and engine.dialect.name == "postgresql":
+            # The locks the bar store's writes take, in the same (id) order.
+            connection.execute(
+                select(BarSeries.id).where(BarSeries.id.in_(sorted(ids.values()))).order_by(BarSeries.id).with_for_update(key_share=True)
+            )
+        for key, stamps in by_series.items():
+            series_id = ids.get(key)
+            if series_id is None:
+                continue
+            for first in range(0, len(stamps), 500):
+                result = connection.execute(delete(Bar).where(Bar.series_id == series_id, Bar.ts.in_(stamps[first : first + 500])))
+                deleted += int(result.rowcount or 0)
+        if ids:
+            connection.execute(delete(BarDigest).where(BarDigest.series_id.in_(sorted(ids.values()))))
+    return deleted

@@ -3,7 +3,8 @@
 Reads return canonical frames (dtypes exactly as :func:`~omni_tasks.contracts.bars.empty_bars`)
 and choose, per timestamp, the most preferred feed present: IEX and SIP bars
 (and raw and adjusted bars) are stored side by side and never overwrite each
-other (DESIGN section 5).
+other (DESIGN section 5): they are different series (``bar_series``), and
+``bars`` is keyed by (series_id, ts).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from sqlalchemy import DateTime, Engine, case, func, select, type_coerce
 
 from omni_tasks.contracts.bars import BAR_COLUMNS, empty_bars
 from omni_tasks.contracts.feeds import FEEDS
-from omni_tasks.storage.bars.rows import TEXT_COLUMNS
-from omni_tasks.storage.models import Bar
+from omni_tasks.storage.bars.rows import SERIES_COLUMNS, TEXT_COLUMNS
+from omni_tasks.storage.models import Bar, BarSeries
 
 #: Feeds in the order reads prefer them (the list's home is :mod:`omni_tasks.contracts.feeds`).
 FEED_PREFERENCE: Final = FEEDS
@@ -53,34 +54,48 @@ def read_many(
         raise ValueError("feeds is empty: name at least one feed, most preferred first")
     start_utc, end_utc = aware(start, "start"), aware(end, "end")
     names = sorted(set(symbols))
-    preference = case({feed: rank for rank, feed in enumerate(feeds)}, value=Bar.feed)
+    preference = case({feed: rank for rank, feed in enumerate(feeds)}, value=BarSeries.feed)
     rows: list[Any] = []
     with engine.connect() as connection:
         for first in range(0, len(names), batch_symbols):
-            ranked = (
-                select(
-                    *(_column(name) for name in BAR_COLUMNS),
-                    func.row_number().over(partition_by=(Bar.symbol, Bar.ts), order_by=preference).label("pick"),
-                )
-                .where(
-                    Bar.symbol.in_(names[first : first + batch_symbols]),
-                    Bar.timeframe == timeframe,
-                    Bar.adjustment == adjustment,
-                    Bar.ts >= start_utc,
-                    Bar.ts < end_utc,
-                    Bar.feed.in_(feeds),
-                )
-                .subquery()
+            conditions = (
+                BarSeries.symbol.in_(names[first : first + batch_symbols]),
+                BarSeries.timeframe == timeframe,
+                BarSeries.adjustment == adjustment,
+                BarSeries.feed.in_(feeds),
+                Bar.ts >= start_utc,
+                Bar.ts < end_utc,
             )
-            statement = select(*(ranked.c[name] for name in BAR_COLUMNS)).where(ranked.c.pick == 1).order_by(ranked.c.symbol, ranked.c.ts)
+            if len(feeds) == 1:
+                statement = (
+                    select(*(_column(name) for name in BAR_COLUMNS))
+                    .join_from(Bar, BarSeries, BarSeries.id == Bar.series_id)
+                    .where(*conditions)
+                    .order_by(BarSeries.symbol, Bar.ts)
+                )
+            else:
+                ranked = (
+                    select(
+                        *(_column(name) for name in BAR_COLUMNS),
+                        func.row_number().over(partition_by=(BarSeries.symbol, Bar.ts), order_by=preference).label("pick"),
+                    )
+                    .join_from(Bar, BarSeries, BarSeries.id == Bar.series_id)
+                    .where(*conditions)
+                    .subquery()
+                )
+                statement = (
+                    select(*(ranked.c[name] for name in BAR_COLUMNS)).where(ranked.c.pick == 1).order_by(ranked.c.symbol, ranked.c.ts)
+                )
             rows.extend(connection.execute(statement).all())
     return _frame(rows)
 
 
 def last_ts(engine: Engine, symbol: str, timeframe: str, feed: str, adjustment: str) -> datetime | None:
     """The start of the latest stored bar for this series (UTC), or None when there is none."""
-    statement = select(func.max(Bar.ts)).where(
-        Bar.symbol == symbol, Bar.timeframe == timeframe, Bar.feed == feed, Bar.adjustment == adjustment
+    statement = (
+        select(func.max(Bar.ts))
+        .join_from(Bar, BarSeries, BarSeries.id == Bar.series_id)
+        .where(BarSeries.symbol == symbol, BarSeries.timeframe == timeframe, BarSeries.feed == feed, BarSeries.adjustment == adjustment)
     )
     with engine.connect() as connection:
         return connection.execute(statement).scalar_one_or_none()
@@ -90,15 +105,12 @@ def stored_feeds(
     engine: Engine, symbols: Sequence[str], timeframe: str, adjustment: str, start: datetime, end: datetime
 ) -> tuple[str, ...]:
     """The feeds of the bars stored for ``symbols`` with ``start <= ts < end``, most preferred first (unknown feeds last)."""
+    stored = (
+        select(Bar.series_id).where(Bar.series_id == BarSeries.id, Bar.ts >= aware(start, "start"), Bar.ts < aware(end, "end")).exists()
+    )
     statement = (
-        select(Bar.feed)
-        .where(
-            Bar.symbol.in_(sorted(set(symbols))),
-            Bar.timeframe == timeframe,
-            Bar.adjustment == adjustment,
-            Bar.ts >= aware(start, "start"),
-            Bar.ts < aware(end, "end"),
-        )
+        select(BarSeries.feed)
+        .where(BarSeries.symbol.in_(sorted(set(symbols))), BarSeries.timeframe == timeframe, BarSeries.adjustment == adjustment, stored)
         .distinct()
     )
     with engine.connect() as connection:
@@ -109,18 +121,25 @@ def stored_feeds(
 def count(engine: Engine, symbol: str | None = None, timeframe: str | None = None) -> int:
     """Stored bars, all feeds and adjustments, optionally of one symbol and/or timeframe."""
     statement = select(func.count()).select_from(Bar)
+    if symbol is not None or timeframe is not None:
+        statement = statement.join(BarSeries, BarSeries.id == Bar.series_id)
     if symbol is not None:
-        statement = statement.where(Bar.symbol == symbol)
+        statement = statement.where(BarSeries.symbol == symbol)
     if timeframe is not None:
-        statement = statement.where(Bar.timeframe == timeframe)
+        statement = statement.where(BarSeries.timeframe == timeframe)
     with engine.connect() as connection:
         return int(connection.execute(statement).scalar_one())
 
 
 def _column(name: str) -> Any:
-    """A bars column to select; ts skips UtcDateTime's per-row conversion (the frame converts the column at once)."""
+    """A column to select, by canonical name: the series' text from bar_series, the rest from bars.
+
+    ts skips UtcDateTime's per-row conversion (the frame converts the column at once).
+    """
     if name == "ts":
         return type_coerce(Bar.ts, DateTime(timezone=True)).label("ts")
+    if name in SERIES_COLUMNS:
+        return getattr(BarSeries, name).label(name)
     return getattr(Bar, name)
 
 

@@ -8,6 +8,12 @@ the problem. Duplicate keys are resolved there, the last row winning.
 
 Timestamps are stored with microsecond precision (PostgreSQL's): nanoseconds in a
 frame are floored to the microsecond here, and keys are compared after that.
+
+The table is keyed by (series, ts), a series being one (symbol, timeframe, feed,
+adjustment): :class:`Rows` numbers the frame's series (``series``, in order of
+first appearance), :func:`spans` puts them in key order with each series' first
+and last timestamp, and :func:`digests` hashes each series' rows as they are
+stored, the fingerprint a re-run is recognised by.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -24,6 +30,8 @@ import pandas as pd
 from omni_tasks.contracts.bars import ADJUSTMENTS, BAR_COLUMNS, SYMBOL_PATTERN, TIMEFRAMES
 
 KEY_COLUMNS: Final = ("symbol", "timeframe", "ts", "feed", "adjustment")
+#: The text columns that make a series (the key without ts).
+SERIES_COLUMNS: Final = ("symbol", "timeframe", "feed", "adjustment")
 #: The non-key columns compared to decide whether a stored row changed.
 VALUE_COLUMNS: Final = ("open", "high", "low", "close", "volume", "vwap", "trade_count", "provider")
 TEXT_COLUMNS: Final = ("symbol", "timeframe", "feed", "adjustment", "provider")
@@ -31,9 +39,12 @@ FLOAT_COLUMNS: Final = ("open", "high", "low", "close", "volume", "vwap")
 #: Widths of the text columns in the ``bars`` table (characters).
 TEXT_WIDTHS: Final = {"symbol": 12, "timeframe": 8, "feed": 16, "adjustment": 8, "provider": 32}
 
-#: Column order of the staging table, the COPY stream and the SQLite upsert (keys first, the order of the bars primary key).
-STAGE_COLUMNS: Final = (*KEY_COLUMNS, *VALUE_COLUMNS)
+#: Column order of the bars table, the COPY stream, the staging table and the SQLite upsert (the primary key first).
+STORED_COLUMNS: Final = ("series_id", "ts", *VALUE_COLUMNS)
 CHECKSUM_VERSION: Final = b"omni-bars-checksum/1\n"
+DIGEST_VERSION: Final = b"omni-bars-digest/1\n"
+#: How one stored row is hashed in a series digest (values as stored; NULLs as 0 with a flag).
+_DIGEST_ROW: Final = np.dtype([("ts", "<i8"), *((name, "<f8") for name in FLOAT_COLUMNS), ("trade_count", "<i8"), ("nulls", "u1")])
 
 
 @dataclass
@@ -59,9 +70,17 @@ class Rows:
     trade_count: np.ndarray  # int64, 0 where NULL
     trade_count_null: np.ndarray  # bool
     duplicates: int
+    #: Per row, its series (symbol, timeframe, feed, adjustment) numbered 0.. in order of first appearance.
+    series: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: True when the rows are in key order already: each series contiguous, ts strictly increasing.
+    in_key_order: bool = False
 
     def __len__(self) -> int:
         return len(self.ts_us)
+
+    @property
+    def series_count(self) -> int:
+        return int(self.series.max()) + 1 if len(self.series) else 0
 
     def take(self, rows: np.ndarray) -> Rows:
         return Rows(
@@ -71,6 +90,8 @@ class Rows:
             trade_count=self.trade_count[rows],
             trade_count_null=self.trade_count_null[rows],
             duplicates=self.duplicates,
+            series=self.series[rows],
+            in_key_order=self.in_key_order,
         )
 
 
@@ -118,9 +139,11 @@ def unpack(bars: pd.DataFrame) -> Rows:
     text = {name: text_column(bars[name], name) for name in TEXT_COLUMNS}
     check_text_values(text)
 
-    rows = Rows(text, ts_us, floats, trade_count_values, trade_count_null, duplicates=0)
+    rows = Rows(text, ts_us, floats, trade_count_values, trade_count_null, duplicates=0, series=series_codes(text, len(ts_us)))
     keep = last_of_each_key(rows)
-    if keep is not None:
+    if keep is None:
+        rows.in_key_order = True
+    elif len(keep) < len(rows):
         rows = rows.take(keep)
         rows.duplicates = len(bars) - len(keep)
     return rows
@@ -169,18 +192,32 @@ def check_text_values(text: dict[str, TextColumn]) -> None:
             raise ValueError(f"column 'adjustment': unknown adjustment {value!r} (choose from {', '.join(ADJUSTMENTS)})")
 
 
+def series_codes(text: dict[str, TextColumn], n: int) -> np.ndarray:
+    """One integer per row for its (symbol, timeframe, feed, adjustment), numbered 0.. in order of first appearance."""
+    varying = [name for name in SERIES_COLUMNS if len(text[name].categories) > 1]
+    if len(varying) == 1:
+        return text[varying[0]].codes  # factorised in order of first appearance already
+    codes = np.zeros(n, dtype=np.int64)
+    for name in varying:
+        column = text[name]
+        if len(column.categories) > 1:
+            # Re-factorised after each step, so the codes stay below n and in order of first appearance.
+            codes, _ = pd.factorize(codes * len(column.categories) + column.codes)
+            codes = np.asarray(codes, dtype=np.int64)
+    return codes
+
+
 def last_of_each_key(rows: Rows) -> np.ndarray | None:
-    """Row positions to keep so each key appears once (its last row), in input order; None if no duplicates."""
+    """Row positions to keep so each key appears once (its last row), in input order.
+
+    None when the rows are in key order already (each series contiguous, ts
+    strictly increasing: no duplicates, nothing to move); all positions when
+    there are no duplicates but the rows are not in key order.
+    """
     n = len(rows)
     if n < 2:
         return None
-    # One integer per (symbol, timeframe, feed, adjustment), re-factorised after each step so it stays below n.
-    series_id = np.zeros(n, dtype=np.int64)
-    for name in ("symbol", "timeframe", "feed", "adjustment"):
-        column = rows.text[name]
-        if len(column.categories) > 1:
-            series_id, _ = pd.factorize(series_id * len(column.categories) + column.codes)
-            series_id = np.asarray(series_id, dtype=np.int64)
+    series_id = rows.series
     ts = rows.ts_us
     lo, hi = int(ts.min()), int(ts.max())
     groups = int(series_id.max()) + 1
@@ -191,9 +228,105 @@ def last_of_each_key(rows: Rows) -> np.ndarray | None:
         duplicated = pd.Series(key).duplicated(keep="last").to_numpy()
     else:
         duplicated = pd.DataFrame({"series": series_id, "ts": ts}).duplicated(keep="last").to_numpy()
-    if not duplicated.any():
-        return None
     return np.flatnonzero(~duplicated)
+
+
+@dataclass(frozen=True)
+class Spans:
+    """The rows in key order and where each series lies in it (index: the series number)."""
+
+    order: np.ndarray | None  # row positions in key order; None when the rows are in key order already
+    starts: np.ndarray  # per series, its first position in key order
+    stops: np.ndarray  # per series, one past its last
+    lo_us: np.ndarray  # per series, its first ts (microseconds since the epoch)
+    hi_us: np.ndarray  # per series, its last ts
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.stops - self.starts
+
+    def positions(self, series: np.ndarray) -> np.ndarray:
+        """Row positions (into :class:`Rows`), in key order, of the rows of the given series (ascending numbers)."""
+        if not len(series):
+            return np.empty(0, dtype=np.int64)
+        if len(series) == len(self.starts):
+            keyed = np.arange(int(self.stops[-1]), dtype=np.int64)
+        else:
+            starts, stops = self.starts[series], self.stops[series]
+            lengths = stops - starts
+            # Concatenated aranges: each run starts at its start, one per row after it.
+            offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+            keyed = np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+        return keyed if self.order is None else self.order[keyed]
+
+
+def spans(rows: Rows) -> Spans:
+    """Put the rows in key order (series number, then ts) and find each series' run and time span."""
+    n = len(rows)
+    order = None if rows.in_key_order else np.lexsort((rows.ts_us, rows.series))
+    series = rows.series if order is None else rows.series[order]
+    ts = rows.ts_us if order is None else rows.ts_us[order]
+    k = rows.series_count
+    boundaries = np.flatnonzero(series[1:] != series[:-1]) + 1
+    starts = np.concatenate([[0], boundaries]).astype(np.int64) if n else np.empty(0, dtype=np.int64)
+    stops = np.concatenate([boundaries, [n]]).astype(np.int64) if n else np.empty(0, dtype=np.int64)
+    if len(starts) != k:
+        raise AssertionError(f"{len(starts)} runs for {k} series")  # numbered in order of first appearance: every number has rows
+    return Spans(order, starts, stops, ts[starts] if n else starts, ts[stops - 1] if n else stops)
+
+
+def series_keys(rows: Rows, where: Spans) -> list[tuple[str, str, str, str]]:
+    """(symbol, timeframe, feed, adjustment) of each series, by series number."""
+    first = where.positions(np.arange(rows.series_count))[where.starts] if len(rows) else np.empty(0, dtype=np.int64)
+    columns = [np.asarray(rows.text[name].categories, dtype=object)[rows.text[name].codes[first]] for name in SERIES_COLUMNS]
+    return list(zip(*(c.tolist() for c in columns), strict=True))
+
+
+def digests(rows: Rows, where: Spans) -> list[str]:
+    """Per series (by number): a blake2b (hex) of its rows as the store keeps them, in key order; ``ingested_at`` is not part of it.
+
+    Two writes of the same rows of a series give the same digest, whatever the
+    rows' order in the frame or the other series in it.
+    """
+    n = len(rows)
+    if not n:
+        return []
+    order = where.order
+
+    def keyed(values: np.ndarray) -> np.ndarray:
+        return values if order is None else values[order]
+
+    vwap = keyed(rows.floats["vwap"])
+    vwap_null = np.isnan(vwap)
+    count_null = keyed(rows.trade_count_null)
+    # Column by column, each contiguous in key order; NULLs hashed as 0 with a flag (NaN payloads vary).
+    columns = [keyed(rows.ts_us).astype("<i8", copy=False)]
+    columns += [keyed(rows.floats[name]).astype("<f8", copy=False) for name in FLOAT_COLUMNS if name != "vwap"]
+    columns.append(np.where(vwap_null, 0.0, vwap).astype("<f8", copy=False))
+    columns.append(np.where(count_null, 0, keyed(rows.trade_count)).astype("<i8", copy=False))
+    columns.append(vwap_null.astype(np.uint8) | (count_null.astype(np.uint8) << 1))
+    columns = [np.ascontiguousarray(column) for column in columns]
+    provider = rows.text["provider"]
+    single = len(provider.categories) == 1
+    provider_codes = None if single else keyed(provider.codes)
+    out = []
+    for start, stop in zip(where.starts.tolist(), where.stops.tolist(), strict=True):
+        digest = hashlib.blake2b(DIGEST_VERSION, digest_size=32)
+        digest.update(f"rows={stop - start}\n".encode())
+        for column in columns:
+            digest.update(column[start:stop].data)
+        if provider_codes is None:
+            digest.update(b"provider:" + provider.categories[0].encode("utf-8"))
+        else:
+            used, local = np.unique(provider_codes[start:stop], return_inverse=True)
+            names = [provider.categories[int(code)] for code in used]
+            ranking = np.argsort(np.array(names, dtype=object), kind="stable")
+            rank = np.empty(len(ranking), dtype=np.int64)
+            rank[ranking] = np.arange(len(ranking))
+            digest.update(b"providers:" + "\x00".join(sorted(names)).encode("utf-8") + b"\n")
+            digest.update(rank[local].astype("<u4").tobytes())
+        out.append(digest.hexdigest())
+    return out
 
 
 def sort_ranks(column: TextColumn) -> np.ndarray:

@@ -1,9 +1,12 @@
 """The bar store's SQLite upsert: batched ``executemany`` of ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` in one ``BEGIN IMMEDIATE`` transaction.
 
-A row whose values did not change is not written (its ``ingested_at`` stays).
-Inserted keys are counted as the growth of the stored rows of the frame's
-symbols, timeframes and time span, under the write lock; the rest of the
-changed rows were updates.
+The same tables as on PostgreSQL: the frame's series get their ``bar_series``
+ids first (new ones added), then rows keyed by (series_id, ts). A row whose
+values did not change is not written (its ``ingested_at`` stays). Inserted keys
+are counted as the growth of the stored rows of the frame's series and time
+span, under the write lock; the rest of the changed rows were updates.
+``bar_digests`` is not used here: SQLite has no statement triggers to keep it
+honest against other writers, and its upsert is the small-scale path.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 from sqlalchemy import Engine
 
-from omni_tasks.storage.bars.rows import KEY_COLUMNS, STAGE_COLUMNS, TEXT_COLUMNS, VALUE_COLUMNS, Clock, Rows, TextColumn, columns_sql
+from omni_tasks.storage.bars.rows import FLOAT_COLUMNS, STORED_COLUMNS, VALUE_COLUMNS, Clock, Rows, columns_sql, series_keys, spans
 
 _SQLITE_BATCH_ROWS: Final = 50_000
 _SQLITE_TS_FORMAT_LEN: Final = 26  # 'YYYY-MM-DD HH:MM:SS.ffffff', SQLAlchemy's SQLite DATETIME storage format
@@ -27,8 +30,7 @@ _SQLITE_MAX_US: Final = int(np.datetime64("9999-12-31T23:59:59.999999", "us").as
 def upsert_sqlite(engine: Engine, rows: Rows, clock: Clock) -> tuple[int, int]:
     """Upsert ``rows`` in one ``BEGIN IMMEDIATE`` transaction: (inserted, updated)."""
     ingested_at = _sqlite_timestamps(np.array([_now_us()], dtype=np.int64))[0]
-    symbols = _used(rows.text["symbol"])
-    timeframes = _used(rows.text["timeframe"])
+    keys = series_keys(rows, spans(rows))
     span = (_sqlite_timestamps(rows.ts_us.min(keepdims=True))[0], _sqlite_timestamps(rows.ts_us.max(keepdims=True))[0])
     raw = engine.raw_connection()
     dbapi: Any = raw.dbapi_connection
@@ -40,12 +42,13 @@ def upsert_sqlite(engine: Engine, rows: Rows, clock: Clock) -> tuple[int, int]:
         cursor = dbapi.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
-            before = _sqlite_count(cursor, symbols, timeframes, span)
+            ids = _sqlite_series_ids(cursor, keys)
+            before = _sqlite_count(cursor, sorted(set(ids.tolist())), span)
             changed = 0
-            for batch in _sqlite_batches(rows, ingested_at):
+            for batch in _sqlite_batches(rows, ids, ingested_at):
                 cursor.executemany(_SQLITE_UPSERT, batch)
                 changed += cursor.rowcount
-            inserted = _sqlite_count(cursor, symbols, timeframes, span) - before
+            inserted = _sqlite_count(cursor, sorted(set(ids.tolist())), span) - before
             clock.lap("upsert")
             cursor.execute("COMMIT")
             clock.lap("commit")
@@ -61,9 +64,21 @@ def upsert_sqlite(engine: Engine, rows: Rows, clock: Clock) -> tuple[int, int]:
     return inserted, changed - inserted
 
 
+def _sqlite_series_ids(cursor: Any, keys: list[tuple[str, str, str, str]]) -> np.ndarray:
+    """The bar_series id of each key (by series number), adding the missing ones in order."""
+    cursor.executemany("INSERT OR IGNORE INTO bar_series (symbol, timeframe, feed, adjustment) VALUES (?, ?, ?, ?)", keys)
+    found: dict[tuple[str, str, str, str], int] = {}
+    for start in range(0, len(keys), 200):
+        chunk = keys[start : start + 200]
+        marks = " OR ".join("(symbol = ? AND timeframe = ? AND feed = ? AND adjustment = ?)" for _ in chunk)
+        cursor.execute(f"SELECT symbol, timeframe, feed, adjustment, id FROM bar_series WHERE {marks}", [v for key in chunk for v in key])  # noqa: S608 - placeholders only
+        found.update({tuple(row[:4]): int(row[4]) for row in cursor.fetchall()})
+    return np.array([found[key] for key in keys], dtype=np.int64)
+
+
 _SQLITE_UPSERT: Final = f"""
-INSERT INTO bars ({columns_sql("", STAGE_COLUMNS)}, ingested_at) VALUES ({", ".join("?" * (len(STAGE_COLUMNS) + 1))})
-ON CONFLICT ({columns_sql("", KEY_COLUMNS)}) DO UPDATE
+INSERT INTO bars ({columns_sql("", STORED_COLUMNS)}, ingested_at) VALUES ({", ".join("?" * (len(STORED_COLUMNS) + 1))})
+ON CONFLICT (series_id, ts) DO UPDATE
 SET {", ".join(f"{name} = excluded.{name}" for name in VALUE_COLUMNS)}, ingested_at = excluded.ingested_at
 WHERE ({columns_sql("bars.", VALUE_COLUMNS)}) IS NOT ({columns_sql("excluded.", VALUE_COLUMNS)})
 """  # noqa: S608 - constant column names and placeholders
@@ -79,47 +94,32 @@ def _sqlite_timestamps(ts_us: np.ndarray) -> list[str]:
     return text.tolist()
 
 
-def _sqlite_batches(rows: Rows, ingested_at: str) -> Iterator[list[tuple[Any, ...]]]:
+def _sqlite_batches(rows: Rows, ids: np.ndarray, ingested_at: str) -> Iterator[list[tuple[Any, ...]]]:
+    provider = np.asarray(rows.text["provider"].categories, dtype=object)
     for start in range(0, len(rows), _SQLITE_BATCH_ROWS):
         part = slice(start, start + _SQLITE_BATCH_ROWS)
-        columns: list[list[Any]] = []
-        for name in STAGE_COLUMNS:
-            if name in TEXT_COLUMNS:
-                column = rows.text[name]
-                columns.append(np.asarray(column.categories, dtype=object)[column.codes[part]].tolist())
-            elif name == "ts":
-                columns.append(_sqlite_timestamps(rows.ts_us[part]))
-            elif name == "trade_count":
-                values = rows.trade_count[part].astype(object)
-                values[rows.trade_count_null[part]] = None
-                columns.append(values.tolist())
-            else:
-                values = rows.floats[name][part].astype(object)
-                values[np.isnan(rows.floats[name][part])] = None
-                columns.append(values.tolist())
+        columns: list[list[Any]] = [ids[rows.series[part]].tolist(), _sqlite_timestamps(rows.ts_us[part])]
+        for name in FLOAT_COLUMNS:
+            values = rows.floats[name][part].astype(object)
+            values[np.isnan(rows.floats[name][part])] = None
+            columns.append(values.tolist())
+        counts = rows.trade_count[part].astype(object)
+        counts[rows.trade_count_null[part]] = None
+        columns.append(counts.tolist())
+        columns.append(provider[rows.text["provider"].codes[part]].tolist())
         columns.append([ingested_at] * len(columns[0]))
         yield list(zip(*columns, strict=True))
 
 
-def _sqlite_count(cursor: Any, symbols: list[str], timeframes: list[str], span: tuple[str, str]) -> int:
-    """Stored rows of these symbols and timeframes within [span]: a superset of the keys an upsert
-    can insert, counted on the key index (symbol, timeframe, ts, ...) rather than the whole table."""
+def _sqlite_count(cursor: Any, series_ids: list[int], span: tuple[str, str]) -> int:
+    """Stored rows of these series within [span]: a superset of the keys an upsert can insert, counted on the key index."""
     total = 0
-    timeframe_marks = ", ".join("?" * len(timeframes))
-    for start in range(0, len(symbols), 500):
-        chunk = symbols[start : start + 500]
+    for start in range(0, len(series_ids), 500):
+        chunk = series_ids[start : start + 500]
         marks = ", ".join("?" * len(chunk))
-        cursor.execute(
-            f"SELECT count(*) FROM bars WHERE symbol IN ({marks}) AND timeframe IN ({timeframe_marks}) AND ts >= ? AND ts <= ?",  # noqa: S608 - placeholders only
-            (*chunk, *timeframes, *span),
-        )
+        cursor.execute(f"SELECT count(*) FROM bars WHERE series_id IN ({marks}) AND ts >= ? AND ts <= ?", (*chunk, *span))  # noqa: S608 - placeholders only
         total += int(cursor.fetchone()[0])
     return total
-
-
-def _used(column: TextColumn) -> list[str]:
-    """The distinct values present in the rows, sorted."""
-    return sorted({column.categories[i] for i in np.unique(column.codes)})
 
 
 def _now_us() -> int:
