@@ -151,9 +151,13 @@ class RateLimiter:
         return self._clock()
 
     def seconds_to_reset(self) -> float:
-        """Seconds until the next UTC midnight, when daily quotas reset."""
+        """Seconds until one second past the next UTC midnight, when daily quotas reset.
+
+        The second's margin keeps a deferred call (and the ``resume_at`` shown for it, stamped a moment
+        later on another clock) on the new day, never a fraction of a second before the reset.
+        """
         now = self._clock()
-        return 86400.0 - (now % 86400.0)
+        return 86400.0 - (now % 86400.0) + 1.0
 
     def _day(self) -> str:
         return datetime.fromtimestamp(self._clock(), tz=UTC).strftime("%Y-%m-%d")
