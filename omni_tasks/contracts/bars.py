@@ -15,12 +15,12 @@ the provider's name otherwise; ``adjustment`` is ``raw``, ``split``,
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final
+from typing import Final
 
 from omni_tasks.core import inputs
+from omni_tasks.core.lazy import lazy_exports
 
 BAR_COLUMNS: Final = (
     "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume",
@@ -76,8 +76,4 @@ def check_symbol(symbol: str) -> str:
 #: checks a symbol (the watchdog, beat, the CLI) never imports pandas.
 _FRAME_NAMES: Final = frozenset({"BarFrame", "empty_bars", "canonical_bars", "split_valid"})
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _FRAME_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module("omni_tasks.contracts.bar_frames"), name)
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_FRAME_NAMES, "omni_tasks.contracts.bar_frames"))

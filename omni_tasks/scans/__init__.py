@@ -7,8 +7,7 @@ merge), :mod:`.loading` (bars from the bar store). Celery only in ``tasks.py``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from omni_tasks.core.lazy import lazy_exports
 
 # Exported names and their modules, imported on first use (PEP 562): the indicators carry pandas and
 # numpy, and a process that only reads a scan run's ledger (the watchdog) should not pay for them.
@@ -28,8 +27,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})

@@ -19,8 +19,7 @@ Modules: :mod:`checks` (check names, vectorised invariants, pandera models
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from omni_tasks.core.lazy import lazy_exports
 
 # Exported names and their modules, imported on first use (PEP 562): the checks carry pandas, pandera and
 # the exchange calendar, and a process that only routes a validation task should not pay for them.
@@ -52,8 +51,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
