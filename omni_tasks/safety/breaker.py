@@ -254,6 +254,14 @@ class CircuitBreaker:
             for breaker, reply in zip(breakers, replies, strict=True)
         ]
 
+    def allow_in(self, pipe: Any) -> None:
+        """Queue :meth:`allow` in ``pipe`` (a pipeline of this breaker's client, with other reads); pass its reply to :meth:`allowed`."""
+        pipe.eval(*self._allow_args())
+
+    def allowed(self, reply: Any) -> Decision:
+        """The decision from the reply of an :meth:`allow_in` (an exception, or the pipeline failing: unreadable, by ``fail_open``)."""
+        return self._unreadable(reply) if isinstance(reply, BaseException) else self._decision(reply)
+
     def _allow_args(self) -> tuple[Any, ...]:
         return (
             _ALLOW, 4, self._key, BREAKER_REGISTRY_KEY, self._trials_key, BREAKER_AUDIT_PENDING_KEY, repr(self._clock()),

@@ -20,20 +20,17 @@ orders and setting the day's starting equity to the equity then.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from functools import cache
-from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
 from redis.exceptions import RedisError
-from sqlalchemy import TextClause, and_, insert, select, text, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,8 +45,6 @@ from omni_tasks.contracts.venue import (
     VenueOrder,
     VenuePosition,
 )
-from omni_tasks.safety.state_rule import Copy
-from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 from omni_tasks.trading.fills import ZERO, PositionState, apply_fill, cash_after, equity_at, ns_of, side_of
 
@@ -79,87 +74,6 @@ class Outcome:
     orders: list[VenueOrder] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     book: tuple[AccountSnapshot, list[VenuePosition]] | None = None
-
-
-@dataclass(frozen=True)
-class LockedRead:
-    """What the lean path (PostgreSQL) reads under the account lock, in one statement.
-
-    ``known``: this order's row (a detached copy; None when there is none), ``resting``: other open
-    orders at this venue exist, ``positions``: every position of the venue, ``state``: the trading
-    state's row as the kill switch's guard reads it.
-    """
-
-    known: Order | None
-    resting: bool
-    positions: dict[str, PositionState]
-    state: Copy
-
-
-@dataclass(frozen=True)
-class LeanWrite:
-    """The rows one order changes, written by :meth:`SimulatedLedger.write_lean` in one statement."""
-
-    request: OrderRequest
-    known_id: int | None
-    broker_order_id: str
-    status: str
-    reason: str | None
-    now: datetime
-    events: list[tuple[str, str | None, str | None, dict[str, str]]]
-    #: (price, the position after, cash after): None when nothing filled
-    fill: tuple[Decimal, PositionState, Decimal] | None = None
-
-
-#: The order's row (FOR UPDATE), whether another order rests here (FOR UPDATE too, as the ORM path locks them),
-#: every position and the trading state's row: one round trip, in the transaction that holds the account lock
-#: (so the snapshot is taken after it: nothing committed before the lock was granted is missed).
-_LOCKED_READ = text(
-    """
-SELECT
-  (SELECT json_agg(json_build_array(o.id, o.client_order_id, o.broker, o.broker_order_id, o.symbol, o.side, o.qty::text,
-                                    o.order_type, o.limit_price::text, o.status, o.filled_qty::text, o.requested_by) ORDER BY o.id)
-     FROM (SELECT * FROM orders
-            WHERE client_order_id = :client_order_id
-               OR (broker = :broker AND status = ANY(:open_statuses) AND broker_order_id IS NOT NULL)
-            ORDER BY id FOR UPDATE) AS o) AS orders,
-  (SELECT json_agg(json_build_array(p.symbol, p.qty::text, p.avg_price::text, p.realized_pnl::text))
-     FROM positions AS p WHERE p.broker = :broker) AS positions,
-  (SELECT json_build_array(t.state, t.version) FROM trading_state AS t WHERE t.id = :state_row) AS state
-"""
-)
-
-
-@cache
-def _lean_write_sql(new_row: bool, filled: bool, events: int) -> TextClause:
-    """The one statement that records an order's outcome: the row, and when filled the fill, the position and the cash; its events."""
-    if new_row:
-        order = """INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
-                        filled_qty, avg_fill_price, requested_by, reason, created_at, submitted_at, updated_at)
-    VALUES (:client_order_id, :broker, :broker_order_id, :symbol, :side, :qty, :order_type, :limit_price, :status,
-            :filled_qty, :avg_fill_price, :requested_by, :reason, :now, :submitted_at, :now)
-    RETURNING id"""
-    else:
-        order = """UPDATE orders SET broker_order_id = :broker_order_id, status = :status, reason = :reason, submitted_at = :submitted_at,
-                      filled_qty = :filled_qty, avg_fill_price = :avg_fill_price, updated_at = :now
-    WHERE id = :order_id RETURNING id"""
-    parts = [f"row AS (\n    {order}\n)"]
-    if filled:
-        parts += [
-            """fill AS (
-    INSERT INTO fills (order_id, broker, symbol, side, qty, price, ts) SELECT id, :broker, :symbol, :side, :fill_qty, :price, :now FROM row
-)""",
-            """position AS (
-    INSERT INTO positions (broker, symbol, qty, avg_price, realized_pnl, updated_at)
-    VALUES (:broker, :symbol, :position_qty, :position_avg_price, :position_realized_pnl, :now)
-    ON CONFLICT (broker, symbol) DO UPDATE SET qty = EXCLUDED.qty, avg_price = EXCLUDED.avg_price,
-        realized_pnl = EXCLUDED.realized_pnl, updated_at = EXCLUDED.updated_at
-)""",
-            "account AS (\n    UPDATE broker_accounts SET cash = :cash, updated_at = :now WHERE broker = :broker\n)",
-        ]
-    rows = ", ".join(f"(:now, :client_order_id, :event_{i}, :check_{i}, :reason_{i}, CAST(:detail_{i} AS JSON))" for i in range(events))
-    parts.append(f'events AS (\n    INSERT INTO order_events (ts, client_order_id, event, "check", reason, detail) VALUES {rows}\n)')  # noqa: S608 - placeholders and fixed text only
-    return text("WITH " + ",\n".join(parts) + "\nSELECT id FROM row")
 
 
 class SimulatedLedger:
@@ -375,55 +289,6 @@ class SimulatedLedger:
                 ],
             )  # fmt: skip
         return [found.broker_order_id or "" for found in changed]
-
-    # ---- the lean path (PostgreSQL) ---------------------------------------------------------------
-
-    def lean(self, session: Session) -> bool:
-        """Does this database take the lean path's statements (PostgreSQL)?"""
-        return bool(session.get_bind().dialect.name == "postgresql")
-
-    def locked_read(self, session: Session, client_order_id: str) -> LockedRead:
-        """:data:`_LOCKED_READ`, under the account lock :meth:`lock` took in this transaction."""
-        found = session.execute(
-            _LOCKED_READ,
-            {"client_order_id": client_order_id, "broker": self.name, "open_statuses": sorted(OPEN_STATUSES), "state_row": STATE_ROW_ID},
-        ).one()
-        known: Order | None = None
-        resting = False
-        for oid, coid, broker, boid, symbol, side, qty, kind, limit, status, filled, by in found.orders or ():
-            if coid != client_order_id:
-                resting = True
-                continue
-            known = Order(
-                id=oid, client_order_id=coid, broker=broker, broker_order_id=boid, symbol=symbol, side=side, qty=Decimal(qty),
-                order_type=kind, limit_price=None if limit is None else Decimal(limit), status=status, filled_qty=Decimal(filled),
-                requested_by=by,
-            )  # fmt: skip
-        positions = {symbol: PositionState(Decimal(qty), Decimal(avg), Decimal(pnl)) for symbol, qty, avg, pnl in found.positions or ()}
-        state = row_copy(None if found.state is None else SimpleNamespace(state=found.state[0], version=found.state[1]))
-        return LockedRead(known=known, resting=resting, positions=positions, state=state)
-
-    def write_lean(self, session: Session, change: LeanWrite) -> None:
-        """Record one order's outcome in one statement (:func:`_lean_write_sql`)."""
-        request = change.request
-        filled = change.fill is not None
-        params: dict[str, Any] = {
-            "client_order_id": request.client_order_id, "broker": self.name, "broker_order_id": change.broker_order_id,
-            "symbol": request.symbol, "side": request.side, "qty": request.qty, "order_type": request.order_type,
-            "limit_price": request.limit_price, "status": change.status, "reason": change.reason, "now": change.now,
-            "requested_by": (request.requested_by or "unknown")[:100], "order_id": change.known_id,
-            "submitted_at": change.now if change.status != "rejected" else None,
-            "filled_qty": request.qty if filled else ZERO, "avg_fill_price": change.fill[0] if change.fill is not None else None,
-        }  # fmt: skip
-        if change.fill is not None:
-            price, after, cash = change.fill
-            params.update(
-                fill_qty=request.qty, price=price, position_qty=after.qty, position_avg_price=after.avg_price,
-                position_realized_pnl=after.realized_pnl, cash=cash,
-            )  # fmt: skip
-        for i, (event, check, reason, detail) in enumerate(change.events):
-            params.update({f"event_{i}": event, f"check_{i}": check, f"reason_{i}": reason, f"detail_{i}": json.dumps(detail)})
-        session.execute(_lean_write_sql(change.known_id is None, filled, len(change.events)), params).one()
 
     # ---- idempotency -----------------------------------------------------------------------------
 

@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, VenueError
 from omni_tasks.core.errors import DatabaseUnavailable
 from omni_tasks.safety.breaker import CircuitBreaker
+from omni_tasks.storage.direct import Direct, direct
 from omni_tasks.trading.checks import BreakerReading
 from omni_tasks.trading.expiry import is_database_failure
 
@@ -61,12 +63,24 @@ def guarded_transaction(
     caller records it (:meth:`~omni_tasks.safety.breaker.CircuitBreaker.record_in`, with its next Redis round trip).
     A failure is recorded at once.
     """
+    with _guarded(breaker, decision, settle), sessions() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def guarded_direct(engine: Engine, breaker: CircuitBreaker, *, decision: Any = None, settle: list[str] | None = None) -> Iterator[Direct]:
+    """:func:`guarded_transaction` for fixed statements on a lent DB-API connection (:mod:`omni_tasks.storage.direct`)."""
+    with _guarded(breaker, decision, settle), direct(engine) as db:
+        yield db
+
+
+@contextmanager
+def _guarded(breaker: CircuitBreaker, decision: Any, settle: list[str] | None) -> Iterator[None]:
     decision = decision if decision is not None else breaker.allow()
     if not decision.allowed:
         raise DatabaseUnavailable(f"order not recorded and not sent: {decision.reason}")
     try:
-        with sessions() as session, session.begin():
-            yield session
+        yield
     except BaseException as exc:
         breaker.record(not is_database_failure(exc), trial=decision.trial)
         if is_database_failure(exc):

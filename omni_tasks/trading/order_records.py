@@ -21,7 +21,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy import insert as insert_into
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,12 +32,12 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
+from omni_tasks.storage.direct import is_postgresql
 from omni_tasks.storage.models import Order, OrderEvent
-from omni_tasks.storage.types import UtcDateTime
 from omni_tasks.trading.checks import Decision
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
 from omni_tasks.trading.expiry import EXPIRED, expire_order, updated_rows
-from omni_tasks.trading.order_breakers import guarded_transaction
+from omni_tasks.trading.order_breakers import guarded_direct, guarded_transaction
 from omni_tasks.trading.parsing import parse_order
 
 _log = structlog.get_logger("omni.orders")
@@ -74,31 +74,30 @@ def requested_detail(request: OrderRequest, deadline: datetime | None) -> dict[s
 #: left yet, and the venue's own (synchronous) commit flushes the write-ahead log up to and including it before any order
 #: is accepted. A row recorded earlier (by the CLI, or a delivery that died) is read as it was: the statement's snapshot
 #: does not see the row its own INSERT adds, so ``status`` is the earlier row's (None when the order is new).
-_RECORD_REQUEST = text(
-    """
+_RECORD_REQUEST = """
 WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting),
 ins AS (
     INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
                         filled_qty, avg_fill_price, requested_by, reason, created_at, submitted_at, updated_at, expires_at)
-    VALUES (:client_order_id, :broker, :broker_order_id, :symbol, :side, :qty, :order_type, :limit_price, :status,
-            :filled_qty, :avg_fill_price, :requested_by, :reason, :created_at, :submitted_at, :updated_at, :expires_at)
+    VALUES (%(client_order_id)s, %(broker)s, %(broker_order_id)s, %(symbol)s, %(side)s, %(qty)s, %(order_type)s, %(limit_price)s,
+            %(status)s, %(filled_qty)s, %(avg_fill_price)s, %(requested_by)s, %(reason)s, %(created_at)s, %(submitted_at)s,
+            %(updated_at)s, %(expires_at)s)
     ON CONFLICT (client_order_id) DO NOTHING
     RETURNING id
 ),
 event AS (
     INSERT INTO order_events (ts, client_order_id, event, "check", reason, detail)
-    SELECT :created_at, :client_order_id, 'requested', NULL, NULL, CAST(:detail AS JSON) FROM ins
+    SELECT %(created_at)s, %(client_order_id)s, 'requested', NULL, NULL, CAST(%(detail)s AS JSON) FROM ins
 )
 SELECT (SELECT id FROM ins) AS inserted,
        (SELECT setting FROM relaxed) AS relaxed,
        o.status, o.expires_at,
-       (SELECT json_build_array(s.state, s.version) FROM trading_state s WHERE s.id = :state_row) AS trading_state,
+       (SELECT json_build_array(s.state, s.version) FROM trading_state s WHERE s.id = %(state_row)s) AS trading_state,
        (SELECT count(*) FROM orders t
-         WHERE t.broker = :broker AND t.created_at >= :day_start AND t.submitted_at IS NOT NULL) AS trades
+         WHERE t.broker = %(broker)s AND t.created_at >= %(day_start)s AND t.submitted_at IS NOT NULL) AS trades
 FROM (SELECT 1) AS one
-LEFT JOIN orders o ON o.client_order_id = :client_order_id
+LEFT JOIN orders o ON o.client_order_id = %(client_order_id)s
 """
-).columns(expires_at=UtcDateTime())
 
 
 def record_expired_message(
@@ -163,6 +162,9 @@ class OrderRecords:
         self.venue_name = venue_name
         self._tz = ZoneInfo(exchange_tz)
         self._clock_ns = clock_ns
+        #: PostgreSQL: the request is recorded by one statement on a DB-API cursor (None on SQLite: the ORM).
+        engine = sessions.kw.get("bind")
+        self._engine: Engine | None = engine if isinstance(engine, Engine) and is_postgresql(engine) else None
 
     def transaction(self, decision: BreakerDecision | None = None, settle: list[str] | None = None) -> AbstractContextManager[Session]:
         """One transaction inside the database breaker (``decision``: its ``allow()`` asked already; ``settle``: see
@@ -186,34 +188,9 @@ class OrderRecords:
         """
         now = utc_of_ns(self._clock_ns())
         values = order_row_values(request, venue=self.venue_name, now=now, deadline=deadline)
+        if self._engine is not None:
+            return self._record_request_direct(self._engine, request, values, deadline, allowed, settle)
         with self.transaction(allowed, settle) as session:
-            postgres = session.get_bind().dialect.name == "postgresql"
-            if postgres:
-                # The statement is atomic by itself: run without a transaction block (no BEGIN, no COMMIT round trips).
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-                found = session.execute(
-                    _RECORD_REQUEST,
-                    {
-                        **values,
-                        "detail": json.dumps(requested_detail(request, deadline)),
-                        "day_start": self._day_start(),
-                        "state_row": STATE_ROW_ID,
-                    },
-                ).one()
-                state = found.trading_state
-                durable = row_copy(None if state is None else SimpleNamespace(state=state[0], version=state[1]))
-                if found.inserted is not None:
-                    return None, int(found.trades), deadline, durable
-                status, expires_at = found.status, found.expires_at
-                if status is None:  # inserted by a transaction that committed while this statement waited: read it now
-                    status, expires_at = session.execute(
-                        select(Order.status, Order.expires_at).where(Order.client_order_id == request.client_order_id)
-                    ).one()
-                if status in DECIDED:
-                    row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
-                    session.expunge(row)
-                    return row, 0, None, None
-                return None, int(found.trades), expires_at or deadline, durable
             # SQLite. A conflict means an earlier delivery made the row.
             inserted = session.execute(
                 sqlite_insert(Order).values(**values).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order.id)
@@ -237,6 +214,35 @@ class OrderRecords:
                 .where(Order.broker == self.venue_name, Order.created_at >= self._day_start(), Order.submitted_at.is_not(None))
             ).scalar_one()
         return None, int(trades), deadline, None
+
+    def _record_request_direct(
+        self,
+        engine: Engine,
+        request: OrderRequest,
+        values: dict[str, Any],
+        deadline: datetime | None,
+        allowed: BreakerDecision | None,
+        settle: list[str] | None,
+    ) -> tuple[Order | None, int, datetime | None, Copy | None]:
+        """:meth:`record_request` on PostgreSQL: :data:`_RECORD_REQUEST` alone, in autocommit (one round trip, no BEGIN/COMMIT)."""
+        params = {
+            **values, "detail": json.dumps(requested_detail(request, deadline)), "day_start": self._day_start(), "state_row": STATE_ROW_ID,
+        }  # fmt: skip
+        with guarded_direct(engine, self.database_breaker, decision=allowed, settle=settle) as db:
+            inserted, _relaxed, status, expires_at, state, trades = db.fetch_one(_RECORD_REQUEST, params)
+        durable = row_copy(None if state is None else SimpleNamespace(state=state[0], version=state[1]))
+        if inserted is not None:
+            return None, int(trades), deadline, durable
+        if status is None or status in DECIDED:
+            # Inserted by a transaction that committed while the statement waited (its snapshot is older), or decided:
+            # read the row now, in a session of its own.
+            with self.transaction() as session:
+                row = session.execute(select(Order).where(Order.client_order_id == request.client_order_id)).scalar_one()
+                session.expunge(row)
+            if row.status in DECIDED:
+                return row, 0, None, None
+            status, expires_at = row.status, row.expires_at
+        return None, int(trades), (expires_at.astimezone(UTC) if expires_at is not None else None) or deadline, durable
 
     def expire(self, request: OrderRequest, deadline: datetime | None, t0: float) -> OrderOutcome | None:
         """Record the order expired (not sent by its deadline); None when a venue holds it (claimed, outcome pending there)."""

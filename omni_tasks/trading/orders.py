@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import redis as redis_lib
@@ -159,10 +159,11 @@ class OrderSubmitter:
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
                 return self._finish(expired, t0, count=False)
-        # Both breakers in one round trip: the database's (around the record) and the venue's (around the send).
-        database, breaker = CircuitBreaker.allow_together(self.database_breaker, self.venue_breaker)
+        # One round trip before anything is recorded: both breakers (the database's around the record, the venue's
+        # around the send) and Redis's side of the desk for the checks.
+        database, breaker, desk = self._open(request.symbol)
         trial = breaker.trial
-        # The database breaker's success is recorded with the desk's Redis reads (one round trip less), or at the end.
+        # The database breaker's success is recorded with the venue breaker's outcome (one round trip), or at the end.
         settle: list[str] = []
         try:
             known, trades_today, deadline, durable = self._records.record_request(request, deadline, allowed=database, settle=settle)
@@ -170,10 +171,57 @@ class OrderSubmitter:
             self.venue_breaker.release(trial)
             raise
         try:
-            return self._checked(request, deadline, t0, known, trades_today, durable, breaker, settle)
+            return self._checked(request, deadline, t0, known, trades_today, durable, breaker, settle, desk)
         finally:
-            for database_trial in settle:
-                self.database_breaker.record(True, trial=database_trial)
+            self._record_outcomes([(self.database_breaker, True, database_trial) for database_trial in settle])
+            settle.clear()
+
+    def _open(self, symbol: str) -> tuple[BreakerDecision, BreakerDecision, list[Any] | None]:
+        """Both breakers' decisions and the desk's Redis reads (:meth:`_queue_desk_reads`), in one pipelined round trip.
+
+        The desk's replies are None when they were not read here (a breaker on another client: asked apart) or Redis
+        failed (the breakers then answer unreadable, which closes the order path; the checks read again one by one).
+        """
+        if not (self.database_breaker.shares_client(self._redis) and self.venue_breaker.shares_client(self._redis)):
+            database, venue = CircuitBreaker.allow_together(self.database_breaker, self.venue_breaker)
+            return database, venue, None
+        pipe = self._redis.pipeline(transaction=False)
+        self.database_breaker.allow_in(pipe)
+        self.venue_breaker.allow_in(pipe)
+        self._queue_desk_reads(pipe, symbol)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis_lib.RedisError, OSError) as exc:
+            return self.database_breaker.allowed(exc), self.venue_breaker.allowed(exc), None
+        return self.database_breaker.allowed(replies[0]), self.venue_breaker.allowed(replies[1]), list(replies[2:])
+
+    def _queue_desk_reads(self, pipe: Any, symbol: str) -> None:
+        """Redis's side of the desk: the trading state, the quote, the symbol's trading status, the venue's book."""
+        pipe.get(TRADING_STATE_KEY)
+        pipe.hgetall(quote_key(symbol))
+        pipe.hgetall(trading_status_key(symbol))
+        if self._venue_keeps_ledger:
+            pipe.get(TRADING_BOOK_KEY)
+
+    def _record_outcomes(self, outcomes: list[tuple[CircuitBreaker, bool, str]]) -> None:
+        """Record breaker outcomes (breaker, ok, trial) in one pipelined round trip (one by one for another client's breaker)."""
+        if not outcomes:
+            return
+        shared = [(b, ok, trial) for b, ok, trial in outcomes if b.shares_client(self._redis)]
+        for breaker, ok, trial in outcomes:
+            if (breaker, ok, trial) not in shared:
+                breaker.record(ok, trial=trial)
+        if not shared:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for breaker, ok, trial in shared:
+            breaker.record_in(pipe, ok, trial=trial)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis_lib.RedisError, OSError) as exc:
+            replies = [exc] * len(shared)
+        for (breaker, ok, _trial), reply in zip(shared, replies, strict=True):
+            breaker.recorded(reply, ok=ok)
 
     def _checked(
         self,
@@ -185,8 +233,11 @@ class OrderSubmitter:
         durable: Copy | None,
         breaker: BreakerDecision,
         settle: list[str],
+        desk: list[Any] | None,
     ) -> OrderOutcome:
-        """After the request is recorded: the checks, then the send (see the module docstring)."""
+        """After the request is recorded: the checks, then the send (see the module docstring).
+
+        ``desk``: Redis's side of the desk read already (:meth:`_open`; None: read it now)."""
         trial = breaker.trial
         if known is not None:
             self.venue_breaker.release(trial)
@@ -198,8 +249,9 @@ class OrderSubmitter:
                 return self._finish(expired, t0, count=False)
             breaker = self.venue_breaker.allow()  # a venue holds it: the checks run again, with a trial slot of their own
             trial = breaker.trial
+            desk = None  # read again, after the wait
         try:
-            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today, durable, settle)
+            context = self._context(request, breaker_reading(self.venue_breaker.name, breaker), trades_today, durable, desk)
             decision = run_checks(context)
         except (VenueError, redis_lib.RedisError, OSError) as exc:
             # The desk could not be read (the venue or Redis failing): nothing is sent without the checks.
@@ -220,7 +272,7 @@ class OrderSubmitter:
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
                 return self._finish(expired, t0, count=False)
-        return self._finish(self._send(request, trial, t0), t0)
+        return self._finish(self._send(request, trial, t0, settle), t0)
 
     def _past(self, deadline: datetime | None) -> bool:
         return deadline is not None and utc_of_ns(self._clock_ns()) >= deadline
@@ -231,32 +283,19 @@ class OrderSubmitter:
         breaker: BreakerReading,
         trades_today: int,
         durable: Copy | None = None,
-        settle: list[str] | None = None,
+        desk: list[Any] | None = None,
     ) -> CheckContext:
         """What the checks read. ``durable``: the trading state's row as :meth:`OrderRecords.record_request` read it
-        (None: read it here); ``settle``: database breaker successes to record in the same round trip (taken from the list)."""
+        (None: read it here); ``desk``: the replies of :meth:`_queue_desk_reads` (None: read them here, one round trip)."""
         symbol = request.symbol
-        # One round trip for Redis's side of the desk: the trading state, the book, the quote, the symbol's status.
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.get(TRADING_STATE_KEY)
-        pipe.hgetall(quote_key(symbol))
-        pipe.hgetall(trading_status_key(symbol))
-        if self._venue_keeps_ledger:
-            pipe.get(TRADING_BOOK_KEY)
-        reads = len(pipe)
-        shared = settle is not None and self.database_breaker.shares_client(self._redis)
-        trials = [settle.pop() for _ in range(len(settle))] if shared and settle is not None else []
-        for database_trial in trials:
-            self.database_breaker.record_in(pipe, True, trial=database_trial)
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except (redis_lib.RedisError, OSError):
-            if settle is not None:
-                settle.extend(trials)  # recorded (or logged as not) at the end, one by one
-            return self._context_one_by_one(request, breaker, trades_today)  # each read fails (or not) as it always did
-        for reply in replies[reads:]:
-            self.database_breaker.recorded(reply, ok=True)
-        replies = replies[:reads]
+        replies = desk
+        if replies is None:
+            pipe = self._redis.pipeline(transaction=False)
+            self._queue_desk_reads(pipe, symbol)
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except (redis_lib.RedisError, OSError):
+                return self._context_one_by_one(request, breaker, trades_today)  # each read fails (or not) as it always did
         state = judge(self._redis, redis_copy_of(replies[0]), durable or database_copy(self._sessions)).state
         if state.value == "HALTED" or not breaker.readable or not breaker.allowed:
             # Denied before anything else is used: no venue call while halted or while its breaker is open.
@@ -338,7 +377,8 @@ class OrderSubmitter:
             s: (q.bid + q.ask) / 2 for s, q in quotes.items() if q.is_fresh(self._limits.quote_max_age_s, now_ns) and ZERO < q.bid <= q.ask
         }
 
-    def _send(self, request: OrderRequest, trial: str, t0: float) -> OrderOutcome:
+    def _send(self, request: OrderRequest, trial: str, t0: float, settle: list[str]) -> OrderOutcome:
+        """Send to the venue inside its breaker; its outcome is recorded with the database breaker's pending successes."""
         if not self._venue_keeps_ledger:
             held = self._records.claim(request)
             if held is not None:  # decided (expired) since it was checked: nothing leaves
@@ -349,15 +389,15 @@ class OrderSubmitter:
             order = self.venue.submit(request)
         except OrderBlocked as exc:
             venue_ms = ms_since(sent)
-            self.venue_breaker.record(True, trial=trial)
+            self._record_venue(True, trial, settle)
             outcome = self._records.record_refusal(request, "rejected", "guard", str(exc), t0)
         except InvalidOrder as exc:
             venue_ms = ms_since(sent)
-            self.venue_breaker.record(True, trial=trial)
+            self._record_venue(True, trial, settle)
             outcome = self._records.record_refusal(request, "rejected", "invalid", str(exc), t0)
         except VenueError as exc:
             venue_ms = ms_since(sent)
-            self.venue_breaker.record(not is_venue_failure(exc), trial=trial)
+            self._record_venue(not is_venue_failure(exc), trial, settle)
             if exc.retryable:
                 self._records.record_event(request.client_order_id, "error", "broker", str(exc), {"retryable": True})
                 raise RetryableError(f"order {request.client_order_id}: broker unavailable, will retry: {exc}") from exc
@@ -366,13 +406,18 @@ class OrderSubmitter:
             if is_database_failure(exc):  # the venue's ledger is our database: its breaker, not the venue's, counts it
                 self.venue_breaker.release(trial)
             else:
-                self.venue_breaker.record(False, trial=trial)
+                self._record_venue(False, trial, settle)
             raise
         else:
             venue_ms = ms_since(sent)
-            self.venue_breaker.record(True, trial=trial)
+            self._record_venue(True, trial, settle)
             return replace(self._records.record_sent(request, order, t0, venue_keeps_ledger=self._venue_keeps_ledger), broker_ms=venue_ms)
         return replace(outcome, broker_ms=venue_ms)
+
+    def _record_venue(self, ok: bool, trial: str, settle: list[str]) -> None:
+        """The venue breaker's outcome and the database breaker's successes still pending: one round trip."""
+        self._record_outcomes([(self.venue_breaker, ok, trial), *((self.database_breaker, True, t) for t in settle)])
+        settle.clear()
 
     def abandon(self, client_order_id: str, reason: str) -> None:
         """Give up on an order the venue could not be reached for (retries exhausted): the row says rejected."""

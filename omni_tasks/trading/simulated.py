@@ -59,12 +59,12 @@ from omni_tasks.contracts.venue import (
 )
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import redis_copy_of
+from omni_tasks.storage.direct import Direct
 from omni_tasks.storage.models import BrokerAccount, Order, Position
 from omni_tasks.trading.fills import ZERO, PositionState, apply_fill, cash_after, equity_at, fill_price, ns_of, q8, quote_problem, side_of
+from omni_tasks.trading.lean_ledger import LeanLedger, LeanWrite, LockedRead
 from omni_tasks.trading.ledger import (
     AccountSnapshot,
-    LeanWrite,
-    LockedRead,
     Outcome,
     SimulatedLedger,
     check_same,
@@ -111,6 +111,8 @@ class SimulatedVenue:
         self._ledger = SimulatedLedger(
             sessions, redis, name=name, starting_cash=self.starting_cash, clock=clock, exchange_tz=exchange_tz, marks=self._marks
         )
+        #: PostgreSQL: the common case's transaction on a DB-API cursor (None on SQLite).
+        self._lean = LeanLedger.for_sessions(sessions, name=name)
 
     def __repr__(self) -> str:
         return f"SimulatedVenue(name={self.name!r}, quote_max_age_s={self.quote_max_age_s:g})"
@@ -315,17 +317,22 @@ class SimulatedVenue:
     def _submit_locked(self, request: OrderRequest) -> Outcome:
         """One transaction under the account lock: dedupe, match resting orders, check the quote, guard, record, fill.
 
-        On PostgreSQL the common case (no other order resting here, the day already rolled, the order new or
-        still pending) takes the lean path (:meth:`_submit_lean`): the same steps in four round trips.
+        On PostgreSQL the common case (the day already rolled, no other order resting here, the order new or
+        still pending) takes the lean path (:meth:`_submit_lean`, :mod:`omni_tasks.trading.lean_ledger`): the same
+        steps in two round trips; any other case is rolled back there and taken by the ORM path.
         """
         outcome = Outcome()
-        with self._ledger.sessions() as session, session.begin():
-            account, now = self._ledger.lock(session)
-            if self._ledger.lean(session) and account.day >= self._ledger.day(now):
-                locked = self._ledger.locked_read(session, request.client_order_id)
-                if not locked.resting and (locked.known is None or self._ledger.claimable(locked.known)):
-                    self._submit_lean(session, request, account, now, locked, outcome)
-            if outcome.order is None:
+        lean = self._lean
+        if lean is not None and (self._guard is None or hasattr(self._guard, "with_copies")):
+            with lean.transaction() as db:
+                locked = lean.lock_and_read(db, request.client_order_id)
+                now = self._ledger.now()  # taken once the lock is held: updated_at stays in commit order across processes
+                known = locked.known
+                if locked.account.day >= self._ledger.day(now) and not locked.resting and (known is None or self._ledger.claimable(known)):
+                    self._submit_lean(lean, db, request, now, locked, outcome)
+        if outcome.order is None:
+            with self._ledger.sessions() as session, session.begin():
+                account, now = self._ledger.lock(session)
                 self._submit_orm(session, request, account, now, outcome)
         assert outcome.order is not None  # both paths set it
         if outcome.order.status == "rejected":
@@ -343,19 +350,20 @@ class SimulatedVenue:
         return outcome
 
     def _submit_lean(
-        self, session: Session, request: OrderRequest, account: BrokerAccount, now: datetime, locked: LockedRead, outcome: Outcome
+        self, lean: LeanLedger, db: Direct, request: OrderRequest, now: datetime, locked: LockedRead, outcome: Outcome
     ) -> None:
-        """The lean path: the rows read in one statement, the quote and Redis's copy of the trading state in one
-        pipeline, the guard on both copies, the outcome written in one statement (the commit is the fourth round trip)."""
+        """The lean path: the rows read under the lock (round trip 1), the quote and Redis's copy of the trading state in
+        one pipeline, the guard on both copies, the outcome written and committed in one statement (round trip 2)."""
         known = locked.known
+        account = locked.account
         if known is not None:
             check_same(known, request)
-        guard_key = getattr(self._guard, "key", None) if hasattr(self._guard, "with_copies") else None
+        guard_key = getattr(self._guard, "key", None) if self._guard is not None else None
         quote, cached = self._quote_and_state(request.symbol, guard_key)
         problem = quote_problem(request.symbol, quote, now_ns=ns_of(now), max_age_s=self.quote_max_age_s)
         if problem is None:
             try:
-                self._run_guard(request, session, cached=cached, durable=locked.state)
+                self._run_guard(request, None, cached=cached, durable=locked.state)
             except OrderBlocked as blocked:
                 outcome.blocked = blocked
         refused, check = None, ""
@@ -395,8 +403,8 @@ class SimulatedVenue:
                     {"qty": decimal_text(request.qty), "price": decimal_text(price), "position_after": decimal_text(after.qty)},
                 )
             )
-        self._ledger.write_lean(
-            session,
+        lean.write_and_commit(
+            db,
             LeanWrite(
                 request=request, known_id=None if known is None else known.id, broker_order_id=broker_order_id, status=status,
                 reason=refused, now=now, events=events, fill=fill,
@@ -479,7 +487,9 @@ class SimulatedVenue:
         if matched or price is not None or outcome.book is not None:
             outcome.book = self._ledger.book_of(account, positions)
 
-    def _run_guard(self, request: OrderRequest, session: Session, *, cached: Copy | None = None, durable: Copy | None = None) -> None:
+    def _run_guard(
+        self, request: OrderRequest, session: Session | None, *, cached: Copy | None = None, durable: Copy | None = None
+    ) -> None:
         """Call the guard; any failure of the guard itself counts as a refusal (fail closed).
 
         A guard with ``in_session`` (the kill switch's) reads the trading state's row in the ledger's open transaction;
@@ -492,7 +502,7 @@ class SimulatedVenue:
         try:
             if with_copies is not None and cached is not None and durable is not None:
                 with_copies(request, cached, durable)
-            elif in_session is not None:
+            elif in_session is not None and session is not None:
                 in_session(request, session)
             else:
                 self._guard(request)
