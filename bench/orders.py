@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -44,6 +45,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 import redis
@@ -68,6 +70,29 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "p99": round(percentile(values, 99), 3),
         "max": round(max(values), 3),
     }
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by process ``root`` and its descendants (a worker and its pool)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
 def naive_order(sessions: Any, client: redis.Redis, i: int, limits: Any) -> float:
@@ -194,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         OMNI_RISK_QUOTE_MAX_AGE_S="600",
         OMNI_TRADING_QUOTE_MAX_AGE_S="600",
     ) as desk:
-        desk.worker("orders", concurrency=1)
+        worker = desk.worker("orders", concurrency=1)
         client = redis.Redis.from_url(desk.redis_url, socket_timeout=5)
         settings = load_settings(desk.env)
         install_settings(settings)  # the CLI's own setup: its send goes to the private desk's broker
@@ -236,9 +261,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load_before = load_average()
             outcomes: list[tuple[dict[str, Any], float]] = []
             naive: list[float] = []
+            naive_cpu_s = 0.0
+            worker_cpu_before = tree_cpu_s(worker.pid)
             for i in range(args.orders):
                 outcomes.append(one(i))
+                cpu_before = time.process_time()
                 naive.append(naive_order(naive_sessions, client, i, settings.risk))
+                naive_cpu_s += time.process_time() - cpu_before
+            worker_cpu_ms = (tree_cpu_s(worker.pid) - worker_cpu_before) * 1000 / args.orders
             load_after = load_average()
             naive_engine.dispose()
             statuses = Counter(str(o["status"]) for o, _ in outcomes)
@@ -258,11 +288,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  submit() (the budget's own)      {summary(elapsed_ms)} ms\n"
                 f"  inside venue.submit              {summary(venue_ms)} ms\n"
                 f"  CLI enqueue -> recorded fill     {summary(e2e_ms)} ms\n"
+                f"  worker CPU per order (the worker and its pool, whole task incl. Celery) {worker_cpu_ms:.2f} ms\n"
                 f"  ledger: {checked}",
                 flush=True,
             )
             print(
-                f"naive (ORM unit of work, one commit per step, in this process, in turn with the above): {summary(naive)} ms", flush=True
+                f"naive (ORM unit of work, one commit per step, in this process, in turn with the above): {summary(naive)} ms; "
+                f"CPU per order {naive_cpu_s * 1000 / args.orders:.2f} ms",
+                flush=True,
             )
         finally:
             client.close()
@@ -280,6 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_p50_ms": round(baseline, 3),
         "baseline_p99_ms": round(percentile(naive, 99), 3),
         "ratio": round(baseline / p50, 2),
+        "worker_cpu_ms_per_order": round(worker_cpu_ms, 3),
+        "baseline_cpu_ms_per_order": round(naive_cpu_s * 1000 / args.orders, 3),
         "load_before": load_before,
         "load_after": load_after,
     }

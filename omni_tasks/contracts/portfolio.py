@@ -166,9 +166,21 @@ def publish_book(
     :class:`~omni_tasks.contracts.venue.VenuePosition` (flat ones are left out).
     ``updated_ns`` is when that state was true (default: now). Redis errors propagate.
     """
+    return bool(redis.eval(*publish_book_args(broker_name, account_row_or_view, positions, day=day, updated_ns=updated_ns)))
+
+
+def publish_book_args(
+    broker_name: str,
+    account_row_or_view: _AccountLike,
+    positions: Iterable[_PositionLike],
+    *,
+    day: date | None = None,
+    updated_ns: int | None = None,
+) -> tuple[Any, ...]:
+    """The ``EVAL`` arguments of :func:`publish_book` (to queue it in a pipeline with other writes); its reply is 1 when written."""
     text = book_json(broker_name, account_row_or_view, positions, day=day, updated_ns=updated_ns)
     stamp = json.loads(text)["updated_ns"]
-    return bool(redis.eval(_PUBLISH_IF_NEWER, 1, TRADING_BOOK_KEY, text, str(stamp)))
+    return (_PUBLISH_IF_NEWER, 1, TRADING_BOOK_KEY, text, str(stamp))
 
 
 def parse_book(raw: bytes | str | None) -> PortfolioBook | None:

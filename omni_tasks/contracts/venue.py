@@ -32,10 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from omni_tasks.core import inputs
 from omni_tasks.core.errors import OmniError
+
+if TYPE_CHECKING:
+    from omni_tasks.core.redis_batch import RedisBatch
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit"]
@@ -198,4 +201,9 @@ class LedgerVenue(Venue, Protocol):
 
     def publish_book(self) -> None:
         """Publish the portfolio book from the ledger now, in order with the venue's other changes."""
+        ...
+
+    def submit_batched(self, request: OrderRequest, batch: RedisBatch | None) -> VenueOrder:
+        """:meth:`submit`, with the book's publication after the commit queued in ``batch`` (the caller sends it with its
+        own writes right after, one round trip; None: published at once). Queued even when the order is refused."""
         ...

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.contracts.portfolio import decimal_text, publish_book
+from omni_tasks.contracts.portfolio import decimal_text, publish_book, publish_book_args
 from omni_tasks.contracts.venue import (
     OPEN_STATUSES,
     InvalidOrder,
@@ -45,6 +45,7 @@ from omni_tasks.contracts.venue import (
     VenueOrder,
     VenuePosition,
 )
+from omni_tasks.core.redis_batch import RedisBatch
 from omni_tasks.storage.models import BrokerAccount, Fill, Order, OrderEvent, Position
 from omni_tasks.trading.fills import ZERO, PositionState, apply_fill, cash_after, equity_at, ns_of, side_of
 
@@ -334,15 +335,25 @@ class SimulatedLedger:
         snapshot = AccountSnapshot(account.cash, account.day, account.day_start_equity, account.peak_equity, ns_of(account.updated_at))
         return snapshot, [VenuePosition(p.symbol, p.qty, p.avg_price) for _, p in sorted(positions.items()) if p.qty != 0]
 
-    def publish(self, outcome: Outcome) -> None:
-        """Publish the book captured in the transaction (after its commit); a Redis failure is logged, the ledger stays right."""
+    def publish(self, outcome: Outcome, batch: RedisBatch | None = None) -> None:
+        """Publish the book captured in the transaction (after its commit); a Redis failure is logged, the ledger stays right.
+
+        ``batch``: queued there (a batch of this ledger's client), sent by its holder with its own writes right after."""
         if outcome.book is None:
             return
         account, positions = outcome.book
+        if batch is not None and batch.client is self._redis:
+            args = publish_book_args(self.name, account, positions, updated_ns=account.updated_ns)
+            batch.add(lambda pipe: pipe.eval(*args), self._published)
+            return
         try:
             publish_book(self._redis, self.name, account, positions, updated_ns=account.updated_ns)
         except (RedisError, OSError) as exc:
-            _log.warning("book not published to Redis", broker=self.name, error=f"{type(exc).__name__}: {exc}")
+            self._published(exc)
+
+    def _published(self, reply: Any) -> None:
+        if isinstance(reply, BaseException):
+            _log.warning("book not published to Redis", broker=self.name, error=f"{type(reply).__name__}: {reply}")
 
 
 def check_same(row: Order, request: OrderRequest) -> None:

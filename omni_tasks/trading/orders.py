@@ -51,7 +51,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, cast
 from zoneinfo import ZoneInfo
 
 import redis as redis_lib
@@ -69,10 +70,11 @@ from omni_tasks.contracts.quotes import (
     read_trading_status,
     trading_status_key,
 )
-from omni_tasks.contracts.venue import InvalidOrder, OrderBlocked, OrderRequest, Venue, VenueError
+from omni_tasks.contracts.venue import InvalidOrder, LedgerVenue, OrderBlocked, OrderRequest, Venue, VenueError
 from omni_tasks.core import budgets
 from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
 from omni_tasks.core.keys import TRADING_BOOK_KEY, TRADING_STATE_KEY
+from omni_tasks.core.redis_batch import RedisBatch
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
@@ -128,6 +130,8 @@ class OrderSubmitter:
         self.venue_breaker = venue_breaker or CircuitBreaker(venue_breaker_name(venue.name), redis, fail_open=False)
         self.database_breaker = database_breaker or CircuitBreaker(DATABASE_BREAKER, redis, fail_open=False)
         self._venue_keeps_ledger = venue.keeps_ledger if venue_keeps_ledger is None else venue_keeps_ledger
+        #: The venue queues its book's publication with our breaker writes (one round trip after each order).
+        self._batching = self._venue_keeps_ledger and isinstance(venue, LedgerVenue)
         self._clock_ns = clock_ns
         self._records = OrderRecords(
             sessions=sessions, database_breaker=self.database_breaker, venue_name=venue.name, exchange_tz=exchange_tz, clock_ns=clock_ns
@@ -203,25 +207,16 @@ class OrderSubmitter:
         if self._venue_keeps_ledger:
             pipe.get(TRADING_BOOK_KEY)
 
-    def _record_outcomes(self, outcomes: list[tuple[CircuitBreaker, bool, str]]) -> None:
-        """Record breaker outcomes (breaker, ok, trial) in one pipelined round trip (one by one for another client's breaker)."""
-        if not outcomes:
-            return
-        shared = [(b, ok, trial) for b, ok, trial in outcomes if b.shares_client(self._redis)]
+    def _record_outcomes(self, outcomes: list[tuple[CircuitBreaker, bool, str]], batch: RedisBatch | None = None) -> None:
+        """Record breaker outcomes (breaker, ok, trial) with what ``batch`` holds, in one pipelined round trip (one by one
+        for a breaker on another client)."""
+        batch = batch if batch is not None else RedisBatch(self._redis)
         for breaker, ok, trial in outcomes:
-            if (breaker, ok, trial) not in shared:
+            if breaker.shares_client(self._redis):
+                batch.add(partial(breaker.record_in, ok=ok, trial=trial), partial(breaker.recorded, ok=ok))
+            else:
                 breaker.record(ok, trial=trial)
-        if not shared:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for breaker, ok, trial in shared:
-            breaker.record_in(pipe, ok, trial=trial)
-        try:
-            replies = pipe.execute(raise_on_error=False)
-        except (redis_lib.RedisError, OSError) as exc:
-            replies = [exc] * len(shared)
-        for (breaker, ok, _trial), reply in zip(shared, replies, strict=True):
-            breaker.recorded(reply, ok=ok)
+        batch.flush()
 
     def _checked(
         self,
@@ -378,45 +373,48 @@ class OrderSubmitter:
         }
 
     def _send(self, request: OrderRequest, trial: str, t0: float, settle: list[str]) -> OrderOutcome:
-        """Send to the venue inside its breaker; its outcome is recorded with the database breaker's pending successes."""
+        """Send to the venue inside its breaker; its outcome is recorded with the database breaker's pending successes and
+        (a venue keeping our ledger) the book it publishes after its commit: one round trip after the venue answered."""
         if not self._venue_keeps_ledger:
             held = self._records.claim(request)
             if held is not None:  # decided (expired) since it was checked: nothing leaves
                 self.venue_breaker.release(trial)
                 return outcome_of(held, t0, repeat=True)
+        batch = RedisBatch(self._redis)
         sent = time.perf_counter()
         try:
-            order = self.venue.submit(request)
+            order = cast(LedgerVenue, self.venue).submit_batched(request, batch) if self._batching else self.venue.submit(request)
         except OrderBlocked as exc:
             venue_ms = ms_since(sent)
-            self._record_venue(True, trial, settle)
+            self._record_venue(True, trial, settle, batch)
             outcome = self._records.record_refusal(request, "rejected", "guard", str(exc), t0)
         except InvalidOrder as exc:
             venue_ms = ms_since(sent)
-            self._record_venue(True, trial, settle)
+            self._record_venue(True, trial, settle, batch)
             outcome = self._records.record_refusal(request, "rejected", "invalid", str(exc), t0)
         except VenueError as exc:
             venue_ms = ms_since(sent)
-            self._record_venue(not is_venue_failure(exc), trial, settle)
+            self._record_venue(not is_venue_failure(exc), trial, settle, batch)
             if exc.retryable:
                 self._records.record_event(request.client_order_id, "error", "broker", str(exc), {"retryable": True})
                 raise RetryableError(f"order {request.client_order_id}: broker unavailable, will retry: {exc}") from exc
             outcome = self._records.record_refusal(request, "rejected", "broker", str(exc), t0)
         except BaseException as exc:
+            batch.flush()
             if is_database_failure(exc):  # the venue's ledger is our database: its breaker, not the venue's, counts it
                 self.venue_breaker.release(trial)
             else:
-                self._record_venue(False, trial, settle)
+                self._record_venue(False, trial, settle, batch)
             raise
         else:
             venue_ms = ms_since(sent)
-            self._record_venue(True, trial, settle)
+            self._record_venue(True, trial, settle, batch)
             return replace(self._records.record_sent(request, order, t0, venue_keeps_ledger=self._venue_keeps_ledger), broker_ms=venue_ms)
         return replace(outcome, broker_ms=venue_ms)
 
-    def _record_venue(self, ok: bool, trial: str, settle: list[str]) -> None:
-        """The venue breaker's outcome and the database breaker's successes still pending: one round trip."""
-        self._record_outcomes([(self.venue_breaker, ok, trial), *((self.database_breaker, True, t) for t in settle)])
+    def _record_venue(self, ok: bool, trial: str, settle: list[str], batch: RedisBatch) -> None:
+        """The venue breaker's outcome and the database breaker's successes still pending, with what ``batch`` holds: one round trip."""
+        self._record_outcomes([(self.venue_breaker, ok, trial), *((self.database_breaker, True, t) for t in settle)], batch)
         settle.clear()
 
     def abandon(self, client_order_id: str, reason: str) -> None:

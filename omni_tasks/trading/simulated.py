@@ -57,6 +57,7 @@ from omni_tasks.contracts.venue import (
     VenuePosition,
     check_order_request,
 )
+from omni_tasks.core.redis_batch import RedisBatch
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import redis_copy_of
 from omni_tasks.storage.direct import Direct
@@ -174,6 +175,10 @@ class SimulatedVenue:
 
     def submit(self, request: OrderRequest) -> VenueOrder:
         """Record, guard and fill (or rest, or reject) one order; idempotent on ``client_order_id``."""
+        return self.submit_batched(request, None)
+
+    def submit_batched(self, request: OrderRequest, batch: RedisBatch | None) -> VenueOrder:
+        """:meth:`submit`, with the book's publication after the commit queued in ``batch`` (None: published at once)."""
         check_order_request(request)
         self._ledger.ensure_account()
         try:
@@ -186,7 +191,7 @@ class SimulatedVenue:
             if not self._ledger.claimable(known):
                 return self._ledger.known_view(known, request)
             outcome = self._submit_locked(request)
-        self._ledger.publish(outcome)
+        self._ledger.publish(outcome, batch)
         if outcome.blocked is not None:
             raise outcome.blocked
         if outcome.order is None:  # pragma: no cover - _submit_locked always sets one
