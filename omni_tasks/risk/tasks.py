@@ -102,12 +102,14 @@ def refresh_after_fill(client_order_id: str) -> bool:
     window_s = runtime.settings.risk.fill_refresh_s
     if window_s <= 0:
         return False
+    # The claim first: inside the window (most fills of a busy minute) this one SET is all a fill costs.
+    if not claim_refresh(runtime.redis, window_s, by=client_order_id):
+        return False
     # No risk worker alive: nothing would run the refresh, and a request left queued would surface in some later
     # worker's run long after its fill; the next beat run (or `omni risk --recalc`) takes the snapshot instead.
     if not any(w.kind == "risk" for w in heartbeats.alive(runtime.redis, runtime.settings.broker.dead_after_s)):
+        # The claim stays for its window (at most ``fill_refresh_s``): the fills inside it are not checked again.
         _log.info("no risk worker alive: no recalculation scheduled after the fill", client_order_id=client_order_id)
-        return False
-    if not claim_refresh(runtime.redis, window_s, by=client_order_id):
         return False
     recalculate.apply_async(kwargs={"when": "now", "requested_by": "fill"}, countdown=window_s, expires=window_s + 60)
     _log.info("risk recalculation scheduled after a fill", client_order_id=client_order_id, in_s=window_s)
