@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.safety.state_rule import Copy, Reading, StoredState, TradingState, format_value, parse_value
-from omni_tasks.storage.direct import direct, is_postgresql
+from omni_tasks.storage.direct import Prepared, direct, is_postgresql
 from omni_tasks.storage.models import AuditLog, TradingStateRow
 
 STATE_ROW_ID = 1
@@ -100,7 +100,7 @@ def row_copy(row: Any) -> Copy:
 
 #: The order path's read of the row: two columns by primary key (no ORM object).
 _ROW_STATE = select(TradingStateRow.state, TradingStateRow.version).where(TradingStateRow.id == STATE_ROW_ID)
-_ROW_STATE_SQL = "SELECT state, version FROM trading_state WHERE id = %(id)s"
+_ROW_STATE_SQL = Prepared("omni_trading_state", "SELECT state, version FROM trading_state WHERE id = %(id)s")
 
 
 def database_copy(sessions: sessionmaker[Session], *, session: Session | None = None) -> Copy:
@@ -117,7 +117,7 @@ def database_copy(sessions: sessionmaker[Session], *, session: Session | None = 
         if isinstance(bind, Engine):
             if is_postgresql(bind):
                 with direct(bind) as db:
-                    rows = db.fetch(_ROW_STATE_SQL, {"id": STATE_ROW_ID})
+                    rows = db.fetch(_ROW_STATE_SQL, params={"id": STATE_ROW_ID})
                 return row_copy(SimpleNamespace(state=rows[0][0], version=rows[0][1]) if rows else None)
             with bind.connect() as connection:
                 return row_copy(connection.execute(_ROW_STATE).first())

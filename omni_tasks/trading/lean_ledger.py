@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from omni_tasks.contracts.venue import OPEN_STATUSES, OrderRequest
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
-from omni_tasks.storage.direct import Direct, direct, is_postgresql
+from omni_tasks.storage.direct import Direct, Prepared, direct, is_postgresql
 from omni_tasks.storage.models import Order
 from omni_tasks.trading.fills import ZERO, PositionState
 
@@ -83,11 +83,13 @@ class LeanWrite:
     fill: tuple[Decimal, PositionState, Decimal] | None = None
 
 
-#: The account lock, then (its own snapshot, after the lock) the account, this order's row and any resting order
+#: The account lock, then (a statement of its own: its snapshot is taken after the lock) the account, this order's row and any resting order
 #: (FOR UPDATE: the order path's expiry, UPDATE ... WHERE status = 'pending', waits for this transaction and then
 #: finds the row decided), every position and the trading state's row.
-_LOCK_AND_READ = """
-SELECT 1 FROM broker_accounts WHERE broker = %(broker)s FOR UPDATE;
+_LOCK = Prepared("omni_lean_lock", "SELECT 1 FROM broker_accounts WHERE broker = %(broker)s FOR UPDATE")
+_READ = Prepared(
+    "omni_lean_read",
+    """
 SELECT a.cash, a.day, a.day_start_equity, a.peak_equity,
   (SELECT json_agg(json_build_array(o.id, o.client_order_id, o.broker, o.broker_order_id, o.symbol, o.side, o.qty::text,
                                     o.order_type, o.limit_price::text, o.status, o.filled_qty::text, o.requested_by) ORDER BY o.id)
@@ -99,10 +101,16 @@ SELECT a.cash, a.day, a.day_start_equity, a.peak_equity,
      FROM positions AS p WHERE p.broker = %(broker)s),
   (SELECT json_build_array(t.state, t.version) FROM trading_state AS t WHERE t.id = %(state_row)s)
 FROM broker_accounts AS a WHERE a.broker = %(broker)s
-"""
+""",
+)
 
 
 @cache
+def _write(new_row: bool, filled: bool, events: int) -> Prepared:
+    """:func:`_write_sql` prepared, one statement per shape."""
+    return Prepared(f"omni_lean_write_{int(new_row)}_{int(filled)}_{events}", _write_sql(new_row, filled, events))
+
+
 def _write_sql(new_row: bool, filled: bool, events: int) -> str:
     """The one statement that records an order's outcome: the row, and when filled the fill, the position and the cash; its events.
 
@@ -170,7 +178,7 @@ class LeanLedger:
     def lock_and_read(self, db: Direct, client_order_id: str) -> LockedRead:
         """Open the transaction, take the account lock and read under it (one round trip)."""
         params = {"client_order_id": client_order_id, "broker": self.name, "open_statuses": sorted(OPEN_STATUSES), "state_row": STATE_ROW_ID}
-        rows = db.begin_with(_LOCK_AND_READ, params)
+        rows = db.begin_with(_LOCK, _READ, params=params)
         if len(rows) != 1:
             raise RuntimeError(f"venue {self.name!r} has no account row")
         cash, day, day_start_equity, peak_equity, orders, positions, state = rows[0]
@@ -213,4 +221,4 @@ class LeanLedger:
             )  # fmt: skip
         for i, (event, check, reason, detail) in enumerate(change.events):
             params.update({f"event_{i}": event, f"check_{i}": check, f"reason_{i}": reason, f"detail_{i}": json.dumps(detail)})
-        db.commit_with(_write_sql(change.known_id is None, filled, len(change.events)), params)
+        db.commit_with(_write(change.known_id is None, filled, len(change.events)), params=params)

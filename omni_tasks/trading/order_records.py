@@ -32,7 +32,7 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
-from omni_tasks.storage.direct import is_postgresql
+from omni_tasks.storage.direct import Prepared, is_postgresql
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.trading.checks import Decision
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
@@ -74,7 +74,9 @@ def requested_detail(request: OrderRequest, deadline: datetime | None) -> dict[s
 #: left yet, and the venue's own (synchronous) commit flushes the write-ahead log up to and including it before any order
 #: is accepted. A row recorded earlier (by the CLI, or a delivery that died) is read as it was: the statement's snapshot
 #: does not see the row its own INSERT adds, so ``status`` is the earlier row's (None when the order is new).
-_RECORD_REQUEST = """
+_RECORD_REQUEST = Prepared(
+    "omni_record_request",
+    """
 WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting),
 ins AS (
     INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
@@ -97,7 +99,8 @@ SELECT (SELECT id FROM ins) AS inserted,
          WHERE t.broker = %(broker)s AND t.created_at >= %(day_start)s AND t.submitted_at IS NOT NULL) AS trades
 FROM (SELECT 1) AS one
 LEFT JOIN orders o ON o.client_order_id = %(client_order_id)s
-"""
+""",
+)
 
 
 def record_expired_message(
@@ -229,7 +232,7 @@ class OrderRecords:
             **values, "detail": json.dumps(requested_detail(request, deadline)), "day_start": self._day_start(), "state_row": STATE_ROW_ID,
         }  # fmt: skip
         with guarded_direct(engine, self.database_breaker, decision=allowed, settle=settle) as db:
-            inserted, _relaxed, status, expires_at, state, trades = db.fetch_one(_RECORD_REQUEST, params)
+            inserted, _relaxed, status, expires_at, state, trades = db.fetch_one(_RECORD_REQUEST, params=params)
         durable = row_copy(None if state is None else SimpleNamespace(state=state[0], version=state[1]))
         if inserted is not None:
             return None, int(trades), deadline, durable
