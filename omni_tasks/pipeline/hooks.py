@@ -24,6 +24,7 @@ from celery import Celery, bootsteps, signals
 
 from omni_tasks import __version__
 from omni_tasks.core import counters
+from omni_tasks.core.gcfreeze import freeze_startup_objects
 from omni_tasks.core.logs import configure_logging
 from omni_tasks.core.runtime import after_fork, get_runtime
 from omni_tasks.ops import prometheus as metrics
@@ -131,6 +132,11 @@ def record_expired_order_task(task: Any, request: Any) -> None:
 
 def _on_process_init(**_: Any) -> None:
     after_fork()
+    freeze_startup_objects()  # a pool child: imported and forked, from here on it runs tasks
+
+
+def _on_worker_ready(**_: Any) -> None:
+    freeze_startup_objects()  # the worker's main process (the consumer; a solo or threads pool runs tasks here)
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
@@ -294,6 +300,7 @@ def install(app: Celery) -> None:
     signals.task_rejected.connect(_on_task_rejected, weak=False)
     signals.task_revoked.connect(_on_task_revoked, weak=False)
     signals.worker_process_init.connect(_on_process_init, weak=False)
+    signals.worker_ready.connect(_on_worker_ready, weak=False)
     # A pool child leaves through os._exit (no atexit): its buffered task-sent counts go first.
     signals.worker_process_shutdown.connect(lambda **_: _sent.flush(), weak=False)
     app.steps["worker"].add(HeartbeatStep)

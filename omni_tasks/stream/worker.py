@@ -45,6 +45,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from omni_tasks.core.gcfreeze import freeze_startup_objects
 from omni_tasks.pipeline import heartbeats
 from omni_tasks.stream.config import Counters, StreamConfig
 from omni_tasks.stream.connlock import ConnectionLock
@@ -148,6 +149,7 @@ class StreamWorker:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
+        freeze_startup_objects()  # no full collection pass over the start-up objects in the middle of a flush
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
