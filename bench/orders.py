@@ -282,12 +282,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             elapsed_ms = [float(o["elapsed_ms"]) for o, _ in outcomes]
             venue_ms = [float(o["broker_ms"]) for o, _ in outcomes if o.get("broker_ms") is not None]
             e2e_ms = [e for _, e in outcomes]
+            queue_ms = [float(o["queue_ms"]) for o, _ in outcomes if o.get("queue_ms") is not None]
             print(
                 f"worker: {args.orders} orders filled; load {load_before} -> {load_after}\n"
                 f"  task start -> recorded outcome   {summary(task_ms)} ms\n"
                 f"  submit() (the budget's own)      {summary(elapsed_ms)} ms\n"
                 f"  inside venue.submit              {summary(venue_ms)} ms\n"
                 f"  CLI enqueue -> recorded fill     {summary(e2e_ms)} ms\n"
+                f"    of which publish -> task start {summary(queue_ms) if queue_ms else '-'} ms\n"
                 f"  worker CPU per order (the worker and its pool, whole task incl. Celery) {worker_cpu_ms:.2f} ms\n"
                 f"  ledger: {checked}",
                 flush=True,
@@ -308,6 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": round(percentile(task_ms, 99), 3),
         "e2e_p50_ms": round(statistics.median(e2e_ms), 3),
         "e2e_p99_ms": round(percentile(e2e_ms, 99), 3),
+        "queue_p50_ms": round(statistics.median(queue_ms), 3) if queue_ms else None,
         "submit_p50_ms": round(statistics.median(elapsed_ms), 3),
         "submit_p99_ms": round(percentile(elapsed_ms, 99), 3),
         "baseline_p50_ms": round(baseline, 3),

@@ -123,6 +123,9 @@ def submit_order(
     started = getattr(task, "omni_t0", None)
     if isinstance(started, float):  # from the task's start (before the kill switch's pre-start gate) to the outcome recorded
         result["task_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    sent_at, started_at = getattr(task, "omni_sent_at", None), getattr(task, "omni_started_at", None)
+    if isinstance(sent_at, float) and isinstance(started_at, float):  # from the sender's publish to the task's start
+        result["queue_ms"] = round(max(0.0, started_at - sent_at) * 1000, 3)
     if outcome.status == EXPIRED:
         setattr(task, LEDGER_STATE_ATTR, LEDGER_EXPIRED)
     if not outcome.repeat and outcome.status in FILLED:
