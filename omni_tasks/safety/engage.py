@@ -5,8 +5,9 @@ The sequence (DESIGN section 8):
 1. ``redis``: Redis says HALTED (one Lua call). Every order path reads this
    key, so orders stop here, a fraction of a millisecond in.
 2. ``durable``: the database row says HALTED, with a :class:`KillEvent` and an
-   :class:`AuditLog` row in the same transaction (who, why, when); Redis is
-   then re-synced to the row's version. From here it survives every restart.
+   :class:`AuditLog` row in the same transaction (who, why, when; on PostgreSQL one
+   statement, see :mod:`omni_tasks.safety.engage_write`); Redis is then re-synced
+   to the row's version. From here it survives every restart.
 3. ``snapshot``: open orders, positions and breaker states read, saved as an
    :class:`EmergencySnapshot` row and a JSON file (temp file + rename), see
    :mod:`omni_tasks.safety.snapshot`. ``cancel_all`` is sent as soon as the open
@@ -56,7 +57,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.contracts.venue import Venue, VenueOrder, VenuePosition
 from omni_tasks.core.keys import TRADING_STATE_KEY
-from omni_tasks.safety.reconcile import RECONCILE_ACTOR, state_before_reconcile
+from omni_tasks.safety.engage_write import DurableEngage, write_engage
 from omni_tasks.safety.snapshot import (
     period_has_snapshot,
     read_breakers,
@@ -69,9 +70,7 @@ from omni_tasks.safety.state_rule import TradingState
 from omni_tasks.safety.state_store import (
     MAX_REASON_CHARS,
     halt_in_redis,
-    locked_row,
     plain,
-    record_audit,
     sync_redis,
     utc_now,
     with_db_retry,
@@ -263,53 +262,18 @@ def _durable_step(
     steps: Steps, result: EngageResult, sessions: sessionmaker[Session], *, actor: str, reason: str, redis_changed: bool, redis_version: int
 ) -> datetime | None:
     """Step 2: the row says HALTED, with its KillEvent and audit row. Returns when the engaged period began (None: not durable)."""
-
-    def write() -> tuple[str, bool, int, int, datetime]:
-        with locked_row(sessions) as (session, row, now):
-            before = str(row.state)
-            repeat = before == TradingState.HALTED.value
-            if repeat and redis_changed and int(row.version) == redis_version and row.actor == RECONCILE_ACTOR:
-                # The reconciler wrote down this very engage from Redis between our two steps: it is ours.
-                before = state_before_reconcile(session, redis_version)
-                repeat = False
-                row.changed_at, row.actor, row.reason = now, actor, reason
-            elif repeat:
-                # The engaged period stands; a newer version seen in Redis is adopted so the copies agree.
-                row.version = max(int(row.version), redis_version)
-            else:
-                row.state = TradingState.HALTED.value
-                row.version = max(int(row.version) + 1, redis_version)
-                row.changed_at = now
-                row.actor = actor
-                row.reason = reason
-            event = KillEvent(
-                ts=now,
-                action="engage",
-                actor=actor,
-                reason=reason,
-                state_before=before,
-                state_after=TradingState.HALTED.value,
-                timings_ms={},
-                detail={"repeat": repeat, "version": int(row.version)},
-            )
-            session.add(event)
-            record_audit(
-                session,
-                ts=now,
-                actor=actor,
-                action="kill.engage.repeat" if repeat else "kill.engage",
-                detail={"reason": reason, "state_before": before, "version": int(row.version)},
-            )
-            session.flush()
-            return before, repeat, int(row.version), int(event.id), row.changed_at
-
-    written = steps.run("durable", lambda: with_db_retry(write))
+    written: DurableEngage | None = steps.run(
+        "durable",
+        lambda: with_db_retry(
+            lambda: write_engage(sessions, actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)
+        ),
+    )
     if written is None:
         return None
-    before, repeat, version, event_id, engaged_since = written
-    result.state_before, result.repeat, result.version, result.kill_event_id = before, repeat, version, event_id
+    result.state_before, result.repeat = written.state_before, written.repeat
+    result.version, result.kill_event_id = written.version, written.kill_event_id
     result.durable = True
-    return engaged_since
+    return written.engaged_since
 
 
 def _start_purge(purge: Callable[[], int], t0: float) -> tuple[threading.Thread, dict[str, Any]]:
