@@ -196,6 +196,15 @@ class Venue(Protocol):
 
 
 @runtime_checkable
+class CancelsOpenOrders(Venue, Protocol):
+    """A venue whose cancel reports what it cancelled: the kill switch sends it first and reads nothing before it."""
+
+    def cancel_open_orders(self) -> list[VenueOrder]:
+        """Cancel every open order at once, as :meth:`Venue.cancel_all`; returns them as they were open (status before the cancel), oldest first."""
+        ...
+
+
+@runtime_checkable
 class LedgerVenue(Venue, Protocol):
     """A venue that keeps our ledger (``keeps_ledger`` is true) and can republish its book from it."""
 

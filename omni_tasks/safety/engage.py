@@ -10,8 +10,10 @@ The sequence (DESIGN section 8):
    to the row's version. From here it survives every restart.
 3. ``snapshot``: open orders, positions and breaker states read, saved as an
    :class:`EmergencySnapshot` row and a JSON file (temp file + rename), see
-   :mod:`omni_tasks.safety.snapshot`. ``cancel_all`` is sent as soon as the open
-   orders are read, before the snapshot is written, so the write does not delay the cancels.
+   :mod:`omni_tasks.safety.snapshot`. The cancels are sent before the snapshot is
+   written, so the write does not delay them: a venue whose cancel reports what it
+   cancelled (the simulated venue) is sent it first and its report is the open
+   orders; any other is read (``open_orders``), then sent ``cancel_all``.
 4. ``cancel_requested`` / ``cancelled_confirmed``: ``cancel_all``, then
    ``open_orders`` polled every ``poll_interval_ms`` until none is open or
    ``cancel_confirm_timeout_s`` passes (an order that appears meanwhile is
@@ -55,7 +57,7 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
-from omni_tasks.contracts.venue import Venue, VenueOrder, VenuePosition
+from omni_tasks.contracts.venue import CancelsOpenOrders, Venue, VenueOrder, VenuePosition
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.safety.engage_write import DurableEngage, write_engage
 from omni_tasks.safety.snapshot import (
@@ -183,6 +185,19 @@ def engage(
             error=result.errors["durable"],
         )
     steps.timed("durable")
+
+    # 3 + 4. Send the cancels (reading what is open first when the venue's cancel does not report it), then write
+    # the snapshot, then confirm.
+    open_orders: list[VenueOrder] = []
+    positions: list[VenuePosition] = []
+    asked: set[str] = set()
+    snap_t0 = time.perf_counter()
+    if venue is None:
+        result.errors["broker"] = "no broker given: open orders were not cancelled, positions not read"
+    else:
+        open_orders = _send_cancels(venue, steps, result, asked)
+        steps.timed("cancel_requested")
+    # Counted and logged once the cancels are sent: neither may delay them.
     count_change(client, "engage_repeat" if result.repeat else "engage", actor)
     _log.warning(
         "kill switch engaged" if not result.repeat else "kill switch engage requested again (already engaged)",
@@ -192,25 +207,6 @@ def engage(
         durable=result.durable,
         ms=result.timings_ms["durable"],
     )
-
-    # 3 + 4. Read what is open, send the cancels, then write the snapshot, then confirm.
-    open_orders: list[VenueOrder] = []
-    positions: list[VenuePosition] = []
-    asked: set[str] = set()
-    snap_t0 = time.perf_counter()
-    if venue is None:
-        result.errors["broker"] = "no broker given: open orders were not cancelled, positions not read"
-    else:
-        found = steps.run("snapshot", lambda: [o for o in venue.open_orders() if o.is_open], part="open orders")
-        if found is not None:
-            open_orders = found
-            result.open_orders_before = len(found)
-        ids = steps.run("cancel_requested", venue.cancel_all)  # confirmation below still polls and retries
-        if ids is not None:
-            asked.update(ids)
-            result.cancel_requested = len(asked)
-            result.cancel_rounds = 1
-        steps.timed("cancel_requested")
     # 6 starts once the cancels are sent, alongside the snapshot and the confirmation: the queued order tasks
     # it removes would only be refused (the state is HALTED), and its thread must not slow the cancels.
     purger = _start_purge(purge, t0) if purge is not None else None
@@ -274,6 +270,36 @@ def _durable_step(
     result.version, result.kill_event_id = written.version, written.kill_event_id
     result.durable = True
     return written.engaged_since
+
+
+def _send_cancels(venue: Venue, steps: Steps, result: EngageResult, asked: set[str]) -> list[VenueOrder]:
+    """Step 4's request, and what was open for the snapshot (step 3). A failed cancel is retried by the confirmation.
+
+    A venue whose cancel reports what it cancelled (:class:`~omni_tasks.contracts.venue.CancelsOpenOrders`:
+    the simulated venue) is sent it at once, and its report is what was open; any other is read first
+    (``open_orders``), then sent ``cancel_all``.
+    """
+    if isinstance(venue, CancelsOpenOrders):
+        cancelled = steps.run("cancel_requested", venue.cancel_open_orders)
+        if cancelled is not None:
+            _asked(result, asked, [order.broker_order_id for order in cancelled])
+            result.open_orders_before = len(cancelled)
+            return cancelled
+    found = steps.run("snapshot", lambda: [o for o in venue.open_orders() if o.is_open], part="open orders")
+    if found is not None:
+        result.open_orders_before = len(found)
+    if not isinstance(venue, CancelsOpenOrders):
+        ids = steps.run("cancel_requested", venue.cancel_all)
+        if ids is not None:
+            _asked(result, asked, ids)
+    return found or []
+
+
+def _asked(result: EngageResult, asked: set[str], ids: list[str]) -> None:
+    """The first round of cancels was sent for ``ids``."""
+    asked.update(ids)
+    result.cancel_requested = len(asked)
+    result.cancel_rounds = 1
 
 
 def _start_purge(purge: Callable[[], int], t0: float) -> tuple[threading.Thread, dict[str, Any]]:

@@ -200,16 +200,28 @@ class SimulatedVenue:
 
     def cancel_all(self) -> list[str]:
         """Cancel every resting order at once (no matching first); returns their venue order ids."""
+        return [order.broker_order_id for order in self.cancel_open_orders()]
+
+    def cancel_open_orders(self) -> list[VenueOrder]:
+        """Cancel every resting order at once (no matching first); returns them as they rested (status before the cancel), oldest first.
+
+        On PostgreSQL, once the day has rolled, two statements under the account lock
+        (:meth:`~omni_tasks.trading.ledger.SimulatedLedger.cancel_resting_lean`); otherwise the ORM path,
+        which rolls the day first (expiring yesterday's orders, which are then not cancelled).
+        """
         self._ledger.ensure_account()
         outcome = Outcome()
         with self._ledger.sessions() as session, session.begin():
-            account, now = self._ledger.lock(session)
-            self._ledger.roll_day(session, account, now, outcome)
-            outcome.ids = self._ledger.cancel_resting(session, now, reason="cancel_all")
+            cancelled = self._ledger.cancel_resting_lean(session, reason="cancel_all") if self._lean is not None else None
+            if cancelled is None:
+                account, now = self._ledger.lock(session)
+                self._ledger.roll_day(session, account, now, outcome)
+                cancelled = [order_view(row) for row in self._ledger.resting(session)]
+                self._ledger.cancel_resting(session, now, reason="cancel_all")
         self._ledger.publish(outcome)
-        if outcome.ids:
-            _log.info("orders cancelled", broker=self.name, count=len(outcome.ids))
-        return outcome.ids
+        if cancelled:
+            _log.info("orders cancelled", broker=self.name, count=len(cancelled))
+        return cancelled
 
     def close_all(self) -> list[VenueOrder]:
         """Cancel resting orders, then a market order against every position for exactly its size (not guarded)."""

@@ -191,8 +191,21 @@ def test_malformed_redis_value_counts_as_halted_everywhere(runtime: Runtime) -> 
 # ---- the engage sequence -----------------------------------------------------------------------
 
 
-def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runtime: Runtime) -> None:
-    broker = simulated_broker(runtime)
+class ReadsFirst:
+    """The simulated venue through the plain contract (no ``cancel_open_orders``): the kill switch reads what is open, then cancels."""
+
+    def __init__(self, venue: Any) -> None:
+        self._venue = venue
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "cancel_open_orders":
+            raise AttributeError(name)
+        return getattr(self._venue, name)
+
+
+@pytest.mark.parametrize("reads_first", [False, True], ids=["cancel-reports-orders", "open-orders-read-first"])
+def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runtime: Runtime, reads_first: bool) -> None:
+    broker = ReadsFirst(simulated_broker(runtime)) if reads_first else simulated_broker(runtime)
     serve_quote(runtime.redis, SYMBOL, Decimal("100.00"), Decimal("100.02"))
     bought = broker.submit(OrderRequest("e-buy", SYMBOL, "buy", Decimal(5), requested_by="test"))
     assert bought.status == "filled"
@@ -247,6 +260,7 @@ def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runti
         snapshot = session.scalars(select(EmergencySnapshot)).one()
         assert snapshot.kill_event_id == event.id
         assert sorted(o["client_order_id"] for o in snapshot.open_orders) == sorted(f"e-rest-{i}" for i in range(10))
+        assert {o["status"] for o in snapshot.open_orders} == {"new"}, "as they rested"
         assert [(p["symbol"], p["qty"]) for p in snapshot.positions] == [(SYMBOL, "5.00000000")]
         # Verified at the broker's ledger: every resting order cancelled, the position closed.
         statuses = dict(session.execute(select(Order.client_order_id, Order.status).where(Order.client_order_id.like("e-rest-%"))).all())

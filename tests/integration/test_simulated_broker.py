@@ -444,6 +444,52 @@ def test_cancel_all_cancels_every_resting_order_and_open_orders_is_then_empty(ma
     assert venue.cancel_all() == []
 
 
+def test_cancel_open_orders_reports_the_orders_as_they_rested_oldest_first_with_one_event_each(make, quote, sessions, clock) -> None:  # type: ignore[no-untyped-def]
+    venue = make()
+    quote("AAPL", "187.20", "187.25")
+    quote("MSFT", "410.00", "410.10")
+    venue.submit(buy("r-1", "1.5", limit="180.125"))
+    venue.submit(buy("f-1", "1"))
+    venue.submit(sell("r-2", "1", limit="200"))
+    venue.submit(buy("r-3", "2", "MSFT", limit="400"))
+    resting = venue.open_orders()
+    clock.now += timedelta(seconds=1)
+
+    cancelled = venue.cancel_open_orders()
+
+    assert cancelled == resting, "the same views open_orders gave, status and all"
+    assert [o.client_order_id for o in cancelled] == ["r-1", "r-2", "r-3"]
+    assert {o.status for o in cancelled} == {"new"}
+    assert venue.open_orders() == []
+    with sessions() as session:
+        rows = session.execute(select(Order.client_order_id, Order.status, Order.reason, Order.updated_at).order_by(Order.id)).all()
+        details = session.execute(
+            select(OrderEvent.client_order_id, OrderEvent.detail, OrderEvent.reason, OrderEvent.ts).where(OrderEvent.event == "cancelled").order_by(OrderEvent.id)
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("r-1", "cancelled", "cancel_all", clock.now),
+        ("f-1", "filled", None, T0),
+        ("r-2", "cancelled", "cancel_all", clock.now),
+        ("r-3", "cancelled", "cancel_all", clock.now),
+    ]
+    assert [tuple(row) for row in details] == [
+        (o.client_order_id, {"broker": "simulated", "broker_order_id": o.broker_order_id}, "cancel_all", clock.now) for o in resting
+    ]
+    assert venue.cancel_open_orders() == []
+
+
+def test_cancel_open_orders_on_a_new_day_rolls_it_first_so_yesterday_s_orders_expire_rather_than_cancel(make, quote, sessions, clock) -> None:  # type: ignore[no-untyped-def]
+    venue = make()
+    quote("AAPL", "187.20", "187.25")
+    venue.submit(buy("d-1", "1", limit="150"))
+    clock.now = datetime(2026, 3, 10, 14, 35, tzinfo=UTC)
+
+    assert venue.cancel_open_orders() == []
+
+    assert account_row(sessions).day == date(2026, 3, 10)
+    assert events(sessions, "d-1")[-1] == ("expired", None)
+
+
 def test_close_all_cancels_resting_orders_and_flattens_long_and_short_at_the_quote(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
     venue = make()
     quote("AAPL", "187.20", "187.25")
