@@ -17,6 +17,9 @@ releases, for the next trial.
 
     python bench/killswitch.py [--trials 50] [--orders 20] [--redis URL]
 
+Besides the figures it prints where the time goes: each engage step's median
+(from the KillEvents) and the quote -> engaged path by hop (p50 / p90 / max).
+
 The last line is one JSON object: ``{"engaged_p50_ms", "engaged_p99_ms", "cancelled_p99_ms", "trials"}``.
 """
 
@@ -88,6 +91,35 @@ def _sequence_done(engine: Any) -> bool:
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q, method="higher"))
+
+
+def _hops(engine: Any, client: redis.Redis, t0_ns: int, marks: dict[str, int]) -> dict[str, float]:
+    """One trial's time by hop (ms): quote pushed -> received by the stream -> alarm raised -> engage began (in the
+    watchdog) -> its ``durable`` mark -> seen HALTED by the poller. The ``durable`` mark comes after Redis is re-synced
+    to the row, so the poller may see the row HALTED before it (a negative last hop).
+
+    The alarm is the newest of the alarm log, the engage the newest engage KillEvent (both clocks are this machine's).
+    """
+    from omni_tasks.core.keys import ALARM_LOG_KEY
+
+    alarm = json.loads(client.lindex(ALARM_LOG_KEY, 0) or b"{}")
+    with engine.connect() as connection:
+        timings, detail = connection.execute(
+            text("SELECT timings_ms, detail FROM kill_events WHERE action = 'engage' ORDER BY id DESC LIMIT 1")
+        ).one()
+    timings = json.loads(timings) if isinstance(timings, str) else timings or {}
+    detail = json.loads(detail) if isinstance(detail, str) else detail or {}
+    recv_ns = int((alarm.get("detail") or {}).get("trigger_recv_ns") or t0_ns)
+    alarm_ns = int(alarm.get("ts_ns") or recv_ns)
+    started_ns = int(detail.get("started_at_ns") or alarm_ns)
+    durable_ns = started_ns + int(float(timings.get("durable", 0.0)) * 1e6)
+    return {
+        "quote_received": (recv_ns - t0_ns) / 1e6,
+        "alarm_raised": (alarm_ns - recv_ns) / 1e6,
+        "engage_began": (started_ns - alarm_ns) / 1e6,
+        "durable": (durable_ns - started_ns) / 1e6,
+        "seen_halted": (marks["engaged"] - durable_ns) / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +286,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     engaged_ms: list[float] = []
     cancelled_ms: list[float] = []
     alarm_ms: list[float] = []
+    hops: dict[str, list[float]] = {}
     for trial in range(args.trials):
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
             release(runtime, actor="operator:bench", reason="bench: next trial")
@@ -321,6 +354,8 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
         # a release in the middle of it would race its cancel rounds against the next trial's orders.
         await until(lambda: _sequence_done(poll_engine), 30, "the engage sequence to finish")
         engaged_ms.append((marks["engaged"] - t0) / 1e6)
+        for name, value in _hops(poll_engine, runtime.redis, t0, marks).items():
+            hops.setdefault(name, []).append(value)
         cancelled_ms.append((marks["cancelled"] - t0) / 1e6)
         if guard.alarms:
             alarm_ms.append(0.0)
@@ -333,6 +368,11 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     await task
     await aclient.aclose()
     _print_stages(poll_engine)
+    print(
+        "quote -> engaged by hop, ms p50 / p90 / max: "
+        + ", ".join(f"{k} {_percentile(v, 50):.2f} / {_percentile(v, 90):.2f} / {max(v):.2f}" for k, v in hops.items()),
+        flush=True,
+    )
     poll_engine.dispose()
     release(runtime, actor="operator:bench", reason="bench done")
     print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
