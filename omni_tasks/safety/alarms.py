@@ -343,17 +343,20 @@ class AlarmListener:
         if not claimed:
             self.counts["claimed_elsewhere"] += 1
             return
+        self._acted_at[alarm.kind] = time.monotonic()
+        self.counts["acted"] += 1
+        started = time.perf_counter()
+        self._call(self._on_critical, alarm)
+        # Logged once acted on, not before: the line would delay the engage (0.3 ms measured in the watchdog worker).
         _log.critical(
-            "critical safety alarm: engaging the kill switch",
+            "critical safety alarm acted on",
             kind=alarm.kind,
             source=alarm.source,
             value=alarm.value,
             limit=alarm.limit,
             live=live,
+            ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        self._acted_at[alarm.kind] = time.monotonic()
-        self.counts["acted"] += 1
-        self._call(self._on_critical, alarm)
 
     def _call(self, handler: Callable[[Alarm], Any], alarm: Alarm) -> None:
         try:
