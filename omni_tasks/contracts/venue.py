@@ -203,6 +203,10 @@ class CancelsOpenOrders(Venue, Protocol):
         """Cancel every open order at once, as :meth:`Venue.cancel_all`; returns them as they were open (status before the cancel), oldest first."""
         ...
 
+    def warm_up(self) -> None:
+        """Prepare the cancel so the first one is as fast as the next (the kill switch's runs once, when it matters); changes nothing."""
+        ...
+
 
 @runtime_checkable
 class LedgerVenue(Venue, Protocol):

@@ -13,9 +13,10 @@ from typing import Any
 
 import structlog
 
-from omni_tasks.contracts.venue import Venue
+from omni_tasks.contracts.venue import CancelsOpenOrders, Venue
 from omni_tasks.safety.alarms import Alarm, AlarmListener, alarm_reason
 from omni_tasks.safety.engage import engage
+from omni_tasks.safety.engage_write import warm_up
 from omni_tasks.safety.killswitch import current_state, fast_state
 from omni_tasks.safety.reconcile import Reconciler
 from omni_tasks.safety.state_rule import TradingState
@@ -92,12 +93,18 @@ def start_watchdog_listener(
         # older data, restored, flushed) is rewritten from it; an engage the database missed is written down.
         reconciler.run()
 
-    # Warm up what the first engage needs (connections, the venue) so it is fast.
+    # Warm up what the first engage needs (connections, the durable write's plan, the venue) so it is fast.
     try:
         current_state(runtime.redis, runtime.sessions)
+        warm_up(runtime.sessions)
     except Exception:  # noqa: BLE001, S110 - warming up only
         pass
-    venue()
+    built = venue()
+    if isinstance(built, CancelsOpenOrders):
+        try:
+            built.warm_up()
+        except Exception:  # noqa: BLE001, S110 - warming up only
+            pass
     listener = AlarmListener(
         client_factory=lambda: runtime.redis,
         on_critical=on_critical,

@@ -326,6 +326,20 @@ class SimulatedLedger:
 
     # ---- the lean path (PostgreSQL) ---------------------------------------------------------------
 
+    def plan_cancel(self) -> None:
+        """PostgreSQL: plan the lean cancel's statements on a pooled connection (EXPLAIN: nothing runs, nothing is locked).
+
+        A database session plans a statement the first time from cold catalog caches, which the first cancel paid.
+        """
+        with self.sessions() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return
+            session.execute(text("EXPLAIN " + _LOCK_DAY.text), {"broker": self.name}).all()
+            session.execute(text("EXPLAIN " + _CANCEL_RESTING.text), self._cancel_params("warm-up", self.now())).all()
+
+    def _cancel_params(self, reason: str, now: datetime) -> dict[str, Any]:
+        return {"broker": self.name, "open_statuses": sorted(OPEN_STATUSES), "status": "cancelled", "reason": reason, "now": now}
+
     def cancel_resting_lean(self, session: Session, *, reason: str) -> list[VenueOrder] | None:
         """Lock the account (:data:`_LOCK_DAY`) and cancel every resting order with its event (:data:`_CANCEL_RESTING`).
 
@@ -338,9 +352,7 @@ class SimulatedLedger:
         now = self.now()
         if day < self.day(now):
             return None
-        params = {
-            "broker": self.name, "open_statuses": sorted(OPEN_STATUSES), "status": "cancelled", "reason": reason, "now": now,
-        }  # fmt: skip
+        params = self._cancel_params(reason, now)
         return [
             VenueOrder(
                 client_order_id=coid, broker_order_id=boid or "", symbol=symbol, side="buy" if side == "buy" else "sell", qty=qty,

@@ -223,6 +223,11 @@ class SimulatedVenue:
             _log.info("orders cancelled", broker=self.name, count=len(cancelled))
         return cancelled
 
+    def warm_up(self) -> None:
+        """Create the account row and plan the cancel's statements, so the kill switch's first cancel is as fast as the next."""
+        self._ledger.ensure_account()
+        self._ledger.plan_cancel()
+
     def close_all(self) -> list[VenueOrder]:
         """Cancel resting orders, then a market order against every position for exactly its size (not guarded)."""
         self._ledger.ensure_account()

@@ -219,3 +219,14 @@ def test_postgresql_an_engage_that_waited_for_the_lock_works_from_the_row_commit
     assert (done.state_before, done.repeat, done.version) == ("ACTIVE", False, 7)
     assert done.engaged_since >= released["at"], "never dated before the change it waited for"
     assert done.engaged_since.utcoffset() == timedelta(0), "aware UTC"
+
+
+def test_warming_up_writes_nothing_and_locks_nothing(desk: tuple[sessionmaker[Session], Write]) -> None:
+    sessions, _write = desk
+    set_row(sessions, "ACTIVE", 2)
+    engage_write.warm_up(sessions)
+    row = the_row(sessions)
+    assert (row.state, row.version) == ("ACTIVE", 2)
+    assert records(sessions) == ([], [])
+    set_row(sessions, "REDUCING", 3)  # the row is not left locked
+    assert the_row(sessions).state == "REDUCING"

@@ -478,6 +478,19 @@ def test_cancel_open_orders_reports_the_orders_as_they_rested_oldest_first_with_
     assert venue.cancel_open_orders() == []
 
 
+def test_warming_up_the_cancel_changes_nothing(make, quote, sessions) -> None:  # type: ignore[no-untyped-def]
+    venue = make()
+    quote("AAPL", "187.20", "187.25")
+    resting = venue.submit(buy("w-1", "1", limit="180"))
+    before = count(sessions, OrderEvent)
+
+    venue.warm_up()
+
+    assert venue.open_orders() == [resting]
+    assert count(sessions, OrderEvent) == before
+    assert venue.cancel_open_orders() == [resting]
+
+
 def test_cancel_open_orders_on_a_new_day_rolls_it_first_so_yesterday_s_orders_expire_rather_than_cancel(make, quote, sessions, clock) -> None:  # type: ignore[no-untyped-def]
     venue = make()
     quote("AAPL", "187.20", "187.25")
