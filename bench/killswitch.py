@@ -122,6 +122,15 @@ def _hops(engine: Any, client: redis.Redis, t0_ns: int, marks: dict[str, int]) -
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (Linux); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=50)
@@ -200,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         time.sleep(1.0)
         print("watchdog worker ready (heartbeat), alarm listener subscribed", flush=True)
-        result = asyncio.run(run_trials(args, settings, runtime, database_url))
+        result = asyncio.run(run_trials(args, settings, runtime, database_url, watchdog.pid))
     finally:
         if watchdog is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -237,7 +246,7 @@ def _print_stages(engine: Any) -> None:
     print(f"engage steps, median ms after the listener began (N={len(rows)}): " + ", ".join(f"{k} {np.median(v):.2f}" for k, v in ordered), flush=True)
 
 
-async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str) -> dict[str, Any]:
+async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, database_url: str, watchdog_pid: int) -> dict[str, Any]:
     from omni_tasks.contracts.venue import OrderRequest
     from omni_tasks.safety.killswitch import current_state
     from omni_tasks.safety.state_rule import TradingState
@@ -287,6 +296,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     cancelled_ms: list[float] = []
     alarm_ms: list[float] = []
     hops: dict[str, list[float]] = {}
+    watchdog_cpu_s = _cpu_s(watchdog_pid)
     for trial in range(args.trials):
         if current_state(runtime.redis, runtime.sessions) is not TradingState.ACTIVE:
             release(runtime, actor="operator:bench", reason="bench: next trial")
@@ -364,6 +374,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
                 f"trials {trial + 1}: engaged p50 {_percentile(engaged_ms, 50):.1f} ms, cancelled p50 {_percentile(cancelled_ms, 50):.1f} ms",
                 flush=True,
             )
+    watchdog_cpu_s = _cpu_s(watchdog_pid) - watchdog_cpu_s
     worker.stop("bench done")
     await task
     await aclient.aclose()
@@ -375,6 +386,7 @@ async def run_trials(args: argparse.Namespace, settings: Any, runtime: Any, data
     )
     poll_engine.dispose()
     release(runtime, actor="operator:bench", reason="bench done")
+    print(f"watchdog worker CPU per trial (the engage and everything else it ran): {watchdog_cpu_s * 1000 / args.trials:.1f} ms", flush=True)
     print("quote -> engaged, per trial (ms): " + " ".join(f"{v:.0f}" for v in engaged_ms), flush=True)
     print("quote -> all cancelled, per trial (ms): " + " ".join(f"{v:.0f}" for v in cancelled_ms), flush=True)
     result = {
