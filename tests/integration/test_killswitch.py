@@ -279,6 +279,38 @@ def test_engage_halts_durably_snapshots_cancels_flattens_purges_and_audits(runti
     assert count(runtime, Fill, Fill.order_id.in_(select(Order.id).where(Order.client_order_id == "e-after"))) == 0
 
 
+class CancelFails:
+    """The simulated venue whose reporting cancel fails (the connection dropped, say); everything else works."""
+
+    def __init__(self, venue: Any) -> None:
+        self._venue = venue
+
+    def cancel_open_orders(self) -> list[Any]:
+        raise ConnectionError("the cancel did not go through")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._venue, name)
+
+
+def test_a_failed_first_cancel_still_snapshots_what_is_open_and_the_confirmation_cancels_it(runtime: Runtime) -> None:
+    broker = CancelFails(simulated_broker(runtime))
+    serve_quote(runtime.redis, SYMBOL, Decimal("100.00"), Decimal("100.02"))
+    for i in range(3):
+        broker.submit(OrderRequest(f"cf-{i}", SYMBOL, "buy", Decimal(1), "limit", Decimal("95.00"), requested_by="test"))
+
+    result = ks.engage(runtime, actor=OPERATOR, reason="integration: cancel fails", broker=broker, alert=lambda _e: None)
+
+    assert result.durable
+    assert result.complete, result.errors  # the confirmation's cancel_all went through: the first failure is cleared
+    assert (result.open_orders_before, result.cancel_requested, result.remaining_open) == (3, 3, [])
+    assert result.cancel_rounds == 1
+    with runtime.sessions() as session:
+        snapshot = session.scalars(select(EmergencySnapshot)).one()
+        statuses = set(session.scalars(select(Order.status).where(Order.client_order_id.like("cf-%"))))
+    assert sorted(o["client_order_id"] for o in snapshot.open_orders) == ["cf-0", "cf-1", "cf-2"]
+    assert statuses == {"cancelled"}
+
+
 def test_a_blank_reason_or_actor_never_stops_an_engage(runtime: Runtime) -> None:
     result = ks.engage(runtime, actor="  ", reason="", broker=None, alert=lambda _e: None)
     assert result.durable
