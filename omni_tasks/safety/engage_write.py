@@ -112,7 +112,7 @@ def warm_up(sessions: sessionmaker[Session]) -> None:
     """Plan the PostgreSQL statement once on a pooled connection (EXPLAIN: nothing runs, no row is locked). Raises on failure.
 
     A database session plans a statement the first time from cold catalog caches: without this the first
-    engage of a watchdog worker, the one that matters most, paid it (about 2 ms measured).
+    engage of a watchdog worker, the one that matters most, paid it (2 to 5 ms measured, depending on the load).
     """
     bind = sessions.kw.get("bind")
     if not (isinstance(bind, Engine) and bind.dialect.name == "postgresql"):
