@@ -15,7 +15,7 @@ Each records a KillEvent ``engage`` (``detail``: ``repeat``, ``version``) and an
 ``kill.engage`` (or ``kill.engage.repeat``) in the same transaction.
 
 Two paths, one outcome. On PostgreSQL the first two cases (and a fresh install's first engage) are
-one statement sent on a pooled connection in autocommit (:data:`_ENGAGE_SQL`: one round trip, one
+one prepared statement sent on a pooled connection in autocommit (:data:`_ENGAGE_SQL`: one round trip, one
 commit): the ORM's unit of work for the same three rows cost about 4 ms of CPU per engage (0.6 ms
 now, measured with ``time.process_time``), most of the time to "engaged, durably". The reconciler's
 race and SQLite (the embedded default) take the ORM path under
@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from omni_tasks.safety.reconcile import RECONCILE_ACTOR, state_before_reconcile
 from omni_tasks.safety.state_rule import TradingState
 from omni_tasks.safety.state_store import STATE_ROW_ID, locked_row, plain, record_audit, utc_now
+from omni_tasks.storage.direct import Prepared, direct, is_postgresql
 from omni_tasks.storage.models import KillEvent
 
 
@@ -54,72 +55,69 @@ class DurableEngage:
 #: nothing (and returns no row) when the reconciler wrote this very engage down from Redis, or when another writer
 #: created the row meanwhile: the ORM path decides those. ``prior`` is read FOR UPDATE, so after waiting out a
 #: concurrent change it is the newest committed row and the UPDATE works from it. Its ``now`` (the change's time:
-#: ``changed_at``, the KillEvent's and the audit row's ``ts``) is never before the row's last change: ``:now`` is
+#: ``changed_at``, the KillEvent's and the audit row's ``ts``) is never before the row's last change: ``now`` is
 #: read before the lock is held, and a change committed while this waited for the lock must not look later than
 #: this one (the ORM path reads the clock once it holds the lock, for the same reason).
-_ENGAGE_SQL = text(
+_ENGAGE_SQL = Prepared(
+    "omni_engage",
     """
 WITH prior AS (
-    SELECT id, state, version, actor, GREATEST(CAST(:now AS TIMESTAMP WITH TIME ZONE), changed_at) AS now
-      FROM trading_state WHERE id = :row_id FOR UPDATE
+    SELECT id, state, version, actor, GREATEST(CAST(%(now)s AS TIMESTAMP WITH TIME ZONE), changed_at) AS now
+      FROM trading_state WHERE id = %(row_id)s FOR UPDATE
 ),
 changed AS (
     UPDATE trading_state AS t
-       SET state = :halted,
-           version = CASE WHEN prior.state = :halted THEN GREATEST(prior.version, :redis_version)
-                          ELSE GREATEST(prior.version + 1, :redis_version) END,
-           changed_at = CASE WHEN prior.state = :halted THEN t.changed_at ELSE prior.now END,
-           actor = CASE WHEN prior.state = :halted THEN t.actor ELSE :actor END,
-           reason = CASE WHEN prior.state = :halted THEN t.reason ELSE :reason END
+       SET state = %(halted)s,
+           version = CASE WHEN prior.state = %(halted)s THEN GREATEST(prior.version, %(redis_version)s)
+                          ELSE GREATEST(prior.version + 1, %(redis_version)s) END,
+           changed_at = CASE WHEN prior.state = %(halted)s THEN t.changed_at ELSE prior.now END,
+           actor = CASE WHEN prior.state = %(halted)s THEN t.actor ELSE %(actor)s END,
+           reason = CASE WHEN prior.state = %(halted)s THEN t.reason ELSE %(reason)s END
       FROM prior
      WHERE t.id = prior.id
-       AND NOT (prior.state = :halted AND :redis_changed AND prior.version = :redis_version AND prior.actor = :reconcile_actor)
+       AND NOT (prior.state = %(halted)s AND %(redis_changed)s AND prior.version = %(redis_version)s AND prior.actor = %(reconcile_actor)s)
     RETURNING prior.state AS state_before, t.version, t.changed_at, prior.now
 ),
 created AS (
     INSERT INTO trading_state (id, state, version, changed_at, actor, reason)
-    SELECT :row_id, :halted, GREATEST(1, :redis_version), CAST(:now AS TIMESTAMP WITH TIME ZONE), :actor, :reason
+    SELECT %(row_id)s, %(halted)s, GREATEST(1, %(redis_version)s), CAST(%(now)s AS TIMESTAMP WITH TIME ZONE), %(actor)s, %(reason)s
      WHERE NOT EXISTS (SELECT FROM prior)
         ON CONFLICT (id) DO NOTHING
-    RETURNING CAST(:active AS VARCHAR(10)) AS state_before, version, changed_at, changed_at AS now
+    RETURNING CAST(%(active)s AS VARCHAR(10)) AS state_before, version, changed_at, changed_at AS now
 ),
 halted AS (
     SELECT * FROM changed UNION ALL SELECT * FROM created
 ),
 event AS (
     INSERT INTO kill_events (ts, action, actor, reason, state_before, state_after, timings_ms, detail)
-    SELECT halted.now, 'engage', :actor, :reason, halted.state_before, :halted, CAST('{}' AS JSON),
-           json_build_object('repeat', halted.state_before = :halted, 'version', halted.version)
+    SELECT halted.now, 'engage', %(actor)s, %(reason)s, halted.state_before, %(halted)s, CAST('{}' AS JSON),
+           json_build_object('repeat', halted.state_before = %(halted)s, 'version', halted.version)
       FROM halted
     RETURNING id
 ),
 audit AS (
     INSERT INTO audit_log (ts, actor, action, subject, detail)
-    SELECT halted.now, :actor, CASE WHEN halted.state_before = :halted THEN 'kill.engage.repeat' ELSE 'kill.engage' END, 'trading_state',
-           json_build_object('reason', :reason, 'state_before', halted.state_before, 'version', halted.version)
+    SELECT halted.now, %(actor)s, CASE WHEN halted.state_before = %(halted)s THEN 'kill.engage.repeat' ELSE 'kill.engage' END, 'trading_state',
+           json_build_object('reason', %(reason)s, 'state_before', halted.state_before, 'version', halted.version)
       FROM halted
 )
 SELECT halted.state_before, halted.version, halted.changed_at, event.id FROM halted, event
-"""
+""",
 )
 
 
-#: The statement planned but not run (:func:`warm_up`).
-_PLAN_ENGAGE = text("EXPLAIN " + _ENGAGE_SQL.text)
-
-
 def warm_up(sessions: sessionmaker[Session]) -> None:
-    """Plan the PostgreSQL statement once on a pooled connection (EXPLAIN: nothing runs, no row is locked). Raises on failure.
+    """Prepare the PostgreSQL statement on a pooled connection (nothing runs, no row is locked). Raises on failure.
 
     A database session plans a statement the first time from cold catalog caches: without this the first
     engage of a watchdog worker, the one that matters most, paid it (2 to 5 ms measured, depending on the load).
+    Prepared, it is parsed and planned once per connection (:mod:`omni_tasks.storage.direct`).
     """
     bind = sessions.kw.get("bind")
-    if not (isinstance(bind, Engine) and bind.dialect.name == "postgresql"):
+    if not (isinstance(bind, Engine) and is_postgresql(bind)):
         return
-    with bind.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(_PLAN_ENGAGE, _params(actor="warm-up", reason="warm-up", redis_changed=False, redis_version=0)).all()
+    with direct(bind) as db:
+        db.prepare(_ENGAGE_SQL)
 
 
 def write_engage(sessions: sessionmaker[Session], *, actor: str, reason: str, redis_changed: bool, redis_version: int) -> DurableEngage:
@@ -128,7 +126,7 @@ def write_engage(sessions: sessionmaker[Session], *, actor: str, reason: str, re
     ``redis_changed``/``redis_version``: what the engage's Redis step did (wrote HALTED at that version, or found it HALTED).
     """
     bind = sessions.kw.get("bind")
-    if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+    if isinstance(bind, Engine) and is_postgresql(bind):
         done = _one_statement(bind, actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)
         if done is not None:
             return done
@@ -138,12 +136,11 @@ def write_engage(sessions: sessionmaker[Session], *, actor: str, reason: str, re
 def _one_statement(engine: Engine, *, actor: str, reason: str, redis_changed: bool, redis_version: int) -> DurableEngage | None:
     """:data:`_ENGAGE_SQL` in autocommit (the statement is its own transaction); None when it handed the case to the ORM path."""
     params = _params(actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        found = connection.execute(_ENGAGE_SQL, params).first()
-    if found is None:
+    with direct(engine) as db:
+        rows = db.fetch(_ENGAGE_SQL, params=params)
+    if not rows:
         return None
-    before, version, since, event_id = found
+    before, version, since, event_id = rows[0]
     return DurableEngage(
         state_before=str(before),
         repeat=before == TradingState.HALTED.value,

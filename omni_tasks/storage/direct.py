@@ -102,6 +102,14 @@ class Direct:
             raise RuntimeError(f"expected one row, the statement returned {len(rows)}: {_first_line(statements[-1])}")
         return rows[0]
 
+    def prepare(self, *statements: Prepared) -> None:
+        """Prepare those of ``statements`` this connection does not hold yet (a warm-up: nothing runs, nothing is locked)."""
+        prepared: set[str] = self._fairy.info.setdefault(_PREPARED_KEY, set())
+        fresh = [s for s in statements if s.name not in prepared]
+        if fresh:
+            self._execute(";\n".join(f"PREPARE {s.name} AS {s.body}" for s in fresh), None)
+            prepared.update(s.name for s in fresh)
+
     def begin_with(self, *statements: Statement, params: Params | None = None) -> list[tuple[Any, ...]]:
         """Open a transaction and run the statements in it, one round trip; the last one's rows."""
         self._run(statements, params, begin=True, commit=False)
