@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from omni_tasks.ops.zygote import die_with_parent, receive, send
+from omni_tasks.ops.forkwire import die_with_parent, receive, send
 
 #: Seconds to wait for the server to fork a child (its first answer comes after its imports).
 ANSWER_TIMEOUT_S = 60.0

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from omni_tasks.ops.zygote import die_with_parent
+from omni_tasks.ops.forkwire import die_with_parent
 
 if TYPE_CHECKING:
     from omni_tasks.ops.forking import ForkServer

@@ -23,10 +23,7 @@ with the supervisor (``PR_SET_PDEATHSIG``), so nothing outlives `omni up`.
 
 from __future__ import annotations
 
-import array
-import ctypes
 import importlib
-import json
 import os
 import select
 import signal
@@ -36,6 +33,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from omni_tasks.ops.forkwire import die_with_parent, name_process, receive, send
 
 #: What every child, or most of them, imports at start; the Celery side is listed in :mod:`omni_tasks.pipeline.preload`.
 PRELOAD = (
@@ -48,38 +47,6 @@ PRELOAD = (
     "workers",
     "beat_schedule",
 )
-#: The largest message: a child's environment is a few kilobytes.
-MAX_MESSAGE = 1 << 18
-_PR_SET_PDEATHSIG = 1
-_PR_SET_NAME = 15
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in a child between fork and exec (or run)
-    """Ask the kernel for SIGTERM when the parent ends (Linux; elsewhere nothing)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def send(channel: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
-    """One message, with descriptors passed along (SCM_RIGHTS)."""
-    data = json.dumps(message).encode()
-    if fds:
-        channel.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        channel.send(data)
-
-
-def receive(channel: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and the descriptors that came with it; ``(None, [])`` once the other end is closed."""
-    data, fds, _flags, _address = socket.recv_fds(channel, MAX_MESSAGE, 4)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    return json.loads(data), list(fds)
 
 
 @dataclass
@@ -110,7 +77,10 @@ def _reap(channel: socket.socket) -> None:
             return
         if pid == 0:
             return
-        send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        try:
+            send(channel, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        except OSError:
+            return  # the supervisor hung up: the loop reads the end of the conversation next
 
 
 def serve(channel: socket.socket) -> Request | None:
@@ -171,21 +141,13 @@ def become(request: Request, server_pid: int) -> None:  # pragma: no cover - run
             os.close(fd)
     os.environ.clear()
     os.environ.update(request.env)
-    _name_process(request.name)  # its command line stays the server's
-
-
-def _name_process(name: str) -> None:
-    """The name `ps -e`, top and /proc/PID/comm show (15 bytes at most)."""
-    try:
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_NAME, name.encode()[:15])
-    except OSError:
-        pass
+    name_process(request.name)  # its command line stays the server's
 
 
 def main(argv: list[str]) -> int:
     """``python -m omni_tasks.ops.zygote FD``: serve on descriptor FD; in each forked child, run its command."""
     channel = socket.socket(fileno=int(argv[0]))
-    _name_process("forkserver")
+    name_process("forkserver")
     preload()
     server_pid = os.getpid()
     request = serve(channel)
