@@ -299,7 +299,8 @@ def up(
         if process.stdout is not None:
             Supervisor.pump_log(process.stdout, logs_dir / "forkserver.log", "forkserver")
 
-    fork_server = ForkServer(env, on_launch=log_fork_server)
+    # Linux only: fork without exec is what the server does, and elsewhere (macOS system libraries) it is not safe.
+    fork_server = ForkServer(env, on_launch=log_fork_server) if sys.platform.startswith("linux") else None
     supervisor = Supervisor(specs, announce=announce, fork_server=fork_server)
     stop_requested = {"flag": False}
 
@@ -310,7 +311,8 @@ def up(
     signal.signal(signal.SIGTERM, request_stop)
 
     try:
-        fork_server.launch()
+        if fork_server is not None:
+            fork_server.launch()
         if settings.embedded:
             supervisor.start(supervisor.children[0])
             redis_process = supervisor.children[0].process

@@ -75,21 +75,25 @@ class ForkServer:
         return self._early_deaths >= 2
 
     def launch(self) -> None:
-        """Start the server now (it imports while the caller goes on); a no-op if it runs."""
-        if self._channel is not None:
+        """Start the server now (it imports while the caller goes on); a no-op if it runs or cannot be started."""
+        if self._channel is not None or self.broken:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.process = subprocess.Popen(  # noqa: S603 - our own module, no user input
-            [sys.executable, "-m", "omni_tasks.ops.zygote", str(theirs.fileno())],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self._on_launch else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            pass_fds=(theirs.fileno(),),
-            start_new_session=True,
-            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        theirs.close()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:  # no such sockets here: the children start as plain processes
+            self._early_deaths = 2
+            return
+        with theirs:
+            self.process = subprocess.Popen(  # noqa: S603 - our own module, no user input
+                [sys.executable, "-m", "omni_tasks.ops.zygote", str(theirs.fileno())],
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self._on_launch else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+            )
         self._channel = ours
         self._forked_any = False
         if self._on_launch is not None:
@@ -98,10 +102,11 @@ class ForkServer:
     def spawn(self, name: str, args: list[str], env: dict[str, str], output: int) -> ForkedProcess:
         """Ask for a child running ``omni ARGS``, its stdout and stderr on ``output``; the answer is read later."""
         self.launch()
-        assert self._channel is not None
         child = ForkedProcess(self, name)
         self._awaiting.append(child)
         try:
+            if self._channel is None:
+                raise ConnectionError("the fork server could not be started")
             send(self._channel, {"name": name, "args": args, "env": env}, (output,))
         except OSError:
             self._lost()
