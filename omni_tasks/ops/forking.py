@@ -59,8 +59,12 @@ class ForkedProcess:
 class ForkServer:
     """Runs ``python -m omni_tasks.ops.zygote`` with the children's environment; forks children through it."""
 
-    def __init__(self, env: dict[str, str], *, on_launch: Callable[[subprocess.Popen[bytes]], None] | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, on_launch: Callable[[subprocess.Popen[bytes]], None] | None = None, program: list[str] | None = None
+    ) -> None:
         self._env = env
+        #: The server's command line, its end of the socketpair appended (another one in tests: a server that fails).
+        self._program = program or [sys.executable, "-m", "omni_tasks.ops.zygote"]
         self._on_launch = on_launch
         self.process: subprocess.Popen[bytes] | None = None
         self._channel: socket.socket | None = None
@@ -85,7 +89,7 @@ class ForkServer:
             return
         with theirs:
             self.process = subprocess.Popen(  # noqa: S603 - our own module, no user input
-                [sys.executable, "-m", "omni_tasks.ops.zygote", str(theirs.fileno())],
+                [*self._program, str(theirs.fileno())],
                 env=self._env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if self._on_launch else subprocess.DEVNULL,

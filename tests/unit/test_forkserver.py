@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,3 +142,20 @@ def test_children_of_a_killed_fork_server_die_and_are_restarted_through_a_new_on
     assert server.process is not None
     assert server.process.pid != old_server
     _wait_for(lambda: _serving(port), 60, "the restarted child to listen")
+
+
+def test_a_fork_server_that_dies_twice_before_forking_leaves_the_children_to_plain_processes(env: dict[str, str], made: list[Supervisor]) -> None:
+    announced: list[str] = []
+    failing = ForkServer(env, program=[sys.executable, "-c", "raise SystemExit(1)"])
+    spec = ChildSpec("help", [sys.executable, "-c", "import sys; sys.exit(7)"], env, omni_args=["--help"])
+    supervisor = Supervisor([spec], announce=announced.append, fork_server=failing, max_backoff_s=0.1)
+    made.append(supervisor)
+    supervisor.start_all()
+
+    def plain_exit_seen() -> bool:
+        supervisor.poll()
+        return 7 in supervisor.children[0].exits
+
+    _wait_for(plain_exit_seen, 20, "the child to run as a plain process")
+    assert failing.broken
+    assert supervisor.children[0].exits[:3] == [-signal.SIGKILL, -signal.SIGKILL, 7]
