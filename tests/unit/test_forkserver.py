@@ -159,3 +159,21 @@ def test_a_fork_server_that_dies_twice_before_forking_leaves_the_children_to_pla
     _wait_for(plain_exit_seen, 20, "the child to run as a plain process")
     assert failing.broken
     assert supervisor.children[0].exits[:3] == [-signal.SIGKILL, -signal.SIGKILL, 7]
+
+
+def test_a_forked_child_that_exits_is_forked_again_with_backoff(env: dict[str, str], made: list[Supervisor]) -> None:
+    announced: list[str] = []
+    server = ForkServer(env)
+    supervisor = Supervisor([_omni("typo", ["no-such-command"], env)], announce=announced.append, fork_server=server, max_backoff_s=0.1)
+    made.append(supervisor)
+    supervisor.start_all()
+
+    def second_exit_seen() -> bool:
+        supervisor.poll()
+        return len(supervisor.children[0].exits) >= 2
+
+    _wait_for(second_exit_seen, 60, "two exits of the forked child")
+    assert supervisor.children[0].exits[:2] == [2, 2]
+    assert announced[:2] == ["typo exited with code 2; restarting in 0.1 s", "restarted typo (restart #1)"]
+    assert server.process is not None
+    assert server.process.poll() is None, "one fork server served both starts"
