@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import select
 import signal
 import socket
@@ -39,11 +40,14 @@ from omni_tasks.ops.forkwire import die_with_parent, name_process, receive, send
 #: What every child, or most of them, imports at start; the Celery side is listed in :mod:`omni_tasks.pipeline.preload`.
 PRELOAD = (
     "omni_tasks.cli.main",
-    "omni_tasks.cli.run",
+    "typer._adapters",  # typer's parameter conversion, loaded when a command's arguments are parsed
+    "typer._click.decorators",
     "omni_tasks.settings",
     "omni_tasks.core.runtime",
     "omni_tasks.core.logs",
     "omni_tasks.storage.engine",
+    "omni_tasks.ops.startup_checks",
+    "sqlite3",  # the embedded database's driver, loaded by the first connection
     "workers",
     "beat_schedule",
 )
@@ -64,6 +68,13 @@ def preload() -> None:
     from omni_tasks.pipeline import preload as celery_side
 
     for name in (*PRELOAD, *celery_side.MODULES):
+        importlib.import_module(name)
+    # Every `omni` command module (the command line registers them all) and every task module the Celery app
+    # includes when it starts: light by design (tests/unit/pipeline/test_light_start.py), and in every child.
+    cli = importlib.import_module("omni_tasks.cli")
+    for found in pkgutil.iter_modules(cli.__path__):
+        importlib.import_module(f"omni_tasks.cli.{found.name}")
+    for name in importlib.import_module("omni_tasks.pipeline.app").TASK_MODULES:
         importlib.import_module(name)
     if threading.active_count() != 1:
         raise RuntimeError(f"preloading started threads ({[t.name for t in threading.enumerate()]}): forking is unsafe")
