@@ -126,7 +126,10 @@ def serve(channel: socket.socket) -> Request | None:
             return request
         for fd in fds:
             os.close(fd)
-        send(channel, {"pid": pid})
+        try:
+            send(channel, {"pid": pid})
+        except OSError:
+            return None  # the supervisor is gone: so is this server (its children follow it)
 
 
 def _drain(fd: int) -> None:
