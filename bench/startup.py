@@ -17,7 +17,9 @@ starting that many Celery processes costs on this machine by itself.
     python -m bench.startup [--runs 5]
 
 The last line is one JSON object:
-``{"healthy_s", "healthy_s_min", "healthy_s_max", "baseline_s", "ratio", "runs", "left_behind", "load"}``.
+``{"healthy_s", "healthy_s_min", "healthy_s_max", "baseline_s", "ratio", "cpu_s", "runs", "left_behind", "load"}``;
+``cpu_s`` is the median of the CPU seconds every process of the session had used at the healthy moment
+(robust to other load on the machine, unlike the seconds).
 """
 
 from __future__ import annotations
@@ -59,26 +61,79 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _session_members(sid: int) -> list[int]:
-    """Processes still in the session ``omni up`` led (its children keep it; the workers' pool children too)."""
-    members = []
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3 onwards of /proc/PID/stat (index 0 is the state, 1 the parent, 11-14 the CPU times, 19 the start time)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """``root`` and every process below it (each child of `omni up` has a session of its own), by pid, with its start time."""
+    parents: dict[int, int] = {}
+    started: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[4]) == sid:
-                    members.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return members
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents[int(entry.name)], started[int(entry.name)] = int(fields[1]), fields[19]
+    found = {root} if root in started else set()
+    grew = True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= below
+        grew = bool(below)
+    return {pid: started[pid] for pid in found}
 
 
-def cold_start(timeout_s: float) -> tuple[float, int]:
-    """One `omni up` on a new data folder: (seconds until healthy with Flower answering, processes left after the stop)."""
+def _still_running(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` alive now (same pid and start time: a reused pid is not counted), zombies excluded."""
+    alive = []
+    for pid, start in processes.items():
+        fields = _stat(pid)
+        if fields is not None and fields[19] == start and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _label(pid: int) -> str:
+    """A process's role for the CPU table: the ``omni`` command after ``-m omni_tasks`` (``worker scans``), or its program name."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    if "omni_tasks.ops.zygote" in argv:  # the fork server and the children it forked: they keep its command line, not its name
+        return (Path("/proc") / str(pid) / "comm").read_text().strip()
+    if "omni_tasks" in argv:
+        return " ".join(argv[argv.index("omni_tasks") + 1 :]).strip() or "omni"
+    return Path(argv[0]).name or "?"
+
+
+def tree_cpu(processes: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (user + system) spent so far by each role among ``processes``, their reaped children included.
+
+    Unlike a wall-clock time this does not grow when other programs share the cores: it is what the start
+    costs, wherever the time goes.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    by_role: dict[str, float] = {}
+    for pid in processes:
+        if (fields := _stat(pid)) is None:
+            continue
+        # fields[0] is field 3 of proc(5): utime, stime, cutime, cstime are fields 14-17.
+        seconds = sum(int(value) for value in fields[11:15]) / tick
+        role = _label(pid)
+        by_role[role] = by_role.get(role, 0.0) + seconds
+    return by_role
+
+
+def cold_start(timeout_s: float) -> tuple[float, int, dict[str, float]]:
+    """One `omni up` on a new data folder: (seconds until healthy with Flower answering, processes left after the stop, CPU seconds by role then)."""
     with tempfile.TemporaryDirectory(prefix="omni-bench-startup-") as scratch:
         metrics_port, flower_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_") and k != "PROMETHEUS_MULTIPROC_DIR"}
         env |= {"OMNI_DATA_DIR": str(Path(scratch) / "data"), "OMNI_METRICS_PORT": str(metrics_port), "OMNI_FLOWER_PORT": str(flower_port)}
         log = open(Path(scratch) / "up.out", "wb")  # noqa: SIM115 - closed below
+        tree: dict[int, str] = {}
         started = time.monotonic()
         up = subprocess.Popen(  # fixed argv
             [sys.executable, "-m", "omni_tasks", "up"], env=env, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -92,6 +147,8 @@ def cold_start(timeout_s: float) -> tuple[float, int]:
 
             wait_until(ready, timeout_s, "/health ok and Flower answering", interval_s=0.05)
             healthy_s = time.monotonic() - started
+            tree = _descendants(up.pid)
+            cpu = tree_cpu(tree)
         finally:
             up.send_signal(signal.SIGINT)
             try:
@@ -101,10 +158,10 @@ def cold_start(timeout_s: float) -> tuple[float, int]:
                 up.wait(timeout=10)
             log.close()
         time.sleep(0.5)
-        left = _session_members(up.pid)
+        left = _still_running(tree)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        return healthy_s, len(left)
+        return healthy_s, len(left), cpu
 
 
 def bare_start(count: int, timeout_s: float) -> float:
@@ -155,15 +212,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {load_average()}", flush=True)
     ours: list[float] = []
     bare: list[float] = []
+    cpus: list[float] = []
     left_behind = 0
     try:
         for run in range(1, args.runs + 1):
-            healthy_s, left = cold_start(args.timeout)
+            healthy_s, left, cpu = cold_start(args.timeout)
             ours.append(healthy_s)
+            cpus.append(sum(cpu.values()))
+            if run == 1:
+                print("CPU seconds by process when healthy: " + ", ".join(f"{role} {s:.2f}" for role, s in sorted(cpu.items(), key=lambda i: -i[1])), flush=True)
             left_behind += left
             baseline_s = bare_start(BARE_WORKERS, args.timeout)
             bare.append(baseline_s)
-            print(f"run {run}: omni up healthy after {healthy_s:.2f} s (left behind {left}); {BARE_WORKERS} bare Celery workers answering after {baseline_s:.2f} s", flush=True)
+            print(f"run {run}: omni up healthy after {healthy_s:.2f} s, {cpus[-1]:.1f} CPU s (left behind {left}); {BARE_WORKERS} bare Celery workers answering after {baseline_s:.2f} s", flush=True)
     except BenchError as exc:
         print(f"bench/startup: {exc}", file=sys.stderr)
         return 1
@@ -177,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "healthy_s_max": round(max(ours), 2),
         "baseline_s": round(median_bare, 2),
         "ratio": round(median / median_bare, 2),
+        "cpu_s": round(statistics.median(cpus), 2),
         "runs": len(ours),
         "left_behind": left_behind,
         "load": load_average(),

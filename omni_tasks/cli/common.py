@@ -9,6 +9,7 @@ when a command runs.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -28,6 +29,19 @@ METRIC_FILE_ROLES = frozenset({"beat", "stream", "server"})
 def writes_metric_files(role: str) -> bool:
     """Workers, beat, the stream and the server write prometheus-client files; the CLI, `omni up` and Flower do not."""
     return role in METRIC_FILE_ROLES or role.startswith("worker-")
+
+
+def _match_prometheus_values() -> None:
+    """Forked from `omni up`'s fork server, prometheus-client is already imported, its kind of value (files or
+    memory) chosen from the server's environment, where metric files are on: Flower, which writes none, chooses
+    again for the metrics it makes. Only then: a second files-backed kind would open this process's files twice.
+    """
+    values = sys.modules.get("prometheus_client.values")
+    if values is None:
+        return
+    in_files = values.ValueClass is not values.MutexValue
+    if in_files != ("PROMETHEUS_MULTIPROC_DIR" in os.environ):
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]  # an untyped module global
 
 
 def prepare(role: str, *, configure_log: bool = True) -> Settings:
@@ -60,6 +74,7 @@ def prepare(role: str, *, configure_log: bool = True) -> Settings:
         host_dir = settings.metrics_dir / socket.gethostname()
         host_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(host_dir)
+    _match_prometheus_values()
     if role == "cli":
         from omni_tasks.core.logs import configure_logging
 

@@ -19,6 +19,8 @@ from omni_tasks.core import inputs
 from omni_tasks.core.errors import BootRefused
 
 if TYPE_CHECKING:  # the settings (pydantic) are imported by the commands that run, not by `omni --help`
+    import subprocess
+
     from omni_tasks.settings import Settings
 
 console = Console(stderr=False)
@@ -230,6 +232,7 @@ def up(
     # The terminal of `omni up` is for people: warnings only, readable; each child logs JSON to its file.
     configure_logging(level="WARNING", fmt="console", role="up", secrets=settings.secret_values())
     from omni_tasks.ops import embedded
+    from omni_tasks.ops.forking import ForkServer
     from omni_tasks.ops.supervisor import ChildSpec, Supervisor
     from workers import KINDS
 
@@ -272,22 +275,33 @@ def up(
         # No keys and the default provider order: the offline feed, said loudly (banner) and on every row.
         env["OMNI_PROVIDERS_ORDER"] = "synthetic"
 
-    specs.append(ChildSpec("server", [*omni, "server"], env, stop_timeout_s=5, log_path=logs_dir / "server.log", stop_phase=2))
+    def omni_child(name: str, args: list[str], **how: Any) -> ChildSpec:
+        """A child running ``omni ARGS``: forked from the fork server, or ``python -m omni_tasks ARGS`` without one."""
+        return ChildSpec(name, [*omni, *args], env, log_path=logs_dir / f"{name}.log", omni_args=args, **how)
+
+    specs.append(omni_child("server", ["server"], stop_timeout_s=5, stop_phase=2))
     for kind in KINDS.values():
-        specs.append(ChildSpec(f"worker-{kind.name}", [*omni, "worker", kind.name], env, stop_timeout_s=30, log_path=logs_dir / f"worker-{kind.name}.log", stop_phase=1))
+        specs.append(omni_child(f"worker-{kind.name}", ["worker", kind.name], stop_timeout_s=30, stop_phase=1))
     from omni_tasks.stream.shards import shard_count, shard_labels, worker_name
 
     for shard in shard_labels(shard_count(settings)):  # one stream worker per OMNI_STREAM_KEYS key (one connection per key)
         stream_name = worker_name(shard)
-        stream_argv = [*omni, "stream"] if shard is None else [*omni, "stream", "--shard", shard]
-        specs.append(ChildSpec(stream_name, stream_argv, env, stop_timeout_s=10, log_path=logs_dir / f"{stream_name}.log", stop_phase=1))
-    specs.append(ChildSpec("beat", [*omni, "beat"], env, stop_timeout_s=10, log_path=logs_dir / "beat.log", stop_phase=0))
-    specs.append(ChildSpec("flower", [*omni, "flower"], env, stop_timeout_s=10, log_path=logs_dir / "flower.log", stop_phase=2))
+        specs.append(omni_child(stream_name, ["stream"] if shard is None else ["stream", "--shard", shard], stop_timeout_s=10, stop_phase=1))
+    specs.append(omni_child("beat", ["beat"], stop_timeout_s=10, stop_phase=0))
+    specs.append(omni_child("flower", ["flower"], stop_timeout_s=10, stop_phase=2))
 
     def announce(message: str) -> None:
         console.print(f"[dim]{time.strftime('%H:%M:%S UTC', time.gmtime())}[/dim] {message}")
 
-    supervisor = Supervisor(specs, announce=announce)
+    # The fork server imports what the children share while Redis starts and the migrations run (here,
+    # with the children's environment: some modules read it when imported); the children fork from it.
+    def log_fork_server(process: "subprocess.Popen[bytes]") -> None:
+        if process.stdout is not None:
+            Supervisor.pump_log(process.stdout, logs_dir / "forkserver.log", "forkserver")
+
+    # Linux only: fork without exec is what the server does, and elsewhere (macOS system libraries) it is not safe.
+    fork_server = ForkServer(env, on_launch=log_fork_server) if sys.platform.startswith("linux") else None
+    supervisor = Supervisor(specs, announce=announce, fork_server=fork_server)
     stop_requested = {"flag": False}
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -297,6 +311,8 @@ def up(
     signal.signal(signal.SIGTERM, request_stop)
 
     try:
+        if fork_server is not None:
+            fork_server.launch()
         if settings.embedded:
             supervisor.start(supervisor.children[0])
             redis_process = supervisor.children[0].process

@@ -7,13 +7,16 @@ file there so queued work survives a restart, and never evicts keys.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
 from omni_tasks.core.errors import BootRefused
+
+if TYPE_CHECKING:
+    from omni_tasks.ops.supervisor import Process
 
 
 def redis_server_binary() -> Path:
@@ -42,7 +45,7 @@ def redis_argv(data_dir: Path, socket_path: Path) -> list[str]:
     ]
 
 
-def wait_until_ready(socket_path: Path, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until_ready(socket_path: Path, timeout_s: float = 15.0, process: Process | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:

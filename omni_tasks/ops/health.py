@@ -248,26 +248,37 @@ def _breaker_reason(client: redis.Redis, name: str) -> list[str]:
 
 
 def _stale_stream(client: redis.Redis, settings: Settings, now: float) -> str | None:
-    """The watchdog's stale_stream rule on what Redis and the calendar say now (None: fresh, market closed or unreadable)."""
-    from omni_tasks.marketdata.calendar import is_open
+    """The watchdog's stale_stream rule on what Redis and the calendar say now (None: fresh, market closed or unreadable).
+
+    The calendar is asked only when the stream is stale: a fresh stream passes at any hour, and the exchange
+    calendar (pandas, exchange_calendars) costs the server about a second of CPU on its first call, which was
+    at its first /health, while `omni up` starts every process at once.
+    """
+    from dataclasses import replace
+
     from omni_tasks.stream.shards import shard_count, shard_labels, status_key
     from omni_tasks.watchdog.rules import NotEvaluated, Observations, stale_stream
 
     try:
-        market_open = bool(is_open(datetime.fromtimestamp(now, tz=UTC)))
         shards = shard_count(settings)
         raw = {shard: client.hgetall(status_key(shard)) for shard in shard_labels(shards)}
-    except Exception:  # noqa: BLE001 - the stream and calendar have their own checks; no reason to add here
+    except Exception:  # noqa: BLE001 - the stream has its own check; no reason to add here
         return None
     statuses = {shard: {_text(k): _text(v) for k, v in found.items()} for shard, found in raw.items()}
     if shards:
         sharded = {str(shard): status for shard, status in statuses.items()}
-        observed = Observations(now=now, first_evaluation=now, market_open=market_open, stream_shards=sharded)
+        observed = Observations(now=now, first_evaluation=now, market_open=True, stream_shards=sharded)
     else:
-        observed = Observations(now=now, first_evaluation=now, market_open=market_open, stream_status=statuses[None])
+        observed = Observations(now=now, first_evaluation=now, market_open=True, stream_status=statuses[None])
     try:
-        finding = stale_stream(observed, settings)
+        if stale_stream(observed, settings) is None:
+            return None  # fresh even if the market is open: the hours do not matter
+        from omni_tasks.marketdata.calendar import is_open
+
+        finding = stale_stream(replace(observed, market_open=bool(is_open(datetime.fromtimestamp(now, tz=UTC)))), settings)
     except NotEvaluated:
+        return None
+    except Exception:  # noqa: BLE001 - the calendar has its own check; no reason to add here
         return None
     return None if finding is None else f"stream stale: {finding.message} (the order path's price collar needs fresh quotes)"
 

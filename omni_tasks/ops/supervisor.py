@@ -4,6 +4,11 @@ Each child runs in its own process group (so a Celery worker's pool children
 are stopped with it) and gets SIGTERM if the supervisor itself dies (Linux
 PR_SET_PDEATHSIG), so no process is left behind.
 
+A child that runs an ``omni`` command (``ChildSpec.omni_args``) is forked from the
+fork server when the supervisor has one (:mod:`omni_tasks.ops.forking`): the
+modules every child imports are then imported once, not once per child. It dies
+with the fork server, which dies with the supervisor; the rest is the same.
+
 A child's stdout and stderr go through the supervisor into its log file, one JSON
 object per line: a line the child wrote as JSON (our structlog records) is kept
 as it is, any other line (Celery's banner, a library's warning, Redis's own log)
@@ -12,7 +17,6 @@ is wrapped as ``{"timestamp", "level", "process", "event"}``, secrets removed.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -24,17 +28,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Protocol
 
-_PR_SET_PDEATHSIG = 1
+from omni_tasks.ops.forkwire import die_with_parent
+
+if TYPE_CHECKING:
+    from omni_tasks.ops.forking import ForkServer
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+class Process(Protocol):
+    """What the supervisor uses of a child process: a ``subprocess.Popen`` or a forked one."""
+
+    returncode: int | None
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 @dataclass
@@ -47,12 +59,14 @@ class ChildSpec:
     stop_timeout_s: float = 20.0
     log_path: Path | None = None
     stop_phase: int = 1  # lower phases stop first: beat, then workers and servers, then Redis
+    #: The ``omni`` command this child runs (``argv`` runs the same): forked from the fork server when there is one.
+    omni_args: list[str] | None = None
 
 
 @dataclass
 class Child:
     spec: ChildSpec
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     started_at: float = 0.0
     restarts: int = 0
     failures_in_row: int = 0
@@ -96,8 +110,17 @@ def _pump(source: IO[bytes], path: Path, process: str) -> None:
 
 
 class Supervisor:
-    def __init__(self, specs: list[ChildSpec], *, announce: Announce, max_backoff_s: float = 30.0, healthy_after_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        *,
+        announce: Announce,
+        max_backoff_s: float = 30.0,
+        healthy_after_s: float = 30.0,
+        fork_server: ForkServer | None = None,
+    ) -> None:
         self.children = [Child(spec) for spec in specs]
+        self.fork_server = fork_server
         self._announce = announce
         self._max_backoff_s = max_backoff_s
         self._healthy_after_s = healthy_after_s
@@ -108,21 +131,45 @@ class Supervisor:
         spec = child.spec
         if spec.log_path is not None:
             spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        child.process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
-            spec.argv,
-            env=spec.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL if spec.log_path is None else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # no threads yet matter here
-        )
-        if spec.log_path is not None:
-            child.pump = threading.Thread(
-                target=_pump, args=(child.process.stdout, spec.log_path, spec.name), name=f"log-{spec.name}", daemon=True
+        server, args = self.fork_server, spec.omni_args
+        if args is not None and server is not None and not server.broken:
+            child.process, child.pump = self._fork(server, spec, args)
+        else:
+            popen = subprocess.Popen(  # noqa: S603 - argv is built by us, never from user input
+                spec.argv,
+                env=spec.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if spec.log_path is None else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,  # no threads yet matter here
             )
-            child.pump.start()
+            child.process = popen
+            if spec.log_path is not None and popen.stdout is not None:
+                child.pump = self.pump_log(popen.stdout, spec.log_path, spec.name)
         child.started_at = time.monotonic()
+
+    def _fork(self, server: ForkServer, spec: ChildSpec, args: list[str]) -> tuple[Process, threading.Thread | None]:
+        """The child forked by the fork server, its output through a pipe of ours into its log file as for any child."""
+        if spec.log_path is None:
+            output = os.open(os.devnull, os.O_WRONLY)
+            try:
+                return server.spawn(spec.name, args, spec.env, output), None
+            finally:
+                os.close(output)
+        reading, writing = os.pipe()
+        try:
+            process = server.spawn(spec.name, args, spec.env, writing)
+        finally:
+            os.close(writing)  # the child (and its pool) hold the only writing ends: the log ends when they do
+        return process, self.pump_log(os.fdopen(reading, "rb"), spec.log_path, spec.name)
+
+    @staticmethod
+    def pump_log(source: IO[bytes], path: Path, name: str) -> threading.Thread:
+        """A thread copying ``source`` into the log file at ``path`` as JSON lines (see :func:`json_line`)."""
+        pump = threading.Thread(target=_pump, args=(source, path, name), name=f"log-{name}", daemon=True)
+        pump.start()
+        return pump
 
     def start_all(self) -> None:
         for child in self.children:
@@ -179,11 +226,13 @@ class Supervisor:
                 if child.pump is not None:
                     # The last lines a child wrote before it exited reach its log file.
                     child.pump.join(timeout=2)
+        if self.fork_server is not None:
+            self.fork_server.close()  # every child it forked has stopped: it exits
 
     @staticmethod
     def _signal(child: Child, sig: signal.Signals) -> None:
         process = child.process
-        if process is None:
+        if process is None or process.pid <= 0:  # no pid: the fork server never forked it (killpg(0) would be ours)
             return
         try:
             os.killpg(process.pid, sig)

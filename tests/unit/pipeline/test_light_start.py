@@ -56,3 +56,18 @@ def test_lazy_exports_still_resolve() -> None:
         "try:\n    s.nothing_here\nexcept AttributeError as exc:\n    assert 'nothing_here' in str(exc)\nelse:\n    raise SystemExit('no AttributeError')\n"
     )
     assert set(_heavy_after(code)) >= {"pandas", "pandera"}
+
+
+def test_health_with_a_fresh_stream_asks_no_calendar() -> None:
+    """The order-path check of /health asks the exchange calendar only for a stale stream (a fresh one passes at any hour)."""
+    code = (
+        "import time\n"
+        "from omni_tasks.ops.health import _stale_stream\n"
+        "from omni_tasks.settings import load_settings\n"
+        "now = time.time()\n"
+        "fresh = {b'last_quote_ns': str(int((now - 1) * 1e9)).encode(), b'last_msg_ns': str(int((now - 1) * 1e9)).encode()}\n"
+        "class Client:\n"
+        "    def hgetall(self, key): return fresh\n"
+        "assert _stale_stream(Client(), load_settings({}), now) is None\n"
+    )
+    assert _heavy_after(code) == []
