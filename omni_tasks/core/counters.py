@@ -67,9 +67,14 @@ class Buffered:
     """Increments held in this process and written in one pipeline every ``interval_s`` (a daemon thread) and at exit.
 
     For counts made on a hot path (every task publish): the path itself never
-    waits on Redis. A flush that fails keeps its counts for the next one. A
-    forked child starts with nothing (its parent flushes its own counts).
+    waits on Redis. A flush that fails keeps its counts for the next one; it says
+    so once when the failures start, then at most once a minute while they last,
+    and once when a flush succeeds again (not a line a second). A forked child
+    starts with nothing (its parent flushes its own counts).
     """
+
+    #: While flushes keep failing, the warning is repeated this often.
+    WARN_EVERY_S = 60.0
 
     def __init__(self, client: Callable[[], Any], interval_s: float = 1.0) -> None:
         self._client = client
@@ -77,6 +82,8 @@ class Buffered:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
         self._pid: int | None = None
+        self._failing_since: float | None = None
+        self._warned_at = 0.0
 
     def inc(self, counter: SharedCounter, *values: str, by: int = 1) -> None:
         field = counter.field(values)
@@ -102,9 +109,25 @@ class Buffered:
             with self._lock:
                 for item, count in taken.items():
                     self._counts[item] = self._counts.get(item, 0) + count
-            _log.warning("shared counters not flushed (kept for the next try)", error=f"{type(exc).__name__}: {exc}")
+            self._failed(exc)
             return 0
+        if self._failing_since is not None:
+            _log.info("shared counters flushed again", after_s=round(time.monotonic() - self._failing_since, 1))
+            self._failing_since = None
         return sum(taken.values())
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._warned_at < self.WARN_EVERY_S:
+            return
+        self._warned_at = now
+        _log.warning(
+            "shared counters not flushed (kept for the next try)",
+            error=f"{type(exc).__name__}: {exc}",
+            failing_for_s=round(now - self._failing_since, 1),
+        )
 
     def _run(self) -> None:
         pid = os.getpid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from omni_tasks.core import counters
 
@@ -76,6 +77,26 @@ def test_buffered_counts_survive_a_failed_flush_and_are_written_once_redis_answe
     assert buffer.flush() == 4
     assert buffer.flush() == 0
     assert counters.read_all(client)["celery_task_sent"] == {("omni.orders.submit", "host", "orders"): 4.0}
+
+
+def test_a_redis_that_stays_down_is_reported_once_then_once_a_minute_and_its_return_once() -> None:
+    client = FakeRedis()
+    buffer = counters.Buffered(lambda: client, interval_s=3600)
+    client.down = True
+    with capture_logs() as logs:
+        for _ in range(5):  # five flushes a second apart: one warning, not five
+            buffer.inc(counters.TASKS_SENT, "omni.orders.submit", "host", "orders")
+            assert buffer.flush() == 0
+        buffer._warned_at -= counters.Buffered.WARN_EVERY_S  # a minute later, still down: said again
+        assert buffer.flush() == 0
+        client.down = False
+        assert buffer.flush() == 5
+    said = [(log["log_level"], log["event"]) for log in logs]
+    assert said == [
+        ("warning", "shared counters not flushed (kept for the next try)"),
+        ("warning", "shared counters not flushed (kept for the next try)"),
+        ("info", "shared counters flushed again"),
+    ]
 
 
 def test_the_collector_exports_each_counter_once_with_its_series() -> None:

@@ -285,7 +285,8 @@ def test_fetch_recent_sip_still_refused_after_clamp_switches_to_iex_and_labels_r
     assert set(result.bars["feed"]) == {"iex"}
     assert list(result.bars["volume"]) == [21877, 6120, 5214]
     assert any("switched from sip to iex" in note for note in result.notes)
-    assert len([log for log in logs if log["log_level"] == "warning"]) == 2
+    # This request's warnings (a background flusher of another test's counters may log beside them).
+    assert len([log for log in logs if log["log_level"] == "warning" and log.get("symbol") == "AAPL"]) == 2
     assert result.calls == 3
 
 
