@@ -332,7 +332,7 @@ class Context:
     redis_pid: int
 
 
-def _cpu_s(pid: int) -> float:
+def process_tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of ``pid`` and every live descendant (a prefork worker's pool children)."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
@@ -356,7 +356,11 @@ def _cpu_s(pid: int) -> float:
 
 
 def _cpu_snapshot(worker: subprocess.Popen[Any], publisher: Publisher, redis_pid: int) -> dict[str, float]:
-    return {"worker": _cpu_s(worker.pid), "publisher": _cpu_s(publisher.proc.pid), "redis": _cpu_s(redis_pid)}
+    return {
+        "worker": process_tree_cpu_s(worker.pid),
+        "publisher": process_tree_cpu_s(publisher.proc.pid),
+        "redis": process_tree_cpu_s(redis_pid),
+    }
 
 
 def run_round(side: str, round_no: int, ctx: Context) -> RoundResult:

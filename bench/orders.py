@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -45,11 +44,11 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 import redis
 
+from bench.celery_overhead import process_tree_cpu_s
 from bench.orders_throughput import SYMBOL, serve_quote
 from bench.private_desk import DEFAULT_ADMIN_URL, BenchError, load_average, private_desk
 
@@ -70,29 +69,6 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "p99": round(percentile(values, 99), 3),
         "max": round(max(values), 3),
     }
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user + system) used so far by process ``root`` and its descendants (a worker and its pool)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
 def naive_order(sessions: Any, client: redis.Redis, i: int, limits: Any) -> float:
@@ -262,13 +238,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             outcomes: list[tuple[dict[str, Any], float]] = []
             naive: list[float] = []
             naive_cpu_s = 0.0
-            worker_cpu_before = tree_cpu_s(worker.pid)
+            worker_cpu_before = process_tree_cpu_s(worker.pid)
             for i in range(args.orders):
                 outcomes.append(one(i))
                 cpu_before = time.process_time()
                 naive.append(naive_order(naive_sessions, client, i, settings.risk))
                 naive_cpu_s += time.process_time() - cpu_before
-            worker_cpu_ms = (tree_cpu_s(worker.pid) - worker_cpu_before) * 1000 / args.orders
+            worker_cpu_ms = (process_tree_cpu_s(worker.pid) - worker_cpu_before) * 1000 / args.orders
             load_after = load_average()
             naive_engine.dispose()
             statuses = Counter(str(o["status"]) for o, _ in outcomes)

@@ -216,6 +216,18 @@ def omni_processes() -> Iterator[list[OmniProcess]]:
         proc.stop()
 
 
+def terminate_backend(pid: int, admin_url: str) -> None:
+    """End one PostgreSQL session from outside, as a server that drops a connection would."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        admin.dispose()
+
+
 def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str = "condition") -> float:  # type: ignore[no-untyped-def]
     """Poll until predicate() is truthy; returns the seconds it took. Fails the test on timeout."""
     started = time.monotonic()

@@ -14,12 +14,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from omni_tasks.storage.direct import Prepared, direct
 from omni_tasks.storage.engine import make_engine
 from omni_tasks.trading.expiry import is_database_failure
+from tests.conftest import terminate_backend
 
 pytestmark = [pytest.mark.services]
 
@@ -91,12 +92,7 @@ def test_a_failed_transaction_is_rolled_back_before_the_connection_goes_back(eng
 
 def test_a_dead_connection_is_an_outage_the_order_path_retries_and_the_pool_replaces_it(engine: Engine, pg_url: str) -> None:
     pid = _backend_pid(engine)
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        admin.dispose()
+    terminate_backend(pid, pg_url)
     with pytest.raises(OperationalError) as caught, direct(engine) as db:
         db.begin_with("SELECT 1")
     assert caught.value.connection_invalidated

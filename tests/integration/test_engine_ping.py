@@ -12,19 +12,9 @@ import pytest
 from sqlalchemy import event, text
 
 from omni_tasks.storage.engine import make_engine, ping_when_idle
+from tests.conftest import terminate_backend
 
 pytestmark = [pytest.mark.services]
-
-
-def _terminate(pid: int, admin_url: str) -> None:
-    from sqlalchemy import create_engine
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        admin.dispose()
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced_before_use(pg_url: str) -> None:
@@ -33,7 +23,7 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(pg_url: st
     try:
         with engine.connect() as connection:
             pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        _terminate(pid, pg_url)
+        terminate_backend(pid, pg_url)
         time.sleep(0.5)
         with engine.connect() as connection:  # pinged (idle 0.5 s), found dead, replaced: no error here
             assert connection.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
