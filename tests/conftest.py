@@ -239,6 +239,15 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.05, message: str
         time.sleep(interval_s)
 
 
+def process_gone(pid: int) -> bool:
+    """True once no process has this pid (it exited and was reaped, or never was)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def wait_for_worker(client: redis.Redis, kind: str, proc: OmniProcess, timeout_s: float = 40.0) -> None:
     from omni_tasks.pipeline import heartbeats
 

@@ -10,36 +10,20 @@ import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from omni_tasks.ops.forking import ForkServer
 from omni_tasks.ops.supervisor import ChildSpec, Supervisor
+from tests.conftest import process_gone, wait_for
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.fixture
@@ -98,7 +82,7 @@ def test_forked_child_runs_in_its_own_session_and_stops_with_the_supervisor(env:
     child = supervisor.children[0].process
     assert child is not None
     port = int(env["OMNI_METRICS_PORT"])
-    _wait_for(lambda: _serving(port), 60, "the forked `omni server` to listen")
+    wait_for(lambda: _serving(port), 60, message="the forked `omni server` to listen")
     assert server.process is not None
     server_pid = server.process.pid
 
@@ -109,8 +93,8 @@ def test_forked_child_runs_in_its_own_session_and_stops_with_the_supervisor(env:
     supervisor.stop_all()
 
     assert child.returncode is not None
-    assert _gone(child.pid)
-    _wait_for(lambda: _gone(server_pid), 5, "the fork server to exit once its children stopped")
+    assert process_gone(child.pid)
+    wait_for(lambda: process_gone(server_pid), 5, message="the fork server to exit once its children stopped")
     assert not _serving(port)
 
 
@@ -123,25 +107,25 @@ def test_children_of_a_killed_fork_server_die_and_are_restarted_through_a_new_on
     first = supervisor.children[0].process
     assert first is not None
     port = int(env["OMNI_METRICS_PORT"])
-    _wait_for(lambda: _serving(port), 60, "the forked `omni server` to listen")
+    wait_for(lambda: _serving(port), 60, message="the forked `omni server` to listen")
     assert server.process is not None
     old_server = server.process.pid
 
     os.kill(old_server, signal.SIGKILL)
-    _wait_for(lambda: _gone(first.pid), 10, "the child to die with its fork server")
+    wait_for(lambda: process_gone(first.pid), 10, message="the child to die with its fork server")
 
     def restarted() -> bool:
         supervisor.poll()
         return any(text.startswith("restarted server") for text in announced)
 
-    _wait_for(restarted, 10, "the supervisor to restart the child")
+    wait_for(restarted, 10, message="the supervisor to restart the child")
     assert announced[0] == "server exited with code -9; restarting in 0.2 s"
     second = supervisor.children[0].process
     assert second is not None
     assert second.pid != first.pid
     assert server.process is not None
     assert server.process.pid != old_server
-    _wait_for(lambda: _serving(port), 60, "the restarted child to listen")
+    wait_for(lambda: _serving(port), 60, message="the restarted child to listen")
 
 
 def test_a_fork_server_that_dies_twice_before_forking_leaves_the_children_to_plain_processes(env: dict[str, str], made: list[Supervisor]) -> None:
@@ -156,7 +140,7 @@ def test_a_fork_server_that_dies_twice_before_forking_leaves_the_children_to_pla
         supervisor.poll()
         return 7 in supervisor.children[0].exits
 
-    _wait_for(plain_exit_seen, 20, "the child to run as a plain process")
+    wait_for(plain_exit_seen, 20, message="the child to run as a plain process")
     assert failing.broken
     assert supervisor.children[0].exits[:3] == [-signal.SIGKILL, -signal.SIGKILL, 7]
 
@@ -172,7 +156,7 @@ def test_a_forked_child_that_exits_is_forked_again_with_backoff(env: dict[str, s
         supervisor.poll()
         return len(supervisor.children[0].exits) >= 2
 
-    _wait_for(second_exit_seen, 60, "two exits of the forked child")
+    wait_for(second_exit_seen, 60, message="two exits of the forked child")
     assert supervisor.children[0].exits[:2] == [2, 2]
     assert announced[:2] == ["typo exited with code 2; restarting in 0.1 s", "restarted typo (restart #1)"]
     assert server.process is not None

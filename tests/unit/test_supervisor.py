@@ -7,12 +7,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from omni_tasks.ops.supervisor import ChildSpec, Supervisor
+from tests.conftest import process_gone, wait_for
 
 EXITS_AT_ONCE = "import sys; sys.exit(3)"
 SLEEPS = "import time; time.sleep(60)"
@@ -40,22 +41,6 @@ def _spec(name: str, code: str, *args: str, stop_timeout_s: float = 2.0) -> Chil
     return ChildSpec(name=name, argv=[sys.executable, "-c", code, *args], env=dict(os.environ), stop_timeout_s=stop_timeout_s)
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.fixture
 def supervisors() -> Iterator[list[Supervisor]]:
     """Supervisors made by a test; whatever they still run is stopped at the end, even on failure."""
@@ -76,7 +61,7 @@ def test_supervisor_child_that_exits_is_restarted_with_growing_backoff(superviso
         supervisor.poll()
         return sum("exited" in text for _, text in announced) >= 3
 
-    _wait_for(third_exit_seen, 4.5, "three exits of the flaky child")
+    wait_for(third_exit_seen, 4.5, message="three exits of the flaky child", interval_s=0.02)
 
     texts = [text for _, text in announced]
     assert texts[:5] == [
@@ -104,7 +89,7 @@ def test_supervisor_backoff_is_capped_at_max_backoff(supervisors: list[Superviso
         supervisor.poll()
         return sum("exited" in text for text in announced) >= 3
 
-    _wait_for(third_exit_seen, 3.0, "three exits of the flaky child")
+    wait_for(third_exit_seen, 3.0, message="three exits of the flaky child", interval_s=0.02)
 
     delays = [text.rsplit("restarting in ", 1)[1] for text in announced if "exited" in text]
     assert delays == ["0.2 s", "0.2 s", "0.2 s"]
@@ -134,7 +119,7 @@ def test_supervisor_stop_all_child_ignoring_sigterm_is_killed_after_stop_timeout
     supervisor = Supervisor([_spec("stubborn", IGNORES_SIGTERM, str(ready), stop_timeout_s=0.5)], announce=announced.append)
     supervisors.append(supervisor)
     supervisor.start_all()
-    _wait_for(ready.exists, 3.0, "the child to ignore SIGTERM")
+    wait_for(ready.exists, 3.0, message="the child to ignore SIGTERM", interval_s=0.02)
     process = supervisor.children[0].process
     assert process is not None
 
@@ -152,7 +137,7 @@ def test_supervisor_stop_all_child_with_grandchild_leaves_no_process_behind(tmp_
     supervisor = Supervisor([_spec("parent", SPAWNS_GRANDCHILD, str(pid_file))], announce=lambda _text: None)
     supervisors.append(supervisor)
     supervisor.start_all()
-    _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 3.0, "the grandchild to start")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 3.0, message="the grandchild to start", interval_s=0.02)
     grandchild = int(pid_file.read_text())
     child = supervisor.children[0].process
     assert child is not None
@@ -161,9 +146,9 @@ def test_supervisor_stop_all_child_with_grandchild_leaves_no_process_behind(tmp_
     try:
         supervisor.stop_all()
         # The orphaned grandchild is reaped by init; allow it a moment.
-        _wait_for(lambda: _gone(grandchild), 5.0, f"grandchild {grandchild} to disappear")
+        wait_for(lambda: process_gone(grandchild), 5.0, message=f"grandchild {grandchild} to disappear", interval_s=0.02)
     finally:
-        if not _gone(grandchild):
+        if not process_gone(grandchild):
             os.kill(grandchild, signal.SIGKILL)
 
     assert child.returncode == -signal.SIGTERM
