@@ -244,15 +244,12 @@ class CircuitBreaker:
             return [breaker.allow() for breaker in breakers]
         pipe = breakers[0]._client.pipeline(transaction=False)
         for breaker in breakers:
-            pipe.eval(*breaker._allow_args())
+            breaker.allow_in(pipe)
         try:
             replies = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
-            return [breaker._unreadable(exc) for breaker in breakers]
-        return [
-            breaker._unreadable(reply) if isinstance(reply, Exception) else breaker._decision(reply)
-            for breaker, reply in zip(breakers, replies, strict=True)
-        ]
+            return [breaker.allowed(exc) for breaker in breakers]
+        return [breaker.allowed(reply) for breaker, reply in zip(breakers, replies, strict=True)]
 
     def allow_in(self, pipe: Any) -> None:
         """Queue :meth:`allow` in ``pipe`` (a pipeline of this breaker's client, with other reads); pass its reply to :meth:`allowed`."""

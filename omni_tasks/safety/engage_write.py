@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from omni_tasks.safety.reconcile import RECONCILE_ACTOR, state_before_reconcile
 from omni_tasks.safety.state_rule import TradingState
 from omni_tasks.safety.state_store import STATE_ROW_ID, locked_row, plain, record_audit, utc_now
-from omni_tasks.storage.direct import Prepared, direct, is_postgresql
+from omni_tasks.storage.direct import Prepared, direct, postgresql_engine
 from omni_tasks.storage.models import KillEvent
 
 
@@ -113,10 +113,10 @@ def warm_up(sessions: sessionmaker[Session]) -> None:
     engage of a watchdog worker, the one that matters most, paid it (2 to 5 ms measured, depending on the load).
     Prepared, it is parsed and planned once per connection (:mod:`omni_tasks.storage.direct`).
     """
-    bind = sessions.kw.get("bind")
-    if not (isinstance(bind, Engine) and is_postgresql(bind)):
+    engine = postgresql_engine(sessions)
+    if engine is None:
         return
-    with direct(bind) as db:
+    with direct(engine) as db:
         db.prepare(_ENGAGE_SQL)
 
 
@@ -125,9 +125,9 @@ def write_engage(sessions: sessionmaker[Session], *, actor: str, reason: str, re
 
     ``redis_changed``/``redis_version``: what the engage's Redis step did (wrote HALTED at that version, or found it HALTED).
     """
-    bind = sessions.kw.get("bind")
-    if isinstance(bind, Engine) and is_postgresql(bind):
-        done = _one_statement(bind, actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)
+    engine = postgresql_engine(sessions)
+    if engine is not None:
+        done = _one_statement(engine, actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)
         if done is not None:
             return done
     return _orm_write(sessions, actor=actor, reason=reason, redis_changed=redis_changed, redis_version=redis_version)

@@ -79,6 +79,12 @@ def is_postgresql(engine: Engine) -> bool:
     return bool(engine.dialect.name == "postgresql")
 
 
+def postgresql_engine(sessions: Any) -> Engine | None:
+    """The PostgreSQL engine a session factory is bound to; None on SQLite, or when it is bound to something else."""
+    bind = sessions.kw.get("bind")
+    return bind if isinstance(bind, Engine) and is_postgresql(bind) else None
+
+
 class Direct:
     """One lent connection's cursor; see the module docstring. Not thread-safe (one per ``with direct(...)`` block)."""
 
@@ -86,6 +92,7 @@ class Direct:
         self._engine = engine
         self._fairy = fairy
         self._dbapi = fairy.driver_connection
+        self._dbapi.autocommit = True  # while lent out; restored when it goes back (_give_back)
         self._cursor = self._dbapi.cursor()
         self.in_transaction = False
         self.invalidated = False
@@ -199,14 +206,7 @@ def direct(engine: Engine) -> Iterator[Direct]:
 
     Checkout failing (the server down) raises SQLAlchemy's ``OperationalError``, as a session's first statement would.
     """
-    try:
-        fairy = engine.raw_connection()
-    except DBAPIError:
-        raise
-    except engine.dialect.loaded_dbapi.Error as exc:  # pragma: no cover - the pool wraps connect errors already
-        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=True) from exc
-    handle = Direct(engine, fairy)
-    handle._dbapi.autocommit = True
+    handle = Direct(engine, engine.raw_connection())  # the pool raises SQLAlchemy's errors itself
     try:
         yield handle
     finally:

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from omni_tasks.contracts.venue import OPEN_STATUSES, OrderRequest
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
-from omni_tasks.storage.direct import Direct, Prepared, direct, is_postgresql
+from omni_tasks.storage.direct import Direct, Prepared, direct, postgresql_engine
 from omni_tasks.storage.models import Order
 from omni_tasks.trading.fills import ZERO, PositionState
 
@@ -150,12 +150,6 @@ def _write_sql(new_row: bool, filled: bool, events: int) -> str:
     return "WITH " + ",\n".join(parts) + "\nSELECT 1 / (SELECT count(*) FROM row)::int"  # noqa: S608 - fixed text only
 
 
-def engine_of(sessions: sessionmaker[Session]) -> Engine | None:
-    """The engine a session factory is bound to (None: bound to something else, or to nothing)."""
-    bind = sessions.kw.get("bind")
-    return bind if isinstance(bind, Engine) else None
-
-
 class LeanLedger:
     """One venue's common-case transaction on PostgreSQL (see the module docstring). Thread-safe (a connection per block)."""
 
@@ -166,8 +160,8 @@ class LeanLedger:
     @classmethod
     def for_sessions(cls, sessions: sessionmaker[Session], *, name: str) -> LeanLedger | None:
         """The lean ledger of these sessions' database, or None when it is not PostgreSQL (SQLite keeps the ORM path)."""
-        engine = engine_of(sessions)
-        return cls(engine, name=name) if engine is not None and is_postgresql(engine) else None
+        engine = postgresql_engine(sessions)
+        return cls(engine, name=name) if engine is not None else None
 
     @contextmanager
     def transaction(self) -> Iterator[Direct]:

@@ -32,7 +32,7 @@ from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
 from omni_tasks.safety.state_rule import Copy
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
-from omni_tasks.storage.direct import Prepared, is_postgresql
+from omni_tasks.storage.direct import Prepared, postgresql_engine
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.trading.checks import Decision
 from omni_tasks.trading.expiry import CHECK as DEADLINE_CHECK
@@ -166,8 +166,7 @@ class OrderRecords:
         self._tz = ZoneInfo(exchange_tz)
         self._clock_ns = clock_ns
         #: PostgreSQL: the request is recorded by one statement on a DB-API cursor (None on SQLite: the ORM).
-        engine = sessions.kw.get("bind")
-        self._engine: Engine | None = engine if isinstance(engine, Engine) and is_postgresql(engine) else None
+        self._engine = postgresql_engine(sessions)
 
     def transaction(self, decision: BreakerDecision | None = None, settle: list[str] | None = None) -> AbstractContextManager[Session]:
         """One transaction inside the database breaker (``decision``: its ``allow()`` asked already; ``settle``: see
