@@ -206,7 +206,13 @@ def direct(engine: Engine) -> Iterator[Direct]:
 
     Checkout failing (the server down) raises SQLAlchemy's ``OperationalError``, as a session's first statement would.
     """
-    handle = Direct(engine, engine.raw_connection())  # the pool raises SQLAlchemy's errors itself
+    try:
+        fairy = engine.raw_connection()
+    except DBAPIError:
+        raise
+    except engine.dialect.loaded_dbapi.Error as exc:  # raw_connection() raises the driver's own error on connect
+        raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=True) from exc
+    handle = Direct(engine, fairy)
     try:
         yield handle
     finally:

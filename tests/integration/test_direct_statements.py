@@ -10,6 +10,7 @@ constraint violation is SQLAlchemy's ``IntegrityError`` (the venue's race backst
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 
@@ -98,3 +99,19 @@ def test_a_dead_connection_is_an_outage_the_order_path_retries_and_the_pool_repl
     assert caught.value.connection_invalidated
     assert is_database_failure(caught.value)
     assert _backend_pid(engine) != pid  # a new connection, not the dead one handed out again
+
+
+def test_a_server_that_refuses_the_connection_is_an_outage_the_order_path_retries() -> None:
+    """Checkout against a server that is down: the driver's own error comes out of ``raw_connection()``; it must
+    reach the order path as SQLAlchemy's ``OperationalError`` (CI once saw psycopg2's escape and orders fail)."""
+    with socket.socket() as probe:  # a port nothing listens on: connection refused, as with the server stopped
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test", pool_size=1, max_overflow=0)
+    try:
+        with pytest.raises(OperationalError) as caught, direct(refused):
+            pass
+        assert "Connection refused" in str(caught.value)
+        assert is_database_failure(caught.value)
+    finally:
+        refused.dispose()
