@@ -10,6 +10,7 @@
     |   |   |   +-- StoreUnavailable   an outage, on the pipeline tasks' own retry budget
     |   |   +-- PartitionNotServed     (marketdata.tasks) no provider served a backfill partition yet
     |   +-- PermanentError     will fail again: unknown symbol, schema violation, bad key
+    |   +-- TaskRefused        an order task refused while trading is halted: not run, never retried
     +-- InputError             (core.inputs; also a ValueError) what a user typed is refused, in one line
     +-- DeadLettered           (pipeline.taskdef) a task delivered more than max_deliveries times
     +-- ResultTimeout          (pipeline.canvas) a task's result did not come back in time
@@ -62,6 +63,10 @@ class RetryableError(TaskError):
 
 class PermanentError(TaskError):
     """A failure that retrying cannot fix."""
+
+
+class TaskRefused(TaskError):
+    """An order-bearing task refused by the kill switch (trading HALTED, or its state unreadable): not run, never retried."""
 
 
 class DatabaseUnavailable(RetryableError):

@@ -1,13 +1,15 @@
-"""The kill switch at the task's door: an order-bearing task does not start while trading is halted.
+"""The kill switch at the task's door: an order-bearing task does not run while trading is halted.
 
 :class:`~omni_tasks.pipeline.taskdef.OmniTask` runs :func:`refuse_order_task_while_halted`
-before every task (one of its ``BEFORE_START_HOOKS``); tasks that bear no order pass at once.
+before every task (one of its ``BEFORE_START_HOOKS``); tasks that bear no order pass at once,
+and so do those that refuse themselves on their own first reads (``refuses_itself``: the order
+task, whose path reads both copies of the trading state anyway), through :func:`refuse`.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from celery.exceptions import Reject
@@ -24,14 +26,26 @@ def refuse_order_task_while_halted(task: Any) -> None:
     order's id is in the arguments) and the message is rejected, not requeued:
     an order refused by the kill switch must not run later, after a release.
     """
-    if not getattr(task, "order_bearing", False):
+    if not getattr(task, "order_bearing", False) or getattr(task, "refuses_itself", False):
         return
-    from omni_tasks.safety.order_guard import order_task_refusal, record_refused_order_task
+    from omni_tasks.safety.order_guard import order_task_refusal
 
     runtime = get_runtime()
     reason = order_task_refusal(runtime.redis, runtime.sessions)
-    if reason is None:
-        return
+    if reason is not None:
+        refuse(task, reason)
+
+
+def refuse(task: Any, reason: str) -> NoReturn:
+    """Refuse the running order-bearing task: record why and reject its message, not requeued.
+
+    From the check before the start or from the task's own first reads (``refuses_itself``): the
+    same records either way, an order event ``refused`` (check ``kill_switch``) and REFUSED in the
+    task-run ledger.
+    """
+    from omni_tasks.safety.order_guard import record_refused_order_task
+
+    runtime = get_runtime()
     request = task.request
     try:
         # Positional or keyword, the order's id is found by the task's own signature.

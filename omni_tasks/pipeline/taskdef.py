@@ -86,6 +86,8 @@ class OmniTask(Task):
     max_deliveries: int | None = None
     idempotent: bool = True
     order_bearing: bool = False
+    #: An order-bearing task whose own first reads decide the kill switch's refusal (see :func:`omni_task`).
+    refuses_itself: bool = False
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if not _json_primitive(list(args or ())) or not _json_primitive(dict(kwargs or {})):
@@ -233,6 +235,7 @@ def omni_task(
     time_limit_s: float,
     idempotent: bool = True,
     order_bearing: bool = False,
+    refuses_itself: bool = False,
     retry_on: tuple[type[BaseException], ...] = (RetryableError,),
     max_retries: int = 3,
     retry_backoff_max_s: int = 300,
@@ -250,7 +253,15 @@ def omni_task(
     events at all (sent, received, started, succeeded...), so a frequent
     housekeeping task does not fill Flower's task list; its worker still sends
     heartbeats, and its runs are still in the task-run ledger and the metrics.
+
+    ``order_bearing``: refused while the kill switch is engaged, by a read of both copies of the trading
+    state before the task starts (:mod:`omni_tasks.pipeline.refusal`). ``refuses_itself`` (with
+    ``order_bearing``): the task reads both copies on its own first round trips anyway and refuses
+    itself there, before anything is checked or sent (:func:`omni_tasks.pipeline.refusal.refuse`), so
+    the read before the start is skipped.
     """
+    if refuses_itself and not order_bearing:
+        raise ValueError(f"{name}: refuses_itself is for order-bearing tasks")
     if not _TASK_NAME.match(name):
         raise ValueError(f"task name {name!r} must look like omni.<domain>.<action>")
     if not isinstance(queue, Queue):
@@ -278,6 +289,7 @@ def omni_task(
             "max_deliveries": max_deliveries,
             "idempotent": idempotent,
             "order_bearing": order_bearing,
+            "refuses_itself": refuses_itself,
             "send_events": send_events,
         }
         if expires_s is not None:

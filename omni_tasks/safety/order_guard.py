@@ -66,8 +66,16 @@ def order_guard(client: redis.Redis, sessions: sessionmaker[Session], *, key: st
 
 
 def order_task_refusal(client: redis.Redis, sessions: sessionmaker[Session], *, key: str = TRADING_STATE_KEY) -> str | None:
-    """Why an order-bearing task must not start now (None: it may). Checked before every such task."""
-    reading = read_state(client, sessions, key=key)
+    """Why an order-bearing task must not run now (None: it may): :func:`refusal_of` both copies, read here."""
+    return refusal_of(read_state(client, sessions, key=key))
+
+
+def refusal_of(reading: Reading) -> str | None:
+    """Why an order-bearing task must not run, by a reading of both copies (None: it may).
+
+    The one decision for the check before an order task starts and for the order path's own first
+    reads (:meth:`omni_tasks.trading.orders.OrderSubmitter.submit` with ``refuse_when_halted``).
+    """
     if reading.state is not TradingState.HALTED:
         return None
     cached = reading.redis

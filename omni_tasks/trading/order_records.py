@@ -30,7 +30,7 @@ from omni_tasks.contracts.venue import InvalidOrder, OrderRequest, VenueOrder
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
-from omni_tasks.safety.state_rule import Copy
+from omni_tasks.safety.state_rule import Copy, TradingState
 from omni_tasks.safety.state_store import STATE_ROW_ID, row_copy
 from omni_tasks.storage.direct import Prepared, postgresql_engine
 from omni_tasks.storage.models import Order, OrderEvent
@@ -81,9 +81,11 @@ WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting
 ins AS (
     INSERT INTO orders (client_order_id, broker, broker_order_id, symbol, side, qty, order_type, limit_price, status,
                         filled_qty, avg_fill_price, requested_by, reason, created_at, submitted_at, updated_at, expires_at)
-    VALUES (%(client_order_id)s, %(broker)s, %(broker_order_id)s, %(symbol)s, %(side)s, %(qty)s, %(order_type)s, %(limit_price)s,
-            %(status)s, %(filled_qty)s, %(avg_fill_price)s, %(requested_by)s, %(reason)s, %(created_at)s, %(submitted_at)s,
-            %(updated_at)s, %(expires_at)s)
+    SELECT %(client_order_id)s, %(broker)s, %(broker_order_id)s, %(symbol)s, %(side)s, %(qty)s, %(order_type)s, %(limit_price)s,
+           %(status)s, %(filled_qty)s, %(avg_fill_price)s, %(requested_by)s, %(reason)s, %(created_at)s, %(submitted_at)s,
+           %(updated_at)s, %(expires_at)s
+    -- refusable: an order task refused while the database's copy says HALTED records nothing here
+    WHERE NOT (%(refusable)s AND EXISTS (SELECT 1 FROM trading_state s WHERE s.id = %(state_row)s AND s.state = 'HALTED'))
     ON CONFLICT (client_order_id) DO NOTHING
     RETURNING id
 ),
@@ -179,19 +181,32 @@ class OrderRecords:
         midnight = datetime(local.year, local.month, local.day, tzinfo=self._tz)
         return midnight.astimezone(UTC)
 
+    @property
+    def reads_state(self) -> bool:
+        """Does :meth:`record_request` read the database's copy of the trading state (PostgreSQL), with ``refusable``?"""
+        return self._engine is not None
+
     def record_request(
-        self, request: OrderRequest, deadline: datetime | None, *, allowed: BreakerDecision | None = None, settle: list[str] | None = None
+        self,
+        request: OrderRequest,
+        deadline: datetime | None,
+        *,
+        allowed: BreakerDecision | None = None,
+        settle: list[str] | None = None,
+        refusable: bool = False,
     ) -> tuple[Order | None, int, datetime | None, Copy | None]:
         """The pending row and the "requested" event, today's trade count and the order's deadline; or the decided row.
 
         A pending row recorded earlier (by the CLI, or a delivery that died) is taken as it
         is: no second "requested" event, and its ``expires_at`` is the deadline. On PostgreSQL the
         same statement reads the trading state's row (the database's copy, for the checks); else None.
+        ``refusable`` (PostgreSQL, :attr:`reads_state`): the order task refuses itself when that copy says
+        HALTED; then nothing is recorded and the copy is returned with no row (the caller refuses).
         """
         now = utc_of_ns(self._clock_ns())
         values = order_row_values(request, venue=self.venue_name, now=now, deadline=deadline)
         if self._engine is not None:
-            return self._record_request_direct(self._engine, request, values, deadline, allowed, settle)
+            return self._record_request_direct(self._engine, request, values, deadline, allowed, settle, refusable)
         with self.transaction(allowed, settle) as session:
             # SQLite. A conflict means an earlier delivery made the row.
             inserted = session.execute(
@@ -225,14 +240,18 @@ class OrderRecords:
         deadline: datetime | None,
         allowed: BreakerDecision | None,
         settle: list[str] | None,
+        refusable: bool,
     ) -> tuple[Order | None, int, datetime | None, Copy | None]:
         """:meth:`record_request` on PostgreSQL: :data:`_RECORD_REQUEST` alone, in autocommit (one round trip, no BEGIN/COMMIT)."""
         params = {
             **values, "detail": json.dumps(requested_detail(request, deadline)), "day_start": self._day_start(), "state_row": STATE_ROW_ID,
+            "refusable": refusable,
         }  # fmt: skip
         with guarded_direct(engine, self.database_breaker, decision=allowed, settle=settle) as db:
             inserted, _relaxed, status, expires_at, state, trades = db.fetch_one(_RECORD_REQUEST, params=params)
         durable = row_copy(None if state is None else SimpleNamespace(state=state[0], version=state[1]))
+        if refusable and durable.value is not None and durable.value.state is TradingState.HALTED:
+            return None, int(trades), deadline, durable  # nothing recorded: the caller refuses the order task
         if inserted is not None:
             return None, int(trades), deadline, durable
         if status is None or status in DECIDED:

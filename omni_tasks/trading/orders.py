@@ -72,14 +72,15 @@ from omni_tasks.contracts.quotes import (
 )
 from omni_tasks.contracts.venue import InvalidOrder, LedgerVenue, OrderBlocked, OrderRequest, Venue, VenueError
 from omni_tasks.core import budgets
-from omni_tasks.core.errors import DatabaseUnavailable, RetryableError
+from omni_tasks.core.errors import DatabaseUnavailable, RetryableError, TaskRefused
 from omni_tasks.core.keys import TRADING_BOOK_KEY, TRADING_STATE_KEY
 from omni_tasks.core.redis_batch import RedisBatch
 from omni_tasks.ops import prometheus as metrics
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.breaker import Decision as BreakerDecision
 from omni_tasks.safety.killswitch import current_state, judge
-from omni_tasks.safety.state_rule import Copy
+from omni_tasks.safety.order_guard import order_task_refusal, refusal_of
+from omni_tasks.safety.state_rule import Copy, TradingState
 from omni_tasks.safety.state_store import database_copy, redis_copy_of
 from omni_tasks.settings import RiskSettings
 from omni_tasks.storage.models import Order
@@ -139,16 +140,26 @@ class OrderSubmitter:
 
     # ---- the flow ------------------------------------------------------------------------------
 
-    def submit(self, request: OrderRequest, *, deadline: datetime | None = None) -> OrderOutcome:
+    def submit(self, request: OrderRequest, *, deadline: datetime | None = None, refuse_when_halted: bool = False) -> OrderOutcome:
         """Check and send one order (see the module docstring). A denial or an expiry returns; it never raises.
 
         ``deadline``: not sent after this moment (a recorded row's own ``expires_at`` wins).
         Raises :class:`~omni_tasks.core.errors.DatabaseUnavailable` when the database fails
         anywhere on the path, and RetryableError when the venue is unreachable.
+
+        ``refuse_when_halted`` (the order task): the kill switch's refusal of an order task is decided
+        on the path's own first reads instead of two reads of its own before the task starts: Redis's copy
+        of the trading state comes with the breakers' pipeline, the database's with the request's record
+        (:meth:`OrderRecords.record_request`, which records nothing when that copy says HALTED), and
+        :func:`~omni_tasks.safety.order_guard.refusal_of` decides on both before any check runs or anything
+        is sent; refused raises :class:`~omni_tasks.core.errors.TaskRefused`, with nothing recorded by this
+        path. When Redis's copy is not open (HALTED, missing, malformed, unread) or the record reads no
+        copy (SQLite), both copies are read first, as the check before a task's start does. An order past
+        its deadline is recorded ``expired`` first, halted or not.
         """
         t0 = time.perf_counter()
         try:
-            return self._submit(request, deadline, t0)
+            return self._submit(request, deadline, t0, refuse_when_halted)
         except DatabaseUnavailable:
             raise
         except Exception as exc:
@@ -158,7 +169,7 @@ class OrderSubmitter:
                 ) from exc
             raise
 
-    def _submit(self, request: OrderRequest, deadline: datetime | None, t0: float) -> OrderOutcome:
+    def _submit(self, request: OrderRequest, deadline: datetime | None, t0: float, refuse_when_halted: bool) -> OrderOutcome:
         if self._past(deadline):
             expired = self._records.expire(request, deadline, t0)
             if expired is not None:
@@ -167,18 +178,36 @@ class OrderSubmitter:
         # around the send) and Redis's side of the desk for the checks.
         database, breaker, desk = self._open(request.symbol)
         trial = breaker.trial
+        cached = redis_copy_of(desk[0]) if refuse_when_halted and desk is not None else None
+        # The order task's refusal rides on the record when Redis's copy is open and the record reads the database's;
+        # otherwise (Redis's copy not read, unreadable, missing, malformed or HALTED; SQLite) both are read now, first.
+        refusable = (
+            cached is not None and cached.value is not None and cached.value.state is not TradingState.HALTED and self._records.reads_state
+        )
+        if refuse_when_halted and not refusable:
+            self._refuse(order_task_refusal(self._redis, self._sessions), trial)
         # The database breaker's success is recorded with the venue breaker's outcome (one round trip), or at the end.
         settle: list[str] = []
         try:
-            known, trades_today, deadline, durable = self._records.record_request(request, deadline, allowed=database, settle=settle)
+            known, trades_today, deadline, durable = self._records.record_request(
+                request, deadline, allowed=database, settle=settle, refusable=refusable
+            )
         except BaseException:
             self.venue_breaker.release(trial)
             raise
         try:
+            if refusable and cached is not None and durable is not None:  # nothing was recorded if the database's copy says HALTED
+                self._refuse(refusal_of(judge(self._redis, cached, durable)), trial)
             return self._checked(request, deadline, t0, known, trades_today, durable, breaker, settle, desk)
         finally:
             self._record_outcomes([(self.database_breaker, True, database_trial) for database_trial in settle])
             settle.clear()
+
+    def _refuse(self, reason: str | None, trial: str) -> None:
+        """Raise TaskRefused for ``reason`` (None: go on), giving back the venue breaker's trial slot unused."""
+        if reason is not None:
+            self.venue_breaker.release(trial)
+            raise TaskRefused(reason)
 
     def _open(self, symbol: str) -> tuple[BreakerDecision, BreakerDecision, list[Any] | None]:
         """Both breakers' decisions and the desk's Redis reads (:meth:`_queue_desk_reads`), in one pipelined round trip.

@@ -1,4 +1,9 @@
-"""Order tasks on the orders queue. Order-bearing: refused before they start while the kill switch is engaged.
+"""Order tasks on the orders queue. Order-bearing: refused while the kill switch is engaged.
+
+The refusal is decided on the order path's own first reads (both copies of the trading state
+come with the breakers' pipeline and the request's record: ``refuses_itself``), before any check
+runs or anything is sent; the records are those of a refusal before the start
+(:func:`omni_tasks.pipeline.refusal.refuse`).
 
 An order's lifetime is its own deadline (``expires_at``, set when it was accepted),
 not Celery's ``expires``: a message past it is recorded ``expired`` by the task,
@@ -13,10 +18,11 @@ from typing import Any
 import structlog
 
 from omni_tasks.contracts.venue import InvalidOrder
-from omni_tasks.core.errors import DatabaseUnavailable, PermanentError, RetryableError
+from omni_tasks.core.errors import DatabaseUnavailable, PermanentError, RetryableError, TaskRefused
 from omni_tasks.core.runtime import get_runtime
 from omni_tasks.pipeline.headers import LEDGER_STATE_ATTR
 from omni_tasks.pipeline.queues import Queue
+from omni_tasks.pipeline.refusal import refuse
 from omni_tasks.pipeline.taskdef import omni_task
 from omni_tasks.safety.breaker import CircuitBreaker
 from omni_tasks.safety.order_guard import order_guard
@@ -64,6 +70,7 @@ def submitter() -> OrderSubmitter:
     soft_time_limit_s=20,
     time_limit_s=30,
     order_bearing=True,
+    refuses_itself=True,
     max_retries=RETRY_CEILING,
     retry_backoff_max_s=10,
     ignore_result=False,  # the outcome (a small dict) is what a caller waits for
@@ -100,7 +107,9 @@ def submit_order(
     }  # fmt: skip
     path = submitter()
     try:
-        outcome = path.submit(request, deadline=deadline)
+        outcome = path.submit(request, deadline=deadline, refuse_when_halted=True)
+    except TaskRefused as exc:
+        refuse(submit_order, str(exc))
     except DatabaseUnavailable as exc:
         seconds_left = deadline.timestamp() - time.time()
         if seconds_left < -trading.order_expiry_grace_s:

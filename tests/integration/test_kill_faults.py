@@ -5,11 +5,12 @@ append-only file on (as the embedded default and docker/compose.yml run it) and,
 for the database outage, a PostgreSQL cluster of its own. The shared services
 are never stopped or flushed.
 
-Orders go through the real order path: the before-start refusal of order tasks
-(:func:`order_task_refusal`, what the orders worker runs before each task), the
-pre-trade checks (:class:`OrderSubmitter`) and the simulated broker's last-step
-guard, each one faced in turn with the stale Redis value as the first reader
-after the fault was staged again.
+Orders go through the real order path: the order task's refusal on the path's own
+first reads (``OrderSubmitter.submit(refuse_when_halted=True)``, what the orders worker
+runs; Redis's copy from the breakers' pipeline, the database's from the request's
+record), the pre-trade checks (:class:`OrderSubmitter`) and the simulated broker's
+last-step guard, each one faced in turn with the stale Redis value as the first
+reader after the fault was staged again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import redis
 from sqlalchemy import func, select
 
 from omni_tasks.contracts.venue import OrderBlocked, OrderRequest
+from omni_tasks.core.errors import TaskRefused
 from omni_tasks.core.keys import TRADING_STATE_KEY
 from omni_tasks.core.runtime import Runtime
 from omni_tasks.ops import health
@@ -37,7 +39,7 @@ from omni_tasks.safety import engage as ks
 from omni_tasks.safety import reconcile, transitions
 from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import current_state, read_state, state_info
-from omni_tasks.safety.order_guard import order_guard, order_task_refusal
+from omni_tasks.safety.order_guard import order_guard
 from omni_tasks.safety.state_rule import StoredState, TradingState
 from omni_tasks.safety.state_store import durable_state
 from omni_tasks.safety.watchdog_listener import start_watchdog_listener
@@ -128,12 +130,14 @@ class Desk:
     def order(self, layer: str, tag: str) -> str:
         """One market buy whose first state reader is ``layer``; returns its outcome (``filled`` is a failure after the engage)."""
         request = OrderRequest(f"f-{tag}-{uuid.uuid4().hex[:8]}", SYMBOL, "buy", Decimal(1), requested_by="test")
-        if layer == "worker":  # the orders worker's before-start check, then the whole path
-            refusal = order_task_refusal(self.rt.redis, self.rt.sessions)
-            self.readings.append("HALTED" if refusal is not None else "ACTIVE")
-            if refusal is not None:
-                return "refused before start"
-            return self.submitter.submit(request).status
+        if layer == "worker":  # the order task's path: refused on its own first reads, or the whole path
+            try:
+                outcome = self.submitter.submit(request, refuse_when_halted=True)
+            except TaskRefused:
+                self.readings.append("HALTED")
+                return "refused by the order task"
+            self.readings.append("ACTIVE")  # not refused: after an engage, a failure whatever the outcome
+            return outcome.status
         if layer == "checks":  # the pre-trade checks read the state first, then the broker's guard
             outcome = self.submitter.submit(request)
             return outcome.status if outcome.check is None else f"{outcome.status} by {outcome.check}"
