@@ -299,10 +299,14 @@ def check_position_size(ctx: CheckContext) -> Decision:
 
 
 def check_trades_per_day(ctx: CheckContext) -> Decision:
-    """At most ``max_trades_per_day`` orders reach the venue per exchange day."""
+    """At most ``max_trades_per_day`` orders reach the venue per exchange day.
+
+    ``trades_today`` may be counted only up to the limit (the order path stops counting there: the
+    decision needs no more), so at the limit the message says "at least".
+    """
     name, limit = "trades_per_day", ctx.limits.max_trades_per_day
     if ctx.trades_today + 1 > limit:
-        return _deny(name, f"{ctx.trades_today} trades today; this would be {ctx.trades_today + 1} > limit {limit}")
+        return _deny(name, f"at least {ctx.trades_today} trades today; one more would be over the limit of {limit}")
     return _allow(name, f"trade {ctx.trades_today + 1} of at most {limit} today")
 
 

@@ -97,8 +97,10 @@ SELECT (SELECT id FROM ins) AS inserted,
        (SELECT setting FROM relaxed) AS relaxed,
        o.status, o.expires_at,
        (SELECT json_build_array(s.state, s.version) FROM trading_state s WHERE s.id = %(state_row)s) AS trading_state,
-       (SELECT count(*) FROM orders t
-         WHERE t.broker = %(broker)s AND t.created_at >= %(day_start)s AND t.submitted_at IS NOT NULL) AS trades
+       -- counted up to the day's limit only: the check needs no more, and the count's cost stays bounded by it
+       (SELECT count(*) FROM (SELECT 1 FROM orders t
+         WHERE t.broker = %(broker)s AND t.created_at >= %(day_start)s AND t.submitted_at IS NOT NULL
+         LIMIT %(trades_cap)s) AS capped) AS trades
 FROM (SELECT 1) AS one
 LEFT JOIN orders o ON o.client_order_id = %(client_order_id)s
 """,
@@ -161,8 +163,12 @@ class OrderRecords:
         venue_name: str,
         exchange_tz: str,
         clock_ns: Callable[[], int],
+        trades_cap: int | None = None,
     ) -> None:
+        """``trades_cap``: today's trades are counted up to this many (the day's limit: the check needs no
+        more, and the count costs at most that many index entries, not the whole day's orders); None: all."""
         self._sessions = sessions
+        self._trades_cap = trades_cap
         self.database_breaker = database_breaker
         self.venue_name = venue_name
         self._tz = ZoneInfo(exchange_tz)
@@ -225,11 +231,12 @@ class OrderRecords:
                     {"ts": now, "client_order_id": request.client_order_id, "event": "requested", "check": None, "reason": None,
                      "detail": requested_detail(request, deadline)},
                 )  # fmt: skip
-            trades = session.execute(
-                select(func.count())
-                .select_from(Order)
+            today = (
+                select(Order.id)
                 .where(Order.broker == self.venue_name, Order.created_at >= self._day_start(), Order.submitted_at.is_not(None))
-            ).scalar_one()
+                .limit(self._trades_cap)
+            )
+            trades = session.execute(select(func.count()).select_from(today.subquery())).scalar_one()
         return None, int(trades), deadline, None
 
     def _record_request_direct(
@@ -245,7 +252,7 @@ class OrderRecords:
         """:meth:`record_request` on PostgreSQL: :data:`_RECORD_REQUEST` alone, in autocommit (one round trip, no BEGIN/COMMIT)."""
         params = {
             **values, "detail": json.dumps(requested_detail(request, deadline)), "day_start": self._day_start(), "state_row": STATE_ROW_ID,
-            "refusable": refusable,
+            "refusable": refusable, "trades_cap": self._trades_cap,
         }  # fmt: skip
         with guarded_direct(engine, self.database_breaker, decision=allowed, settle=settle) as db:
             inserted, _relaxed, status, expires_at, state, trades = db.fetch_one(_RECORD_REQUEST, params=params)

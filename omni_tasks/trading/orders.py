@@ -135,8 +135,9 @@ class OrderSubmitter:
         self._batching = self._venue_keeps_ledger and isinstance(venue, LedgerVenue)
         self._clock_ns = clock_ns
         self._records = OrderRecords(
-            sessions=sessions, database_breaker=self.database_breaker, venue_name=venue.name, exchange_tz=exchange_tz, clock_ns=clock_ns
-        )
+            sessions=sessions, database_breaker=self.database_breaker, venue_name=venue.name, exchange_tz=exchange_tz, clock_ns=clock_ns,
+            trades_cap=limits.max_trades_per_day,
+        )  # fmt: skip
 
     # ---- the flow ------------------------------------------------------------------------------
 
