@@ -186,7 +186,10 @@ class OrderSubmitter:
             cached is not None and cached.value is not None and cached.value.state is not TradingState.HALTED and self._records.reads_state
         )
         if refuse_when_halted and not refusable:
-            self._refuse(order_task_refusal(self._redis, self._sessions), trial)
+            reason = order_task_refusal(self._redis, self._sessions)
+            if reason is not None:
+                self.database_breaker.release(database.trial)  # the record was never tried
+            self._refuse(reason, trial)
         # The database breaker's success is recorded with the venue breaker's outcome (one round trip), or at the end.
         settle: list[str] = []
         try:
