@@ -305,6 +305,31 @@ def private_redis_aof(tmp_path: Path) -> Iterator[object]:
     server.kill()
 
 
+@pytest.fixture
+def desk_runtime(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """Build a Runtime on a migrated ``database_url`` and a redis-server of this test's own, with ``settings`` (OMNI_* env)."""
+    from omni_tasks.core.runtime import Runtime
+    from omni_tasks.settings import load_settings
+    from omni_tasks.storage import migrations
+    from omni_tasks.storage.engine import make_engine
+    from tests.servers import PrivateRedis
+
+    servers: list[PrivateRedis] = []
+
+    def build(database_url: str, **settings: str) -> Runtime:
+        engine = make_engine(database_url)
+        migrations.upgrade(engine)
+        engine.dispose()
+        server = PrivateRedis(tmp_path / f"redis-{len(servers)}").start()
+        servers.append(server)
+        env = {"OMNI_BROKER_URL": server.url, "OMNI_DATABASE_URL": database_url, "OMNI_DATA_DIR": str(tmp_path / "data"), **settings}
+        return Runtime(load_settings(env))
+
+    yield build
+    for server in servers:
+        server.kill()
+
+
 # ---- the Celery broker under test: Redis, or RabbitMQ in a vhost of this session's own ----------
 
 RABBITMQ_BASE_URL = os.environ.get("OMNI_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")

@@ -8,10 +8,9 @@ order is given back, never left reserved), whichever copy of the trading state s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -25,15 +24,11 @@ from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.safety.order_guard import order_guard
 from omni_tasks.safety.state_store import STATE_ROW_ID
-from omni_tasks.settings import load_settings
-from omni_tasks.storage import migrations
-from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import Order, OrderEvent
 from omni_tasks.storage.models import TradingStateRow as StateRow
 from omni_tasks.trading.order_breakers import DATABASE_BREAKER, venue_breaker_name
 from omni_tasks.trading.orders import OrderSubmitter
 from omni_tasks.trading.wiring import make_venue
-from tests.servers import PrivateRedis
 
 pytestmark = [pytest.mark.services]
 
@@ -54,17 +49,8 @@ class Clock:
 
 
 @pytest.fixture
-def runtime(pg_database: object, tmp_path: Path) -> Iterator[Runtime]:
-    url = pg_database()  # type: ignore[operator]
-    engine = make_engine(url)
-    migrations.upgrade(engine)
-    engine.dispose()
-    server = PrivateRedis(tmp_path / "redis").start()
-    env = {"OMNI_BROKER_URL": server.url, "OMNI_DATABASE_URL": url, "OMNI_DATA_DIR": str(tmp_path / "data"), **LIMITS}
-    try:
-        yield Runtime(load_settings(env))
-    finally:
-        server.kill()
+def runtime(pg_database: Callable[[], str], desk_runtime: Callable[..., Runtime]) -> Runtime:
+    return desk_runtime(pg_database(), **LIMITS)
 
 
 def _half_open(breaker: CircuitBreaker, clock: Clock) -> None:

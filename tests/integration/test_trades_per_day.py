@@ -9,7 +9,7 @@ earlier days and from another venue left out.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,13 +22,9 @@ from omni_tasks.core.runtime import Runtime
 from omni_tasks.safety.drill import serve_quote
 from omni_tasks.safety.killswitch import current_state
 from omni_tasks.safety.order_guard import order_guard
-from omni_tasks.settings import load_settings
-from omni_tasks.storage import migrations
-from omni_tasks.storage.engine import make_engine
 from omni_tasks.storage.models import Order
 from omni_tasks.trading.orders import OrderSubmitter
 from omni_tasks.trading.wiring import make_venue
-from tests.servers import PrivateRedis
 
 pytestmark = [pytest.mark.services]
 
@@ -45,22 +41,9 @@ LIMITS = {
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def runtime(request: pytest.FixtureRequest, desk_runtime: Callable[..., Runtime], tmp_path: Path) -> Runtime:
     url = str(request.getfixturevalue("pg_database")()) if request.param == "postgresql" else f"sqlite:///{tmp_path / 'omni.db'}"
-    engine = make_engine(url)
-    migrations.upgrade(engine)
-    engine.dispose()
-    return url
-
-
-@pytest.fixture
-def runtime(database_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    server = PrivateRedis(tmp_path / "redis").start()
-    env = {"OMNI_BROKER_URL": server.url, "OMNI_DATABASE_URL": database_url, "OMNI_DATA_DIR": str(tmp_path / "data"), **LIMITS}
-    try:
-        yield Runtime(load_settings(env))
-    finally:
-        server.kill()
+    return desk_runtime(url, **LIMITS)
 
 
 def _old_and_foreign_orders(runtime: Runtime, n: int) -> None:
