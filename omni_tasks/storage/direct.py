@@ -208,8 +208,6 @@ def direct(engine: Engine) -> Iterator[Direct]:
     """
     try:
         fairy = engine.raw_connection()
-    except DBAPIError:
-        raise
     except engine.dialect.loaded_dbapi.Error as exc:  # raw_connection() raises the driver's own error on connect
         raise DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error, connection_invalidated=True) from exc
     handle = Direct(engine, fairy)

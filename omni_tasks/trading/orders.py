@@ -185,11 +185,8 @@ class OrderSubmitter:
         refusable = (
             cached is not None and cached.value is not None and cached.value.state is not TradingState.HALTED and self._records.reads_state
         )
-        if refuse_when_halted and not refusable:
-            reason = order_task_refusal(self._redis, self._sessions)
-            if reason is not None:
-                self.database_breaker.release(database.trial)  # the record was never tried
-            self._refuse(reason, trial)
+        if refuse_when_halted and not refusable:  # the record is not tried: its breaker trial goes back too
+            self._refuse(order_task_refusal(self._redis, self._sessions), trial, database_trial=database.trial)
         # The database breaker's success is recorded with the venue breaker's outcome (one round trip), or at the end.
         settle: list[str] = []
         try:
@@ -207,10 +204,12 @@ class OrderSubmitter:
             self._record_outcomes([(self.database_breaker, True, database_trial) for database_trial in settle])
             settle.clear()
 
-    def _refuse(self, reason: str | None, trial: str) -> None:
-        """Raise TaskRefused for ``reason`` (None: go on), giving back the venue breaker's trial slot unused."""
+    def _refuse(self, reason: str | None, trial: str, *, database_trial: str = "") -> None:
+        """Raise TaskRefused for ``reason`` (None: go on), giving back the trial slots unused: the venue breaker's, and
+        the database breaker's when the record was not tried."""
         if reason is not None:
             self.venue_breaker.release(trial)
+            self.database_breaker.release(database_trial)
             raise TaskRefused(reason)
 
     def _open(self, symbol: str) -> tuple[BreakerDecision, BreakerDecision, list[Any] | None]:

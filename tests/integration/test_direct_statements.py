@@ -109,8 +109,8 @@ def test_a_server_that_refuses_the_connection_is_an_outage_the_order_path_retrie
         port = probe.getsockname()[1]
     refused = make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test", pool_size=1, max_overflow=0)
     try:
-        with pytest.raises(OperationalError) as caught, direct(refused):
-            pass
+        with pytest.raises(OperationalError) as caught, direct(refused) as db:  # raised by the checkout itself
+            db.fetch("SELECT 1")
         assert "Connection refused" in str(caught.value)
         assert is_database_failure(caught.value)
     finally:
